@@ -1,0 +1,415 @@
+"""The built-in fake provider: an OpenAI-compatible server with injectable latency and errors.
+
+Routes (profile `default` unless the path names one; profiles are created on first use with
+the server's default settings):
+
+    POST /v1/chat/completions              POST /{profile}/v1/chat/completions
+    GET  /v1/models                        GET  /{profile}/v1/models
+    GET  /health
+    GET  /admin/config                     all profiles with settings and counters
+    POST /admin/config/{profile}           JSON {"latency_ms", "jitter_ms", "error_rate",
+                                           "error_status", "retry_after_s"}, any subset
+    POST /admin/reset                      zero every counter
+
+The answer is deterministic: `"[fake:{model}] " + <last user message>`, cut to `max_tokens`
+words (finish_reason "length", else "stop"); usage counts words. Latency is drawn uniformly
+from `latency_ms ± jitter_ms`; with probability `error_rate` the answer is an OpenAI error body
+with `error_status` (429, 503 and 529 carry `Retry-After`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import re
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from .fake import DEFAULT_FAKE_PORT
+
+__all__ = [
+    "FAKE_PROVIDER",
+    "FakeProvider",
+    "FakeServer",
+    "build_app",
+    "run_fake_server",
+    "start_fake_server",
+]
+
+_PROFILE = "[A-Za-z0-9_.-]{1,64}"
+_PROFILE_NAME = re.compile(f"^{_PROFILE}$")
+_SETTINGS = ("latency_ms", "jitter_ms", "error_rate", "error_status", "retry_after_s")
+_ERROR_KINDS = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"),
+    404: ("not_found_error", "model_not_found"),
+    408: ("timeout_error", "request_timeout"),
+    409: ("conflict_error", "conflict"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    503: ("server_error", "service_unavailable"),
+    529: ("overloaded_error", "overloaded"),
+}
+
+
+class _InMessage(msgspec.Struct):
+    role: str
+    content: str | list[Any] | None = None
+
+
+class _ChatRequest(msgspec.Struct):
+    model: str
+    messages: list[_InMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+
+
+class _OutMessage(msgspec.Struct):
+    role: str
+    content: str
+
+
+class _OutChoice(msgspec.Struct):
+    index: int
+    message: _OutMessage
+    finish_reason: str
+
+
+class _OutUsage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class _Completion(msgspec.Struct):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[_OutChoice]
+    usage: _OutUsage
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_request = msgspec.json.Decoder(_ChatRequest).decode
+_decode_any = msgspec.json.Decoder().decode
+
+
+def _text_of(content: str | list[Any] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+    return " ".join(p for p in parts if isinstance(p, str))
+
+
+def _validated(settings: Mapping[str, Any]) -> dict[str, float]:
+    """Checked profile settings; ValueError naming the first bad one."""
+    out: dict[str, float] = {}
+    for key, value in settings.items():
+        if key not in _SETTINGS:
+            raise ValueError(f"unknown setting {key!r} (known: {', '.join(_SETTINGS)})")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key} must be a number")
+        number = float(value)
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{key} must be a finite number >= 0")
+        if key == "error_rate" and number > 1:
+            raise ValueError("error_rate must be between 0 and 1")
+        if key == "error_status" and (number != int(number) or not 400 <= number <= 599):
+            raise ValueError("error_status must be an HTTP error status (400..599)")
+        out[key] = number
+    return out
+
+
+class Profile(msgspec.Struct, kw_only=True):
+    """One simulated endpoint: its settings and its counters."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    error_rate: float = 0.0
+    error_status: int = 500
+    retry_after_s: float = 1.0
+    requests: int = 0
+    errors: int = 0
+
+    def update(self, settings: Mapping[str, float]) -> None:
+        for key, value in _validated(settings).items():
+            setattr(self, key, int(value) if key == "error_status" else value)
+
+    def counters(self) -> dict[str, int]:
+        return {"requests": self.requests, "errors": self.errors}
+
+
+class FakeProvider:
+    """The fake provider's state and request handlers (no I/O of its own)."""
+
+    def __init__(
+        self,
+        *,
+        profiles: Mapping[str, Mapping[str, float]] | None = None,
+        models: tuple[str, ...] = ("fake-model",),
+        seed: int | None = None,
+        max_profiles: int = 1024,
+        **defaults: float,
+    ) -> None:
+        """`defaults` (latency_ms, jitter_ms, error_rate, error_status, retry_after_s) apply
+        to every profile created later; `profiles` pre-creates profiles with overrides."""
+        self.defaults = _validated(defaults)
+        self.max_profiles = max_profiles
+        self.profiles: dict[str, Profile] = {}
+        self._rng = random.Random(seed)
+        self._ids = itertools.count(1)
+        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in models]
+        self._model_list = _encode({"object": "list", "data": data})
+        self.profile("default")
+        for name, settings in (profiles or {}).items():
+            self.configure(name, **settings)
+
+    def profile(self, name: str) -> Profile:
+        """The named profile, created with the default settings on first use."""
+        found = self.profiles.get(name)
+        if found is not None:
+            return found
+        if not _PROFILE_NAME.match(name):
+            raise ValueError(f"invalid profile name {name!r}")
+        if len(self.profiles) >= self.max_profiles:
+            raise ValueError(f"too many profiles (max {self.max_profiles})")
+        created = self.profiles[name] = Profile()
+        created.update(self.defaults)
+        return created
+
+    def configure(self, name: str = "default", /, **settings: float) -> dict[str, Any]:
+        """Change a profile live (creating it if needed); returns its snapshot."""
+        checked = _validated(settings)
+        profile = self.profile(name)
+        profile.update(checked)
+        return msgspec.structs.asdict(profile)
+
+    def counters(self, name: str = "default") -> dict[str, int]:
+        found = self.profiles.get(name)
+        return found.counters() if found else {"requests": 0, "errors": 0}
+
+    def reset(self) -> None:
+        for profile in self.profiles.values():
+            profile.requests = 0
+            profile.errors = 0
+
+    def config(self) -> dict[str, Any]:
+        return {"profiles": {name: msgspec.structs.asdict(p) for name, p in self.profiles.items()}}
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.Response:
+        try:
+            profile = self.profile(request.match_info.get("profile", "default"))
+        except ValueError as exc:
+            return _error_response(404, str(exc), "not_found_error", "profile_not_found")
+        profile.requests += 1
+        try:
+            chat = _decode_request(await request.read())
+        except msgspec.DecodeError as exc:
+            profile.errors += 1
+            return _error_response(400, f"invalid request body: {exc}", *_ERROR_KINDS[400])
+        rng = self._rng
+        delay = profile.latency_ms
+        if profile.jitter_ms:
+            delay += rng.uniform(-profile.jitter_ms, profile.jitter_ms)
+        if delay > 0:
+            await asyncio.sleep(delay / 1000.0)
+        number = next(self._ids)
+        if profile.error_rate and rng.random() < profile.error_rate:
+            profile.errors += 1
+            status = profile.error_status
+            kind, code = _ERROR_KINDS.get(status, ("server_error", "internal_error"))
+            response = _error_response(status, f"fake provider: injected {status}", kind, code)
+            if status in (429, 503, 529):
+                response.headers["Retry-After"] = f"{profile.retry_after_s:g}"
+            response.headers["x-request-id"] = f"fake-{number}"
+            return response
+        return self._completion(chat, number)
+
+    def _completion(self, chat: _ChatRequest, number: int) -> web.Response:
+        last_user = ""
+        prompt_words = 0
+        for message in chat.messages:
+            text = _text_of(message.content)
+            prompt_words += len(text.split())
+            if message.role == "user":
+                last_user = text
+        text = f"[fake:{chat.model}] {last_user}"
+        finish = "stop"
+        if chat.stop:
+            for stop in (chat.stop,) if isinstance(chat.stop, str) else chat.stop:
+                cut = text.find(stop) if stop else -1
+                if cut >= 0:
+                    text = text[:cut]
+        limit = chat.max_tokens if chat.max_tokens is not None else chat.max_completion_tokens
+        words = text.split()
+        if limit is not None and len(words) > limit:
+            words = words[: max(limit, 0)]
+            text = " ".join(words)
+            finish = "length"
+        answer = _Completion(
+            id=f"chatcmpl-fake-{number}",
+            object="chat.completion",
+            created=int(time.time()),
+            model=chat.model,
+            choices=[_OutChoice(0, _OutMessage("assistant", text), finish)],
+            usage=_OutUsage(prompt_words, len(words), prompt_words + len(words)),
+        )
+        return web.Response(
+            body=_encode(answer),
+            content_type="application/json",
+            headers={"x-request-id": f"fake-{number}"},
+        )
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._model_list, content_type="application/json")
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        return web.json_response(self.config())
+
+    async def set_config(self, request: web.Request) -> web.Response:
+        try:
+            doc = _decode_any(await request.read())
+            if not isinstance(doc, dict):
+                raise ValueError("body must be a JSON object")
+            snapshot = self.configure(request.match_info["profile"], **doc)
+        except (msgspec.DecodeError, ValueError) as exc:
+            return _error_response(400, str(exc), "invalid_request_error", "invalid_config")
+        return web.json_response(snapshot)
+
+    async def reset_counters(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response(self.config())
+
+
+def _error_response(status: int, message: str, kind: str, code: str) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.Response(status=status, body=_encode(body), content_type="application/json")
+
+
+FAKE_PROVIDER = web.AppKey("fake_provider", FakeProvider)
+"""Where `build_app` keeps the `FakeProvider` on the application."""
+
+
+def build_app(**settings: Any) -> web.Application:
+    """The fake provider as an aiohttp application; `settings` are `FakeProvider`'s."""
+    provider = FakeProvider(**settings)
+    app = web.Application()
+    app[FAKE_PROVIDER] = provider
+    profile = "{profile:" + _PROFILE + "}"
+    app.router.add_post("/v1/chat/completions", provider.chat)
+    app.router.add_post(f"/{profile}/v1/chat/completions", provider.chat)
+    app.router.add_get("/v1/models", provider.list_models)
+    app.router.add_get(f"/{profile}/v1/models", provider.list_models)
+    app.router.add_get("/health", provider.health)
+    app.router.add_get("/admin/config", provider.get_config)
+    app.router.add_post(f"/admin/config/{profile}", provider.set_config)
+    app.router.add_post("/admin/reset", provider.reset_counters)
+    return app
+
+
+class FakeServer:
+    """A running fake provider (from `start_fake_server`)."""
+
+    def __init__(self, runner: web.AppRunner, provider: FakeProvider, host: str, port: int):
+        self._runner = runner
+        self.provider = provider
+        self.host = host
+        self.port = port
+        self.url = f"http://{host}:{port}"
+
+    def endpoint(self, profile: str = "default") -> str:
+        """The base URL (ending in /v1) a target uses to reach `profile`."""
+        return f"{self.url}/v1" if profile == "default" else f"{self.url}/{profile}/v1"
+
+    def set_profile(self, name: str = "default", /, **settings: float) -> dict[str, Any]:
+        return self.provider.configure(name, **settings)
+
+    def counters(self, name: str = "default") -> dict[str, int]:
+        return self.provider.counters(name)
+
+    def config(self) -> dict[str, Any]:
+        return self.provider.config()
+
+    def reset(self) -> None:
+        self.provider.reset()
+
+    async def close(self) -> None:
+        """Stop listening and finish (or, after the shutdown timeout, cancel) open requests."""
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def start_fake_server(
+    host: str = "127.0.0.1", port: int = 0, *, shutdown_timeout: float = 1.0, **settings: Any
+) -> FakeServer:
+    """Start the fake provider on `host:port` (0 picks a free port) in the running loop."""
+    app = build_app(**settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound = runner.addresses[0][1]
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return FakeServer(runner, app[FAKE_PROVIDER], host, int(bound))
+
+
+def run_fake_server(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_FAKE_PORT,
+    latency_ms: float = 0.0,
+    error_rate: float = 0.0,
+    error_status: int = 500,
+    profiles: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    jitter_ms: float = 0.0,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (blocking); `on_ready(url)` is called once listening."""
+    settings: dict[str, Any] = {
+        "latency_ms": latency_ms,
+        "jitter_ms": jitter_ms,
+        "error_rate": error_rate,
+        "error_status": error_status,
+        "profiles": profiles,
+    }
+    asyncio.run(_serve(host, port, settings, on_ready or _announce))
+
+
+def _announce(url: str) -> None:
+    print(f"fake provider listening on {url} (OpenAI base URL {url}/v1)", flush=True)
+
+
+async def _serve(
+    host: str, port: int, settings: dict[str, Any], on_ready: Callable[[str], None]
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # asyncio.run() drops them with the loop
+    async with await start_fake_server(host, port, **settings) as server:
+        on_ready(server.url)
+        await stop.wait()

@@ -1,0 +1,158 @@
+"""The retry policy as small pure functions; the retry loop itself lives in the worker.
+
+    should_retry(exc)                 is another attempt worth making at all?
+    parse_retry_after(headers)        the provider's own hint (retry-after-ms, retry-after)
+    backoff(attempt)                  exponential delay with jitter, never above the cap
+    next_delay(exc, attempt, ...)     the delay before the next attempt, or None to stop
+
+`attempt` counts the attempts made so far: after the first failed call it is 1.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Literal
+
+from .errors import ProviderError
+
+__all__ = [
+    "DEFAULT_BASE",
+    "DEFAULT_CAP",
+    "MAX_RETRY_AFTER",
+    "Jitter",
+    "backoff",
+    "next_delay",
+    "parse_retry_after",
+    "should_retry",
+]
+
+MAX_RETRY_AFTER = 60.0
+"""Retry-After hints longer than this are capped to it (seconds)."""
+
+DEFAULT_BASE = 0.25
+DEFAULT_CAP = 8.0
+
+Jitter = Literal["full", "equal"]
+
+_MAX_EXPONENT = 62  # 2**62 * any sane base is far above any cap; avoids float overflow
+
+
+def should_retry(exc: BaseException) -> bool:
+    """True for provider errors classified retryable; False for everything else."""
+    return isinstance(exc, ProviderError) and exc.retryable
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive lookup; `name` is lower case. Cheap for CIMultiDict, exact for dicts."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    for key, val in headers.items():
+        if key.lower() == name:
+            return val
+    return None
+
+
+def _seconds(raw: str) -> float | None:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the provider asks us to wait, capped at `MAX_RETRY_AFTER`; None if absent/invalid.
+
+    Checks `retry-after-ms` (milliseconds) first, then `retry-after` as seconds, then
+    `retry-after` as an HTTP date (relative to `now`, a Unix timestamp, default the clock).
+    """
+    raw_ms = _header(headers, "retry-after-ms")
+    if raw_ms is not None:
+        ms = _seconds(raw_ms)
+        if ms is not None:
+            return min(ms / 1000.0, MAX_RETRY_AFTER)
+    raw = _header(headers, "retry-after")
+    if raw is None:
+        return None
+    seconds = _seconds(raw)
+    if seconds is None:
+        try:
+            parsed = email.utils.parsedate_tz(raw.strip())
+        except (TypeError, ValueError, IndexError):
+            parsed = None
+        if parsed is None:
+            return None
+        try:
+            when = float(email.utils.mktime_tz(parsed))
+        except (OverflowError, ValueError):
+            return None
+        seconds = when - (time.time() if now is None else now)
+        if seconds < 0:
+            return None
+    return min(seconds, MAX_RETRY_AFTER)
+
+
+def backoff(
+    attempt: int,
+    *,
+    base: float = DEFAULT_BASE,
+    cap: float = DEFAULT_CAP,
+    rng: random.Random | None = None,
+    jitter: Jitter = "full",
+) -> float:
+    """Exponential delay `base * 2**(attempt-1)` limited to `cap`, with jitter.
+
+    "full" jitter draws uniformly from [0, delay]; "equal" jitter from [delay/2, delay].
+    The result is always within [0, cap].
+    """
+    cap = max(0.0, cap)
+    base = max(0.0, base)
+    exponent = min(max(attempt, 1) - 1, _MAX_EXPONENT)
+    ceiling = min(cap, base * (2.0**exponent))
+    draw = (rng or random).random()
+    if jitter == "equal":
+        half = ceiling / 2.0
+        delay = half + half * draw
+    else:
+        delay = ceiling * draw
+    return min(max(delay, 0.0), cap)
+
+
+def next_delay(
+    exc: BaseException,
+    attempt: int,
+    *,
+    remaining: float,
+    max_attempts: int | None = None,
+    base: float = DEFAULT_BASE,
+    cap: float = DEFAULT_CAP,
+    rng: random.Random | None = None,
+    jitter: Jitter = "full",
+) -> float | None:
+    """Seconds to wait before the next attempt, or None when retrying is pointless.
+
+    None when the error is terminal, `max_attempts` have been made, or the delay would not
+    leave any of the `remaining` time budget (seconds) for the attempt itself. A Retry-After
+    hint carried by the error wins over the computed backoff.
+    """
+    if not should_retry(exc):
+        return None
+    if max_attempts is not None and attempt >= max_attempts:
+        return None
+    if not remaining > 0:
+        return None
+    hint = exc.retry_after if isinstance(exc, ProviderError) else None
+    if hint is not None and math.isfinite(hint) and hint >= 0:
+        delay = hint
+    else:
+        delay = backoff(attempt, base=base, cap=cap, rng=rng, jitter=jitter)
+    if delay >= remaining:
+        return None
+    return delay

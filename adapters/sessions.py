@@ -1,0 +1,121 @@
+"""One pooled `aiohttp.ClientSession` per endpoint origin (scheme://host:port).
+
+Sessions are created lazily by `get()` inside the running event loop; the constructor does
+no I/O. Each session owns a keep-alive `TCPConnector` limited per host, with a DNS cache and
+no cookie jar (provider APIs are stateless). `close()` is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+
+import aiohttp
+from yarl import URL
+
+__all__ = ["SessionPool"]
+
+_DEFAULT_USER_AGENT = "llm-worker/0.1 (+aiohttp)"
+
+
+class SessionPool:
+    def __init__(
+        self,
+        *,
+        limit_per_host: int = 256,
+        keepalive_timeout: float = 30.0,
+        ttl_dns_cache: int = 300,
+        user_agent: str = _DEFAULT_USER_AGENT,
+        trust_env: bool = False,
+    ) -> None:
+        if limit_per_host < 1:
+            raise ValueError("limit_per_host must be at least 1")
+        self._limit_per_host = limit_per_host
+        self._keepalive_timeout = keepalive_timeout
+        self._ttl_dns_cache = ttl_dns_cache
+        self._headers = {"User-Agent": user_agent}
+        self._trust_env = trust_env
+        self._by_origin: dict[str, aiohttp.ClientSession] = {}
+        self._by_endpoint: dict[str, aiohttp.ClientSession] = {}
+        self._created = 0
+        self._closed = False
+
+    @staticmethod
+    def origin(endpoint: str) -> str:
+        """`scheme://host:port` of an endpoint URL; ValueError when it has no scheme or host."""
+        url = URL(endpoint)
+        if not url.absolute or url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"endpoint is not an absolute http(s) URL: {endpoint!r}")
+        return str(url.origin())
+
+    def get(self, endpoint: str) -> aiohttp.ClientSession:
+        """The session for the endpoint's origin, created on first use (call inside the loop)."""
+        session = self._by_endpoint.get(endpoint)
+        if session is not None and not session.closed:
+            return session
+        if self._closed:
+            raise RuntimeError("SessionPool is closed")
+        origin = self.origin(endpoint)
+        session = self._by_origin.get(origin)
+        if session is None or session.closed:
+            session = self._new_session()
+            self._by_origin[origin] = session
+            self._created += 1
+        self._by_endpoint[endpoint] = session
+        return session
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._limit_per_host,
+            limit_per_host=self._limit_per_host,
+            keepalive_timeout=self._keepalive_timeout,
+            ttl_dns_cache=self._ttl_dns_cache,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None),
+            trust_env=self._trust_env,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close every session (at most `timeout` seconds); later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        sessions = [s for s in self._by_origin.values() if not s.closed]
+        self._by_origin.clear()
+        self._by_endpoint.clear()
+        if not sessions:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+    def stats(self) -> dict[str, int]:
+        """Plain counters for telemetry."""
+        open_sessions = sum(1 for s in self._by_origin.values() if not s.closed)
+        return {
+            "sessions": open_sessions,
+            "sessions_created": self._created,
+            "endpoints": len(self._by_endpoint),
+            "limit_per_host": self._limit_per_host,
+            "closed": int(self._closed),
+        }
+
+    async def __aenter__(self) -> SessionPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

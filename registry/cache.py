@@ -1,0 +1,379 @@
+"""The worker's in-memory copy of `model_registry`, kept fresh by LISTEN/NOTIFY and polling.
+
+    cache = RegistryCache(dsn, refresh_s=5.0)
+    await cache.start(timeout=30)        # first load, retried with backoff until `timeout`
+    candidates = cache.resolve("chat-small")
+    await cache.close()
+
+After `start()` two background tasks run: one reloads every `refresh_s` seconds, or ~50 ms after
+a notification on channel `model_registry`; the other holds a LISTEN connection and reconnects
+with backoff when it drops (and reloads on reconnect, to catch what it missed). While PostgreSQL
+is unreachable the last good snapshot keeps serving and `stale` is True.
+
+A reload swaps in a new immutable snapshot, so callers keep the candidates they already hold.
+Resolution is memoized per snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping
+from types import MappingProxyType, TracebackType
+
+import psycopg
+
+from registry._db import APP_NAME, CHANNEL, ROW_FACTORY, SELECT_ALL, redact_dsn
+from registry.errors import RegistryUnavailable
+from registry.models import COLUMNS, ModelRow
+from registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve
+
+__all__ = ["RegistryCache", "backoff"]
+
+log = logging.getLogger("llm_worker.registry")
+
+_RELOAD_ERRORS = (psycopg.Error, OSError)  # OSError includes TimeoutError
+
+Stats = dict[str, int | float | bool | None]
+
+
+def backoff(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
+    """Delay before retry `attempt` (1-based): exponential from `base`, capped, with jitter."""
+    return min(cap, base * 2.0 ** max(0, attempt - 1)) * (0.5 + random.random() / 2)
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return redact_dsn(text)
+
+
+class _Snapshot:
+    """Rows of one load plus the resolutions computed from them."""
+
+    __slots__ = ("_memo", "max_depth", "rows")
+
+    def __init__(self, rows: dict[str, ModelRow], max_depth: int) -> None:
+        self.rows: Mapping[str, ModelRow] = MappingProxyType(rows)
+        self.max_depth = max_depth
+        self._memo: dict[str, tuple[Candidate, ...]] = {}
+
+    def resolve(self, model_id: str) -> list[Candidate]:
+        hit = self._memo.get(model_id)
+        if hit is None:  # errors are not memoized: recomputing them is cheap and bounded
+            hit = tuple(resolve(self.rows, model_id, max_depth=self.max_depth))
+            self._memo[model_id] = hit
+        return list(hit)
+
+
+def _diff(old: Mapping[str, ModelRow], new: Mapping[str, ModelRow]) -> str:
+    added = sorted(new.keys() - old.keys())
+    removed = sorted(old.keys() - new.keys())
+    changed = []
+    for key in sorted(new.keys() & old.keys()):
+        fields = [
+            c for c in COLUMNS if c != "updated_at" and getattr(old[key], c) != getattr(new[key], c)
+        ]
+        if fields:
+            changed.append(f"{key}({','.join(fields)})")
+    return f"added={added} removed={removed} changed=[{', '.join(changed)}]"
+
+
+class RegistryCache:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        refresh_s: float = 5.0,
+        listen: bool = True,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        debounce_s: float = 0.05,
+        backoff_cap_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
+        query_timeout_s: float = 10.0,
+    ) -> None:
+        if refresh_s <= 0:
+            raise ValueError(f"refresh_s must be > 0, got {refresh_s}")
+        if max_depth < 0:
+            raise ValueError(f"max_depth must be >= 0, got {max_depth}")
+        self._dsn = dsn
+        self._where = redact_dsn(dsn)
+        self._refresh_s = refresh_s
+        self._listen = listen
+        self._max_depth = max_depth
+        self._debounce_s = debounce_s
+        self._backoff_cap_s = backoff_cap_s
+        self._connect_timeout = max(1, round(connect_timeout_s))
+        self._query_timeout_s = query_timeout_s
+        self._snapshot = _Snapshot({}, max_depth)
+        self._conn: psycopg.AsyncConnection[ModelRow] | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loaded = False
+        self._stale = False
+        self._listening = False
+        self._started = False
+        self._closed = False
+        self._reloads = 0
+        self._reload_errors = 0
+        self._notifications = 0
+        self._last_reload: float | None = None
+
+    # -- public surface -----------------------------------------------------------------------
+
+    @property
+    def rows(self) -> Mapping[str, ModelRow]:
+        """The current snapshot (read-only; a reload replaces it, never mutates it)."""
+        return self._snapshot.rows
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def stale(self) -> bool:
+        """True while the latest reload failed and an older snapshot is being served."""
+        return self._stale
+
+    def get(self, model_id: str) -> ModelRow | None:
+        return self._snapshot.rows.get(model_id)
+
+    def resolve(self, model_id: str) -> list[Candidate]:
+        """Candidates for `model_id`, best first; raises the `registry.errors` ResolveErrors,
+        or RegistryUnavailable before the first load."""
+        if not self._loaded:
+            raise RegistryUnavailable(
+                f"model registry not loaded yet from PostgreSQL at {self._where}"
+            )
+        return self._snapshot.resolve(model_id)
+
+    def stats(self) -> Stats:
+        last = self._last_reload
+        return {
+            "rows": len(self._snapshot.rows),
+            "reloads": self._reloads,
+            "reload_errors": self._reload_errors,
+            "last_reload_age_s": None if last is None else time.monotonic() - last,
+            "stale": self._stale,
+            "loaded": self._loaded,
+            "listening": self._listening,
+            "notifications": self._notifications,
+        }
+
+    async def start(self, timeout: float | None = None) -> None:
+        """Load every row, retrying with backoff; then start the refresh and LISTEN tasks.
+
+        Raises RegistryUnavailable if nothing could be loaded within `timeout` seconds
+        (None: keep trying until cancelled).
+        """
+        if self._closed:
+            raise RuntimeError("RegistryCache is closed")
+        if self._started:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        attempt = 0
+        last_error: str | None = None
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._reload()
+                break
+            except _RELOAD_ERRORS as exc:
+                if last_error is None or not isinstance(exc, TimeoutError):
+                    last_error = _describe(exc)
+                attempt += 1
+                self._reload_errors += 1
+                if attempt == 1:
+                    log.warning(
+                        "registry: cannot load from PostgreSQL at %s, retrying: %s",
+                        self._where,
+                        last_error,
+                    )
+                remaining = None if deadline is None else deadline - loop.time()
+                if self._closed or (remaining is not None and remaining <= 0):
+                    within = "before close()" if timeout is None else f"within {timeout:g}s"
+                    raise RegistryUnavailable(
+                        f"model registry not loaded: PostgreSQL at {self._where} not usable "
+                        f"{within} ({attempt} attempts): {last_error}"
+                    ) from exc
+                delay = backoff(attempt, cap=self._backoff_cap_s)
+                await asyncio.sleep(delay if remaining is None else min(delay, remaining))
+        if self._closed:  # close() ran while we were loading
+            await self._drop_conn()
+            return
+        self._started = True
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="registry-refresh"))
+        if self._listen:
+            self._tasks.append(asyncio.create_task(self._listen_loop(), name="registry-listen"))
+
+    async def reload(self) -> None:
+        """Reload now; raises RegistryUnavailable (and keeps the old snapshot) on failure."""
+        try:
+            await self._reload()
+        except _RELOAD_ERRORS as exc:
+            self._reload_failed(exc)
+            raise RegistryUnavailable(
+                f"cannot reload model registry from PostgreSQL at {self._where}: {_describe(exc)}"
+            ) from exc
+
+    async def close(self) -> None:
+        """Stop the background tasks and close the connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await self._drop_conn()
+            self._listening = False
+
+    async def __aenter__(self) -> RegistryCache:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- loading ------------------------------------------------------------------------------
+
+    async def _connect(self, purpose: str) -> psycopg.AsyncConnection[ModelRow]:
+        return await psycopg.AsyncConnection.connect(
+            self._dsn,
+            autocommit=True,
+            row_factory=ROW_FACTORY,
+            connect_timeout=self._connect_timeout,
+            application_name=f"{APP_NAME}-{purpose}",
+        )
+
+    async def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def _fetch_once(self) -> dict[str, ModelRow]:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await self._connect("load")
+            async with asyncio.timeout(self._query_timeout_s):
+                cur = await self._conn.execute(SELECT_ALL)
+                rows = await cur.fetchall()
+        except BaseException:
+            await self._drop_conn()
+            raise
+        return {row.model_id: row for row in rows}
+
+    async def _reload(self) -> None:
+        async with self._lock:
+            reused = self._conn is not None
+            try:
+                rows = await self._fetch_once()
+            except psycopg.OperationalError as exc:
+                if not reused:
+                    raise
+                # The kept connection may have died while idle (terminated, server restart).
+                log.debug("registry: kept connection failed (%s); reconnecting", _describe(exc))
+                rows = await self._fetch_once()
+            self._install(rows)
+
+    def _install(self, rows: dict[str, ModelRow]) -> None:
+        self._reloads += 1
+        self._last_reload = time.monotonic()
+        old = self._snapshot.rows
+        if self._stale:
+            self._stale = False
+            log.info("registry: PostgreSQL reachable again, %d rows loaded", len(rows))
+        if not self._loaded:
+            self._loaded = True
+            self._snapshot = _Snapshot(rows, self._max_depth)
+            log.info("registry: loaded %d rows from %s", len(rows), self._where)
+        elif rows != old:
+            self._snapshot = _Snapshot(rows, self._max_depth)
+            log.info("registry: reloaded, %s", _diff(old, rows))
+
+    def _reload_failed(self, exc: BaseException) -> None:
+        self._reload_errors += 1
+        if not self._stale and self._loaded:
+            self._stale = True
+            log.warning(
+                "registry: reload from PostgreSQL at %s failed, serving the last snapshot "
+                "(%d rows) and retrying: %s",
+                self._where,
+                len(self._snapshot.rows),
+                _describe(exc),
+                exc_info=not isinstance(exc, _RELOAD_ERRORS),
+            )
+
+    # -- background tasks -----------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        failures = 0
+        while True:
+            delay = self._refresh_s
+            if failures:
+                delay = min(delay, backoff(failures, cap=self._backoff_cap_s))
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            else:
+                await asyncio.sleep(self._debounce_s)  # let a burst of notifications settle
+            self._wake.clear()
+            try:
+                await self._reload()
+            except Exception as exc:
+                failures += 1
+                self._reload_failed(exc)
+            else:
+                failures = 0
+
+    async def _listen_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                conn = await self._connect("listen")
+            except _RELOAD_ERRORS as exc:
+                failures += 1
+                self._listen_failed(failures, exc)
+                await asyncio.sleep(backoff(failures, cap=self._backoff_cap_s))
+                continue
+            try:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                self._listening = True
+                if failures:
+                    log.info("registry: listening for changes again")
+                failures = 0
+                self._wake.set()  # reload: catch up with changes made while not listening
+                async with contextlib.aclosing(conn.notifies()) as notifies:
+                    async for _ in notifies:
+                        self._notifications += 1
+                        self._wake.set()
+            except _RELOAD_ERRORS as exc:
+                failures += 1
+                self._listen_failed(failures, exc)
+                self._wake.set()  # find out at once whether PostgreSQL itself is gone
+            finally:
+                self._listening = False
+                await conn.close()
+            await asyncio.sleep(backoff(failures, cap=self._backoff_cap_s))
+
+    def _listen_failed(self, failures: int, exc: BaseException) -> None:
+        if failures == 1:
+            log.warning(
+                "registry: LISTEN connection to %s lost, polling every %gs until it is back: %s",
+                self._where,
+                self._refresh_s,
+                _describe(exc),
+            )

@@ -1,0 +1,69 @@
+"""PostgreSQL for integration tests.
+
+`pg_server_dsn` (session): `DATABASE_URL` from the environment if set, else an embedded
+PostgreSQL 16 started with pgserver in a temp directory. `pg_dsn` (function): a fresh database
+`t_<uuid8>` on that server with every migration applied, dropped afterwards.
+`temporary_database()` does the same as a context manager, optionally without migrating.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from registry.migrate import migrate
+
+__all__ = ["database_dsn", "pg_dsn", "pg_server_dsn", "temporary_database"]
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def database_dsn(server_dsn: str, dbname: str) -> str:
+    """`server_dsn` pointed at database `dbname` (URL form kept when given a URL)."""
+    if server_dsn.startswith(("postgresql://", "postgres://")):
+        return urlunsplit(urlsplit(server_dsn)._replace(path=f"/{dbname}"))
+    return make_conninfo(server_dsn, dbname=dbname)
+
+
+@contextmanager
+def temporary_database(server_dsn: str, *, migrated: bool = True) -> Iterator[str]:
+    """Create database `t_<uuid8>`, yield its DSN, drop it (even with open connections)."""
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        dsn = database_dsn(server_dsn, name)
+        if migrated:
+            migrate(dsn)
+        yield dsn
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
+    with temporary_database(pg_server_dsn) as dsn:
+        yield dsn

@@ -1,0 +1,58 @@
+import pytest
+
+from worker.config import ConfigError, load_settings
+
+
+def test_defaults_and_fixed_names() -> None:
+    s = load_settings(
+        {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "DATABASE_URL": "postgresql://u:pw@h/db"}
+    )
+    assert s.kafka_bootstrap_servers == "k:9092"
+    assert s.group_id == "llm-worker"
+    assert s.prompts_topic == "llm_prompts" and s.completions_topic == "llm_completions"
+    assert s.dlq_topic == "llm_prompts.dlq"
+
+
+def test_prefixed_settings_are_typed() -> None:
+    s = load_settings(
+        {
+            "LLM_WORKER_HTTP_PORT": "9000",
+            "LLM_WORKER_SHUTDOWN_TIMEOUT_S": "2.5",
+            "LLM_WORKER_CREATE_TOPICS": "false",
+        }
+    )
+    assert s.http_port == 9000 and s.shutdown_timeout_s == 2.5 and s.create_topics is False
+
+
+def test_kafka_passthrough() -> None:
+    s = load_settings(
+        {
+            "LLM_WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "LLM_WORKER_KAFKA_SASL_PASSWORD": "hunter2",
+        }
+    )
+    conf = s.kafka_common()
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["sasl.password"] == "hunter2"
+    assert "hunter2" not in repr(s)
+
+
+def test_errors_name_the_variable() -> None:
+    with pytest.raises(ConfigError, match="LLM_WORKER_HTTP_PORT"):
+        load_settings({"LLM_WORKER_HTTP_PORT": "eighty"})
+    with pytest.raises(ConfigError, match="LLM_WORKER_MAX_IN_FLIGHT"):
+        load_settings({"LLM_WORKER_MAX_IN_FLIGHT": "0"})
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        load_settings({"DATABASE_URL": "mysql://nope"})
+
+
+def test_database_password_is_redacted_in_repr() -> None:
+    s = load_settings({"DATABASE_URL": "postgresql://user:s3cret@db:5432/x"})
+    assert "s3cret" not in repr(s) and "s3cret" not in str(s)
+
+
+def test_config_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "worker.env"
+    f.write_text("# comment\nLLM_WORKER_GROUP_ID=from-file\nLLM_WORKER_HTTP_PORT=7000\n")
+    s = load_settings({"LLM_WORKER_CONFIG_FILE": str(f), "LLM_WORKER_HTTP_PORT": "7001"})
+    assert s.group_id == "from-file" and s.http_port == 7001  # environment wins over the file

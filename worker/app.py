@@ -1,0 +1,154 @@
+"""Wires the parts together and runs them: `run_app(settings)` is `llm-worker run`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+from adapters.secrets import SecretStore
+from adapters.sessions import SessionPool
+from registry.cache import RegistryCache
+
+from .calls import Caller
+from .config import Settings
+from .http import HealthServer
+from .kafka_io import KafkaBridge, ensure_topics, wait_for_broker
+from .pipeline import Pipeline
+from .service import Worker
+from .telemetry import Metrics
+
+__all__ = ["App", "run_app"]
+
+log = logging.getLogger("llm_worker")
+
+
+class App:
+    """Everything one worker process runs. Constructor does no I/O; `start()` opens resources."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        http: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry = RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
+        self.sessions = SessionPool()
+        self.secrets = SecretStore(settings.secrets_dir)
+        caller = Caller(
+            self.sessions, self.secrets, self.metrics, max_attempts=settings.max_attempts
+        )
+        self.pipeline = Pipeline(settings, self.registry, caller, self.metrics)
+        self.bridge = KafkaBridge(settings)
+        self.worker = Worker(
+            bridge=self.bridge,
+            pipeline=self.pipeline,
+            metrics=self.metrics,
+            max_in_flight=settings.max_in_flight,
+            max_in_flight_per_partition=settings.max_in_flight_per_partition,
+            consume_batch=settings.consume_batch,
+            commit_interval_s=settings.commit_interval_ms / 1000,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+        )
+        self.bridge.set_rebalance_hooks(self.worker.on_assign, self.worker.on_revoke)
+        self.health = (
+            HealthServer(
+                self.metrics.registry, self.ready, host=settings.http_host, port=settings.http_port
+            )
+            if http
+            else None
+        )
+        self._broker_ok = False
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        reg = self.registry
+        detail: dict[str, Any] = {
+            "broker": self._broker_ok,
+            "registry_loaded": reg.loaded,
+            "registry_stale": reg.stale,
+            "worker": self.worker.stats(),
+        }
+        self.metrics.registry_stale.set(1 if reg.stale else 0)
+        self.metrics.registry_rows.set(len(reg.rows) if reg.loaded else 0)
+        return (self._broker_ok and reg.loaded and not self.worker.stopping), detail
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.health is not None:
+            await self.health.start()
+        admin = await asyncio.to_thread(wait_for_broker, s, timeout_s=s.broker_wait_s)
+        if s.create_topics:
+            topics = [s.prompts_topic, s.completions_topic, s.dlq_topic]
+            created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
+            if created:
+                log.info("created topics %s", created)
+        await self.registry.start(timeout=s.registry_wait_s)
+        await self.bridge.start()
+        self._broker_ok = True
+        log.info(
+            "worker started",
+            extra={
+                "group_id": s.group_id,
+                "prompts_topic": s.prompts_topic,
+                "completions_topic": s.completions_topic,
+                "registry_rows": len(self.registry.rows),
+                "http_port": self.health.port if self.health else None,
+            },
+        )
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.bridge.close()
+        await self.sessions.close()
+        await self.registry.close()
+        if self.health is not None:
+            await self.health.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[App]:
+        """Start, run the worker in a task, and on exit stop and settle it (tests, dev stack)."""
+        await self.start()
+        task = asyncio.create_task(self.worker.run(), name="worker")
+        try:
+            yield self
+        finally:
+            self.worker.stop()
+            try:
+                await task
+            finally:
+                await self.close()
+
+
+async def run_app(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; a second signal exits at once. Returns the exit code."""
+    app = App(settings)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signame: str) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info(
+                "%s received: shutting down (deadline %.0f s)", signame, settings.shutdown_timeout_s
+            )
+            app.worker.stop()
+        else:
+            log.warning("%s received again: exiting now", signame)
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        await app.start()
+        await app.worker.run()
+    finally:
+        await app.close()
+        log.info("worker stopped", extra={"stats": app.worker.stats()})
+    return 0

@@ -1,0 +1,194 @@
+"""`llm-worker bench`: start the stack with a worker process, publish N prompts, measure.
+
+Prints one JSON line (machine-readable) and a short summary. Uses the local broker/Postgres
+unless `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` are set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from typing import Any
+
+from registry.migrate import migrate
+from registry.models import ModelRow
+from registry.store import upsert_row
+
+from .client import CompletionWaiter, publish
+from .config import load_settings
+from .devstack import LocalBroker, LocalPostgres, free_port, spawn_fake_provider, wait_port
+
+__all__ = ["percentile", "run_bench"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _fake_calls(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/admin/config", timeout=5) as resp:
+        data = json.load(resp)
+    profiles = data.get("profiles", data)
+    return sum(int(p.get("requests", 0)) for p in profiles.values() if isinstance(p, dict))
+
+
+def _prompts(n: int, dup_fraction: float, run: str) -> list[dict[str, Any]]:
+    distinct = max(1, round(n * (1 - dup_fraction)))
+    return [
+        {
+            "id": f"{run}-{i}",
+            "model": "bench",
+            "prompt": f"benchmark prompt number {i % distinct} about stream processing",
+            "max_tokens": 32,
+        }
+        for i in range(n)
+    ]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    broker: LocalBroker | None = None
+    pg: LocalPostgres | None = None
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or ""
+        if not bootstrap:
+            broker = LocalBroker().start()
+            bootstrap = broker.bootstrap
+        dsn = os.environ.get("DATABASE_URL") or ""
+        if not dsn:
+            pg = LocalPostgres().start()
+            dsn = pg.dsn
+        migrate(dsn)
+        fport = free_port()
+        procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms)))
+        fake_url = f"http://127.0.0.1:{fport}"
+        upsert_row(
+            dsn,
+            ModelRow(
+                model_id="bench",
+                provider="fake",
+                endpoint=f"{fake_url}/v1",
+                upstream_model="fake-bench",
+                max_tokens=64,
+                timeout_ms=10_000,
+            ),
+        )
+        run = uuid.uuid4().hex[:8]
+        http_port = free_port()
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": dsn,
+            "LLM_WORKER_PROMPTS_TOPIC": f"bench_prompts_{run}",
+            "LLM_WORKER_COMPLETIONS_TOPIC": f"bench_completions_{run}",
+            "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run}",
+            "LLM_WORKER_GROUP_ID": f"bench-{run}",
+            "LLM_WORKER_HTTP_PORT": str(http_port),
+            "LLM_WORKER_LOG_LEVEL": "WARNING",
+            "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "LLM_WORKER_TOPIC_PARTITIONS": str(args.partitions),
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "run"], env=env, stdin=subprocess.DEVNULL
+        )
+        procs.append(worker)
+        wait_port("127.0.0.1", http_port, 60)
+        settings = load_settings(env)
+        _wait_ready(http_port, 60)
+        prompts = _prompts(args.count, args.duplicates, run)
+        sent_at: dict[str, float] = {}
+        latencies: list[float] = []
+        done_times: list[float] = []
+
+        def on_completion(c: dict[str, Any]) -> None:
+            now = time.time()
+            done_times.append(now)
+            t = sent_at.get(c["id"])
+            if t is not None:
+                latencies.append((now - t) * 1000)
+
+        with CompletionWaiter(settings) as waiter:
+            t0 = time.time()
+            for p in prompts:
+                sent_at[p["id"]] = t0
+            pub = threading.Thread(target=publish, args=(settings, prompts))
+            pub.start()
+            got = waiter.wait(
+                [p["id"] for p in prompts], timeout=args.timeout, on_completion=on_completion
+            )
+            pub.join()
+        elapsed = (max(done_times) - t0) if done_times else float("nan")
+        ok = sum(1 for c in got.values() if c.get("status") == "ok")
+        result = {
+            "count": args.count,
+            "completions": len(got),
+            "ok": ok,
+            "duplicates_fraction": args.duplicates,
+            "provider_latency_ms": args.latency_ms,
+            "elapsed_s": round(elapsed, 3),
+            "completions_per_s": round(len(got) / elapsed, 1) if elapsed else None,
+            "e2e_latency_ms": {
+                "p50": round(percentile(latencies, 50), 1),
+                "p95": round(percentile(latencies, 95), 1),
+                "p99": round(percentile(latencies, 99), 1),
+            },
+            "provider_calls": _fake_calls(fake_url),
+            "worker_peak_rss_mb": round(_peak_rss_mb(worker.pid), 1),
+        }
+        print(json.dumps(result))
+        print(
+            f"\n{len(got)}/{args.count} completions in {elapsed:.2f} s = "
+            f"{result['completions_per_s']} completions/s; e2e latency p50/p95/p99 = "
+            f"{result['e2e_latency_ms']['p50']}/{result['e2e_latency_ms']['p95']}/"
+            f"{result['e2e_latency_ms']['p99']} ms (all prompts published at t0); "
+            f"provider calls {result['provider_calls']}; worker peak RSS "
+            f"{result['worker_peak_rss_mb']} MB",
+            file=sys.stderr,
+        )
+        return 0 if len(got) == args.count else 1
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            pg.stop()
+
+
+def _wait_ready(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"worker not ready on :{port} after {timeout:.0f} s")

@@ -1,0 +1,121 @@
+"""A small client: publish prompts and wait for their completions (`llm-worker send`, bench)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from .config import Settings
+
+__all__ = ["CompletionWaiter", "publish"]
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+def _client_conf(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers}
+    for k, v in settings.kafka_extra.items():
+        if k.startswith(("security.", "sasl.", "ssl.", "client.")):
+            conf[k] = v
+    return conf
+
+
+class CompletionWaiter:
+    """Reads `llm_completions` from (at most) the current end, keeping the ids it waits for.
+
+    Open it *before* publishing, so no completion can slip past it.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        conf = _client_conf(settings)
+        conf.update(
+            {
+                "group.id": f"llm-worker-send-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self._consumer = Consumer(conf)
+        topic = settings.completions_topic
+        meta = self._consumer.list_topics(topic, timeout=10)
+        parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
+        tps = []
+        for p in parts:
+            # the reported high watermark is never past the real end, so nothing is missed
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            tps.append(TopicPartition(topic, p, max(high, 0)))
+        self._consumer.assign(tps)
+
+    def wait(
+        self,
+        ids: Iterable[str],
+        *,
+        timeout: float,
+        on_completion: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Collect one completion per id (the first seen); stop at `timeout` seconds."""
+        wanted = set(ids)
+        got: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while wanted - got.keys() and time.monotonic() < deadline:
+            for msg in self._consumer.consume(1000, 0.2):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                try:
+                    comp = _dec.decode(value)
+                except msgspec.DecodeError:
+                    continue
+                cid = comp.get("id") if isinstance(comp, dict) else None
+                if cid in wanted and cid not in got:
+                    got[cid] = comp
+                    if on_completion is not None:
+                        on_completion(comp)
+        return got
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> CompletionWaiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def publish(
+    settings: Settings,
+    prompts: Iterable[dict[str, Any] | bytes],
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Publish prompts (dicts are JSON-encoded, bytes go as they are); return how many."""
+    producer = Producer({**_client_conf(settings), "linger.ms": 5, "enable.idempotence": True})
+    n = 0
+    for p in prompts:
+        value = p if isinstance(p, bytes) else _enc.encode(p)
+        key = None if isinstance(p, bytes) else str(p.get("id", "")).encode()
+        while True:
+            try:
+                producer.produce(settings.prompts_topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+        if n % 1000 == 0:
+            producer.poll(0)
+            if on_progress is not None:
+                on_progress(n)
+    remaining = producer.flush(30)
+    if remaining:
+        raise RuntimeError(f"{remaining} prompts were not acknowledged by the broker within 30 s")
+    if on_progress is not None:
+        on_progress(n)
+    return n

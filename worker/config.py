@@ -1,0 +1,193 @@
+"""Settings, read once from the environment (and an optional JSON/TOML-free `KEY=VALUE` file).
+
+Every setting is `LLM_WORKER_<NAME>` except the two fixed names `KAFKA_BOOTSTRAP_SERVERS` and
+`DATABASE_URL`. Any `LLM_WORKER_KAFKA_<PROPERTY>` is handed to librdkafka as `<property>` with
+underscores turned into dots (`LLM_WORKER_KAFKA_SECURITY_PROTOCOL` -> `security.protocol`).
+Errors name the variable that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+__all__ = ["ConfigError", "Settings", "load_settings", "redact_dsn"]
+
+PREFIX = "LLM_WORKER_"
+KAFKA_PREFIX = "LLM_WORKER_KAFKA_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    group_id: str = "llm-worker"
+    prompts_topic: str = "llm_prompts"
+    completions_topic: str = "llm_completions"
+    dlq_topic: str = "llm_prompts.dlq"
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    max_in_flight: int = 1024
+    max_in_flight_per_partition: int = 256
+    consume_batch: int = 500
+    commit_interval_ms: int = 500
+    max_message_bytes: int = 1_000_000
+    max_metadata_bytes: int = 16_384
+    shutdown_timeout_s: float = 20.0
+    request_deadline_s: float = 120.0
+    max_attempts: int = 3
+    registry_refresh_s: float = 5.0
+    secrets_dir: str = "/var/run/secrets/llm-worker"
+    log_level: str = "INFO"
+    log_format: str = "json"
+    broker_wait_s: float = 60.0
+    registry_wait_s: float = 60.0
+    create_topics: bool = True
+    topic_partitions: int = 4
+    kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f}={getattr(self, f)!r}"
+            for f in self.__struct_fields__
+            if f not in ("database_url", "kafka_extra")
+        )
+        extra = {k: ("***" if _is_secret_key(k) else v) for k, v in self.kafka_extra.items()}
+        dsn = redact_dsn(self.database_url)
+        return f"Settings({shown}, database_url={dsn!r}, kafka_extra={extra!r})"
+
+    __str__ = __repr__
+
+    def kafka_common(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        conf.update(self.kafka_extra)
+        return conf
+
+
+_FIXED = {"KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers", "DATABASE_URL": "database_url"}
+
+
+def _is_secret_key(key: str) -> bool:
+    return any(w in key for w in ("password", "secret", "key", "token"))
+
+
+def redact_dsn(dsn: str) -> str:
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if "=" not in line:
+                    raise ConfigError(f"{path}:{n}: expected KEY=VALUE, got {line!r}")
+                key, value = line.split("=", 1)
+                out[key.strip()] = value.strip().strip('"').strip("'")
+    except OSError as exc:
+        raise ConfigError(f"LLM_WORKER_CONFIG_FILE={path!r} cannot be read: {exc}") from exc
+    return out
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build `Settings` from `env` (default: `os.environ`), then apply `overrides`."""
+    source = dict(os.environ if env is None else env)
+    if "LLM_WORKER_CONFIG_FILE" in source:
+        from_file = _read_env_file(source["LLM_WORKER_CONFIG_FILE"])
+        source = {**from_file, **source}
+    fields = {f: t for f, t in zip(Settings.__struct_fields__, _field_types(), strict=True)}
+    values: dict[str, Any] = {}
+    kafka_extra: dict[str, str] = {}
+    for var, raw in source.items():
+        if var in _FIXED:
+            values[_FIXED[var]] = raw
+        elif var.startswith(KAFKA_PREFIX):
+            prop = var[len(KAFKA_PREFIX) :].lower().replace("_", ".")
+            if prop:
+                kafka_extra[prop] = raw
+        elif var.startswith(PREFIX) and var != "LLM_WORKER_CONFIG_FILE":
+            name = var[len(PREFIX) :].lower()
+            if name not in fields or name in (
+                "kafka_extra",
+                "kafka_bootstrap_servers",
+                "database_url",
+            ):
+                continue
+            values[name] = _convert(var, raw, fields[name])
+    values["kafka_extra"] = kafka_extra
+    values.update(overrides)
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _field_types() -> list[type]:
+    hints = {"int": int, "float": float, "str": str, "bool": bool}
+    out: list[type] = []
+    for f in Settings.__struct_fields__:
+        default = getattr(Settings(), f)
+        out.append(hints.get(type(default).__name__, str))
+    return out
+
+
+def _convert(var: str, raw: str, tp: type) -> Any:
+    try:
+        if tp is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return tp(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {tp.__name__}") from None
+
+
+def _validate(s: Settings) -> None:
+    positive = (
+        "http_port",
+        "max_in_flight",
+        "max_in_flight_per_partition",
+        "consume_batch",
+        "commit_interval_ms",
+        "max_message_bytes",
+        "max_attempts",
+        "topic_partitions",
+    )
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"LLM_WORKER_{name.upper()} must be > 0, got {getattr(s, name)}")
+    for name in (
+        "shutdown_timeout_s",
+        "request_deadline_s",
+        "registry_refresh_s",
+        "broker_wait_s",
+        "registry_wait_s",
+    ):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"LLM_WORKER_{name.upper()} must be > 0, got {getattr(s, name)}")
+    if not s.kafka_bootstrap_servers.strip():
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS must not be empty")
+    if (
+        not s.database_url.startswith(("postgresql://", "postgres://"))
+        and "=" not in s.database_url
+    ):
+        raise ConfigError(
+            f"DATABASE_URL={redact_dsn(s.database_url)!r} is not a PostgreSQL URL or key=value DSN"
+        )
+    if s.log_format not in ("json", "text"):
+        raise ConfigError(f"LLM_WORKER_LOG_FORMAT must be json or text, got {s.log_format!r}")
+    for topic in ("prompts_topic", "completions_topic", "dlq_topic", "group_id"):
+        if not getattr(s, topic):
+            raise ConfigError(f"LLM_WORKER_{topic.upper()} must not be empty")

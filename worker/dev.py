@@ -1,0 +1,195 @@
+"""`llm-worker dev`: the whole stack on one machine, with pip-installed parts only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from registry.migrate import migrate
+from registry.models import ModelRow
+from registry.store import upsert_row
+
+from .app import App
+from .client import CompletionWaiter, publish
+from .config import Settings, load_settings
+from .devstack import LocalBroker, LocalPostgres, free_port, spawn_fake_provider
+from .telemetry import configure_logging
+
+__all__ = ["demo_prompts", "run_dev", "seed_rows"]
+
+log = logging.getLogger("llm_worker.dev")
+
+
+def seed_rows(fake_url: str) -> list[ModelRow]:
+    """Demo registry rows, all served by the built-in fake provider at `fake_url`."""
+    return [
+        ModelRow(
+            model_id="chat-small",
+            provider="fake",
+            endpoint=f"{fake_url}/v1",
+            upstream_model="fake-small",
+            max_tokens=256,
+            input_cost_per_1k=0.0005,
+            output_cost_per_1k=0.0015,
+            timeout_ms=10_000,
+        ),
+        ModelRow(
+            model_id="chat-large",
+            provider="fake",
+            endpoint=f"{fake_url}/v1",
+            upstream_model="fake-large",
+            max_tokens=1024,
+            input_cost_per_1k=0.003,
+            output_cost_per_1k=0.015,
+            timeout_ms=10_000,
+        ),
+        ModelRow(
+            model_id="chat-flaky",
+            provider="fake",
+            endpoint=f"{fake_url}/flaky/v1",  # this profile fails every call
+            upstream_model="fake-flaky",
+            max_tokens=256,
+            fallback_provider="fake",
+            fallback_endpoint=f"{fake_url}/v1",
+            fallback_model="fake-small",
+            timeout_ms=2_000,
+        ),
+    ]
+
+
+def demo_prompts() -> list[dict[str, Any]]:
+    run = time.strftime("%H%M%S")
+    return [
+        {"id": f"demo-{run}-1", "model": "chat-small", "prompt": "What is Kafka, in one line?"},
+        {
+            "id": f"demo-{run}-2",
+            "model": "chat-large",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Name three PostgreSQL features."},
+            ],
+        },
+        {"id": f"demo-{run}-3", "model": "chat-small", "prompt": "Say hello twice."},
+        {"id": f"demo-{run}-4", "model": "chat-small", "prompt": "Say hello twice."},
+        {"id": f"demo-{run}-5", "model": "chat-flaky", "prompt": "Does failover work?"},
+        {"id": f"demo-{run}-6", "model": "no-such-model", "prompt": "This one gets an error."},
+    ]
+
+
+def _print_completion(c: dict[str, Any]) -> None:
+    if c.get("status") == "ok":
+        extra = " (fallback)" if c.get("fallback_used") else ""
+        print(
+            f"  {c['id']}  {c['model']:<14} ok    via {c.get('endpoint_name')}{extra}"
+            f"  {c.get('latency_ms')} ms  -> {c.get('text')!r}",
+            flush=True,
+        )
+    else:
+        err = c.get("error") or {}
+        print(
+            f"  {c['id']}  {c['model']:<14} error {err.get('type')}: {err.get('message')}",
+            flush=True,
+        )
+
+
+def _run_demo(settings: Settings) -> int:
+    prompts = demo_prompts()
+    print(f"\nsending {len(prompts)} demo prompts to {settings.prompts_topic} ...", flush=True)
+    with CompletionWaiter(settings) as waiter:
+        publish(settings, prompts)
+        got = waiter.wait([p["id"] for p in prompts], timeout=60, on_completion=_print_completion)
+    print(f"{len(got)}/{len(prompts)} completions received from {settings.completions_topic}\n")
+    return 0 if len(got) == len(prompts) else 1
+
+
+def _next_steps(settings: Settings, http_port: int | None) -> str:
+    env = f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
+    return (
+        "\nllm-worker dev stack is running:\n"
+        f"  broker    {settings.kafka_bootstrap_servers}\n"
+        f"  postgres  {settings.database_url}\n"
+        f"  metrics   http://127.0.0.1:{http_port}/metrics   ready: /readyz\n"
+        "try, in another shell:\n"
+        f"  {env}llm-worker send 'Hello there' --model chat-small\n"
+        f"  DATABASE_URL='{settings.database_url}' llm-worker registry list\n"
+        "Ctrl-C stops everything.\n"
+    )
+
+
+async def _serve(settings: Settings, demo: bool, once: bool) -> int:
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    async with app.running():
+        port = app.health.port if app.health else None
+        print(_next_steps(settings, port), flush=True)
+        if demo:
+            code = await asyncio.to_thread(_run_demo, settings)
+            if once:
+                return code
+        await stop.wait()
+        print("\nstopping ...", flush=True)
+    return code
+
+
+def run_dev(*, demo: bool, fake_port: int = 0, http_port: int = 8080, once: bool = False) -> int:
+    quiet = demo
+    configure_logging("WARNING" if quiet else "INFO", "text")
+    broker: LocalBroker | None = None
+    pg: LocalPostgres | None = None
+    fake: subprocess.Popen[bytes] | None = None
+    try:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            print("starting local broker (Tansu) ...", flush=True)
+            broker = LocalBroker().start()
+            bootstrap = broker.bootstrap
+        dsn = os.environ.get("DATABASE_URL")
+        if not dsn:
+            print("starting local PostgreSQL (pgserver) ...", flush=True)
+            pg = LocalPostgres().start()
+            dsn = pg.dsn
+        applied = migrate(dsn)
+        print(f"migrations applied: {', '.join(applied) or 'none pending'}", flush=True)
+        fport = fake_port or free_port()
+        fake = spawn_fake_provider(fport, "--latency-ms", "20", "--profile", "flaky:error_rate=1.0")
+        fake_url = f"http://127.0.0.1:{fport}"
+        for row in seed_rows(fake_url):
+            upsert_row(dsn, row)
+        print(
+            f"fake provider on {fake_url}; registry seeded: chat-small, chat-large, chat-flaky",
+            flush=True,
+        )
+        settings = load_settings(
+            kafka_bootstrap_servers=bootstrap,
+            database_url=dsn,
+            http_port=http_port or free_port(),
+            log_format="text",
+            log_level="WARNING" if quiet else "INFO",
+            registry_refresh_s=2.0,
+        )
+        return asyncio.run(_serve(settings, demo, once))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if fake is not None:
+            fake.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                fake.wait(5)
+            if fake.poll() is None:
+                fake.kill()
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            pg.stop()
+        sys.stdout.flush()

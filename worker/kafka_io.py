@@ -1,0 +1,346 @@
+"""The only module that touches librdkafka handles.
+
+All consumer calls run on one dedicated thread (librdkafka's consumer is driven from a single
+thread, and rebalance callbacks fire inside `consume()` on it). The producer is polled by its own
+thread; delivery reports come back to the event loop as resolved futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from .config import Settings
+
+__all__ = [
+    "DeliveryError",
+    "KafkaBridge",
+    "KafkaUnavailable",
+    "Message",
+    "TopicPartition",
+    "ensure_topics",
+    "wait_for_broker",
+]
+
+log = logging.getLogger("llm_worker.kafka")
+rdlog = logging.getLogger("llm_worker.librdkafka")
+
+RevokeHook = Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]]
+AssignHook = Callable[[list[tuple[str, int]]], None]
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker could not be reached within the start-up deadline."""
+
+
+class DeliveryError(RuntimeError):
+    def __init__(self, err: KafkaError) -> None:
+        super().__init__(f"delivery failed: {err.str()} ({err.name()})")
+        self.code = err.code()
+        self.retriable = bool(err.retriable()) or self.code in (
+            KafkaError._MSG_TIMED_OUT,
+            KafkaError._TRANSPORT,
+            KafkaError.NOT_ENOUGH_REPLICAS,
+            KafkaError.REQUEST_TIMED_OUT,
+        )
+        self.too_large = self.code == KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def _error_cb(err: KafkaError) -> None:
+    if err.fatal():
+        log.error("kafka fatal error: %s", err.str())
+    else:
+        log.warning("kafka error: %s", err.str())
+
+
+_CONSUMER_ONLY = (
+    "group.",
+    "session.",
+    "heartbeat.",
+    "max.poll.",
+    "partition.assignment",
+    "auto.offset",
+    "enable.auto",
+    "fetch.",
+    "isolation.level",
+    "queued.",
+)
+_PRODUCER_ONLY = (
+    "linger.",
+    "acks",
+    "enable.idempotence",
+    "compression.",
+    "batch.",
+    "queue.buffering",
+    "message.timeout",
+    "transactional.",
+    "delivery.timeout",
+)
+
+
+def _common(settings: Settings, role: str = "admin") -> dict[str, Any]:
+    """Base librdkafka config for a client; passthrough properties of the other role dropped."""
+    drop: tuple[str, ...] = ()
+    if role == "producer":
+        drop = _CONSUMER_ONLY
+    elif role == "consumer":
+        drop = _PRODUCER_ONLY
+    elif role == "admin":
+        drop = _CONSUMER_ONLY + _PRODUCER_ONLY
+    conf = {k: v for k, v in settings.kafka_common().items() if not k.startswith(drop)}
+    conf["error_cb"] = _error_cb
+    conf["logger"] = rdlog
+    return conf
+
+
+def wait_for_broker(settings: Settings, *, timeout_s: float) -> AdminClient:
+    """Block until the cluster answers a metadata request, with backoff; raise KafkaUnavailable."""
+    admin = AdminClient(_common(settings))
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            return admin
+        except KafkaException as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KafkaUnavailable(
+                    "cannot reach Kafka at "
+                    f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers!r}"
+                    f" after {timeout_s:.0f} s ({exc.args[0].str() if exc.args else exc})"
+                ) from None
+            log.warning(
+                "waiting for Kafka at %s (attempt %d, retrying in %.1f s)",
+                settings.kafka_bootstrap_servers,
+                attempt,
+                delay,
+            )
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+
+def ensure_topics(admin: AdminClient, topics: Sequence[str], partitions: int) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+    created = []
+    for topic, fut in futures.items():
+        try:
+            fut.result()
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise
+    return created
+
+
+class KafkaBridge:
+    """Consumer + idempotent producer behind asyncio-friendly methods."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_assign: AssignHook | None = None,
+        on_revoke: RevokeHook | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._cthread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="kafka-consumer"
+        )
+        self._pthread: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.assignment: set[tuple[str, int]] = set()
+
+    def set_rebalance_hooks(self, on_assign: AssignHook, on_revoke: RevokeHook) -> None:
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        s = self._settings
+        consumer_conf: dict[str, Any] = {
+            "group.id": s.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",
+            "enable.partition.eof": False,
+        }
+        consumer_conf.update(_common(s, "consumer"))
+        producer_conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
+        producer_conf.update(_common(s, "producer"))
+        self._producer = Producer(producer_conf)
+        self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
+        await self._in_consumer_thread(
+            self._consumer.subscribe,
+            [s.prompts_topic],
+            on_assign=self._assign_cb,
+            on_revoke=self._revoke_cb,
+            on_lost=self._lost_cb,
+        )
+        self._pthread = threading.Thread(
+            target=self._poll_producer, name="kafka-producer", daemon=True
+        )
+        self._pthread.start()
+
+    async def close(self, *, flush_timeout: float = 10.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.flush, flush_timeout)
+        self._stop_polling.set()
+        if self._pthread is not None:
+            await asyncio.to_thread(self._pthread.join, 5.0)
+        if self._consumer is not None:
+            try:
+                await self._in_consumer_thread(self._consumer.close)
+            except KafkaException as exc:
+                log.warning("consumer close: %s", exc)
+        self._cthread.shutdown(wait=False)
+
+    # -- consumer --------------------------------------------------------------------------
+    async def _in_consumer_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._cthread, lambda: fn(*args, **kwargs))
+
+    async def consume(self, max_messages: int, timeout: float) -> list[Message]:
+        assert self._consumer is not None
+        msgs: list[Message] = await self._in_consumer_thread(
+            self._consumer.consume, max_messages, timeout
+        )
+        return msgs
+
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        if not offsets or self._consumer is None:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        await self._in_consumer_thread(self._commit_sync, tps)
+
+    def _commit_sync(self, tps: list[TopicPartition]) -> None:
+        """Commit on the consumer thread; partitions we no longer own are left to their owner."""
+        assert self._consumer is not None
+        tps = [tp for tp in tps if (tp.topic, tp.partition) in self.assignment]
+        if not tps:
+            return
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if err is not None and err.code() == KafkaError._NO_OFFSET:
+                return
+            raise
+
+    async def pause(self, parts: list[tuple[str, int]]) -> None:
+        if parts and self._consumer is not None:
+            tps = [TopicPartition(t, p) for t, p in parts]
+            await self._in_consumer_thread(self._consumer.pause, tps)
+
+    async def resume(self, parts: list[tuple[str, int]]) -> None:
+        if parts and self._consumer is not None:
+            tps = [TopicPartition(t, p) for t, p in parts]
+            await self._in_consumer_thread(self._consumer.resume, tps)
+
+    def _assign_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.assignment.update(keys)
+        log.info("partitions assigned: %s", keys)
+        if self._on_assign is not None:
+            self._on_assign(keys)
+
+    def _revoke_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("partitions revoked: %s", keys)
+        try:
+            if self._on_revoke is not None:
+                commits = self._on_revoke(keys)
+                if commits:
+                    self._commit_sync([TopicPartition(t, p, o) for (t, p), o in commits.items()])
+                    log.info("committed on revoke: %s", commits)
+        except Exception:
+            log.exception("error while settling revoked partitions %s", keys)
+        finally:
+            self.assignment.difference_update(keys)
+
+    def _lost_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        log.warning("partitions lost (no commit possible): %s", keys)
+        self.assignment.difference_update(keys)
+
+    # -- producer --------------------------------------------------------------------------
+    def _poll_producer(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while not self._stop_polling.is_set():
+            producer.poll(0.05)
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Produce one record and wait until the broker acknowledged it (or raise DeliveryError)."""
+        assert self._producer is not None and self._loop is not None
+        loop = self._loop
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, fut, err)
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
+                )
+                break
+            except BufferError:
+                await asyncio.sleep(0.01)  # local queue full: wait for deliveries to drain it
+            except KafkaException as exc:
+                raise DeliveryError(exc.args[0]) from exc
+        await fut
+
+    def producer_queue_len(self) -> int:
+        return len(self._producer) if self._producer is not None else 0
+
+
+def _settle(fut: asyncio.Future[None], err: KafkaError | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(DeliveryError(err))

@@ -1,0 +1,108 @@
+"""Per-partition offset tracking for out-of-order completion.
+
+Messages of a partition start in offset order and finish in any order. The offset that is safe
+to commit is one past the end of the first unbroken run of finished offsets: a committed offset
+never passes a message that has not finished.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+__all__ = ["OffsetTracker", "PartitionOffsets"]
+
+
+class PartitionOffsets:
+    """Offsets of one partition: started, finished, and the committable watermark."""
+
+    __slots__ = ("_done", "_heap", "_in_flight", "committed", "safe")
+
+    def __init__(self) -> None:
+        self._heap: list[int] = []  # started offsets not yet passed by `safe`
+        self._in_flight: set[int] = set()
+        self._done: set[int] = set()
+        self.safe: int | None = None  # next offset to commit (last contiguous finished + 1)
+        self.committed: int | None = None  # what was last committed to the broker
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def start(self, offset: int) -> None:
+        if offset in self._in_flight or offset in self._done:
+            return  # redelivered after a seek; already tracked
+        if self.safe is not None and offset < self.safe:
+            return  # already finished and passed
+        self._in_flight.add(offset)
+        heapq.heappush(self._heap, offset)
+
+    def finish(self, offset: int) -> None:
+        if offset not in self._in_flight:
+            return
+        self._in_flight.discard(offset)
+        self._done.add(offset)
+        heap = self._heap
+        while heap and heap[0] in self._done:
+            low = heapq.heappop(heap)
+            self._done.discard(low)
+            self.safe = low + 1
+
+    def pending_commit(self) -> int | None:
+        """The offset to commit now, or None when nothing new is safe."""
+        if self.safe is None or self.safe == self.committed:
+            return None
+        return self.safe
+
+
+class OffsetTracker:
+    """All partitions this consumer owns, keyed by (topic, partition)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[str, int], PartitionOffsets] = {}
+
+    def part(self, topic: str, partition: int) -> PartitionOffsets:
+        key = (topic, partition)
+        p = self._parts.get(key)
+        if p is None:
+            p = self._parts[key] = PartitionOffsets()
+        return p
+
+    def start(self, topic: str, partition: int, offset: int) -> None:
+        self.part(topic, partition).start(offset)
+
+    def finish(self, topic: str, partition: int, offset: int) -> None:
+        p = self._parts.get((topic, partition))
+        if p is not None:
+            p.finish(offset)
+
+    def in_flight(self, topic: str | None = None, partition: int | None = None) -> int:
+        if topic is not None and partition is not None:
+            p = self._parts.get((topic, partition))
+            return p.in_flight if p else 0
+        return sum(p.in_flight for p in self._parts.values())
+
+    def pending_commits(
+        self, only: Iterable[tuple[str, int]] | None = None
+    ) -> dict[tuple[str, int], int]:
+        keys = list(self._parts) if only is None else [k for k in only if k in self._parts]
+        out: dict[tuple[str, int], int] = {}
+        for key in keys:
+            off = self._parts[key].pending_commit()
+            if off is not None:
+                out[key] = off
+        return out
+
+    def mark_committed(self, commits: dict[tuple[str, int], int]) -> None:
+        for key, off in commits.items():
+            p = self._parts.get(key)
+            if p is not None and (p.committed is None or off > p.committed):
+                p.committed = off
+
+    def drop(self, keys: Iterable[tuple[str, int]]) -> None:
+        """Forget partitions (after revoke: another consumer owns them now)."""
+        for key in keys:
+            self._parts.pop(key, None)
+
+    def partitions(self) -> list[tuple[str, int]]:
+        return list(self._parts)

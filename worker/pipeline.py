@@ -1,0 +1,243 @@
+"""From one input record to its outcome record (a completion or a dead letter).
+
+`Pipeline.process` never raises for bad input or provider trouble: every readable input becomes
+a completion (`ok` or `error`), every unreadable one a DLQ record. Only cancellation escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from adapters.base import Message as ProviderMessage
+from adapters.base import ProviderRequest
+from registry.errors import RegistryError
+from registry.resolve import Candidate
+
+from .calls import Caller, CallFailed
+from .config import Settings
+from .messages import Completion, ErrorInfo, Prompt, Rejected, Usage, decode_prompt, encode
+from .telemetry import Metrics
+
+__all__ = ["InputRecord", "Outcome", "Pipeline", "RegistryView"]
+
+log = logging.getLogger("llm_worker.outcome")
+
+PASSTHROUGH_HEADERS = ("traceparent", "tracestate")
+
+
+class RegistryView(Protocol):
+    def resolve(self, model_id: str) -> list[Candidate]: ...
+
+
+class InputRecord(msgspec.Struct, frozen=True, kw_only=True):
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None
+    timestamp_ms: int | None = None
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    completion: Completion | None = None
+    dlq_reason: str | None = None
+
+
+def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
+    if not rec.headers:
+        return None
+    kept = [(k, v) for k, v in rec.headers if k in PASSTHROUGH_HEADERS]
+    return kept or None
+
+
+def _to_provider_request(p: Prompt) -> ProviderRequest:
+    stop: tuple[str, ...] | None
+    if p.stop is None:
+        stop = None
+    elif isinstance(p.stop, str):
+        stop = (p.stop,)
+    else:
+        stop = tuple(p.stop)
+    return ProviderRequest(
+        messages=(
+            tuple(ProviderMessage(m.role, m.content) for m in p.messages)
+            if p.messages is not None
+            else None
+        ),
+        prompt=p.prompt,
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        stop=stop,
+        seed=p.seed,
+    )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: RegistryView,
+        caller: Caller,
+        metrics: Metrics,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._s = settings
+        self._registry = registry
+        self._caller = caller
+        self._metrics = metrics
+        self._wall = wall_clock
+        self._clock = clock
+
+    def _queue_ms(self, rec: InputRecord) -> float | None:
+        if not rec.timestamp_ms:
+            return None
+        return max(0.0, self._wall() * 1000 - rec.timestamp_ms)
+
+    async def process(self, rec: InputRecord) -> Outcome:
+        started = self._clock()
+        decoded = decode_prompt(
+            rec.value,
+            max_bytes=self._s.max_message_bytes,
+            max_metadata_bytes=self._s.max_metadata_bytes,
+        )
+        if isinstance(decoded, Rejected):
+            return self._rejected(rec, decoded)
+        prompt = decoded
+        try:
+            candidates = self._registry.resolve(prompt.model)
+        except RegistryError as exc:
+            return self._error(
+                rec, prompt.id, prompt.model, prompt.metadata, type(exc).__name__, str(exc)
+            )
+        deadline = started + self._s.request_deadline_s
+        try:
+            call = await self._caller.call(
+                candidates, _to_provider_request(prompt), deadline=deadline
+            )
+        except CallFailed as failed:
+            err = failed.error
+            comp = Completion(
+                id=prompt.id,
+                model=prompt.model,
+                status="error",
+                metadata=prompt.metadata,
+                provider=failed.candidate.provider if failed.candidate else None,
+                upstream_model=failed.candidate.upstream_model if failed.candidate else None,
+                endpoint_name=failed.candidate.endpoint_name if failed.candidate else None,
+                queue_ms=self._queue_ms(rec),
+                attempts=failed.attempts,
+                fallback_used=bool(failed.candidate and failed.candidate.fallback),
+                error=ErrorInfo(type=err.type, message=str(err), retryable=err.retryable),
+            )
+            return self._completion(rec, comp)
+        res, cand, row = call.result, call.candidate, call.candidate.row
+        cost = (
+            res.input_tokens / 1000 * row.input_cost_per_1k
+            + res.output_tokens / 1000 * row.output_cost_per_1k
+        )
+        comp = Completion(
+            id=prompt.id,
+            model=prompt.model,
+            status="ok",
+            metadata=prompt.metadata,
+            text=res.text,
+            finish_reason=res.finish_reason,
+            provider=cand.provider,
+            upstream_model=cand.upstream_model,
+            endpoint_name=cand.endpoint_name,
+            usage=Usage(
+                input_tokens=res.input_tokens,
+                output_tokens=res.output_tokens,
+                cost_usd=round(cost, 8),
+            ),
+            latency_ms=round(call.latency_ms, 3),
+            queue_ms=self._queue_ms(rec),
+            fallback_used=cand.fallback,
+            attempts=call.attempts,
+        )
+        if cand.fallback:
+            self._metrics.fallbacks.labels(prompt.model).inc()
+        return self._completion(rec, comp)
+
+    # -- outcome builders ------------------------------------------------------------------
+    def _completion(self, rec: InputRecord, comp: Completion) -> Outcome:
+        return Outcome(
+            topic=self._s.completions_topic,
+            value=encode(comp),
+            key=rec.key,
+            headers=_headers_out(rec),
+            completion=comp,
+        )
+
+    def _error(
+        self,
+        rec: InputRecord,
+        request_id: str,
+        model: str,
+        metadata: dict[str, Any] | None,
+        etype: str,
+        message: str,
+    ) -> Outcome:
+        comp = Completion(
+            id=request_id,
+            model=model,
+            status="error",
+            metadata=metadata,
+            queue_ms=self._queue_ms(rec),
+            error=ErrorInfo(type=_snake(etype), message=message, retryable=False),
+        )
+        return self._completion(rec, comp)
+
+    def _rejected(self, rec: InputRecord, rej: Rejected) -> Outcome:
+        if not rej.dlq and rej.request_id is not None:
+            return self._error(
+                rec, rej.request_id, rej.model, rej.metadata, rej.reason, rej.message
+            )
+        return self.dead_letter(rec, rej.reason, rej.message)
+
+    def dead_letter(self, rec: InputRecord, reason: str, message: str) -> Outcome:
+        headers = list(rec.headers or [])
+        headers += [
+            ("llm_worker.reason", reason.encode()),
+            ("llm_worker.error", message[:1000].encode("utf-8", "replace")),
+            ("llm_worker.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
+        ]
+        return Outcome(
+            topic=self._s.dlq_topic,
+            value=rec.value or b"",
+            key=rec.key,
+            headers=headers,
+            dlq_reason=reason,
+        )
+
+    def internal_error(self, rec: InputRecord, exc: BaseException) -> Outcome:
+        """An unexpected bug while processing: answer it rather than crash-loop on it."""
+        decoded = decode_prompt(rec.value, max_bytes=2**62, max_metadata_bytes=2**62)
+        message = f"internal error: {type(exc).__name__}"
+        if isinstance(decoded, Prompt):
+            return self._error(
+                rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
+            )
+        return self.dead_letter(rec, "internal_error", message)
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
