@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import msgspec
+from prometheus_client import Counter, Histogram
 
 from adapters import get_adapter
 from adapters.base import ProviderRequest, ProviderResult, Target
@@ -57,6 +58,18 @@ class Caller:
         self._metrics = metrics
         self._max_attempts = max_attempts
         self._clock = clock
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+    def _ok_metrics(self, cand: Candidate) -> tuple[Counter, Histogram]:
+        key = (cand.provider, cand.endpoint_name)
+        children = self._children.get(key)
+        if children is None:
+            m = self._metrics
+            children = self._children[key] = (
+                m.provider_calls.labels(cand.provider, cand.endpoint_name, "ok"),
+                m.provider_latency.labels(cand.provider, cand.endpoint_name),
+            )
+        return children
 
     def _target(self, cand: Candidate) -> Target:
         row = cand.row
@@ -114,7 +127,10 @@ class Caller:
                 attempts += 1
                 t0 = self._clock()
                 try:
-                    async with asyncio.timeout(remaining):
+                    if remaining < target.timeout_ms / 1000:
+                        async with asyncio.timeout(remaining):
+                            result = await adapter.complete(session, target, request)
+                    else:  # the adapter's own per-row timeout ends the attempt first
                         result = await adapter.complete(session, target, request)
                 except ProviderError as exc:
                     last = exc
@@ -127,8 +143,9 @@ class Caller:
                     raise CallFailed(last, attempts, cand) from None
                 else:
                     elapsed = self._clock() - t0
-                    m.provider_calls.labels(cand.provider, cand.endpoint_name, "ok").inc()
-                    m.provider_latency.labels(cand.provider, cand.endpoint_name).observe(elapsed)
+                    ok, latency = self._ok_metrics(cand)
+                    ok.inc()
+                    latency.observe(elapsed)
                     return CallResult(
                         result=result, candidate=cand, attempts=attempts, latency_ms=elapsed * 1000
                     )

@@ -178,7 +178,9 @@ def run_dev(*, demo: bool, fake_port: int = 0, http_port: int = 8080, once: bool
             log_level="WARNING" if quiet else "INFO",
             registry_refresh_s=2.0,
         )
-        return asyncio.run(_serve(settings, demo, once))
+        from .cli import run_async
+
+        return run_async(_serve(settings, demo, once))
     except KeyboardInterrupt:
         return 130
     finally:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,9 @@ class LocalPostgres:
             ) from exc
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="llm-worker-pg-")
-        self._server = pgserver.get_server(self._dir, cleanup_mode="stop")
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            self._server = pgserver.get_server(self._dir, cleanup_mode="stop")
         self.dsn = self._server.get_uri()
         log.info("local PostgreSQL ready at %s", self.dsn)
         return self

@@ -8,6 +8,7 @@ thread; delivery reports come back to the event loop as resolved futures.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -179,6 +180,9 @@ class KafkaBridge:
         self._stop_polling = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._reports: collections.deque[tuple[asyncio.Future[None], KafkaError | None]] = (
+            collections.deque()
+        )
         self.assignment: set[tuple[str, int]] = set()
 
     def set_rebalance_hooks(self, on_assign: AssignHook, on_revoke: RevokeHook) -> None:
@@ -300,10 +304,17 @@ class KafkaBridge:
 
     # -- producer --------------------------------------------------------------------------
     def _poll_producer(self) -> None:
-        producer = self._producer
-        assert producer is not None
+        """Serve delivery reports; hand each poll's batch to the loop in one wake-up."""
+        producer, loop = self._producer, self._loop
+        assert producer is not None and loop is not None
+        batch = self._reports
         while not self._stop_polling.is_set():
             producer.poll(0.05)
+            if batch:
+                ready = []
+                while batch:  # deque: flush() on another thread may append meanwhile
+                    ready.append(batch.popleft())
+                loop.call_soon_threadsafe(_settle_all, ready)
 
     async def produce(
         self,
@@ -315,11 +326,11 @@ class KafkaBridge:
     ) -> None:
         """Produce one record and wait until the broker acknowledged it (or raise DeliveryError)."""
         assert self._producer is not None and self._loop is not None
-        loop = self._loop
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[None] = self._loop.create_future()
+        reports = self._reports
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            loop.call_soon_threadsafe(_settle, fut, err)
+            reports.append((fut, err))  # runs on the polling thread, inside producer.poll()
 
         while True:
             try:
@@ -337,10 +348,11 @@ class KafkaBridge:
         return len(self._producer) if self._producer is not None else 0
 
 
-def _settle(fut: asyncio.Future[None], err: KafkaError | None) -> None:
-    if fut.done():
-        return
-    if err is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(DeliveryError(err))
+def _settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
+    for fut, err in reports:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(DeliveryError(err))
