@@ -396,7 +396,13 @@ def run_fake_server(
         "error_status": error_status,
         "profiles": profiles,
     }
-    asyncio.run(_serve(host, port, settings, on_ready or _announce))
+    serving = _serve(host, port, settings, on_ready or _announce)
+    try:
+        import uvloop  # the fake should cost the machine as little CPU as it can
+    except ImportError:
+        asyncio.run(serving)
+    else:
+        uvloop.run(serving)
 
 
 def _announce(url: str) -> None:

@@ -71,6 +71,7 @@ class App:
             "broker": self._broker_ok,
             "registry_loaded": reg.loaded,
             "registry_stale": reg.stale,
+            "assigned_partitions": len(self.bridge.assignment),
             "worker": self.worker.stats(),
         }
         self.metrics.registry_stale.set(1 if reg.stale else 0)

@@ -110,30 +110,43 @@ def run_bench(args: argparse.Namespace) -> int:
             "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "LLM_WORKER_TOPIC_PARTITIONS": str(args.partitions),
         }
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run"], env=env, stdin=subprocess.DEVNULL
-        )
-        procs.append(worker)
-        wait_port("127.0.0.1", http_port, 60)
+        workers: list[subprocess.Popen[bytes]] = []
+        for i in range(args.workers):  # replicas of one consumer group, one process each
+            port = http_port if i == 0 else free_port()
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "worker.cli", "run"],
+                    env={**env, "LLM_WORKER_HTTP_PORT": str(port)},
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+            wait_port("127.0.0.1", port, 60)
+            _wait_ready(port, 60)
+        procs.extend(workers)
         settings = load_settings(env)
-        _wait_ready(http_port, 60)
         prompts = _prompts(args.count, args.duplicates, run)
         sent_at: dict[str, float] = {}
         latencies: list[float] = []
+        queue_ms: list[float] = []
         done_times: list[float] = []
 
         def on_completion(c: dict[str, Any]) -> None:
             now = time.time()
             done_times.append(now)
-            t = sent_at.get(c["id"])
+            t = sent_at.get(c["id"], t0)
             if t is not None:
                 latencies.append((now - t) * 1000)
+            if c.get("queue_ms") is not None:
+                queue_ms.append(c["queue_ms"])
 
+        _wait_assigned(http_port, 60)  # the group has formed: time from here is processing
         with CompletionWaiter(settings) as waiter:
             t0 = time.time()
-            for p in prompts:
-                sent_at[p["id"]] = t0
-            pub = threading.Thread(target=publish, args=(settings, prompts))
+            pub = threading.Thread(
+                target=publish,
+                args=(settings, prompts),
+                kwargs={"rate": args.rate, "sent_at": sent_at},
+            )
             pub.start()
             got = waiter.wait(
                 [p["id"] for p in prompts], timeout=args.timeout, on_completion=on_completion
@@ -158,6 +171,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "ok": ok,
             "duplicates_fraction": args.duplicates,
             "provider_latency_ms": args.latency_ms,
+            "publish_rate": args.rate or "burst",
             "elapsed_s": round(elapsed, 3),
             "completions_per_s": round(len(got) / elapsed, 1) if elapsed else None,
             "sustained_completions_per_s": round(sustained, 1) if sustained else None,
@@ -166,8 +180,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 "p95": round(percentile(latencies, 95), 1),
                 "p99": round(percentile(latencies, 99), 1),
             },
+            "worker_queue_ms": {  # prompt's Kafka timestamp -> completion built (in the worker)
+                "p50": round(percentile(queue_ms, 50), 1),
+                "p99": round(percentile(queue_ms, 99), 1),
+            },
             "provider_calls": _fake_calls(fake_url),
-            "worker_peak_rss_mb": round(_peak_rss_mb(worker.pid), 1),
+            "workers": args.workers,
+            "worker_peak_rss_mb": max(round(_peak_rss_mb(w.pid), 1) for w in workers),
         }
         print(json.dumps(result))
         print(
@@ -176,9 +195,10 @@ def run_bench(args: argparse.Namespace) -> int:
             f"{result['sustained_completions_per_s']}/s sustained (after the first 10%); "
             "e2e latency p50/p95/p99 = "
             f"{result['e2e_latency_ms']['p50']}/{result['e2e_latency_ms']['p95']}/"
-            f"{result['e2e_latency_ms']['p99']} ms (all prompts published at t0); "
+            f"{result['e2e_latency_ms']['p99']} ms "
+            f"({f'published at {args.rate}/s' if args.rate else 'all published at once'}); "
             f"provider calls {result['provider_calls']}; worker peak RSS "
-            f"{result['worker_peak_rss_mb']} MB",
+            f"{result['worker_peak_rss_mb']} MB (largest of {args.workers} worker processes)",
             file=sys.stderr,
         )
         return 0 if len(got) == args.count else 1
@@ -193,6 +213,16 @@ def run_bench(args: argparse.Namespace) -> int:
             broker.stop()
         if pg is not None:
             pg.stop()
+
+
+def _wait_assigned(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            if json.load(r).get("assigned_partitions", 0) > 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"worker on :{port} got no partitions after {timeout:.0f} s")
 
 
 def _wait_ready(port: int, timeout: float) -> None:

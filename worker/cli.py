@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--partitions", type=int, default=4)
     bench.add_argument("--timeout", type=float, default=600.0)
+    bench.add_argument("--workers", type=int, default=1, help="worker processes (replicas)")
+    bench.add_argument("--rate", type=float, help="publish at this many prompts/s (default: burst)")
     bench.set_defaults(fn=_cmd_bench)
 
     reg = sub.add_parser("registry", help="inspect and change model registry rows")

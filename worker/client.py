@@ -40,6 +40,7 @@ class CompletionWaiter:
                 "group.id": f"llm-worker-send-{uuid.uuid4().hex[:12]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 25,  # see KafkaBridge: quick answers from every broker
             }
         )
         self._consumer = Consumer(conf)
@@ -95,11 +96,23 @@ def publish(
     prompts: Iterable[dict[str, Any] | bytes],
     *,
     on_progress: Callable[[int], None] | None = None,
+    rate: float | None = None,
+    sent_at: dict[str, float] | None = None,
 ) -> int:
-    """Publish prompts (dicts are JSON-encoded, bytes go as they are); return how many."""
+    """Publish prompts (dicts are JSON-encoded, bytes go as they are); return how many.
+
+    `rate` paces publishing (prompts/s); `sent_at` receives each dict prompt's send time.
+    """
     producer = Producer({**_client_conf(settings), "linger.ms": 5, "enable.idempotence": True})
     n = 0
+    start = time.monotonic()
     for p in prompts:
+        if rate:
+            ahead = start + n / rate - time.monotonic()
+            if ahead > 0:
+                producer.poll(ahead)
+        if sent_at is not None and isinstance(p, dict):
+            sent_at[str(p.get("id"))] = time.time()
         value = p if isinstance(p, bytes) else _enc.encode(p)
         key = None if isinstance(p, bytes) else str(p.get("id", "")).encode()
         while True:

@@ -34,8 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dlq_topic: str = "llm_prompts.dlq"
     http_host: str = "0.0.0.0"
     http_port: int = 8080
-    max_in_flight: int = 1024
-    max_in_flight_per_partition: int = 256
+    max_in_flight: int = 256
+    max_in_flight_per_partition: int = 128
     consume_batch: int = 500
     commit_interval_ms: int = 500
     max_message_bytes: int = 1_000_000

@@ -200,6 +200,10 @@ class KafkaBridge:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "range",
             "enable.partition.eof": False,
+            # Answer fetches quickly: some Kafka-compatible brokers (Tansu) hold every fetch
+            # for the full wait even when data is there, which caps throughput at one batch
+            # per partition per wait. With Apache Kafka this only bounds idle polls.
+            "fetch.wait.max.ms": 25,
         }
         consumer_conf.update(_common(s, "consumer"))
         producer_conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}

@@ -61,12 +61,12 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
         self._paused: set[Key] = set()
-        self._to_pause: set[Key] = set()
-        self._to_resume: set[Key] = set()
         self._revoked_now: set[Key] = set()
         self._capacity = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._outcome_children: dict[tuple[str, str], Any] = {}
+        metrics.in_flight.set_function(lambda: len(self._tasks))
         self.counters: dict[str, int] = {
             "consumed": 0,
             "completed": 0,
@@ -98,8 +98,6 @@ class Worker:
         self._tracker.drop(keys)
         for k in keys:
             self._paused.discard(k)
-            self._to_pause.discard(k)
-            self._to_resume.discard(k)
             self._by_part.pop(k, None)
         self._metrics.paused.set(len(self._paused))
         return commits
@@ -154,19 +152,31 @@ class Worker:
                 continue
             await self._apply_flow_control()
             msgs = await bridge.consume(min(self._batch, free), 0.05)
-            for msg in msgs:
-                self._dispatch(msg)
+            if msgs:
+                for msg in msgs:
+                    self._dispatch(msg)
+                self._metrics.consumed.inc(len(msgs))
 
     async def _apply_flow_control(self) -> None:
-        if self._to_pause:
-            parts, self._to_pause = list(self._to_pause - self._paused), set()
-            await self._bridge.pause(parts)
-            self._paused.update(parts)
-            self._metrics.paused.set(len(self._paused))
-        if self._to_resume:
-            parts, self._to_resume = list(self._to_resume & self._paused), set()
-            await self._bridge.resume(parts)
-            self._paused.difference_update(parts)
+        """Pause partitions at the in-flight bound; resume them once half of that is done.
+
+        Decided from the current counts each time, so a partition whose work finished before
+        the pause took effect is resumed on the next pass rather than left paused.
+        """
+        in_flight = self._tracker.in_flight
+        pause = [
+            k
+            for k in self._by_part
+            if k not in self._paused and in_flight(*k) >= self._max_per_part
+        ]
+        resume = [k for k in self._paused if in_flight(*k) <= self._max_per_part // 2]
+        if pause:
+            await self._bridge.pause(pause)
+            self._paused.update(pause)
+        if resume:
+            await self._bridge.resume(resume)
+            self._paused.difference_update(resume)
+        if pause or resume:
             self._metrics.paused.set(len(self._paused))
 
     def _dispatch(self, msg: Message) -> None:
@@ -184,7 +194,6 @@ class Worker:
         if key in self._revoked_now:
             return  # not ours any more; the new owner reads it from the committed offset
         self.counters["consumed"] += 1
-        self._metrics.consumed.inc()
         ts_type, ts = msg.timestamp()
         rec = InputRecord(
             topic=topic,
@@ -200,9 +209,6 @@ class Worker:
         self._tasks.add(task)
         self._by_part.setdefault(key, set()).add(task)
         task.add_done_callback(functools.partial(self._task_done, key=key))
-        self._metrics.in_flight.set(len(self._tasks))
-        if self._tracker.in_flight(topic, part) >= self._max_per_part and key not in self._paused:
-            self._to_pause.add(key)
 
     def _task_done(self, task: asyncio.Task[None], key: Key) -> None:
         self._tasks.discard(task)
@@ -210,9 +216,6 @@ class Worker:
         if tasks is not None:
             tasks.discard(task)
         self._capacity.set()
-        self._metrics.in_flight.set(len(self._tasks))
-        if key in self._paused and self._tracker.in_flight(*key) <= self._max_per_part // 2:
-            self._to_resume.add(key)
         if not task.cancelled() and task.exception() is not None:
             log.error("message task failed", exc_info=task.exception())
 
@@ -284,7 +287,11 @@ class Worker:
             )
             return
         self.counters["completed"] += 1
-        m.completions.labels(c.model, c.status).inc()
+        child = self._outcome_children.get((c.model, c.status))
+        if child is None:
+            child = m.completions.labels(c.model, c.status)
+            self._outcome_children[(c.model, c.status)] = child
+        child.inc()
         if c.status == "error":
             self.counters["errors"] += 1
             m.errors.labels(c.error.type if c.error else "unknown").inc()
