@@ -82,7 +82,7 @@ def run_bench(args: argparse.Namespace) -> int:
             dsn = pg.dsn
         migrate(dsn)
         fport = free_port()
-        procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms)))
+        procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms), quiet=True))
         fake_url = f"http://127.0.0.1:{fport}"
         upsert_row(
             dsn,

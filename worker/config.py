@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str = "json"
     broker_wait_s: float = 60.0
     registry_wait_s: float = 60.0
+    gc_gen0_threshold: int = 20_000
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)

@@ -152,11 +152,12 @@ class LocalPostgres:
         self.stop()
 
 
-def spawn_fake_provider(port: int, *args: str) -> subprocess.Popen[bytes]:
+def spawn_fake_provider(port: int, *args: str, quiet: bool = False) -> subprocess.Popen[bytes]:
     """Start `llm-worker fake-provider` in a child process and wait for it to listen."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "fake-provider", "--port", str(port), *args],
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL if quiet else None,
         start_new_session=True,
     )
     try:

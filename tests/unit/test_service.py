@@ -1,0 +1,201 @@
+"""Worker core with fakes: commit only after delivery, bounded in-flight with pause/resume."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from worker.kafka_io import DeliveryError
+from worker.pipeline import InputRecord, Outcome
+from worker.service import Worker
+from worker.telemetry import Metrics
+
+
+class FakeMsg:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._t, self._p, self._o = topic, partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def value(self) -> bytes:
+        return b"{}"
+
+    def key(self) -> None:
+        return None
+
+    def headers(self) -> None:
+        return None
+
+
+class FakeBridge:
+    """Serves a fixed backlog per partition; honours pause/resume like a consumer."""
+
+    def __init__(self, backlog: dict[int, int]) -> None:
+        self.next = dict.fromkeys(backlog, 0)
+        self.end = dict(backlog)
+        self.paused: set[tuple[str, int]] = set()
+        self.pause_calls = 0
+        self.resume_calls = 0
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.produced: list[bytes] = []
+        self.fail_next_produce = 0
+        self.max_in_flight_seen: dict[int, int] = defaultdict(int)
+
+    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
+        out: list[FakeMsg] = []
+        for p in sorted(self.next):
+            while len(out) < n and ("t", p) not in self.paused and self.next[p] < self.end[p]:
+                out.append(FakeMsg("t", p, self.next[p]))
+                self.next[p] += 1
+        if not out:
+            await asyncio.sleep(timeout)
+        return out
+
+    async def pause(self, parts: list[tuple[str, int]]) -> None:
+        self.pause_calls += 1
+        self.paused.update(parts)
+
+    async def resume(self, parts: list[tuple[str, int]]) -> None:
+        self.resume_calls += 1
+        self.paused.difference_update(parts)
+
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.commits.append(dict(offsets))
+
+    async def produce(self, topic: str, value: bytes, **_: Any) -> None:
+        await asyncio.sleep(0)
+        if self.fail_next_produce:
+            self.fail_next_produce -= 1
+            raise DeliveryError(KafkaError(KafkaError._MSG_TIMED_OUT))
+        self.produced.append(value)
+
+
+class FakePipeline:
+    """Finishes offsets in a chosen order: each record waits for its own release event."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.hold: dict[int, asyncio.Event] = {}
+        self.in_flight: dict[int, int] = defaultdict(int)
+        self.peak: dict[int, int] = defaultdict(int)
+
+    async def process(self, rec: InputRecord) -> Outcome:
+        p = rec.partition
+        self.in_flight[p] += 1
+        self.peak[p] = max(self.peak[p], self.in_flight[p])
+        try:
+            ev = self.hold.get(rec.offset)
+            if ev is not None:
+                await ev.wait()
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight[p] -= 1
+        return Outcome(topic="out", value=f"{p}:{rec.offset}".encode(), key=None, headers=None)
+
+
+def make_worker(bridge: FakeBridge, pipeline: FakePipeline, **kw: Any) -> Worker:
+    args: dict[str, Any] = {
+        "max_in_flight": 64,
+        "max_in_flight_per_partition": 8,
+        "consume_batch": 16,
+        "commit_interval_s": 0.01,
+        "shutdown_timeout_s": 2.0,
+    }
+    args.update(kw)
+    return Worker(bridge=bridge, pipeline=pipeline, metrics=Metrics(), **args)  # type: ignore[arg-type]
+
+
+async def run_until(worker: Worker, cond: Any, timeout: float = 10.0) -> None:
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                await asyncio.sleep(0.005)
+    finally:
+        worker.stop()
+        await task
+
+
+async def test_commit_never_passes_an_unfinished_message() -> None:
+    bridge = FakeBridge({0: 10})
+    pipeline = FakePipeline()
+    pipeline.hold[3] = asyncio.Event()  # offset 3 is slow; 0-2 and 4-9 finish first
+    worker = make_worker(bridge, pipeline)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(bridge.produced) < 9:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # several commit intervals pass
+        assert bridge.commits and max(c[("t", 0)] for c in bridge.commits) == 3
+        pipeline.hold[3].set()
+        async with asyncio.timeout(10):
+            while not bridge.commits or bridge.commits[-1].get(("t", 0)) != 10:
+                await asyncio.sleep(0.005)
+    finally:
+        worker.stop()
+        await task
+
+
+async def test_failed_delivery_is_retried_and_offset_waits_for_it() -> None:
+    bridge = FakeBridge({0: 3})
+    bridge.fail_next_produce = 2
+    worker = make_worker(bridge, FakePipeline())
+    await run_until(worker, lambda: len(bridge.produced) == 3)
+    assert worker.counters["delivery_retries"] == 2
+    assert bridge.commits[-1] == {("t", 0): 3}
+
+
+async def test_partitions_pause_at_the_bound_and_resume_until_everything_is_done() -> None:
+    bridge = FakeBridge({0: 200, 1: 200})
+    pipeline = FakePipeline(delay=0.002)
+    worker = make_worker(bridge, pipeline, max_in_flight_per_partition=8, consume_batch=4)
+    # done, and no partition left paused while the worker still runs
+    await run_until(worker, lambda: len(bridge.produced) == 400 and not bridge.paused)
+    assert bridge.pause_calls > 0 and bridge.resume_calls > 0
+    # bounded: at most the bound plus one consume batch in flight per partition
+    assert max(pipeline.peak.values()) <= 8 + 4
+    assert bridge.commits[-1] == {("t", 0): 200, ("t", 1): 200}
+
+
+async def test_shutdown_waits_for_in_flight_work_then_commits() -> None:
+    bridge = FakeBridge({0: 5})
+    worker = make_worker(bridge, FakePipeline(delay=0.2))
+    task = asyncio.create_task(worker.run())
+    async with asyncio.timeout(10):
+        while worker.counters["consumed"] < 5:
+            await asyncio.sleep(0.005)
+    worker.stop()  # all five are mid-call
+    await task
+    assert len(bridge.produced) == 5
+    assert bridge.commits[-1] == {("t", 0): 5}
+
+
+async def test_shutdown_abandons_work_past_the_deadline_without_committing_it() -> None:
+    bridge = FakeBridge({0: 3})
+    pipeline = FakePipeline()
+    pipeline.hold[1] = asyncio.Event()  # never released
+    worker = make_worker(bridge, pipeline, shutdown_timeout_s=0.2)
+    task = asyncio.create_task(worker.run())
+    async with asyncio.timeout(10):
+        while len(bridge.produced) < 2:
+            await asyncio.sleep(0.005)
+    worker.stop()
+    await task
+    assert max(c[("t", 0)] for c in bridge.commits) == 1  # offset 1 will be redelivered
