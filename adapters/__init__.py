@@ -8,9 +8,15 @@ in `adapters.sessions`, and the built-in fake provider in `adapters.fake_server`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from .anthropic import AnthropicAdapter
+from .azure_openai import AzureOpenAIAdapter
 from .base import Adapter, Message, ProviderRequest, ProviderResult, Target
 from .errors import ProviderError
 from .fake import FakeAdapter
+from .gemini import GeminiAdapter
+from .huggingface import HuggingFaceAdapter
 from .openai_compatible import OpenAIAdapter, OpenAICompatibleAdapter
 from .secrets import MissingSecret, Secret, SecretStore
 from .sessions import SessionPool
@@ -18,7 +24,11 @@ from .sessions import SessionPool
 __all__ = [
     "ADAPTER_NAMES",
     "Adapter",
+    "AnthropicAdapter",
+    "AzureOpenAIAdapter",
     "FakeAdapter",
+    "GeminiAdapter",
+    "HuggingFaceAdapter",
     "Message",
     "MissingSecret",
     "OpenAIAdapter",
@@ -33,9 +43,13 @@ __all__ = [
     "get_adapter",
 ]
 
-_FACTORIES: dict[str, type[OpenAICompatibleAdapter]] = {
+_FACTORIES: dict[str, Callable[[], Adapter]] = {
     OpenAIAdapter.name: OpenAIAdapter,
     OpenAICompatibleAdapter.name: OpenAICompatibleAdapter,
+    AzureOpenAIAdapter.name: AzureOpenAIAdapter,
+    AnthropicAdapter.name: AnthropicAdapter,
+    HuggingFaceAdapter.name: HuggingFaceAdapter,
+    GeminiAdapter.name: GeminiAdapter,
     FakeAdapter.name: FakeAdapter,
 }
 

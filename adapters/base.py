@@ -56,6 +56,10 @@ class ProviderResult(msgspec.Struct, frozen=True, kw_only=True):
 class Adapter(Protocol):
     name: str
 
+    def endpoint_for(self, target: Target) -> str:
+        """The base URL this adapter calls for `target` (its default when the row has none)."""
+        ...
+
     async def complete(
         self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
     ) -> ProviderResult:

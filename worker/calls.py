@@ -115,7 +115,7 @@ class Caller:
                     model=cand.upstream_model,
                 )
                 continue
-            session = self._sessions.get(cand.endpoint)
+            session = self._sessions.get(adapter.endpoint_for(target))
             for attempt in range(1, self._max_attempts + 1):
                 remaining = deadline - self._clock()
                 if remaining <= 0:

@@ -137,6 +137,16 @@ class LocalPostgres:
         log.info("local PostgreSQL ready at %s", self.dsn)
         return self
 
+    def halt(self) -> None:
+        """Stop the server but keep its data (an outage); `resume()` starts it again."""
+        commands: Any = importlib.import_module("pgserver._commands")
+        commands.pg_ctl(
+            ["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user
+        )
+
+    def resume(self) -> None:
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:

@@ -413,7 +413,7 @@ async def test_openai_compatible_without_endpoint_is_a_bad_request(
 
 
 def test_get_adapter_returns_one_instance_per_name() -> None:
-    assert set(ADAPTER_NAMES) == {"openai", "openai_compatible", "fake"}
+    assert {"openai", "openai_compatible", "fake"} <= set(ADAPTER_NAMES)
     for name in ADAPTER_NAMES:
         assert get_adapter(name) is get_adapter(name)
         assert get_adapter(name).name == name

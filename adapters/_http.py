@@ -1,0 +1,310 @@
+"""What every HTTP adapter shares: one POST per attempt, typed errors, no key in any message.
+
+    HTTPAdapter       the attempt: build the body → POST → parse, or classify the failure.
+                      Subclasses supply `url_for`, `headers_for`, `build_body`, `parse_result`
+                      and, when the provider's error body is special, `read_error`/`error_class`.
+    ErrorBody         what an error body said: a short message, text to classify on, hints.
+    Malformed         raised by `parse_result` for a 2xx body that is not a valid answer.
+
+Transport failures are translated at this boundary (`raise ... from exc`): timeouts become
+`ProviderTimeout`, refused/reset connections `ConnectionFailed`. `CancelledError` passes through.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any, ClassVar, NamedTuple
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from .base import Message, ProviderRequest, ProviderResult, Target
+from .errors import (
+    BadRequest,
+    ConnectionFailed,
+    ContentFiltered,
+    ContextLengthExceeded,
+    ProviderError,
+    ProviderTimeout,
+    ServerError,
+    error_for_status,
+)
+from .retry import MAX_RETRY_AFTER, parse_retry_after
+
+__all__ = [
+    "CONTEXT_HINTS",
+    "FILTER_HINTS",
+    "ErrorBody",
+    "HTTPAdapter",
+    "Malformed",
+    "cap_tokens",
+    "decode_json",
+    "json_error",
+    "shorten",
+    "snippet",
+    "strip_v1",
+]
+
+SNIPPET = 200
+
+CONTEXT_HINTS: tuple[str, ...] = (
+    "context_length_exceeded",
+    "context length",
+    "context window",
+    "maximum context",
+    "too many tokens",
+)
+FILTER_HINTS: tuple[str, ...] = ("content_filter", "content_policy", "content management policy")
+
+_TAGS = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+_decode_any = msgspec.json.Decoder().decode
+
+
+class Malformed(Exception):
+    """A 2xx body that decodes but is not an answer (no choices, no candidates...)."""
+
+
+class ErrorBody(NamedTuple):
+    message: str  # for humans: short, single line
+    classify_on: str  # lower-cased text the class refinement looks at
+    kind: str = ""  # the provider's own error type / status, as sent
+    request_id: str | None = None  # when the body carries one
+    retry_after: float | None = None  # a hint from the body (seconds), used without a header
+
+
+@lru_cache(maxsize=1024)
+def timeout_for(timeout_ms: int) -> aiohttp.ClientTimeout:
+    seconds = max(timeout_ms, 1) / 1000.0
+    return aiohttp.ClientTimeout(total=seconds, connect=seconds)
+
+
+def cap_tokens(asked: int | None, cap: int | None) -> int | None:
+    """The request's max_tokens limited by the target's cap; the cap alone when not asked."""
+    if asked is None:
+        return cap
+    if cap is None:
+        return asked
+    return min(asked, cap)
+
+
+def strip_v1(endpoint: str) -> str:
+    """The endpoint without trailing slashes or a trailing `/v1` (so `/v1` is never doubled)."""
+    base = endpoint.rstrip("/")
+    return base[:-3] if base.endswith("/v1") else base
+
+
+def shorten(text: str) -> str:
+    return text if len(text) <= SNIPPET else text[: SNIPPET - 3].rstrip() + "..."
+
+
+def snippet(body: bytes) -> str:
+    """A short, single-line, tag-free excerpt of an unparseable body."""
+    text = body[: SNIPPET * 8].decode("utf-8", errors="replace")
+    return shorten(_SPACE.sub(" ", _TAGS.sub(" ", text)).strip())
+
+
+def decode_json(body: bytes) -> Any:
+    """The decoded JSON document, or None when the body is empty or not JSON."""
+    if not body:
+        return None
+    try:
+        return _decode_any(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "; ".join(value)
+    return str(msgspec.json.encode(value), "utf-8")
+
+
+def json_error(body: bytes) -> ErrorBody:
+    """The common error shapes; anything else becomes a snippet.
+
+    OpenAI's `{"error": {"message", "type", "code"}}`, Anthropic's `{"type": "error", "error":
+    {...}, "request_id"}`, vLLM's flat `{"message", "type", "code"}`, TGI's `{"error": "...",
+    "error_type": "..."}` and FastAPI's `{"detail": ...}`.
+    """
+    doc = decode_json(body)
+    if isinstance(doc, dict):
+        err: Any = doc.get("error", doc)
+        if isinstance(err, str | list):
+            err = {"message": err, "type": doc.get("error_type")}
+        if isinstance(err, dict):
+            message = _text(err.get("message") or doc.get("detail"))
+            kind, code = err.get("type"), err.get("code")
+            tags = "/".join(str(t) for t in (kind, code) if t not in (None, ""))
+            text = shorten(message)
+            if tags:
+                text = f"{text} ({tags})" if text else tags
+            if text:
+                rid = doc.get("request_id")
+                return ErrorBody(
+                    text,
+                    f"{message} {tags}".lower(),
+                    kind=str(kind) if kind else "",
+                    request_id=rid if isinstance(rid, str) and rid else None,
+                )
+    excerpt = snippet(body)
+    return ErrorBody(excerpt, excerpt.lower())
+
+
+def describe(exc: BaseException) -> str:
+    detail = str(exc)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def header(headers: Mapping[str, str], names: Iterable[str]) -> str | None:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+class HTTPAdapter:
+    """One attempt against one provider: subclasses describe the wire format."""
+
+    name = ""
+    default_endpoint: ClassVar[str] = ""
+    request_id_headers: ClassVar[tuple[str, ...]] = ("x-request-id",)
+    context_hints: ClassVar[tuple[str, ...]] = CONTEXT_HINTS
+    filter_hints: ClassVar[tuple[str, ...]] = FILTER_HINTS
+
+    # -- the wire format (overridden per provider) --------------------------------------------
+
+    def endpoint_for(self, target: Target) -> str:
+        """The base URL an attempt for `target` goes to (for `SessionPool.get`)."""
+        return target.endpoint or self.default_endpoint
+
+    def url_for(self, endpoint: str, target: Target) -> URL:
+        raise NotImplementedError
+
+    def headers_for(self, target: Target) -> dict[str, str]:
+        raise NotImplementedError
+
+    def build_body(self, target: Target, request: ProviderRequest) -> bytes:
+        raise NotImplementedError
+
+    def parse_result(
+        self, target: Target, payload: bytes, request_id: str | None, headers: Mapping[str, str]
+    ) -> ProviderResult:
+        """A 2xx body → result. Raise `Malformed`/`msgspec.DecodeError` for a bad body."""
+        raise NotImplementedError
+
+    def read_error(self, payload: bytes) -> ErrorBody:
+        return json_error(payload)
+
+    def error_class(self, status: int, info: ErrorBody) -> type[ProviderError]:
+        """The class for a failed call: by status, refined by the body for terminal 4xx."""
+        cls = error_for_status(status)
+        if issubclass(cls, BadRequest):
+            if any(hint in info.classify_on for hint in self.context_hints):
+                return ContextLengthExceeded
+            if any(hint in info.classify_on for hint in self.filter_hints):
+                return ContentFiltered
+        return cls
+
+    # -- the attempt ----------------------------------------------------------------------------
+
+    def messages(self, target: Target, request: ProviderRequest) -> tuple[Message, ...]:
+        """The conversation: the request's messages, or its prompt as one user message."""
+        if request.messages is not None:
+            return request.messages
+        if request.prompt is not None:
+            return (Message("user", request.prompt),)
+        raise self.error(BadRequest, target, "request has neither messages nor prompt")
+
+    async def complete(
+        self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
+    ) -> ProviderResult:
+        """One attempt. Raises `adapters.errors.ProviderError` subclasses, nothing else."""
+        endpoint = self.endpoint_for(target)
+        if not endpoint:
+            raise self.error(BadRequest, target, "target has no endpoint")
+        body = self.build_body(target, request)
+        try:
+            url = self.url_for(endpoint, target)
+        except ValueError as exc:
+            raise self.error(BadRequest, target, "invalid endpoint URL") from exc
+        try:
+            async with session.post(
+                url,
+                data=body,
+                headers=self.headers_for(target),
+                timeout=timeout_for(target.timeout_ms),
+                allow_redirects=False,
+            ) as resp:
+                payload = await resp.read()
+                status = resp.status
+                headers = resp.headers
+        except TimeoutError as exc:
+            raise self.error(
+                ProviderTimeout, target, f"no answer within {target.timeout_ms} ms"
+            ) from exc
+        except aiohttp.InvalidURL as exc:
+            raise self.error(BadRequest, target, "invalid endpoint URL") from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise self.error(ConnectionFailed, target, describe(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise self.error(ServerError, target, describe(exc)) from exc
+
+        request_id = header(headers, self.request_id_headers)
+        if 200 <= status < 300:
+            try:
+                return self.parse_result(target, payload, request_id, headers)
+            except (msgspec.DecodeError, Malformed, IndexError) as exc:
+                raise self.error(
+                    BadRequest,
+                    target,
+                    f"malformed response: {snippet(payload) or 'empty body'}",
+                    status=status,
+                    request_id=request_id,
+                ) from exc
+        info = self.read_error(payload)
+        retry_after = parse_retry_after(headers)
+        if retry_after is None and info.retry_after is not None:
+            retry_after = min(max(info.retry_after, 0.0), MAX_RETRY_AFTER)
+        raise self.error(
+            self.error_class(status, info),
+            target,
+            info.message or f"HTTP {status}",
+            status=status,
+            request_id=request_id or info.request_id,
+            retry_after=retry_after,
+        )
+
+    def error(
+        self,
+        cls: type[ProviderError],
+        target: Target,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> ProviderError:
+        """An error of `cls` for this attempt, with the target's API key scrubbed out."""
+        if target.api_key is not None:
+            key = target.api_key.reveal()
+            if key:
+                message = message.replace(key, "***")
+                if request_id:
+                    request_id = request_id.replace(key, "***")
+        return cls(
+            message,
+            provider=self.name,
+            model=target.model,
+            status=status,
+            request_id=request_id,
+            retry_after=retry_after,
+        )

@@ -1,0 +1,222 @@
+"""Circuit breaker: opens on error rate or a latency jump, cools down, probes, closes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from worker.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Change = tuple[str, str, str, str]
+
+
+def make(clock: FakeClock, **cfg: object) -> tuple[CircuitBreaker, list[Change]]:
+    changes: list[Change] = []
+    b = CircuitBreaker(
+        "ep",
+        BreakerConfig(**cfg),  # type: ignore[arg-type]
+        clock=clock,
+        on_change=lambda *a: changes.append(a),
+    )
+    return b, changes
+
+
+def feed(b: CircuitBreaker, clock: FakeClock, outcomes: list[tuple[bool, float]]) -> None:
+    for ok, latency in outcomes:
+        assert b.allow()
+        clock.now += 0.01
+        b.record(ok, latency)
+
+
+def ok(n: int, latency: float = 0.02) -> list[tuple[bool, float]]:
+    return [(True, latency)] * n
+
+
+def fail(n: int) -> list[tuple[bool, float]]:
+    return [(False, 0.01)] * n
+
+
+# -- error rate ------------------------------------------------------------------------------
+
+
+def test_error_rate_opens_only_after_min_requests() -> None:
+    clock = FakeClock()
+    b, changes = make(clock)
+    feed(b, clock, fail(19))
+    assert b.state == "closed"  # 100% errors, but only 19 requests
+    feed(b, clock, fail(1))
+    assert b.state == "open"
+    assert not b.allow()
+    assert changes == [("ep", "closed", "open", "error_rate")]
+    assert "20/20 failed" in b.detail
+
+
+def test_error_rate_below_threshold_stays_closed() -> None:
+    clock = FakeClock()
+    b, _ = make(clock)
+    feed(b, clock, (ok(3) + fail(2)) * 20)  # 40% errors over 100 requests
+    assert b.state == "closed"
+    feed(b, clock, fail(15))  # now 55/115 = 48%
+    assert b.state == "closed"
+    feed(b, clock, fail(5))  # 60/120 = 50%
+    assert b.state == "open"
+
+
+def test_old_errors_leave_the_window() -> None:
+    clock = FakeClock()
+    b, _ = make(clock, window_s=30.0)
+    feed(b, clock, fail(15))
+    clock.now += 31
+    feed(b, clock, ok(10) + fail(9))  # 9/19 in the window; the 15 old ones are gone
+    assert b.state == "closed"
+    assert b.stats()["requests"] == 19
+
+
+# -- latency ---------------------------------------------------------------------------------
+
+
+def test_latency_jump_from_20ms_to_2s_opens() -> None:
+    clock = FakeClock()
+    b, changes = make(clock)
+    rng = random.Random(7)
+    feed(b, clock, [(True, rng.uniform(0.018, 0.022)) for _ in range(40)])
+    assert b.state == "closed"
+    slow = 0
+    while b.state == "closed" and slow < 5:
+        feed(b, clock, ok(1, 2.0))
+        slow += 1
+    assert b.state == "open"
+    assert changes == [("ep", "closed", "open", "latency")]
+    assert "z=" in b.detail
+
+
+def test_normal_jitter_does_not_open() -> None:
+    clock = FakeClock()
+    b, changes = make(clock)
+    rng = random.Random(11)
+    for _ in range(5000):  # ~50 s of traffic, lognormal-ish around 20 ms with tails
+        feed(b, clock, ok(1, 0.02 * rng.lognormvariate(0, 0.25)))
+    assert changes == []
+
+
+def test_flat_latency_needs_a_real_change() -> None:
+    clock = FakeClock()
+    b, changes = make(clock)
+    feed(b, clock, ok(100, 0.020))  # std 0: the floor (5% of the mean = 1 ms) applies
+    feed(b, clock, ok(5, 0.021))  # +1 ms: z = 1
+    assert changes == []
+    for _ in range(5):  # +10 ms: a mean of the last 5 up by 2 ms or more is z >= 2
+        if b.state == "open":
+            break
+        feed(b, clock, ok(1, 0.030))
+    assert [c[3] for c in changes] == ["latency"]
+
+
+def test_latency_needs_enough_samples() -> None:
+    clock = FakeClock()
+    b, _ = make(clock)
+    feed(b, clock, ok(20, 0.02) + ok(5, 2.0))  # only 20 baseline samples: no verdict
+    assert b.state == "closed"
+
+
+# -- cooldown, probes ------------------------------------------------------------------------
+
+
+def test_cooldown_then_probes_then_closed() -> None:
+    clock = FakeClock()
+    b, changes = make(clock)
+    feed(b, clock, fail(20))
+    clock.now += 9.9
+    assert b.state == "open" and not b.allow()
+    clock.now += 0.2
+    assert b.state == "half_open"
+    assert [b.allow() for _ in range(4)] == [True, True, True, False]  # 3 probes
+    for _ in range(3):
+        b.record(True, 0.02)
+    assert b.state == "closed"
+    assert b.allow()
+    assert [c[2:] for c in changes] == [
+        ("open", "error_rate"),
+        ("half_open", "cooldown"),
+        ("closed", "probes_succeeded"),
+    ]
+    feed(b, clock, fail(19))  # the window was reset: the old failures are forgotten
+    assert b.state == "closed"
+
+
+def test_a_failed_probe_opens_again_for_another_cooldown() -> None:
+    clock = FakeClock()
+    b, changes = make(clock)
+    feed(b, clock, fail(20))
+    clock.now += 10
+    assert b.allow()
+    b.record(True, 0.02)
+    assert b.allow()
+    b.record(False, 0.5)
+    assert b.state == "open" and not b.allow()
+    clock.now += 9.9
+    assert not b.allow()
+    clock.now += 0.1
+    assert b.allow()
+    assert [c[3] for c in changes] == ["error_rate", "cooldown", "probe_failed", "cooldown"]
+    assert b.opened == 2
+
+
+def test_lost_probes_are_handed_out_again() -> None:
+    clock = FakeClock()
+    b, _ = make(clock)
+    feed(b, clock, fail(20))
+    clock.now += 10
+    assert [b.allow() for _ in range(4)] == [True, True, True, False]  # never reported back
+    clock.now += 5
+    assert not b.allow()
+    clock.now += 5
+    assert b.allow()
+
+
+def test_callback_errors_do_not_break_the_breaker(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("metrics exporter down")
+
+    b = CircuitBreaker("ep", clock=clock, on_change=broken)
+    feed(b, clock, fail(20))
+    assert b.state == "open"
+    assert "on_change callback failed" in caplog.text
+
+
+def test_board_shares_config_and_reports_states() -> None:
+    clock = FakeClock()
+    seen: list[Change] = []
+    board = BreakerBoard(
+        BreakerConfig(min_requests=2), clock=clock, on_change=lambda *a: seen.append(a)
+    )
+    assert board.get("a") is board.get("a")
+    board.record("a", False, 0.1)
+    board.record("a", False, 0.1)
+    board.record("b", True, 0.1)
+    assert board.states() == {"a": "open", "b": "closed"}
+    assert board.is_open("a") and not board.is_open("b") and not board.is_open("never-seen")
+    assert "never-seen" not in board.states()
+    clock.now += 10
+    assert not board.is_open("a")  # half_open now; checking took no probe
+    assert [board.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert seen[0] == ("a", "closed", "open", "error_rate")
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        BreakerConfig(error_threshold=0)
+    with pytest.raises(ValueError):
+        BreakerConfig(probes=0)

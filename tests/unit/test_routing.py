@@ -1,0 +1,152 @@
+"""Routing: candidates re-ordered by latency, cost or reliability; open breakers go last."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from registry.models import ModelRow
+from registry.resolve import Candidate
+from worker.breaker import BreakerBoard, BreakerConfig
+from worker.routing import EndpointStats, Router
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cand(name: str, *, cost: float = 0.0, fallback: bool = False) -> Candidate:
+    row = ModelRow(
+        model_id=name,
+        provider="openai_compatible",
+        endpoint=f"http://{name}.invalid/v1",
+        upstream_model="m",
+        input_cost_per_1k=cost,
+        output_cost_per_1k=2 * cost,
+    )
+    return Candidate(
+        provider=row.provider,
+        endpoint=row.endpoint,
+        upstream_model="m",
+        endpoint_name=f"{name}/primary",
+        row=row,
+        fallback=fallback,
+    )
+
+
+def names(cands: list[Candidate]) -> list[str]:
+    return [c.endpoint_name.split("/")[0] for c in cands]
+
+
+A, B, C = cand("a"), cand("b", fallback=True), cand("c", fallback=True)
+
+
+def open_breaker(board: BreakerBoard, endpoint_name: str) -> None:
+    for _ in range(board.config.min_requests):
+        board.record(endpoint_name, False, 0.01)
+    assert board.is_open(endpoint_name)
+
+
+def test_priority_keeps_the_registry_order() -> None:
+    router = Router("priority")
+    router.record("c/primary", True, 0.001)  # stats do not matter here
+    assert names(router.order([A, B, C])) == ["a", "b", "c"]
+    assert router.order([]) == []
+
+
+@pytest.mark.parametrize("objective", ["priority", "latency", "cost", "reliability"])
+def test_open_breaker_goes_last_but_stays(objective: str) -> None:
+    clock = FakeClock()
+    board = BreakerBoard(BreakerConfig(min_requests=3), clock=clock)
+    router = Router("priority", breakers=board)
+    for c in (A, B, C):
+        router.stats.record(c.endpoint_name, True, 0.05)
+    open_breaker(board, "a/primary")
+    assert names(router.order([A, B, C], objective)) == ["b", "c", "a"]
+    clock.now += board.config.cooldown_s  # half_open: back in its place, to be probed
+    assert names(router.order([A, B, C], objective))[0] == "a"
+
+
+def test_latency_objective_sends_most_traffic_to_the_faster_endpoint() -> None:
+    slow, fast = cand("slow"), cand("fast", fallback=True)
+    true_latency = {"slow/primary": 0.080, "fast/primary": 0.020}
+    router = Router("latency", explore=0.05, rng=random.Random(3))
+    jitter = random.Random(4)
+    picks = {"slow": 0, "fast": 0}
+    for i in range(1000):
+        first = router.order([slow, fast])[0]
+        if i >= 50:  # after warm-up
+            picks[names([first])[0]] += 1
+        lat = true_latency[first.endpoint_name] * jitter.uniform(0.8, 1.2)
+        router.record(first.endpoint_name, True, lat)
+    assert picks["fast"] >= 0.9 * 950
+    assert picks["slow"] > 0  # exploration keeps its stats fresh
+    assert router.choices["fast/primary"] + router.choices["slow/primary"] == 1000
+
+
+def test_unmeasured_endpoints_are_tried_first_to_warm_up() -> None:
+    router = Router("latency")
+    assert names(router.order([A, B])) == ["a", "b"]
+    router.record("a/primary", True, 0.5)
+    assert names(router.order([A, B])) == ["b", "a"]  # b never measured
+    router.record("b/primary", True, 0.9)
+    assert names(router.order([A, B])) == ["a", "b"]
+
+
+def test_fast_failures_do_not_make_an_endpoint_look_fast() -> None:
+    router = Router("latency")
+    for _ in range(20):
+        router.record("a/primary", True, 0.010)
+        router.record("a/primary", False, 0.001)  # half of its answers are instant 500s
+        router.record("b/primary", True, 0.015)
+    assert names(router.order([A, B])) == ["b", "a"]
+
+
+def test_cost_objective_prefers_the_cheaper_row_ties_keep_order() -> None:
+    pricey, cheap, cheap2 = cand("pricey", cost=0.03), cand("cheap", cost=0.001), cand("x")
+    router = Router("cost")
+    assert names(router.order([pricey, cheap])) == ["cheap", "pricey"]
+    same = cand("same", cost=0.001, fallback=True)
+    assert names(router.order([pricey, cheap, same])) == ["cheap", "same", "pricey"]
+    assert names(router.order([cheap2, pricey])) == ["x", "pricey"]
+
+
+def test_reliability_objective_prefers_fewer_errors() -> None:
+    router = Router("reliability")
+    for i in range(50):
+        router.record("a/primary", i % 3 != 0, 0.01)  # a third fail
+        router.record("b/primary", i % 10 != 0, 0.05)  # a tenth fail
+    assert names(router.order([A, B])) == ["b", "a"]
+    assert names(router.order([A, B], "priority")) == ["a", "b"]
+
+
+def test_ewma_follows_recent_samples() -> None:
+    stats = EndpointStats(alpha=0.5)
+    assert stats.latency("e") is None and stats.error_rate("e") is None
+    stats.record("e", True, 1.0)
+    stats.record("e", True, 0.0)
+    stats.record("e", False, 9.0)  # failures do not move the latency
+    assert stats.latency("e") == pytest.approx(0.5)
+    assert stats.error_rate("e") == pytest.approx(0.5)
+    assert stats.expected_latency("e") == pytest.approx(1.0)
+    assert stats.snapshot()["e"]["samples"] == 3
+
+
+def test_choices_count_the_first_pick() -> None:
+    router = Router("priority")
+    for _ in range(3):
+        router.order([A, B])
+    router.order([B])
+    assert router.choices == {"a/primary": 3, "b/primary": 1}
+
+
+def test_unknown_objective_is_rejected() -> None:
+    with pytest.raises(ValueError, match="objective"):
+        Router("fastest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="objective"):
+        Router().order([A, B], "fastest")

@@ -1,0 +1,417 @@
+"""Token buckets per endpoint, per model and per tenant (requests/minute and tokens/minute).
+
+An empty bucket makes the caller *wait* (backpressure); it never drops or fails a request. Only
+the caller's deadline ends a wait (`RateLimitTimeout`, raised as soon as it is known to overrun).
+
+Each `TokenBucket` is a GCRA (virtual scheduling) bucket: one float, the theoretical arrival
+time `tat`, replaces "tokens + last refill". A request of `n` tokens may go at
+`max(tat, now) + min(n, burst)/rate - burst/rate`, and going moves `tat` on by `n/rate`. So an
+oversized request (n > burst) goes when the bucket is full and leaves it in debt: the long-run
+rate holds and nothing waits forever.
+
+`RateLimiter.acquire` takes from every level at once when all have capacity (the fast path: no
+await, a few microseconds). Otherwise it *reserves* its place only in the strictest bucket, which
+makes that bucket first-come first-served (a 4,000-token request is not starved by small ones),
+sleeps until then and looks again; other levels are not held meanwhile, so one slow tenant never
+blocks an endpoint that others share. A cancelled or timed-out waiter gives its place back.
+
+`penalize` (a provider's 429 with Retry-After) pauses a bucket: nothing goes before the pause
+ends, the bucket restarts empty, and places already handed out move back by the pause.
+
+`share` (1/replicas) scales every limit, so N replicas together stay within a row's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import msgspec
+
+__all__ = ["Limit", "RateLimitTimeout", "RateLimiter", "TokenBucket"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class RateLimitTimeout(Exception):
+    """The rate limit would hold the request past its deadline."""
+
+    type = "rate_limit_timeout"
+    retryable = True
+
+    def __init__(self, bucket: str, wait_s: float) -> None:
+        super().__init__(f"rate limit {bucket} needs {wait_s:.3f}s more, past the deadline")
+        self.bucket = bucket
+        self.wait_s = wait_s
+
+
+class Limit(msgspec.Struct, frozen=True, kw_only=True):
+    """Configured limits of an endpoint or a tenant; None (or <= 0) means unlimited, as does
+    a registry row's NULL/0 `rpm_limit` / `tpm_limit`."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class TokenBucket:
+    """A GCRA token bucket. `rate_per_s=math.inf` makes a bucket that only pauses."""
+
+    __slots__ = ("_a", "_b", "_clock", "_interval", "_paused_until", "_tat", "_tau", "burst",
+                 "name", "rate")  # fmt: skip
+
+    def __init__(
+        self, rate_per_s: float, burst: float, clock: Clock = time.monotonic, *, name: str = ""
+    ) -> None:
+        self._clock = clock
+        self.name = name
+        self._tat = -math.inf
+        self._paused_until = -math.inf
+        # Places handed out are kept as u, meaning the time a*u + b: pauses move them back
+        # (b grows), rate changes stretch the queue around "now" (a and b change).
+        self._a = 1.0
+        self._b = 0.0
+        self.rate = self.burst = self._interval = self._tau = 0.0
+        self.set_rate(rate_per_s, burst)
+
+    def set_rate(self, rate_per_s: float, burst: float) -> None:
+        """Change the rate; requests already queued are rescheduled at the new rate."""
+        if not rate_per_s > 0 or not burst > 0:
+            raise ValueError(f"rate and burst must be > 0, got {rate_per_s}, {burst}")
+        old = self._interval
+        new = 1.0 / rate_per_s  # 0.0 for inf
+        if old and new and new != old:
+            k, c = new / old, self._clock()
+            if self._tat > c:
+                self._tat = c + (self._tat - c) * k
+            self._a *= k
+            self._b = k * (self._b - c) + c
+        self.rate = rate_per_s
+        self.burst = burst
+        self._interval = new
+        self._tau = burst * new if new else 0.0
+
+    def earliest(self, n: float, now: float) -> float:
+        """When `n` tokens could be taken (may be <= now: at once)."""
+        if self._interval:
+            tat = self._tat if self._tat > now else now
+            t = tat + (n if n < self.burst else self.burst) * self._interval - self._tau
+        else:
+            t = now
+        return t if t > self._paused_until else self._paused_until
+
+    def reserve(self, n: float, at: float) -> float:
+        """Take `n` tokens at time `at` (>= earliest). Returns the mark `refund` needs."""
+        if self._interval:
+            self._tat = (self._tat if self._tat > at else at) + n * self._interval
+        return (self._tat - self._b) / self._a
+
+    def place(self, at: float) -> float:
+        """A time as a place in the queue, which `when` maps to its current time."""
+        return (at - self._b) / self._a
+
+    def when(self, place: float) -> float:
+        """When a place handed out earlier comes up now (pauses and rate changes applied)."""
+        t = self._a * place + self._b
+        return t if t > self._paused_until else self._paused_until
+
+    def refund(self, n: float, mark: float) -> None:
+        """Give back a reservation never used, less what later reservations built on it."""
+        if not self._interval:
+            return
+        later = self._tat - (self._a * mark + self._b)
+        give = n * self._interval - (later if later > 0 else 0.0)
+        if give > 0:
+            self._tat -= give
+
+    def try_take(self, n: float = 1.0) -> float:
+        """0.0 if `n` tokens were taken, else the seconds to wait before they could be."""
+        now = self._clock()
+        t = self.earliest(n, now)
+        if t <= now:
+            self.reserve(n, now)
+            return 0.0
+        return t - now
+
+    def penalize(self, seconds: float) -> None:
+        """Pause for `seconds` (a 429's Retry-After); the bucket restarts empty afterwards."""
+        if seconds <= 0:
+            return
+        now = self._clock()
+        until = now + seconds
+        if until <= self._paused_until:
+            return
+        delta = until - max(now, self._paused_until)
+        self._paused_until = until
+        self._b += delta
+        if self._interval:
+            self._tat = max(self._tat, now + self._tau) + delta
+
+    def idle(self, now: float) -> bool:
+        """Full and not paused: forgetting it changes nothing."""
+        return now >= self._paused_until and self._tat <= now
+
+
+class _Level:
+    """The buckets of one name at one level (endpoint, model or tenant)."""
+
+    __slots__ = ("limit", "name", "rpm", "tpm")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.limit: tuple[int | None, int | None] = (None, None)
+        self.rpm: TokenBucket | None = None
+        self.tpm: TokenBucket | None = None
+
+
+class RateLimiter:
+    """Waits until the endpoint, the model and the tenant all have capacity.
+
+    - `endpoints`: configured limits per endpoint_name. Every endpoint also has a pause gate
+      for `penalize`, limits or not.
+    - model level: `rpm`/`tpm` passed per call (the registry row's `rpm_limit`/`tpm_limit`;
+      a row update takes effect on the next call).
+    - `tenants` / `default_tenant`: per-tenant limits; `tenant=None` skips the level. Each
+      tenant gets its own buckets, also with the default limits.
+    - `burst_s`: a bucket holds `burst_s` seconds of its rate (at least one unit).
+    - `share`: every limit is multiplied by it (`set_share(replicas)`).
+    - `max_nap_s`: a waiter looks again at least this often, so a raised limit (a row update,
+      fewer replicas) speeds up requests already waiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoints: Mapping[str, Limit] | None = None,
+        tenants: Mapping[str, Limit] | None = None,
+        default_tenant: Limit | None = None,
+        burst_s: float = 1.0,
+        share: float = 1.0,
+        max_buckets: int = 10_000,
+        max_nap_s: float = 1.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if not burst_s > 0:
+            raise ValueError("burst_s must be > 0")
+        self._endpoint_limits = {k: (v.rpm, v.tpm) for k, v in (endpoints or {}).items()}
+        self._tenant_limits = {k: (v.rpm, v.tpm) for k, v in (tenants or {}).items()}
+        self._default_tenant = (
+            None if default_tenant is None else (default_tenant.rpm, default_tenant.tpm)
+        )
+        self._burst_s = burst_s
+        self._share = 1.0
+        self._max_buckets = max_buckets
+        self._max_nap = max_nap_s
+        self._clock = clock
+        self._sleep = sleep
+        self._endpoints: dict[str, _Level] = {}
+        self._models: dict[str, _Level] = {}
+        self._tenants: dict[str, _Level] = {}
+        self._gates: dict[str, TokenBucket] = {}
+        self.waiting = 0
+        """Acquires sleeping right now (pause partitions when this grows)."""
+        self._acquired = 0
+        self._delayed = 0
+        self._waited_s = 0.0
+        self._timeouts = 0
+        self._penalties = 0
+        self.set_share(share)
+
+    # -- configuration ---------------------------------------------------------------------
+    @property
+    def share(self) -> float:
+        return self._share
+
+    def set_share(self, share_or_replicas: float) -> None:
+        """`set_share(0.5)` or `set_share(2)` (a replica count): each replica gets 1/N."""
+        s = float(share_or_replicas)
+        if s > 1:
+            s = 1.0 / s
+        if not 0 < s <= 1:
+            raise ValueError(f"share must be in (0, 1] or a replica count >= 1, got {s}")
+        self._share = s
+        for table in (self._endpoints, self._models, self._tenants):
+            for level in table.values():
+                self._configure(level, level.limit)
+
+    def _bucket(self, b: TokenBucket | None, per_min: int | None, name: str) -> TokenBucket | None:
+        if per_min is None or per_min <= 0:
+            return None
+        rate = per_min * self._share / 60.0
+        burst = max(1.0, rate * self._burst_s)
+        if b is None:
+            return TokenBucket(rate, burst, self._clock, name=name)
+        b.set_rate(rate, burst)
+        return b
+
+    def _configure(self, level: _Level, limit: tuple[int | None, int | None]) -> None:
+        level.limit = limit
+        level.rpm = self._bucket(level.rpm, limit[0], f"{level.name}:rpm")
+        level.tpm = self._bucket(level.tpm, limit[1], f"{level.name}:tpm")
+
+    def _level(
+        self, table: dict[str, _Level], key: str, limit: tuple[int | None, int | None], kind: str
+    ) -> _Level:
+        level = table.get(key)
+        if level is None:
+            if len(table) >= self._max_buckets:
+                self._prune(table)
+            level = table[key] = _Level(f"{kind}:{key}")
+            self._configure(level, limit)
+        elif level.limit != limit:
+            self._configure(level, limit)
+        return level
+
+    def _prune(self, table: dict[str, _Level]) -> None:
+        now = self._clock()
+        for key in [
+            k
+            for k, lv in table.items()
+            if (lv.rpm is None or lv.rpm.idle(now)) and (lv.tpm is None or lv.tpm.idle(now))
+        ]:
+            del table[key]
+
+    def _gate(self, endpoint: str) -> TokenBucket:
+        gate = self._gates.get(endpoint)
+        if gate is None:
+            gate = TokenBucket(math.inf, math.inf, self._clock, name=f"endpoint:{endpoint}:pause")
+            self._gates[endpoint] = gate
+        return gate
+
+    def penalize(self, endpoint: str, seconds: float) -> None:
+        """A provider's 429 with Retry-After: nothing goes to `endpoint` for `seconds`."""
+        self._penalties += 1
+        self._gate(endpoint).penalize(seconds)
+        level = self._endpoints.get(endpoint)
+        if level is not None:
+            for b in (level.rpm, level.tpm):
+                if b is not None:
+                    b.penalize(seconds)
+
+    # -- the hot path ----------------------------------------------------------------------
+    def _needs(
+        self,
+        endpoint: str,
+        model_id: str,
+        rpm: int | None,
+        tpm: int | None,
+        tenant: str | None,
+        tokens: float,
+    ) -> list[tuple[TokenBucket, float]]:
+        gate = self._gates.get(endpoint) or self._gate(endpoint)
+        needs: list[tuple[TokenBucket, float]] = [(gate, 1.0)]
+        levels: list[_Level] = []
+        lim = self._endpoint_limits.get(endpoint)
+        if lim is not None:
+            levels.append(self._level(self._endpoints, endpoint, lim, "endpoint"))
+        if rpm is not None or tpm is not None:
+            levels.append(self._level(self._models, model_id, (rpm, tpm), "model"))
+        if tenant is not None:
+            tl = self._tenant_limits.get(tenant, self._default_tenant)
+            if tl is not None:
+                levels.append(self._level(self._tenants, tenant, tl, "tenant"))
+        for level in levels:
+            if level.rpm is not None:
+                needs.append((level.rpm, 1.0))
+            if level.tpm is not None and tokens > 0:
+                needs.append((level.tpm, tokens))
+        return needs
+
+    async def acquire(
+        self,
+        *,
+        endpoint: str,
+        model_id: str,
+        rpm: int | None,
+        tpm: int | None,
+        tenant: str | None,
+        tokens: int,
+        deadline: float | None = None,
+    ) -> float:
+        """Wait until every level has capacity, take it, and return the seconds waited.
+
+        `tokens` is the estimated size of the request (prompt + max_tokens) for the tpm
+        buckets. Raises `RateLimitTimeout`, having taken nothing, as soon as the wait is known
+        to pass `deadline` (a time on the limiter's clock).
+        """
+        needs = self._needs(endpoint, model_id, rpm, tpm, tenant, float(tokens))
+        start = now = self._clock()
+        # fast path: every bucket has capacity now
+        for b, n in needs:
+            if b.earliest(n, now) > now:
+                break
+        else:
+            for b, n in needs:
+                b.reserve(n, now)
+            self._acquired += 1
+            return 0.0
+        held: list[tuple[TokenBucket, float, float, float]] = []  # bucket, n, place, mark
+        try:
+            while True:
+                now = self._clock()
+                when = now
+                worst: tuple[TokenBucket, float] | None = None
+                for b, n in needs:
+                    t = b.earliest(n, now)
+                    if t > when:
+                        when, worst = t, (b, n)
+                for b, _, place, _ in held:  # our places, as pauses and rate changes moved them
+                    t = b.when(place)
+                    if t > when:
+                        when, worst = t, None
+                if when <= now:
+                    for b, n in needs:
+                        b.reserve(n, now)
+                    held.clear()
+                    break
+                if deadline is not None and when > deadline:
+                    self._timeouts += 1
+                    raise RateLimitTimeout(worst[0].name if worst else "reserved", when - now)
+                if worst is not None and worst[0]._interval:  # a pause gate keeps no queue
+                    # queue up in the strictest bucket: first come, first served there
+                    b, n = worst
+                    held.append((b, n, b.place(when), b.reserve(n, when)))
+                    needs = [x for x in needs if x[0] is not b]
+                self.waiting += 1
+                try:
+                    await self._sleep(min(when - now, self._max_nap))
+                finally:
+                    self.waiting -= 1
+        except BaseException:  # timed out or cancelled: give the places back
+            for b, n, _, mark in held:
+                b.refund(n, mark)
+            raise
+        waited = self._clock() - start
+        self._acquired += 1
+        self._delayed += 1
+        self._waited_s += waited
+        return waited
+
+    def charge(self, *, endpoint: str, model_id: str, tenant: str | None, tokens: int) -> None:
+        """Debit tokens used beyond the estimate (from the provider's usage), without waiting:
+        later requests wait for them instead."""
+        if tokens <= 0:
+            return
+        now = self._clock()
+        for level in (
+            self._endpoints.get(endpoint),
+            self._models.get(model_id),
+            None if tenant is None else self._tenants.get(tenant),
+        ):
+            if level is not None and level.tpm is not None:
+                level.tpm.reserve(tokens, now)
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "waiting": self.waiting,
+            "acquired": self._acquired,
+            "delayed": self._delayed,
+            "waited_s": self._waited_s,
+            "timeouts": self._timeouts,
+            "penalties": self._penalties,
+            "buckets": len(self._endpoints) + len(self._models) + len(self._tenants),
+            "share": self._share,
+        }

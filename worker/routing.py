@@ -1,0 +1,175 @@
+"""Order a request's candidates (primary, then fallbacks) by the configured objective.
+
+Objectives:
+
+- `priority`: the registry order.
+- `latency`: the expected time to a good answer, EWMA latency / (1 - EWMA error rate), so an
+  endpoint that fails fast does not look fast. Endpoints never measured go first, in registry
+  order, so they warm up.
+- `cost`: `input_cost_per_1k + output_cost_per_1k` of the candidate's registry row.
+- `reliability`: the EWMA error rate (an endpoint never measured counts as 0).
+
+Whatever the objective, endpoints whose breaker is open go last (kept: the caller decides), and
+ties keep the registry order. A half-open endpoint keeps its place; the caller still asks
+`BreakerBoard.allow(name)` before each attempt and moves on when it says no.
+
+With `explore > 0`, that fraction of `order()` calls moves a random other healthy candidate to
+the front, so the stats of the others stay fresh; pass a seeded `random.Random` to make it
+deterministic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+from registry.resolve import Candidate
+
+from .breaker import BreakerBoard
+
+__all__ = ["EndpointStats", "Objective", "Router"]
+
+Objective = Literal["latency", "cost", "reliability", "priority"]
+OBJECTIVES: frozenset[str] = frozenset(get_args(Objective))
+
+_MAX_ERROR = 0.99  # caps latency / (1 - error) at 100x
+
+
+class _Ewma:
+    __slots__ = ("error", "latency", "samples")
+
+    def __init__(self) -> None:
+        self.latency: float | None = None  # seconds, successes only
+        self.error = 0.0
+        self.samples = 0
+
+
+class EndpointStats:
+    """EWMA latency (successes) and EWMA error rate per endpoint_name."""
+
+    def __init__(self, alpha: float = 0.2, *, error_alpha: float | None = None) -> None:
+        if not 0 < alpha <= 1 or (error_alpha is not None and not 0 < error_alpha <= 1):
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self.error_alpha = alpha if error_alpha is None else error_alpha
+        self._by_name: dict[str, _Ewma] = {}
+
+    def record(self, endpoint_name: str, success: bool, latency_s: float) -> None:
+        e = self._by_name.get(endpoint_name)
+        if e is None:
+            e = self._by_name[endpoint_name] = _Ewma()
+        e.samples += 1
+        a = self.error_alpha
+        e.error += a * ((0.0 if success else 1.0) - e.error)
+        if success:
+            if e.latency is None:
+                e.latency = latency_s
+            else:
+                e.latency += self.alpha * (latency_s - e.latency)
+
+    def latency(self, endpoint_name: str) -> float | None:
+        e = self._by_name.get(endpoint_name)
+        return None if e is None else e.latency
+
+    def error_rate(self, endpoint_name: str) -> float | None:
+        e = self._by_name.get(endpoint_name)
+        return None if e is None else e.error
+
+    def expected_latency(self, endpoint_name: str) -> float | None:
+        """Latency per good answer: EWMA latency / (1 - EWMA error); None if unmeasured."""
+        e = self._by_name.get(endpoint_name)
+        if e is None or e.latency is None:
+            return None
+        err = e.error if e.error < _MAX_ERROR else _MAX_ERROR
+        return e.latency / (1.0 - err)
+
+    def snapshot(self) -> dict[str, dict[str, float | None]]:
+        return {
+            name: {"latency_s": e.latency, "error_rate": e.error, "samples": float(e.samples)}
+            for name, e in self._by_name.items()
+        }
+
+
+class Router:
+    def __init__(
+        self,
+        objective: Objective = "priority",
+        stats: EndpointStats | None = None,
+        breakers: BreakerBoard | None = None,
+        *,
+        explore: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        _check(objective)
+        if not 0 <= explore < 1:
+            raise ValueError("explore must be in [0, 1)")
+        self.objective: Objective = objective
+        self.stats = stats if stats is not None else EndpointStats()
+        self.breakers = breakers
+        self.explore = explore
+        self._rng = rng if rng is not None else random.Random()
+        self.choices: dict[str, int] = {}
+        """How often each endpoint_name came first, for metrics."""
+
+    def order(
+        self, candidates: Sequence[Candidate], objective: str | None = None
+    ) -> list[Candidate]:
+        """The candidates, best first. Never drops one."""
+        obj = self.objective if objective is None else objective
+        if obj not in OBJECTIVES:
+            _check(obj)
+        n = len(candidates)
+        if n <= 1:
+            out = list(candidates)
+        else:
+            board = self.breakers
+            is_open = board.is_open if board is not None else None
+            if obj == "priority":
+                out = list(candidates)
+                if is_open is not None and any(is_open(c.endpoint_name) for c in out):
+                    out.sort(key=lambda c: is_open(c.endpoint_name))  # stable
+            else:
+                keyed: list[tuple[bool, float, int, Candidate]] = []
+                by = self.stats._by_name
+                for i, c in enumerate(candidates):
+                    name = c.endpoint_name
+                    if obj == "cost":
+                        score = c.row.input_cost_per_1k + c.row.output_cost_per_1k
+                    else:
+                        e = by.get(name)
+                        if obj == "latency":
+                            # unmeasured first, so they warm up
+                            if e is None or e.latency is None:
+                                score = -1.0
+                            else:
+                                err = e.error if e.error < _MAX_ERROR else _MAX_ERROR
+                                score = e.latency / (1.0 - err)
+                        else:
+                            score = 0.0 if e is None else e.error
+                    blocked = is_open is not None and is_open(name)
+                    keyed.append((blocked, score, i, c))
+                keyed.sort()  # i is unique: candidates are never compared
+                out = [k[3] for k in keyed]
+            if self.explore and self._rng.random() < self.explore:
+                healthy = sum(1 for c in out if is_open is None or not is_open(c.endpoint_name))
+                if healthy > 1:
+                    j = 1 + self._rng.randrange(healthy - 1)
+                    out.insert(0, out.pop(j))
+        if out:
+            first = out[0].endpoint_name
+            self.choices[first] = self.choices.get(first, 0) + 1
+        return out
+
+    def record(self, endpoint_name: str, success: bool, latency_s: float) -> None:
+        """One attempt's outcome: feeds the EWMA stats and, if given, the breaker board.
+        Call it once per attempt; count only endpoint-health failures (5xx, timeouts,
+        connection errors), not a bad prompt's 400."""
+        self.stats.record(endpoint_name, success, latency_s)
+        if self.breakers is not None:
+            self.breakers.record(endpoint_name, success, latency_s)
+
+
+def _check(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown routing objective {objective!r}; one of {sorted(OBJECTIVES)}")
