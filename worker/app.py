@@ -8,19 +8,23 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from adapters.secrets import SecretStore
 from adapters.sessions import SessionPool
 from registry.cache import RegistryCache
 
-from .calls import Caller
+from .breaker import BreakerBoard, BreakerConfig
+from .calls import Caller, CallResult
 from .config import Settings
+from .dedup import DedupWindow
 from .http import HealthServer
 from .kafka_io import KafkaBridge, ensure_topics, wait_for_broker
 from .pipeline import Pipeline
+from .ratelimit import Limit, RateLimiter
+from .routing import Objective, Router
 from .service import Worker
-from .telemetry import Metrics
+from .telemetry import ComponentCollector, Metrics
 
 __all__ = ["App", "run_app"]
 
@@ -41,10 +45,50 @@ class App:
         self.registry = RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
         self.sessions = SessionPool()
         self.secrets = SecretStore(settings.secrets_dir)
-        caller = Caller(
-            self.sessions, self.secrets, self.metrics, max_attempts=settings.max_attempts
+        self.breakers = BreakerBoard(
+            BreakerConfig(
+                window_s=settings.breaker_window_s,
+                error_threshold=settings.breaker_error_threshold,
+                min_requests=settings.breaker_min_requests,
+                z_threshold=settings.breaker_z_threshold,
+                cooldown_s=settings.breaker_cooldown_s,
+                probes=settings.breaker_probes,
+            ),
+            on_change=self._circuit_changed,
         )
-        self.pipeline = Pipeline(settings, self.registry, caller, self.metrics)
+        self.router = Router(cast(Objective, settings.routing_objective), breakers=self.breakers)
+        tenant_limit = (
+            Limit(rpm=settings.tenant_rpm or None, tpm=settings.tenant_tpm or None)
+            if settings.tenant_rpm or settings.tenant_tpm
+            else None
+        )
+        self.limiter = RateLimiter(default_tenant=tenant_limit)
+        self.dedup: DedupWindow[CallResult] | None = (
+            DedupWindow(
+                settings.dedup_window_s, settings.dedup_max_entries, settings.dedup_max_bytes
+            )
+            if settings.dedup_enabled
+            else None
+        )
+        caller = Caller(
+            self.sessions,
+            self.secrets,
+            self.metrics,
+            max_attempts=settings.max_attempts,
+            router=self.router,
+            breakers=self.breakers,
+            limiter=self.limiter,
+        )
+        self.pipeline = Pipeline(settings, self.registry, caller, self.metrics, dedup=self.dedup)
+        self.metrics.registry.register(
+            ComponentCollector(
+                dedup=self.dedup.stats if self.dedup is not None else None,
+                limiter=self.limiter.stats,
+                breakers=lambda: dict(self.breakers.states()),
+                choices=lambda: dict(self.router.choices),
+            )
+        )
+        self._topic_partitions = 0
         self.bridge = KafkaBridge(settings)
         self.worker = Worker(
             bridge=self.bridge,
@@ -56,7 +100,7 @@ class App:
             commit_interval_s=settings.commit_interval_ms / 1000,
             shutdown_timeout_s=settings.shutdown_timeout_s,
         )
-        self.bridge.set_rebalance_hooks(self.worker.on_assign, self.worker.on_revoke)
+        self.bridge.set_rebalance_hooks(self._on_assign, self._on_revoke)
         self.health = (
             HealthServer(
                 self.metrics.registry, self.ready, host=settings.http_host, port=settings.http_port
@@ -65,6 +109,34 @@ class App:
             else None
         )
         self._broker_ok = False
+
+    def _circuit_changed(self, endpoint: str, old: str, new: str, reason: str) -> None:
+        self.metrics.circuit_changes.labels(endpoint, new).inc()
+        level = logging.WARNING if new == "open" else logging.INFO
+        log.log(
+            level,
+            "circuit %s: %s -> %s (%s)",
+            endpoint,
+            old,
+            new,
+            reason,
+            extra={"endpoint": endpoint, "circuit": new},
+        )
+
+    def _update_share(self) -> None:
+        """Row rate limits are cluster-wide: this replica takes its share of the partitions."""
+        total = self._topic_partitions
+        mine = sum(1 for t, _ in self.bridge.assignment if t == self.settings.prompts_topic)
+        if total > 0 and mine > 0:
+            self.limiter.set_share(mine / total)
+
+    def _on_assign(self, keys: list[tuple[str, int]]) -> None:
+        self.worker.on_assign(keys)
+        self._update_share()
+
+    def _on_revoke(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        commits = self.worker.on_revoke(keys)
+        return commits
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         reg = self.registry
@@ -89,6 +161,9 @@ class App:
             created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
             if created:
                 log.info("created topics %s", created)
+        meta = await asyncio.to_thread(admin.list_topics, s.prompts_topic, 10)
+        topic_meta = meta.topics.get(s.prompts_topic)
+        self._topic_partitions = len(topic_meta.partitions) if topic_meta is not None else 0
         await self.registry.start(timeout=s.registry_wait_s)
         await self.bridge.start()
         self._broker_ok = True

@@ -1,6 +1,9 @@
 """The one retry loop: try each candidate (primary, then fallbacks) with bounded retries.
 
-Retries honour `Retry-After` and back off with jitter; the whole loop is bounded by the
+Per request: the router orders the candidates by the row's (or the global) objective; an
+endpoint whose circuit breaker is open is skipped; before every attempt the rate limiter waits
+until the endpoint, the model and the tenant all have capacity (waiting, never dropping);
+retries honour `Retry-After` and back off with jitter; the whole loop is bounded by the
 request's deadline. Adapters never retry on their own.
 """
 
@@ -14,16 +17,32 @@ import msgspec
 from prometheus_client import Counter, Histogram
 
 from adapters import get_adapter
-from adapters.base import ProviderRequest, ProviderResult, Target
-from adapters.errors import AuthError, BadRequest, ProviderError, ProviderTimeout
+from adapters.base import Adapter, ProviderRequest, ProviderResult, Target
+from adapters.errors import (
+    AuthError,
+    BadRequest,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    RetryableError,
+)
 from adapters.retry import next_delay
 from adapters.secrets import MissingSecret, SecretStore
 from adapters.sessions import SessionPool
 from registry.resolve import Candidate
 
+from .breaker import BreakerBoard
+from .ratelimit import RateLimiter, RateLimitTimeout
+from .routing import Router
 from .telemetry import Metrics
 
-__all__ = ["CallFailed", "CallResult", "Caller"]
+__all__ = ["CallFailed", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
+
+
+class CircuitOpen(RetryableError):
+    """Every candidate's circuit breaker is open: failing fast instead of calling."""
+
+    type = "circuit_open"
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,13 +53,36 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CallFailed(Exception):
-    """Every candidate failed; `error` is the last provider error (its class is kept)."""
+    """Every candidate failed; `error` is the last provider error (its class is kept).
 
-    def __init__(self, error: ProviderError, attempts: int, candidate: Candidate | None) -> None:
+    `shared`: this request did not call; it got the error of an identical request (dedup).
+    """
+
+    def __init__(
+        self,
+        error: ProviderError,
+        attempts: int,
+        candidate: Candidate | None,
+        *,
+        shared: bool = False,
+    ) -> None:
         super().__init__(str(error))
         self.error = error
         self.attempts = attempts
         self.candidate = candidate
+        self.shared = shared
+
+
+def estimate_tokens(request: ProviderRequest, cap: int | None) -> int:
+    """Tokens a request may use, for the tpm buckets: ~4 characters a token plus max_tokens."""
+    if request.messages is not None:
+        chars = sum(len(m.content) for m in request.messages)
+    else:
+        chars = len(request.prompt or "")
+    out = request.max_tokens or cap or 256
+    if cap is not None:
+        out = min(out, cap)
+    return chars // 4 + 1 + out
 
 
 class Caller:
@@ -51,12 +93,18 @@ class Caller:
         metrics: Metrics,
         *,
         max_attempts: int,
+        router: Router | None = None,
+        breakers: BreakerBoard | None = None,
+        limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self._secrets = secrets
         self._metrics = metrics
         self._max_attempts = max_attempts
+        self.breakers = breakers if breakers is not None else BreakerBoard()
+        self.router = router if router is not None else Router(breakers=self.breakers)
+        self.limiter = limiter if limiter is not None else RateLimiter()
         self._clock = clock
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
@@ -93,30 +141,68 @@ class Caller:
             max_tokens=row.max_tokens,
         )
 
+    def _prepare(self, cand: Candidate) -> tuple[Target, Adapter]:
+        try:
+            adapter = get_adapter(cand.provider)
+        except KeyError:
+            raise BadRequest(
+                f"unknown provider {cand.provider!r} in the registry",
+                provider=cand.provider,
+                model=cand.upstream_model,
+            ) from None
+        return self._target(cand), adapter
+
     async def call(
-        self, candidates: Sequence[Candidate], request: ProviderRequest, *, deadline: float
+        self,
+        candidates: Sequence[Candidate],
+        request: ProviderRequest,
+        *,
+        deadline: float,
+        tenant: str | None = None,
     ) -> CallResult:
         attempts = 0
         last: ProviderError | None = None
         last_cand: Candidate | None = None
         m = self._metrics
-        for cand in candidates:
+        objective = candidates[0].row.routing_objective if candidates else None
+        for cand in self.router.order(candidates, objective):
+            name = cand.endpoint_name
+            if not self.breakers.allow(name):
+                last = last or CircuitOpen(
+                    f"circuit open for {name}", provider=cand.provider, model=cand.upstream_model
+                )
+                m.provider_calls.labels(cand.provider, name, "circuit_open").inc()
+                continue
             last_cand = cand
             try:
-                target = self._target(cand)
-                adapter = get_adapter(cand.provider)
-            except AuthError as exc:
+                target, adapter = self._prepare(cand)
+            except ProviderError as exc:
                 last = exc
                 continue
-            except KeyError:
-                last = BadRequest(
-                    f"unknown provider {cand.provider!r} in the registry",
-                    provider=cand.provider,
-                    model=cand.upstream_model,
-                )
-                continue
             session = self._sessions.get(adapter.endpoint_for(target))
+            row = cand.row
+            tokens = estimate_tokens(request, row.max_tokens)
             for attempt in range(1, self._max_attempts + 1):
+                try:
+                    await self.limiter.acquire(
+                        endpoint=name,
+                        model_id=row.model_id,
+                        rpm=row.rpm_limit,
+                        tpm=row.tpm_limit,
+                        tenant=tenant,
+                        tokens=tokens,
+                        deadline=deadline,
+                    )
+                except RateLimitTimeout:
+                    raise CallFailed(
+                        ProviderTimeout(
+                            "request deadline passed while waiting for rate-limit capacity",
+                            provider=cand.provider,
+                            model=cand.upstream_model,
+                        ),
+                        attempts,
+                        cand,
+                    ) from None
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise CallFailed(
@@ -134,26 +220,43 @@ class Caller:
                         result = await adapter.complete(session, target, request)
                 except ProviderError as exc:
                     last = exc
-                    m.provider_calls.labels(cand.provider, cand.endpoint_name, exc.type).inc()
+                    m.provider_calls.labels(cand.provider, name, exc.type).inc()
+                    if exc.retryable:  # endpoint health; a bad request says nothing about it
+                        self.router.record(name, False, self._clock() - t0)
+                    if isinstance(exc, RateLimited) and exc.retry_after:
+                        self.limiter.penalize(name, exc.retry_after)
                 except TimeoutError:
                     last = ProviderTimeout(
                         "request deadline passed", provider=cand.provider, model=cand.upstream_model
                     )
-                    m.provider_calls.labels(cand.provider, cand.endpoint_name, last.type).inc()
+                    m.provider_calls.labels(cand.provider, name, last.type).inc()
+                    self.router.record(name, False, self._clock() - t0)
                     raise CallFailed(last, attempts, cand) from None
                 else:
                     elapsed = self._clock() - t0
                     ok, latency = self._ok_metrics(cand)
                     ok.inc()
                     latency.observe(elapsed)
+                    self.router.record(name, True, elapsed)
+                    used = result.input_tokens + result.output_tokens
+                    if used > tokens:
+                        self.limiter.charge(
+                            endpoint=name,
+                            model_id=row.model_id,
+                            tenant=tenant,
+                            tokens=used - tokens,
+                        )
                     return CallResult(
                         result=result, candidate=cand, attempts=attempts, latency_ms=elapsed * 1000
                     )
                 if not last.retryable or attempt == self._max_attempts:
                     break
+                if not self.breakers.allow(name):
+                    break  # this endpoint just tripped its breaker: move on
                 delay = next_delay(last, attempt, remaining=deadline - self._clock())
                 if delay is None:
                     break
                 await asyncio.sleep(delay)
-        assert last is not None, "resolve() never returns an empty candidate list"
+        if last is None:
+            raise CallFailed(BadRequest("no candidate to call"), attempts, last_cand)
         raise CallFailed(last, attempts, last_cand)

@@ -50,6 +50,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     broker_wait_s: float = 60.0
     registry_wait_s: float = 60.0
     gc_gen0_threshold: int = 20_000
+    dedup_enabled: bool = True
+    dedup_window_s: float = 60.0
+    dedup_max_entries: int = 100_000
+    dedup_max_bytes: int = 64 * 1024 * 1024
+    dedup_per_tenant: bool = False
+    routing_objective: str = "priority"
+    breaker_window_s: float = 30.0
+    breaker_error_threshold: float = 0.5
+    breaker_min_requests: int = 20
+    breaker_z_threshold: float = 2.5
+    breaker_cooldown_s: float = 10.0
+    breaker_probes: int = 3
+    tenant_rpm: int = 0
+    tenant_tpm: int = 0
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)
@@ -187,6 +201,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"DATABASE_URL={redact_dsn(s.database_url)!r} is not a PostgreSQL URL or key=value DSN"
         )
+    if s.routing_objective not in ("priority", "latency", "cost", "reliability"):
+        raise ConfigError(
+            "LLM_WORKER_ROUTING_OBJECTIVE must be priority, latency, cost or reliability, "
+            f"got {s.routing_objective!r}"
+        )
+    if not 0 < s.breaker_error_threshold <= 1:
+        raise ConfigError("LLM_WORKER_BREAKER_ERROR_THRESHOLD must be in (0, 1]")
     if s.log_format not in ("json", "text"):
         raise ConfigError(f"LLM_WORKER_LOG_FORMAT must be json or text, got {s.log_format!r}")
     for topic in ("prompts_topic", "completions_topic", "dlq_topic", "group_id"):

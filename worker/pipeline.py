@@ -18,8 +18,9 @@ from adapters.base import ProviderRequest
 from registry.errors import RegistryError
 from registry.resolve import Candidate
 
-from .calls import Caller, CallFailed
+from .calls import Caller, CallFailed, CallResult
 from .config import Settings
+from .dedup import DedupWindow, dedup_key
 from .messages import Completion, ErrorInfo, Prompt, Rejected, Usage, decode_prompt, encode
 from .telemetry import Metrics
 
@@ -91,6 +92,7 @@ class Pipeline:
         caller: Caller,
         metrics: Metrics,
         *,
+        dedup: DedupWindow[CallResult] | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -98,6 +100,7 @@ class Pipeline:
         self._registry = registry
         self._caller = caller
         self._metrics = metrics
+        self._dedup = dedup
         self._wall = wall_clock
         self._clock = clock
 
@@ -123,26 +126,17 @@ class Pipeline:
                 rec, prompt.id, prompt.model, prompt.metadata, type(exc).__name__, str(exc)
             )
         deadline = started + self._s.request_deadline_s
+        request = _to_provider_request(prompt)
+        shared = False
         try:
-            call = await self._caller.call(
-                candidates, _to_provider_request(prompt), deadline=deadline
-            )
+            if self._dedup is not None and prompt.dedup:
+                call, shared = await self._deduplicated(prompt, candidates, request, deadline)
+            else:
+                call = await self._caller.call(
+                    candidates, request, deadline=deadline, tenant=prompt.tenant
+                )
         except CallFailed as failed:
-            err = failed.error
-            comp = Completion(
-                id=prompt.id,
-                model=prompt.model,
-                status="error",
-                metadata=prompt.metadata,
-                provider=failed.candidate.provider if failed.candidate else None,
-                upstream_model=failed.candidate.upstream_model if failed.candidate else None,
-                endpoint_name=failed.candidate.endpoint_name if failed.candidate else None,
-                queue_ms=self._queue_ms(rec),
-                attempts=failed.attempts,
-                fallback_used=bool(failed.candidate and failed.candidate.fallback),
-                error=ErrorInfo(type=err.type, message=str(err), retryable=err.retryable),
-            )
-            return self._completion(rec, comp)
+            return self._failed(rec, prompt, failed)
         res, cand, row = call.result, call.candidate, call.candidate.row
         cost = (
             res.input_tokens / 1000 * row.input_cost_per_1k
@@ -161,15 +155,63 @@ class Pipeline:
             usage=Usage(
                 input_tokens=res.input_tokens,
                 output_tokens=res.output_tokens,
-                cost_usd=round(cost, 8),
+                cost_usd=0.0 if shared else round(cost, 8),  # charged on the call that ran
             ),
             latency_ms=round(call.latency_ms, 3),
             queue_ms=self._queue_ms(rec),
+            deduplicated=shared,
             fallback_used=cand.fallback,
-            attempts=call.attempts,
+            attempts=0 if shared else call.attempts,
         )
-        if cand.fallback:
+        if cand.fallback and not shared:
             self._metrics.fallbacks.labels(prompt.model).inc()
+        return self._completion(rec, comp)
+
+    async def _deduplicated(
+        self,
+        prompt: Prompt,
+        candidates: list[Candidate],
+        request: ProviderRequest,
+        deadline: float,
+    ) -> tuple[CallResult, bool]:
+        """One provider call for identical requests; the others share its answer (or error)."""
+        assert self._dedup is not None
+        # the resolved routing is part of the key: a failover row update starts a new entry
+        resolved = "|".join(f"{c.provider}@{c.endpoint}#{c.upstream_model}" for c in candidates)
+        tenant = prompt.tenant if self._s.dedup_per_tenant else None
+        key = dedup_key(f"{prompt.model}|{resolved}", request, tenant=tenant)
+        led = False
+
+        async def lead() -> CallResult:
+            nonlocal led
+            led = True
+            return await self._caller.call(
+                candidates, request, deadline=deadline, tenant=prompt.tenant
+            )
+
+        try:
+            return await self._dedup.run(key, lead, _result_size)
+        except CallFailed as failed:
+            if not led:  # a follower: the leader's error, marked as shared
+                raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
+            raise
+
+    def _failed(self, rec: InputRecord, prompt: Prompt, failed: CallFailed) -> Outcome:
+        err, cand = failed.error, failed.candidate
+        comp = Completion(
+            id=prompt.id,
+            model=prompt.model,
+            status="error",
+            metadata=prompt.metadata,
+            provider=cand.provider if cand else None,
+            upstream_model=cand.upstream_model if cand else None,
+            endpoint_name=cand.endpoint_name if cand else None,
+            queue_ms=self._queue_ms(rec),
+            deduplicated=failed.shared,
+            attempts=failed.attempts,
+            fallback_used=bool(cand and cand.fallback),
+            error=ErrorInfo(type=err.type, message=str(err), retryable=err.retryable),
+        )
         return self._completion(rec, comp)
 
     # -- outcome builders ------------------------------------------------------------------
@@ -232,6 +274,10 @@ class Pipeline:
                 rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
             )
         return self.dead_letter(rec, "internal_error", message)
+
+
+def _result_size(call: CallResult) -> int:
+    return len(call.result.text) + 256
 
 
 def _snake(name: str) -> str:

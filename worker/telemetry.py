@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-__all__ = ["JsonFormatter", "Metrics", "configure_logging"]
+__all__ = ["ComponentCollector", "JsonFormatter", "Metrics", "configure_logging"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -72,6 +74,12 @@ class Metrics:
         self.registry_stale = Gauge(
             "llm_worker_registry_stale", "1 when the registry cache could not refresh", registry=r
         )
+        self.circuit_changes = Counter(
+            "llm_worker_circuit_changes",
+            "Circuit breaker state changes",
+            ["endpoint", "to"],
+            registry=r,
+        )
 
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
@@ -107,3 +115,78 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class ComponentCollector:
+    """Reads the components' plain counters at scrape time (no per-message metric cost)."""
+
+    def __init__(
+        self,
+        *,
+        dedup: Callable[[], dict[str, int]] | None,
+        limiter: Callable[[], dict[str, float]],
+        breakers: Callable[[], dict[str, str]],
+        choices: Callable[[], dict[str, int]],
+    ) -> None:
+        self._dedup = dedup
+        self._limiter = limiter
+        self._breakers = breakers
+        self._choices = choices
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if self._dedup is not None:
+            d = self._dedup()
+            yield GaugeMetricFamily(
+                "llm_worker_dedup_entries", "Answers kept in the dedup window", value=d["entries"]
+            )
+            yield GaugeMetricFamily(
+                "llm_worker_dedup_bytes", "Bytes kept in the dedup window", value=d["bytes"]
+            )
+            yield GaugeMetricFamily(
+                "llm_worker_dedup_inflight", "Distinct requests being called", value=d["inflight"]
+            )
+            shared = CounterMetricFamily(
+                "llm_worker_dedup_shared", "Requests answered from an identical one", labels=["how"]
+            )
+            shared.add_metric(["window"], d["hits"])
+            shared.add_metric(["in_flight"], d["coalesced"])
+            yield shared
+            yield CounterMetricFamily(
+                "llm_worker_dedup_evictions",
+                "Dedup entries evicted by the caps",
+                value=d["evictions"],
+            )
+        lim = self._limiter()
+        yield GaugeMetricFamily(
+            "llm_worker_ratelimit_waiting",
+            "Requests waiting for rate-limit capacity",
+            value=lim["waiting"],
+        )
+        yield CounterMetricFamily(
+            "llm_worker_ratelimit_wait_seconds",
+            "Time spent waiting for capacity",
+            value=lim["waited_s"],
+        )
+        yield GaugeMetricFamily(
+            "llm_worker_ratelimit_share", "This replica's share of row limits", value=lim["share"]
+        )
+        state = GaugeMetricFamily(
+            "llm_worker_circuit_state",
+            "1 for the endpoint's current breaker state",
+            labels=["endpoint", "state"],
+        )
+        for endpoint, current in self._breakers().items():
+            for name in ("closed", "open", "half_open"):
+                state.add_metric([endpoint, name], 1.0 if current == name else 0.0)
+        yield state
+        choices = CounterMetricFamily(
+            "llm_worker_route_choices",
+            "How often the router put an endpoint first",
+            labels=["endpoint"],
+        )
+        for endpoint, n in self._choices().items():
+            choices.add_metric([endpoint], n)
+        yield choices

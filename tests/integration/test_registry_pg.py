@@ -38,7 +38,7 @@ from tests.integration.pg_fixtures import temporary_database
 
 pytestmark = pytest.mark.integration
 
-ALL = ["001_model_registry.sql", "002_registry_notify.sql"]
+ALL = ["001_model_registry.sql", "002_registry_notify.sql", "003_routing_objective.sql"]
 
 
 def query(dsn: str, text: str) -> list[tuple[object, ...]]:

@@ -162,8 +162,12 @@ async def test_failing_primary_is_answered_by_the_fallback(
     assert len(out) == 40
     assert all(c["status"] == "ok" for c in out), Counter(c["status"] for c in out)
     assert all(c["fallback_used"] and c["upstream_model"] == "backup-model" for c in out)
-    assert all(c["endpoint_name"] == "m1/fallback" and c["attempts"] == 3 for c in out)
-    assert fake.counters("down")["requests"] == 80  # two tries each on the primary
+    assert all(c["endpoint_name"] == "m1/fallback" for c in out)
+    # two tries on the primary, then the fallback; once the primary's circuit breaker has seen
+    # its minimum of 20 failures it opens, and the rest skip the primary (fewer attempts)
+    assert {c["attempts"] for c in out} <= {1, 2, 3}
+    assert any(c["attempts"] == 3 for c in out) and any(c["attempts"] < 3 for c in out)
+    assert 20 <= fake.counters("down")["requests"] < 80
 
 
 async def test_all_candidates_failing_gives_an_error_completion(

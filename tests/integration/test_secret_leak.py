@@ -1,0 +1,359 @@
+"""A failing run must not leak an API key: not in logs, metrics, topics, settings or errors.
+
+The providers here are hostile: they echo the key they received back in JSON error bodies,
+HTML error pages, malformed 200 bodies and request-id headers; one never answers, one port
+refuses. The worker logs at DEBUG in JSON; afterwards every place a key could surface is
+searched for the key and for any long piece of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import pytest
+from aiohttp import web
+
+from registry.models import ModelRow
+from registry.store import upsert_row
+from tests.integration import kafka_helpers as kh
+from tests.unit.test_adapter_contract import (
+    MODEL,
+    PROFILES,
+    Anthropic,
+    Profile,
+    Upstream,
+    free_port,
+    serve,
+)
+from worker.app import App
+from worker.calls import CallFailed, Caller
+from worker.config import Settings
+from worker.telemetry import JsonFormatter
+
+pytestmark = pytest.mark.integration
+
+WINDOW = 12
+"""A piece of a secret this long found anywhere counts as a leak."""
+
+MODES = {  # how the hostile server answers → the error type the completion must carry
+    "echo401": "auth_error",
+    "echo500": "server_error",
+    "echo200": "bad_request",
+}
+
+
+def _pieces(secret: str) -> set[str]:
+    return {secret[i : i + WINDOW] for i in range(len(secret) - WINDOW + 1)}
+
+
+class Hostile:
+    """Plays every provider at `/<profile id>/<mode>/...`, echoing the key it was sent."""
+
+    def __init__(self, up: Upstream) -> None:
+        self.up = up
+        self.profiles = {p.id: p for p in PROFILES}
+        self.seen: dict[tuple[str, str], list[str]] = {}  # (profile, mode) → keys received
+        up.reply = self.answer
+
+    def endpoint(self, profile: Profile, mode: str) -> str:
+        return profile.endpoint(f"{self.up.base}/{profile.id}/{mode}")
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        _, pid, mode, *_ = request.path.split("/")
+        profile = self.profiles[pid]
+        key = request.headers.get(profile.key_header, "").removeprefix(profile.key_prefix)
+        self.seen.setdefault((pid, mode), []).append(key)
+        if mode == "slow":
+            await asyncio.sleep(60)  # cancelled when the worker gives up on the request
+        echo_headers = {profile.request_id_header: f"req-{key}"}
+        if mode == "echo401":
+            body = profile.error(401, f"Incorrect API key provided: {key}")
+            if isinstance(profile, Anthropic):
+                body["request_id"] = f"req_{key}"
+            return web.json_response(body, status=401, headers=echo_headers)
+        if mode == "echo500":
+            page = f"<html><body><h1>Internal error</h1><p>while using key {key}</p></body></html>"
+            return web.Response(
+                status=500, text=page, content_type="text/html", headers=echo_headers
+            )
+        if mode == "echo200":
+            return web.Response(text=f"your key is {key}", headers=echo_headers)
+        if mode == "long401":  # the key starts just before the 200-character excerpt ends
+            body = profile.error(401, "x" * 180 + f" key={key} was rejected")
+            return web.json_response(body, status=401)
+        raise AssertionError(f"unknown mode {mode}")
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[Hostile]:
+    async with serve(Profile("openai_compatible")) as up:
+        yield Hostile(up)
+
+
+class LogCapture(logging.Handler):
+    """Every record at DEBUG, formatted by the worker's JsonFormatter (and plain as well)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self._json = JsonFormatter()
+        self._plain = logging.Formatter("%(name)s %(levelname)s %(message)s")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self._json.format(record))
+        self.lines.append(self._plain.format(record))
+        if record.exc_info:
+            self.lines.append(self._plain.formatException(record.exc_info))
+
+
+@pytest.fixture
+def debug_logs() -> Iterator[LogCapture]:
+    root = logging.getLogger()
+    handler = LogCapture()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.fixture
+def failures(monkeypatch: pytest.MonkeyPatch) -> list[CallFailed]:
+    """The exceptions behind every error completion (a spy on `Caller.call`)."""
+    caught: list[CallFailed] = []
+    original = Caller.call
+
+    async def spy(self: Caller, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, *args, **kwargs)
+        except CallFailed as exc:
+            caught.append(exc)
+            raise
+
+    monkeypatch.setattr(Caller, "call", spy)
+    return caught
+
+
+def _exception_texts(exc: BaseException) -> Iterator[str]:
+    """str/repr/args of the exception, of the provider error it carries and of their causes."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield str(e)
+        yield repr(e)
+        yield repr(e.args)
+        yield "".join(traceback.format_exception(e))
+        yield repr({k: v for k, v in vars(e).items() if not isinstance(v, BaseException)})
+        todo.extend(
+            x
+            for x in (getattr(e, "error", None), e.__cause__, e.__context__)
+            if isinstance(x, BaseException)
+        )
+
+
+def _leaks(secrets: Iterable[str], texts: Iterable[str | bytes]) -> list[str]:
+    pieces = {piece: secret for secret in secrets for piece in _pieces(secret)}
+    found = []
+    for text in texts:
+        s = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        for piece in pieces:
+            if piece in s:
+                found.append(f"{piece!r} in {s[:300]!r}")
+                break
+    return found
+
+
+def _dsn_with_password(dsn: str, password: str) -> str | None:
+    """The embedded server trusts local connections: give its URL a password to hide."""
+    if dsn.startswith("postgresql://postgres:@"):
+        return dsn.replace("postgresql://postgres:@", f"postgresql://postgres:{password}@", 1)
+    return None
+
+
+async def test_failing_providers_never_leak_the_key(
+    make_settings: Callable[..., Settings],
+    pg_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hostile: Hostile,
+    debug_logs: LogCapture,
+    failures: list[CallFailed],
+) -> None:
+    file_key = f"sk-file-{uuid.uuid4().hex}{uuid.uuid4().hex[:8]}"
+    env_key = f"sk-env-{uuid.uuid4().hex}{uuid.uuid4().hex[:8]}"
+    sasl_password = f"sasl-{uuid.uuid4().hex}"
+    db_password = f"pgpw-{uuid.uuid4().hex}"
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "leaky-file-key").write_text(file_key + "\n", encoding="utf-8")
+    env_name = f"LEAKY_ENV_KEY_{uuid.uuid4().hex[:8].upper()}"
+    monkeypatch.setenv(env_name, env_key)  # read by the SecretStore the App builds
+    env_secret = env_name.lower()  # no such file: the store falls back to $LEAKY_ENV_KEY_...
+    guarded = [file_key, env_key, sasl_password]
+
+    overrides: dict[str, Any] = {
+        "secrets_dir": str(secrets_dir),
+        "max_attempts": 2,
+        "kafka_extra": {"sasl.password": sasl_password},
+    }
+    dsn = _dsn_with_password(pg_dsn, db_password)
+    if dsn is not None:
+        overrides["database_url"] = dsn
+        guarded.append(db_password)
+    s = make_settings(**overrides)
+    assert s.kafka_extra.get("sasl.password") == sasl_password
+
+    rows: list[tuple[ModelRow, str, str]] = []  # row, expected error type, key it sends
+    for profile in PROFILES:
+        for n, (mode, etype) in enumerate(MODES.items()):
+            secret, key = ("leaky-file-key", file_key) if n % 2 == 0 else (env_secret, env_key)
+            row = ModelRow(
+                model_id=f"{profile.id}-{mode}",
+                provider=profile.provider,
+                endpoint=hostile.endpoint(profile, mode),
+                upstream_model=MODEL,
+                api_key_secret=secret,
+                timeout_ms=10_000,
+            )
+            rows.append((row, etype, key))
+    slow = ModelRow(
+        model_id="anthropic-slow",
+        provider="anthropic",
+        endpoint=hostile.endpoint(Anthropic(), "slow"),
+        upstream_model=MODEL,
+        api_key_secret="leaky-file-key",
+        timeout_ms=300,
+    )
+    refused = ModelRow(
+        model_id="openai-refused",
+        provider="openai",
+        endpoint=f"http://127.0.0.1:{free_port()}/v1",
+        upstream_model=MODEL,
+        api_key_secret="leaky-file-key",
+        timeout_ms=2_000,
+    )
+    rows += [(slow, "timeout", file_key), (refused, "connection_error", file_key)]
+    for row, _, _ in rows:
+        upsert_row(pg_dsn, row)
+
+    bs = s.kafka_bootstrap_servers
+    await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 2)
+    prompts = [
+        {"id": f"leak-{row.model_id}-{i}", "model": row.model_id, "prompt": f"q{i} {row.model_id}"}
+        for row, _, _ in rows
+        for i in range(2)
+    ]
+    await asyncio.to_thread(kh.produce_prompts, bs, s.prompts_topic, prompts)
+    await asyncio.to_thread(kh.produce, bs, s.prompts_topic, [b"{not json, to the DLQ"])
+
+    app = App(s, http=False)
+    async with app.running():
+        completions = await asyncio.to_thread(
+            kh.consume, bs, s.completions_topic, len(prompts), 180
+        )
+        dead = await asyncio.to_thread(kh.consume, bs, s.dlq_topic, 1, 60)
+        exposition = prometheus_client.generate_latest(app.metrics.registry)
+
+    # the run failed the way it should, so every place below had a chance to carry the key
+    docs = {r.json()["id"]: r.json() for r in completions}
+    assert sorted(docs) == sorted(p["id"] for p in prompts)
+    expected = {row.model_id: etype for row, etype, _ in rows}
+    for doc in docs.values():
+        assert doc["status"] == "error", doc
+        assert doc["error"]["type"] == expected[doc["model"]], doc
+        if doc["model"].endswith(("echo401", "echo500", "echo200")):
+            assert "***" in doc["error"]["message"], doc  # the echo arrived, scrubbed
+    assert len(dead) == 1 and dead[0].headers["llm_worker.reason"] == b"invalid_json"
+    assert len(failures) == len(prompts)
+    assert b"llm_worker_provider_calls_total" in exposition
+    assert debug_logs.lines
+    # the servers really were sent the keys
+    for row, _, key in rows:
+        if row is refused:
+            continue
+        pid, mode = row.endpoint.removeprefix(hostile.up.base).split("/")[1:3]
+        assert hostile.seen[(pid, mode)], row.model_id
+        assert set(hostile.seen[(pid, mode)]) == {key}, row.model_id
+
+    places: dict[str, list[str | bytes]] = {
+        "logs": list(debug_logs.lines),
+        "metrics": [exposition, prometheus_client.generate_latest()],
+        "completions": [
+            part
+            for r in completions
+            for part in (
+                r.value,
+                r.key or b"",
+                *(k.encode() + b"=" + v for k, v in r.headers.items()),
+            )
+        ],
+        "dlq": [
+            part
+            for r in dead
+            for part in (
+                r.value,
+                r.key or b"",
+                *(k.encode() + b"=" + v for k, v in r.headers.items()),
+            )
+        ],
+        "settings": [repr(app.settings), str(app.settings)],
+        "exceptions": [text for exc in failures for text in _exception_texts(exc)],
+    }
+    for place, texts in places.items():
+        assert texts, place
+        assert _leaks(guarded, texts) == [], place
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="adapters/_http.py shortens an error message to 200 characters before scrubbing "
+    "the key, so a key straddling the cut survives as a prefix",
+)
+async def test_a_key_cut_by_the_message_excerpt_does_not_leak(
+    make_settings: Callable[..., Settings],
+    pg_dsn: str,
+    tmp_path: Path,
+    hostile: Hostile,
+) -> None:
+    key = f"sk-cut-{uuid.uuid4().hex}{uuid.uuid4().hex[:8]}"
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "cut-key").write_text(key, encoding="utf-8")
+    s = make_settings(secrets_dir=str(secrets_dir), max_attempts=1)
+    profile = PROFILES[0]
+    upsert_row(
+        pg_dsn,
+        ModelRow(
+            model_id="cut",
+            provider=profile.provider,
+            endpoint=hostile.endpoint(profile, "long401"),
+            upstream_model=MODEL,
+            api_key_secret="cut-key",
+            timeout_ms=10_000,
+        ),
+    )
+    bs = s.kafka_bootstrap_servers
+    await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 1)
+    prompt = {"id": "cut-1", "model": "cut", "prompt": "hello"}
+    await asyncio.to_thread(kh.produce_prompts, bs, s.prompts_topic, [prompt])
+    async with App(s, http=False).running():
+        out = await asyncio.to_thread(kh.consume, bs, s.completions_topic, 1, 60)
+    assert len(out) == 1
+    doc = out[0].json()
+    assert doc["status"] == "error" and doc["error"]["type"] == "auth_error"
+    assert hostile.seen[(profile.id, "long401")] == [key]
+    assert _leaks([key], [out[0].value, doc["error"]["message"]]) == []

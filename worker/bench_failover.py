@@ -1,0 +1,600 @@
+"""`llm-worker bench-failover`: how fast a registry row update reaches replicas under load.
+
+One fake provider process serves two profiles, `a` and `b`. The registry row `bench` points at
+one of them; every switch updates `endpoint` (alternately `a` and `b`) and `upstream_model` in
+one UPDATE. The upstream model names the switch too (`fake-b-1`, `fake-a-2`, ...) and the fake
+provider echoes it (`[fake:fake-b-1] ...`), so every completion says which switch's target
+answered it, even though the endpoints alternate. `--workers` worker processes form one
+consumer group. A thread publishes prompts at a steady `--rate`, each prompt to a chosen
+partition and carrying its send time in `metadata`; another thread reads the completions. The
+bench then switches the row between `a` and `b` (`--switches` times, one UPDATE each, about
+1.5 s apart) and measures, for every switch, from the moment the UPDATE has committed:
+
+- `failover_ms`: until the first completion answered by the new target for a prompt published
+  after the commit (the provider's text says which target answered);
+- `all_partitions_ms`: until every partition, and so every replica, has served such a
+  completion;
+- `reload_ms`: until each replica logged `registry: reloaded` (NOTIFY -> reload), from the
+  workers' logs;
+- `stale_answers`: completions from an earlier target for prompts published more than 1 s
+  after the commit (should be 0).
+
+The workers poll the registry only every 30 s (`LLM_WORKER_REGISTRY_REFRESH_S`), so only
+LISTEN/NOTIFY can make a switch fast. Prints one JSON line and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from registry.migrate import migrate
+from registry.models import ModelRow
+from registry.store import update_row, upsert_row
+
+from .bench import percentile
+from .config import Settings, load_settings
+from .devstack import LocalBroker, LocalPostgres, free_port, spawn_fake_provider, wait_port
+
+__all__ = ["run_failover_bench"]
+
+MODEL_ID = "bench"
+STALE_AFTER_S = 1.0  # a prompt published this long after a commit must reach the new target
+LEAD_IN_S = 3.0  # steady traffic on the first target before the first switch
+TAIL_S = 3.0  # traffic after the last switch
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
+
+
+@dataclass
+class _Switch:
+    gen: int  # 1 for the first switch; generation 0 is the initial row
+    profile: str  # the fake profile the row points at after this switch
+    commit: float  # wall time right after the UPDATE committed
+    update_ms: float  # how long update_row took (connect, UPDATE, COMMIT)
+    end: float = math.inf  # the next switch's commit (or the end of publishing)
+    failover_ms: float | None = None
+    partition_ms: dict[int, float] = field(default_factory=dict)
+    reload_ms: dict[int, float] = field(default_factory=dict)  # replica -> ms
+    stale: int = 0
+    old_after_commit: int = 0
+
+
+def _client_conf(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers}
+    for k, v in settings.kafka_extra.items():
+        if k.startswith(("security.", "sasl.", "ssl.", "client.")):
+            conf[k] = v
+    return conf
+
+
+def _answered_by(comp: dict[str, Any]) -> str | None:
+    """The upstream model the fake provider saw: its text is `[fake:<model>] ...`."""
+    text = comp.get("text")
+    if comp.get("status") != "ok" or not isinstance(text, str) or not text.startswith("[fake:"):
+        return None
+    return text[len("[fake:") : text.find("]")]
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    return {
+        "p50": round(percentile(values, 50), 1),
+        "p95": round(percentile(values, 95), 1),
+        "p99": round(percentile(values, 99), 1),
+        "max": round(max(values), 1),
+    }
+
+
+def _provider_requests(url: str) -> dict[str, int]:
+    try:
+        with urllib.request.urlopen(f"{url}/admin/config", timeout=5) as resp:
+            data = json.load(resp)
+    except OSError:
+        return {}
+    profiles = data.get("profiles", {}) if isinstance(data, dict) else {}
+    return {
+        name: int(p.get("requests", 0))
+        for name, p in profiles.items()
+        if isinstance(p, dict) and p.get("requests")
+    }
+
+
+def _readyz(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            data: dict[str, Any] = json.load(r)
+            return data
+    except OSError:
+        return {}
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker on :{port} exited with {proc.returncode}")
+        if _readyz(port).get("ready"):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"worker not ready on :{port} after {timeout:.0f} s")
+
+
+def _wait_group(ports: list[int], partitions: int, timeout: float) -> list[int]:
+    """Until every partition is assigned and every replica (up to `partitions`) has some,
+    the same on two polls in a row; returns the counts per replica."""
+    want_busy = min(len(ports), partitions)
+    deadline = time.monotonic() + timeout
+    last: list[int] | None = None
+    while time.monotonic() < deadline:
+        counts = [int(_readyz(p).get("assigned_partitions", 0)) for p in ports]
+        done = sum(counts) == partitions and sum(1 for c in counts if c) == want_busy
+        if done and counts == last:
+            return counts
+        last = counts if done else None
+        time.sleep(0.5)
+    raise TimeoutError(f"the consumer group did not settle within {timeout:.0f} s")
+
+
+def _parse_ts(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def _read_log(path: Path) -> tuple[list[float], dict[int, float], list[float]]:
+    """From one worker's JSON log: reload times, its final partitions (partition -> time
+    assigned) and the times of every assignment."""
+    reloads: list[float] = []
+    owned: dict[int, float] = {}
+    assigns: list[float] = []
+    with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.startswith("{"):
+                continue
+            try:
+                rec = json.loads(line)
+                msg = str(rec.get("msg", ""))
+                ts = _parse_ts(str(rec["ts"]))
+            except (ValueError, KeyError):
+                continue
+            if msg.startswith("registry: reloaded"):
+                reloads.append(ts)
+            elif msg.startswith(("partitions assigned: ", "partitions revoked: ")):
+                try:
+                    keys = ast.literal_eval(msg.split(": ", 1)[1])
+                except (ValueError, SyntaxError):
+                    continue
+                parts = [int(k[1]) for k in keys]
+                if msg.startswith("partitions assigned"):
+                    assigns.append(ts)
+                    owned.update(dict.fromkeys(parts, ts))
+                else:
+                    for p in parts:
+                        owned.pop(p, None)
+            elif msg.startswith("partitions lost"):
+                owned.clear()
+    return reloads, owned, assigns
+
+
+class _Publisher(threading.Thread):
+    """Publishes `{run}-{i}` at `rate`/s to partition i % partitions until stopped."""
+
+    def __init__(self, settings: Settings, run: str, rate: float, partitions: int) -> None:
+        super().__init__(name="bench-publish", daemon=True)
+        self._settings = settings
+        self._run = run
+        self._rate = rate
+        self._partitions = partitions
+        self.stop = threading.Event()
+        self.sent: dict[str, tuple[float, int]] = {}  # id -> (send time, partition)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._publish()
+        except BaseException as exc:
+            self.error = exc
+
+    def _publish(self) -> None:
+        producer = Producer(
+            {**_client_conf(self._settings), "linger.ms": 5, "enable.idempotence": True}
+        )
+        topic = self._settings.prompts_topic
+        start = time.monotonic()
+        i = 0
+        while not self.stop.is_set():
+            ahead = start + i / self._rate - time.monotonic()
+            if ahead > 0:
+                producer.poll(ahead)
+            pid = f"{self._run}-{i}"
+            part = i % self._partitions
+            now = time.time()
+            prompt = {
+                "id": pid,
+                "model": MODEL_ID,
+                "prompt": f"failover probe {i}",
+                "max_tokens": 8,
+                "metadata": {"sent": now, "partition": part},
+            }
+            while True:
+                try:
+                    producer.produce(topic, _enc.encode(prompt), pid.encode(), partition=part)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            self.sent[pid] = (now, part)
+            i += 1
+            if i % 200 == 0:
+                producer.poll(0)
+        remaining = producer.flush(30)
+        if remaining:
+            raise RuntimeError(f"{remaining} prompts were not acknowledged within 30 s")
+
+
+class _Reader(threading.Thread):
+    """Reads every completion from the start of the (fresh) completions topic."""
+
+    def __init__(self, settings: Settings, partitions: int) -> None:
+        super().__init__(name="bench-consume", daemon=True)
+        conf = _client_conf(settings)
+        conf.update(
+            {
+                "group.id": f"llm-worker-bench-failover-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 25,
+            }
+        )
+        self._consumer = Consumer(conf)
+        topic = settings.completions_topic
+        meta = self._consumer.list_topics(topic, timeout=10)
+        parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
+        if not parts:
+            raise RuntimeError(f"topic {topic} has no partitions")
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        self.stop = threading.Event()
+        self.got: list[tuple[float, dict[str, Any]]] = []  # (receive time, completion)
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                msgs = self._consumer.consume(1000, 0.05)
+                now = time.time()
+                for msg in msgs:
+                    value = msg.value()
+                    if msg.error() is not None or value is None:
+                        continue
+                    try:
+                        comp = _dec.decode(value)
+                    except msgspec.DecodeError:
+                        continue
+                    if isinstance(comp, dict):
+                        self.got.append((now, comp))
+        finally:
+            self._consumer.close()
+
+
+def _profile(gen: int) -> str:
+    return "a" if gen % 2 == 0 else "b"
+
+
+def _model(gen: int) -> str:
+    return f"fake-{_profile(gen)}-{gen}"
+
+
+def _row(fake_url: str, gen: int) -> dict[str, str]:
+    return {"endpoint": f"{fake_url}/{_profile(gen)}/v1", "upstream_model": _model(gen)}
+
+
+def run_failover_bench(args: argparse.Namespace) -> int:
+    n_workers = int(getattr(args, "workers", 2))
+    n_switches = int(getattr(args, "switches", 20))
+    rate = float(getattr(args, "rate", 500.0))
+    latency_ms = float(getattr(args, "latency_ms", 20.0))
+    partitions = int(getattr(args, "partitions", 4) or 4)
+    interval = float(getattr(args, "interval_s", 1.5) or 1.5)
+    if n_workers < 1 or n_switches < 1 or rate <= 0:
+        raise ValueError("workers and switches must be >= 1 and rate > 0")
+
+    broker: LocalBroker | None = None
+    pg: LocalPostgres | None = None
+    procs: list[subprocess.Popen[bytes]] = []
+    threads: list[_Publisher | _Reader] = []
+    logdir = Path(tempfile.mkdtemp(prefix="llm-worker-failover-"))
+    try:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or ""
+        if not bootstrap:
+            broker = LocalBroker().start()
+            bootstrap = broker.bootstrap
+        dsn = os.environ.get("DATABASE_URL") or ""
+        if not dsn:
+            pg = LocalPostgres().start()
+            dsn = pg.dsn
+        migrate(dsn)
+        fport = free_port()
+        procs.append(spawn_fake_provider(fport, "--latency-ms", f"{latency_ms:g}", quiet=True))
+        fake_url = f"http://127.0.0.1:{fport}"
+        upsert_row(
+            dsn,
+            ModelRow(
+                model_id=MODEL_ID,
+                provider="fake",
+                endpoint=_row(fake_url, 0)["endpoint"],
+                upstream_model=_model(0),
+                max_tokens=64,
+                timeout_ms=10_000,
+            ),
+        )
+        run = uuid.uuid4().hex[:8]
+        base_env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": dsn,
+            "LLM_WORKER_PROMPTS_TOPIC": f"failover_prompts_{run}",
+            "LLM_WORKER_COMPLETIONS_TOPIC": f"failover_completions_{run}",
+            "LLM_WORKER_DLQ_TOPIC": f"failover_dlq_{run}",
+            "LLM_WORKER_GROUP_ID": f"failover-{run}",
+            "LLM_WORKER_TOPIC_PARTITIONS": str(partitions),
+        }
+        client_settings = load_settings(base_env)  # before the worker-only settings
+        worker_env = {
+            **base_env,
+            # INFO (the default level) logs `registry: reloaded` and the partition assignment
+            "LLM_WORKER_LOG_LEVEL": "INFO",
+            "LLM_WORKER_LOG_FORMAT": "json",
+            "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "LLM_WORKER_REGISTRY_REFRESH_S": "30",  # polling is too slow: only NOTIFY counts
+        }
+        ports: list[int] = []
+        workers: list[subprocess.Popen[bytes]] = []
+        logs: list[Path] = []
+        for i in range(n_workers):  # replicas of one consumer group, one process each
+            port = free_port()
+            log_path = logdir / f"worker-{i}.log"
+            with log_path.open("wb") as log_fh:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "worker.cli", "run"],
+                    env={**worker_env, "LLM_WORKER_HTTP_PORT": str(port)},
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fh,
+                    stderr=subprocess.STDOUT,
+                )
+            procs.append(proc)
+            workers.append(proc)
+            ports.append(port)
+            logs.append(log_path)
+            wait_port("127.0.0.1", port, 60)
+            _wait_ready(port, proc, 60)
+        counts = _wait_group(ports, partitions, 90)
+        print(
+            f"group settled: {n_workers} replicas, partitions per replica {counts}",
+            file=sys.stderr,
+        )
+
+        reader = _Reader(client_settings, partitions)
+        publisher = _Publisher(client_settings, run, rate, partitions)
+        threads += [reader, publisher]
+        reader.start()
+        measure_start = time.time()
+        publisher.start()
+
+        # lead-in: traffic must flow (on `a`) before the first switch
+        time.sleep(LEAD_IN_S)
+        deadline = time.monotonic() + 30
+        while not reader.got and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not reader.got:
+            raise RuntimeError("no completions within 30 s of publishing: the stack is not serving")
+
+        switches: list[_Switch] = []
+        next_at = time.monotonic()
+        for _ in range(n_switches):
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if publisher.error is not None:
+                raise RuntimeError(f"publisher failed: {publisher.error}")
+            gen = len(switches) + 1
+            before = time.time()
+            update_row(dsn, MODEL_ID, **_row(fake_url, gen))
+            commit = time.time()
+            if switches:
+                switches[-1].end = commit
+            switches.append(_Switch(gen, _profile(gen), commit, (commit - before) * 1000))
+            next_at = time.monotonic() + interval
+        time.sleep(max(0.0, next_at - interval + TAIL_S - time.monotonic()))
+        publisher.stop.set()
+        publisher.join(60)
+        if publisher.error is not None:
+            raise RuntimeError(f"publisher failed: {publisher.error}")
+        publish_end = time.time()
+        switches[-1].end = publish_end
+        sent = dict(publisher.sent)
+        # drain: every published prompt answered, or nothing new for 10 s
+        last_n, last_change = -1, time.monotonic()
+        while time.monotonic() - last_change < 10:
+            ids = {c.get("id") for _, c in reader.got}
+            if sent.keys() <= ids:
+                break
+            if len(reader.got) != last_n:
+                last_n, last_change = len(reader.got), time.monotonic()
+            time.sleep(0.25)
+        reader.stop.set()
+        reader.join(10)
+        got = list(reader.got)
+
+        # -- analysis ---------------------------------------------------------------------
+        seen: set[str] = set()
+        gen_of = {_model(g): g for g in range(len(switches) + 1)}
+        answers: list[tuple[float, float, int, int]] = []  # recv, sent, partition, generation
+        errors = 0
+        error_types: dict[str, int] = {}
+        mismatched = 0
+        e2e: list[float] = []
+        for recv, comp in got:
+            cid = comp.get("id")
+            if not isinstance(cid, str) or cid in seen or cid not in sent:
+                continue
+            seen.add(cid)
+            sent_t, part = sent[cid]
+            who = _answered_by(comp)
+            if comp.get("status") != "ok":
+                errors += 1
+                err = comp.get("error")
+                kind = str(err.get("type")) if isinstance(err, dict) else "unknown"
+                error_types[kind] = error_types.get(kind, 0) + 1
+                if errors == 1 and isinstance(err, dict):
+                    print(f"first error: {kind}: {err.get('message')}", file=sys.stderr)
+            elif who is None or who not in gen_of or comp.get("upstream_model") != who:
+                mismatched += 1  # the completion does not say what the provider answered
+            e2e.append((recv - sent_t) * 1000)
+            answers.append((recv, sent_t, part, gen_of.get(who or "", -1)))
+        answers.sort(key=lambda a: a[0])
+
+        replica_logs = [_read_log(p) for p in logs]
+        owner: dict[int, int] = {}
+        rebalances = 0
+        for r, (_reloads, owned, assigns) in enumerate(replica_logs):
+            for p in owned:
+                owner[p] = r
+            rebalances += sum(1 for t in assigns if t >= measure_start)
+
+        for sw in switches:
+            for recv, sent_t, part, gen in answers:
+                if not sw.commit < sent_t < sw.end:
+                    continue
+                if gen == sw.gen:
+                    ms = (recv - sw.commit) * 1000
+                    if sw.failover_ms is None:
+                        sw.failover_ms = ms
+                    sw.partition_ms.setdefault(part, ms)
+                elif 0 <= gen < sw.gen:
+                    sw.old_after_commit += 1
+                    if sent_t > sw.commit + STALE_AFTER_S:
+                        sw.stale += 1
+            for r, (reloads, _owned, _assigns) in enumerate(replica_logs):
+                after = [t for t in reloads if t >= sw.commit - 0.002 and t < sw.end]
+                if after:
+                    sw.reload_ms[r] = max(0.0, (after[0] - sw.commit) * 1000)
+
+        observed = [sw for sw in switches if sw.failover_ms is not None]
+        complete = [sw for sw in switches if len(sw.partition_ms) == partitions]
+        failover = [sw.failover_ms for sw in observed if sw.failover_ms is not None]
+        all_parts = [max(sw.partition_ms.values()) for sw in complete]
+        reload_all = [ms for sw in switches for ms in sw.reload_ms.values()]
+        per_replica: list[dict[str, Any]] = []
+        for r in range(n_workers):
+            mine = sorted(p for p, o in owner.items() if o == r)
+            firsts = [
+                min(sw.partition_ms[p] for p in mine if p in sw.partition_ms)
+                for sw in switches
+                if any(p in sw.partition_ms for p in mine)
+            ]
+            per_replica.append(
+                {
+                    "replica": r,
+                    "partitions": mine,
+                    "failover_ms": _stats(firsts),
+                    "reload_ms": _stats([sw.reload_ms[r] for sw in switches if r in sw.reload_ms]),
+                }
+            )
+        result: dict[str, Any] = {
+            "workers": n_workers,
+            "partitions": partitions,
+            "rate": rate,
+            "provider_latency_ms": latency_ms,
+            "switches": len(switches),
+            "switches_observed": len(observed),
+            "failover_ms": _stats(failover),
+            "all_partitions_ms": _stats(all_parts),
+            "reload_ms": _stats(reload_all),
+            "per_replica": per_replica,
+            "update_ms": _stats([sw.update_ms for sw in switches]),
+            "e2e_ms": _stats(e2e),
+            "stale_answers": sum(sw.stale for sw in switches),
+            "old_answers_after_commit": sum(sw.old_after_commit for sw in switches),
+            "published": len(sent),
+            "completions": len(answers),
+            "errors": errors,
+            "error_types": error_types,
+            "upstream_model_mismatches": mismatched,
+            "provider_requests": _provider_requests(fake_url),
+            "rebalances_during_run": rebalances,
+            "publish_s": round(publish_end - measure_start, 1),
+        }
+        print(json.dumps(result))
+        fo, ap, rl, ee = (
+            result["failover_ms"],
+            result["all_partitions_ms"],
+            result["reload_ms"],
+            result["e2e_ms"],
+        )
+        lines = [
+            "",
+            f"{len(switches)} switches a<->b of row {MODEL_ID!r} under {rate:g} prompts/s, "
+            f"{n_workers} replicas, {partitions} partitions, provider {latency_ms:g} ms; "
+            f"observed {len(observed)}/{len(switches)}",
+            f"  failover (commit -> first answer from the new target), ms: "
+            f"p50 {fo['p50']}  p95 {fo['p95']}  p99 {fo['p99']}  max {fo['max']}",
+            f"  every partition switched, ms:                          "
+            f"p50 {ap['p50']}  p95 {ap['p95']}  p99 {ap['p99']}  max {ap['max']}",
+            f"  commit -> replica reloaded (NOTIFY), ms:               "
+            f"p50 {rl['p50']}  p95 {rl['p95']}  p99 {rl['p99']}  max {rl['max']}",
+            f"  publish -> completion read (all prompts), ms:          "
+            f"p50 {ee['p50']}  p95 {ee['p95']}  p99 {ee['p99']}  max {ee['max']}",
+        ]
+        for rep in per_replica:
+            f, rr = rep["failover_ms"], rep["reload_ms"]
+            lines.append(
+                f"  replica {rep['replica']} (partitions {rep['partitions']}): failover p50/p99 "
+                f"{f['p50']}/{f['p99']} ms, reload p50/p99 {rr['p50']}/{rr['p99']} ms"
+            )
+        lines.append(
+            f"  stale answers (earlier target, published > {STALE_AFTER_S:g} s after commit): "
+            f"{result['stale_answers']}; old answers for prompts published after a commit: "
+            f"{result['old_answers_after_commit']}"
+        )
+        lines.append(
+            f"  {len(answers)}/{len(sent)} completions, {errors} errors, "
+            f"{rebalances} rebalances during the run"
+        )
+        print("\n".join(lines), file=sys.stderr)
+        return 0 if observed else 1
+    finally:
+        for t in threads:
+            t.stop.set()
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for t in threads:
+            t.join(5)
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(logdir, ignore_errors=True)
