@@ -97,6 +97,15 @@ def strip_v1(endpoint: str) -> str:
     return base[:-3] if base.endswith("/v1") else base
 
 
+def _scrub(payload: bytes, target: Target) -> bytes:
+    """The body with the target's API key (echoed by some error pages) replaced by `***`."""
+    if target.api_key is not None:
+        key = target.api_key.reveal().encode()
+        if key and key in payload:
+            return payload.replace(key, b"***")
+    return payload
+
+
 def shorten(text: str) -> str:
     return text if len(text) <= SNIPPET else text[: SNIPPET - 3].rstrip() + "..."
 
@@ -266,11 +275,12 @@ class HTTPAdapter:
                 raise self.error(
                     BadRequest,
                     target,
-                    f"malformed response: {snippet(payload) or 'empty body'}",
+                    f"malformed response: {snippet(_scrub(payload, target)) or 'empty body'}",
                     status=status,
                     request_id=request_id,
                 ) from exc
-        info = self.read_error(payload)
+        # scrub before any excerpt is cut: a key split by the cut would survive a later replace
+        info = self.read_error(_scrub(payload, target))
         retry_after = parse_retry_after(headers)
         if retry_after is None and info.retry_after is not None:
             retry_after = min(max(info.retry_after, 0.0), MAX_RETRY_AFTER)

@@ -26,8 +26,8 @@ class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     timeout_ms: int = 30_000
-    routing_objective: str | None = None  # priority | latency | cost | reliability (003)
     updated_at: datetime | None = None
+    routing_objective: str | None = None  # priority | latency | cost | reliability (003)
 
 
 COLUMNS: tuple[str, ...] = ModelRow.__struct_fields__

@@ -165,10 +165,17 @@ def run_bench(args: argparse.Namespace) -> int:
             else None
         )
         ok = sum(1 for c in got.values() if c.get("status") == "ok")
+        error_types: dict[str, int] = {}
+        for c in got.values():
+            if c.get("status") != "ok":
+                etype = (c.get("error") or {}).get("type", "unknown")
+                error_types[etype] = error_types.get(etype, 0) + 1
         result = {
             "count": args.count,
             "completions": len(got),
             "ok": ok,
+            "errors": error_types,
+            "deduplicated": sum(1 for c in got.values() if c.get("deduplicated")),
             "duplicates_fraction": args.duplicates,
             "provider_latency_ms": args.latency_ms,
             "publish_rate": args.rate or "burst",

@@ -161,12 +161,18 @@ def _parse_ts(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-def _read_log(path: Path) -> tuple[list[float], dict[int, float], list[float]]:
-    """From one worker's JSON log: reload times, its final partitions (partition -> time
-    assigned) and the times of every assignment."""
-    reloads: list[float] = []
-    owned: dict[int, float] = {}
-    assigns: list[float] = []
+@dataclass
+class _WorkerLog:
+    reloads: list[float] = field(default_factory=list)  # `registry: reloaded` times
+    owned: dict[int, float] = field(default_factory=dict)  # final partitions -> time assigned
+    assigns: list[float] = field(default_factory=list)  # times of every assignment
+    circuits: list[tuple[float, str]] = field(default_factory=list)  # (time, "open (latency)")
+
+
+def _read_log(path: Path) -> _WorkerLog:
+    """What one worker's JSON log says about reloads, partitions and circuit breakers."""
+    out = _WorkerLog()
+    reloads, owned, assigns = out.reloads, out.owned, out.assigns
     with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as fh:
         for line in fh:
             if not line.startswith("{"):
@@ -193,7 +199,9 @@ def _read_log(path: Path) -> tuple[list[float], dict[int, float], list[float]]:
                         owned.pop(p, None)
             elif msg.startswith("partitions lost"):
                 owned.clear()
-    return reloads, owned, assigns
+            elif msg.startswith("circuit ") and "->" in msg:
+                out.circuits.append((ts, msg.split("-> ", 1)[1]))
+    return out
 
 
 class _Publisher(threading.Thread):
@@ -291,6 +299,20 @@ class _Reader(threading.Thread):
                         self.got.append((now, comp))
         finally:
             self._consumer.close()
+
+
+def _circuit_summary(circuits: list[tuple[float, int, str]], switches: list[_Switch]) -> list[str]:
+    """Breaker state changes in the workers, each placed relative to the latest commit."""
+    out = []
+    for t, r, what in circuits:
+        before = [sw for sw in switches if sw.commit <= t]
+        where = (
+            f"{(t - before[-1].commit) * 1000:.0f} ms after switch {before[-1].gen}"
+            if before
+            else "before the first switch"
+        )
+        out.append(f"replica {r}: -> {what}, {where}")
+    return out
 
 
 def _profile(gen: int) -> str:
@@ -473,10 +495,13 @@ def run_failover_bench(args: argparse.Namespace) -> int:
         replica_logs = [_read_log(p) for p in logs]
         owner: dict[int, int] = {}
         rebalances = 0
-        for r, (_reloads, owned, assigns) in enumerate(replica_logs):
-            for p in owned:
+        circuits: list[tuple[float, int, str]] = []  # (time, replica, "open (latency)")
+        for r, wlog in enumerate(replica_logs):
+            for p in wlog.owned:
                 owner[p] = r
-            rebalances += sum(1 for t in assigns if t >= measure_start)
+            rebalances += sum(1 for t in wlog.assigns if t >= measure_start)
+            circuits += [(t, r, what) for t, what in wlog.circuits if t >= measure_start]
+        circuits.sort()
 
         for sw in switches:
             for recv, sent_t, part, gen in answers:
@@ -491,8 +516,8 @@ def run_failover_bench(args: argparse.Namespace) -> int:
                     sw.old_after_commit += 1
                     if sent_t > sw.commit + STALE_AFTER_S:
                         sw.stale += 1
-            for r, (reloads, _owned, _assigns) in enumerate(replica_logs):
-                after = [t for t in reloads if t >= sw.commit - 0.002 and t < sw.end]
+            for r, wlog in enumerate(replica_logs):
+                after = [t for t in wlog.reloads if t >= sw.commit - 0.002 and t < sw.end]
                 if after:
                     sw.reload_ms[r] = max(0.0, (after[0] - sw.commit) * 1000)
 
@@ -515,6 +540,9 @@ def run_failover_bench(args: argparse.Namespace) -> int:
                     "partitions": mine,
                     "failover_ms": _stats(firsts),
                     "reload_ms": _stats([sw.reload_ms[r] for sw in switches if r in sw.reload_ms]),
+                    "e2e_ms": _stats(
+                        [(recv - st) * 1000 for recv, st, p, _g in answers if owner.get(p) == r]
+                    ),
                 }
             )
         result: dict[str, Any] = {
@@ -539,6 +567,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             "upstream_model_mismatches": mismatched,
             "provider_requests": _provider_requests(fake_url),
             "rebalances_during_run": rebalances,
+            "circuit_changes": _circuit_summary(circuits, switches),
             "publish_s": round(publish_end - measure_start, 1),
         }
         print(json.dumps(result))
@@ -563,10 +592,11 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             f"p50 {ee['p50']}  p95 {ee['p95']}  p99 {ee['p99']}  max {ee['max']}",
         ]
         for rep in per_replica:
-            f, rr = rep["failover_ms"], rep["reload_ms"]
+            f, rr, re2e = rep["failover_ms"], rep["reload_ms"], rep["e2e_ms"]
             lines.append(
                 f"  replica {rep['replica']} (partitions {rep['partitions']}): failover p50/p99 "
-                f"{f['p50']}/{f['p99']} ms, reload p50/p99 {rr['p50']}/{rr['p99']} ms"
+                f"{f['p50']}/{f['p99']} ms, reload p50/p99 {rr['p50']}/{rr['p99']} ms, "
+                f"publish -> completion p50/p99 {re2e['p50']}/{re2e['p99']} ms"
             )
         lines.append(
             f"  stale answers (earlier target, published > {STALE_AFTER_S:g} s after commit): "
@@ -577,6 +607,8 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             f"  {len(answers)}/{len(sent)} completions, {errors} errors, "
             f"{rebalances} rebalances during the run"
         )
+        for change in result["circuit_changes"]:
+            lines.append(f"  circuit: {change}")
         print("\n".join(lines), file=sys.stderr)
         return 0 if observed else 1
     finally:

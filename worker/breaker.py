@@ -51,6 +51,7 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     min_latency_samples: int = 30
     std_floor_ratio: float = 0.05
     std_floor_s: float = 0.001
+    latency_min_ratio: float = 3.0  # and the recent mean at least this multiple of the baseline
     cooldown_s: float = 10.0
     probes: int = 3
 
@@ -229,7 +230,9 @@ class CircuitBreaker:
         floor = max(std, c.std_floor_ratio * mean, c.std_floor_s)
         recent_mean = self._recent_sum / c.recent
         z = (recent_mean - mean) / floor
-        if z > c.z_threshold:
+        # both unusual (z-score) and material (a multiple of the baseline): event-loop jitter
+        # on a fast endpoint can be several standard deviations without meaning anything
+        if z > c.z_threshold and recent_mean >= c.latency_min_ratio * mean:
             self._open(
                 "latency",
                 f"recent mean {recent_mean * 1000:.1f}ms vs {mean * 1000:.1f}ms"

@@ -201,6 +201,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"DATABASE_URL={redact_dsn(s.database_url)!r} is not a PostgreSQL URL or key=value DSN"
         )
+    poll_ms = s.kafka_extra.get("max.poll.interval.ms", "300000")
+    if poll_ms.isdigit() and s.request_deadline_s * 1000 >= int(poll_ms):
+        raise ConfigError(
+            f"LLM_WORKER_REQUEST_DEADLINE_S={s.request_deadline_s:g} must be below "
+            f"max.poll.interval.ms={poll_ms} (LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS): a full "
+            "worker stops polling until work ends, and Kafka evicts members that do not poll"
+        )
     if s.routing_objective not in ("priority", "latency", "cost", "reliability"):
         raise ConfigError(
             "LLM_WORKER_ROUTING_OBJECTIVE must be priority, latency, cost or reliability, "

@@ -61,9 +61,10 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
         self._paused: set[Key] = set()
+        self._owned: set[Key] = set()
         self._revoked_now: set[Key] = set()
-        self._capacity = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._capacity = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outcome_children: dict[tuple[str, str], Any] = {}
         metrics.in_flight.set_function(lambda: len(self._tasks))
@@ -87,6 +88,7 @@ class Worker:
     def on_assign(self, keys: list[Key]) -> None:
         for k in keys:
             self._revoked_now.discard(k)
+        self._owned.update(keys)
 
     async def _settle(self, keys: list[Key]) -> dict[Key, int]:
         self._revoked_now.update(keys)
@@ -96,6 +98,7 @@ class Worker:
         await self._finish_or_abandon(tasks)
         commits = self._tracker.pending_commits(keys)
         self._tracker.drop(keys)
+        self._owned.difference_update(keys)
         for k in keys:
             self._paused.discard(k)
             self._by_part.pop(k, None)
@@ -143,6 +146,10 @@ class Worker:
         while not self._stopping.is_set():
             free = self._max_in_flight - len(self._tasks)
             if free <= 0:
+                # Full (slow providers, rate-limit waits): take nothing more until work ends.
+                # Not polling is safe here: every message ends within the request deadline,
+                # which config keeps below max.poll.interval.ms. Pausing instead would cost a
+                # refetch of every partition on resume (about a second on some brokers).
                 self._capacity.clear()
                 try:
                     async with asyncio.timeout(0.2):
@@ -158,18 +165,15 @@ class Worker:
                 self._metrics.consumed.inc(len(msgs))
 
     async def _apply_flow_control(self) -> None:
-        """Pause partitions at the in-flight bound; resume them once half of that is done.
+        """Pause a partition at `max_in_flight_per_partition`; resume it at half of that.
 
-        Decided from the current counts each time, so a partition whose work finished before
-        the pause took effect is resumed on the next pass rather than left paused.
+        Decided from the current counts on each pass, so a partition whose work finished
+        before the pause took effect is resumed on the next pass rather than left paused.
         """
         in_flight = self._tracker.in_flight
-        pause = [
-            k
-            for k in self._by_part
-            if k not in self._paused and in_flight(*k) >= self._max_per_part
-        ]
-        resume = [k for k in self._paused if in_flight(*k) <= self._max_per_part // 2]
+        per = self._max_per_part
+        pause = [k for k in self._owned if k not in self._paused and in_flight(*k) >= per]
+        resume = [k for k in self._paused if in_flight(*k) <= per // 2]
         if pause:
             await self._bridge.pause(pause)
             self._paused.update(pause)
@@ -193,6 +197,7 @@ class Worker:
         key: Key = (topic, part)
         if key in self._revoked_now:
             return  # not ours any more; the new owner reads it from the committed offset
+        self._owned.add(key)
         self.counters["consumed"] += 1
         ts_type, ts = msg.timestamp()
         rec = InputRecord(
@@ -212,10 +217,10 @@ class Worker:
 
     def _task_done(self, task: asyncio.Task[None], key: Key) -> None:
         self._tasks.discard(task)
+        self._capacity.set()
         tasks = self._by_part.get(key)
         if tasks is not None:
             tasks.discard(task)
-        self._capacity.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("message task failed", exc_info=task.exception())
 

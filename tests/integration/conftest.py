@@ -63,6 +63,7 @@ def make_settings(
             "kafka_bootstrap_servers": kafka_bootstrap,
             "database_url": pg_dsn,
             "commit_interval_ms": 200,
+            "request_deadline_s": 20.0,
             "registry_refresh_s": 1.0,
             "shutdown_timeout_s": 10.0,
             "http_port": 1,  # unused: App(http=False)
@@ -88,6 +89,7 @@ def worker_env(kafka_bootstrap: str, pg_dsn: str, names: dict[str, str]) -> dict
             "LLM_WORKER_DLQ_TOPIC": names["dlq_topic"],
             "LLM_WORKER_GROUP_ID": names["group_id"],
             "LLM_WORKER_COMMIT_INTERVAL_MS": "200",
+            "LLM_WORKER_REQUEST_DEADLINE_S": "20",
             "LLM_WORKER_LOG_LEVEL": "WARNING",
         }
     )

@@ -108,6 +108,7 @@ def test_migrate_applies_in_order_then_is_a_noop(pg_server_dsn: str) -> None:
         assert query(dsn, "SELECT version, name FROM schema_migrations ORDER BY 1") == [
             (1, ALL[0]),
             (2, ALL[1]),
+            (3, ALL[2]),
         ]
         columns = query(
             dsn,
@@ -128,7 +129,7 @@ def test_concurrent_migrations_apply_once(pg_server_dsn: str) -> None:
         with ThreadPoolExecutor(2) as pool:
             results = [f.result(timeout=60) for f in [pool.submit(run), pool.submit(run)]]
         assert sorted(results, key=len) == [[], ALL]
-        assert query(dsn, "SELECT count(*) FROM schema_migrations") == [(2,)]
+        assert query(dsn, "SELECT count(*) FROM schema_migrations") == [(len(ALL),)]
 
 
 def copy_shipped(directory: Path) -> None:
@@ -139,24 +140,26 @@ def copy_shipped(directory: Path) -> None:
 
 def test_broken_migration_rolls_back_and_names_the_file(pg_server_dsn: str, tmp_path: Path) -> None:
     copy_shipped(tmp_path)
-    bad = tmp_path / "003_broken.sql"
+    bad = tmp_path / "099_broken.sql"
     bad.write_text(
         "CREATE TABLE half_done (x int);\n"
         "INSERT INTO model_registry (model_id, provider, upstream_model) VALUES ('x', 'a', 'b');\n"
         "SELECT no_such_function();\n"
     )
     with temporary_database(pg_server_dsn, migrated=False) as dsn:
-        with pytest.raises(MigrationError, match=r"003_broken\.sql") as info:
+        with pytest.raises(MigrationError, match=r"099_broken\.sql") as info:
             migrate(dsn, directory=tmp_path)
-        assert info.value.filename == "003_broken.sql"
+        assert info.value.filename == "099_broken.sql"
         assert info.value.sql_error is not None and "no_such_function" in info.value.sql_error
         assert query(dsn, "SELECT to_regclass('half_done')") == [(None,)]
         assert query(dsn, "SELECT count(*) FROM model_registry") == [(0,)]
-        assert query(dsn, "SELECT version FROM schema_migrations ORDER BY 1") == [(1,), (2,)]
-        assert pending(dsn, directory=tmp_path) == ["003_broken.sql"]
+        assert query(dsn, "SELECT version FROM schema_migrations ORDER BY 1") == [
+            (i + 1,) for i in range(len(ALL))
+        ]
+        assert pending(dsn, directory=tmp_path) == ["099_broken.sql"]
 
         bad.write_text("CREATE TABLE half_done (x int);\n")
-        assert migrate(dsn, directory=tmp_path) == ["003_broken.sql"]
+        assert migrate(dsn, directory=tmp_path) == ["099_broken.sql"]
         assert query(dsn, "SELECT count(*) FROM half_done") == [(0,)]
 
 

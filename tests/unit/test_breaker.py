@@ -115,10 +115,12 @@ def test_flat_latency_needs_a_real_change() -> None:
     feed(b, clock, ok(100, 0.020))  # std 0: the floor (5% of the mean = 1 ms) applies
     feed(b, clock, ok(5, 0.021))  # +1 ms: z = 1
     assert changes == []
-    for _ in range(5):  # +10 ms: a mean of the last 5 up by 2 ms or more is z >= 2
+    feed(b, clock, ok(5, 0.030))  # +10 ms: z is large, but 1.5x the baseline is no anomaly
+    assert changes == [] and b.state == "closed"
+    for _ in range(5):  # 80 ms: four times the baseline, and far outside its spread
         if b.state == "open":
             break
-        feed(b, clock, ok(1, 0.030))
+        feed(b, clock, ok(1, 0.080))
     assert [c[3] for c in changes] == ["latency"]
 
 

@@ -199,3 +199,29 @@ async def test_shutdown_abandons_work_past_the_deadline_without_committing_it() 
     worker.stop()
     await task
     assert max(c[("t", 0)] for c in bridge.commits) == 1  # offset 1 will be redelivered
+
+
+async def test_a_full_worker_takes_nothing_more_until_work_ends() -> None:
+    """Slow work (a provider, a rate limit) fills the worker: it stops taking records at the
+    global bound, holds no more than that, and carries on when work drains."""
+    bridge = FakeBridge({0: 30, 1: 30})
+    pipeline = FakePipeline()
+    release = asyncio.Event()
+    for off in range(30):
+        pipeline.hold[off] = release
+    worker = make_worker(bridge, pipeline, max_in_flight=10, max_in_flight_per_partition=100)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while worker.stats()["in_flight"] < 10:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.3)
+        assert worker.stats()["in_flight"] == 10  # bounded: nothing more was taken
+        assert worker.counters["consumed"] == 10
+        release.set()
+        async with asyncio.timeout(10):
+            while len(bridge.produced) < 60:
+                await asyncio.sleep(0.005)
+    finally:
+        worker.stop()
+        await task
