@@ -1,0 +1,35 @@
+from prometheus_client import generate_latest
+
+from worker.app import App
+from worker.config import load_settings
+
+
+def test_app_builds_without_io_and_exports_component_metrics() -> None:
+    # nothing listens on these addresses: constructing must not touch them
+    app = App(
+        load_settings(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                "DATABASE_URL": "postgresql://u:pw@127.0.0.1:1/x",
+            }
+        ),
+        http=False,
+    )
+    app.breakers.record("m/primary", True, 0.02)
+    text = generate_latest(app.metrics.registry).decode()
+    for name in (
+        "llm_worker_dedup_entries",
+        "llm_worker_ratelimit_waiting",
+        'llm_worker_circuit_state{endpoint="m/primary",state="closed"} 1.0',
+        "llm_worker_in_flight 0.0",
+        "llm_worker_completions_total",
+    ):
+        assert name in text, name
+    ok, detail = app.ready()
+    assert not ok and detail["registry_loaded"] is False  # not started: not ready
+
+
+def test_dedup_can_be_switched_off() -> None:
+    app = App(load_settings({"LLM_WORKER_DEDUP_ENABLED": "false"}), http=False)
+    assert app.dedup is None
+    assert "llm_worker_dedup_entries" not in generate_latest(app.metrics.registry).decode()
