@@ -180,6 +180,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _cmd_bench_adapters(args: argparse.Namespace) -> int:
+    from .bench_adapters import run_adapter_bench
+
+    return run_adapter_bench(args.calls)
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     from .registry_cli import run_registry_cli
 
@@ -239,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=1, help="worker processes (replicas)")
     bench.add_argument("--rate", type=float, help="publish at this many prompts/s (default: burst)")
     bench.set_defaults(fn=_cmd_bench)
+
+    ba = sub.add_parser("bench-adapters", help="CPU per call of each adapter (no network)")
+    ba.add_argument("--calls", type=int, default=20_000)
+    ba.set_defaults(fn=_cmd_bench_adapters)
 
     reg = sub.add_parser("registry", help="inspect and change model registry rows")
     reg.add_argument("--json", action="store_true")

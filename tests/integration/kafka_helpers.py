@@ -50,8 +50,8 @@ def produce_prompts(bootstrap: str, topic: str, prompts: list[dict[str, Any]]) -
     produce(bootstrap, topic, [(p["id"].encode(), json.dumps(p).encode()) for p in prompts])
 
 
-def consume(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Record]:
-    """Read `topic` from the beginning until `count` records (or the timeout)."""
+def _reader(bootstrap: str, topic: str) -> Consumer:
+    """A consumer of `topic` from its beginning, in a group of its own."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -63,6 +63,12 @@ def consume(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> li
         }
     )
     c.subscribe([topic])
+    return c
+
+
+def consume(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list[Record]:
+    """Read `topic` from the beginning until `count` records (or the timeout)."""
+    c = _reader(bootstrap, topic)
     out: list[Record] = []
     deadline = time.monotonic() + timeout
     try:
@@ -79,17 +85,7 @@ def consume_until_ids(
     bootstrap: str, topic: str, ids: set[str], timeout: float = 90.0
 ) -> list[dict[str, Any]]:
     """Read completions until every id was seen at least once; returns every record read."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-            "partition.assignment.strategy": "range",
-        }
-    )
-    c.subscribe([topic])
+    c = _reader(bootstrap, topic)
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     deadline = time.monotonic() + timeout

@@ -33,3 +33,12 @@ def test_dedup_can_be_switched_off() -> None:
     app = App(load_settings({"LLM_WORKER_DEDUP_ENABLED": "false"}), http=False)
     assert app.dedup is None
     assert "llm_worker_dedup_entries" not in generate_latest(app.metrics.registry).decode()
+
+
+def test_adapter_bench_parses_every_provider(capsys) -> None:  # type: ignore[no-untyped-def]
+    from worker.bench_adapters import run_adapter_bench
+
+    assert run_adapter_bench(calls=10) == 0
+    out = capsys.readouterr().out
+    for name in ("openai", "azure_openai", "anthropic", "huggingface_generate", "gemini"):
+        assert name in out
