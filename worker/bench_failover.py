@@ -19,8 +19,15 @@ bench then switches the row between `a` and `b` (`--switches` times, one UPDATE 
 - `stale_answers`: completions from an earlier target for prompts published more than 1 s
   after the commit (should be 0).
 
+It also splits the path: `first_built_ms` (commit -> the first new-target completion built in
+a worker, from the completion's `queue_ms`) and `output_path_ms` (built -> read by the bench).
+Circuit breaker changes logged by the workers are listed, placed relative to the switches.
+
 The workers poll the registry only every 30 s (`LLM_WORKER_REGISTRY_REFRESH_S`), so only
-LISTEN/NOTIFY can make a switch fast. Prints one JSON line and a summary.
+LISTEN/NOTIFY can make a switch fast; other `LLM_WORKER_*` variables in the environment reach
+them unchanged. Prints one JSON line and a summary; exits 1 only if no switch was observed.
+`args`: `workers`, `switches`, `rate`, `latency_ms`, and optionally `partitions` (4) and
+`interval_s` (1.5).
 """
 
 from __future__ import annotations
@@ -74,10 +81,12 @@ class _Switch:
     update_ms: float  # how long update_row took (connect, UPDATE, COMMIT)
     end: float = math.inf  # the next switch's commit (or the end of publishing)
     failover_ms: float | None = None
+    built_ms: float | None = None  # commit -> first new-target completion built in a worker
     partition_ms: dict[int, float] = field(default_factory=dict)
     reload_ms: dict[int, float] = field(default_factory=dict)  # replica -> ms
     stale: int = 0
     old_after_commit: int = 0
+    old_latest_ms: float | None = None  # latest send time (after the commit) of an old answer
 
 
 def _client_conf(settings: Settings) -> dict[str, Any]:
@@ -262,7 +271,7 @@ class _Publisher(threading.Thread):
 class _Reader(threading.Thread):
     """Reads every completion from the start of the (fresh) completions topic."""
 
-    def __init__(self, settings: Settings, partitions: int) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__(name="bench-consume", daemon=True)
         conf = _client_conf(settings)
         conf.update(
@@ -342,6 +351,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     threads: list[_Publisher | _Reader] = []
     logdir = Path(tempfile.mkdtemp(prefix="llm-worker-failover-"))
+    finished = False
     try:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or ""
         if not bootstrap:
@@ -387,7 +397,6 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             "LLM_WORKER_REGISTRY_REFRESH_S": "30",  # polling is too slow: only NOTIFY counts
         }
         ports: list[int] = []
-        workers: list[subprocess.Popen[bytes]] = []
         logs: list[Path] = []
         for i in range(n_workers):  # replicas of one consumer group, one process each
             port = free_port()
@@ -401,7 +410,6 @@ def run_failover_bench(args: argparse.Namespace) -> int:
                     stderr=subprocess.STDOUT,
                 )
             procs.append(proc)
-            workers.append(proc)
             ports.append(port)
             logs.append(log_path)
             wait_port("127.0.0.1", port, 60)
@@ -412,7 +420,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-        reader = _Reader(client_settings, partitions)
+        reader = _Reader(client_settings)
         publisher = _Publisher(client_settings, run, rate, partitions)
         threads += [reader, publisher]
         reader.start()
@@ -467,7 +475,8 @@ def run_failover_bench(args: argparse.Namespace) -> int:
         # -- analysis ---------------------------------------------------------------------
         seen: set[str] = set()
         gen_of = {_model(g): g for g in range(len(switches) + 1)}
-        answers: list[tuple[float, float, int, int]] = []  # recv, sent, partition, generation
+        # (receive time, send time, partition, generation, time the worker built it)
+        answers: list[tuple[float, float, int, int, float | None]] = []
         errors = 0
         error_types: dict[str, int] = {}
         mismatched = 0
@@ -489,7 +498,9 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             elif who is None or who not in gen_of or comp.get("upstream_model") != who:
                 mismatched += 1  # the completion does not say what the provider answered
             e2e.append((recv - sent_t) * 1000)
-            answers.append((recv, sent_t, part, gen_of.get(who or "", -1)))
+            queue_ms = comp.get("queue_ms")  # the prompt's Kafka timestamp -> completion built
+            built = sent_t + queue_ms / 1000 if isinstance(queue_ms, int | float) else None
+            answers.append((recv, sent_t, part, gen_of.get(who or "", -1), built))
         answers.sort(key=lambda a: a[0])
 
         replica_logs = [_read_log(p) for p in logs]
@@ -504,16 +515,21 @@ def run_failover_bench(args: argparse.Namespace) -> int:
         circuits.sort()
 
         for sw in switches:
-            for recv, sent_t, part, gen in answers:
+            for recv, sent_t, part, gen, built in answers:
                 if not sw.commit < sent_t < sw.end:
                     continue
                 if gen == sw.gen:
                     ms = (recv - sw.commit) * 1000
                     if sw.failover_ms is None:
                         sw.failover_ms = ms
+                    if built is not None:
+                        b_ms = (built - sw.commit) * 1000
+                        sw.built_ms = b_ms if sw.built_ms is None else min(sw.built_ms, b_ms)
                     sw.partition_ms.setdefault(part, ms)
                 elif 0 <= gen < sw.gen:
                     sw.old_after_commit += 1
+                    late = (sent_t - sw.commit) * 1000
+                    sw.old_latest_ms = max(late, sw.old_latest_ms or 0.0)
                     if sent_t > sw.commit + STALE_AFTER_S:
                         sw.stale += 1
             for r, wlog in enumerate(replica_logs):
@@ -538,10 +554,11 @@ def run_failover_bench(args: argparse.Namespace) -> int:
                 {
                     "replica": r,
                     "partitions": mine,
+                    "switches_observed": len(firsts),
                     "failover_ms": _stats(firsts),
                     "reload_ms": _stats([sw.reload_ms[r] for sw in switches if r in sw.reload_ms]),
                     "e2e_ms": _stats(
-                        [(recv - st) * 1000 for recv, st, p, _g in answers if owner.get(p) == r]
+                        [(a[0] - a[1]) * 1000 for a in answers if owner.get(a[2]) == r]
                     ),
                 }
             )
@@ -552,14 +569,23 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             "provider_latency_ms": latency_ms,
             "switches": len(switches),
             "switches_observed": len(observed),
+            # switches after which some partition never served the new target (before the next)
+            "switches_incomplete": len(switches) - len(complete),
             "failover_ms": _stats(failover),
             "all_partitions_ms": _stats(all_parts),
             "reload_ms": _stats(reload_all),
+            "first_built_ms": _stats([sw.built_ms for sw in switches if sw.built_ms is not None]),
             "per_replica": per_replica,
             "update_ms": _stats([sw.update_ms for sw in switches]),
             "e2e_ms": _stats(e2e),
+            # the worker built the completion -> the bench read it (produce, broker, fetch)
+            "output_path_ms": _stats([(a[0] - a[4]) * 1000 for a in answers if a[4] is not None]),
             "stale_answers": sum(sw.stale for sw in switches),
             "old_answers_after_commit": sum(sw.old_after_commit for sw in switches),
+            # how long after a commit a prompt could still be published and get an earlier target
+            "old_answer_latest_sent_ms": _stats(
+                [sw.old_latest_ms for sw in switches if sw.old_latest_ms is not None]
+            ),
             "published": len(sent),
             "completions": len(answers),
             "errors": errors,
@@ -571,45 +597,59 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             "publish_s": round(publish_end - measure_start, 1),
         }
         print(json.dumps(result))
-        fo, ap, rl, ee = (
-            result["failover_ms"],
-            result["all_partitions_ms"],
-            result["reload_ms"],
-            result["e2e_ms"],
-        )
+
+        def row(label: str, st: dict[str, float | None]) -> str:
+            cells = "  ".join(f"{k} {st[k]}" for k in ("p50", "p95", "p99", "max"))
+            return f"  {label:<58} {cells}"
+
         lines = [
             "",
             f"{len(switches)} switches a<->b of row {MODEL_ID!r} under {rate:g} prompts/s, "
-            f"{n_workers} replicas, {partitions} partitions, provider {latency_ms:g} ms; "
-            f"observed {len(observed)}/{len(switches)}",
-            f"  failover (commit -> first answer from the new target), ms: "
-            f"p50 {fo['p50']}  p95 {fo['p95']}  p99 {fo['p99']}  max {fo['max']}",
-            f"  every partition switched, ms:                          "
-            f"p50 {ap['p50']}  p95 {ap['p95']}  p99 {ap['p99']}  max {ap['max']}",
-            f"  commit -> replica reloaded (NOTIFY), ms:               "
-            f"p50 {rl['p50']}  p95 {rl['p95']}  p99 {rl['p99']}  max {rl['max']}",
-            f"  publish -> completion read (all prompts), ms:          "
-            f"p50 {ee['p50']}  p95 {ee['p95']}  p99 {ee['p99']}  max {ee['max']}",
+            f"{n_workers} replicas, {partitions} partitions, provider {latency_ms:g} ms",
+            row(
+                f"failover: commit -> first new answer ({len(observed)}/{len(switches)}), ms",
+                result["failover_ms"],
+            ),
+            row(
+                f"every partition switched ({len(complete)}/{len(switches)}), ms",
+                result["all_partitions_ms"],
+            ),
+            row("commit -> a replica reloaded (NOTIFY), ms", result["reload_ms"]),
+            row("commit -> first new completion built (worker), ms", result["first_built_ms"]),
+            row("publish -> completion read, all prompts, ms", result["e2e_ms"]),
+            row("completion built -> read (output path), ms", result["output_path_ms"]),
+            row("update_row (connect, UPDATE, COMMIT), ms", result["update_ms"]),
         ]
         for rep in per_replica:
-            f, rr, re2e = rep["failover_ms"], rep["reload_ms"], rep["e2e_ms"]
             lines.append(
-                f"  replica {rep['replica']} (partitions {rep['partitions']}): failover p50/p99 "
-                f"{f['p50']}/{f['p99']} ms, reload p50/p99 {rr['p50']}/{rr['p99']} ms, "
-                f"publish -> completion p50/p99 {re2e['p50']}/{re2e['p99']} ms"
+                row(
+                    f"replica {rep['replica']} {rep['partitions']}: first new answer "
+                    f"({rep['switches_observed']}/{len(switches)}), ms",
+                    rep["failover_ms"],
+                )
             )
+            lines.append(row(f"replica {rep['replica']}: reloaded, ms", rep["reload_ms"]))
+            lines.append(row(f"replica {rep['replica']}: publish -> completion, ms", rep["e2e_ms"]))
         lines.append(
             f"  stale answers (earlier target, published > {STALE_AFTER_S:g} s after commit): "
-            f"{result['stale_answers']}; old answers for prompts published after a commit: "
-            f"{result['old_answers_after_commit']}"
+            f"{result['stale_answers']}; earlier-target answers for prompts published after a "
+            f"commit: {result['old_answers_after_commit']}, the latest published "
+            f"{result['old_answer_latest_sent_ms']['max']} ms after its commit"
         )
         lines.append(
-            f"  {len(answers)}/{len(sent)} completions, {errors} errors, "
+            f"  {len(answers)}/{len(sent)} completions, {errors} errors"
+            f"{f' {error_types}' if error_types else ''}, "
             f"{rebalances} rebalances during the run"
         )
+        if len(observed) < len(switches) or len(complete) < len(switches):
+            lines.append(
+                "  WARNING: some switches never reached every partition before the next one; "
+                "the percentiles above leave them out (see errors and circuit changes)"
+            )
         for change in result["circuit_changes"]:
             lines.append(f"  circuit: {change}")
         print("\n".join(lines), file=sys.stderr)
+        finished = True
         return 0 if observed else 1
     finally:
         for t in threads:
@@ -629,4 +669,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             broker.stop()
         if pg is not None:
             pg.stop()
-        shutil.rmtree(logdir, ignore_errors=True)
+        if finished:
+            shutil.rmtree(logdir, ignore_errors=True)
+        else:
+            print(f"worker logs kept in {logdir}", file=sys.stderr)

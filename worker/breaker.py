@@ -52,6 +52,8 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     std_floor_ratio: float = 0.05
     std_floor_s: float = 0.001
     latency_min_ratio: float = 3.0  # and the recent mean at least this multiple of the baseline
+    latency_min_increase_s: float = 0.1  # and at least this much slower (a busy event loop
+    # can add tens of milliseconds to every call without the provider being at fault)
     cooldown_s: float = 10.0
     probes: int = 3
 
@@ -232,7 +234,11 @@ class CircuitBreaker:
         z = (recent_mean - mean) / floor
         # both unusual (z-score) and material (a multiple of the baseline): event-loop jitter
         # on a fast endpoint can be several standard deviations without meaning anything
-        if z > c.z_threshold and recent_mean >= c.latency_min_ratio * mean:
+        if (
+            z > c.z_threshold
+            and recent_mean >= c.latency_min_ratio * mean
+            and recent_mean - mean >= c.latency_min_increase_s
+        ):
             self._open(
                 "latency",
                 f"recent mean {recent_mean * 1000:.1f}ms vs {mean * 1000:.1f}ms"

@@ -33,7 +33,7 @@ from registry.resolve import Candidate
 
 from .breaker import BreakerBoard
 from .ratelimit import RateLimiter, RateLimitTimeout
-from .routing import Router
+from .routing import Router, health_key
 from .telemetry import Metrics
 
 __all__ = ["CallFailed", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
@@ -167,7 +167,8 @@ class Caller:
         objective = candidates[0].row.routing_objective if candidates else None
         for cand in self.router.order(candidates, objective):
             name = cand.endpoint_name
-            if not self.breakers.allow(name):
+            health = health_key(cand)
+            if not self.breakers.allow(health):
                 last = last or CircuitOpen(
                     f"circuit open for {name}", provider=cand.provider, model=cand.upstream_model
                 )
@@ -222,7 +223,7 @@ class Caller:
                     last = exc
                     m.provider_calls.labels(cand.provider, name, exc.type).inc()
                     if exc.retryable:  # endpoint health; a bad request says nothing about it
-                        self.router.record(name, False, self._clock() - t0)
+                        self.router.record(health, False, self._clock() - t0)
                     if isinstance(exc, RateLimited) and exc.retry_after:
                         self.limiter.penalize(name, exc.retry_after)
                 except TimeoutError:
@@ -230,14 +231,14 @@ class Caller:
                         "request deadline passed", provider=cand.provider, model=cand.upstream_model
                     )
                     m.provider_calls.labels(cand.provider, name, last.type).inc()
-                    self.router.record(name, False, self._clock() - t0)
+                    self.router.record(health, False, self._clock() - t0)
                     raise CallFailed(last, attempts, cand) from None
                 else:
                     elapsed = self._clock() - t0
                     ok, latency = self._ok_metrics(cand)
                     ok.inc()
                     latency.observe(elapsed)
-                    self.router.record(name, True, elapsed)
+                    self.router.record(health, True, elapsed)
                     used = result.input_tokens + result.output_tokens
                     if used > tokens:
                         self.limiter.charge(
@@ -251,7 +252,7 @@ class Caller:
                     )
                 if not last.retryable or attempt == self._max_attempts:
                     break
-                if not self.breakers.allow(name):
+                if not self.breakers.allow(health):
                     break  # this endpoint just tripped its breaker: move on
                 delay = next_delay(last, attempt, remaining=deadline - self._clock())
                 if delay is None:

@@ -180,6 +180,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _cmd_bench_failover(args: argparse.Namespace) -> int:
+    from .bench_failover import run_failover_bench
+
+    return run_failover_bench(args)
+
+
 def _cmd_bench_adapters(args: argparse.Namespace) -> int:
     from .bench_adapters import run_adapter_bench
 
@@ -245,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=1, help="worker processes (replicas)")
     bench.add_argument("--rate", type=float, help="publish at this many prompts/s (default: burst)")
     bench.set_defaults(fn=_cmd_bench)
+
+    bf = sub.add_parser("bench-failover", help="time from a registry UPDATE to the new target")
+    bf.add_argument("--workers", type=int, default=2)
+    bf.add_argument("--switches", type=int, default=20)
+    bf.add_argument("--rate", type=float, default=500.0)
+    bf.add_argument("--latency-ms", type=float, default=20.0)
+    bf.set_defaults(fn=_cmd_bench_failover)
 
     ba = sub.add_parser("bench-adapters", help="CPU per call of each adapter (no network)")
     ba.add_argument("--calls", type=int, default=20_000)

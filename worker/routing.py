@@ -21,6 +21,7 @@ deterministic.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -127,13 +128,13 @@ class Router:
             is_open = board.is_open if board is not None else None
             if obj == "priority":
                 out = list(candidates)
-                if is_open is not None and any(is_open(c.endpoint_name) for c in out):
-                    out.sort(key=lambda c: is_open(c.endpoint_name))  # stable
+                if is_open is not None and any(is_open(health_key(c)) for c in out):
+                    out.sort(key=lambda c: is_open(health_key(c)))  # stable
             else:
                 keyed: list[tuple[bool, float, int, Candidate]] = []
                 by = self.stats._by_name
                 for i, c in enumerate(candidates):
-                    name = c.endpoint_name
+                    name = health_key(c)
                     if obj == "cost":
                         score = c.row.input_cost_per_1k + c.row.output_cost_per_1k
                     else:
@@ -152,7 +153,7 @@ class Router:
                 keyed.sort()  # i is unique: candidates are never compared
                 out = [k[3] for k in keyed]
             if self.explore and self._rng.random() < self.explore:
-                healthy = sum(1 for c in out if is_open is None or not is_open(c.endpoint_name))
+                healthy = sum(1 for c in out if is_open is None or not is_open(health_key(c)))
                 if healthy > 1:
                     j = 1 + self._rng.randrange(healthy - 1)
                     out.insert(0, out.pop(j))
@@ -163,11 +164,22 @@ class Router:
 
     def record(self, endpoint_name: str, success: bool, latency_s: float) -> None:
         """One attempt's outcome: feeds the EWMA stats and, if given, the breaker board.
+        `endpoint_name` is the candidate's `health_key`.
         Call it once per attempt; count only endpoint-health failures (5xx, timeouts,
         connection errors), not a bad prompt's 400."""
         self.stats.record(endpoint_name, success, latency_s)
         if self.breakers is not None:
             self.breakers.record(endpoint_name, success, latency_s)
+
+
+_USERINFO = re.compile(r"//[^/@]*@")
+
+
+def health_key(c: Candidate) -> str:
+    """What health (EWMA stats, circuit breaker) is kept per: the provider endpoint and model
+    actually called, not the row's label, so a row moved to another endpoint starts fresh."""
+    endpoint = _USERINFO.sub("//", c.endpoint) if "@" in c.endpoint else c.endpoint
+    return f"{c.provider}:{endpoint}#{c.upstream_model}"
 
 
 def _check(objective: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from registry.models import ModelRow
 from registry.resolve import Candidate
 from worker.breaker import BreakerBoard, BreakerConfig
-from worker.routing import EndpointStats, Router
+from worker.routing import EndpointStats, Router, health_key
 
 
 class FakeClock:
@@ -39,6 +39,11 @@ def cand(name: str, *, cost: float = 0.0, fallback: bool = False) -> Candidate:
     )
 
 
+def hk(name: str) -> str:
+    """The health key of candidate `name` (what stats and breakers are kept per)."""
+    return f"openai_compatible:http://{name}.invalid/v1#m"
+
+
 def names(cands: list[Candidate]) -> list[str]:
     return [c.endpoint_name.split("/")[0] for c in cands]
 
@@ -54,7 +59,7 @@ def open_breaker(board: BreakerBoard, endpoint_name: str) -> None:
 
 def test_priority_keeps_the_registry_order() -> None:
     router = Router("priority")
-    router.record("c/primary", True, 0.001)  # stats do not matter here
+    router.record(hk("c"), True, 0.001)  # stats do not matter here
     assert names(router.order([A, B, C])) == ["a", "b", "c"]
     assert router.order([]) == []
 
@@ -65,8 +70,8 @@ def test_open_breaker_goes_last_but_stays(objective: str) -> None:
     board = BreakerBoard(BreakerConfig(min_requests=3), clock=clock)
     router = Router("priority", breakers=board)
     for c in (A, B, C):
-        router.stats.record(c.endpoint_name, True, 0.05)
-    open_breaker(board, "a/primary")
+        router.stats.record(health_key(c), True, 0.05)
+    open_breaker(board, hk("a"))
     assert names(router.order([A, B, C], objective)) == ["b", "c", "a"]
     clock.now += board.config.cooldown_s  # half_open: back in its place, to be probed
     assert names(router.order([A, B, C], objective))[0] == "a"
@@ -83,7 +88,7 @@ def test_latency_objective_sends_most_traffic_to_the_faster_endpoint() -> None:
         if i >= 50:  # after warm-up
             picks[names([first])[0]] += 1
         lat = true_latency[first.endpoint_name] * jitter.uniform(0.8, 1.2)
-        router.record(first.endpoint_name, True, lat)
+        router.record(health_key(first), True, lat)
     assert picks["fast"] >= 0.9 * 950
     assert picks["slow"] > 0  # exploration keeps its stats fresh
     assert router.choices["fast/primary"] + router.choices["slow/primary"] == 1000
@@ -92,18 +97,18 @@ def test_latency_objective_sends_most_traffic_to_the_faster_endpoint() -> None:
 def test_unmeasured_endpoints_are_tried_first_to_warm_up() -> None:
     router = Router("latency")
     assert names(router.order([A, B])) == ["a", "b"]
-    router.record("a/primary", True, 0.5)
+    router.record(hk("a"), True, 0.5)
     assert names(router.order([A, B])) == ["b", "a"]  # b never measured
-    router.record("b/primary", True, 0.9)
+    router.record(hk("b"), True, 0.9)
     assert names(router.order([A, B])) == ["a", "b"]
 
 
 def test_fast_failures_do_not_make_an_endpoint_look_fast() -> None:
     router = Router("latency")
     for _ in range(20):
-        router.record("a/primary", True, 0.010)
-        router.record("a/primary", False, 0.001)  # half of its answers are instant 500s
-        router.record("b/primary", True, 0.015)
+        router.record(hk("a"), True, 0.010)
+        router.record(hk("a"), False, 0.001)  # half of its answers are instant 500s
+        router.record(hk("b"), True, 0.015)
     assert names(router.order([A, B])) == ["b", "a"]
 
 
@@ -119,8 +124,8 @@ def test_cost_objective_prefers_the_cheaper_row_ties_keep_order() -> None:
 def test_reliability_objective_prefers_fewer_errors() -> None:
     router = Router("reliability")
     for i in range(50):
-        router.record("a/primary", i % 3 != 0, 0.01)  # a third fail
-        router.record("b/primary", i % 10 != 0, 0.05)  # a tenth fail
+        router.record(hk("a"), i % 3 != 0, 0.01)  # a third fail
+        router.record(hk("b"), i % 10 != 0, 0.05)  # a tenth fail
     assert names(router.order([A, B])) == ["b", "a"]
     assert names(router.order([A, B], "priority")) == ["a", "b"]
 
