@@ -99,6 +99,7 @@ class App:
             consume_batch=settings.consume_batch,
             commit_interval_s=settings.commit_interval_ms / 1000,
             shutdown_timeout_s=settings.shutdown_timeout_s,
+            rate_limited=lambda: self.limiter.waiting,
         )
         self.bridge.set_rebalance_hooks(self._on_assign, self._on_revoke)
         self.health = (

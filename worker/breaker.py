@@ -81,6 +81,7 @@ class CircuitBreaker:
         self.detail = ""
         """Why the last transition happened, for logs."""
         self._opened_at = 0.0
+        self._slow_above: float | None = None  # set by a latency trip
         self._probes_left = 0
         self._probe_ok = 0
         self._probe_issued_at = 0.0
@@ -132,12 +133,18 @@ class CircuitBreaker:
         if st == "closed":
             self._record_closed(success, latency_s)
         elif st == "half_open":
+            if self._clock() - latency_s < self._opened_at:
+                return  # started before the trip, not a probe: it says nothing new
             if not success:
                 self._open("probe_failed", f"a probe failed after {latency_s:.3f}s")
+                return
+            if self._slow_above is not None and latency_s >= self._slow_above:
+                self._open("probe_slow", f"a probe took {latency_s:.3f}s")
                 return
             self._probe_ok += 1
             if self._probe_ok >= self.config.probes:
                 self._reset_window()
+                self._slow_above = None
                 self._transition("closed", "probes_succeeded", f"{self._probe_ok} probes ok")
         # open: a straggler from before; it says nothing new
 
@@ -195,6 +202,7 @@ class CircuitBreaker:
                 and self._total_errors >= c.error_threshold * self._total
             ):
                 rate = self._total_errors / self._total
+                self._slow_above = None
                 self._open(
                     "error_rate",
                     f"{self._total_errors}/{self._total} failed ({rate:.0%}) in {c.window_s:g}s",
@@ -239,6 +247,8 @@ class CircuitBreaker:
             and recent_mean >= c.latency_min_ratio * mean
             and recent_mean - mean >= c.latency_min_increase_s
         ):
+            # probes must come back faster than this before the breaker closes again
+            self._slow_above = max(c.latency_min_ratio * mean, mean + c.latency_min_increase_s)
             self._open(
                 "latency",
                 f"recent mean {recent_mean * 1000:.1f}ms vs {mean * 1000:.1f}ms"

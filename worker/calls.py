@@ -32,7 +32,7 @@ from adapters.sessions import SessionPool
 from registry.resolve import Candidate
 
 from .breaker import BreakerBoard
-from .ratelimit import RateLimiter, RateLimitTimeout
+from .ratelimit import RateLimiter
 from .routing import Router, health_key
 from .telemetry import Metrics
 
@@ -184,26 +184,16 @@ class Caller:
             row = cand.row
             tokens = estimate_tokens(request, row.max_tokens)
             for attempt in range(1, self._max_attempts + 1):
-                try:
-                    await self.limiter.acquire(
-                        endpoint=name,
-                        model_id=row.model_id,
-                        rpm=row.rpm_limit,
-                        tpm=row.tpm_limit,
-                        tenant=tenant,
-                        tokens=tokens,
-                        deadline=deadline,
-                    )
-                except RateLimitTimeout:
-                    raise CallFailed(
-                        ProviderTimeout(
-                            "request deadline passed while waiting for rate-limit capacity",
-                            provider=cand.provider,
-                            model=cand.upstream_model,
-                        ),
-                        attempts,
-                        cand,
-                    ) from None
+                # Waiting for capacity never fails a request; the deadline bounds the time
+                # spent calling, so it moves by however long the limiter held this one back.
+                deadline += await self.limiter.acquire(
+                    endpoint=name,
+                    model_id=row.model_id,
+                    rpm=row.rpm_limit,
+                    tpm=row.tpm_limit,
+                    tenant=tenant,
+                    tokens=tokens,
+                )
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise CallFailed(

@@ -18,6 +18,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message
@@ -48,6 +49,7 @@ class Worker:
         consume_batch: int,
         commit_interval_s: float,
         shutdown_timeout_s: float,
+        rate_limited: Callable[[], int] | None = None,
     ) -> None:
         self._bridge = bridge
         self._pipeline = pipeline
@@ -62,6 +64,8 @@ class Worker:
         self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
         self._paused: set[Key] = set()
         self._owned: set[Key] = set()
+        self._held: set[Key] = set()
+        self._rate_limited = rate_limited or (lambda: 0)
         self._revoked_now: set[Key] = set()
         self._stopping = asyncio.Event()
         self._capacity = asyncio.Event()
@@ -101,6 +105,7 @@ class Worker:
         self._owned.difference_update(keys)
         for k in keys:
             self._paused.discard(k)
+            self._held.discard(k)
             self._by_part.pop(k, None)
         self._metrics.paused.set(len(self._paused))
         return commits
@@ -145,6 +150,13 @@ class Worker:
         bridge = self._bridge
         while not self._stopping.is_set():
             free = self._max_in_flight - len(self._tasks)
+            if free <= 0 and self._rate_limited() > 0:
+                # Full of requests waiting for rate-limit capacity, which can take minutes:
+                # pause every partition and keep polling, so the group keeps this member.
+                await self._hold_all()
+                for msg in await bridge.consume(1, 0.1):
+                    self._dispatch(msg)
+                continue
             if free <= 0:
                 # Full (slow providers, rate-limit waits): take nothing more until work ends.
                 # Not polling is safe here: every message ends within the request deadline,
@@ -174,6 +186,11 @@ class Worker:
         per = self._max_per_part
         pause = [k for k in self._owned if k not in self._paused and in_flight(*k) >= per]
         resume = [k for k in self._paused if in_flight(*k) <= per // 2]
+        if self._held:  # paused while full of rate-limited work: resume once there is room
+            if len(self._tasks) > self._max_in_flight * 3 // 4:
+                resume = [k for k in resume if k not in self._held]
+            else:
+                self._held.clear()
         if pause:
             await self._bridge.pause(pause)
             self._paused.update(pause)
@@ -181,6 +198,14 @@ class Worker:
             await self._bridge.resume(resume)
             self._paused.difference_update(resume)
         if pause or resume:
+            self._metrics.paused.set(len(self._paused))
+
+    async def _hold_all(self) -> None:
+        parts = [k for k in self._owned if k not in self._paused]
+        if parts:
+            await self._bridge.pause(parts)
+            self._paused.update(parts)
+            self._held.update(parts)
             self._metrics.paused.set(len(self._paused))
 
     def _dispatch(self, msg: Message) -> None:

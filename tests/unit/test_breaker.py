@@ -224,3 +224,32 @@ def test_bad_config_is_rejected() -> None:
         BreakerConfig(error_threshold=0)
     with pytest.raises(ValueError):
         BreakerConfig(probes=0)
+
+
+def test_calls_from_before_the_trip_are_not_probes_and_slow_probes_reopen() -> None:
+    clock = FakeClock()
+    b, changes = make(clock)
+    feed(b, clock, ok(100, 0.020))
+    for _ in range(5):
+        if b.state == "open":
+            break
+        feed(b, clock, ok(1, 2.0))
+    assert b.state == "open"
+    clock.now += b.config.cooldown_s + 0.01
+    assert b.state == "half_open"
+    # answers of calls let through before the trip arrive now: not probes
+    for _ in range(b.config.probes):
+        b.record(True, b.config.cooldown_s + 1.0)
+    assert b.state == "half_open"
+    # a real probe, still slow: open again rather than accept 2 s as the new normal
+    assert b.allow()
+    clock.now += 2.0
+    b.record(True, 2.0)
+    assert b.state == "open" and changes[-1][3] == "probe_slow"
+    clock.now += b.config.cooldown_s + 0.01
+    assert b.state == "half_open"
+    for _ in range(b.config.probes):  # fast again: closes
+        assert b.allow()
+        clock.now += 0.02
+        b.record(True, 0.02)
+    assert b.state == "closed"
