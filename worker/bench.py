@@ -7,6 +7,7 @@ unless `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` are set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ from registry.store import upsert_row
 
 from .client import CompletionWaiter, publish
 from .config import load_settings
-from .devstack import LocalBroker, LocalPostgres, free_port, spawn_fake_provider, wait_port
+from .devstack import free_port, local_stack, spawn_fake_provider, wait_port
 
 __all__ = ["percentile", "run_bench"]
 
@@ -68,18 +69,10 @@ def _prompts(n: int, dup_fraction: float, run: str) -> list[dict[str, Any]]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    broker: LocalBroker | None = None
-    pg: LocalPostgres | None = None
+    stack = contextlib.ExitStack()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or ""
-        if not bootstrap:
-            broker = LocalBroker().start()
-            bootstrap = broker.bootstrap
-        dsn = os.environ.get("DATABASE_URL") or ""
-        if not dsn:
-            pg = LocalPostgres().start()
-            dsn = pg.dsn
+        bootstrap, dsn = stack.enter_context(local_stack())
         migrate(dsn)
         fport = free_port()
         procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms), quiet=True))
@@ -216,10 +209,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        if broker is not None:
-            broker.stop()
-        if pg is not None:
-            pg.stop()
+        stack.close()
 
 
 def _wait_assigned(port: int, timeout: float) -> None:

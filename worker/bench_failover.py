@@ -60,7 +60,7 @@ from registry.store import update_row, upsert_row
 
 from .bench import percentile
 from .config import Settings, load_settings
-from .devstack import LocalBroker, LocalPostgres, free_port, spawn_fake_provider, wait_port
+from .devstack import free_port, local_stack, spawn_fake_provider, wait_port
 
 __all__ = ["run_failover_bench"]
 
@@ -346,21 +346,13 @@ def run_failover_bench(args: argparse.Namespace) -> int:
     if n_workers < 1 or n_switches < 1 or rate <= 0:
         raise ValueError("workers and switches must be >= 1 and rate > 0")
 
-    broker: LocalBroker | None = None
-    pg: LocalPostgres | None = None
+    stack = contextlib.ExitStack()
     procs: list[subprocess.Popen[bytes]] = []
     threads: list[_Publisher | _Reader] = []
     logdir = Path(tempfile.mkdtemp(prefix="llm-worker-failover-"))
     finished = False
     try:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or ""
-        if not bootstrap:
-            broker = LocalBroker().start()
-            bootstrap = broker.bootstrap
-        dsn = os.environ.get("DATABASE_URL") or ""
-        if not dsn:
-            pg = LocalPostgres().start()
-            dsn = pg.dsn
+        bootstrap, dsn = stack.enter_context(local_stack())
         migrate(dsn)
         fport = free_port()
         procs.append(spawn_fake_provider(fport, "--latency-ms", f"{latency_ms:g}", quiet=True))
@@ -665,10 +657,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
                 proc.wait(10)
         for t in threads:
             t.join(5)
-        if broker is not None:
-            broker.stop()
-        if pg is not None:
-            pg.stop()
+        stack.close()
         if finished:
             shutil.rmtree(logdir, ignore_errors=True)
         else:

@@ -18,10 +18,18 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalBroker", "LocalPostgres", "free_port", "wait_port"]
+__all__ = [
+    "LocalBroker",
+    "LocalPostgres",
+    "free_port",
+    "local_stack",
+    "spawn_fake_provider",
+    "wait_port",
+]
 
 log = logging.getLogger("llm_worker.devstack")
 
@@ -160,6 +168,33 @@ class LocalPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def local_stack(announce: Callable[[str], None] | None = None) -> Iterator[tuple[str, str]]:
+    """(bootstrap servers, DSN): `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` when set, else a
+    local broker and Postgres started here and stopped on exit."""
+    broker: LocalBroker | None = None
+    pg: LocalPostgres | None = None
+    try:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or ""
+        if not bootstrap:
+            if announce is not None:
+                announce("starting local broker (Tansu) ...")
+            broker = LocalBroker().start()
+            bootstrap = broker.bootstrap
+        dsn = os.environ.get("DATABASE_URL") or ""
+        if not dsn:
+            if announce is not None:
+                announce("starting local PostgreSQL (pgserver) ...")
+            pg = LocalPostgres().start()
+            dsn = pg.dsn
+        yield bootstrap, dsn
+    finally:
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            pg.stop()
 
 
 def spawn_fake_provider(port: int, *args: str, quiet: bool = False) -> subprocess.Popen[bytes]:
