@@ -101,7 +101,7 @@ class App:
             shutdown_timeout_s=settings.shutdown_timeout_s,
             rate_limited=lambda: self.limiter.waiting,
         )
-        self.bridge.set_rebalance_hooks(self._on_assign, self._on_revoke)
+        self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke)
         self.health = (
             HealthServer(
                 self.metrics.registry, self.ready, host=settings.http_host, port=settings.http_port
@@ -134,10 +134,6 @@ class App:
     def _on_assign(self, keys: list[tuple[str, int]]) -> None:
         self.worker.on_assign(keys)
         self._update_share()
-
-    def _on_revoke(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        commits = self.worker.on_revoke(keys)
-        return commits
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         reg = self.registry

@@ -148,11 +148,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 
 def _field_types() -> list[type]:
     hints = {"int": int, "float": float, "str": str, "bool": bool}
-    out: list[type] = []
-    for f in Settings.__struct_fields__:
-        default = getattr(Settings(), f)
-        out.append(hints.get(type(default).__name__, str))
-    return out
+    defaults = Settings()
+    return [hints.get(type(getattr(defaults, f)).__name__, str) for f in Settings.__struct_fields__]
 
 
 def _convert(var: str, raw: str, tp: type) -> Any:

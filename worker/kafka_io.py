@@ -348,9 +348,6 @@ class KafkaBridge:
                 raise DeliveryError(exc.args[0]) from exc
         await fut
 
-    def producer_queue_len(self) -> int:
-        return len(self._producer) if self._producer is not None else 0
-
 
 def _settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
     for fut, err in reports:
