@@ -20,6 +20,7 @@ from .config import Settings
 from .dedup import DedupWindow
 from .http import HealthServer
 from .kafka_io import KafkaBridge, ensure_topics, wait_for_broker
+from .looplag import LoopLag
 from .pipeline import Pipeline
 from .ratelimit import Limit, RateLimiter
 from .routing import Objective, Router
@@ -70,6 +71,7 @@ class App:
             if settings.dedup_enabled
             else None
         )
+        self.loop_lag = LoopLag()
         caller = Caller(
             self.sessions,
             self.secrets,
@@ -78,6 +80,7 @@ class App:
             router=self.router,
             breakers=self.breakers,
             limiter=self.limiter,
+            loop_lag=self.loop_lag,
         )
         self.pipeline = Pipeline(settings, self.registry, caller, self.metrics, dedup=self.dedup)
         self.metrics.registry.register(
@@ -86,6 +89,7 @@ class App:
                 limiter=self.limiter.stats,
                 breakers=lambda: dict(self.breakers.states()),
                 choices=lambda: dict(self.router.choices),
+                loop_lag=lambda: self.loop_lag.total,
             )
         )
         self._topic_partitions = 0
@@ -162,6 +166,7 @@ class App:
         topic_meta = meta.topics.get(s.prompts_topic)
         self._topic_partitions = len(topic_meta.partitions) if topic_meta is not None else 0
         await self.registry.start(timeout=s.registry_wait_s)
+        self.loop_lag.start()
         await self.bridge.start()
         self._broker_ok = True
         log.info(
@@ -176,6 +181,7 @@ class App:
         )
 
     async def close(self) -> None:
+        self.loop_lag.stop()
         with contextlib.suppress(Exception):
             await self.bridge.close()
         await self.sessions.close()

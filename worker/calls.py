@@ -32,6 +32,7 @@ from adapters.sessions import SessionPool
 from registry.resolve import Candidate
 
 from .breaker import BreakerBoard
+from .looplag import LoopLag
 from .ratelimit import RateLimiter
 from .routing import Router, health_key
 from .telemetry import Metrics
@@ -96,6 +97,7 @@ class Caller:
         router: Router | None = None,
         breakers: BreakerBoard | None = None,
         limiter: RateLimiter | None = None,
+        loop_lag: LoopLag | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
@@ -105,6 +107,7 @@ class Caller:
         self.breakers = breakers if breakers is not None else BreakerBoard()
         self.router = router if router is not None else Router(breakers=self.breakers)
         self.limiter = limiter if limiter is not None else RateLimiter()
+        self._lag = loop_lag
         self._clock = clock
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
@@ -203,6 +206,7 @@ class Caller:
                     )
                 attempts += 1
                 t0 = self._clock()
+                lag0 = self._lag.total if self._lag is not None else 0.0
                 try:
                     if remaining < target.timeout_ms / 1000:
                         async with asyncio.timeout(remaining):
@@ -228,7 +232,10 @@ class Caller:
                     ok, latency = self._ok_metrics(cand)
                     ok.inc()
                     latency.observe(elapsed)
-                    self.router.record(health, True, elapsed)
+                    # the endpoint's health sees only its own share: time our loop was too
+                    # busy to read the answer is not the provider being slow
+                    lag = self._lag.since(lag0) if self._lag is not None else 0.0
+                    self.router.record(health, True, max(elapsed - lag, 0.0))
                     used = result.input_tokens + result.output_tokens
                     if used > tokens:
                         self.limiter.charge(

@@ -127,7 +127,9 @@ class ComponentCollector:
         limiter: Callable[[], dict[str, float]],
         breakers: Callable[[], dict[str, str]],
         choices: Callable[[], dict[str, int]],
+        loop_lag: Callable[[], float] | None = None,
     ) -> None:
+        self._loop_lag = loop_lag
         self._dedup = dedup
         self._limiter = limiter
         self._breakers = breakers
@@ -190,3 +192,9 @@ class ComponentCollector:
         for endpoint, n in self._choices().items():
             choices.add_metric([endpoint], n)
         yield choices
+        if self._loop_lag is not None:
+            yield CounterMetricFamily(
+                "llm_worker_event_loop_lag_seconds",
+                "Time the event loop ran its timers late (stalls, overload); rate() = share",
+                value=self._loop_lag(),
+            )

@@ -1,0 +1,57 @@
+"""How late the event loop runs: time a stalled or overloaded loop adds to every await.
+
+A provider call's measured latency includes the time its answer sat in the socket while the
+loop was busy elsewhere (a burst of completions, a GC pause, another thread holding the
+GIL). That time says nothing about the provider, yet all calls in flight during a stall
+see it at once, which looks exactly like a latency anomaly to a circuit breaker.
+
+`LoopLag` runs a timer every `interval_s` and adds up how late each tick fires. A caller
+reads `total` before and after an await; the difference is the loop's share of the elapsed
+time (to within one interval). The cost is one timer callback per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+__all__ = ["LoopLag"]
+
+
+class LoopLag:
+    def __init__(self, interval_s: float = 0.02) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self.interval_s = interval_s
+        self.total = 0.0
+        """Seconds the loop has run its timers late since `start()`, summed."""
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start ticking on the running loop (idempotent)."""
+        if self._handle is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._due = time.monotonic() + self.interval_s
+        self._handle = self._loop.call_later(self.interval_s, self._tick)
+
+    def _tick(self) -> None:
+        late = time.monotonic() - self._due
+        if late > 0:
+            self.total += late
+        self._schedule()
+
+    def since(self, mark: float) -> float:
+        """Lag accumulated since `total` read `mark`."""
+        return self.total - mark
