@@ -63,7 +63,11 @@ class App:
             if settings.tenant_rpm or settings.tenant_tpm
             else None
         )
-        self.limiter = RateLimiter(default_tenant=tenant_limit)
+        self.limiter = RateLimiter(
+            endpoints={k: Limit(rpm=r, tpm=t) for k, (r, t) in settings.limits("endpoint").items()},
+            tenants={k: Limit(rpm=r, tpm=t) for k, (r, t) in settings.limits("tenant").items()},
+            default_tenant=tenant_limit,
+        )
         self.dedup: DedupWindow[CallResult] | None = (
             DedupWindow(
                 settings.dedup_window_s, settings.dedup_max_entries, settings.dedup_max_bytes
@@ -81,6 +85,7 @@ class App:
             breakers=self.breakers,
             limiter=self.limiter,
             loop_lag=self.loop_lag,
+            wait_when_open=settings.breaker_when_all_open == "wait",
         )
         self.pipeline = Pipeline(settings, self.registry, caller, self.metrics, dedup=self.dedup)
         self.metrics.registry.register(
@@ -90,6 +95,7 @@ class App:
                 breakers=lambda: dict(self.breakers.states()),
                 choices=lambda: dict(self.router.choices),
                 loop_lag=lambda: self.loop_lag.total,
+                circuit_waiting=lambda: caller.circuit_waiting,
             )
         )
         self._topic_partitions = 0
@@ -103,7 +109,7 @@ class App:
             consume_batch=settings.consume_batch,
             commit_interval_s=settings.commit_interval_ms / 1000,
             shutdown_timeout_s=settings.shutdown_timeout_s,
-            rate_limited=lambda: self.limiter.waiting,
+            rate_limited=lambda: self.limiter.waiting + caller.circuit_waiting,
         )
         self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke)
         self.health = (

@@ -127,6 +127,16 @@ class CircuitBreaker:
         self._probe_issued_at = now
         return True
 
+    def retry_at(self) -> float:
+        """The clock time from which `allow()` may say yes again (now, if it would now)."""
+        st = self.state  # an open breaker past its cooldown turns half_open here
+        now = self._clock()
+        if st == "open":
+            return self._opened_at + self.config.cooldown_s
+        if st == "half_open" and self._probes_left <= 0:
+            return self._probe_issued_at + self.config.cooldown_s
+        return now
+
     def record(self, success: bool, latency_s: float) -> None:
         """The outcome of one request that `allow()` let through."""
         st = self._state
@@ -303,13 +313,24 @@ class BreakerBoard:
         self.config = config or BreakerConfig()
         self._clock = clock
         self._on_change = on_change
+        self._listeners: list[OnChange] = []
         self._breakers: dict[str, CircuitBreaker] = {}
+
+    def subscribe(self, listener: OnChange) -> None:
+        """Also call `listener` on every state change (after the board's own `on_change`)."""
+        self._listeners.append(listener)
+
+    def _changed(self, name: str, old: State, new: State, reason: str) -> None:
+        if self._on_change is not None:
+            self._on_change(name, old, new, reason)
+        for listener in self._listeners:
+            listener(name, old, new, reason)
 
     def get(self, endpoint_name: str) -> CircuitBreaker:
         b = self._breakers.get(endpoint_name)
         if b is None:
             b = self._breakers[endpoint_name] = CircuitBreaker(
-                endpoint_name, self.config, clock=self._clock, on_change=self._on_change
+                endpoint_name, self.config, clock=self._clock, on_change=self._changed
             )
         return b
 
@@ -320,6 +341,9 @@ class BreakerBoard:
 
     def allow(self, endpoint_name: str) -> bool:
         return self.get(endpoint_name).allow()
+
+    def retry_at(self, endpoint_name: str) -> float:
+        return self.get(endpoint_name).retry_at()
 
     def record(self, endpoint_name: str, success: bool, latency_s: float) -> None:
         self.get(endpoint_name).record(success, latency_s)

@@ -34,7 +34,7 @@ from registry.resolve import Candidate
 from .breaker import BreakerBoard
 from .looplag import LoopLag
 from .ratelimit import RateLimiter
-from .routing import Router, health_key
+from .routing import Router, endpoint_key, health_key
 from .telemetry import Metrics
 
 __all__ = ["CallFailed", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
@@ -98,6 +98,7 @@ class Caller:
         breakers: BreakerBoard | None = None,
         limiter: RateLimiter | None = None,
         loop_lag: LoopLag | None = None,
+        wait_when_open: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
@@ -108,6 +109,13 @@ class Caller:
         self.router = router if router is not None else Router(breakers=self.breakers)
         self.limiter = limiter if limiter is not None else RateLimiter()
         self._lag = loop_lag
+        self.wait_when_open = wait_when_open
+        """When every candidate's breaker is open: wait (up to the deadline) for the first
+        half-open probe instead of failing fast with `circuit_open`."""
+        self.circuit_waiting = 0
+        """Requests waiting for a breaker right now."""
+        self._circuit_changed: asyncio.Event | None = None
+        self.breakers.subscribe(self._on_circuit_change)
         self._clock = clock
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
@@ -163,6 +171,51 @@ class Caller:
         deadline: float,
         tenant: str | None = None,
     ) -> CallResult:
+        while True:
+            outcome = await self._try_candidates(candidates, request, deadline, tenant)
+            if isinstance(outcome, CallResult):
+                return outcome
+            if not (self.wait_when_open and outcome.attempts == 0) or not isinstance(
+                outcome.error, CircuitOpen
+            ):
+                raise outcome
+            # every candidate's breaker is open: wait for the first one to take a probe
+            if not await self._wait_for_circuit(candidates, deadline):
+                raise outcome
+
+    async def _wait_for_circuit(self, candidates: Sequence[Candidate], deadline: float) -> bool:
+        """Sleep until a candidate's breaker may let a request through, a breaker changes
+        state, or the deadline; False if the deadline came first."""
+        now = self._clock()
+        if now >= deadline:
+            return False
+        soonest = min(self.breakers.retry_at(health_key(c)) for c in candidates)
+        changed = self._circuit_changed
+        if changed is None:
+            changed = self._circuit_changed = asyncio.Event()
+        self.circuit_waiting += 1
+        try:
+            async with asyncio.timeout(max(min(soonest, deadline) - now, 0.0)):
+                await changed.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self.circuit_waiting -= 1
+        return self._clock() < deadline
+
+    def _on_circuit_change(self, name: str, old: str, new: str, reason: str) -> None:
+        changed, self._circuit_changed = self._circuit_changed, None
+        if changed is not None:
+            changed.set()  # wake every waiter; each looks at the breakers again
+
+    async def _try_candidates(
+        self,
+        candidates: Sequence[Candidate],
+        request: ProviderRequest,
+        deadline: float,
+        tenant: str | None,
+    ) -> CallResult | CallFailed:
+        """One pass over the candidates: a result, or the failure to raise."""
         attempts = 0
         last: ProviderError | None = None
         last_cand: Candidate | None = None
@@ -185,12 +238,13 @@ class Caller:
                 continue
             session = self._sessions.get(adapter.endpoint_for(target))
             row = cand.row
+            limit_key = endpoint_key(cand)
             tokens = estimate_tokens(request, row.max_tokens)
             for attempt in range(1, self._max_attempts + 1):
                 # Waiting for capacity never fails a request; the deadline bounds the time
                 # spent calling, so it moves by however long the limiter held this one back.
                 deadline += await self.limiter.acquire(
-                    endpoint=name,
+                    endpoint=limit_key,
                     model_id=row.model_id,
                     rpm=row.rpm_limit,
                     tpm=row.tpm_limit,
@@ -199,7 +253,7 @@ class Caller:
                 )
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    raise CallFailed(
+                    return CallFailed(
                         last or ProviderTimeout("request deadline passed before an answer"),
                         attempts,
                         last_cand,
@@ -219,14 +273,14 @@ class Caller:
                     if exc.retryable:  # endpoint health; a bad request says nothing about it
                         self.router.record(health, False, self._clock() - t0)
                     if isinstance(exc, RateLimited) and exc.retry_after:
-                        self.limiter.penalize(name, exc.retry_after)
+                        self.limiter.penalize(limit_key, exc.retry_after)
                 except TimeoutError:
                     last = ProviderTimeout(
                         "request deadline passed", provider=cand.provider, model=cand.upstream_model
                     )
                     m.provider_calls.labels(cand.provider, name, last.type).inc()
                     self.router.record(health, False, self._clock() - t0)
-                    raise CallFailed(last, attempts, cand) from None
+                    return CallFailed(last, attempts, cand)
                 else:
                     elapsed = self._clock() - t0
                     ok, latency = self._ok_metrics(cand)
@@ -239,7 +293,7 @@ class Caller:
                     used = result.input_tokens + result.output_tokens
                     if used > tokens:
                         self.limiter.charge(
-                            endpoint=name,
+                            endpoint=limit_key,
                             model_id=row.model_id,
                             tenant=tenant,
                             tokens=used - tokens,
@@ -256,5 +310,5 @@ class Caller:
                     break
                 await asyncio.sleep(delay)
         if last is None:
-            raise CallFailed(BadRequest("no candidate to call"), attempts, last_cand)
-        raise CallFailed(last, attempts, last_cand)
+            return CallFailed(BadRequest("no candidate to call"), attempts, last_cand)
+        return CallFailed(last, attempts, last_cand)

@@ -64,6 +64,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     breaker_probes: int = 3
     tenant_rpm: int = 0
     tenant_tpm: int = 0
+    tenant_limits: str = ""  # JSON {"tenant": {"rpm": N, "tpm": N}}, overrides tenant_rpm/tpm
+    endpoint_limits: str = ""  # JSON {"https://api.example.com/v1": {"rpm": N, "tpm": N}}
+    breaker_when_all_open: str = "fail"  # fail | wait (for the first half-open probe)
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)
@@ -80,6 +83,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     __str__ = __repr__
 
+    def limits(self, kind: str) -> dict[str, tuple[int | None, int | None]]:
+        """`endpoint_limits` or `tenant_limits` as {name: (rpm, tpm)}; 0 or absent = none."""
+        raw = self.endpoint_limits if kind == "endpoint" else self.tenant_limits
+        return parse_limits(f"LLM_WORKER_{kind.upper()}_LIMITS", raw, urls=kind == "endpoint")
+
     def kafka_common(self) -> dict[str, Any]:
         conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
         conf.update(self.kafka_extra)
@@ -95,6 +103,33 @@ def _is_secret_key(key: str) -> bool:
 
 def redact_dsn(dsn: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", dsn)
+
+
+def parse_limits(
+    var: str, raw: str, *, urls: bool = False
+) -> dict[str, tuple[int | None, int | None]]:
+    """`{"name": {"rpm": 600, "tpm": 90000}, ...}` -> {name: (rpm, tpm)}; ConfigError if bad.
+    With `urls`, names are endpoint URLs and a trailing slash is dropped."""
+    if not raw.strip():
+        return {}
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{var} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'{var} must be a JSON object like {{"name": {{"rpm": 600}}}}')
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for name, limit in data.items():
+        if not isinstance(limit, dict) or not limit or set(limit) - {"rpm", "tpm"}:
+            raise ConfigError(f'{var}: {name!r} needs {{"rpm": N, "tpm": N}} (either or both)')
+        pair: list[int | None] = []
+        for unit in ("rpm", "tpm"):
+            v = limit.get(unit)
+            if v is not None and (type(v) is not int or v < 0):
+                raise ConfigError(f"{var}: {name!r} {unit} must be a whole number >= 0, got {v!r}")
+            pair.append(v or None)
+        out[name.rstrip("/") if urls else name] = (pair[0], pair[1])
+    return out
 
 
 def _read_env_file(path: str) -> dict[str, str]:
@@ -212,6 +247,13 @@ def _validate(s: Settings) -> None:
         )
     if not 0 < s.breaker_error_threshold <= 1:
         raise ConfigError("LLM_WORKER_BREAKER_ERROR_THRESHOLD must be in (0, 1]")
+    if s.breaker_when_all_open not in ("fail", "wait"):
+        raise ConfigError(
+            "LLM_WORKER_BREAKER_WHEN_ALL_OPEN must be fail or wait, "
+            f"got {s.breaker_when_all_open!r}"
+        )
+    s.limits("endpoint")
+    s.limits("tenant")
     if s.log_format not in ("json", "text"):
         raise ConfigError(f"LLM_WORKER_LOG_FORMAT must be json or text, got {s.log_format!r}")
     for topic in ("prompts_topic", "completions_topic", "dlq_topic", "group_id"):

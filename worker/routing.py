@@ -175,11 +175,18 @@ class Router:
 _USERINFO = re.compile(r"//[^/@]*@")
 
 
+def endpoint_key(c: Candidate) -> str:
+    """The provider endpoint called, as operators write it: no userinfo, no trailing slash.
+    Endpoint rate limits (`LLM_WORKER_ENDPOINT_LIMITS`) are kept per this key, so every row
+    that points at one endpoint shares its limit."""
+    endpoint = _USERINFO.sub("//", c.endpoint) if "@" in c.endpoint else c.endpoint
+    return endpoint.rstrip("/")
+
+
 def health_key(c: Candidate) -> str:
     """What health (EWMA stats, circuit breaker) is kept per: the provider endpoint and model
     actually called, not the row's label, so a row moved to another endpoint starts fresh."""
-    endpoint = _USERINFO.sub("//", c.endpoint) if "@" in c.endpoint else c.endpoint
-    return f"{c.provider}:{endpoint}#{c.upstream_model}"
+    return f"{c.provider}:{endpoint_key(c)}#{c.upstream_model}"
 
 
 def _check(objective: str) -> None:

@@ -128,8 +128,10 @@ class ComponentCollector:
         breakers: Callable[[], dict[str, str]],
         choices: Callable[[], dict[str, int]],
         loop_lag: Callable[[], float] | None = None,
+        circuit_waiting: Callable[[], int] | None = None,
     ) -> None:
         self._loop_lag = loop_lag
+        self._circuit_waiting = circuit_waiting
         self._dedup = dedup
         self._limiter = limiter
         self._breakers = breakers
@@ -184,6 +186,12 @@ class ComponentCollector:
             for name in ("closed", "open", "half_open"):
                 state.add_metric([endpoint, name], 1.0 if current == name else 0.0)
         yield state
+        if self._circuit_waiting is not None:
+            yield GaugeMetricFamily(
+                "llm_worker_circuit_waiting",
+                "Requests waiting for a half-open probe (LLM_WORKER_BREAKER_WHEN_ALL_OPEN=wait)",
+                value=self._circuit_waiting(),
+            )
         choices = CounterMetricFamily(
             "llm_worker_route_choices",
             "How often the router put an endpoint first",

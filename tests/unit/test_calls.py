@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -13,10 +14,12 @@ from adapters.fake_server import FakeServer, start_fake_server
 from adapters.secrets import SecretStore
 from adapters.sessions import SessionPool
 from registry.models import ModelRow
-from registry.resolve import resolve
+from registry.resolve import Candidate, resolve
 from worker.breaker import BreakerBoard, BreakerConfig
-from worker.calls import Caller
+from worker.calls import Caller, CallFailed
+from worker.config import load_settings
 from worker.looplag import LoopLag
+from worker.ratelimit import Limit, RateLimiter
 from worker.routing import health_key
 from worker.telemetry import Metrics
 
@@ -134,3 +137,95 @@ async def test_loop_lag_counts_a_blocking_pause() -> None:
 def test_loop_lag_rejects_a_zero_interval() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         LoopLag(interval_s=0)
+
+
+# -- every candidate open: fail fast, or wait for the first half-open probe --------------------
+TRIP_FAST = BreakerConfig(min_requests=4, error_threshold=0.5, cooldown_s=0.5, probes=1)
+
+
+async def _tripped(
+    server: FakeServer, sessions: SessionPool, *, wait: bool
+) -> tuple[Caller, list[Candidate]]:
+    caller = Caller(
+        sessions,
+        SecretStore(None, env={}),
+        Metrics(),
+        max_attempts=1,
+        breakers=BreakerBoard(TRIP_FAST),
+        wait_when_open=wait,
+    )
+    row = ModelRow(model_id="m", provider="fake", endpoint=server.endpoint(), upstream_model="m")
+    cands = resolve({"m": row}, "m")
+    server.set_profile(error_rate=1.0, latency_ms=0)
+    for _ in range(4):
+        with pytest.raises(CallFailed):
+            await caller.call(cands, REQUEST, deadline=time.monotonic() + 5)
+    assert caller.breakers.states()[health_key(cands[0])] == "open"
+    server.set_profile(error_rate=0.0)  # the provider is back; the breaker does not know yet
+    return caller, cands
+
+
+async def test_all_open_fails_fast_by_default(server: FakeServer, sessions: SessionPool) -> None:
+    caller, cands = await _tripped(server, sessions, wait=False)
+    before = server.counters()["requests"]
+    t0 = time.monotonic()
+    with pytest.raises(CallFailed) as info:
+        await caller.call(cands, REQUEST, deadline=time.monotonic() + 5)
+    assert info.value.error.type == "circuit_open"
+    assert info.value.attempts == 0
+    assert time.monotonic() - t0 < 0.25
+    assert server.counters()["requests"] == before
+
+
+async def test_all_open_can_wait_for_the_half_open_probe(
+    server: FakeServer, sessions: SessionPool
+) -> None:
+    caller, cands = await _tripped(server, sessions, wait=True)
+    t0 = time.monotonic()
+    # more waiters than probe slots: one probes, the rest go when it closes the breaker
+    results = await asyncio.gather(
+        *(caller.call(cands, REQUEST, deadline=time.monotonic() + 5) for _ in range(5))
+    )
+    waited = time.monotonic() - t0
+    assert all(r.result.text for r in results)
+    assert 0.3 <= waited < 3.0  # about the 0.5 s cooldown, not the 5 s deadline
+    assert caller.breakers.states()[health_key(cands[0])] == "closed"
+    assert caller.circuit_waiting == 0
+
+
+async def test_waiting_for_a_probe_ends_at_the_deadline(
+    server: FakeServer, sessions: SessionPool
+) -> None:
+    caller, cands = await _tripped(server, sessions, wait=True)
+    t0 = time.monotonic()
+    with pytest.raises(CallFailed) as info:
+        await caller.call(cands, REQUEST, deadline=time.monotonic() + 0.2)  # < the cooldown
+    assert info.value.error.type == "circuit_open"
+    assert 0.15 <= time.monotonic() - t0 < 0.45
+    assert caller.circuit_waiting == 0
+
+
+# -- endpoint rate limits are shared by every row that points at the endpoint ----------------
+async def test_endpoint_limit_is_shared_by_rows_on_one_endpoint(
+    server: FakeServer, sessions: SessionPool
+) -> None:
+    env = {"LLM_WORKER_ENDPOINT_LIMITS": json.dumps({server.endpoint() + "/": {"rpm": 120}})}
+    configured = load_settings(env).limits("endpoint")  # the trailing slash is dropped
+    limiter = RateLimiter(
+        endpoints={k: Limit(rpm=r, tpm=t) for k, (r, t) in configured.items()}, burst_s=0.5
+    )
+    caller = Caller(sessions, SecretStore(None, env={}), Metrics(), max_attempts=1, limiter=limiter)
+    rows = {
+        m: ModelRow(model_id=m, provider="fake", endpoint=server.endpoint(), upstream_model=m)
+        for m in ("a", "b")
+    }
+    t0 = time.monotonic()
+    # 2/s with a burst of 1: six calls, three per row, take about 2.5 s together
+    await asyncio.gather(
+        *(
+            caller.call(resolve(rows, m), REQUEST, deadline=time.monotonic() + 10)
+            for m in ("a", "b", "a", "b", "a", "b")
+        )
+    )
+    assert time.monotonic() - t0 >= 2.0
+    assert limiter.stats()["delayed"] >= 5

@@ -70,3 +70,46 @@ def test_request_deadline_must_fit_in_the_poll_interval() -> None:
 def test_routing_objective_is_checked() -> None:
     with pytest.raises(ConfigError, match="LLM_WORKER_ROUTING_OBJECTIVE"):
         load_settings({"LLM_WORKER_ROUTING_OBJECTIVE": "fastest"})
+
+
+def test_endpoint_and_tenant_limits_are_parsed() -> None:
+    s = load_settings(
+        {
+            "LLM_WORKER_ENDPOINT_LIMITS": (
+                '{"https://api.openai.com/v1/": {"rpm": 3500, "tpm": 90000},'
+                ' "http://tgi:8080": {"tpm": 0, "rpm": 60}}'
+            ),
+            "LLM_WORKER_TENANT_LIMITS": '{"acme": {"rpm": 100}}',
+        }
+    )
+    assert s.limits("endpoint") == {
+        "https://api.openai.com/v1": (3500, 90000),  # trailing slash dropped
+        "http://tgi:8080": (60, None),  # 0 = no limit
+    }
+    assert s.limits("tenant") == {"acme": (100, None)}
+    assert load_settings({}).limits("endpoint") == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["x"]', "must be a JSON object"),
+        ('{"e": {"rps": 5}}', "needs"),
+        ('{"e": {}}', "needs"),
+        ('{"e": {"rpm": -1}}', "whole number >= 0"),
+        ('{"e": {"rpm": 1.5}}', "whole number >= 0"),
+    ],
+)
+def test_bad_limits_name_the_variable(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings({"LLM_WORKER_ENDPOINT_LIMITS": raw})
+    assert "LLM_WORKER_ENDPOINT_LIMITS" in str(info.value)
+
+
+def test_breaker_when_all_open_is_checked() -> None:
+    assert (
+        load_settings({"LLM_WORKER_BREAKER_WHEN_ALL_OPEN": "wait"}).breaker_when_all_open == "wait"
+    )
+    with pytest.raises(ConfigError, match="LLM_WORKER_BREAKER_WHEN_ALL_OPEN"):
+        load_settings({"LLM_WORKER_BREAKER_WHEN_ALL_OPEN": "hang"})
