@@ -10,6 +10,8 @@ import signal
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+from confluent_kafka.admin import AdminClient
+
 from adapters.secrets import SecretStore
 from adapters.sessions import SessionPool
 from registry.cache import RegistryCache
@@ -22,7 +24,7 @@ from .http import HealthServer
 from .kafka_io import KafkaBridge, ensure_topics, wait_for_broker
 from .looplag import LoopLag
 from .pipeline import Pipeline
-from .ratelimit import Limit, RateLimiter
+from .ratelimit import Limit, RateLimiter, replica_share
 from .routing import Objective, Router
 from .service import Worker
 from .telemetry import ComponentCollector, Metrics
@@ -30,6 +32,12 @@ from .telemetry import ComponentCollector, Metrics
 __all__ = ["App", "run_app"]
 
 log = logging.getLogger("llm_worker")
+
+
+def group_members(admin: AdminClient, group_id: str, timeout_s: float = 5.0) -> int:
+    """The consumer group's member count as the broker reports it (0 if it reports none)."""
+    futures = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)
+    return len(futures[group_id].result(timeout=timeout_s).members)
 
 
 class App:
@@ -99,6 +107,11 @@ class App:
             )
         )
         self._topic_partitions = 0
+        self._group_members = 0
+        self.group_poll_s = 15.0
+        self._group_changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.bridge = KafkaBridge(settings)
         self.worker = Worker(
             bridge=self.bridge,
@@ -135,15 +148,41 @@ class App:
         )
 
     def _update_share(self) -> None:
-        """Row rate limits are cluster-wide: this replica takes its share of the partitions."""
-        total = self._topic_partitions
+        """Row and endpoint limits are cluster-wide: take this replica's share of them."""
         mine = sum(1 for t, _ in self.bridge.assignment if t == self.settings.prompts_topic)
-        if total > 0 and mine > 0:
-            self.limiter.set_share(mine / total)
+        share = replica_share(self._group_members, self._topic_partitions, mine)
+        if share is not None and share != self.limiter.share:
+            self.limiter.set_share(share)
+            log.info(
+                "rate-limit share %.3f (%d group members, %d of %d partitions)",
+                share,
+                self._group_members,
+                mine,
+                self._topic_partitions,
+            )
 
     def _on_assign(self, keys: list[tuple[str, int]]) -> None:
+        # the consumer thread: hand the share update to the loop, where the limiter lives
         self.worker.on_assign(keys)
-        self._update_share()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._group_changed.set)
+
+    async def _watch_group(self, admin: AdminClient) -> None:
+        """Keep the share current: after every rebalance and every `group_poll_s` (a replica
+        that joins elsewhere rebalances this one too, but one that dies may take a while)."""
+        group = self.settings.group_id
+        while True:
+            try:
+                self._group_members = await asyncio.to_thread(group_members, admin, group)
+            except Exception as exc:  # the share falls back to partition ownership
+                log.debug("describing consumer group %s failed: %s", group, exc)
+                self._group_members = 0
+            self._update_share()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.group_poll_s):
+                    await self._group_changed.wait()
+            self._group_changed.clear()
+            await asyncio.sleep(1.0)  # let the rebalance finish on every member
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         reg = self.registry
@@ -152,6 +191,8 @@ class App:
             "registry_loaded": reg.loaded,
             "registry_stale": reg.stale,
             "assigned_partitions": len(self.bridge.assignment),
+            "group_members": self._group_members or None,  # None: the broker does not say
+            "ratelimit_share": self.limiter.share,
             "worker": self.worker.stats(),
         }
         self.metrics.registry_stale.set(1 if reg.stale else 0)
@@ -173,7 +214,9 @@ class App:
         self._topic_partitions = len(topic_meta.partitions) if topic_meta is not None else 0
         await self.registry.start(timeout=s.registry_wait_s)
         self.loop_lag.start()
+        self._loop = asyncio.get_running_loop()
         await self.bridge.start()
+        self._watcher = asyncio.create_task(self._watch_group(admin), name="group-watch")
         self._broker_ok = True
         log.info(
             "worker started",
@@ -188,6 +231,10 @@ class App:
 
     async def close(self) -> None:
         self.loop_lag.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         with contextlib.suppress(Exception):
             await self.bridge.close()
         await self.sessions.close()

@@ -30,10 +30,28 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
-__all__ = ["Limit", "RateLimitTimeout", "RateLimiter", "TokenBucket"]
+__all__ = ["Limit", "RateLimitTimeout", "RateLimiter", "TokenBucket", "replica_share"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+def replica_share(members: int, partitions: int, mine: int) -> float | None:
+    """This replica's share of a cluster-wide limit (a row's `rpm_limit`, say).
+
+    With the consumer group's member count (`members` > 0, from the broker): 1/members, but
+    members beyond the partition count own nothing and call nothing, so they take no share:
+    1/min(members, partitions). When the broker does not report members (0; Tansu does not),
+    this replica's fraction of the partitions, `mine/partitions`. None while this replica owns
+    no partitions (it calls nothing; keep the share it has).
+    """
+    if mine <= 0:
+        return None
+    if members > 0:
+        return 1.0 / (min(members, partitions) if partitions > 0 else members)
+    if partitions > 0:
+        return min(mine / partitions, 1.0)
+    return None
 
 
 class RateLimitTimeout(Exception):

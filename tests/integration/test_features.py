@@ -353,6 +353,37 @@ async def test_rate_limit_backlog_beyond_the_deadline_waits_instead_of_failing(
     assert not errors, errors
 
 
+async def test_two_replicas_split_a_row_limit(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """Two workers in one group, rpm_limit = 600: together ~10 calls/s, not 20."""
+    s = make_settings(shutdown_timeout_s=2.0)
+    fake.set_profile("rl2", latency_ms=5)
+    upsert_row(pg_dsn, _row("m1", fake.endpoint("rl2"), rpm_limit=600))
+    await _topics(s, partitions=4)
+    prompts = [{"id": f"r-{i}", "model": "m1", "prompt": f"p{i}"} for i in range(600)]
+    await _send(s, prompts)
+    a, b = App(s, http=False), App(s, http=False)
+    async with a.running(), b.running(), Completions(s) as comps:
+
+        def split() -> bool:
+            shares = (a.limiter.share, b.limiter.share)
+            return all(app.bridge.assignment for app in (a, b)) and sum(shares) <= 1.001
+
+        await wait_for(split, timeout=90)
+        await asyncio.sleep(2.0)  # past the burst each bucket may hold
+        n0, t1 = _calls(fake, "rl2"), time.monotonic()
+        await asyncio.sleep(20.0)
+        n1, t2 = _calls(fake, "rl2"), time.monotonic()
+        assert n1 < len(prompts), "the backlog must outlast the window"
+        shares = (a.limiter.share, b.limiter.share)
+    per_20s = (n1 - n0) * 20.0 / (t2 - t1)
+    assert 180 <= per_20s <= 220, (per_20s, shares)
+    assert sum(shares) == pytest.approx(1.0), shares
+    errors = Counter(d["error"]["type"] for d in comps.docs if d["status"] != "ok")
+    assert not errors, errors
+
+
 # -- circuit breaker ------------------------------------------------------------------------
 BREAKER = {
     "breaker_min_requests": 10,

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from worker.ratelimit import Limit, RateLimiter, RateLimitTimeout, TokenBucket
+from worker.ratelimit import Limit, RateLimiter, RateLimitTimeout, TokenBucket, replica_share
 
 
 class FakeTime:
@@ -287,3 +287,15 @@ async def test_charge_makes_later_requests_pay_for_an_underestimate() -> None:
     assert not task.done()
     await t.advance(0.2)
     assert task.done()
+
+
+def test_replica_share_from_members_or_partitions() -> None:
+    assert replica_share(members=3, partitions=12, mine=4) == pytest.approx(1 / 3)
+    # members beyond the partition count own nothing and take no share
+    assert replica_share(members=6, partitions=4, mine=1) == pytest.approx(1 / 4)
+    # the broker does not report members (Tansu): this replica's fraction of partitions
+    assert replica_share(members=0, partitions=4, mine=3) == pytest.approx(3 / 4)
+    assert replica_share(members=2, partitions=0, mine=1) == pytest.approx(1 / 2)
+    # owns nothing yet: keep whatever share it has
+    assert replica_share(members=2, partitions=4, mine=0) is None
+    assert replica_share(members=0, partitions=0, mine=1) is None
