@@ -221,7 +221,21 @@ class Caller:
         last_cand: Candidate | None = None
         m = self._metrics
         objective = candidates[0].row.routing_objective if candidates else None
-        for cand in self.router.order(candidates, objective):
+        limited = None
+        if len(candidates) > 1:
+
+            def limited(c: Candidate) -> bool:
+                row = c.row
+                return not self.limiter.has_capacity(
+                    endpoint=endpoint_key(c),
+                    model_id=row.model_id,
+                    rpm=row.rpm_limit,
+                    tpm=row.tpm_limit,
+                    tenant=tenant,
+                    tokens=estimate_tokens(request, row.max_tokens),
+                )
+
+        for cand in self.router.order(candidates, objective, limited):
             name = cand.endpoint_name
             health = health_key(cand)
             if not self.breakers.allow(health):

@@ -338,6 +338,23 @@ class RateLimiter:
                 needs.append((level.tpm, tokens))
         return needs
 
+    def has_capacity(
+        self,
+        *,
+        endpoint: str,
+        model_id: str,
+        rpm: int | None,
+        tpm: int | None,
+        tenant: str | None,
+        tokens: int,
+    ) -> bool:
+        """Would `acquire` with these arguments go at once? Takes nothing."""
+        now = self._clock()
+        return all(
+            b.earliest(n, now) <= now
+            for b, n in self._needs(endpoint, model_id, rpm, tpm, tenant, float(tokens))
+        )
+
     async def acquire(
         self,
         *,

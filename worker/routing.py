@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from registry.resolve import Candidate
@@ -114,9 +114,16 @@ class Router:
         """How often each endpoint_name came first, for metrics."""
 
     def order(
-        self, candidates: Sequence[Candidate], objective: str | None = None
+        self,
+        candidates: Sequence[Candidate],
+        objective: str | None = None,
+        limited: Callable[[Candidate], bool] | None = None,
     ) -> list[Candidate]:
-        """The candidates, best first. Never drops one."""
+        """The candidates, best first. Never drops one.
+
+        Open breakers go last. `limited(c)`: c's rate limits have no room right now; when
+        the best candidate is limited, those with room go ahead of it (a request waits for
+        a limited endpoint only when every candidate is limited)."""
         obj = self.objective if objective is None else objective
         if obj not in OBJECTIVES:
             _check(obj)
@@ -157,6 +164,12 @@ class Router:
                 if healthy > 1:
                     j = 1 + self._rng.randrange(healthy - 1)
                     out.insert(0, out.pop(j))
+            if limited is not None and limited(out[0]):
+                # stable: open breakers stay last, and the objective's order holds within
+                if is_open is not None:
+                    out.sort(key=lambda c: (is_open(health_key(c)), limited(c)))
+                else:
+                    out.sort(key=limited)
         if out:
             first = out[0].endpoint_name
             self.choices[first] = self.choices.get(first, 0) + 1

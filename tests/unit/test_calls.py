@@ -229,3 +229,29 @@ async def test_endpoint_limit_is_shared_by_rows_on_one_endpoint(
     )
     assert time.monotonic() - t0 >= 2.0
     assert limiter.stats()["delayed"] >= 5
+
+
+async def test_a_rate_limited_primary_spills_to_a_fallback_with_room(
+    server: FakeServer, sessions: SessionPool
+) -> None:
+    server.set_profile("p", latency_ms=5)
+    server.set_profile("f", latency_ms=5)
+    limiter = RateLimiter(endpoints={server.endpoint("p"): Limit(rpm=60)})  # 1/s, burst 1
+    caller = Caller(sessions, SecretStore(None, env={}), Metrics(), max_attempts=1, limiter=limiter)
+    row = ModelRow(
+        model_id="m",
+        provider="fake",
+        endpoint=server.endpoint("p"),
+        upstream_model="m",
+        fallback_provider="fake",
+        fallback_endpoint=server.endpoint("f"),
+        fallback_model="m",
+    )
+    cands = resolve({"m": row}, "m")
+    t0 = time.monotonic()
+    results = await asyncio.gather(
+        *(caller.call(cands, REQUEST, deadline=time.monotonic() + 10) for _ in range(6))
+    )
+    assert time.monotonic() - t0 < 1.0  # nobody waited a second for the primary's bucket
+    assert [r.candidate.fallback for r in results].count(False) == 1
+    assert server.counters("p")["requests"] == 1 and server.counters("f")["requests"] == 5

@@ -77,6 +77,21 @@ def test_open_breaker_goes_last_but_stays(objective: str) -> None:
     assert names(router.order([A, B, C], objective))[0] == "a"
 
 
+@pytest.mark.parametrize("objective", ["priority", "cost"])
+def test_rate_limited_candidates_give_way_to_ones_with_room(objective: str) -> None:
+    clock = FakeClock()
+    board = BreakerBoard(BreakerConfig(min_requests=3), clock=clock)
+    router = Router("priority", breakers=board)
+    full = {"a"}
+    limited = lambda c: c.endpoint_name.split("/")[0] in full  # noqa: E731
+    assert names(router.order([A, B, C], objective, limited)) == ["b", "c", "a"]
+    open_breaker(board, hk("b"))  # an open breaker still goes after a merely limited one
+    assert names(router.order([A, B, C], objective, limited)) == ["c", "a", "b"]
+    full = {"a", "b", "c"}  # every one limited: the objective's order, open breaker last
+    assert names(router.order([A, B, C], objective, limited)) == ["a", "c", "b"]
+    assert router.choices["c/primary"] == 1 and router.choices["a/primary"] == 1
+
+
 def test_latency_objective_sends_most_traffic_to_the_faster_endpoint() -> None:
     slow, fast = cand("slow"), cand("fast", fallback=True)
     true_latency = {"slow/primary": 0.080, "fast/primary": 0.020}
