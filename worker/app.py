@@ -84,7 +84,7 @@ class App:
             else None
         )
         self.loop_lag = LoopLag()
-        caller = Caller(
+        self.caller = caller = Caller(
             self.sessions,
             self.secrets,
             self.metrics,

@@ -446,6 +446,39 @@ async def test_breaker_opens_on_errors_and_closes_after_recovery(
     assert back and sum(d["endpoint_name"] == "m1/primary" for d in back) >= 0.9 * len(back)
 
 
+async def test_when_every_breaker_is_open_requests_can_wait_for_the_probe(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """LLM_WORKER_BREAKER_WHEN_ALL_OPEN=wait: a single endpoint's breaker opens, the provider
+    recovers, and prompts sent while it is still open are answered after the cooldown
+    instead of failing with circuit_open."""
+    s = make_settings(**{**BREAKER, "breaker_cooldown_s": 3.0}, breaker_when_all_open="wait")
+    fake.set_profile("w", latency_ms=5, error_rate=1.0)
+    row = _row("m1", fake.endpoint("w"))
+    upsert_row(pg_dsn, row)
+    await _topics(s)
+    app = App(s, http=False)
+    key = _breaker_key(row)
+    async with app.running(), Completions(s) as comps:
+        failing = [{"id": f"x-{i}", "model": "m1", "prompt": f"x{i}"} for i in range(12)]
+        await _send(s, failing)
+        await wait_for(lambda: app.breakers.states().get(key) == "open", timeout=30)
+        fake.set_profile("w", error_rate=0.0)  # back, but the breaker does not know yet
+        t_sent = time.monotonic()
+        later = [{"id": f"y-{i}", "model": "m1", "prompt": f"y{i}"} for i in range(20)]
+        await _send(s, later)
+        await wait_for(lambda: app.caller.circuit_waiting > 0, timeout=10)
+        assert app.breakers.states().get(key) == "open"
+        out = await comps.wait([p["id"] for p in later], timeout=30)
+        waited = time.monotonic() - t_sent
+    statuses = Counter(
+        d["status"] if d["status"] == "ok" else d["error"]["type"] for d in out.values()
+    )
+    assert statuses == {"ok": len(later)}, statuses
+    assert waited >= 1.0  # they sat out (most of) the cooldown
+    assert app.breakers.states().get(key) == "closed"
+
+
 async def _slow_primary(
     make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer, hold_s: float
 ) -> tuple[list[tuple[str, str, str, float]], Stream, dict[str, float | str]]:
