@@ -75,11 +75,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         shown = ", ".join(
             f"{f}={getattr(self, f)!r}"
             for f in self.__struct_fields__
-            if f not in ("database_url", "kafka_extra")
+            if f not in ("database_url", "kafka_extra", "endpoint_limits")
         )
         extra = {k: ("***" if _is_secret_key(k) else v) for k, v in self.kafka_extra.items()}
         dsn = redact_dsn(self.database_url)
-        return f"Settings({shown}, database_url={dsn!r}, kafka_extra={extra!r})"
+        limits = _USERINFO.sub("//***@", self.endpoint_limits)
+        return (
+            f"Settings({shown}, database_url={dsn!r}, kafka_extra={extra!r}, "
+            f"endpoint_limits={limits!r})"
+        )
 
     __str__ = __repr__
 
@@ -94,6 +98,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return conf
 
 
+_USERINFO = re.compile(r"//[^/@\s\"]*@")
 _FIXED = {"KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers", "DATABASE_URL": "database_url"}
 
 
@@ -128,7 +133,7 @@ def parse_limits(
             if v is not None and (type(v) is not int or v < 0):
                 raise ConfigError(f"{var}: {name!r} {unit} must be a whole number >= 0, got {v!r}")
             pair.append(v or None)
-        out[name.rstrip("/") if urls else name] = (pair[0], pair[1])
+        out[_USERINFO.sub("//", name).rstrip("/") if urls else name] = (pair[0], pair[1])
     return out
 
 

@@ -113,3 +113,15 @@ def test_breaker_when_all_open_is_checked() -> None:
     )
     with pytest.raises(ConfigError, match="LLM_WORKER_BREAKER_WHEN_ALL_OPEN"):
         load_settings({"LLM_WORKER_BREAKER_WHEN_ALL_OPEN": "hang"})
+
+
+def test_credentials_in_endpoint_limit_urls_are_dropped_and_hidden() -> None:
+    s = load_settings(
+        {
+            "LLM_WORKER_ENDPOINT_LIMITS": (
+                '{"https://user:sk-hidden-1234@api.example.com/v1": {"rpm": 5}}'
+            )
+        }
+    )
+    assert s.limits("endpoint") == {"https://api.example.com/v1": (5, None)}
+    assert "sk-hidden-1234" not in repr(s) and "sk-hidden-1234" not in str(s)
