@@ -9,6 +9,8 @@ PostgreSQL 16 started with pgserver in a temp directory. `pg_dsn` (function): a 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,17 +27,23 @@ __all__ = ["database_dsn", "pg_dsn", "pg_server_dsn", "temporary_database"]
 
 
 @pytest.fixture(scope="session")
-def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_dsn() -> Iterator[str]:
     external = os.environ.get("DATABASE_URL")
     if external:
         yield external
         return
     pgserver = pytest.importorskip("pgserver")
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+    # Not under pytest's basetemp: a pytest run that starts meanwhile (another checkout, a
+    # unit-test run) prunes old basetemps and would delete the live data directory.
+    pgdata = tempfile.mkdtemp(prefix="llm-worker-pgdata-")
     try:
-        yield server.get_uri()
+        server = pgserver.get_server(pgdata, cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
     finally:
-        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def database_dsn(server_dsn: str, dbname: str) -> str:
