@@ -137,18 +137,22 @@ class CircuitBreaker:
             return self._probe_issued_at + self.config.cooldown_s
         return now
 
-    def record(self, success: bool, latency_s: float) -> None:
-        """The outcome of one request that `allow()` let through."""
+    def record(self, success: bool, latency_s: float, *, judge_latency: bool = True) -> None:
+        """The outcome of one request that `allow()` let through.
+
+        `judge_latency=False`: the latency says more about the caller than the endpoint (the
+        caller's event loop was late for much of the call); the outcome counts, the latency
+        does not."""
         st = self._state
         if st == "closed":
-            self._record_closed(success, latency_s)
+            self._record_closed(success, latency_s, judge_latency)
         elif st == "half_open":
             if self._clock() - latency_s < self._opened_at:
                 return  # started before the trip, not a probe: it says nothing new
             if not success:
                 self._open("probe_failed", f"a probe failed after {latency_s:.3f}s")
                 return
-            if self._slow_above is not None and latency_s >= self._slow_above:
+            if judge_latency and self._slow_above is not None and latency_s >= self._slow_above:
                 self._open("probe_slow", f"a probe took {latency_s:.3f}s")
                 return
             self._probe_ok += 1
@@ -196,7 +200,7 @@ class CircuitBreaker:
         if not self._total_lat_n:  # drop float drift whenever the window empties
             self._total_lat_sum = self._total_lat_sq = 0.0
 
-    def _record_closed(self, success: bool, latency_s: float) -> None:
+    def _record_closed(self, success: bool, latency_s: float, judge_latency: bool) -> None:
         c = self.config
         cur = int(self._clock() / self._slice_s)
         if cur != self._cur:
@@ -217,6 +221,8 @@ class CircuitBreaker:
                     "error_rate",
                     f"{self._total_errors}/{self._total} failed ({rate:.0%}) in {c.window_s:g}s",
                 )
+            return
+        if not judge_latency:
             return
         sq = latency_s * latency_s
         self._lat_n[i] += 1
@@ -345,8 +351,10 @@ class BreakerBoard:
     def retry_at(self, endpoint_name: str) -> float:
         return self.get(endpoint_name).retry_at()
 
-    def record(self, endpoint_name: str, success: bool, latency_s: float) -> None:
-        self.get(endpoint_name).record(success, latency_s)
+    def record(
+        self, endpoint_name: str, success: bool, latency_s: float, *, judge_latency: bool = True
+    ) -> None:
+        self.get(endpoint_name).record(success, latency_s, judge_latency=judge_latency)
 
     def states(self) -> dict[str, State]:
         return {name: b.state for name, b in self._breakers.items()}

@@ -40,6 +40,11 @@ from .telemetry import Metrics
 __all__ = ["CallFailed", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
 
 
+LAG_UNTRUSTED_SHARE = 0.25
+"""A call during which the event loop ran late for this share of its time or more measured
+the worker's own congestion as much as the provider: its latency is not judged."""
+
+
 class CircuitOpen(RetryableError):
     """Every candidate's circuit breaker is open: failing fast instead of calling."""
 
@@ -301,9 +306,16 @@ class Caller:
                     ok.inc()
                     latency.observe(elapsed)
                     # the endpoint's health sees only its own share: time our loop was too
-                    # busy to read the answer is not the provider being slow
+                    # busy to read the answer is not the provider being slow. And when the
+                    # loop was late for much of the call, it was saturated, which inflates
+                    # latency beyond what the lag shows: keep that call from the anomaly check
                     lag = self._lag.since(lag0) if self._lag is not None else 0.0
-                    self.router.record(health, True, max(elapsed - lag, 0.0))
+                    self.router.record(
+                        health,
+                        True,
+                        max(elapsed - lag, 0.0),
+                        judge_latency=lag < LAG_UNTRUSTED_SHARE * elapsed,
+                    )
                     used = result.input_tokens + result.output_tokens
                     if used > tokens:
                         self.limiter.charge(

@@ -100,6 +100,24 @@ def test_latency_jump_from_20ms_to_2s_opens() -> None:
     assert "z=" in b.detail
 
 
+def test_latency_not_judged_counts_the_outcome_but_never_trips() -> None:
+    clock = FakeClock()
+    b, changes = make(clock)
+    feed(b, clock, ok(40))
+    for _ in range(20):  # slow, but measured on a saturated worker
+        assert b.allow()
+        clock.now += 0.01
+        b.record(True, 2.0, judge_latency=False)
+    assert b.state == "closed" and not changes
+    assert b.stats()["requests"] == 60
+    assert b.stats()["latency_mean_s"] == pytest.approx(0.02)  # the baseline is untouched
+    for _ in range(5):  # the same latency, judged: open
+        if b.state == "open":
+            break
+        feed(b, clock, ok(1, 2.0))
+    assert b.state == "open"
+
+
 def test_normal_jitter_does_not_open() -> None:
     clock = FakeClock()
     b, changes = make(clock)

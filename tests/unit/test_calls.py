@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
@@ -118,6 +119,52 @@ async def test_a_really_slow_provider_still_trips_it(
         assert "recent mean" in caller.breakers.get(key).detail
     finally:
         lag.stop()
+
+
+class SteadyLag:
+    """A loop that is late `share` of the time, steadily (a saturated worker)."""
+
+    def __init__(self) -> None:
+        self.share = 0.0
+        self._mark = time.monotonic()
+        self._total = 0.0
+
+    @property
+    def total(self) -> float:
+        now = time.monotonic()
+        self._total += self.share * (now - self._mark)
+        self._mark = now
+        return self._total
+
+    def since(self, mark: float) -> float:
+        return self.total - mark
+
+
+async def test_calls_made_on_a_saturated_loop_are_not_judged_on_latency(
+    server: FakeServer, sessions: SessionPool
+) -> None:
+    lag = SteadyLag()
+    caller = _caller(sessions, cast(LoopLag, lag))
+    key = await _warm_up(caller, server)
+    server.set_profile(latency_ms=400)
+    row = ModelRow(model_id="m", provider="fake", endpoint=server.endpoint(), upstream_model="m")
+    cands = resolve({"m": row}, "m")
+
+    async def burst() -> None:
+        await asyncio.gather(
+            *(caller.call(cands, REQUEST, deadline=time.monotonic() + 10) for _ in range(8))
+        )
+
+    # late 40% of the time: even net of the lag the calls look slow, but the loop was
+    # saturated, so the latency is the worker's as much as the provider's
+    lag.share = 0.4
+    await burst()
+    assert caller.breakers.states()[key] == "closed"
+    assert caller.breakers.get(key).stats()["requests"] >= 38  # the outcomes still count
+    # a loop late 5% of the time is healthy enough to judge: the slowness is the provider's
+    lag.share = 0.05
+    await burst()
+    assert caller.breakers.states()[key] == "open"
 
 
 async def test_loop_lag_counts_a_blocking_pause() -> None:
