@@ -60,6 +60,7 @@ class App:
                 error_threshold=settings.breaker_error_threshold,
                 min_requests=settings.breaker_min_requests,
                 z_threshold=settings.breaker_z_threshold,
+                latency_min_increase_s=settings.breaker_latency_min_increase_s,
                 cooldown_s=settings.breaker_cooldown_s,
                 probes=settings.breaker_probes,
             ),

@@ -52,8 +52,9 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     std_floor_ratio: float = 0.05
     std_floor_s: float = 0.001
     latency_min_ratio: float = 3.0  # and the recent mean at least this multiple of the baseline
-    latency_min_increase_s: float = 0.1  # and at least this much slower (a busy event loop
-    # can add tens of milliseconds to every call without the provider being at fault)
+    latency_min_increase_s: float = 0.5  # and at least this much slower: a saturated worker
+    # adds tens to hundreds of milliseconds to every call without the provider being at fault,
+    # and LLM answers vary by hundreds of milliseconds anyway
     cooldown_s: float = 10.0
     probes: int = 3
 

@@ -40,9 +40,9 @@ from .telemetry import Metrics
 __all__ = ["CallFailed", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
 
 
-LAG_UNTRUSTED_SHARE = 0.25
+LAG_UNTRUSTED_SHARE = 0.5
 """A call during which the event loop ran late for this share of its time or more measured
-the worker's own congestion as much as the provider: its latency is not judged."""
+the worker's own congestion more than the provider: its latency is not judged."""
 
 
 class CircuitOpen(RetryableError):
@@ -307,7 +307,7 @@ class Caller:
                     latency.observe(elapsed)
                     # the endpoint's health sees only its own share: time our loop was too
                     # busy to read the answer is not the provider being slow. And when the
-                    # loop was late for much of the call, it was saturated, which inflates
+                    # loop was late for most of the call, it was saturated, which inflates
                     # latency beyond what the lag shows: keep that call from the anomaly check
                     lag = self._lag.since(lag0) if self._lag is not None else 0.0
                     self.router.record(

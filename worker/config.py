@@ -60,6 +60,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     breaker_error_threshold: float = 0.5
     breaker_min_requests: int = 20
     breaker_z_threshold: float = 2.5
+    breaker_latency_min_increase_s: float = 0.5
     breaker_cooldown_s: float = 10.0
     breaker_probes: int = 3
     tenant_rpm: int = 0

@@ -137,10 +137,23 @@ def test_flat_latency_needs_a_real_change() -> None:
     assert changes == [] and b.state == "closed"
     feed(b, clock, ok(5, 0.080))  # 80 ms: 4x, but 60 ms slower could be our own busy loop
     assert changes == [] and b.state == "closed"
-    for _ in range(5):  # 200 ms: ten times the baseline, far outside its spread
+    feed(b, clock, ok(5, 0.400))  # 400 ms: 20x, still less than the 0.5 s increase asked for
+    assert changes == [] and b.state == "closed"
+    for _ in range(5):  # 1 s: fifty times the baseline and 0.98 s slower
         if b.state == "open":
             break
-        feed(b, clock, ok(1, 0.200))
+        feed(b, clock, ok(1, 1.0))
+    assert [c[3] for c in changes] == ["latency"]
+
+
+def test_the_latency_increase_floor_is_configurable() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, latency_min_increase_s=0.05)
+    feed(b, clock, ok(100, 0.020))
+    for _ in range(5):  # 100 ms: 5x and 80 ms slower, enough for a fast endpoint
+        if b.state == "open":
+            break
+        feed(b, clock, ok(1, 0.100))
     assert [c[3] for c in changes] == ["latency"]
 
 

@@ -82,8 +82,8 @@ async def test_a_stalled_loop_does_not_trip_the_latency_breaker(
     try:
         caller = _caller(sessions, lag)
         key = await _warm_up(caller, server)
-        await _burst_through_stall(caller, server, 0.4)
-        assert lag.total >= 0.3
+        await _burst_through_stall(caller, server, 0.8)
+        assert lag.total >= 0.7
         assert caller.breakers.states()[key] == "closed"
     finally:
         lag.stop()
@@ -95,7 +95,7 @@ async def test_without_lag_accounting_the_same_stall_trips_it(
     """The control for the test above: the stall alone looks like a slow provider."""
     caller = _caller(sessions, None)
     key = await _warm_up(caller, server)
-    await _burst_through_stall(caller, server, 0.4)
+    await _burst_through_stall(caller, server, 0.8)
     assert caller.breakers.states()[key] == "open"
 
 
@@ -107,7 +107,7 @@ async def test_a_really_slow_provider_still_trips_it(
     try:
         caller = _caller(sessions, lag)
         key = await _warm_up(caller, server)
-        server.set_profile(latency_ms=400)
+        server.set_profile(latency_ms=900)
         row = ModelRow(
             model_id="m", provider="fake", endpoint=server.endpoint(), upstream_model="m"
         )
@@ -146,7 +146,7 @@ async def test_calls_made_on_a_saturated_loop_are_not_judged_on_latency(
     lag = SteadyLag()
     caller = _caller(sessions, cast(LoopLag, lag))
     key = await _warm_up(caller, server)
-    server.set_profile(latency_ms=400)
+    server.set_profile(latency_ms=1500)
     row = ModelRow(model_id="m", provider="fake", endpoint=server.endpoint(), upstream_model="m")
     cands = resolve({"m": row}, "m")
 
@@ -155,14 +155,14 @@ async def test_calls_made_on_a_saturated_loop_are_not_judged_on_latency(
             *(caller.call(cands, REQUEST, deadline=time.monotonic() + 10) for _ in range(8))
         )
 
-    # late 40% of the time: even net of the lag the calls look slow, but the loop was
-    # saturated, so the latency is the worker's as much as the provider's
-    lag.share = 0.4
+    # late 60% of the time: even net of the lag the calls look slow, but the loop was
+    # saturated, so the latency is more the worker's than the provider's
+    lag.share = 0.6
     await burst()
     assert caller.breakers.states()[key] == "closed"
     assert caller.breakers.get(key).stats()["requests"] >= 38  # the outcomes still count
-    # a loop late 5% of the time is healthy enough to judge: the slowness is the provider's
-    lag.share = 0.05
+    # a loop late 30% of the time (a loaded host) still judges: the slowness is the provider's
+    lag.share = 0.3
     await burst()
     assert caller.breakers.states()[key] == "open"
 
