@@ -65,17 +65,20 @@ class CompletionWaiter:
         wanted = set(ids)
         got: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + timeout
-        while wanted - got.keys() and time.monotonic() < deadline:
+        decode = _dec.decode
+        # `wanted` shrinks as ids are answered: a count, not a set difference per poll
+        while wanted and time.monotonic() < deadline:
             for msg in self._consumer.consume(1000, 0.2):
                 value = msg.value()
-                if msg.error() is not None or value is None:
+                if value is None or msg.error() is not None:
                     continue
                 try:
-                    comp = _dec.decode(value)
+                    comp = decode(value)
                 except msgspec.DecodeError:
                     continue
                 cid = comp.get("id") if isinstance(comp, dict) else None
-                if cid in wanted and cid not in got:
+                if cid in wanted:  # the first completion per id; later ones are duplicates
+                    wanted.discard(cid)
                     got[cid] = comp
                     if on_completion is not None:
                         on_completion(comp)

@@ -16,6 +16,9 @@ is, only when the caller scopes dedup per tenant.
   start, and is served (`shared=True`) until `window_s` after it arrived;
 - memory is bounded by entry count and by the sum of `size_of(result)`; the oldest entries go
   first (every entry lives `window_s`, so insertion order is expiry order).
+
+`DedupWindow.get` is the synchronous half: a stored answer, or None (nothing stored, expired,
+or still in flight). The pipeline answers most duplicates with it, without a task.
 """
 
 from __future__ import annotations
@@ -91,6 +94,22 @@ class DedupWindow(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def get(self, key: str) -> T | None:
+        """The stored answer for `key` if one is in the window (counted as a hit), else None.
+
+        Synchronous: a caller that finds its answer here needs no task and no await. A key
+        whose call is still in flight is not answered here; `run` follows it.
+        """
+        cached = self._cache.get(key)
+        if cached is None:
+            return None
+        if cached[2] > self._clock():
+            self._hits += 1
+            return cached[0]
+        self._drop(key)
+        self._expirations += 1
+        return None
 
     async def run(
         self,

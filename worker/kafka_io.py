@@ -44,6 +44,8 @@ rdlog = logging.getLogger("llm_worker.librdkafka")
 
 RevokeHook = Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]]
 AssignHook = Callable[[list[tuple[str, int]]], None]
+# (token given to `produce_nowait`, delivery error or None), one poll's worth at a time
+AckHandler = Callable[[list[tuple[Any, KafkaError | None]]], None]
 
 
 class KafkaUnavailable(RuntimeError):
@@ -183,11 +185,18 @@ class KafkaBridge:
         self._reports: collections.deque[tuple[asyncio.Future[None], KafkaError | None]] = (
             collections.deque()
         )
+        self._acks: collections.deque[tuple[Any, KafkaError | None]] = collections.deque()
+        self._ack_handler: AckHandler | None = None
         self.assignment: set[tuple[str, int]] = set()
 
     def set_rebalance_hooks(self, on_assign: AssignHook, on_revoke: RevokeHook) -> None:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+
+    def set_ack_handler(self, handler: AckHandler) -> None:
+        """Where the delivery reports of `produce_nowait` go: called on the event loop with
+        every `(token, error)` of one producer poll, in one call."""
+        self._ack_handler = handler
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -244,9 +253,12 @@ class KafkaBridge:
         return await loop.run_in_executor(self._cthread, lambda: fn(*args, **kwargs))
 
     async def consume(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to `max_messages` records: what is ready now, else wait up to `timeout` for the
+        first ones. (librdkafka's `consume(n, timeout)` waits the whole timeout for the n-th
+        record, leaving the worker idle while a partial batch sits in the local queue.)"""
         assert self._consumer is not None
         msgs: list[Message] = await self._in_consumer_thread(
-            self._consumer.consume, max_messages, timeout
+            _consume_ready, self._consumer, max_messages, timeout
         )
         return msgs
 
@@ -311,14 +323,56 @@ class KafkaBridge:
         """Serve delivery reports; hand each poll's batch to the loop in one wake-up."""
         producer, loop = self._producer, self._loop
         assert producer is not None and loop is not None
-        batch = self._reports
+        batch, acks = self._reports, self._acks
         while not self._stop_polling.is_set():
             producer.poll(0.05)
-            if batch:
-                ready = []
-                while batch:  # deque: flush() on another thread may append meanwhile
-                    ready.append(batch.popleft())
-                loop.call_soon_threadsafe(_settle_all, ready)
+            if batch or acks:
+                # deques: flush() on another thread may append meanwhile
+                ready = [batch.popleft() for _ in range(len(batch))]
+                acked = [acks.popleft() for _ in range(len(acks))]
+                loop.call_soon_threadsafe(self._reported, ready, acked)
+
+    def _reported(
+        self,
+        ready: list[tuple[asyncio.Future[None], KafkaError | None]],
+        acked: list[tuple[Any, KafkaError | None]],
+    ) -> None:
+        if ready:
+            _settle_all(ready)
+        if acked:
+            handler = self._ack_handler
+            if handler is None:  # pragma: no cover - produce_nowait requires a handler
+                log.error("%d delivery reports with no ack handler", len(acked))
+                return
+            handler(acked)
+
+    def produce_nowait(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        token: Any,
+    ) -> None:
+        """Produce one record without waiting for it: its delivery report reaches the ack
+        handler (`set_ack_handler`) on the event loop as `(token, error)`, batched with the
+        other reports of the same poll. No future, no task: the cheap path for every outcome.
+
+        Raises BufferError when librdkafka's local queue is full (nothing was produced) and
+        DeliveryError when the record is refused at once.
+        """
+        assert self._producer is not None
+        acks = self._acks
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            acks.append((token, err))  # runs on the polling thread, inside producer.poll()
+
+        try:
+            self._producer.produce(
+                topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
+            )
+        except KafkaException as exc:
+            raise DeliveryError(exc.args[0]) from exc
 
     async def produce(
         self,
@@ -347,6 +401,16 @@ class KafkaBridge:
             except KafkaException as exc:
                 raise DeliveryError(exc.args[0]) from exc
         await fut
+
+
+def _consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    msgs = consumer.consume(max_messages, 0)
+    if msgs or max_messages <= 0:
+        return msgs
+    msgs = consumer.consume(1, timeout)  # returns as soon as one record is there
+    if msgs and max_messages > 1:
+        msgs += consumer.consume(max_messages - 1, 0)
+    return msgs
 
 
 def _settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:

@@ -24,7 +24,7 @@ from .dedup import DedupWindow, dedup_key
 from .messages import Completion, ErrorInfo, Prompt, Rejected, Usage, decode_prompt, encode
 from .telemetry import Metrics
 
-__all__ = ["InputRecord", "Outcome", "Pipeline", "RegistryView"]
+__all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView", "output_too_large"]
 
 log = logging.getLogger("llm_worker.outcome")
 
@@ -43,6 +43,17 @@ class InputRecord(msgspec.Struct, frozen=True, kw_only=True):
     key: bytes | None = None
     headers: list[tuple[str, bytes]] | None = None
     timestamp_ms: int | None = None
+
+
+class Pending(msgspec.Struct, frozen=True, kw_only=True):
+    """A valid prompt that needs a provider call (or the answer of an identical one)."""
+
+    rec: InputRecord
+    prompt: Prompt
+    candidates: list[Candidate]
+    request: ProviderRequest
+    dedup_key: str | None
+    deadline: float
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -110,6 +121,17 @@ class Pipeline:
         return max(0.0, self._wall() * 1000 - rec.timestamp_ms)
 
     async def process(self, rec: InputRecord) -> Outcome:
+        """`begin`, then `finish` when the record needs a provider call."""
+        step = self.begin(rec)
+        if isinstance(step, Outcome):
+            return step
+        return await self.finish(step)
+
+    def begin(self, rec: InputRecord) -> Outcome | Pending:
+        """Everything that needs no waiting: decode, validate, resolve, look up the dedup
+        window. Returns the outcome when that is enough (unreadable or invalid input, registry
+        errors, an answer stored in the dedup window), else the state `finish` continues from.
+        """
         started = self._clock()
         decoded = decode_prompt(
             rec.value,
@@ -125,23 +147,50 @@ class Pipeline:
             return self._error(
                 rec, prompt.id, prompt.model, prompt.metadata, type(exc).__name__, str(exc)
             )
-        deadline = started + self._s.request_deadline_s
         request = _to_provider_request(prompt)
+        key = None
+        if self._dedup is not None and prompt.dedup:
+            key = self._dedup_key(prompt, candidates, request)
+            stored = self._dedup.get(key)
+            if stored is not None:
+                return self._answered(rec, prompt, stored, shared=True)
+        return Pending(
+            rec=rec,
+            prompt=prompt,
+            candidates=candidates,
+            request=request,
+            dedup_key=key,
+            deadline=started + self._s.request_deadline_s,
+        )
+
+    async def finish(self, p: Pending) -> Outcome:
+        """The provider call (or the identical in-flight request's answer) and its outcome."""
         shared = False
         try:
-            if self._dedup is not None and prompt.dedup:
-                call, shared = await self._deduplicated(prompt, candidates, request, deadline)
+            if p.dedup_key is not None:
+                call, shared = await self._deduplicated(p, p.dedup_key)
             else:
                 call = await self._caller.call(
-                    candidates, request, deadline=deadline, tenant=prompt.tenant
+                    p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
                 )
         except CallFailed as failed:
-            return self._failed(rec, prompt, failed)
+            return self._failed(p.rec, p.prompt, failed)
+        if call.candidate.fallback and not shared:
+            self._metrics.fallbacks.labels(p.prompt.model).inc()
+        return self._answered(p.rec, p.prompt, call, shared=shared)
+
+    def _answered(
+        self, rec: InputRecord, prompt: Prompt, call: CallResult, *, shared: bool
+    ) -> Outcome:
         res, cand, row = call.result, call.candidate, call.candidate.row
-        cost = (
-            res.input_tokens / 1000 * row.input_cost_per_1k
-            + res.output_tokens / 1000 * row.output_cost_per_1k
-        )
+        if shared:
+            cost = 0.0  # charged on the call that ran
+        else:
+            cost = round(
+                res.input_tokens / 1000 * row.input_cost_per_1k
+                + res.output_tokens / 1000 * row.output_cost_per_1k,
+                8,
+            )
         comp = Completion(
             id=prompt.id,
             model=prompt.model,
@@ -153,9 +202,7 @@ class Pipeline:
             upstream_model=cand.upstream_model,
             endpoint_name=cand.endpoint_name,
             usage=Usage(
-                input_tokens=res.input_tokens,
-                output_tokens=res.output_tokens,
-                cost_usd=0.0 if shared else round(cost, 8),  # charged on the call that ran
+                input_tokens=res.input_tokens, output_tokens=res.output_tokens, cost_usd=cost
             ),
             latency_ms=round(call.latency_ms, 3),
             queue_ms=self._queue_ms(rec),
@@ -163,30 +210,26 @@ class Pipeline:
             fallback_used=cand.fallback,
             attempts=0 if shared else call.attempts,
         )
-        if cand.fallback and not shared:
-            self._metrics.fallbacks.labels(prompt.model).inc()
         return self._completion(rec, comp)
 
-    async def _deduplicated(
-        self,
-        prompt: Prompt,
-        candidates: list[Candidate],
-        request: ProviderRequest,
-        deadline: float,
-    ) -> tuple[CallResult, bool]:
-        """One provider call for identical requests; the others share its answer (or error)."""
-        assert self._dedup is not None
+    def _dedup_key(
+        self, prompt: Prompt, candidates: list[Candidate], request: ProviderRequest
+    ) -> str:
         # the resolved routing is part of the key: a failover row update starts a new entry
         resolved = "|".join(f"{c.provider}@{c.endpoint}#{c.upstream_model}" for c in candidates)
         tenant = prompt.tenant if self._s.dedup_per_tenant else None
-        key = dedup_key(f"{prompt.model}|{resolved}", request, tenant=tenant)
+        return dedup_key(f"{prompt.model}|{resolved}", request, tenant=tenant)
+
+    async def _deduplicated(self, p: Pending, key: str) -> tuple[CallResult, bool]:
+        """One provider call for identical requests; the others share its answer (or error)."""
+        assert self._dedup is not None
         led = False
 
         async def lead() -> CallResult:
             nonlocal led
             led = True
             return await self._caller.call(
-                candidates, request, deadline=deadline, tenant=prompt.tenant
+                p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
             )
 
         try:
@@ -274,6 +317,27 @@ class Pipeline:
                 rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
             )
         return self.dead_letter(rec, "internal_error", message)
+
+
+def output_too_large(outcome: Outcome) -> None:
+    """Replace a completion the broker refused as too large by an `output_too_large` error."""
+    c = outcome.completion
+    assert c is not None
+    replacement = Completion(
+        id=c.id,
+        model=c.model,
+        status="error",
+        metadata=None,
+        provider=c.provider,
+        upstream_model=c.upstream_model,
+        endpoint_name=c.endpoint_name,
+        attempts=c.attempts,
+        error=ErrorInfo(
+            type="output_too_large", message="the completion is larger than the broker accepts"
+        ),
+    )
+    outcome.completion = replacement
+    outcome.value = encode(replacement)
 
 
 def _result_size(call: CallResult) -> int:

@@ -10,6 +10,13 @@ Shutdown order (SIGTERM/SIGINT, or `stop()`):
 
 A revoked partition is settled the same way, for that partition only, inside the rebalance
 callback: no new work, in-flight work finishes or is abandoned within the deadline, commit.
+
+The path of one record: `Pipeline.begin` runs at once, in the consume loop, and answers what
+needs no waiting (dedup window hits, invalid input); only a record that needs a provider call
+gets a task, for `Pipeline.finish`. Either way the outcome is produced without waiting, and the
+message stays in flight until its delivery report comes back: reports arrive in batches (one
+per producer poll), which finish the offsets and record the metrics. A failed delivery is
+retried in a task. In flight = tasks + outcomes not yet acknowledged.
 """
 
 from __future__ import annotations
@@ -19,14 +26,13 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
 from .kafka_io import DeliveryError, KafkaBridge
-from .messages import Completion, ErrorInfo, encode
-from .offsets import OffsetTracker
-from .pipeline import InputRecord, Outcome, Pipeline
+from .offsets import OffsetTracker, PartitionOffsets
+from .pipeline import InputRecord, Outcome, Pending, Pipeline, output_too_large
 from .telemetry import Metrics
 
 __all__ = ["Worker"]
@@ -35,6 +41,9 @@ log = logging.getLogger("llm_worker")
 outcome_log = logging.getLogger("llm_worker.outcome")
 
 Key = tuple[str, int]
+# what a produced outcome carries until its delivery report: the record, the outcome, and the
+# offsets object of the partition generation that started it
+Sent = tuple[InputRecord, Outcome, PartitionOffsets]
 
 
 class Worker:
@@ -60,6 +69,8 @@ class Worker:
         self._commit_interval = commit_interval_s
         self._shutdown_timeout = shutdown_timeout_s
         self._tracker = OffsetTracker()
+        self._unacked = 0  # outcomes produced whose delivery report has not come back yet
+        self._acked = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
         self._paused: set[Key] = set()
@@ -71,7 +82,8 @@ class Worker:
         self._capacity = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outcome_children: dict[tuple[str, str], Any] = {}
-        metrics.in_flight.set_function(lambda: len(self._tasks))
+        bridge.set_ack_handler(self._on_acks)
+        metrics.in_flight.set_function(lambda: self.in_flight)
         self.counters: dict[str, int] = {
             "consumed": 0,
             "completed": 0,
@@ -96,10 +108,7 @@ class Worker:
 
     async def _settle(self, keys: list[Key]) -> dict[Key, int]:
         self._revoked_now.update(keys)
-        tasks: set[asyncio.Task[None]] = set()
-        for k in keys:
-            tasks |= self._by_part.get(k, set())
-        await self._finish_or_abandon(tasks)
+        await self._finish_or_abandon(keys)
         commits = self._tracker.pending_commits(keys)
         self._tracker.drop(keys)
         self._owned.difference_update(keys)
@@ -110,15 +119,52 @@ class Worker:
         self._metrics.paused.set(len(self._paused))
         return commits
 
-    async def _finish_or_abandon(self, tasks: set[asyncio.Task[None]]) -> None:
-        if not tasks:
-            return
-        _done, pending = await asyncio.wait(tasks, timeout=self._shutdown_timeout)
-        if pending:
-            log.warning("abandoning %d in-flight messages at the deadline", len(pending))
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+    def _unfinished(self, keys: list[Key] | None) -> int:
+        if keys is None:
+            return self._tracker.in_flight()
+        return sum(self._tracker.in_flight(*k) for k in keys)
+
+    async def _finish_or_abandon(self, keys: list[Key] | None) -> None:
+        """Wait until the messages of `keys` (None: all) are finished, that is, their outcome
+        records are acknowledged, for up to the shutdown timeout; then cancel what still runs.
+
+        A message is either a task (waiting for its provider call, or retrying a delivery) or
+        an outcome waiting for its delivery report; a task can turn into the latter.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._shutdown_timeout
+        while True:
+            if keys is None:
+                tasks = set(self._tasks)
+            else:
+                tasks = set()
+                for k in keys:
+                    tasks |= self._by_part.get(k, set())
+            left = deadline - loop.time()
+            if tasks:
+                if left > 0:
+                    _done, pending = await asyncio.wait(tasks, timeout=left)
+                else:
+                    pending = tasks
+                if pending:
+                    log.warning("abandoning %d in-flight messages at the deadline", len(pending))
+                    for t in pending:
+                        t.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    return
+                continue
+            if not self._unacked or not self._unfinished(keys) or left <= 0:
+                if left <= 0 and self._unacked:
+                    log.warning(
+                        "abandoning %d unacknowledged outcomes at the deadline", self._unacked
+                    )
+                return
+            self._acked.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._acked.wait()
+            except TimeoutError:
+                pass
 
     # -- main loop -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -138,7 +184,7 @@ class Worker:
         try:
             await self._consume_loop()
         finally:
-            await self._finish_or_abandon(set(self._tasks))
+            await self._finish_or_abandon(None)
             committer.cancel()
             try:
                 await committer
@@ -149,7 +195,7 @@ class Worker:
     async def _consume_loop(self) -> None:
         bridge = self._bridge
         while not self._stopping.is_set():
-            free = self._max_in_flight - len(self._tasks)
+            free = self._max_in_flight - len(self._tasks) - self._unacked
             if free <= 0 and self._rate_limited() > 0:
                 # Full of requests waiting for rate-limit capacity, which can take minutes:
                 # pause every partition and keep polling, so the group keeps this member.
@@ -187,7 +233,7 @@ class Worker:
         pause = [k for k in self._owned if k not in self._paused and in_flight(*k) >= per]
         resume = [k for k in self._paused if in_flight(*k) <= per // 2]
         if self._held:  # paused while full of rate-limited work: resume once there is room
-            if len(self._tasks) > self._max_in_flight * 3 // 4:
+            if self.in_flight > self._max_in_flight * 3 // 4:
                 resume = [k for k in resume if k not in self._held]
             else:
                 self._held.clear()
@@ -208,17 +254,19 @@ class Worker:
             self._held.update(parts)
             self._metrics.paused.set(len(self._paused))
 
+    @property
+    def in_flight(self) -> int:
+        """Messages taken and not finished: running tasks plus outcomes not yet acknowledged."""
+        return len(self._tasks) + self._unacked
+
     def _dispatch(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", err.str())
             return
-        topic, part, offset = (
-            cast(str, msg.topic()),
-            cast(int, msg.partition()),
-            cast(int, msg.offset()),
-        )
+        topic: str = msg.topic()  # type: ignore[assignment]
+        part: int = msg.partition()  # type: ignore[assignment]
         key: Key = (topic, part)
         if key in self._revoked_now:
             return  # not ours any more; the new owner reads it from the committed offset
@@ -228,122 +276,186 @@ class Worker:
         rec = InputRecord(
             topic=topic,
             partition=part,
-            offset=offset,
+            offset=msg.offset(),  # type: ignore[arg-type]
             value=msg.value(),
             key=msg.key(),
-            headers=cast("list[tuple[str, bytes]] | None", msg.headers()),
+            headers=msg.headers(),  # type: ignore[arg-type]
             timestamp_ms=ts if ts_type else None,
         )
-        self._tracker.start(topic, part, offset)
-        task = asyncio.create_task(self._handle(rec))
+        offsets = self._tracker.part(topic, part)
+        offsets.start(rec.offset)
+        # Most records are answered right here (dedup window hits, invalid input): no task.
+        try:
+            step = self._pipeline.begin(rec)
+        except Exception as exc:
+            step = self._unexpected(rec, exc)
+        if isinstance(step, Outcome):
+            self._send(rec, step, offsets)
+            return
+        self._spawn(key, self._handle(rec, step, offsets))
+
+    def _spawn(self, key: Key, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         self._by_part.setdefault(key, set()).add(task)
         task.add_done_callback(functools.partial(self._task_done, key=key))
 
     def _task_done(self, task: asyncio.Task[None], key: Key) -> None:
         self._tasks.discard(task)
-        self._capacity.set()
+        if self.in_flight < self._max_in_flight:  # not when it handed over to a delivery
+            self._capacity.set()
         tasks = self._by_part.get(key)
         if tasks is not None:
             tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("message task failed", exc_info=task.exception())
 
-    async def _handle(self, rec: InputRecord) -> None:
+    def _unexpected(self, rec: InputRecord, exc: Exception) -> Outcome:
+        log.exception(
+            "unexpected error processing record",
+            extra={"partition": rec.partition, "offset": rec.offset},
+            exc_info=exc,
+        )
+        return self._pipeline.internal_error(rec, exc)
+
+    async def _handle(self, rec: InputRecord, pending: Pending, offsets: PartitionOffsets) -> None:
         try:
-            outcome = await self._pipeline.process(rec)
+            outcome = await self._pipeline.finish(pending)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            outcome = self._unexpected(rec, exc)
+        self._send(rec, outcome, offsets)
+
+    def _send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
+        """Produce the outcome; the message finishes when its delivery report comes back."""
+        sent: Sent = (rec, outcome, offsets)
+        try:
+            self._bridge.produce_nowait(
+                outcome.topic, outcome.value, outcome.key, outcome.headers, sent
+            )
+        except BufferError:  # librdkafka's queue is full: wait for room in a task
+            self._spawn((rec.topic, rec.partition), self._redeliver(sent, None))
+            return
+        except DeliveryError as exc:
+            self._spawn((rec.topic, rec.partition), self._redeliver(sent, exc))
+            return
+        except Exception:  # a bug (say, a malformed header): the offset stays unfinished
             log.exception(
-                "unexpected error processing record",
+                "could not produce the outcome",
                 extra={"partition": rec.partition, "offset": rec.offset},
             )
-            outcome = self._pipeline.internal_error(rec, exc)
-        await self._deliver(outcome)
-        self._tracker.finish(rec.topic, rec.partition, rec.offset)
-        self._record(rec, outcome)
+            return
+        self._unacked += 1
 
-    async def _deliver(self, outcome: Outcome) -> None:
+    def _on_acks(self, acks: list[tuple[Any, KafkaError | None]]) -> None:
+        """Delivery reports of one producer poll (on the loop): finish the delivered messages
+        and retry the failed ones."""
+        self._unacked -= len(acks)
+        delivered: list[Sent] = []
+        for sent, err in acks:
+            if err is None:
+                sent[2].finish(sent[0].offset)
+                delivered.append(sent)
+            else:
+                rec = sent[0]
+                self._spawn((rec.topic, rec.partition), self._redeliver(sent, DeliveryError(err)))
+        self._record_all(delivered)
+        self._capacity.set()
+        self._acked.set()
+
+    async def _redeliver(self, sent: Sent, error: DeliveryError | None) -> None:
+        rec, outcome, offsets = sent
+        await self._deliver(outcome, error)
+        offsets.finish(rec.offset)
+        self._record_all([sent])
+
+    async def _deliver(self, outcome: Outcome, error: DeliveryError | None = None) -> None:
+        """Produce and wait for the acknowledgement, retrying with backoff until it comes.
+        `error`: the failure of an earlier attempt, handled before the first produce."""
         delay = 0.1
         while True:
+            if error is not None:
+                self.counters["delivery_retries"] += 1
+                self._metrics.delivery_retries.inc()
+                if error.too_large and outcome.completion is not None:
+                    output_too_large(outcome)
+                else:
+                    log.warning(
+                        "delivery to %s failed (%s); retrying in %.1f s",
+                        outcome.topic,
+                        error,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
             try:
                 await self._bridge.produce(
                     outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
                 )
                 return
             except DeliveryError as exc:
-                self.counters["delivery_retries"] += 1
-                self._metrics.delivery_retries.inc()
-                if exc.too_large and outcome.completion is not None:
-                    c = outcome.completion
-                    replacement = Completion(
-                        id=c.id,
-                        model=c.model,
-                        status="error",
-                        metadata=None,
-                        provider=c.provider,
-                        upstream_model=c.upstream_model,
-                        endpoint_name=c.endpoint_name,
-                        attempts=c.attempts,
-                        error=ErrorInfo(
-                            type="output_too_large",
-                            message="the completion is larger than the broker accepts",
-                        ),
-                    )
-                    outcome.completion = replacement
-                    outcome.value = encode(replacement)
-                    continue
-                log.warning(
-                    "delivery to %s failed (%s); retrying in %.1f s", outcome.topic, exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                error = exc
 
-    def _record(self, rec: InputRecord, outcome: Outcome) -> None:
-        m = self._metrics
-        c = outcome.completion
-        if c is None:
-            self.counters["dlq"] += 1
-            m.dlq.labels(outcome.dlq_reason or "unknown").inc()
-            outcome_log.warning(
-                "dead-lettered",
-                extra={
-                    "status": "dlq",
-                    "reason": outcome.dlq_reason,
-                    "partition": rec.partition,
-                    "offset": rec.offset,
-                },
-            )
+    def _record_all(self, delivered: list[Sent]) -> None:
+        """Counters, metrics and outcome logs for delivered messages, one batch at a time."""
+        if not delivered:
             return
-        self.counters["completed"] += 1
-        child = self._outcome_children.get((c.model, c.status))
-        if child is None:
-            child = m.completions.labels(c.model, c.status)
-            self._outcome_children[(c.model, c.status)] = child
-        child.inc()
-        if c.status == "error":
-            self.counters["errors"] += 1
-            m.errors.labels(c.error.type if c.error else "unknown").inc()
-        if rec.timestamp_ms:
-            m.e2e_latency.observe(max(0.0, time.time() - rec.timestamp_ms / 1000))
-        if outcome_log.isEnabledFor(logging.INFO):
-            outcome_log.info(
-                "completion",
-                extra={
-                    "request_id": c.id,
-                    "model": c.model,
-                    "provider": c.provider,
-                    "endpoint": c.endpoint_name,
-                    "status": c.status,
-                    "error_type": c.error.type if c.error else None,
-                    "latency_ms": c.latency_ms,
-                    "attempts": c.attempts,
-                    "fallback_used": c.fallback_used,
-                    "partition": rec.partition,
-                    "offset": rec.offset,
-                },
-            )
+        m = self._metrics
+        counters = self.counters
+        now = time.time()
+        log_info = outcome_log.isEnabledFor(logging.INFO)
+        observe = m.e2e_latency.observe
+        by_label: dict[tuple[str, str], int] = {}
+        label: tuple[str, str]
+        for rec, outcome, _ in delivered:
+            c = outcome.completion
+            if c is None:
+                self._record_dlq(rec, outcome)
+                continue
+            label = (c.model, c.status)
+            by_label[label] = by_label.get(label, 0) + 1
+            if c.status == "error":
+                counters["errors"] += 1
+                m.errors.labels(c.error.type if c.error else "unknown").inc()
+            if rec.timestamp_ms:
+                observe(max(0.0, now - rec.timestamp_ms / 1000))
+            if log_info:
+                outcome_log.info(
+                    "completion",
+                    extra={
+                        "request_id": c.id,
+                        "model": c.model,
+                        "provider": c.provider,
+                        "endpoint": c.endpoint_name,
+                        "status": c.status,
+                        "error_type": c.error.type if c.error else None,
+                        "latency_ms": c.latency_ms,
+                        "attempts": c.attempts,
+                        "fallback_used": c.fallback_used,
+                        "partition": rec.partition,
+                        "offset": rec.offset,
+                    },
+                )
+        for label, n in by_label.items():
+            counters["completed"] += n
+            child = self._outcome_children.get(label)
+            if child is None:
+                child = self._outcome_children[label] = m.completions.labels(*label)
+            child.inc(n)
+
+    def _record_dlq(self, rec: InputRecord, outcome: Outcome) -> None:
+        self.counters["dlq"] += 1
+        self._metrics.dlq.labels(outcome.dlq_reason or "unknown").inc()
+        outcome_log.warning(
+            "dead-lettered",
+            extra={
+                "status": "dlq",
+                "reason": outcome.dlq_reason,
+                "partition": rec.partition,
+                "offset": rec.offset,
+            },
+        )
 
     # -- commits ---------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
@@ -369,7 +481,7 @@ class Worker:
     def stats(self) -> dict[str, Any]:
         return {
             **self.counters,
-            "in_flight": len(self._tasks),
+            "in_flight": self.in_flight,
             "paused_partitions": len(self._paused),
             "partitions": len(self._tracker.partitions()),
         }

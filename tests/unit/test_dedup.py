@@ -9,10 +9,16 @@ import random
 import msgspec
 import pytest
 
-from adapters.base import Message, ProviderRequest
+from adapters.base import Message, ProviderRequest, ProviderResult
 from adapters.errors import RateLimited, ServerError
+from registry.models import ModelRow
+from registry.resolve import Candidate
+from worker.calls import CallResult
+from worker.config import load_settings
 from worker.dedup import DedupWindow, dedup_key
 from worker.messages import Prompt
+from worker.pipeline import InputRecord, Outcome, Pending, Pipeline
+from worker.telemetry import Metrics
 
 
 class FakeClock:
@@ -308,3 +314,112 @@ async def test_failure_with_no_followers_is_quiet(caplog: pytest.LogCaptureFixtu
     gc.collect()
     await asyncio.sleep(0)
     assert "never retrieved" not in caplog.text
+
+
+def test_get_answers_from_the_window_without_waiting() -> None:
+    clock = FakeClock()
+    window: DedupWindow[str] = DedupWindow(window_s=60.0, clock=clock)
+    assert window.get("k") is None  # nothing stored yet
+    window._store("k", "answer", len)
+    assert window.get("k") == "answer"
+    clock.now += 60.1
+    assert window.get("k") is None  # expired: dropped, the next request leads again
+    st = window.stats()
+    assert (st["hits"], st["expirations"], st["entries"]) == (1, 1, 0)
+
+
+async def test_get_does_not_answer_a_call_still_in_flight() -> None:
+    window: DedupWindow[str] = DedupWindow()
+    release = asyncio.Event()
+
+    async def call() -> str:
+        await release.wait()
+        return "answer"
+
+    leader = asyncio.create_task(window.run("k", call, len))
+    await asyncio.sleep(0)
+    assert window.get("k") is None  # in flight: only `run` can follow it
+    release.set()
+    assert await leader == ("answer", False)
+    assert window.get("k") == "answer"
+
+
+# -- the pipeline answers window hits without a task ----------------------------------------
+
+
+class _Registry:
+    def __init__(self) -> None:
+        row = ModelRow(
+            model_id="m",
+            provider="fake",
+            endpoint="http://fake/v1",
+            upstream_model="up",
+            input_cost_per_1k=1.0,
+            output_cost_per_1k=2.0,
+        )
+        self.candidates = [
+            Candidate(
+                provider="fake",
+                endpoint="http://fake/v1",
+                upstream_model="up",
+                endpoint_name="m/primary",
+                row=row,
+                fallback=False,
+            )
+        ]
+
+    def resolve(self, model_id: str) -> list[Candidate]:
+        return list(self.candidates)
+
+
+class _Caller:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def call(
+        self, candidates: list[Candidate], request: ProviderRequest, **_: object
+    ) -> CallResult:
+        self.calls += 1
+        await asyncio.sleep(0)
+        return CallResult(
+            result=ProviderResult(
+                text="answer", finish_reason="stop", input_tokens=100, output_tokens=50
+            ),
+            candidate=candidates[0],
+            attempts=2,
+            latency_ms=12.5,
+        )
+
+
+def _record(offset: int, request_id: str) -> InputRecord:
+    value = msgspec.json.encode(
+        {"id": request_id, "model": "m", "prompt": "same question", "metadata": {"n": offset}}
+    )
+    return InputRecord(topic="p", partition=0, offset=offset, value=value, key=b"k")
+
+
+async def test_begin_answers_a_window_hit_synchronously_with_its_own_completion() -> None:
+    caller = _Caller()
+    window: DedupWindow[CallResult] = DedupWindow()
+    pipeline = Pipeline(
+        load_settings({}),
+        _Registry(),
+        caller,
+        Metrics(),
+        dedup=window,  # type: ignore[arg-type]
+    )
+    first = pipeline.begin(_record(0, "a"))
+    assert isinstance(first, Pending)  # nothing stored yet: it needs the provider call
+    led = await pipeline.finish(first)
+    assert led.completion is not None
+    assert (led.completion.deduplicated, led.completion.attempts) == (False, 2)
+    assert led.completion.usage is not None and led.completion.usage.cost_usd == 0.2
+
+    hit = pipeline.begin(_record(1, "b"))  # identical request: answered right here
+    assert isinstance(hit, Outcome) and hit.completion is not None
+    c = hit.completion
+    assert (c.id, c.text, c.metadata) == ("b", "answer", {"n": 1})
+    assert (c.deduplicated, c.attempts) == (True, 0)
+    assert c.usage is not None and c.usage.cost_usd == 0.0
+    assert msgspec.json.decode(hit.value)["id"] == "b" and hit.key == b"k"
+    assert caller.calls == 1 and window.stats()["hits"] == 1

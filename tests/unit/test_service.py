@@ -6,9 +6,11 @@ import asyncio
 from collections import defaultdict
 from typing import Any
 
+import msgspec
 from confluent_kafka import KafkaError
 
-from worker.kafka_io import DeliveryError
+from worker.kafka_io import AckHandler, DeliveryError, _consume_ready
+from worker.messages import Completion
 from worker.pipeline import InputRecord, Outcome
 from worker.service import Worker
 from worker.telemetry import Metrics
@@ -56,6 +58,13 @@ class FakeBridge:
         self.produced: list[bytes] = []
         self.fail_next_produce = 0
         self.max_in_flight_seen: dict[int, int] = defaultdict(int)
+        self.ack_handler: AckHandler | None = None
+        self.acks: list[tuple[Any, KafkaError | None]] = []
+        self.hold_acks = False  # True: delivery reports wait until released
+        self.fail_code = KafkaError._MSG_TIMED_OUT
+
+    def set_ack_handler(self, handler: AckHandler) -> None:
+        self.ack_handler = handler
 
     async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
         out: list[FakeMsg] = []
@@ -85,6 +94,25 @@ class FakeBridge:
             raise DeliveryError(KafkaError(KafkaError._MSG_TIMED_OUT))
         self.produced.append(value)
 
+    def produce_nowait(self, topic: str, value: bytes, key: Any, headers: Any, token: Any) -> None:
+        """Like the real bridge: reports come back later, several in one handler call."""
+        if self.fail_next_produce:
+            self.fail_next_produce -= 1
+            err: KafkaError | None = KafkaError(self.fail_code)
+        else:
+            err = None
+            self.produced.append(value)
+        if not self.acks:
+            asyncio.get_running_loop().call_later(0.001, self.release_acks)
+        self.acks.append((token, err))
+
+    def release_acks(self) -> None:
+        if self.hold_acks or not self.acks:
+            return
+        batch, self.acks = self.acks, []
+        assert self.ack_handler is not None
+        self.ack_handler(batch)
+
 
 class FakePipeline:
     """Finishes offsets in a chosen order: each record waits for its own release event."""
@@ -95,7 +123,10 @@ class FakePipeline:
         self.in_flight: dict[int, int] = defaultdict(int)
         self.peak: dict[int, int] = defaultdict(int)
 
-    async def process(self, rec: InputRecord) -> Outcome:
+    def begin(self, rec: InputRecord) -> InputRecord:
+        return rec  # always the asynchronous path
+
+    async def finish(self, rec: InputRecord) -> Outcome:
         p = rec.partition
         self.in_flight[p] += 1
         self.peak[p] = max(self.peak[p], self.in_flight[p])
@@ -225,3 +256,139 @@ async def test_a_full_worker_takes_nothing_more_until_work_ends() -> None:
     finally:
         worker.stop()
         await task
+
+
+class SyncPipeline:
+    """Answers every record in `begin` (as a dedup window hit is): no provider call."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+
+    def begin(self, rec: InputRecord) -> Outcome:
+        comp = Completion(id=f"{rec.partition}:{rec.offset}", model="m", status="ok")
+        return Outcome(topic="out", value=comp.id.encode(), key=None, headers=None, completion=comp)
+
+    async def finish(self, pending: Any) -> Outcome:  # pragma: no cover - never pending
+        raise AssertionError("a synchronous answer has no second step")
+
+
+async def test_answers_ready_at_once_take_no_task_and_commit_only_after_their_ack() -> None:
+    bridge = FakeBridge({0: 5})
+    bridge.hold_acks = True
+    worker = make_worker(bridge, SyncPipeline())  # type: ignore[arg-type]
+    created = 0
+    original = worker._spawn
+
+    def counting_spawn(key: Any, coro: Any) -> None:
+        nonlocal created
+        created += 1
+        original(key, coro)
+
+    worker._spawn = counting_spawn  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(bridge.produced) < 5:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # several commit intervals, no delivery report yet
+        assert worker.stats()["in_flight"] == 5
+        assert all(c.get(("t", 0), 0) == 0 for c in bridge.commits)
+        bridge.hold_acks = False
+        bridge.release_acks()
+        async with asyncio.timeout(10):
+            while not bridge.commits or bridge.commits[-1].get(("t", 0)) != 5:
+                await asyncio.sleep(0.005)
+        assert worker.counters["completed"] == 5 and worker.stats()["in_flight"] == 0
+        assert created == 0
+    finally:
+        worker.stop()
+        await task
+
+
+async def test_unacknowledged_answers_count_against_the_in_flight_bound() -> None:
+    bridge = FakeBridge({0: 30, 1: 30})
+    bridge.hold_acks = True
+    worker = make_worker(
+        bridge,
+        SyncPipeline(),  # type: ignore[arg-type]
+        max_in_flight=10,
+        max_in_flight_per_partition=100,
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while worker.counters["consumed"] < 10:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.3)
+        assert worker.counters["consumed"] == 10  # bounded: nothing more until acks come
+        bridge.hold_acks = False
+        bridge.release_acks()
+        async with asyncio.timeout(10):
+            while worker.counters["completed"] < 60:
+                await asyncio.sleep(0.005)
+    finally:
+        worker.stop()
+        await task
+    for part in (0, 1):
+        assert max(c.get(("t", part), 0) for c in bridge.commits) == 30
+
+
+async def test_shutdown_and_revoke_wait_for_delivery_reports_of_ready_answers() -> None:
+    bridge = FakeBridge({0: 4, 1: 4})
+    bridge.hold_acks = True
+    worker = make_worker(
+        bridge,
+        SyncPipeline(),  # type: ignore[arg-type]
+        shutdown_timeout_s=5.0,
+        commit_interval_s=60.0,  # only the revoke and the shutdown commit
+    )
+    worker.on_assign([("t", 0), ("t", 1)])
+    task = asyncio.create_task(worker.run())
+    async with asyncio.timeout(10):
+        while len(bridge.produced) < 8:
+            await asyncio.sleep(0.005)
+    # a revoke settles partition 1: it waits for the reports, then says what to commit
+    settle = asyncio.create_task(worker._settle([("t", 1)]))
+    await asyncio.sleep(0.1)
+    assert not settle.done()
+    worker.stop()  # shutdown waits too
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    bridge.hold_acks = False
+    bridge.release_acks()
+    async with asyncio.timeout(10):
+        assert await settle == {("t", 1): 4}
+        await task
+    assert bridge.commits[-1] == {("t", 0): 4}  # partition 1 was committed by its revoke
+
+
+async def test_consume_returns_what_is_ready_without_waiting_for_a_full_batch() -> None:
+    class Consumer:
+        def __init__(self) -> None:
+            self.queue = [object() for _ in range(3)]
+            self.calls: list[tuple[int, float]] = []
+
+        def consume(self, n: int, timeout: float) -> list[object]:
+            self.calls.append((n, timeout))
+            out, self.queue = self.queue[:n], self.queue[n:]
+            return out
+
+    c = Consumer()
+    assert len(_consume_ready(c, 500, 0.05)) == 3  # type: ignore[arg-type]
+    assert c.calls == [(500, 0)]  # no wait for the other 497
+    c.queue = []
+    assert _consume_ready(c, 500, 0.05) == []  # type: ignore[arg-type]
+    assert c.calls[1:] == [(500, 0), (1, 0.05)]  # empty: wait for the first one only
+
+
+async def test_an_answer_too_large_for_the_broker_becomes_an_output_too_large_error() -> None:
+    bridge = FakeBridge({0: 1})
+    bridge.fail_next_produce = 1
+    bridge.fail_code = KafkaError.MSG_SIZE_TOO_LARGE
+    worker = make_worker(bridge, SyncPipeline())  # type: ignore[arg-type]
+    await run_until(worker, lambda: len(bridge.produced) == 1)
+    sent = msgspec.json.decode(bridge.produced[0])
+    assert sent["id"] == "0:0" and sent["status"] == "error"
+    assert sent["error"]["type"] == "output_too_large"
+    assert worker.counters["delivery_retries"] == 1
+    assert bridge.commits[-1] == {("t", 0): 1}
