@@ -279,7 +279,7 @@ class Caller:
                     )
                 attempts += 1
                 t0 = self._clock()
-                lag0 = self._lag.total if self._lag is not None else 0.0
+                lag0 = self._lag.mark() if self._lag is not None else 0.0
                 try:
                     if remaining < target.timeout_ms / 1000:
                         async with asyncio.timeout(remaining):
@@ -310,7 +310,10 @@ class Caller:
                     # loop was late for most of the call, it was saturated, which inflates
                     # latency beyond what the lag shows: keep that call from the anomaly check
                     lag = self._lag.since(lag0) if self._lag is not None else 0.0
-                    self.router.record(
+                    # routing compares endpoints on the raw time (a stall delays all alike);
+                    # the breaker judges health on the provider's share (see LoopLag)
+                    self.router.stats.record(health, True, elapsed)
+                    self.breakers.record(
                         health,
                         True,
                         max(elapsed - lag, 0.0),

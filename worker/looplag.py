@@ -5,9 +5,16 @@ loop was busy elsewhere (a burst of completions, a GC pause, another thread hold
 GIL). That time says nothing about the provider, yet all calls in flight during a stall
 see it at once, which looks exactly like a latency anomaly to a circuit breaker.
 
-`LoopLag` runs a timer every `interval_s` and adds up how late each tick fires. A caller
-reads `total` before and after an await; the difference is the loop's share of the elapsed
-time (to within one interval). The cost is one timer callback per interval.
+`LoopLag` runs a timer every `interval_s` and adds up how late each tick fires. `mark()` is
+that sum up to now, counting a tick that is overdue but has not fired yet up to this moment;
+the difference of two marks is the time the loop was late between them (exactly, for the
+ticks: no lateness from before the first mark is counted). The cost is one timer callback
+per interval.
+
+Subtracting it from a call's time is right when the loop was late to read an answer that
+was already there, and an underestimate when the provider was still working meanwhile:
+good for a breaker (a stall never makes a provider look slow), wrong for comparing
+endpoints (use the raw time there).
 """
 
 from __future__ import annotations
@@ -52,6 +59,11 @@ class LoopLag:
             self.total += late
         self._schedule()
 
+    def mark(self) -> float:
+        """Lateness so far, including the running lateness of an overdue tick."""
+        late = time.monotonic() - self._due if self._handle is not None else 0.0
+        return self.total + late if late > 0 else self.total
+
     def since(self, mark: float) -> float:
-        """Lag accumulated since `total` read `mark`."""
-        return self.total - mark
+        """Seconds the loop was late since `mark()` returned `mark`."""
+        return self.mark() - mark

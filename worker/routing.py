@@ -175,17 +175,14 @@ class Router:
             self.choices[first] = self.choices.get(first, 0) + 1
         return out
 
-    def record(
-        self, endpoint_name: str, success: bool, latency_s: float, *, judge_latency: bool = True
-    ) -> None:
+    def record(self, endpoint_name: str, success: bool, latency_s: float) -> None:
         """One attempt's outcome: feeds the EWMA stats and, if given, the breaker board.
         `endpoint_name` is the candidate's `health_key`.
         Call it once per attempt; count only endpoint-health failures (5xx, timeouts,
-        connection errors), not a bad prompt's 400. `judge_latency=False` keeps the latency
-        from the breaker's anomaly check (see `CircuitBreaker.record`)."""
+        connection errors), not a bad prompt's 400."""
         self.stats.record(endpoint_name, success, latency_s)
         if self.breakers is not None:
-            self.breakers.record(endpoint_name, success, latency_s, judge_latency=judge_latency)
+            self.breakers.record(endpoint_name, success, latency_s)
 
 
 _USERINFO = re.compile(r"//[^/@]*@")

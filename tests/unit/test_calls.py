@@ -129,15 +129,14 @@ class SteadyLag:
         self._mark = time.monotonic()
         self._total = 0.0
 
-    @property
-    def total(self) -> float:
+    def mark(self) -> float:
         now = time.monotonic()
         self._total += self.share * (now - self._mark)
         self._mark = now
         return self._total
 
     def since(self, mark: float) -> float:
-        return self.total - mark
+        return self.mark() - mark
 
 
 async def test_calls_made_on_a_saturated_loop_are_not_judged_on_latency(
@@ -177,6 +176,21 @@ async def test_loop_lag_counts_a_blocking_pause() -> None:
         await asyncio.sleep(0.03)
         assert quiet < 0.05
         assert 0.15 <= lag.total - quiet < 0.5
+    finally:
+        lag.stop()
+
+
+async def test_loop_lag_counts_no_lateness_from_before_the_mark() -> None:
+    """A call that starts right after a stall (its tick not yet fired) is not charged for it."""
+    lag = LoopLag(interval_s=0.01)
+    lag.start()
+    try:
+        await asyncio.sleep(0.03)
+        time.sleep(0.2)  # noqa: ASYNC251
+        mark = lag.mark()  # the overdue tick has not fired: its lateness so far is in the mark
+        await asyncio.sleep(0.03)
+        assert lag.total >= 0.15  # the tick fired and counted the stall...
+        assert lag.since(mark) < 0.05  # ...which happened before the mark
     finally:
         lag.stop()
 
