@@ -41,8 +41,9 @@ __all__ = ["CallFailed", "CallResult", "Caller", "CircuitOpen", "estimate_tokens
 
 
 LAG_UNTRUSTED_SHARE = 0.5
-"""A call during which the event loop ran late for this share of its time or more measured
-the worker's own congestion more than the provider: its latency is not judged."""
+"""A call long enough to trip the latency breaker during which the event loop ran late for
+this share of its time or more measured the worker's own congestion more than the provider:
+its latency is not judged. (Short calls are: they make the baseline and cannot trip it.)"""
 
 
 class CircuitOpen(RetryableError):
@@ -317,7 +318,8 @@ class Caller:
                         health,
                         True,
                         max(elapsed - lag, 0.0),
-                        judge_latency=lag < LAG_UNTRUSTED_SHARE * elapsed,
+                        judge_latency=lag < LAG_UNTRUSTED_SHARE * elapsed
+                        or elapsed < self.breakers.config.latency_min_increase_s,
                     )
                     used = result.input_tokens + result.output_tokens
                     if used > tokens:
