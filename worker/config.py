@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["ConfigError", "Settings", "load_settings", "redact_dsn"]
+__all__ = ["ConfigError", "Settings", "endpoint_url_key", "load_settings", "redact_dsn"]
 
 PREFIX = "LLM_WORKER_"
 KAFKA_PREFIX = "LLM_WORKER_KAFKA_"
@@ -103,6 +103,12 @@ _USERINFO = re.compile(r"//[^/@\s\"]*@")
 _FIXED = {"KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers", "DATABASE_URL": "database_url"}
 
 
+def endpoint_url_key(url: str) -> str:
+    """An endpoint URL as rate limits are kept per it: no userinfo, no trailing slash. The
+    same for a configured key and for the endpoint a row calls, so they match."""
+    return (_USERINFO.sub("//", url) if "@" in url else url).rstrip("/")
+
+
 def _is_secret_key(key: str) -> bool:
     return any(w in key for w in ("password", "secret", "key", "token"))
 
@@ -134,7 +140,7 @@ def parse_limits(
             if v is not None and (type(v) is not int or v < 0):
                 raise ConfigError(f"{var}: {name!r} {unit} must be a whole number >= 0, got {v!r}")
             pair.append(v or None)
-        out[_USERINFO.sub("//", name).rstrip("/") if urls else name] = (pair[0], pair[1])
+        out[endpoint_url_key(name) if urls else name] = (pair[0], pair[1])
     return out
 
 

@@ -21,13 +21,13 @@ deterministic.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from registry.resolve import Candidate
 
 from .breaker import BreakerBoard
+from .config import endpoint_url_key
 
 __all__ = ["EndpointStats", "Objective", "Router"]
 
@@ -185,15 +185,11 @@ class Router:
             self.breakers.record(endpoint_name, success, latency_s)
 
 
-_USERINFO = re.compile(r"//[^/@]*@")
-
-
 def endpoint_key(c: Candidate) -> str:
-    """The provider endpoint called, as operators write it: no userinfo, no trailing slash.
-    Endpoint rate limits (`LLM_WORKER_ENDPOINT_LIMITS`) are kept per this key, so every row
-    that points at one endpoint shares its limit."""
-    endpoint = _USERINFO.sub("//", c.endpoint) if "@" in c.endpoint else c.endpoint
-    return endpoint.rstrip("/")
+    """The provider endpoint called, as operators write it (`endpoint_url_key`). Endpoint rate
+    limits (`LLM_WORKER_ENDPOINT_LIMITS`) are kept per this key, so every row that points at
+    one endpoint shares its limit."""
+    return endpoint_url_key(c.endpoint)
 
 
 def health_key(c: Candidate) -> str:
