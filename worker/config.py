@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from registry._db import redact_dsn
+
 __all__ = ["ConfigError", "Settings", "endpoint_url_key", "load_settings", "redact_dsn"]
 
 PREFIX = "LLM_WORKER_"
@@ -111,10 +113,6 @@ def endpoint_url_key(url: str) -> str:
 
 def _is_secret_key(key: str) -> bool:
     return any(w in key for w in ("password", "secret", "key", "token"))
-
-
-def redact_dsn(dsn: str) -> str:
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", dsn)
 
 
 def parse_limits(

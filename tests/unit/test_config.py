@@ -125,3 +125,8 @@ def test_credentials_in_endpoint_limit_urls_are_dropped_and_hidden() -> None:
     )
     assert s.limits("endpoint") == {"https://api.example.com/v1": (5, None)}
     assert "sk-hidden-1234" not in repr(s) and "sk-hidden-1234" not in str(s)
+
+
+def test_key_value_dsn_password_is_redacted_in_repr() -> None:
+    s = load_settings({"DATABASE_URL": "host=db dbname=reg user=w password=pg-secret-9"})
+    assert "pg-secret-9" not in repr(s)
