@@ -8,16 +8,24 @@ Errors name the variable that is wrong.
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import msgspec
 
 from registry._db import redact_dsn
 
-__all__ = ["ConfigError", "Settings", "endpoint_url_key", "load_settings", "redact_dsn"]
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "endpoint_url_key",
+    "env_name",
+    "load_settings",
+    "redact_dsn",
+]
 
 PREFIX = "LLM_WORKER_"
 KAFKA_PREFIX = "LLM_WORKER_KAFKA_"
@@ -159,36 +167,47 @@ def _read_env_file(path: str) -> dict[str, str]:
     return out
 
 
-def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build `Settings` from `env` (default: `os.environ`), then apply `overrides`."""
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    *,
+    only: Collection[str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build `Settings` from `env` (default: `os.environ`), then apply `overrides`.
+
+    `only`: the fields a command uses (`migrate` needs `database_url` alone); the others keep
+    their defaults and are neither read nor checked, so a bad setting a command never uses does
+    not stop it.
+    """
     source = dict(os.environ if env is None else env)
     if "LLM_WORKER_CONFIG_FILE" in source:
         from_file = _read_env_file(source["LLM_WORKER_CONFIG_FILE"])
         source = {**from_file, **source}
+    wanted = set(Settings.__struct_fields__) if only is None else set(only)
     fields = {f: t for f, t in zip(Settings.__struct_fields__, _field_types(), strict=True)}
     values: dict[str, Any] = {}
     kafka_extra: dict[str, str] = {}
     for var, raw in source.items():
         if var in _FIXED:
-            values[_FIXED[var]] = raw
+            if _FIXED[var] in wanted:
+                values[_FIXED[var]] = raw
         elif var.startswith(KAFKA_PREFIX):
             prop = var[len(KAFKA_PREFIX) :].lower().replace("_", ".")
             if prop:
                 kafka_extra[prop] = raw
         elif var.startswith(PREFIX) and var != "LLM_WORKER_CONFIG_FILE":
             name = var[len(PREFIX) :].lower()
-            if name not in fields or name in (
-                "kafka_extra",
-                "kafka_bootstrap_servers",
-                "database_url",
-            ):
+            if name not in fields or name in _NOT_PREFIXED or name not in wanted:
                 continue
             values[name] = _convert(var, raw, fields[name])
     values["kafka_extra"] = kafka_extra
     values.update(overrides)
     settings = Settings(**values)
-    _validate(settings)
+    _validate(settings, wanted | set(overrides))
     return settings
+
+
+_NOT_PREFIXED = ("kafka_extra", "kafka_bootstrap_servers", "database_url")
 
 
 def _field_types() -> list[type]:
@@ -198,74 +217,144 @@ def _field_types() -> list[type]:
 
 
 def _convert(var: str, raw: str, tp: type) -> Any:
+    text = raw.strip()
+    if not text and tp is not str:
+        raise ConfigError(f"{var} is empty; expected a {_KIND[tp]}")
     try:
         if tp is bool:
-            low = raw.strip().lower()
+            low = text.lower()
             if low in ("1", "true", "yes", "on"):
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        return tp(raw)
+        if tp is str:
+            return raw
+        if tp is float:
+            number = float(text)
+            if not math.isfinite(number):
+                raise ValueError(raw)
+            return number
+        return tp(text)
     except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a valid {tp.__name__}") from None
+        raise ConfigError(f"{var}={raw!r} is not a valid {_KIND[tp]}") from None
 
 
-def _validate(s: Settings) -> None:
-    positive = (
-        "http_port",
-        "max_in_flight",
-        "max_in_flight_per_partition",
-        "consume_batch",
-        "commit_interval_ms",
-        "max_message_bytes",
-        "max_attempts",
-        "topic_partitions",
-    )
-    for name in positive:
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"LLM_WORKER_{name.upper()} must be > 0, got {getattr(s, name)}")
-    for name in (
-        "shutdown_timeout_s",
-        "request_deadline_s",
-        "registry_refresh_s",
-        "broker_wait_s",
-        "registry_wait_s",
-    ):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"LLM_WORKER_{name.upper()} must be > 0, got {getattr(s, name)}")
-    if not s.kafka_bootstrap_servers.strip():
-        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS must not be empty")
-    if (
+_KIND = {
+    int: "whole number",
+    float: "finite number",
+    bool: "boolean (true/false)",
+    str: "string",
+}
+
+Check = Callable[[Any], str | None]
+
+
+def _at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low:g}"
+
+
+def _above(low: float) -> Check:
+    return lambda v: None if v > low else f"must be > {low:g}"
+
+
+def _between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}"
+
+
+def _one_of(*choices: str, fold: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        ok = (v.upper() if fold else v) in choices
+        return None if ok else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _not_blank(v: Any) -> str | None:
+    return None if str(v).strip() else "must not be empty"
+
+
+_CHECKS: dict[str, Check] = {
+    "kafka_bootstrap_servers": _not_blank,
+    "group_id": _not_blank,
+    "prompts_topic": _not_blank,
+    "completions_topic": _not_blank,
+    "dlq_topic": _not_blank,
+    "http_host": _not_blank,
+    "http_port": _between(1, 65535),
+    "max_in_flight": _at_least(1),
+    "max_in_flight_per_partition": _at_least(1),
+    "consume_batch": _at_least(1),
+    "commit_interval_ms": _at_least(1),
+    "max_message_bytes": _at_least(1),
+    "max_metadata_bytes": _at_least(1),
+    "shutdown_timeout_s": _above(0),
+    "request_deadline_s": _above(0),
+    "max_attempts": _at_least(1),
+    "registry_refresh_s": _above(0),
+    "secrets_dir": _not_blank,
+    "log_level": _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=True),
+    "log_format": _one_of("json", "text"),
+    "broker_wait_s": _above(0),
+    "registry_wait_s": _above(0),
+    "gc_gen0_threshold": _at_least(0),
+    "dedup_window_s": _above(0),
+    "dedup_max_entries": _at_least(1),
+    "dedup_max_bytes": _at_least(1),
+    "routing_objective": _one_of("priority", "latency", "cost", "reliability"),
+    "breaker_window_s": _above(0),
+    "breaker_error_threshold": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "breaker_min_requests": _at_least(1),
+    "breaker_z_threshold": _above(0),
+    "breaker_latency_min_increase_s": _at_least(0),
+    "breaker_cooldown_s": _above(0),
+    "breaker_probes": _at_least(1),
+    "tenant_rpm": _at_least(0),
+    "tenant_tpm": _at_least(0),
+    "breaker_when_all_open": _one_of("fail", "wait"),
+    "topic_partitions": _at_least(1),
+}
+"""Per-setting rules; the message is prefixed with the variable's name and value."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    for var, name in _FIXED.items():
+        if name == field:
+            return var
+    return PREFIX + field.upper()
+
+
+def _validate(s: Settings, fields: Collection[str]) -> None:
+    for name in Settings.__struct_fields__:
+        check = _CHECKS.get(name)
+        if check is None or name not in fields:
+            continue
+        problem = check(getattr(s, name))
+        if problem:
+            raise ConfigError(f"{env_name(name)}={getattr(s, name)!r} {problem}")
+    if "database_url" in fields and (
         not s.database_url.startswith(("postgresql://", "postgres://"))
         and "=" not in s.database_url
     ):
         raise ConfigError(
             f"DATABASE_URL={redact_dsn(s.database_url)!r} is not a PostgreSQL URL or key=value DSN"
         )
-    poll_ms = s.kafka_extra.get("max.poll.interval.ms", "300000")
-    if poll_ms.isdigit() and s.request_deadline_s * 1000 >= int(poll_ms):
+    if "request_deadline_s" in fields:
+        poll_ms = s.kafka_extra.get("max.poll.interval.ms", "300000")
+        if poll_ms.isdigit() and s.request_deadline_s * 1000 >= int(poll_ms):
+            raise ConfigError(
+                f"LLM_WORKER_REQUEST_DEADLINE_S={s.request_deadline_s:g} must be below "
+                f"max.poll.interval.ms={poll_ms} (LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS): a full "
+                "worker stops polling until work ends, and Kafka evicts members that do not poll"
+            )
+    if "endpoint_limits" in fields:
+        s.limits("endpoint")
+    if "tenant_limits" in fields:
+        s.limits("tenant")
+    topics = ("prompts_topic", "completions_topic", "dlq_topic")
+    if all(t in fields for t in topics) and s.prompts_topic in (s.completions_topic, s.dlq_topic):
         raise ConfigError(
-            f"LLM_WORKER_REQUEST_DEADLINE_S={s.request_deadline_s:g} must be below "
-            f"max.poll.interval.ms={poll_ms} (LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS): a full "
-            "worker stops polling until work ends, and Kafka evicts members that do not poll"
+            f"LLM_WORKER_PROMPTS_TOPIC={s.prompts_topic!r} must differ from the completions and "
+            "dead-letter topics: the worker would read its own output"
         )
-    if s.routing_objective not in ("priority", "latency", "cost", "reliability"):
-        raise ConfigError(
-            "LLM_WORKER_ROUTING_OBJECTIVE must be priority, latency, cost or reliability, "
-            f"got {s.routing_objective!r}"
-        )
-    if not 0 < s.breaker_error_threshold <= 1:
-        raise ConfigError("LLM_WORKER_BREAKER_ERROR_THRESHOLD must be in (0, 1]")
-    if s.breaker_when_all_open not in ("fail", "wait"):
-        raise ConfigError(
-            "LLM_WORKER_BREAKER_WHEN_ALL_OPEN must be fail or wait, "
-            f"got {s.breaker_when_all_open!r}"
-        )
-    s.limits("endpoint")
-    s.limits("tenant")
-    if s.log_format not in ("json", "text"):
-        raise ConfigError(f"LLM_WORKER_LOG_FORMAT must be json or text, got {s.log_format!r}")
-    for topic in ("prompts_topic", "completions_topic", "dlq_topic", "group_id"):
-        if not getattr(s, topic):
-            raise ConfigError(f"LLM_WORKER_{topic.upper()} must not be empty")

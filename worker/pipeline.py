@@ -18,13 +18,14 @@ from adapters.base import ProviderRequest
 from registry.errors import RegistryError
 from registry.resolve import Candidate
 
-from .calls import Caller, CallFailed, CallResult
+from .calling.caller import Caller, CallFailed, CallResult
 from .config import Settings
 from .dedup import DedupWindow, dedup_key
 from .messages import Completion, ErrorInfo, Prompt, Rejected, Usage, decode_prompt, encode
-from .telemetry import Metrics
+from .ops.metrics import Metrics
+from .records import InputRecord, Outcome
 
-__all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView", "output_too_large"]
+__all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
 
 log = logging.getLogger("llm_worker.outcome")
 
@@ -33,16 +34,6 @@ PASSTHROUGH_HEADERS = ("traceparent", "tracestate")
 
 class RegistryView(Protocol):
     def resolve(self, model_id: str) -> list[Candidate]: ...
-
-
-class InputRecord(msgspec.Struct, frozen=True, kw_only=True):
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    key: bytes | None = None
-    headers: list[tuple[str, bytes]] | None = None
-    timestamp_ms: int | None = None
 
 
 class Pending(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,15 +45,6 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     request: ProviderRequest
     dedup_key: str | None
     deadline: float
-
-
-class Outcome(msgspec.Struct, kw_only=True):
-    topic: str
-    value: bytes
-    key: bytes | None
-    headers: list[tuple[str, bytes]] | None
-    completion: Completion | None = None
-    dlq_reason: str | None = None
 
 
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
@@ -317,27 +299,6 @@ class Pipeline:
                 rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
             )
         return self.dead_letter(rec, "internal_error", message)
-
-
-def output_too_large(outcome: Outcome) -> None:
-    """Replace a completion the broker refused as too large by an `output_too_large` error."""
-    c = outcome.completion
-    assert c is not None
-    replacement = Completion(
-        id=c.id,
-        model=c.model,
-        status="error",
-        metadata=None,
-        provider=c.provider,
-        upstream_model=c.upstream_model,
-        endpoint_name=c.endpoint_name,
-        attempts=c.attempts,
-        error=ErrorInfo(
-            type="output_too_large", message="the completion is larger than the broker accepts"
-        ),
-    )
-    outcome.completion = replacement
-    outcome.value = encode(replacement)
 
 
 def _result_size(call: CallResult) -> int:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from adapters.fake_server import FakeServer, start_fake_server
+from worker.cli.devstack import LocalBroker
+from worker.cli.fake_server import FakeServer, start_fake_server
 from worker.config import Settings, load_settings
-from worker.devstack import LocalBroker
 
 pytestmark = pytest.mark.integration
 

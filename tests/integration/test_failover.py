@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from adapters.fake_server import FakeServer
 from registry.migrate import migrate
 from registry.models import ModelRow
 from registry.store import set_enabled, update_row, upsert_row
 from tests.integration import kafka_helpers as kh
 from worker.app import App
+from worker.cli.devstack import LocalPostgres
+from worker.cli.fake_server import FakeServer
 from worker.config import Settings
-from worker.devstack import LocalPostgres
 
 pytestmark = pytest.mark.integration
 

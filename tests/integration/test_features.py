@@ -19,15 +19,15 @@ import msgspec
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from adapters.fake_server import FakeServer
 from registry.models import ModelRow
 from registry.resolve import resolve
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.test_failover import Stream, wait_for
 from worker.app import App
+from worker.calling.routing import health_key
+from worker.cli.fake_server import FakeServer
 from worker.config import Settings
-from worker.routing import health_key
 
 pytestmark = pytest.mark.integration
 

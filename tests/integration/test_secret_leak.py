@@ -33,9 +33,9 @@ from tests.unit.test_adapter_contract import (
     serve,
 )
 from worker.app import App
-from worker.calls import Caller, CallFailed
+from worker.calling.caller import Caller, CallFailed
 from worker.config import Settings
-from worker.telemetry import JsonFormatter
+from worker.ops.logs import JsonFormatter
 
 pytestmark = pytest.mark.integration
 

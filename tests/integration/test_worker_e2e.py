@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import pytest
 
-from adapters.fake_server import FakeServer
 from registry.models import ModelRow
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from worker.app import App
+from worker.cli.fake_server import FakeServer
 from worker.config import Settings
 
 pytestmark = pytest.mark.integration

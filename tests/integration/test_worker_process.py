@@ -15,7 +15,7 @@ import pytest
 from registry.models import ModelRow
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
-from worker.devstack import free_port, spawn_fake_provider
+from worker.cli.devstack import free_port, spawn_fake_provider
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ def test_dedup_can_be_switched_off() -> None:
 
 
 def test_adapter_bench_parses_every_provider(capsys) -> None:  # type: ignore[no-untyped-def]
-    from worker.bench_adapters import run_adapter_bench
+    from worker.bench.adapters import run_adapter_bench
 
     assert run_adapter_bench(calls=10) == 0
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worker.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
+from worker.calling.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
 
 
 class FakeClock:

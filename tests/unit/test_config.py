@@ -130,3 +130,33 @@ def test_credentials_in_endpoint_limit_urls_are_dropped_and_hidden() -> None:
 def test_key_value_dsn_password_is_redacted_in_repr() -> None:
     s = load_settings({"DATABASE_URL": "host=db dbname=reg user=w password=pg-secret-9"})
     assert "pg-secret-9" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("LLM_WORKER_BREAKER_PROBES", "0"),
+        ("LLM_WORKER_LOG_LEVEL", "LOUD"),
+        ("LLM_WORKER_DEDUP_WINDOW_S", "-5"),
+        ("LLM_WORKER_TENANT_RPM", "-3"),
+        ("LLM_WORKER_HTTP_PORT", "70000"),
+        ("LLM_WORKER_BREAKER_COOLDOWN_S", "-1"),
+        ("LLM_WORKER_DEDUP_WINDOW_S", "nan"),
+        ("LLM_WORKER_MAX_IN_FLIGHT", ""),
+    ],
+)
+def test_out_of_range_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=var):
+        load_settings({var: value})
+
+
+def test_a_command_checks_only_the_settings_it_uses() -> None:
+    env = {"DATABASE_URL": "postgresql://u@h/db", "LLM_WORKER_HTTP_PORT": "eighty"}
+    assert load_settings(env, only=("database_url",)).database_url == "postgresql://u@h/db"
+    with pytest.raises(ConfigError, match="LLM_WORKER_HTTP_PORT"):
+        load_settings(env)
+
+
+def test_the_worker_must_not_read_its_own_output() -> None:
+    with pytest.raises(ConfigError, match="LLM_WORKER_PROMPTS_TOPIC"):
+        load_settings({"LLM_WORKER_COMPLETIONS_TOPIC": "llm_prompts"})

@@ -13,12 +13,12 @@ from adapters.base import Message, ProviderRequest, ProviderResult
 from adapters.errors import RateLimited, ServerError
 from registry.models import ModelRow
 from registry.resolve import Candidate
-from worker.calls import CallResult
+from worker.calling.caller import CallResult
 from worker.config import load_settings
 from worker.dedup import DedupWindow, dedup_key
 from worker.messages import Prompt
+from worker.ops.metrics import Metrics
 from worker.pipeline import InputRecord, Outcome, Pending, Pipeline
-from worker.telemetry import Metrics
 
 
 class FakeClock:

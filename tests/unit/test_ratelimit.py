@@ -8,7 +8,13 @@ import itertools
 
 import pytest
 
-from worker.ratelimit import Limit, RateLimiter, RateLimitTimeout, TokenBucket, replica_share
+from worker.calling.ratelimit import (
+    Limit,
+    RateLimiter,
+    RateLimitTimeout,
+    TokenBucket,
+    replica_share,
+)
 
 
 class FakeTime:

@@ -8,8 +8,8 @@ import pytest
 
 from registry.models import ModelRow
 from registry.resolve import Candidate
-from worker.breaker import BreakerBoard, BreakerConfig
-from worker.routing import EndpointStats, Router, health_key
+from worker.calling.breaker import BreakerBoard, BreakerConfig
+from worker.calling.routing import EndpointStats, Router, health_key
 
 
 class FakeClock:

@@ -3,45 +3,39 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings, redact_dsn
-from .telemetry import configure_logging
+from ..config import ConfigError, Settings, load_settings, redact_dsn
+from ..ops.logs import configure_logging
 
 __all__ = ["main"]
 
 log = logging.getLogger("llm_worker.cli")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+_KAFKA_CLIENT = ("kafka_bootstrap_servers", "prompts_topic", "completions_topic", "dlq_topic")
+"""What `send` uses: a command reads and checks only the settings it uses."""
+
+
+def _settings(args: argparse.Namespace, only: tuple[str, ...] | None = None) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "bootstrap", None):
         overrides["kafka_bootstrap_servers"] = args.bootstrap
     if getattr(args, "database_url", None):
         overrides["database_url"] = args.database_url
-    return load_settings(**overrides)
-
-
-def run_async(main: Coroutine[Any, Any, int]) -> int:
-    """asyncio.run on uvloop when it is installed (about a third less CPU per message)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+    return load_settings(only=only, **overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from registry.errors import RegistryUnavailable
 
-    from .app import run_app
-    from .kafka_io import KafkaUnavailable
+    from ..app import run_app, run_async
+    from ..stream.admin import KafkaUnavailable
 
     s = _settings(args)
     configure_logging(s.log_level, s.log_format)
@@ -56,7 +50,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from registry.errors import MigrationError
     from registry.migrate import migrate
 
-    s = _settings(args)
+    s = _settings(args, ("database_url",))
     try:
         applied = migrate(s.database_url)
     except MigrationError as exc:
@@ -100,7 +94,7 @@ def _load_prompts(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _cmd_send(args: argparse.Namespace) -> int:
     from .client import CompletionWaiter, publish
 
-    s = _settings(args)
+    s = _settings(args, _KAFKA_CLIENT)
     prompts = _load_prompts(args)
     total = len(prompts)
     show_progress = total > 1 and sys.stderr.isatty()
@@ -145,7 +139,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_fake_provider(args: argparse.Namespace) -> int:
-    from adapters.fake_server import run_fake_server
+    from .fake_server import run_fake_server
 
     profiles: dict[str, dict[str, Any]] = {}
     for spec in args.profile or []:
@@ -175,27 +169,27 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from ..bench.throughput import run_bench
 
     return run_bench(args)
 
 
 def _cmd_bench_failover(args: argparse.Namespace) -> int:
-    from .bench_failover import run_failover_bench
+    from ..bench.failover import run_failover_bench
 
     return run_failover_bench(args)
 
 
 def _cmd_bench_adapters(args: argparse.Namespace) -> int:
-    from .bench_adapters import run_adapter_bench
+    from ..bench.adapters import run_adapter_bench
 
     return run_adapter_bench(args.calls)
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
-    from .registry_cli import run_registry_cli
+    from .registry import run_registry_cli
 
-    return run_registry_cli(_settings(args), args)
+    return run_registry_cli(_settings(args, ("database_url", "secrets_dir")), args)
 
 
 def build_parser() -> argparse.ArgumentParser:

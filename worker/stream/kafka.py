@@ -12,8 +12,7 @@ import collections
 import concurrent.futures
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, cast
 
 from confluent_kafka import (
@@ -24,19 +23,16 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
-from .config import Settings
+from ..config import Settings
 
 __all__ = [
     "DeliveryError",
     "KafkaBridge",
-    "KafkaUnavailable",
+    "KafkaError",
     "Message",
     "TopicPartition",
-    "ensure_topics",
-    "wait_for_broker",
+    "client_config",
 ]
 
 log = logging.getLogger("llm_worker.kafka")
@@ -46,10 +42,6 @@ RevokeHook = Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]]
 AssignHook = Callable[[list[tuple[str, int]]], None]
 # (token given to `produce_nowait`, delivery error or None), one poll's worth at a time
 AckHandler = Callable[[list[tuple[Any, KafkaError | None]]], None]
-
-
-class KafkaUnavailable(RuntimeError):
-    """The broker could not be reached within the start-up deadline."""
 
 
 class DeliveryError(RuntimeError):
@@ -97,7 +89,7 @@ _PRODUCER_ONLY = (
 )
 
 
-def _common(settings: Settings, role: str = "admin") -> dict[str, Any]:
+def client_config(settings: Settings, role: str = "admin") -> dict[str, Any]:
     """Base librdkafka config for a client; passthrough properties of the other role dropped."""
     drop: tuple[str, ...] = ()
     if role == "producer":
@@ -110,54 +102,6 @@ def _common(settings: Settings, role: str = "admin") -> dict[str, Any]:
     conf["error_cb"] = _error_cb
     conf["logger"] = rdlog
     return conf
-
-
-def wait_for_broker(settings: Settings, *, timeout_s: float) -> AdminClient:
-    """Block until the cluster answers a metadata request, with backoff; raise KafkaUnavailable."""
-    admin = AdminClient(_common(settings))
-    deadline = time.monotonic() + timeout_s
-    delay = 0.5
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-            return admin
-        except KafkaException as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise KafkaUnavailable(
-                    "cannot reach Kafka at "
-                    f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers!r}"
-                    f" after {timeout_s:.0f} s ({exc.args[0].str() if exc.args else exc})"
-                ) from None
-            log.warning(
-                "waiting for Kafka at %s (attempt %d, retrying in %.1f s)",
-                settings.kafka_bootstrap_servers,
-                attempt,
-                delay,
-            )
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, 5.0)
-
-
-def ensure_topics(admin: AdminClient, topics: Sequence[str], partitions: int) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
-    existing = set(admin.list_topics(timeout=10).topics)
-    missing = [t for t in topics if t not in existing]
-    if not missing:
-        return []
-    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
-    created = []
-    for topic, fut in futures.items():
-        try:
-            fut.result()
-            created.append(topic)
-        except KafkaException as exc:
-            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            raise
-    return created
 
 
 class KafkaBridge:
@@ -214,9 +158,9 @@ class KafkaBridge:
             # per partition per wait. With Apache Kafka this only bounds idle polls.
             "fetch.wait.max.ms": 25,
         }
-        consumer_conf.update(_common(s, "consumer"))
+        consumer_conf.update(client_config(s, "consumer"))
         producer_conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
-        producer_conf.update(_common(s, "producer"))
+        producer_conf.update(client_config(s, "producer"))
         self._producer = Producer(producer_conf)
         self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
         await self._in_consumer_thread(

@@ -23,9 +23,9 @@ from registry.migrate import migrate
 from registry.models import ModelRow
 from registry.store import upsert_row
 
-from .client import CompletionWaiter, publish
-from .config import load_settings
-from .devstack import free_port, local_stack, spawn_fake_provider, wait_port
+from ..cli.client import CompletionWaiter, publish
+from ..cli.devstack import free_port, local_stack, spawn_fake_provider, wait_port
+from ..config import load_settings
 
 __all__ = ["percentile", "run_bench"]
 

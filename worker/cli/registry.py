@@ -14,7 +14,7 @@ from registry.models import ModelRow
 from registry.resolve import validate
 from registry.store import get_row, list_rows, set_enabled, update_row
 
-from .config import Settings
+from ..config import Settings
 
 __all__ = ["run_registry_cli"]
 

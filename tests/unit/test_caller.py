@@ -11,18 +11,18 @@ from typing import cast
 import pytest
 
 from adapters.base import ProviderRequest
-from adapters.fake_server import FakeServer, start_fake_server
 from adapters.secrets import SecretStore
 from adapters.sessions import SessionPool
 from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
-from worker.breaker import BreakerBoard, BreakerConfig
-from worker.calls import Caller, CallFailed
+from worker.calling.breaker import BreakerBoard, BreakerConfig
+from worker.calling.caller import Caller, CallFailed
+from worker.calling.ratelimit import Limit, RateLimiter
+from worker.calling.routing import health_key
+from worker.cli.fake_server import FakeServer, start_fake_server
 from worker.config import load_settings
-from worker.looplag import LoopLag
-from worker.ratelimit import Limit, RateLimiter
-from worker.routing import health_key
-from worker.telemetry import Metrics
+from worker.ops.looplag import LoopLag
+from worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hi")
 # a small window so a few dozen calls make a baseline

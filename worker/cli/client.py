@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from .config import Settings
+from ..config import Settings
 
 __all__ = ["CompletionWaiter", "publish"]
 

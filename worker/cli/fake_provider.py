@@ -24,27 +24,17 @@ import itertools
 import math
 import random
 import re
-import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from .fake import DEFAULT_FAKE_PORT
+__all__ = ["PROFILE_PATTERN", "FakeProvider", "Profile"]
 
-__all__ = [
-    "FAKE_PROVIDER",
-    "FakeProvider",
-    "FakeServer",
-    "build_app",
-    "run_fake_server",
-    "start_fake_server",
-]
-
-_PROFILE = "[A-Za-z0-9_.-]{1,64}"
-_PROFILE_NAME = re.compile(f"^{_PROFILE}$")
+PROFILE_PATTERN = "[A-Za-z0-9_.-]{1,64}"
+_PROFILE_NAME = re.compile(f"^{PROFILE_PATTERN}$")
 _SETTINGS = ("latency_ms", "jitter_ms", "error_rate", "error_status", "retry_after_s")
 _ERROR_KINDS = {
     400: ("invalid_request_error", "invalid_request"),
@@ -300,122 +290,3 @@ class FakeProvider:
 def _error_response(status: int, message: str, kind: str, code: str) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return web.Response(status=status, body=_encode(body), content_type="application/json")
-
-
-FAKE_PROVIDER = web.AppKey("fake_provider", FakeProvider)
-"""Where `build_app` keeps the `FakeProvider` on the application."""
-
-
-def build_app(**settings: Any) -> web.Application:
-    """The fake provider as an aiohttp application; `settings` are `FakeProvider`'s."""
-    provider = FakeProvider(**settings)
-    app = web.Application()
-    app[FAKE_PROVIDER] = provider
-    profile = "{profile:" + _PROFILE + "}"
-    app.router.add_post("/v1/chat/completions", provider.chat)
-    app.router.add_post(f"/{profile}/v1/chat/completions", provider.chat)
-    app.router.add_get("/v1/models", provider.list_models)
-    app.router.add_get(f"/{profile}/v1/models", provider.list_models)
-    app.router.add_get("/health", provider.health)
-    app.router.add_get("/admin/config", provider.get_config)
-    app.router.add_post(f"/admin/config/{profile}", provider.set_config)
-    app.router.add_post("/admin/reset", provider.reset_counters)
-    return app
-
-
-class FakeServer:
-    """A running fake provider (from `start_fake_server`)."""
-
-    def __init__(self, runner: web.AppRunner, provider: FakeProvider, host: str, port: int):
-        self._runner = runner
-        self.provider = provider
-        self.host = host
-        self.port = port
-        self.url = f"http://{host}:{port}"
-
-    def endpoint(self, profile: str = "default") -> str:
-        """The base URL (ending in /v1) a target uses to reach `profile`."""
-        return f"{self.url}/v1" if profile == "default" else f"{self.url}/{profile}/v1"
-
-    def set_profile(self, name: str = "default", /, **settings: float) -> dict[str, Any]:
-        return self.provider.configure(name, **settings)
-
-    def counters(self, name: str = "default") -> dict[str, int]:
-        return self.provider.counters(name)
-
-    def config(self) -> dict[str, Any]:
-        return self.provider.config()
-
-    def reset(self) -> None:
-        self.provider.reset()
-
-    async def close(self) -> None:
-        """Stop listening and finish (or, after the shutdown timeout, cancel) open requests."""
-        await self._runner.cleanup()
-
-    async def __aenter__(self) -> FakeServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-
-async def start_fake_server(
-    host: str = "127.0.0.1", port: int = 0, *, shutdown_timeout: float = 1.0, **settings: Any
-) -> FakeServer:
-    """Start the fake provider on `host:port` (0 picks a free port) in the running loop."""
-    app = build_app(**settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
-        await site.start()
-        bound = runner.addresses[0][1]
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return FakeServer(runner, app[FAKE_PROVIDER], host, int(bound))
-
-
-def run_fake_server(
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_FAKE_PORT,
-    latency_ms: float = 0.0,
-    error_rate: float = 0.0,
-    error_status: int = 500,
-    profiles: Mapping[str, Mapping[str, float]] | None = None,
-    *,
-    jitter_ms: float = 0.0,
-    on_ready: Callable[[str], None] | None = None,
-) -> None:
-    """Serve until SIGTERM/SIGINT (blocking); `on_ready(url)` is called once listening."""
-    settings: dict[str, Any] = {
-        "latency_ms": latency_ms,
-        "jitter_ms": jitter_ms,
-        "error_rate": error_rate,
-        "error_status": error_status,
-        "profiles": profiles,
-    }
-    serving = _serve(host, port, settings, on_ready or _announce)
-    try:
-        import uvloop  # the fake should cost the machine as little CPU as it can
-    except ImportError:
-        asyncio.run(serving)
-    else:
-        uvloop.run(serving)
-
-
-def _announce(url: str) -> None:
-    print(f"fake provider listening on {url} (OpenAI base URL {url}/v1)", flush=True)
-
-
-async def _serve(
-    host: str, port: int, settings: dict[str, Any], on_ready: Callable[[str], None]
-) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)  # asyncio.run() drops them with the loop
-    async with await start_fake_server(host, port, **settings) as server:
-        on_ready(server.url)
-        await stop.wait()

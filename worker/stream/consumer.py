@@ -24,23 +24,35 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, Message
-
-from .kafka_io import DeliveryError, KafkaBridge
+from ..ops.metrics import Metrics
+from ..ops.outcomes import OutcomeRecorder
+from ..records import InputRecord, Outcome
+from .delivery import deliver
+from .flow import FlowControl
+from .kafka import DeliveryError, KafkaBridge, KafkaError, Message
 from .offsets import OffsetTracker, PartitionOffsets
-from .pipeline import InputRecord, Outcome, Pending, Pipeline, output_too_large
-from .telemetry import Metrics
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("llm_worker")
-outcome_log = logging.getLogger("llm_worker.outcome")
 
 Key = tuple[str, int]
+
+
+class Stages(Protocol):
+    """One message's path as the consume loop drives it (`worker.pipeline.Pipeline`)."""
+
+    def begin(self, rec: InputRecord) -> Outcome | Any:
+        """The outcome when no waiting is needed, else a state for `finish`."""
+
+    async def finish(self, pending: Any) -> Outcome: ...
+
+    def internal_error(self, rec: InputRecord, exc: BaseException) -> Outcome: ...
+
+
 # what a produced outcome carries until its delivery report: the record, the outcome, and the
 # offsets object of the partition generation that started it
 Sent = tuple[InputRecord, Outcome, PartitionOffsets]
@@ -51,7 +63,7 @@ class Worker:
         self,
         *,
         bridge: KafkaBridge,
-        pipeline: Pipeline,
+        pipeline: Stages,
         metrics: Metrics,
         max_in_flight: int,
         max_in_flight_per_partition: int,
@@ -64,7 +76,6 @@ class Worker:
         self._pipeline = pipeline
         self._metrics = metrics
         self._max_in_flight = max_in_flight
-        self._max_per_part = max_in_flight_per_partition
         self._batch = consume_batch
         self._commit_interval = commit_interval_s
         self._shutdown_timeout = shutdown_timeout_s
@@ -73,22 +84,23 @@ class Worker:
         self._acked = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
-        self._paused: set[Key] = set()
+        self._flow = FlowControl(
+            pause=bridge.pause,
+            resume=bridge.resume,
+            max_per_partition=max_in_flight_per_partition,
+            on_change=metrics.paused.set,
+        )
         self._owned: set[Key] = set()
-        self._held: set[Key] = set()
         self._rate_limited = rate_limited or (lambda: 0)
         self._revoked_now: set[Key] = set()
         self._stopping = asyncio.Event()
         self._capacity = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outcome_children: dict[tuple[str, str], Any] = {}
+        self._recorder = OutcomeRecorder(metrics)
         bridge.set_ack_handler(self._on_acks)
         metrics.in_flight.set_function(lambda: self.in_flight)
         self.counters: dict[str, int] = {
             "consumed": 0,
-            "completed": 0,
-            "errors": 0,
-            "dlq": 0,
             "commits": 0,
             "delivery_retries": 0,
         }
@@ -113,10 +125,8 @@ class Worker:
         self._tracker.drop(keys)
         self._owned.difference_update(keys)
         for k in keys:
-            self._paused.discard(k)
-            self._held.discard(k)
             self._by_part.pop(k, None)
-        self._metrics.paused.set(len(self._paused))
+        self._flow.forget(keys)
         return commits
 
     def _unfinished(self, keys: list[Key] | None) -> int:
@@ -199,7 +209,7 @@ class Worker:
             if free <= 0 and self._rate_limited() > 0:
                 # Full of requests waiting for rate-limit capacity, which can take minutes:
                 # pause every partition and keep polling, so the group keeps this member.
-                await self._hold_all()
+                await self._flow.hold_all(self._owned)
                 for msg in await bridge.consume(1, 0.1):
                     self._dispatch(msg)
                 continue
@@ -215,44 +225,16 @@ class Worker:
                 except TimeoutError:
                     pass
                 continue
-            await self._apply_flow_control()
+            await self._flow.apply(
+                self._owned,
+                self._tracker.in_flight,
+                crowded=self.in_flight > self._max_in_flight * 3 // 4,
+            )
             msgs = await bridge.consume(min(self._batch, free), 0.05)
             if msgs:
                 for msg in msgs:
                     self._dispatch(msg)
                 self._metrics.consumed.inc(len(msgs))
-
-    async def _apply_flow_control(self) -> None:
-        """Pause a partition at `max_in_flight_per_partition`; resume it at half of that.
-
-        Decided from the current counts on each pass, so a partition whose work finished
-        before the pause took effect is resumed on the next pass rather than left paused.
-        """
-        in_flight = self._tracker.in_flight
-        per = self._max_per_part
-        pause = [k for k in self._owned if k not in self._paused and in_flight(*k) >= per]
-        resume = [k for k in self._paused if in_flight(*k) <= per // 2]
-        if self._held:  # paused while full of rate-limited work: resume once there is room
-            if self.in_flight > self._max_in_flight * 3 // 4:
-                resume = [k for k in resume if k not in self._held]
-            else:
-                self._held.clear()
-        if pause:
-            await self._bridge.pause(pause)
-            self._paused.update(pause)
-        if resume:
-            await self._bridge.resume(resume)
-            self._paused.difference_update(resume)
-        if pause or resume:
-            self._metrics.paused.set(len(self._paused))
-
-    async def _hold_all(self) -> None:
-        parts = [k for k in self._owned if k not in self._paused]
-        if parts:
-            await self._bridge.pause(parts)
-            self._paused.update(parts)
-            self._held.update(parts)
-            self._metrics.paused.set(len(self._paused))
 
     @property
     def in_flight(self) -> int:
@@ -318,7 +300,7 @@ class Worker:
         )
         return self._pipeline.internal_error(rec, exc)
 
-    async def _handle(self, rec: InputRecord, pending: Pending, offsets: PartitionOffsets) -> None:
+    async def _handle(self, rec: InputRecord, pending: Any, offsets: PartitionOffsets) -> None:
         try:
             outcome = await self._pipeline.finish(pending)
         except asyncio.CancelledError:
@@ -360,102 +342,19 @@ class Worker:
             else:
                 rec = sent[0]
                 self._spawn((rec.topic, rec.partition), self._redeliver(sent, DeliveryError(err)))
-        self._record_all(delivered)
+        self._recorder.record(delivered)
         self._capacity.set()
         self._acked.set()
 
     async def _redeliver(self, sent: Sent, error: DeliveryError | None) -> None:
         rec, outcome, offsets = sent
-        await self._deliver(outcome, error)
+        await deliver(self._bridge, outcome, error, on_retry=self._delivery_retried)
         offsets.finish(rec.offset)
-        self._record_all([sent])
+        self._recorder.record([sent])
 
-    async def _deliver(self, outcome: Outcome, error: DeliveryError | None = None) -> None:
-        """Produce and wait for the acknowledgement, retrying with backoff until it comes.
-        `error`: the failure of an earlier attempt, handled before the first produce."""
-        delay = 0.1
-        while True:
-            if error is not None:
-                self.counters["delivery_retries"] += 1
-                self._metrics.delivery_retries.inc()
-                if error.too_large and outcome.completion is not None:
-                    output_too_large(outcome)
-                else:
-                    log.warning(
-                        "delivery to %s failed (%s); retrying in %.1f s",
-                        outcome.topic,
-                        error,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            try:
-                await self._bridge.produce(
-                    outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
-                )
-                return
-            except DeliveryError as exc:
-                error = exc
-
-    def _record_all(self, delivered: list[Sent]) -> None:
-        """Counters, metrics and outcome logs for delivered messages, one batch at a time."""
-        if not delivered:
-            return
-        m = self._metrics
-        counters = self.counters
-        now = time.time()
-        log_info = outcome_log.isEnabledFor(logging.INFO)
-        observe = m.e2e_latency.observe
-        by_label: dict[tuple[str, str], int] = {}
-        label: tuple[str, str]
-        for rec, outcome, _ in delivered:
-            c = outcome.completion
-            if c is None:
-                self._record_dlq(rec, outcome)
-                continue
-            label = (c.model, c.status)
-            by_label[label] = by_label.get(label, 0) + 1
-            if c.status == "error":
-                counters["errors"] += 1
-                m.errors.labels(c.error.type if c.error else "unknown").inc()
-            if rec.timestamp_ms:
-                observe(max(0.0, now - rec.timestamp_ms / 1000))
-            if log_info:
-                outcome_log.info(
-                    "completion",
-                    extra={
-                        "request_id": c.id,
-                        "model": c.model,
-                        "provider": c.provider,
-                        "endpoint": c.endpoint_name,
-                        "status": c.status,
-                        "error_type": c.error.type if c.error else None,
-                        "latency_ms": c.latency_ms,
-                        "attempts": c.attempts,
-                        "fallback_used": c.fallback_used,
-                        "partition": rec.partition,
-                        "offset": rec.offset,
-                    },
-                )
-        for label, n in by_label.items():
-            counters["completed"] += n
-            child = self._outcome_children.get(label)
-            if child is None:
-                child = self._outcome_children[label] = m.completions.labels(*label)
-            child.inc(n)
-
-    def _record_dlq(self, rec: InputRecord, outcome: Outcome) -> None:
-        self.counters["dlq"] += 1
-        self._metrics.dlq.labels(outcome.dlq_reason or "unknown").inc()
-        outcome_log.warning(
-            "dead-lettered",
-            extra={
-                "status": "dlq",
-                "reason": outcome.dlq_reason,
-                "partition": rec.partition,
-                "offset": rec.offset,
-            },
-        )
+    def _delivery_retried(self) -> None:
+        self.counters["delivery_retries"] += 1
+        self._metrics.delivery_retries.inc()
 
     # -- commits ---------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
@@ -481,7 +380,8 @@ class Worker:
     def stats(self) -> dict[str, Any]:
         return {
             **self.counters,
+            **self._recorder.counters,
             "in_flight": self.in_flight,
-            "paused_partitions": len(self._paused),
+            "paused_partitions": len(self._flow.paused),
             "partitions": len(self._tracker.partitions()),
         }

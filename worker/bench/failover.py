@@ -33,7 +33,6 @@ them unchanged. Prints one JSON line and a summary; exits 1 only if no switch wa
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import json
 import math
@@ -42,25 +41,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from registry.migrate import migrate
 from registry.models import ModelRow
 from registry.store import update_row, upsert_row
 
-from .bench import percentile
-from .config import Settings, load_settings
-from .devstack import free_port, local_stack, spawn_fake_provider, wait_port
+from ..cli.devstack import free_port, local_stack, spawn_fake_provider, wait_port
+from ..config import load_settings
+from .failover_report import answered_by, circuit_summary, stats, summary
+from .replicas import provider_requests, read_log, wait_group, wait_ready
+from .traffic import Publisher, Reader, reread
 
 __all__ = ["run_failover_bench"]
 
@@ -89,270 +86,6 @@ class _Switch:
     old_latest_ms: float | None = None  # latest send time (after the commit) of an old answer
 
 
-def _client_conf(settings: Settings) -> dict[str, Any]:
-    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers}
-    for k, v in settings.kafka_extra.items():
-        if k.startswith(("security.", "sasl.", "ssl.", "client.")):
-            conf[k] = v
-    return conf
-
-
-def _answered_by(comp: dict[str, Any]) -> str | None:
-    """The upstream model the fake provider saw: its text is `[fake:<model>] ...`."""
-    text = comp.get("text")
-    if comp.get("status") != "ok" or not isinstance(text, str) or not text.startswith("[fake:"):
-        return None
-    return text[len("[fake:") : text.find("]")]
-
-
-def _stats(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None}
-    return {
-        "p50": round(percentile(values, 50), 1),
-        "p95": round(percentile(values, 95), 1),
-        "p99": round(percentile(values, 99), 1),
-        "max": round(max(values), 1),
-    }
-
-
-def _provider_requests(url: str) -> dict[str, int]:
-    try:
-        with urllib.request.urlopen(f"{url}/admin/config", timeout=5) as resp:
-            data = json.load(resp)
-    except OSError:
-        return {}
-    profiles = data.get("profiles", {}) if isinstance(data, dict) else {}
-    return {
-        name: int(p.get("requests", 0))
-        for name, p in profiles.items()
-        if isinstance(p, dict) and p.get("requests")
-    }
-
-
-def _readyz(port: int) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            data: dict[str, Any] = json.load(r)
-            return data
-    except OSError:
-        return {}
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker on :{port} exited with {proc.returncode}")
-        if _readyz(port).get("ready"):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"worker not ready on :{port} after {timeout:.0f} s")
-
-
-def _wait_group(ports: list[int], partitions: int, timeout: float) -> list[int]:
-    """Until every partition is assigned and every replica (up to `partitions`) has some,
-    the same on two polls in a row; returns the counts per replica."""
-    want_busy = min(len(ports), partitions)
-    deadline = time.monotonic() + timeout
-    last: list[int] | None = None
-    while time.monotonic() < deadline:
-        counts = [int(_readyz(p).get("assigned_partitions", 0)) for p in ports]
-        done = sum(counts) == partitions and sum(1 for c in counts if c) == want_busy
-        if done and counts == last:
-            return counts
-        last = counts if done else None
-        time.sleep(0.5)
-    raise TimeoutError(f"the consumer group did not settle within {timeout:.0f} s")
-
-
-def _parse_ts(ts: str) -> float:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
-@dataclass
-class _WorkerLog:
-    reloads: list[float] = field(default_factory=list)  # `registry: reloaded` times
-    owned: dict[int, float] = field(default_factory=dict)  # final partitions -> time assigned
-    assigns: list[float] = field(default_factory=list)  # times of every assignment
-    circuits: list[tuple[float, str]] = field(default_factory=list)  # (time, "open (latency)")
-
-
-def _read_log(path: Path) -> _WorkerLog:
-    """What one worker's JSON log says about reloads, partitions and circuit breakers."""
-    out = _WorkerLog()
-    reloads, owned, assigns = out.reloads, out.owned, out.assigns
-    with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if not line.startswith("{"):
-                continue
-            try:
-                rec = json.loads(line)
-                msg = str(rec.get("msg", ""))
-                ts = _parse_ts(str(rec["ts"]))
-            except (ValueError, KeyError):
-                continue
-            if msg.startswith("registry: reloaded"):
-                reloads.append(ts)
-            elif msg.startswith(("partitions assigned: ", "partitions revoked: ")):
-                try:
-                    keys = ast.literal_eval(msg.split(": ", 1)[1])
-                except (ValueError, SyntaxError):
-                    continue
-                parts = [int(k[1]) for k in keys]
-                if msg.startswith("partitions assigned"):
-                    assigns.append(ts)
-                    owned.update(dict.fromkeys(parts, ts))
-                else:
-                    for p in parts:
-                        owned.pop(p, None)
-            elif msg.startswith("partitions lost"):
-                owned.clear()
-            elif msg.startswith("circuit ") and "->" in msg:
-                out.circuits.append((ts, msg.split("-> ", 1)[1]))
-    return out
-
-
-class _Publisher(threading.Thread):
-    """Publishes `{run}-{i}` at `rate`/s to partition i % partitions until stopped."""
-
-    def __init__(self, settings: Settings, run: str, rate: float, partitions: int) -> None:
-        super().__init__(name="bench-publish", daemon=True)
-        self._settings = settings
-        self._run = run
-        self._rate = rate
-        self._partitions = partitions
-        self.stop = threading.Event()
-        self.sent: dict[str, tuple[float, int]] = {}  # id -> (send time, partition)
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._publish()
-        except BaseException as exc:
-            self.error = exc
-
-    def _publish(self) -> None:
-        producer = Producer(
-            {**_client_conf(self._settings), "linger.ms": 5, "enable.idempotence": True}
-        )
-        topic = self._settings.prompts_topic
-        start = time.monotonic()
-        i = 0
-        while not self.stop.is_set():
-            ahead = start + i / self._rate - time.monotonic()
-            if ahead > 0:
-                producer.poll(ahead)
-            pid = f"{self._run}-{i}"
-            part = i % self._partitions
-            now = time.time()
-            prompt = {
-                "id": pid,
-                "model": MODEL_ID,
-                "prompt": f"failover probe {i}",
-                "max_tokens": 8,
-                "metadata": {"sent": now, "partition": part},
-            }
-            while True:
-                try:
-                    producer.produce(topic, _enc.encode(prompt), pid.encode(), partition=part)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            self.sent[pid] = (now, part)
-            i += 1
-            if i % 200 == 0:
-                producer.poll(0)
-        remaining = producer.flush(30)
-        if remaining:
-            raise RuntimeError(f"{remaining} prompts were not acknowledged within 30 s")
-
-
-def _reread(settings: Settings, ids: set[str], quiet_s: float = 3.0) -> list[dict[str, Any]]:
-    """The completions for `ids`, read from the start of the topic by a fresh consumer."""
-    conf = _client_conf(settings)
-    conf.update({"group.id": f"llm-worker-bench-reread-{uuid.uuid4().hex[:12]}"})
-    conf["enable.auto.commit"] = False
-    consumer = Consumer(conf)
-    topic = settings.completions_topic
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        found: dict[str, dict[str, Any]] = {}
-        last = time.monotonic()
-        while time.monotonic() - last < quiet_s and len(found) < len(ids):
-            for msg in consumer.consume(1000, 0.2):
-                value = msg.value()
-                if msg.error() is not None or value is None:
-                    continue
-                last = time.monotonic()
-                try:
-                    comp = _dec.decode(value)
-                except msgspec.DecodeError:
-                    continue
-                if isinstance(comp, dict) and comp.get("id") in ids:
-                    found.setdefault(comp["id"], comp)
-        return list(found.values())
-    finally:
-        consumer.close()
-
-
-class _Reader(threading.Thread):
-    """Reads every completion from the start of the (fresh) completions topic."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(name="bench-consume", daemon=True)
-        conf = _client_conf(settings)
-        conf.update(
-            {
-                "group.id": f"llm-worker-bench-failover-{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 25,
-            }
-        )
-        self._consumer = Consumer(conf)
-        topic = settings.completions_topic
-        meta = self._consumer.list_topics(topic, timeout=10)
-        parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-        if not parts:
-            raise RuntimeError(f"topic {topic} has no partitions")
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        self.stop = threading.Event()
-        self.got: list[tuple[float, dict[str, Any]]] = []  # (receive time, completion)
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                msgs = self._consumer.consume(1000, 0.05)
-                now = time.time()
-                for msg in msgs:
-                    value = msg.value()
-                    if msg.error() is not None or value is None:
-                        continue
-                    try:
-                        comp = _dec.decode(value)
-                    except msgspec.DecodeError:
-                        continue
-                    if isinstance(comp, dict):
-                        self.got.append((now, comp))
-        finally:
-            self._consumer.close()
-
-
-def _circuit_summary(circuits: list[tuple[float, int, str]], switches: list[_Switch]) -> list[str]:
-    """Breaker state changes in the workers, each placed relative to the latest commit."""
-    out = []
-    for t, r, what in circuits:
-        before = [sw for sw in switches if sw.commit <= t]
-        where = (
-            f"{(t - before[-1].commit) * 1000:.0f} ms after switch {before[-1].gen}"
-            if before
-            else "before the first switch"
-        )
-        out.append(f"replica {r}: -> {what}, {where}")
-    return out
-
-
 def _profile(gen: int) -> str:
     return "a" if gen % 2 == 0 else "b"
 
@@ -377,7 +110,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
 
     stack = contextlib.ExitStack()
     procs: list[subprocess.Popen[bytes]] = []
-    threads: list[_Publisher | _Reader] = []
+    threads: list[Publisher | Reader] = []
     logdir = Path(tempfile.mkdtemp(prefix="llm-worker-failover-"))
     finished = False
     try:
@@ -434,15 +167,15 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             ports.append(port)
             logs.append(log_path)
             wait_port("127.0.0.1", port, 60)
-            _wait_ready(port, proc, 60)
-        counts = _wait_group(ports, partitions, 90)
+            wait_ready(port, proc, 60)
+        counts = wait_group(ports, partitions, 90)
         print(
             f"group settled: {n_workers} replicas, partitions per replica {counts}",
             file=sys.stderr,
         )
 
-        reader = _Reader(client_settings)
-        publisher = _Publisher(client_settings, run, rate, partitions)
+        reader = Reader(client_settings)
+        publisher = Publisher(client_settings, run, rate, partitions, MODEL_ID)
         threads += [reader, publisher]
         reader.start()
         measure_start = time.time()
@@ -495,7 +228,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
         unread = sent.keys() - {c.get("id") for _, c in got}
         # A live read can skip a record that a read from the start finds (seen with Tansu when
         # two replicas append to one partition at once): look again before calling it lost.
-        reread = _reread(client_settings, unread) if unread else []
+        again = reread(client_settings, unread) if unread else []
 
         # -- analysis ---------------------------------------------------------------------
         seen: set[str] = set()
@@ -512,7 +245,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
                 continue
             seen.add(cid)
             sent_t, part = sent[cid]
-            who = _answered_by(comp)
+            who = answered_by(comp)
             if comp.get("status") != "ok":
                 errors += 1
                 err = comp.get("error")
@@ -527,9 +260,9 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             built = sent_t + queue_ms / 1000 if isinstance(queue_ms, int | float) else None
             answers.append((recv, sent_t, part, gen_of.get(who or "", -1), built))
         answers.sort(key=lambda a: a[0])
-        errors += sum(1 for c in reread if c.get("status") != "ok")
+        errors += sum(1 for c in again if c.get("status") != "ok")
 
-        replica_logs = [_read_log(p) for p in logs]
+        replica_logs = [read_log(p) for p in logs]
         owner: dict[int, int] = {}
         rebalances = 0
         circuits: list[tuple[float, int, str]] = []  # (time, replica, "open (latency)")
@@ -581,9 +314,9 @@ def run_failover_bench(args: argparse.Namespace) -> int:
                     "replica": r,
                     "partitions": mine,
                     "switches_observed": len(firsts),
-                    "failover_ms": _stats(firsts),
-                    "reload_ms": _stats([sw.reload_ms[r] for sw in switches if r in sw.reload_ms]),
-                    "e2e_ms": _stats(
+                    "failover_ms": stats(firsts),
+                    "reload_ms": stats([sw.reload_ms[r] for sw in switches if r in sw.reload_ms]),
+                    "e2e_ms": stats(
                         [(a[0] - a[1]) * 1000 for a in answers if owner.get(a[2]) == r]
                     ),
                 }
@@ -597,90 +330,35 @@ def run_failover_bench(args: argparse.Namespace) -> int:
             "switches_observed": len(observed),
             # switches after which some partition never served the new target (before the next)
             "switches_incomplete": len(switches) - len(complete),
-            "failover_ms": _stats(failover),
-            "all_partitions_ms": _stats(all_parts),
-            "reload_ms": _stats(reload_all),
-            "first_built_ms": _stats([sw.built_ms for sw in switches if sw.built_ms is not None]),
+            "failover_ms": stats(failover),
+            "all_partitions_ms": stats(all_parts),
+            "reload_ms": stats(reload_all),
+            "first_built_ms": stats([sw.built_ms for sw in switches if sw.built_ms is not None]),
             "per_replica": per_replica,
-            "update_ms": _stats([sw.update_ms for sw in switches]),
-            "e2e_ms": _stats(e2e),
+            "update_ms": stats([sw.update_ms for sw in switches]),
+            "e2e_ms": stats(e2e),
             # the worker built the completion -> the bench read it (produce, broker, fetch)
-            "output_path_ms": _stats([(a[0] - a[4]) * 1000 for a in answers if a[4] is not None]),
+            "output_path_ms": stats([(a[0] - a[4]) * 1000 for a in answers if a[4] is not None]),
             "stale_answers": sum(sw.stale for sw in switches),
             "old_answers_after_commit": sum(sw.old_after_commit for sw in switches),
             # how long after a commit a prompt could still be published and get an earlier target
-            "old_answer_latest_sent_ms": _stats(
+            "old_answer_latest_sent_ms": stats(
                 [sw.old_latest_ms for sw in switches if sw.old_latest_ms is not None]
             ),
             "published": len(sent),
-            "completions": len(answers) + len(reread),
-            "found_only_by_reread": len(reread),
+            "completions": len(answers) + len(again),
+            "found_only_by_reread": len(again),
             "errors": errors,
             "error_types": error_types,
             "upstream_model_mismatches": mismatched,
-            "provider_requests": _provider_requests(fake_url),
+            "provider_requests": provider_requests(fake_url),
             "rebalances_during_run": rebalances,
-            "circuit_changes": _circuit_summary(circuits, switches),
+            "circuit_changes": circuit_summary(circuits, [(sw.gen, sw.commit) for sw in switches]),
             "publish_s": round(publish_end - measure_start, 1),
         }
         print(json.dumps(result))
 
-        def row(label: str, st: dict[str, float | None]) -> str:
-            cells = "  ".join(f"{k} {st[k]}" for k in ("p50", "p95", "p99", "max"))
-            return f"  {label:<58} {cells}"
-
-        lines = [
-            "",
-            f"{len(switches)} switches a<->b of row {MODEL_ID!r} under {rate:g} prompts/s, "
-            f"{n_workers} replicas, {partitions} partitions, provider {latency_ms:g} ms",
-            row(
-                f"failover: commit -> first new answer ({len(observed)}/{len(switches)}), ms",
-                result["failover_ms"],
-            ),
-            row(
-                f"every partition switched ({len(complete)}/{len(switches)}), ms",
-                result["all_partitions_ms"],
-            ),
-            row("commit -> a replica reloaded (NOTIFY), ms", result["reload_ms"]),
-            row("commit -> first new completion built (worker), ms", result["first_built_ms"]),
-            row("publish -> completion read, all prompts, ms", result["e2e_ms"]),
-            row("completion built -> read (output path), ms", result["output_path_ms"]),
-            row("update_row (connect, UPDATE, COMMIT), ms", result["update_ms"]),
-        ]
-        for rep in per_replica:
-            lines.append(
-                row(
-                    f"replica {rep['replica']} {rep['partitions']}: first new answer "
-                    f"({rep['switches_observed']}/{len(switches)}), ms",
-                    rep["failover_ms"],
-                )
-            )
-            lines.append(row(f"replica {rep['replica']}: reloaded, ms", rep["reload_ms"]))
-            lines.append(row(f"replica {rep['replica']}: publish -> completion, ms", rep["e2e_ms"]))
-        lines.append(
-            f"  stale answers (earlier target, published > {STALE_AFTER_S:g} s after commit): "
-            f"{result['stale_answers']}; earlier-target answers for prompts published after a "
-            f"commit: {result['old_answers_after_commit']}, the latest published "
-            f"{result['old_answer_latest_sent_ms']['max']} ms after its commit"
-        )
-        if reread:
-            lines.append(
-                f"  {len(reread)} completions the live reader skipped were found by a read "
-                "from the start of the topic (left out of the latencies)"
-            )
-        lines.append(
-            f"  {result['completions']}/{len(sent)} completions, {errors} errors"
-            f"{f' {error_types}' if error_types else ''}, "
-            f"{rebalances} rebalances during the run"
-        )
-        if len(observed) < len(switches) or len(complete) < len(switches):
-            lines.append(
-                "  WARNING: some switches never reached every partition before the next one; "
-                "the percentiles above leave them out (see errors and circuit changes)"
-            )
-        for change in result["circuit_changes"]:
-            lines.append(f"  circuit: {change}")
-        print("\n".join(lines), file=sys.stderr)
+        print(summary(result, MODEL_ID, STALE_AFTER_S), file=sys.stderr)
         finished = True
         return 0 if observed else 1
     finally:

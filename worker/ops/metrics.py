@@ -1,4 +1,4 @@
-"""Prometheus metrics and structured JSON logs.
+"""Prometheus metrics.
 
 Components keep plain counters; this module owns the prometheus-client objects. Each `Worker`
 gets its own `Metrics` (own `CollectorRegistry`), so several workers in one process (tests) do not
@@ -7,17 +7,12 @@ collide.
 
 from __future__ import annotations
 
-import logging
-import sys
-import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-__all__ = ["ComponentCollector", "JsonFormatter", "Metrics", "configure_logging"]
+__all__ = ["ComponentCollector", "Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -80,41 +75,6 @@ class Metrics:
             ["endpoint", "to"],
             registry=r,
         )
-
-
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
-_encoder = msgspec.json.Encoder(enc_hook=repr)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, and every `extra=` field."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return _encoder.encode(out).decode()
-
-
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 class ComponentCollector:

@@ -31,11 +31,11 @@ from adapters.secrets import MissingSecret, SecretStore
 from adapters.sessions import SessionPool
 from registry.resolve import Candidate
 
+from ..ops.looplag import LoopLag
+from ..ops.metrics import Metrics
 from .breaker import BreakerBoard
-from .looplag import LoopLag
 from .ratelimit import RateLimiter
 from .routing import Router, endpoint_key, health_key
-from .telemetry import Metrics
 
 __all__ = ["CallFailed", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
 

@@ -26,8 +26,8 @@ from typing import Literal, get_args
 
 from registry.resolve import Candidate
 
+from ..config import endpoint_url_key
 from .breaker import BreakerBoard
-from .config import endpoint_url_key
 
 __all__ = ["EndpointStats", "Objective", "Router"]
 

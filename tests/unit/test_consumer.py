@@ -9,11 +9,11 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError
 
-from worker.kafka_io import AckHandler, DeliveryError, _consume_ready
 from worker.messages import Completion
+from worker.ops.metrics import Metrics
 from worker.pipeline import InputRecord, Outcome
-from worker.service import Worker
-from worker.telemetry import Metrics
+from worker.stream.consumer import Worker
+from worker.stream.kafka import AckHandler, DeliveryError, _consume_ready
 
 
 class FakeMsg:
@@ -298,7 +298,7 @@ async def test_answers_ready_at_once_take_no_task_and_commit_only_after_their_ac
         async with asyncio.timeout(10):
             while not bridge.commits or bridge.commits[-1].get(("t", 0)) != 5:
                 await asyncio.sleep(0.005)
-        assert worker.counters["completed"] == 5 and worker.stats()["in_flight"] == 0
+        assert worker.stats()["completed"] == 5 and worker.stats()["in_flight"] == 0
         assert created == 0
     finally:
         worker.stop()
@@ -324,7 +324,7 @@ async def test_unacknowledged_answers_count_against_the_in_flight_bound() -> Non
         bridge.hold_acks = False
         bridge.release_acks()
         async with asyncio.timeout(10):
-            while worker.counters["completed"] < 60:
+            while worker.stats()["completed"] < 60:
                 await asyncio.sleep(0.005)
     finally:
         worker.stop()

@@ -16,11 +16,11 @@ from registry.migrate import migrate
 from registry.models import ModelRow
 from registry.store import upsert_row
 
-from .app import App
+from ..app import App, run_async
+from ..config import Settings, load_settings
+from ..ops.logs import configure_logging
 from .client import CompletionWaiter, publish
-from .config import Settings, load_settings
 from .devstack import LocalBroker, LocalPostgres, free_port, spawn_fake_provider
-from .telemetry import configure_logging
 
 __all__ = ["demo_prompts", "run_dev", "seed_rows"]
 
@@ -86,6 +86,8 @@ def demo_prompts() -> list[dict[str, Any]]:
 def _print_completion(c: dict[str, Any]) -> None:
     if c.get("status") == "ok":
         extra = " (fallback)" if c.get("fallback_used") else ""
+        if c.get("deduplicated"):
+            extra += " (deduplicated)"
         print(
             f"  {c['id']}  {c['model']:<14} ok    via {c.get('endpoint_name')}{extra}"
             f"  {c.get('latency_ms')} ms  -> {c.get('text')!r}",
@@ -178,8 +180,6 @@ def run_dev(*, demo: bool, fake_port: int = 0, http_port: int = 8080, once: bool
             log_level="WARNING" if quiet else "INFO",
             registry_refresh_s=2.0,
         )
-        from .cli import run_async
-
         return run_async(_serve(settings, demo, once))
     except KeyboardInterrupt:
         return 130

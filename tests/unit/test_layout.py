@@ -1,0 +1,125 @@
+"""The tree keeps the shape DESIGN.md draws: wings whose dependencies point one way, no import
+cycles, no module past the size guideline, librdkafka behind `worker/stream`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("worker", "adapters", "registry")
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Every module `name` imports (at any depth of its code), resolved to absolute names."""
+    is_pkg = path.name == "__init__.py"
+    package = name if is_pkg else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)
+    return {m for m in found if m in MODULES or m.split(".")[0] not in PACKAGES}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _importers_of(prefix: str) -> dict[str, set[str]]:
+    return {
+        name: {m for m in deps if m == prefix or m.startswith(prefix + ".")}
+        for name, deps in GRAPH.items()
+    }
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_over_the_size_guideline(name: str) -> None:
+    lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{MODULES[name].relative_to(ROOT)} has {lines} lines"
+
+
+def test_adapters_and_registry_import_nothing_from_worker() -> None:
+    bad = {
+        n: deps
+        for n, deps in _importers_of("worker").items()
+        if n.startswith(("adapters", "registry")) and deps
+    }
+    assert not bad
+
+
+def test_stream_and_calling_do_not_import_each_other() -> None:
+    for a, b in (("worker.stream", "worker.calling"), ("worker.calling", "worker.stream")):
+        bad = {n: d for n, d in _importers_of(b).items() if n.startswith(a) and d}
+        assert not bad, f"{a} imports {b}: {bad}"
+
+
+def test_the_service_never_imports_the_tools() -> None:
+    tools = ("worker.cli", "worker.bench")
+    for tool in tools:
+        bad = {
+            n: d
+            for n, d in _importers_of(tool).items()
+            if d and not n.startswith(tools) and n != "worker"
+        }
+        assert not bad, f"the service imports {tool}: {bad}"
+
+
+def test_only_the_stream_wing_and_the_tools_touch_librdkafka() -> None:
+    allowed = ("worker.stream.kafka", "worker.stream.admin", "worker.cli", "worker.bench")
+    users = {
+        n
+        for n, deps in GRAPH.items()
+        if any(d == "confluent_kafka" or d.startswith("confluent_kafka.") for d in deps)
+    }
+    assert users and all(u.startswith(allowed) for u in users), sorted(users)
+
+
+def test_no_import_cycles() -> None:
+    # edges between our own modules; a package's __init__ re-exporting its children is not a
+    # cycle in the sense that matters (children never import their package's __init__ here)
+    edges = {n: {d for d in deps if d in MODULES and d != n} for n, deps in GRAPH.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for d in edges[n]:
+            if d.startswith(n + "."):  # a package importing its own children
+                continue
+            if state.get(d) == 1:
+                cycle = [*stack[stack.index(d) :], d]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(edges):
+        if n not in state:
+            visit(n)

@@ -1,0 +1,1 @@
+"""Benchmarks: throughput, failover, adapter overhead. They use the service, never the reverse."""

@@ -1,0 +1,77 @@
+"""Cluster-level Kafka calls: wait for the broker at start, create missing topics, count the
+consumer group's members. Like `kafka`, the only other module here that touches librdkafka."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from ..config import Settings
+from .kafka import client_config
+
+__all__ = ["AdminClient", "KafkaUnavailable", "ensure_topics", "group_members", "wait_for_broker"]
+
+log = logging.getLogger("llm_worker.kafka")
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker could not be reached within the start-up deadline."""
+
+
+def wait_for_broker(settings: Settings, *, timeout_s: float) -> AdminClient:
+    """Block until the cluster answers a metadata request, with backoff; raise KafkaUnavailable."""
+    admin = AdminClient(client_config(settings))
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            return admin
+        except KafkaException as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KafkaUnavailable(
+                    "cannot reach Kafka at "
+                    f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers!r}"
+                    f" after {timeout_s:.0f} s ({exc.args[0].str() if exc.args else exc})"
+                ) from None
+            log.warning(
+                "waiting for Kafka at %s (attempt %d, retrying in %.1f s)",
+                settings.kafka_bootstrap_servers,
+                attempt,
+                delay,
+            )
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+
+def ensure_topics(admin: AdminClient, topics: Sequence[str], partitions: int) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+    created = []
+    for topic, fut in futures.items():
+        try:
+            fut.result()
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise
+    return created
+
+
+def group_members(admin: AdminClient, group_id: str, timeout_s: float = 5.0) -> int:
+    """The consumer group's member count as the broker reports it (0 if it reports none)."""
+    futures = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)
+    return len(futures[group_id].result(timeout=timeout_s).members)
