@@ -28,7 +28,10 @@ from .stream.admin import AdminClient, ensure_topics, group_members, wait_for_br
 from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
 
-__all__ = ["App", "run_app", "run_async"]
+__all__ = ["EXIT_FATAL", "App", "run_app", "run_async"]
+
+EXIT_FATAL = 3
+"""Exit code after a fatal Kafka client error: the orchestrator restarts the process."""
 
 log = logging.getLogger("llm_worker")
 
@@ -118,10 +121,14 @@ class App:
             shutdown_timeout_s=settings.shutdown_timeout_s,
             rate_limited=lambda: self.limiter.waiting + caller.circuit_waiting,
         )
-        self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke)
+        self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke, self.worker.on_lost)
         self.health = (
             HealthServer(
-                self.metrics.registry, self.ready, host=settings.http_host, port=settings.http_port
+                self.metrics.registry,
+                self.ready,
+                live=self.live,
+                host=settings.http_host,
+                port=settings.http_port,
             )
             if http
             else None
@@ -171,12 +178,20 @@ class App:
             except Exception as exc:  # the share falls back to partition ownership
                 log.debug("describing consumer group %s failed: %s", group, exc)
                 self._group_members = 0
-            self._update_share()
+            try:
+                self._update_share()
+            except Exception:  # never let a bad moment end the watcher
+                log.exception("updating the rate-limit share failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.group_poll_s):
                     await self._group_changed.wait()
             self._group_changed.clear()
             await asyncio.sleep(1.0)  # let the rebalance finish on every member
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness: false once a Kafka client is fatally broken (restart the process)."""
+        fatal = self.worker.fatal or self.bridge.fatal
+        return fatal is None, ({"fatal": fatal} if fatal else {})
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         reg = self.registry
@@ -191,7 +206,9 @@ class App:
         }
         self.metrics.registry_stale.set(1 if reg.stale else 0)
         self.metrics.registry_rows.set(len(reg.rows) if reg.loaded else 0)
-        return (self._broker_ok and reg.loaded and not self.worker.stopping), detail
+        live, _ = self.live()
+        ok = self._broker_ok and reg.loaded and not self.worker.stopping and live
+        return ok, detail
 
     async def start(self) -> None:
         s = self.settings
@@ -296,6 +313,9 @@ async def run_app(settings: Settings) -> int:
         await app.start()
         tune_gc(settings.gc_gen0_threshold)
         await app.worker.run()
+        if app.worker.fatal is not None:
+            log.error("exiting after a fatal Kafka error: %s", app.worker.fatal)
+            return EXIT_FATAL
     finally:
         await app.close()
         log.info("worker stopped", extra={"stats": app.worker.stats()})

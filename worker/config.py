@@ -340,14 +340,6 @@ def _validate(s: Settings, fields: Collection[str]) -> None:
         raise ConfigError(
             f"DATABASE_URL={redact_dsn(s.database_url)!r} is not a PostgreSQL URL or key=value DSN"
         )
-    if "request_deadline_s" in fields:
-        poll_ms = s.kafka_extra.get("max.poll.interval.ms", "300000")
-        if poll_ms.isdigit() and s.request_deadline_s * 1000 >= int(poll_ms):
-            raise ConfigError(
-                f"LLM_WORKER_REQUEST_DEADLINE_S={s.request_deadline_s:g} must be below "
-                f"max.poll.interval.ms={poll_ms} (LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS): a full "
-                "worker stops polling until work ends, and Kafka evicts members that do not poll"
-            )
     if "endpoint_limits" in fields:
         s.limits("endpoint")
     if "tenant_limits" in fields:

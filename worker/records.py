@@ -1,13 +1,31 @@
 """The records at both ends of one message's path: the input record as consumed, and the
-outcome record (a completion or a dead letter) to produce for it."""
+outcome record (a completion or a dead letter) to produce for it.
+
+An outcome the broker refuses as too large is made smaller, never retried as it is: `shrink`
+replaces it step by step, each step smaller by construction (the first keeps what it can; the
+last keeps only the request id, cut to 128 characters, the reason and the source). Two steps
+are enough for any limit of a few kilobytes or more.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 import msgspec
 
 from .messages import Completion, ErrorInfo, encode
 
-__all__ = ["InputRecord", "Outcome", "output_too_large"]
+__all__ = ["KEEP_KEY_BYTES", "SHRINK_STEPS", "InputRecord", "Outcome", "record_size", "shrink"]
+
+SHRINK_STEPS = 2
+"""How many times an outcome refused as too large is replaced by a smaller one before its
+failure is treated like any other (retried with backoff)."""
+
+KEEP_KEY_BYTES = 1024
+"""A replacement keeps the input's Kafka key (and so its partitioning) only up to this size."""
+
+_DLQ_VALUE_LAST_STEP = 1024
+_HEADER_OVERHEAD = 64  # what a record and each header cost beyond their bytes, roughly
 
 
 class InputRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,24 +45,112 @@ class Outcome(msgspec.Struct, kw_only=True):
     headers: list[tuple[str, bytes]] | None
     completion: Completion | None = None
     dlq_reason: str | None = None
+    model_label: str = "unknown"
+    """`model` for metric labels: the prompt's model only when the registry knows it, so
+    random names in untrusted input cannot grow the number of series."""
 
 
-def output_too_large(outcome: Outcome) -> None:
-    """Replace a completion the broker refused as too large by an `output_too_large` error."""
+class Stages(Protocol):
+    """One message's path as the consume loop drives it (`worker.pipeline.Pipeline`)."""
+
+    def begin(self, rec: InputRecord) -> Outcome | Any:
+        """The outcome when no waiting is needed, else a state for `finish`."""
+
+    async def finish(self, pending: Any) -> Outcome: ...
+
+    def internal_error(self, rec: InputRecord, exc: BaseException) -> Outcome: ...
+
+
+def record_size(
+    value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]] | None
+) -> int:
+    """Bytes a record takes against a size limit: value, key and every header."""
+    size = len(value or b"") + len(key or b"")
+    for name, hv in headers or ():
+        size += len(name) + len(hv or b"") + 8
+    return size
+
+
+def shrink(outcome: Outcome, step: int, limit: int) -> None:
+    """Replace `outcome` (refused as too large) in place by the smaller record of `step` (1 or
+    2) for a producer whose `message.max.bytes` is `limit`."""
+    if outcome.completion is not None:
+        _shrink_completion(outcome, step)
+    else:
+        _shrink_dead_letter(outcome, step, limit)
+
+
+def _dropped_key_note(outcome: Outcome, keep: bool) -> str:
+    if keep or not outcome.key:
+        return ""
+    return f"; its Kafka key ({len(outcome.key)} bytes) was dropped"
+
+
+def _shrink_completion(outcome: Outcome, step: int) -> None:
     c = outcome.completion
     assert c is not None
-    replacement = Completion(
-        id=c.id,
-        model=c.model,
-        status="error",
-        metadata=None,
-        provider=c.provider,
-        upstream_model=c.upstream_model,
-        endpoint_name=c.endpoint_name,
-        attempts=c.attempts,
-        error=ErrorInfo(
-            type="output_too_large", message="the completion is larger than the broker accepts"
-        ),
-    )
+    size = len(outcome.value)
+    keep_key = step == 1 and len(outcome.key or b"") <= KEEP_KEY_BYTES
+    note = _dropped_key_note(outcome, keep_key)
+    if step == 1:
+        replacement = Completion(
+            id=c.id,
+            model=c.model,
+            status="error",
+            provider=c.provider,
+            upstream_model=c.upstream_model,
+            endpoint_name=c.endpoint_name,
+            attempts=c.attempts,
+            error=ErrorInfo(
+                type="output_too_large",
+                message=f"the completion ({size} bytes) is larger than the broker accepts{note}",
+            ),
+        )
+        if record_size(None, None, outcome.headers) > KEEP_KEY_BYTES:
+            outcome.headers = None
+    else:  # small by construction: nothing of unbounded size is left
+        message = f"the completion is larger than the broker accepts{note}"
+        if c.error is not None and c.error.type == "output_too_large":
+            message = c.error.message  # the first step's account (sizes only): keep it
+        replacement = Completion(
+            id=c.id[:128],
+            model=c.model[:128],
+            status="error",
+            error=ErrorInfo(type="output_too_large", message=message),
+        )
+        outcome.headers = None
+    if not keep_key:
+        outcome.key = None
     outcome.completion = replacement
     outcome.value = encode(replacement)
+
+
+def _shrink_dead_letter(outcome: Outcome, step: int, limit: int) -> None:
+    original, dropped = len(outcome.value), b""
+    ours: list[tuple[str, bytes]] = []
+    theirs: list[tuple[str, bytes]] = []
+    for k, v in outcome.headers or ():
+        if k == "llm_worker.truncated":  # a second step: keep what the first one saw
+            original = int(v)
+        elif k == "llm_worker.key_dropped":
+            dropped = v
+        else:
+            (ours if k.startswith("llm_worker.") else theirs).append((k, v))
+    keep_key = step == 1 and len(outcome.key or b"") <= KEEP_KEY_BYTES
+    if step == 1 and record_size(None, None, theirs) <= limit // 4:
+        headers = theirs + ours
+    else:
+        headers = list(ours)
+    headers.append(("llm_worker.truncated", str(original).encode()))
+    if not keep_key and outcome.key:
+        dropped = str(len(outcome.key)).encode()
+        outcome.key = None
+    if dropped:
+        headers.append(("llm_worker.key_dropped", dropped))
+    if step == 1:
+        room = limit - record_size(None, outcome.key, headers) - _HEADER_OVERHEAD * len(headers)
+        keep = max(0, min(len(outcome.value), room // 2))
+    else:
+        keep = min(len(outcome.value), _DLQ_VALUE_LAST_STEP)
+    outcome.value = outcome.value[:keep]
+    outcome.headers = headers

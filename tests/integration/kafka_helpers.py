@@ -115,3 +115,8 @@ def last_offsets(records: Iterable[Record]) -> dict[int, int]:
     for r in records:
         out[r.partition] = max(out.get(r.partition, -1), r.offset)
     return out
+
+
+def topics(bootstrap: str) -> set[str]:
+    """The topics the broker has now."""
+    return set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics)

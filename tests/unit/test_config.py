@@ -58,13 +58,10 @@ def test_config_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert s.group_id == "from-file" and s.http_port == 7001  # environment wins over the file
 
 
-def test_request_deadline_must_fit_in_the_poll_interval() -> None:
-    with pytest.raises(ConfigError, match="LLM_WORKER_REQUEST_DEADLINE_S"):
-        load_settings({"LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS": "30000"})  # default deadline 120 s
-    s = load_settings(
-        {"LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS": "30000", "LLM_WORKER_REQUEST_DEADLINE_S": "20"}
-    )
-    assert s.request_deadline_s == 20
+def test_request_deadline_is_not_tied_to_the_poll_interval() -> None:
+    # the worker keeps polling while it is full, so a long deadline cannot get it evicted
+    s = load_settings({"LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS": "30000"})
+    assert s.request_deadline_s == 120
 
 
 def test_routing_objective_is_checked() -> None:

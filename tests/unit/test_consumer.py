@@ -3,164 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaError
 
 from worker.messages import Completion
-from worker.ops.metrics import Metrics
-from worker.pipeline import InputRecord, Outcome
-from worker.stream.consumer import Worker
-from worker.stream.kafka import AckHandler, DeliveryError, _consume_ready
+from worker.records import InputRecord, Outcome
+from worker.stream.kafka import _consume_ready
 
-
-class FakeMsg:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._t, self._p, self._o = topic, partition, offset
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
-
-    def value(self) -> bytes:
-        return b"{}"
-
-    def key(self) -> None:
-        return None
-
-    def headers(self) -> None:
-        return None
-
-
-class FakeBridge:
-    """Serves a fixed backlog per partition; honours pause/resume like a consumer."""
-
-    def __init__(self, backlog: dict[int, int]) -> None:
-        self.next = dict.fromkeys(backlog, 0)
-        self.end = dict(backlog)
-        self.paused: set[tuple[str, int]] = set()
-        self.pause_calls = 0
-        self.resume_calls = 0
-        self.commits: list[dict[tuple[str, int], int]] = []
-        self.produced: list[bytes] = []
-        self.fail_next_produce = 0
-        self.max_in_flight_seen: dict[int, int] = defaultdict(int)
-        self.ack_handler: AckHandler | None = None
-        self.acks: list[tuple[Any, KafkaError | None]] = []
-        self.hold_acks = False  # True: delivery reports wait until released
-        self.fail_code = KafkaError._MSG_TIMED_OUT
-
-    def set_ack_handler(self, handler: AckHandler) -> None:
-        self.ack_handler = handler
-
-    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
-        out: list[FakeMsg] = []
-        for p in sorted(self.next):
-            while len(out) < n and ("t", p) not in self.paused and self.next[p] < self.end[p]:
-                out.append(FakeMsg("t", p, self.next[p]))
-                self.next[p] += 1
-        if not out:
-            await asyncio.sleep(timeout)
-        return out
-
-    async def pause(self, parts: list[tuple[str, int]]) -> None:
-        self.pause_calls += 1
-        self.paused.update(parts)
-
-    async def resume(self, parts: list[tuple[str, int]]) -> None:
-        self.resume_calls += 1
-        self.paused.difference_update(parts)
-
-    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        self.commits.append(dict(offsets))
-
-    async def produce(self, topic: str, value: bytes, **_: Any) -> None:
-        await asyncio.sleep(0)
-        if self.fail_next_produce:
-            self.fail_next_produce -= 1
-            raise DeliveryError(KafkaError(KafkaError._MSG_TIMED_OUT))
-        self.produced.append(value)
-
-    def produce_nowait(self, topic: str, value: bytes, key: Any, headers: Any, token: Any) -> None:
-        """Like the real bridge: reports come back later, several in one handler call."""
-        if self.fail_next_produce:
-            self.fail_next_produce -= 1
-            err: KafkaError | None = KafkaError(self.fail_code)
-        else:
-            err = None
-            self.produced.append(value)
-        if not self.acks:
-            asyncio.get_running_loop().call_later(0.001, self.release_acks)
-        self.acks.append((token, err))
-
-    def release_acks(self) -> None:
-        if self.hold_acks or not self.acks:
-            return
-        batch, self.acks = self.acks, []
-        assert self.ack_handler is not None
-        self.ack_handler(batch)
-
-
-class FakePipeline:
-    """Finishes offsets in a chosen order: each record waits for its own release event."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.hold: dict[int, asyncio.Event] = {}
-        self.in_flight: dict[int, int] = defaultdict(int)
-        self.peak: dict[int, int] = defaultdict(int)
-
-    def begin(self, rec: InputRecord) -> InputRecord:
-        return rec  # always the asynchronous path
-
-    async def finish(self, rec: InputRecord) -> Outcome:
-        p = rec.partition
-        self.in_flight[p] += 1
-        self.peak[p] = max(self.peak[p], self.in_flight[p])
-        try:
-            ev = self.hold.get(rec.offset)
-            if ev is not None:
-                await ev.wait()
-            await asyncio.sleep(self.delay)
-        finally:
-            self.in_flight[p] -= 1
-        return Outcome(topic="out", value=f"{p}:{rec.offset}".encode(), key=None, headers=None)
-
-
-def make_worker(bridge: FakeBridge, pipeline: FakePipeline, **kw: Any) -> Worker:
-    args: dict[str, Any] = {
-        "max_in_flight": 64,
-        "max_in_flight_per_partition": 8,
-        "consume_batch": 16,
-        "commit_interval_s": 0.01,
-        "shutdown_timeout_s": 2.0,
-    }
-    args.update(kw)
-    return Worker(bridge=bridge, pipeline=pipeline, metrics=Metrics(), **args)  # type: ignore[arg-type]
-
-
-async def run_until(worker: Worker, cond: Any, timeout: float = 10.0) -> None:
-    task = asyncio.create_task(worker.run())
-    try:
-        async with asyncio.timeout(timeout):
-            while not cond():
-                await asyncio.sleep(0.005)
-    finally:
-        worker.stop()
-        await task
+from .stream_fakes import FakeBridge, FakePipeline, make_worker, run_until
 
 
 async def test_commit_never_passes_an_unfinished_message() -> None:
@@ -189,7 +41,7 @@ async def test_failed_delivery_is_retried_and_offset_waits_for_it() -> None:
     bridge.fail_next_produce = 2
     worker = make_worker(bridge, FakePipeline())
     await run_until(worker, lambda: len(bridge.produced) == 3)
-    assert worker.counters["delivery_retries"] == 2
+    assert worker.stats()["delivery_retries"] == 2
     assert bridge.commits[-1] == {("t", 0): 3}
 
 
@@ -390,5 +242,5 @@ async def test_an_answer_too_large_for_the_broker_becomes_an_output_too_large_er
     sent = msgspec.json.decode(bridge.produced[0])
     assert sent["id"] == "0:0" and sent["status"] == "error"
     assert sent["error"]["type"] == "output_too_large"
-    assert worker.counters["delivery_retries"] == 1
+    assert worker.stats()["delivery_retries"] == 1
     assert bridge.commits[-1] == {("t", 0): 1}

@@ -24,8 +24,8 @@ def test_mark_committed_and_no_repeat() -> None:
     t.start("t", 0, 0)
     t.finish("t", 0, 0)
     commits = t.pending_commits()
-    assert commits == {("t", 0): 1}
-    t.mark_committed(commits)
+    assert commits == {("t", 0): (1, 0)}
+    t.mark_committed({k: off for k, (off, _epoch) in commits.items()})
     assert t.pending_commits() == {}
 
 
@@ -57,7 +57,7 @@ def test_drop_forgets_revoked_partitions() -> None:
     t.drop([("t", 0)])
     t.finish("t", 0, 0)
     t.finish("t", 1, 0)
-    assert t.pending_commits() == {("t", 1): 1}
+    assert t.pending_commits() == {("t", 1): (1, 0)}
 
 
 @settings(max_examples=300, deadline=None)

@@ -17,11 +17,13 @@ class HealthServer:
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, dict[str, Any]]],
         *,
+        live: Callable[[], tuple[bool, dict[str, Any]]] | None = None,
         host: str,
         port: int,
     ) -> None:
         self._registry = registry
         self._ready = ready
+        self._live = live
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -50,7 +52,12 @@ class HealthServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _req: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        if self._live is None:
+            return web.json_response({"status": "ok"})
+        ok, detail = self._live()
+        return web.json_response(
+            {"status": "ok" if ok else "failing", **detail}, status=200 if ok else 503
+        )
 
     async def _readyz(self, _req: web.Request) -> web.Response:
         ok, detail = self._ready()

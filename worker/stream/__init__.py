@@ -2,7 +2,7 @@
 loop with flow control, rebalance and shutdown (`consumer`)."""
 
 from .admin import KafkaUnavailable
-from .consumer import Worker
+from .consumer import Stages, Worker
 from .kafka import DeliveryError, KafkaBridge
 from .offsets import OffsetTracker, PartitionOffsets
 
@@ -12,5 +12,6 @@ __all__ = [
     "KafkaUnavailable",
     "OffsetTracker",
     "PartitionOffsets",
+    "Stages",
     "Worker",
 ]

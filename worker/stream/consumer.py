@@ -1,22 +1,23 @@
 """The worker: consume, process many messages at once, produce, commit what is safe.
 
-Shutdown order (SIGTERM/SIGINT, or `stop()`):
-  1. stop polling for new records;
-  2. wait for in-flight messages up to `shutdown_timeout_s` (keep it below the pod's
-     `terminationGracePeriodSeconds`), then cancel the rest (they are redelivered later);
-  3. flush the producer (outcome records acknowledged);
-  4. commit the offsets that are safe;
-  5. close the consumer (leave the group), HTTP sessions and the registry.
+One record: `Pipeline.begin` runs in the consume loop and answers what needs no waiting (dedup
+window hits, invalid input); only a record that needs a provider call gets a task, for
+`Pipeline.finish`. The outcome goes to the `Outbox`; the message stays in flight (tasks +
+unacknowledged outcomes, bounded by `max_in_flight`) until its delivery report comes back.
 
-A revoked partition is settled the same way, for that partition only, inside the rebalance
-callback: no new work, in-flight work finishes or is abandoned within the deadline, commit.
+Flow: a partition at `max_in_flight_per_partition` is paused (resumed at half); a worker full for
+`HOLD_AFTER_S` holds every partition and keeps polling, so rebalances are served and the group
+keeps it however long the work takes.
 
-The path of one record: `Pipeline.begin` runs at once, in the consume loop, and answers what
-needs no waiting (dedup window hits, invalid input); only a record that needs a provider call
-gets a task, for `Pipeline.finish`. Either way the outcome is produced without waiting, and the
-message stays in flight until its delivery report comes back: reports arrive in batches (one
-per producer poll), which finish the offsets and record the metrics. A failed delivery is
-retried in a task. In flight = tasks + outcomes not yet acknowledged.
+Rebalances (hooks on the consumer thread, inside `consume`): revoked partitions finish or
+abandon their work within `shutdown_timeout_s` and return their safe offsets; lost ones are
+cancelled and dropped, committing nothing; assigned ones start afresh. Cleanup touches only the
+assignment it settled, never the next one.
+
+Shutdown, one deadline (`shutdown_timeout_s` from `stop()`): stop taking records -> wait for
+in-flight work -> cancel the rest -> flush the producer (at least `FLUSH_FLOOR_S`) -> commit ->
+close (the revoke that fires has nothing left to wait for). A fatal Kafka error stops at once
+and commits only what was acknowledged.
 """
 
 from __future__ import annotations
@@ -25,37 +26,28 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ..ops.metrics import Metrics
-from ..ops.outcomes import OutcomeRecorder
-from ..records import InputRecord, Outcome
-from .delivery import deliver
-from .flow import FlowControl
-from .kafka import DeliveryError, KafkaBridge, KafkaError, Message
+from ..records import InputRecord, Outcome, Stages
+from .flow import FlowControl, Room
+from .kafka import KafkaBridge, KafkaError, Message
 from .offsets import OffsetTracker, PartitionOffsets
+from .outbox import Outbox
 
-__all__ = ["Worker"]
+__all__ = ["Stages", "Worker"]
 
 log = logging.getLogger("llm_worker")
 
 Key = tuple[str, int]
 
-
-class Stages(Protocol):
-    """One message's path as the consume loop drives it (`worker.pipeline.Pipeline`)."""
-
-    def begin(self, rec: InputRecord) -> Outcome | Any:
-        """The outcome when no waiting is needed, else a state for `finish`."""
-
-    async def finish(self, pending: Any) -> Outcome: ...
-
-    def internal_error(self, rec: InputRecord, exc: BaseException) -> Outcome: ...
-
-
-# what a produced outcome carries until its delivery report: the record, the outcome, and the
-# offsets object of the partition generation that started it
-Sent = tuple[InputRecord, Outcome, PartitionOffsets]
+FLUSH_FLOOR_S = 1.0
+"""The producer flush at shutdown gets at least this long, even past the deadline."""
+HOLD_AFTER_S = 1.0
+"""A full worker first waits this long for room without polling; still full, it pauses every
+partition and polls (a pause costs a refetch on resume, which some brokers make slow)."""
+HOOK_MARGIN_S = 5.0
+"""A rebalance hook waits this much beyond the shutdown timeout before it gives up."""
 
 
 class Worker:
@@ -80,8 +72,6 @@ class Worker:
         self._commit_interval = commit_interval_s
         self._shutdown_timeout = shutdown_timeout_s
         self._tracker = OffsetTracker()
-        self._unacked = 0  # outcomes produced whose delivery report has not come back yet
-        self._acked = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
         self._flow = FlowControl(
@@ -90,72 +80,121 @@ class Worker:
             max_per_partition=max_in_flight_per_partition,
             on_change=metrics.paused.set,
         )
+        self._room = Room(max_in_flight, lambda: self.in_flight)
+        self._outbox = Outbox(bridge, metrics, spawn=self._spawn, on_acked=self._room.wake)
         self._owned: set[Key] = set()
-        self._rate_limited = rate_limited or (lambda: 0)
+        self._held = rate_limited or (lambda: 0)
         self._revoked_now: set[Key] = set()
         self._stopping = asyncio.Event()
-        self._capacity = asyncio.Event()
+        self._deadline: float | None = None
+        self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._recorder = OutcomeRecorder(metrics)
-        bridge.set_ack_handler(self._on_acks)
+        self.fatal: str | None = None
+        """Why the worker stopped on a fatal Kafka error (exit non-zero), or None."""
+        bridge.set_rebalance_hooks(self.on_assign, self.on_revoke, self.on_lost)
+        bridge.set_fatal_hook(self.on_fatal)
         metrics.in_flight.set_function(lambda: self.in_flight)
-        self.counters: dict[str, int] = {
-            "consumed": 0,
-            "commits": 0,
-            "delivery_retries": 0,
-        }
+        self.counters: dict[str, int] = {"consumed": 0, "commits": 0, "lost": 0}
 
     # -- hooks called from the consumer thread ---------------------------------------------
+    def on_assign(self, keys: list[Key]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._assigned, keys)  # before the records it fetches
+        else:
+            self._assigned(keys)
+
     def on_revoke(self, keys: list[Key]) -> dict[Key, int]:
         loop = self._loop
-        if loop is None or loop.is_closed():
-            return {}
+        if loop is None or loop.is_closed() or self._closing:
+            return {}  # shutdown has settled and committed everything already
         fut = asyncio.run_coroutine_threadsafe(self._settle(keys), loop)
-        return fut.result(timeout=self._shutdown_timeout + 10)
+        try:
+            return fut.result(timeout=self._shutdown_timeout + HOOK_MARGIN_S)
+        except TimeoutError:
+            fut.cancel()  # its cleanup touches only the assignment it settled
+            log.error("settling revoked partitions %s timed out; committing nothing", keys)
+            return {}
 
-    def on_assign(self, keys: list[Key]) -> None:
-        for k in keys:
-            self._revoked_now.discard(k)
+    def on_lost(self, keys: list[Key]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._drop_lost(keys), loop)
+        try:
+            fut.result(timeout=HOOK_MARGIN_S)
+        except TimeoutError:
+            fut.cancel()
+
+    def on_fatal(self, reason: str) -> None:
+        """A Kafka client is unusable (called on the loop): stop at once, exit non-zero."""
+        if self.fatal is None:
+            self.fatal = reason
+            log.critical("fatal Kafka error, stopping: %s", reason)
+            self.stop(deadline_s=0.0)
+
+    # -- rebalance work, on the loop --------------------------------------------------------
+    def _assigned(self, keys: list[Key]) -> None:
+        self._revoked_now.difference_update(keys)
         self._owned.update(keys)
+        self._flow.forget(keys)  # the bridge resumed them: they start unpaused
 
     async def _settle(self, keys: list[Key]) -> dict[Key, int]:
         self._revoked_now.update(keys)
-        await self._finish_or_abandon(keys)
-        commits = self._tracker.pending_commits(keys)
-        self._tracker.drop(keys)
+        settled = {k: self._tracker.get(k) for k in keys}
+        deadline = self._loop_time() + self._shutdown_timeout
+        if self._deadline is not None:  # revoked while shutting down: the same deadline
+            deadline = min(deadline, self._deadline)
+        try:
+            await self._finish_or_abandon(keys, deadline)
+            commits = {
+                k: off
+                for k, (off, _epoch) in self._tracker.pending_commits(keys).items()
+                if self._tracker.get(k) is settled[k]
+            }
+        finally:
+            self._forget(keys, settled)
+        return commits
+
+    async def _drop_lost(self, keys: list[Key]) -> None:
+        self._revoked_now.update(keys)
+        settled = {k: self._tracker.get(k) for k in keys}
+        tasks = [t for k in keys for t in self._by_part.get(k, ())]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.counters["lost"] += len(keys)
+        self._forget(keys, settled)
+
+    def _forget(self, keys: list[Key], settled: dict[Key, PartitionOffsets | None]) -> None:
+        self._tracker.drop(keys, only=settled)
         self._owned.difference_update(keys)
         for k in keys:
             self._by_part.pop(k, None)
         self._flow.forget(keys)
-        return commits
 
     def _unfinished(self, keys: list[Key] | None) -> int:
         if keys is None:
             return self._tracker.in_flight()
         return sum(self._tracker.in_flight(*k) for k in keys)
 
-    async def _finish_or_abandon(self, keys: list[Key] | None) -> None:
+    async def _finish_or_abandon(self, keys: list[Key] | None, deadline: float) -> None:
         """Wait until the messages of `keys` (None: all) are finished, that is, their outcome
-        records are acknowledged, for up to the shutdown timeout; then cancel what still runs.
+        records are acknowledged, until `deadline` (loop time); then cancel what still runs.
 
         A message is either a task (waiting for its provider call, or retrying a delivery) or
         an outcome waiting for its delivery report; a task can turn into the latter.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._shutdown_timeout
+        outbox = self._outbox
         while True:
             if keys is None:
                 tasks = set(self._tasks)
             else:
-                tasks = set()
-                for k in keys:
-                    tasks |= self._by_part.get(k, set())
+                tasks = {t for k in keys for t in self._by_part.get(k, ())}
             left = deadline - loop.time()
             if tasks:
-                if left > 0:
-                    _done, pending = await asyncio.wait(tasks, timeout=left)
-                else:
-                    pending = tasks
+                pending = (await asyncio.wait(tasks, timeout=left))[1] if left > 0 else tasks
                 if pending:
                     log.warning("abandoning %d in-flight messages at the deadline", len(pending))
                     for t in pending:
@@ -163,83 +202,94 @@ class Worker:
                     await asyncio.gather(*pending, return_exceptions=True)
                     return
                 continue
-            if not self._unacked or not self._unfinished(keys) or left <= 0:
-                if left <= 0 and self._unacked:
+            if not outbox.unacked or not self._unfinished(keys) or left <= 0:
+                if left <= 0 and outbox.unacked:
                     log.warning(
-                        "abandoning %d unacknowledged outcomes at the deadline", self._unacked
+                        "abandoning %d unacknowledged outcomes at the deadline", outbox.unacked
                     )
                 return
-            self._acked.clear()
+            outbox.acked.clear()
             try:
                 async with asyncio.timeout(left):
-                    await self._acked.wait()
+                    await outbox.acked.wait()
             except TimeoutError:
                 pass
 
     # -- main loop -------------------------------------------------------------------------
-    def stop(self) -> None:
+    def stop(self, *, deadline_s: float | None = None) -> None:
+        """Stop taking records; in-flight work gets `deadline_s` (default: the shutdown
+        timeout) from now."""
+        wait = self._shutdown_timeout if deadline_s is None else deadline_s
+        new = self._loop_time() + wait
+        if self._deadline is None or new < self._deadline:
+            self._deadline = new
         if not self._stopping.is_set():
-            log.info("stop requested: no new records will be taken")
+            log.info("stop requested: no new records will be taken (deadline %.1f s)", wait)
             self._stopping.set()
-            self._capacity.set()
+            self._room.open()
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def _loop_time(self) -> float:
+        return (self._loop or asyncio.get_running_loop()).time()
+
     async def run(self) -> None:
-        """Process records until `stop()`; then settle in-flight work and commit."""
+        """Process records until `stop()`; then settle in-flight work, flush and commit."""
         self._loop = asyncio.get_running_loop()
         committer = asyncio.create_task(self._commit_loop(), name="committer")
         try:
             await self._consume_loop()
         finally:
-            await self._finish_or_abandon(None)
+            if self._deadline is None:
+                self._deadline = self._loop_time() + self._shutdown_timeout
+            await self._finish_or_abandon(None, self._deadline)
             committer.cancel()
             try:
                 await committer
             except asyncio.CancelledError:
                 pass
-            await self.commit_now()
+            if self.fatal is None:
+                left = self._deadline - self._loop_time()
+                unsent = await self._bridge.flush(max(left, FLUSH_FLOOR_S))
+                if unsent:
+                    log.warning("%d outcome records not delivered at shutdown", unsent)
+            try:
+                await self.commit_now()
+            except Exception as exc:
+                log.error("final offset commit failed: %s", exc)
+            self._closing = True
 
     async def _consume_loop(self) -> None:
-        bridge = self._bridge
+        bridge, flow = self._bridge, self._flow
         while not self._stopping.is_set():
-            free = self._max_in_flight - len(self._tasks) - self._unacked
-            if free <= 0 and self._rate_limited() > 0:
-                # Full of requests waiting for rate-limit capacity, which can take minutes:
-                # pause every partition and keep polling, so the group keeps this member.
-                await self._flow.hold_all(self._owned)
-                for msg in await bridge.consume(1, 0.1):
-                    self._dispatch(msg)
-                continue
+            free = self._max_in_flight - self.in_flight
             if free <= 0:
-                # Full (slow providers, rate-limit waits): take nothing more until work ends.
-                # Not polling is safe here: every message ends within the request deadline,
-                # which config keeps below max.poll.interval.ms. Pausing instead would cost a
-                # refetch of every partition on resume (about a second on some brokers).
-                self._capacity.clear()
-                try:
-                    async with asyncio.timeout(0.2):
-                        await self._capacity.wait()
-                except TimeoutError:
-                    pass
+                if not flow.held and await self._room.within(HOLD_AFTER_S):
+                    continue  # a short wait: cheaper than a pause and a refetch
+                # Still full: hold every partition and keep polling (rebalances are served and
+                # the group keeps this member, however long the work in flight takes)
+                await flow.hold_all(self._owned | bridge.assignment)
+                self._dispatch_all(await bridge.consume(1, 0.1))  # at most one, if any
                 continue
-            await self._flow.apply(
+            await flow.apply(
                 self._owned,
                 self._tracker.in_flight,
                 crowded=self.in_flight > self._max_in_flight * 3 // 4,
             )
-            msgs = await bridge.consume(min(self._batch, free), 0.05)
-            if msgs:
-                for msg in msgs:
-                    self._dispatch(msg)
-                self._metrics.consumed.inc(len(msgs))
+            self._dispatch_all(await bridge.consume(min(self._batch, free), 0.05))
+
+    def _dispatch_all(self, msgs: list[Message]) -> None:
+        if msgs:
+            for msg in msgs:
+                self._dispatch(msg)
+            self._metrics.consumed.inc(len(msgs))
 
     @property
     def in_flight(self) -> int:
         """Messages taken and not finished: running tasks plus outcomes not yet acknowledged."""
-        return len(self._tasks) + self._unacked
+        return len(self._tasks) + self._outbox.unacked
 
     def _dispatch(self, msg: Message) -> None:
         err = msg.error()
@@ -264,7 +314,7 @@ class Worker:
             headers=msg.headers(),  # type: ignore[arg-type]
             timestamp_ms=ts if ts_type else None,
         )
-        offsets = self._tracker.part(topic, part)
+        offsets = self._tracker.part(topic, part, self._bridge.epoch(key))
         offsets.start(rec.offset)
         # Most records are answered right here (dedup window hits, invalid input): no task.
         try:
@@ -272,7 +322,7 @@ class Worker:
         except Exception as exc:
             step = self._unexpected(rec, exc)
         if isinstance(step, Outcome):
-            self._send(rec, step, offsets)
+            self._outbox.send(rec, step, offsets)
             return
         self._spawn(key, self._handle(rec, step, offsets))
 
@@ -284,8 +334,7 @@ class Worker:
 
     def _task_done(self, task: asyncio.Task[None], key: Key) -> None:
         self._tasks.discard(task)
-        if self.in_flight < self._max_in_flight:  # not when it handed over to a delivery
-            self._capacity.set()
+        self._room.wake()
         tasks = self._by_part.get(key)
         if tasks is not None:
             tasks.discard(task)
@@ -307,54 +356,7 @@ class Worker:
             raise
         except Exception as exc:
             outcome = self._unexpected(rec, exc)
-        self._send(rec, outcome, offsets)
-
-    def _send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
-        """Produce the outcome; the message finishes when its delivery report comes back."""
-        sent: Sent = (rec, outcome, offsets)
-        try:
-            self._bridge.produce_nowait(
-                outcome.topic, outcome.value, outcome.key, outcome.headers, sent
-            )
-        except BufferError:  # librdkafka's queue is full: wait for room in a task
-            self._spawn((rec.topic, rec.partition), self._redeliver(sent, None))
-            return
-        except DeliveryError as exc:
-            self._spawn((rec.topic, rec.partition), self._redeliver(sent, exc))
-            return
-        except Exception:  # a bug (say, a malformed header): the offset stays unfinished
-            log.exception(
-                "could not produce the outcome",
-                extra={"partition": rec.partition, "offset": rec.offset},
-            )
-            return
-        self._unacked += 1
-
-    def _on_acks(self, acks: list[tuple[Any, KafkaError | None]]) -> None:
-        """Delivery reports of one producer poll (on the loop): finish the delivered messages
-        and retry the failed ones."""
-        self._unacked -= len(acks)
-        delivered: list[Sent] = []
-        for sent, err in acks:
-            if err is None:
-                sent[2].finish(sent[0].offset)
-                delivered.append(sent)
-            else:
-                rec = sent[0]
-                self._spawn((rec.topic, rec.partition), self._redeliver(sent, DeliveryError(err)))
-        self._recorder.record(delivered)
-        self._capacity.set()
-        self._acked.set()
-
-    async def _redeliver(self, sent: Sent, error: DeliveryError | None) -> None:
-        rec, outcome, offsets = sent
-        await deliver(self._bridge, outcome, error, on_retry=self._delivery_retried)
-        offsets.finish(rec.offset)
-        self._recorder.record([sent])
-
-    def _delivery_retried(self) -> None:
-        self.counters["delivery_retries"] += 1
-        self._metrics.delivery_retries.inc()
+        self._outbox.send(rec, outcome, offsets)
 
     # -- commits ---------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
@@ -368,20 +370,24 @@ class Worker:
                 log.warning("offset commit failed (will retry): %s", exc)
 
     async def commit_now(self) -> dict[Key, int]:
-        commits = self._tracker.pending_commits()
-        if not commits:
+        """Commit every partition's safe offset, in the assignment it was computed in."""
+        pending = self._tracker.pending_commits()
+        if not pending:
             return {}
-        await self._bridge.commit(commits)
-        self._tracker.mark_committed(commits)
-        self.counters["commits"] += 1
-        self._metrics.commits.inc()
-        return commits
+        done = await self._bridge.commit(pending)
+        self._tracker.mark_committed(done)
+        if done:
+            self.counters["commits"] += 1
+            self._metrics.commits.inc()
+        return done
 
     def stats(self) -> dict[str, Any]:
         return {
             **self.counters,
-            **self._recorder.counters,
+            **self._outbox.counters,
+            **self._outbox.recorder.counters,
             "in_flight": self.in_flight,
+            "held": self._held(),
             "paused_partitions": len(self._flow.paused),
             "partitions": len(self._tracker.partitions()),
         }

@@ -8,9 +8,10 @@ there is room again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
-__all__ = ["FlowControl"]
+__all__ = ["FlowControl", "Room"]
 
 Key = tuple[str, int]
 PauseFn = Callable[[list[Key]], Awaitable[None]]
@@ -77,3 +78,33 @@ class FlowControl:
             self.paused.discard(k)
             self.held.discard(k)
         self._on_change(len(self.paused))
+
+
+class Room:
+    """Room in a full worker: `within(t)` waits up to `t` for in-flight work to drop to 3/4 of
+    the limit (room for a batch, not one record at a time), `wake()` is called as work ends."""
+
+    def __init__(self, limit: int, in_flight: Callable[[], int]) -> None:
+        self._limit = limit
+        self._in_flight = in_flight
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        if self._in_flight() <= self._limit * 3 // 4:
+            self._event.set()
+
+    def open(self) -> None:
+        """Wake every waiter now (stopping)."""
+        self._event.set()
+
+    async def within(self, timeout: float) -> bool:
+        """True if there is room now or comes within `timeout`."""
+        self._event.clear()
+        if self._in_flight() < self._limit:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            pass
+        return self._in_flight() < self._limit

@@ -1,8 +1,18 @@
-"""The only module that touches librdkafka handles.
+"""The Kafka bridge: the consumer and the idempotent producer behind asyncio-friendly methods.
 
 All consumer calls run on one dedicated thread (librdkafka's consumer is driven from a single
-thread, and rebalance callbacks fire inside `consume()` on it). The producer is polled by its own
-thread; delivery reports come back to the event loop as resolved futures.
+thread, and rebalance callbacks fire inside `consume()` on it). The producer is polled by its
+own thread; delivery reports come back to the event loop in one wake-up per poll.
+
+Rebalances: on **assign** every partition is resumed first (librdkafka keeps an application's
+pause across unassign/assign: a partition paused when revoked would never be read again); on
+**revoke** the worker settles the partitions and their safe offsets are committed here before
+release; on **lost** (eviction, fencing) the worker drops their state and nothing is committed.
+Each assignment of a partition has an *epoch*; a commit carries the epochs it was computed in
+and applies only to partitions still in them, so it never moves an offset backwards.
+
+A fatal client error (the idempotent producer's, say) is reported once to `on_fatal`: the
+worker then stops, and the process exits non-zero so the orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from confluent_kafka import (
 )
 
 from ..config import Settings
+from .kafka_conf import DeliveryError, client_config, message_max_bytes
 
 __all__ = [
     "DeliveryError",
@@ -36,87 +47,26 @@ __all__ = [
 ]
 
 log = logging.getLogger("llm_worker.kafka")
-rdlog = logging.getLogger("llm_worker.librdkafka")
 
-RevokeHook = Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]]
-AssignHook = Callable[[list[tuple[str, int]]], None]
+Key = tuple[str, int]
+RevokeHook = Callable[[list[Key]], dict[Key, int]]
+AssignHook = Callable[[list[Key]], None]
 # (token given to `produce_nowait`, delivery error or None), one poll's worth at a time
 AckHandler = Callable[[list[tuple[Any, KafkaError | None]]], None]
 
-
-class DeliveryError(RuntimeError):
-    def __init__(self, err: KafkaError) -> None:
-        super().__init__(f"delivery failed: {err.str()} ({err.name()})")
-        self.code = err.code()
-        self.retriable = bool(err.retriable()) or self.code in (
-            KafkaError._MSG_TIMED_OUT,
-            KafkaError._TRANSPORT,
-            KafkaError.NOT_ENOUGH_REPLICAS,
-            KafkaError.REQUEST_TIMED_OUT,
-        )
-        self.too_large = self.code == KafkaError.MSG_SIZE_TOO_LARGE
-
-
-def _error_cb(err: KafkaError) -> None:
-    if err.fatal():
-        log.error("kafka fatal error: %s", err.str())
-    else:
-        log.warning("kafka error: %s", err.str())
-
-
-_CONSUMER_ONLY = (
-    "group.",
-    "session.",
-    "heartbeat.",
-    "max.poll.",
-    "partition.assignment",
-    "auto.offset",
-    "enable.auto",
-    "fetch.",
-    "isolation.level",
-    "queued.",
-)
-_PRODUCER_ONLY = (
-    "linger.",
-    "acks",
-    "enable.idempotence",
-    "compression.",
-    "batch.",
-    "queue.buffering",
-    "message.timeout",
-    "transactional.",
-    "delivery.timeout",
-)
-
-
-def client_config(settings: Settings, role: str = "admin") -> dict[str, Any]:
-    """Base librdkafka config for a client; passthrough properties of the other role dropped."""
-    drop: tuple[str, ...] = ()
-    if role == "producer":
-        drop = _CONSUMER_ONLY
-    elif role == "consumer":
-        drop = _PRODUCER_ONLY
-    elif role == "admin":
-        drop = _CONSUMER_ONLY + _PRODUCER_ONLY
-    conf = {k: v for k, v in settings.kafka_common().items() if not k.startswith(drop)}
-    conf["error_cb"] = _error_cb
-    conf["logger"] = rdlog
-    return conf
+REBALANCE_CLOSE_TIMEOUT_S = 10.0
+"""How long `close()` gives librdkafka to leave the group before it gives up waiting."""
 
 
 class KafkaBridge:
     """Consumer + idempotent producer behind asyncio-friendly methods."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        on_assign: AssignHook | None = None,
-        on_revoke: RevokeHook | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
+        self._on_assign: AssignHook | None = None
+        self._on_revoke: RevokeHook | None = None
+        self._on_lost: AssignHook | None = None
+        self._on_fatal: Callable[[str], None] | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._cthread = concurrent.futures.ThreadPoolExecutor(
@@ -131,11 +81,37 @@ class KafkaBridge:
         )
         self._acks: collections.deque[tuple[Any, KafkaError | None]] = collections.deque()
         self._ack_handler: AckHandler | None = None
-        self.assignment: set[tuple[str, int]] = set()
+        self._assignment: frozenset[Key] = frozenset()
+        self._epochs: dict[Key, int] = {}
+        self._epoch = 0
+        self.fatal: str | None = None
+        """Why the clients are unusable (a fatal librdkafka error), or None."""
+        self.max_message_bytes = message_max_bytes(settings)
 
-    def set_rebalance_hooks(self, on_assign: AssignHook, on_revoke: RevokeHook) -> None:
+    @property
+    def assignment(self) -> frozenset[Key]:
+        """The partitions assigned now (replaced, never mutated: safe to read anywhere)."""
+        return self._assignment
+
+    def epoch(self, key: Key) -> int:
+        """The current assignment's epoch of `key` (0 when it is not assigned)."""
+        return self._epochs.get(key, 0) if key in self._assignment else 0
+
+    def set_rebalance_hooks(
+        self,
+        on_assign: AssignHook,
+        on_revoke: RevokeHook,
+        on_lost: AssignHook | None = None,
+    ) -> None:
+        """Called on the consumer thread, inside `consume()`: `on_revoke` returns the offsets to
+        commit before the partitions are released."""
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._on_lost = on_lost
+
+    def set_fatal_hook(self, on_fatal: Callable[[str], None]) -> None:
+        """Called on the event loop, once, when a client hits a fatal error."""
+        self._on_fatal = on_fatal
 
     def set_ack_handler(self, handler: AckHandler) -> None:
         """Where the delivery reports of `produce_nowait` go: called on the event loop with
@@ -158,9 +134,11 @@ class KafkaBridge:
             # per partition per wait. With Apache Kafka this only bounds idle polls.
             "fetch.wait.max.ms": 25,
         }
-        consumer_conf.update(client_config(s, "consumer"))
+        if "group.protocol" in s.kafka_extra and s.kafka_extra["group.protocol"] == "consumer":
+            del consumer_conf["partition.assignment.strategy"]  # the broker assigns (KIP-848)
+        consumer_conf.update(client_config(s, "consumer", self._client_error))
         producer_conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
-        producer_conf.update(client_config(s, "producer"))
+        producer_conf.update(client_config(s, "producer", self._client_error))
         self._producer = Producer(producer_conf)
         self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
         await self._in_consumer_thread(
@@ -175,21 +153,48 @@ class KafkaBridge:
         )
         self._pthread.start()
 
-    async def close(self, *, flush_timeout: float = 10.0) -> None:
+    async def flush(self, timeout: float) -> int:
+        """Wait up to `timeout` s for every produced record's delivery report, then hand the
+        reports to the ack handler; returns how many records are still undelivered."""
+        if self._producer is None:
+            return 0
+        left: int = await asyncio.to_thread(self._producer.flush, max(timeout, 0.0))
+        self.drain()
+        return left
+
+    def drain(self) -> None:
+        """Hand every delivery report already received to its handler, now (on the loop)."""
+        ready = [self._reports.popleft() for _ in range(len(self._reports))]
+        acked = [self._acks.popleft() for _ in range(len(self._acks))]
+        if ready or acked:
+            self._reported(ready, acked)
+
+    async def close(self) -> None:
+        """Stop the producer's poll thread (after a last drain) and leave the group. Flush
+        first (`flush`): records still queued here are not waited for."""
         if self._closed:
             return
         self._closed = True
-        if self._producer is not None:
-            await asyncio.to_thread(self._producer.flush, flush_timeout)
         self._stop_polling.set()
         if self._pthread is not None:
             await asyncio.to_thread(self._pthread.join, 5.0)
+        self.drain()
         if self._consumer is not None:
             try:
-                await self._in_consumer_thread(self._consumer.close)
-            except KafkaException as exc:
-                log.warning("consumer close: %s", exc)
+                async with asyncio.timeout(REBALANCE_CLOSE_TIMEOUT_S):
+                    await self._in_consumer_thread(self._consumer.close)
+            except (KafkaException, TimeoutError) as exc:
+                log.warning("consumer close: %s", exc or "timed out")
         self._cthread.shutdown(wait=False)
+
+    def _client_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (any thread): a fatal error makes the clients unusable."""
+        if not err.fatal() or self.fatal is not None:
+            return
+        self.fatal = f"{err.name()}: {err.str()}"
+        loop, hook = self._loop, self._on_fatal
+        if loop is not None and hook is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(hook, self.fatal)
 
     # -- consumer --------------------------------------------------------------------------
     async def _in_consumer_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -206,39 +211,50 @@ class KafkaBridge:
         )
         return msgs
 
-    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    async def commit(self, offsets: dict[Key, tuple[int, int]]) -> dict[Key, int]:
+        """Commit `{key: (offset, epoch)}`; returns what was committed: only partitions still
+        assigned in the epoch the offset was computed under."""
         if not offsets or self._consumer is None:
-            return
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        await self._in_consumer_thread(self._commit_sync, tps)
+            return {}
+        done: dict[Key, int] = await self._in_consumer_thread(self._commit_sync, offsets)
+        return done
 
-    def _commit_sync(self, tps: list[TopicPartition]) -> None:
-        """Commit on the consumer thread; partitions we no longer own are left to their owner."""
+    def _commit_sync(self, offsets: dict[Key, tuple[int, int]]) -> dict[Key, int]:
+        """On the consumer thread, where assignments change: nothing can move in between."""
         assert self._consumer is not None
-        tps = [tp for tp in tps if (tp.topic, tp.partition) in self.assignment]
-        if not tps:
-            return
+        current = {k: off for k, (off, ep) in offsets.items() if ep and self.epoch(k) == ep}
+        if not current:
+            return {}
+        tps = [TopicPartition(t, p, o) for (t, p), o in current.items()]
         try:
             self._consumer.commit(offsets=tps, asynchronous=False)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if err is not None and err.code() == KafkaError._NO_OFFSET:
-                return
+                return {}
             raise
+        return current
 
-    async def pause(self, parts: list[tuple[str, int]]) -> None:
+    async def pause(self, parts: list[Key]) -> None:
         if parts and self._consumer is not None:
             tps = [TopicPartition(t, p) for t, p in parts]
             await self._in_consumer_thread(self._consumer.pause, tps)
 
-    async def resume(self, parts: list[tuple[str, int]]) -> None:
+    async def resume(self, parts: list[Key]) -> None:
         if parts and self._consumer is not None:
             tps = [TopicPartition(t, p) for t, p in parts]
             await self._in_consumer_thread(self._consumer.resume, tps)
 
     def _assign_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self.assignment.update(keys)
+        if partitions:
+            # an application pause survives unassign/assign in librdkafka: clear it, so a
+            # partition paused when it was revoked is read again now that it is back
+            consumer.resume(partitions)
+        for k in keys:
+            self._epoch += 1
+            self._epochs[k] = self._epoch
+        self._assignment = self._assignment | frozenset(keys)
         log.info("partitions assigned: %s", keys)
         if self._on_assign is not None:
             self._on_assign(keys)
@@ -250,17 +266,28 @@ class KafkaBridge:
             if self._on_revoke is not None:
                 commits = self._on_revoke(keys)
                 if commits:
-                    self._commit_sync([TopicPartition(t, p, o) for (t, p), o in commits.items()])
+                    self._commit_sync({k: (o, self.epoch(k)) for k, o in commits.items()})
                     log.info("committed on revoke: %s", commits)
         except Exception:
             log.exception("error while settling revoked partitions %s", keys)
         finally:
-            self.assignment.difference_update(keys)
+            self._release(keys)
 
     def _lost_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         log.warning("partitions lost (no commit possible): %s", keys)
-        self.assignment.difference_update(keys)
+        try:
+            if self._on_lost is not None:
+                self._on_lost(keys)
+        except Exception:
+            log.exception("error while dropping lost partitions %s", keys)
+        finally:
+            self._release(keys)
+
+    def _release(self, keys: list[Key]) -> None:
+        self._assignment = self._assignment - frozenset(keys)
+        for k in keys:
+            self._epochs.pop(k, None)
 
     # -- producer --------------------------------------------------------------------------
     def _poll_producer(self) -> None:
@@ -270,11 +297,12 @@ class KafkaBridge:
         batch, acks = self._reports, self._acks
         while not self._stop_polling.is_set():
             producer.poll(0.05)
-            if batch or acks:
+            if (batch or acks) and not loop.is_closed():
                 # deques: flush() on another thread may append meanwhile
                 ready = [batch.popleft() for _ in range(len(batch))]
                 acked = [acks.popleft() for _ in range(len(acks))]
                 loop.call_soon_threadsafe(self._reported, ready, acked)
+        producer.poll(0)  # a last serve; `close()` drains what it leaves on the loop
 
     def _reported(
         self,
@@ -303,7 +331,7 @@ class KafkaBridge:
         other reports of the same poll. No future, no task: the cheap path for every outcome.
 
         Raises BufferError when librdkafka's local queue is full (nothing was produced) and
-        DeliveryError when the record is refused at once.
+        DeliveryError when the record is refused at once (too large, say).
         """
         assert self._producer is not None
         acks = self._acks
@@ -326,7 +354,8 @@ class KafkaBridge:
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Produce one record and wait until the broker acknowledged it (or raise DeliveryError)."""
+        """Produce one record and wait until the broker acknowledged it (or raise DeliveryError).
+        Waits (yielding) while librdkafka's local queue is full."""
         assert self._producer is not None and self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
         reports = self._reports
@@ -334,14 +363,16 @@ class KafkaBridge:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             reports.append((fut, err))  # runs on the polling thread, inside producer.poll()
 
+        delay = 0.01
         while True:
             try:
                 self._producer.produce(
                     topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
                 )
                 break
-            except BufferError:
-                await asyncio.sleep(0.01)  # local queue full: wait for deliveries to drain it
+            except BufferError:  # local queue full: wait for deliveries to drain it
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
             except KafkaException as exc:
                 raise DeliveryError(exc.args[0]) from exc
         await fut

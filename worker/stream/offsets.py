@@ -3,6 +3,10 @@
 Messages of a partition start in offset order and finish in any order. The offset that is safe
 to commit is one past the end of the first unbroken run of finished offsets: a committed offset
 never passes a message that has not finished.
+
+Each `PartitionOffsets` belongs to one assignment of its partition (its `epoch`, from the
+bridge): a commit is tagged with the epoch it was computed in, and messages of an earlier
+assignment that finish late finish their own object, never the current one.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ __all__ = ["OffsetTracker", "PartitionOffsets"]
 class PartitionOffsets:
     """Offsets of one partition: started, finished, and the committable watermark."""
 
-    __slots__ = ("_done", "_heap", "_in_flight", "committed", "safe")
+    __slots__ = ("_done", "_heap", "_in_flight", "committed", "epoch", "safe")
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
         self._heap: list[int] = []  # started offsets not yet passed by `safe`
         self._in_flight: set[int] = set()
         self._done: set[int] = set()
@@ -61,12 +66,16 @@ class OffsetTracker:
     def __init__(self) -> None:
         self._parts: dict[tuple[str, int], PartitionOffsets] = {}
 
-    def part(self, topic: str, partition: int) -> PartitionOffsets:
+    def part(self, topic: str, partition: int, epoch: int = 0) -> PartitionOffsets:
+        """The partition's offsets in assignment `epoch` (a new object for a new epoch)."""
         key = (topic, partition)
         p = self._parts.get(key)
-        if p is None:
-            p = self._parts[key] = PartitionOffsets()
+        if p is None or p.epoch != epoch:
+            p = self._parts[key] = PartitionOffsets(epoch)
         return p
+
+    def get(self, key: tuple[str, int]) -> PartitionOffsets | None:
+        return self._parts.get(key)
 
     def start(self, topic: str, partition: int, offset: int) -> None:
         self.part(topic, partition).start(offset)
@@ -84,13 +93,15 @@ class OffsetTracker:
 
     def pending_commits(
         self, only: Iterable[tuple[str, int]] | None = None
-    ) -> dict[tuple[str, int], int]:
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """`{key: (offset, epoch)}` for every partition with something new to commit."""
         keys = list(self._parts) if only is None else [k for k in only if k in self._parts]
-        out: dict[tuple[str, int], int] = {}
+        out: dict[tuple[str, int], tuple[int, int]] = {}
         for key in keys:
-            off = self._parts[key].pending_commit()
+            p = self._parts[key]
+            off = p.pending_commit()
             if off is not None:
-                out[key] = off
+                out[key] = (off, p.epoch)
         return out
 
     def mark_committed(self, commits: dict[tuple[str, int], int]) -> None:
@@ -99,10 +110,17 @@ class OffsetTracker:
             if p is not None and (p.committed is None or off > p.committed):
                 p.committed = off
 
-    def drop(self, keys: Iterable[tuple[str, int]]) -> None:
-        """Forget partitions (after revoke: another consumer owns them now)."""
+    def drop(
+        self,
+        keys: Iterable[tuple[str, int]],
+        only: dict[tuple[str, int], PartitionOffsets | None] | None = None,
+    ) -> None:
+        """Forget partitions (after revoke: another consumer owns them now). With `only`, a
+        partition is forgotten only if its object is still the one given (the assignment that
+        was settled), never a newer one."""
         for key in keys:
-            self._parts.pop(key, None)
+            if only is None or self._parts.get(key) is only.get(key):
+                self._parts.pop(key, None)
 
     def partitions(self) -> list[tuple[str, int]]:
         return list(self._parts)

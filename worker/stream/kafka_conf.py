@@ -1,0 +1,100 @@
+"""librdkafka configuration for the worker's clients, and delivery errors.
+
+`LLM_WORKER_KAFKA_<PROPERTY>` passthrough properties reach every client; those that belong
+only to the consumer or only to the producer are dropped from the other (librdkafka warns about
+properties a client type does not use).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from ..config import Settings
+
+__all__ = ["DeliveryError", "client_config", "message_max_bytes"]
+
+log = logging.getLogger("llm_worker.kafka")
+rdlog = logging.getLogger("llm_worker.librdkafka")
+
+ErrorHook = Callable[[KafkaError], None]
+
+
+class DeliveryError(RuntimeError):
+    def __init__(self, err: KafkaError) -> None:
+        super().__init__(f"delivery failed: {err.str()} ({err.name()})")
+        self.code = err.code()
+        self.retriable = bool(err.retriable()) or self.code in (
+            KafkaError._MSG_TIMED_OUT,
+            KafkaError._TRANSPORT,
+            KafkaError.NOT_ENOUGH_REPLICAS,
+            KafkaError.REQUEST_TIMED_OUT,
+        )
+        self.too_large = self.code == KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def _log_error(err: KafkaError) -> None:
+    if err.fatal():
+        log.error("kafka fatal error: %s", err.str())
+    else:
+        log.warning("kafka error: %s", err.str())
+
+
+_CONSUMER_ONLY = (
+    "group.",
+    "session.",
+    "heartbeat.",
+    "max.poll.",
+    "partition.assignment",
+    "auto.offset",
+    "enable.auto",
+    "fetch.",
+    "isolation.level",
+    "queued.",
+)
+_PRODUCER_ONLY = (
+    "linger.",
+    "acks",
+    "enable.idempotence",
+    "compression.",
+    "batch.",
+    "queue.buffering",
+    "message.timeout",
+    "transactional.",
+    "delivery.timeout",
+)
+
+
+def client_config(
+    settings: Settings, role: str = "admin", on_error: ErrorHook | None = None
+) -> dict[str, Any]:
+    """Base librdkafka config for a client; passthrough properties of the other role dropped.
+    Client errors are logged, then handed to `on_error` (say, to act on a fatal one)."""
+    drop: tuple[str, ...] = ()
+    if role == "producer":
+        drop = _CONSUMER_ONLY
+    elif role == "consumer":
+        drop = _PRODUCER_ONLY
+    elif role == "admin":
+        drop = _CONSUMER_ONLY + _PRODUCER_ONLY
+    conf = {k: v for k, v in settings.kafka_common().items() if not k.startswith(drop)}
+    if on_error is None:
+        conf["error_cb"] = _log_error
+    else:
+
+        def error_cb(err: KafkaError) -> None:
+            _log_error(err)
+            on_error(err)
+
+        conf["error_cb"] = error_cb
+    conf["logger"] = rdlog
+    return conf
+
+
+def message_max_bytes(settings: Settings) -> int:
+    """The producer's `message.max.bytes` (librdkafka refuses larger records at once)."""
+    raw = settings.kafka_extra.get("message.max.bytes", "")
+    return int(raw) if raw.isdigit() else 1_000_000

@@ -1,0 +1,141 @@
+"""Outcome records on their way to Kafka: produced without waiting, finished by their delivery
+reports, retried when delivery fails, made smaller when the broker refuses them as too large.
+
+A message is finished when its outcome's delivery report comes back without error: only then
+does its offset count as done. Reports arrive in batches, one per producer poll. A failed
+delivery is retried in a task, with backoff, for as long as it takes (an unwritable output
+topic holds its partition's offsets back; nothing is lost), with one exception: a record the
+broker refuses as too large is never produced again as it is. It is replaced by a smaller one
+(`records.shrink`, at most `SHRINK_STEPS` times, each smaller by construction), so one poison
+record can neither spin the event loop nor hold its partition forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..ops.metrics import Metrics
+from ..ops.outcomes import OutcomeRecorder
+from ..records import SHRINK_STEPS, InputRecord, Outcome, shrink
+from .kafka import DeliveryError, KafkaBridge, KafkaError
+from .offsets import PartitionOffsets
+
+__all__ = ["Outbox", "Sent"]
+
+log = logging.getLogger("llm_worker")
+
+Key = tuple[str, int]
+# what a produced outcome carries until its delivery report: the record, the outcome, and the
+# offsets object of the partition assignment that started it
+Sent = tuple[InputRecord, Outcome, PartitionOffsets]
+Spawn = Callable[[Key, Coroutine[Any, Any, None]], None]
+
+RETRY_DELAY_S = (0.1, 5.0)
+"""First and longest pause between attempts to deliver an outcome that failed."""
+
+
+class Outbox:
+    def __init__(
+        self,
+        bridge: KafkaBridge,
+        metrics: Metrics,
+        *,
+        spawn: Spawn,
+        on_acked: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._bridge = bridge
+        self._metrics = metrics
+        self._spawn = spawn
+        self._on_acked = on_acked
+        self.recorder = OutcomeRecorder(metrics)
+        self.unacked = 0
+        """Outcomes produced whose delivery report has not come back yet."""
+        self.acked = asyncio.Event()
+        self.counters: dict[str, int] = {"delivery_retries": 0, "shrunk": 0}
+        bridge.set_ack_handler(self._on_acks)
+
+    def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
+        """Produce the outcome; the message finishes when its delivery report comes back."""
+        sent: Sent = (rec, outcome, offsets)
+        key = (rec.topic, rec.partition)
+        try:
+            self._bridge.produce_nowait(
+                outcome.topic, outcome.value, outcome.key, outcome.headers, sent
+            )
+        except BufferError:  # librdkafka's queue is full: wait for room in a task
+            self._spawn(key, self._redeliver(sent, None))
+            return
+        except DeliveryError as exc:  # refused at once (too large, say): never in this frame
+            self._spawn(key, self._redeliver(sent, exc))
+            return
+        except Exception:  # a bug (say, a malformed header): the offset stays unfinished
+            log.exception(
+                "could not produce the outcome",
+                extra={"partition": rec.partition, "offset": rec.offset},
+            )
+            return
+        self.unacked += 1
+
+    def _on_acks(self, acks: list[tuple[Any, KafkaError | None]]) -> None:
+        """Delivery reports of one producer poll (on the loop): finish the delivered messages
+        and retry the failed ones."""
+        self.unacked -= len(acks)
+        delivered: list[Sent] = []
+        for sent, err in acks:
+            if err is None:
+                sent[2].finish(sent[0].offset)
+                delivered.append(sent)
+            else:
+                rec = sent[0]
+                self._spawn((rec.topic, rec.partition), self._redeliver(sent, DeliveryError(err)))
+        self.recorder.record(delivered)
+        self.acked.set()
+        self._on_acked()
+
+    async def _redeliver(self, sent: Sent, error: DeliveryError | None) -> None:
+        rec, outcome, offsets = sent
+        await self.deliver(outcome, error)
+        offsets.finish(rec.offset)
+        self.recorder.record([sent])
+
+    async def deliver(self, outcome: Outcome, error: DeliveryError | None = None) -> None:
+        """Produce and wait for the acknowledgement, retrying until it comes; a record refused
+        as too large is replaced by a smaller one first. `error`: the failure of an earlier
+        attempt, handled before the first produce."""
+        delay, longest = RETRY_DELAY_S
+        shrunk = 0
+        while True:
+            if error is not None:
+                self.counters["delivery_retries"] += 1
+                self._metrics.delivery_retries.inc()
+                if error.too_large and shrunk < SHRINK_STEPS:
+                    shrunk += 1
+                    self.counters["shrunk"] += 1
+                    size = len(outcome.value)
+                    shrink(outcome, shrunk, self._bridge.max_message_bytes)
+                    log.warning(
+                        "outcome for %s refused as too large (%d bytes); replaced by a "
+                        "smaller record (step %d)",
+                        outcome.topic,
+                        size,
+                        shrunk,
+                    )
+                else:
+                    log.warning(
+                        "delivery to %s failed (%s); retrying in %.1f s",
+                        outcome.topic,
+                        error,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, longest)
+            try:
+                await self._bridge.produce(
+                    outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
+                )
+                return
+            except DeliveryError as exc:
+                error = exc
