@@ -12,6 +12,9 @@ from pathlib import Path
 __all__ = ["MissingSecret", "Secret", "SecretStore"]
 
 _ENV_NAME = re.compile(r"[^A-Z0-9_]")
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
+"""A Kubernetes Secret key (`[-._a-zA-Z0-9]+`), and never `.`, `..` or a path: a name from the
+registry must not read a file outside the secrets directory."""
 
 
 class Secret:
@@ -59,6 +62,8 @@ class SecretStore:
         self._cache: dict[str, tuple[float, Secret]] = {}
 
     def get(self, name: str) -> Secret:
+        if not _SECRET_NAME.match(name) or name in (".", ".."):
+            raise MissingSecret(name, "not a valid secret name: letters, digits, '_', '-', '.'")
         if self._dir is not None:
             path = self._dir / name
             try:

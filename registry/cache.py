@@ -39,6 +39,10 @@ _RELOAD_ERRORS = (psycopg.Error, OSError)  # OSError includes TimeoutError
 
 Stats = dict[str, int | float | bool | None]
 
+LISTEN_CHECK_S = 30.0
+"""A LISTEN connection with no notification for this long runs `SELECT 1`: a connection that
+died silently is replaced instead of leaving changes to the periodic poll."""
+
 
 def backoff(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
     """Delay before retry `attempt` (1-based): exponential from `base`, capped, with jitter."""
@@ -255,6 +259,11 @@ class RegistryCache:
             row_factory=ROW_FACTORY,
             connect_timeout=self._connect_timeout,
             application_name=f"{APP_NAME}-{purpose}",
+            # a half-open TCP connection (a peer gone without a FIN) is noticed in ~25 s
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
         )
 
     async def _drop_conn(self) -> None:
@@ -356,10 +365,18 @@ class RegistryCache:
                     log.info("registry: listening for changes again")
                 failures = 0
                 self._wake.set()  # reload: catch up with changes made while not listening
-                async with contextlib.aclosing(conn.notifies()) as notifies:
-                    async for _ in notifies:
-                        self._notifications += 1
-                        self._wake.set()
+                while True:  # a quiet connection is checked now and then: dead, or just quiet?
+                    got = 0
+                    async with contextlib.aclosing(
+                        conn.notifies(timeout=LISTEN_CHECK_S)
+                    ) as notifies:
+                        async for _ in notifies:
+                            got += 1
+                            self._notifications += 1
+                            self._wake.set()
+                    if not got:
+                        async with asyncio.timeout(self._query_timeout_s):
+                            await conn.execute("SELECT 1")
             except _RELOAD_ERRORS as exc:
                 failures += 1
                 self._listen_failed(failures, exc)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import msgspec
 
-__all__ = ["COLUMNS", "ModelRow"]
+__all__ = ["COLUMNS", "ENDPOINT_COLUMNS", "ModelRow", "endpoint_problem", "row_problems"]
 
 
 class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,3 +32,31 @@ class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 COLUMNS: tuple[str, ...] = ModelRow.__struct_fields__
+
+ENDPOINT_COLUMNS = ("endpoint", "fallback_endpoint")
+
+
+def endpoint_problem(url: str | None) -> str | None:
+    """Why `url` cannot be an endpoint, or None: an endpoint is empty (the provider's public
+    default) or an absolute http(s) URL with a host (`vllm:8000/v1` has no scheme)."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not an absolute http(s) URL such as http://vllm:8000/v1"
+    return None
+
+
+def row_problems(fields: dict[str, object]) -> list[str]:
+    """Problems of the endpoint columns among `fields` (column -> value)."""
+    out = []
+    for col in ENDPOINT_COLUMNS:
+        value = fields.get(col)
+        problem = endpoint_problem(value if isinstance(value, str) else None)
+        if problem:
+            out.append(f"{col}: {problem}")
+    return out

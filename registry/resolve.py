@@ -24,7 +24,7 @@ from registry.errors import (
     ResolveError,
     UnknownModel,
 )
-from registry.models import ModelRow
+from registry.models import ENDPOINT_COLUMNS, ModelRow, row_problems
 
 __all__ = ["DEFAULT_MAX_DEPTH", "Candidate", "resolve", "validate"]
 
@@ -138,6 +138,9 @@ def validate(
     secret_errors: dict[str, str | None] = {}
     for model_id in sorted(rows):
         row = rows[model_id]
+        problems.extend(
+            f"{model_id}: {p}" for p in row_problems({c: getattr(row, c) for c in ENDPOINT_COLUMNS})
+        )
         try:
             resolve(rows, model_id, max_depth=max_depth)
         except ResolveError as exc:

@@ -24,7 +24,7 @@ from registry._db import (
     redact_dsn,
 )
 from registry.errors import InvalidRow, RegistryUnavailable, UnknownModel
-from registry.models import COLUMNS, ModelRow
+from registry.models import COLUMNS, ModelRow, row_problems
 
 __all__ = ["delete_row", "get_row", "list_rows", "set_enabled", "update_row", "upsert_row"]
 
@@ -68,6 +68,9 @@ def upsert_row(dsn: str, row: ModelRow) -> None:
     `row.updated_at` is ignored: the database sets it.
     """
     values = {c: getattr(row, c) for c in WRITABLE}
+    problems = row_problems(values)
+    if problems:
+        raise InvalidRow(f"{row.model_id}: " + "; ".join(problems))
     query = sql.SQL(
         "INSERT INTO {table} ({cols}) VALUES ({values}) "
         "ON CONFLICT (model_id) DO UPDATE SET {updates}"
@@ -93,6 +96,9 @@ def _check_fields(fields: dict[str, Any]) -> None:
         )
     if "updated_at" in fields:
         raise InvalidRow("updated_at cannot be set: the database maintains it")
+    problems = row_problems(fields)
+    if problems:
+        raise InvalidRow("; ".join(problems))
 
 
 def update_row(dsn: str, model_id: str, **fields: Any) -> ModelRow:

@@ -132,15 +132,18 @@ def _reject(raw: bytes, reason: str, message: str) -> Rejected:
 
 
 def decode_prompt(
-    raw: bytes | None, *, max_bytes: int, max_metadata_bytes: int
+    raw: bytes | None, *, max_bytes: int, max_metadata_bytes: int, extra_bytes: int = 0
 ) -> Prompt | Rejected:
-    """Decode and validate one input record."""
+    """Decode and validate one input record. `extra_bytes`: what the record's key and headers
+    take; they count against `max_bytes` with the value (its outcome record carries them)."""
     if not raw:
         return Rejected(reason="invalid_json", message="empty message value", dlq=True)
-    if len(raw) > max_bytes:
-        return _reject(
-            raw, "payload_too_large", f"payload is {len(raw)} bytes; the limit is {max_bytes}"
-        )
+    if len(raw) + extra_bytes > max_bytes:
+        what = f"payload is {len(raw)} bytes"
+        if extra_bytes:
+            total = len(raw) + extra_bytes
+            what = f"record is {total} bytes ({len(raw)} value, {extra_bytes} key and headers)"
+        return _reject(raw, "payload_too_large", f"{what}; the limit is {max_bytes}")
     try:
         prompt = _prompt_decoder.decode(raw)
     except msgspec.ValidationError as exc:

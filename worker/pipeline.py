@@ -15,7 +15,7 @@ import msgspec
 
 from adapters.base import Message as ProviderMessage
 from adapters.base import ProviderRequest
-from registry.errors import RegistryError
+from registry.errors import RegistryError, UnknownModel
 from registry.resolve import Candidate
 
 from .calling.caller import Caller, CallFailed, CallResult
@@ -23,7 +23,7 @@ from .config import Settings
 from .dedup import DedupWindow, dedup_key
 from .messages import Completion, ErrorInfo, Prompt, Rejected, Usage, decode_prompt, encode
 from .ops.metrics import Metrics
-from .records import InputRecord, Outcome
+from .records import InputRecord, Outcome, record_size
 
 __all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
 
@@ -119,6 +119,7 @@ class Pipeline:
             rec.value,
             max_bytes=self._s.max_message_bytes,
             max_metadata_bytes=self._s.max_metadata_bytes,
+            extra_bytes=record_size(None, rec.key, rec.headers),
         )
         if isinstance(decoded, Rejected):
             return self._rejected(rec, decoded)
@@ -126,16 +127,21 @@ class Pipeline:
         try:
             candidates = self._registry.resolve(prompt.model)
         except RegistryError as exc:
-            return self._error(
+            out = self._error(
                 rec, prompt.id, prompt.model, prompt.metadata, type(exc).__name__, str(exc)
             )
+            if not isinstance(exc, UnknownModel):  # a row exists: a bounded label
+                out.model_label = prompt.model
+            return out
         request = _to_provider_request(prompt)
         key = None
         if self._dedup is not None and prompt.dedup:
             key = self._dedup_key(prompt, candidates, request)
             stored = self._dedup.get(key)
             if stored is not None:
-                return self._answered(rec, prompt, stored, shared=True)
+                out = self._answered(rec, prompt, stored, shared=True)
+                out.model_label = prompt.model
+                return out
         return Pending(
             rec=rec,
             prompt=prompt,
@@ -156,10 +162,14 @@ class Pipeline:
                     p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
                 )
         except CallFailed as failed:
-            return self._failed(p.rec, p.prompt, failed)
+            out = self._failed(p.rec, p.prompt, failed)
+            out.model_label = p.prompt.model
+            return out
         if call.candidate.fallback and not shared:
             self._metrics.fallbacks.labels(p.prompt.model).inc()
-        return self._answered(p.rec, p.prompt, call, shared=shared)
+        out = self._answered(p.rec, p.prompt, call, shared=shared)
+        out.model_label = p.prompt.model
+        return out
 
     def _answered(
         self, rec: InputRecord, prompt: Prompt, call: CallResult, *, shared: bool

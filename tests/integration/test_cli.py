@@ -93,6 +93,18 @@ def test_registry_failover_and_restore(pg_dsn: str) -> None:
     assert missing.returncode == 1 and "nope" in missing.stderr
 
 
+def test_registry_set_refuses_a_malformed_endpoint(pg_dsn: str) -> None:
+    upsert_row(
+        pg_dsn, ModelRow(model_id="m1", provider="fake", endpoint="http://x/v1", upstream_model="u")
+    )
+    env = {"DATABASE_URL": pg_dsn, "LLM_WORKER_HTTP_PORT": "not-used-by-registry"}
+    typo = cli("registry", "set", "m1", "--endpoint", "vllm:8000/v1", env=env)
+    assert typo.returncode == 1
+    assert "endpoint: 'vllm:8000/v1' is not an absolute http(s) URL" in typo.stderr
+    row = get_row(pg_dsn, "m1")
+    assert row is not None and row.endpoint == "http://x/v1"  # unchanged
+
+
 async def test_send_prints_completions_and_fails_on_timeout(
     make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
 ) -> None:

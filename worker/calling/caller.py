@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import msgspec
+from aiohttp import ClientSession
 from prometheus_client import Counter, Histogram
 
 from adapters import get_adapter
@@ -158,7 +159,9 @@ class Caller:
             max_tokens=row.max_tokens,
         )
 
-    def _prepare(self, cand: Candidate) -> tuple[Target, Adapter]:
+    def _prepare(self, cand: Candidate) -> tuple[Target, Adapter, ClientSession]:
+        """What calling `cand` needs; a terminal error (the next candidate is tried) when its
+        registry row cannot be called: unknown provider, missing secret, malformed endpoint."""
         try:
             adapter = get_adapter(cand.provider)
         except KeyError:
@@ -167,7 +170,16 @@ class Caller:
                 provider=cand.provider,
                 model=cand.upstream_model,
             ) from None
-        return self._target(cand), adapter
+        target = self._target(cand)
+        try:
+            session = self._sessions.get(adapter.endpoint_for(target))
+        except ValueError as exc:
+            raise BadRequest(
+                f"the registry endpoint of {cand.endpoint_name} cannot be called: {exc}",
+                provider=cand.provider,
+                model=cand.upstream_model,
+            ) from None
+        return target, adapter, session
 
     async def call(
         self,
@@ -252,11 +264,11 @@ class Caller:
                 continue
             last_cand = cand
             try:
-                target, adapter = self._prepare(cand)
+                target, adapter, session = self._prepare(cand)
             except ProviderError as exc:
                 last = exc
+                m.provider_calls.labels(cand.provider, name, exc.type).inc()
                 continue
-            session = self._sessions.get(adapter.endpoint_for(target))
             row = cand.row
             limit_key = endpoint_key(cand)
             tokens = estimate_tokens(request, row.max_tokens)

@@ -41,7 +41,7 @@ class OutcomeRecorder:
             if c is None:
                 self._record_dlq(rec, outcome)
                 continue
-            label = (c.model, c.status)
+            label = (outcome.model_label, c.status)
             by_label[label] = by_label.get(label, 0) + 1
             if c.status == "error":
                 counters["errors"] += 1
