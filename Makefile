@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test lint typecheck unit integration bench schemas clean
+.PHONY: demo dev test lint typecheck unit integration bench schemas clean helm-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ integration: $(STAMP)
 ## bench: 20,000 prompts through a worker process, fake provider at 20 ms
 bench: $(STAMP)
 	$(BIN)/llm-worker bench -n 20000 --latency-ms 20
+
+## helm-check: build helm from its Go module (cached), lint the chart and the Dockerfile,
+##             render-test the chart (tests/helm)
+helm-check: $(STAMP)
+	PY=$(BIN)/python tools/helm-check.sh
 
 schemas: $(STAMP)
 	$(BIN)/python -c "import json; from worker.messages import prompt_schema as p, completion_schema as c; \
