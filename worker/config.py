@@ -78,6 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tenant_limits: str = ""  # JSON {"tenant": {"rpm": N, "tpm": N}}, overrides tenant_rpm/tpm
     endpoint_limits: str = ""  # JSON {"https://api.example.com/v1": {"rpm": N, "tpm": N}}
     breaker_when_all_open: str = "fail"  # fail | wait (for the first half-open probe)
+    processing_guarantee: str = "at_least_once"  # at_least_once | exactly_once (transactions)
+    transactional_id: str = ""  # exactly_once: default <group>-<host>-<pid>
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)
@@ -313,6 +315,7 @@ _CHECKS: dict[str, Check] = {
     "tenant_tpm": _at_least(0),
     "breaker_when_all_open": _one_of("fail", "wait"),
     "topic_partitions": _at_least(1),
+    "processing_guarantee": _one_of("at_least_once", "exactly_once"),
 }
 """Per-setting rules; the message is prefixed with the variable's name and value."""
 

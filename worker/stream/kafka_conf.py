@@ -7,15 +7,25 @@ properties a client type does not use).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import Consumer, KafkaError, Message
 
 from ..config import Settings
 
-__all__ = ["DeliveryError", "client_config", "message_max_bytes"]
+__all__ = [
+    "DeliveryError",
+    "client_config",
+    "consume_ready",
+    "message_max_bytes",
+    "settle_all",
+    "transactional_id",
+]
 
 log = logging.getLogger("llm_worker.kafka")
 rdlog = logging.getLogger("llm_worker.librdkafka")
@@ -98,3 +108,31 @@ def message_max_bytes(settings: Settings) -> int:
     """The producer's `message.max.bytes` (librdkafka refuses larger records at once)."""
     raw = settings.kafka_extra.get("message.max.bytes", "")
     return int(raw) if raw.isdigit() else 1_000_000
+
+
+def transactional_id(settings: Settings) -> str:
+    """`LLM_WORKER_TRANSACTIONAL_ID`, else `<group>-<host>-<pid>`: stable for a pod (its name
+    and PID 1), so a restarted replica fences the transactions its previous life left open."""
+    if settings.transactional_id:
+        return settings.transactional_id
+    return f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+
+
+def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    msgs = consumer.consume(max_messages, 0)
+    if msgs or max_messages <= 0:
+        return msgs
+    msgs = consumer.consume(1, timeout)  # returns as soon as one record is there
+    if msgs and max_messages > 1:
+        msgs += consumer.consume(max_messages - 1, 0)
+    return msgs
+
+
+def settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
+    for fut, err in reports:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(DeliveryError(err))
