@@ -112,8 +112,8 @@ def encode(obj: Any) -> bytes:
 def _recover(raw: bytes) -> _IdOnly | None:
     try:
         return _id_decoder.decode(raw)
-    except msgspec.DecodeError:
-        return None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return None  # not JSON, nested past msgspec's depth, or a string that is not UTF-8
 
 
 def _reject(raw: bytes, reason: str, message: str) -> Rejected:
@@ -148,6 +148,10 @@ def decode_prompt(
         prompt = _prompt_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         return _reject(raw, "validation_error", str(exc))
+    except RecursionError:
+        return _reject(raw, "invalid_json", "JSON nested too deeply to decode")
+    except UnicodeDecodeError as exc:  # msgspec raises it for a string that is not UTF-8
+        return _reject(raw, "invalid_json", f"not valid UTF-8: {exc.reason} at byte {exc.start}")
     except msgspec.DecodeError as exc:
         return Rejected(reason="invalid_json", message=f"not valid JSON: {exc}", dlq=True)
     if (prompt.messages is None) == (prompt.prompt is None):

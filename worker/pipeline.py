@@ -301,13 +301,17 @@ class Pipeline:
         )
 
     def internal_error(self, rec: InputRecord, exc: BaseException) -> Outcome:
-        """An unexpected bug while processing: answer it rather than crash-loop on it."""
-        decoded = decode_prompt(rec.value, max_bytes=2**62, max_metadata_bytes=2**62)
+        """An unexpected bug while processing: answer it rather than crash-loop on it. Never
+        raises: when even the id cannot be read again, the record is dead-lettered."""
         message = f"internal error: {type(exc).__name__}"
-        if isinstance(decoded, Prompt):
-            return self._error(
-                rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
-            )
+        try:
+            decoded = decode_prompt(rec.value, max_bytes=2**62, max_metadata_bytes=2**62)
+            if isinstance(decoded, Prompt):
+                return self._error(
+                    rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
+                )
+        except Exception:
+            log.exception("reading the record again failed", extra={"offset": rec.offset})
         return self.dead_letter(rec, "internal_error", message)
 
 
