@@ -77,7 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tenant_tpm: int = 0
     tenant_limits: str = ""  # JSON {"tenant": {"rpm": N, "tpm": N}}, overrides tenant_rpm/tpm
     endpoint_limits: str = ""  # JSON {"https://api.example.com/v1": {"rpm": N, "tpm": N}}
-    breaker_when_all_open: str = "fail"  # fail | wait (for the first half-open probe)
+    breaker_when_all_open: str = "wait"  # wait (for a half-open probe) | fail (after a cooldown)
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)
