@@ -34,6 +34,7 @@ def test_held_requests_and_demotions_are_exported_and_pause_intake() -> None:
     assert app.caller.wait_when_open  # the default: hold work while every breaker is open
     for _ in range(60):
         app.breakers.record("m/primary", True, 0.02)
+    app.breakers.get("m/primary").latency._fresh_at -= 60  # as if a minute old
     for _ in range(5):
         app.breakers.record("m/primary", True, 2.0)
     with app.caller.holds.wait("circuit_open"), app.caller.holds.wait("retry_backoff"):

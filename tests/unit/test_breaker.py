@@ -176,7 +176,7 @@ def test_bad_config_is_rejected() -> None:
 
 def test_slow_answers_never_open_the_breaker() -> None:
     clock = FakeClock()
-    b, changes = make(clock)
+    b, changes = make(clock, min_baseline_s=0.0)
     feed(b, clock, ok(100, 0.020) + ok(200, 5.0))  # slow for good, but every call answered
     assert b.state == "closed" and b.allow() and changes == []
     assert b.latency.is_demoted  # the latency judge noticed: the router routes around it

@@ -27,7 +27,7 @@ from worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hi")
 # a small window so a few dozen calls make a baseline
-BREAKER = BreakerConfig(min_latency_samples=20, recent=5, cooldown_s=60.0)
+BREAKER = BreakerConfig(min_latency_samples=20, recent=5, cooldown_s=60.0, min_baseline_s=0)
 
 
 @pytest.fixture

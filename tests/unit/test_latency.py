@@ -22,10 +22,11 @@ Change = tuple[str, bool, str]
 
 
 def make(clock: FakeClock, **cfg: object) -> tuple[LatencyJudge, list[Change]]:
+    """A judge; calls come 10 ms apart here, so the young-baseline rule is off unless asked."""
     changes: list[Change] = []
     judge = LatencyJudge(
         "ep",
-        BreakerConfig(**cfg),  # type: ignore[arg-type]
+        BreakerConfig(**{"min_baseline_s": 0.0, **cfg}),  # type: ignore[arg-type]
         clock=clock,
         on_change=lambda *a: changes.append(a),
     )
@@ -127,6 +128,18 @@ def test_latency_measured_on_a_late_loop_is_not_judged() -> None:
     assert judge.is_demoted
 
 
+def test_nothing_is_judged_on_a_baseline_younger_than_min_baseline_s() -> None:
+    """A worker's first seconds: connections open, the load ramps up, the host is busy."""
+    clock = FakeClock()
+    judge, changes = make(clock, min_baseline_s=5.0)
+    calls(judge, clock, [0.2] * 100 + [1.0] * 300)  # 4 s after the first call: no verdict
+    assert changes == []
+    clock.now += 1.0
+    calls(judge, clock, [0.02] * 200)  # the window is 30 s: the start-up calls still count
+    calls(judge, clock, [2.0] * 5)
+    assert [c[1] for c in changes] == [True]
+
+
 # -- comparable load -------------------------------------------------------------------------
 def test_calls_started_while_catching_up_on_a_backlog_are_not_judged() -> None:
     """After a rebalance the worker takes on a backlog: its calls in flight jump from ~10 to
@@ -172,6 +185,8 @@ def test_comparable_load_has_slack_for_small_loads() -> None:
 def test_bad_load_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="load"):
         BreakerConfig(load_ratio=0.5)
+    with pytest.raises(ValueError, match="min_baseline_s"):
+        BreakerConfig(min_baseline_s=-1)
 
 
 # -- demoted: probes, restore ----------------------------------------------------------------
@@ -258,7 +273,7 @@ def test_board_reports_demotions_and_callback_errors_are_contained(
     def broken(*_: object) -> None:
         raise RuntimeError("log sink down")
 
-    board = BreakerBoard(clock=clock, on_latency=broken)
+    board = BreakerBoard(BreakerConfig(min_baseline_s=0), clock=clock, on_latency=broken)
     assert not board.demoted("never-seen")
     for _ in range(100):
         board.record("a", True, 0.02)

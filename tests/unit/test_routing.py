@@ -185,7 +185,7 @@ def slow_down(router: Router, board: BreakerBoard, name: str, to: float = 2.0) -
 @pytest.mark.parametrize("objective", ["priority", "cost", "reliability"])
 def test_a_demoted_endpoint_goes_behind_a_faster_healthy_one(objective: str) -> None:
     clock = FakeClock()
-    board = BreakerBoard(BreakerConfig(min_requests=3), clock=clock)
+    board = BreakerBoard(BreakerConfig(min_requests=3, min_baseline_s=0), clock=clock)
     router = Router("priority", breakers=board)
     router.record(hk("b"), True, 0.030)
     slow_down(router, board, "a")
@@ -197,7 +197,7 @@ def test_a_demoted_endpoint_goes_behind_a_faster_healthy_one(objective: str) -> 
 def test_a_demoted_endpoint_keeps_its_place_when_no_one_is_faster() -> None:
     """Moving traffic from a 2 s endpoint to a healthy one that takes 3 s gains nothing."""
     clock = FakeClock()
-    board = BreakerBoard(clock=clock)
+    board = BreakerBoard(BreakerConfig(min_baseline_s=0), clock=clock)
     router = Router("priority", breakers=board)
     for _ in range(10):
         router.record(hk("b"), True, 3.0)
@@ -208,7 +208,7 @@ def test_a_demoted_endpoint_keeps_its_place_when_no_one_is_faster() -> None:
 
 def test_both_demoted_keep_the_registry_order() -> None:
     clock = FakeClock()
-    board = BreakerBoard(clock=clock)
+    board = BreakerBoard(BreakerConfig(min_baseline_s=0), clock=clock)
     router = Router("priority", breakers=board)
     slow_down(router, board, "a")
     slow_down(router, board, "b")
@@ -217,7 +217,7 @@ def test_both_demoted_keep_the_registry_order() -> None:
 
 def test_after_the_cooldown_probes_go_back_to_the_demoted_endpoint() -> None:
     clock = FakeClock()
-    board = BreakerBoard(BreakerConfig(probes=2), clock=clock)
+    board = BreakerBoard(BreakerConfig(probes=2, min_baseline_s=0), clock=clock)
     router = Router("priority", breakers=board)
     router.record(hk("b"), True, 0.030)
     slow_down(router, board, "a")

@@ -25,6 +25,8 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # and LLM answers vary by hundreds of milliseconds anyway
     load_ratio: float = 2.0  # calls started at more than this multiple of the usual load...
     load_slack: float = 8.0  # ...and this many more calls in flight are not judged
+    min_baseline_s: float = 5.0  # a baseline younger than this is no baseline: a worker's
+    # first seconds (connections opening, calls in flight ramping up) are its own doing
     cooldown_s: float = 10.0
     probes: int = 3
 
@@ -33,5 +35,5 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("window_s > 0, slices >= 1, recent >= 1 and probes >= 1 needed")
         if not 0 < self.error_threshold <= 1:
             raise ValueError("error_threshold must be in (0, 1]")
-        if self.load_ratio < 1 or self.load_slack < 0:
-            raise ValueError("load_ratio >= 1 and load_slack >= 0 needed")
+        if self.load_ratio < 1 or self.load_slack < 0 or self.min_baseline_s < 0:
+            raise ValueError("load_ratio >= 1, load_slack >= 0 and min_baseline_s >= 0 needed")

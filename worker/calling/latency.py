@@ -22,6 +22,10 @@ a provider that slows down at the usual load is caught by the first calls it slo
 started before the calls in flight piled up (the load rises only after latency does); a worker
 that takes on a backlog raises its load first, and its latency follows.
 
+**A young baseline is no baseline**: nothing is judged until the window's calls span
+`min_baseline_s`. A worker's first seconds (connections opening, calls in flight ramping up
+with the host busy starting everything) would otherwise be the yardstick.
+
 **Demotion** lasts at least `cooldown_s`, counted again from every slow call that started after
 it began. Then `demoted()` hands out up to `probes` slots at a time (a slot not reported back
 within a cooldown is handed out again) so the router sends a few calls back. `probes` calls in
@@ -77,6 +81,7 @@ class LatencyJudge:
         self._fast = 0  # fast calls in a row since the last slow one
         self._probes_out = 0
         self._probe_at = 0.0
+        self._fresh_at = 0.0  # when the current baseline began
 
     # -- the router's question ---------------------------------------------------------------
     def demoted(self) -> bool:
@@ -118,10 +123,16 @@ class LatencyJudge:
             comparable = load <= max(c.load_ratio * mean_load, mean_load + c.load_slack)
         if not comparable:
             return
+        if not n:
+            self._fresh_at = now  # a new baseline starts
         cur = win.add(now, (1.0, latency_s, latency_s * latency_s, 1.0 if load is None else load))
         recent = self._recent
         recent.append((cur, latency_s))
-        if len(recent) == c.recent and n + 1 - c.recent >= c.min_latency_samples:
+        if (
+            len(recent) == c.recent
+            and n + 1 - c.recent >= c.min_latency_samples
+            and now - self._fresh_at >= c.min_baseline_s
+        ):
             self._check(now)
 
     def _check(self, now: float) -> None:
