@@ -184,7 +184,8 @@ async def test_dedup_opt_out_shared_failure_and_expiry(
 ) -> None:
     s = make_settings(dedup_window_s=1.0, max_attempts=1)
     fake.set_profile("ok", latency_ms=300)
-    fake.set_profile("down", latency_ms=1000, error_rate=1.0, error_status=503)
+    # a terminal error: a retryable one would be held and retried until the request deadline
+    fake.set_profile("down", latency_ms=1000, error_rate=1.0, error_status=401)
     upsert_row(pg_dsn, _row("m1", fake.endpoint("ok")))
     upsert_row(pg_dsn, _row("bad", fake.endpoint("down")))  # no fallback
     await _topics(s, 1)
@@ -211,8 +212,8 @@ async def test_dedup_opt_out_shared_failure_and_expiry(
         assert _calls(fake, "down") == 1
         bad = [out[f"bad-{i}"] for i in range(5)]
         assert all(c["status"] == "error" for c in bad)
-        assert {c["error"]["type"] for c in bad} == {"server_error"}
-        assert {c["error"]["retryable"] for c in bad} == {True}
+        assert {c["error"]["type"] for c in bad} == {"auth_error"}
+        assert {c["error"]["retryable"] for c in bad} == {False}
         assert sorted(c["deduplicated"] for c in bad) == [False] + [True] * 4
         assert sorted(c["attempts"] for c in bad) == [0, 0, 0, 0, 1]
 
