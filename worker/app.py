@@ -61,6 +61,7 @@ class App:
                 probes=settings.breaker_probes,
             ),
             on_change=self._circuit_changed,
+            on_latency=self._latency_changed,
         )
         self.router = Router(cast(Objective, settings.routing_objective), breakers=self.breakers)
         tenant_limit = (
@@ -101,6 +102,8 @@ class App:
                 choices=lambda: dict(self.router.choices),
                 loop_lag=lambda: self.loop_lag.total,
                 circuit_waiting=lambda: caller.circuit_waiting,
+                held=self._held,
+                demoted=self.breakers.demotions,
             )
         )
         self._topic_partitions = 0
@@ -119,7 +122,7 @@ class App:
             consume_batch=settings.consume_batch,
             commit_interval_s=settings.commit_interval_ms / 1000,
             shutdown_timeout_s=settings.shutdown_timeout_s,
-            rate_limited=lambda: self.limiter.waiting + caller.circuit_waiting,
+            rate_limited=lambda: caller.held,
         )
         self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke, self.worker.on_lost)
         self.health = (
@@ -147,6 +150,28 @@ class App:
             reason,
             extra={"endpoint": endpoint, "circuit": new},
         )
+
+    def _latency_changed(self, endpoint: str, demoted: bool, detail: str) -> None:
+        if demoted:
+            msg = "endpoint %s: demoted for latency, routed around while faster ones exist (%s)"
+        else:
+            msg = "endpoint %s: latency back to normal, no longer demoted (%s)"
+        log.log(
+            logging.WARNING if demoted else logging.INFO,
+            msg,
+            endpoint,
+            detail,
+            extra={"endpoint": endpoint, "demoted": demoted},
+        )
+
+    def _held(self) -> dict[str, tuple[float, float]]:
+        """`llm_worker_held_requests` / `_held_seconds_total` by reason: (now, seconds)."""
+        holds, lim = self.caller.holds, self.limiter.stats()
+        return {
+            "circuit_open": (holds.waiting["circuit_open"], holds.seconds["circuit_open"]),
+            "retry_backoff": (holds.waiting["retry_backoff"], holds.seconds["retry_backoff"]),
+            "rate_limit": (lim["waiting"], lim["waited_s"]),
+        }
 
     def _update_share(self) -> None:
         """Row and endpoint limits are cluster-wide: take this replica's share of them."""

@@ -77,7 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tenant_tpm: int = 0
     tenant_limits: str = ""  # JSON {"tenant": {"rpm": N, "tpm": N}}, overrides tenant_rpm/tpm
     endpoint_limits: str = ""  # JSON {"https://api.example.com/v1": {"rpm": N, "tpm": N}}
-    breaker_when_all_open: str = "fail"  # fail | wait (for the first half-open probe)
+    breaker_when_all_open: str = "wait"  # wait (for a half-open probe) | fail (after a cooldown)
     processing_guarantee: str = "at_least_once"  # at_least_once | exactly_once (transactions)
     transactional_id: str = ""  # exactly_once: default <group>-<host>-<pid>
     create_topics: bool = True

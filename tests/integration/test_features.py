@@ -184,7 +184,8 @@ async def test_dedup_opt_out_shared_failure_and_expiry(
 ) -> None:
     s = make_settings(dedup_window_s=1.0, max_attempts=1)
     fake.set_profile("ok", latency_ms=300)
-    fake.set_profile("down", latency_ms=1000, error_rate=1.0, error_status=503)
+    # a terminal error: a retryable one would be held and retried until the request deadline
+    fake.set_profile("down", latency_ms=1000, error_rate=1.0, error_status=401)
     upsert_row(pg_dsn, _row("m1", fake.endpoint("ok")))
     upsert_row(pg_dsn, _row("bad", fake.endpoint("down")))  # no fallback
     await _topics(s, 1)
@@ -211,8 +212,8 @@ async def test_dedup_opt_out_shared_failure_and_expiry(
         assert _calls(fake, "down") == 1
         bad = [out[f"bad-{i}"] for i in range(5)]
         assert all(c["status"] == "error" for c in bad)
-        assert {c["error"]["type"] for c in bad} == {"server_error"}
-        assert {c["error"]["retryable"] for c in bad} == {True}
+        assert {c["error"]["type"] for c in bad} == {"auth_error"}
+        assert {c["error"]["retryable"] for c in bad} == {False}
         assert sorted(c["deduplicated"] for c in bad) == [False] + [True] * 4
         assert sorted(c["attempts"] for c in bad) == [0, 0, 0, 0, 1]
 
@@ -477,63 +478,3 @@ async def test_when_every_breaker_is_open_requests_can_wait_for_the_probe(
     assert statuses == {"ok": len(later)}, statuses
     assert waited >= 1.0  # they sat out (most of) the cooldown
     assert app.breakers.states().get(key) == "closed"
-
-
-async def _slow_primary(
-    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer, hold_s: float
-) -> tuple[list[tuple[str, str, str, float]], Stream, dict[str, float | str]]:
-    """`p` answers in 20 ms, then in 2 s (row timeout 5 s) for `hold_s` after its breaker
-    opened. Returns the breaker's transitions `(old, new, reason, time)`, the stream and the
-    breaker's stats."""
-    s = make_settings(**BREAKER)
-    fake.set_profile("p", latency_ms=20)
-    fake.set_profile("f", latency_ms=5)
-    row = _with_fallback("m1", fake.endpoint("p"), fake.endpoint("f"))
-    upsert_row(pg_dsn, row)
-    await _topics(s)
-    app = App(s, http=False)
-    breaker = app.breakers.get(_breaker_key(row))
-    events: list[tuple[str, str, str, float]] = []
-    original = breaker.on_change
-
-    def on_change(name: str, old: Any, new: Any, reason: str) -> None:
-        events.append((old, new, reason, time.time()))
-        if original is not None:
-            original(name, old, new, reason)
-
-    breaker.on_change = on_change
-    async with app.running(), Stream(s, "m1", rate=100) as stream:
-        await wait_for(lambda: _calls(fake, "p") >= 80, timeout=30)  # the baseline: 20 ms
-        fake.set_profile("p", latency_ms=2000)
-        await wait_for(lambda: any(e[1] == "open" for e in events), timeout=15)
-        await asyncio.sleep(hold_s)
-        fake.set_profile("p", latency_ms=20)  # the stream drains quickly
-    return events, stream, breaker.stats()
-
-
-async def test_breaker_stays_open_while_the_endpoint_stays_slow(
-    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
-) -> None:
-    events, stream, _ = await _slow_primary(make_settings, pg_dsn, fake, hold_s=5.0)
-    t_open = events[0][3]
-    later = [d for d in stream.after(t_open + 2.0) if stream.sent[d["id"]] < t_open + 5.0]
-    assert len(later) >= 50
-    on_fallback = sum(d["endpoint_name"] == "m1/fallback" for d in later)
-    assert on_fallback >= 0.8 * len(later), (events, Counter(d["endpoint_name"] for d in later))
-
-
-async def test_breaker_opens_on_latency_anomaly(
-    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
-) -> None:
-    events, stream, stats = await _slow_primary(make_settings, pg_dsn, fake, hold_s=1.0)
-    assert events and events[0][:3] == ("closed", "open", "latency"), events
-    assert stats["opened"] >= 1
-    t_open = events[0][3]
-    docs = [d for _, d in stream.got]
-    assert {d["id"] for d in docs} == set(stream.sent)
-    assert all(d["status"] == "ok" for d in docs)
-    # while open (the 1 s cooldown), new requests are answered by the fallback
-    moved = [d for d in stream.after(t_open + 0.1) if stream.sent[d["id"]] < t_open + 0.8]
-    assert len(moved) >= 20
-    on_fallback = sum(d["endpoint_name"] == "m1/fallback" for d in moved)
-    assert on_fallback >= 0.8 * len(moved), Counter(d["endpoint_name"] for d in moved)

@@ -211,3 +211,20 @@ async def test_run_fake_server_serves_until_sigterm(session: aiohttp.ClientSessi
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_request_log_keeps_arrivals_and_concurrency_per_profile(
+    server: FakeServer, session: aiohttp.ClientSession
+) -> None:
+    server.set_profile("slow", latency_ms=100)
+    await asyncio.gather(
+        *(fake.complete(session, target(server, "slow"), ask("x")) for _ in range(4))
+    )
+    await fake.complete(session, target(server), ask("y"))
+    slow = server.log("slow")
+    assert len(slow) == 4 and [r.at for r in slow] == sorted(r.at for r in slow)
+    assert max(r.in_flight for r in slow) == 4  # all four were there at once
+    assert [r.in_flight for r in server.log()] == [1]
+    assert server.config()["profiles"]["slow"]["requests"] == 4  # the admin API is unchanged
+    server.reset()
+    assert server.log("slow") == []

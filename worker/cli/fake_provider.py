@@ -15,6 +15,9 @@ The answer is deterministic: `"[fake:{model}] " + <last user message>`, cut to `
 words (finish_reason "length", else "stop"); usage counts words. Latency is drawn uniformly
 from `latency_ms ± jitter_ms`; with probability `error_rate` the answer is an OpenAI error body
 with `error_status` (429, 503 and 529 carry `Retry-After`).
+
+For tests, each profile also keeps a request log (`FakeProvider.log(profile)`): the monotonic
+arrival time of its last `LOG_SIZE` requests and how many of its requests were in flight then.
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ import math
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-__all__ = ["PROFILE_PATTERN", "FakeProvider", "Profile"]
+__all__ = ["LOG_SIZE", "PROFILE_PATTERN", "FakeProvider", "Logged", "Profile"]
+
+LOG_SIZE = 100_000
+"""Requests kept in each profile's request log."""
 
 PROFILE_PATTERN = "[A-Za-z0-9_.-]{1,64}"
 _PROFILE_NAME = re.compile(f"^{PROFILE_PATTERN}$")
@@ -140,6 +147,13 @@ class Profile(msgspec.Struct, kw_only=True):
         return {"requests": self.requests, "errors": self.errors}
 
 
+class Logged(msgspec.Struct, frozen=True):
+    """One request as the fake provider saw it arrive."""
+
+    at: float  # time.monotonic()
+    in_flight: int  # this profile's requests in flight, this one included
+
+
 class FakeProvider:
     """The fake provider's state and request handlers (no I/O of its own)."""
 
@@ -157,6 +171,8 @@ class FakeProvider:
         self.defaults = _validated(defaults)
         self.max_profiles = max_profiles
         self.profiles: dict[str, Profile] = {}
+        self._log: dict[str, deque[Logged]] = {}
+        self._in_flight: dict[str, int] = {}
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in models]
@@ -189,10 +205,15 @@ class FakeProvider:
         found = self.profiles.get(name)
         return found.counters() if found else {"requests": 0, "errors": 0}
 
+    def log(self, name: str = "default") -> list[Logged]:
+        """The profile's last `LOG_SIZE` requests, oldest first."""
+        return list(self._log.get(name, ()))
+
     def reset(self) -> None:
         for profile in self.profiles.values():
             profile.requests = 0
             profile.errors = 0
+        self._log.clear()
 
     def config(self) -> dict[str, Any]:
         return {"profiles": {name: msgspec.structs.asdict(p) for name, p in self.profiles.items()}}
@@ -200,11 +221,23 @@ class FakeProvider:
     # -- handlers -----------------------------------------------------------------------------
 
     async def chat(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("profile", "default")
         try:
-            profile = self.profile(request.match_info.get("profile", "default"))
+            profile = self.profile(name)
         except ValueError as exc:
             return _error_response(404, str(exc), "not_found_error", "profile_not_found")
         profile.requests += 1
+        busy = self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        log = self._log.get(name)
+        if log is None:
+            log = self._log[name] = deque(maxlen=LOG_SIZE)
+        log.append(Logged(time.monotonic(), busy))
+        try:
+            return await self._answer(request, profile)
+        finally:
+            self._in_flight[name] -= 1
+
+    async def _answer(self, request: web.Request, profile: Profile) -> web.Response:
         try:
             chat = _decode_request(await request.read())
         except msgspec.DecodeError as exc:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from adapters.fake import DEFAULT_FAKE_PORT
 
-from .fake_provider import PROFILE_PATTERN, FakeProvider
+from .fake_provider import PROFILE_PATTERN, FakeProvider, Logged
 
 __all__ = [
     "FAKE_PROVIDER",
@@ -68,6 +68,10 @@ class FakeServer:
 
     def config(self) -> dict[str, Any]:
         return self.provider.config()
+
+    def log(self, name: str = "default") -> list[Logged]:
+        """`profile`'s requests: arrival time (monotonic) and its requests in flight then."""
+        return self.provider.log(name)
 
     def reset(self) -> None:
         self.provider.reset()

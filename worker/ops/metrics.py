@@ -89,9 +89,13 @@ class ComponentCollector:
         choices: Callable[[], dict[str, int]],
         loop_lag: Callable[[], float] | None = None,
         circuit_waiting: Callable[[], int] | None = None,
+        held: Callable[[], dict[str, tuple[float, float]]] | None = None,
+        demoted: Callable[[], dict[str, bool]] | None = None,
     ) -> None:
         self._loop_lag = loop_lag
         self._circuit_waiting = circuit_waiting
+        self._held = held
+        self._demoted = demoted
         self._dedup = dedup
         self._limiter = limiter
         self._breakers = breakers
@@ -149,9 +153,35 @@ class ComponentCollector:
         if self._circuit_waiting is not None:
             yield GaugeMetricFamily(
                 "llm_worker_circuit_waiting",
-                "Requests waiting for a half-open probe (LLM_WORKER_BREAKER_WHEN_ALL_OPEN=wait)",
+                "Requests waiting for a half-open probe (as held_requests{reason=circuit_open})",
                 value=self._circuit_waiting(),
             )
+        if self._held is not None:
+            # `reason`: circuit_open, retry_backoff, rate_limit (= llm_worker_ratelimit_waiting)
+            held = GaugeMetricFamily(
+                "llm_worker_held_requests",
+                "Requests held (waiting) instead of answered with an error, by reason",
+                labels=["reason"],
+            )
+            held_s = CounterMetricFamily(
+                "llm_worker_held_seconds",
+                "Seconds requests spent held, by reason (added when each wait ends)",
+                labels=["reason"],
+            )
+            for reason, (waiting, seconds) in self._held().items():
+                held.add_metric([reason], waiting)
+                held_s.add_metric([reason], seconds)
+            yield held
+            yield held_s
+        if self._demoted is not None:
+            demoted = GaugeMetricFamily(
+                "llm_worker_endpoint_demoted",
+                "1 while the endpoint is demoted for latency (routed around, never refused)",
+                labels=["endpoint"],
+            )
+            for endpoint, is_demoted in self._demoted().items():
+                demoted.add_metric([endpoint], 1.0 if is_demoted else 0.0)
+            yield demoted
         choices = CounterMetricFamily(
             "llm_worker_route_choices",
             "How often the router put an endpoint first",
