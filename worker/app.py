@@ -16,6 +16,7 @@ from registry.cache import RegistryCache
 
 from .calling.breaker import BreakerBoard, BreakerConfig
 from .calling.caller import Caller, CallResult
+from .calling.concurrency import ConcurrencyLimits
 from .calling.ratelimit import Limit, RateLimiter, replica_share
 from .calling.routing import Objective, Router
 from .config import Settings
@@ -28,7 +29,11 @@ from .stream.admin import AdminClient, ensure_topics, group_members, wait_for_br
 from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
 
-__all__ = ["EXIT_FATAL", "App", "run_app", "run_async"]
+__all__ = ["EXIT_FATAL", "App", "raise_open_files_limit", "run_app", "run_async"]
+
+MIN_INTAKE = 256
+"""The least the worker takes in flight, whatever the endpoints' limits: room for dedup
+followers, window hits and outcomes waiting for their delivery reports."""
 
 EXIT_FATAL = 3
 """Exit code after a fatal Kafka client error: the orchestrator restarts the process."""
@@ -48,7 +53,7 @@ class App:
         self.settings = settings
         self.metrics = Metrics()
         self.registry = RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
-        self.sessions = SessionPool()
+        self.sessions = SessionPool(limit_per_host=settings.max_in_flight)
         self.secrets = SecretStore(settings.secrets_dir)
         self.breakers = BreakerBoard(
             BreakerConfig(
@@ -92,6 +97,7 @@ class App:
             limiter=self.limiter,
             loop_lag=self.loop_lag,
             wait_when_open=settings.breaker_when_all_open == "wait",
+            concurrency=ConcurrencyLimits(cap=settings.max_in_flight),
         )
         self.pipeline = Pipeline(settings, self.registry, caller, self.metrics, dedup=self.dedup)
         self.metrics.registry.register(
@@ -104,6 +110,8 @@ class App:
                 circuit_waiting=lambda: caller.circuit_waiting,
                 held=self._held,
                 demoted=self.breakers.demotions,
+                concurrency=caller.concurrency.stats,
+                in_flight_limit=lambda: self.worker.stats()["in_flight_limit"],
             )
         )
         self._topic_partitions = 0
@@ -123,6 +131,8 @@ class App:
             commit_interval_s=settings.commit_interval_ms / 1000,
             shutdown_timeout_s=settings.shutdown_timeout_s,
             rate_limited=lambda: caller.held,
+            intake=lambda: max(MIN_INTAKE, caller.concurrency.total() * 3 // 2),
+            max_in_flight_bytes=settings.max_in_flight_bytes,
         )
         self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke, self.worker.on_lost)
         self.health = (
@@ -171,6 +181,7 @@ class App:
             "circuit_open": (holds.waiting["circuit_open"], holds.seconds["circuit_open"]),
             "retry_backoff": (holds.waiting["retry_backoff"], holds.seconds["retry_backoff"]),
             "rate_limit": (lim["waiting"], lim["waited_s"]),
+            "concurrency": (self.caller.concurrency.waiting, self.caller.concurrency.waited_s),
         }
 
     def _update_share(self) -> None:
@@ -293,6 +304,24 @@ class App:
                 await self.close()
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one: thousands of calls in flight are
+    thousands of sockets (the soft limit is often 1,024). Returns the limit in force."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def tune_gc(gen0_threshold: int) -> None:
     """Fewer, larger young-generation collections: every message allocates a few hundred short-
     lived objects, and the default threshold (700) spends about a fifth of the CPU in the
@@ -316,6 +345,7 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
 async def run_app(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; a second signal exits at once. Returns the exit code."""
     app = App(settings)
+    raise_open_files_limit()
     loop = asyncio.get_running_loop()
     signals = 0
 

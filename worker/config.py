@@ -44,8 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dlq_topic: str = "llm_prompts.dlq"
     http_host: str = "0.0.0.0"
     http_port: int = 8080
-    max_in_flight: int = 256
-    max_in_flight_per_partition: int = 128
+    max_in_flight: int = 10_000  # the cap; the limit below it adapts (calling/concurrency.py)
+    max_in_flight_per_partition: int = 0  # 0: twice a fair share of the adaptive limit
+    max_in_flight_bytes: int = 64 * 1024 * 1024  # memory budget for records in flight
     consume_batch: int = 500
     commit_interval_ms: int = 500
     max_message_bytes: int = 1_000_000
@@ -285,7 +286,8 @@ _CHECKS: dict[str, Check] = {
     "http_host": _not_blank,
     "http_port": _between(1, 65535),
     "max_in_flight": _at_least(1),
-    "max_in_flight_per_partition": _at_least(1),
+    "max_in_flight_per_partition": _at_least(0),
+    "max_in_flight_bytes": _at_least(0),
     "consume_batch": _at_least(1),
     "commit_interval_ms": _at_least(1),
     "max_message_bytes": _at_least(1),

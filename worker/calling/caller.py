@@ -38,6 +38,7 @@ from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics
 from .attempt import LAG_UNTRUSTED_SHARE, Attempts, DeadlineInCall
 from .breaker import BreakerBoard
+from .concurrency import ConcurrencyLimits
 from .holds import Episode, Holds
 from .ratelimit import RateLimiter
 from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens
@@ -121,9 +122,11 @@ class Caller:
         limiter: RateLimiter | None = None,
         loop_lag: LoopLag | None = None,
         wait_when_open: bool = True,
+        concurrency: ConcurrencyLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._metrics = metrics
+        self.concurrency = concurrency or ConcurrencyLimits(cap=1_000_000)
         self._max_attempts = max_attempts
         self.breakers = breakers if breakers is not None else BreakerBoard()
         self.router = router if router is not None else Router(breakers=self.breakers)
@@ -144,7 +147,7 @@ class Caller:
     def held(self) -> int:
         """Requests held (waiting) right now: for a breaker, a retry backoff or rate-limit
         capacity. The consume loop pauses partitions when the worker is full of them."""
-        return self.holds.total + self.limiter.waiting
+        return self.holds.total + self.limiter.waiting + self.concurrency.waiting
 
     @property
     def circuit_waiting(self) -> int:
@@ -334,11 +337,22 @@ class Caller:
                 if remaining <= 0:
                     st.last = retry or circuit or terminal or st.last
                     raise CallFailed(self._expired(st), st.attempts, st.last_cand)
+                slots = self.concurrency.get(health)
+                st.deadline += await slots.acquire()  # a wait for a slot is held, not failed
+                remaining = st.deadline - self._clock()
                 st.attempts += 1
                 try:
                     outcome = await self._attempts.call(cand, health, prepared, request, remaining)
                 except DeadlineInCall as ended:
+                    slots.release(ok=False, overloaded=True)
                     raise CallFailed(ended.error, st.attempts, cand) from None
+                except BaseException:
+                    slots.release(ok=False)
+                    raise
+                if isinstance(outcome, ProviderError):
+                    slots.release(ok=False, overloaded=outcome.retryable)
+                else:
+                    slots.release(ok=True, latency_s=outcome[1])
                 if not isinstance(outcome, ProviderError):
                     result, elapsed = outcome
                     used = result.input_tokens + result.output_tokens

@@ -42,7 +42,14 @@ LOG_SIZE = 100_000
 
 PROFILE_PATTERN = "[A-Za-z0-9_.-]{1,64}"
 _PROFILE_NAME = re.compile(f"^{PROFILE_PATTERN}$")
-_SETTINGS = ("latency_ms", "jitter_ms", "error_rate", "error_status", "retry_after_s")
+_SETTINGS = (
+    "latency_ms",
+    "jitter_ms",
+    "error_rate",
+    "error_status",
+    "retry_after_s",
+    "max_concurrency",
+)
 _ERROR_KINDS = {
     400: ("invalid_request_error", "invalid_request"),
     401: ("authentication_error", "invalid_api_key"),
@@ -136,6 +143,7 @@ class Profile(msgspec.Struct, kw_only=True):
     error_rate: float = 0.0
     error_status: int = 500
     retry_after_s: float = 1.0
+    max_concurrency: float = 0.0  # above this many requests in flight: 429 at once (0: none)
     requests: int = 0
     errors: int = 0
 
@@ -152,6 +160,7 @@ class Logged(msgspec.Struct, frozen=True):
 
     at: float  # time.monotonic()
     in_flight: int  # this profile's requests in flight, this one included
+    status: int = 200  # 429 when refused for `max_concurrency`
 
 
 class FakeProvider:
@@ -231,6 +240,15 @@ class FakeProvider:
         log = self._log.get(name)
         if log is None:
             log = self._log[name] = deque(maxlen=LOG_SIZE)
+        if profile.max_concurrency and busy > profile.max_concurrency:
+            log.append(Logged(time.monotonic(), busy, 429))
+            self._in_flight[name] -= 1
+            profile.errors += 1
+            response = _error_response(
+                429, "fake provider: too many requests at once", *_ERROR_KINDS[429]
+            )
+            response.headers["Retry-After"] = f"{profile.retry_after_s:g}"
+            return response
         log.append(Logged(time.monotonic(), busy))
         try:
             return await self._answer(request, profile)

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from adapters.fake import DEFAULT_FAKE_PORT
 
+from ..app import raise_open_files_limit
 from .fake_provider import PROFILE_PATTERN, FakeProvider, Logged
 
 __all__ = [
@@ -95,7 +96,7 @@ async def start_fake_server(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=4096)
         await site.start()
         bound = runner.addresses[0][1]
     except BaseException:
@@ -123,6 +124,7 @@ def run_fake_server(
         "error_status": error_status,
         "profiles": profiles,
     }
+    raise_open_files_limit()  # thousands of concurrent calls are thousands of sockets
     serving = _serve(host, port, settings, on_ready or _announce)
     try:
         import uvloop  # the fake should cost the machine as little CPU as it can

@@ -91,11 +91,15 @@ class ComponentCollector:
         circuit_waiting: Callable[[], int] | None = None,
         held: Callable[[], dict[str, tuple[float, float]]] | None = None,
         demoted: Callable[[], dict[str, bool]] | None = None,
+        concurrency: Callable[[], dict[str, dict[str, float]]] | None = None,
+        in_flight_limit: Callable[[], float] | None = None,
     ) -> None:
         self._loop_lag = loop_lag
         self._circuit_waiting = circuit_waiting
         self._held = held
         self._demoted = demoted
+        self._concurrency = concurrency
+        self._in_flight_limit = in_flight_limit
         self._dedup = dedup
         self._limiter = limiter
         self._breakers = breakers
@@ -182,6 +186,14 @@ class ComponentCollector:
             for endpoint, is_demoted in self._demoted().items():
                 demoted.add_metric([endpoint], 1.0 if is_demoted else 0.0)
             yield demoted
+        if self._concurrency is not None:
+            yield from _concurrency_metrics(self._concurrency())
+        if self._in_flight_limit is not None:
+            yield GaugeMetricFamily(
+                "llm_worker_in_flight_limit",
+                "How many messages the worker takes in flight now (adaptive, within the cap)",
+                value=self._in_flight_limit(),
+            )
         choices = CounterMetricFamily(
             "llm_worker_route_choices",
             "How often the router put an endpoint first",
@@ -196,3 +208,22 @@ class ComponentCollector:
                 "Time the event loop ran its timers late (stalls, overload); rate() = share",
                 value=self._loop_lag(),
             )
+
+
+def _concurrency_metrics(stats: dict[str, dict[str, float]]) -> Iterator[Metric]:
+    limit = GaugeMetricFamily(
+        "llm_worker_concurrency_limit",
+        "Calls an endpoint may have in flight now (learned: calling/concurrency.py)",
+        labels=["endpoint"],
+    )
+    changes = CounterMetricFamily(
+        "llm_worker_concurrency_changes",
+        "Why an endpoint's concurrency limit moved: grow, plateau, overload",
+        labels=["endpoint", "reason"],
+    )
+    for endpoint, st in stats.items():
+        limit.add_metric([endpoint], st["limit"])
+        for reason in ("grow", "plateau", "overload"):
+            changes.add_metric([endpoint, reason], st[reason])
+    yield limit
+    yield changes

@@ -30,11 +30,11 @@ from typing import Any
 
 from ..ops.metrics import Metrics
 from ..records import InputRecord, Outcome, Stages
-from .flow import FlowControl, Room
+from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
 from .kafka import KafkaBridge, KafkaError, Message
 from .offsets import OffsetTracker, PartitionOffsets
 from .outbox import Outbox
-from .settle import finish_or_abandon
+from .settle import every, finish_or_abandon
 from .transactions import ExactlyOnce, OrderedOutbox, TransactionAborted
 
 __all__ = ["Stages", "Worker"]
@@ -43,13 +43,9 @@ log = logging.getLogger("llm_worker")
 
 Key = tuple[str, int]
 
-FLUSH_FLOOR_S = 1.0
-"""The producer flush at shutdown gets at least this long, even past the deadline."""
-HOLD_AFTER_S = 1.0
-"""A full worker first waits this long for room without polling; still full, it pauses every
-partition and polls (a pause costs a refetch on resume, which some brokers make slow)."""
-HOOK_MARGIN_S = 5.0
-"""A rebalance hook waits this much beyond the shutdown timeout before it gives up."""
+FLUSH_FLOOR_S = 1.0  # the producer flush at shutdown gets at least this, even past the deadline
+HOLD_AFTER_S = 1.0  # full this long, hold every partition (a resume costs a refetch)
+HOOK_MARGIN_S = 5.0  # a rebalance hook waits this much beyond the shutdown timeout
 
 
 class Worker:
@@ -65,11 +61,19 @@ class Worker:
         commit_interval_s: float,
         shutdown_timeout_s: float,
         rate_limited: Callable[[], int] | None = None,
+        intake: Callable[[], int] | None = None,
+        max_in_flight_bytes: int = 0,
     ) -> None:
         self._bridge = bridge
         self._pipeline = pipeline
         self._metrics = metrics
         self._max_in_flight = max_in_flight
+        self._limits = InFlightLimits(
+            cap=max_in_flight,
+            target=intake or (lambda: max_in_flight),
+            per_partition=max_in_flight_per_partition,
+            bytes_budget=max_in_flight_bytes,
+        )
         self._batch = consume_batch
         self._commit_interval = commit_interval_s
         self._shutdown_timeout = shutdown_timeout_s
@@ -79,10 +83,10 @@ class Worker:
         self._flow = FlowControl(
             pause=bridge.pause,
             resume=bridge.resume,
-            max_per_partition=max_in_flight_per_partition,
+            max_per_partition=max_in_flight_per_partition or MIN_PER_PARTITION,
             on_change=metrics.paused.set,
         )
-        self._room = Room(max_in_flight, lambda: self.in_flight)
+        self._room = Room(lambda: self._max_in_flight, lambda: self.in_flight)
         outbox_type = OrderedOutbox if bridge.transactional else Outbox
         self._outbox = outbox_type(bridge, metrics, spawn=self._spawn, on_acked=self._room.wake)
         self._eos = (
@@ -234,7 +238,9 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         if self._eos is not None:
             await self._eos.start()
-        committer = asyncio.create_task(self._commit_loop(), name="committer")
+        committer = asyncio.create_task(
+            every(self._commit_interval, self.commit_now, "offset commit"), name="committer"
+        )
         try:
             await self._consume_loop()
         finally:
@@ -260,6 +266,7 @@ class Worker:
     async def _consume_loop(self) -> None:
         bridge, flow = self._bridge, self._flow
         while not self._stopping.is_set():
+            self._max_in_flight = self._limits.now(len(self._owned), self._flow)
             free = self._max_in_flight - self.in_flight
             if free <= 0:
                 if not flow.held and await self._room.within(HOLD_AFTER_S):
@@ -300,6 +307,7 @@ class Worker:
             return  # not ours any more; the new owner reads it from the committed offset
         self._owned.add(key)
         self.counters["consumed"] += 1
+        self._limits.seen(len(msg.value() or b"") + len(msg.key() or b""))
         ts_type, ts = msg.timestamp()
         rec = InputRecord(
             topic=topic,
@@ -356,16 +364,6 @@ class Worker:
         self._outbox.send(rec, outcome, offsets)
 
     # -- commits ---------------------------------------------------------------------------
-    async def _commit_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._commit_interval)
-            try:
-                await self.commit_now()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("offset commit failed (will retry): %s", exc)
-
     async def commit_now(self) -> dict[Key, int]:
         """Commit the safe offsets, in the assignment they were computed in (exactly-once:
         commit the transaction, or abort it and rewind)."""
@@ -394,6 +392,7 @@ class Worker:
             **(self._eos.counters if self._eos is not None else {}),
             **self._outbox.recorder.counters,
             "in_flight": self.in_flight,
+            "in_flight_limit": self._max_in_flight,
             "held": self._held(),
             "paused_partitions": len(self._flow.paused),
             "partitions": len(self._tracker.partitions()),

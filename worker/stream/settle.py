@@ -1,15 +1,16 @@
 """Waiting for in-flight messages to finish, up to a deadline, then abandoning the rest: what a
-revoke and a shutdown do."""
+revoke and a shutdown do. And the periodic commit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .outbox import Outbox
 
-__all__ = ["finish_or_abandon"]
+__all__ = ["every", "finish_or_abandon"]
 
 log = logging.getLogger("llm_worker")
 
@@ -50,3 +51,15 @@ async def finish_or_abandon(
                 await outbox.acked.wait()
         except TimeoutError:
             pass
+
+
+async def every(interval: float, fn: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Call `fn` every `interval` seconds until cancelled; a failure is logged and retried."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s failed (will retry): %s", what, exc)
