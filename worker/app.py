@@ -21,6 +21,7 @@ from .calling.ratelimit import Limit, RateLimiter, replica_share
 from .calling.routing import Objective, Router
 from .config import Settings
 from .dedup import DedupWindow
+from .housekeeping import Housekeeping
 from .ops.http import HealthServer
 from .ops.looplag import LoopLag
 from .ops.metrics import ComponentCollector, Metrics
@@ -120,6 +121,7 @@ class App:
         self._group_changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.bridge = KafkaBridge(settings)
         self.worker = Worker(
             bridge=self.bridge,
@@ -135,6 +137,14 @@ class App:
             max_in_flight_bytes=settings.max_in_flight_bytes,
         )
         self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke, self.worker.on_lost)
+        self.housekeeping = Housekeeping(
+            rows=lambda: self.registry.rows,
+            resolve=self.registry.resolve,
+            caller=caller,
+            sessions=self.sessions,
+            metrics=self.metrics,
+            forget_outcome_children=self.worker.forget_metric_children,
+        )
         self.health = (
             HealthServer(
                 self.metrics.registry,
@@ -264,6 +274,7 @@ class App:
         self._loop = asyncio.get_running_loop()
         await self.bridge.start()
         self._watcher = asyncio.create_task(self._watch_group(admin), name="group-watch")
+        self._sweeper = asyncio.create_task(self.housekeeping.run(), name="housekeeping")
         self._broker_ok = True
         log.info(
             "worker started",
@@ -278,10 +289,11 @@ class App:
 
     async def close(self) -> None:
         self.loop_lag.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             await self.bridge.close()
         await self.sessions.close()

@@ -94,6 +94,10 @@ class Attempts:
             max_tokens=row.max_tokens,
         )
 
+    def forget_children(self) -> None:
+        """After series were removed: look children up again."""
+        self._children.clear()
+
     def prepare(self, cand: Candidate) -> tuple[Target, Adapter, ClientSession]:
         """What calling `cand` needs; a terminal `ProviderError` when it cannot be called
         (an unknown provider, a missing secret, a malformed endpoint)."""

@@ -250,6 +250,14 @@ class BreakerBoard:
     ) -> None:
         self.get(endpoint_name).record(success, latency_s, judge_latency=judge_latency, load=load)
 
+    def forget(self, keep: set[str]) -> int:
+        """Drop the breakers of endpoints not in `keep` that are closed (an open one keeps
+        protecting its endpoint until it closes); returns how many were dropped."""
+        gone = [n for n, b in self._breakers.items() if n not in keep and b.state == "closed"]
+        for name in gone:
+            del self._breakers[name]
+        return len(gone)
+
     def states(self) -> dict[str, State]:
         return {name: b.state for name, b in self._breakers.items()}
 

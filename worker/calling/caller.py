@@ -149,6 +149,9 @@ class Caller:
         capacity. The consume loop pauses partitions when the worker is full of them."""
         return self.holds.total + self.limiter.waiting + self.concurrency.waiting
 
+    def forget_metric_children(self) -> None:
+        self._attempts.forget_children()
+
     @property
     def circuit_waiting(self) -> int:
         """Requests waiting for a breaker's half-open probe right now."""

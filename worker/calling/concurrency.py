@@ -209,6 +209,13 @@ class ConcurrencyLimits:
     def waiting(self) -> int:
         return sum(lim.waiting for lim in self.by_endpoint.values())
 
+    def forget(self, keep: set[str]) -> None:
+        """Drop the idle limits of endpoints not in `keep`."""
+        for key, lim in list(self.by_endpoint.items()):
+            if key not in keep and not lim.in_use and not lim.waiting:
+                self._forgotten_wait_s += lim.waited_s
+                del self.by_endpoint[key]
+
     @property
     def waited_s(self) -> float:
         """Seconds requests spent waiting for a slot, in all."""

@@ -91,6 +91,11 @@ class EndpointStats:
         err = e.error if e.error < _MAX_ERROR else _MAX_ERROR
         return e.latency / (1.0 - err)
 
+    def forget(self, keep: set[str]) -> None:
+        """Drop the statistics of endpoints not in `keep`."""
+        for name in [n for n in self._by_name if n not in keep]:
+            del self._by_name[name]
+
     def snapshot(self) -> dict[str, dict[str, float | None]]:
         return {
             name: {"latency_s": e.latency, "error_rate": e.error, "samples": float(e.samples)}

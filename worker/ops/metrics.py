@@ -77,6 +77,28 @@ class Metrics:
         )
 
 
+def forget_series(metrics: object, label: str, keep: set[str]) -> int:
+    """Remove every series of `metrics`' counters, gauges and histograms whose `label` is not
+    in `keep` (an endpoint or model gone from the registry); returns how many were removed."""
+    removed = 0
+    for metric in vars(metrics).values():
+        names = getattr(metric, "_labelnames", ())
+        if label not in names:
+            continue
+        stale: set[tuple[str, ...]] = set()
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.labels.get(label) not in keep:
+                    stale.add(tuple(sample.labels[n] for n in names))
+        for values in stale:
+            try:
+                metric.remove(*values)
+                removed += 1
+            except KeyError:
+                pass
+    return removed
+
+
 class ComponentCollector:
     """Reads the components' plain counters at scrape time (no per-message metric cost)."""
 

@@ -25,6 +25,10 @@ class OutcomeRecorder:
         self._children: dict[tuple[str, str], Any] = {}
         self.counters: dict[str, int] = {"completed": 0, "errors": 0, "dlq": 0}
 
+    def forget_children(self) -> None:
+        """After series were removed: look children up again."""
+        self._children.clear()
+
     def record(self, delivered: Sequence[tuple[InputRecord, Outcome, Any]]) -> None:
         """Counters, metrics and outcome logs for delivered messages, one batch at a time."""
         if not delivered:

@@ -99,8 +99,7 @@ class Worker:
         self._deadline: float | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.fatal: str | None = None
-        """Why the worker stopped on a fatal Kafka error (exit non-zero), or None."""
+        self.fatal: str | None = None  # why a fatal Kafka error stopped the worker
         bridge.set_rebalance_hooks(self.on_assign, self.on_revoke, self.on_lost)
         bridge.set_fatal_hook(self.on_fatal)
         metrics.in_flight.set_function(lambda: self.in_flight)
@@ -384,6 +383,9 @@ class Worker:
             self.counters["commits"] += 1
             self._metrics.commits.inc()
         return done
+
+    def forget_metric_children(self) -> None:
+        self._outbox.recorder.forget_children()
 
     def stats(self) -> dict[str, Any]:
         return {
