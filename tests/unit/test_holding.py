@@ -145,7 +145,8 @@ async def test_retryable_failures_are_held_until_the_provider_recovers(
     )
     await _until(lambda: server.counters("p")["requests"] >= 3)
     assert not call.done()
-    assert caller.held == 1 and caller.holds.waiting["retry_backoff"] in (0, 1)
+    await _until(lambda: caller.held == 1)  # between attempts: held, not failed
+    assert caller.holds.waiting["retry_backoff"] in (0, 1)
     server.set_profile("p", error_rate=0.0)
     result = await call
     assert result.result.text and result.attempts >= 4  # every attempt counted

@@ -33,15 +33,13 @@ from ..records import InputRecord, Outcome, Stages
 from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
 from .kafka import KafkaBridge, KafkaError, Message
 from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import Outbox
+from .outbox import Key, Outbox
 from .settle import every, finish_or_abandon
 from .transactions import ExactlyOnce, OrderedOutbox, TransactionAborted
 
 __all__ = ["Stages", "Worker"]
 
 log = logging.getLogger("llm_worker")
-
-Key = tuple[str, int]
 
 FLUSH_FLOOR_S = 1.0  # the producer flush at shutdown gets at least this, even past the deadline
 HOLD_AFTER_S = 1.0  # full this long, hold every partition (a resume costs a refetch)
@@ -384,7 +382,7 @@ class Worker:
             self._metrics.commits.inc()
         return done
 
-    def forget_metric_children(self) -> None:
+    def forget_metric_children(self) -> None:  # their series were removed (housekeeping)
         self._outbox.recorder.forget_children()
 
     def stats(self) -> dict[str, Any]:
