@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, cast
 
 from adapters.secrets import SecretStore
@@ -18,7 +18,7 @@ from .calling.breaker import BreakerBoard, BreakerConfig
 from .calling.caller import Caller, CallResult
 from .calling.ratelimit import Limit, RateLimiter, replica_share
 from .calling.routing import Objective, Router
-from .config import Settings
+from .config import Settings, kafka_property_error
 from .dedup import DedupWindow
 from .ops.http import HealthServer
 from .ops.looplag import LoopLag
@@ -33,18 +33,38 @@ __all__ = ["App", "run_app", "run_async"]
 log = logging.getLogger("llm_worker")
 
 
+ConnectAdmin = Callable[[Settings, float], AdminClient]
+"""Reach the cluster within a time limit; returns its admin client (`wait_for_broker`)."""
+
+
+def _wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
+    return wait_for_broker(settings, timeout_s=timeout_s)
+
+
 class App:
-    """Everything one worker process runs. Constructor does no I/O; `start()` opens resources."""
+    """Everything one worker process runs. Constructor does no I/O; `start()` opens resources.
+
+    `bridge`, `registry` and `connect_admin` replace the Kafka bridge, the registry cache and
+    the cluster connection (tests: `tests/component/fakes.py`); by default the real ones.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
         http: bool = True,
+        bridge: KafkaBridge | None = None,
+        registry: RegistryCache | None = None,
+        connect_admin: ConnectAdmin = _wait_for_broker,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.registry = RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
+        self.registry = (
+            registry
+            if registry is not None
+            else RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
+        )
+        self._connect_admin = connect_admin
         self.sessions = SessionPool()
         self.secrets = SecretStore(settings.secrets_dir)
         self.breakers = BreakerBoard(
@@ -106,7 +126,7 @@ class App:
         self._group_changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self.bridge = KafkaBridge(settings)
+        self.bridge = bridge if bridge is not None else KafkaBridge(settings)
         self.worker = Worker(
             bridge=self.bridge,
             pipeline=self.pipeline,
@@ -194,10 +214,19 @@ class App:
         return (self._broker_ok and reg.loaded and not self.worker.stopping), detail
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except Exception as exc:  # librdkafka checks passthrough properties only now
+            problem = kafka_property_error(str(exc))
+            if problem is not None:
+                raise problem from None
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         if self.health is not None:
             await self.health.start()
-        admin = await asyncio.to_thread(wait_for_broker, s, timeout_s=s.broker_wait_s)
+        admin = await asyncio.to_thread(self._connect_admin, s, s.broker_wait_s)
         if s.create_topics:
             topics = [s.prompts_topic, s.completions_topic, s.dlq_topic]
             created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
