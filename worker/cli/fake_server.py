@@ -13,10 +13,11 @@ from aiohttp import web
 
 from adapters.fake import DEFAULT_FAKE_PORT
 
-from .fake_provider import PROFILE_PATTERN, FakeProvider
+from .fake_provider import PROFILE_PATTERN, Call, FakeProvider
 
 __all__ = [
     "FAKE_PROVIDER",
+    "Call",
     "FakeProvider",
     "FakeServer",
     "build_app",
@@ -65,6 +66,10 @@ class FakeServer:
 
     def counters(self, name: str = "default") -> dict[str, int]:
         return self.provider.counters(name)
+
+    def calls(self, name: str | None = "default") -> list[Call]:
+        """The requests `name` received (None: every profile), oldest first."""
+        return self.provider.calls(name)
 
     def config(self) -> dict[str, Any]:
         return self.provider.config()
