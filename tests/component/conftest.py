@@ -125,7 +125,10 @@ class Harness:
     async def settled(self, timeout: float = 20.0) -> None:
         """Every input offset committed: each partition's committed offset is its end."""
         ends = {p: n for p, n in self.broker.end_offsets(self.settings.prompts_topic).items() if n}
-        await wait_for(lambda: self.committed() == ends, timeout, f"commits {ends}")
+        try:
+            await wait_for(lambda: self.committed() == ends, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"committed {self.committed()}, input ends {ends}") from None
 
     def calls(self, profile: str | None = "default") -> list[Any]:
         return self.provider.calls(profile)

@@ -7,7 +7,8 @@
   behaves like librdkafka where the worker can tell the difference:
     * consumer calls run on one consumer thread; rebalance callbacks (assign, revoke, lost)
       fire from inside `consume()` on that thread, and a revoke's commits are made there;
-      an assignment waits until every member has finished its revoke;
+      an assignment waits until every member has finished its revoke, and comes in a later
+      poll than the revoke (`rejoin_in_same_poll` to change that);
     * an application `pause()` is kept across revoke and re-assign (librdkafka keeps it on
       the partition: a paused partition that comes back stays paused until resumed);
     * a (re)assigned partition is read from the group's committed offset (else the start);
@@ -162,9 +163,10 @@ class FakeBroker:
         """Eager, range: every member revokes all it has, then gets its range."""
         members = self.groups.get(group, [])
         for m in members:
-            owned = sorted(m.assignment | m.pending_assign)
-            m.pending_assign.clear()
+            m.pending_assign.clear()  # assignments not yet delivered are void
             m.events = collections.deque(e for e in m.events if e[0] != "assign")
+            going = {k for _, keys in m.events for k in keys}  # revokes already queued
+            owned = sorted(m.assignment - going)
             if owned:
                 m.events.append(("revoke", owned))
         topic = members[0].topic if members else ""
@@ -253,6 +255,9 @@ class FakeBridge:
         self.delivery_errors: collections.deque[KafkaError] = collections.deque()
         self.buffer_full = 0  # the next this many produce_nowait calls raise BufferError
         self.ack_delay_s = 0.002
+        self.rejoin_in_same_poll = False
+        """librdkafka fires a revoke and the assignment after it in different polls (the rejoin
+        takes round trips); True fires both in one poll, as a very fast rejoin could."""
         self._on_assign: Callable[[list[Key]], None] | None = None
         self._on_revoke: Callable[[list[Key]], dict[Key, int]] | None = None
         self._on_lost: Callable[[list[Key]], None] | None = None
@@ -331,8 +336,11 @@ class FakeBridge:
         msgs: list[FakeMessage] = []
         try:
             while True:
-                for kind, keys in self._take_events():
+                events = self._take_events()
+                for kind, keys in events:
                     self._fire(kind, keys)
+                if not self.rejoin_in_same_poll and any(k != "assign" for k, _ in events):
+                    return msgs  # the new assignment comes in a later poll, after a rejoin
                 with self.broker.cond:
                     if self.events and not self._blocked():
                         continue
@@ -353,10 +361,15 @@ class FakeBridge:
         )
 
     def _take_events(self) -> list[tuple[str, list[Key]]]:
+        """The rebalance events to fire now: an assignment, or the revokes (and, with
+        `rejoin_in_same_poll`, the assignment after them)."""
         with self.broker.cond:
-            out = []
+            out: list[tuple[str, list[Key]]] = []
             while self.events and not self._blocked():
-                kind, keys = self.events.popleft()
+                kind, keys = self.events[0]
+                if kind == "assign" and out and not self.rejoin_in_same_poll:
+                    break
+                self.events.popleft()
                 out.append((kind, keys))
                 if kind == "assign":
                     self.pending_assign.difference_update(keys)
