@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test lint typecheck unit integration bench schemas clean
+.PHONY: demo dev test lint typecheck unit component integration mutation coverage bench schemas clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,8 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/llm-worker dev
 
-## test: lint, type-check, unit and integration tests (what CI runs)
-test: lint typecheck unit integration
+## test: lint, type-check, unit, component and integration tests (what CI runs)
+test: lint typecheck unit component integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -33,6 +33,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+
+## component: the real App with an in-memory Kafka bridge and registry (no broker, no Postgres)
+component: $(STAMP)
+	$(BIN)/python -m pytest tests/component -q -p no:cacheprovider
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
