@@ -41,6 +41,19 @@ component: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
 
+## mutation: mutation score of the core against unit + component tests (slow: not in make test)
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,mutation]'
+	rm -rf mutants
+	nice -n 15 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
+## coverage: unit line+branch coverage (docs/TESTING.md)
+coverage: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,mutation]'
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider --cov=worker --cov=registry \
+		--cov=adapters --cov-branch --cov-report=term
+
 ## bench: 20,000 prompts through a worker process, fake provider at 20 ms
 bench: $(STAMP)
 	$(BIN)/llm-worker bench -n 20000 --latency-ms 20
