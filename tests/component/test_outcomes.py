@@ -292,3 +292,56 @@ async def test_a_full_producer_queue_waits_instead_of_losing_the_outcome(
         await h.settled()
         await asyncio.sleep(0)
     assert sorted(d["id"] for d in h.completions()) == [f"q{i}" for i in range(5)]
+
+
+async def test_completions_carry_every_contract_field(provider: FakeServer) -> None:
+    """DESIGN.md's completion fields, for an answer, a provider failure after a fallback and
+    a validation error."""
+    provider.set_profile("down", error_rate=1.0, error_status=500)
+    env = {"LLM_WORKER_MAX_ATTEMPTS": "1", "LLM_WORKER_BREAKER_MIN_REQUESTS": "100"}
+
+    def rows(h: Harness) -> list[ModelRow]:
+        return [
+            h.row("m1", input_cost_per_1k=0.0000123, output_cost_per_1k=0.0),
+            h.row("bad", "down", fallback_endpoint=h.provider.endpoint("down"), fallback_model="f"),
+        ]
+
+    meta = {"trace": "t-1", "n": 2}
+    async with run_app(provider, env, rows=rows) as h:
+        h.send(
+            {"id": "ok", "model": "m1", "prompt": "one two three", "metadata": meta},
+            {"id": "cut", "model": "m1", "prompt": "one two three", "max_tokens": 2},
+            {"id": "fail", "model": "bad", "prompt": "x", "metadata": meta},
+            {"id": "inv", "model": "m1", "prompt": "x", "top_p": "high", "metadata": meta},
+        )
+        out = await h.wait(["ok", "cut", "fail", "inv"])
+    ok, cut, fail, inv = out["ok"], out["cut"], out["fail"], out["inv"]
+    assert (ok["id"], ok["model"], ok["status"], ok["metadata"]) == ("ok", "m1", "ok", meta)
+    assert (ok["provider"], ok["upstream_model"], ok["endpoint_name"]) == (
+        "fake",
+        "up-m1",
+        "m1/primary",
+    )
+    assert ok["text"] == "[fake:up-m1] one two three" and ok["finish_reason"] == "stop"
+    assert cut["finish_reason"] == "length" and cut["usage"]["output_tokens"] == 2
+    usage = ok["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (3, 4)
+    assert usage["cost_usd"] == 4e-08  # 3 tokens at 0.0000123/1k, rounded to 8 places
+    latency = ok["latency_ms"]
+    assert isinstance(latency, float) and latency > 0 and round(latency, 3) == latency
+    assert ok["queue_ms"] >= 0 and ok["error"] is None
+    assert (ok["deduplicated"], ok["fallback_used"], ok["attempts"]) == (False, False, 1)
+
+    assert (fail["status"], fail["model"], fail["metadata"]) == ("error", "bad", meta)
+    assert (fail["provider"], fail["upstream_model"], fail["endpoint_name"]) == (
+        "fake",
+        "f",
+        "bad/fallback",
+    )
+    assert fail["fallback_used"] is True and fail["attempts"] == 2
+    assert fail["queue_ms"] >= 0 and fail["text"] is None and fail["usage"] is None
+    assert fail["error"]["type"] == "server_error" and "500" in fail["error"]["message"]
+
+    assert (inv["status"], inv["model"], inv["metadata"]) == ("error", "m1", meta)
+    assert inv["error"]["type"] == "validation_error" and "top_p" in inv["error"]["message"]
+    assert inv["queue_ms"] >= 0 and inv["provider"] is None
