@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test lint typecheck unit integration bench schemas clean helm-check
+.PHONY: demo dev test lint typecheck unit component integration mutation coverage bench schemas clean helm-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,8 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/llm-worker dev
 
-## test: lint, type-check, unit and integration tests (what CI runs)
-test: lint typecheck unit integration
+## test: lint, type-check, unit, component and integration tests (what CI runs)
+test: lint typecheck unit component integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,8 +34,25 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
 
+## component: the real App with an in-memory Kafka bridge and registry (no broker, no Postgres)
+component: $(STAMP)
+	$(BIN)/python -m pytest tests/component -q -p no:cacheprovider
+
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
+
+## mutation: mutation score of the core against unit + component tests (slow: not in make test)
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,mutation]'
+	rm -rf mutants
+	nice -n 15 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
+## coverage: unit line+branch coverage (docs/TESTING.md)
+coverage: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,mutation]'
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider --cov=worker --cov=registry \
+		--cov=adapters --cov-branch --cov-report=term
 
 ## bench: 20,000 prompts through a worker process, fake provider at 20 ms
 bench: $(STAMP)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from adapters.secrets import SecretStore
@@ -19,7 +17,7 @@ from .calling.caller import Caller, CallResult
 from .calling.concurrency import ConcurrencyLimits
 from .calling.ratelimit import Limit, RateLimiter, replica_share
 from .calling.routing import Objective, Router
-from .config import Settings
+from .config import Settings, kafka_property_error
 from .dedup import DedupWindow
 from .housekeeping import Housekeeping
 from .ops.http import HealthServer
@@ -30,30 +28,48 @@ from .stream.admin import AdminClient, ensure_topics, group_members, wait_for_br
 from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
 
-__all__ = ["EXIT_FATAL", "App", "raise_open_files_limit", "run_app", "run_async"]
+__all__ = ["App"]
 
 MIN_INTAKE = 256
 """The least the worker takes in flight, whatever the endpoints' limits: room for dedup
 followers, window hits and outcomes waiting for their delivery reports."""
 
-EXIT_FATAL = 3
-"""Exit code after a fatal Kafka client error: the orchestrator restarts the process."""
 
 log = logging.getLogger("llm_worker")
 
 
+ConnectAdmin = Callable[[Settings, float], AdminClient]
+"""Reach the cluster within a time limit; returns its admin client (`wait_for_broker`)."""
+
+
+def _wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
+    return wait_for_broker(settings, timeout_s=timeout_s)
+
+
 class App:
-    """Everything one worker process runs. Constructor does no I/O; `start()` opens resources."""
+    """Everything one worker process runs. Constructor does no I/O; `start()` opens resources.
+
+    `bridge`, `registry` and `connect_admin` replace the Kafka bridge, the registry cache and
+    the cluster connection (tests: `tests/component/fakes.py`); by default the real ones.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
         http: bool = True,
+        bridge: KafkaBridge | None = None,
+        registry: RegistryCache | None = None,
+        connect_admin: ConnectAdmin = _wait_for_broker,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.registry = RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
+        self.registry = (
+            registry
+            if registry is not None
+            else RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
+        )
+        self._connect_admin = connect_admin
         self.sessions = SessionPool(limit_per_host=settings.max_in_flight)
         self.secrets = SecretStore(settings.secrets_dir)
         self.breakers = BreakerBoard(
@@ -122,7 +138,7 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self.bridge = KafkaBridge(settings)
+        self.bridge = bridge if bridge is not None else KafkaBridge(settings)
         self.worker = Worker(
             bridge=self.bridge,
             pipeline=self.pipeline,
@@ -257,10 +273,19 @@ class App:
         return ok, detail
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except Exception as exc:  # librdkafka checks passthrough properties only now
+            problem = kafka_property_error(str(exc))
+            if problem is not None:
+                raise problem from None
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         if self.health is not None:
             await self.health.start()
-        admin = await asyncio.to_thread(wait_for_broker, s, timeout_s=s.broker_wait_s)
+        admin = await asyncio.to_thread(self._connect_admin, s, s.broker_wait_s)
         if s.create_topics:
             topics = [s.prompts_topic, s.completions_topic, s.dlq_topic]
             created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
@@ -314,76 +339,3 @@ class App:
                 await task
             finally:
                 await self.close()
-
-
-def raise_open_files_limit() -> int:
-    """Lift the soft limit on open files to the hard one: thousands of calls in flight are
-    thousands of sockets (the soft limit is often 1,024). Returns the limit in force."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on POSIX
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            return want
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-def tune_gc(gen0_threshold: int) -> None:
-    """Fewer, larger young-generation collections: every message allocates a few hundred short-
-    lived objects, and the default threshold (700) spends about a fifth of the CPU in the
-    collector at full load (docs/BENCHMARKS.md). Objects alive after start-up are frozen."""
-    gc.collect()
-    gc.freeze()
-    if gen0_threshold > 0:
-        _gen0, gen1, gen2 = gc.get_threshold()
-        gc.set_threshold(gen0_threshold, gen1, gen2)
-
-
-def run_async(main: Coroutine[Any, Any, int]) -> int:
-    """asyncio.run on uvloop when it is installed (about a third less CPU per message)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
-async def run_app(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; a second signal exits at once. Returns the exit code."""
-    app = App(settings)
-    raise_open_files_limit()
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal(signame: str) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log.info(
-                "%s received: shutting down (deadline %.0f s)", signame, settings.shutdown_timeout_s
-            )
-            app.worker.stop()
-        else:
-            log.warning("%s received again: exiting now", signame)
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-    try:
-        await app.start()
-        tune_gc(settings.gc_gen0_threshold)
-        await app.worker.run()
-        if app.worker.fatal is not None:
-            log.error("exiting after a fatal Kafka error: %s", app.worker.fatal)
-            return EXIT_FATAL
-    finally:
-        await app.close()
-        log.info("worker stopped", extra={"stats": app.worker.stats()})
-    return 0

@@ -23,6 +23,7 @@ __all__ = [
     "Settings",
     "endpoint_url_key",
     "env_name",
+    "kafka_property_error",
     "load_settings",
     "redact_dsn",
 ]
@@ -284,11 +285,11 @@ _CHECKS: dict[str, Check] = {
     "completions_topic": _not_blank,
     "dlq_topic": _not_blank,
     "http_host": _not_blank,
-    "http_port": _between(1, 65535),
+    "http_port": _between(0, 65535),  # 0: any free port (the start-up log names it)
     "max_in_flight": _at_least(1),
     "max_in_flight_per_partition": _at_least(0),
     "max_in_flight_bytes": _at_least(0),
-    "consume_batch": _at_least(1),
+    "consume_batch": _between(1, 1_000_000),  # librdkafka's consume() refuses more
     "commit_interval_ms": _at_least(1),
     "max_message_bytes": _at_least(1),
     "max_metadata_bytes": _at_least(1),
@@ -301,7 +302,7 @@ _CHECKS: dict[str, Check] = {
     "log_format": _one_of("json", "text"),
     "broker_wait_s": _above(0),
     "registry_wait_s": _above(0),
-    "gc_gen0_threshold": _at_least(0),
+    "gc_gen0_threshold": _between(0, 2**31 - 1),  # gc.set_threshold takes a C int
     "dedup_window_s": _above(0),
     "dedup_max_entries": _at_least(1),
     "dedup_max_bytes": _at_least(1),
@@ -320,6 +321,26 @@ _CHECKS: dict[str, Check] = {
     "processing_guarantee": _one_of("at_least_once", "exactly_once"),
 }
 """Per-setting rules; the message is prefixed with the variable's name and value."""
+
+
+_RDKAFKA_PROPERTY = re.compile(r'configuration property:? "?([A-Za-z0-9._-]+)"?')
+_RDKAFKA_TEXT = re.compile(r'str="(.*)"\}$', re.DOTALL)
+
+
+def kafka_property_error(message: str) -> ConfigError | None:
+    """librdkafka's refusal of a passthrough property ("No such configuration property:
+    "x.y"", "Invalid value ... for configuration property "x.y"") as a ConfigError naming
+    the variable that set it (`LLM_WORKER_KAFKA_X_Y`); None for any other error. librdkafka
+    checks its properties only when a client is created, so this runs at start."""
+    found = _RDKAFKA_PROPERTY.search(message)
+    if found is None:
+        return None
+    prop = found.group(1)
+    text = _RDKAFKA_TEXT.search(message)
+    detail = text.group(1) if text else message
+    if _is_secret_key(prop):
+        detail = f"invalid value for {prop}"  # librdkafka quotes the value: keep it out
+    return ConfigError(f"{KAFKA_PREFIX}{prop.upper().replace('.', '_')}: {detail}")
 
 
 def env_name(field: str) -> str:
@@ -350,8 +371,10 @@ def _validate(s: Settings, fields: Collection[str]) -> None:
     if "tenant_limits" in fields:
         s.limits("tenant")
     topics = ("prompts_topic", "completions_topic", "dlq_topic")
-    if all(t in fields for t in topics) and s.prompts_topic in (s.completions_topic, s.dlq_topic):
-        raise ConfigError(
-            f"LLM_WORKER_PROMPTS_TOPIC={s.prompts_topic!r} must differ from the completions and "
-            "dead-letter topics: the worker would read its own output"
-        )
+    if all(t in fields for t in topics):
+        for out in topics[1:]:
+            if getattr(s, out) == s.prompts_topic:
+                raise ConfigError(
+                    f"{env_name(out)}={s.prompts_topic!r} is also LLM_WORKER_PROMPTS_TOPIC: "
+                    "the worker would read its own output"
+                )

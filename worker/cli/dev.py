@@ -16,9 +16,10 @@ from registry.migrate import migrate
 from registry.models import ModelRow
 from registry.store import upsert_row
 
-from ..app import App, run_async
+from ..app import App
 from ..config import Settings, load_settings
 from ..ops.logs import configure_logging
+from ..process import run_async
 from .client import CompletionWaiter, publish
 from .devstack import LocalBroker, LocalPostgres, free_port, spawn_fake_provider
 

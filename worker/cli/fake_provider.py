@@ -16,29 +16,29 @@ words (finish_reason "length", else "stop"); usage counts words. Latency is draw
 from `latency_ms ± jitter_ms`; with probability `error_rate` the answer is an OpenAI error body
 with `error_status` (429, 503 and 529 carry `Retry-After`).
 
-For tests, each profile also keeps a request log (`FakeProvider.log(profile)`): the monotonic
-arrival time of its last `LOG_SIZE` requests and how many of its requests were in flight then.
+Every request is also kept in a log (`FakeProvider.calls(profile)`, the last `max_log` per
+server): when it arrived and was answered (the server's monotonic clock), its status, model,
+last user message, Authorization header, and how many of its profile's requests were in
+flight when it arrived. Tests measure rates and waits from it: what reached the provider
+rather than what the caller hoped. `max_concurrency` answers 429 above that many at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-__all__ = ["LOG_SIZE", "PROFILE_PATTERN", "FakeProvider", "Logged", "Profile"]
-
-LOG_SIZE = 100_000
-"""Requests kept in each profile's request log."""
+__all__ = ["PROFILE_PATTERN", "Call", "FakeProvider", "Profile"]
 
 PROFILE_PATTERN = "[A-Za-z0-9_.-]{1,64}"
 _PROFILE_NAME = re.compile(f"^{PROFILE_PATTERN}$")
@@ -155,12 +155,39 @@ class Profile(msgspec.Struct, kw_only=True):
         return {"requests": self.requests, "errors": self.errors}
 
 
-class Logged(msgspec.Struct, frozen=True):
-    """One request as the fake provider saw it arrive."""
+class Call:
+    """One request as the fake provider saw it. `answered` is None while it is being served."""
 
-    at: float  # time.monotonic()
-    in_flight: int  # this profile's requests in flight, this one included
-    status: int = 200  # 429 when refused for `max_concurrency`
+    __slots__ = (
+        "answered",
+        "arrived",
+        "authorization",
+        "in_flight",
+        "model",
+        "profile",
+        "status",
+        "text",
+    )
+
+    def __init__(self, profile: str, arrived: float, authorization: str | None) -> None:
+        self.profile = profile
+        self.arrived = arrived
+        self.authorization = authorization
+        self.answered: float | None = None
+        self.status: int | None = None
+        self.model = ""
+        self.text = ""
+        self.in_flight = 0  # this profile's requests in flight on arrival, this one included
+
+    @property
+    def at(self) -> float:
+        return self.arrived
+
+    def __repr__(self) -> str:
+        return (
+            f"Call({self.profile} {self.model!r} {self.text!r} status={self.status} "
+            f"at {self.arrived:.3f}-{self.answered})"
+        )
 
 
 class FakeProvider:
@@ -173,6 +200,7 @@ class FakeProvider:
         models: tuple[str, ...] = ("fake-model",),
         seed: int | None = None,
         max_profiles: int = 1024,
+        max_log: int = 100_000,
         **defaults: float,
     ) -> None:
         """`defaults` (latency_ms, jitter_ms, error_rate, error_status, retry_after_s) apply
@@ -180,10 +208,10 @@ class FakeProvider:
         self.defaults = _validated(defaults)
         self.max_profiles = max_profiles
         self.profiles: dict[str, Profile] = {}
-        self._log: dict[str, deque[Logged]] = {}
         self._in_flight: dict[str, int] = {}
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
+        self._log: collections.deque[Call] = collections.deque(maxlen=max_log)
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in models]
         self._model_list = _encode({"object": "list", "data": data})
         self.profile("default")
@@ -214,11 +242,16 @@ class FakeProvider:
         found = self.profiles.get(name)
         return found.counters() if found else {"requests": 0, "errors": 0}
 
-    def log(self, name: str = "default") -> list[Logged]:
-        """The profile's last `LOG_SIZE` requests, oldest first."""
-        return list(self._log.get(name, ()))
+    def calls(self, name: str | None = None) -> list[Call]:
+        """The logged requests of profile `name` (None: every profile), oldest first."""
+        return [c for c in self._log if name is None or c.profile == name]
+
+    def log(self, name: str = "default") -> list[Call]:
+        """`calls(name)`: profile `name`'s requests, oldest first."""
+        return self.calls(name)
 
     def reset(self) -> None:
+        self._log.clear()
         for profile in self.profiles.values():
             profile.requests = 0
             profile.errors = 0
@@ -231,17 +264,24 @@ class FakeProvider:
 
     async def chat(self, request: web.Request) -> web.Response:
         name = request.match_info.get("profile", "default")
+        call = Call(name, time.monotonic(), request.headers.get("Authorization"))
+        self._log.append(call)
+        try:
+            response = await self._chat(name, request, call)
+        except BaseException:
+            call.answered = time.monotonic()
+            raise
+        call.answered, call.status = time.monotonic(), response.status
+        return response
+
+    async def _chat(self, name: str, request: web.Request, call: Call) -> web.Response:
         try:
             profile = self.profile(name)
         except ValueError as exc:
             return _error_response(404, str(exc), "not_found_error", "profile_not_found")
         profile.requests += 1
-        busy = self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        log = self._log.get(name)
-        if log is None:
-            log = self._log[name] = deque(maxlen=LOG_SIZE)
+        busy = call.in_flight = self._in_flight[name] = self._in_flight.get(name, 0) + 1
         if profile.max_concurrency and busy > profile.max_concurrency:
-            log.append(Logged(time.monotonic(), busy, 429))
             self._in_flight[name] -= 1
             profile.errors += 1
             response = _error_response(
@@ -249,18 +289,20 @@ class FakeProvider:
             )
             response.headers["Retry-After"] = f"{profile.retry_after_s:g}"
             return response
-        log.append(Logged(time.monotonic(), busy))
         try:
-            return await self._answer(request, profile)
+            return await self._answer(request, profile, call)
         finally:
             self._in_flight[name] -= 1
 
-    async def _answer(self, request: web.Request, profile: Profile) -> web.Response:
+    async def _answer(self, request: web.Request, profile: Profile, call: Call) -> web.Response:
         try:
             chat = _decode_request(await request.read())
         except msgspec.DecodeError as exc:
             profile.errors += 1
             return _error_response(400, f"invalid request body: {exc}", *_ERROR_KINDS[400])
+        call.model = chat.model
+        users = [m for m in chat.messages if m.role == "user"]
+        call.text = _text_of(users[-1].content) if users else ""
         rng = self._rng
         delay = profile.latency_ms
         if profile.jitter_ms:

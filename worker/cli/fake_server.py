@@ -13,11 +13,12 @@ from aiohttp import web
 
 from adapters.fake import DEFAULT_FAKE_PORT
 
-from ..app import raise_open_files_limit
-from .fake_provider import PROFILE_PATTERN, FakeProvider, Logged
+from ..process import raise_open_files_limit
+from .fake_provider import PROFILE_PATTERN, Call, FakeProvider
 
 __all__ = [
     "FAKE_PROVIDER",
+    "Call",
     "FakeProvider",
     "FakeServer",
     "build_app",
@@ -67,10 +68,14 @@ class FakeServer:
     def counters(self, name: str = "default") -> dict[str, int]:
         return self.provider.counters(name)
 
+    def calls(self, name: str | None = "default") -> list[Call]:
+        """The requests `name` received (None: every profile), oldest first."""
+        return self.provider.calls(name)
+
     def config(self) -> dict[str, Any]:
         return self.provider.config()
 
-    def log(self, name: str = "default") -> list[Logged]:
+    def log(self, name: str = "default") -> list[Call]:
         """`profile`'s requests: arrival time (monotonic) and its requests in flight then."""
         return self.provider.log(name)
 

@@ -34,7 +34,7 @@ def _settings(args: argparse.Namespace, only: tuple[str, ...] | None = None) -> 
 def _cmd_run(args: argparse.Namespace) -> int:
     from registry.errors import RegistryUnavailable
 
-    from ..app import run_app, run_async
+    from ..process import run_app, run_async
     from ..stream.admin import KafkaUnavailable
 
     s = _settings(args)
