@@ -73,7 +73,7 @@ def run_bench(args: argparse.Namespace) -> int:
     stack = contextlib.ExitStack()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        bootstrap, dsn = stack.enter_context(local_stack())
+        bootstrap, dsn = stack.enter_context(local_stack(broker=getattr(args, "broker", "tansu")))
         migrate(dsn)
         fport = free_port()
         procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms), quiet=True))
