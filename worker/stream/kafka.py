@@ -159,6 +159,10 @@ class KafkaBridge:
             "fetch.wait.max.ms": 25,
         }
         consumer_conf.update(client_config(s, "consumer"))
+        if consumer_conf.get("group.protocol") == "consumer":
+            # KIP-848: the broker assigns (`group.remote.assignor`); librdkafka refuses a
+            # client-side strategy with this protocol.
+            consumer_conf.pop("partition.assignment.strategy", None)
         producer_conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
         producer_conf.update(client_config(s, "producer"))
         self._producer = Producer(producer_conf)
