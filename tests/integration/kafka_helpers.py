@@ -167,3 +167,37 @@ def last_offsets(records: Iterable[Record]) -> dict[int, int]:
 def topics(bootstrap: str) -> set[str]:
     """The topics the broker has now."""
     return set(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics)
+
+
+def read_to_end(
+    bootstrap: str, topic: str, idle_s: float = 2.0, timeout: float = 120.0
+) -> list[Record]:
+    """Every record of `topic`, read from the start until each partition's position reaches its
+    high watermark *and* nothing new came for `idle_s` (Tansu's watermark counts batches, not
+    records, so it alone would stop early there). Call it once the writers have stopped: a
+    reader that stops at a count would hide the duplicates past that count."""
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False}
+    )
+    try:
+        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        pos = dict.fromkeys(parts, 0)
+        out: list[Record] = []
+        last_new = time.monotonic()
+        deadline = last_new + timeout
+        while time.monotonic() < deadline:
+            msgs = c.consume(1000, 0.2)
+            for m in msgs:
+                if m.error() is None:
+                    out.append(Record(m))
+                    pos[m.partition()] = m.offset() + 1
+            if msgs:
+                last_new = time.monotonic()
+            at_end = all(pos[p] >= ends[p] for p in parts)
+            if at_end and time.monotonic() - last_new >= idle_s:
+                return out
+        raise TimeoutError(f"{topic} not read to its end within {timeout:.0f} s: {pos} < {ends}")
+    finally:
+        c.close()

@@ -7,6 +7,7 @@ publishes prompts, reads completions and counts what reached the provider.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import threading
@@ -23,6 +24,7 @@ from registry.models import ModelRow
 from registry.resolve import resolve
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
+from tests.integration.conftest import ON_KAFKA
 from tests.integration.test_failover import Stream, wait_for
 from worker.app import App
 from worker.calling.routing import health_key
@@ -358,13 +360,78 @@ async def test_rate_limit_backlog_beyond_the_deadline_waits_instead_of_failing(
     assert not errors, errors
 
 
-async def test_two_replicas_split_a_row_limit(
+@pytest.mark.parametrize("replicas", [2, 3])
+async def test_replicas_split_a_row_limit(
+    replicas: int,
+    make_settings: Callable[..., Settings],
+    pg_dsn: str,
+    fake: FakeServer,
+    broker_kind: str,
+) -> None:
+    """N workers in one group, rpm_limit = 600: together ~10 calls/s, not N x 10.
+
+    Four partitions, so three replicas own 2, 1 and 1. On Apache Kafka each replica's share is
+    1/N from the group's member count (describe_consumer_groups), the same for all three;
+    Tansu reports no members, so there each share is the replica's fraction of the partitions.
+    Either way the shares add up to the whole limit. The backlog is published once the group
+    has settled: this measures the split, not a rebalance under load (test_kafka_rebalance).
+    """
+    s = make_settings(shutdown_timeout_s=2.0)
+    profile = f"rl{replicas}"
+    fake.set_profile(profile, latency_ms=5)
+    upsert_row(pg_dsn, _row("m1", fake.endpoint(profile), rpm_limit=600))
+    await _topics(s, partitions=4)
+    apps = [App(s, http=False) for _ in range(replicas)]
+    async with contextlib.AsyncExitStack() as stack:
+        for app in apps:
+            await stack.enter_async_context(app.running())
+
+        def split() -> bool:
+            owned = [len(app.bridge.assignment) for app in apps]
+            shares = [app.limiter.share for app in apps]
+            return all(owned) and sum(owned) == 4 and sum(shares) == pytest.approx(1.0)
+
+        await wait_for(split, timeout=90)
+        members = [app.ready()[1]["group_members"] for app in apps]
+        shares = [app.limiter.share for app in apps]
+        prompts = [{"id": f"r-{i}", "model": "m1", "prompt": f"p{i}"} for i in range(700)]
+        await _send(s, prompts)
+        comps = await stack.enter_async_context(Completions(s))
+        await wait_for(lambda: _calls(fake, profile) > 0, timeout=30)
+        await asyncio.sleep(2.0)  # past the burst each bucket may hold
+        n0, t1 = _calls(fake, profile), time.monotonic()
+        await asyncio.sleep(20.0)
+        n1, t2 = _calls(fake, profile), time.monotonic()
+        assert n1 < len(prompts), "the backlog must outlast the window"
+        assert [app.limiter.share for app in apps] == shares, "the group changed meanwhile"
+    per_20s = (n1 - n0) * 20.0 / (t2 - t1)
+    assert 180 <= per_20s <= 220, (per_20s, shares)
+    assert sum(shares) == pytest.approx(1.0), shares
+    if broker_kind == "kafka":  # the broker's member count, not partition ownership
+        assert members == [replicas] * replicas, members
+        assert shares == [pytest.approx(1 / replicas)] * replicas, shares
+    else:  # Tansu reports no members: shares follow the partitions owned
+        assert members == [None] * replicas, members
+    errors = Counter(d["error"]["type"] for d in comps.docs if d["status"] != "ok")
+    assert not errors, errors
+
+
+@pytest.mark.xfail(
+    ON_KAFKA,
+    strict=True,
+    reason="needs worker/stream (issue 8) to resume partitions on assign: on Apache Kafka the "
+    "first replica forms the group alone, holds (pauses) its partitions full of rate-limited "
+    "work, and librdkafka keeps that pause across the eager revoke/assign when the second "
+    "joins, so the partitions it gets back are never fetched again",
+)
+async def test_a_replica_joining_a_rate_limited_backlog_takes_its_half(
     make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
 ) -> None:
-    """Two workers in one group, rpm_limit = 600: together ~10 calls/s, not 20."""
+    """The backlog is there before the replicas: one joins while the other is full of work
+    waiting for the limit. Together they still reach (not just stay within) the row's limit."""
     s = make_settings(shutdown_timeout_s=2.0)
-    fake.set_profile("rl2", latency_ms=5)
-    upsert_row(pg_dsn, _row("m1", fake.endpoint("rl2"), rpm_limit=600))
+    fake.set_profile("rlj", latency_ms=5)
+    upsert_row(pg_dsn, _row("m1", fake.endpoint("rlj"), rpm_limit=600))
     await _topics(s, partitions=4)
     prompts = [{"id": f"r-{i}", "model": "m1", "prompt": f"p{i}"} for i in range(600)]
     await _send(s, prompts)
@@ -377,12 +444,12 @@ async def test_two_replicas_split_a_row_limit(
 
         await wait_for(split, timeout=90)
         start = time.monotonic() + 2.0  # past the burst each bucket may hold
-        last = lambda: max((c.arrived for c in fake.calls("rl2")), default=0.0)  # noqa: E731
+        last = lambda: max((c.arrived for c in fake.calls("rlj")), default=0.0)  # noqa: E731
         await wait_for(lambda: last() > start + 20.0, timeout=60)
         shares = (a.limiter.share, b.limiter.share)
     assert sum(shares) == pytest.approx(1.0), shares
     # from the provider's log: the 20 s from 2 s after the split; both had backlog then
-    arrived = sorted(c.arrived for c in fake.calls("rl2"))
+    arrived = sorted(c.arrived for c in fake.calls("rlj"))
     assert len(arrived) < len(prompts), "the backlog must outlast the window"
     in_window = sum(1 for t in arrived if start <= t < start + 20.0)
     assert 160 <= in_window <= 220, (in_window, shares)

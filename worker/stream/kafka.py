@@ -39,9 +39,10 @@ from .kafka_conf import (
     DeliveryError,
     client_config,
     consume_ready,
+    consumer_config,
     message_max_bytes,
+    producer_config,
     settle_all,
-    transactional_id,
 )
 
 __all__ = [
@@ -145,25 +146,8 @@ class KafkaBridge:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         s = self._settings
-        consumer_conf: dict[str, Any] = {
-            "group.id": s.group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "range",
-            "enable.partition.eof": False,
-            # Answer fetches quickly: some Kafka-compatible brokers (Tansu) hold every fetch
-            # for the full wait even when data is there, which caps throughput at one batch
-            # per partition per wait. With Apache Kafka this only bounds idle polls.
-            "fetch.wait.max.ms": 25,
-        }
-        if "group.protocol" in s.kafka_extra and s.kafka_extra["group.protocol"] == "consumer":
-            del consumer_conf["partition.assignment.strategy"]  # the broker assigns (KIP-848)
-        consumer_conf.update(client_config(s, "consumer", self._client_error))
-        producer_conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
-        producer_conf.update(client_config(s, "producer", self._client_error))
-        if self.transactional:
-            producer_conf["transactional.id"] = transactional_id(s)
+        consumer_conf = consumer_config(s, self._client_error)
+        producer_conf = producer_config(s, self._client_error)
         self._producer = Producer(producer_conf)
         self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
         await self._in_consumer_thread(

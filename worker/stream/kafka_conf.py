@@ -22,7 +22,9 @@ __all__ = [
     "DeliveryError",
     "client_config",
     "consume_ready",
+    "consumer_config",
     "message_max_bytes",
+    "producer_config",
     "settle_all",
     "transactional_id",
 ]
@@ -101,6 +103,38 @@ def client_config(
 
         conf["error_cb"] = error_cb
     conf["logger"] = rdlog
+    return conf
+
+
+def consumer_config(settings: Settings, on_error: ErrorHook | None = None) -> dict[str, Any]:
+    """The worker's consumer: manual offset stores and commits, `range` assignment unless the
+    broker assigns (KIP-848), quick fetches."""
+    conf: dict[str, Any] = {
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+        "enable.partition.eof": False,
+        # Answer fetches quickly: Tansu holds every fetch for the full wait even when data
+        # is there; on Apache Kafka a resumed partition waits for the fetch in flight.
+        # Either way 500 ms (the default) halved throughput (docs/BENCHMARKS.md).
+        "fetch.wait.max.ms": 25,
+    }
+    conf.update(client_config(settings, "consumer", on_error))
+    if conf.get("group.protocol") == "consumer":
+        # KIP-848: the broker assigns (`group.remote.assignor`); librdkafka refuses a
+        # client-side strategy with this protocol.
+        conf.pop("partition.assignment.strategy", None)
+    return conf
+
+
+def producer_config(settings: Settings, on_error: ErrorHook | None = None) -> dict[str, Any]:
+    """The worker's producer: idempotent; transactional in exactly-once mode."""
+    conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
+    conf.update(client_config(settings, "producer", on_error))
+    if settings.processing_guarantee == "exactly_once":
+        conf["transactional.id"] = transactional_id(settings)
     return conf
 
 
