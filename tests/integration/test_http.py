@@ -96,7 +96,9 @@ async def test_metrics_and_readiness_after_known_prompts(
 
     assert value("llm_worker_completions_total", model="m1", status="ok") == 3
     assert value("llm_worker_completions_total", model="m2", status="error") == 1
-    assert value("llm_worker_completions_total", model="no-such-model", status="error") == 1
+    # a model the registry does not know is not a label value (labels never come from input)
+    assert value("llm_worker_completions_total", model="unknown", status="error") == 1
+    assert value("llm_worker_completions_total", model="no-such-model", status="error") == 0
     assert value("llm_worker_completion_errors_total", type="unknown_model") == 1
     assert value("llm_worker_completion_errors_total", type="server_error") == 1
     assert value("llm_worker_dlq_records_total", reason="invalid_json") == 1
