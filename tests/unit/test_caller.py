@@ -347,3 +347,24 @@ async def test_a_rate_limited_primary_spills_to_a_fallback_with_room(
     assert time.monotonic() - t0 < 5.0  # nobody waited 10 s for the primary's bucket
     assert [r.candidate.fallback for r in results].count(False) == 1
     assert server.counters("p")["requests"] == 1 and server.counters("f")["requests"] == 5
+
+
+async def test_a_deadline_that_cuts_an_attempt_short_reports_the_providers_last_error(
+    server: FakeServer, sessions: SessionPool
+) -> None:
+    """The provider answered 500; the retry was still waiting when the deadline came: the
+    error completion says 500 (what the provider did), not `timeout` (what the deadline did)."""
+    caller = _caller(sessions, None)
+    row = ModelRow(model_id="m", provider="fake", endpoint=server.endpoint(), upstream_model="m")
+    server.set_profile(error_rate=1.0, error_status=500, latency_ms=0)
+    call = asyncio.create_task(
+        caller.call(resolve({"m": row}, "m"), REQUEST, deadline=time.monotonic() + 3)
+    )
+    while server.counters()["requests"] < 1:
+        await asyncio.sleep(0.01)
+    server.set_profile(error_rate=0.0, latency_ms=20_000)  # the next attempt never answers
+    with pytest.raises(CallFailed) as info:
+        await call
+    assert server.counters()["requests"] >= 2  # the deadline ended an attempt in progress
+    assert info.value.error.type == "server_error"
+    assert "request deadline passed" in str(info.value.error)

@@ -346,9 +346,10 @@ class Caller:
                 st.attempts += 1
                 try:
                     outcome = await self._attempts.call(cand, health, prepared, request, remaining)
-                except DeadlineInCall as ended:
+                except DeadlineInCall as ended:  # what the provider said before, if anything
                     slots.release(ok=False, overloaded=True)
-                    raise CallFailed(ended.error, st.attempts, cand) from None
+                    err = self._expired(st) if st.last_call_error else ended.error
+                    raise CallFailed(err, st.attempts, cand) from None
                 except BaseException:
                     slots.release(ok=False)
                     raise
