@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ..config import Settings
 
@@ -50,7 +50,7 @@ class CompletionWaiter:
         tps = []
         for p in parts:
             # the reported high watermark is never past the real end, so nothing is missed
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            high = _high_watermark(self._consumer, TopicPartition(topic, p))
             tps.append(TopicPartition(topic, p, max(high, 0)))
         self._consumer.assign(tps)
 
@@ -135,3 +135,29 @@ def publish(
     if on_progress is not None:
         on_progress(n)
     return n
+
+
+_NO_LEADER_YET = frozenset(
+    (
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+    )
+)
+
+
+def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> int:
+    """The partition's end; a topic just created (by the worker, a moment ago) may have no
+    leader yet on Apache Kafka: its retriable errors are waited out, up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = err is not None and (err.retriable() or err.code() in _NO_LEADER_YET)
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
