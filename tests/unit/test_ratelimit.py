@@ -305,3 +305,24 @@ def test_replica_share_from_members_or_partitions() -> None:
     # owns nothing yet: keep whatever share it has
     assert replica_share(members=2, partitions=4, mine=0) is None
     assert replica_share(members=0, partitions=0, mine=1) is None
+
+
+async def test_waiters_cancelled_ahead_of_a_queue_give_their_time_to_those_behind() -> None:
+    """A replica loses half its partitions in a rebalance: the waiters queued for them are
+    cancelled. Those still waiting behind them move up into the freed time instead of waiting
+    for requests that will never go; the rate still holds."""
+    t = FakeTime()
+    rl = limiter(t)
+    assert await take(rl, rpm=60) == 0.0  # the 1 s burst is used: one per second from now
+    ahead = spawn(30, rl, rpm=60)
+    behind = spawn(5, rl, rpm=60)
+    await t.advance(0)
+    assert rl.waiting == 35
+    for task in ahead:  # cancelled in queue order, as a revoke cancels tasks
+        task.cancel()
+    await t.advance(0)
+    assert rl.waiting == 5
+    await t.advance(2.5)
+    assert done(behind) == 2  # at t=1 and t=2, not after the 30 cancelled places (t=31..)
+    await t.advance(3.0)
+    assert done(behind) == 5  # and one per second: the rate holds

@@ -9,6 +9,7 @@ Retry-After) holds the bucket: nothing goes before the pause ends, and it restar
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable
@@ -21,8 +22,8 @@ Clock = Callable[[], float]
 class TokenBucket:
     """A GCRA token bucket. `rate_per_s=math.inf` makes a bucket that only pauses."""
 
-    __slots__ = ("_a", "_b", "_clock", "_interval", "_paused_until", "_tat", "_tau", "burst",
-                 "name", "rate")  # fmt: skip
+    __slots__ = ("_a", "_b", "_clock", "_holes", "_interval", "_paused_until", "_tat",
+                 "_tau", "burst", "name", "rate")  # fmt: skip
 
     def __init__(
         self, rate_per_s: float, burst: float, clock: Clock = time.monotonic, *, name: str = ""
@@ -35,6 +36,9 @@ class TokenBucket:
         # (b grows), rate changes stretch the queue around "now" (a and b change).
         self._a = 1.0
         self._b = 0.0
+        # Reservations given back from the middle of the queue leave holes: (place, size),
+        # sorted; every place after a hole comes up earlier by its size.
+        self._holes: list[tuple[float, float]] = []
         self.rate = self.burst = self._interval = self._tau = 0.0
         self.set_rate(rate_per_s, burst)
 
@@ -68,25 +72,46 @@ class TokenBucket:
         """Take `n` tokens at time `at` (>= earliest). Returns the mark `refund` needs."""
         if self._interval:
             self._tat = (self._tat if self._tat > at else at) + n * self._interval
-        return (self._tat - self._b) / self._a
+        return self.place(self._tat)
 
     def place(self, at: float) -> float:
         """A time as a place in the queue, which `when` maps to its current time."""
-        return (at - self._b) / self._a
+        u = (at - self._b) / self._a
+        for hole, size in self._holes:  # the inverse of `when`
+            if hole > u:
+                break
+            u += size
+        return u
 
     def when(self, place: float) -> float:
-        """When a place handed out earlier comes up now (pauses and rate changes applied)."""
-        t = self._a * place + self._b
+        """When a place handed out earlier comes up now (pauses, rate changes and the
+        reservations given back before it applied)."""
+        u = place
+        for hole, size in self._holes:  # a place at or after a hole moves up by its size
+            if hole > place:
+                break
+            u -= size
+        t = self._a * u + self._b
         return t if t > self._paused_until else self._paused_until
 
     def refund(self, n: float, mark: float) -> None:
-        """Give back a reservation never used, less what later reservations built on it."""
+        """Give back a reservation never used (`mark`: where it ended). Later reservations
+        move up into its time, so a queue whose waiters are cancelled (their partitions were
+        revoked) does not keep the next ones waiting for requests that will never go."""
         if not self._interval:
             return
-        later = self._tat - (self._a * mark + self._b)
-        give = n * self._interval - (later if later > 0 else 0.0)
-        if give > 0:
-            self._tat -= give
+        give = n * self._interval
+        if self._tat > self.when(mark) + 1e-9:  # others are queued behind it
+            bisect.insort(self._holes, (mark, give / self._a))
+        self._tat -= give
+        self._fold(self._clock())
+
+    def _fold(self, now: float) -> None:
+        """Holes whose time has passed apply to every place still waiting: fold them into
+        the mapping (places before them are due anyway)."""
+        while self._holes and self.when(self._holes[0][0]) <= now:
+            _hole, size = self._holes.pop(0)
+            self._b -= self._a * size
 
     def try_take(self, n: float = 1.0) -> float:
         """0.0 if `n` tokens were taken, else the seconds to wait before they could be."""
