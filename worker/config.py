@@ -18,6 +18,8 @@ import msgspec
 
 from registry._db import redact_dsn
 
+from .ops.otelconf import otel_config
+
 __all__ = [
     "ConfigError",
     "Settings",
@@ -29,6 +31,7 @@ __all__ = [
 
 PREFIX = "LLM_WORKER_"
 KAFKA_PREFIX = "LLM_WORKER_KAFKA_"
+OTEL_PREFIX = "OTEL_"
 
 
 class ConfigError(ValueError):
@@ -60,6 +63,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     broker_wait_s: float = 60.0
     registry_wait_s: float = 60.0
     gc_gen0_threshold: int = 20_000
+    log_outcomes: str = "all"  # all | errors | none: which outcomes get their JSON line
+    trace_content: bool = False  # prompt and completion text on spans (personal data!)
+    loop_stall_s: float = 10.0  # /healthz fails when the event loop has not run for this long
     dedup_enabled: bool = True
     dedup_window_s: float = 60.0
     dedup_max_entries: int = 100_000
@@ -81,19 +87,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)
+    otel_env: dict[str, str] = msgspec.field(default_factory=dict)
+    """Every `OTEL_*` variable (the OpenTelemetry SDK's own names), read by `ops.otelconf`."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
             f"{f}={getattr(self, f)!r}"
             for f in self.__struct_fields__
-            if f not in ("database_url", "kafka_extra", "endpoint_limits")
+            if f not in ("database_url", "kafka_extra", "endpoint_limits", "otel_env")
         )
         extra = {k: ("***" if _is_secret_key(k) else v) for k, v in self.kafka_extra.items()}
         dsn = redact_dsn(self.database_url)
         limits = _USERINFO.sub("//***@", self.endpoint_limits)
+        otel = {
+            k: ("***" if "HEADERS" in k else _USERINFO.sub("//***@", v))
+            for k, v in self.otel_env.items()
+        }
         return (
             f"Settings({shown}, database_url={dsn!r}, kafka_extra={extra!r}, "
-            f"endpoint_limits={limits!r})"
+            f"endpoint_limits={limits!r}, otel_env={otel!r})"
         )
 
     __str__ = __repr__
@@ -187,8 +199,11 @@ def load_settings(
     fields = {f: t for f, t in zip(Settings.__struct_fields__, _field_types(), strict=True)}
     values: dict[str, Any] = {}
     kafka_extra: dict[str, str] = {}
+    otel_env: dict[str, str] = {}
     for var, raw in source.items():
-        if var in _FIXED:
+        if var.startswith(OTEL_PREFIX):
+            otel_env[var] = raw
+        elif var in _FIXED:
             if _FIXED[var] in wanted:
                 values[_FIXED[var]] = raw
         elif var.startswith(KAFKA_PREFIX):
@@ -201,13 +216,15 @@ def load_settings(
                 continue
             values[name] = _convert(var, raw, fields[name])
     values["kafka_extra"] = kafka_extra
+    if "otel_env" in wanted:
+        values["otel_env"] = otel_env
     values.update(overrides)
     settings = Settings(**values)
     _validate(settings, wanted | set(overrides))
     return settings
 
 
-_NOT_PREFIXED = ("kafka_extra", "kafka_bootstrap_servers", "database_url")
+_NOT_PREFIXED = ("kafka_extra", "kafka_bootstrap_servers", "database_url", "otel_env")
 
 
 def _field_types() -> list[type]:
@@ -298,6 +315,8 @@ _CHECKS: dict[str, Check] = {
     "broker_wait_s": _above(0),
     "registry_wait_s": _above(0),
     "gc_gen0_threshold": _at_least(0),
+    "log_outcomes": _one_of("all", "errors", "none"),
+    "loop_stall_s": _above(0),
     "dedup_window_s": _above(0),
     "dedup_max_entries": _at_least(1),
     "dedup_max_bytes": _at_least(1),
@@ -344,6 +363,11 @@ def _validate(s: Settings, fields: Collection[str]) -> None:
         s.limits("endpoint")
     if "tenant_limits" in fields:
         s.limits("tenant")
+    if "otel_env" in fields:
+        try:
+            otel_config(s.otel_env)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     topics = ("prompts_topic", "completions_topic", "dlq_topic")
     if all(t in fields for t in topics) and s.prompts_topic in (s.completions_topic, s.dlq_topic):
         raise ConfigError(

@@ -2,6 +2,10 @@
 
 `Pipeline.process` never raises for bad input or provider trouble: every readable input becomes
 a completion (`ok` or `error`), every unreadable one a DLQ record. Only cancellation escapes.
+
+With tracing on (`ops.tracing`), each message's span starts in `begin` and ends with its
+outcome, whose `traceparent` then continues the trace; with it off, `tracing` is None and the
+input's `traceparent`/`tracestate` are copied to the outcome as they are.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .config import Settings
 from .dedup import DedupWindow, dedup_key
 from .messages import Completion, ErrorInfo, Prompt, Rejected, Usage, decode_prompt, encode
 from .ops.metrics import Metrics
+from .ops.tracing import MessageTrace, Tracing
 from .records import InputRecord, Outcome, record_size
 
 __all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
@@ -45,6 +50,8 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     request: ProviderRequest
     dedup_key: str | None
     deadline: float
+    started: float
+    trace: MessageTrace | None = None
 
 
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
@@ -88,7 +95,9 @@ class Pipeline:
         dedup: DedupWindow[CallResult] | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._s = settings
         self._registry = registry
         self._caller = caller
@@ -115,6 +124,18 @@ class Pipeline:
         errors, an answer stored in the dedup window), else the state `finish` continues from.
         """
         started = self._clock()
+        tracing = self._tracing
+        mt = tracing.start_message(rec) if tracing is not None else None
+        step = self._begin(rec, started, mt)
+        if isinstance(step, Outcome):
+            step.started = started
+            if mt is not None:
+                self._traced(mt, step)
+        return step
+
+    def _begin(
+        self, rec: InputRecord, started: float, mt: MessageTrace | None
+    ) -> Outcome | Pending:
         decoded = decode_prompt(
             rec.value,
             max_bytes=self._s.max_message_bytes,
@@ -139,6 +160,8 @@ class Pipeline:
             key = self._dedup_key(prompt, candidates, request)
             stored = self._dedup.get(key)
             if stored is not None:
+                if mt is not None:
+                    self._traced_follower(mt, key)
                 out = self._answered(rec, prompt, stored, shared=True)
                 out.model_label = prompt.model
                 return out
@@ -149,10 +172,37 @@ class Pipeline:
             request=request,
             dedup_key=key,
             deadline=started + self._s.request_deadline_s,
+            started=started,
+            trace=mt,
         )
 
     async def finish(self, p: Pending) -> Outcome:
         """The provider call (or the identical in-flight request's answer) and its outcome."""
+        mt = p.trace
+        if mt is None:
+            out = await self._finish(p)
+        else:
+            tracing = self._tracing
+            assert tracing is not None
+            try:
+                with tracing.activate(mt):
+                    out = await self._finish(p)
+            except BaseException as exc:
+                tracing.abandon(mt, type(exc).__name__)
+                raise
+            self._traced(mt, out)
+        out.started = p.started
+        return out
+
+    def _traced(self, mt: MessageTrace, out: Outcome) -> None:
+        assert self._tracing is not None
+        self._tracing.finish_message(mt, out)
+
+    def _traced_follower(self, mt: MessageTrace, key: str) -> None:
+        assert self._tracing is not None
+        self._tracing.follow(mt, key)
+
+    async def _finish(self, p: Pending) -> Outcome:
         shared = False
         try:
             if p.dedup_key is not None:
@@ -220,16 +270,23 @@ class Pipeline:
         async def lead() -> CallResult:
             nonlocal led
             led = True
+            if p.trace is not None and self._tracing is not None:
+                self._tracing.lead(key)
             return await self._caller.call(
                 p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
             )
 
         try:
-            return await self._dedup.run(key, lead, _result_size)
+            answer = await self._dedup.run(key, lead, _result_size)
         except CallFailed as failed:
             if not led:  # a follower: the leader's error, marked as shared
+                if p.trace is not None:
+                    self._traced_follower(p.trace, key)
                 raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
             raise
+        if answer[1] and p.trace is not None:
+            self._traced_follower(p.trace, key)
+        return answer
 
     def _failed(self, rec: InputRecord, prompt: Prompt, failed: CallFailed) -> Outcome:
         err, cand = failed.error, failed.candidate
@@ -305,10 +362,14 @@ class Pipeline:
         decoded = decode_prompt(rec.value, max_bytes=2**62, max_metadata_bytes=2**62)
         message = f"internal error: {type(exc).__name__}"
         if isinstance(decoded, Prompt):
-            return self._error(
+            out = self._error(
                 rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
             )
-        return self.dead_letter(rec, "internal_error", message)
+        else:
+            out = self.dead_letter(rec, "internal_error", message)
+        if self._tracing is not None:  # the message's own span was lost with the bug
+            self._traced(self._tracing.start_message(rec), out)
+        return out
 
 
 def _result_size(call: CallResult) -> int:

@@ -35,10 +35,11 @@ from registry.resolve import Candidate
 from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics
 from .breaker import BreakerBoard
+from .observer import CallObserver
 from .ratelimit import RateLimiter
 from .routing import Router, endpoint_key, health_key
 
-__all__ = ["CallFailed", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
+__all__ = ["CallFailed", "CallObserver", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
 
 
 LAG_UNTRUSTED_SHARE = 0.5
@@ -107,7 +108,9 @@ class Caller:
         loop_lag: LoopLag | None = None,
         wait_when_open: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
     ) -> None:
+        self.observer = observer
         self._sessions = sessions
         self._secrets = secrets
         self._metrics = metrics
@@ -238,6 +241,7 @@ class Caller:
         last: ProviderError | None = None
         last_cand: Candidate | None = None
         m = self._metrics
+        obs = self.observer
         objective = candidates[0].row.routing_objective if candidates else None
         limited = None
         if len(candidates) > 1:
@@ -261,6 +265,8 @@ class Caller:
                     f"circuit open for {name}", provider=cand.provider, model=cand.upstream_model
                 )
                 m.provider_calls.labels(cand.provider, name, "circuit_open").inc()
+                if obs is not None:
+                    obs.event("circuit_open", cand)
                 continue
             last_cand = cand
             try:
@@ -275,7 +281,7 @@ class Caller:
             for attempt in range(1, self._max_attempts + 1):
                 # Waiting for capacity never fails a request; the deadline bounds the time
                 # spent calling, so it moves by however long the limiter held this one back.
-                deadline += await self.limiter.acquire(
+                waited = await self.limiter.acquire(
                     endpoint=limit_key,
                     model_id=row.model_id,
                     rpm=row.rpm_limit,
@@ -283,12 +289,20 @@ class Caller:
                     tenant=tenant,
                     tokens=tokens,
                 )
+                deadline += waited
+                if obs is not None and waited > 0:
+                    obs.event("ratelimit_wait", cand, wait_s=waited)
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return CallFailed(
                         last or ProviderTimeout("request deadline passed before an answer"),
                         attempts,
                         last_cand,
+                    )
+                handle = None
+                if obs is not None:
+                    handle = obs.attempt_started(
+                        cand, target, request, attempt, last if attempts else None
                     )
                 attempts += 1
                 t0 = self._clock()
@@ -301,6 +315,8 @@ class Caller:
                         result = await adapter.complete(session, target, request)
                 except ProviderError as exc:
                     last = exc
+                    if obs is not None:
+                        obs.attempt_finished(handle, error=exc)
                     m.provider_calls.labels(cand.provider, name, exc.type).inc()
                     if exc.retryable:  # endpoint health; a bad request says nothing about it
                         self.router.record(health, False, self._clock() - t0)
@@ -310,11 +326,15 @@ class Caller:
                     last = ProviderTimeout(
                         "request deadline passed", provider=cand.provider, model=cand.upstream_model
                     )
+                    if obs is not None:
+                        obs.attempt_finished(handle, error=last)
                     m.provider_calls.labels(cand.provider, name, last.type).inc()
                     self.router.record(health, False, self._clock() - t0)
                     return CallFailed(last, attempts, cand)
                 else:
                     elapsed = self._clock() - t0
+                    if obs is not None:
+                        obs.attempt_finished(handle, result=result)
                     ok, latency = self._ok_metrics(cand)
                     ok.inc()
                     latency.observe(elapsed)

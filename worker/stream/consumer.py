@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..ops.metrics import Metrics
+from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome, Stages
 from .flow import FlowControl, Room
 from .kafka import KafkaBridge, KafkaError, Message
@@ -63,6 +64,7 @@ class Worker:
         commit_interval_s: float,
         shutdown_timeout_s: float,
         rate_limited: Callable[[], int] | None = None,
+        recorder: OutcomeRecorder | None = None,
     ) -> None:
         self._bridge = bridge
         self._pipeline = pipeline
@@ -81,7 +83,9 @@ class Worker:
             on_change=metrics.paused.set,
         )
         self._room = Room(max_in_flight, lambda: self.in_flight)
-        self._outbox = Outbox(bridge, metrics, spawn=self._spawn, on_acked=self._room.wake)
+        self._outbox = Outbox(
+            bridge, metrics, spawn=self._spawn, on_acked=self._room.wake, recorder=recorder
+        )
         self._owned: set[Key] = set()
         self._held = rate_limited or (lambda: 0)
         self._revoked_now: set[Key] = set()

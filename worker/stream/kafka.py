@@ -61,8 +61,9 @@ REBALANCE_CLOSE_TIMEOUT_S = 10.0
 class KafkaBridge:
     """Consumer + idempotent producer behind asyncio-friendly methods."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_stats: Callable[[str], None] | None = None) -> None:
         self._settings = settings
+        self._on_stats = on_stats  # librdkafka's statistics, on the client's thread (kafka_conf)
         self._on_assign: AssignHook | None = None
         self._on_revoke: RevokeHook | None = None
         self._on_lost: AssignHook | None = None
@@ -136,9 +137,9 @@ class KafkaBridge:
         }
         if "group.protocol" in s.kafka_extra and s.kafka_extra["group.protocol"] == "consumer":
             del consumer_conf["partition.assignment.strategy"]  # the broker assigns (KIP-848)
-        consumer_conf.update(client_config(s, "consumer", self._client_error))
+        consumer_conf.update(client_config(s, "consumer", self._client_error, self._on_stats))
         producer_conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
-        producer_conf.update(client_config(s, "producer", self._client_error))
+        producer_conf.update(client_config(s, "producer", self._client_error, self._on_stats))
         self._producer = Producer(producer_conf)
         self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
         await self._in_consumer_thread(

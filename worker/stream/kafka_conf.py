@@ -68,11 +68,20 @@ _PRODUCER_ONLY = (
 )
 
 
+STATISTICS_INTERVAL_MS = 5000
+"""How often a client with `on_stats` reports its statistics (consumer lag, broker states)
+unless `LLM_WORKER_KAFKA_STATISTICS_INTERVAL_MS` says otherwise (0 turns them off)."""
+
+
 def client_config(
-    settings: Settings, role: str = "admin", on_error: ErrorHook | None = None
+    settings: Settings,
+    role: str = "admin",
+    on_error: ErrorHook | None = None,
+    on_stats: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Base librdkafka config for a client; passthrough properties of the other role dropped.
-    Client errors are logged, then handed to `on_error` (say, to act on a fatal one)."""
+    Client errors are logged, then handed to `on_error` (say, to act on a fatal one). Its
+    logs go to the `llm_worker.librdkafka` logger; its statistics, if asked, to `on_stats`."""
     drop: tuple[str, ...] = ()
     if role == "producer":
         drop = _CONSUMER_ONLY
@@ -91,6 +100,9 @@ def client_config(
 
         conf["error_cb"] = error_cb
     conf["logger"] = rdlog
+    if on_stats is not None:
+        conf.setdefault("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        conf["stats_cb"] = on_stats
     return conf
 
 
