@@ -82,8 +82,9 @@ def request_attributes(
         "llm_worker.provider": target.provider,
         "llm_worker.endpoint": cand.endpoint_name,
         "llm_worker.attempt": attempt,
-        "llm_worker.fallback": cand.fallback,
     }
+    if cand.fallback:
+        attrs["llm_worker.fallback"] = True
     host, port = server
     if host is not None:
         attrs["server.address"] = host

@@ -29,8 +29,9 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -42,6 +43,7 @@ from ..config import ConfigError, Settings
 from ..records import InputRecord, Outcome
 from .genai import Servers, request_attributes, result_attributes
 from .otelconf import OtelConfig, otel_config
+from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
 
 __all__ = ["MessageTrace", "Tracing"]
 
@@ -57,17 +59,23 @@ _W3C = TraceContextTextMapPropagator()
 class MessageTrace:
     """The spans of one message: its CONSUMER span, then the PRODUCER span of its outcome."""
 
-    __slots__ = ("process", "recording", "send")
+    __slots__ = ("process", "recording", "send", "traceparent")
 
-    def __init__(self, process: Span, recording: bool) -> None:
+    def __init__(self, process: Span | None, traceparent: bytes | None = None) -> None:
         self.process = process
-        self.recording = recording
+        """The CONSUMER span; None when the message is not sampled (no span at all)."""
+        self.recording = process is not None and process.is_recording()
         self.send: Span | None = None
+        self.traceparent = traceparent
+        """Not sampled: the `traceparent` its outcome carries (None: the input's, as is)."""
 
     def ids(self) -> tuple[str, str]:
-        """(trace_id, span_id) of the message's span, as hex, for its log line."""
-        ctx = self.process.get_span_context()
-        return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+        """(trace_id, span_id) the outcome carries on, as hex, for its log line."""
+        if self.process is not None:
+            ctx = self.process.get_span_context()
+            return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+        tp = (self.traceparent or b"").decode()
+        return tp[3:35], tp[36:52]
 
 
 def _text_key(key: bytes | None) -> str | None:
@@ -80,28 +88,24 @@ def _text_key(key: bytes | None) -> str | None:
     return text if text.isprintable() else None
 
 
-def _with_context(headers: list[tuple[str, bytes]] | None, ctx: SpanContext) -> list[Any]:
-    """`headers` with `traceparent`/`tracestate` replaced by `ctx` (W3C Trace Context)."""
+def _with_headers(
+    headers: list[tuple[str, bytes]] | None, traceparent: bytes, tracestate: bytes | None
+) -> list[Any]:
+    """`headers` with `traceparent`/`tracestate` replaced (W3C Trace Context)."""
     out: list[tuple[str, bytes]] = [
         (k, v) for k, v in headers or () if k != "traceparent" and k != "tracestate"
     ]
-    flags = int(ctx.trace_flags)
-    out.append(("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags:02x}".encode()))
-    if ctx.trace_state:
-        out.append(("tracestate", ctx.trace_state.to_header().encode()))
+    out.append(("traceparent", traceparent))
+    if tracestate:
+        out.append(("tracestate", tracestate))
     return out
 
 
-def _sampler(cfg: OtelConfig) -> sampling.Sampler:
-    name, arg = cfg.sampler, cfg.sampler_arg
-    root: sampling.Sampler
-    if name.endswith("always_off"):
-        root = sampling.ALWAYS_OFF
-    elif name.endswith("traceidratio"):
-        root = sampling.TraceIdRatioBased(arg)
-    else:
-        root = sampling.ALWAYS_ON
-    return sampling.ParentBased(root) if name.startswith("parentbased_") else root
+def _with_context(headers: list[tuple[str, bytes]] | None, ctx: SpanContext) -> list[Any]:
+    flags = int(ctx.trace_flags)
+    tp = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags:02x}".encode()
+    ts = ctx.trace_state.to_header().encode() if ctx.trace_state else None
+    return _with_headers(headers, tp, ts)
 
 
 def _exporter(cfg: OtelConfig) -> SpanExporter:
@@ -124,13 +128,20 @@ def _exporter(cfg: OtelConfig) -> SpanExporter:
 
 class Tracing:
     def __init__(
-        self, provider: TracerProvider, *, group_id: str, trace_content: bool = False
+        self,
+        provider: TracerProvider,
+        *,
+        group_id: str,
+        trace_content: bool = False,
+        sampler: HeadSampler | None = None,
     ) -> None:
         self.provider = provider
+        self.sampler = sampler if sampler is not None else HeadSampler()
         self._tracer = provider.get_tracer("llm_worker")
         self._group = group_id
         self._content = trace_content
         self._names: dict[str, str] = {}
+        self._send_names: dict[str, str] = {}
         self._servers = Servers()
         self._leaders: dict[str, SpanContext] = {}
 
@@ -142,10 +153,16 @@ class Tracing:
             return None
         if cfg.json_asked:
             log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=http/json: sending http/protobuf instead")
-        provider = TracerProvider(resource=Resource.create(cfg.resource), sampler=_sampler(cfg))
+        # the head sampler decides (`ops.sampling`); the SDK records every span started
+        provider = TracerProvider(resource=Resource.create(cfg.resource), sampler=ALWAYS_ON)
         provider.add_span_processor(BatchSpanProcessor(_exporter(cfg)))
         log.info("tracing on: %s", cfg)
-        return cls(provider, group_id=settings.group_id, trace_content=settings.trace_content)
+        return cls(
+            provider,
+            group_id=settings.group_id,
+            trace_content=settings.trace_content,
+            sampler=HeadSampler(cfg.sampler, cfg.sampler_arg),
+        )
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Export what is left (blocking, up to about `timeout_s`) and stop."""
@@ -156,43 +173,46 @@ class Tracing:
 
     # -- the message ---------------------------------------------------------------------
     def start_message(self, rec: InputRecord) -> MessageTrace:
-        """The CONSUMER span of `rec`, continuing its `traceparent` if it has one."""
-        parent = _ROOT
+        """The CONSUMER span of `rec`, continuing its `traceparent` if it has one; no span
+        at all when the message is not sampled."""
+        tp = ts = None
         if rec.headers:
-            carrier: dict[str, str] | None = None
             for k, v in rec.headers:
-                if (k == "traceparent" or k == "tracestate") and v:
-                    if carrier is None:
-                        carrier = {}
-                    carrier[k] = v.decode("latin-1")
-            if carrier is not None:
-                parent = _W3C.extract(carrier, _ROOT)
+                if k == "traceparent":
+                    tp = v
+                elif k == "tracestate":
+                    ts = v
+        parent = parse_traceparent(tp) if tp else None
+        if not self.sampler.sampled(parent):
+            if parent is not None and not parent.sampled:
+                return MessageTrace(None, None)  # carried on as it is
+            return MessageTrace(None, unsampled_traceparent(parent))
+        context = _ROOT
+        if parent is not None:
+            carrier = {"traceparent": tp.decode("ascii")}  # type: ignore[union-attr]
+            if ts:
+                carrier["tracestate"] = ts.decode("latin-1")
+            context = _W3C.extract(carrier, _ROOT)
         name = self._names.get(rec.topic)
         if name is None:
             name = self._names[rec.topic] = f"process {rec.topic}"
-        span = self._tracer.start_span(name, parent, SpanKind.CONSUMER)
-        recording = span.is_recording()
-        if recording:
-            span.set_attributes(
-                {
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "process",
-                    "messaging.operation.name": "process",
-                    "messaging.destination.name": rec.topic,
-                    "messaging.destination.partition.id": str(rec.partition),
-                    "messaging.kafka.offset": rec.offset,
-                    "messaging.consumer.group.name": self._group,
-                    "messaging.message.body.size": len(rec.value or b""),
-                }
-            )
-            key = _text_key(rec.key)
-            if key is not None:
-                span.set_attribute("messaging.kafka.message.key", key)
-        return MessageTrace(span, recording)
+        attrs: dict[str, Any] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": rec.topic,
+            "messaging.destination.partition.id": str(rec.partition),
+            "messaging.kafka.offset": rec.offset,
+            "messaging.consumer.group.name": self._group,
+        }
+        key = _text_key(rec.key)
+        if key is not None:
+            attrs["messaging.kafka.message.key"] = key
+        return MessageTrace(self._tracer.start_span(name, context, SpanKind.CONSUMER, attrs))
 
     def activate(self, mt: MessageTrace) -> contextlib.AbstractContextManager[Any]:
         """Make the message's span the current one (its provider attempts become children)."""
-        if not mt.recording:
+        if mt.process is None or not mt.recording:
             return contextlib.nullcontext()
         return trace.use_span(
             mt.process, end_on_exit=False, record_exception=False, set_status_on_exception=False
@@ -203,52 +223,54 @@ class Tracing:
         and put its context in the record's headers."""
         span = mt.process
         outcome.trace = mt
-        if not mt.recording:
+        if span is None:  # not sampled
+            if mt.traceparent is not None:
+                outcome.headers = _with_headers(outcome.headers, mt.traceparent, None)
+            return  # else the input's traceparent/tracestate, copied as they are
+        if not mt.recording:  # the SDK's sampler dropped it (a provider given by a test)
             outcome.headers = _with_context(outcome.headers, span.get_span_context())
             return
         c = outcome.completion
+        # what the outcome was, in as few attributes as say it (each one costs on every span)
         if c is None:
-            span.set_attribute("llm_worker.status", "dlq")
             span.set_attribute("error.type", outcome.dlq_reason or "dlq")
-            span.set_status(StatusCode.ERROR, outcome.dlq_reason or "dlq")
+            span.set_status(StatusCode.ERROR, "dead-lettered")
         else:
-            span.set_attributes(
-                {
-                    "llm_worker.request.id": c.id,
-                    "llm_worker.model": c.model,
-                    "llm_worker.status": c.status,
-                    "llm_worker.attempts": c.attempts,
-                    "llm_worker.deduplicated": c.deduplicated,
-                    "llm_worker.fallback_used": c.fallback_used,
-                }
-            )
-            if c.endpoint_name:
-                span.set_attribute("llm_worker.endpoint", c.endpoint_name)
+            attrs: dict[str, Any] = {
+                "llm_worker.request.id": c.id,
+                "llm_worker.model": c.model,
+                "llm_worker.attempts": c.attempts,
+            }
+            if c.deduplicated:
+                attrs["llm_worker.deduplicated"] = True
+            if c.fallback_used:
+                attrs["llm_worker.fallback_used"] = True
             if c.error is not None:
-                span.set_attribute("error.type", c.error.type)
+                attrs["error.type"] = c.error.type
                 span.set_status(StatusCode.ERROR, c.error.type)
+            span.set_attributes(attrs)
         span.end()
-        send = self._tracer.start_span(
-            f"send {outcome.topic}",
-            trace.set_span_in_context(span, _ROOT),
-            SpanKind.PRODUCER,
-            {
-                "messaging.system": "kafka",
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "send",
-                "messaging.destination.name": outcome.topic,
-                "messaging.message.body.size": len(outcome.value),
-            },
-        )
+        attrs = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": outcome.topic,
+        }
         key = _text_key(outcome.key)
-        if key is not None and send.is_recording():
-            send.set_attribute("messaging.kafka.message.key", key)
+        if key is not None:
+            attrs["messaging.kafka.message.key"] = key
+        name = self._send_names.get(outcome.topic)
+        if name is None:
+            name = self._send_names[outcome.topic] = f"send {outcome.topic}"
+        send = self._tracer.start_span(
+            name, trace.set_span_in_context(span, _ROOT), SpanKind.PRODUCER, attrs
+        )
         mt.send = send
         outcome.headers = _with_context(outcome.headers, send.get_span_context())
 
     def abandon(self, mt: MessageTrace, why: str) -> None:
         """The message was cancelled (shutdown, lost partition): end its span saying so."""
-        if mt.recording:
+        if mt.process is not None and mt.recording:
             mt.process.set_attribute("error.type", why)
             mt.process.set_status(StatusCode.ERROR, why)
             mt.process.end()
@@ -274,7 +296,7 @@ class Tracing:
 
     def follow(self, mt: MessageTrace, key: str) -> None:
         """`mt` got the answer of the message that led `key` (in flight or from the window)."""
-        if mt.recording:
+        if mt.process is not None and mt.recording:
             leader = self._leaders.get(key)
             if leader is not None:
                 mt.process.add_link(leader, {"llm_worker.dedup": "answered_by"})
