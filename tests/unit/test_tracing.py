@@ -362,3 +362,22 @@ async def test_messages_not_sampled_make_no_span_objects_and_carry_a_trace_on(
     consumer = by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
     assert len(consumer) == sampled
     assert len(spans_made) == 3 * sampled  # process, chat, send: none for the others
+
+
+async def test_a_dead_letter_keeps_its_headers_and_continues_the_trace(
+    fake: FakeServer, sessions: SessionPool
+) -> None:
+    tracing, exporter = in_memory()
+    h = Harness(Registry(row(fake)), sessions, tracing)
+    headers = [("traceparent", PARENT.encode()), ("app", b"kept")]
+    rec = InputRecord(topic="prompts", partition=0, offset=7, value=b"{nope", headers=headers)
+    (out,) = await h.run(rec)
+    assert out.dlq_reason == "invalid_json"
+    spans = exporter.get_finished_spans()
+    (process,) = by_kind(spans, SpanKind.CONSUMER)
+    (send,) = by_kind(spans, SpanKind.PRODUCER)
+    assert (process.attributes or {})["error.type"] == "invalid_json"
+    assert process.status.status_code == StatusCode.ERROR
+    got = dict(out.headers or [])
+    assert got["app"] == b"kept" and got["llm_worker.reason"] == b"invalid_json"
+    assert got["traceparent"] == f"00-{TRACE_ID}-{send.context.span_id:016x}-01".encode()

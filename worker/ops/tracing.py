@@ -88,24 +88,16 @@ def _text_key(key: bytes | None) -> str | None:
     return text if text.isprintable() else None
 
 
-def _with_headers(
-    headers: list[tuple[str, bytes]] | None, traceparent: bytes, tracestate: bytes | None
-) -> list[Any]:
-    """`headers` with `traceparent`/`tracestate` replaced (W3C Trace Context)."""
+def _with_context(headers: list[tuple[str, bytes]] | None, ctx: SpanContext) -> list[Any]:
+    """`headers` with `traceparent`/`tracestate` replaced by `ctx` (W3C Trace Context)."""
     out: list[tuple[str, bytes]] = [
         (k, v) for k, v in headers or () if k != "traceparent" and k != "tracestate"
     ]
-    out.append(("traceparent", traceparent))
-    if tracestate:
-        out.append(("tracestate", tracestate))
-    return out
-
-
-def _with_context(headers: list[tuple[str, bytes]] | None, ctx: SpanContext) -> list[Any]:
     flags = int(ctx.trace_flags)
-    tp = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags:02x}".encode()
-    ts = ctx.trace_state.to_header().encode() if ctx.trace_state else None
-    return _with_headers(headers, tp, ts)
+    out.append(("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags:02x}".encode()))
+    if ctx.trace_state:
+        out.append(("tracestate", ctx.trace_state.to_header().encode()))
+    return out
 
 
 def _exporter(cfg: OtelConfig) -> SpanExporter:
@@ -224,8 +216,9 @@ class Tracing:
         span = mt.process
         outcome.trace = mt
         if span is None:  # not sampled
-            if mt.traceparent is not None:
-                outcome.headers = _with_headers(outcome.headers, mt.traceparent, None)
+            if mt.traceparent is not None:  # (its tracestate, if any, goes on as it is)
+                kept = [(k, v) for k, v in outcome.headers or () if k != "traceparent"]
+                outcome.headers = [*kept, ("traceparent", mt.traceparent)]
             return  # else the input's traceparent/tracestate, copied as they are
         if not mt.recording:  # the SDK's sampler dropped it (a provider given by a test)
             outcome.headers = _with_context(outcome.headers, span.get_span_context())
