@@ -1,10 +1,10 @@
-# The README's commands. `.ci/run` calls `make test`.
+# The README's commands. `.ci/run` calls `make test` and `make test-kafka`.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test lint typecheck unit integration bench schemas clean helm-check
+.PHONY: demo dev test test-kafka lint typecheck unit component integration mutation coverage bench schemas clean helm-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,8 +21,8 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/llm-worker dev
 
-## test: lint, type-check, unit and integration tests (what CI runs)
-test: lint typecheck unit integration
+## test: lint, type-check, unit, component and integration tests (what CI runs)
+test: lint typecheck unit component integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,8 +34,30 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
 
+## component: the real App with an in-memory Kafka bridge and registry (no broker, no Postgres)
+component: $(STAMP)
+	$(BIN)/python -m pytest tests/component -q -p no:cacheprovider
+
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
+
+## mutation: mutation score of the core against unit + component tests (slow: not in make test)
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,mutation]'
+	rm -rf mutants
+	nice -n 15 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
+## coverage: unit line+branch coverage (docs/TESTING.md)
+coverage: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,mutation]'
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider --cov=worker --cov=registry \
+		--cov=adapters --cov-branch --cov-report=term
+
+## test-kafka: the integration tests on Apache Kafka 4 (KRaft, one node) instead of Tansu;
+##             needs Java 17+ and KAFKA_HOME or Maven (jars fetched once into ~/.cache)
+test-kafka: $(STAMP)
+	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
 
 ## bench: 20,000 prompts through a worker process, fake provider at 20 ms
 bench: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from types import TracebackType
 
 import aiohttp
@@ -38,6 +39,8 @@ class SessionPool:
         self._trust_env = trust_env
         self._by_origin: dict[str, aiohttp.ClientSession] = {}
         self._by_endpoint: dict[str, aiohttp.ClientSession] = {}
+        self._origin_of: dict[str, str] = {}
+        self._used: dict[str, float] = {}  # origin -> last use (monotonic)
         self._created = 0
         self._closed = False
 
@@ -53,6 +56,7 @@ class SessionPool:
         """The session for the endpoint's origin, created on first use (call inside the loop)."""
         session = self._by_endpoint.get(endpoint)
         if session is not None and not session.closed:
+            self._used[self._origin_of[endpoint]] = time.monotonic()
             return session
         if self._closed:
             raise RuntimeError("SessionPool is closed")
@@ -63,6 +67,8 @@ class SessionPool:
             self._by_origin[origin] = session
             self._created += 1
         self._by_endpoint[endpoint] = session
+        self._origin_of[endpoint] = origin
+        self._used[origin] = time.monotonic()
         return session
 
     def _new_session(self) -> aiohttp.ClientSession:
@@ -79,6 +85,21 @@ class SessionPool:
             timeout=aiohttp.ClientTimeout(total=None),
             trust_env=self._trust_env,
         )
+
+    async def forget_idle(self, idle_s: float) -> int:
+        """Close the sessions of origins not used for `idle_s` seconds (rows removed or moved
+        elsewhere); returns how many were closed. Memory stays bounded under endpoint churn."""
+        cutoff = time.monotonic() - idle_s
+        stale = [o for o, used in self._used.items() if used < cutoff]
+        sessions = [s for o in stale if (s := self._by_origin.pop(o, None)) is not None]
+        for origin in stale:
+            del self._used[origin]
+        for endpoint in [e for e, o in self._origin_of.items() if o in stale]:
+            self._by_endpoint.pop(endpoint, None)
+            del self._origin_of[endpoint]
+        if sessions:
+            await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        return len(sessions)
 
     @property
     def closed(self) -> bool:

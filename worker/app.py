@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import signal
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from adapters.secrets import SecretStore
@@ -16,10 +14,12 @@ from registry.cache import RegistryCache
 
 from .calling.breaker import BreakerBoard, BreakerConfig
 from .calling.caller import Caller, CallResult
+from .calling.concurrency import ConcurrencyLimits
 from .calling.ratelimit import Limit, RateLimiter, replica_share
 from .calling.routing import Objective, Router
-from .config import Settings
+from .config import Settings, kafka_property_error
 from .dedup import DedupWindow
+from .housekeeping import Housekeeping
 from .ops.attempts import AttemptObserver
 from .ops.http import HealthServer
 from .ops.kafkastats import KafkaStats
@@ -32,29 +32,51 @@ from .stream.admin import AdminClient, ensure_topics, group_members, wait_for_br
 from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
 
-__all__ = ["EXIT_FATAL", "App", "run_app", "run_async"]
+__all__ = ["App"]
 
-EXIT_FATAL = 3
-"""Exit code after a fatal Kafka client error: the orchestrator restarts the process."""
+MIN_INTAKE = 256
+"""The least the worker takes in flight, whatever the endpoints' limits: room for dedup
+followers, window hits and outcomes waiting for their delivery reports."""
+
 
 log = logging.getLogger("llm_worker")
 
 
+ConnectAdmin = Callable[[Settings, float], AdminClient]
+"""Reach the cluster within a time limit; returns its admin client (`wait_for_broker`)."""
+
+
+def _wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
+    return wait_for_broker(settings, timeout_s=timeout_s)
+
+
 class App:
-    """Everything one worker process runs. Constructor does no I/O; `start()` opens resources."""
+    """Everything one worker process runs. Constructor does no I/O; `start()` opens resources.
+
+    `bridge`, `registry` and `connect_admin` replace the Kafka bridge, the registry cache and
+    the cluster connection (tests: `tests/component/fakes.py`); by default the real ones.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
         http: bool = True,
+        bridge: KafkaBridge | None = None,
+        registry: RegistryCache | None = None,
+        connect_admin: ConnectAdmin = _wait_for_broker,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.tracing = Tracing.from_settings(settings)
         """None when tracing is off (no OTLP endpoint): nothing on the hot path then."""
-        self.registry = RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
-        self.sessions = SessionPool()
+        self.registry = (
+            registry
+            if registry is not None
+            else RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
+        )
+        self._connect_admin = connect_admin
+        self.sessions = SessionPool(limit_per_host=settings.max_in_flight)
         self.secrets = SecretStore(settings.secrets_dir)
         self.breakers = BreakerBoard(
             BreakerConfig(
@@ -67,6 +89,7 @@ class App:
                 probes=settings.breaker_probes,
             ),
             on_change=self._circuit_changed,
+            on_latency=self._latency_changed,
         )
         self.router = Router(cast(Objective, settings.routing_objective), breakers=self.breakers)
         tenant_limit = (
@@ -97,6 +120,7 @@ class App:
             limiter=self.limiter,
             loop_lag=self.loop_lag,
             wait_when_open=settings.breaker_when_all_open == "wait",
+            concurrency=ConcurrencyLimits(cap=settings.max_in_flight),
             observer=AttemptObserver(self.metrics, self.tracing),
         )
         self.pipeline = Pipeline(
@@ -113,6 +137,10 @@ class App:
                 circuit_waiting=lambda: caller.circuit_waiting,
                 consumer_lag=self._consumer_lag,
                 producer_queue=lambda: self.kafka_stats.producer_queue,
+                held=self._held,
+                demoted=self.breakers.demotions,
+                concurrency=caller.concurrency.stats,
+                in_flight_limit=lambda: self.worker.stats()["in_flight_limit"],
             )
         )
         self._topic_partitions = 0
@@ -121,7 +149,10 @@ class App:
         self._group_changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self.bridge = KafkaBridge(settings, on_stats=self.kafka_stats.update)
+        self._sweeper: asyncio.Task[None] | None = None
+        self.bridge = (
+            bridge if bridge is not None else KafkaBridge(settings, self.kafka_stats.update)
+        )
         self.worker = Worker(
             bridge=self.bridge,
             pipeline=self.pipeline,
@@ -131,10 +162,20 @@ class App:
             consume_batch=settings.consume_batch,
             commit_interval_s=settings.commit_interval_ms / 1000,
             shutdown_timeout_s=settings.shutdown_timeout_s,
-            rate_limited=lambda: self.limiter.waiting + caller.circuit_waiting,
+            rate_limited=lambda: caller.held,
+            intake=lambda: max(MIN_INTAKE, caller.concurrency.total() * 3 // 2),
+            max_in_flight_bytes=settings.max_in_flight_bytes,
             recorder=OutcomeRecorder(self.metrics, log_outcomes=settings.log_outcomes),
         )
         self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke, self.worker.on_lost)
+        self.housekeeping = Housekeeping(
+            rows=lambda: self.registry.rows,
+            resolve=self.registry.resolve,
+            caller=caller,
+            sessions=self.sessions,
+            metrics=self.metrics,
+            forget_outcome_children=self.worker.forget_metric_children,
+        )
         self.health = (
             HealthServer(
                 self.metrics.registry,
@@ -160,6 +201,29 @@ class App:
             reason,
             extra={"endpoint": endpoint, "circuit": new},
         )
+
+    def _latency_changed(self, endpoint: str, demoted: bool, detail: str) -> None:
+        if demoted:
+            msg = "endpoint %s: demoted for latency, routed around while faster ones exist (%s)"
+        else:
+            msg = "endpoint %s: latency back to normal, no longer demoted (%s)"
+        log.log(
+            logging.WARNING if demoted else logging.INFO,
+            msg,
+            endpoint,
+            detail,
+            extra={"endpoint": endpoint, "demoted": demoted},
+        )
+
+    def _held(self) -> dict[str, tuple[float, float]]:
+        """`llm_worker_held_requests` / `_held_seconds_total` by reason: (now, seconds)."""
+        holds, lim = self.caller.holds, self.limiter.stats()
+        return {
+            "circuit_open": (holds.waiting["circuit_open"], holds.seconds["circuit_open"]),
+            "retry_backoff": (holds.waiting["retry_backoff"], holds.seconds["retry_backoff"]),
+            "rate_limit": (lim["waiting"], lim["waited_s"]),
+            "concurrency": (self.caller.concurrency.waiting, self.caller.concurrency.waited_s),
+        }
 
     def _update_share(self) -> None:
         """Row and endpoint limits are cluster-wide: take this replica's share of them."""
@@ -256,11 +320,20 @@ class App:
         return all(c["ok"] for c in checks.values()), detail
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except Exception as exc:  # librdkafka checks passthrough properties only now
+            problem = kafka_property_error(str(exc))
+            if problem is not None:
+                raise problem from None
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         self.loop_lag.start()  # first: liveness watches its ticks
         if self.health is not None:
             await self.health.start()
-        admin = await asyncio.to_thread(wait_for_broker, s, timeout_s=s.broker_wait_s)
+        admin = await asyncio.to_thread(self._connect_admin, s, s.broker_wait_s)
         if s.create_topics:
             topics = [s.prompts_topic, s.completions_topic, s.dlq_topic]
             created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
@@ -273,6 +346,7 @@ class App:
         self._loop = asyncio.get_running_loop()
         await self.bridge.start()
         self._watcher = asyncio.create_task(self._watch_group(admin), name="group-watch")
+        self._sweeper = asyncio.create_task(self.housekeeping.run(), name="housekeeping")
         self._broker_ok = True
         log.info(
             "worker started",
@@ -287,10 +361,11 @@ class App:
 
     async def close(self) -> None:
         self.loop_lag.stop()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             await self.bridge.close()
         await self.sessions.close()
@@ -313,57 +388,3 @@ class App:
                 await task
             finally:
                 await self.close()
-
-
-def tune_gc(gen0_threshold: int) -> None:
-    """Fewer, larger young-generation collections: every message allocates a few hundred short-
-    lived objects, and the default threshold (700) spends about a fifth of the CPU in the
-    collector at full load (docs/BENCHMARKS.md). Objects alive after start-up are frozen."""
-    gc.collect()
-    gc.freeze()
-    if gen0_threshold > 0:
-        _gen0, gen1, gen2 = gc.get_threshold()
-        gc.set_threshold(gen0_threshold, gen1, gen2)
-
-
-def run_async(main: Coroutine[Any, Any, int]) -> int:
-    """asyncio.run on uvloop when it is installed (about a third less CPU per message)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
-async def run_app(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; a second signal exits at once. Returns the exit code."""
-    app = App(settings)
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal(signame: str) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            log.info(
-                "%s received: shutting down (deadline %.0f s)", signame, settings.shutdown_timeout_s
-            )
-            app.worker.stop()
-        else:
-            log.warning("%s received again: exiting now", signame)
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-    try:
-        await app.start()
-        tune_gc(settings.gc_gen0_threshold)
-        await app.worker.run()
-        if app.worker.fatal is not None:
-            log.error("exiting after a fatal Kafka error: %s", app.worker.fatal)
-            return EXIT_FATAL
-    finally:
-        await app.close()
-        log.info("worker stopped", extra={"stats": app.worker.stats()})
-    return 0

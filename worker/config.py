@@ -18,13 +18,14 @@ import msgspec
 
 from registry._db import redact_dsn
 
-from .ops.otelconf import otel_config
+from .ops.otelconf import otel_problem, redacted_env
 
 __all__ = [
     "ConfigError",
     "Settings",
     "endpoint_url_key",
     "env_name",
+    "kafka_property_error",
     "load_settings",
     "redact_dsn",
 ]
@@ -47,8 +48,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dlq_topic: str = "llm_prompts.dlq"
     http_host: str = "0.0.0.0"
     http_port: int = 8080
-    max_in_flight: int = 256
-    max_in_flight_per_partition: int = 128
+    max_in_flight: int = 10_000  # the cap; the limit below it adapts (calling/concurrency.py)
+    max_in_flight_per_partition: int = 0  # 0: twice a fair share of the adaptive limit
+    max_in_flight_bytes: int = 64 * 1024 * 1024  # memory budget for records in flight
     consume_batch: int = 500
     commit_interval_ms: int = 500
     max_message_bytes: int = 1_000_000
@@ -83,7 +85,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tenant_tpm: int = 0
     tenant_limits: str = ""  # JSON {"tenant": {"rpm": N, "tpm": N}}, overrides tenant_rpm/tpm
     endpoint_limits: str = ""  # JSON {"https://api.example.com/v1": {"rpm": N, "tpm": N}}
-    breaker_when_all_open: str = "fail"  # fail | wait (for the first half-open probe)
+    breaker_when_all_open: str = "wait"  # wait (for a half-open probe) | fail (after a cooldown)
+    processing_guarantee: str = "at_least_once"  # at_least_once | exactly_once (transactions)
+    transactional_id: str = ""  # exactly_once: default <group>-<host>-<pid>
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)
@@ -99,13 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         extra = {k: ("***" if _is_secret_key(k) else v) for k, v in self.kafka_extra.items()}
         dsn = redact_dsn(self.database_url)
         limits = _USERINFO.sub("//***@", self.endpoint_limits)
-        otel = {
-            k: ("***" if "HEADERS" in k else _USERINFO.sub("//***@", v))
-            for k, v in self.otel_env.items()
-        }
         return (
             f"Settings({shown}, database_url={dsn!r}, kafka_extra={extra!r}, "
-            f"endpoint_limits={limits!r}, otel_env={otel!r})"
+            f"endpoint_limits={limits!r}, otel_env={redacted_env(self.otel_env)!r})"
         )
 
     __str__ = __repr__
@@ -298,10 +298,11 @@ _CHECKS: dict[str, Check] = {
     "completions_topic": _not_blank,
     "dlq_topic": _not_blank,
     "http_host": _not_blank,
-    "http_port": _between(1, 65535),
+    "http_port": _between(0, 65535),  # 0: any free port (the start-up log names it)
     "max_in_flight": _at_least(1),
-    "max_in_flight_per_partition": _at_least(1),
-    "consume_batch": _at_least(1),
+    "max_in_flight_per_partition": _at_least(0),
+    "max_in_flight_bytes": _at_least(0),
+    "consume_batch": _between(1, 1_000_000),  # librdkafka's consume() refuses more
     "commit_interval_ms": _at_least(1),
     "max_message_bytes": _at_least(1),
     "max_metadata_bytes": _at_least(1),
@@ -314,7 +315,7 @@ _CHECKS: dict[str, Check] = {
     "log_format": _one_of("json", "text"),
     "broker_wait_s": _above(0),
     "registry_wait_s": _above(0),
-    "gc_gen0_threshold": _at_least(0),
+    "gc_gen0_threshold": _between(0, 2**31 - 1),  # gc.set_threshold takes a C int
     "log_outcomes": _one_of("all", "errors", "none"),
     "loop_stall_s": _above(0),
     "dedup_window_s": _above(0),
@@ -332,8 +333,29 @@ _CHECKS: dict[str, Check] = {
     "tenant_tpm": _at_least(0),
     "breaker_when_all_open": _one_of("fail", "wait"),
     "topic_partitions": _at_least(1),
+    "processing_guarantee": _one_of("at_least_once", "exactly_once"),
 }
 """Per-setting rules; the message is prefixed with the variable's name and value."""
+
+
+_RDKAFKA_PROPERTY = re.compile(r'configuration property:? "?([A-Za-z0-9._-]+)"?')
+_RDKAFKA_TEXT = re.compile(r'str="(.*)"\}$', re.DOTALL)
+
+
+def kafka_property_error(message: str) -> ConfigError | None:
+    """librdkafka's refusal of a passthrough property ("No such configuration property:
+    "x.y"", "Invalid value ... for configuration property "x.y"") as a ConfigError naming
+    the variable that set it (`LLM_WORKER_KAFKA_X_Y`); None for any other error. librdkafka
+    checks its properties only when a client is created, so this runs at start."""
+    found = _RDKAFKA_PROPERTY.search(message)
+    if found is None:
+        return None
+    prop = found.group(1)
+    text = _RDKAFKA_TEXT.search(message)
+    detail = text.group(1) if text else message
+    if _is_secret_key(prop):
+        detail = f"invalid value for {prop}"  # librdkafka quotes the value: keep it out
+    return ConfigError(f"{KAFKA_PREFIX}{prop.upper().replace('.', '_')}: {detail}")
 
 
 def env_name(field: str) -> str:
@@ -363,14 +385,13 @@ def _validate(s: Settings, fields: Collection[str]) -> None:
         s.limits("endpoint")
     if "tenant_limits" in fields:
         s.limits("tenant")
-    if "otel_env" in fields:
-        try:
-            otel_config(s.otel_env)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+    if "otel_env" in fields and (problem := otel_problem(s.otel_env)):
+        raise ConfigError(problem)
     topics = ("prompts_topic", "completions_topic", "dlq_topic")
-    if all(t in fields for t in topics) and s.prompts_topic in (s.completions_topic, s.dlq_topic):
-        raise ConfigError(
-            f"LLM_WORKER_PROMPTS_TOPIC={s.prompts_topic!r} must differ from the completions and "
-            "dead-letter topics: the worker would read its own output"
-        )
+    if all(t in fields for t in topics):
+        for out in topics[1:]:
+            if getattr(s, out) == s.prompts_topic:
+                raise ConfigError(
+                    f"{env_name(out)}={s.prompts_topic!r} is also LLM_WORKER_PROMPTS_TOPIC: "
+                    "the worker would read its own output"
+                )

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import msgspec
 
-from adapters.base import Message as ProviderMessage
 from adapters.base import ProviderRequest
 from registry.errors import RegistryError, UnknownModel
 from registry.resolve import Candidate
@@ -25,7 +24,16 @@ from registry.resolve import Candidate
 from .calling.caller import Caller, CallFailed, CallResult
 from .config import Settings
 from .dedup import DedupWindow, dedup_key
-from .messages import Completion, ErrorInfo, Prompt, Rejected, Usage, decode_prompt, encode
+from .messages import (
+    Completion,
+    ErrorInfo,
+    Prompt,
+    Rejected,
+    Usage,
+    decode_prompt,
+    encode,
+    provider_request,
+)
 from .ops.metrics import Metrics
 from .ops.tracing import MessageTrace, Tracing
 from .records import InputRecord, Outcome, record_size
@@ -59,29 +67,6 @@ def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
         return None
     kept = [(k, v) for k, v in rec.headers if k in PASSTHROUGH_HEADERS]
     return kept or None
-
-
-def _to_provider_request(p: Prompt) -> ProviderRequest:
-    stop: tuple[str, ...] | None
-    if p.stop is None:
-        stop = None
-    elif isinstance(p.stop, str):
-        stop = (p.stop,)
-    else:
-        stop = tuple(p.stop)
-    return ProviderRequest(
-        messages=(
-            tuple(ProviderMessage(m.role, m.content) for m in p.messages)
-            if p.messages is not None
-            else None
-        ),
-        prompt=p.prompt,
-        max_tokens=p.max_tokens,
-        temperature=p.temperature,
-        top_p=p.top_p,
-        stop=stop,
-        seed=p.seed,
-    )
 
 
 class Pipeline:
@@ -154,7 +139,7 @@ class Pipeline:
             if not isinstance(exc, UnknownModel):  # a row exists: a bounded label
                 out.model_label = prompt.model
             return out
-        request = _to_provider_request(prompt)
+        request = provider_request(prompt)
         key = None
         if self._dedup is not None and prompt.dedup:
             key = self._dedup_key(prompt, candidates, request)
@@ -358,14 +343,19 @@ class Pipeline:
         )
 
     def internal_error(self, rec: InputRecord, exc: BaseException) -> Outcome:
-        """An unexpected bug while processing: answer it rather than crash-loop on it."""
-        decoded = decode_prompt(rec.value, max_bytes=2**62, max_metadata_bytes=2**62)
+        """An unexpected bug while processing: answer it rather than crash-loop on it. Never
+        raises: when even the id cannot be read again, the record is dead-lettered."""
         message = f"internal error: {type(exc).__name__}"
-        if isinstance(decoded, Prompt):
-            out = self._error(
-                rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
-            )
-        else:
+        out: Outcome | None = None
+        try:
+            decoded = decode_prompt(rec.value, max_bytes=2**62, max_metadata_bytes=2**62)
+            if isinstance(decoded, Prompt):
+                out = self._error(
+                    rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
+                )
+        except Exception:
+            log.exception("reading the record again failed", extra={"offset": rec.offset})
+        if out is None:
             out = self.dead_letter(rec, "internal_error", message)
         if self._tracing is not None:  # the message's own span was lost with the bug
             self._traced(self._tracing.start_message(rec), out)

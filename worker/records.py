@@ -97,6 +97,16 @@ def _shrink_completion(outcome: Outcome, step: int) -> None:
     keep_key = step == 1 and len(outcome.key or b"") <= KEEP_KEY_BYTES
     note = _dropped_key_note(outcome, keep_key)
     if step == 1:
+        error = ErrorInfo(
+            type="output_too_large",
+            message=f"the completion ({size} bytes) is larger than the broker accepts{note}",
+        )
+        if c.error is not None:  # already an error: keep why, say what was dropped
+            error = ErrorInfo(
+                type=c.error.type,
+                message=c.error.message[:1000] + (note or "; its metadata was dropped"),
+                retryable=c.error.retryable,
+            )
         replacement = Completion(
             id=c.id,
             model=c.model,
@@ -105,23 +115,20 @@ def _shrink_completion(outcome: Outcome, step: int) -> None:
             upstream_model=c.upstream_model,
             endpoint_name=c.endpoint_name,
             attempts=c.attempts,
-            error=ErrorInfo(
-                type="output_too_large",
-                message=f"the completion ({size} bytes) is larger than the broker accepts{note}",
-            ),
+            error=error,
         )
         if record_size(None, None, outcome.headers) > KEEP_KEY_BYTES:
             outcome.headers = None
     else:  # small by construction: nothing of unbounded size is left
-        message = f"the completion is larger than the broker accepts{note}"
-        if c.error is not None and c.error.type == "output_too_large":
-            message = c.error.message  # the first step's account (sizes only): keep it
-        replacement = Completion(
-            id=c.id[:128],
-            model=c.model[:128],
-            status="error",
-            error=ErrorInfo(type="output_too_large", message=message),
+        error = ErrorInfo(
+            type="output_too_large",
+            message=f"the completion is larger than the broker accepts{note}",
         )
+        if c.error is not None:  # the first step's account (bounded): keep it
+            error = ErrorInfo(
+                type=c.error.type, message=c.error.message[:1200], retryable=c.error.retryable
+            )
+        replacement = Completion(id=c.id[:128], model=c.model[:128], status="error", error=error)
         outcome.headers = None
     if not keep_key:
         outcome.key = None

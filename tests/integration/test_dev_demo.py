@@ -5,21 +5,40 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
 
-def test_dev_demo_prints_completions_and_cleans_up() -> None:
+def _kafka_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("llm-worker-kafka-*"))
+
+
+def test_dev_demo_prints_completions_and_cleans_up(broker_kind: str) -> None:
+    """On the session's kind of broker (`--broker`), started and stopped by `dev` itself."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL") and not k.startswith("LLM_WORKER_")
     }
     env["LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS"] = "6000"
+    before = _kafka_dirs()
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "dev", "--demo", "--once", "--http-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "dev",
+            "--demo",
+            "--once",
+            "--http-port",
+            "0",
+            "--broker",
+            broker_kind,
+        ],
         env=env,
         capture_output=True,
         timeout=240,
@@ -31,3 +50,6 @@ def test_dev_demo_prints_completions_and_cleans_up() -> None:
     assert "chat-flaky" in out and "(fallback)" in out  # the failing primary was covered
     assert "unknown_model" in out  # the bad model got an error completion, not silence
     assert out.count("Say hello twice.'") == 2  # both identical prompts answered
+    label = "Apache Kafka" if broker_kind == "kafka" else "Tansu"
+    assert f"starting local broker ({label})" in out
+    assert _kafka_dirs() <= before, "the Kafka broker's directory outlived `dev`"

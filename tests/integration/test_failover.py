@@ -7,13 +7,12 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from registry.migrate import migrate
 from registry.models import ModelRow
 from registry.store import set_enabled, update_row, upsert_row
 from tests.integration import kafka_helpers as kh
@@ -163,16 +162,6 @@ async def test_failover_and_restore_during_load(
     assert during and all(d["fallback_used"] and d["upstream_model"] == "backup" for d in during)
     back = stream.after(t_restore + 1.0)
     assert back and not any(d["fallback_used"] for d in back)
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[LocalPostgres]:
-    pg = LocalPostgres().start()
-    try:
-        migrate(pg.dsn)
-        yield pg
-    finally:
-        pg.stop()
 
 
 async def test_postgres_outage_serves_from_cache_and_recovers(

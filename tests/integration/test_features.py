@@ -7,6 +7,7 @@ publishes prompts, reads completions and counts what reached the provider.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import threading
@@ -23,6 +24,7 @@ from registry.models import ModelRow
 from registry.resolve import resolve
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
+from tests.integration.conftest import ON_KAFKA
 from tests.integration.test_failover import Stream, wait_for
 from worker.app import App
 from worker.calling.routing import health_key
@@ -184,7 +186,8 @@ async def test_dedup_opt_out_shared_failure_and_expiry(
 ) -> None:
     s = make_settings(dedup_window_s=1.0, max_attempts=1)
     fake.set_profile("ok", latency_ms=300)
-    fake.set_profile("down", latency_ms=1000, error_rate=1.0, error_status=503)
+    # a terminal error: a retryable one would be held and retried until the request deadline
+    fake.set_profile("down", latency_ms=1000, error_rate=1.0, error_status=401)
     upsert_row(pg_dsn, _row("m1", fake.endpoint("ok")))
     upsert_row(pg_dsn, _row("bad", fake.endpoint("down")))  # no fallback
     await _topics(s, 1)
@@ -211,8 +214,8 @@ async def test_dedup_opt_out_shared_failure_and_expiry(
         assert _calls(fake, "down") == 1
         bad = [out[f"bad-{i}"] for i in range(5)]
         assert all(c["status"] == "error" for c in bad)
-        assert {c["error"]["type"] for c in bad} == {"server_error"}
-        assert {c["error"]["retryable"] for c in bad} == {True}
+        assert {c["error"]["type"] for c in bad} == {"auth_error"}
+        assert {c["error"]["retryable"] for c in bad} == {False}
         assert sorted(c["deduplicated"] for c in bad) == [False] + [True] * 4
         assert sorted(c["attempts"] for c in bad) == [0, 0, 0, 0, 1]
 
@@ -308,30 +311,34 @@ async def test_cost_objective_sends_traffic_to_the_cheaper_endpoint(
 async def test_rpm_limit_holds_the_provider_call_rate(
     make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
 ) -> None:
-    """rpm_limit = 600 with a backlog: ~10 calls/s reach the provider, none fail."""
+    """rpm_limit = 600 with a backlog: ~10 calls/s reach the provider, none fail. Measured
+    from the provider's own log of arrivals, past the first second's burst."""
     s = make_settings()
     fake.set_profile("rl", latency_ms=5)
     upsert_row(pg_dsn, _row("m1", fake.endpoint("rl"), rpm_limit=600))
     await _topics(s)
-    prompts = [{"id": f"r-{i}", "model": "m1", "prompt": f"p{i}"} for i in range(380)]
+    prompts = [{"id": f"r-{i}", "model": "m1", "prompt": f"p{i}"} for i in range(250)]
     await _send(s, prompts)
     async with App(s, http=False).running(), Completions(s) as comps:
-        await wait_for(lambda: _calls(fake, "rl") > 0, timeout=30)
-        t0 = time.monotonic()
-        await asyncio.sleep(2.0)  # past the initial burst (one second of the rate)
-        n0, t1 = _calls(fake, "rl"), time.monotonic()
-        await asyncio.sleep(30.0)
-        n1, t2 = _calls(fake, "rl"), time.monotonic()
-        assert _calls(fake, "rl") < len(prompts), "the backlog must outlast the window"
-        out = await comps.wait([p["id"] for p in prompts], timeout=60)
-        t_end = time.monotonic()
-    per_30s = (n1 - n0) * 30.0 / (t2 - t1)
-    assert 270 <= per_30s <= 330, per_30s
+        out = await comps.wait([p["id"] for p in prompts], timeout=90)
     errors = Counter(c["error"]["type"] for c in out.values() if c["status"] != "ok")
     assert not errors, errors
-    assert _calls(fake, "rl") == len(prompts)
-    # the whole backlog took about len/rate seconds, not less
-    assert t_end - t0 >= (len(prompts) - 10) / 10 * 0.9
+    arrived = sorted(c.arrived for c in fake.calls("rl"))
+    assert len(arrived) == len(prompts)
+    steady = arrived[20:]  # past the burst a bucket may hold (one second of the rate)
+    rate = (len(steady) - 1) / (steady[-1] - steady[0])
+    assert 8.0 <= rate <= 10.5, rate
+    assert _most_in_window(arrived, 10.0) <= 100 + 10, "more than the limit (and a burst)"
+
+
+def _most_in_window(times: list[float], window_s: float) -> int:
+    """The most arrivals within any `window_s` (times sorted)."""
+    most, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] > window_s:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return most
 
 
 async def test_rate_limit_backlog_beyond_the_deadline_waits_instead_of_failing(
@@ -353,13 +360,78 @@ async def test_rate_limit_backlog_beyond_the_deadline_waits_instead_of_failing(
     assert not errors, errors
 
 
-async def test_two_replicas_split_a_row_limit(
+@pytest.mark.parametrize("replicas", [2, 3])
+async def test_replicas_split_a_row_limit(
+    replicas: int,
+    make_settings: Callable[..., Settings],
+    pg_dsn: str,
+    fake: FakeServer,
+    broker_kind: str,
+) -> None:
+    """N workers in one group, rpm_limit = 600: together ~10 calls/s, not N x 10.
+
+    Four partitions, so three replicas own 2, 1 and 1. On Apache Kafka each replica's share is
+    1/N from the group's member count (describe_consumer_groups), the same for all three;
+    Tansu reports no members, so there each share is the replica's fraction of the partitions.
+    Either way the shares add up to the whole limit. The backlog is published once the group
+    has settled: this measures the split, not a rebalance under load (test_kafka_rebalance).
+    """
+    s = make_settings(shutdown_timeout_s=2.0)
+    profile = f"rl{replicas}"
+    fake.set_profile(profile, latency_ms=5)
+    upsert_row(pg_dsn, _row("m1", fake.endpoint(profile), rpm_limit=600))
+    await _topics(s, partitions=4)
+    apps = [App(s, http=False) for _ in range(replicas)]
+    async with contextlib.AsyncExitStack() as stack:
+        for app in apps:
+            await stack.enter_async_context(app.running())
+
+        def split() -> bool:
+            owned = [len(app.bridge.assignment) for app in apps]
+            shares = [app.limiter.share for app in apps]
+            return all(owned) and sum(owned) == 4 and sum(shares) == pytest.approx(1.0)
+
+        await wait_for(split, timeout=90)
+        members = [app.ready()[1]["group_members"] for app in apps]
+        shares = [app.limiter.share for app in apps]
+        prompts = [{"id": f"r-{i}", "model": "m1", "prompt": f"p{i}"} for i in range(700)]
+        await _send(s, prompts)
+        comps = await stack.enter_async_context(Completions(s))
+        await wait_for(lambda: _calls(fake, profile) > 0, timeout=30)
+        await asyncio.sleep(2.0)  # past the burst each bucket may hold
+        n0, t1 = _calls(fake, profile), time.monotonic()
+        await asyncio.sleep(20.0)
+        n1, t2 = _calls(fake, profile), time.monotonic()
+        assert n1 < len(prompts), "the backlog must outlast the window"
+        assert [app.limiter.share for app in apps] == shares, "the group changed meanwhile"
+    per_20s = (n1 - n0) * 20.0 / (t2 - t1)
+    assert 180 <= per_20s <= 220, (per_20s, shares)
+    assert sum(shares) == pytest.approx(1.0), shares
+    if broker_kind == "kafka":  # the broker's member count, not partition ownership
+        assert members == [replicas] * replicas, members
+        assert shares == [pytest.approx(1 / replicas)] * replicas, shares
+    else:  # Tansu reports no members: shares follow the partitions owned
+        assert members == [None] * replicas, members
+    errors = Counter(d["error"]["type"] for d in comps.docs if d["status"] != "ok")
+    assert not errors, errors
+
+
+@pytest.mark.xfail(
+    ON_KAFKA,
+    strict=True,
+    reason="needs worker/stream (issue 8) to resume partitions on assign: on Apache Kafka the "
+    "first replica forms the group alone, holds (pauses) its partitions full of rate-limited "
+    "work, and librdkafka keeps that pause across the eager revoke/assign when the second "
+    "joins, so the partitions it gets back are never fetched again",
+)
+async def test_a_replica_joining_a_rate_limited_backlog_takes_its_half(
     make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
 ) -> None:
-    """Two workers in one group, rpm_limit = 600: together ~10 calls/s, not 20."""
+    """The backlog is there before the replicas: one joins while the other is full of work
+    waiting for the limit. Together they still reach (not just stay within) the row's limit."""
     s = make_settings(shutdown_timeout_s=2.0)
-    fake.set_profile("rl2", latency_ms=5)
-    upsert_row(pg_dsn, _row("m1", fake.endpoint("rl2"), rpm_limit=600))
+    fake.set_profile("rlj", latency_ms=5)
+    upsert_row(pg_dsn, _row("m1", fake.endpoint("rlj"), rpm_limit=600))
     await _topics(s, partitions=4)
     prompts = [{"id": f"r-{i}", "model": "m1", "prompt": f"p{i}"} for i in range(600)]
     await _send(s, prompts)
@@ -371,15 +443,16 @@ async def test_two_replicas_split_a_row_limit(
             return all(app.bridge.assignment for app in (a, b)) and sum(shares) <= 1.001
 
         await wait_for(split, timeout=90)
-        await asyncio.sleep(2.0)  # past the burst each bucket may hold
-        n0, t1 = _calls(fake, "rl2"), time.monotonic()
-        await asyncio.sleep(20.0)
-        n1, t2 = _calls(fake, "rl2"), time.monotonic()
-        assert n1 < len(prompts), "the backlog must outlast the window"
+        start = time.monotonic() + 2.0  # past the burst each bucket may hold
+        last = lambda: max((c.arrived for c in fake.calls("rlj")), default=0.0)  # noqa: E731
+        await wait_for(lambda: last() > start + 20.0, timeout=60)
         shares = (a.limiter.share, b.limiter.share)
-    per_20s = (n1 - n0) * 20.0 / (t2 - t1)
-    assert 180 <= per_20s <= 220, (per_20s, shares)
     assert sum(shares) == pytest.approx(1.0), shares
+    # from the provider's log: the 20 s from 2 s after the split; both had backlog then
+    arrived = sorted(c.arrived for c in fake.calls("rlj"))
+    assert len(arrived) < len(prompts), "the backlog must outlast the window"
+    in_window = sum(1 for t in arrived if start <= t < start + 20.0)
+    assert 160 <= in_window <= 220, (in_window, shares)
     errors = Counter(d["error"]["type"] for d in comps.docs if d["status"] != "ok")
     assert not errors, errors
 
@@ -464,76 +537,19 @@ async def test_when_every_breaker_is_open_requests_can_wait_for_the_probe(
         await _send(s, failing)
         await wait_for(lambda: app.breakers.states().get(key) == "open", timeout=30)
         fake.set_profile("w", error_rate=0.0)  # back, but the breaker does not know yet
-        t_sent = time.monotonic()
         later = [{"id": f"y-{i}", "model": "m1", "prompt": f"y{i}"} for i in range(20)]
         await _send(s, later)
         await wait_for(lambda: app.caller.circuit_waiting > 0, timeout=10)
         assert app.breakers.states().get(key) == "open"
         out = await comps.wait([p["id"] for p in later], timeout=30)
-        waited = time.monotonic() - t_sent
     statuses = Counter(
         d["status"] if d["status"] == "ok" else d["error"]["type"] for d in out.values()
     )
     assert statuses == {"ok": len(later)}, statuses
-    assert waited >= 1.0  # they sat out (most of) the cooldown
+    # from the provider's log: the breaker opened after the last failure was answered, and
+    # nothing reached the provider again until the cooldown (3 s) had passed
+    calls = fake.calls("w")
+    last_failure = max(c.answered or 0.0 for c in calls if c.status == 500)
+    first_after = min(c.arrived for c in calls if c.text.startswith("y"))
+    assert first_after - last_failure >= 3.0 - 0.05
     assert app.breakers.states().get(key) == "closed"
-
-
-async def _slow_primary(
-    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer, hold_s: float
-) -> tuple[list[tuple[str, str, str, float]], Stream, dict[str, float | str]]:
-    """`p` answers in 20 ms, then in 2 s (row timeout 5 s) for `hold_s` after its breaker
-    opened. Returns the breaker's transitions `(old, new, reason, time)`, the stream and the
-    breaker's stats."""
-    s = make_settings(**BREAKER)
-    fake.set_profile("p", latency_ms=20)
-    fake.set_profile("f", latency_ms=5)
-    row = _with_fallback("m1", fake.endpoint("p"), fake.endpoint("f"))
-    upsert_row(pg_dsn, row)
-    await _topics(s)
-    app = App(s, http=False)
-    breaker = app.breakers.get(_breaker_key(row))
-    events: list[tuple[str, str, str, float]] = []
-    original = breaker.on_change
-
-    def on_change(name: str, old: Any, new: Any, reason: str) -> None:
-        events.append((old, new, reason, time.time()))
-        if original is not None:
-            original(name, old, new, reason)
-
-    breaker.on_change = on_change
-    async with app.running(), Stream(s, "m1", rate=100) as stream:
-        await wait_for(lambda: _calls(fake, "p") >= 80, timeout=30)  # the baseline: 20 ms
-        fake.set_profile("p", latency_ms=2000)
-        await wait_for(lambda: any(e[1] == "open" for e in events), timeout=15)
-        await asyncio.sleep(hold_s)
-        fake.set_profile("p", latency_ms=20)  # the stream drains quickly
-    return events, stream, breaker.stats()
-
-
-async def test_breaker_stays_open_while_the_endpoint_stays_slow(
-    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
-) -> None:
-    events, stream, _ = await _slow_primary(make_settings, pg_dsn, fake, hold_s=5.0)
-    t_open = events[0][3]
-    later = [d for d in stream.after(t_open + 2.0) if stream.sent[d["id"]] < t_open + 5.0]
-    assert len(later) >= 50
-    on_fallback = sum(d["endpoint_name"] == "m1/fallback" for d in later)
-    assert on_fallback >= 0.8 * len(later), (events, Counter(d["endpoint_name"] for d in later))
-
-
-async def test_breaker_opens_on_latency_anomaly(
-    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
-) -> None:
-    events, stream, stats = await _slow_primary(make_settings, pg_dsn, fake, hold_s=1.0)
-    assert events and events[0][:3] == ("closed", "open", "latency"), events
-    assert stats["opened"] >= 1
-    t_open = events[0][3]
-    docs = [d for _, d in stream.got]
-    assert {d["id"] for d in docs} == set(stream.sent)
-    assert all(d["status"] == "ok" for d in docs)
-    # while open (the 1 s cooldown), new requests are answered by the fallback
-    moved = [d for d in stream.after(t_open + 0.1) if stream.sent[d["id"]] < t_open + 0.8]
-    assert len(moved) >= 20
-    on_fallback = sum(d["endpoint_name"] == "m1/fallback" for d in moved)
-    assert on_fallback >= 0.8 * len(moved), Counter(d["endpoint_name"] for d in moved)

@@ -170,10 +170,12 @@ async def test_failing_primary_is_answered_by_the_fallback(
     assert 20 <= fake.counters("down")["requests"] < 80
 
 
-async def test_all_candidates_failing_gives_an_error_completion(
+async def test_all_candidates_failing_ends_with_an_error_at_the_deadline(
     make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
 ) -> None:
-    s = make_settings(max_attempts=2)
+    """A retryable failure is held and tried again, not answered with an error after the
+    attempts: only the request's deadline ends it, with the provider's last error."""
+    s = make_settings(max_attempts=2, request_deadline_s=3.0)
     fake.set_profile("down", error_rate=1.0, error_status=500)
     upsert_row(pg_dsn, _row("m1", fake.endpoint("down")))
     bs = s.kafka_bootstrap_servers
@@ -187,4 +189,6 @@ async def test_all_candidates_failing_gives_an_error_completion(
         ]
     assert out[0]["status"] == "error"
     assert out[0]["error"]["type"] == "server_error" and out[0]["error"]["retryable"] is True
-    assert out[0]["attempts"] == 2
+    assert "request deadline passed" in out[0]["error"]["message"]
+    assert out[0]["attempts"] > 2  # more than the two attempts of one pass
+    assert out[0]["attempts"] == fake.counters("down")["requests"]

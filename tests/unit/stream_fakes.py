@@ -81,6 +81,7 @@ class FakeBridge:
 
         self.assignment = frozenset(("t", p) for p in backlog)
         self.max_message_bytes = 1_000_000
+        self.transactional = False
         self.fatal: str | None = None
         self.flushed = 0
 

@@ -29,6 +29,33 @@ def test_app_builds_without_io_and_exports_component_metrics() -> None:
     assert not ok and detail["registry_loaded"] is False  # not started: not ready
 
 
+def test_held_requests_and_demotions_are_exported_and_pause_intake() -> None:
+    app = App(load_settings({}), http=False)
+    assert app.caller.wait_when_open  # the default: hold work while every breaker is open
+    for _ in range(60):
+        app.breakers.record("m/primary", True, 0.02)
+    app.breakers.get("m/primary").latency._fresh_at -= 60  # as if a minute old
+    for _ in range(5):
+        app.breakers.record("m/primary", True, 2.0)
+    with app.caller.holds.wait("circuit_open"), app.caller.holds.wait("retry_backoff"):
+        app.limiter.waiting += 1  # a request waiting for rate-limit capacity
+        text = generate_latest(app.metrics.registry).decode()
+        assert app.caller.held == 3  # what the consume loop pauses partitions on
+        app.limiter.waiting -= 1
+    for name in (
+        'llm_worker_held_requests{reason="circuit_open"} 1.0',
+        'llm_worker_held_requests{reason="retry_backoff"} 1.0',
+        'llm_worker_held_requests{reason="rate_limit"} 1.0',
+        'llm_worker_held_seconds_total{reason="circuit_open"}',
+        "llm_worker_ratelimit_waiting 1.0",
+        "llm_worker_circuit_waiting 1.0",
+        'llm_worker_endpoint_demoted{endpoint="m/primary"} 1.0',
+        'llm_worker_circuit_state{endpoint="m/primary",state="closed"} 1.0',
+    ):
+        assert name in text, name
+    assert app.caller.held == 0
+
+
 def test_dedup_can_be_switched_off() -> None:
     app = App(load_settings({"LLM_WORKER_DEDUP_ENABLED": "false"}), http=False)
     assert app.dedup is None

@@ -105,8 +105,9 @@ def test_bad_limits_name_the_variable(raw: str, message: str) -> None:
 
 
 def test_breaker_when_all_open_is_checked() -> None:
+    assert load_settings({}).breaker_when_all_open == "wait"  # a stream holds work by default
     assert (
-        load_settings({"LLM_WORKER_BREAKER_WHEN_ALL_OPEN": "wait"}).breaker_when_all_open == "wait"
+        load_settings({"LLM_WORKER_BREAKER_WHEN_ALL_OPEN": "fail"}).breaker_when_all_open == "fail"
     )
     with pytest.raises(ConfigError, match="LLM_WORKER_BREAKER_WHEN_ALL_OPEN"):
         load_settings({"LLM_WORKER_BREAKER_WHEN_ALL_OPEN": "hang"})

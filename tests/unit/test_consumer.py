@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError
 
 from worker.messages import Completion
 from worker.records import InputRecord, Outcome
-from worker.stream.kafka import _consume_ready
+from worker.stream.kafka_conf import consume_ready
 
 from .stream_fakes import FakeBridge, FakePipeline, make_worker, run_until
 
@@ -226,10 +226,10 @@ async def test_consume_returns_what_is_ready_without_waiting_for_a_full_batch() 
             return out
 
     c = Consumer()
-    assert len(_consume_ready(c, 500, 0.05)) == 3  # type: ignore[arg-type]
+    assert len(consume_ready(c, 500, 0.05)) == 3  # type: ignore[arg-type]
     assert c.calls == [(500, 0)]  # no wait for the other 497
     c.queue = []
-    assert _consume_ready(c, 500, 0.05) == []  # type: ignore[arg-type]
+    assert consume_ready(c, 500, 0.05) == []  # type: ignore[arg-type]
     assert c.calls[1:] == [(500, 0), (1, 0.05)]  # empty: wait for the first one only
 
 

@@ -423,3 +423,25 @@ async def test_begin_answers_a_window_hit_synchronously_with_its_own_completion(
     assert c.usage is not None and c.usage.cost_usd == 0.0
     assert msgspec.json.decode(hit.value)["id"] == "b" and hit.key == b"k"
     assert caller.calls == 1 and window.stats()["hits"] == 1
+
+
+async def test_bytes_are_given_back_when_answers_expire_or_are_cleared() -> None:
+    """`llm_worker_dedup_bytes` follows what is kept: expiry and clear() give bytes back."""
+    clock = FakeClock()
+    window: DedupWindow[str] = DedupWindow(window_s=10.0, max_bytes=1000, clock=clock)
+
+    async def answer() -> str:
+        return "x" * 100
+
+    await window.run("a", answer, len)
+    await window.run("b", answer, len)
+    assert window.stats()["bytes"] == 200
+    clock.now += 11
+    assert window.get("a") is None  # expired: dropped
+    assert window.stats()["bytes"] == 100
+    await window.run("c", answer, len)  # "b" expired too: pruned when "c" is stored
+    assert window.stats()["bytes"] == 100 and len(window) == 1
+    window.clear()
+    assert window.stats()["bytes"] == 0 and len(window) == 0
+    await window.run("d", answer, len)
+    assert window.stats()["bytes"] == 100

@@ -15,6 +15,7 @@ import pytest
 from adapters import get_adapter
 from adapters.base import Message, ProviderRequest, Target
 from adapters.errors import Overloaded, ProviderTimeout, RateLimited, ServerError
+from adapters.secrets import Secret
 from worker.cli.fake_server import FakeServer, start_fake_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,3 +212,43 @@ async def test_run_fake_server_serves_until_sigterm(session: aiohttp.ClientSessi
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_request_log_keeps_arrivals_and_concurrency_per_profile(
+    server: FakeServer, session: aiohttp.ClientSession
+) -> None:
+    server.set_profile("slow", latency_ms=100)
+    await asyncio.gather(
+        *(fake.complete(session, target(server, "slow"), ask("x")) for _ in range(4))
+    )
+    await fake.complete(session, target(server), ask("y"))
+    slow = server.log("slow")
+    assert len(slow) == 4 and [r.at for r in slow] == sorted(r.at for r in slow)
+    assert max(r.in_flight for r in slow) == 4  # all four were there at once
+    assert [r.in_flight for r in server.log()] == [1]
+    assert server.config()["profiles"]["slow"]["requests"] == 4  # the admin API is unchanged
+    server.reset()
+    assert server.log("slow") == []
+
+
+async def test_every_request_is_logged_with_its_times(
+    server: FakeServer, session: aiohttp.ClientSession
+) -> None:
+    server.set_profile("slow", latency_ms=50)
+    await fake.complete(session, target(server, "slow", api_key=Secret("k", "k-1")), ask("first"))
+    server.set_profile("slow", error_rate=1.0, error_status=429)
+    with pytest.raises(RateLimited):
+        await fake.complete(session, target(server, "slow"), ask("second"))
+    await fake.complete(session, target(server), ask("elsewhere"))
+    calls = server.calls("slow")
+    assert [(c.text, c.status, c.model) for c in calls] == [
+        ("first", 200, "fake-model"),
+        ("second", 429, "fake-model"),
+    ]
+    assert calls[0].authorization == "Bearer k-1" and calls[1].authorization is None
+    first = calls[0]
+    assert first.answered is not None and first.answered - first.arrived >= 0.05
+    assert calls[1].arrived >= first.answered
+    assert [c.text for c in server.calls(None)] == ["first", "second", "elsewhere"]
+    server.reset()
+    assert server.calls(None) == []

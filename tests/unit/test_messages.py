@@ -97,3 +97,17 @@ def test_published_json_schemas_match_the_structs(name: str, build: object) -> N
     """schemas/*.json are generated from the Structs: regenerate with `make schemas`."""
     on_disk = json.loads((SCHEMAS / name).read_text())
     assert on_disk == build(), f"schemas/{name} is stale: run `make schemas`"  # type: ignore[operator]
+
+
+def test_json_nested_past_the_decoder_depth_is_dead_lettered_not_raised() -> None:
+    raw = (
+        b'{"id":"deep","model":"m","prompt":"p","metadata":' + b'{"a":' * 5000 + b"1" + b"}" * 5001
+    )
+    rej = decode_prompt(raw, max_bytes=10**6, max_metadata_bytes=10**6)
+    assert isinstance(rej, Rejected) and rej.dlq and "nested too deeply" in rej.message
+
+
+def test_a_string_that_is_not_utf8_is_rejected_not_raised() -> None:
+    raw = b'{"id":"u","model":"m","prompt":"\xff\xfe"}'
+    rej = decode_prompt(raw, max_bytes=10**6, max_metadata_bytes=100)
+    assert isinstance(rej, Rejected) and rej.reason == "invalid_json" and "UTF-8" in rej.message

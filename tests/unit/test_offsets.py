@@ -91,3 +91,32 @@ def test_committed_offset_never_passes_an_unfinished_message(n: int, data: st.Da
         if unfinished and committed is not None:
             assert committed <= min(unfinished)
     assert committed == base + n
+
+
+def test_a_partition_not_tracked_has_nothing_in_flight() -> None:
+    t = OffsetTracker()
+    t.start("t", 0, 5)
+    assert t.in_flight("t", 9) == 0 and t.in_flight("u", 0) == 0
+    assert t.in_flight() == 1
+
+
+def test_marking_a_commit_of_a_dropped_partition_is_harmless() -> None:
+    """A commit computed before a revoke dropped the partition, recorded after it."""
+    t = OffsetTracker()
+    t.start("t", 0, 0)
+    t.finish("t", 0, 0)
+    commits = t.pending_commits()
+    t.drop([("t", 0)])
+    t.mark_committed(commits)  # must not raise
+    assert t.pending_commits() == {}
+
+
+def test_offsets_passed_by_the_commit_point_leave_no_state() -> None:
+    """Memory is bounded by what is in flight, not by how many offsets went by."""
+    p = PartitionOffsets()
+    for off in range(1000):
+        p.start(off)
+    for off in reversed(range(1000)):
+        p.finish(off)
+    assert p.safe == 1000 and p.in_flight == 0
+    assert not p._done and not p._heap

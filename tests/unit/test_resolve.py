@@ -233,3 +233,13 @@ def test_resolve_terminates_on_any_graph(
     assert [c.fallback for c in got[1:]] == [True] * (len(got) - 1)
     assert got[0].fallback is not rows[model_id].enabled
     assert all(rows[c.row.model_id] is c.row for c in got)
+
+
+def test_validate_says_why_a_secret_cannot_be_read_and_honours_the_depth(tmp_path: Path) -> None:
+    rows = table(row("nokey", api_key_secret="gone"))
+    (problem,) = validate(rows, SecretStore(tmp_path, env={}))
+    assert "secret 'gone' not found" in problem
+    chain = table(row("a", fallback_model_id="b"), row("b", fallback_model_id="c"), row("c"))
+    assert validate(chain, None) == []
+    deep = validate(chain, None, max_depth=1)
+    assert deep and deep[0].startswith("a: ") and "1" in deep[0]

@@ -170,3 +170,63 @@ def test_unknown_objective_is_rejected() -> None:
         Router("fastest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="objective"):
         Router().order([A, B], "fastest")
+
+
+# -- latency demotion: routed around, never dropped ------------------------------------------
+def slow_down(router: Router, board: BreakerBoard, name: str, to: float = 2.0) -> None:
+    """`name` answered in 20 ms, then in `to` seconds: demoted by its latency judge."""
+    for _ in range(60):
+        router.record(hk(name), True, 0.020)
+    for _ in range(5):
+        router.record(hk(name), True, to)
+    assert board.demotions()[hk(name)] and board.states()[hk(name)] == "closed"
+
+
+@pytest.mark.parametrize("objective", ["priority", "cost", "reliability"])
+def test_a_demoted_endpoint_goes_behind_a_faster_healthy_one(objective: str) -> None:
+    clock = FakeClock()
+    board = BreakerBoard(BreakerConfig(min_requests=3, min_baseline_s=0), clock=clock)
+    router = Router("priority", breakers=board)
+    router.record(hk("b"), True, 0.030)
+    slow_down(router, board, "a")
+    assert names(router.order([A, B, C], objective)) == ["b", "c", "a"]  # c: unmeasured
+    open_breaker(board, hk("b"))
+    assert names(router.order([A, B, C], objective)) == ["c", "a", "b"]  # open is still last
+
+
+def test_a_demoted_endpoint_keeps_its_place_when_no_one_is_faster() -> None:
+    """Moving traffic from a 2 s endpoint to a healthy one that takes 3 s gains nothing."""
+    clock = FakeClock()
+    board = BreakerBoard(BreakerConfig(min_baseline_s=0), clock=clock)
+    router = Router("priority", breakers=board)
+    for _ in range(10):
+        router.record(hk("b"), True, 3.0)
+    slow_down(router, board, "a")
+    assert names(router.order([A, B])) == ["a", "b"]
+    assert names(router.order([A])) == ["a"]  # the only candidate is always called
+
+
+def test_both_demoted_keep_the_registry_order() -> None:
+    clock = FakeClock()
+    board = BreakerBoard(BreakerConfig(min_baseline_s=0), clock=clock)
+    router = Router("priority", breakers=board)
+    slow_down(router, board, "a")
+    slow_down(router, board, "b")
+    assert names(router.order([A, B])) == ["a", "b"]
+
+
+def test_after_the_cooldown_probes_go_back_to_the_demoted_endpoint() -> None:
+    clock = FakeClock()
+    board = BreakerBoard(BreakerConfig(probes=2, min_baseline_s=0), clock=clock)
+    router = Router("priority", breakers=board)
+    router.record(hk("b"), True, 0.030)
+    slow_down(router, board, "a")
+    assert names(router.order([A, B]))[0] == "b"
+    clock.now += board.config.cooldown_s
+    firsts = [names(router.order([A, B]))[0] for _ in range(4)]
+    assert firsts == ["a", "a", "b", "b"]  # two probes, then wait for their answers
+    clock.now += 0.1
+    for _ in range(2):
+        router.record(hk("a"), True, 0.025)
+    assert not board.demotions()[hk("a")]
+    assert names(router.order([A, B]))[0] == "a"  # restored: back in its place

@@ -114,7 +114,7 @@ def run_failover_bench(args: argparse.Namespace) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="llm-worker-failover-"))
     finished = False
     try:
-        bootstrap, dsn = stack.enter_context(local_stack())
+        bootstrap, dsn = stack.enter_context(local_stack(broker=getattr(args, "broker", "tansu")))
         migrate(dsn)
         fport = free_port()
         procs.append(spawn_fake_provider(fport, "--latency-ms", f"{latency_ms:g}", quiet=True))

@@ -73,7 +73,7 @@ def run_bench(args: argparse.Namespace) -> int:
     stack = contextlib.ExitStack()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        bootstrap, dsn = stack.enter_context(local_stack())
+        bootstrap, dsn = stack.enter_context(local_stack(broker=getattr(args, "broker", "tansu")))
         migrate(dsn)
         fport = free_port()
         procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms), quiet=True))
@@ -122,6 +122,7 @@ def run_bench(args: argparse.Namespace) -> int:
         sent_at: dict[str, float] = {}
         latencies: list[float] = []
         queue_ms: list[float] = []
+        added_ms: list[float] = []  # queue_ms less the provider call: the stream's own time
         done_times: list[float] = []
 
         def on_completion(c: dict[str, Any]) -> None:
@@ -132,6 +133,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 latencies.append((now - t) * 1000)
             if c.get("queue_ms") is not None:
                 queue_ms.append(c["queue_ms"])
+                if c.get("latency_ms") is not None:
+                    added_ms.append(c["queue_ms"] - c["latency_ms"])
 
         _wait_assigned(http_port, 60)  # the group has formed: time from here is processing
         # The client shares the cores with the worker: keep the cyclic GC from walking the
@@ -190,6 +193,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 "p50": round(percentile(queue_ms, 50), 1),
                 "p99": round(percentile(queue_ms, 99), 1),
             },
+            # the prompt's Kafka timestamp -> completion built, less the provider call: the
+            # publisher's linger, the broker's append and fetch, and the worker itself
+            "worker_added_ms": {
+                "p50": round(percentile(added_ms, 50), 1),
+                "p99": round(percentile(added_ms, 99), 1),
+            },
+            "broker": getattr(args, "broker", "tansu"),
             "provider_calls": _fake_calls(fake_url),
             "workers": args.workers,
             "worker_peak_rss_mb": max(round(_peak_rss_mb(w.pid), 1) for w in workers),

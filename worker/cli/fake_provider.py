@@ -15,11 +15,18 @@ The answer is deterministic: `"[fake:{model}] " + <last user message>`, cut to `
 words (finish_reason "length", else "stop"); usage counts words. Latency is drawn uniformly
 from `latency_ms ± jitter_ms`; with probability `error_rate` the answer is an OpenAI error body
 with `error_status` (429, 503 and 529 carry `Retry-After`).
+
+Every request is also kept in a log (`FakeProvider.calls(profile)`, the last `max_log` per
+server): when it arrived and was answered (the server's monotonic clock), its status, model,
+last user message, Authorization header, and how many of its profile's requests were in
+flight when it arrived. Tests measure rates and waits from it: what reached the provider
+rather than what the caller hoped. `max_concurrency` answers 429 above that many at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import random
@@ -31,11 +38,18 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-__all__ = ["PROFILE_PATTERN", "FakeProvider", "Profile"]
+__all__ = ["PROFILE_PATTERN", "Call", "FakeProvider", "Profile"]
 
 PROFILE_PATTERN = "[A-Za-z0-9_.-]{1,64}"
 _PROFILE_NAME = re.compile(f"^{PROFILE_PATTERN}$")
-_SETTINGS = ("latency_ms", "jitter_ms", "error_rate", "error_status", "retry_after_s")
+_SETTINGS = (
+    "latency_ms",
+    "jitter_ms",
+    "error_rate",
+    "error_status",
+    "retry_after_s",
+    "max_concurrency",
+)
 _ERROR_KINDS = {
     400: ("invalid_request_error", "invalid_request"),
     401: ("authentication_error", "invalid_api_key"),
@@ -129,6 +143,7 @@ class Profile(msgspec.Struct, kw_only=True):
     error_rate: float = 0.0
     error_status: int = 500
     retry_after_s: float = 1.0
+    max_concurrency: float = 0.0  # above this many requests in flight: 429 at once (0: none)
     requests: int = 0
     errors: int = 0
 
@@ -138,6 +153,41 @@ class Profile(msgspec.Struct, kw_only=True):
 
     def counters(self) -> dict[str, int]:
         return {"requests": self.requests, "errors": self.errors}
+
+
+class Call:
+    """One request as the fake provider saw it. `answered` is None while it is being served."""
+
+    __slots__ = (
+        "answered",
+        "arrived",
+        "authorization",
+        "in_flight",
+        "model",
+        "profile",
+        "status",
+        "text",
+    )
+
+    def __init__(self, profile: str, arrived: float, authorization: str | None) -> None:
+        self.profile = profile
+        self.arrived = arrived
+        self.authorization = authorization
+        self.answered: float | None = None
+        self.status: int | None = None
+        self.model = ""
+        self.text = ""
+        self.in_flight = 0  # this profile's requests in flight on arrival, this one included
+
+    @property
+    def at(self) -> float:
+        return self.arrived
+
+    def __repr__(self) -> str:
+        return (
+            f"Call({self.profile} {self.model!r} {self.text!r} status={self.status} "
+            f"at {self.arrived:.3f}-{self.answered})"
+        )
 
 
 class FakeProvider:
@@ -150,6 +200,7 @@ class FakeProvider:
         models: tuple[str, ...] = ("fake-model",),
         seed: int | None = None,
         max_profiles: int = 1024,
+        max_log: int = 100_000,
         **defaults: float,
     ) -> None:
         """`defaults` (latency_ms, jitter_ms, error_rate, error_status, retry_after_s) apply
@@ -157,8 +208,10 @@ class FakeProvider:
         self.defaults = _validated(defaults)
         self.max_profiles = max_profiles
         self.profiles: dict[str, Profile] = {}
+        self._in_flight: dict[str, int] = {}
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
+        self._log: collections.deque[Call] = collections.deque(maxlen=max_log)
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in models]
         self._model_list = _encode({"object": "list", "data": data})
         self.profile("default")
@@ -189,10 +242,20 @@ class FakeProvider:
         found = self.profiles.get(name)
         return found.counters() if found else {"requests": 0, "errors": 0}
 
+    def calls(self, name: str | None = None) -> list[Call]:
+        """The logged requests of profile `name` (None: every profile), oldest first."""
+        return [c for c in self._log if name is None or c.profile == name]
+
+    def log(self, name: str = "default") -> list[Call]:
+        """`calls(name)`: profile `name`'s requests, oldest first."""
+        return self.calls(name)
+
     def reset(self) -> None:
+        self._log.clear()
         for profile in self.profiles.values():
             profile.requests = 0
             profile.errors = 0
+        self._log.clear()
 
     def config(self) -> dict[str, Any]:
         return {"profiles": {name: msgspec.structs.asdict(p) for name, p in self.profiles.items()}}
@@ -200,16 +263,46 @@ class FakeProvider:
     # -- handlers -----------------------------------------------------------------------------
 
     async def chat(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("profile", "default")
+        call = Call(name, time.monotonic(), request.headers.get("Authorization"))
+        self._log.append(call)
         try:
-            profile = self.profile(request.match_info.get("profile", "default"))
+            response = await self._chat(name, request, call)
+        except BaseException:
+            call.answered = time.monotonic()
+            raise
+        call.answered, call.status = time.monotonic(), response.status
+        return response
+
+    async def _chat(self, name: str, request: web.Request, call: Call) -> web.Response:
+        try:
+            profile = self.profile(name)
         except ValueError as exc:
             return _error_response(404, str(exc), "not_found_error", "profile_not_found")
         profile.requests += 1
+        busy = call.in_flight = self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        if profile.max_concurrency and busy > profile.max_concurrency:
+            self._in_flight[name] -= 1
+            profile.errors += 1
+            response = _error_response(
+                429, "fake provider: too many requests at once", *_ERROR_KINDS[429]
+            )
+            response.headers["Retry-After"] = f"{profile.retry_after_s:g}"
+            return response
+        try:
+            return await self._answer(request, profile, call)
+        finally:
+            self._in_flight[name] -= 1
+
+    async def _answer(self, request: web.Request, profile: Profile, call: Call) -> web.Response:
         try:
             chat = _decode_request(await request.read())
         except msgspec.DecodeError as exc:
             profile.errors += 1
             return _error_response(400, f"invalid request body: {exc}", *_ERROR_KINDS[400])
+        call.model = chat.model
+        users = [m for m in chat.messages if m.role == "user"]
+        call.text = _text_of(users[-1].content) if users else ""
         rng = self._rng
         delay = profile.latency_ms
         if profile.jitter_ms:

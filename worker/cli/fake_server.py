@@ -13,10 +13,12 @@ from aiohttp import web
 
 from adapters.fake import DEFAULT_FAKE_PORT
 
-from .fake_provider import PROFILE_PATTERN, FakeProvider
+from ..process import raise_open_files_limit
+from .fake_provider import PROFILE_PATTERN, Call, FakeProvider
 
 __all__ = [
     "FAKE_PROVIDER",
+    "Call",
     "FakeProvider",
     "FakeServer",
     "build_app",
@@ -66,8 +68,16 @@ class FakeServer:
     def counters(self, name: str = "default") -> dict[str, int]:
         return self.provider.counters(name)
 
+    def calls(self, name: str | None = "default") -> list[Call]:
+        """The requests `name` received (None: every profile), oldest first."""
+        return self.provider.calls(name)
+
     def config(self) -> dict[str, Any]:
         return self.provider.config()
+
+    def log(self, name: str = "default") -> list[Call]:
+        """`profile`'s requests: arrival time (monotonic) and its requests in flight then."""
+        return self.provider.log(name)
 
     def reset(self) -> None:
         self.provider.reset()
@@ -91,7 +101,7 @@ async def start_fake_server(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=4096)
         await site.start()
         bound = runner.addresses[0][1]
     except BaseException:
@@ -119,6 +129,7 @@ def run_fake_server(
         "error_status": error_status,
         "profiles": profiles,
     }
+    raise_open_files_limit()  # thousands of concurrent calls are thousands of sockets
     serving = _serve(host, port, settings, on_ready or _announce)
     try:
         import uvloop  # the fake should cost the machine as little CPU as it can

@@ -34,7 +34,7 @@ def _settings(args: argparse.Namespace, only: tuple[str, ...] | None = None) -> 
 def _cmd_run(args: argparse.Namespace) -> int:
     from registry.errors import RegistryUnavailable
 
-    from ..app import run_app, run_async
+    from ..process import run_app, run_async
     from ..stream.admin import KafkaUnavailable
 
     s = _settings(args)
@@ -164,7 +164,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     from .dev import run_dev
 
     return run_dev(
-        demo=args.demo, fake_port=args.fake_port, http_port=args.http_port, once=args.once
+        demo=args.demo,
+        fake_port=args.fake_port,
+        http_port=args.http_port,
+        once=args.once,
+        broker_kind=args.broker,
     )
 
 
@@ -198,6 +202,16 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return run_registry_cli(_settings(args, ("database_url", "secrets_dir")), args)
 
 
+def _broker_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="the local broker: tansu (pip only, memory) or kafka (Apache Kafka 4, needs Java 17+"
+        " and KAFKA_HOME or Maven); ignored when KAFKA_BOOTSTRAP_SERVERS is set",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm-worker", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -214,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--fake-port", type=int, default=0)
     dev.add_argument("--http-port", type=int, default=8080)
     dev.add_argument("--once", action="store_true", help="with --demo: exit after the demo")
+    _broker_flag(dev)
     dev.set_defaults(fn=_cmd_dev)
 
     send = sub.add_parser("send", help="publish prompts and print their completions")
@@ -250,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=600.0)
     bench.add_argument("--workers", type=int, default=1, help="worker processes (replicas)")
     bench.add_argument("--rate", type=float, help="publish at this many prompts/s (default: burst)")
+    _broker_flag(bench)
     bench.set_defaults(fn=_cmd_bench)
 
     bf = sub.add_parser("bench-failover", help="time from a registry UPDATE to the new target")
@@ -257,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--switches", type=int, default=20)
     bf.add_argument("--rate", type=float, default=500.0)
     bf.add_argument("--latency-ms", type=float, default=20.0)
+    _broker_flag(bf)
     bf.set_defaults(fn=_cmd_bench_failover)
 
     ba = sub.add_parser("bench-adapters", help="CPU per call of each adapter (no network)")

@@ -62,9 +62,10 @@ class AttemptObserver:
         handle: Any,
         result: ProviderResult | None = None,
         error: ProviderError | None = None,
+        cancelled: bool = False,
     ) -> None:
         if handle is not None and self._tracing is not None:
-            self._tracing.attempt_finished(handle.span, handle.target, result, error)
+            self._tracing.attempt_finished(handle.span, handle.target, result, error, cancelled)
 
     def event(self, name: str, cand: Candidate, **attrs: Any) -> None:
         """`circuit_open` (a candidate skipped), `ratelimit_wait` (`wait_s`)."""

@@ -121,6 +121,28 @@ class Metrics:
         )
 
 
+def forget_series(metrics: object, label: str, keep: set[str]) -> int:
+    """Remove every series of `metrics`' counters, gauges and histograms whose `label` is not
+    in `keep` (an endpoint or model gone from the registry); returns how many were removed."""
+    removed = 0
+    for metric in vars(metrics).values():
+        names = getattr(metric, "_labelnames", ())
+        if label not in names:
+            continue
+        stale: set[tuple[str, ...]] = set()
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.labels.get(label) not in keep:
+                    stale.add(tuple(sample.labels[n] for n in names))
+        for values in stale:
+            try:
+                metric.remove(*values)
+                removed += 1
+            except KeyError:
+                pass
+    return removed
+
+
 class ComponentCollector:
     """Reads the components' plain counters at scrape time (no per-message metric cost)."""
 
@@ -135,11 +157,19 @@ class ComponentCollector:
         circuit_waiting: Callable[[], int] | None = None,
         consumer_lag: Callable[[], dict[tuple[str, int], int]] | None = None,
         producer_queue: Callable[[], int] | None = None,
+        held: Callable[[], dict[str, tuple[float, float]]] | None = None,
+        demoted: Callable[[], dict[str, bool]] | None = None,
+        concurrency: Callable[[], dict[str, dict[str, float]]] | None = None,
+        in_flight_limit: Callable[[], float] | None = None,
     ) -> None:
         self._consumer_lag = consumer_lag
         self._producer_queue = producer_queue
         self._loop_lag = loop_lag
         self._circuit_waiting = circuit_waiting
+        self._held = held
+        self._demoted = demoted
+        self._concurrency = concurrency
+        self._in_flight_limit = in_flight_limit
         self._dedup = dedup
         self._limiter = limiter
         self._breakers = breakers
@@ -197,8 +227,42 @@ class ComponentCollector:
         if self._circuit_waiting is not None:
             yield GaugeMetricFamily(
                 "llm_worker_circuit_waiting",
-                "Requests waiting for a half-open probe (LLM_WORKER_BREAKER_WHEN_ALL_OPEN=wait)",
+                "Requests waiting for a half-open probe (as held_requests{reason=circuit_open})",
                 value=self._circuit_waiting(),
+            )
+        if self._held is not None:
+            # `reason`: circuit_open, retry_backoff, rate_limit (= llm_worker_ratelimit_waiting)
+            held = GaugeMetricFamily(
+                "llm_worker_held_requests",
+                "Requests held (waiting) instead of answered with an error, by reason",
+                labels=["reason"],
+            )
+            held_s = CounterMetricFamily(
+                "llm_worker_held_seconds",
+                "Seconds requests spent held, by reason (added when each wait ends)",
+                labels=["reason"],
+            )
+            for reason, (waiting, seconds) in self._held().items():
+                held.add_metric([reason], waiting)
+                held_s.add_metric([reason], seconds)
+            yield held
+            yield held_s
+        if self._demoted is not None:
+            demoted = GaugeMetricFamily(
+                "llm_worker_endpoint_demoted",
+                "1 while the endpoint is demoted for latency (routed around, never refused)",
+                labels=["endpoint"],
+            )
+            for endpoint, is_demoted in self._demoted().items():
+                demoted.add_metric([endpoint], 1.0 if is_demoted else 0.0)
+            yield demoted
+        if self._concurrency is not None:
+            yield from _concurrency_metrics(self._concurrency())
+        if self._in_flight_limit is not None:
+            yield GaugeMetricFamily(
+                "llm_worker_in_flight_limit",
+                "How many messages the worker takes in flight now (adaptive, within the cap)",
+                value=self._in_flight_limit(),
             )
         choices = CounterMetricFamily(
             "llm_worker_route_choices",
@@ -229,3 +293,22 @@ class ComponentCollector:
                 "Outcome records in the producer's queue, not yet acknowledged by Kafka",
                 value=self._producer_queue(),
             )
+
+
+def _concurrency_metrics(stats: dict[str, dict[str, float]]) -> Iterator[Metric]:
+    limit = GaugeMetricFamily(
+        "llm_worker_concurrency_limit",
+        "Calls an endpoint may have in flight now (learned: calling/concurrency.py)",
+        labels=["endpoint"],
+    )
+    changes = CounterMetricFamily(
+        "llm_worker_concurrency_changes",
+        "Why an endpoint's concurrency limit moved: grow, plateau, overload",
+        labels=["endpoint", "reason"],
+    )
+    for endpoint, st in stats.items():
+        limit.add_metric([endpoint], st["limit"])
+        for reason in ("grow", "plateau", "overload"):
+            changes.add_metric([endpoint, reason], st[reason])
+    yield limit
+    yield changes

@@ -16,12 +16,13 @@ URL (collectors take both there) with a warning.
 from __future__ import annotations
 
 import importlib.util
+import re
 import urllib.parse
 from collections.abc import Mapping
 
 import msgspec
 
-__all__ = ["SAMPLERS", "OtelConfig", "otel_config"]
+__all__ = ["SAMPLERS", "OtelConfig", "otel_config", "otel_problem", "redacted_env"]
 
 SAMPLERS = (
     "always_on",
@@ -36,6 +37,7 @@ SAMPLERS = (
 _PROTOCOLS = ("http/protobuf", "http/json", "grpc")
 _GRPC = "opentelemetry.exporter.otlp.proto.grpc"
 _TRUE = ("true", "1", "yes", "on")
+_USERINFO = re.compile(r"//[^/@\s\"]*@")
 
 
 class OtelConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,3 +163,17 @@ def otel_config(env: Mapping[str, str]) -> OtelConfig:
         resource=resource,
         json_asked=json_asked,
     )
+
+
+def otel_problem(env: Mapping[str, str]) -> str | None:
+    """What is wrong with the `OTEL_*` variables of `env` (naming the variable), or None."""
+    try:
+        otel_config(env)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def redacted_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` fit for a log line: headers (tokens) hidden, userinfo out of URLs."""
+    return {k: ("***" if "HEADERS" in k else _USERINFO.sub("//***@", v)) for k, v in env.items()}

@@ -55,6 +55,10 @@ class OutcomeRecorder:
             child = self._children[metric, label] = getattr(self._metrics, metric).labels(*label)
         return child
 
+    def forget_children(self) -> None:
+        """After series were removed: look children up again."""
+        self._children.clear()
+
     def record(self, delivered: Sequence[tuple[InputRecord, Outcome, Any]]) -> None:
         """Counters, metrics and outcome logs for delivered messages, one batch at a time."""
         if not delivered:

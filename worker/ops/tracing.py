@@ -332,10 +332,15 @@ class Tracing:
         target: Target,
         result: ProviderResult | None,
         error: ProviderError | None,
+        cancelled: bool = False,
     ) -> None:
-        span.set_attributes(result_attributes(target, result, error, content=self._content))
-        if error is not None:
-            span.set_status(StatusCode.ERROR, error.type)
+        if cancelled:
+            span.set_attribute("error.type", "cancelled")
+            span.set_status(StatusCode.ERROR, "cancelled")
+        else:
+            span.set_attributes(result_attributes(target, result, error, content=self._content))
+            if error is not None:
+                span.set_status(StatusCode.ERROR, error.type)
         span.end()
 
     @staticmethod

@@ -31,24 +31,20 @@ from typing import Any
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome, Stages
-from .flow import FlowControl, Room
+from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
 from .kafka import KafkaBridge, KafkaError, Message
 from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import Outbox
+from .outbox import Key, Outbox
+from .settle import every, finish_or_abandon
+from .transactions import ExactlyOnce, OrderedOutbox, TransactionAborted
 
 __all__ = ["Stages", "Worker"]
 
 log = logging.getLogger("llm_worker")
 
-Key = tuple[str, int]
-
-FLUSH_FLOOR_S = 1.0
-"""The producer flush at shutdown gets at least this long, even past the deadline."""
-HOLD_AFTER_S = 1.0
-"""A full worker first waits this long for room without polling; still full, it pauses every
-partition and polls (a pause costs a refetch on resume, which some brokers make slow)."""
-HOOK_MARGIN_S = 5.0
-"""A rebalance hook waits this much beyond the shutdown timeout before it gives up."""
+FLUSH_FLOOR_S = 1.0  # the producer flush at shutdown gets at least this, even past the deadline
+HOLD_AFTER_S = 1.0  # full this long, hold every partition (a resume costs a refetch)
+HOOK_MARGIN_S = 5.0  # a rebalance hook waits this much beyond the shutdown timeout
 
 
 class Worker:
@@ -64,12 +60,20 @@ class Worker:
         commit_interval_s: float,
         shutdown_timeout_s: float,
         rate_limited: Callable[[], int] | None = None,
+        intake: Callable[[], int] | None = None,
+        max_in_flight_bytes: int = 0,
         recorder: OutcomeRecorder | None = None,
     ) -> None:
         self._bridge = bridge
         self._pipeline = pipeline
         self._metrics = metrics
         self._max_in_flight = max_in_flight
+        self._limits = InFlightLimits(
+            cap=max_in_flight,
+            target=intake or (lambda: max_in_flight),
+            per_partition=max_in_flight_per_partition,
+            bytes_budget=max_in_flight_bytes,
+        )
         self._batch = consume_batch
         self._commit_interval = commit_interval_s
         self._shutdown_timeout = shutdown_timeout_s
@@ -79,13 +83,14 @@ class Worker:
         self._flow = FlowControl(
             pause=bridge.pause,
             resume=bridge.resume,
-            max_per_partition=max_in_flight_per_partition,
+            max_per_partition=max_in_flight_per_partition or MIN_PER_PARTITION,
             on_change=metrics.paused.set,
         )
-        self._room = Room(max_in_flight, lambda: self.in_flight)
-        self._outbox = Outbox(
-            bridge, metrics, spawn=self._spawn, on_acked=self._room.wake, recorder=recorder
-        )
+        self._room = Room(lambda: self._max_in_flight, lambda: self.in_flight)
+        kind = OrderedOutbox if bridge.transactional else Outbox
+        out = kind(bridge, metrics, spawn=self._spawn, on_acked=self._room.wake, recorder=recorder)
+        self._outbox = out
+        self._eos = ExactlyOnce(bridge, out) if isinstance(out, OrderedOutbox) else None
         self._owned: set[Key] = set()
         self._held = rate_limited or (lambda: 0)
         self._revoked_now: set[Key] = set()
@@ -93,8 +98,7 @@ class Worker:
         self._deadline: float | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.fatal: str | None = None
-        """Why the worker stopped on a fatal Kafka error (exit non-zero), or None."""
+        self.fatal: str | None = None  # why a fatal Kafka error stopped the worker
         bridge.set_rebalance_hooks(self.on_assign, self.on_revoke, self.on_lost)
         bridge.set_fatal_hook(self.on_fatal)
         metrics.in_flight.set_function(lambda: self.in_flight)
@@ -122,13 +126,12 @@ class Worker:
 
     def on_lost(self, keys: list[Key]) -> None:
         loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        fut = asyncio.run_coroutine_threadsafe(self._drop_lost(keys), loop)
-        try:
-            fut.result(timeout=HOOK_MARGIN_S)
-        except TimeoutError:
-            fut.cancel()
+        if loop is not None and not loop.is_closed():
+            fut = asyncio.run_coroutine_threadsafe(self._drop_lost(keys), loop)
+            try:
+                fut.result(timeout=HOOK_MARGIN_S + 30)  # exactly-once aborts: up to 30 s
+            except TimeoutError:
+                fut.cancel()
 
     def on_fatal(self, reason: str) -> None:
         """A Kafka client is unusable (called on the loop): stop at once, exit non-zero."""
@@ -151,6 +154,9 @@ class Worker:
             deadline = min(deadline, self._deadline)
         try:
             await self._finish_or_abandon(keys, deadline)
+            if self._eos is not None:  # offsets go with the transaction, before release
+                await self.commit_now()
+                return {}
             commits = {
                 k: off
                 for k, (off, _epoch) in self._tracker.pending_commits(keys).items()
@@ -169,6 +175,22 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.counters["lost"] += len(keys)
         self._forget(keys, settled)
+        if self._eos is not None:  # the open transaction holds their outcomes: abort it
+            await self._eos.abort()
+            await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Exactly-once, after an abort: drop all work and read again from the commits."""
+        keys = sorted(self._owned | self._bridge.assignment)
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._forget(keys, {k: self._tracker.get(k) for k in keys})
+        self._outbox.forget()
+        self._owned.update(self._bridge.assignment)
+        assert self._eos is not None
+        await self._eos.rewind(keys)
 
     def _forget(self, keys: list[Key], settled: dict[Key, PartitionOffsets | None]) -> None:
         self._tracker.drop(keys, only=settled)
@@ -177,52 +199,22 @@ class Worker:
             self._by_part.pop(k, None)
         self._flow.forget(keys)
 
-    def _unfinished(self, keys: list[Key] | None) -> int:
-        if keys is None:
-            return self._tracker.in_flight()
-        return sum(self._tracker.in_flight(*k) for k in keys)
-
     async def _finish_or_abandon(self, keys: list[Key] | None, deadline: float) -> None:
-        """Wait until the messages of `keys` (None: all) are finished, that is, their outcome
-        records are acknowledged, until `deadline` (loop time); then cancel what still runs.
-
-        A message is either a task (waiting for its provider call, or retrying a delivery) or
-        an outcome waiting for its delivery report; a task can turn into the latter.
-        """
-        loop = asyncio.get_running_loop()
-        outbox = self._outbox
-        while True:
+        def tasks() -> set[asyncio.Task[None]]:
             if keys is None:
-                tasks = set(self._tasks)
-            else:
-                tasks = {t for k in keys for t in self._by_part.get(k, ())}
-            left = deadline - loop.time()
-            if tasks:
-                pending = (await asyncio.wait(tasks, timeout=left))[1] if left > 0 else tasks
-                if pending:
-                    log.warning("abandoning %d in-flight messages at the deadline", len(pending))
-                    for t in pending:
-                        t.cancel()
-                    await asyncio.gather(*pending, return_exceptions=True)
-                    return
-                continue
-            if not outbox.unacked or not self._unfinished(keys) or left <= 0:
-                if left <= 0 and outbox.unacked:
-                    log.warning(
-                        "abandoning %d unacknowledged outcomes at the deadline", outbox.unacked
-                    )
-                return
-            outbox.acked.clear()
-            try:
-                async with asyncio.timeout(left):
-                    await outbox.acked.wait()
-            except TimeoutError:
-                pass
+                return set(self._tasks)
+            return {t for k in keys for t in self._by_part.get(k, ())}
+
+        def unfinished() -> int:
+            if keys is None:
+                return self._tracker.in_flight()
+            return sum(self._tracker.in_flight(*k) for k in keys)
+
+        await finish_or_abandon(tasks, unfinished, self._outbox, deadline)
 
     # -- main loop -------------------------------------------------------------------------
     def stop(self, *, deadline_s: float | None = None) -> None:
-        """Stop taking records; in-flight work gets `deadline_s` (default: the shutdown
-        timeout) from now."""
+        """Stop taking records; in-flight work gets `deadline_s` (default: shutdown timeout)."""
         wait = self._shutdown_timeout if deadline_s is None else deadline_s
         new = self._loop_time() + wait
         if self._deadline is None or new < self._deadline:
@@ -242,7 +234,11 @@ class Worker:
     async def run(self) -> None:
         """Process records until `stop()`; then settle in-flight work, flush and commit."""
         self._loop = asyncio.get_running_loop()
-        committer = asyncio.create_task(self._commit_loop(), name="committer")
+        if self._eos is not None:
+            await self._eos.start()
+        committer = asyncio.create_task(
+            every(self._commit_interval, self.commit_now, "offset commit"), name="committer"
+        )
         try:
             await self._consume_loop()
         finally:
@@ -254,7 +250,7 @@ class Worker:
                 await committer
             except asyncio.CancelledError:
                 pass
-            if self.fatal is None:
+            if self.fatal is None and self._eos is None:  # a commit flushes a transaction
                 left = self._deadline - self._loop_time()
                 unsent = await self._bridge.flush(max(left, FLUSH_FLOOR_S))
                 if unsent:
@@ -268,6 +264,7 @@ class Worker:
     async def _consume_loop(self) -> None:
         bridge, flow = self._bridge, self._flow
         while not self._stopping.is_set():
+            self._max_in_flight = self._limits.now(len(self._owned), self._flow)
             free = self._max_in_flight - self.in_flight
             if free <= 0:
                 if not flow.held and await self._room.within(HOLD_AFTER_S):
@@ -308,6 +305,7 @@ class Worker:
             return  # not ours any more; the new owner reads it from the committed offset
         self._owned.add(key)
         self.counters["consumed"] += 1
+        self._limits.seen(len(msg.value() or b"") + len(msg.key() or b""))
         ts_type, ts = msg.timestamp()
         rec = InputRecord(
             topic=topic,
@@ -320,6 +318,7 @@ class Worker:
         )
         offsets = self._tracker.part(topic, part, self._bridge.epoch(key))
         offsets.start(rec.offset)
+        self._outbox.track(rec)
         # Most records are answered right here (dedup window hits, invalid input): no task.
         try:
             step = self._pipeline.begin(rec)
@@ -363,34 +362,38 @@ class Worker:
         self._outbox.send(rec, outcome, offsets)
 
     # -- commits ---------------------------------------------------------------------------
-    async def _commit_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._commit_interval)
-            try:
-                await self.commit_now()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("offset commit failed (will retry): %s", exc)
-
     async def commit_now(self) -> dict[Key, int]:
-        """Commit every partition's safe offset, in the assignment it was computed in."""
-        pending = self._tracker.pending_commits()
-        if not pending:
-            return {}
-        done = await self._bridge.commit(pending)
+        """Commit the safe offsets, in the assignment they were computed in (exactly-once:
+        commit the transaction, or abort it and rewind)."""
+        if self._eos is not None:
+            try:
+                done = await self._eos.commit(self._tracker)
+            except TransactionAborted as exc:
+                log.warning("transaction aborted (%s); rewinding", exc)
+                await self._rewind()
+                return {}
+        else:
+            pending = self._tracker.pending_commits()
+            if not pending:
+                return {}
+            done = await self._bridge.commit(pending)
         self._tracker.mark_committed(done)
         if done:
             self.counters["commits"] += 1
             self._metrics.commits.inc()
         return done
 
+    def forget_metric_children(self) -> None:  # their series were removed (housekeeping)
+        self._outbox.recorder.forget_children()
+
     def stats(self) -> dict[str, Any]:
         return {
             **self.counters,
             **self._outbox.counters,
+            **(self._eos.counters if self._eos is not None else {}),
             **self._outbox.recorder.counters,
             "in_flight": self.in_flight,
+            "in_flight_limit": self._max_in_flight,
             "held": self._held(),
             "paused_partitions": len(self._flow.paused),
             "partitions": len(self._tracker.partitions()),

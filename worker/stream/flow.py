@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
-__all__ = ["FlowControl", "Room"]
+__all__ = ["MIN_PER_PARTITION", "FlowControl", "InFlightLimits", "Room"]
+
+MIN_PER_PARTITION = 32
+"""The least a partition (or a memory budget) may have in flight."""
 
 Key = tuple[str, int]
 PauseFn = Callable[[list[Key]], Awaitable[None]]
@@ -28,7 +31,8 @@ class FlowControl:
     ) -> None:
         self._pause = pause
         self._resume = resume
-        self._per = max_per_partition
+        self.per = max_per_partition
+        """The per-partition bound; the consume loop moves it with the adaptive limit."""
         self._on_change = on_change or (lambda _n: None)
         self.paused: set[Key] = set()
         self.held: set[Key] = set()
@@ -46,7 +50,7 @@ class FlowControl:
         before the pause took effect is resumed on the next pass rather than left paused.
         `crowded`: the worker is still mostly full, so held partitions stay held.
         """
-        per = self._per
+        per = self.per
         paused = self.paused
         pause = [k for k in owned if k not in paused and in_flight(*k) >= per]
         resume = [k for k in paused if in_flight(*k) <= per // 2]
@@ -84,13 +88,13 @@ class Room:
     """Room in a full worker: `within(t)` waits up to `t` for in-flight work to drop to 3/4 of
     the limit (room for a batch, not one record at a time), `wake()` is called as work ends."""
 
-    def __init__(self, limit: int, in_flight: Callable[[], int]) -> None:
+    def __init__(self, limit: Callable[[], int], in_flight: Callable[[], int]) -> None:
         self._limit = limit
         self._in_flight = in_flight
         self._event = asyncio.Event()
 
     def wake(self) -> None:
-        if self._in_flight() <= self._limit * 3 // 4:
+        if self._in_flight() <= self._limit() * 3 // 4:
             self._event.set()
 
     def open(self) -> None:
@@ -100,11 +104,37 @@ class Room:
     async def within(self, timeout: float) -> bool:
         """True if there is room now or comes within `timeout`."""
         self._event.clear()
-        if self._in_flight() < self._limit:
+        if self._in_flight() < self._limit():
             return True
         try:
             async with asyncio.timeout(timeout):
                 await self._event.wait()
         except TimeoutError:
             pass
-        return self._in_flight() < self._limit
+        return self._in_flight() < self._limit()
+
+
+class InFlightLimits:
+    """How many messages may be in flight now: the endpoints' adaptive limits (the `target`),
+    within the configured cap and a memory budget (bytes, from an average of record sizes). An
+    automatic per-partition bound (`per_partition` 0) follows: twice a fair share."""
+
+    def __init__(
+        self, *, cap: int, target: Callable[[], int], per_partition: int, bytes_budget: int
+    ) -> None:
+        self._cap = cap
+        self._target = target
+        self._per_partition = per_partition
+        self._budget = bytes_budget
+        self.avg_bytes = 1024.0
+
+    def seen(self, size: int) -> None:
+        self.avg_bytes += (size - self.avg_bytes) * 0.01
+
+    def now(self, owned: int, flow: FlowControl) -> int:
+        limit = min(self._cap, self._target())
+        if self._budget:
+            limit = min(limit, max(MIN_PER_PARTITION, int(self._budget / self.avg_bytes)))
+        if not self._per_partition:
+            flow.per = max(MIN_PER_PARTITION, -(-2 * limit // max(owned, 1)))
+        return limit

@@ -11,8 +11,7 @@ release; on **lost** (eviction, fencing) the worker drops their state and nothin
 Each assignment of a partition has an *epoch*; a commit carries the epochs it was computed in
 and applies only to partitions still in them, so it never moves an offset backwards.
 
-A fatal client error (the idempotent producer's, say) is reported once to `on_fatal`: the
-worker then stops, and the process exits non-zero so the orchestrator restarts it.
+A fatal client error is reported once to `on_fatal`: the worker stops and exits non-zero.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -35,12 +35,22 @@ from confluent_kafka import (
 )
 
 from ..config import Settings
-from .kafka_conf import DeliveryError, client_config, message_max_bytes
+from .kafka_conf import (
+    DeliveryError,
+    client_config,
+    consume_ready,
+    consumer_config,
+    message_max_bytes,
+    producer_config,
+    settle_all,
+)
 
 __all__ = [
+    "OFFSET_BEGINNING",
     "DeliveryError",
     "KafkaBridge",
     "KafkaError",
+    "KafkaException",
     "Message",
     "TopicPartition",
     "client_config",
@@ -54,8 +64,7 @@ AssignHook = Callable[[list[Key]], None]
 # (token given to `produce_nowait`, delivery error or None), one poll's worth at a time
 AckHandler = Callable[[list[tuple[Any, KafkaError | None]]], None]
 
-REBALANCE_CLOSE_TIMEOUT_S = 10.0
-"""How long `close()` gives librdkafka to leave the group before it gives up waiting."""
+REBALANCE_CLOSE_TIMEOUT_S = 10.0  # how long close() lets librdkafka leave the group
 
 
 class KafkaBridge:
@@ -88,6 +97,21 @@ class KafkaBridge:
         self.fatal: str | None = None
         """Why the clients are unusable (a fatal librdkafka error), or None."""
         self.max_message_bytes = message_max_bytes(settings)
+        self.transactional = settings.processing_guarantee == "exactly_once"
+
+    @property
+    def producer(self) -> Producer:
+        assert self._producer is not None, "start() first"
+        return self._producer
+
+    @property
+    def consumer(self) -> Consumer:
+        assert self._consumer is not None, "start() first"
+        return self._consumer
+
+    async def on_consumer_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the consumer's thread (where every consumer call belongs)."""
+        return await self._in_consumer_thread(fn)
 
     @property
     def assignment(self) -> frozenset[Key]:
@@ -95,7 +119,7 @@ class KafkaBridge:
         return self._assignment
 
     def epoch(self, key: Key) -> int:
-        """The current assignment's epoch of `key` (0 when it is not assigned)."""
+        """The current assignment's epoch of `key` (0: not assigned)."""
         return self._epochs.get(key, 0) if key in self._assignment else 0
 
     def set_rebalance_hooks(
@@ -123,23 +147,8 @@ class KafkaBridge:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         s = self._settings
-        consumer_conf: dict[str, Any] = {
-            "group.id": s.group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "range",
-            "enable.partition.eof": False,
-            # Answer fetches quickly: some Kafka-compatible brokers (Tansu) hold every fetch
-            # for the full wait even when data is there, which caps throughput at one batch
-            # per partition per wait. With Apache Kafka this only bounds idle polls.
-            "fetch.wait.max.ms": 25,
-        }
-        if "group.protocol" in s.kafka_extra and s.kafka_extra["group.protocol"] == "consumer":
-            del consumer_conf["partition.assignment.strategy"]  # the broker assigns (KIP-848)
-        consumer_conf.update(client_config(s, "consumer", self._client_error, self._on_stats))
-        producer_conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
-        producer_conf.update(client_config(s, "producer", self._client_error, self._on_stats))
+        consumer_conf = consumer_config(s, self._client_error, self._on_stats)
+        producer_conf = producer_config(s, self._client_error, self._on_stats)
         self._producer = Producer(producer_conf)
         self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
         await self._in_consumer_thread(
@@ -208,7 +217,7 @@ class KafkaBridge:
         record, leaving the worker idle while a partial batch sits in the local queue.)"""
         assert self._consumer is not None
         msgs: list[Message] = await self._in_consumer_thread(
-            _consume_ready, self._consumer, max_messages, timeout
+            consume_ready, self._consumer, max_messages, timeout
         )
         return msgs
 
@@ -311,7 +320,7 @@ class KafkaBridge:
         acked: list[tuple[Any, KafkaError | None]],
     ) -> None:
         if ready:
-            _settle_all(ready)
+            settle_all(ready)
         if acked:
             handler = self._ack_handler
             if handler is None:  # pragma: no cover - produce_nowait requires a handler
@@ -327,13 +336,10 @@ class KafkaBridge:
         headers: list[tuple[str, bytes]] | None,
         token: Any,
     ) -> None:
-        """Produce one record without waiting for it: its delivery report reaches the ack
-        handler (`set_ack_handler`) on the event loop as `(token, error)`, batched with the
-        other reports of the same poll. No future, no task: the cheap path for every outcome.
-
-        Raises BufferError when librdkafka's local queue is full (nothing was produced) and
-        DeliveryError when the record is refused at once (too large, say).
-        """
+        """Produce one record without waiting: its delivery report reaches the ack handler on
+        the loop as `(token, error)`, batched per poll (no future, no task: the cheap path).
+        Raises BufferError when librdkafka's queue is full, DeliveryError when the record is
+        refused at once (too large, say)."""
         assert self._producer is not None
         acks = self._acks
 
@@ -377,23 +383,3 @@ class KafkaBridge:
             except KafkaException as exc:
                 raise DeliveryError(exc.args[0]) from exc
         await fut
-
-
-def _consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
-    msgs = consumer.consume(max_messages, 0)
-    if msgs or max_messages <= 0:
-        return msgs
-    msgs = consumer.consume(1, timeout)  # returns as soon as one record is there
-    if msgs and max_messages > 1:
-        msgs += consumer.consume(max_messages - 1, 0)
-    return msgs
-
-
-def _settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
-    for fut, err in reports:
-        if fut.done():
-            continue
-        if err is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(DeliveryError(err))

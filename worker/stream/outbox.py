@@ -56,6 +56,8 @@ class Outbox:
         """Outcomes produced whose delivery report has not come back yet."""
         self.acked = asyncio.Event()
         self.counters: dict[str, int] = {"delivery_retries": 0, "shrunk": 0}
+        self.redelivering = 0
+        """Outcomes being delivered again in a task (refused or failed the first time)."""
         bridge.set_ack_handler(self._on_acks)
 
     def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
@@ -96,9 +98,19 @@ class Outbox:
         self.acked.set()
         self._on_acked()
 
+    def track(self, rec: InputRecord) -> None:
+        """A record was taken (its outcome will come): nothing to do unless order matters."""
+
+    def forget(self, keys: list[Key] | None = None) -> None:
+        """Partitions no longer ours (None: all): nothing kept here."""
+
     async def _redeliver(self, sent: Sent, error: DeliveryError | None) -> None:
         rec, outcome, offsets = sent
-        await self.deliver(outcome, error)
+        self.redelivering += 1
+        try:
+            await self.deliver(outcome, error)
+        finally:
+            self.redelivering -= 1
         offsets.finish(rec.offset)
         self.recorder.record([sent])
 

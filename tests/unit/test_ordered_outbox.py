@@ -1,0 +1,57 @@
+"""Exactly-once: outcomes enter the transaction in offset order per partition, none while a
+commit is being made, and a failed delivery taints the transaction instead of being retried."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from worker.ops.metrics import Metrics
+from worker.records import InputRecord, Outcome
+from worker.stream.offsets import PartitionOffsets
+from worker.stream.transactions import OrderedOutbox
+
+from .stream_fakes import FakeBridge
+
+
+def _rec(partition: int, offset: int) -> InputRecord:
+    return InputRecord(topic="t", partition=partition, offset=offset, value=b"{}")
+
+
+def _out(tag: str) -> Outcome:
+    return Outcome(topic="out", value=tag.encode(), key=None, headers=None)
+
+
+async def test_outcomes_are_released_in_offset_order_per_partition() -> None:
+    bridge = FakeBridge({0: 0, 1: 0})
+    spawned: list[Any] = []
+    box = OrderedOutbox(bridge, Metrics(), spawn=lambda k, c: spawned.append(c))  # type: ignore[arg-type]
+    offsets = PartitionOffsets()
+    for p in (0, 1):
+        for o in (5, 7, 9):  # gaps, as compaction or transaction markers leave them
+            box.track(_rec(p, o))
+            offsets.start(o)
+    box.send(_rec(0, 9), _out("0:9"), offsets)
+    box.send(_rec(1, 5), _out("1:5"), offsets)
+    box.send(_rec(0, 7), _out("0:7"), offsets)
+    assert bridge.produced == [b"1:5"]  # 0:7 and 0:9 wait for 0:5
+    box.frozen = True  # a commit is being made: nothing is released
+    box.send(_rec(0, 5), _out("0:5"), offsets)
+    assert bridge.produced == [b"1:5"]
+    box.release_all()
+    assert bridge.produced == [b"1:5", b"0:5", b"0:7", b"0:9"]
+    assert not spawned
+
+
+async def test_a_failed_delivery_taints_the_transaction_and_is_not_retried() -> None:
+    bridge = FakeBridge({0: 0})
+    spawned: list[Any] = []
+    box = OrderedOutbox(bridge, Metrics(), spawn=lambda k, c: spawned.append(c))  # type: ignore[arg-type]
+    offsets = PartitionOffsets()
+    box.track(_rec(0, 0))
+    offsets.start(0)
+    bridge.fail_next_produce = 1
+    box.send(_rec(0, 0), _out("x"), offsets)
+    await asyncio.sleep(0.05)  # the fake reports deliveries a moment later
+    assert box.tainted is not None and "Local: Message timed out" in box.tainted
+    assert box.unacked == 0 and not spawned and offsets.pending_commit() is None

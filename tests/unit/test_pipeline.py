@@ -1,0 +1,92 @@
+"""`Pipeline` on its own: the edges the component tests do not reach (what an error or a dead
+letter carries when the input is odd; `process`, the one-call form)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from adapters.base import ProviderResult
+from registry.models import ModelRow
+from registry.resolve import Candidate, resolve
+from worker.calling.caller import CallResult
+from worker.config import load_settings
+from worker.ops.metrics import Metrics
+from worker.pipeline import Pipeline
+from worker.records import InputRecord
+
+ROWS = {"m1": ModelRow(model_id="m1", provider="fake", endpoint="http://x/v1", upstream_model="u")}
+
+
+class Registry:
+    def resolve(self, model_id: str) -> list[Candidate]:
+        return resolve(ROWS, model_id)
+
+
+class Caller:
+    """Answers every call at once with the prompt's text."""
+
+    async def call(self, candidates: list[Candidate], request: Any, **_: Any) -> CallResult:
+        text = request.prompt or ""
+        result = ProviderResult(text=text, finish_reason="stop", input_tokens=1, output_tokens=1)
+        return CallResult(result=result, candidate=candidates[0], attempts=1, latency_ms=1.0)
+
+
+def _pipeline() -> Pipeline:
+    settings = load_settings({"LLM_WORKER_MAX_MESSAGE_BYTES": "100"})
+    return Pipeline(
+        settings,
+        Registry(),
+        Caller(),
+        Metrics(),
+        wall_clock=lambda: 1000.0,  # type: ignore[arg-type]
+    )
+
+
+def _rec(value: bytes, **kw: Any) -> InputRecord:
+    return InputRecord(topic="in", partition=2, offset=7, value=value, **kw)
+
+
+async def test_process_answers_a_prompt_and_dead_letters_garbage() -> None:
+    p = _pipeline()
+    ok = await p.process(_rec(json.dumps({"id": "a", "model": "m1", "prompt": "hi"}).encode()))
+    assert ok.completion is not None and ok.completion.text == "hi"
+    dead = await p.process(_rec(b"{nope"))
+    assert dead.completion is None and dead.dlq_reason == "invalid_json"
+
+
+def test_an_error_completion_carries_the_queue_time() -> None:
+    rec = _rec(json.dumps({"id": "a", "model": "zz", "prompt": "x"}).encode(), timestamp_ms=999_000)
+    out = _pipeline().begin(rec)
+    assert not isinstance(out, type(None))
+    completion = getattr(out, "completion", None)
+    assert completion is not None and completion.error is not None
+    assert completion.queue_ms == 1000.0 and completion.error.retryable is False
+
+
+def test_a_dead_letter_error_header_is_cut_and_always_encodable() -> None:
+    p = _pipeline()
+    long = p.dead_letter(_rec(b"x"), "invalid_json", "e" * 5000)
+    assert dict(long.headers or [])["llm_worker.error"] == b"e" * 1000
+    odd = p.dead_letter(_rec(b"x"), "invalid_json", "bad \ud800 char")  # a lone surrogate
+    assert dict(odd.headers or [])["llm_worker.error"] == b"bad ? char"
+
+
+def test_internal_error_answers_any_readable_prompt_whatever_its_size() -> None:
+    """The limits were checked already; an internal error must still be an answer."""
+    big = {"id": "b", "model": "m1", "prompt": "x" * 500, "metadata": {"k": "v" * 500}}
+    out = _pipeline().internal_error(_rec(json.dumps(big).encode()), RuntimeError("bug"))
+    c = out.completion
+    assert c is not None and c.error is not None
+    assert (c.id, c.model, c.error.type) == ("b", "m1", "internal_error")
+    assert c.metadata == {"k": "v" * 500}
+
+
+def test_internal_error_of_an_unreadable_record_is_a_dead_letter() -> None:
+    out = _pipeline().internal_error(_rec(b"\x00garbage"), KeyError("x"))
+    headers = dict(out.headers or [])
+    assert out.completion is None and out.dlq_reason == "internal_error"
+    assert out.value == b"\x00garbage" and out.topic == "llm_prompts.dlq"
+    assert headers["llm_worker.reason"] == b"internal_error"
+    assert headers["llm_worker.error"] == b"internal error: KeyError"
+    assert headers["llm_worker.source"] == b"in/2/7"

@@ -1,0 +1,207 @@
+"""One provider call: the target, the adapter, the timeout, and what the call tells the
+router and the endpoint's health (breaker and latency judge) and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiohttp import ClientSession
+from prometheus_client import Counter, Histogram
+
+from adapters import get_adapter
+from adapters.base import Adapter, ProviderRequest, ProviderResult, Target
+from adapters.errors import AuthError, BadRequest, ProviderError, ProviderTimeout
+from adapters.secrets import MissingSecret, SecretStore
+from adapters.sessions import SessionPool
+from registry.resolve import Candidate
+
+from ..ops.looplag import LoopLag
+from ..ops.metrics import Metrics
+from .breaker import BreakerBoard
+from .observer import CallObserver
+from .routing import Router
+
+__all__ = ["LAG_UNTRUSTED_SHARE", "Attempts", "DeadlineInCall"]
+
+
+LAG_UNTRUSTED_SHARE = 0.5
+"""A call long enough to be judged slow during which the event loop ran late for this share of
+its time or more measured the worker's own congestion more than the provider: its latency is
+not judged. (Short calls are: they make the baseline and cannot be judged slow.)"""
+
+
+class DeadlineInCall(Exception):
+    """The request's deadline ended a call in progress; `error` says so."""
+
+    def __init__(self, error: ProviderTimeout) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Attempts:
+    def __init__(
+        self,
+        sessions: SessionPool,
+        secrets: SecretStore,
+        metrics: Metrics,
+        router: Router,
+        breakers: BreakerBoard,
+        loop_lag: LoopLag | None,
+        clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
+    ) -> None:
+        self.observer = observer
+        self._sessions = sessions
+        self._secrets = secrets
+        self._metrics = metrics
+        self.router = router
+        self.breakers = breakers
+        self._lag = loop_lag
+        self._clock = clock
+        self.calling: dict[str, int] = {}
+        """Calls in flight per health key: the load a new call starts at."""
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+    def _ok_metrics(self, cand: Candidate) -> tuple[Counter, Histogram]:
+        key = (cand.provider, cand.endpoint_name)
+        children = self._children.get(key)
+        if children is None:
+            m = self._metrics
+            children = self._children[key] = (
+                m.provider_calls.labels(cand.provider, cand.endpoint_name, "ok"),
+                m.provider_latency.labels(cand.provider, cand.endpoint_name),
+            )
+        return children
+
+    def _target(self, cand: Candidate) -> Target:
+        row = cand.row
+        key = None
+        if row.api_key_secret:
+            try:
+                key = self._secrets.get(row.api_key_secret)
+            except MissingSecret as exc:
+                raise AuthError(
+                    f"API key secret {row.api_key_secret!r} is not available",
+                    provider=cand.provider,
+                    model=cand.upstream_model,
+                ) from exc
+        return Target(
+            provider=cand.provider,
+            endpoint=cand.endpoint,
+            model=cand.upstream_model,
+            endpoint_name=cand.endpoint_name,
+            api_key=key,
+            timeout_ms=row.timeout_ms,
+            max_tokens=row.max_tokens,
+        )
+
+    def forget_children(self) -> None:
+        """After series were removed: look children up again."""
+        self._children.clear()
+
+    def prepare(self, cand: Candidate) -> tuple[Target, Adapter, ClientSession]:
+        """What calling `cand` needs; a terminal `ProviderError` when it cannot be called
+        (an unknown provider, a missing secret, a malformed endpoint)."""
+        try:
+            adapter = get_adapter(cand.provider)
+        except KeyError:
+            raise BadRequest(
+                f"unknown provider {cand.provider!r} in the registry",
+                provider=cand.provider,
+                model=cand.upstream_model,
+            ) from None
+        target = self._target(cand)
+        try:
+            session = self._sessions.get(adapter.endpoint_for(target))
+        except ValueError as exc:
+            raise BadRequest(
+                f"the registry endpoint of {cand.endpoint_name} cannot be called: {exc}",
+                provider=cand.provider,
+                model=cand.upstream_model,
+            ) from None
+        return target, adapter, session
+
+    async def call(
+        self,
+        cand: Candidate,
+        health: str,
+        prepared: tuple[Target, Adapter, ClientSession],
+        request: ProviderRequest,
+        remaining: float,
+        attempt: int = 1,
+        retry_of: ProviderError | None = None,
+    ) -> tuple[ProviderResult, float] | ProviderError:
+        """One call: the result and its seconds, or the provider's error. Raises
+        `DeadlineInCall` when the request's deadline (`remaining` seconds away) ends it.
+        `attempt`: its number at this candidate; `retry_of`: the error of the request's
+        previous attempt, if any (both for the observer)."""
+        target, adapter, session = prepared
+        m = self._metrics
+        name = cand.endpoint_name
+        obs = self.observer
+        handle = None
+        if obs is not None:
+            handle = obs.attempt_started(cand, target, request, attempt, retry_of)
+        load = self.calling.get(health, 0) + 1
+        self.calling[health] = load
+        t0 = self._clock()
+        lag0 = self._lag.mark() if self._lag is not None else 0.0
+        try:
+            if remaining < target.timeout_ms / 1000:
+                async with asyncio.timeout(remaining):
+                    result = await adapter.complete(session, target, request)
+            else:  # the adapter's own per-row timeout ends the attempt first
+                result = await adapter.complete(session, target, request)
+        except ProviderError as exc:
+            if obs is not None:
+                obs.attempt_finished(handle, error=exc)
+            m.provider_calls.labels(cand.provider, name, exc.type).inc()
+            if exc.retryable:  # endpoint health; a bad request says nothing about it
+                self.router.record(health, False, self._clock() - t0)
+            return exc
+        except TimeoutError:
+            err = ProviderTimeout(
+                "request deadline passed during an attempt",
+                provider=cand.provider,
+                model=cand.upstream_model,
+            )
+            if obs is not None:
+                obs.attempt_finished(handle, error=err)
+            m.provider_calls.labels(cand.provider, name, err.type).inc()
+            self.router.record(health, False, self._clock() - t0)
+            raise DeadlineInCall(err) from None
+        except BaseException:  # cancelled: the attempt's span ends all the same
+            if obs is not None:
+                obs.attempt_finished(handle, cancelled=True)
+            raise
+        finally:
+            left = self.calling[health] - 1
+            if left:
+                self.calling[health] = left
+            else:
+                del self.calling[health]
+        elapsed = self._clock() - t0
+        if obs is not None:
+            obs.attempt_finished(handle, result=result)
+        ok, latency = self._ok_metrics(cand)
+        ok.inc()
+        latency.observe(elapsed)
+        # the endpoint's health sees only its own share: time our loop was too busy to read
+        # the answer is not the provider being slow. And when the loop was late for most of
+        # the call, it was saturated, which inflates latency beyond what the lag shows: keep
+        # that call from the latency judgement
+        lag = self._lag.since(lag0) if self._lag is not None else 0.0
+        # routing compares endpoints on the raw time (a stall delays all alike); the latency
+        # judge sees the provider's share (see LoopLag) and the load the call started at
+        self.router.stats.record(health, True, elapsed)
+        self.breakers.record(
+            health,
+            True,
+            max(elapsed - lag, 0.0),
+            judge_latency=lag < LAG_UNTRUSTED_SHARE * elapsed
+            or elapsed < self.breakers.config.latency_min_increase_s,
+            load=load,
+        )
+        return result, elapsed

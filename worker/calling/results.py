@@ -1,0 +1,57 @@
+"""What a call ends with: a `CallResult`, or a `CallFailed` carrying the provider error."""
+
+from __future__ import annotations
+
+import msgspec
+
+from adapters.base import ProviderRequest, ProviderResult
+from adapters.errors import ProviderError, RetryableError
+from registry.resolve import Candidate
+
+__all__ = ["CallFailed", "CallResult", "CircuitOpen", "estimate_tokens"]
+
+
+class CircuitOpen(RetryableError):
+    """Every candidate's circuit breaker is open: no call could be made."""
+
+    type = "circuit_open"
+
+
+class CallResult(msgspec.Struct, frozen=True, kw_only=True):
+    result: ProviderResult
+    candidate: Candidate
+    attempts: int
+    latency_ms: float
+
+
+class CallFailed(Exception):
+    """Every candidate failed; `error` is the last provider error (its class is kept).
+
+    `shared`: this request did not call; it got the error of an identical request (dedup).
+    """
+
+    def __init__(
+        self,
+        error: ProviderError,
+        attempts: int,
+        candidate: Candidate | None,
+        *,
+        shared: bool = False,
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.attempts = attempts
+        self.candidate = candidate
+        self.shared = shared
+
+
+def estimate_tokens(request: ProviderRequest, cap: int | None) -> int:
+    """Tokens a request may use, for the tpm buckets: ~4 characters a token plus max_tokens."""
+    if request.messages is not None:
+        chars = sum(len(m.content) for m in request.messages)
+    else:
+        chars = len(request.prompt or "")
+    out = request.max_tokens or cap or 256
+    if cap is not None:
+        out = min(out, cap)
+    return chars // 4 + 1 + out

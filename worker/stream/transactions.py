@@ -1,0 +1,194 @@
+"""Exactly-once mode (`LLM_WORKER_PROCESSING_GUARANTEE=exactly_once`): outcomes and input
+offsets are committed together, in Kafka transactions.
+
+The producer is transactional (`transactional.id`: `LLM_WORKER_TRANSACTIONAL_ID`, else
+`<group>-<host>-<pid>`, stable for a pod, so a restarted replica fences its own zombie) and
+fencing across replicas follows KIP-447: offsets are sent with the consumer's group metadata,
+and the broker refuses them from a member of an older generation.
+
+A transaction may hold an outcome only if its input offset is committed by the same
+transaction, so outcomes enter it in offset order per partition: `OrderedOutbox` keeps the
+answers that finish early until every earlier offset of their partition has been answered.
+Every `commit_interval_ms` (and on revoke and at shutdown) the worker stops releasing outcomes,
+waits until every released one is acknowledged, sends the safe offsets and commits; then it
+opens the next transaction. Any failure inside a transaction (a delivery error, an abortable
+commit error, lost partitions) aborts it and *rewinds*: in-flight work is dropped and every
+partition is read again from its committed offset. A fatal error (fenced) stops the worker.
+
+Dedup followers and window hits are outcomes like any other: they live in the same
+transactions. The provider call itself is not transactional: after a crash or an abort it is
+made again, and a `read_committed` consumer of `llm_completions` still sees each id once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+from ..ops.metrics import Metrics
+from ..records import InputRecord, Outcome
+from .kafka import OFFSET_BEGINNING, KafkaBridge, KafkaException, TopicPartition
+from .offsets import OffsetTracker, PartitionOffsets
+from .outbox import Outbox, Sent, Spawn
+
+__all__ = ["ExactlyOnce", "OrderedOutbox", "TransactionAborted"]
+
+log = logging.getLogger("llm_worker.transactions")
+
+Key = tuple[str, int]
+
+COMMIT_WAIT_S = 30.0
+"""How long a commit waits for the released outcomes' acknowledgements before it aborts."""
+
+
+class TransactionAborted(RuntimeError):
+    """The open transaction was aborted: the worker must rewind to the committed offsets."""
+
+
+class OrderedOutbox(Outbox):
+    """An outbox that releases outcomes into the transaction in offset order per partition,
+    and not at all while a commit is being made."""
+
+    def __init__(self, bridge: KafkaBridge, metrics: Metrics, *, spawn: Spawn, **kw: Any) -> None:
+        super().__init__(bridge, metrics, spawn=spawn, **kw)
+        self._started: dict[Key, collections.deque[int]] = {}
+        self._ready: dict[Key, dict[int, Sent]] = {}
+        self.frozen = False
+        self.tainted: str | None = None
+        """Why the open transaction cannot be committed (a delivery failed), or None."""
+
+    def track(self, rec: InputRecord) -> None:
+        key = (rec.topic, rec.partition)
+        started = self._started.get(key)
+        if started is None:
+            started = self._started[key] = collections.deque()
+        started.append(rec.offset)
+
+    def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
+        key = (rec.topic, rec.partition)
+        self._ready.setdefault(key, {})[rec.offset] = (rec, outcome, offsets)
+        if not self.frozen:
+            self._release(key)
+
+    def release_all(self) -> None:
+        self.frozen = False
+        for key in list(self._ready):
+            self._release(key)
+
+    def _release(self, key: Key) -> None:
+        started, ready = self._started.get(key), self._ready.get(key)
+        if not started or not ready:
+            return
+        while started and started[0] in ready:
+            rec, outcome, offsets = ready.pop(started.popleft())
+            super().send(rec, outcome, offsets)
+
+    def forget(self, keys: list[Key] | None = None) -> None:
+        for key in list(self._started) if keys is None else keys:
+            self._started.pop(key, None)
+            self._ready.pop(key, None)
+
+    def _on_acks(self, acks: list[tuple[Any, Any]]) -> None:
+        failed = [err for _sent, err in acks if err is not None]
+        if failed:  # inside a transaction a failed record taints it: abort, do not retry
+            self.tainted = self.tainted or str(failed[0])
+            self.unacked -= len(failed)
+            acks = [(sent, err) for sent, err in acks if err is None]
+        super()._on_acks(acks)
+
+
+class ExactlyOnce:
+    """The transaction cycle around an `OrderedOutbox`."""
+
+    def __init__(self, bridge: KafkaBridge, outbox: OrderedOutbox) -> None:
+        self._bridge = bridge
+        self._outbox = outbox
+        self._lock = asyncio.Lock()
+        self.counters: dict[str, int] = {"transactions": 0, "aborts": 0}
+
+    async def start(self) -> None:
+        producer = self._bridge.producer
+        await asyncio.to_thread(producer.init_transactions, 60.0)
+        producer.begin_transaction()
+
+    async def commit(self, tracker: OffsetTracker) -> dict[Key, int]:
+        """Commit the open transaction with the safe offsets; raise TransactionAborted after
+        aborting it when it cannot be committed."""
+        async with self._lock:
+            outbox, bridge = self._outbox, self._bridge
+            outbox.frozen = True
+            try:
+                await self._settle_released()
+                if outbox.tainted:
+                    raise TransactionAborted(f"a delivery failed: {outbox.tainted}")
+                pending = tracker.pending_commits()
+                current = {k: o for k, (o, ep) in pending.items() if bridge.epoch(k) == ep}
+                if not current:
+                    return {}
+                tps = [TopicPartition(t, p, o) for (t, p), o in current.items()]
+                try:
+                    meta = bridge.consumer.consumer_group_metadata()
+                    producer = bridge.producer
+                    await asyncio.to_thread(producer.send_offsets_to_transaction, tps, meta, 30)
+                    await asyncio.to_thread(producer.commit_transaction, 30)
+                except KafkaException as exc:
+                    raise TransactionAborted(f"commit failed: {exc}") from exc
+                producer.begin_transaction()
+                self.counters["transactions"] += 1
+                return current
+            except TransactionAborted:
+                await self._abort()
+                raise
+            finally:
+                outbox.release_all()
+
+    async def abort(self) -> None:
+        async with self._lock:
+            await self._abort()
+
+    async def _abort(self) -> None:
+        self.counters["aborts"] += 1
+        self._outbox.tainted = None
+        producer = self._bridge.producer
+        try:
+            await asyncio.to_thread(producer.abort_transaction, 30)
+        except KafkaException as exc:  # fatal (fenced): the bridge reports it
+            log.error("aborting the transaction failed: %s", exc)
+            return
+        producer.begin_transaction()
+
+    async def _settle_released(self) -> None:
+        outbox = self._outbox
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + COMMIT_WAIT_S
+        await self._bridge.flush(COMMIT_WAIT_S)
+        while outbox.unacked or outbox.redelivering:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TransactionAborted("released outcomes were not acknowledged in time")
+            outbox.acked.clear()
+            try:
+                async with asyncio.timeout(min(left, 0.5)):
+                    await outbox.acked.wait()
+            except TimeoutError:
+                pass
+
+    async def rewind(self, keys: list[Key]) -> None:
+        """Seek `keys` back to their committed offsets (the start when none is committed)."""
+        if not keys:
+            return
+        consumer = self._bridge.consumer
+
+        def seek() -> None:
+            tps = [TopicPartition(t, p) for t, p in keys]
+            for tp in consumer.committed(tps, timeout=30):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                try:
+                    consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                except KafkaException as exc:  # not fetching yet: it starts at committed
+                    log.debug("seek %s/%s: %s", tp.topic, tp.partition, exc)
+
+        await self._bridge.on_consumer_thread(seek)
+        log.warning("rewound %d partitions to their committed offsets", len(keys))
