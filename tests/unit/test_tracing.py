@@ -232,11 +232,15 @@ async def test_retries_and_fallbacks_are_spans_and_events(
     assert (chats[1].attributes or {})["llm_worker.retry_of"] == "server_error"
     events = [(e.name, dict(e.attributes or {})) for e in process.events]
     assert [name for name, _ in events] == [
+        "llm_worker.held",  # the backoff before the primary's second try
         "llm_worker.retry",
         "llm_worker.retry",
         "llm_worker.fallback",
     ]
-    assert events[2][1] == {"llm_worker.endpoint": "m/fallback"}
+    held = events[0][1]
+    assert held["reason"] == "retry_backoff" and held["llm_worker.endpoint"] == "m/primary"
+    assert float(held["wait_s"]) > 0  # type: ignore[arg-type]
+    assert events[3][1] == {"llm_worker.endpoint": "m/fallback"}
     text = h.metrics.registry.get_sample_value(
         "llm_worker_retries_total", {"reason": "server_error"}
     )
@@ -307,13 +311,18 @@ async def test_with_tracing_off_the_hot_path_makes_no_span_objects(
     assert spans_made
 
 
-async def test_an_answer_that_echoes_the_key_does_not_put_it_on_a_span(
+async def test_no_span_carries_the_key_an_error_or_an_answer_echoes(
     sessions: SessionPool,
 ) -> None:
     key = "sk-test-0123456789abcdefSECRET"
+    calls = 0
 
     async def echo(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
         sent = request.headers["Authorization"].removeprefix("Bearer ")
+        if calls == 1:  # an error that quotes the key, then an answer that echoes it
+            return web.json_response({"error": {"message": f"bad key {sent}"}}, status=500)
         return web.json_response(
             {
                 "id": f"chatcmpl-{sent}",
@@ -327,7 +336,7 @@ async def test_an_answer_that_echoes_the_key_does_not_put_it_on_a_span(
     server = TestServer(app)
     await server.start_server()
     try:
-        tracing, exporter = in_memory()
+        tracing, exporter = in_memory(trace_content=True)
         upstream = ModelRow(
             model_id="m",
             provider="openai_compatible",
@@ -339,12 +348,25 @@ async def test_an_answer_that_echoes_the_key_does_not_put_it_on_a_span(
     finally:
         await server.close()
     assert out.completion is not None and out.completion.status == "ok"
-    (chat,) = by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)
+    assert calls == 2
+    spans = exporter.get_finished_spans()
+    failed, chat = sorted(by_kind(spans, SpanKind.CLIENT), key=lambda s: s.start_time or 0)
+    assert (failed.attributes or {})["error.type"] == "server_error"
     attrs = dict(chat.attributes or {})
     assert "gen_ai.response.id" not in attrs and "gen_ai.response.model" not in attrs
-    assert not any(
-        key in str(v) for s in exporter.get_finished_spans() for v in (s.attributes or {}).values()
-    )
+    # everything a span carries: name, attributes, events and their attributes, status
+    seen = [
+        text
+        for s in spans
+        for text in (
+            s.name,
+            str(s.status.description),
+            *map(str, (s.attributes or {}).values()),
+            *(e.name for e in s.events),
+            *(str(v) for e in s.events for v in (e.attributes or {}).values()),
+        )
+    ]
+    assert seen and not [t for t in seen if key in t or "0123456789abcdef" in t]
 
 
 async def test_messages_not_sampled_make_no_span_objects_and_carry_a_trace_on(

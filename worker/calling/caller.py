@@ -221,7 +221,7 @@ class Caller:
         start = self._clock()
         with self.holds.wait("circuit_open"):
             await self._sleep(max(min(soonest, until), start + _MIN_NAP_S), any_change=True)
-        st.held_s += self._clock() - start
+        self._held(st, "circuit_open", start, next(c for c in candidates if health_key(c) == key))
 
     async def _hold_for_retry(self, st: _Call, until: float) -> None:
         """Wait before the next pass, until `until`, the deadline, or a breaker closes."""
@@ -232,7 +232,14 @@ class Caller:
         start = self._clock()
         with self.holds.wait("retry_backoff"):
             await self._sleep(min(until, st.deadline), any_change=False)
-        st.held_s += self._clock() - start
+        self._held(st, "retry_backoff", start, cand)
+
+    def _held(self, st: _Call, reason: str, start: float, cand: Candidate | None) -> None:
+        """A hold ended: its time counts, and the message's trace shows it."""
+        waited = self._clock() - start
+        st.held_s += waited
+        if self.observer is not None and cand is not None:
+            self.observer.event("held", cand, reason=reason, wait_s=round(waited, 6))
 
     async def _sleep(self, until: float, *, any_change: bool) -> None:
         """Sleep until `until` (clock time) or a breaker changes state (`any_change`) or
@@ -382,7 +389,7 @@ class Caller:
                 start = self._clock()
                 with self.holds.wait("retry_backoff"):
                     await asyncio.sleep(delay)
-                st.held_s += self._clock() - start
+                self._held(st, "retry_backoff", start, cand)
         st.last = retry or circuit or terminal or st.last
         if retry is not None:
             return "retry"

@@ -2,7 +2,8 @@
 
 `Caller` calls an observer, if it has one: where an attempt starts and ends (`attempt.py`),
 where a candidate is skipped because its circuit breaker is open (`event("circuit_open")`) and
-where the rate limiter held a request back (`event("ratelimit_wait", wait_s=...)`). The
+where the rate limiter held a request back (`event("ratelimit_wait", wait_s=...)`), and where
+a hold ended (`event("held", reason="retry_backoff" | "circuit_open", wait_s=...)`). The
 implementation lives in `worker.ops.attempts`.
 """
 

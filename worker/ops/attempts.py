@@ -68,6 +68,7 @@ class AttemptObserver:
             self._tracing.attempt_finished(handle.span, handle.target, result, error, cancelled)
 
     def event(self, name: str, cand: Candidate, **attrs: Any) -> None:
-        """`circuit_open` (a candidate skipped), `ratelimit_wait` (`wait_s`)."""
+        """`circuit_open` (a candidate skipped), `ratelimit_wait` (`wait_s`), `held`
+        (`reason`, `wait_s`: a retry backoff or a wait for a half-open probe)."""
         if self._tracing is not None:
             self._tracing.event(f"llm_worker.{name}", cand, attrs)

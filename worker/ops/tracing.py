@@ -6,8 +6,9 @@ Per message: a CONSUMER span `process {topic}` that continues the input record's
 attempt under it, and a PRODUCER span `send {topic}` for the outcome record, ended when Kafka
 acknowledges the record. The outcome record's `traceparent`/`tracestate` carry the PRODUCER
 span's context (the CONSUMER span's when the message is not sampled), so a consumer of
-`llm_completions` continues the same trace. Retries, fallbacks, rate-limit waits and circuit
-breaker skips are events on the message's span; a deduplicated message links to the span of
+`llm_completions` continues the same trace. Retries, fallbacks, rate-limit waits, circuit
+breaker skips and holds (a retry backoff, a wait for a half-open probe) are events on the
+message's span; a deduplicated message links to the span of
 the message whose call answered it.
 
 Off unless an OTLP endpoint is configured (`ops.otelconf`): then no `Tracing` exists, callers
