@@ -11,7 +11,10 @@ moment it owns its partitions to the last completion, and the throughput.
 The worker is CPU-bound at full load, so CPU per message is what decides its throughput, and
 it is much less disturbed than wall-clock throughput by whatever else runs on the machine.
 The report gives the median of each mode and the difference. It also measures, in this
-process, what `OutcomeRecorder.record` costs per outcome (all metrics of a completion).
+process and free of the machine's noise, what `OutcomeRecorder.record` costs per outcome (all
+metrics of a completion), and what the tracing calls of one message cost at the sampling ratio
+(`tracing_cost_us`): the SDK's spans alone, and with their OTLP protobuf encoding, which the
+exporter's thread does in the same process.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,7 +46,7 @@ from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome
 from .replicas import readyz, wait_ready
 
-__all__ = ["recorder_cost_us", "run_telemetry_bench"]
+__all__ = ["recorder_cost_us", "run_telemetry_bench", "tracing_cost_us"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -187,6 +190,77 @@ def recorder_cost_us(batches: int = 200, size: int = 500) -> float:
     return (time.process_time() - t0) / (batches * size) * 1e6
 
 
+def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
+    """CPU µs per message of the tracing calls of one message (its CONSUMER span, one chat
+    attempt, the PRODUCER span, delivery) at sampling `ratio`; with `otlp`, the spans are
+    also encoded as OTLP protobuf (what the exporter does before sending)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult as Result
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from adapters.base import ProviderRequest, ProviderResult, Target
+    from registry.resolve import resolve
+
+    from ..ops.sampling import HeadSampler
+    from ..ops.tracing import Tracing
+
+    class Encoding(SpanExporter):
+        """Encodes in batches of 512, as the batch processor exports, on this thread."""
+
+        def __init__(self) -> None:
+            self.batch: list[ReadableSpan] = []
+
+        def export(self, spans: Sequence[ReadableSpan]) -> Result:
+            if otlp:
+                self.batch.extend(spans)
+                if len(self.batch) >= 512:
+                    self.flush()
+            return Result.SUCCESS
+
+        def flush(self) -> None:
+            if self.batch:
+                encode_spans(self.batch).SerializeToString()
+                self.batch = []
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    exporter = Encoding()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # on this thread: counted
+    tracing = Tracing(
+        provider, group_id="bench", sampler=HeadSampler("parentbased_traceidratio", ratio)
+    )
+    endpoint = "http://127.0.0.1:9/v1"
+    row = ModelRow(model_id="m", provider="fake", endpoint=endpoint, upstream_model="up")
+    (cand,) = resolve({"m": row}, "m")
+    target = Target(
+        provider="fake", endpoint=endpoint, model="up", endpoint_name="m/primary",
+        api_key=None, timeout_ms=10_000, max_tokens=64,
+    )  # fmt: skip
+    request = ProviderRequest(messages=None, prompt="a question", max_tokens=32)
+    result = ProviderResult(
+        text="an answer", finish_reason="stop", input_tokens=3, output_tokens=5,
+        response_id="chatcmpl-1", response_model="up",
+    )  # fmt: skip
+    comp = Completion(id="r", model="m", status="ok", text="an answer", attempts=1)
+    value = encode(comp)
+    t0 = time.process_time()
+    for i in range(n):
+        rec = InputRecord(topic="p", partition=0, offset=i, value=b"{}", key=b"k")
+        mt = tracing.start_message(rec)
+        with tracing.activate(mt):
+            span = tracing.attempt_started(cand, target, request, 1, None)
+            if span is not None:
+                tracing.attempt_finished(span, target, result, None)
+        out = Outcome(topic="c", value=value, key=b"k", headers=None, completion=comp)
+        tracing.finish_message(mt, out)
+        Tracing.delivered(out)
+    exporter.flush()
+    cost = (time.process_time() - t0) / n * 1e6
+    provider.shutdown()
+    return cost
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(float(r[key]) for r in runs))
 
@@ -269,6 +343,11 @@ def run_telemetry_bench(args: argparse.Namespace) -> int:
         "throughput_change_pct": round((rate_on / rate_off - 1) * 100, 2),
         "spans_per_message_on": round(_median(on, "spans_exported") / args.count, 3),
         "recorder_us_per_outcome": round(recorder_cost_us(), 2),
+        "tracing_us_per_message": {
+            "spans": round(tracing_cost_us(args.sample, otlp=False), 2),
+            "spans_and_otlp_encoding": round(tracing_cost_us(args.sample, otlp=True), 2),
+            "not_sampled": round(tracing_cost_us(0.0, otlp=False), 2),
+        },
         "runs": results,
     }
     print(json.dumps(report))
