@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from worker.app import App
@@ -59,16 +61,20 @@ def test_bad_values_stop_the_worker_naming_the_variable(env: dict[str, str], nam
         load_settings({**COLLECTOR, **env})
 
 
-def test_grpc_without_its_exporter_says_what_to_install() -> None:
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
-    try:
-        import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the gRPC exporter is installed here")
+def test_grpc_without_its_exporter_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without_grpc(name: str, *a: Any) -> Any:  # as in an install without the extra
+        return None if name.startswith("opentelemetry.exporter.otlp.proto.grpc") else real(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_grpc)
     with pytest.raises(ConfigError, match=r"llm-worker\[grpc\]"):
         load_settings({**COLLECTOR, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    monkeypatch.undo()
+    grpc = load_settings({**COLLECTOR, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})  # installed here
+    assert otel_config(grpc.otel_env).protocol == "grpc"
 
 
 def test_otlp_headers_and_endpoint_credentials_never_show() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -403,3 +404,30 @@ async def test_a_dead_letter_keeps_its_headers_and_continues_the_trace(
     got = dict(out.headers or [])
     assert got["app"] == b"kept" and got["llm_worker.reason"] == b"invalid_json"
     assert got["traceparent"] == f"00-{TRACE_ID}-{send.context.span_id:016x}-01".encode()
+
+
+async def test_each_outcome_log_line_names_its_trace_and_span(
+    fake: FakeServer, sessions: SessionPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # new traces are not sampled; a producer's decision is followed
+    tracing = Tracing(provider, group_id="g1", sampler=HeadSampler("parentbased_always_off"))
+    h = Harness(Registry(row(fake)), sessions, tracing)
+    other = "0af7651916cd43dd8448eb211c80319c"
+    unsampled = f"00-{other}-b7ad6b7169203331-00"  # the producer decided: not traced
+    with caplog.at_level(logging.INFO, logger="llm_worker.outcome"):
+        outs = await h.run(
+            record(1, headers=[("traceparent", PARENT.encode())]),
+            record(2, headers=[("traceparent", unsampled.encode())]),
+            record(3),
+        )
+    lines = {r.request_id: r for r in caplog.records if r.getMessage() == "completion"}
+    (process,) = by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
+    sampled = lines["req-1"]
+    assert (sampled.trace_id, sampled.span_id) == (TRACE_ID, f"{process.context.span_id:016x}")
+    assert (lines["req-2"].trace_id, lines["req-2"].span_id) == (other, "b7ad6b7169203331")
+    # a new trace, not sampled: the ids its completion record carries on
+    tp = dict(outs[2].headers or [])["traceparent"].decode()
+    assert (lines["req-3"].trace_id, lines["req-3"].span_id) == (tp[3:35], tp[36:52])
