@@ -23,6 +23,7 @@ from adapters.secrets import SecretStore
 from adapters.sessions import SessionPool
 from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
+from worker.calling.breaker import BreakerBoard, BreakerConfig
 from worker.calling.caller import Caller
 from worker.cli.fake_server import FakeServer, start_fake_server
 from worker.config import load_settings
@@ -57,6 +58,7 @@ class Harness:
         tracing: Tracing | None,
         *,
         dedup: bool = False,
+        breakers: BreakerBoard | None = None,
         **settings: Any,
     ) -> None:
         self.settings = load_settings({}, group_id="g1", max_attempts=2, **settings)
@@ -66,6 +68,7 @@ class Harness:
             SecretStore(None, env={"FAKE_KEY": "sk-test-0123456789abcdefSECRET"}),
             self.metrics,
             max_attempts=2,
+            breakers=breakers,
             observer=AttemptObserver(self.metrics, tracing),
         )
         self.pipeline = Pipeline(
@@ -431,3 +434,34 @@ async def test_each_outcome_log_line_names_its_trace_and_span(
     # a new trace, not sampled: the ids its completion record carries on
     tp = dict(outs[2].headers or [])["traceparent"].decode()
     assert (lines["req-3"].trace_id, lines["req-3"].span_id) == (tp[3:35], tp[36:52])
+
+
+async def test_a_wait_for_a_half_open_probe_shows_on_the_trace(
+    fake: FakeServer, sessions: SessionPool
+) -> None:
+    fake.set_profile("down", error_rate=1.0, error_status=503)
+    tracing, exporter = in_memory()
+    # the cooldown outlasts the first backoff (<= 1 s) with room to spare: the second pass
+    # finds the breaker open and waits for its half-open probe
+    breakers = BreakerBoard(BreakerConfig(min_requests=1, cooldown_s=3.0, probes=1))
+    h = Harness(
+        Registry(row(fake, endpoint=fake.endpoint("down"))), sessions, tracing, breakers=breakers
+    )
+
+    async def recover() -> None:  # the endpoint heals once it has failed once
+        while not fake.calls("down"):
+            await asyncio.sleep(0.005)
+        fake.set_profile("down", error_rate=0.0)
+
+    healing = asyncio.create_task(recover())
+    (out,) = await h.run(record(1))
+    await healing
+    assert out.completion is not None and out.completion.status == "ok"
+    (process,) = by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
+    events = [(e.name, dict(e.attributes or {})) for e in process.events]
+    names = [name for name, _ in events]
+    # failed -> breaker open -> backoff -> skipped as open -> waits for the probe -> answered
+    assert "llm_worker.circuit_open" in names
+    held = [attrs for name, attrs in events if name == "llm_worker.held"]
+    assert [a["reason"] for a in held][-1] == "circuit_open"
+    assert held[-1]["llm_worker.endpoint"] == "m/primary" and float(held[-1]["wait_s"]) > 0  # type: ignore[arg-type]
