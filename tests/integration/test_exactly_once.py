@@ -1,7 +1,8 @@
 """Exactly-once mode on a real broker: a read_committed consumer of the completions sees every
-id exactly once, across SIGKILLs of the worker; duplicates in the input's dedup window are in
-the same transactions. The at-least-once run of the same script is the control: it shows the
-duplicates that the mode removes."""
+id exactly once, across SIGKILLs of the worker (on a broker that hides aborted transactions
+from such a consumer: Apache Kafka does, Tansu 0.6 does not); duplicates in the input's dedup
+window are in the same transactions. The at-least-once run of the same script is the control:
+it shows the duplicates that the mode removes."""
 
 from __future__ import annotations
 
@@ -133,4 +134,10 @@ def test_sigkills_leave_no_duplicate_for_a_read_committed_consumer(
     assert all(d["status"] == "ok" for d in docs)
     assert any(d["deduplicated"] for d in docs)
     if guarantee == "exactly_once":
+        if not kh.hides_aborted_transactions(bs):
+            pytest.skip(
+                "this broker shows aborted transactions to read_committed consumers (Tansu 0.6), "
+                f"so aborted or fenced outcomes are read ({dups} duplicates in this run); "
+                "the no-duplicate check runs on Apache Kafka (make test-kafka)"
+            )
         assert dups == 0

@@ -24,7 +24,6 @@ from registry.models import ModelRow
 from registry.resolve import resolve
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
-from tests.integration.conftest import ON_KAFKA
 from tests.integration.test_failover import Stream, wait_for
 from worker.app import App
 from worker.calling.routing import health_key
@@ -416,19 +415,14 @@ async def test_replicas_split_a_row_limit(
     assert not errors, errors
 
 
-@pytest.mark.xfail(
-    ON_KAFKA,
-    strict=True,
-    reason="needs worker/stream (issue 8) to resume partitions on assign: on Apache Kafka the "
-    "first replica forms the group alone, holds (pauses) its partitions full of rate-limited "
-    "work, and librdkafka keeps that pause across the eager revoke/assign when the second "
-    "joins, so the partitions it gets back are never fetched again",
-)
 async def test_a_replica_joining_a_rate_limited_backlog_takes_its_half(
     make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
 ) -> None:
     """The backlog is there before the replicas: one joins while the other is full of work
-    waiting for the limit. Together they still reach (not just stay within) the row's limit."""
+    waiting for the limit. Together they still reach (not just stay within) the row's limit.
+    (On Apache Kafka the first replica forms the group alone and holds its partitions, and
+    librdkafka keeps that pause across the eager revoke/assign: this failed until the bridge
+    resumed partitions on assign, issue 8.)"""
     s = make_settings(shutdown_timeout_s=2.0)
     fake.set_profile("rlj", latency_ms=5)
     upsert_row(pg_dsn, _row("m1", fake.endpoint("rlj"), rpm_limit=600))

@@ -97,7 +97,7 @@ async def test_metrics_and_readiness_after_known_prompts(
 
     assert value("llm_worker_completions_total", model="m1", status="ok") == 3
     assert value("llm_worker_completions_total", model="m2", status="error") == 1
-    # a model the registry has no row for is labelled `unknown` (input cannot add series)
+    # a model the registry does not know is not a label value (labels never come from input)
     assert value("llm_worker_completions_total", model="unknown", status="error") == 1
     assert value("llm_worker_completions_total", model="no-such-model", status="error") == 0
     assert value("llm_worker_completion_errors_total", type="unknown_model") == 1

@@ -35,7 +35,8 @@ from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
 from .kafka import KafkaBridge, KafkaError, Message
 from .offsets import OffsetTracker, PartitionOffsets
 from .outbox import Key, Outbox
-from .settle import every, finish_or_abandon
+from .rebalance import Rebalancing
+from .settle import every
 from .transactions import ExactlyOnce, OrderedOutbox, TransactionAborted
 
 __all__ = ["Stages", "Worker"]
@@ -44,10 +45,9 @@ log = logging.getLogger("llm_worker")
 
 FLUSH_FLOOR_S = 1.0  # the producer flush at shutdown gets at least this, even past the deadline
 HOLD_AFTER_S = 1.0  # full this long, hold every partition (a resume costs a refetch)
-HOOK_MARGIN_S = 5.0  # a rebalance hook waits this much beyond the shutdown timeout
 
 
-class Worker:
+class Worker(Rebalancing):
     def __init__(
         self,
         *,
@@ -96,6 +96,8 @@ class Worker:
         self._revoked_now: set[Key] = set()
         self._stopping = asyncio.Event()
         self._deadline: float | None = None
+        self._rewinds = 0  # exactly-once: rewinds begun; a batch taken before one is stale
+        self._rewinding: asyncio.Event | None = None  # set when the rewind's seek is done
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fatal: str | None = None  # why a fatal Kafka error stopped the worker
@@ -103,114 +105,6 @@ class Worker:
         bridge.set_fatal_hook(self.on_fatal)
         metrics.in_flight.set_function(lambda: self.in_flight)
         self.counters: dict[str, int] = {"consumed": 0, "commits": 0, "lost": 0}
-
-    # -- hooks called from the consumer thread ---------------------------------------------
-    def on_assign(self, keys: list[Key]) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._assigned, keys)  # before the records it fetches
-        else:
-            self._assigned(keys)
-
-    def on_revoke(self, keys: list[Key]) -> dict[Key, int]:
-        loop = self._loop
-        if loop is None or loop.is_closed() or self._closing:
-            return {}  # shutdown has settled and committed everything already
-        fut = asyncio.run_coroutine_threadsafe(self._settle(keys), loop)
-        try:
-            return fut.result(timeout=self._shutdown_timeout + HOOK_MARGIN_S)
-        except TimeoutError:
-            fut.cancel()  # its cleanup touches only the assignment it settled
-            log.error("settling revoked partitions %s timed out; committing nothing", keys)
-            return {}
-
-    def on_lost(self, keys: list[Key]) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            fut = asyncio.run_coroutine_threadsafe(self._drop_lost(keys), loop)
-            try:
-                fut.result(timeout=HOOK_MARGIN_S + 30)  # exactly-once aborts: up to 30 s
-            except TimeoutError:
-                fut.cancel()
-
-    def on_fatal(self, reason: str) -> None:
-        """A Kafka client is unusable (called on the loop): stop at once, exit non-zero."""
-        if self.fatal is None:
-            self.fatal = reason
-            log.critical("fatal Kafka error, stopping: %s", reason)
-            self.stop(deadline_s=0.0)
-
-    # -- rebalance work, on the loop --------------------------------------------------------
-    def _assigned(self, keys: list[Key]) -> None:
-        self._revoked_now.difference_update(keys)
-        self._owned.update(keys)
-        self._flow.forget(keys)  # the bridge resumed them: they start unpaused
-
-    async def _settle(self, keys: list[Key]) -> dict[Key, int]:
-        self._revoked_now.update(keys)
-        settled = {k: self._tracker.get(k) for k in keys}
-        deadline = self._loop_time() + self._shutdown_timeout
-        if self._deadline is not None:  # revoked while shutting down: the same deadline
-            deadline = min(deadline, self._deadline)
-        try:
-            await self._finish_or_abandon(keys, deadline)
-            if self._eos is not None:  # offsets go with the transaction, before release
-                await self.commit_now()
-                return {}
-            commits = {
-                k: off
-                for k, (off, _epoch) in self._tracker.pending_commits(keys).items()
-                if self._tracker.get(k) is settled[k]
-            }
-        finally:
-            self._forget(keys, settled)
-        return commits
-
-    async def _drop_lost(self, keys: list[Key]) -> None:
-        self._revoked_now.update(keys)
-        settled = {k: self._tracker.get(k) for k in keys}
-        tasks = [t for k in keys for t in self._by_part.get(k, ())]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.counters["lost"] += len(keys)
-        self._forget(keys, settled)
-        if self._eos is not None:  # the open transaction holds their outcomes: abort it
-            await self._eos.abort()
-            await self._rewind()
-
-    async def _rewind(self) -> None:
-        """Exactly-once, after an abort: drop all work and read again from the commits."""
-        keys = sorted(self._owned | self._bridge.assignment)
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._forget(keys, {k: self._tracker.get(k) for k in keys})
-        self._outbox.forget()
-        self._owned.update(self._bridge.assignment)
-        assert self._eos is not None
-        await self._eos.rewind(keys)
-
-    def _forget(self, keys: list[Key], settled: dict[Key, PartitionOffsets | None]) -> None:
-        self._tracker.drop(keys, only=settled)
-        self._owned.difference_update(keys)
-        for k in keys:
-            self._by_part.pop(k, None)
-        self._flow.forget(keys)
-
-    async def _finish_or_abandon(self, keys: list[Key] | None, deadline: float) -> None:
-        def tasks() -> set[asyncio.Task[None]]:
-            if keys is None:
-                return set(self._tasks)
-            return {t for k in keys for t in self._by_part.get(k, ())}
-
-        def unfinished() -> int:
-            if keys is None:
-                return self._tracker.in_flight()
-            return sum(self._tracker.in_flight(*k) for k in keys)
-
-        await finish_or_abandon(tasks, unfinished, self._outbox, deadline)
 
     # -- main loop -------------------------------------------------------------------------
     def stop(self, *, deadline_s: float | None = None) -> None:
@@ -264,6 +158,9 @@ class Worker:
     async def _consume_loop(self) -> None:
         bridge, flow = self._bridge, self._flow
         while not self._stopping.is_set():
+            if self._rewinding is not None:
+                await self._rewinding.wait()
+                continue
             self._max_in_flight = self._limits.now(len(self._owned), self._flow)
             free = self._max_in_flight - self.in_flight
             if free <= 0:
@@ -272,17 +169,19 @@ class Worker:
                 # Still full: hold every partition and keep polling (rebalances are served and
                 # the group keeps this member, however long the work in flight takes)
                 await flow.hold_all(self._owned | bridge.assignment)
-                self._dispatch_all(await bridge.consume(1, 0.1))  # at most one, if any
+                await self._take(1, 0.1)  # at most one, if any
                 continue
             await flow.apply(
                 self._owned,
                 self._tracker.in_flight,
                 crowded=self.in_flight > self._max_in_flight * 3 // 4,
             )
-            self._dispatch_all(await bridge.consume(min(self._batch, free), 0.05))
+            await self._take(min(self._batch, free), 0.05)
 
-    def _dispatch_all(self, msgs: list[Message]) -> None:
-        if msgs:
+    async def _take(self, n: int, timeout: float) -> None:
+        rewinds = self._rewinds
+        msgs = await self._bridge.consume(n, timeout)
+        if msgs and rewinds == self._rewinds:  # else fetched before a rewind's seek: stale
             for msg in msgs:
                 self._dispatch(msg)
             self._metrics.consumed.inc(len(msgs))
@@ -362,15 +261,17 @@ class Worker:
         self._outbox.send(rec, outcome, offsets)
 
     # -- commits ---------------------------------------------------------------------------
-    async def commit_now(self) -> dict[Key, int]:
+    async def commit_now(self, *, in_hook: bool = False) -> dict[Key, int]:
         """Commit the safe offsets, in the assignment they were computed in (exactly-once:
         commit the transaction, or abort it and rewind)."""
         if self._eos is not None:
+            if self._rewinding is not None:
+                return {}  # nothing is tracked until the rewind's seek is done
             try:
                 done = await self._eos.commit(self._tracker)
             except TransactionAborted as exc:
                 log.warning("transaction aborted (%s); rewinding", exc)
-                await self._rewind()
+                await self._rewind(in_hook=in_hook)
                 return {}
         else:
             pending = self._tracker.pending_commits()

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..ops.metrics import Metrics
 from ..records import InputRecord, Outcome
-from .kafka import OFFSET_BEGINNING, KafkaBridge, KafkaException, TopicPartition
+from .kafka import OFFSET_BEGINNING, KafkaBridge, KafkaError, KafkaException, TopicPartition
 from .offsets import OffsetTracker, PartitionOffsets
 from .outbox import Outbox, Sent, Spawn
 
@@ -39,6 +39,7 @@ log = logging.getLogger("llm_worker.transactions")
 
 Key = tuple[str, int]
 
+PURGED = frozenset((KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT))
 COMMIT_WAIT_S = 30.0
 """How long a commit waits for the released outcomes' acknowledgements before it aborts."""
 
@@ -93,7 +94,9 @@ class OrderedOutbox(Outbox):
     def _on_acks(self, acks: list[tuple[Any, Any]]) -> None:
         failed = [err for _sent, err in acks if err is not None]
         if failed:  # inside a transaction a failed record taints it: abort, do not retry
-            self.tainted = self.tainted or str(failed[0])
+            real = [e for e in failed if getattr(e, "code", lambda: None)() not in PURGED]
+            if real:  # a record purged by an abort belongs to the aborted transaction
+                self.tainted = self.tainted or str(real[0])
             self.unacked -= len(failed)
             acks = [(sent, err) for sent, err in acks if err is None]
         super()._on_acks(acks)
@@ -119,6 +122,7 @@ class ExactlyOnce:
         async with self._lock:
             outbox, bridge = self._outbox, self._bridge
             outbox.frozen = True
+            aborted = False
             try:
                 await self._settle_released()
                 if outbox.tainted:
@@ -139,10 +143,16 @@ class ExactlyOnce:
                 self.counters["transactions"] += 1
                 return current
             except TransactionAborted:
+                aborted = True
                 await self._abort()
                 raise
             finally:
-                outbox.release_all()
+                if not aborted:  # after an abort it stays frozen until the rewind is done
+                    outbox.release_all()
+
+    def thaw(self) -> None:
+        """Let outcomes into the transaction again (after a rewind)."""
+        self._outbox.release_all()
 
     async def abort(self) -> None:
         async with self._lock:
@@ -150,6 +160,7 @@ class ExactlyOnce:
 
     async def _abort(self) -> None:
         self.counters["aborts"] += 1
+        self._outbox.frozen = True  # nothing enters the next transaction before the rewind
         self._outbox.tainted = None
         producer = self._bridge.producer
         try:
@@ -175,20 +186,22 @@ class ExactlyOnce:
             except TimeoutError:
                 pass
 
-    async def rewind(self, keys: list[Key]) -> None:
-        """Seek `keys` back to their committed offsets (the start when none is committed)."""
-        if not keys:
-            return
+    async def rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset (the start when none
+        is committed), on the consumer thread."""
         consumer = self._bridge.consumer
 
-        def seek() -> None:
-            tps = [TopicPartition(t, p) for t, p in keys]
+        def seek() -> int:
+            tps = consumer.assignment()
+            if not tps:
+                return 0
             for tp in consumer.committed(tps, timeout=30):
                 offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
                 try:
                     consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
                 except KafkaException as exc:  # not fetching yet: it starts at committed
                     log.debug("seek %s/%s: %s", tp.topic, tp.partition, exc)
+            return len(tps)
 
-        await self._bridge.on_consumer_thread(seek)
-        log.warning("rewound %d partitions to their committed offsets", len(keys))
+        n = await self._bridge.on_consumer_thread(seek)
+        log.warning("rewound %d partitions to their committed offsets", n)
