@@ -32,9 +32,12 @@ COPY adapters ./adapters
 COPY registry ./registry
 COPY migrations ./migrations
 # A non-editable install from pyproject.toml: the package and its dependencies land in the venv;
-# the source tree stays behind in this stage. Byte-compile here, because at run time the
-# filesystem is read-only.
-RUN pip install --no-cache-dir . \
+# the source tree stays behind in this stage. The `grpc` extra: OTLP over gRPC as well as HTTP
+# (OTEL_EXPORTER_OTLP_PROTOCOL=grpc, the chart's `otel.protocol`). Byte-compile here, because at
+# run time the filesystem is read-only. DL3013 (pin versions) mistakes ".[grpc]" for a package
+# name: this is the project itself, whose pins are in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[grpc]" \
     && python -m compileall -q /opt/venv \
     && llm-worker --help > /dev/null
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 from yarl import URL
@@ -57,6 +57,7 @@ class _MessageResponse(msgspec.Struct):
     id: str | None = None
     stop_reason: str | None = None
     usage: _Usage | None = None
+    model: Any = None  # informational: never fail an answer over it
 
 
 _encode = msgspec.json.Encoder().encode
@@ -129,6 +130,8 @@ class AnthropicAdapter(HTTPAdapter):
             input_tokens=(usage.input_tokens or 0) if usage is not None else 0,
             output_tokens=(usage.output_tokens or 0) if usage is not None else 0,
             request_id=request_id or answer.id,
+            response_id=answer.id,
+            response_model=answer.model if isinstance(answer.model, str) else None,
         )
 
     def error_class(self, status: int, info: ErrorBody) -> type[ProviderError]:

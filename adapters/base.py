@@ -51,6 +51,8 @@ class ProviderResult(msgspec.Struct, frozen=True, kw_only=True):
     input_tokens: int = 0
     output_tokens: int = 0
     request_id: str | None = None
+    response_id: str | None = None  # the answer's own id (chatcmpl-..., msg_...), if it has one
+    response_model: str | None = None  # the model that answered, as the provider names it
 
 
 class Adapter(Protocol):

@@ -99,6 +99,7 @@ class _GenerateResponse(msgspec.Struct, rename="camel"):
     usage_metadata: _UsageMetadata | None = None
     prompt_feedback: _PromptFeedback | None = None
     response_id: str | None = None
+    model_version: Any = None  # informational: never fail an answer over it
 
 
 _encode = msgspec.json.Encoder().encode
@@ -194,6 +195,8 @@ class GeminiAdapter(HTTPAdapter):
             input_tokens=usage.prompt_token_count if usage is not None else 0,
             output_tokens=usage.candidates_token_count if usage is not None else 0,
             request_id=request_id,
+            response_id=answer.response_id,
+            response_model=answer.model_version if isinstance(answer.model_version, str) else None,
         )
 
     def _filtered(self, target: Target, why: str, request_id: str | None) -> ProviderError:

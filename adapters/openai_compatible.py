@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 from yarl import URL
@@ -49,6 +49,7 @@ class _ChatCompletion(msgspec.Struct):
     choices: list[_Choice]
     id: str | None = None
     usage: _Usage | None = None
+    model: Any = None  # informational: never fail an answer over it
 
 
 _encode = msgspec.json.Encoder().encode
@@ -104,6 +105,8 @@ class OpenAICompatibleAdapter(HTTPAdapter):
             input_tokens=(usage.prompt_tokens or 0) if usage is not None else 0,
             output_tokens=(usage.completion_tokens or 0) if usage is not None else 0,
             request_id=request_id or answer.id,
+            response_id=answer.id,
+            response_model=answer.model if isinstance(answer.model, str) else None,
         )
 
 

@@ -20,9 +20,13 @@ from .calling.routing import Objective, Router
 from .config import Settings, kafka_property_error
 from .dedup import DedupWindow
 from .housekeeping import Housekeeping
+from .ops.attempts import AttemptObserver
 from .ops.http import HealthServer
+from .ops.kafkastats import KafkaStats
 from .ops.looplag import LoopLag
 from .ops.metrics import ComponentCollector, Metrics
+from .ops.outcomes import OutcomeRecorder
+from .ops.tracing import Tracing
 from .pipeline import Pipeline
 from .stream.admin import AdminClient, ensure_topics, group_members, wait_for_broker
 from .stream.consumer import Worker
@@ -64,6 +68,8 @@ class App:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.tracing = Tracing.from_settings(settings)
+        """None when tracing is off (no OTLP endpoint): nothing on the hot path then."""
         self.registry = (
             registry
             if registry is not None
@@ -115,8 +121,12 @@ class App:
             loop_lag=self.loop_lag,
             wait_when_open=settings.breaker_when_all_open == "wait",
             concurrency=ConcurrencyLimits(cap=settings.max_in_flight),
+            observer=AttemptObserver(self.metrics, self.tracing),
         )
-        self.pipeline = Pipeline(settings, self.registry, caller, self.metrics, dedup=self.dedup)
+        self.pipeline = Pipeline(
+            settings, self.registry, caller, self.metrics, dedup=self.dedup, tracing=self.tracing
+        )
+        self.kafka_stats = KafkaStats()
         self.metrics.registry.register(
             ComponentCollector(
                 dedup=self.dedup.stats if self.dedup is not None else None,
@@ -125,6 +135,8 @@ class App:
                 choices=lambda: dict(self.router.choices),
                 loop_lag=lambda: self.loop_lag.total,
                 circuit_waiting=lambda: caller.circuit_waiting,
+                consumer_lag=self._consumer_lag,
+                producer_queue=lambda: self.kafka_stats.producer_queue,
                 held=self._held,
                 demoted=self.breakers.demotions,
                 concurrency=caller.concurrency.stats,
@@ -138,7 +150,9 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self.bridge = bridge if bridge is not None else KafkaBridge(settings)
+        self.bridge = (
+            bridge if bridge is not None else KafkaBridge(settings, self.kafka_stats.update)
+        )
         self.worker = Worker(
             bridge=self.bridge,
             pipeline=self.pipeline,
@@ -151,6 +165,7 @@ class App:
             rate_limited=lambda: caller.held,
             intake=lambda: max(MIN_INTAKE, caller.concurrency.total() * 3 // 2),
             max_in_flight_bytes=settings.max_in_flight_bytes,
+            recorder=OutcomeRecorder(self.metrics, log_outcomes=settings.log_outcomes),
         )
         self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke, self.worker.on_lost)
         self.housekeeping = Housekeeping(
@@ -250,27 +265,59 @@ class App:
             self._group_changed.clear()
             await asyncio.sleep(1.0)  # let the rebalance finish on every member
 
+    def _consumer_lag(self) -> dict[tuple[str, int], int]:
+        assigned = self.bridge.assignment
+        return {k: n for k, n in self.kafka_stats.lag.items() if k in assigned}
+
     def live(self) -> tuple[bool, dict[str, Any]]:
-        """Liveness: false once a Kafka client is fatally broken (restart the process)."""
+        """Liveness (any thread): false once a Kafka client is fatally broken or the event loop
+        has not run for `loop_stall_s` (restart the process)."""
         fatal = self.worker.fatal or self.bridge.fatal
-        return fatal is None, ({"fatal": fatal} if fatal else {})
+        stalled = self.loop_lag.stalled_for()
+        detail: dict[str, Any] = {"event_loop_stalled_s": round(stalled, 3)}
+        if fatal:
+            detail["fatal"] = fatal
+        if stalled >= self.settings.loop_stall_s:
+            detail["event_loop"] = f"stalled for {stalled:.1f} s"
+        return fatal is None and stalled < self.settings.loop_stall_s, detail
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness, with each check and its state (on the loop)."""
         reg = self.registry
+        fatal = self.worker.fatal or self.bridge.fatal
+        up = self.kafka_stats.brokers_up  # None: no statistics yet
+        broker_ok = self._broker_ok and up != 0
+        assigned = len(self.bridge.assignment)
+        stopping = self.worker.stopping
+        registry_state = "not_loaded" if not reg.loaded else "stale" if reg.stale else "loaded"
+        checks: dict[str, dict[str, Any]] = {
+            "broker": {
+                "ok": broker_ok,
+                "state": "reachable" if broker_ok else "unreachable" if up == 0 else "starting",
+                "brokers_up": up,
+            },
+            "registry": {"ok": reg.loaded, "state": registry_state},
+            "assignment": {  # waiting is fine: more replicas than partitions
+                "ok": True,
+                "state": "assigned" if assigned else "waiting",
+                "partitions": assigned,
+            },
+            "shutdown": {"ok": not stopping, "state": "shutting_down" if stopping else "running"},
+            "kafka_clients": {"ok": fatal is None, "state": f"fatal: {fatal}" if fatal else "ok"},
+        }
         detail: dict[str, Any] = {
-            "broker": self._broker_ok,
+            "checks": checks,
+            "broker": broker_ok,
             "registry_loaded": reg.loaded,
             "registry_stale": reg.stale,
-            "assigned_partitions": len(self.bridge.assignment),
+            "assigned_partitions": assigned,
             "group_members": self._group_members or None,  # None: the broker does not say
             "ratelimit_share": self.limiter.share,
             "worker": self.worker.stats(),
         }
         self.metrics.registry_stale.set(1 if reg.stale else 0)
         self.metrics.registry_rows.set(len(reg.rows) if reg.loaded else 0)
-        live, _ = self.live()
-        ok = self._broker_ok and reg.loaded and not self.worker.stopping and live
-        return ok, detail
+        return all(c["ok"] for c in checks.values()), detail
 
     async def start(self) -> None:
         try:
@@ -283,6 +330,7 @@ class App:
 
     async def _start(self) -> None:
         s = self.settings
+        self.loop_lag.start()  # first: liveness watches its ticks
         if self.health is not None:
             await self.health.start()
         admin = await asyncio.to_thread(self._connect_admin, s, s.broker_wait_s)
@@ -295,7 +343,6 @@ class App:
         topic_meta = meta.topics.get(s.prompts_topic)
         self._topic_partitions = len(topic_meta.partitions) if topic_meta is not None else 0
         await self.registry.start(timeout=s.registry_wait_s)
-        self.loop_lag.start()
         self._loop = asyncio.get_running_loop()
         await self.bridge.start()
         self._watcher = asyncio.create_task(self._watch_group(admin), name="group-watch")
@@ -325,6 +372,8 @@ class App:
         await self.registry.close()
         if self.health is not None:
             await self.health.close()
+        if self.tracing is not None:  # what is left goes out now, within a few seconds
+            await asyncio.to_thread(self.tracing.close)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[App]:

@@ -18,6 +18,8 @@ import msgspec
 
 from registry._db import redact_dsn
 
+from .ops.otelconf import otel_problem, redacted_env
+
 __all__ = [
     "ConfigError",
     "Settings",
@@ -30,6 +32,7 @@ __all__ = [
 
 PREFIX = "LLM_WORKER_"
 KAFKA_PREFIX = "LLM_WORKER_KAFKA_"
+OTEL_PREFIX = "OTEL_"
 
 
 class ConfigError(ValueError):
@@ -62,6 +65,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     broker_wait_s: float = 60.0
     registry_wait_s: float = 60.0
     gc_gen0_threshold: int = 20_000
+    log_outcomes: str = "all"  # all | errors | none: which outcomes get their JSON line
+    trace_content: bool = False  # prompt and completion text on spans (personal data!)
+    loop_stall_s: float = 10.0  # /healthz fails when the event loop has not run for this long
     dedup_enabled: bool = True
     dedup_window_s: float = 60.0
     dedup_max_entries: int = 100_000
@@ -85,19 +91,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)
+    otel_env: dict[str, str] = msgspec.field(default_factory=dict)
+    """Every `OTEL_*` variable (the OpenTelemetry SDK's own names), read by `ops.otelconf`."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
             f"{f}={getattr(self, f)!r}"
             for f in self.__struct_fields__
-            if f not in ("database_url", "kafka_extra", "endpoint_limits")
+            if f not in ("database_url", "kafka_extra", "endpoint_limits", "otel_env")
         )
         extra = {k: ("***" if _is_secret_key(k) else v) for k, v in self.kafka_extra.items()}
         dsn = redact_dsn(self.database_url)
         limits = _USERINFO.sub("//***@", self.endpoint_limits)
         return (
             f"Settings({shown}, database_url={dsn!r}, kafka_extra={extra!r}, "
-            f"endpoint_limits={limits!r})"
+            f"endpoint_limits={limits!r}, otel_env={redacted_env(self.otel_env)!r})"
         )
 
     __str__ = __repr__
@@ -191,8 +199,11 @@ def load_settings(
     fields = {f: t for f, t in zip(Settings.__struct_fields__, _field_types(), strict=True)}
     values: dict[str, Any] = {}
     kafka_extra: dict[str, str] = {}
+    otel_env: dict[str, str] = {}
     for var, raw in source.items():
-        if var in _FIXED:
+        if var.startswith(OTEL_PREFIX):
+            otel_env[var] = raw
+        elif var in _FIXED:
             if _FIXED[var] in wanted:
                 values[_FIXED[var]] = raw
         elif var.startswith(KAFKA_PREFIX):
@@ -205,13 +216,15 @@ def load_settings(
                 continue
             values[name] = _convert(var, raw, fields[name])
     values["kafka_extra"] = kafka_extra
+    if "otel_env" in wanted:
+        values["otel_env"] = otel_env
     values.update(overrides)
     settings = Settings(**values)
     _validate(settings, wanted | set(overrides))
     return settings
 
 
-_NOT_PREFIXED = ("kafka_extra", "kafka_bootstrap_servers", "database_url")
+_NOT_PREFIXED = ("kafka_extra", "kafka_bootstrap_servers", "database_url", "otel_env")
 
 
 def _field_types() -> list[type]:
@@ -303,6 +316,8 @@ _CHECKS: dict[str, Check] = {
     "broker_wait_s": _above(0),
     "registry_wait_s": _above(0),
     "gc_gen0_threshold": _between(0, 2**31 - 1),  # gc.set_threshold takes a C int
+    "log_outcomes": _one_of("all", "errors", "none"),
+    "loop_stall_s": _above(0),
     "dedup_window_s": _above(0),
     "dedup_max_entries": _at_least(1),
     "dedup_max_bytes": _at_least(1),
@@ -370,6 +385,8 @@ def _validate(s: Settings, fields: Collection[str]) -> None:
         s.limits("endpoint")
     if "tenant_limits" in fields:
         s.limits("tenant")
+    if "otel_env" in fields and (problem := otel_problem(s.otel_env)):
+        raise ConfigError(problem)
     topics = ("prompts_topic", "completions_topic", "dlq_topic")
     if all(t in fields for t in topics):
         for out in topics[1:]:

@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from adapters.base import Message as ProviderMessage
+from adapters.base import ProviderRequest
+
 __all__ = [
     "ChatMessage",
     "Completion",
@@ -23,6 +26,7 @@ __all__ = [
     "decode_prompt",
     "encode",
     "prompt_schema",
+    "provider_request",
 ]
 
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -187,3 +191,27 @@ def prompt_schema() -> dict[str, Any]:
 
 def completion_schema() -> dict[str, Any]:
     return _schema(Completion, "llm-worker completion (topic llm_completions)")
+
+
+def provider_request(p: Prompt) -> ProviderRequest:
+    """The adapters' request for a prompt (stop as a tuple, messages as theirs)."""
+    stop: tuple[str, ...] | None
+    if p.stop is None:
+        stop = None
+    elif isinstance(p.stop, str):
+        stop = (p.stop,)
+    else:
+        stop = tuple(p.stop)
+    return ProviderRequest(
+        messages=(
+            tuple(ProviderMessage(m.role, m.content) for m in p.messages)
+            if p.messages is not None
+            else None
+        ),
+        prompt=p.prompt,
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        stop=stop,
+        seed=p.seed,
+    )

@@ -2,6 +2,10 @@
 
 `Pipeline.process` never raises for bad input or provider trouble: every readable input becomes
 a completion (`ok` or `error`), every unreadable one a DLQ record. Only cancellation escapes.
+
+With tracing on (`ops.tracing`), each message's span starts in `begin` and ends with its
+outcome, whose `traceparent` then continues the trace; with it off, `tracing` is None and the
+input's `traceparent`/`tracestate` are copied to the outcome as they are.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from typing import Any, Protocol
 
 import msgspec
 
-from adapters.base import Message as ProviderMessage
 from adapters.base import ProviderRequest
 from registry.errors import RegistryError, UnknownModel
 from registry.resolve import Candidate
@@ -21,8 +24,18 @@ from registry.resolve import Candidate
 from .calling.caller import Caller, CallFailed, CallResult
 from .config import Settings
 from .dedup import DedupWindow, dedup_key
-from .messages import Completion, ErrorInfo, Prompt, Rejected, Usage, decode_prompt, encode
+from .messages import (
+    Completion,
+    ErrorInfo,
+    Prompt,
+    Rejected,
+    Usage,
+    decode_prompt,
+    encode,
+    provider_request,
+)
 from .ops.metrics import Metrics
+from .ops.tracing import MessageTrace, Tracing
 from .records import InputRecord, Outcome, record_size
 
 __all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
@@ -45,6 +58,8 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     request: ProviderRequest
     dedup_key: str | None
     deadline: float
+    started: float
+    trace: MessageTrace | None = None
 
 
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
@@ -52,29 +67,6 @@ def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
         return None
     kept = [(k, v) for k, v in rec.headers if k in PASSTHROUGH_HEADERS]
     return kept or None
-
-
-def _to_provider_request(p: Prompt) -> ProviderRequest:
-    stop: tuple[str, ...] | None
-    if p.stop is None:
-        stop = None
-    elif isinstance(p.stop, str):
-        stop = (p.stop,)
-    else:
-        stop = tuple(p.stop)
-    return ProviderRequest(
-        messages=(
-            tuple(ProviderMessage(m.role, m.content) for m in p.messages)
-            if p.messages is not None
-            else None
-        ),
-        prompt=p.prompt,
-        max_tokens=p.max_tokens,
-        temperature=p.temperature,
-        top_p=p.top_p,
-        stop=stop,
-        seed=p.seed,
-    )
 
 
 class Pipeline:
@@ -88,7 +80,9 @@ class Pipeline:
         dedup: DedupWindow[CallResult] | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._s = settings
         self._registry = registry
         self._caller = caller
@@ -115,6 +109,18 @@ class Pipeline:
         errors, an answer stored in the dedup window), else the state `finish` continues from.
         """
         started = self._clock()
+        tracing = self._tracing
+        mt = tracing.start_message(rec) if tracing is not None else None
+        step = self._begin(rec, started, mt)
+        if isinstance(step, Outcome):
+            step.started = started
+            if mt is not None:
+                self._traced(mt, step)
+        return step
+
+    def _begin(
+        self, rec: InputRecord, started: float, mt: MessageTrace | None
+    ) -> Outcome | Pending:
         decoded = decode_prompt(
             rec.value,
             max_bytes=self._s.max_message_bytes,
@@ -133,12 +139,14 @@ class Pipeline:
             if not isinstance(exc, UnknownModel):  # a row exists: a bounded label
                 out.model_label = prompt.model
             return out
-        request = _to_provider_request(prompt)
+        request = provider_request(prompt)
         key = None
         if self._dedup is not None and prompt.dedup:
             key = self._dedup_key(prompt, candidates, request)
             stored = self._dedup.get(key)
             if stored is not None:
+                if mt is not None:
+                    self._traced_follower(mt, key)
                 out = self._answered(rec, prompt, stored, shared=True)
                 out.model_label = prompt.model
                 return out
@@ -149,10 +157,37 @@ class Pipeline:
             request=request,
             dedup_key=key,
             deadline=started + self._s.request_deadline_s,
+            started=started,
+            trace=mt,
         )
 
     async def finish(self, p: Pending) -> Outcome:
         """The provider call (or the identical in-flight request's answer) and its outcome."""
+        mt = p.trace
+        if mt is None:
+            out = await self._finish(p)
+        else:
+            tracing = self._tracing
+            assert tracing is not None
+            try:
+                with tracing.activate(mt):
+                    out = await self._finish(p)
+            except BaseException as exc:
+                tracing.abandon(mt, type(exc).__name__)
+                raise
+            self._traced(mt, out)
+        out.started = p.started
+        return out
+
+    def _traced(self, mt: MessageTrace, out: Outcome) -> None:
+        assert self._tracing is not None
+        self._tracing.finish_message(mt, out)
+
+    def _traced_follower(self, mt: MessageTrace, key: str) -> None:
+        assert self._tracing is not None
+        self._tracing.follow(mt, key)
+
+    async def _finish(self, p: Pending) -> Outcome:
         shared = False
         try:
             if p.dedup_key is not None:
@@ -220,16 +255,23 @@ class Pipeline:
         async def lead() -> CallResult:
             nonlocal led
             led = True
+            if p.trace is not None and self._tracing is not None:
+                self._tracing.lead(key)
             return await self._caller.call(
                 p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
             )
 
         try:
-            return await self._dedup.run(key, lead, _result_size)
+            answer = await self._dedup.run(key, lead, _result_size)
         except CallFailed as failed:
             if not led:  # a follower: the leader's error, marked as shared
+                if p.trace is not None:
+                    self._traced_follower(p.trace, key)
                 raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
             raise
+        if answer[1] and p.trace is not None:
+            self._traced_follower(p.trace, key)
+        return answer
 
     def _failed(self, rec: InputRecord, prompt: Prompt, failed: CallFailed) -> Outcome:
         err, cand = failed.error, failed.candidate
@@ -304,15 +346,20 @@ class Pipeline:
         """An unexpected bug while processing: answer it rather than crash-loop on it. Never
         raises: when even the id cannot be read again, the record is dead-lettered."""
         message = f"internal error: {type(exc).__name__}"
+        out: Outcome | None = None
         try:
             decoded = decode_prompt(rec.value, max_bytes=2**62, max_metadata_bytes=2**62)
             if isinstance(decoded, Prompt):
-                return self._error(
+                out = self._error(
                     rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
                 )
         except Exception:
             log.exception("reading the record again failed", extra={"offset": rec.offset})
-        return self.dead_letter(rec, "internal_error", message)
+        if out is None:
+            out = self.dead_letter(rec, "internal_error", message)
+        if self._tracing is not None:  # the message's own span was lost with the bug
+            self._traced(self._tracing.start_message(rec), out)
+        return out
 
 
 def _result_size(call: CallResult) -> int:

@@ -48,6 +48,10 @@ class Outcome(msgspec.Struct, kw_only=True):
     model_label: str = "unknown"
     """`model` for metric labels: the prompt's model only when the registry knows it, so
     random names in untrusted input cannot grow the number of series."""
+    started: float = 0.0
+    """Monotonic time the worker took the input record (0: unknown), for time-to-answer."""
+    trace: Any = None
+    """The message's spans while tracing is on (`worker.ops.tracing.MessageTrace`), else None."""
 
 
 class Stages(Protocol):

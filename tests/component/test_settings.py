@@ -182,7 +182,9 @@ async def test_the_http_endpoints(provider: FakeServer) -> None:
         await wait_for(lambda: len(h.dlq()) == 1)
         await h.settled()
         async with s.get(f"{base}/healthz") as r:
-            assert r.status == 200 and (await r.json()) == {"status": "ok"}
+            live = await r.json()
+            assert r.status == 200 and live["status"] == "ok"
+            assert live["event_loop_stalled_s"] < 10
         async with s.get(f"{base}/readyz") as r:
             ready = await r.json()
             assert r.status == 200
@@ -199,6 +201,14 @@ async def test_the_http_endpoints(provider: FakeServer) -> None:
     assert ready["registry_stale"] is False and ready["broker"] is True
     assert ready["assigned_partitions"] == 2 and ready["group_members"] == 1
     assert stale["registry_stale"] is True and stale["ready"] is True
+    assert {k: c["state"] for k, c in ready["checks"].items()} == {
+        "broker": "reachable",
+        "registry": "loaded",
+        "assignment": "assigned",
+        "shutdown": "running",
+        "kafka_clients": "ok",
+    }
+    assert stale["checks"]["registry"] == {"ok": True, "state": "stale"}
     assert metrics[("llm_worker_completions_total", (("model", "m1"), ("status", "ok")))] == 1
     # unknown models share one label (untrusted input cannot grow the series)
     assert (

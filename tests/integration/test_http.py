@@ -78,7 +78,8 @@ async def test_metrics_and_readiness_after_known_prompts(
     app = App(s)
     async with app.running(), aiohttp.ClientSession() as session:
         http = Endpoints(app, session)
-        assert await http.json("/healthz") == (200, {"status": "ok"})
+        status, live = await http.json("/healthz")
+        assert status == 200 and live["status"] == "ok"
         await wait_for(lambda: bool(app.bridge.assignment), timeout=60)
         await asyncio.to_thread(kh.produce, bs, s.prompts_topic, prompts)
         await asyncio.to_thread(kh.consume, bs, s.completions_topic, 5, 60)

@@ -1,4 +1,5 @@
-"""A failing run must not leak an API key: not in logs, metrics, topics, settings or errors.
+"""A failing run must not leak an API key: not in logs, metrics, topics, settings, errors or
+the spans exported to a collector.
 
 The providers here are hostile: they echo the key they received back in JSON error bodies,
 HTML error pages, malformed 200 bodies and request-id headers; one never answers, one port
@@ -23,6 +24,7 @@ from aiohttp import web
 from registry.models import ModelRow
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
+from tests.integration.otlp_receiver import Receiver, attr_value, otlp_receiver
 from tests.unit.test_adapter_contract import (
     MODEL,
     PROFILES,
@@ -183,6 +185,26 @@ def _record_parts(record: kh.Record) -> list[bytes]:
     return [record.value or b"", record.key or b"", *headers]
 
 
+@pytest.fixture
+async def collector() -> AsyncIterator[Receiver]:
+    async with otlp_receiver() as receiver:
+        yield receiver
+
+
+def _span_texts(collector: Receiver) -> Iterator[str]:
+    """Every attribute of every span, its events and its links, and the status message."""
+    for _, span in collector.spans():
+        yield span.name
+        yield span.status.message
+        for attrs in (
+            span.attributes,
+            *(e.attributes for e in span.events),
+            *(link.attributes for link in span.links),
+        ):
+            for a in attrs:
+                yield f"{a.key}={attr_value(a.value)}"
+
+
 def _dsn_with_password(dsn: str, password: str) -> str | None:
     """The embedded server trusts local connections: give its URL a password to hide."""
     if dsn.startswith("postgresql://postgres:@"):
@@ -198,6 +220,7 @@ async def test_failing_providers_never_leak_the_key(
     hostile: Hostile,
     debug_logs: LogCapture,
     failures: list[CallFailed],
+    collector: Receiver,
 ) -> None:
     file_key = f"sk-file-{uuid.uuid4().hex}{uuid.uuid4().hex[:8]}"
     env_key = f"sk-env-{uuid.uuid4().hex}{uuid.uuid4().hex[:8]}"
@@ -215,6 +238,9 @@ async def test_failing_providers_never_leak_the_key(
     overrides: dict[str, Any] = {
         "secrets_dir": str(secrets_dir),
         "max_attempts": 2,
+        # every span exported, prompt and answer text included
+        "otel_env": {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url},
+        "trace_content": True,
     }
     dsn = _dsn_with_password(pg_dsn, db_password)
     if dsn is not None:
@@ -297,6 +323,10 @@ async def test_failing_providers_never_leak_the_key(
         assert hostile.seen[(pid, mode)], row.model_id
         assert set(hostile.seen[(pid, mode)]) == {key}, row.model_id
 
+    # the attempts that met the echoing servers were traced (as errors, with their types)
+    traced = set(_span_texts(collector))
+    assert {f"error.type={t}" for t in MODES.values()} <= traced
+
     places: dict[str, list[str | bytes]] = {
         "logs": list(debug_logs.lines),
         "metrics": [exposition, prometheus_client.generate_latest()],
@@ -304,6 +334,7 @@ async def test_failing_providers_never_leak_the_key(
         "dlq": [part for r in dead for part in _record_parts(r)],
         "settings": [repr(app.settings), str(app.settings)],
         "exceptions": [text for exc in failures for text in _exception_texts(exc)],
+        "spans": [*collector.bodies, *_span_texts(collector)],
     }
     for place, texts in places.items():
         assert texts, place

@@ -110,6 +110,15 @@ TABLE: dict[str, Row] = {
         ("SASL_SSL", {"security.protocol": "SASL_SSL"}),
         var="LLM_WORKER_KAFKA_SECURITY_PROTOCOL",
     ),
+    "log_outcomes": Row(("errors", "errors"), *BLANK, "some"),
+    "loop_stall_s": Row(("2.5", 2.5), *FLOAT, "0", "-1"),
+    "trace_content": Row(("true", True), *BOOL),
+    # every OTEL_* variable, checked by ops.otelconf (a sampler it does not know stops it)
+    "otel_env": Row(
+        ("always_off", {"OTEL_TRACES_SAMPLER": "always_off"}),
+        "sometimes",
+        var="OTEL_TRACES_SAMPLER",
+    ),
 }
 
 CHECKED_ELSEWHERE = {
@@ -118,6 +127,7 @@ CHECKED_ELSEWHERE = {
     "endpoint_limits": "parse_limits",
     "kafka_extra": "librdkafka, at start",
     "transactional_id": "any string; empty means <group>-<host>-<pid>",
+    "otel_env": "ops.otelconf, in _validate",
 }
 """Settings whose rule is not in `_CHECKS`; booleans need none (the conversion is the rule)."""
 

@@ -20,6 +20,7 @@ from registry.resolve import Candidate
 from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics
 from .breaker import BreakerBoard
+from .observer import CallObserver
 from .routing import Router
 
 __all__ = ["LAG_UNTRUSTED_SHARE", "Attempts", "DeadlineInCall"]
@@ -49,7 +50,9 @@ class Attempts:
         breakers: BreakerBoard,
         loop_lag: LoopLag | None,
         clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
     ) -> None:
+        self.observer = observer
         self._sessions = sessions
         self._secrets = secrets
         self._metrics = metrics
@@ -127,12 +130,20 @@ class Attempts:
         prepared: tuple[Target, Adapter, ClientSession],
         request: ProviderRequest,
         remaining: float,
+        attempt: int = 1,
+        retry_of: ProviderError | None = None,
     ) -> tuple[ProviderResult, float] | ProviderError:
         """One call: the result and its seconds, or the provider's error. Raises
-        `DeadlineInCall` when the request's deadline (`remaining` seconds away) ends it."""
+        `DeadlineInCall` when the request's deadline (`remaining` seconds away) ends it.
+        `attempt`: its number at this candidate; `retry_of`: the error of the request's
+        previous attempt, if any (both for the observer)."""
         target, adapter, session = prepared
         m = self._metrics
         name = cand.endpoint_name
+        obs = self.observer
+        handle = None
+        if obs is not None:
+            handle = obs.attempt_started(cand, target, request, attempt, retry_of)
         load = self.calling.get(health, 0) + 1
         self.calling[health] = load
         t0 = self._clock()
@@ -144,6 +155,8 @@ class Attempts:
             else:  # the adapter's own per-row timeout ends the attempt first
                 result = await adapter.complete(session, target, request)
         except ProviderError as exc:
+            if obs is not None:
+                obs.attempt_finished(handle, error=exc)
             m.provider_calls.labels(cand.provider, name, exc.type).inc()
             if exc.retryable:  # endpoint health; a bad request says nothing about it
                 self.router.record(health, False, self._clock() - t0)
@@ -154,9 +167,15 @@ class Attempts:
                 provider=cand.provider,
                 model=cand.upstream_model,
             )
+            if obs is not None:
+                obs.attempt_finished(handle, error=err)
             m.provider_calls.labels(cand.provider, name, err.type).inc()
             self.router.record(health, False, self._clock() - t0)
             raise DeadlineInCall(err) from None
+        except BaseException:  # cancelled: the attempt's span ends all the same
+            if obs is not None:
+                obs.attempt_finished(handle, cancelled=True)
+            raise
         finally:
             left = self.calling[health] - 1
             if left:
@@ -164,6 +183,8 @@ class Attempts:
             else:
                 del self.calling[health]
         elapsed = self._clock() - t0
+        if obs is not None:
+            obs.attempt_finished(handle, result=result)
         ok, latency = self._ok_metrics(cand)
         ok.inc()
         latency.observe(elapsed)

@@ -23,13 +23,12 @@ waiting for rate-limit capacity moves the deadline: that is capacity, not failur
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Sequence
 
 from adapters.base import ProviderRequest
 from adapters.errors import BadRequest, ProviderError, ProviderTimeout, RateLimited
-from adapters.retry import MAX_RETRY_AFTER, backoff, next_delay
+from adapters.retry import next_delay
 from adapters.secrets import SecretStore
 from adapters.sessions import SessionPool
 from registry.resolve import Candidate
@@ -39,14 +38,18 @@ from ..ops.metrics import Metrics
 from .attempt import LAG_UNTRUSTED_SHARE, Attempts, DeadlineInCall
 from .breaker import BreakerBoard
 from .concurrency import ConcurrencyLimits
-from .holds import Episode, Holds
+from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
+from .observer import CallObserver
 from .ratelimit import RateLimiter
 from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens
 from .routing import Router, endpoint_key, health_key
 
 __all__ = [
     "LAG_UNTRUSTED_SHARE",
+    "PASS_BACKOFF_BASE_S",
+    "PASS_BACKOFF_CAP_S",
     "CallFailed",
+    "CallObserver",
     "CallResult",
     "Caller",
     "CircuitOpen",
@@ -55,27 +58,7 @@ __all__ = [
 ]
 
 
-PASS_BACKOFF_BASE_S = 0.5
-"""The wait after a request's first pass over its candidates failed retryably; it doubles with
-every failed pass..."""
-PASS_BACKOFF_CAP_S = 5.0
-"""...up to this, so a held request tries again at least this often. Once the failures have
-opened the breakers, the request waits for their half-open probes instead."""
-
 _MIN_NAP_S = 0.005  # never spin: a wait that is due now still yields for this long
-
-
-def pass_delay(passes: int, error: ProviderError, *, rng: random.Random | None = None) -> float:
-    """The wait before pass `passes` + 1, after `passes` failed passes ending in `error`:
-    exponential with equal jitter (half the delay at least), never shorter than the provider's
-    Retry-After (capped at `MAX_RETRY_AFTER`)."""
-    delay = backoff(
-        passes, base=PASS_BACKOFF_BASE_S, cap=PASS_BACKOFF_CAP_S, rng=rng, jitter="equal"
-    )
-    hint = error.retry_after
-    if hint is not None and hint > delay:
-        delay = min(hint, MAX_RETRY_AFTER)
-    return delay
 
 
 class _Call:
@@ -124,7 +107,9 @@ class Caller:
         wait_when_open: bool = True,
         concurrency: ConcurrencyLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
     ) -> None:
+        self.observer = observer
         self._metrics = metrics
         self.concurrency = concurrency or ConcurrencyLimits(cap=1_000_000)
         self._max_attempts = max_attempts
@@ -140,7 +125,7 @@ class Caller:
         self.breakers.subscribe(self._on_circuit_change)
         self._clock = clock
         self._attempts = Attempts(
-            sessions, secrets, metrics, self.router, self.breakers, loop_lag, clock
+            sessions, secrets, metrics, self.router, self.breakers, loop_lag, clock, observer
         )
 
     @property
@@ -236,7 +221,7 @@ class Caller:
         start = self._clock()
         with self.holds.wait("circuit_open"):
             await self._sleep(max(min(soonest, until), start + _MIN_NAP_S), any_change=True)
-        st.held_s += self._clock() - start
+        self._held(st, "circuit_open", start, next(c for c in candidates if health_key(c) == key))
 
     async def _hold_for_retry(self, st: _Call, until: float) -> None:
         """Wait before the next pass, until `until`, the deadline, or a breaker closes."""
@@ -247,7 +232,14 @@ class Caller:
         start = self._clock()
         with self.holds.wait("retry_backoff"):
             await self._sleep(min(until, st.deadline), any_change=False)
-        st.held_s += self._clock() - start
+        self._held(st, "retry_backoff", start, cand)
+
+    def _held(self, st: _Call, reason: str, start: float, cand: Candidate | None) -> None:
+        """A hold ended: its time counts, and the message's trace shows it."""
+        waited = self._clock() - start
+        st.held_s += waited
+        if self.observer is not None and cand is not None:
+            self.observer.event("held", cand, reason=reason, wait_s=round(waited, 6))
 
     async def _sleep(self, until: float, *, any_change: bool) -> None:
         """Sleep until `until` (clock time) or a breaker changes state (`any_change`) or
@@ -287,6 +279,7 @@ class Caller:
         `circuit_open` (no call was possible: every live candidate's breaker is open) or
         `terminal` (every candidate failed terminally); `st.last` is the error to report."""
         m = self._metrics
+        obs = self.observer
         live = [c for c in candidates if health_key(c) not in st.dead] if st.dead else candidates
         objective = live[0].row.routing_objective if live else None
         limited = None
@@ -314,6 +307,8 @@ class Caller:
                     f"circuit open for {name}", provider=cand.provider, model=cand.upstream_model
                 )
                 m.provider_calls.labels(cand.provider, name, "circuit_open").inc()
+                if obs is not None:
+                    obs.event("circuit_open", cand)
                 continue
             st.last_cand = cand
             try:
@@ -328,7 +323,7 @@ class Caller:
             for attempt in range(1, self._max_attempts + 1):
                 # Waiting for capacity never fails a request; the deadline bounds the time
                 # spent calling, so it moves by however long the limiter held this one back.
-                st.deadline += await self.limiter.acquire(
+                waited = await self.limiter.acquire(
                     endpoint=limit_key,
                     model_id=row.model_id,
                     rpm=row.rpm_limit,
@@ -336,6 +331,9 @@ class Caller:
                     tenant=tenant,
                     tokens=tokens,
                 )
+                st.deadline += waited
+                if obs is not None and waited > 0:
+                    obs.event("ratelimit_wait", cand, wait_s=waited)
                 remaining = st.deadline - self._clock()
                 if remaining <= 0:
                     st.last = retry or circuit or terminal or st.last
@@ -343,9 +341,12 @@ class Caller:
                 slots = self.concurrency.get(health)
                 st.deadline += await slots.acquire()  # a wait for a slot is held, not failed
                 remaining = st.deadline - self._clock()
+                retry_of = st.last_call_error if st.attempts else None
                 st.attempts += 1
                 try:
-                    outcome = await self._attempts.call(cand, health, prepared, request, remaining)
+                    outcome = await self._attempts.call(
+                        cand, health, prepared, request, remaining, attempt, retry_of
+                    )
                 except DeadlineInCall as ended:  # what the provider said before, if anything
                     slots.release(ok=False, overloaded=True)
                     err = self._expired(st) if st.last_call_error else ended.error
@@ -389,7 +390,7 @@ class Caller:
                 start = self._clock()
                 with self.holds.wait("retry_backoff"):
                     await asyncio.sleep(delay)
-                st.held_s += self._clock() - start
+                self._held(st, "retry_backoff", start, cand)
         st.last = retry or circuit or terminal or st.last
         if retry is not None:
             return "retry"

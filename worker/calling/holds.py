@@ -22,12 +22,44 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 
-__all__ = ["HOLD_REASONS", "Episode", "Holds"]
+from adapters.errors import ProviderError
+from adapters.retry import MAX_RETRY_AFTER, backoff
+
+__all__ = [
+    "HOLD_REASONS",
+    "PASS_BACKOFF_BASE_S",
+    "PASS_BACKOFF_CAP_S",
+    "Episode",
+    "Holds",
+    "pass_delay",
+]
 
 log = logging.getLogger("llm_worker.holds")
+
+PASS_BACKOFF_BASE_S = 0.5
+"""The wait after a request's first pass over its candidates failed retryably; it doubles with
+every failed pass..."""
+PASS_BACKOFF_CAP_S = 5.0
+"""...up to this, so a held request tries again at least this often. Once the failures have
+opened the breakers, the request waits for their half-open probes instead."""
+
+
+def pass_delay(passes: int, error: ProviderError, *, rng: random.Random | None = None) -> float:
+    """The wait before pass `passes` + 1, after `passes` failed passes ending in `error`:
+    exponential with equal jitter (half the delay at least), never shorter than the provider's
+    Retry-After (capped at `MAX_RETRY_AFTER`)."""
+    delay = backoff(
+        passes, base=PASS_BACKOFF_BASE_S, cap=PASS_BACKOFF_CAP_S, rng=rng, jitter="equal"
+    )
+    hint = error.retry_after
+    if hint is not None and hint > delay:
+        delay = min(hint, MAX_RETRY_AFTER)
+    return delay
+
 
 HOLD_REASONS = ("circuit_open", "retry_backoff", "rate_limit")
 

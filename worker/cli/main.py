@@ -190,6 +190,12 @@ def _cmd_bench_adapters(args: argparse.Namespace) -> int:
     return run_adapter_bench(args.calls)
 
 
+def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
+    from ..bench.telemetry import run_telemetry_bench
+
+    return run_telemetry_bench(args)
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     from .registry import run_registry_cli
 
@@ -273,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     ba = sub.add_parser("bench-adapters", help="CPU per call of each adapter (no network)")
     ba.add_argument("--calls", type=int, default=20_000)
     ba.set_defaults(fn=_cmd_bench_adapters)
+
+    bt = sub.add_parser(
+        "bench-telemetry", help="worker CPU and throughput, tracing off vs sampled, side by side"
+    )
+    bt.add_argument("-n", "--count", type=int, default=20000)
+    bt.add_argument("--rounds", type=int, default=5, help="runs of each mode, interleaved")
+    bt.add_argument("--sample", type=float, default=0.1, help="trace sampling ratio when on")
+    bt.add_argument("--latency-ms", type=float, default=20.0)
+    bt.add_argument("--timeout", type=float, default=600.0)
+    bt.set_defaults(fn=_cmd_bench_telemetry)
 
     reg = sub.add_parser("registry", help="inspect and change model registry rows")
     reg.add_argument("--json", action="store_true")

@@ -1,4 +1,9 @@
-"""Structured logs: one JSON object per line, with every `extra=` field."""
+"""Structured logs: one JSON object per line, with every `extra=` field.
+
+librdkafka's own logs come through the `llm_worker.librdkafka` logger (its `logger` setting,
+`stream/kafka_conf.py`), served on the client's thread; `LibrdkafkaFields` turns their
+`FACILITY [client] text` form into fields, so they are JSON lines like every other.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "LibrdkafkaFields", "configure_logging"]
 
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
@@ -35,6 +40,20 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(out).decode()
 
 
+class LibrdkafkaFields(logging.Filter):
+    """`FAIL [rdkafka#producer-1] [thrd:...]: text` -> facility, client and the text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == "%s [%s] %s" and isinstance(args, tuple) and len(args) == 3:
+            record.facility, record.client = str(args[0]), str(args[1])
+            record.msg, record.args = str(args[2]), None
+        return True
+
+
+_RDKAFKA_FIELDS = LibrdkafkaFields()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -45,3 +64,4 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("llm_worker.librdkafka").addFilter(_RDKAFKA_FIELDS)  # once: same object

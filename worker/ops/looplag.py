@@ -15,6 +15,9 @@ Subtracting it from a call's time is right when the loop was late to read an ans
 was already there, and an underestimate when the provider was still working meanwhile:
 good for a breaker (a stall never makes a provider look slow), wrong for comparing
 endpoints (use the raw time there).
+
+`stalled_for()` is for another thread (the liveness check): how long since the loop last
+ran a tick. A blocked loop cannot answer for itself, so that question is asked from outside.
 """
 
 from __future__ import annotations
@@ -35,18 +38,30 @@ class LoopLag:
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.last_tick = 0.0
+        """Monotonic time of the last tick (0 before `start()`); written on the loop only."""
 
     def start(self) -> None:
         """Start ticking on the running loop (idempotent)."""
         if self._handle is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self.last_tick = time.monotonic()
         self._schedule()
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self.last_tick = 0.0
+
+    def stalled_for(self) -> float:
+        """Seconds since the loop last ran a tick beyond its interval (0 when not ticking).
+        Safe from any thread: it reads one float."""
+        last = self.last_tick
+        if not last:
+            return 0.0
+        return max(0.0, time.monotonic() - last - self.interval_s)
 
     def _schedule(self) -> None:
         assert self._loop is not None
@@ -54,7 +69,8 @@ class LoopLag:
         self._handle = self._loop.call_later(self.interval_s, self._tick)
 
     def _tick(self) -> None:
-        late = time.monotonic() - self._due
+        now = self.last_tick = time.monotonic()
+        late = now - self._due
         if late > 0:
             self.total += late
         self._schedule()

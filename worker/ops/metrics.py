@@ -9,17 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["ComponentCollector", "Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # process_* (CPU, memory, open files), python_info, python_gc_*: what the default
+        # registry of prometheus-client exports, on ours
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.consumed = Counter(
             "llm_worker_messages_consumed", "Input records consumed", registry=r
         )
@@ -52,6 +66,36 @@ class Metrics:
             "llm_worker_end_to_end_seconds",
             "Kafka timestamp of the prompt to acknowledged completion",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_answer = Histogram(
+            "llm_worker_time_to_answer_seconds",
+            "From the worker taking the prompt to its completion acknowledged by Kafka",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "llm_worker_overhead_seconds",
+            "Time to answer minus the provider's time, for answers from a provider call",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "llm_worker_retries",
+            "Provider attempts made after a failed one (same or next candidate), by its error",
+            ["reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llm_worker_tokens",
+            "Tokens of acknowledged completions that called a provider (input or output)",
+            ["model", "provider", "direction"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "llm_worker_cost_usd",
+            "Cost in USD of acknowledged completions, from the registry's per-1k prices",
+            ["model", "provider"],
             registry=r,
         )
         self.fallbacks = Counter(
@@ -111,11 +155,15 @@ class ComponentCollector:
         choices: Callable[[], dict[str, int]],
         loop_lag: Callable[[], float] | None = None,
         circuit_waiting: Callable[[], int] | None = None,
+        consumer_lag: Callable[[], dict[tuple[str, int], int]] | None = None,
+        producer_queue: Callable[[], int] | None = None,
         held: Callable[[], dict[str, tuple[float, float]]] | None = None,
         demoted: Callable[[], dict[str, bool]] | None = None,
         concurrency: Callable[[], dict[str, dict[str, float]]] | None = None,
         in_flight_limit: Callable[[], float] | None = None,
     ) -> None:
+        self._consumer_lag = consumer_lag
+        self._producer_queue = producer_queue
         self._loop_lag = loop_lag
         self._circuit_waiting = circuit_waiting
         self._held = held
@@ -229,6 +277,21 @@ class ComponentCollector:
                 "llm_worker_event_loop_lag_seconds",
                 "Time the event loop ran its timers late (stalls, overload); rate() = share",
                 value=self._loop_lag(),
+            )
+        if self._consumer_lag is not None:
+            lag = GaugeMetricFamily(
+                "llm_worker_consumer_lag",
+                "Records behind the end of each assigned partition (librdkafka statistics)",
+                labels=["topic", "partition"],
+            )
+            for (topic, partition), n in sorted(self._consumer_lag().items()):
+                lag.add_metric([topic, str(partition)], n)
+            yield lag
+        if self._producer_queue is not None:
+            yield GaugeMetricFamily(
+                "llm_worker_producer_queue_messages",
+                "Outcome records in the producer's queue, not yet acknowledged by Kafka",
+                value=self._producer_queue(),
             )
 
 

@@ -1,29 +1,59 @@
-"""What each acknowledged outcome leaves behind: counters, metrics and one log line.
+"""What each acknowledged outcome leaves behind: counters, metrics, its span's end and one log
+line.
 
 Called by the consume loop with every batch of delivery reports, so the per-message cost is a
-few dictionary updates; metric children are looked up once per batch and label.
+few dictionary updates and two histogram observations; counter children are looked up once
+per batch and label. Token and cost counters count the completions that called a provider
+(a deduplicated answer was paid for once, by the request that called). Overhead is observed
+for answers from a provider call: the time to answer minus that call's own time.
+
+`log_outcomes`: `all` logs one JSON line per outcome (INFO for completions, WARNING for dead
+letters), `errors` only error completions and dead letters, `none` nothing (the metrics still
+count everything).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..records import InputRecord, Outcome
 from .metrics import Metrics
+from .tracing import Tracing
 
-__all__ = ["OutcomeRecorder"]
+__all__ = ["LOG_OUTCOMES", "OutcomeRecorder"]
 
 outcome_log = logging.getLogger("llm_worker.outcome")
 
+LOG_OUTCOMES = ("all", "errors", "none")
+
+Key = tuple[str, ...]
+
 
 class OutcomeRecorder:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        log_outcomes: str = "all",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if log_outcomes not in LOG_OUTCOMES:
+            raise ValueError(f"log_outcomes must be one of {LOG_OUTCOMES}")
         self._metrics = metrics
-        self._children: dict[tuple[str, str], Any] = {}
+        self._log_ok = log_outcomes == "all"
+        self._log_errors = log_outcomes != "none"
+        self._clock = clock
+        self._children: dict[tuple[str, Key], Any] = {}
         self.counters: dict[str, int] = {"completed": 0, "errors": 0, "dlq": 0}
+
+    def _child(self, metric: str, label: Key) -> Any:
+        child = self._children.get((metric, label))
+        if child is None:
+            child = self._children[metric, label] = getattr(self._metrics, metric).labels(*label)
+        return child
 
     def forget_children(self) -> None:
         """After series were removed: look children up again."""
@@ -35,56 +65,87 @@ class OutcomeRecorder:
             return
         m = self._metrics
         counters = self.counters
-        now = time.time()
-        log_info = outcome_log.isEnabledFor(logging.INFO)
-        observe = m.e2e_latency.observe
-        by_label: dict[tuple[str, str], int] = {}
-        label: tuple[str, str]
+        now, mono = time.time(), self._clock()
+        log_ok = self._log_ok and outcome_log.isEnabledFor(logging.INFO)
+        log_errors = self._log_errors and outcome_log.isEnabledFor(logging.INFO)
+        observe_e2e = m.e2e_latency.observe
+        observe_answer = m.time_to_answer.observe
+        observe_overhead = m.overhead.observe
+        by_label: dict[Key, int] = {}
+        tokens: dict[Key, int] = {}
+        cost: dict[Key, float] = {}
         for rec, outcome, _ in delivered:
+            if outcome.trace is not None:
+                Tracing.delivered(outcome)  # its PRODUCER span ends: Kafka has the record
             c = outcome.completion
             if c is None:
                 self._record_dlq(rec, outcome)
                 continue
-            label = (outcome.model_label, c.status)
+            label: Key = (outcome.model_label, c.status)
             by_label[label] = by_label.get(label, 0) + 1
             if c.status == "error":
                 counters["errors"] += 1
                 m.errors.labels(c.error.type if c.error else "unknown").inc()
             if rec.timestamp_ms:
-                observe(max(0.0, now - rec.timestamp_ms / 1000))
-            if log_info:
-                outcome_log.info(
-                    "completion",
-                    extra={
-                        "request_id": c.id,
-                        "model": c.model,
-                        "provider": c.provider,
-                        "endpoint": c.endpoint_name,
-                        "status": c.status,
-                        "error_type": c.error.type if c.error else None,
-                        "latency_ms": c.latency_ms,
-                        "attempts": c.attempts,
-                        "fallback_used": c.fallback_used,
-                        "partition": rec.partition,
-                        "offset": rec.offset,
-                    },
-                )
-        for label, n in by_label.items():
+                observe_e2e(max(0.0, now - rec.timestamp_ms / 1000))
+            answered = mono - outcome.started if outcome.started else None
+            if answered is not None:
+                observe_answer(answered)
+            usage = c.usage
+            if usage is not None and not c.deduplicated and c.provider:
+                if answered is not None and c.latency_ms is not None:
+                    observe_overhead(max(0.0, answered - c.latency_ms / 1000))
+                model, provider = outcome.model_label, c.provider
+                up, down = (model, provider, "input"), (model, provider, "output")
+                tokens[up] = tokens.get(up, 0) + usage.input_tokens
+                tokens[down] = tokens.get(down, 0) + usage.output_tokens
+                cost[model, provider] = cost.get((model, provider), 0.0) + (usage.cost_usd or 0.0)
+            if log_ok or (log_errors and c.status == "error"):
+                _log_completion(rec, outcome, answered)
+        for key, n in by_label.items():
             counters["completed"] += n
-            child = self._children.get(label)
-            if child is None:
-                child = self._children[label] = m.completions.labels(*label)
-            child.inc(n)
+            self._child("completions", key).inc(n)
+        for key, n in tokens.items():
+            if n:
+                self._child("tokens", key).inc(n)
+        for key, usd in cost.items():
+            if usd:
+                self._child("cost", key).inc(usd)
 
     def _record_dlq(self, rec: InputRecord, outcome: Outcome) -> None:
         self.counters["dlq"] += 1
         self._metrics.dlq.labels(outcome.dlq_reason or "unknown").inc()
-        outcome_log.warning(
-            "dead-lettered",
-            extra={
+        if self._log_errors:
+            extra: dict[str, Any] = {
                 "status": "dlq",
                 "reason": outcome.dlq_reason,
                 "partition": rec.partition,
                 "offset": rec.offset,
-            },
-        )
+            }
+            if outcome.trace is not None:
+                extra["trace_id"], extra["span_id"] = outcome.trace.ids()
+            outcome_log.warning("dead-lettered", extra=extra)
+
+
+def _log_completion(rec: InputRecord, outcome: Outcome, answered: float | None) -> None:
+    c = outcome.completion
+    assert c is not None
+    extra: dict[str, Any] = {
+        "request_id": c.id,
+        "model": c.model,
+        "provider": c.provider,
+        "endpoint": c.endpoint_name,
+        "status": c.status,
+        "error_type": c.error.type if c.error else None,
+        "latency_ms": c.latency_ms,
+        "queue_ms": c.queue_ms,
+        "answer_ms": round(answered * 1000, 3) if answered is not None else None,
+        "attempts": c.attempts,
+        "deduplicated": c.deduplicated,
+        "fallback_used": c.fallback_used,
+        "partition": rec.partition,
+        "offset": rec.offset,
+    }
+    if outcome.trace is not None:
+        extra["trace_id"], extra["span_id"] = outcome.trace.ids()
+    outcome_log.info("completion", extra=extra)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..ops.metrics import Metrics
+from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome, Stages
 from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
 from .kafka import KafkaBridge, KafkaError, Message
@@ -61,6 +62,7 @@ class Worker(Rebalancing):
         rate_limited: Callable[[], int] | None = None,
         intake: Callable[[], int] | None = None,
         max_in_flight_bytes: int = 0,
+        recorder: OutcomeRecorder | None = None,
     ) -> None:
         self._bridge = bridge
         self._pipeline = pipeline
@@ -85,11 +87,10 @@ class Worker(Rebalancing):
             on_change=metrics.paused.set,
         )
         self._room = Room(lambda: self._max_in_flight, lambda: self.in_flight)
-        outbox_type = OrderedOutbox if bridge.transactional else Outbox
-        self._outbox = outbox_type(bridge, metrics, spawn=self._spawn, on_acked=self._room.wake)
-        self._eos = (
-            ExactlyOnce(bridge, self._outbox) if isinstance(self._outbox, OrderedOutbox) else None
-        )
+        kind = OrderedOutbox if bridge.transactional else Outbox
+        out = kind(bridge, metrics, spawn=self._spawn, on_acked=self._room.wake, recorder=recorder)
+        self._outbox = out
+        self._eos = ExactlyOnce(bridge, out) if isinstance(out, OrderedOutbox) else None
         self._owned: set[Key] = set()
         self._held = rate_limited or (lambda: 0)
         self._revoked_now: set[Key] = set()

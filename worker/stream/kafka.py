@@ -70,8 +70,9 @@ REBALANCE_CLOSE_TIMEOUT_S = 10.0  # how long close() lets librdkafka leave the g
 class KafkaBridge:
     """Consumer + idempotent producer behind asyncio-friendly methods."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_stats: Callable[[str], None] | None = None) -> None:
         self._settings = settings
+        self._on_stats = on_stats  # librdkafka's statistics, on the client's thread (kafka_conf)
         self._on_assign: AssignHook | None = None
         self._on_revoke: RevokeHook | None = None
         self._on_lost: AssignHook | None = None
@@ -146,8 +147,8 @@ class KafkaBridge:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         s = self._settings
-        consumer_conf = consumer_config(s, self._client_error)
-        producer_conf = producer_config(s, self._client_error)
+        consumer_conf = consumer_config(s, self._client_error, self._on_stats)
+        producer_conf = producer_config(s, self._client_error, self._on_stats)
         self._producer = Producer(producer_conf)
         self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
         await self._in_consumer_thread(

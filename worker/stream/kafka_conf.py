@@ -80,11 +80,20 @@ _PRODUCER_ONLY = (
 )
 
 
+STATISTICS_INTERVAL_MS = 5000
+"""How often a client with `on_stats` reports its statistics (consumer lag, broker states)
+unless `LLM_WORKER_KAFKA_STATISTICS_INTERVAL_MS` says otherwise (0 turns them off)."""
+
+
 def client_config(
-    settings: Settings, role: str = "admin", on_error: ErrorHook | None = None
+    settings: Settings,
+    role: str = "admin",
+    on_error: ErrorHook | None = None,
+    on_stats: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Base librdkafka config for a client; passthrough properties of the other role dropped.
-    Client errors are logged, then handed to `on_error` (say, to act on a fatal one)."""
+    Client errors are logged, then handed to `on_error` (say, to act on a fatal one). Its
+    logs go to the `llm_worker.librdkafka` logger; its statistics, if asked, to `on_stats`."""
     drop: tuple[str, ...] = ()
     if role == "producer":
         drop = _CONSUMER_ONLY
@@ -103,10 +112,17 @@ def client_config(
 
         conf["error_cb"] = error_cb
     conf["logger"] = rdlog
+    if on_stats is not None:
+        conf.setdefault("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        conf["stats_cb"] = on_stats
     return conf
 
 
-def consumer_config(settings: Settings, on_error: ErrorHook | None = None) -> dict[str, Any]:
+def consumer_config(
+    settings: Settings,
+    on_error: ErrorHook | None = None,
+    on_stats: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """The worker's consumer: manual offset stores and commits, `range` assignment unless the
     broker assigns (KIP-848), quick fetches."""
     conf: dict[str, Any] = {
@@ -121,7 +137,7 @@ def consumer_config(settings: Settings, on_error: ErrorHook | None = None) -> di
         # Either way 500 ms (the default) halved throughput (docs/BENCHMARKS.md).
         "fetch.wait.max.ms": 25,
     }
-    conf.update(client_config(settings, "consumer", on_error))
+    conf.update(client_config(settings, "consumer", on_error, on_stats))
     if conf.get("group.protocol") == "consumer":
         # KIP-848: the broker assigns (`group.remote.assignor`); librdkafka refuses a
         # client-side strategy with this protocol.
@@ -129,10 +145,14 @@ def consumer_config(settings: Settings, on_error: ErrorHook | None = None) -> di
     return conf
 
 
-def producer_config(settings: Settings, on_error: ErrorHook | None = None) -> dict[str, Any]:
+def producer_config(
+    settings: Settings,
+    on_error: ErrorHook | None = None,
+    on_stats: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """The worker's producer: idempotent; transactional in exactly-once mode."""
     conf: dict[str, Any] = {"enable.idempotence": True, "linger.ms": 5}
-    conf.update(client_config(settings, "producer", on_error))
+    conf.update(client_config(settings, "producer", on_error, on_stats))
     if settings.processing_guarantee == "exactly_once":
         conf["transactional.id"] = transactional_id(settings)
     return conf

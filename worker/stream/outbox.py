@@ -45,12 +45,13 @@ class Outbox:
         *,
         spawn: Spawn,
         on_acked: Callable[[], None] = lambda: None,
+        recorder: OutcomeRecorder | None = None,
     ) -> None:
         self._bridge = bridge
         self._metrics = metrics
         self._spawn = spawn
         self._on_acked = on_acked
-        self.recorder = OutcomeRecorder(metrics)
+        self.recorder = recorder if recorder is not None else OutcomeRecorder(metrics)
         self.unacked = 0
         """Outcomes produced whose delivery report has not come back yet."""
         self.acked = asyncio.Event()

@@ -1,0 +1,359 @@
+"""OpenTelemetry traces of the path of one message, following the messaging and GenAI
+semantic conventions.
+
+Per message: a CONSUMER span `process {topic}` that continues the input record's W3C
+`traceparent`/`tracestate` (or starts a trace), a CLIENT span `chat {model}` per provider
+attempt under it, and a PRODUCER span `send {topic}` for the outcome record, ended when Kafka
+acknowledges the record. The outcome record's `traceparent`/`tracestate` carry the PRODUCER
+span's context (the CONSUMER span's when the message is not sampled), so a consumer of
+`llm_completions` continues the same trace. Retries, fallbacks, rate-limit waits, circuit
+breaker skips and holds (a retry backoff, a wait for a half-open probe) are events on the
+message's span; a deduplicated message links to the span of
+the message whose call answered it.
+
+Off unless an OTLP endpoint is configured (`ops.otelconf`): then no `Tracing` exists, callers
+hold `None`, and the hot path makes no span objects at all. When on, a message that is not
+sampled costs its CONSUMER span's sampling decision and one `traceparent` header: nothing
+else is built for it.
+
+What spans never carry: secrets (API keys, the provider's echoes of them), and prompt or
+completion text unless `LLM_WORKER_TRACE_CONTENT=true` (`gen_ai.input.messages` /
+`gen_ai.output.messages` on the `chat` spans).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from adapters.base import ProviderRequest, ProviderResult, Target
+from adapters.errors import ProviderError
+from registry.resolve import Candidate
+
+from ..config import ConfigError, Settings
+from ..records import InputRecord, Outcome
+from .genai import Servers, request_attributes, result_attributes
+from .otelconf import OtelConfig, otel_config
+from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
+
+__all__ = ["MessageTrace", "Tracing"]
+
+log = logging.getLogger("llm_worker.tracing")
+
+LEADERS_KEPT = 4096
+"""Span contexts of dedup leaders kept for followers to link to (oldest dropped first)."""
+
+_ROOT = Context()  # a parent with no span: a message without `traceparent` starts a trace
+_W3C = TraceContextTextMapPropagator()
+
+
+class MessageTrace:
+    """The spans of one message: its CONSUMER span, then the PRODUCER span of its outcome."""
+
+    __slots__ = ("carried", "process", "recording", "send", "traceparent")
+
+    def __init__(
+        self,
+        process: Span | None,
+        traceparent: bytes | None = None,
+        carried: bytes | None = None,
+    ) -> None:
+        self.process = process
+        """The CONSUMER span; None when the message is not sampled (no span at all)."""
+        self.recording = process is not None and process.is_recording()
+        self.send: Span | None = None
+        self.traceparent = traceparent
+        """Not sampled: the `traceparent` its outcome carries (None: the input's, as is)."""
+        self.carried = carried
+        """Not sampled and carried on as is: the input's `traceparent` (for `ids`)."""
+
+    def ids(self) -> tuple[str, str]:
+        """(trace_id, span_id) the outcome carries on, as hex, for its log line."""
+        if self.process is not None:
+            ctx = self.process.get_span_context()
+            return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+        tp = (self.traceparent or self.carried or b"").decode("ascii", "replace")
+        return tp[3:35], tp[36:52]
+
+
+def _text_key(key: bytes | None) -> str | None:
+    if not key or len(key) > 256:
+        return None
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() else None
+
+
+def _with_context(headers: list[tuple[str, bytes]] | None, ctx: SpanContext) -> list[Any]:
+    """`headers` with `traceparent`/`tracestate` replaced by `ctx` (W3C Trace Context)."""
+    out: list[tuple[str, bytes]] = [
+        (k, v) for k, v in headers or () if k != "traceparent" and k != "tracestate"
+    ]
+    flags = int(ctx.trace_flags)
+    out.append(("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags:02x}".encode()))
+    if ctx.trace_state:
+        out.append(("tracestate", ctx.trace_state.to_header().encode()))
+    return out
+
+
+def _exporter(cfg: OtelConfig) -> SpanExporter:
+    headers = cfg.headers or None
+    if cfg.protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError:
+            raise ConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
+                "pip install 'llm-worker[grpc]' (or use http/protobuf)"
+            ) from None
+        return GrpcExporter(endpoint=cfg.endpoint, headers=headers)  # type: ignore[no-any-return]
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=cfg.endpoint, headers=headers)
+
+
+class Tracing:
+    def __init__(
+        self,
+        provider: TracerProvider,
+        *,
+        group_id: str,
+        trace_content: bool = False,
+        sampler: HeadSampler | None = None,
+    ) -> None:
+        self.provider = provider
+        self.sampler = sampler if sampler is not None else HeadSampler()
+        self._tracer = provider.get_tracer("llm_worker")
+        self._group = group_id
+        self._content = trace_content
+        self._names: dict[str, str] = {}
+        self._send_names: dict[str, str] = {}
+        self._servers = Servers()
+        self._leaders: dict[str, SpanContext] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Tracing | None:
+        """The SDK set up from the `OTEL_*` variables, or None when tracing is off."""
+        cfg = otel_config(settings.otel_env)
+        if not cfg.enabled:
+            return None
+        if cfg.json_asked:
+            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=http/json: sending http/protobuf instead")
+        # the head sampler decides (`ops.sampling`); the SDK records every span started
+        provider = TracerProvider(resource=Resource.create(cfg.resource), sampler=ALWAYS_ON)
+        provider.add_span_processor(BatchSpanProcessor(_exporter(cfg)))
+        log.info("tracing on: %s", cfg)
+        return cls(
+            provider,
+            group_id=settings.group_id,
+            trace_content=settings.trace_content,
+            sampler=HeadSampler(cfg.sampler, cfg.sampler_arg),
+        )
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Export what is left (blocking, up to about `timeout_s`) and stop."""
+        try:
+            self.provider.force_flush(int(timeout_s * 1000))
+        finally:
+            self.provider.shutdown()
+
+    # -- the message ---------------------------------------------------------------------
+    def start_message(self, rec: InputRecord) -> MessageTrace:
+        """The CONSUMER span of `rec`, continuing its `traceparent` if it has one; no span
+        at all when the message is not sampled."""
+        tp = ts = None
+        if rec.headers:
+            for k, v in rec.headers:
+                if k == "traceparent":
+                    tp = v
+                elif k == "tracestate":
+                    ts = v
+        parent = parse_traceparent(tp) if tp else None
+        if not self.sampler.sampled(parent):
+            if parent is not None and not parent.sampled:
+                return MessageTrace(None, None, tp)  # carried on as it is
+            return MessageTrace(None, unsampled_traceparent(parent))
+        context = _ROOT
+        if parent is not None:
+            carrier = {"traceparent": tp.decode("ascii")}  # type: ignore[union-attr]
+            if ts:
+                carrier["tracestate"] = ts.decode("latin-1")
+            context = _W3C.extract(carrier, _ROOT)
+        name = self._names.get(rec.topic)
+        if name is None:
+            name = self._names[rec.topic] = f"process {rec.topic}"
+        attrs: dict[str, Any] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": rec.topic,
+            "messaging.destination.partition.id": str(rec.partition),
+            "messaging.kafka.offset": rec.offset,
+            "messaging.consumer.group.name": self._group,
+        }
+        key = _text_key(rec.key)
+        if key is not None:
+            attrs["messaging.kafka.message.key"] = key
+        return MessageTrace(self._tracer.start_span(name, context, SpanKind.CONSUMER, attrs))
+
+    def activate(self, mt: MessageTrace) -> contextlib.AbstractContextManager[Any]:
+        """Make the message's span the current one (its provider attempts become children)."""
+        if mt.process is None or not mt.recording:
+            return contextlib.nullcontext()
+        return trace.use_span(
+            mt.process, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+    def finish_message(self, mt: MessageTrace, outcome: Outcome) -> None:
+        """End the message's span with its outcome; start the outcome record's PRODUCER span
+        and put its context in the record's headers."""
+        span = mt.process
+        outcome.trace = mt
+        if span is None:  # not sampled
+            if mt.traceparent is not None:  # (its tracestate, if any, goes on as it is)
+                kept = [(k, v) for k, v in outcome.headers or () if k != "traceparent"]
+                outcome.headers = [*kept, ("traceparent", mt.traceparent)]
+            return  # else the input's traceparent/tracestate, copied as they are
+        if not mt.recording:  # the SDK's sampler dropped it (a provider given by a test)
+            outcome.headers = _with_context(outcome.headers, span.get_span_context())
+            return
+        c = outcome.completion
+        # what the outcome was, in as few attributes as say it (each one costs on every span)
+        if c is None:
+            span.set_attribute("error.type", outcome.dlq_reason or "dlq")
+            span.set_status(StatusCode.ERROR, "dead-lettered")
+        else:
+            attrs: dict[str, Any] = {
+                "llm_worker.request.id": c.id,
+                "llm_worker.model": c.model,
+                "llm_worker.attempts": c.attempts,
+            }
+            if c.deduplicated:
+                attrs["llm_worker.deduplicated"] = True
+            if c.fallback_used:
+                attrs["llm_worker.fallback_used"] = True
+            if c.error is not None:
+                attrs["error.type"] = c.error.type
+                span.set_status(StatusCode.ERROR, c.error.type)
+            span.set_attributes(attrs)
+        span.end()
+        attrs = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": outcome.topic,
+        }
+        key = _text_key(outcome.key)
+        if key is not None:
+            attrs["messaging.kafka.message.key"] = key
+        name = self._send_names.get(outcome.topic)
+        if name is None:
+            name = self._send_names[outcome.topic] = f"send {outcome.topic}"
+        send = self._tracer.start_span(
+            name, trace.set_span_in_context(span, _ROOT), SpanKind.PRODUCER, attrs
+        )
+        mt.send = send
+        outcome.headers = _with_context(outcome.headers, send.get_span_context())
+
+    def abandon(self, mt: MessageTrace, why: str) -> None:
+        """The message was cancelled (shutdown, lost partition): end its span saying so."""
+        if mt.process is not None and mt.recording:
+            mt.process.set_attribute("error.type", why)
+            mt.process.set_status(StatusCode.ERROR, why)
+            mt.process.end()
+
+    @staticmethod
+    def delivered(outcome: Outcome) -> None:
+        """Kafka acknowledged the outcome record: its PRODUCER span ends."""
+        mt = outcome.trace
+        if mt is not None and mt.send is not None:
+            mt.send.end()
+            mt.send = None
+
+    # -- dedup -----------------------------------------------------------------------------
+    def lead(self, key: str) -> None:
+        """The current message calls the provider for `key`: followers will link to it."""
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid and ctx.trace_flags.sampled:
+            leaders = self._leaders
+            leaders.pop(key, None)
+            if len(leaders) >= LEADERS_KEPT:
+                del leaders[next(iter(leaders))]
+            leaders[key] = ctx
+
+    def follow(self, mt: MessageTrace, key: str) -> None:
+        """`mt` got the answer of the message that led `key` (in flight or from the window)."""
+        if mt.process is not None and mt.recording:
+            leader = self._leaders.get(key)
+            if leader is not None:
+                mt.process.add_link(leader, {"llm_worker.dedup": "answered_by"})
+
+    # -- provider attempts (through `ops.attempts.AttemptObserver`) ------------------------
+    def attempt_started(
+        self,
+        cand: Candidate,
+        target: Target,
+        request: ProviderRequest,
+        attempt: int,
+        retry_of: ProviderError | None,
+    ) -> Span | None:
+        """A CLIENT span for the attempt, under the message's span if that is recorded."""
+        parent = trace.get_current_span()
+        if not parent.is_recording():
+            return None
+        name = cand.endpoint_name
+        if retry_of is not None:
+            parent.add_event(
+                "llm_worker.retry",
+                {"error.type": retry_of.type, "llm_worker.endpoint": name, "attempt": attempt},
+            )
+        if cand.fallback and attempt == 1:
+            parent.add_event("llm_worker.fallback", {"llm_worker.endpoint": name})
+        attrs = request_attributes(
+            cand,
+            target,
+            request,
+            attempt,
+            retry_of,
+            self._servers.of(target),
+            content=self._content,
+        )
+        return self._tracer.start_span(f"chat {target.model}", None, SpanKind.CLIENT, attrs)
+
+    def attempt_finished(
+        self,
+        span: Span,
+        target: Target,
+        result: ProviderResult | None,
+        error: ProviderError | None,
+        cancelled: bool = False,
+    ) -> None:
+        if cancelled:
+            span.set_attribute("error.type", "cancelled")
+            span.set_status(StatusCode.ERROR, "cancelled")
+        else:
+            span.set_attributes(result_attributes(target, result, error, content=self._content))
+            if error is not None:
+                span.set_status(StatusCode.ERROR, error.type)
+        span.end()
+
+    @staticmethod
+    def event(name: str, cand: Candidate, attrs: dict[str, Any]) -> None:
+        """An event on the current message's span (a breaker skip, a rate-limit wait)."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(name, {"llm_worker.endpoint": cand.endpoint_name, **attrs})
