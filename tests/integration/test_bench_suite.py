@@ -54,6 +54,9 @@ def test_a_tiny_suite_runs_every_prompt_through_worker_and_baseline(
     # once per prompt (a follower arriving after its leader's answer is served from the window)
     assert worker["provider_calls"] == 90 and worker["dedup_ratio"] == 0.7
     assert baseline["provider_calls"] == 300 and baseline["dedup_ratio"] == 0.0
+    # paced at 100/s: 300 prompts take 3 s at least (however slow the machine)
+    for line in lines:
+        assert all(r["throughput_per_s"] < 110 for r in line["runs"]), line
     assert [r["system"] for r in soak["runs"]] == ["worker"]
     assert soak["rss_samples"] >= 1 and soak["duration_s"] == 3.0
     # the summary table, after the progress bars

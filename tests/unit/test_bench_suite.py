@@ -21,7 +21,7 @@ from worker.bench.stats import (
     slope,
     table,
 )
-from worker.bench.suite import check_names, options_from, scenario_line
+from worker.bench.suite import check_names, options_from, parse_variant, scenario_line
 from worker.cli.main import build_parser
 
 
@@ -157,3 +157,15 @@ def test_the_command_line_keeps_the_single_load_and_takes_scenarios() -> None:
     assert new.scenario == ["soak", "throughput"] and new.broker == "kafka"
     opts = options_from(new)
     assert opts.duration_s == 60.0 and opts.baseline is False and opts.count is None
+
+
+def test_a_variant_is_a_named_set_of_environment_variables() -> None:
+    assert parse_variant("big:LLM_WORKER_MAX_IN_FLIGHT=512,LLM_WORKER_LOG_LEVEL=INFO") == (
+        "big",
+        (("LLM_WORKER_MAX_IN_FLIGHT", "512"), ("LLM_WORKER_LOG_LEVEL", "INFO")),
+    )
+    for bad in ("big", "big:", ":A=1", "big:A", "baseline:A=1"):
+        with pytest.raises(ValueError, match="--variant"):
+            parse_variant(bad)
+    args = build_parser().parse_args(["bench", "throughput", "--variant", "v:A=1"])
+    assert options_from(args).variants == (("v", (("A", "1"),)),)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -42,6 +43,7 @@ from .stats import Sample
 __all__ = ["SYSTEMS", "Load", "Stack", "open_stack", "run_load", "set_profile"]
 
 SYSTEMS = ("worker", "baseline")
+"""The systems a load runs against; any other name is a variant of the worker."""
 _dec = msgspec.json.Decoder()
 _enc = msgspec.json.Encoder()
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -53,17 +55,20 @@ class Stack:
     bootstrap: str
     dsn: str
     fake_url: str
+    profile_dir: str | None = None  # py-spy each run's process into this directory
 
 
 @contextlib.contextmanager
-def open_stack(broker: str, announce: Callable[[str], None]) -> Iterator[Stack]:
+def open_stack(
+    broker: str, announce: Callable[[str], None], profile_dir: str | None = None
+) -> Iterator[Stack]:
     with contextlib.ExitStack() as stack:
         bootstrap, dsn = stack.enter_context(local_stack(announce, broker=broker))
         migrate(dsn)
         port = free_port()
         fake = spawn_fake_provider(port, "--latency-ms", "20", quiet=True)
         stack.callback(_end, fake)
-        yield Stack(broker, bootstrap, dsn, f"http://127.0.0.1:{port}")
+        yield Stack(broker, bootstrap, dsn, f"http://127.0.0.1:{port}", profile_dir)
 
 
 def _end(proc: subprocess.Popen[Any]) -> None:
@@ -141,6 +146,22 @@ class Run:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+def _py_spy(run: Run, load: Load, pid: int) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of the process (collapsed stacks, idle frames left out) when asked."""
+    if not run.stack.profile_dir:
+        return None
+    os.makedirs(run.stack.profile_dir, exist_ok=True)
+    name = f"{run.system}-{load.latency_ms:g}ms-{run.run_id}.txt"
+    here = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    spy = here if os.path.exists(here) else "py-spy"
+    args = ["record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking"]
+    return subprocess.Popen(
+        [spy, *args, "--output", os.path.join(run.stack.profile_dir, name)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def _create_topics(stack: Stack, names: list[str], partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": stack.bootstrap})
     futures = admin.create_topics([NewTopic(n, partitions, 1) for n in names])
@@ -149,7 +170,7 @@ def _create_topics(stack: Stack, names: list[str], partitions: int) -> None:
 
 
 def _start(run: Run, load: Load, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    if run.system == "worker":
+    if run.system != "baseline":  # the worker, or a variant of it (other settings)
         port = free_port()
         env["LLM_WORKER_HTTP_PORT"] = str(port)
         proc = subprocess.Popen(
@@ -193,9 +214,8 @@ def _publish(
     for i in range(load.count):
         if stop.is_set():
             break
-        if load.rate:
-            ahead = start + i / load.rate - time.monotonic()
-            if ahead > 0:
+        if load.rate:  # poll returns at the first delivery report: wait until it is time
+            while (ahead := start + i / load.rate - time.monotonic()) > 0:
                 producer.poll(ahead)
         value = _enc.encode(
             {
@@ -217,14 +237,21 @@ def _publish(
     producer.flush(30)
 
 
-def run_load(stack: Stack, system: str, load: Load, progress: Progress) -> tuple[Sample, Run]:
+def run_load(
+    stack: Stack,
+    system: str,
+    load: Load,
+    progress: Progress,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[Sample, Run]:
+    """Run `load` against `system`: `baseline`, else the worker (`extra_env` on top)."""
     run_id = uuid.uuid4().hex[:8]
     run = Run(stack, system, run_id, f"r{run_id}", f"bench-{run_id}")
     set_profile(stack, run.profile, latency_ms=load.latency_ms)
     profiles: tuple[str, ...] = (run.profile,)
     prompts, completions = f"bench_prompts_{run_id}", f"bench_completions_{run_id}"
     _create_topics(stack, [prompts, completions, f"bench_dlq_{run_id}"], load.partitions)
-    if system == "worker":
+    if system != "baseline":
         row = ModelRow(
             model_id=run.model_id,
             provider="fake",
@@ -254,6 +281,7 @@ def run_load(stack: Stack, system: str, load: Load, progress: Progress) -> tuple
         "LLM_WORKER_LOG_LEVEL": "WARNING",
         "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
         "LLM_WORKER_TOPIC_PARTITIONS": str(load.partitions),
+        **(extra_env or {}),
     }
     reader = Consumer(
         {
@@ -271,6 +299,7 @@ def run_load(stack: Stack, system: str, load: Load, progress: Progress) -> tuple
     try:
         sent = array("d", bytes(8 * load.count))
         seen = bytearray(load.count)
+        spy = _py_spy(run, load, proc.pid)
         cpu0 = cpu_s(proc.pid)
         pub = threading.Thread(
             target=_publish, args=(stack, prompts, run, load, sent, stop), daemon=True
@@ -308,6 +337,9 @@ def run_load(stack: Stack, system: str, load: Load, progress: Progress) -> tuple
         sample.peak_rss_mb = mem_mb(proc.pid, "VmHWM")
         sample.provider_calls = _requests(stack, profiles)
         progress.finish()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
     finally:
         stop.set()
         reader.close()

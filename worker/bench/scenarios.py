@@ -30,6 +30,8 @@ class Options:
     rate: float | None = None  # paced prompts/s (scenario default when None)
     duration_s: float | None = None  # paced scenarios: how long to publish
     baseline: bool = True  # run the plain loop next to the worker where it can
+    # more worker runs next to the worker: (name, environment on top of the worker's)
+    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     partitions: int = 4
     timeout_s: float = 900.0
 
@@ -69,15 +71,21 @@ def compare(worker: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _systems(opts: Options) -> tuple[str, ...]:
-    return ("worker", "baseline") if opts.baseline else ("worker",)
+def _systems(opts: Options) -> list[tuple[str, dict[str, str]]]:
+    systems: list[tuple[str, dict[str, str]]] = [("worker", {})]
+    systems += [(name, dict(env)) for name, env in opts.variants]
+    return [*systems, ("baseline", {})] if opts.baseline else systems
 
 
 def _side_by_side(stack: Stack, opts: Options, progress: Progress, load: Load) -> Result:
-    runs = [metrics(run_load(stack, system, load, progress)[0]) for system in _systems(opts)]
+    runs = [
+        metrics(run_load(stack, system, load, progress, env)[0]) for system, env in _systems(opts)
+    ]
     out: Result = {"runs": runs}
-    if len(runs) == 2:
-        out["vs_baseline"] = compare(runs[0], runs[1])
+    if opts.baseline:
+        out["vs_baseline"] = compare(runs[0], runs[-1])
+        for run in runs[1:-1]:
+            out[f"{run['system']}_vs_baseline"] = compare(run, runs[-1])
     return out
 
 

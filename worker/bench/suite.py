@@ -20,11 +20,23 @@ from .progress import Progress
 from .scenarios import SCENARIOS, Options
 from .stats import table
 
-__all__ = ["options_from", "run_suite", "scenario_line"]
+__all__ = ["check_names", "options_from", "parse_variant", "run_suite", "scenario_line"]
+
+
+def parse_variant(spec: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`NAME:KEY=VALUE,KEY=VALUE` -> (NAME, ((KEY, VALUE), ...)); ValueError when malformed."""
+    name, sep, rest = spec.partition(":")
+    pairs = [kv.partition("=") for kv in rest.split(",") if kv]
+    if not name or not sep or not pairs or any(not k or not eq for k, eq, _ in pairs):
+        raise ValueError(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    if name in ("worker", "baseline"):
+        raise ValueError(f"--variant {spec!r}: {name} is taken")
+    return name, tuple((k, v) for k, _, v in pairs)
 
 
 def options_from(args: argparse.Namespace) -> Options:
     return Options(
+        variants=tuple(parse_variant(v) for v in args.variant or ()),
         count=args.count,
         latency_ms=args.latency_ms,
         rate=args.rate,
@@ -56,7 +68,11 @@ def run_suite(args: argparse.Namespace) -> int:
     if problem:
         print(f"bench: {problem}", file=sys.stderr)
         return 2
-    opts = options_from(args)
+    try:
+        opts = options_from(args)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     progress = Progress()
     rows: list[tuple[str, dict[str, Any]]] = []
     complete = True
@@ -65,7 +81,7 @@ def run_suite(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.disable()
     try:
-        with open_stack(args.broker, progress.note) as stack:
+        with open_stack(args.broker, progress.note, args.py_spy) as stack:
             for name in names:
                 progress.note(f"== {name}: {SCENARIOS[name].help}")
                 result = SCENARIOS[name].run(stack, opts, progress)

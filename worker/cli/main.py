@@ -271,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--plot", help="latency-sweep: write a PNG of throughput and p99")
     bench.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME:KEY=VALUE,...",
+        help="suite: also run the worker with these environment variables, labelled NAME",
+    )
+    bench.add_argument(
+        "--py-spy", metavar="DIR", help="suite: py-spy record each run's process into DIR"
+    )
+    bench.add_argument(
         "--no-baseline", action="store_true", help="suite: skip the plain loop next to the worker"
     )
     bench.add_argument(
