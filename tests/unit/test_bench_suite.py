@@ -88,11 +88,12 @@ def test_metrics_of_a_run_that_got_nothing_are_nulls_not_nan() -> None:
     assert "baseline" in table([("throughput", m)])
 
 
-def test_the_registry_has_the_six_scenarios_each_with_help() -> None:
+def test_the_registry_has_the_scenarios_each_with_help() -> None:
     assert list(SCENARIOS) == [
         "throughput",
         "latency-sweep",
         "duplicates",
+        "half-load",
         "failover",
         "slow-provider",
         "soak",

@@ -40,6 +40,7 @@ def plot_sweep(runs: Sequence[dict[str, Any]], path: str, title: str) -> None:
         xs = [p[0] for p in points]
         ax1.plot(xs, [p[1] for p in points], marker="o", label=system)
         ax2.plot(xs, [p[2] / 1000 for p in points], marker="o", label=system)
+    ax2.set_yscale("log")
     for ax, ylabel in ((ax1, "completions/s"), (ax2, "end-to-end p99 (s)")):
         ax.set_xscale("log")
         ax.set_xlabel("provider latency (ms)")

@@ -10,7 +10,7 @@ same invocation, right after the worker, on the same broker, Postgres and fake p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .harness import Load, Run, Stack, run_load, set_profile
@@ -21,6 +21,10 @@ __all__ = ["SCENARIOS", "SWEEP_MS", "Options", "Scenario", "compare", "soak_summ
 
 SWEEP_MS = (5.0, 20.0, 100.0, 500.0, 2000.0)
 """Provider latencies of `latency-sweep` (and of its plot)."""
+
+SWEEP_COUNT = {5.0: 10_000, 20.0: 10_000, 100.0: 10_000, 500.0: 20_000, 2000.0: 20_000}
+"""Prompts per sweep point (without -n): enough at the slow points for the worker's adaptive
+limit to have grown (it starts low and learns), at most a few minutes of the plain loop."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,12 @@ def _throughput(stack: Stack, opts: Options, progress: Progress) -> Result:
     return _side_by_side(stack, opts, progress, load)
 
 
-@_scenario("latency-sweep", "5,000 prompts at once at each provider latency 5..2,000 ms")
+@_scenario("latency-sweep", "10,000-20,000 prompts at once at each latency 5..2,000 ms")
 def _sweep(stack: Stack, opts: Options, progress: Progress) -> Result:
     runs: list[dict[str, Any]] = []
     for latency in SWEEP_MS:
         load = Load(
-            count=opts.count or 5_000,
+            count=opts.count or SWEEP_COUNT[latency],
             latency_ms=latency,
             rate=opts.rate,
             partitions=opts.partitions,
@@ -133,6 +137,21 @@ def _duplicates(stack: Stack, opts: Options, progress: Progress) -> Result:
         timeout_s=opts.timeout_s,
     )
     return _side_by_side(stack, opts, progress, load)
+
+
+@_scenario("half-load", "the worker's burst rate, then 20 s paced at half of it (worker only)")
+def _half_load(stack: Stack, opts: Options, progress: Progress) -> Result:
+    burst = Load(
+        count=opts.count or 20_000,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        partitions=opts.partitions,
+        timeout_s=opts.timeout_s,
+    )
+    full = metrics(run_load(stack, "worker", burst, progress)[0])
+    rate = opts.rate or round((full["sustained_per_s"] or full["throughput_per_s"] or 100) / 2)
+    count = round(rate * (opts.duration_s or 20.0))
+    half = metrics(run_load(stack, "worker", replace(burst, count=count, rate=rate), progress)[0])
+    return {"runs": [full, half], "rate": rate}
 
 
 def _fail_primary(run: Run) -> None:
