@@ -50,6 +50,7 @@ def test_the_soak_slope_leaves_the_warm_up_out() -> None:
     assert out["warmup_s"] == 120.0
     assert out["rss_mb_first_last"] == [151.0, 159.0]
     assert out["rss_slope_mb_per_h"] == pytest.approx(60.0)
+    assert len(out["rss_mb"]) == len(rss) and out["rss_mb"][-1] == 159.0
     assert soak_summary(rss[:1], 600.0)["rss_slope_mb_per_h"] is None
 
 

@@ -143,7 +143,7 @@ class Run:
     model_id: str
     proc: subprocess.Popen[bytes] | None = None
     rss: list[tuple[float, float]] = field(default_factory=list)  # (s from start, MB)
-    notes: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # why the run ended early, if it did
 
 
 def _py_spy(run: Run, load: Load, pid: int) -> subprocess.Popen[bytes] | None:
@@ -211,6 +211,15 @@ def _start(run: Run, load: Load, env: dict[str, str]) -> subprocess.Popen[bytes]
 def _publish(
     stack: Stack, topic: str, run: Run, load: Load, sent: array[float], stop: threading.Event
 ) -> None:
+    try:
+        _produce_all(stack, topic, run, load, sent, stop)
+    except Exception as exc:  # the reader's loop sees it and ends the run
+        run.errors.append(f"publisher: {exc!r}")
+
+
+def _produce_all(
+    stack: Stack, topic: str, run: Run, load: Load, sent: array[float], stop: threading.Event
+) -> None:
     # linger 5 ms paced too: one record per produce request loads Tansu more than the worker
     producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5})
     distinct = max(1, round(load.count * (1 - load.duplicates)))
@@ -238,7 +247,8 @@ def _publish(
                 producer.poll(0.05)
         if i % 1000 == 0:
             producer.poll(0)
-    producer.flush(30)
+    if producer.flush(30):
+        raise RuntimeError("prompts not acknowledged by the broker within 30 s")
 
 
 def run_load(
@@ -317,7 +327,12 @@ def run_load(
         while len(sample.done) < load.count:
             now = time.time()
             elapsed = now - t0
-            if elapsed > load.timeout_s or proc.poll() is not None:
+            if elapsed > load.timeout_s:
+                run.errors.append(f"timed out after {load.timeout_s:.0f} s")
+            elif proc.poll() is not None:
+                run.errors.append(f"{system} exited with {proc.returncode}")
+            if run.errors:
+                progress.note(f"{system}: {'; '.join(run.errors)}")
                 break
             while events and events[0][0] <= elapsed:
                 events.pop(0)[1](run)

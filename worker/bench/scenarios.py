@@ -208,6 +208,7 @@ def soak_summary(rss: list[tuple[float, float]], duration_s: float) -> dict[str,
         "rss_samples": len(rss),
         "rss_mb_first_last": [round(steady[0][1], 1), round(steady[-1][1], 1)] if steady else None,
         "rss_slope_mb_per_h": round(slope(steady) * 3600, 2) if len(steady) >= 2 else None,
+        "rss_mb": [round(mb, 1) for _, mb in rss],  # every sample, warm-up included
     }
 
 
