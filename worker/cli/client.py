@@ -110,9 +110,8 @@ def publish(
     n = 0
     start = time.monotonic()
     for p in prompts:
-        if rate:
-            ahead = start + n / rate - time.monotonic()
-            if ahead > 0:
+        if rate:  # poll returns at the first delivery report: wait until it is time
+            while (ahead := start + n / rate - time.monotonic()) > 0:
                 producer.poll(ahead)
         if sent_at is not None and isinstance(p, dict):
             sent_at[str(p.get("id"))] = time.time()

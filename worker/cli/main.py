@@ -173,8 +173,15 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.scenario:
+        from ..bench.suite import run_suite
+
+        return run_suite(args)
     from ..bench.throughput import run_bench
 
+    # without a scenario: the single load of before the suite, with its defaults
+    args.count = args.count or 20_000
+    args.latency_ms = 20.0 if args.latency_ms is None else args.latency_ms
     return run_bench(args)
 
 
@@ -255,9 +262,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fake.set_defaults(fn=_cmd_fake_provider)
 
-    bench = sub.add_parser("bench", help="load the worker and measure it")
-    bench.add_argument("-n", "--count", type=int, default=20000)
-    bench.add_argument("--latency-ms", type=float, default=20.0)
+    bench = sub.add_parser(
+        "bench",
+        help="load the worker and measure it",
+        description="Without a scenario: one load of -n prompts. With scenarios (throughput, "
+        "latency-sweep, duplicates, failover, slow-provider, soak): the benchmark suite, "
+        "one JSON line per scenario and a summary table (docs/BENCHMARKS.md).",
+    )
+    bench.add_argument("scenario", nargs="*", help="suite scenarios to run, in order")
+    bench.add_argument("-n", "--count", type=int, help="prompts per run (default: 20000)")
+    bench.add_argument("--latency-ms", type=float, help="fake provider latency (default: 20)")
+    bench.add_argument(
+        "--duration", type=float, help="paced scenarios (soak: 1800): seconds of publishing"
+    )
+    bench.add_argument("--plot", help="latency-sweep: write a PNG of throughput and p99")
+    bench.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME:KEY=VALUE,...",
+        help="suite: also run the worker with these environment variables, labelled NAME",
+    )
+    bench.add_argument(
+        "--py-spy", metavar="DIR", help="suite: py-spy record each run's process into DIR"
+    )
+    bench.add_argument(
+        "--no-baseline", action="store_true", help="suite: skip the plain loop next to the worker"
+    )
     bench.add_argument(
         "--duplicates", type=float, default=0.0, help="fraction of duplicate prompts"
     )

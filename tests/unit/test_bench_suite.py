@@ -1,0 +1,173 @@
+"""The benchmark suite's logic: statistics, the soak's slope, the scenario registry, the shape of
+its JSON line, the progress bar, and the command line that reaches it."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+
+from worker.bench.plot import series
+from worker.bench.progress import Progress, bar
+from worker.bench.scenarios import SCENARIOS, SWEEP_MS, compare, soak_summary
+from worker.bench.stats import (
+    METRIC_KEYS,
+    Sample,
+    after_warmup,
+    metrics,
+    percentile,
+    slope,
+    table,
+)
+from worker.bench.suite import check_names, options_from, parse_variant, scenario_line
+from worker.cli.main import build_parser
+
+
+def test_percentile_is_nearest_rank_and_nan_when_empty() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert percentile(values, 50) == 51.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile(list(reversed(values)), 0) == 1.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_slope_of_a_line_a_flat_series_and_too_few_points() -> None:
+    assert slope([(x, 2 * x + 1) for x in range(10)]) == pytest.approx(2.0)
+    assert slope([(x, 5.0) for x in range(10)]) == 0.0
+    assert slope([(1.0, 3.0)]) == 0.0
+    assert slope([(1.0, 3.0), (1.0, 9.0)]) == 0.0  # no spread in x
+
+
+def test_the_soak_slope_leaves_the_warm_up_out() -> None:
+    # a start-up climb of 100 MB in the first 60 s, then 1 MB per minute
+    rss = [(float(t), 50.0 + t * 100 / 60) for t in range(0, 60, 10)]
+    rss += [(float(t), 150.0 + (t - 60) / 60) for t in range(60, 601, 10)]
+    assert after_warmup(rss, 120.0)[0] == (120.0, 151.0)
+    out = soak_summary(rss, 600.0)
+    assert out["warmup_s"] == 120.0
+    assert out["rss_mb_first_last"] == [151.0, 159.0]
+    assert out["rss_slope_mb_per_h"] == pytest.approx(60.0)
+    assert len(out["rss_mb"]) == len(rss) and out["rss_mb"][-1] == 159.0
+    assert soak_summary(rss[:1], 600.0)["rss_slope_mb_per_h"] is None
+
+
+def _completion(i: int, **fields: object) -> dict[str, object]:
+    return {"id": f"r-{i}", "status": "ok", "queue_ms": 30.0, "latency_ms": 20.0, **fields}
+
+
+def test_metrics_of_a_run_have_the_fixed_keys_and_figures() -> None:
+    s = Sample("worker", 20.0, count=4)
+    s.start = 100.0
+    s.add(_completion(0), 101.0, 100.0)
+    s.add(_completion(1, queue_ms=22.5), 101.5, 100.5)
+    s.add(_completion(2, deduplicated=True, queue_ms=500.0), 102.0, 101.0)  # no own call
+    s.add({"id": "r-3", "status": "error", "error": {"type": "timeout"}}, 102.0, None)
+    s.cpu_s, s.peak_rss_mb, s.provider_calls = 0.8, 70.04, 2
+    m = metrics(s)
+    assert tuple(m) == METRIC_KEYS
+    assert m["completions"] == 4 and m["ok"] == 3
+    assert m["errors"] == {"timeout": 1}
+    assert m["throughput_per_s"] == 2.0  # 4 completions in the 2 s from the first publish
+    assert m["e2e_ms"]["p50"] == 1000.0
+    # the follower waited on its leader, not on a provider: not in the overhead
+    assert m["overhead_ms"] == {"p50": 2.5, "p99": 10.0}
+    assert m["dedup_ratio"] == 0.25
+    assert m["cpu_s_per_1k"] == 200.0  # 0.8 s over 4 completions
+    assert m["peak_rss_mb"] == 70.0
+    json.dumps(m, allow_nan=False)  # no NaN reaches the JSON line
+
+
+def test_metrics_of_a_run_that_got_nothing_are_nulls_not_nan() -> None:
+    m = metrics(Sample("baseline", 5.0, count=10))
+    assert m["completions"] == 0
+    assert m["throughput_per_s"] is None and m["cpu_s_per_1k"] is None
+    assert m["e2e_ms"] == {"p50": None, "p95": None, "p99": None}
+    json.dumps(m, allow_nan=False)
+    assert "baseline" in table([("throughput", m)])
+
+
+def test_the_registry_has_the_scenarios_each_with_help() -> None:
+    assert list(SCENARIOS) == [
+        "throughput",
+        "latency-sweep",
+        "duplicates",
+        "half-load",
+        "failover",
+        "slow-provider",
+        "soak",
+    ]
+    assert all(s.help and callable(s.run) for s in SCENARIOS.values())
+    assert SWEEP_MS == (5.0, 20.0, 100.0, 500.0, 2000.0)
+
+
+def test_unknown_scenarios_and_a_plot_without_the_sweep_are_refused() -> None:
+    assert check_names(["throughput", "soak"], None) is None
+    assert "unknown scenario thruput" in (check_names(["thruput"], None) or "")
+    assert "latency-sweep" in (check_names(["throughput"], "out.png") or "")
+    assert check_names(["latency-sweep"], "out.png") is None
+
+
+def test_the_scenario_line_names_itself_first_and_compares_with_the_baseline() -> None:
+    w = metrics(Sample("worker", 20.0, 1))
+    w.update(throughput_per_s=3000.0, sustained_per_s=3300.0, cpu_s_per_1k=0.15)
+    b = dict(w, system="baseline", throughput_per_s=2000.0, sustained_per_s=None)
+    b["cpu_s_per_1k"] = 0.2
+    line = scenario_line("throughput", "kafka", {"runs": [w, b], "vs_baseline": compare(w, b)})
+    assert list(line)[:3] == ["scenario", "broker", "runs"]
+    assert line["vs_baseline"] == {
+        "throughput_ratio": 1.5,
+        "sustained_ratio": None,
+        "cpu_per_completion_ratio": 0.75,
+    }
+    assert json.loads(json.dumps(line)) == line
+
+
+def test_the_plot_series_is_per_system_and_ordered_by_latency() -> None:
+    runs = [
+        {"system": "worker", "provider_latency_ms": 500.0, "throughput_per_s": 1500.0,
+         "e2e_ms": {"p99": 3000.0}},
+        {"system": "worker", "provider_latency_ms": 5.0, "throughput_per_s": 4000.0,
+         "e2e_ms": {"p99": 900.0}},
+        {"system": "baseline", "provider_latency_ms": 5.0, "throughput_per_s": None,
+         "e2e_ms": {"p99": None}},
+    ]  # fmt: skip
+    assert series(runs) == {"worker": [(5.0, 4000.0, 900.0), (500.0, 1500.0, 3000.0)]}
+
+
+def test_the_progress_bar() -> None:
+    line = bar(500, 1000, 2.0, "worker 20 ms")
+    assert line.startswith("worker 20 ms       [###############...............]")
+    assert line.split("]")[1].split() == ["500/1,000", "250/s", "2.0", "s"]
+    out = io.StringIO()
+    p = Progress(out)
+    p.start(10, "x")
+    p.update(3)  # not a terminal: no line before 10 s
+    p.finish()
+    assert out.getvalue().count("\n") == 1 and "10" in out.getvalue()
+
+
+def test_the_command_line_keeps_the_single_load_and_takes_scenarios() -> None:
+    parser = build_parser()
+    old = parser.parse_args(["bench", "-n", "500", "--rate", "100"])
+    assert old.scenario == [] and old.count == 500 and old.rate == 100.0
+    new = parser.parse_args(
+        ["bench", "soak", "throughput", "--duration", "60", "--broker", "kafka", "--no-baseline"]
+    )
+    assert new.scenario == ["soak", "throughput"] and new.broker == "kafka"
+    opts = options_from(new)
+    assert opts.duration_s == 60.0 and opts.baseline is False and opts.count is None
+
+
+def test_a_variant_is_a_named_set_of_environment_variables() -> None:
+    assert parse_variant("big:LLM_WORKER_MAX_IN_FLIGHT=512,LLM_WORKER_LOG_LEVEL=INFO") == (
+        "big",
+        (("LLM_WORKER_MAX_IN_FLIGHT", "512"), ("LLM_WORKER_LOG_LEVEL", "INFO")),
+    )
+    for bad in ("big", "big:", ":A=1", "big:A", "baseline:A=1"):
+        with pytest.raises(ValueError, match="--variant"):
+            parse_variant(bad)
+    args = build_parser().parse_args(["bench", "throughput", "--variant", "v:A=1"])
+    assert options_from(args).variants == (("v", (("A", "1"),)),)

@@ -1,0 +1,366 @@
+"""One load against one system on a shared stack: the suite's measuring loop.
+
+`open_stack` starts (or takes from the environment) the broker and Postgres, and one fake
+provider process for the whole suite. `run_load` then runs one measured load: fresh topics, a
+fresh profile of the fake provider at the load's latency, a fresh process of the system under
+test (`worker`: `llm-worker run` with default settings and a registry row of its own;
+`baseline`: the plain loop of `baseline.py`), a publisher thread (all at once, or paced), and a
+reader of the completions on this thread. Timed `events` (a slowdown, a failover) run from the
+reader's loop. The process's CPU is read from /proc before publishing and after the last
+completion; its peak RSS is its VmHWM; RSS is sampled every `rss_every_s` when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from registry.migrate import migrate
+from registry.models import ModelRow
+from registry.store import upsert_row
+
+from ..cli.devstack import free_port, local_stack, spawn_fake_provider
+from .progress import Progress
+from .replicas import readyz, wait_ready
+from .stats import Sample
+
+__all__ = ["SYSTEMS", "Load", "Stack", "open_stack", "run_load", "set_profile"]
+
+SYSTEMS = ("worker", "baseline")
+"""The systems a load runs against; any other name is a variant of the worker."""
+_dec = msgspec.json.Decoder()
+_enc = msgspec.json.Encoder()
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Stack:
+    broker: str
+    bootstrap: str
+    dsn: str
+    fake_url: str
+    profile_dir: str | None = None  # py-spy each run's process into this directory
+
+
+@contextlib.contextmanager
+def open_stack(
+    broker: str, announce: Callable[[str], None], profile_dir: str | None = None
+) -> Iterator[Stack]:
+    with contextlib.ExitStack() as stack:
+        bootstrap, dsn = stack.enter_context(local_stack(announce, broker=broker))
+        migrate(dsn)
+        port = free_port()
+        fake = spawn_fake_provider(port, "--latency-ms", "20", quiet=True)
+        stack.callback(_end, fake)
+        yield Stack(broker, bootstrap, dsn, f"http://127.0.0.1:{port}", profile_dir)
+
+
+def _end(proc: subprocess.Popen[Any]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def set_profile(stack: Stack, profile: str, **settings: float) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"{stack.fake_url}/admin/config/{profile}",
+        data=json.dumps(settings).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        data: dict[str, Any] = json.load(resp)
+        return data
+
+
+def _requests(stack: Stack, profiles: tuple[str, ...]) -> int:
+    with urllib.request.urlopen(f"{stack.fake_url}/admin/config", timeout=5) as resp:
+        found = json.load(resp).get("profiles", {})
+    return sum(int(found.get(p, {}).get("requests", 0)) for p in profiles)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (nan when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def mem_mb(pid: int, key: str = "VmRSS") -> float:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+@dataclass
+class Load:
+    count: int
+    latency_ms: float
+    rate: float | None = None  # prompts/s; None publishes everything at once
+    duplicates: float = 0.0  # fraction of prompts that repeat an earlier one
+    partitions: int = 4
+    timeout_s: float = 600.0
+    rss_every_s: float = 0.0  # > 0: sample RSS this often (into `Run.rss`)
+    fallback: bool = False  # the worker's row gets a fallback on profile `<run>b`
+    events: list[tuple[float, Callable[[Run], None]]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """A load in progress: what an event may act on, and what came back."""
+
+    stack: Stack
+    system: str
+    run_id: str
+    profile: str
+    model_id: str
+    proc: subprocess.Popen[bytes] | None = None
+    rss: list[tuple[float, float]] = field(default_factory=list)  # (s from start, MB)
+    errors: list[str] = field(default_factory=list)  # why the run ended early, if it did
+
+
+def _py_spy(run: Run, load: Load, pid: int) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of the process (collapsed stacks, idle frames left out) when asked."""
+    if not run.stack.profile_dir:
+        return None
+    os.makedirs(run.stack.profile_dir, exist_ok=True)
+    name = f"{run.system}-{load.latency_ms:g}ms-{run.run_id}.txt"
+    here = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    spy = here if os.path.exists(here) else "py-spy"
+    args = ["record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking"]
+    return subprocess.Popen(
+        [spy, *args, "--output", os.path.join(run.stack.profile_dir, name)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _create_topics(stack: Stack, names: list[str], partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    # the prompts' timestamps from the broker where it can (Apache Kafka; Tansu keeps the
+    # producer's): then a completion's queue_ms starts at the append, not before the linger
+    conf = {"message.timestamp.type": "LogAppendTime"}
+    futures = admin.create_topics([NewTopic(n, partitions, 1, config=conf) for n in names])
+    for fut in futures.values():
+        fut.result(30)
+
+
+def _start(run: Run, load: Load, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    if run.system != "baseline":  # the worker, or a variant of it (other settings)
+        port = free_port()
+        env["LLM_WORKER_HTTP_PORT"] = str(port)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "run"], env=env, stdin=subprocess.DEVNULL
+        )
+        wait_ready(port, proc, 60)
+        deadline = time.monotonic() + 60
+        while int(readyz(port).get("assigned_partitions", 0)) < 1:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the worker got no partitions within 60 s")
+            time.sleep(0.2)
+        return proc
+    env["BASELINE_PROVIDER_URL"] = f"{run.stack.fake_url}/{run.profile}/v1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.bench.baseline"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    assigned = threading.Event()
+
+    def watch() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(b"assigned"):
+                assigned.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    if not assigned.wait(60):
+        _end(proc)
+        raise RuntimeError("the baseline loop got no partitions within 60 s")
+    return proc
+
+
+def _publish(
+    stack: Stack, topic: str, run: Run, load: Load, sent: array[float], stop: threading.Event
+) -> None:
+    try:
+        _produce_all(stack, topic, run, load, sent, stop)
+    except Exception as exc:  # the reader's loop sees it and ends the run
+        run.errors.append(f"publisher: {exc!r}")
+
+
+def _produce_all(
+    stack: Stack, topic: str, run: Run, load: Load, sent: array[float], stop: threading.Event
+) -> None:
+    # linger 5 ms paced too: one record per produce request loads Tansu more than the worker
+    producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5})
+    distinct = max(1, round(load.count * (1 - load.duplicates)))
+    start = time.monotonic()
+    for i in range(load.count):
+        if stop.is_set():
+            break
+        if load.rate:  # poll returns at the first delivery report: wait until it is time
+            while (ahead := start + i / load.rate - time.monotonic()) > 0:
+                producer.poll(ahead)
+        value = _enc.encode(
+            {
+                "id": f"{run.run_id}-{i}",
+                "model": run.model_id,
+                "prompt": f"benchmark prompt number {i % distinct} about stream processing",
+                "max_tokens": 32,
+            }
+        )
+        sent[i] = time.time()
+        while True:
+            try:
+                producer.produce(topic, value, str(i).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 1000 == 0:
+            producer.poll(0)
+    if producer.flush(30):
+        raise RuntimeError("prompts not acknowledged by the broker within 30 s")
+
+
+def run_load(
+    stack: Stack,
+    system: str,
+    load: Load,
+    progress: Progress,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[Sample, Run]:
+    """Run `load` against `system`: `baseline`, else the worker (`extra_env` on top)."""
+    run_id = uuid.uuid4().hex[:8]
+    run = Run(stack, system, run_id, f"r{run_id}", f"bench-{run_id}")
+    set_profile(stack, run.profile, latency_ms=load.latency_ms)
+    profiles: tuple[str, ...] = (run.profile,)
+    prompts, completions = f"bench_prompts_{run_id}", f"bench_completions_{run_id}"
+    _create_topics(stack, [prompts, completions, f"bench_dlq_{run_id}"], load.partitions)
+    if system != "baseline":
+        row = ModelRow(
+            model_id=run.model_id,
+            provider="fake",
+            endpoint=f"{stack.fake_url}/{run.profile}/v1",
+            upstream_model="fake-bench",
+            max_tokens=64,
+            timeout_ms=30_000,
+        )
+        if load.fallback:
+            profiles += (run.profile + "b",)
+            set_profile(stack, profiles[1], latency_ms=load.latency_ms)
+            row = msgspec.structs.replace(
+                row,
+                fallback_provider="fake",
+                fallback_endpoint=f"{stack.fake_url}/{profiles[1]}/v1",
+                fallback_model="fake-bench-b",
+            )
+        upsert_row(stack.dsn, row)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+        "DATABASE_URL": stack.dsn,
+        "LLM_WORKER_PROMPTS_TOPIC": prompts,
+        "LLM_WORKER_COMPLETIONS_TOPIC": completions,
+        "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run_id}",
+        "LLM_WORKER_GROUP_ID": f"bench-{run_id}",
+        "LLM_WORKER_LOG_LEVEL": "WARNING",
+        "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "LLM_WORKER_TOPIC_PARTITIONS": str(load.partitions),
+        **(extra_env or {}),
+    }
+    reader = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": f"bench-reader-{run_id}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 25,
+        }
+    )
+    parts = range(load.partitions)
+    reader.assign([TopicPartition(completions, p, OFFSET_BEGINNING) for p in parts])
+    sample = Sample(system, load.latency_ms, load.count)
+    stop = threading.Event()
+    proc = run.proc = _start(run, load, env)
+    try:
+        sent = array("d", bytes(8 * load.count))
+        seen = bytearray(load.count)
+        spy = _py_spy(run, load, proc.pid)
+        cpu0 = cpu_s(proc.pid)
+        pub = threading.Thread(
+            target=_publish, args=(stack, prompts, run, load, sent, stop), daemon=True
+        )
+        sample.start = t0 = time.time()
+        pub.start()
+        events = sorted(load.events, key=lambda e: e[0])
+        next_rss = 0.0
+        prefix = run_id + "-"
+        progress.start(load.count, f"{system} {load.latency_ms:g} ms")
+        while len(sample.done) < load.count:
+            now = time.time()
+            elapsed = now - t0
+            if elapsed > load.timeout_s:
+                run.errors.append(f"timed out after {load.timeout_s:.0f} s")
+            elif proc.poll() is not None:
+                run.errors.append(f"{system} exited with {proc.returncode}")
+            if run.errors:
+                progress.note(f"{system}: {'; '.join(run.errors)}")
+                break
+            while events and events[0][0] <= elapsed:
+                events.pop(0)[1](run)
+            if load.rss_every_s and elapsed >= next_rss:
+                run.rss.append((elapsed, mem_mb(proc.pid)))
+                next_rss += load.rss_every_s
+            for msg in reader.consume(1000, 0.2):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                comp = _dec.decode(value)
+                cid = comp.get("id") if isinstance(comp, dict) else None
+                if not isinstance(cid, str) or not cid.startswith(prefix):
+                    continue
+                i = int(cid[len(prefix) :])
+                if 0 <= i < load.count and not seen[i]:
+                    seen[i] = 1
+                    sample.add(comp, time.time(), sent[i] or None)
+            progress.update(len(sample.done))
+        sample.cpu_s = cpu_s(proc.pid) - cpu0
+        sample.peak_rss_mb = mem_mb(proc.pid, "VmHWM")
+        sample.provider_calls = _requests(stack, profiles)
+        progress.finish()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+    finally:
+        stop.set()
+        reader.close()
+        _end(proc)
+    return sample, run

@@ -1,0 +1,232 @@
+"""The suite's named scenarios: what load each runs, against which systems, what it adds.
+
+Each scenario is a function `(stack, options, progress) -> result`, registered in `SCENARIOS`
+under its name with a one-line help. A result is one JSON line: `scenario`, `broker`, `runs`
+(one `stats.metrics` dict per system and load) and what the scenario adds (ratios against the
+baseline, the soak's RSS slope...). Where the plain loop can run the same load it runs in the
+same invocation, right after the worker, on the same broker, Postgres and fake provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .harness import Load, Run, Stack, run_load, set_profile
+from .progress import Progress
+from .stats import after_warmup, metrics, slope
+
+__all__ = ["SCENARIOS", "SWEEP_MS", "Options", "Scenario", "compare", "soak_summary"]
+
+SWEEP_MS = (5.0, 20.0, 100.0, 500.0, 2000.0)
+"""Provider latencies of `latency-sweep` (and of its plot)."""
+
+SWEEP_COUNT = {5.0: 10_000, 20.0: 10_000, 100.0: 10_000, 500.0: 20_000, 2000.0: 20_000}
+"""Prompts per sweep point (without -n): enough at the slow points for the worker's adaptive
+limit to have grown (it starts low and learns), at most a few minutes of the plain loop."""
+
+
+@dataclass(frozen=True)
+class Options:
+    count: int | None = None  # prompts per run (scenario default when None)
+    latency_ms: float | None = None
+    rate: float | None = None  # paced prompts/s (scenario default when None)
+    duration_s: float | None = None  # paced scenarios: how long to publish
+    baseline: bool = True  # run the plain loop next to the worker where it can
+    # more worker runs next to the worker: (name, environment on top of the worker's)
+    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    partitions: int = 4
+    timeout_s: float = 900.0
+
+
+Result = dict[str, Any]
+Runner = Callable[[Stack, Options, Progress], Result]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    help: str
+    run: Runner
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def _scenario(name: str, help: str) -> Callable[[Runner], Runner]:
+    def register(fn: Runner) -> Runner:
+        SCENARIOS[name] = Scenario(name, help, fn)
+        return fn
+
+    return register
+
+
+def compare(worker: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The worker against the plain loop in one run: throughput and CPU per completion."""
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    return {
+        "throughput_ratio": ratio(worker["throughput_per_s"], base["throughput_per_s"]),
+        "sustained_ratio": ratio(worker["sustained_per_s"], base["sustained_per_s"]),
+        "cpu_per_completion_ratio": ratio(worker["cpu_s_per_1k"], base["cpu_s_per_1k"]),
+    }
+
+
+def _systems(opts: Options) -> list[tuple[str, dict[str, str]]]:
+    systems: list[tuple[str, dict[str, str]]] = [("worker", {})]
+    systems += [(name, dict(env)) for name, env in opts.variants]
+    return [*systems, ("baseline", {})] if opts.baseline else systems
+
+
+def _side_by_side(stack: Stack, opts: Options, progress: Progress, load: Load) -> Result:
+    runs = [
+        metrics(run_load(stack, system, load, progress, env)[0]) for system, env in _systems(opts)
+    ]
+    out: Result = {"runs": runs}
+    if opts.baseline:
+        out["vs_baseline"] = compare(runs[0], runs[-1])
+        for run in runs[1:-1]:
+            out[f"{run['system']}_vs_baseline"] = compare(run, runs[-1])
+    return out
+
+
+def _paced(opts: Options, rate: float, duration_s: float) -> tuple[float, float, int]:
+    r = opts.rate or rate
+    d = opts.duration_s or duration_s
+    return r, d, opts.count or max(1, round(r * d))
+
+
+@_scenario("throughput", "20,000 prompts at 20 ms, all at once (or paced with --rate)")
+def _throughput(stack: Stack, opts: Options, progress: Progress) -> Result:
+    load = Load(
+        count=opts.count or 20_000,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        rate=opts.rate,
+        partitions=opts.partitions,
+        timeout_s=opts.timeout_s,
+    )
+    return _side_by_side(stack, opts, progress, load)
+
+
+@_scenario("latency-sweep", "10,000-20,000 prompts at once at each latency 5..2,000 ms")
+def _sweep(stack: Stack, opts: Options, progress: Progress) -> Result:
+    runs: list[dict[str, Any]] = []
+    for latency in SWEEP_MS:
+        load = Load(
+            count=opts.count or SWEEP_COUNT[latency],
+            latency_ms=latency,
+            rate=opts.rate,
+            partitions=opts.partitions,
+            timeout_s=opts.timeout_s,
+        )
+        runs.extend(_side_by_side(stack, opts, progress, load)["runs"])
+    return {"runs": runs}
+
+
+@_scenario("duplicates", "20,000 prompts at once, 70% repeating an earlier prompt")
+def _duplicates(stack: Stack, opts: Options, progress: Progress) -> Result:
+    load = Load(
+        count=opts.count or 20_000,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        rate=opts.rate,
+        duplicates=0.7,
+        partitions=opts.partitions,
+        timeout_s=opts.timeout_s,
+    )
+    return _side_by_side(stack, opts, progress, load)
+
+
+@_scenario("half-load", "the worker's burst rate, then 20 s paced at half of it (worker only)")
+def _half_load(stack: Stack, opts: Options, progress: Progress) -> Result:
+    burst = Load(
+        count=opts.count or 20_000,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        partitions=opts.partitions,
+        timeout_s=opts.timeout_s,
+    )
+    full = metrics(run_load(stack, "worker", burst, progress)[0])
+    rate = opts.rate or round((full["sustained_per_s"] or full["throughput_per_s"] or 100) / 2)
+    count = round(rate * (opts.duration_s or 20.0))
+    half = metrics(run_load(stack, "worker", replace(burst, count=count, rate=rate), progress)[0])
+    return {"runs": [full, half], "rate": rate}
+
+
+def _fail_primary(run: Run) -> None:
+    set_profile(run.stack, run.profile, error_rate=1.0, error_status=503)
+
+
+def _heal_primary(run: Run) -> None:
+    set_profile(run.stack, run.profile, error_rate=0.0)
+
+
+@_scenario("failover", "paced load; the primary answers 503 for the middle third (worker only)")
+def _failover(stack: Stack, opts: Options, progress: Progress) -> Result:
+    rate, duration, count = _paced(opts, 500.0, 30.0)
+    load = Load(
+        count=count,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        rate=rate,
+        partitions=opts.partitions,
+        timeout_s=max(opts.timeout_s, duration * 3),
+        fallback=True,
+        events=[(duration / 3, _fail_primary), (duration * 2 / 3, _heal_primary)],
+    )
+    sample, _run = run_load(stack, "worker", load, progress)
+    return {"runs": [metrics(sample)], "fallback_answers": sample.fallbacks}
+
+
+def _slow(latency_ms: float) -> Callable[[Run], None]:
+    def act(run: Run) -> None:
+        set_profile(run.stack, run.profile, latency_ms=latency_ms)
+
+    return act
+
+
+@_scenario("slow-provider", "paced load; the provider goes 200 ms -> 2 s -> 200 ms")
+def _slow_provider(stack: Stack, opts: Options, progress: Progress) -> Result:
+    rate, duration, count = _paced(opts, 400.0, 30.0)
+    load = Load(
+        count=count,
+        latency_ms=200.0,
+        rate=rate,
+        partitions=opts.partitions,
+        timeout_s=max(opts.timeout_s, duration * 4),
+        events=[(duration / 3, _slow(2000.0)), (duration * 2 / 3, _slow(200.0))],
+    )
+    return _side_by_side(stack, opts, progress, load)
+
+
+def soak_summary(rss: list[tuple[float, float]], duration_s: float) -> dict[str, Any]:
+    """RSS samples -> the soak's verdict: growth after the warm-up, in MB per hour."""
+    warmup = min(120.0, duration_s * 0.2)
+    steady = after_warmup(rss, warmup)
+    return {
+        "warmup_s": warmup,
+        "rss_samples": len(rss),
+        "rss_mb_first_last": [round(steady[0][1], 1), round(steady[-1][1], 1)] if steady else None,
+        "rss_slope_mb_per_h": round(slope(steady) * 3600, 2) if len(steady) >= 2 else None,
+        "rss_mb": [round(mb, 1) for _, mb in rss],  # every sample, warm-up included
+    }
+
+
+@_scenario("soak", "steady paced load for 30 min (--duration), RSS every 10 s (worker only)")
+def _soak(stack: Stack, opts: Options, progress: Progress) -> Result:
+    rate, duration, count = _paced(opts, 500.0, 1800.0)
+    load = Load(
+        count=count,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        rate=rate,
+        partitions=opts.partitions,
+        timeout_s=duration * 2 + 60,
+        rss_every_s=10.0,
+    )
+    sample, run = run_load(stack, "worker", load, progress)
+    return {
+        "runs": [metrics(sample)],
+        "duration_s": duration,
+        "rate": rate,
+        **soak_summary(run.rss, duration),
+    }

@@ -1,0 +1,101 @@
+"""`llm-worker bench <scenario>...`: the benchmark suite.
+
+Starts one stack (broker of `--broker`, Postgres, a fake provider), runs the named scenarios
+one after another (`scenarios.SCENARIOS`), prints one JSON line per scenario on stdout as it
+finishes, a progress bar and finally a summary table on stderr. `--plot` draws the
+latency-sweep. Exit code 1 when any run missed completions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from typing import Any
+
+from .harness import open_stack
+from .plot import PlotUnavailable, plot_sweep
+from .progress import Progress
+from .scenarios import SCENARIOS, Options
+from .stats import table
+
+__all__ = ["check_names", "options_from", "parse_variant", "run_suite", "scenario_line"]
+
+
+def parse_variant(spec: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`NAME:KEY=VALUE,KEY=VALUE` -> (NAME, ((KEY, VALUE), ...)); ValueError when malformed."""
+    name, sep, rest = spec.partition(":")
+    pairs = [kv.partition("=") for kv in rest.split(",") if kv]
+    if not name or not sep or not pairs or any(not k or not eq for k, eq, _ in pairs):
+        raise ValueError(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    if name in ("worker", "baseline"):
+        raise ValueError(f"--variant {spec!r}: {name} is taken")
+    return name, tuple((k, v) for k, _, v in pairs)
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    return Options(
+        variants=tuple(parse_variant(v) for v in args.variant or ()),
+        count=args.count,
+        latency_ms=args.latency_ms,
+        rate=args.rate,
+        duration_s=args.duration,
+        baseline=not args.no_baseline,
+        partitions=args.partitions,
+        timeout_s=args.timeout,
+    )
+
+
+def scenario_line(name: str, broker: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON line of one scenario: its name and broker first, then what it measured."""
+    return {"scenario": name, "broker": broker, **result}
+
+
+def check_names(names: list[str], plot: str | None) -> str | None:
+    """Why these scenario names (and --plot) cannot run, or None."""
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        return f"unknown scenario {', '.join(unknown)} (known: {', '.join(SCENARIOS)})"
+    if plot and "latency-sweep" not in names:
+        return "--plot draws the latency-sweep: add the scenario latency-sweep"
+    return None
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    names: list[str] = list(args.scenario)
+    problem = check_names(names, args.plot)
+    if problem:
+        print(f"bench: {problem}", file=sys.stderr)
+        return 2
+    try:
+        opts = options_from(args)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    progress = Progress()
+    rows: list[tuple[str, dict[str, Any]]] = []
+    complete = True
+    # the bench client shares the cores: keep the cyclic GC off its (acyclic) bookkeeping
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        with open_stack(args.broker, progress.note, args.py_spy) as stack:
+            for name in names:
+                progress.note(f"== {name}: {SCENARIOS[name].help}")
+                result = SCENARIOS[name].run(stack, opts, progress)
+                print(json.dumps(scenario_line(name, args.broker, result)), flush=True)
+                for run in result["runs"]:
+                    rows.append((name, run))
+                    complete = complete and run["completions"] == run["count"]
+                if name == "latency-sweep" and args.plot:
+                    try:
+                        plot_sweep(result["runs"], args.plot, f"llm-worker bench ({args.broker})")
+                        progress.note(f"plot written to {args.plot}")
+                    except PlotUnavailable as exc:
+                        progress.note(str(exc))
+    finally:
+        gc.enable()
+    print("\n" + table(rows), file=sys.stderr)
+    return 0 if complete else 1
