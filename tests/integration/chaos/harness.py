@@ -126,7 +126,7 @@ class Progress:
             while not self._stop.is_set():
                 for m in self._consumer.consume(500, 0.2):
                     if m.error() is None:
-                        self.ids.add(str(json.loads(m.value())["id"]))
+                        self.ids.add(str(json.loads(m.value() or b"{}")["id"]))
         finally:
             self._consumer.close()
 
