@@ -269,7 +269,8 @@ class App:
         self.metrics.registry_stale.set(1 if reg.stale else 0)
         self.metrics.registry_rows.set(len(reg.rows) if reg.loaded else 0)
         live, _ = self.live()
-        ok = self._broker_ok and reg.loaded and not self.worker.stopping and live
+        delivering = not self.worker.stats()["delivery_failing"]  # outcomes reach Kafka
+        ok = self._broker_ok and reg.loaded and not self.worker.stopping and live and delivering
         return ok, detail
 
     async def start(self) -> None:

@@ -395,5 +395,6 @@ class Worker:
             "in_flight_limit": self._max_in_flight,
             "held": self._held(),
             "paused_partitions": len(self._flow.paused),
+            **self._outbox.delivery(),
             "partitions": len(self._tracker.partitions()),
         }
