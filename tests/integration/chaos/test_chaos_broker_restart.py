@@ -102,7 +102,8 @@ def test_broker_restart_mid_run(
             kh.produce_prompts(bs, in_topic, after)
             want = before + after
         ids = {p["id"] for p in want}
-        docs = kh.consume_until_ids(bs, out_topic, ids, timeout=180)
+        # Tansu: the known failure (xfail) need not take the whole suite's time
+        docs = kh.consume_until_ids(bs, out_topic, ids, timeout=60 if ON_TANSU else 180)
         assert worker.proc.poll() is None, f"the worker exited ({worker.proc.returncode})"
     finally:
         code = worker.stop()
