@@ -107,7 +107,7 @@ def test_exactly_once_across_a_rebalance_with_a_replica_killed(
         assert reached >= PROMPTS // 4, "the replicas answered nothing"
         replicas[0].kill()  # the survivor takes its partitions, from their committed offsets
         assert len(progress.ids) < PROMPTS, "the run finished before the kill"
-        docs = read_committed(bs, out_topic, ids, timeout=240)
+        docs = read_committed(bs, out_topic, ids, timeout=120)
     finally:
         progress.close()
         assert replicas[1].stop() == 0

@@ -57,7 +57,13 @@ def test_output_topic_missing_holds_commits_says_why_and_resumes(
             model_id="m1", provider="fake", endpoint=fake_process.endpoint(), upstream_model="u"
         ),
     )
-    env = {**worker_env, "LLM_WORKER_LOG_LEVEL": "INFO", "LLM_WORKER_CREATE_TOPICS": "false"}
+    env = {
+        **worker_env,
+        "LLM_WORKER_LOG_LEVEL": "INFO",
+        "LLM_WORKER_CREATE_TOPICS": "false",
+        # librdkafka notices a deleted topic at its next metadata refresh (default 5 min)
+        "LLM_WORKER_KAFKA_TOPIC_METADATA_REFRESH_INTERVAL_MS": "2000",
+    }
     bs = env["KAFKA_BOOTSTRAP_SERVERS"]
     in_topic, out_topic = env["LLM_WORKER_PROMPTS_TOPIC"], env["LLM_WORKER_COMPLETIONS_TOPIC"]
     kh.create_topic(bs, in_topic, PARTITIONS)

@@ -26,7 +26,7 @@ from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 
-FAULT_S = 4.0
+FAULT_S = 3.0
 """How long a transient fault lasts."""
 
 TIMEOUT_MS = 1000
@@ -86,11 +86,11 @@ async def test_a_transient_provider_fault_costs_no_prompt(
     await _topics(s)
     app = App(s, http=False)
     async with app.running(), Stream(s, "m1", rate=100) as stream:
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(1.0)
         fake.set_profile("p", **TRANSIENT[fault])
         await asyncio.sleep(FAULT_S)
         fake.set_profile("p", **HEALED)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(1.0)
     bs = s.kafka_bootstrap_servers
     docs = [r.json() for r in await asyncio.to_thread(kh.read_all, bs, s.completions_topic)]
     v = verdict(f"provider-{fault}", stream.sent, docs, started, capsys)
