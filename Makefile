@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test test-kafka lint typecheck unit component integration mutation coverage bench schemas clean helm-check
+.PHONY: demo dev test test-kafka lint typecheck unit component integration chaos mutation coverage bench schemas clean helm-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,14 @@ coverage: $(STAMP)
 ##             needs Java 17+ and KAFKA_HOME or Maven (jars fetched once into ~/.cache)
 test-kafka: $(STAMP)
 	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
+
+## chaos: only the chaos suite (tests/integration/chaos, part of integration and test-kafka),
+##        on Tansu then Apache Kafka; one summary line per scenario in chaos-report.txt
+chaos: $(STAMP)
+	rm -f chaos-report.txt
+	LLM_WORKER_CHAOS_REPORT=chaos-report.txt $(BIN)/python -m pytest tests/integration/chaos -q -p no:cacheprovider -rsx
+	LLM_WORKER_CHAOS_REPORT=chaos-report.txt LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration/chaos -q -p no:cacheprovider -rsx
+	cat chaos-report.txt
 
 ## bench: 20,000 prompts through a worker process, fake provider at 20 ms
 bench: $(STAMP)

@@ -272,8 +272,10 @@ class HTTPAdapter:
             try:
                 return self.parse_result(target, payload, request_id, headers)
             except (msgspec.DecodeError, Malformed, IndexError) as exc:
+                # the provider's fault, not the request's (a truncated transfer, a broken
+                # proxy): retried like a 5xx, so a glitch never becomes an error completion
                 raise self.error(
-                    BadRequest,
+                    ServerError,
                     target,
                     f"malformed response: {snippet(_scrub(payload, target)) or 'empty body'}",
                     status=status,

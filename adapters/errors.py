@@ -4,11 +4,11 @@
     ├── RetryableError                 worth another try (same endpoint or the fallback)
     │   ├── RateLimited                429 (Retry-After honoured)
     │   ├── Overloaded                 529 / "overloaded"
-    │   ├── ServerError                5xx, 408, 409
+    │   ├── ServerError                5xx, 408, 409, a 2xx whose body does not parse
     │   ├── ProviderTimeout            connect or total timeout
     │   └── ConnectionFailed           refused, reset, DNS
     └── TerminalError                  another try gives the same answer
-        ├── BadRequest                 400 / 422, malformed answer from the provider
+        ├── BadRequest                 400 / 422
         │   ├── ContextLengthExceeded
         │   └── ContentFiltered
         ├── AuthError                  401 / 403, missing secret

@@ -289,6 +289,8 @@ class App:
         broker_ok = self._broker_ok and up != 0
         assigned = len(self.bridge.assignment)
         stopping = self.worker.stopping
+        stats = self.worker.stats()
+        failing = bool(stats["delivery_failing"])
         registry_state = "not_loaded" if not reg.loaded else "stale" if reg.stale else "loaded"
         checks: dict[str, dict[str, Any]] = {
             "broker": {
@@ -304,6 +306,11 @@ class App:
             },
             "shutdown": {"ok": not stopping, "state": "shutting_down" if stopping else "running"},
             "kafka_clients": {"ok": fatal is None, "state": f"fatal: {fatal}" if fatal else "ok"},
+            "delivery": {  # outcomes reach the output topics (else nothing is committed)
+                "ok": not failing,
+                "state": "failing" if failing else "ok",
+                "error": stats.get("delivery_error"),
+            },
         }
         detail: dict[str, Any] = {
             "checks": checks,
@@ -313,7 +320,7 @@ class App:
             "assigned_partitions": assigned,
             "group_members": self._group_members or None,  # None: the broker does not say
             "ratelimit_share": self.limiter.share,
-            "worker": self.worker.stats(),
+            "worker": stats,
         }
         self.metrics.registry_stale.set(1 if reg.stale else 0)
         self.metrics.registry_rows.set(len(reg.rows) if reg.loaded else 0)

@@ -467,16 +467,17 @@ async def test_html_error_body_gives_a_short_readable_message(upstream: Upstream
     assert len(info.value.message) <= 210
 
 
-async def test_malformed_200_body_is_a_bad_request(upstream: Upstream) -> None:
+async def test_malformed_200_body_is_a_retryable_server_error(upstream: Upstream) -> None:
     for body in (b"not json at all", b"", b"<html>ok</html>", *upstream.profile.malformed):
 
         async def broken(request: web.Request, body: bytes = body) -> web.StreamResponse:
             return web.Response(body=body, content_type="application/json")
 
         upstream.reply = broken
-        with pytest.raises(BadRequest, match="malformed response") as info:
+        with pytest.raises(ServerError, match="malformed response") as info:
             await upstream.call()
         assert info.value.status == 200, body
+        assert info.value.retryable, body  # a glitch in transfer, not the request's fault
 
 
 async def test_timeout_is_a_provider_timeout(upstream: Upstream) -> None:

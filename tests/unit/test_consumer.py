@@ -45,6 +45,29 @@ async def test_failed_delivery_is_retried_and_offset_waits_for_it() -> None:
     assert bridge.commits[-1] == {("t", 0): 3}
 
 
+async def test_a_failing_delivery_is_visible_until_it_works_again() -> None:
+    """`llm_worker_delivery_failing` and `/readyz` (`delivery_failing`, `delivery_error`)
+    say that outcomes are not reaching their topic, for as long as that lasts."""
+    bridge = FakeBridge({0: 1})
+    bridge.fail_next_produce = 4  # the first produce and three retries (0.1, 0.2, 0.4 s)
+    worker = make_worker(bridge, FakePipeline())
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while not worker.stats()["delivery_failing"]:
+                await asyncio.sleep(0.01)
+        assert "Message timed out" in worker.stats()["delivery_error"]
+        assert worker._metrics.registry.get_sample_value("llm_worker_delivery_failing") == 1
+        async with asyncio.timeout(30):
+            while len(bridge.produced) < 1:
+                await asyncio.sleep(0.01)
+        assert worker.stats()["delivery_failing"] == 0
+        assert worker.stats()["delivery_error"] is None
+    finally:
+        worker.stop()
+        await task
+
+
 async def test_partitions_pause_at_the_bound_and_resume_until_everything_is_done() -> None:
     bridge = FakeBridge({0: 200, 1: 200})
     pipeline = FakePipeline(delay=0.002)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -14,7 +15,13 @@ import pytest
 
 from adapters import get_adapter
 from adapters.base import Message, ProviderRequest, Target
-from adapters.errors import Overloaded, ProviderTimeout, RateLimited, ServerError
+from adapters.errors import (
+    ConnectionFailed,
+    Overloaded,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
 from adapters.secrets import Secret
 from worker.cli.fake_server import FakeServer, start_fake_server
 
@@ -252,3 +259,57 @@ async def test_every_request_is_logged_with_its_times(
     assert [c.text for c in server.calls(None)] == ["first", "second", "elsewhere"]
     server.reset()
     assert server.calls(None) == []
+
+
+async def _raw_post(server: FakeServer, profile: str) -> tuple[int, bytes, int | None]:
+    """Status, body and declared length of one chat call, read without the adapter."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(f"{server.endpoint(profile)}/chat/completions", json=body) as resp,
+    ):
+        return resp.status, await resp.read(), resp.content_length
+
+
+@pytest.mark.parametrize("fault", ["malformed", "truncated"])
+async def test_malformed_and_truncated_bodies_are_200s_that_do_not_parse(
+    server: FakeServer, fault: str
+) -> None:
+    server.set_profile("f", **{f"{fault}_rate": 1.0})
+    status, body, length = await _raw_post(server, "f")
+    assert status == 200 and length == len(body) > 10  # the HTTP exchange itself is whole
+    with pytest.raises(ValueError):
+        json.loads(body)
+    if fault == "truncated":
+        assert body.startswith(b'{"id":"chatcmpl-fake-')
+    assert [c.fault for c in server.calls("f")] == [fault]
+    assert server.counters("f") == {"requests": 1, "errors": 1}
+
+
+async def test_reset_cuts_the_response_body_mid_way(server: FakeServer) -> None:
+    server.set_profile("f", reset_rate=1.0)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await _raw_post(server, "f")
+    with pytest.raises(ConnectionFailed):  # retryable for every adapter
+        async with aiohttp.ClientSession() as client:
+            await fake.complete(client, target(server, "f"), ask("x"))
+
+
+async def test_hang_answers_nothing_until_the_client_gives_up(
+    server: FakeServer, session: aiohttp.ClientSession
+) -> None:
+    server.set_profile("f", hang_rate=1.0)
+    with pytest.raises(ProviderTimeout):
+        await fake.complete(session, target(server, "f", timeout_ms=300), ask("x"))
+    for _ in range(50):  # the server sees the closed connection and lets the request go
+        if all(c.answered is not None for c in server.calls("f")):
+            break
+        await asyncio.sleep(0.05)
+    (call,) = server.calls("f")
+    assert call.fault == "hang" and call.answered is not None
+    assert call.answered - call.arrived >= 0.3
+
+
+async def test_fault_rates_are_checked(server: FakeServer) -> None:
+    with pytest.raises(ValueError, match="hang_rate must be between 0 and 1"):
+        server.set_profile("f", hang_rate=2.0)

@@ -300,7 +300,7 @@ async def test_html_error_body_gives_a_short_readable_message(
     assert len(info.value.message) <= 210
 
 
-async def test_malformed_200_body_is_a_bad_request(
+async def test_malformed_200_body_is_a_retryable_server_error(
     upstream: Upstream, session: aiohttp.ClientSession
 ) -> None:
     bodies = [b"not json at all", b'{"choices": []}', b'{"object": "chat.completion"}', b""]
@@ -310,9 +310,10 @@ async def test_malformed_200_body_is_a_bad_request(
             return web.Response(body=body, content_type="application/json")
 
         upstream.reply = broken
-        with pytest.raises(BadRequest, match="malformed response") as info:
+        with pytest.raises(ServerError, match="malformed response") as info:
             await adapter.complete(session, target(upstream.endpoint), CHAT)
         assert info.value.status == 200
+        assert info.value.retryable  # a glitch in transfer, not the request's fault
 
 
 async def test_timeout_is_a_provider_timeout(

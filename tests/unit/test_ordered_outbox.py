@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
 from worker.ops.metrics import Metrics
 from worker.records import InputRecord, Outcome
 from worker.stream.offsets import PartitionOffsets
-from worker.stream.transactions import OrderedOutbox
+from worker.stream.transactions import ExactlyOnce, OrderedOutbox
 
 from .stream_fakes import FakeBridge
 
@@ -55,3 +57,30 @@ async def test_a_failed_delivery_taints_the_transaction_and_is_not_retried() -> 
     await asyncio.sleep(0.05)  # the fake reports deliveries a moment later
     assert box.tainted is not None and "Local: Message timed out" in box.tainted
     assert box.unacked == 0 and not spawned and offsets.pending_commit() is None
+
+
+class _FencedProducer:
+    """A transactional producer the broker has fenced: every transactional call fails."""
+
+    def __init__(self) -> None:
+        self.err = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+
+    def abort_transaction(self, timeout: float) -> None:
+        raise KafkaException(self.err)
+
+    def begin_transaction(self) -> None:
+        raise AssertionError("no new transaction after a fatal error")
+
+
+async def test_a_fenced_producer_stops_the_worker_instead_of_aborting_forever() -> None:
+    """Found by the chaos suite: a producer fenced mid-transaction (its transaction timed out
+    during a long rebalance) made every later commit and abort fail, and the worker went on
+    aborting and rewinding for minutes without answering anything. It is fatal: report it."""
+    bridge = FakeBridge({0: 0})
+    bridge.producer = _FencedProducer()  # type: ignore[attr-defined]
+    reported: list[KafkaError] = []
+    bridge.report_fatal = reported.append  # type: ignore[attr-defined]
+    box = OrderedOutbox(bridge, Metrics(), spawn=lambda k, c: None)  # type: ignore[arg-type]
+    eos = ExactlyOnce(bridge, box)  # type: ignore[arg-type]
+    await eos.abort()
+    assert [e.code() for e in reported] == [KafkaError._FENCED]

@@ -8,13 +8,17 @@ the server's default settings):
     GET  /health
     GET  /admin/config                     all profiles with settings and counters
     POST /admin/config/{profile}           JSON {"latency_ms", "jitter_ms", "error_rate",
-                                           "error_status", "retry_after_s"}, any subset
+                                           "error_status", "retry_after_s", "max_concurrency",
+                                           "reset_rate", "hang_rate", "malformed_rate",
+                                           "truncated_rate"}, any subset
     POST /admin/reset                      zero every counter
 
 The answer is deterministic: `"[fake:{model}] " + <last user message>`, cut to `max_tokens`
 words (finish_reason "length", else "stop"); usage counts words. Latency is drawn uniformly
 from `latency_ms ± jitter_ms`; with probability `error_rate` the answer is an OpenAI error body
-with `error_status` (429, 503 and 529 carry `Retry-After`).
+with `error_status` (429, 503 and 529 carry `Retry-After`). Otherwise the `*_rate` faults of
+`fake_faults` may strike: a connection reset mid-response, a hang until the client's timeout,
+a malformed or a truncated JSON body.
 
 Every request is also kept in a log (`FakeProvider.calls(profile)`, the last `max_log` per
 server): when it arrived and was answered (the server's monotonic clock), its status, model,
@@ -38,6 +42,19 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from .fake_faults import FAULT_SETTINGS, fault_response_or_none, hang, pick_fault, reset
+from .fake_wire import (
+    ChatRequest,
+    Completion,
+    OutChoice,
+    OutMessage,
+    OutUsage,
+    decode_any,
+    decode_request,
+    encode,
+    text_of,
+)
+
 __all__ = ["PROFILE_PATTERN", "Call", "FakeProvider", "Profile"]
 
 PROFILE_PATTERN = "[A-Za-z0-9_.-]{1,64}"
@@ -49,6 +66,7 @@ _SETTINGS = (
     "error_status",
     "retry_after_s",
     "max_concurrency",
+    *FAULT_SETTINGS,
 )
 _ERROR_KINDS = {
     400: ("invalid_request_error", "invalid_request"),
@@ -63,59 +81,6 @@ _ERROR_KINDS = {
 }
 
 
-class _InMessage(msgspec.Struct):
-    role: str
-    content: str | list[Any] | None = None
-
-
-class _ChatRequest(msgspec.Struct):
-    model: str
-    messages: list[_InMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    stop: str | list[str] | None = None
-
-
-class _OutMessage(msgspec.Struct):
-    role: str
-    content: str
-
-
-class _OutChoice(msgspec.Struct):
-    index: int
-    message: _OutMessage
-    finish_reason: str
-
-
-class _OutUsage(msgspec.Struct):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class _Completion(msgspec.Struct):
-    id: str
-    object: str
-    created: int
-    model: str
-    choices: list[_OutChoice]
-    usage: _OutUsage
-
-
-_encode = msgspec.json.Encoder().encode
-_decode_request = msgspec.json.Decoder(_ChatRequest).decode
-_decode_any = msgspec.json.Decoder().decode
-
-
-def _text_of(content: str | list[Any] | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-    return " ".join(p for p in parts if isinstance(p, str))
-
-
 def _validated(settings: Mapping[str, Any]) -> dict[str, float]:
     """Checked profile settings; ValueError naming the first bad one."""
     out: dict[str, float] = {}
@@ -127,8 +92,8 @@ def _validated(settings: Mapping[str, Any]) -> dict[str, float]:
         number = float(value)
         if not math.isfinite(number) or number < 0:
             raise ValueError(f"{key} must be a finite number >= 0")
-        if key == "error_rate" and number > 1:
-            raise ValueError("error_rate must be between 0 and 1")
+        if key.endswith("_rate") and number > 1:
+            raise ValueError(f"{key} must be between 0 and 1")
         if key == "error_status" and (number != int(number) or not 400 <= number <= 599):
             raise ValueError("error_status must be an HTTP error status (400..599)")
         out[key] = number
@@ -144,6 +109,10 @@ class Profile(msgspec.Struct, kw_only=True):
     error_status: int = 500
     retry_after_s: float = 1.0
     max_concurrency: float = 0.0  # above this many requests in flight: 429 at once (0: none)
+    reset_rate: float = 0.0
+    hang_rate: float = 0.0
+    malformed_rate: float = 0.0
+    truncated_rate: float = 0.0
     requests: int = 0
     errors: int = 0
 
@@ -154,6 +123,12 @@ class Profile(msgspec.Struct, kw_only=True):
     def counters(self) -> dict[str, int]:
         return {"requests": self.requests, "errors": self.errors}
 
+    def fault(self, rng: random.Random) -> str | None:
+        """The `fake_faults` fault for one request, if any."""
+        if not (self.reset_rate or self.hang_rate or self.malformed_rate or self.truncated_rate):
+            return None
+        return pick_fault({k: getattr(self, k) for k in FAULT_SETTINGS}, rng)
+
 
 class Call:
     """One request as the fake provider saw it. `answered` is None while it is being served."""
@@ -162,6 +137,7 @@ class Call:
         "answered",
         "arrived",
         "authorization",
+        "fault",
         "in_flight",
         "model",
         "profile",
@@ -177,6 +153,7 @@ class Call:
         self.status: int | None = None
         self.model = ""
         self.text = ""
+        self.fault: str | None = None  # the `fake_faults` fault injected, if any
         self.in_flight = 0  # this profile's requests in flight on arrival, this one included
 
     @property
@@ -213,7 +190,7 @@ class FakeProvider:
         self._ids = itertools.count(1)
         self._log: collections.deque[Call] = collections.deque(maxlen=max_log)
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in models]
-        self._model_list = _encode({"object": "list", "data": data})
+        self._model_list = encode({"object": "list", "data": data})
         self.profile("default")
         for name, settings in (profiles or {}).items():
             self.configure(name, **settings)
@@ -262,7 +239,7 @@ class FakeProvider:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def chat(self, request: web.Request) -> web.Response:
+    async def chat(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info.get("profile", "default")
         call = Call(name, time.monotonic(), request.headers.get("Authorization"))
         self._log.append(call)
@@ -274,7 +251,7 @@ class FakeProvider:
         call.answered, call.status = time.monotonic(), response.status
         return response
 
-    async def _chat(self, name: str, request: web.Request, call: Call) -> web.Response:
+    async def _chat(self, name: str, request: web.Request, call: Call) -> web.StreamResponse:
         try:
             profile = self.profile(name)
         except ValueError as exc:
@@ -294,15 +271,17 @@ class FakeProvider:
         finally:
             self._in_flight[name] -= 1
 
-    async def _answer(self, request: web.Request, profile: Profile, call: Call) -> web.Response:
+    async def _answer(
+        self, request: web.Request, profile: Profile, call: Call
+    ) -> web.StreamResponse:
         try:
-            chat = _decode_request(await request.read())
+            chat = decode_request(await request.read())
         except msgspec.DecodeError as exc:
             profile.errors += 1
             return _error_response(400, f"invalid request body: {exc}", *_ERROR_KINDS[400])
         call.model = chat.model
         users = [m for m in chat.messages if m.role == "user"]
-        call.text = _text_of(users[-1].content) if users else ""
+        call.text = text_of(users[-1].content) if users else ""
         rng = self._rng
         delay = profile.latency_ms
         if profile.jitter_ms:
@@ -319,13 +298,23 @@ class FakeProvider:
                 response.headers["Retry-After"] = f"{profile.retry_after_s:g}"
             response.headers["x-request-id"] = f"fake-{number}"
             return response
-        return self._completion(chat, number)
+        answer = self._completion(chat, number)
+        fault = call.fault = profile.fault(rng)
+        if fault is None:
+            return answer
+        profile.errors += 1
+        if fault == "hang":
+            await hang(request)
+            return web.Response(status=499)  # nobody reads it: the client went away
+        if fault == "reset":
+            return await reset(request, bytes(answer.body))  # type: ignore[arg-type]
+        return fault_response_or_none(fault, bytes(answer.body)) or answer  # type: ignore[arg-type]
 
-    def _completion(self, chat: _ChatRequest, number: int) -> web.Response:
+    def _completion(self, chat: ChatRequest, number: int) -> web.Response:
         last_user = ""
         prompt_words = 0
         for message in chat.messages:
-            text = _text_of(message.content)
+            text = text_of(message.content)
             prompt_words += len(text.split())
             if message.role == "user":
                 last_user = text
@@ -342,16 +331,16 @@ class FakeProvider:
             words = words[: max(limit, 0)]
             text = " ".join(words)
             finish = "length"
-        answer = _Completion(
+        answer = Completion(
             id=f"chatcmpl-fake-{number}",
             object="chat.completion",
             created=int(time.time()),
             model=chat.model,
-            choices=[_OutChoice(0, _OutMessage("assistant", text), finish)],
-            usage=_OutUsage(prompt_words, len(words), prompt_words + len(words)),
+            choices=[OutChoice(0, OutMessage("assistant", text), finish)],
+            usage=OutUsage(prompt_words, len(words), prompt_words + len(words)),
         )
         return web.Response(
-            body=_encode(answer),
+            body=encode(answer),
             content_type="application/json",
             headers={"x-request-id": f"fake-{number}"},
         )
@@ -367,7 +356,7 @@ class FakeProvider:
 
     async def set_config(self, request: web.Request) -> web.Response:
         try:
-            doc = _decode_any(await request.read())
+            doc = decode_any(await request.read())
             if not isinstance(doc, dict):
                 raise ValueError("body must be a JSON object")
             snapshot = self.configure(request.match_info["profile"], **doc)
@@ -382,4 +371,4 @@ class FakeProvider:
 
 def _error_response(status: int, message: str, kind: str, code: str) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return web.Response(status=status, body=_encode(body), content_type="application/json")
+    return web.Response(status=status, body=encode(body), content_type="application/json")

@@ -107,6 +107,11 @@ class Metrics:
         self.delivery_retries = Counter(
             "llm_worker_delivery_retries", "Produce attempts retried", registry=r
         )
+        self.delivery_failing = Gauge(
+            "llm_worker_delivery_failing",
+            "Outcomes whose delivery is failing and being retried (their offsets wait)",
+            registry=r,
+        )
         self.registry_rows = Gauge(
             "llm_worker_registry_rows", "Rows in the registry cache", registry=r
         )

@@ -297,5 +297,6 @@ class Worker(Rebalancing):
             "in_flight_limit": self._max_in_flight,
             "held": self._held(),
             "paused_partitions": len(self._flow.paused),
+            **self._outbox.delivery(),
             "partitions": len(self._tracker.partitions()),
         }

@@ -199,7 +199,13 @@ class KafkaBridge:
 
     def _client_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (any thread): a fatal error makes the clients unusable."""
-        if not err.fatal() or self.fatal is not None:
+        if err.fatal():
+            self.report_fatal(err)
+
+    def report_fatal(self, err: KafkaError) -> None:
+        """A client is unusable: a fatal error from the error callback, or one that a call
+        returned (a fenced transactional producer's). Reported once to `on_fatal`."""
+        if self.fatal is not None:
             return
         self.fatal = f"{err.name()}: {err.str()}"
         loop, hook = self._loop, self._on_fatal

@@ -58,6 +58,11 @@ class Outbox:
         self.counters: dict[str, int] = {"delivery_retries": 0, "shrunk": 0}
         self.redelivering = 0
         """Outcomes being delivered again in a task (refused or failed the first time)."""
+        self.failing = 0
+        """Outcomes whose delivery failed (not as too large) and is being retried now."""
+        self.delivery_error: str | None = None
+        """The last such failure, while any outcome is failing."""
+        metrics.delivery_failing.set_function(lambda: self.failing)
         bridge.set_ack_handler(self._on_acks)
 
     def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
@@ -120,35 +125,58 @@ class Outbox:
         attempt, handled before the first produce."""
         delay, longest = RETRY_DELAY_S
         shrunk = 0
-        while True:
-            if error is not None:
-                self.counters["delivery_retries"] += 1
-                self._metrics.delivery_retries.inc()
-                if error.too_large and shrunk < SHRINK_STEPS:
-                    shrunk += 1
-                    self.counters["shrunk"] += 1
-                    size = len(outcome.value)
-                    shrink(outcome, shrunk, self._bridge.max_message_bytes)
-                    log.warning(
-                        "outcome for %s refused as too large (%d bytes); replaced by a "
-                        "smaller record (step %d)",
-                        outcome.topic,
-                        size,
-                        shrunk,
+        failing = False
+        try:
+            while True:
+                if error is not None:
+                    self.counters["delivery_retries"] += 1
+                    self._metrics.delivery_retries.inc()
+                    if error.too_large and shrunk < SHRINK_STEPS:
+                        shrunk += 1
+                        self.counters["shrunk"] += 1
+                        size = len(outcome.value)
+                        shrink(outcome, shrunk, self._bridge.max_message_bytes)
+                        log.warning(
+                            "outcome for %s refused as too large (%d bytes); replaced by a "
+                            "smaller record (step %d)",
+                            outcome.topic,
+                            size,
+                            shrunk,
+                        )
+                    else:
+                        if not failing:
+                            failing = True
+                            self._failing(outcome.topic, error, +1)
+                        self.delivery_error = f"{outcome.topic}: {error}"
+                        log.debug("delivery to %s failed (%s); retrying", outcome.topic, error)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, longest)
+                try:
+                    await self._bridge.produce(
+                        outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
                     )
-                else:
-                    log.warning(
-                        "delivery to %s failed (%s); retrying in %.1f s",
-                        outcome.topic,
-                        error,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, longest)
-            try:
-                await self._bridge.produce(
-                    outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
-                )
-                return
-            except DeliveryError as exc:
-                error = exc
+                    return
+                except DeliveryError as exc:
+                    error = exc
+        finally:
+            if failing:
+                self._failing(outcome.topic, None, -1)
+
+    def delivery(self) -> dict[str, Any]:
+        """For `/readyz`: how many outcomes are failing delivery, and why."""
+        return {"delivery_failing": self.failing, "delivery_error": self.delivery_error}
+
+    def _failing(self, topic: str, error: DeliveryError | None, step: int) -> None:
+        """Count the outcomes whose delivery is failing; say when it starts and when it ends
+        (one line each, not one per record)."""
+        self.failing += step
+        if step > 0 and self.failing == 1:
+            log.error(
+                "delivery to %s is failing (%s): outcomes are retried until it works, and no "
+                "offset behind them is committed",
+                topic,
+                error,
+            )
+        elif step < 0 and self.failing == 0:
+            self.delivery_error = None
+            log.warning("delivery to %s works again", topic)

@@ -138,6 +138,7 @@ class ExactlyOnce:
                     await asyncio.to_thread(producer.send_offsets_to_transaction, tps, meta, 30)
                     await asyncio.to_thread(producer.commit_transaction, 30)
                 except KafkaException as exc:
+                    self._fatal(exc)
                     raise TransactionAborted(f"commit failed: {exc}") from exc
                 producer.begin_transaction()
                 self.counters["transactions"] += 1
@@ -165,10 +166,20 @@ class ExactlyOnce:
         producer = self._bridge.producer
         try:
             await asyncio.to_thread(producer.abort_transaction, 30)
-        except KafkaException as exc:  # fatal (fenced): the bridge reports it
+        except KafkaException as exc:  # fatal (fenced): the worker must stop
             log.error("aborting the transaction failed: %s", exc)
+            self._fatal(exc)
             return
         producer.begin_transaction()
+
+    def _fatal(self, exc: KafkaException) -> None:
+        """A fatal error returned by a transactional call (fenced: the broker bumped the
+        epoch, after a transaction timeout or for a newer instance) ends the worker: librdkafka
+        does not always pass it to the error callback too, and every later transaction would
+        fail the same way, forever."""
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.fatal():
+            self._bridge.report_fatal(err)
 
     async def _settle_released(self) -> None:
         outbox = self._outbox

@@ -1,0 +1,113 @@
+"""The broker restarted mid-run, under a running worker that is not restarted. On Apache Kafka
+(stop, start on the same port and data directory) the worker reconnects and finishes the run,
+losing nothing. On Tansu (memory only: topics, records and commits die with it) the worker
+survives the restart and serves the topics created again.
+
+Each test runs a private broker of the session's kind, so the restart touches no other test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry.models import ModelRow
+from registry.store import upsert_row
+from tests.integration import kafka_helpers as kh
+from tests.integration.chaos.harness import FakeProcess, Progress, WorkerProcess, prompts, verdict
+from tests.integration.conftest import ON_TANSU, start_kafka_broker
+from worker.cli.devstack import KafkaBroker, LocalBroker
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 2
+
+
+@pytest.fixture
+def private_broker() -> Iterator[list[LocalBroker | KafkaBroker]]:
+    """The broker, in a list: a Tansu restart replaces it with a new process."""
+    brokers: list[LocalBroker | KafkaBroker] = [
+        LocalBroker().start() if ON_TANSU else start_kafka_broker()
+    ]
+    try:
+        yield brokers
+    finally:
+        for broker in brokers:
+            broker.close()
+
+
+def _topics(bs: str, env: dict[str, str]) -> None:
+    for name in ("LLM_WORKER_PROMPTS_TOPIC", "LLM_WORKER_COMPLETIONS_TOPIC"):
+        kh.create_topic(bs, env[name], PARTITIONS)
+    kh.create_topic(bs, env["LLM_WORKER_DLQ_TOPIC"], 1)
+
+
+def _restart(brokers: list[LocalBroker | KafkaBroker], down_s: float) -> None:
+    broker = brokers[-1]
+    broker.stop()  # Apache Kafka: a clean stop, the log stays
+    time.sleep(down_s)
+    if isinstance(broker, KafkaBroker):
+        broker.start()  # the same port and data directory
+    else:
+        brokers.append(LocalBroker(broker.port).start())  # the same port, nothing else
+
+
+@pytest.mark.xfail(
+    ON_TANSU,
+    reason="found by this test, not fixed yet: after a Tansu restart the worker lost its "
+    "partitions and got none back (within 60 s here, 3 minutes in a first run); 64 outcomes "
+    "stayed unacknowledged (its idempotent producer's ids died with the broker)",
+    strict=False,
+)
+def test_broker_restart_mid_run(
+    worker_env: dict[str, str],
+    pg_dsn: str,
+    fake_process: FakeProcess,
+    private_broker: list[LocalBroker | KafkaBroker],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    started = time.monotonic()
+    bs = private_broker[0].bootstrap
+    env = {**worker_env, "KAFKA_BOOTSTRAP_SERVERS": bs}
+    in_topic, out_topic = env["LLM_WORKER_PROMPTS_TOPIC"], env["LLM_WORKER_COMPLETIONS_TOPIC"]
+    upsert_row(
+        pg_dsn,
+        ModelRow(
+            model_id="m1", provider="fake", endpoint=fake_process.endpoint(), upstream_model="u"
+        ),
+    )
+    _topics(bs, env)
+    before, after = prompts(2000, "m1", "before"), prompts(1000, "m1", "after")
+    kh.produce_prompts(bs, in_topic, before)
+    worker = WorkerProcess(env, tmp_path, "worker", LLM_WORKER_MAX_IN_FLIGHT="64")
+    try:
+        if ON_TANSU:
+            kh.consume_until_ids(bs, out_topic, {p["id"] for p in before}, timeout=120)
+            _restart(private_broker, 3.0)
+            _topics(bs, env)  # what the operator does after a memory-only broker restarts
+            kh.produce_prompts(bs, in_topic, after)
+            want = after
+        else:
+            progress = Progress(bs, out_topic)
+            try:
+                assert progress.wait(len(before) // 3, timeout=90) >= len(before) // 3
+                _restart(private_broker, 3.0)
+                at_restart = len(progress.ids)  # an upper bound: it stopped with the broker
+            finally:
+                progress.close()
+            assert at_restart < len(before), "the run finished before the restart"
+            kh.produce_prompts(bs, in_topic, after)
+            want = before + after
+        ids = {p["id"] for p in want}
+        # Tansu: the known failure (xfail) need not take the whole suite's time
+        docs = kh.consume_until_ids(bs, out_topic, ids, timeout=60 if ON_TANSU else 180)
+        assert worker.proc.poll() is None, f"the worker exited ({worker.proc.returncode})"
+    finally:
+        code = worker.stop()
+    v = verdict("broker-restart", ids, docs, started, capsys)
+    assert code == 0, f"the worker exited with {code}; see {worker.log}"
+    assert not v.lost, f"{len(v.lost)} lost; see {worker.log}"
+    assert not v.errors, v.errors
