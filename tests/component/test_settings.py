@@ -207,6 +207,7 @@ async def test_the_http_endpoints(provider: FakeServer) -> None:
         "assignment": "assigned",
         "shutdown": "running",
         "kafka_clients": "ok",
+        "delivery": "ok",
     }
     assert stale["checks"]["registry"] == {"ok": True, "state": "stale"}
     assert metrics[("llm_worker_completions_total", (("model", "m1"), ("status", "ok")))] == 1

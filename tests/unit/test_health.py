@@ -103,12 +103,20 @@ async def test_readyz_explains_each_check(served: tuple[App, int]) -> None:
     status, body = await asyncio.to_thread(get, port, "/readyz")
     assert status == 503 and body["ready"] is False
     checks = body["checks"]
-    assert set(checks) == {"broker", "registry", "assignment", "shutdown", "kafka_clients"}
+    assert set(checks) == {
+        "broker",
+        "registry",
+        "assignment",
+        "shutdown",
+        "kafka_clients",
+        "delivery",
+    }
     assert checks["broker"] == {"ok": False, "state": "starting", "brokers_up": None}
     assert checks["registry"] == {"ok": False, "state": "not_loaded"}
     assert checks["assignment"] == {"ok": True, "state": "waiting", "partitions": 0}
     assert checks["shutdown"] == {"ok": True, "state": "running"}
     assert checks["kafka_clients"] == {"ok": True, "state": "ok"}
+    assert checks["delivery"] == {"ok": True, "state": "ok", "error": None}
     # what a running worker reports (as if started): each check flips on its own
     app._broker_ok = True
     app.kafka_stats.brokers_up = 1
