@@ -47,7 +47,7 @@ WINDOW = 12
 MODES = {  # how the hostile server answers → the error type the completion must carry
     "echo401": "auth_error",
     "echo500": "server_error",
-    "echo200": "bad_request",
+    "echo200": "server_error",  # a 2xx body that does not parse: retryable, held to the deadline
 }
 
 
