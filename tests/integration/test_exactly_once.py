@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -21,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from registry.models import ModelRow
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
+from tests.integration.test_worker_process import _start
 from worker.cli.devstack import free_port, spawn_fake_provider
 
 pytestmark = pytest.mark.integration
@@ -35,14 +34,6 @@ def fake_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def _start(env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run"],
-        env={**env, "LLM_WORKER_HTTP_PORT": str(free_port()), **extra},
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def read_committed(bs: str, topic: str, want: set[str], timeout: float) -> list[dict[str, object]]:
