@@ -257,7 +257,11 @@ async def test_latency_objective_sends_traffic_to_the_faster_endpoint(
     upsert_row(pg_dsn, msgspec.structs.replace(row, routing_objective="latency"))
     await _topics(s)
     async with App(s, http=False).running(), Stream(s, "m1", rate=100) as stream:
-        await wait_for(lambda: len(stream.got) >= 50, timeout=30)  # warm-up
+        # warm-up: both endpoints measured, and the backlog of the worker's start served
+        # (a slow start leaves hundreds queued, already routed before anything was measured)
+        await wait_for(lambda: len(stream.got) >= 50, timeout=30)
+        backlog = set(stream.sent)
+        await wait_for(lambda: backlog <= {d["id"] for _, d in stream.got}, timeout=30)
         t_warm = time.time()
         slow0, fast0 = _calls(fake, "slow"), _calls(fake, "fast")
         await wait_for(lambda: len(stream.after(t_warm)) >= 300, timeout=30)

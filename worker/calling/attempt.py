@@ -193,13 +193,15 @@ class Attempts:
         # the call, it was saturated, which inflates latency beyond what the lag shows: keep
         # that call from the latency judgement
         lag = self._lag.since(lag0) if self._lag is not None else 0.0
-        # routing compares endpoints on the raw time (a stall delays all alike); the latency
-        # judge sees the provider's share (see LoopLag) and the load the call started at
-        self.router.stats.record(health, True, elapsed)
+        # routing and the latency judge see the provider's share (see LoopLag): a stall
+        # lands on the endpoint being called, while the one not chosen keeps its older
+        # EWMA, so raw times would hand traffic to the slower endpoint after each stall
+        share = max(elapsed - lag, 0.0)
+        self.router.stats.record(health, True, share)
         self.breakers.record(
             health,
             True,
-            max(elapsed - lag, 0.0),
+            share,
             judge_latency=lag < LAG_UNTRUSTED_SHARE * elapsed
             or elapsed < self.breakers.config.latency_min_increase_s,
             load=load,

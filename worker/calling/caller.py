@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from adapters.base import ProviderRequest
-from adapters.errors import BadRequest, ProviderError, ProviderTimeout, RateLimited
+from adapters.errors import BadRequest, ProviderError, RateLimited
 from adapters.retry import next_delay
 from adapters.secrets import SecretStore
 from adapters.sessions import SessionPool
@@ -41,7 +41,7 @@ from .concurrency import ConcurrencyLimits
 from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
 from .observer import CallObserver
 from .ratelimit import RateLimiter
-from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens
+from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens, expired
 from .routing import Router, endpoint_key, health_key
 
 __all__ = [
@@ -184,24 +184,7 @@ class Caller:
                 self.holds.leave(st.episode, st.joined_at)
 
     def _expired(self, st: _Call) -> ProviderError:
-        """The request's last error, saying that the deadline ended it: what the provider
-        said last (the breaker opened because of such errors), else `circuit_open`."""
-        err = (
-            st.last_call_error
-            or st.last
-            or ProviderTimeout("request deadline passed before an answer")
-        )
-        circuit = (
-            ", circuit open" if isinstance(st.last, CircuitOpen) and err is not st.last else ""
-        )
-        return type(err)(
-            f"{err.message}; request deadline passed after {st.attempts} attempts"
-            f" and {st.held_s:.1f}s held{circuit}",
-            provider=err.provider,
-            model=err.model,
-            status=err.status,
-            request_id=err.request_id,
-        )
+        return expired(st.last_call_error, st.last, st.attempts, st.held_s)
 
     # -- holding ---------------------------------------------------------------------------
     def _join(self, st: _Call, endpoint: str, reason: str, why: str) -> None:
@@ -268,6 +251,30 @@ class Caller:
             changed.set()  # wake every waiter; each looks at the breakers again
 
     # -- one pass over the candidates ------------------------------------------------------
+    def _limited(self, request: ProviderRequest, tenant: str | None) -> Callable[[Candidate], bool]:
+        """`limited(c)`: c's rate limits have no room for this request right now."""
+
+        def limited(c: Candidate) -> bool:
+            row = c.row
+            return not self.limiter.has_capacity(
+                endpoint=endpoint_key(c),
+                model_id=row.model_id,
+                rpm=row.rpm_limit,
+                tpm=row.tpm_limit,
+                tenant=tenant,
+                tokens=estimate_tokens(request, row.max_tokens),
+            )
+
+        return limited
+
+    def _queued(self, c: Candidate) -> float:
+        """Calls ahead of a new one at c, in rounds of its concurrency limit (0: a slot is
+        free): the `latency` objective adds that wait to the endpoint's latency."""
+        lim = self.concurrency.by_endpoint.get(health_key(c))
+        if lim is None or (lim.in_use < lim.slots and not lim.waiting):
+            return 0.0
+        return (lim.waiting + 1) / lim.slots
+
     async def _pass(
         self,
         candidates: Sequence[Candidate],
@@ -282,30 +289,15 @@ class Caller:
         obs = self.observer
         live = [c for c in candidates if health_key(c) not in st.dead] if st.dead else candidates
         objective = live[0].row.routing_objective if live else None
-        limited = None
-        if len(live) > 1:
-
-            def limited(c: Candidate) -> bool:
-                row = c.row
-                return not self.limiter.has_capacity(
-                    endpoint=endpoint_key(c),
-                    model_id=row.model_id,
-                    rpm=row.rpm_limit,
-                    tpm=row.tpm_limit,
-                    tenant=tenant,
-                    tokens=estimate_tokens(request, row.max_tokens),
-                )
-
+        limited = self._limited(request, tenant) if len(live) > 1 else None
         retry: ProviderError | None = None
         circuit: ProviderError | None = None
         terminal: ProviderError | None = None
-        for cand in self.router.order(live, objective, limited):
+        for cand in self.router.order(live, objective, limited, self._queued):
             name = cand.endpoint_name
             health = health_key(cand)
             if not self.breakers.allow(health):
-                circuit = circuit or CircuitOpen(
-                    f"circuit open for {name}", provider=cand.provider, model=cand.upstream_model
-                )
+                circuit = circuit or CircuitOpen.of(cand)
                 m.provider_calls.labels(cand.provider, name, "circuit_open").inc()
                 if obs is not None:
                     obs.event("circuit_open", cand)
@@ -339,7 +331,12 @@ class Caller:
                     st.last = retry or circuit or terminal or st.last
                     raise CallFailed(self._expired(st), st.attempts, st.last_cand)
                 slots = self.concurrency.get(health)
-                st.deadline += await slots.acquire()  # a wait for a slot is held, not failed
+                waited = await slots.acquire()
+                st.deadline += waited  # a wait for a slot is held, not failed
+                if waited and self.breakers.is_open(health):  # it opened while we queued
+                    slots.release(ok=False)
+                    circuit = circuit or CircuitOpen.of(cand)
+                    break
                 remaining = st.deadline - self._clock()
                 retry_of = st.last_call_error if st.attempts else None
                 st.attempts += 1

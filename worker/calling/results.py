@@ -5,16 +5,24 @@ from __future__ import annotations
 import msgspec
 
 from adapters.base import ProviderRequest, ProviderResult
-from adapters.errors import ProviderError, RetryableError
+from adapters.errors import ProviderError, ProviderTimeout, RetryableError
 from registry.resolve import Candidate
 
-__all__ = ["CallFailed", "CallResult", "CircuitOpen", "estimate_tokens"]
+__all__ = ["CallFailed", "CallResult", "CircuitOpen", "estimate_tokens", "expired"]
 
 
 class CircuitOpen(RetryableError):
     """Every candidate's circuit breaker is open: no call could be made."""
 
     type = "circuit_open"
+
+    @classmethod
+    def of(cls, cand: Candidate) -> CircuitOpen:
+        return cls(
+            f"circuit open for {cand.endpoint_name}",
+            provider=cand.provider,
+            model=cand.upstream_model,
+        )
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,3 +63,24 @@ def estimate_tokens(request: ProviderRequest, cap: int | None) -> int:
     if cap is not None:
         out = min(out, cap)
     return chars // 4 + 1 + out
+
+
+def expired(
+    last_call_error: ProviderError | None,
+    last: ProviderError | None,
+    attempts: int,
+    held_s: float,
+) -> ProviderError:
+    """The error a request ends with at its deadline, saying so: what the provider said last
+    (the breaker opened because of such errors), else why the last pass failed
+    (`circuit_open`), else a timeout."""
+    err = last_call_error or last or ProviderTimeout("request deadline passed before an answer")
+    circuit = ", circuit open" if isinstance(last, CircuitOpen) and err is not last else ""
+    return type(err)(
+        f"{err.message}; request deadline passed after {attempts} attempts"
+        f" and {held_s:.1f}s held{circuit}",
+        provider=err.provider,
+        model=err.model,
+        status=err.status,
+        request_id=err.request_id,
+    )

@@ -4,8 +4,11 @@ Objectives:
 
 - `priority`: the registry order.
 - `latency`: the expected time to a good answer, EWMA latency / (1 - EWMA error rate), so an
-  endpoint that fails fast does not look fast. Endpoints never measured go first, in registry
-  order, so they warm up.
+  endpoint that fails fast does not look fast, times one more round per `queued(c)` (the
+  calls waiting for a slot of its concurrency limit, in rounds of that limit), so a fast
+  endpoint with a queue yields to a slower one with room once the wait outweighs the gain.
+  Endpoints never measured go first, in registry order, so they warm up; one that has every
+  slot taken before its first answer goes last.
 - `cost`: `input_cost_per_1k + output_cost_per_1k` of the candidate's registry row.
 - `reliability`: the EWMA error rate (an endpoint never measured counts as 0).
 
@@ -26,6 +29,7 @@ deterministic.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
@@ -129,13 +133,15 @@ class Router:
         candidates: Sequence[Candidate],
         objective: str | None = None,
         limited: Callable[[Candidate], bool] | None = None,
+        queued: Callable[[Candidate], float] | None = None,
     ) -> list[Candidate]:
         """The candidates, best first. Never drops one.
 
         Open breakers go last; a demoted endpoint goes behind faster healthy candidates (see
         the module docstring). `limited(c)`: c's rate limits have no room right now; when
         the best candidate is limited, those with room go ahead of it (a request waits for
-        a limited endpoint only when every candidate is limited)."""
+        a limited endpoint only when every candidate is limited). `queued(c)`: the latency
+        objective's queue at c (see the module docstring)."""
         obj = self.objective if objective is None else objective
         if obj not in OBJECTIVES:
             _check(obj)
@@ -159,12 +165,13 @@ class Router:
                     else:
                         e = by.get(health_key(c))
                         if obj == "latency":
-                            # unmeasured first, so they warm up
+                            q = queued(c) if queued is not None else 0.0
+                            # unmeasured first, so they warm up (unless already full)
                             if e is None or e.latency is None:
-                                score = -1.0
+                                score = -1.0 if q == 0 else math.inf
                             else:
                                 err = e.error if e.error < _MAX_ERROR else _MAX_ERROR
-                                score = e.latency / (1.0 - err)
+                                score = e.latency / (1.0 - err) * (1.0 + q)
                         else:
                             score = 0.0 if e is None else e.error
                     keyed.append((flags[id(c)], score, i, c))

@@ -12,9 +12,10 @@ ticks: no lateness from before the first mark is counted). The cost is one timer
 per interval.
 
 Subtracting it from a call's time is right when the loop was late to read an answer that
-was already there, and an underestimate when the provider was still working meanwhile:
-good for a breaker (a stall never makes a provider look slow), wrong for comparing
-endpoints (use the raw time there).
+was already there, and an underestimate when the provider was still working meanwhile. A
+stall never makes a provider look slow then, which a breaker needs, and so does routing: a
+stall lands on the endpoint being called while the one not chosen keeps its older figure, so
+raw times would hand the traffic to the slower endpoint after every stall.
 
 `stalled_for()` is for another thread (the liveness check): how long since the loop last
 ran a tick. A blocked loop cannot answer for itself, so that question is asked from outside.
