@@ -8,10 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 
 import pytest
 
+from tests.integration import kafka_helpers as kh
 from tests.integration.conftest import kafka_test_env
+from worker.bench.traffic import Publisher
+from worker.config import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +66,24 @@ def test_a_tiny_suite_runs_every_prompt_through_worker_and_baseline(
     assert soak["rss_samples"] >= 1 and soak["duration_s"] == 3.0
     # the summary table, after the progress bars
     assert "scenario" in done.stderr and "baseline" in done.stderr
+
+
+def test_the_publisher_paces_what_it_sends(kafka_bootstrap: str) -> None:
+    """The paced load of `bench failover` and the replica tests: prompt i leaves no earlier
+    than i / rate after the start (a delivery report must not let the next one out early)."""
+    env = {**kafka_test_env(), "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    settings = load_settings({**env, "LLM_WORKER_PROMPTS_TOPIC": f"pace_{uuid.uuid4().hex}"})
+    kh.create_topic(kafka_bootstrap, settings.prompts_topic, 2)
+    publisher = Publisher(settings, "pace", 100.0, 2, "m1")
+    t0 = time.time()
+    publisher.start()
+    time.sleep(1.5)
+    publisher.stop.set()
+    publisher.join(timeout=60)
+    assert publisher.error is None
+    sent = sorted(t for t, _ in publisher.sent.values())
+    assert len(sent) >= 50
+    # 100/s: the i-th prompt no earlier than i/100 s after the first (5 ms of clock slack)
+    early = [i for i, t in enumerate(sent) if t < sent[0] + i / 100.0 - 0.005]
+    assert not early, f"{len(early)} of {len(sent)} prompts left early"
+    assert sent[-1] - t0 < 1.5 + 1.0  # and it did stop when told

@@ -50,8 +50,8 @@ class Publisher(threading.Thread):
         start = time.monotonic()
         i = 0
         while not self.stop.is_set():
-            ahead = start + i / self._rate - time.monotonic()
-            if ahead > 0:
+            # poll returns at the first delivery report: wait until it is time
+            while (ahead := start + i / self._rate - time.monotonic()) > 0:
                 producer.poll(ahead)
             pid = f"{self._run}-{i}"
             part = i % self._partitions
