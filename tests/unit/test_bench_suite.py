@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from worker.bench.plot import series
+from worker.bench.plot import plot_soak, series
 from worker.bench.progress import Progress, bar
 from worker.bench.scenarios import SCENARIOS, SWEEP_MS, compare, soak_summary
 from worker.bench.stats import (
@@ -52,6 +53,15 @@ def test_the_soak_slope_leaves_the_warm_up_out() -> None:
     assert out["rss_slope_mb_per_h"] == pytest.approx(60.0)
     assert len(out["rss_mb"]) == len(rss) and out["rss_mb"][-1] == 159.0
     assert soak_summary(rss[:1], 600.0)["rss_slope_mb_per_h"] is None
+    assert out["rss_slope_second_half_mb_per_h"] == pytest.approx(60.0)  # still growing
+
+
+def test_the_soak_tells_a_level_reached_from_a_leak() -> None:
+    # climbs in steps for 10 minutes (windows and caches filling), then stays
+    rss = [(float(t), 100.0 + min(t, 600) / 20) for t in range(0, 1801, 10)]
+    out = soak_summary(rss, 1800.0)
+    assert out["rss_slope_mb_per_h"] > 10  # the whole steady part says "grows"...
+    assert out["rss_slope_second_half_mb_per_h"] == 0.0  # ...the second half says it stopped
 
 
 def _completion(i: int, **fields: object) -> dict[str, object]:
@@ -106,8 +116,19 @@ def test_the_registry_has_the_scenarios_each_with_help() -> None:
 def test_unknown_scenarios_and_a_plot_without_the_sweep_are_refused() -> None:
     assert check_names(["throughput", "soak"], None) is None
     assert "unknown scenario thruput" in (check_names(["thruput"], None) or "")
-    assert "latency-sweep" in (check_names(["throughput"], "out.png") or "")
+    assert "latency-sweep or soak" in (check_names(["throughput"], "out.png") or "")
+    assert "latency-sweep or soak" in (check_names(["latency-sweep", "soak"], "o.png") or "")
     assert check_names(["latency-sweep"], "out.png") is None
+    assert check_names(["throughput", "soak"], "out.png") is None
+
+
+def test_the_soak_plot_is_drawn_from_its_json_line(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rss = [(float(t), 100.0 + min(t, 600) / 20) for t in range(0, 1801, 10)]
+    line = {"duration_s": 1800.0, "rate": 500.0, "rss_every_s": 10.0, **soak_summary(rss, 1800)}
+    out = tmp_path / "soak.png"
+    plot_soak(line, str(out), "soak")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_scenario_line_names_itself_first_and_compares_with_the_baseline() -> None:

@@ -1,4 +1,5 @@
-"""`--plot out.png`: throughput and e2e p99 against provider latency, worker and plain loop.
+"""`--plot out.png`: for the latency-sweep, throughput and e2e p99 against provider latency,
+worker and plain loop; for the soak, the worker's RSS over time.
 
 matplotlib is an optional extra (`pip install 'llm-worker[plot]'`); without it the suite says
 so and writes nothing.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["PlotUnavailable", "plot_sweep", "series"]
+__all__ = ["PlotUnavailable", "plot_soak", "plot_sweep", "series"]
 
 
 class PlotUnavailable(RuntimeError):
@@ -27,7 +28,7 @@ def series(runs: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float,
     return {k: sorted(v) for k, v in out.items()}
 
 
-def plot_sweep(runs: Sequence[dict[str, Any]], path: str, title: str) -> None:
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -35,6 +36,36 @@ def plot_sweep(runs: Sequence[dict[str, Any]], path: str, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise PlotUnavailable("--plot needs matplotlib: pip install 'llm-worker[plot]'") from exc
+    return plt
+
+
+def plot_soak(soak: dict[str, Any], path: str, title: str) -> None:
+    """The soak's JSON line (`rss_mb` every `every_s`) -> RSS over time, warm-up marked."""
+    plt = _pyplot()
+    every = float(soak.get("rss_every_s", 10.0))
+    rss = soak["rss_mb"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot([i * every / 60 for i in range(len(rss))], rss, label="worker RSS")
+    ax.axvline(soak["warmup_s"] / 60, color="grey", linestyle=":", label="end of warm-up")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("MB")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(
+        f"{soak['rate']:.0f} prompts/s for {soak['duration_s'] / 60:.0f} min; slope after"
+        f" warm-up {soak['rss_slope_mb_per_h']} MB/h, second half"
+        f" {soak.get('rss_slope_second_half_mb_per_h')} MB/h",
+        fontsize=9,
+    )
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(runs: Sequence[dict[str, Any]], path: str, title: str) -> None:
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for system, points in series(runs).items():
         xs = [p[0] for p in points]

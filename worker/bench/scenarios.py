@@ -200,14 +200,18 @@ def _slow_provider(stack: Stack, opts: Options, progress: Progress) -> Result:
 
 
 def soak_summary(rss: list[tuple[float, float]], duration_s: float) -> dict[str, Any]:
-    """RSS samples -> the soak's verdict: growth after the warm-up, in MB per hour."""
+    """RSS samples -> the soak's verdict: growth after the warm-up, in MB per hour, and over
+    the run's second half (bounded state fills over minutes, then stays: a leak keeps the
+    slope of the second half; a level that was reached does not)."""
     warmup = min(120.0, duration_s * 0.2)
     steady = after_warmup(rss, warmup)
+    late = after_warmup(rss, duration_s / 2)
     return {
         "warmup_s": warmup,
         "rss_samples": len(rss),
         "rss_mb_first_last": [round(steady[0][1], 1), round(steady[-1][1], 1)] if steady else None,
         "rss_slope_mb_per_h": round(slope(steady) * 3600, 2) if len(steady) >= 2 else None,
+        "rss_slope_second_half_mb_per_h": round(slope(late) * 3600, 2) if len(late) >= 2 else None,
         "rss_mb": [round(mb, 1) for _, mb in rss],  # every sample, warm-up included
     }
 
@@ -228,5 +232,6 @@ def _soak(stack: Stack, opts: Options, progress: Progress) -> Result:
         "runs": [metrics(sample)],
         "duration_s": duration,
         "rate": rate,
+        "rss_every_s": 10.0,
         **soak_summary(run.rss, duration),
     }

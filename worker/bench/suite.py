@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from .harness import open_stack
-from .plot import PlotUnavailable, plot_sweep
+from .plot import PlotUnavailable, plot_soak, plot_sweep
 from .progress import Progress
 from .scenarios import SCENARIOS, Options
 from .stats import table
@@ -57,8 +57,9 @@ def check_names(names: list[str], plot: str | None) -> str | None:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         return f"unknown scenario {', '.join(unknown)} (known: {', '.join(SCENARIOS)})"
-    if plot and "latency-sweep" not in names:
-        return "--plot draws the latency-sweep: add the scenario latency-sweep"
+    plotted = [n for n in names if n in ("latency-sweep", "soak")]
+    if plot and len(plotted) != 1:
+        return "--plot draws one scenario: latency-sweep or soak"
     return None
 
 
@@ -89,9 +90,13 @@ def run_suite(args: argparse.Namespace) -> int:
                 for run in result["runs"]:
                     rows.append((name, run))
                     complete = complete and run["completions"] == run["count"]
-                if name == "latency-sweep" and args.plot:
+                if name in ("latency-sweep", "soak") and args.plot:
+                    title = f"llm-worker bench {name} ({args.broker})"
                     try:
-                        plot_sweep(result["runs"], args.plot, f"llm-worker bench ({args.broker})")
+                        if name == "soak":
+                            plot_soak(result, args.plot, title)
+                        else:
+                            plot_sweep(result["runs"], args.plot, title)
                         progress.note(f"plot written to {args.plot}")
                     except PlotUnavailable as exc:
                         progress.note(str(exc))

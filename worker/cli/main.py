@@ -275,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--duration", type=float, help="paced scenarios (soak: 1800): seconds of publishing"
     )
-    bench.add_argument("--plot", help="latency-sweep: write a PNG of throughput and p99")
+    bench.add_argument(
+        "--plot", help="latency-sweep: a PNG of throughput and p99; soak: of RSS over time"
+    )
     bench.add_argument(
         "--variant",
         action="append",
