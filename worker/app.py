@@ -83,6 +83,7 @@ class App:
                 window_s=settings.breaker_window_s,
                 error_threshold=settings.breaker_error_threshold,
                 min_requests=settings.breaker_min_requests,
+                consecutive_failures=settings.breaker_consecutive_failures,
                 z_threshold=settings.breaker_z_threshold,
                 latency_min_increase_s=settings.breaker_latency_min_increase_s,
                 cooldown_s=settings.breaker_cooldown_s,

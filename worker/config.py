@@ -77,6 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     breaker_window_s: float = 30.0
     breaker_error_threshold: float = 0.5
     breaker_min_requests: int = 20
+    breaker_consecutive_failures: int = 10
     breaker_z_threshold: float = 2.5
     breaker_latency_min_increase_s: float = 0.5
     breaker_cooldown_s: float = 10.0
@@ -325,6 +326,7 @@ _CHECKS: dict[str, Check] = {
     "breaker_window_s": _above(0),
     "breaker_error_threshold": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
     "breaker_min_requests": _at_least(1),
+    "breaker_consecutive_failures": _at_least(0),
     "breaker_z_threshold": _above(0),
     "breaker_latency_min_increase_s": _at_least(0),
     "breaker_cooldown_s": _above(0),

@@ -19,6 +19,8 @@ Change = tuple[str, str, str, str]
 
 
 def make(clock: FakeClock, **cfg: object) -> tuple[CircuitBreaker, list[Change]]:
+    """A breaker; the error-rate tests leave the consecutive-failures trip off."""
+    cfg.setdefault("consecutive_failures", 0)
     changes: list[Change] = []
     b = CircuitBreaker(
         "ep",
@@ -42,6 +44,40 @@ def ok(n: int, latency: float = 0.02) -> list[tuple[bool, float]]:
 
 def fail(n: int) -> list[tuple[bool, float]]:
     return [(False, 0.01)] * n
+
+
+# -- failures in a row -----------------------------------------------------------------------
+
+
+def test_failures_in_a_row_open_a_breaker_whose_window_is_full_of_successes() -> None:
+    clock = FakeClock()
+    b, changes = make(clock, consecutive_failures=10)
+    feed(b, clock, ok(5000))  # minutes of good answers
+    feed(b, clock, fail(9))
+    assert b.state == "closed"  # 9 of 5009: far from the 50% rate
+    feed(b, clock, fail(1))
+    assert b.state == "open" and not b.allow()
+    assert changes == [("ep", "closed", "open", "consecutive_failures")]
+    assert "10 failures in a row" in b.detail
+
+
+def test_a_success_between_failures_starts_the_count_again() -> None:
+    clock = FakeClock()
+    b, _ = make(clock, consecutive_failures=10)
+    feed(b, clock, ok(100))
+    for _ in range(20):
+        feed(b, clock, fail(9) + ok(10))  # one short of the trip each time, under 50% errors
+    assert b.state == "closed"
+
+
+def test_consecutive_failures_zero_is_off_and_the_default_is_ten() -> None:
+    clock = FakeClock()
+    b, _ = make(clock, consecutive_failures=0)
+    feed(b, clock, ok(5000) + fail(500))
+    assert b.state == "closed"
+    assert BreakerConfig().consecutive_failures == 10
+    with pytest.raises(ValueError, match="consecutive_failures"):
+        BreakerConfig(consecutive_failures=-1)
 
 
 # -- error rate ------------------------------------------------------------------------------
@@ -143,7 +179,7 @@ def test_callback_errors_do_not_break_the_breaker(caplog: pytest.LogCaptureFixtu
         raise RuntimeError("metrics exporter down")
 
     b = CircuitBreaker("ep", clock=clock, on_change=broken)
-    feed(b, clock, fail(20))
+    feed(b, clock, fail(10))
     assert b.state == "open"
     assert "on_change callback failed" in caplog.text
 

@@ -79,6 +79,7 @@ TABLE: dict[str, Row] = {
     "breaker_window_s": Row(("5", 5.0), *FLOAT, "0", "-1"),
     "breaker_error_threshold": Row(("1", 1.0), *FLOAT, "0", "-0.1", "1.5"),
     "breaker_min_requests": Row(("1", 1), *INT, "0", "-1"),
+    "breaker_consecutive_failures": Row(("0", 0), *INT, "-1"),
     "breaker_z_threshold": Row(("3", 3.0), *FLOAT, "0", "-2"),
     "breaker_latency_min_increase_s": Row(("0", 0.0), *FLOAT, "-0.5"),
     "breaker_cooldown_s": Row(("0.1", 0.1), *FLOAT, "0", "-1"),

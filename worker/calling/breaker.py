@@ -1,8 +1,12 @@
 """Circuit breakers, one per endpoint: closed → open → half_open → closed. Errors only.
 
 A closed breaker opens when the error rate over the rolling window (`window_s`) reaches
-`error_threshold` with at least `min_requests` results. An open breaker refuses calls: the
-caller holds the request (or, in `fail` mode, fails it with `circuit_open` after a cooldown).
+`error_threshold` with at least `min_requests` results, or at `consecutive_failures` failures
+in a row: an endpoint that dies after minutes of good answers has a window full of successes,
+and at hundreds of calls a second the rate would take most of the window to reach the
+threshold, while every request queued for it takes its error first. An open breaker refuses
+calls: the caller holds the request (or, in `fail` mode, fails it with `circuit_open` after a
+cooldown).
 
 After `cooldown_s` an open breaker turns half_open and lets `probes` requests through
 (`allow()` hands out the slots). All probes succeeding closes it with a fresh window; any
@@ -34,7 +38,8 @@ log = logging.getLogger(__name__)
 
 State = Literal["closed", "open", "half_open"]
 OnChange = Callable[[str, State, State, str], None]
-"""`(endpoint_name, old_state, new_state, reason)`; reason is one of `error_rate`, `cooldown`,
+"""`(endpoint_name, old_state, new_state, reason)`; reason is one of `error_rate`,
+`consecutive_failures`, `cooldown`,
 `probes_succeeded`, `probe_failed`, `reset`. `CircuitBreaker.detail` says more."""
 
 
@@ -62,6 +67,7 @@ class CircuitBreaker:
         self._probe_ok = 0
         self._probe_issued_at = 0.0
         self.opened = 0  # times it opened
+        self._failing = 0  # failures in a row while closed
         self._win = SlicedWindow(c.window_s, c.slices, 2)  # columns: results, errors
 
     # -- state -----------------------------------------------------------------------------
@@ -152,17 +158,22 @@ class CircuitBreaker:
         c = self.config
         self._win.add(self._clock(), (1.0, 0.0 if success else 1.0))
         if success:
+            self._failing = 0
             return
+        self._failing += 1
         total, errors = self._win.totals
         if total >= c.min_requests and errors >= c.error_threshold * total:
             self._open(
                 "error_rate",
                 f"{int(errors)}/{int(total)} failed ({errors / total:.0%}) in {c.window_s:g}s",
             )
+        elif c.consecutive_failures and self._failing >= c.consecutive_failures:
+            self._open("consecutive_failures", f"{self._failing} failures in a row")
 
     # -- transitions -----------------------------------------------------------------------
     def _open(self, reason: str, detail: str) -> None:
         self._opened_at = self._clock()
+        self._failing = 0
         self.opened += 1
         self._transition("open", reason, detail)
 

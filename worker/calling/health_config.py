@@ -13,6 +13,7 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     slices: int = 30
     error_threshold: float = 0.5
     min_requests: int = 20
+    consecutive_failures: int = 10  # this many failures in a row open it too (0: off)
     # latency demotion (latency.py)
     recent: int = 5
     z_threshold: float = 2.5
@@ -35,5 +36,7 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("window_s > 0, slices >= 1, recent >= 1 and probes >= 1 needed")
         if not 0 < self.error_threshold <= 1:
             raise ValueError("error_threshold must be in (0, 1]")
+        if self.consecutive_failures < 0:
+            raise ValueError("consecutive_failures must be >= 0")
         if self.load_ratio < 1 or self.load_slack < 0 or self.min_baseline_s < 0:
             raise ValueError("load_ratio >= 1, load_slack >= 0 and min_baseline_s >= 0 needed")
