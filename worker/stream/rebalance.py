@@ -131,7 +131,8 @@ class Rebalancing:
         try:
             await self._finish_or_abandon(keys, deadline)
             if self._eos is not None:  # offsets go with the transaction, before release
-                await self.commit_now(in_hook=True, meta=meta)
+                done = await self.commit_now(in_hook=True, meta=meta)
+                log.info("revoke: transaction committed with offsets %s", done)
                 return {}
             commits = {
                 k: off
