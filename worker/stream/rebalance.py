@@ -4,9 +4,9 @@
 Revoked partitions finish or abandon their work within the shutdown timeout and return their
 safe offsets (exactly-once: commit them with the transaction, sent with the group metadata the
 hook reads on the consumer thread, before the partitions go; if that fails the transaction is
-aborted and every partition rewound); lost ones are cancelled and
-dropped, committing nothing (exactly-once: the open transaction is aborted and every partition
-rewound); assigned ones start afresh. Cleanup touches only the assignment it settled.
+aborted and every partition rewound); lost ones are cancelled and dropped, committing nothing
+(exactly-once: the open transaction is aborted and every partition rewound); assigned ones
+start afresh. Cleanup touches only the assignment it settled.
 
 A rewind seeks every assigned partition back to its committed offset on the consumer thread.
 A batch `consume` returned before that seek is stale: records that the re-read delivers again.
