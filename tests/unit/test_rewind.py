@@ -1,15 +1,19 @@
 """Exactly-once rewinds: after an abort the worker re-reads from the committed offsets and takes
 no record fetched before that seek, so a committed transaction never holds an outcome twice;
-inside a rebalance hook (the consumer thread is busy) the rewind does not wait for the thread.
+inside a rebalance hook (the consumer thread is busy) the rewind does not wait for the thread,
+and a revoke settles the open transaction before the partitions go (commit, or abort).
 
 The fake is transactional like librdkafka where it matters: one consumer thread (a lock shared
 by `consume` and `on_consumer_thread`), a producer whose records are visible only when their
-transaction commits, offsets committed with the transaction, `seek` moving the fetch position.
+transaction commits, offsets committed with the transaction, `seek` moving the fetch position,
+an assignment starting at the committed offset, and the consumer's calls waiting while a
+rebalance callback runs on its thread (as confluent-kafka's do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from typing import Any
 
@@ -52,6 +56,10 @@ class FakeTxnConsumer:
         self.bridge = bridge
 
     def consumer_group_metadata(self) -> object:
+        bridge = self.bridge
+        if bridge.hook_thread not in (None, threading.get_ident()):
+            bridge.hook_done.wait(30)  # another thread is inside consume (a rebalance hook)
+        self.bridge.metadata_calls += 1
         return object()
 
     def assignment(self) -> list[TopicPartition]:
@@ -79,6 +87,21 @@ class TxnBridge(FakeBridge):
         self.stall_at: int | None = None  # a consume that reaches this offset waits ...
         self.stalled = asyncio.Event()
         self.unstall = asyncio.Event()  # ... until this is set, then returns what it took
+        self.hook_thread: int | None = None  # the thread running a rebalance hook, if any
+        self.hook_done = threading.Event()
+        self.metadata_calls = 0
+
+    def _fire(self, kind: str, keys: list[tuple[str, int]]) -> Any:
+        if kind == "assign":  # an assigned partition starts at its committed offset
+            for _t, p in keys:
+                self.next[p] = self.committed_offsets.get(p, 0)
+        self.hook_done.clear()
+        self.hook_thread = threading.get_ident()
+        try:
+            return super()._fire(kind, keys)
+        finally:
+            self.hook_thread = None
+            self.hook_done.set()
 
     async def on_consumer_thread(self, fn: Any) -> Any:
         async with self.thread:
@@ -118,7 +141,7 @@ async def test_a_batch_fetched_before_the_rewind_seek_is_not_answered_twice() ->
     worker = _eos_worker(bridge)
     task = asyncio.create_task(worker.run())
     try:
-        await _wait(lambda: bridge.stalled.is_set() and bridge.committed_offsets.get(0) == 16)
+        await _wait(bridge.stalled.is_set)
         # a delivery of the open transaction failed: the next commit aborts it and rewinds
         bridge.producer.open.append(b"doomed")
         worker._outbox.tainted = "a delivery failed"  # type: ignore[attr-defined]
@@ -157,3 +180,69 @@ async def test_partitions_lost_in_exactly_once_rewind_the_rest_without_waiting()
     assert sorted(answered) == sorted(f"0:{o}".encode() for o in range(40))
     assert [v for v, n in answered.items() if n > 1] == []
     assert worker.stats()["lost"] == 1
+
+
+async def test_a_revoke_with_work_in_flight_commits_each_outcome_once() -> None:
+    """An eager rebalance (every partition revoked, then assigned again) while outcomes are in
+    the open transaction: the revoke commits them with their offsets before the partitions go,
+    so the re-read from the committed offsets answers nothing twice. (Before the fix the
+    transaction's commit asked the consumer for its group metadata from the event loop while
+    the hook held the consumer thread: the loop froze until the hook gave up, the partitions
+    went without their offsets, and the old transaction committed their outcomes later.)"""
+    bridge = TxnBridge({0: 40, 1: 40})
+    worker = make_worker(
+        bridge,
+        FakePipeline(delay=0.02),
+        max_in_flight=16,
+        max_in_flight_per_partition=8,
+        consume_batch=8,
+        commit_interval_s=0.05,
+        shutdown_timeout_s=0.5,
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        await _wait(lambda: bridge.committed_offsets.get(0, 0) >= 8)
+        bridge.rebalance("revoke", [0, 1])
+        bridge.rebalance("assign", [0, 1])
+        await _wait(lambda: bridge.committed_offsets == {0: 40, 1: 40}, timeout=30)
+    finally:
+        worker.stop()
+        await task
+    answered = Counter(bridge.producer.committed)
+    expected = [f"{p}:{o}".encode() for p in (0, 1) for o in range(40)]
+    assert sorted(answered) == sorted(expected)  # nothing lost
+    assert [v for v, n in answered.items() if n > 1] == []  # nothing committed twice
+    assert worker.stats()["aborts"] == 0  # the revoke committed: nothing was redone
+
+
+async def test_a_partition_revoked_with_work_abandoned_is_answered_when_it_comes_back() -> None:
+    """A revoke abandons a record still running at the deadline; the outcomes after it, held
+    back for order, go with it. When the partition comes back it is read again from the
+    committed offset and every record is answered once (before the fix the held-back outcomes
+    stayed: the partition's outcomes waited forever for the abandoned offset)."""
+    bridge = TxnBridge({0: 20})
+    pipeline = FakePipeline()
+    held = pipeline.hold[5] = asyncio.Event()
+    worker = make_worker(
+        bridge,
+        pipeline,
+        max_in_flight=16,
+        max_in_flight_per_partition=16,
+        consume_batch=8,
+        commit_interval_s=0.05,
+        shutdown_timeout_s=0.3,
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        await _wait(lambda: bridge.committed_offsets.get(0) == 5 and bridge.next[0] > 6)
+        bridge.rebalance("revoke", [0])
+        bridge.rebalance("assign", [0])
+        await _wait(lambda: bridge.epochs[("t", 0)] == 2)
+        held.set()  # the record answers when it is read again
+        await _wait(lambda: bridge.committed_offsets.get(0) == 20)
+    finally:
+        worker.stop()
+        await task
+    answered = Counter(bridge.producer.committed)
+    assert sorted(answered) == sorted(f"0:{o}".encode() for o in range(20))
+    assert [v for v, n in answered.items() if n > 1] == []

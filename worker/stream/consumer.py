@@ -98,6 +98,7 @@ class Worker(Rebalancing):
         self._deadline: float | None = None
         self._rewinds = 0  # exactly-once: rewinds begun; a batch taken before one is stale
         self._rewinding: asyncio.Event | None = None  # set when the rewind's seek is done
+        self._rebalance_calls = 0  # rebalance hooks begun (exactly-once: is the metadata fresh)
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fatal: str | None = None  # why a fatal Kafka error stopped the worker
@@ -261,14 +262,21 @@ class Worker(Rebalancing):
         self._outbox.send(rec, outcome, offsets)
 
     # -- commits ---------------------------------------------------------------------------
-    async def commit_now(self, *, in_hook: bool = False) -> dict[Key, int]:
+    async def commit_now(self, *, in_hook: bool = False, meta: object = None) -> dict[Key, int]:
         """Commit the safe offsets, in the assignment they were computed in (exactly-once:
-        commit the transaction, or abort it and rewind)."""
+        commit the transaction, or abort it and rewind; a hook passes the group metadata it
+        read, else it is read on the consumer thread and used only if no rebalance came since)."""
         if self._eos is not None:
             if self._rewinding is not None:
                 return {}  # nothing is tracked until the rewind's seek is done
+            seen = self._rebalance_calls
+            if not in_hook and not self._eos.doomed:
+                consumer = self._bridge.consumer
+                meta = await self._bridge.on_consumer_thread(consumer.consumer_group_metadata)
             try:
-                done = await self._eos.commit(self._tracker)
+                done = await self._eos.commit(
+                    self._tracker, meta, valid=lambda: in_hook or seen == self._rebalance_calls
+                )
             except TransactionAborted as exc:
                 log.warning("transaction aborted (%s); rewinding", exc)
                 await self._rewind(in_hook=in_hook)

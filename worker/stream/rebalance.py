@@ -2,9 +2,11 @@
 `consume`), the work they hand to the event loop, and the exactly-once rewind.
 
 Revoked partitions finish or abandon their work within the shutdown timeout and return their
-safe offsets (exactly-once: commit them with the transaction); lost ones are cancelled and
-dropped, committing nothing (exactly-once: the open transaction is aborted and every partition
-rewound); assigned ones start afresh. Cleanup touches only the assignment it settled.
+safe offsets (exactly-once: commit them with the transaction, sent with the group metadata the
+hook reads on the consumer thread, before the partitions go; if that fails the transaction is
+aborted and every partition rewound); lost ones are cancelled and dropped, committing nothing
+(exactly-once: the open transaction is aborted and every partition rewound); assigned ones
+start afresh. Cleanup touches only the assignment it settled.
 
 A rewind seeks every assigned partition back to its committed offset on the consumer thread.
 A batch `consume` returned before that seek is stale: records that the re-read delivers again.
@@ -22,7 +24,7 @@ from .kafka import KafkaBridge
 from .offsets import OffsetTracker, PartitionOffsets
 from .outbox import Key, Outbox
 from .settle import finish_or_abandon
-from .transactions import ExactlyOnce
+from .transactions import SETTLE_BUDGET_S, ExactlyOnce
 
 __all__ = ["HOOK_MARGIN_S", "Rebalancing"]
 
@@ -49,6 +51,7 @@ class Rebalancing:
     _by_part: dict[Key, set[asyncio.Task[None]]]
     _rewinds: int
     _rewinding: asyncio.Event | None
+    _rebalance_calls: int
     counters: dict[str, int]
     fatal: str | None
 
@@ -58,11 +61,12 @@ class Rebalancing:
     def _loop_time(self) -> float:
         raise NotImplementedError
 
-    async def commit_now(self, *, in_hook: bool = False) -> dict[Key, int]:
+    async def commit_now(self, *, in_hook: bool = False, meta: object = None) -> dict[Key, int]:
         raise NotImplementedError
 
     # -- hooks called from the consumer thread ---------------------------------------------
     def on_assign(self, keys: list[Key]) -> None:
+        self._rebalance_calls += 1
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._assigned, keys)  # before the records it fetches
@@ -70,18 +74,33 @@ class Rebalancing:
             self._assigned(keys)
 
     def on_revoke(self, keys: list[Key]) -> dict[Key, int]:
+        self._rebalance_calls += 1
         loop = self._loop
         if loop is None or loop.is_closed() or self._closing:
             return {}  # shutdown has settled and committed everything already
-        fut = asyncio.run_coroutine_threadsafe(self._settle(keys), loop)
+        wait, meta = self._shutdown_timeout + HOOK_MARGIN_S, None
+        if self._eos is not None:  # read here: from the loop it would wait for this hook
+            wait += SETTLE_BUDGET_S
+            meta = self._group_metadata()
+        fut = asyncio.run_coroutine_threadsafe(self._settle(keys, meta), loop)
         try:
-            return fut.result(timeout=self._shutdown_timeout + HOOK_MARGIN_S)
+            return fut.result(timeout=wait)
         except TimeoutError:
             fut.cancel()  # its cleanup touches only the assignment it settled
             log.error("settling revoked partitions %s timed out; committing nothing", keys)
+            if self._eos is not None:  # their outcomes may be in it, their offsets are not
+                self._eos.taint("revoked partitions left before their transaction settled")
             return {}
 
+    def _group_metadata(self) -> object:
+        try:
+            return self._bridge.consumer.consumer_group_metadata()
+        except Exception as exc:  # the commit aborts instead: the partitions are read again
+            log.error("no consumer group metadata for the transaction: %s", exc)
+            return None
+
     def on_lost(self, keys: list[Key]) -> None:
+        self._rebalance_calls += 1
         loop = self._loop
         if loop is not None and not loop.is_closed():
             fut = asyncio.run_coroutine_threadsafe(self._drop_lost(keys), loop)
@@ -103,7 +122,7 @@ class Rebalancing:
         self._owned.update(keys)
         self._flow.forget(keys)  # the bridge resumed them: they start unpaused
 
-    async def _settle(self, keys: list[Key]) -> dict[Key, int]:
+    async def _settle(self, keys: list[Key], meta: object = None) -> dict[Key, int]:
         self._revoked_now.update(keys)
         settled = {k: self._tracker.get(k) for k in keys}
         deadline = self._loop_time() + self._shutdown_timeout
@@ -112,7 +131,8 @@ class Rebalancing:
         try:
             await self._finish_or_abandon(keys, deadline)
             if self._eos is not None:  # offsets go with the transaction, before release
-                await self.commit_now(in_hook=True)
+                done = await self.commit_now(in_hook=True, meta=meta)
+                log.info("revoke: transaction committed with offsets %s", done)
                 return {}
             commits = {
                 k: off
@@ -166,6 +186,7 @@ class Rebalancing:
 
     def _forget(self, keys: list[Key], settled: dict[Key, PartitionOffsets | None]) -> None:
         self._tracker.drop(keys, only=settled)
+        self._outbox.forget(keys)  # exactly-once: outcomes held back for order go too
         self._owned.difference_update(keys)
         for k in keys:
             self._by_part.pop(k, None)

@@ -4,16 +4,21 @@ offsets are committed together, in Kafka transactions.
 The producer is transactional (`transactional.id`: `LLM_WORKER_TRANSACTIONAL_ID`, else
 `<group>-<host>-<pid>`, stable for a pod, so a restarted replica fences its own zombie) and
 fencing across replicas follows KIP-447: offsets are sent with the consumer's group metadata,
-and the broker refuses them from a member of an older generation.
+and the broker refuses them from a member of an older generation. That metadata is read on the
+consumer's thread (confluent-kafka's consumer calls wait while a rebalance callback runs on it):
+by the revoke hook itself, or before a periodic commit, which skips its turn when a rebalance
+came in between.
 
 A transaction may hold an outcome only if its input offset is committed by the same
 transaction, so outcomes enter it in offset order per partition: `OrderedOutbox` keeps the
 answers that finish early until every earlier offset of their partition has been answered.
 Every `commit_interval_ms` (and on revoke and at shutdown) the worker stops releasing outcomes,
 waits until every released one is acknowledged, sends the safe offsets and commits; then it
-opens the next transaction. Any failure inside a transaction (a delivery error, an abortable
-commit error, lost partitions) aborts it and *rewinds*: in-flight work is dropped and every
-partition is read again from its committed offset. A fatal error (fenced) stops the worker.
+opens the next transaction. A revoke returns only once the transaction is settled (committed
+with the revoked partitions' offsets, or aborted): their outcomes never outlive their
+ownership. Any failure inside a transaction (a delivery error, an abortable commit error, lost
+partitions) aborts it and *rewinds*: in-flight work is dropped and every partition is read
+again from its committed offset. A fatal error (fenced) stops the worker.
 
 Dedup followers and window hits are outcomes like any other: they live in the same
 transactions. The provider call itself is not transactional: after a crash or an abort it is
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..ops.metrics import Metrics
@@ -42,6 +48,10 @@ Key = tuple[str, int]
 PURGED = frozenset((KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT))
 COMMIT_WAIT_S = 30.0
 """How long a commit waits for the released outcomes' acknowledgements before it aborts."""
+TXN_CALL_S = 30.0
+"""How long one transactional call (send offsets, commit, abort) may take."""
+SETTLE_BUDGET_S = COMMIT_WAIT_S + 3 * TXN_CALL_S
+"""The longest a commit can take, aborting included: how long a revoke waits for it."""
 
 
 class TransactionAborted(RuntimeError):
@@ -96,7 +106,7 @@ class OrderedOutbox(Outbox):
         if failed:  # inside a transaction a failed record taints it: abort, do not retry
             real = [e for e in failed if getattr(e, "code", lambda: None)() not in PURGED]
             if real:  # a record purged by an abort belongs to the aborted transaction
-                self.tainted = self.tainted or str(real[0])
+                self.tainted = self.tainted or f"a delivery failed: {real[0]}"
             self.unacked -= len(failed)
             acks = [(sent, err) for sent, err in acks if err is None]
         super()._on_acks(acks)
@@ -116,27 +126,37 @@ class ExactlyOnce:
         await asyncio.to_thread(producer.init_transactions, 60.0)
         producer.begin_transaction()
 
-    async def commit(self, tracker: OffsetTracker) -> dict[Key, int]:
-        """Commit the open transaction with the safe offsets; raise TransactionAborted after
-        aborting it when it cannot be committed."""
+    async def commit(
+        self,
+        tracker: OffsetTracker,
+        meta: object | None,
+        *,
+        valid: Callable[[], bool] = lambda: True,
+    ) -> dict[Key, int]:
+        """Commit the open transaction with the safe offsets, sent with `meta` (the consumer's
+        group metadata); raise TransactionAborted after aborting it when it cannot be committed.
+        Nothing happens when `valid()` says `meta` is out of date by the time it is our turn."""
         async with self._lock:
+            if not valid():
+                return {}
             outbox, bridge = self._outbox, self._bridge
             outbox.frozen = True
             aborted = False
             try:
                 await self._settle_released()
                 if outbox.tainted:
-                    raise TransactionAborted(f"a delivery failed: {outbox.tainted}")
+                    raise TransactionAborted(outbox.tainted)
                 pending = tracker.pending_commits()
                 current = {k: o for k, (o, ep) in pending.items() if bridge.epoch(k) == ep}
                 if not current:
                     return {}
+                if meta is None:
+                    raise TransactionAborted("the consumer's group metadata is unknown")
                 tps = [TopicPartition(t, p, o) for (t, p), o in current.items()]
                 try:
-                    meta = bridge.consumer.consumer_group_metadata()
-                    producer = bridge.producer
-                    await asyncio.to_thread(producer.send_offsets_to_transaction, tps, meta, 30)
-                    await asyncio.to_thread(producer.commit_transaction, 30)
+                    producer, t = bridge.producer, TXN_CALL_S
+                    await asyncio.to_thread(producer.send_offsets_to_transaction, tps, meta, t)
+                    await asyncio.to_thread(producer.commit_transaction, t)
                 except KafkaException as exc:
                     self._fatal(exc)
                     raise TransactionAborted(f"commit failed: {exc}") from exc
@@ -150,6 +170,15 @@ class ExactlyOnce:
             finally:
                 if not aborted:  # after an abort it stays frozen until the rewind is done
                     outbox.release_all()
+
+    @property
+    def doomed(self) -> bool:
+        """The open transaction will be aborted, not committed."""
+        return self._outbox.tainted is not None
+
+    def taint(self, reason: str) -> None:
+        """The open transaction must not be committed: the next commit aborts it."""
+        self._outbox.tainted = self._outbox.tainted or reason
 
     def thaw(self) -> None:
         """Let outcomes into the transaction again (after a rewind)."""
@@ -165,7 +194,7 @@ class ExactlyOnce:
         self._outbox.tainted = None
         producer = self._bridge.producer
         try:
-            await asyncio.to_thread(producer.abort_transaction, 30)
+            await asyncio.to_thread(producer.abort_transaction, TXN_CALL_S)
         except KafkaException as exc:  # fatal (fenced): the worker must stop
             log.error("aborting the transaction failed: %s", exc)
             self._fatal(exc)

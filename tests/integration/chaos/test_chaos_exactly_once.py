@@ -14,6 +14,7 @@ from registry.models import ModelRow
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, Progress, WorkerProcess, prompts, verdict
+from tests.integration.conftest import ON_TANSU
 from tests.integration.test_exactly_once import read_committed
 
 pytestmark = pytest.mark.integration
@@ -82,11 +83,11 @@ def test_exactly_once_across_five_sigkills(
 
 
 @pytest.mark.xfail(
-    reason="found by this test, not fixed yet: when a revoke comes while the transaction is "
-    "open, settling it (commit with send_offsets_to_transaction inside the revoke hook) can "
-    "hang until the hook's timeout; the transaction's outcomes then become visible anyway "
-    "(256-540 duplicate ids on Apache Kafka) and the survivor can stall (75 ids never "
-    "answered). Passes when the revoke comes at a quiet moment.",
+    ON_TANSU,
+    reason="Tansu 0.6 never ends the killed replica's open transaction: 75 s after the kill "
+    "(transaction.timeout.ms 30 s) a read_committed reader still stops at its first record on "
+    "the partitions it wrote (3615 of 5000 ids; read_uncommitted: all 5000), although the "
+    "survivor committed every offset. Passes when the kill finds no open transaction",
     strict=False,
 )
 def test_exactly_once_across_a_rebalance_with_a_replica_killed(
@@ -113,10 +114,17 @@ def test_exactly_once_across_a_rebalance_with_a_replica_killed(
         assert reached >= PROMPTS // 4, "the replicas answered nothing"
         replicas[0].kill()  # the survivor takes its partitions, from their committed offsets
         assert len(progress.ids) < PROMPTS, "the run finished before the kill"
-        docs = read_committed(bs, out_topic, ids, timeout=120)
+        # Tansu: the known failure (xfail) need not take the whole suite's time
+        docs = read_committed(bs, out_topic, ids, timeout=60 if ON_TANSU else 120)
     finally:
         progress.close()
         assert replicas[1].stop() == 0
     v = verdict("exactly-once-rebalance", ids, docs, started, capsys)
     assert not v.lost and not v.errors, v
+    if not kh.hides_aborted_transactions(bs):
+        pytest.skip(
+            "this broker shows aborted transactions to read_committed consumers (Tansu 0.6): "
+            f"{v.duplicates} duplicates read (the killed replica's open transaction); nothing "
+            "lost. The no-duplicate check runs on Apache Kafka"
+        )
     assert v.duplicates == 0
