@@ -1,6 +1,6 @@
 import pytest
 
-from worker.config import ConfigError, load_settings
+from worker.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_and_fixed_names() -> None:
@@ -238,3 +238,46 @@ def test_a_bad_config_file_names_the_file_and_line(tmp_path) -> None:  # type: i
         load_settings({"LLM_WORKER_CONFIG_FILE": str(missing)})
     assert str(gone.value).startswith(f"LLM_WORKER_CONFIG_FILE={str(missing)!r} cannot be read: ")
     assert "No such file" in str(gone.value)
+
+
+def test_only_the_documented_names_set_a_setting() -> None:
+    """Unknown and misspelt variables are ignored without stopping the others from being read;
+    the two fixed names are only read as themselves."""
+    s = load_settings(
+        {
+            "LLM_WORKER_NOT_A_SETTING": "x",  # ignored, and reading goes on
+            "LLM_WORKER_DATABASE_URL": "postgresql://wrong@h/db",  # DATABASE_URL is the name
+            "OTHER_TOOL_HTTP_PORT": "1",  # another program's variable, same length of prefix
+            "LLM_WORKER_GROUP_ID": "read",
+        }
+    )
+    assert s.group_id == "read"
+    assert s.database_url == Settings().database_url and s.http_port == Settings().http_port
+
+
+def test_the_short_postgres_scheme_is_a_postgresql_url() -> None:
+    url = "postgres://u@db:5432/reg"
+    assert load_settings({"DATABASE_URL": url}).database_url == url
+
+
+def test_tenant_names_are_kept_as_written() -> None:
+    """Only endpoint URLs lose a trailing slash and credentials; a tenant id is any string."""
+    s = load_settings({"LLM_WORKER_TENANT_LIMITS": '{"acme/": {"rpm": 1}, "a//b@c": {"tpm": 2}}'})
+    assert s.limits("tenant") == {"acme/": (1, None), "a//b@c": (None, 2)}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LLM_WORKER_GROUP_ID": " "}, "LLM_WORKER_GROUP_ID=' ' must not be empty"),
+        (
+            {"LLM_WORKER_DLQ_TOPIC": "llm_prompts"},
+            "LLM_WORKER_DLQ_TOPIC='llm_prompts' is also LLM_WORKER_PROMPTS_TOPIC: "
+            "the worker would read its own output",
+        ),
+    ],
+)
+def test_refusals_say_what_is_wrong(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_settings(env)
+    assert str(bad.value) == message
