@@ -42,10 +42,14 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
 
 ## mutation: mutation score of the core against unit + component tests (slow: not in make test)
+##           MUTANTS: only these mutant names (globs), e.g. MUTANTS='worker.config* registry.cache*'
+##           MUTATION_CHILDREN: parallel test runs (default 2); docs/TESTING.md
+MUTANTS ?=
+MUTATION_CHILDREN ?= 2
 mutation: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,mutation]'
 	rm -rf mutants
-	nice -n 15 $(BIN)/mutmut run --max-children 2
+	set -f; nice -n 15 $(BIN)/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTANTS)
 	$(BIN)/mutmut results
 
 ## coverage: unit line+branch coverage (docs/TESTING.md)

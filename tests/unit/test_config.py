@@ -1,6 +1,6 @@
 import pytest
 
-from worker.config import ConfigError, load_settings
+from worker.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_and_fixed_names() -> None:
@@ -158,3 +158,126 @@ def test_a_command_checks_only_the_settings_it_uses() -> None:
 def test_the_worker_must_not_read_its_own_output() -> None:
     with pytest.raises(ConfigError, match="LLM_WORKER_PROMPTS_TOPIC"):
         load_settings({"LLM_WORKER_COMPLETIONS_TOPIC": "llm_prompts"})
+
+
+def test_repr_shows_the_settings_and_hides_only_the_secrets() -> None:
+    """What the start-up log shows: every setting, with passwords in the DSN, credentials in
+    endpoint-limit URLs and secret librdkafka properties masked, and nothing else masked."""
+    s = load_settings(
+        {
+            "DATABASE_URL": "postgresql://user:s3cret@db:5432/x",
+            "LLM_WORKER_GROUP_ID": "g-7",
+            "LLM_WORKER_HTTP_PORT": "9100",
+            "LLM_WORKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "LLM_WORKER_KAFKA_CLIENT_ID": "worker-a",
+            "LLM_WORKER_KAFKA_SASL_PASSWORD": "pw-1",
+            "LLM_WORKER_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET": "cs-2",
+            "LLM_WORKER_KAFKA_SSL_KEY_PEM": "pem-3",
+            "LLM_WORKER_KAFKA_SASL_OAUTHBEARER_TOKEN": "tok-4",
+            "LLM_WORKER_ENDPOINT_LIMITS": '{"https://u:sk-5@api.example.com/v1": {"rpm": 5}}',
+        }
+    )
+    text = repr(s)
+    assert text.startswith("Settings(kafka_bootstrap_servers='127.0.0.1:9092', group_id='g-7', ")
+    assert ", http_port=9100, " in text
+    assert "database_url='postgresql://user:***@db:5432/x'" in text
+    assert (
+        "kafka_extra={'security.protocol': 'SASL_SSL', 'client.id': 'worker-a', "
+        "'sasl.password': '***', 'sasl.oauthbearer.client.secret': '***', "
+        "'ssl.key.pem': '***', 'sasl.oauthbearer.token': '***'}"
+    ) in text
+    assert """endpoint_limits='{"https://***@api.example.com/v1": {"rpm": 5}}'""" in text
+    assert str(s) == text
+    for secret in ("s3cret", "pw-1", "cs-2", "pem-3", "tok-4", "sk-5"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        *[(v, True) for v in ("1", "true", "True", "yes", "YES", "on", "On")],
+        *[(v, False) for v in ("0", "false", "FALSE", "no", "No", "off", "OFF")],
+    ],
+)
+def test_every_boolean_spelling(raw: str, expected: bool) -> None:
+    assert load_settings({"LLM_WORKER_DEDUP_PER_TENANT": raw}).dedup_per_tenant is expected
+    assert load_settings({"LLM_WORKER_DEDUP_ENABLED": raw}).dedup_enabled is expected
+
+
+def test_an_empty_string_setting_is_its_empty_value_and_an_empty_number_says_so() -> None:
+    """Deployment templates set variables to "" for "not set": a string setting takes it."""
+    s = load_settings({"LLM_WORKER_TENANT_LIMITS": "", "LLM_WORKER_TRANSACTIONAL_ID": ""})
+    assert s.tenant_limits == "" and s.transactional_id == ""
+    with pytest.raises(ConfigError, match="LLM_WORKER_MAX_ATTEMPTS is empty; expected a whole"):
+        load_settings({"LLM_WORKER_MAX_ATTEMPTS": " "})
+
+
+def test_config_file_values_keep_equals_signs_and_lose_their_quotes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "worker.env"
+    f.write_text(
+        "DATABASE_URL=host=db dbname=reg user=w\n"
+        'LLM_WORKER_GROUP_ID="X quoted group X"\n'
+        "  LLM_WORKER_DLQ_TOPIC = 'X-dead-X'  \n"
+        "\n"
+        'LLM_WORKER_TENANT_LIMITS={"acme": {"rpm": 60}}\n'
+    )
+    s = load_settings({"LLM_WORKER_CONFIG_FILE": str(f)})
+    assert s.database_url == "host=db dbname=reg user=w"
+    assert s.group_id == "X quoted group X" and s.dlq_topic == "X-dead-X"
+    assert s.limits("tenant") == {"acme": (60, None)}
+
+
+def test_a_bad_config_file_names_the_file_and_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "worker.env"
+    f.write_text("# settings\nLLM_WORKER_GROUP_ID=g\nLLM_WORKER_HTTP_PORT 9000\n")
+    with pytest.raises(ConfigError) as bad:
+        load_settings({"LLM_WORKER_CONFIG_FILE": str(f)})
+    assert str(bad.value) == f"{f}:3: expected KEY=VALUE, got 'LLM_WORKER_HTTP_PORT 9000'"
+    missing = tmp_path / "nope.env"
+    with pytest.raises(ConfigError) as gone:
+        load_settings({"LLM_WORKER_CONFIG_FILE": str(missing)})
+    assert str(gone.value).startswith(f"LLM_WORKER_CONFIG_FILE={str(missing)!r} cannot be read: ")
+    assert "No such file" in str(gone.value)
+
+
+def test_only_the_documented_names_set_a_setting() -> None:
+    """Unknown and misspelt variables are ignored without stopping the others from being read;
+    the two fixed names are only read as themselves."""
+    s = load_settings(
+        {
+            "LLM_WORKER_NOT_A_SETTING": "x",  # ignored, and reading goes on
+            "LLM_WORKER_DATABASE_URL": "postgresql://wrong@h/db",  # DATABASE_URL is the name
+            "OTHER_TOOL_HTTP_PORT": "1",  # another program's variable, same length of prefix
+            "LLM_WORKER_GROUP_ID": "read",
+        }
+    )
+    assert s.group_id == "read"
+    assert s.database_url == Settings().database_url and s.http_port == Settings().http_port
+
+
+def test_the_short_postgres_scheme_is_a_postgresql_url() -> None:
+    url = "postgres://u@db:5432/reg"
+    assert load_settings({"DATABASE_URL": url}).database_url == url
+
+
+def test_tenant_names_are_kept_as_written() -> None:
+    """Only endpoint URLs lose a trailing slash and credentials; a tenant id is any string."""
+    s = load_settings({"LLM_WORKER_TENANT_LIMITS": '{"acme/": {"rpm": 1}, "a//b@c": {"tpm": 2}}'})
+    assert s.limits("tenant") == {"acme/": (1, None), "a//b@c": (None, 2)}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LLM_WORKER_GROUP_ID": " "}, "LLM_WORKER_GROUP_ID=' ' must not be empty"),
+        (
+            {"LLM_WORKER_DLQ_TOPIC": "llm_prompts"},
+            "LLM_WORKER_DLQ_TOPIC='llm_prompts' is also LLM_WORKER_PROMPTS_TOPIC: "
+            "the worker would read its own output",
+        ),
+    ],
+)
+def test_refusals_say_what_is_wrong(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_settings(env)
+    assert str(bad.value) == message

@@ -272,6 +272,45 @@ def test_a_refused_secret_property_keeps_its_value_out_of_the_message() -> None:
     refused = 'KafkaError{code=_INVALID_ARG,val=-186,str="Invalid value "hunter2-xyz" for '
     refused += 'configuration property "sasl.password""}'
     problem = kafka_property_error(refused)
-    assert problem is not None and "LLM_WORKER_KAFKA_SASL_PASSWORD" in str(problem)
-    assert "hunter2" not in str(problem)
+    assert problem is not None
+    assert str(problem) == "LLM_WORKER_KAFKA_SASL_PASSWORD: invalid value for sasl.password"
     assert kafka_property_error("Failed to get metadata: Local: Broker transport failure") is None
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        (
+            {"no.such.property": "1"},
+            'LLM_WORKER_KAFKA_NO_SUCH_PROPERTY: No such configuration property: "no.such.property"',
+        ),
+        (
+            {"security.protocol": "SASL_SOMETIMES"},
+            'LLM_WORKER_KAFKA_SECURITY_PROTOCOL: Invalid value "SASL_SOMETIMES" for '
+            'configuration property "security.protocol"',
+        ),
+    ],
+)
+def test_librdkafka_refusals_read_as_the_variable_and_librdkafka_reason(
+    conf: dict[str, Any], message: str
+) -> None:
+    """The message `run` prints: librdkafka's own reason, without its KafkaError wrapper."""
+    from confluent_kafka import KafkaException, Producer
+
+    with pytest.raises(KafkaException) as refused:
+        Producer(conf)
+    problem = kafka_property_error(str(refused.value))
+    assert problem is not None and str(problem) == message
+
+
+def test_a_refusal_without_librdkafka_wrapper_is_passed_on_whole() -> None:
+    """Another layer may re-raise librdkafka's reason as plain text: it is kept as it is."""
+    plain = 'Invalid value "GSSAPI2" for configuration property "sasl.mechanism"'
+    problem = kafka_property_error(plain)
+    assert problem is not None and str(problem) == f"LLM_WORKER_KAFKA_SASL_MECHANISM: {plain}"
+
+
+def test_a_value_not_among_the_choices_lists_them() -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_settings({"LLM_WORKER_LOG_FORMAT": "xml"})
+    assert str(bad.value) == "LLM_WORKER_LOG_FORMAT='xml' must be one of json, text"

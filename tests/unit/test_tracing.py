@@ -449,7 +449,8 @@ async def test_a_wait_for_a_half_open_probe_shows_on_the_trace(
     )
 
     async def recover() -> None:  # the endpoint heals once it has failed once
-        while not fake.calls("down"):
+        # answered, not just arrived: the fake decides the error after reading the body
+        while not any(c.status == 503 for c in fake.calls("down")):
             await asyncio.sleep(0.005)
         fake.set_profile("down", error_rate=0.0)
 
