@@ -70,6 +70,21 @@ def test_a_success_between_failures_starts_the_count_again() -> None:
     assert b.state == "closed"
 
 
+def test_throttling_is_no_run_of_failures() -> None:
+    """429s and 529s from an endpoint over its concurrency are the endpoint alive and asking
+    to slow down (adaptive concurrency answers them), not a dead one."""
+    clock = FakeClock()
+    b, _ = make(clock, consecutive_failures=10)
+    feed(b, clock, ok(5000))
+    for _ in range(50):
+        assert b.allow()
+        clock.now += 0.01
+        b.record(False, 0.01, throttled=True)
+    assert b.state == "closed"
+    feed(b, clock, fail(10))  # then the endpoint dies
+    assert b.state == "open"
+
+
 def test_consecutive_failures_zero_is_off_and_the_default_is_ten() -> None:
     clock = FakeClock()
     b, _ = make(clock, consecutive_failures=0)

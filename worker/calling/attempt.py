@@ -12,7 +12,14 @@ from prometheus_client import Counter, Histogram
 
 from adapters import get_adapter
 from adapters.base import Adapter, ProviderRequest, ProviderResult, Target
-from adapters.errors import AuthError, BadRequest, ProviderError, ProviderTimeout
+from adapters.errors import (
+    AuthError,
+    BadRequest,
+    Overloaded,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+)
 from adapters.secrets import MissingSecret, SecretStore
 from adapters.sessions import SessionPool
 from registry.resolve import Candidate
@@ -159,7 +166,8 @@ class Attempts:
                 obs.attempt_finished(handle, error=exc)
             m.provider_calls.labels(cand.provider, name, exc.type).inc()
             if exc.retryable:  # endpoint health; a bad request says nothing about it
-                self.router.record(health, False, self._clock() - t0)
+                throttled = isinstance(exc, RateLimited | Overloaded)
+                self.router.record(health, False, self._clock() - t0, throttled=throttled)
             return exc
         except TimeoutError:
             err = ProviderTimeout(

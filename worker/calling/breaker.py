@@ -112,18 +112,21 @@ class CircuitBreaker:
         *,
         judge_latency: bool = True,
         load: int | None = None,
+        throttled: bool = False,
     ) -> None:
         """The outcome of one request that `allow()` let through.
 
         A success's latency goes to the latency judge (`judge_latency=False`: the caller's
         event loop was late for much of the call, so it says more about the caller; `load`:
         the caller's calls in flight to this endpoint when it started). Only the outcome
-        counts here."""
+        counts here. `throttled`: a failure that says "slow down" (429, 529): it counts for
+        the error rate, not for the failures in a row (the endpoint is alive; adaptive
+        concurrency and `Retry-After` answer it)."""
         if success:
             self.latency.record(latency_s, load=load, judge=judge_latency)
         st = self._state
         if st == "closed":
-            self._record_closed(success)
+            self._record_closed(success, throttled)
         elif st == "half_open":
             if self._clock() - latency_s < self._opened_at:
                 return  # started before the trip, not a probe: it says nothing new
@@ -154,13 +157,14 @@ class CircuitBreaker:
             **self.latency.stats(),
         }
 
-    def _record_closed(self, success: bool) -> None:
+    def _record_closed(self, success: bool, throttled: bool = False) -> None:
         c = self.config
         self._win.add(self._clock(), (1.0, 0.0 if success else 1.0))
         if success:
             self._failing = 0
             return
-        self._failing += 1
+        if not throttled:
+            self._failing += 1
         total, errors = self._win.totals
         if total >= c.min_requests and errors >= c.error_threshold * total:
             self._open(
@@ -258,8 +262,11 @@ class BreakerBoard:
         *,
         judge_latency: bool = True,
         load: int | None = None,
+        throttled: bool = False,
     ) -> None:
-        self.get(endpoint_name).record(success, latency_s, judge_latency=judge_latency, load=load)
+        self.get(endpoint_name).record(
+            success, latency_s, judge_latency=judge_latency, load=load, throttled=throttled
+        )
 
     def forget(self, keep: set[str]) -> int:
         """Drop the breakers of endpoints not in `keep` that are closed (an open one keeps

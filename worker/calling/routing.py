@@ -212,14 +212,16 @@ class Router:
             flags[id(c)] = (o, yields)
         return flags
 
-    def record(self, endpoint_name: str, success: bool, latency_s: float) -> None:
+    def record(
+        self, endpoint_name: str, success: bool, latency_s: float, *, throttled: bool = False
+    ) -> None:
         """One attempt's outcome: feeds the EWMA stats and, if given, the breaker board.
         `endpoint_name` is the candidate's `health_key`.
         Call it once per attempt; count only endpoint-health failures (5xx, timeouts,
-        connection errors), not a bad prompt's 400."""
+        connection errors, and `throttled` ones: 429, 529), not a bad prompt's 400."""
         self.stats.record(endpoint_name, success, latency_s)
         if self.breakers is not None:
-            self.breakers.record(endpoint_name, success, latency_s)
+            self.breakers.record(endpoint_name, success, latency_s, throttled=throttled)
 
 
 def endpoint_key(c: Candidate) -> str:
