@@ -97,7 +97,13 @@ logger.groups.level = INFO
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id as Kafka writes one (URL-safe base64 of 16 bytes), never starting
+    with `-`: the storage tool would read such an id as an option (1 start in 64), as Kafka's
+    own `Uuid.randomUuid()` avoids too."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _free_port() -> int:
