@@ -36,13 +36,6 @@ async def server() -> AsyncIterator[FakeServer]:
         yield running
 
 
-@pytest.fixture
-async def sessions() -> AsyncIterator[SessionPool]:
-    pool = SessionPool()
-    yield pool
-    await pool.close()
-
-
 def _caller(sessions: SessionPool, lag: LoopLag | None) -> Caller:
     return Caller(
         sessions,

@@ -32,13 +32,6 @@ async def server() -> AsyncIterator[FakeServer]:
         yield running
 
 
-@pytest.fixture
-async def sessions() -> AsyncIterator[SessionPool]:
-    pool = SessionPool()
-    yield pool
-    await pool.close()
-
-
 def _candidates(server: FakeServer, objective: str | None = None) -> list[Candidate]:
     row = ModelRow(
         model_id="m",

@@ -92,13 +92,6 @@ async def server() -> AsyncIterator[FakeServer]:
         yield running
 
 
-@pytest.fixture
-async def sessions() -> AsyncIterator[SessionPool]:
-    pool = SessionPool()
-    yield pool
-    await pool.close()
-
-
 def _caller(sessions: SessionPool, max_attempts: int = 1) -> Caller:
     return Caller(
         sessions,
