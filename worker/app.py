@@ -46,10 +46,6 @@ ConnectAdmin = Callable[[Settings, float], AdminClient]
 """Reach the cluster within a time limit; returns its admin client (`wait_for_broker`)."""
 
 
-def _wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
-    return wait_for_broker(settings, timeout_s=timeout_s)
-
-
 class App:
     """Everything one worker process runs. Constructor does no I/O; `start()` opens resources.
 
@@ -64,7 +60,7 @@ class App:
         http: bool = True,
         bridge: KafkaBridge | None = None,
         registry: RegistryCache | None = None,
-        connect_admin: ConnectAdmin = _wait_for_broker,
+        connect_admin: ConnectAdmin = wait_for_broker,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
@@ -250,9 +246,13 @@ class App:
         """Keep the share current: after every rebalance and every `group_poll_s` (a replica
         that joins elsewhere rebalances this one too, but one that dies may take a while)."""
         group = self.settings.group_id
+        classic = self.settings.kafka_extra.get("group.protocol", "classic") != "consumer"
         while True:
             try:
-                self._group_members = await asyncio.to_thread(group_members, admin, group)
+                if classic or self.kafka_stats.brokers_up != 0:  # KIP-848: see stream/admin
+                    self._group_members = await asyncio.to_thread(
+                        group_members, admin, group, classic
+                    )
             except Exception as exc:  # the share falls back to partition ownership
                 log.debug("describing consumer group %s failed: %s", group, exc)
                 self._group_members = 0

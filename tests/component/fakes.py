@@ -220,7 +220,13 @@ class FakeAdmin:
             out[nt.topic] = fut
         return out
 
+    def list_groups(self, group: str, **_: Any) -> list[Any]:
+        """Classic groups, as ListGroups + DescribeGroups report them."""
+        n = self._broker.members(group) if self._broker.reports_members else 0
+        return [SimpleNamespace(id=group, members=[object()] * n)]
+
     def describe_consumer_groups(self, groups: list[str], **_: Any) -> dict[str, Any]:
+        """KIP-848 groups (DescribeGroups shows them without members)."""
         out = {}
         for g in groups:
             fut: concurrent.futures.Future[Any] = concurrent.futures.Future()

@@ -23,7 +23,7 @@ class KafkaUnavailable(RuntimeError):
     """The broker could not be reached within the start-up deadline."""
 
 
-def wait_for_broker(settings: Settings, *, timeout_s: float) -> AdminClient:
+def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
     """Block until the cluster answers a metadata request, with backoff; raise KafkaUnavailable."""
     admin = AdminClient(client_config(settings))
     deadline = time.monotonic() + timeout_s
@@ -71,7 +71,19 @@ def ensure_topics(admin: AdminClient, topics: Sequence[str], partitions: int) ->
     return created
 
 
-def group_members(admin: AdminClient, group_id: str, timeout_s: float = 5.0) -> int:
-    """The consumer group's member count as the broker reports it (0 if it reports none)."""
+def group_members(admin: AdminClient, group_id: str, classic: bool, timeout_s: float = 5.0) -> int:
+    """The consumer group's member count as the broker reports it (0 if it reports none).
+
+    A classic group is counted with ListGroups + DescribeGroups (`list_groups`), not
+    `describe_consumer_groups`: librdkafka 2.16's coordinator request behind the latter aborts
+    the whole process (`rd_kafka_enq_once_del_source_return: Assertion 'eonce->refcnt > 0'`)
+    when the broker restarts while one is in flight; `tools/repro_eonce_abort.py` shows it within
+    one or two restarts, and the other call survives them. DescribeGroups shows no members for
+    a KIP-848 group (`classic=False`), so that one still needs `describe_consumer_groups`; the
+    caller skips it while the statistics say no broker is up.
+    """
+    if classic:
+        groups = admin.list_groups(group=group_id, timeout=timeout_s)
+        return sum(len(g.members) for g in groups if g.id == group_id)
     futures = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)
     return len(futures[group_id].result(timeout=timeout_s).members)

@@ -12,6 +12,7 @@ Each assignment of a partition has an *epoch*; a commit carries the epochs it wa
 and applies only to partitions still in them, so it never moves an offset backwards.
 
 A fatal client error is reported once to `on_fatal`: the worker stops and exits non-zero.
+A producer whose id the broker forgot is replaced (`kafka_producer`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .kafka_conf import (
     producer_config,
     settle_all,
 )
+from .kafka_producer import ProducerSlot
 
 __all__ = [
     "OFFSET_BEGINNING",
@@ -78,7 +80,7 @@ class KafkaBridge:
         self._on_lost: AssignHook | None = None
         self._on_fatal: Callable[[str], None] | None = None
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._slot: ProducerSlot | None = None
         self._cthread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="kafka-consumer"
         )
@@ -101,8 +103,8 @@ class KafkaBridge:
 
     @property
     def producer(self) -> Producer:
-        assert self._producer is not None, "start() first"
-        return self._producer
+        assert self._slot is not None, "start() first"
+        return self._slot.current
 
     @property
     def consumer(self) -> Consumer:
@@ -123,10 +125,7 @@ class KafkaBridge:
         return self._epochs.get(key, 0) if key in self._assignment else 0
 
     def set_rebalance_hooks(
-        self,
-        on_assign: AssignHook,
-        on_revoke: RevokeHook,
-        on_lost: AssignHook | None = None,
+        self, on_assign: AssignHook, on_revoke: RevokeHook, on_lost: AssignHook | None = None
     ) -> None:
         """Called on the consumer thread, inside `consume()`: `on_revoke` returns the offsets to
         commit before the partitions are released."""
@@ -148,8 +147,12 @@ class KafkaBridge:
         self._loop = asyncio.get_running_loop()
         s = self._settings
         consumer_conf = consumer_config(s, self._client_error, self._on_stats)
-        producer_conf = producer_config(s, self._client_error, self._on_stats)
-        self._producer = Producer(producer_conf)
+        self._slot = ProducerSlot(
+            producer_config(s, self._client_error, lambda _: None),  # statistics on
+            replaceable=not self.transactional,
+            on_stats=self._on_stats,
+            wants_replacing=self._replace_producer,
+        )
         self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
         await self._in_consumer_thread(
             self._consumer.subscribe,
@@ -166,9 +169,9 @@ class KafkaBridge:
     async def flush(self, timeout: float) -> int:
         """Wait up to `timeout` s for every produced record's delivery report, then hand the
         reports to the ack handler; returns how many records are still undelivered."""
-        if self._producer is None:
+        if self._slot is None:
             return 0
-        left: int = await asyncio.to_thread(self._producer.flush, max(timeout, 0.0))
+        left: int = await asyncio.to_thread(self._slot.flush, max(timeout, 0.0))
         self.drain()
         return left
 
@@ -306,19 +309,24 @@ class KafkaBridge:
             self._epochs.pop(k, None)
 
     # -- producer --------------------------------------------------------------------------
+    def _replace_producer(self) -> None:
+        """The broker forgot the producer's id (`kafka_producer`): replace it on the loop."""
+        if self._loop is not None and self._slot and not (self._closed or self._loop.is_closed()):
+            self._loop.call_soon_threadsafe(self._slot.replace)
+
     def _poll_producer(self) -> None:
         """Serve delivery reports; hand each poll's batch to the loop in one wake-up."""
-        producer, loop = self._producer, self._loop
-        assert producer is not None and loop is not None
+        slot, loop = self._slot, self._loop
+        assert slot is not None and loop is not None
         batch, acks = self._reports, self._acks
         while not self._stop_polling.is_set():
-            producer.poll(0.05)
+            slot.poll(0.05)
             if (batch or acks) and not loop.is_closed():
                 # deques: flush() on another thread may append meanwhile
                 ready = [batch.popleft() for _ in range(len(batch))]
                 acked = [acks.popleft() for _ in range(len(acks))]
                 loop.call_soon_threadsafe(self._reported, ready, acked)
-        producer.poll(0)  # a last serve; `close()` drains what it leaves on the loop
+        slot.poll(0)  # a last serve; `close()` drains what it leaves on the loop
 
     def _reported(
         self,
@@ -346,14 +354,14 @@ class KafkaBridge:
         the loop as `(token, error)`, batched per poll (no future, no task: the cheap path).
         Raises BufferError when librdkafka's queue is full, DeliveryError when the record is
         refused at once (too large, say)."""
-        assert self._producer is not None
+        assert self._slot is not None
         acks = self._acks
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             acks.append((token, err))  # runs on the polling thread, inside producer.poll()
 
         try:
-            self._producer.produce(
+            self._slot.current.produce(
                 topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
             )
         except KafkaException as exc:
@@ -369,7 +377,7 @@ class KafkaBridge:
     ) -> None:
         """Produce one record and wait until the broker acknowledged it (or raise DeliveryError).
         Waits (yielding) while librdkafka's local queue is full."""
-        assert self._producer is not None and self._loop is not None
+        assert self._slot is not None and self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
         reports = self._reports
 
@@ -379,7 +387,7 @@ class KafkaBridge:
         delay = 0.01
         while True:
             try:
-                self._producer.produce(
+                self._slot.current.produce(
                     topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
                 )
                 break
