@@ -124,7 +124,12 @@ BREAKER = BreakerConfig(latency_min_increase_s=0.5, consecutive_failures=3, min_
 
 
 class Setup:
-    def __init__(self, lag: bool = True, secrets: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        lag: bool = True,
+        secrets: dict[str, str] | None = None,
+        sessions: SessionPool | None = None,
+    ) -> None:
         self.clock = Clock()
         self.lag = Lag()
         self.metrics = Metrics()
@@ -132,7 +137,7 @@ class Setup:
         self.router = Router(breakers=self.breakers)
         self.observer = Observer()
         self.attempts = Attempts(
-            cast(SessionPool, None),
+            cast(SessionPool, sessions),
             SecretStore(None, env=secrets or {}),
             self.metrics,
             self.router,
@@ -166,17 +171,17 @@ class Setup:
             self.cand, self.health, self.prepared(2000), REQUEST, remaining, **kw
         )
 
-    def calls(self, outcome: str) -> float:
+    def calls(self, outcome: str, endpoint: str = "m/primary") -> float:
         value = self.metrics.registry.get_sample_value(
             "llm_worker_provider_calls_total",
-            {"provider": "fake", "endpoint": "m/primary", "outcome": outcome},
+            {"provider": "fake", "endpoint": endpoint, "outcome": outcome},
         )
         return value or 0.0
 
-    def latency(self, suffix: str) -> float:
+    def latency(self, suffix: str, endpoint: str = "m/primary") -> float:
         value = self.metrics.registry.get_sample_value(
             f"llm_worker_provider_latency_seconds_{suffix}",
-            {"provider": "fake", "endpoint": "m/primary"},
+            {"provider": "fake", "endpoint": endpoint},
         )
         return value or 0.0
 
@@ -196,6 +201,26 @@ async def test_a_success_returns_the_answer_and_its_time_and_counts_it() -> None
     assert s.router.stats.error_rate(s.health) == 0.0
     b = s.breaker()
     assert (b["requests"], b["errors"], b["latency_samples"]) == (2, 0, 2)
+
+
+async def test_each_endpoint_counts_its_own_successes() -> None:
+    s = Setup()
+    row = ModelRow(
+        model_id="m",
+        provider="fake",
+        endpoint="http://p",
+        upstream_model="u",
+        fallback_provider="fake",
+        fallback_endpoint="http://f",
+        fallback_model="u",
+    )
+    primary, fallback = resolve({"m": row}, "m")
+    s.provider.took = 1.0
+    for cand, n in ((primary, 1), (fallback, 2), (primary, 1)):
+        for _ in range(n):
+            await s.attempts.call(cand, health_key(cand), s.prepared(2000), REQUEST, 60.0)
+    assert s.calls("ok") == 2 and s.latency("count") == 2
+    assert s.calls("ok", "m/fallback") == 2 and s.latency("count", "m/fallback") == 2
 
 
 async def test_routing_and_the_latency_judge_see_the_call_without_the_loops_lateness() -> None:
@@ -388,8 +413,7 @@ def _cand(**row: Any) -> Candidate:
 
 
 async def test_prepare_builds_the_target_from_the_row(sessions: SessionPool) -> None:
-    s = Setup(secrets={"OPENAI_KEY": "sk-test"})
-    s.attempts._sessions = sessions
+    s = Setup(secrets={"OPENAI_KEY": "sk-test"}, sessions=sessions)
     cand = _cand(api_key_secret="openai_key", timeout_ms=1234, max_tokens=99)
     target, adapter, session = s.attempts.prepare(cand)
     assert adapter.name == "openai"
@@ -400,8 +424,7 @@ async def test_prepare_builds_the_target_from_the_row(sessions: SessionPool) -> 
 
 
 async def test_a_row_without_a_secret_calls_without_a_key(sessions: SessionPool) -> None:
-    s = Setup()
-    s.attempts._sessions = sessions
+    s = Setup(sessions=sessions)
     target, _, _ = s.attempts.prepare(_cand())
     assert target.api_key is None
 
@@ -426,8 +449,7 @@ def test_an_unknown_provider_is_a_terminal_bad_request() -> None:
 async def test_an_endpoint_that_cannot_be_called_is_a_terminal_bad_request(
     sessions: SessionPool,
 ) -> None:
-    s = Setup()
-    s.attempts._sessions = sessions
+    s = Setup(sessions=sessions)
     with pytest.raises(BadRequest) as info:
         s.attempts.prepare(_cand(endpoint="ftp://p"))
     assert str(info.value).startswith("the registry endpoint of m/primary cannot be called: ")
