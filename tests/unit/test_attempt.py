@@ -35,6 +35,7 @@ from worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hi")
 RESULT = ProviderResult(text="hello", finish_reason="stop")
+SESSION = object()  # stands for the endpoint's aiohttp session
 
 
 class Clock:
@@ -70,6 +71,7 @@ class Provider:
         self.error: ProviderError | None = None
         self.hang = False
         self.seen: list[Target] = []
+        self.given: list[tuple[object, ProviderRequest]] = []
         self.loads: list[dict[str, int]] = []
         self.attempts: Attempts | None = None
 
@@ -80,6 +82,7 @@ class Provider:
         self, session: ClientSession, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         self.seen.append(target)
+        self.given.append((session, request))
         if self.attempts is not None:
             self.loads.append(dict(self.attempts.calling))
         if self.hang:  # until the row's timeout, as the real adapters do
@@ -162,7 +165,7 @@ class Setup:
             endpoint_name=self.cand.endpoint_name,
             timeout_ms=timeout_ms,
         )
-        return target, cast(Adapter, self.provider), cast(ClientSession, None)
+        return target, cast(Adapter, self.provider), cast(ClientSession, SESSION)
 
     async def call(
         self, remaining: float = 60.0, **kw: Any
@@ -201,6 +204,14 @@ async def test_a_success_returns_the_answer_and_its_time_and_counts_it() -> None
     assert s.router.stats.error_rate(s.health) == 0.0
     b = s.breaker()
     assert (b["requests"], b["errors"], b["latency_samples"]) == (2, 0, 2)
+
+
+@pytest.mark.parametrize("remaining", [60.0, 1.0])  # after the row's timeout (2 s), before it
+async def test_the_provider_gets_the_request_on_the_endpoints_session(remaining: float) -> None:
+    s = Setup()
+    assert await s.call(remaining) == (RESULT, 0.0)
+    assert s.provider.given == [(SESSION, REQUEST)]
+    assert s.provider.seen == [s.prepared(2000)[0]]
 
 
 async def test_each_endpoint_counts_its_own_successes() -> None:
