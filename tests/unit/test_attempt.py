@@ -74,6 +74,7 @@ class Provider:
         self.given: list[tuple[object, ProviderRequest]] = []
         self.loads: list[dict[str, int]] = []
         self.attempts: Attempts | None = None
+        self.gate: asyncio.Event | None = None
 
     def endpoint_for(self, target: Target) -> str:
         return target.endpoint
@@ -85,6 +86,8 @@ class Provider:
         self.given.append((session, request))
         if self.attempts is not None:
             self.loads.append(dict(self.attempts.calling))
+        if self.gate is not None:
+            await self.gate.wait()
         if self.hang:  # until the row's timeout, as the real adapters do
             await asyncio.sleep(target.timeout_ms / 1000)
             raise ProviderTimeout(f"no answer within {target.timeout_ms} ms")
@@ -327,6 +330,31 @@ async def test_failures_in_a_row_open_the_breaker() -> None:
     s.provider.error = ServerError("boom", status=500)
     for _ in range(3):
         await s.call()
+    assert s.breaker()["state"] == "open"
+
+
+async def test_a_failure_from_before_the_trip_is_no_probe_but_a_probes_failure_reopens() -> None:
+    """Half-open, the breaker ignores a call that started before it opened (it says nothing
+    new) and opens again when a call made since fails."""
+    s = Setup()
+    s.provider.error = ServerError("boom", status=500)
+    gate = s.provider.gate = asyncio.Event()
+    straggler = asyncio.create_task(s.call())
+    while not s.provider.seen:
+        await asyncio.sleep(0)
+    s.provider.gate = None
+    s.clock.now += 1
+    for _ in range(3):
+        await s.call()
+    assert s.breaker()["state"] == "open"
+    s.clock.now += BREAKER.cooldown_s
+    assert s.breaker()["state"] == "half_open"
+    gate.set()
+    await straggler
+    assert s.breaker()["state"] == "half_open"
+    assert s.breakers.allow(s.health)  # the probe
+    s.clock.now += 1
+    await s.call()
     assert s.breaker()["state"] == "open"
 
 
