@@ -358,6 +358,30 @@ async def test_a_failure_from_before_the_trip_is_no_probe_but_a_probes_failure_r
     assert s.breaker()["state"] == "open"
 
 
+async def test_half_open_the_deadline_ending_a_probe_reopens_but_not_a_straggler() -> None:
+    s = Setup()
+    gate = s.provider.gate = asyncio.Event()
+    straggler = asyncio.create_task(s.call(remaining=0.2))
+    while not s.provider.seen:
+        await asyncio.sleep(0)
+    s.provider.gate = None
+    s.provider.error = ServerError("boom", status=500)
+    s.clock.now += 1
+    for _ in range(3):
+        await s.call()
+    s.clock.now += BREAKER.cooldown_s
+    assert s.breaker()["state"] == "half_open"
+    with pytest.raises(DeadlineInCall):
+        await straggler  # started before the trip
+    gate.set()
+    assert s.breaker()["state"] == "half_open"
+    assert s.breakers.allow(s.health)
+    s.provider.hang = True
+    with pytest.raises(DeadlineInCall):
+        await s.call(remaining=0.05)
+    assert s.breaker()["state"] == "open"
+
+
 @pytest.mark.parametrize("error", [RateLimited("slow down"), Overloaded("busy")])
 async def test_throttling_counts_as_errors_not_as_failures_in_a_row(error: ProviderError) -> None:
     """429 and 529 say the endpoint is alive: the breaker does not open on a run of them."""
@@ -390,7 +414,7 @@ async def test_the_deadline_ends_a_call_that_outlasts_it() -> None:
     assert isinstance(err, ProviderTimeout)
     assert (err.provider, err.model) == ("fake", "u")
     assert str(info.value) == str(err)
-    assert "request deadline passed during an attempt" in str(err)
+    assert str(err) == "request deadline passed during an attempt [fake/u]"
     assert s.calls("timeout") == 1
     assert s.router.stats.error_rate(s.health) == pytest.approx(0.2)
     assert s.breaker()["errors"] == 1
