@@ -265,6 +265,7 @@ async def test_a_call_the_loop_was_late_for_more_than_all_of_counts_as_instant()
         (2.0, 1.0, False),  # half: saturated, says more about the worker
         (2.0, 1.5, False),
         (0.4, 0.3, True),  # short calls always count: they make the baseline
+        (0.5, 0.3, False),  # as long as the least slowdown the judge acts on: can be slow
     ],
 )
 async def test_a_slow_call_on_a_saturated_loop_is_not_judged_on_latency(
