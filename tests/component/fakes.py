@@ -100,7 +100,7 @@ class FakeBroker:
         self.committed: dict[tuple[str, str, int], int] = {}
         self.commit_history: list[tuple[str, Key, int]] = []  # (group, key, offset)
         self.groups: dict[str, list[FakeBridge]] = {}
-        self.reports_members = reports_members  # Tansu reports none
+        self.reports_members = reports_members  # Tansu: none until the group commits
         self.admin_waits: list[float] = []
         self._round_robin = 0
 

@@ -373,11 +373,11 @@ async def test_replicas_split_a_row_limit(
 ) -> None:
     """N workers in one group, rpm_limit = 600: together ~10 calls/s, not N x 10.
 
-    Four partitions, so three replicas own 2, 1 and 1. On Apache Kafka each replica's share is
-    1/N from the group's member count (describe_consumer_groups), the same for all three;
-    Tansu reports no members, so there each share is the replica's fraction of the partitions.
-    Either way the shares add up to the whole limit. The backlog is published once the group
-    has settled: this measures the split, not a rebalance under load (test_kafka_rebalance).
+    Four partitions, so three replicas own 2, 1 and 1. Each replica's share is 1/N from the
+    group's member count (ListGroups + DescribeGroups), the same for all three. Tansu lists a
+    group only once it has committed offsets; until then each share is the replica's fraction
+    of the partitions. Either way the shares add up to the whole limit. The backlog is published
+    once the count is in: this measures the split, not a rebalance under load.
     """
     s = make_settings(shutdown_timeout_s=2.0)
     profile = f"rl{replicas}"
@@ -387,12 +387,17 @@ async def test_replicas_split_a_row_limit(
     apps = [App(s, http=False) for _ in range(replicas)]
     async with contextlib.AsyncExitStack() as stack:
         for app in apps:
+            app.group_poll_s = 1.0  # Tansu lists the group late: look again soon
             await stack.enter_async_context(app.running())
 
         def split() -> bool:
             owned = [len(app.bridge.assignment) for app in apps]
             shares = [app.limiter.share for app in apps]
-            return all(owned) and sum(owned) == 4 and sum(shares) == pytest.approx(1.0)
+            counted = all(app.ready()[1]["group_members"] == replicas for app in apps)
+            return counted and all(owned) and sum(owned) == 4 and sum(shares) == pytest.approx(1.0)
+
+        # Tansu lists a group once it has committed offsets: a few prompts first
+        await _send(s, [{"id": f"w-{i}", "model": "m1", "prompt": f"w{i}"} for i in range(8)])
 
         await wait_for(split, timeout=90)
         members = [app.ready()[1]["group_members"] for app in apps]
@@ -410,11 +415,9 @@ async def test_replicas_split_a_row_limit(
     per_20s = (n1 - n0) * 20.0 / (t2 - t1)
     assert 180 <= per_20s <= 220, (per_20s, shares)
     assert sum(shares) == pytest.approx(1.0), shares
-    if broker_kind == "kafka":  # the broker's member count, not partition ownership
-        assert members == [replicas] * replicas, members
-        assert shares == [pytest.approx(1 / replicas)] * replicas, shares
-    else:  # Tansu reports no members: shares follow the partitions owned
-        assert members == [None] * replicas, members
+    # the broker's member count, not partition ownership (2, 1, 1 of 4 with three)
+    assert members == [replicas] * replicas, members
+    assert shares == [pytest.approx(1 / replicas)] * replicas, shares
     errors = Counter(d["error"]["type"] for d in comps.docs if d["status"] != "ok")
     assert not errors, errors
 

@@ -39,9 +39,9 @@ def replica_share(members: int, partitions: int, mine: int) -> float | None:
 
     With the consumer group's member count (`members` > 0, from the broker): 1/members, but
     members beyond the partition count own nothing and call nothing, so they take no share:
-    1/min(members, partitions). When the broker does not report members (0; Tansu does not),
-    this replica's fraction of the partitions, `mine/partitions`. None while this replica owns
-    no partitions (it calls nothing; keep the share it has).
+    1/min(members, partitions). When the broker reports no members (0; Tansu, until the group
+    has committed offsets), this replica's fraction of the partitions, `mine/partitions`. None
+    while this replica owns no partitions (it calls nothing; keep the share it has).
     """
     if mine <= 0:
         return None
