@@ -321,3 +321,16 @@ async def test_an_unexpected_error_answers_its_record_with_an_internal_error_and
         (0, 0, "bad begin"),
         (0, 1, "bad finish"),
     ]
+
+
+async def test_stats_count_commits_partitions_and_what_the_rate_limits_hold() -> None:
+    bridge = FakeBridge({0: 3, 1: 2})
+    worker = make_worker(bridge, SyncPipeline(), rate_limited=lambda: 3)  # type: ignore[arg-type]
+    await run_until(worker, lambda: worker.stats()["completed"] == 5)
+    stats = worker.stats()
+    made = sum(1 for c in bridge.commits if c)
+    assert made >= 1 and stats["commits"] == made
+    assert worker._metrics.registry.get_sample_value("llm_worker_offset_commits_total") == made
+    assert stats["partitions"] == 2 and stats["held"] == 3
+    assert stats["in_flight"] == 0 and stats["paused_partitions"] == 0
+    assert {"in_flight_limit", "consumed", "completed"} <= stats.keys()
