@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+import pytest
 from confluent_kafka import OFFSET_INVALID, TopicPartition
 
 from worker.stream.consumer import Worker
@@ -135,7 +136,9 @@ async def _wait(cond: Any, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
-async def test_a_batch_fetched_before_the_rewind_seek_is_not_answered_twice() -> None:
+async def test_a_batch_fetched_before_the_rewind_seek_is_not_answered_twice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     bridge = TxnBridge({0: 48})
     bridge.stall_at = 16  # the consume that takes offset 16 returns only after the rewind began
     worker = _eos_worker(bridge)
@@ -145,15 +148,18 @@ async def test_a_batch_fetched_before_the_rewind_seek_is_not_answered_twice() ->
         # a delivery of the open transaction failed: the next commit aborts it and rewinds
         bridge.producer.open.append(b"doomed")
         worker._outbox.tainted = "a delivery failed"  # type: ignore[attr-defined]
-        commit = asyncio.create_task(worker.commit_now())
-        await asyncio.sleep(0.05)  # the rewind waits for the consumer thread ...
-        bridge.unstall.set()  # ... where a batch of offsets 16.. was fetched before the seek
-        await commit
+        with caplog.at_level("WARNING", logger="llm_worker"):
+            commit = asyncio.create_task(worker.commit_now())
+            await asyncio.sleep(0.05)  # the rewind waits for the consumer thread ...
+            bridge.unstall.set()  # ... where a batch of offsets 16.. was fetched before the seek
+            await commit
         await _wait(lambda: bridge.committed_offsets.get(0) == 48)
     finally:
         worker.stop()
         await task
     assert bridge.producer.aborts >= 1
+    said = [r.getMessage() for r in caplog.records if r.name == "llm_worker"]
+    assert "transaction aborted (a delivery failed); rewinding" in said
     answered = Counter(bridge.producer.committed)
     assert sorted(answered) == sorted(f"0:{o}".encode() for o in range(48))  # nothing lost
     assert [v for v, n in answered.items() if n > 1] == []  # nothing committed twice
