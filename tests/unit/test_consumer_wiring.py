@@ -325,11 +325,27 @@ async def test_an_unexpected_error_answers_its_record_with_an_internal_error_and
 
 async def test_stats_count_commits_partitions_and_what_the_rate_limits_hold() -> None:
     bridge = FakeBridge({0: 3, 1: 2})
-    worker = make_worker(bridge, SyncPipeline(), rate_limited=lambda: 3)  # type: ignore[arg-type]
-    await run_until(worker, lambda: worker.stats()["completed"] == 5)
+    pipeline = FakePipeline()
+    pipeline.hold[1] = asyncio.Event()  # offset 1 of each partition waits: two commits at least
+    worker = make_worker(bridge, pipeline, rate_limited=lambda: 3)
+
+    def committed() -> dict[tuple[str, int], int]:
+        return {tp: off for commit in bridge.commits for tp, off in commit.items()}
+
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while committed() != {("t", 0): 1, ("t", 1): 1}:
+                await asyncio.sleep(0.005)
+            pipeline.hold[1].set()
+            while committed() != {("t", 0): 3, ("t", 1): 2}:
+                await asyncio.sleep(0.005)
+    finally:
+        worker.stop()
+        await task
     stats = worker.stats()
     made = sum(1 for c in bridge.commits if c)
-    assert made >= 1 and stats["commits"] == made
+    assert made >= 2 and stats["commits"] == made
     assert worker._metrics.registry.get_sample_value("llm_worker_offset_commits_total") == made
     assert stats["partitions"] == 2 and stats["held"] == 3
     assert stats["in_flight"] == 0 and stats["paused_partitions"] == 0
