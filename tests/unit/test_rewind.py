@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_INVALID, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
 from worker.stream.consumer import Worker
 
@@ -251,4 +251,70 @@ async def test_a_partition_revoked_with_work_abandoned_is_answered_when_it_comes
         await task
     answered = Counter(bridge.producer.committed)
     assert sorted(answered) == sorted(f"0:{o}".encode() for o in range(20))
+    assert [v for v, n in answered.items() if n > 1] == []
+
+
+class GenerationConsumer(FakeTxnConsumer):
+    def consumer_group_metadata(self) -> object:
+        super().consumer_group_metadata()
+        return ("generation", self.bridge.generation)  # type: ignore[attr-defined]
+
+
+class GenerationProducer(FakeTxnProducer):
+    def send_offsets_to_transaction(self, tps: list[TopicPartition], meta: Any, t: float) -> None:
+        if meta != ("generation", self.bridge.generation):  # type: ignore[attr-defined]
+            # the broker refuses offsets sent with an earlier generation's metadata
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+        super().send_offsets_to_transaction(tps, meta, t)
+
+
+class GenerationBridge(TxnBridge):
+    """The group's generation moves on with every rebalance callback."""
+
+    def __init__(self, backlog: dict[int, int]) -> None:
+        super().__init__(backlog)
+        self.generation = 1
+        self.producer = GenerationProducer(self)
+        self.consumer = GenerationConsumer(self)
+
+    def _fire(self, kind: str, keys: list[tuple[str, int]]) -> Any:
+        self.generation += 1
+        return super()._fire(kind, keys)
+
+
+async def test_a_rebalance_after_the_group_metadata_was_read_skips_that_commit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A commit reads the group metadata on the consumer thread, then waits its turn for the
+    transaction (another commit holds it). A partition assigned meanwhile starts a new
+    generation: the commit must not send the offsets with the metadata it read before, which
+    the broker refuses, aborting the transaction and redoing its work. It skips; the next
+    commit, with fresh metadata, commits everything once."""
+    bridge = GenerationBridge({0: 40, 1: 40})
+    bridge.assignment = frozenset({("t", 0)})  # partition 1 comes in the rebalance
+    worker = make_worker(  # no periodic commit: only the commits made here
+        bridge, FakePipeline(), max_in_flight=16, consume_batch=8, commit_interval_s=3600.0
+    )
+    eos = worker._eos  # type: ignore[attr-defined]
+    task = asyncio.create_task(worker.run())
+    try:
+        await _wait(lambda: bridge.next[0] == 40 and worker.in_flight == 0)
+        with caplog.at_level("WARNING", logger="llm_worker"):
+            async with eos._lock:  # another commit holds the transaction
+                commit = asyncio.create_task(worker.commit_now())
+                await _wait(lambda: bridge.metadata_calls == 1)  # read in generation 1
+                bridge.rebalance("assign", [1])
+                await _wait(lambda: bridge.generation == 2 and bridge.hook_done.is_set())
+            assert await commit == {}  # skipped: nothing sent with generation 1's metadata
+            assert worker.stats()["aborts"] == 0  # not aborted and redone
+            await _wait(lambda: bridge.next[1] == 40 and worker.in_flight == 0)
+            assert await worker.commit_now() == {("t", 0): 40, ("t", 1): 40}
+    finally:
+        worker.stop()
+        await task
+    assert worker.stats()["aborts"] == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "llm_worker"]
+    assert not [m for m in said if m.startswith("transaction aborted")]
+    answered = Counter(bridge.producer.committed)
+    assert sorted(answered) == sorted(f"{p}:{o}".encode() for p in (0, 1) for o in range(40))
     assert [v for v, n in answered.items() if n > 1] == []
