@@ -39,3 +39,96 @@ async def test_a_failing_consume_loop_finishes_its_work_commits_it_and_raises() 
     # the eight were running when the loop failed: finished, delivered and committed
     assert sorted(bridge.produced) == sorted(f"0:{o}".encode() for o in range(8))
     assert bridge.commits[-1] == {("t", 0): 8}
+
+
+async def test_the_revoke_when_the_consumer_closes_after_run_commits_nothing_again() -> None:
+    """`run()` settled and committed everything; the revoke that closing the consumer fires
+    has nothing to wait for and nothing to commit."""
+    bridge = FakeBridge({0: 8})
+    worker = make_worker(bridge, FakePipeline(), commit_interval_s=3600.0)
+    task = asyncio.create_task(worker.run())
+    while len(bridge.produced) < 8:
+        await asyncio.sleep(0.005)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert bridge.commits[-1] == {("t", 0): 8}
+    commits = len(bridge.commits)
+    assert await asyncio.to_thread(worker.on_revoke, [("t", 0)]) == {}
+    assert len(bridge.commits) == commits
+
+
+class RoundRobinBridge(FakeBridge):
+    """Serves the partitions in turn, one record each, as a broker's fetches interleave."""
+
+    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
+        out: list[FakeMsg] = []
+        for p in sorted(self.next):
+            if (
+                len(out) < n
+                and ("t", p) not in self.paused
+                and ("t", p) in self.assignment
+                and self.next[p] < self.end[p]
+            ):
+                out.append(FakeMsg("t", p, self.next[p], b"{}", None))
+                self.next[p] += 1
+        if not out:
+            await asyncio.sleep(timeout)
+        return out
+
+
+async def test_the_automatic_per_partition_bound_shares_the_limit_between_partitions() -> None:
+    """`max_in_flight_per_partition` 0: each partition may hold twice its share of
+    `max_in_flight` (here 256 over 4 partitions: 128), so one busy partition cannot take it
+    all: it is paused at 128 while the worker has room for 98 more."""
+    bridge = RoundRobinBridge({0: 1000, 1: 10, 2: 10, 3: 10})
+    pipeline = FakePipeline()
+    for o in range(1000):
+        pipeline.hold[o] = asyncio.Event()  # nothing finishes
+    worker = make_worker(
+        bridge, pipeline, max_in_flight=256, max_in_flight_per_partition=0, consume_batch=16
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while ("t", 0) not in bridge.paused:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)  # it stays paused: nothing more is taken
+        assert worker.in_flight == 128 + 30
+    finally:
+        worker.stop(deadline_s=0.0)
+        await task
+    assert pipeline.peak[0] == 128
+
+
+class LoggingBridge(FakeBridge):
+    def __init__(self, backlog: dict[int, int]) -> None:
+        super().__init__(backlog)
+        self.events: list[object] = []
+
+    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
+        out = await super().consume(n, timeout)
+        self.events += [m.offset() for m in out]
+        return out
+
+    async def pause(self, parts: list[tuple[str, int]]) -> None:
+        self.events.append(("pause", sorted(parts)))
+        await super().pause(parts)
+
+
+async def test_a_worker_with_room_for_one_more_takes_it_before_holding_anything() -> None:
+    bridge = LoggingBridge({0: 10, 1: 0})  # partition 1: assigned, nothing read from it yet
+    pipeline = FakePipeline()
+    for o in range(10):
+        pipeline.hold[o] = asyncio.Event()  # nothing finishes
+    worker = make_worker(bridge, pipeline, max_in_flight=4, consume_batch=1)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while not bridge.paused:  # full for HOLD_AFTER_S: holds
+                await asyncio.sleep(0.005)
+    finally:
+        worker.stop(deadline_s=0.0)
+        await task
+    # the fourth was taken while there was room for it; then every assigned partition is held,
+    # the one not read from yet too (its fetched records would wait in memory)
+    assert bridge.events[:5] == [0, 1, 2, 3, ("pause", [("t", 0), ("t", 1)])]
