@@ -132,3 +132,69 @@ async def test_a_worker_with_room_for_one_more_takes_it_before_holding_anything(
     # the fourth was taken while there was room for it; then every assigned partition is held,
     # the one not read from yet too (its fetched records would wait in memory)
     assert bridge.events[:5] == [0, 1, 2, 3, ("pause", [("t", 0), ("t", 1)])]
+
+
+async def test_a_partition_assigned_while_the_worker_is_full_gives_one_record_then_is_held() -> (
+    None
+):
+    bridge = LoggingBridge({0: 10, 1: 10})
+    bridge.assignment = frozenset({("t", 0)})  # partition 1 comes while the worker is full
+    pipeline = FakePipeline()
+    for o in range(10):
+        pipeline.hold[o] = asyncio.Event()  # nothing finishes
+    worker = make_worker(bridge, pipeline, max_in_flight=4, consume_batch=4)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while ("t", 0) not in bridge.paused:
+                await asyncio.sleep(0.005)
+            bridge.rebalance("assign", [1])
+            while ("t", 1) not in bridge.paused:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        assert worker.in_flight == 5  # the full worker's poll takes at most one
+    finally:
+        worker.stop(deadline_s=0.0)
+        await task
+
+
+class ResumeLoggingBridge(LoggingBridge):
+    def __init__(self, backlog: dict[int, int]) -> None:
+        super().__init__(backlog)
+        self.worker_in_flight = lambda: -1
+
+    async def resume(self, parts: list[tuple[str, int]]) -> None:
+        self.events.append(("resume", self.worker_in_flight()))
+        await super().resume(parts)
+
+
+async def test_held_partitions_are_resumed_once_the_worker_is_three_quarters_full() -> None:
+    """A full worker holds its partitions; they stay held while it is more than 3/4 full
+    (a resume refetches: not worth it for one or two free slots) and are resumed at 3/4."""
+    bridge = ResumeLoggingBridge({0: 20})
+    pipeline = FakePipeline()
+    for o in range(20):
+        pipeline.hold[o] = asyncio.Event()
+    worker = make_worker(
+        bridge, pipeline, max_in_flight=8, max_in_flight_per_partition=100, consume_batch=8
+    )
+    bridge.worker_in_flight = lambda: worker.in_flight
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while not bridge.paused:
+                await asyncio.sleep(0.005)
+            for o in range(8):  # finish one at a time until the partition is resumed
+                pipeline.hold[o].set()
+                while worker.in_flight > 7 - o:
+                    await asyncio.sleep(0.005)
+                calls = bridge.consume_calls  # a whole pass of the loop at this level:
+                while bridge.consume_calls < calls + 2:
+                    await asyncio.sleep(0.005)
+                resumes = [e for e in bridge.events if isinstance(e, tuple) and e[0] == "resume"]
+                if resumes:
+                    break
+    finally:
+        worker.stop(deadline_s=0.0)
+        await task
+    assert resumes[:1] == [("resume", 6)]
