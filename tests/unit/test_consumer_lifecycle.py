@@ -198,3 +198,34 @@ async def test_held_partitions_are_resumed_once_the_worker_is_three_quarters_ful
         worker.stop(deadline_s=0.0)
         await task
     assert resumes[:1] == [("resume", 6)]
+
+
+async def _limit_after(records: dict[tuple[int, int], tuple[bytes, bytes | None]]) -> int:
+    bridge = FakeBridge({0: len(records)})
+    bridge.records = records
+    worker = make_worker(
+        bridge,
+        FakePipeline(),
+        max_in_flight=1000,
+        max_in_flight_per_partition=1000,
+        max_in_flight_bytes=1_000_000,
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while worker.stats()["consumed"] < len(records):
+                await asyncio.sleep(0.005)
+            calls = bridge.consume_calls
+            while bridge.consume_calls < calls + 2:
+                await asyncio.sleep(0.005)
+        return int(worker.stats()["in_flight_limit"])
+    finally:
+        worker.stop()
+        await task
+
+
+async def test_a_records_key_counts_toward_the_in_flight_bytes_budget_like_its_value() -> None:
+    big = b"k" * 10_000
+    keyed = await _limit_after({(0, o): (b"{}", big) for o in range(300)})
+    valued = await _limit_after({(0, o): (big, b"{}") for o in range(300)})
+    assert keyed == valued < 1000  # the budget, not max_in_flight, bounds both
