@@ -229,3 +229,20 @@ async def test_a_records_key_counts_toward_the_in_flight_bytes_budget_like_its_v
     keyed = await _limit_after({(0, o): (b"{}", big) for o in range(300)})
     valued = await _limit_after({(0, o): (big, b"{}") for o in range(300)})
     assert keyed == valued < 1000  # the budget, not max_in_flight, bounds both
+
+
+async def test_finished_tasks_are_not_kept_while_the_partition_stays_assigned() -> None:
+    """Memory stays bounded on a long-lived assignment: a task's done callback drops it from
+    its partition's set (a revoke waits only for the running ones)."""
+    bridge = FakeBridge({0: 300, 1: 300})
+    worker = make_worker(bridge, FakePipeline())
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(bridge.produced) < 600 or worker.in_flight:
+                await asyncio.sleep(0.005)
+        kept = {k: len(v) for k, v in worker._by_part.items()}  # type: ignore[attr-defined]
+    finally:
+        worker.stop()
+        await task
+    assert kept == {("t", 0): 0, ("t", 1): 0}
