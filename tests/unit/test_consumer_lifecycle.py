@@ -246,3 +246,32 @@ async def test_finished_tasks_are_not_kept_while_the_partition_stays_assigned() 
         worker.stop()
         await task
     assert kept == {("t", 0): 0, ("t", 1): 0}
+
+
+async def test_a_task_that_fails_is_logged_with_its_exception_and_a_cancelled_one_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The last resort for a bug: `_handle` and the outbox catch their errors, so a task
+    given to `_spawn` (as the outbox gives its redeliveries) fails only by a bug; that is
+    logged with its traceback. Tasks cancelled at the stop deadline are not errors."""
+    bridge = FakeBridge({0: 6})
+    pipeline = FakePipeline()
+    pipeline.hold[5] = asyncio.Event()  # still running at the stop: cancelled
+    worker = make_worker(bridge, pipeline, shutdown_timeout_s=0.2)
+
+    async def bug() -> None:
+        raise RuntimeError("a bug")
+
+    with caplog.at_level("INFO", logger="llm_worker"):
+        task = asyncio.create_task(worker.run())
+        async with asyncio.timeout(10):
+            while len(bridge.produced) < 5:
+                await asyncio.sleep(0.005)
+        worker._spawn(("t", 0), bug())  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        worker.stop()
+        await task
+    failed = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in failed] == ["message task failed"]
+    assert failed[0].exc_info is not None and str(failed[0].exc_info[1]) == "a bug"
+    assert worker.stats()["consumed"] == 6 and len(bridge.produced) == 5
