@@ -318,3 +318,43 @@ async def test_a_rebalance_after_the_group_metadata_was_read_skips_that_commit(
     answered = Counter(bridge.producer.committed)
     assert sorted(answered) == sorted(f"{p}:{o}".encode() for p in (0, 1) for o in range(40))
     assert [v for v, n in answered.items() if n > 1] == []
+
+
+class DoomingBridge(TxnBridge):
+    """A delivery of the open transaction fails just as the revoke comes (before the
+    periodic commit could see it)."""
+
+    outbox: Any = None
+
+    def _fire(self, kind: str, keys: list[tuple[str, int]]) -> Any:
+        if kind == "revoke":
+            self.outbox.tainted = "a delivery failed"
+        return super()._fire(kind, keys)
+
+
+async def test_a_revoke_whose_transaction_must_abort_rewinds_without_waiting_for_the_thread() -> (
+    None
+):
+    """The revoke settles the open transaction; when it is doomed (a delivery failed) the
+    commit aborts and rewinds. The hook holds the consumer thread, so the rewind's seek runs
+    after it returns: waiting for it there would hold the hook until its timeout."""
+    bridge = DoomingBridge({0: 40, 1: 40})
+    worker = _eos_worker(bridge)
+    bridge.outbox = worker._outbox  # type: ignore[attr-defined]
+    task = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    try:
+        await _wait(lambda: bridge.committed_offsets.get(0, 0) >= 8)
+        started = loop.time()
+        bridge.rebalance("revoke", [1])  # fired inside the next consume, on the consumer thread
+        await _wait(lambda: ("t", 1) not in bridge.assignment)
+        await _wait(lambda: bridge.committed_offsets.get(0) == 40, timeout=60)
+        took = loop.time() - started
+    finally:
+        worker.stop()
+        await task
+    assert worker.stats()["aborts"] >= 1
+    assert took < 30  # the hook's wait is 35 s and more
+    answered = Counter(v for v in bridge.producer.committed if v.startswith(b"0:"))
+    assert sorted(answered) == sorted(f"0:{o}".encode() for o in range(40))
+    assert [v for v, n in answered.items() if n > 1] == []
