@@ -363,3 +363,5 @@ async def test_a_deadline_that_cuts_an_attempt_short_reports_the_providers_last_
     assert server.counters()["requests"] >= 2  # the deadline ended an attempt in progress
     assert info.value.error.type == "server_error"
     assert "request deadline passed" in str(info.value.error)
+    assert info.value.candidate is not None  # the error names the endpoint it came from
+    assert info.value.candidate.endpoint_name == "m/primary"
