@@ -9,185 +9,16 @@ so nothing here depends on how fast the machine is."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
-from aiohttp import ClientSession
 
-import adapters
-from adapters.base import ProviderRequest, ProviderResult, Target
-from adapters.errors import AuthError, BadRequest, ProviderError, RateLimited, ServerError
-from adapters.secrets import SecretStore
+from adapters.errors import AuthError, BadRequest, RateLimited, ServerError
 from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling import caller as caller_module
-from worker.calling.breaker import BreakerBoard, BreakerConfig
-from worker.calling.caller import Caller, CallFailed, estimate_tokens
-from worker.calling.ratelimit import RateLimiter
+from worker.calling.breaker import BreakerConfig
+from worker.calling.caller import CallFailed, estimate_tokens
 from worker.calling.routing import endpoint_key
-from worker.ops.metrics import Metrics
 
-REQUEST = ProviderRequest(prompt="hello there")
-
-
-def answer(inp: int = 1, out: int = 1) -> ProviderResult:
-    return ProviderResult(text="hi", finish_reason="stop", input_tokens=inp, output_tokens=out)
-
-
-def server_error() -> ProviderError:
-    return ServerError("upstream broke", provider="fake", model="u", status=503)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Provider:
-    """Answers each endpoint from its script (a result, or an error to raise), in order."""
-
-    name = "fake"
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.script: dict[str, list[ProviderResult | ProviderError]] = {}
-        self.took = 0.0
-        self.called: list[str] = []
-        self.broken: set[str] = set()  # endpoints that cannot be called at all
-
-    def endpoint_for(self, target: Target) -> str:
-        if target.endpoint in self.broken:
-            raise ValueError("no such host")
-        return target.endpoint
-
-    async def complete(
-        self, session: ClientSession, target: Target, request: ProviderRequest
-    ) -> ProviderResult:
-        self.called.append(target.endpoint)
-        self.clock.now += self.took
-        outcome = self.script[target.endpoint].pop(0)
-        if isinstance(outcome, ProviderError):
-            raise outcome
-        return outcome
-
-
-class Limiter(RateLimiter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.penalized: list[tuple[str, float]] = []
-        self.charged: list[dict[str, Any]] = []
-
-    def penalize(self, endpoint: str, seconds: float) -> None:
-        self.penalized.append((endpoint, seconds))
-
-    def charge(self, *, endpoint: str, model_id: str, tenant: str | None, tokens: int) -> None:
-        self.charged.append(
-            {"endpoint": endpoint, "model_id": model_id, "tenant": tenant, "tokens": tokens}
-        )
-
-
-class Observer:
-    def __init__(self) -> None:
-        self.started: list[tuple[str, int, str | None]] = []
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-
-    def attempt_started(
-        self,
-        cand: Candidate,
-        target: Target,
-        request: ProviderRequest,
-        attempt: int,
-        retry_of: ProviderError | None,
-    ) -> Any:
-        self.started.append((cand.endpoint_name, attempt, retry_of.message if retry_of else None))
-        return None
-
-    def attempt_finished(
-        self,
-        handle: Any,
-        result: ProviderResult | None = None,
-        error: ProviderError | None = None,
-        cancelled: bool = False,
-    ) -> None:
-        pass
-
-    def event(self, name: str, cand: Candidate, **attrs: Any) -> None:
-        self.events.append((name, cand.endpoint_name, attrs))
-
-
-class Setup:
-    def __init__(
-        self,
-        monkeypatch: pytest.MonkeyPatch,
-        sessions: SessionPool,
-        max_attempts: int = 1,
-        breaker: BreakerConfig | None = None,
-    ) -> None:
-        self.clock = Clock()
-        self.provider = Provider(self.clock)
-        monkeypatch.setitem(adapters._instances, "fake", self.provider)
-        self.delays: list[tuple[int, str]] = []  # (attempt, error) of each wait in a pass
-        self.pass_delays: list[tuple[int, str]] = []  # (passes, error) of each wait between
-
-        def next_delay(exc: ProviderError, attempt: int, *, remaining: float) -> float | None:
-            self.delays.append((attempt, exc.message))
-            return 0.001 if remaining > 0 else None  # as the real one: no time, no retry
-
-        self.pass_wait = 0.0  # clock time each wait between passes takes
-
-        def pass_delay(passes: int, error: ProviderError) -> float:
-            self.pass_delays.append((passes, error.message))
-            self.clock.now += self.pass_wait
-            return 0.001
-
-        monkeypatch.setattr(caller_module, "next_delay", next_delay)
-        monkeypatch.setattr(caller_module, "pass_delay", pass_delay)
-        self.metrics = Metrics()
-        self.limiter = Limiter()
-        self.observer = Observer()
-        self.caller = Caller(
-            sessions,
-            SecretStore(None, env={}),
-            self.metrics,
-            max_attempts=max_attempts,
-            breakers=BreakerBoard(breaker or BreakerConfig(), clock=self.clock),
-            limiter=self.limiter,
-            clock=self.clock,
-            observer=self.observer,
-        )
-        row = ModelRow(
-            model_id="m",
-            provider="fake",
-            endpoint="http://p",
-            upstream_model="u",
-            fallback_provider="fake",
-            fallback_endpoint="http://f",
-            fallback_model="u",
-            max_tokens=100,
-        )
-        self.cands = resolve({"m": row}, "m")
-        self.primary, self.fallback = self.cands
-
-    async def call(
-        self, cands: list[Candidate] | None = None, deadline_s: float = 60.0, **kw: Any
-    ) -> Any:
-        return await self.caller.call(
-            self.cands if cands is None else cands,
-            REQUEST,
-            deadline=self.clock.now + deadline_s,
-            **kw,
-        )
-
-    def calls(self, outcome: str, endpoint: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "llm_worker_provider_calls_total",
-            {"provider": "fake", "endpoint": endpoint, "outcome": outcome},
-        )
-        return value or 0.0
+from .caller_fakes import REQUEST, Setup, answer, server_error
 
 
 async def test_retryable_errors_use_the_attempts_then_the_fallback_answers(
@@ -223,6 +54,8 @@ async def test_a_failed_pass_is_tried_again_without_the_terminally_failed_candid
     assert s.provider.called == ["http://p", "http://f", "http://f", "http://f"]
     assert res.candidate is s.fallback and res.attempts == 4
     assert s.pass_delays == [(1, "upstream broke"), (2, "upstream broke")]
+    held = {"reason": "retry_backoff", "wait_s": 0.0}
+    assert s.observer.events == [("held", "m/fallback", held)] * 2
     assert s.caller.held == 0 and s.caller.holds.total == 0
 
 
