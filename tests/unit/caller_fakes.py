@@ -4,6 +4,7 @@ that wires them into a `Caller`."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -52,6 +53,7 @@ class Provider:
         self.took = 0.0
         self.called: list[str] = []
         self.broken: set[str] = set()  # endpoints that cannot be called at all
+        self.gate: asyncio.Event | None = None  # when set: calls wait for it
 
     def endpoint_for(self, target: Target) -> str:
         if target.endpoint in self.broken:
@@ -62,6 +64,8 @@ class Provider:
         self, session: ClientSession, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         self.called.append(target.endpoint)
+        if self.gate is not None:
+            await self.gate.wait()
         self.clock.now += self.took
         outcome = self.script[target.endpoint].pop(0)
         if isinstance(outcome, ProviderError):

@@ -5,6 +5,7 @@ mode, at most one cooldown), and a deadline passed while waiting ends the reques
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -13,6 +14,7 @@ from adapters.errors import ServerError
 from adapters.sessions import SessionPool
 from worker.calling.breaker import BreakerConfig
 from worker.calling.caller import CallFailed, CircuitOpen, estimate_tokens
+from worker.calling.concurrency import ConcurrencyLimits
 from worker.calling.routing import endpoint_key
 
 from .caller_fakes import REQUEST, Setup, answer, server_error
@@ -122,3 +124,24 @@ async def test_fail_mode_ends_with_circuit_open_after_one_cooldown(
     assert info.value.attempts == 2 and info.value.candidate is s.primary
     waits = [e[2]["reason"] for e in s.observer.events if e[0] == "held"]
     assert waits.count("circuit_open") >= 2
+
+
+async def test_a_request_queued_for_a_slot_finds_the_breaker_opened_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+) -> None:
+    s = Setup(monkeypatch, sessions, breaker=BreakerConfig(consecutive_failures=1))
+    s.caller.concurrency = ConcurrencyLimits(cap=4)  # four calls at a time per endpoint
+    s.provider.gate = asyncio.Event()
+    s.provider.script = {"http://p": [server_error() for _ in range(4)]}
+    s.observer.ticks = {"circuit_open": 100.0}  # the deadline passes while they wait
+    calls = [asyncio.create_task(s.call(cands=[s.primary], deadline_s=0.05)) for _ in range(5)]
+    while len(s.provider.called) < 4:  # four calls take the endpoint's four slots
+        await asyncio.sleep(0)
+    s.provider.gate.set()  # they fail; the first failure opens the breaker
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert len(s.provider.called) == 4  # the fifth, queued for a slot, did not call
+    failed = [o for o in outcomes if isinstance(o, CallFailed)]
+    assert len(failed) == 5
+    queued = [f for f in failed if f.attempts == 0]
+    assert len(queued) == 1 and type(queued[0].error) is CircuitOpen
+    assert queued[0].candidate is s.primary
