@@ -264,6 +264,8 @@ async def test_fail_mode_fails_with_circuit_open_after_one_cooldown(
     assert all(isinstance(o, CallFailed) for o in outcomes)
     failed = [o for o in outcomes if isinstance(o, CallFailed)]
     assert {f.error.type for f in failed} == {"circuit_open"}
+    # the one that made the probe names the endpoint it called; the others called none
+    assert [f.candidate for f in failed if f.attempts] == cands
     assert time.monotonic() - t0 >= 1.5  # not at once: a backlog is not drained into errors
     assert server.counters()["requests"] - before == 1  # the half-open probe, and it failed
     assert caller.held == 0
@@ -361,3 +363,5 @@ async def test_a_deadline_that_cuts_an_attempt_short_reports_the_providers_last_
     assert server.counters()["requests"] >= 2  # the deadline ended an attempt in progress
     assert info.value.error.type == "server_error"
     assert "request deadline passed" in str(info.value.error)
+    assert info.value.candidate is not None  # the error names the endpoint it came from
+    assert info.value.candidate.endpoint_name == "m/primary"

@@ -1,0 +1,216 @@
+"""Fakes for the retry loop's unit tests (`test_caller_loop.py`, `test_caller_waits.py`): a
+scripted provider, a hand-set clock, a recording rate limiter and observer, and a `Setup`
+that wires them into a `Caller`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+
+import adapters
+from adapters.base import ProviderRequest, ProviderResult, Target
+from adapters.errors import ProviderError, ServerError
+from adapters.secrets import SecretStore
+from adapters.sessions import SessionPool
+from registry.models import ModelRow
+from registry.resolve import Candidate, resolve
+from worker.calling import caller as caller_module
+from worker.calling.breaker import BreakerBoard, BreakerConfig
+from worker.calling.caller import Caller
+from worker.calling.ratelimit import RateLimiter
+from worker.ops.metrics import Metrics
+
+REQUEST = ProviderRequest(prompt="hello there")
+
+
+def answer(inp: int = 1, out: int = 1) -> ProviderResult:
+    return ProviderResult(text="hi", finish_reason="stop", input_tokens=inp, output_tokens=out)
+
+
+def server_error() -> ProviderError:
+    return ServerError("upstream broke", provider="fake", model="u", status=503)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Provider:
+    """Answers each endpoint from its script (a result, or an error to raise), in order."""
+
+    name = "fake"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.script: dict[str, list[ProviderResult | ProviderError]] = {}
+        self.took = 0.0
+        self.called: list[str] = []
+        self.broken: set[str] = set()  # endpoints that cannot be called at all
+        self.gate: asyncio.Event | None = None  # when set: calls wait for it
+
+    def endpoint_for(self, target: Target) -> str:
+        if target.endpoint in self.broken:
+            raise ValueError("no such host")
+        return target.endpoint
+
+    async def complete(
+        self, session: ClientSession, target: Target, request: ProviderRequest
+    ) -> ProviderResult:
+        self.called.append(target.endpoint)
+        if self.gate is not None:
+            await self.gate.wait()
+        self.clock.now += self.took
+        outcome = self.script[target.endpoint].pop(0)
+        if isinstance(outcome, ProviderError):
+            raise outcome
+        return outcome
+
+
+class Limiter(RateLimiter):
+    """Records what it is asked and told; every acquire waits `wait` (0: none)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.wait = 0.0
+        self.acquired: list[dict[str, Any]] = []
+        self.asked: list[dict[str, Any]] = []
+        self.penalized: list[tuple[str, float]] = []
+        self.charged: list[dict[str, Any]] = []
+
+    async def acquire(self, **kw: Any) -> float:
+        self.acquired.append(kw)
+        self.clock.now += self.wait  # the wait for capacity, on the clock
+        return self.wait
+
+    def has_capacity(self, **kw: Any) -> bool:
+        self.asked.append(kw)
+        return True
+
+    def penalize(self, endpoint: str, seconds: float) -> None:
+        self.penalized.append((endpoint, seconds))
+
+    def charge(self, *, endpoint: str, model_id: str, tenant: str | None, tokens: int) -> None:
+        self.charged.append(
+            {"endpoint": endpoint, "model_id": model_id, "tenant": tenant, "tokens": tokens}
+        )
+
+
+class Observer:
+    """Records attempts and events; a hold (`held`) for one of `ticks` reasons moves the
+    clock on by that many seconds (time passing while the request waited)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.ticks: dict[str, float] = {}
+        self.started: list[tuple[str, int, str | None]] = []
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def attempt_started(
+        self,
+        cand: Candidate,
+        target: Target,
+        request: ProviderRequest,
+        attempt: int,
+        retry_of: ProviderError | None,
+    ) -> Any:
+        self.started.append((cand.endpoint_name, attempt, retry_of.message if retry_of else None))
+        return None
+
+    def attempt_finished(
+        self,
+        handle: Any,
+        result: ProviderResult | None = None,
+        error: ProviderError | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        pass
+
+    def event(self, name: str, cand: Candidate, **attrs: Any) -> None:
+        self.events.append((name, cand.endpoint_name, attrs))
+        if name == "held":
+            self.clock.now += self.ticks.get(attrs["reason"], 0.0)
+
+
+class Setup:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        sessions: SessionPool,
+        max_attempts: int = 1,
+        breaker: BreakerConfig | None = None,
+        wait_when_open: bool = True,
+    ) -> None:
+        self.clock = Clock()
+        self.provider = Provider(self.clock)
+        monkeypatch.setitem(adapters._instances, "fake", self.provider)
+        self.retry_wait = 0.0  # clock time each wait between attempts takes
+        self.delays: list[tuple[int, str]] = []  # (attempt, error) of each wait in a pass
+        self.pass_delays: list[tuple[int, str]] = []  # (passes, error) of each wait between
+
+        def next_delay(exc: ProviderError, attempt: int, *, remaining: float) -> float | None:
+            self.delays.append((attempt, exc.message))
+            self.clock.now += self.retry_wait
+            return 0.001 if remaining > 0 else None  # as the real one: no time, no retry
+
+        self.pass_wait = 0.0  # clock time each wait between passes takes
+
+        def pass_delay(passes: int, error: ProviderError) -> float:
+            self.pass_delays.append((passes, error.message))
+            self.clock.now += self.pass_wait
+            return 0.001
+
+        monkeypatch.setattr(caller_module, "next_delay", next_delay)
+        monkeypatch.setattr(caller_module, "pass_delay", pass_delay)
+        self.metrics = Metrics()
+        self.limiter = Limiter(self.clock)
+        self.observer = Observer(self.clock)
+        self.caller = Caller(
+            sessions,
+            SecretStore(None, env={}),
+            self.metrics,
+            max_attempts=max_attempts,
+            breakers=BreakerBoard(breaker or BreakerConfig(), clock=self.clock),
+            limiter=self.limiter,
+            clock=self.clock,
+            observer=self.observer,
+            wait_when_open=wait_when_open,
+        )
+        row = ModelRow(
+            model_id="m",
+            provider="fake",
+            endpoint="http://p",
+            upstream_model="u",
+            fallback_provider="fake",
+            fallback_endpoint="http://f",
+            fallback_model="u",
+            max_tokens=100,
+            rpm_limit=600,
+            tpm_limit=90_000,
+        )
+        self.cands = resolve({"m": row}, "m")
+        self.primary, self.fallback = self.cands
+
+    async def call(
+        self, cands: list[Candidate] | None = None, deadline_s: float = 60.0, **kw: Any
+    ) -> Any:
+        return await self.caller.call(
+            self.cands if cands is None else cands,
+            REQUEST,
+            deadline=self.clock.now + deadline_s,
+            **kw,
+        )
+
+    def calls(self, outcome: str, endpoint: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "llm_worker_provider_calls_total",
+            {"provider": "fake", "endpoint": endpoint, "outcome": outcome},
+        )
+        return value or 0.0
