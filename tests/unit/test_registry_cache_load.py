@@ -11,9 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
+import registry.cache
 from registry._db import APP_NAME, ROW_FACTORY
 from registry.cache import RegistryCache
-from registry.errors import RegistryUnavailable, UnknownModel
+from registry.errors import FallbackTooDeep, RegistryUnavailable, UnknownModel
+from registry.resolve import Candidate, resolve
 from tests.unit.registry_fakes import DSN, WHERE, FakeDB, row
 
 LOG = "llm_worker.registry"
@@ -300,3 +302,34 @@ async def test_close_during_the_first_load_starts_nothing_and_closes_the_connect
         await start
     assert cache._tasks == [] and [c.purpose for c in db.conns] == ["load"]
     assert db.conns[0].closed and cache._conn is None
+
+
+async def test_resolution_is_computed_once_per_snapshot_and_honours_max_depth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    def counting(rows: Any, model_id: str, *, max_depth: int) -> list[Candidate]:
+        calls.append(model_id)
+        return resolve(rows, model_id, max_depth=max_depth)
+
+    monkeypatch.setattr(registry.cache, "resolve", counting)
+    db = FakeDB(row("a", fallback_model_id="b"), row("b"))
+    cache = db.attach(monkeypatch, RegistryCache(DSN, listen=False))
+    shallow = db.attach(monkeypatch, RegistryCache(DSN, listen=False, max_depth=0))
+    await cache.start(timeout=5)
+    await shallow.start(timeout=5)
+    try:
+        first = cache.resolve("a")
+        assert [c.row.model_id for c in first] == ["a", "b"]
+        first.clear()  # a caller's list is its own
+        assert [c.row.model_id for c in cache.resolve("a")] == ["a", "b"]
+        assert calls == ["a"]  # memoized
+        db.rows["b"] = row("b", upstream_model="other")
+        await cache.reload()
+        assert cache.resolve("a")[1].upstream_model == "other" and calls == ["a", "a"]
+        with pytest.raises(FallbackTooDeep):
+            shallow.resolve("a")
+    finally:
+        await cache.close()
+        await shallow.close()
