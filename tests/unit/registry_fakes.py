@@ -22,6 +22,14 @@ WHERE = "postgresql://llm:***@db:5432/registry"
 DSN = "postgresql://llm:s3cr3t-pw@db:5432/registry"
 
 
+LOG = "llm_worker.registry"
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    """What the registry logged at `level`."""
+    return [r.getMessage() for r in caplog.records if r.levelno == level and r.name == LOG]
+
+
 def row(model_id: str, **fields: Any) -> ModelRow:
     values: dict[str, Any] = {
         "provider": "openai",

@@ -16,13 +16,7 @@ from registry._db import APP_NAME, ROW_FACTORY
 from registry.cache import RegistryCache
 from registry.errors import FallbackTooDeep, RegistryUnavailable, UnknownModel
 from registry.resolve import Candidate, resolve
-from tests.unit.registry_fakes import DSN, WHERE, FakeDB, row
-
-LOG = "llm_worker.registry"
-
-
-def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == level and r.name == LOG]
+from tests.unit.registry_fakes import DSN, LOG, WHERE, FakeDB, messages, row
 
 
 async def test_connections_are_opened_with_the_documented_settings(

@@ -12,13 +12,7 @@ import pytest
 
 import registry.cache
 from registry.cache import RegistryCache
-from tests.unit.registry_fakes import DSN, WHERE, FakeDB, eventually, row
-
-LOG = "llm_worker.registry"
-
-
-def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == level and r.name == LOG]
+from tests.unit.registry_fakes import DSN, LOG, WHERE, FakeDB, eventually, messages, row
 
 
 async def test_without_notifications_the_table_is_polled_every_refresh_s(
