@@ -10,6 +10,14 @@ import pytest
 from .stream_fakes import FakeBridge, FakeMsg, FakePipeline, make_worker
 
 
+def stuck_pipeline(records: int) -> FakePipeline:
+    """A pipeline whose first `records` offsets never finish (until released by hand)."""
+    pipeline = FakePipeline()
+    for o in range(records):
+        pipeline.hold[o] = asyncio.Event()
+    return pipeline
+
+
 async def test_a_stop_before_run_begins_takes_nothing_and_run_returns() -> None:
     """A SIGTERM between building the worker and running it."""
     bridge = FakeBridge({0: 10})
@@ -86,9 +94,7 @@ async def test_the_automatic_per_partition_bound_shares_the_limit_between_partit
     `max_in_flight` (here 256 over 4 partitions: 128), so one busy partition cannot take it
     all: it is paused at 128 while the worker has room for 98 more."""
     bridge = RoundRobinBridge({0: 1000, 1: 10, 2: 10, 3: 10})
-    pipeline = FakePipeline()
-    for o in range(1000):
-        pipeline.hold[o] = asyncio.Event()  # nothing finishes
+    pipeline = stuck_pipeline(1000)
     worker = make_worker(
         bridge, pipeline, max_in_flight=256, max_in_flight_per_partition=0, consume_batch=16
     )
@@ -122,9 +128,7 @@ class LoggingBridge(FakeBridge):
 
 async def test_a_worker_with_room_for_one_more_takes_it_before_holding_anything() -> None:
     bridge = LoggingBridge({0: 10, 1: 0})  # partition 1: assigned, nothing read from it yet
-    pipeline = FakePipeline()
-    for o in range(10):
-        pipeline.hold[o] = asyncio.Event()  # nothing finishes
+    pipeline = stuck_pipeline(10)
     worker = make_worker(bridge, pipeline, max_in_flight=4, consume_batch=1)
     task = asyncio.create_task(worker.run())
     try:
@@ -144,9 +148,7 @@ async def test_a_partition_assigned_while_the_worker_is_full_gives_one_record_th
 ):
     bridge = LoggingBridge({0: 10, 1: 10})
     bridge.assignment = frozenset({("t", 0)})  # partition 1 comes while the worker is full
-    pipeline = FakePipeline()
-    for o in range(10):
-        pipeline.hold[o] = asyncio.Event()  # nothing finishes
+    pipeline = stuck_pipeline(10)
     worker = make_worker(bridge, pipeline, max_in_flight=4, consume_batch=4)
     task = asyncio.create_task(worker.run())
     try:
@@ -177,9 +179,7 @@ async def test_held_partitions_are_resumed_once_the_worker_is_three_quarters_ful
     """A full worker holds its partitions; they stay held while it is more than 3/4 full
     (a resume refetches: not worth it for one or two free slots) and are resumed at 3/4."""
     bridge = ResumeLoggingBridge({0: 20})
-    pipeline = FakePipeline()
-    for o in range(20):
-        pipeline.hold[o] = asyncio.Event()
+    pipeline = stuck_pipeline(20)
     worker = make_worker(
         bridge, pipeline, max_in_flight=8, max_in_flight_per_partition=100, consume_batch=8
     )
