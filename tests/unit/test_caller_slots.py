@@ -74,7 +74,9 @@ async def test_each_call_is_released_as_answered_failed_or_overloaded(
     server.set_profile(error_rate=0.0, latency_ms=20_000)  # the retry never answers
     with pytest.raises(CallFailed):
         await call
-    assert limits.limit.released == [(False, True), (False, True)]
+    # the 500s (as many as came before the profile changed) and the deadline-cut retry
+    released = limits.limit.released
+    assert len(released) >= 2 and set(released) == {(False, True)}
 
 
 class RecordingRouter(Router):
