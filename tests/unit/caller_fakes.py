@@ -80,6 +80,7 @@ class Limiter(RateLimiter):
         super().__init__()
         self.clock = clock
         self.wait = 0.0
+        self.late = 0.0  # clock time an acquire takes beyond the wait it reports (a slow loop)
         self.acquired: list[dict[str, Any]] = []
         self.asked: list[dict[str, Any]] = []
         self.penalized: list[tuple[str, float]] = []
@@ -87,7 +88,7 @@ class Limiter(RateLimiter):
 
     async def acquire(self, **kw: Any) -> float:
         self.acquired.append(kw)
-        self.clock.now += self.wait  # the wait for capacity, on the clock
+        self.clock.now += self.wait + self.late  # the wait for capacity, on the clock
         return self.wait
 
     def has_capacity(self, **kw: Any) -> bool:
@@ -153,19 +154,22 @@ class Setup:
         monkeypatch.setitem(adapters._instances, "fake", self.provider)
         self.retry_wait = 0.0  # clock time each wait between attempts takes
         self.delays: list[tuple[int, str]] = []  # (attempt, error) of each wait in a pass
+        self.remaining: list[float] = []  # the time left each wait in a pass was given
         self.pass_delays: list[tuple[int, str]] = []  # (passes, error) of each wait between
 
         def next_delay(exc: ProviderError, attempt: int, *, remaining: float) -> float | None:
             self.delays.append((attempt, exc.message))
+            self.remaining.append(remaining)
             self.clock.now += self.retry_wait
             return 0.001 if remaining > 0 else None  # as the real one: no time, no retry
 
         self.pass_wait = 0.0  # clock time each wait between passes takes
+        self.pass_sleep = 0.001  # and how long it asks for (real seconds: the clock stands)
 
         def pass_delay(passes: int, error: ProviderError) -> float:
             self.pass_delays.append((passes, error.message))
             self.clock.now += self.pass_wait
-            return 0.001
+            return self.pass_sleep
 
         monkeypatch.setattr(caller_module, "next_delay", next_delay)
         monkeypatch.setattr(caller_module, "pass_delay", pass_delay)

@@ -12,7 +12,14 @@ import logging
 
 import pytest
 
-from adapters.errors import AuthError, BadRequest, RateLimited, ServerError
+from adapters.errors import (
+    AuthError,
+    BadRequest,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
 from adapters.sessions import SessionPool
 from worker.calling.breaker import BreakerConfig
 from worker.calling.caller import CallFailed, estimate_tokens
@@ -59,17 +66,28 @@ async def test_a_failed_pass_is_tried_again_without_the_terminally_failed_candid
     assert s.caller.held == 0 and s.caller.holds.total == 0
 
 
+@pytest.mark.parametrize(
+    ("error", "why"),
+    [
+        (server_error(), "server_error 503"),
+        (ProviderTimeout("no answer in 30s", provider="fake", model="u"), "timeout"),  # no status
+    ],
+)
 async def test_the_second_failed_pass_holds_the_request_and_says_why(
-    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
+    sessions: SessionPool,
+    caplog: pytest.LogCaptureFixture,
+    error: ProviderError,
+    why: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="llm_worker.holds")
     s = Setup(monkeypatch, sessions)
-    s.provider.script = {"http://p": [server_error()] * 2 + [answer()], "http://f": []}
+    s.provider.script = {"http://p": [error] * 2 + [answer()], "http://f": []}
     res = await s.call(cands=[s.primary])
     assert res.attempts == 3  # held after the second failed pass, not only after a third
     held = [m for m in caplog.messages if "holding requests" in m]
     assert held == [
-        "endpoint fake:http://p#u: holding requests (retry_backoff: server_error 503)",
+        f"endpoint fake:http://p#u: holding requests (retry_backoff: {why})",
         "endpoint fake:http://p#u: no longer holding requests: 1 held over 0.0 s, longest 0.0 s",
     ]
     assert s.caller.holds.total == 0
@@ -111,6 +129,8 @@ async def test_a_candidate_that_cannot_be_called_is_skipped_for_good(
     res = await s.call()
     assert s.provider.called == ["http://f", "http://f"]
     assert res.candidate is s.fallback and res.attempts == 2
+    # the first call is no retry: the primary was never called (traced without `retry_of`)
+    assert s.observer.started == [("m/fallback", 1, None), ("m/fallback", 1, "upstream broke")]
     s.provider.broken = {"http://p", "http://f"}
     with pytest.raises(CallFailed) as info:
         await s.call()

@@ -23,15 +23,16 @@ from .caller_fakes import REQUEST, Setup, answer, server_error
 TRIP = BreakerConfig(consecutive_failures=1, cooldown_s=0.01)
 
 
+@pytest.mark.parametrize("wait", [10.0, 0.5])  # longer than the whole deadline, and short
 async def test_a_wait_for_capacity_moves_the_deadline_and_is_traced(
-    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool, wait: float
 ) -> None:
     s = Setup(monkeypatch, sessions)
-    s.limiter.wait = 10.0  # longer than the whole deadline: capacity, not failure
+    s.limiter.wait = wait  # capacity, not failure
     s.provider.script = {"http://p": [answer()]}
     res = await s.call(deadline_s=5.0, tenant="acme")
     assert res.candidate is s.primary and res.attempts == 1
-    assert s.observer.events == [("ratelimit_wait", "m/primary", {"wait_s": 10.0})]
+    assert s.observer.events == [("ratelimit_wait", "m/primary", {"wait_s": wait})]
     wanted = {
         "endpoint": endpoint_key(s.primary),
         "model_id": "m",
