@@ -52,6 +52,7 @@ class Provider:
         self.script: dict[str, list[ProviderResult | ProviderError]] = {}
         self.took = 0.0
         self.called: list[str] = []
+        self.keys: list[str | None] = []  # the API key each call was given
         self.broken: set[str] = set()  # endpoints that cannot be called at all
         self.gate: asyncio.Event | None = None  # when set: calls wait for it
 
@@ -64,6 +65,7 @@ class Provider:
         self, session: ClientSession, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         self.called.append(target.endpoint)
+        self.keys.append(target.api_key.reveal() if target.api_key is not None else None)
         if self.gate is not None:
             await self.gate.wait()
         self.clock.now += self.took
@@ -148,6 +150,7 @@ class Setup:
         max_attempts: int = 1,
         breaker: BreakerConfig | None = None,
         wait_when_open: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.clock = Clock()
         self.provider = Provider(self.clock)
@@ -178,7 +181,7 @@ class Setup:
         self.observer = Observer(self.clock)
         self.caller = Caller(
             sessions,
-            SecretStore(None, env={}),
+            SecretStore(None, env=env or {}),
             self.metrics,
             max_attempts=max_attempts,
             breakers=BreakerBoard(breaker or BreakerConfig(), clock=self.clock),

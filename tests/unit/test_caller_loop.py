@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 import pytest
 
 from adapters.errors import (
@@ -21,6 +22,7 @@ from adapters.errors import (
     ServerError,
 )
 from adapters.sessions import SessionPool
+from registry.resolve import resolve
 from worker.calling.breaker import BreakerConfig
 from worker.calling.caller import CallFailed, estimate_tokens
 from worker.calling.routing import endpoint_key
@@ -137,6 +139,19 @@ async def test_a_candidate_that_cannot_be_called_is_skipped_for_good(
     assert type(info.value.error) is BadRequest
     assert "the registry endpoint of m/fallback cannot be called" in info.value.error.message
     assert info.value.attempts == 0 and info.value.candidate is s.fallback
+
+
+async def test_the_rows_api_key_secret_reaches_the_provider(
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+) -> None:
+    s = Setup(monkeypatch, sessions, env={"OPENAI_KEY": "sk-test-1"})
+    keyed = msgspec.structs.replace(
+        s.primary.row, api_key_secret="openai-key", fallback_endpoint=None
+    )
+    s.provider.script = {"http://p": [answer(), answer()]}
+    await s.call(cands=resolve({"m": keyed}, "m"))
+    await s.call(cands=[s.primary])  # a row without a secret sends no key
+    assert s.provider.keys == ["sk-test-1", None]
 
 
 async def test_retry_after_penalizes_the_endpoint_and_extra_tokens_are_charged(

@@ -146,6 +146,21 @@ async def test_a_deadline_passed_while_waiting_for_capacity_ends_with_the_pass_r
     )
 
 
+async def test_a_half_open_breaker_with_its_probe_out_sends_the_request_on_at_once(
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+) -> None:
+    config = BreakerConfig(consecutive_failures=1, cooldown_s=10.0, probes=1)
+    s = Setup(monkeypatch, sessions, breaker=config)
+    board, primary = s.caller.breakers, health_key(s.primary)
+    open_breaker(board, primary)
+    s.clock.now += 10.0
+    assert board.allow(primary)  # another request's probe, still out: the router keeps it first
+    s.provider.script = {"http://f": [answer()]}
+    res = await asyncio.wait_for(s.call(), 5.0)  # not held until the probe's cooldown
+    assert res.candidate is s.fallback and s.provider.called == ["http://f"]
+    assert s.observer.events == [("circuit_open", "m/primary", {})]
+
+
 async def test_a_call_cut_by_the_deadline_counts_as_an_attempt(
     monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
 ) -> None:
@@ -153,7 +168,9 @@ async def test_a_call_cut_by_the_deadline_counts_as_an_attempt(
     s.provider.gate = asyncio.Event()  # never set: the provider does not answer
     with pytest.raises(CallFailed) as info:
         await s.call(cands=[s.primary], deadline_s=0.05)
-    assert type(info.value.error) is ProviderTimeout
+    err = info.value.error
+    assert type(err) is ProviderTimeout
+    assert err.message == "request deadline passed during an attempt"  # nothing said before
     assert info.value.attempts == 1 and info.value.candidate is s.primary
 
 
