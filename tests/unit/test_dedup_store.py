@@ -4,6 +4,8 @@ nothing, and the expiry, eviction and byte counters count every entry."""
 
 from __future__ import annotations
 
+import pytest
+
 from worker.dedup import DedupWindow
 
 
@@ -67,3 +69,16 @@ async def test_a_window_of_one_entry_keeps_the_latest_answer() -> None:
     assert window.get("a") == "first"
     await _store(window, "b", "second")
     assert window.get("a") is None and window.get("b") == "second"
+
+
+@pytest.mark.parametrize("bounds", [{"max_entries": -1}, {"max_bytes": -1}])
+def test_a_negative_bound_is_refused(bounds: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=r"^max_entries and max_bytes must be >= 0$"):
+        DedupWindow(**bounds)
+
+
+@pytest.mark.parametrize("bounds", [{"max_entries": 0}, {"max_bytes": 0}])
+async def test_a_zero_bound_is_accepted_and_keeps_nothing(bounds: dict[str, int]) -> None:
+    window: DedupWindow[str] = DedupWindow(window_s=60, clock=Clock(), **bounds)
+    await _store(window, "k", "answer")
+    assert window.get("k") is None and len(window) == 0
