@@ -110,6 +110,40 @@ class SlowSlots(ConcurrencyLimits):
         return self.limit
 
 
+class RecordingLimit(AdaptiveLimit):
+    def __init__(self) -> None:
+        super().__init__(cap=4)
+        self.released: list[bool] = []
+
+    def release(self, *, ok: bool, overloaded: bool = False, latency_s: float = 0.0) -> None:
+        self.released.append(ok)
+        super().release(ok=ok, overloaded=overloaded, latency_s=latency_s)
+
+
+class RecordingSlots(ConcurrencyLimits):
+    def __init__(self) -> None:
+        super().__init__(cap=4)
+        self.limit = RecordingLimit()
+
+    def get(self, key: str) -> AdaptiveLimit:
+        return self.limit
+
+
+async def test_a_cancelled_call_frees_its_slot_as_no_answer(
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+) -> None:
+    s = Setup(monkeypatch, sessions)
+    s.caller.concurrency = slots = RecordingSlots()
+    s.provider.gate = asyncio.Event()  # never set: the call is in progress until cancelled
+    task = asyncio.create_task(s.call(cands=[s.primary]))
+    await until(lambda: s.provider.called == ["http://p"])
+    assert slots.limit.in_use == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slots.limit.released == [False] and slots.limit.in_use == 0
+
+
 async def test_a_wait_for_a_concurrency_slot_moves_the_deadline(
     monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
 ) -> None:
