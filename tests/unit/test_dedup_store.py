@@ -4,6 +4,8 @@ nothing, and the expiry, eviction and byte counters count every entry."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from worker.dedup import DedupWindow
@@ -82,3 +84,40 @@ async def test_a_zero_bound_is_accepted_and_keeps_nothing(bounds: dict[str, int]
     window: DedupWindow[str] = DedupWindow(window_s=60, clock=Clock(), **bounds)
     await _store(window, "k", "answer")
     assert window.get("k") is None and len(window) == 0
+
+
+async def test_every_hit_expiry_failure_and_takeover_is_counted() -> None:
+    clock = Clock()
+    window: DedupWindow[str] = DedupWindow(window_s=10, clock=clock)
+    for key in "abcd":
+        await _store(window, key, "x")
+    assert window.get("a") == "x" and window.get("a") == "x"
+    for _ in range(2):
+        assert await window.run("a", lambda: _answer("y"), len) == ("x", True)
+    assert window.stats()["hits"] == 4
+    clock.now += 10  # exactly `window_s` after they arrived: no longer served
+    assert window.get("a") is None and window.get("b") is None
+    assert await window.run("c", lambda: _answer("new"), len) == ("new", False)
+    assert await window.run("d", lambda: _answer("new"), len) == ("new", False)
+    assert window.stats()["expirations"] == 4
+
+    async def fail() -> str:
+        raise RuntimeError("provider down")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            await window.run("e", fail, len)
+    assert window.stats()["failures"] == 2
+
+    async def never() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    for key in ("f", "g"):  # a cancelled leader: its follower takes over
+        leader = asyncio.create_task(window.run(key, never, len))
+        await asyncio.sleep(0)
+        follower = asyncio.create_task(window.run(key, lambda: _answer("mine"), len))
+        await asyncio.sleep(0)
+        leader.cancel()
+        assert await follower == ("mine", False)
+    assert window.stats()["takeovers"] == 2
