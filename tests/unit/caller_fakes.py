@@ -20,6 +20,7 @@ from registry.resolve import Candidate, resolve
 from worker.calling import caller as caller_module
 from worker.calling.breaker import BreakerBoard, BreakerConfig
 from worker.calling.caller import Caller
+from worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
 from worker.calling.ratelimit import RateLimiter
 from worker.ops.metrics import Metrics
 
@@ -104,6 +105,29 @@ class Limiter(RateLimiter):
         self.charged.append(
             {"endpoint": endpoint, "model_id": model_id, "tenant": tenant, "tokens": tokens}
         )
+
+
+class RecordingLimit(AdaptiveLimit):
+    """Records what each call's release tells the endpoint's adaptive limit."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(cap=cap)
+        self.released: list[tuple[bool, bool]] = []  # (ok, overloaded)
+
+    def release(self, *, ok: bool, overloaded: bool = False, latency_s: float = 0.0) -> None:
+        self.released.append((ok, overloaded))
+        super().release(ok=ok, overloaded=overloaded, latency_s=latency_s)
+
+
+class RecordingLimits(ConcurrencyLimits):
+    """One `RecordingLimit` for every endpoint."""
+
+    def __init__(self, cap: int = 100) -> None:
+        super().__init__(cap=cap)
+        self.limit = RecordingLimit(cap)
+
+    def get(self, key: str) -> AdaptiveLimit:
+        return self.limit
 
 
 class Observer:

@@ -17,10 +17,11 @@ from adapters.sessions import SessionPool
 from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
 from worker.calling.caller import Caller, CallFailed
-from worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
 from worker.calling.routing import Router
 from worker.cli.fake_server import FakeServer, start_fake_server
 from worker.ops.metrics import Metrics
+
+from .caller_fakes import RecordingLimits
 
 REQUEST = ProviderRequest(prompt="hello there")
 
@@ -29,25 +30,6 @@ REQUEST = ProviderRequest(prompt="hello there")
 async def server() -> AsyncIterator[FakeServer]:
     async with await start_fake_server(shutdown_timeout=0.2, latency_ms=0) as running:
         yield running
-
-
-class RecordingLimit(AdaptiveLimit):
-    def __init__(self) -> None:
-        super().__init__(cap=100)
-        self.released: list[tuple[bool, bool]] = []
-
-    def release(self, *, ok: bool, overloaded: bool = False, latency_s: float = 0.0) -> None:
-        self.released.append((ok, overloaded))
-        super().release(ok=ok, overloaded=overloaded, latency_s=latency_s)
-
-
-class RecordingLimits(ConcurrencyLimits):
-    def __init__(self) -> None:
-        super().__init__(cap=100)
-        self.limit = RecordingLimit()
-
-    def get(self, key: str) -> AdaptiveLimit:
-        return self.limit
 
 
 async def test_each_call_is_released_as_answered_failed_or_overloaded(

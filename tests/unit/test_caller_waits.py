@@ -14,10 +14,9 @@ from adapters.errors import ServerError
 from adapters.sessions import SessionPool
 from worker.calling.breaker import BreakerConfig
 from worker.calling.caller import CallFailed, CircuitOpen, estimate_tokens
-from worker.calling.concurrency import ConcurrencyLimits
 from worker.calling.routing import endpoint_key
 
-from .caller_fakes import REQUEST, Setup, answer, server_error
+from .caller_fakes import REQUEST, RecordingLimits, Setup, answer, server_error
 
 # one failure opens a breaker; its cooldown is short in real time, the sleeps being real
 TRIP = BreakerConfig(consecutive_failures=1, cooldown_s=0.01)
@@ -80,8 +79,9 @@ async def test_an_open_breaker_holds_the_request_until_its_probe(
     assert s.calls("circuit_open", "m/primary") == 1
     held = [m for m in caplog.messages if "holding requests" in m]
     assert len(held) == 2
-    assert held[0].startswith(
-        "endpoint fake:http://p#u: holding requests (circuit_open: circuit open: "
+    assert held[0] == (
+        "endpoint fake:http://p#u: holding requests"
+        " (circuit_open: circuit open: 1 failures in a row)"
     )
     assert held[1] == (
         "endpoint fake:http://p#u: no longer holding requests: 1 held over 1.0 s, longest 1.0 s"
@@ -131,7 +131,7 @@ async def test_a_request_queued_for_a_slot_finds_the_breaker_opened_meanwhile(
     monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
 ) -> None:
     s = Setup(monkeypatch, sessions, breaker=BreakerConfig(consecutive_failures=1))
-    s.caller.concurrency = ConcurrencyLimits(cap=4)  # four calls at a time per endpoint
+    s.caller.concurrency = slots = RecordingLimits(cap=4)  # four calls at a time per endpoint
     s.provider.gate = asyncio.Event()
     s.provider.script = {"http://p": [server_error() for _ in range(4)]}
     s.observer.ticks = {"circuit_open": 100.0}  # the deadline passes while they wait
@@ -146,3 +146,5 @@ async def test_a_request_queued_for_a_slot_finds_the_breaker_opened_meanwhile(
     queued = [f for f in failed if f.attempts == 0]
     assert len(queued) == 1 and type(queued[0].error) is CircuitOpen
     assert queued[0].candidate is s.primary
+    assert len(slots.limit.released) == 5  # every slot freed, and none as an answer
+    assert not any(ok for ok, _ in slots.limit.released)

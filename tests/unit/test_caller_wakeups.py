@@ -20,10 +20,12 @@ from worker.calling.caller import CallFailed, CircuitOpen
 from worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
 from worker.calling.routing import health_key
 
-from .caller_fakes import Clock, Setup, answer, server_error
+from .caller_fakes import Clock, RecordingLimits, Setup, answer, server_error
 
 # two failures in a row open a breaker: one failed call of the request under test does not
 TWO = BreakerConfig(consecutive_failures=2, cooldown_s=60.0)
+# two requests fail twice each and their endpoint's breaker stays closed
+TEN = BreakerConfig(consecutive_failures=10, cooldown_s=60.0)
 # one failure opens a breaker, and one probe that answers closes it
 ONE = BreakerConfig(consecutive_failures=1, cooldown_s=60.0, probes=1)
 
@@ -68,6 +70,34 @@ async def test_a_request_in_retry_backoff_wakes_when_a_breaker_closes_and_not_be
     assert s.caller.held == 0
 
 
+async def test_every_held_request_wakes_and_the_time_held_adds_up(
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+) -> None:
+    """Two requests in retry backoff both wake when a breaker closes; each hold's time (on the
+    clock) is traced, and at the deadline the message says how long the request was held in
+    all."""
+    s = Setup(monkeypatch, sessions, breaker=TEN)
+    s.pass_sleep = 60.0
+    s.provider.script = {"http://p": [server_error()] * 5}
+    board = s.caller.breakers
+    first = asyncio.create_task(s.call(cands=[s.primary], deadline_s=60.0))
+    second = asyncio.create_task(s.call(cands=[s.primary], deadline_s=600.0))
+    for called in (4, 5):
+        await until(lambda: s.caller.holds.waiting["retry_backoff"] == 2)
+        s.clock.now += 40.25  # time passes while they are held
+        open_breaker(board, "other")
+        board.get("other").reset()  # every held request wakes, and calls again
+        await until(lambda n=called: len(s.provider.called) == n)  # type: ignore[misc]
+    with pytest.raises(CallFailed) as info:  # its deadline passed while it was held
+        await asyncio.wait_for(first, 5.0)
+    assert info.value.error.message == (
+        "upstream broke; request deadline passed after 2 attempts and 80.5s held"
+    )
+    second.cancel()
+    held = [e[2]["wait_s"] for e in s.observer.events if e[0] == "held"]
+    assert held == [40.25] * 4
+
+
 async def test_a_request_held_for_an_open_breaker_sleeps_until_its_retry_time(
     monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
 ) -> None:
@@ -110,30 +140,11 @@ class SlowSlots(ConcurrencyLimits):
         return self.limit
 
 
-class RecordingLimit(AdaptiveLimit):
-    def __init__(self) -> None:
-        super().__init__(cap=4)
-        self.released: list[bool] = []
-
-    def release(self, *, ok: bool, overloaded: bool = False, latency_s: float = 0.0) -> None:
-        self.released.append(ok)
-        super().release(ok=ok, overloaded=overloaded, latency_s=latency_s)
-
-
-class RecordingSlots(ConcurrencyLimits):
-    def __init__(self) -> None:
-        super().__init__(cap=4)
-        self.limit = RecordingLimit()
-
-    def get(self, key: str) -> AdaptiveLimit:
-        return self.limit
-
-
 async def test_a_cancelled_call_frees_its_slot_as_no_answer(
     monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
 ) -> None:
     s = Setup(monkeypatch, sessions)
-    s.caller.concurrency = slots = RecordingSlots()
+    s.caller.concurrency = slots = RecordingLimits(cap=4)
     s.provider.gate = asyncio.Event()  # never set: the call is in progress until cancelled
     task = asyncio.create_task(s.call(cands=[s.primary]))
     await until(lambda: s.provider.called == ["http://p"])
@@ -141,7 +152,7 @@ async def test_a_cancelled_call_frees_its_slot_as_no_answer(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert slots.limit.released == [False] and slots.limit.in_use == 0
+    assert slots.limit.released == [(False, False)] and slots.limit.in_use == 0
 
 
 async def test_a_wait_for_a_concurrency_slot_moves_the_deadline(
