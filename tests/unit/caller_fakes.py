@@ -113,9 +113,11 @@ class RecordingLimit(AdaptiveLimit):
     def __init__(self, cap: int) -> None:
         super().__init__(cap=cap)
         self.released: list[tuple[bool, bool]] = []  # (ok, overloaded)
+        self.latencies: list[float] = []
 
     def release(self, *, ok: bool, overloaded: bool = False, latency_s: float = 0.0) -> None:
         self.released.append((ok, overloaded))
+        self.latencies.append(latency_s)
         super().release(ok=ok, overloaded=overloaded, latency_s=latency_s)
 
 

@@ -140,6 +140,18 @@ class SlowSlots(ConcurrencyLimits):
         return self.limit
 
 
+async def test_an_answer_frees_its_slot_with_the_calls_latency(
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+) -> None:
+    s = Setup(monkeypatch, sessions)
+    s.caller.concurrency = slots = RecordingLimits(cap=4)
+    s.provider.took = 1.5  # on the clock
+    s.provider.script = {"http://p": [answer()]}
+    res = await s.call(cands=[s.primary])
+    assert res.latency_ms == 1500.0
+    assert slots.limit.released == [(True, False)] and slots.limit.latencies == [1.5]
+
+
 async def test_a_cancelled_call_frees_its_slot_as_no_answer(
     monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
 ) -> None:
