@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from adapters.base import ProviderResult
 from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
@@ -13,7 +15,7 @@ from worker.calling.caller import CallResult
 from worker.config import load_settings
 from worker.ops.metrics import Metrics
 from worker.pipeline import Pipeline
-from worker.records import InputRecord
+from worker.records import InputRecord, Outcome
 
 ROWS = {"m1": ModelRow(model_id="m1", provider="fake", endpoint="http://x/v1", upstream_model="u")}
 
@@ -90,3 +92,21 @@ def test_internal_error_of_an_unreadable_record_is_a_dead_letter() -> None:
     assert headers["llm_worker.reason"] == b"internal_error"
     assert headers["llm_worker.error"] == b"internal error: KeyError"
     assert headers["llm_worker.source"] == b"in/2/7"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"key": b"k" * 50}, {"headers": [("h", b"v" * 41)]}],  # a header: name, value and 8
+    ids=["key", "header"],
+)
+def test_the_records_key_and_headers_count_toward_the_size_limit(extra: dict[str, Any]) -> None:
+    value = json.dumps({"id": "a", "model": "m1", "prompt": "x" * 20}).encode()
+    assert len(value) < 100  # the value alone fits LLM_WORKER_MAX_MESSAGE_BYTES
+    out = _pipeline().begin(_rec(value, **extra))
+    assert isinstance(out, Outcome)
+    c = out.completion
+    assert c is not None and c.error is not None and c.error.type == "payload_too_large"
+    assert c.error.message == (
+        f"record is {len(value) + 50} bytes ({len(value)} value, 50 key and headers);"
+        " the limit is 100"
+    )
