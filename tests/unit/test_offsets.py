@@ -120,3 +120,24 @@ def test_offsets_passed_by_the_commit_point_leave_no_state() -> None:
         p.finish(off)
     assert p.safe == 1000 and p.in_flight == 0
     assert not p._done and not p._heap
+
+
+def test_offsets_started_one_at_a_time_commit_each_time() -> None:
+    """A partition read one record at a time: each starts at the commit point itself."""
+    p = PartitionOffsets()
+    for off in range(3):
+        p.start(off)
+        assert p.in_flight == 1
+        p.finish(off)
+        assert p.pending_commit() == off + 1
+
+
+def test_a_finished_offset_redelivered_before_the_commit_point_passes_it() -> None:
+    p = PartitionOffsets()
+    p.start(4)
+    p.start(5)
+    p.finish(5)  # done, but 4 still runs: the commit point stays at 4
+    p.start(5)  # redelivered after a seek: already done, not started again
+    assert p.in_flight == 1
+    p.finish(4)
+    assert p.pending_commit() == 6
