@@ -13,11 +13,17 @@ from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
 from worker.calling.caller import CallResult
 from worker.config import load_settings
+from worker.dedup import DedupWindow
 from worker.ops.metrics import Metrics
-from worker.pipeline import Pipeline
+from worker.pipeline import Pending, Pipeline
 from worker.records import InputRecord, Outcome
 
-ROWS = {"m1": ModelRow(model_id="m1", provider="fake", endpoint="http://x/v1", upstream_model="u")}
+ROWS = {
+    "m1": ModelRow(model_id="m1", provider="fake", endpoint="http://x/v1", upstream_model="u"),
+    "off": ModelRow(
+        model_id="off", provider="fake", endpoint="http://x/v1", upstream_model="u", enabled=False
+    ),
+}
 
 
 class Registry:
@@ -34,14 +40,15 @@ class Caller:
         return CallResult(result=result, candidate=candidates[0], attempts=1, latency_ms=1.0)
 
 
-def _pipeline() -> Pipeline:
+def _pipeline(**kw: Any) -> Pipeline:
     settings = load_settings({"LLM_WORKER_MAX_MESSAGE_BYTES": "100"})
     return Pipeline(
         settings,
         Registry(),
-        Caller(),
+        Caller(),  # type: ignore[arg-type]
         Metrics(),
-        wall_clock=lambda: 1000.0,  # type: ignore[arg-type]
+        wall_clock=lambda: 1000.0,
+        **kw,
     )
 
 
@@ -58,12 +65,41 @@ async def test_process_answers_a_prompt_and_dead_letters_garbage() -> None:
 
 
 def test_an_error_completion_carries_the_queue_time() -> None:
-    rec = _rec(json.dumps({"id": "a", "model": "zz", "prompt": "x"}).encode(), timestamp_ms=999_000)
+    prompt = {"id": "a", "model": "zz", "prompt": "x", "metadata": {"k": "v"}}
+    rec = _rec(json.dumps(prompt).encode(), timestamp_ms=999_000)
     out = _pipeline().begin(rec)
-    assert not isinstance(out, type(None))
-    completion = getattr(out, "completion", None)
+    assert isinstance(out, Outcome)
+    completion = out.completion
     assert completion is not None and completion.error is not None
     assert completion.queue_ms == 1000.0 and completion.error.retryable is False
+    assert (completion.id, completion.model, completion.metadata) == ("a", "zz", {"k": "v"})
+    assert completion.error.type == "unknown_model"
+    assert out.model_label == "unknown"  # any string can be an unknown model: not a label
+
+
+def test_a_registry_error_of_a_known_row_is_labelled_with_its_model() -> None:
+    out = _pipeline().begin(_rec(json.dumps({"id": "a", "model": "off", "prompt": "x"}).encode()))
+    assert isinstance(out, Outcome)
+    assert out.completion is not None and out.completion.error is not None
+    assert out.completion.error.type == "model_disabled" and out.model_label == "off"
+
+
+async def test_outcomes_carry_their_model_label_and_start_time() -> None:
+    """Both the answer that called and the one the dedup window answered: the metrics count
+    them per model and time them from the moment the record was begun."""
+    now = [50.0]
+    p = _pipeline(dedup=DedupWindow(window_s=60), clock=lambda: now[0])
+    value = json.dumps({"id": "a", "model": "m1", "prompt": "hi"}).encode()
+    first = p.begin(_rec(value))
+    assert isinstance(first, Pending)
+    now[0] = 51.0
+    called = await p.finish(first)
+    assert called.completion is not None and not called.completion.deduplicated
+    assert (called.model_label, called.started) == ("m1", 50.0)
+    stored = p.begin(_rec(value))
+    assert isinstance(stored, Outcome) and stored.completion is not None
+    assert stored.completion.deduplicated
+    assert (stored.model_label, stored.started) == ("m1", 51.0)
 
 
 def test_a_dead_letter_error_header_is_cut_and_always_encodable() -> None:
