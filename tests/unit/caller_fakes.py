@@ -214,7 +214,8 @@ class Setup:
             limiter=self.limiter,
             clock=self.clock,
             observer=self.observer,
-            wait_when_open=wait_when_open,
+            # the default when True: `Caller`'s own default is what the worker relies on
+            **({} if wait_when_open else {"wait_when_open": False}),
         )
         row = ModelRow(
             model_id="m",

@@ -118,6 +118,28 @@ async def test_a_request_held_for_an_open_breaker_sleeps_until_its_retry_time(
     assert board.get(health_key(s.primary)).state == "closed"
 
 
+async def test_by_default_a_request_waits_past_a_failed_probe(
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+) -> None:
+    """`wait_when_open` is the default: a request outlives more than one cooldown (in `fail`
+    mode it would end with `circuit_open` after the first)."""
+    s = Setup(monkeypatch, sessions, breaker=ONE)
+    s.provider.script = {"http://p": [server_error(), answer()]}
+    board, primary = s.caller.breakers, health_key(s.primary)
+    open_breaker(board, primary)
+    task = asyncio.create_task(s.call(cands=[s.primary], deadline_s=600.0))
+    for opened in (1, 2):  # the first probe fails and opens the breaker again
+        await until(lambda: s.caller.circuit_waiting == 1)
+        assert board.get(primary).opened == opened
+        s.clock.now += 60.0
+        open_breaker(board, "other")
+        board.get("other").reset()
+        if opened == 1:
+            await until(lambda: len(s.provider.called) == 1)
+    res = await asyncio.wait_for(task, 5.0)
+    assert res.attempts == 2 and s.provider.called == ["http://p", "http://p"]
+
+
 class SlowLimit(AdaptiveLimit):
     """A slot taken after a wait of `wait` seconds on the clock."""
 
