@@ -273,6 +273,30 @@ async def test_a_deduplicated_message_links_to_the_span_that_called(
         assert [link.context.span_id for link in f.links] == [leader.context.span_id]
 
 
+async def test_a_follower_of_a_failed_call_shares_its_error_and_links_to_it(
+    fake: FakeServer, sessions: SessionPool
+) -> None:
+    fake.set_profile("bad", error_rate=1.0, error_status=400)  # terminal: one attempt
+    tracing, exporter = in_memory()
+    h = Harness(Registry(row(fake, endpoint=fake.endpoint("bad"))), sessions, tracing, dedup=True)
+    same = "the same question"
+    outs = await h.run(record(1, prompt=same), record(2, prompt=same))  # one leads, one follows
+    assert fake.counters("bad")["requests"] == 1
+    errors = [o.completion for o in outs if o.completion is not None and o.completion.error]
+    assert len(errors) == 2
+    follower = next(c for c in errors if c.deduplicated)
+    leader = next(c for c in errors if not c.deduplicated)
+    assert follower.error is not None and leader.error is not None
+    assert follower.error.type == leader.error.type == "bad_request"
+    assert (leader.attempts, follower.attempts) == (1, 0)  # the follower made no call
+    spans = exporter.get_finished_spans()
+    processes = {
+        (s.attributes or {})["llm_worker.request.id"]: s for s in by_kind(spans, SpanKind.CONSUMER)
+    }
+    leading, following = processes[leader.id], processes[follower.id]
+    assert [link.context.span_id for link in following.links] == [leading.context.span_id]
+
+
 async def test_an_unsampled_message_exports_nothing_and_still_carries_its_trace(
     fake: FakeServer, sessions: SessionPool
 ) -> None:
