@@ -289,12 +289,46 @@ async def test_a_follower_of_a_failed_call_shares_its_error_and_links_to_it(
     assert follower.error is not None and leader.error is not None
     assert follower.error.type == leader.error.type == "bad_request"
     assert (leader.attempts, follower.attempts) == (1, 0)  # the follower made no call
+    assert (follower.provider, follower.endpoint_name) == (leader.provider, leader.endpoint_name)
     spans = exporter.get_finished_spans()
     processes = {
         (s.attributes or {})["llm_worker.request.id"]: s for s in by_kind(spans, SpanKind.CONSUMER)
     }
     leading, following = processes[leader.id], processes[follower.id]
     assert [link.context.span_id for link in following.links] == [leading.context.span_id]
+
+
+async def test_a_message_cancelled_during_its_call_ends_its_span_saying_so(
+    fake: FakeServer, sessions: SessionPool
+) -> None:
+    fake.set_profile("slow", latency_ms=30_000)
+    tracing, exporter = in_memory()
+    h = Harness(Registry(row(fake, endpoint=fake.endpoint("slow"))), sessions, tracing)
+    step = h.pipeline.begin(record(1))
+    assert isinstance(step, Pending)
+    task = asyncio.create_task(h.pipeline.finish(step))
+    while not fake.counters("slow")["requests"]:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (process,) = by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
+    assert (process.attributes or {})["error.type"] == "CancelledError"
+    assert process.status.status_code is StatusCode.ERROR
+
+
+async def test_an_internal_error_gets_a_span_of_its_own(
+    fake: FakeServer, sessions: SessionPool
+) -> None:
+    """The message's span was lost with the bug: the error completion still shows on a trace."""
+    tracing, exporter = in_memory()
+    h = Harness(Registry(row(fake)), sessions, tracing)
+    out = h.pipeline.internal_error(record(1), RuntimeError("bug"))
+    assert out.completion is not None and out.completion.error is not None
+    (process,) = by_kind(exporter.get_finished_spans(), SpanKind.CONSUMER)
+    attributes = process.attributes or {}
+    assert attributes["llm_worker.request.id"] == "req-1"
+    assert attributes["error.type"] == "internal_error"
 
 
 async def test_an_unsampled_message_exports_nothing_and_still_carries_its_trace(
