@@ -32,20 +32,24 @@ class Registry:
 
 
 class Caller:
-    """Answers every call at once with the prompt's text."""
+    """Answers every call at once with the prompt's text; records the tenant of each call."""
 
-    async def call(self, candidates: list[Candidate], request: Any, **_: Any) -> CallResult:
+    def __init__(self) -> None:
+        self.tenants: list[str | None] = []
+
+    async def call(self, candidates: list[Candidate], request: Any, **kw: Any) -> CallResult:
+        self.tenants.append(kw["tenant"])
         text = request.prompt or ""
         result = ProviderResult(text=text, finish_reason="stop", input_tokens=1, output_tokens=1)
         return CallResult(result=result, candidate=candidates[0], attempts=1, latency_ms=1.0)
 
 
-def _pipeline(**kw: Any) -> Pipeline:
+def _pipeline(caller: Caller | None = None, **kw: Any) -> Pipeline:
     settings = load_settings({"LLM_WORKER_MAX_MESSAGE_BYTES": "100"})
     return Pipeline(
         settings,
         Registry(),
-        Caller(),  # type: ignore[arg-type]
+        caller or Caller(),  # type: ignore[arg-type]
         Metrics(),
         wall_clock=lambda: 1000.0,
         **kw,
@@ -146,3 +150,14 @@ def test_the_records_key_and_headers_count_toward_the_size_limit(extra: dict[str
         f"record is {len(value) + 50} bytes ({len(value)} value, 50 key and headers);"
         " the limit is 100"
     )
+
+
+@pytest.mark.parametrize("dedup", [True, False], ids=["dedup", "no-dedup"])
+async def test_the_prompts_tenant_reaches_the_call(dedup: bool) -> None:
+    """The tenant's rate limits apply to its calls, deduplicated or not."""
+    caller = Caller()
+    p = _pipeline(caller, dedup=DedupWindow(window_s=60) if dedup else None)
+    prompt = {"id": "a", "model": "m1", "prompt": "hi", "tenant": "acme"}
+    out = await p.process(_rec(json.dumps(prompt).encode()))
+    assert out.completion is not None and out.completion.text == "hi"
+    assert caller.tenants == ["acme"]
