@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from adapters.base import ProviderResult
+from adapters.errors import ProviderError, ServerError
 from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
-from worker.calling.caller import CallResult
+from worker.calling.caller import CallFailed, CallResult
 from worker.config import load_settings
 from worker.dedup import DedupWindow
 from worker.ops.metrics import Metrics
@@ -20,6 +21,15 @@ from worker.records import InputRecord, Outcome
 
 ROWS = {
     "m1": ModelRow(model_id="m1", provider="fake", endpoint="http://x/v1", upstream_model="u"),
+    "fb": ModelRow(
+        model_id="fb",
+        provider="fake",
+        endpoint="http://x/v1",
+        upstream_model="u",
+        fallback_provider="fake",
+        fallback_endpoint="http://y/v1",
+        fallback_model="u",
+    ),
     "off": ModelRow(
         model_id="off", provider="fake", endpoint="http://x/v1", upstream_model="u", enabled=False
     ),
@@ -34,23 +44,28 @@ class Registry:
 class Caller:
     """Answers every call at once with the prompt's text; records the tenant of each call."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, error: ProviderError | None = None) -> None:
         self.tenants: list[str | None] = []
+        self.error = error  # when set: every call fails with it
+        self.by_fallback = False  # answer with the last candidate
 
     async def call(self, candidates: list[Candidate], request: Any, **kw: Any) -> CallResult:
         self.tenants.append(kw["tenant"])
+        if self.error is not None:
+            raise CallFailed(self.error, 1, candidates[0])
         text = request.prompt or ""
         result = ProviderResult(text=text, finish_reason="stop", input_tokens=1, output_tokens=1)
-        return CallResult(result=result, candidate=candidates[0], attempts=1, latency_ms=1.0)
+        cand = candidates[-1] if self.by_fallback else candidates[0]
+        return CallResult(result=result, candidate=cand, attempts=1, latency_ms=1.0)
 
 
-def _pipeline(caller: Caller | None = None, **kw: Any) -> Pipeline:
+def _pipeline(caller: Caller | None = None, metrics: Metrics | None = None, **kw: Any) -> Pipeline:
     settings = load_settings({"LLM_WORKER_MAX_MESSAGE_BYTES": "100"})
     return Pipeline(
         settings,
         Registry(),
         caller or Caller(),  # type: ignore[arg-type]
-        Metrics(),
+        metrics or Metrics(),
         wall_clock=lambda: 1000.0,
         **kw,
     )
@@ -161,3 +176,44 @@ async def test_the_prompts_tenant_reaches_the_call(dedup: bool) -> None:
     out = await p.process(_rec(json.dumps(prompt).encode()))
     assert out.completion is not None and out.completion.text == "hi"
     assert caller.tenants == ["acme"]
+
+
+async def test_only_an_answer_from_a_fallback_that_called_counts_as_a_fallback() -> None:
+    caller, metrics = Caller(), Metrics()
+    p = _pipeline(caller, metrics, dedup=DedupWindow(window_s=60))
+
+    def fallbacks() -> float:
+        value = metrics.registry.get_sample_value("llm_worker_fallbacks_total", {"model": "fb"})
+        return value or 0.0
+
+    def rec(text: str) -> InputRecord:
+        return _rec(json.dumps({"id": text, "model": "fb", "prompt": text}).encode())
+
+    caller.by_fallback = True
+    solo = await p.process(rec("solo"))
+    assert solo.completion is not None and solo.completion.fallback_used
+    assert fallbacks() == 1.0
+    first, second = p.begin(rec("same")), p.begin(rec("same"))
+    assert isinstance(first, Pending) and isinstance(second, Pending)
+    outs = [await p.finish(first), await p.finish(second)]  # the second shares the first's
+    assert [o.completion.fallback_used for o in outs if o.completion] == [True, True]
+    assert fallbacks() == 2.0  # the one that called
+    caller.by_fallback = False
+    primary = await p.process(rec("other"))
+    assert primary.completion is not None and not primary.completion.fallback_used
+    assert fallbacks() == 2.0
+
+
+async def test_a_failed_call_is_labelled_with_its_model() -> None:
+    p = _pipeline(Caller(error=ServerError("down", provider="fake", model="u", status=503)))
+    out = await p.process(_rec(json.dumps({"id": "a", "model": "m1", "prompt": "x"}).encode()))
+    assert out.completion is not None and out.completion.error is not None
+    assert out.completion.error.type == "server_error" and out.model_label == "m1"
+
+
+@pytest.mark.parametrize("sent_ms", [1_000_000, 1_000_500], ids=["now", "ahead"])
+def test_a_record_sent_now_or_stamped_ahead_waited_no_time(sent_ms: int) -> None:
+    value = json.dumps({"id": "a", "model": "zz", "prompt": "x"}).encode()
+    out = _pipeline().begin(_rec(value, timestamp_ms=sent_ms))  # the wall clock says 1,000 s
+    assert isinstance(out, Outcome) and out.completion is not None
+    assert out.completion.queue_ms == 0.0
