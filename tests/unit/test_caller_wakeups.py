@@ -94,6 +94,8 @@ async def test_every_held_request_wakes_and_the_time_held_adds_up(
         "upstream broke; request deadline passed after 2 attempts and 80.5s held"
     )
     second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
     held = [e[2]["wait_s"] for e in s.observer.events if e[0] == "held"]
     assert held == [40.25] * 4
 
