@@ -1,6 +1,7 @@
 """The dedup window's store at its edges (a hand-set clock): a window under a second still
 keeps answers, an answer exactly the byte cap fits, entries that fill the cap exactly evict
-nothing, and the expiry, eviction and byte counters count every entry."""
+nothing, a negative bound is refused and a zero one keeps nothing, and every counter (hits,
+expiries, evictions, failures, takeovers, bytes) counts every event."""
 
 from __future__ import annotations
 
