@@ -201,36 +201,3 @@ def read_to_end(
         raise TimeoutError(f"{topic} not read to its end within {timeout:.0f} s: {pos} < {ends}")
     finally:
         c.close()
-
-
-def hides_aborted_transactions(bootstrap: str) -> bool:
-    """Whether a `read_committed` consumer of this broker skips the records of an aborted
-    transaction (Apache Kafka does; Tansu 0.6 shows them)."""
-    topic = f"txn-probe-{uuid.uuid4().hex[:8]}"
-    create_topic(bootstrap, topic, 1)
-    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": topic})
-    p.init_transactions(30)
-    p.begin_transaction()
-    p.produce(topic, b"aborted")
-    p.flush(30)
-    p.abort_transaction(30)
-    p.begin_transaction()
-    p.produce(topic, b"committed")
-    p.commit_transaction(30)
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": topic,
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-    seen: list[bytes] = []
-    deadline = time.monotonic() + 30
-    try:
-        while b"committed" not in seen and time.monotonic() < deadline:
-            seen += [m.value() or b"" for m in c.consume(10, 0.5) if m.error() is None]
-    finally:
-        c.close()
-    return b"aborted" not in seen

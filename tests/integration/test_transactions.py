@@ -2,7 +2,9 @@
 mode will make, one consume-transform-produce round each, with plain confluent-kafka clients.
 
 A committed transaction makes its record visible to `read_committed` readers and moves the
-group's offset with it (`send_offsets_to_transaction`); an aborted one does neither.
+group's offset with it (`send_offsets_to_transaction`); an aborted one does neither. That an
+aborted record stays hidden is asserted only where the broker promises it (`HIDES_ABORTED`:
+Apache Kafka; Tansu shows aborted records in some runs and not in others).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.integration import kafka_helpers as kh
+from tests.integration.conftest import HIDES_ABORTED
 
 pytestmark = pytest.mark.integration
 
@@ -102,5 +105,6 @@ def test_transaction_with_consumer_offsets(kafka_bootstrap: str, outcome: str) -
         assert seen == [b"completion-of-prompt-1"]
         assert moved == 1  # the input offset went with the transaction
     else:
-        assert seen == []  # the aborted completion is never read
+        if HIDES_ABORTED:
+            assert seen == []  # the aborted completion is never read
         assert moved < 0  # no offset stored for the group (OFFSET_INVALID)

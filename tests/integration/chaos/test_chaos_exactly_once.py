@@ -14,7 +14,7 @@ from registry.models import ModelRow
 from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, Progress, WorkerProcess, prompts, verdict
-from tests.integration.conftest import ON_TANSU
+from tests.integration.conftest import HIDES_ABORTED, ON_TANSU
 from tests.integration.test_exactly_once import read_committed
 
 pytestmark = pytest.mark.integration
@@ -73,7 +73,7 @@ def test_exactly_once_across_five_sigkills(
         assert last.stop() == 0
     v = verdict("exactly-once-sigkill-x5", ids, docs, started, capsys)
     assert not v.lost and not v.errors, v
-    if not kh.hides_aborted_transactions(bs):
+    if not HIDES_ABORTED:
         pytest.skip(
             "this broker shows aborted transactions to read_committed consumers (Tansu 0.6): "
             f"{v.duplicates} duplicates read; nothing lost. The no-duplicate check runs on "
@@ -121,7 +121,7 @@ def test_exactly_once_across_a_rebalance_with_a_replica_killed(
         assert replicas[1].stop() == 0
     v = verdict("exactly-once-rebalance", ids, docs, started, capsys)
     assert not v.lost and not v.errors, v
-    if not kh.hides_aborted_transactions(bs):
+    if not HIDES_ABORTED:
         pytest.skip(
             "this broker shows aborted transactions to read_committed consumers (Tansu 0.6): "
             f"{v.duplicates} duplicates read (the killed replica's open transaction); nothing "
