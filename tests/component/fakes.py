@@ -410,7 +410,8 @@ class FakeBridge:
                     self.epochs[(t, p)] = self._epoch
                 self.assignment.update(keys)
                 # the real bridge resumes what it is assigned (librdkafka would keep a pause
-                # across the rebalance): so does this one
+                # across the rebalance): so does this one. That the real bridge does is
+                # tested in tests/unit/test_bridge_assign.py, since this fake cannot tell
                 self.paused.difference_update(keys)
             if self._on_assign is not None:
                 self._on_assign(keys)
