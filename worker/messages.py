@@ -4,10 +4,22 @@
 `Rejected(dlq=False)` when the input is readable (an `id` was recovered) and deserves an
 `error` completion, `Rejected(dlq=True)` when nothing can be answered and the bytes belong in
 the dead-letter topic.
+
+What a rejection echoes is bounded whatever the input holds, so an error completion is never
+larger than an `ok` one could be: the `id` (at most 128 characters), the `model` when it is a
+valid one (else ""), the `metadata` only when it encodes within `max_metadata_bytes` (else
+none, and the message says it was dropped), and a message of at most `MAX_ERROR_CHARS`.
+
+Text that is valid JSON but not valid Unicode (a lone UTF-16 surrogate escape such as
+`"\\ud800"`, which Python's `json.dumps` writes) is a `validation_error` naming the field, read
+with the standard library's parser since msgspec refuses the whole document. An `id` that holds
+one cannot be echoed in UTF-8, so that record is dead-lettered (`missing_id`).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -16,6 +28,7 @@ from adapters.base import Message as ProviderMessage
 from adapters.base import ProviderRequest
 
 __all__ = [
+    "MAX_ERROR_CHARS",
     "ChatMessage",
     "Completion",
     "ErrorInfo",
@@ -29,7 +42,13 @@ __all__ = [
     "provider_request",
 ]
 
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+MAX_ID_CHARS = 128
+MAX_MODEL_CHARS = 256
+MAX_ERROR_CHARS = 1000
+"""The longest error message a rejection carries: a validation message quotes the value it
+refused (an enum value, say), which may be as long as the record."""
+
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -41,7 +60,7 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One request on `llm_prompts`. Unknown fields are ignored."""
 
     id: RequestId
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL_CHARS)]
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
@@ -113,26 +132,126 @@ def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
 
 
-def _recover(raw: bytes) -> _IdOnly | None:
+def _recover(raw: bytes) -> tuple[str, Any, Any] | None:
+    """(id, model, metadata) of an input that is not a valid prompt, as found: None when no
+    `id` can be read."""
     try:
-        return _id_decoder.decode(raw)
+        found = _id_decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        return None  # not JSON, nested past msgspec's depth, or a string that is not UTF-8
+        pass  # not JSON, nested past msgspec's depth, not UTF-8, or a lone surrogate escape
+    else:
+        return found.id, found.model, found.metadata
+    doc = _lenient(raw)
+    if doc is None:
+        return None
+    rid = doc.get("id")
+    if not isinstance(rid, str) or not 1 <= len(rid) <= MAX_ID_CHARS or not _encodable(rid):
+        return None  # an id with a lone surrogate cannot be echoed: no completion can carry it
+    return rid, doc.get("model", ""), doc.get("metadata")
 
 
-def _reject(raw: bytes, reason: str, message: str) -> Rejected:
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _lenient(raw: bytes) -> dict[str, Any] | None:
+    """The object Python's own parser reads from `raw` when it holds a UTF-16 surrogate escape
+    (msgspec refuses any lone one); None otherwise or when it is not a JSON object either."""
+    if _SURROGATE_ESCAPE.search(raw) is None:
+        return None
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, NaN, nested too deeply
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _step(path: str, key: str) -> str:
+    if key.isascii() and key.isidentifier():
+        return f"{path}.{key[:40]}"
+    return f"{path}[{json.dumps(key[:40])}]"  # ASCII, surrogates as escapes
+
+
+def _surrogate_path(doc: Any) -> str | None:
+    """The JSON path of the first string (key or value) in `doc` that UTF-8 cannot encode."""
+    todo: list[tuple[str, Any]] = [("$", doc)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                return path
+        elif isinstance(value, dict):
+            for key in value:
+                if not _encodable(key):
+                    return _step(path, key)
+            todo.extend((_step(path, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            todo.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _echoed_model(model: Any) -> str:
+    if isinstance(model, str) and len(model) <= MAX_MODEL_CHARS and _encodable(model):
+        return model
+    return ""  # not a model name (the message says why): nothing of it is echoed
+
+
+def _echoed_metadata(metadata: Any, max_bytes: int) -> tuple[dict[str, Any] | None, str]:
+    """`metadata` if it can be echoed within `max_bytes`, else None and a note saying why."""
+    if not isinstance(metadata, dict):
+        return None, ""
+    try:
+        size = len(_encoder.encode(metadata))
+    except (UnicodeEncodeError, OverflowError, RecursionError, TypeError, ValueError):
+        return None, "; `metadata` was not echoed: it is not valid Unicode JSON"
+    if size > max_bytes:
+        return None, f"; `metadata` ({size} bytes) was not echoed: the limit is {max_bytes}"
+    return metadata, ""
+
+
+def _reject(
+    raw: bytes, reason: str, message: str, max_metadata_bytes: int, *, echo_metadata: bool = True
+) -> Rejected:
+    if len(message) > MAX_ERROR_CHARS:  # keep the end too: msgspec names the field there
+        message = message[: MAX_ERROR_CHARS - 205] + " ... " + message[-200:]
     found = _recover(raw)
     if found is None:
         dlq_reason = reason if reason in ("invalid_json", "payload_too_large") else "missing_id"
         return Rejected(reason=dlq_reason, message=message, dlq=True)
+    rid, model, metadata = found
+    echoed, note = None, ""
+    if echo_metadata:
+        echoed, note = _echoed_metadata(metadata, max_metadata_bytes)
     return Rejected(
         reason=reason,
-        message=message,
+        message=message + note,
         dlq=False,
-        request_id=found.id,
-        model=found.model if isinstance(found.model, str) else "",
-        metadata=found.metadata if isinstance(found.metadata, dict) else None,
+        request_id=rid,
+        model=_echoed_model(model),
+        metadata=echoed,
     )
+
+
+def _not_unicode(raw: bytes) -> str | None:
+    """Why msgspec refused `raw` when the reason is a lone surrogate escape in a string."""
+    doc = _lenient(raw)
+    path = _surrogate_path(doc) if doc is not None else None
+    if path is None:
+        return None
+    return f"`{path}` holds a lone UTF-16 surrogate escape: text must be valid Unicode"
 
 
 def decode_prompt(
@@ -147,28 +266,33 @@ def decode_prompt(
         if extra_bytes:
             total = len(raw) + extra_bytes
             what = f"record is {total} bytes ({len(raw)} value, {extra_bytes} key and headers)"
-        return _reject(raw, "payload_too_large", f"{what}; the limit is {max_bytes}")
+        return _reject(
+            raw, "payload_too_large", f"{what}; the limit is {max_bytes}", max_metadata_bytes
+        )
     try:
         prompt = _prompt_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        return _reject(raw, "validation_error", str(exc))
+        return _reject(raw, "validation_error", str(exc), max_metadata_bytes)
     except RecursionError:
-        return _reject(raw, "invalid_json", "JSON nested too deeply to decode")
+        return _reject(raw, "invalid_json", "JSON nested too deeply to decode", max_metadata_bytes)
     except UnicodeDecodeError as exc:  # msgspec raises it for a string that is not UTF-8
-        return _reject(raw, "invalid_json", f"not valid UTF-8: {exc.reason} at byte {exc.start}")
+        why = f"not valid UTF-8: {exc.reason} at byte {exc.start}"
+        return _reject(raw, "invalid_json", why, max_metadata_bytes)
     except msgspec.DecodeError as exc:
+        not_unicode = _not_unicode(raw)
+        if not_unicode is not None:
+            return _reject(raw, "validation_error", not_unicode, max_metadata_bytes)
         return Rejected(reason="invalid_json", message=f"not valid JSON: {exc}", dlq=True)
     if (prompt.messages is None) == (prompt.prompt is None):
-        return _reject(
-            raw, "validation_error", "exactly one of `messages` or `prompt` must be given"
-        )
+        why = "exactly one of `messages` or `prompt` must be given"
+        return _reject(raw, "validation_error", why, max_metadata_bytes)
     if prompt.messages is not None and not prompt.messages:
-        return _reject(raw, "validation_error", "`messages` must not be empty")
-    if prompt.metadata is not None and len(_encoder.encode(prompt.metadata)) > max_metadata_bytes:
-        rej = _reject(
-            raw, "validation_error", f"`metadata` is larger than {max_metadata_bytes} bytes"
-        )
-        return msgspec.structs.replace(rej, metadata=None)  # too big to echo back
+        return _reject(raw, "validation_error", "`messages` must not be empty", max_metadata_bytes)
+    if prompt.metadata is not None:
+        size = len(_encoder.encode(prompt.metadata))
+        if size > max_metadata_bytes:
+            why = f"`metadata` is {size} bytes; the limit is {max_metadata_bytes}"
+            return _reject(raw, "validation_error", why, max_metadata_bytes, echo_metadata=False)
     return prompt
 
 

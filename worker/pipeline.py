@@ -347,11 +347,22 @@ class Pipeline:
         raises: when even the id cannot be read again, the record is dead-lettered."""
         message = f"internal error: {type(exc).__name__}"
         out: Outcome | None = None
-        try:
-            decoded = decode_prompt(rec.value, max_bytes=2**62, max_metadata_bytes=2**62)
+        try:  # no size limit on the value (it was read once), the usual one on the metadata
+            decoded = decode_prompt(
+                rec.value, max_bytes=2**62, max_metadata_bytes=self._s.max_metadata_bytes
+            )
             if isinstance(decoded, Prompt):
                 out = self._error(
                     rec, decoded.id, decoded.model, decoded.metadata, "internal_error", message
+                )
+            elif decoded.request_id is not None:
+                out = self._error(
+                    rec,
+                    decoded.request_id,
+                    decoded.model,
+                    decoded.metadata,
+                    "internal_error",
+                    message,
                 )
         except Exception:
             log.exception("reading the record again failed", extra={"offset": rec.offset})

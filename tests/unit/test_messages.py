@@ -111,3 +111,97 @@ def test_a_string_that_is_not_utf8_is_rejected_not_raised() -> None:
     raw = b'{"id":"u","model":"m","prompt":"\xff\xfe"}'
     rej = decode_prompt(raw, max_bytes=10**6, max_metadata_bytes=100)
     assert isinstance(rej, Rejected) and rej.reason == "invalid_json" and "UTF-8" in rej.message
+
+
+# -- what an error echoes is bounded (issue 21, finding 7) ---------------------------------
+BIG_METADATA = {"notes": "n" * 100_000}
+
+
+@pytest.mark.parametrize(
+    ("fields", "max_bytes", "reason"),
+    [
+        ({"temperature": 5}, 10**6, "validation_error"),
+        ({"messages": [], "prompt": None}, 10**6, "validation_error"),
+        ({"prompt": "x" * 900_000}, 10**6, "payload_too_large"),
+    ],
+    ids=["invalid-field", "no-messages", "too-large"],
+)
+def test_an_error_never_echoes_metadata_over_the_limit(
+    fields: dict[str, object], max_bytes: int, reason: str
+) -> None:
+    raw = json.dumps(
+        {"id": "a", "model": "m", "prompt": "x", "metadata": BIG_METADATA, **fields}
+    ).encode()
+    r = decode_prompt(raw, max_bytes=max_bytes, max_metadata_bytes=16_384)
+    assert isinstance(r, Rejected) and (r.reason, r.dlq, r.request_id) == (reason, False, "a")
+    assert r.metadata is None
+    assert "`metadata` (100012 bytes) was not echoed: the limit is 16384" in r.message
+
+
+def test_an_error_echoes_metadata_within_the_limit() -> None:
+    raw = json.dumps(
+        {"id": "a", "model": "m", "prompt": "x", "temperature": 5, "metadata": {"k": 1}}
+    )
+    r = decode_prompt(raw.encode(), max_bytes=10**6, max_metadata_bytes=16_384)
+    assert isinstance(r, Rejected) and r.metadata == {"k": 1} and r.model == "m"
+    assert r.message == "Expected `float` <= 2.0 - at `$.temperature`"
+
+
+def test_an_invalid_model_and_a_long_refused_value_are_not_echoed_whole() -> None:
+    raw = json.dumps({"id": "a", "model": "m" * 100_000, "prompt": "x"}).encode()
+    r = decode_prompt(raw, max_bytes=10**6, max_metadata_bytes=100)
+    assert isinstance(r, Rejected) and r.model == "" and "`$.model`" in r.message
+    role = json.dumps({"id": "a", "model": "m", "messages": [{"role": "w" * 100_000}]})
+    r = decode_prompt(role.encode(), max_bytes=10**6, max_metadata_bytes=100)
+    assert isinstance(r, Rejected) and len(r.message) <= 1000
+    assert r.message.endswith("- at `$.messages[0].role`")  # the field is still named
+
+
+# -- text that is JSON but not Unicode (issue 21, finding 10) ------------------------------
+@pytest.mark.parametrize(
+    ("fields", "path", "model", "metadata"),
+    [
+        ({"prompt": "\ud800"}, "$.prompt", "m", {"k": 1}),
+        ({"prompt": "a\udfffb"}, "$.prompt", "m", {"k": 1}),
+        ({"model": "m\ud800"}, "$.model", "", {"k": 1}),
+        ({"stop": ["ok", "\udc00"]}, "$.stop[1]", "m", {"k": 1}),
+        ({"metadata": {"k": "\ud800"}}, "$.metadata.k", "m", None),
+        ({"metadata": {"\ud800": 1}}, '$.metadata["\\ud800"]', "m", None),
+        (
+            {"messages": [{"role": "user", "content": "\ud83d"}], "prompt": None},
+            "$.messages[0].content",
+            "m",
+            {"k": 1},
+        ),
+        ({"tenant": "t\ud800"}, "$.tenant", "m", {"k": 1}),
+    ],
+)
+def test_a_lone_surrogate_is_a_validation_error_naming_the_field(
+    fields: dict[str, object], path: str, model: str, metadata: object
+) -> None:
+    """Python's json.dumps writes a lone surrogate as `\\ud800`: valid JSON, not valid text."""
+    doc = {"id": "x", "model": "m", "prompt": "p", "metadata": {"k": 1}, **fields}
+    doc = {k: v for k, v in doc.items() if v is not None}
+    r = decode_prompt(json.dumps(doc).encode(), max_bytes=10**6, max_metadata_bytes=1000)
+    assert isinstance(r, Rejected)
+    assert (r.reason, r.dlq, r.request_id, r.model) == ("validation_error", False, "x", model)
+    assert f"`{path}` holds a lone UTF-16 surrogate" in r.message
+    assert r.metadata == metadata
+    encode(r.message)  # it can be sent
+
+
+def test_a_paired_surrogate_escape_is_text_and_an_id_with_a_lone_one_is_no_id() -> None:
+    ok = decode_prompt(
+        b'{"id":"x","model":"m","prompt":"\\ud83d\\ude00"}', max_bytes=1000, max_metadata_bytes=100
+    )
+    assert isinstance(ok, Prompt) and ok.prompt == "\U0001f600"
+    raw = json.dumps({"id": "x\ud800", "model": "m", "prompt": "p"}).encode()
+    r = decode_prompt(raw, max_bytes=1000, max_metadata_bytes=100)
+    assert isinstance(r, Rejected) and (r.reason, r.dlq) == ("missing_id", True)
+    assert "`$.id` holds a lone UTF-16 surrogate" in r.message
+
+
+def test_a_lone_surrogate_in_an_oversize_prompt_keeps_its_id() -> None:
+    raw = json.dumps({"id": "x", "model": "m", "prompt": "\ud800" + "y" * 2000}).encode()
+    r = decode_prompt(raw, max_bytes=1000, max_metadata_bytes=100)
+    assert isinstance(r, Rejected) and (r.reason, r.request_id) == ("payload_too_large", "x")

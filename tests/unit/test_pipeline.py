@@ -59,8 +59,13 @@ class Caller:
         return CallResult(result=result, candidate=cand, attempts=1, latency_ms=1.0)
 
 
-def _pipeline(caller: Caller | None = None, metrics: Metrics | None = None, **kw: Any) -> Pipeline:
-    settings = load_settings({"LLM_WORKER_MAX_MESSAGE_BYTES": "100"})
+def _pipeline(
+    caller: Caller | None = None,
+    metrics: Metrics | None = None,
+    max_message_bytes: int = 100,
+    **kw: Any,
+) -> Pipeline:
+    settings = load_settings({"LLM_WORKER_MAX_MESSAGE_BYTES": str(max_message_bytes)})
     return Pipeline(
         settings,
         Registry(),
@@ -217,3 +222,45 @@ def test_a_record_sent_now_or_stamped_ahead_waited_no_time(sent_ms: int) -> None
     out = _pipeline().begin(_rec(value, timestamp_ms=sent_ms))  # the wall clock says 1,000 s
     assert isinstance(out, Outcome) and out.completion is not None
     assert out.completion.queue_ms == 0.0
+
+
+@pytest.mark.parametrize(
+    ("fields", "etype"),
+    [
+        ({"temperature": 5}, "validation_error"),
+        ({"prompt": "y" * 890_000}, "payload_too_large"),
+    ],
+)
+def test_an_error_completion_never_carries_metadata_over_the_limit(
+    fields: dict[str, Any], etype: str
+) -> None:
+    """Issue 21, finding 7: 100 KB of metadata came back on a validation error, 890 KB on
+    `payload_too_large`, against the 16 KB LLM_WORKER_MAX_METADATA_BYTES."""
+    doc = {"id": "a", "model": "m1", "prompt": "x", "metadata": {"k": "v" * 100_000}, **fields}
+    out = _pipeline(max_message_bytes=500_000).begin(_rec(json.dumps(doc).encode()))
+    assert isinstance(out, Outcome)
+    c = out.completion
+    assert c is not None and c.error is not None and c.error.type == etype
+    assert c.id == "a" and c.metadata is None
+    assert len(out.value) < 2000
+    assert "`metadata` (100008 bytes) was not echoed: the limit is 16384" in c.error.message
+
+
+def test_a_lone_surrogate_in_a_prompt_with_an_id_gets_an_error_completion() -> None:
+    """Issue 21, finding 10: `json.dumps` writes "\\ud800" for a lone surrogate; the record
+    went to the dead-letter topic although its id could be read."""
+    raw = json.dumps({"id": "x", "model": "m1", "prompt": "\ud800"}).encode()
+    assert b"\\ud800" in raw
+    out = _pipeline(max_message_bytes=10_000).begin(_rec(raw))
+    assert isinstance(out, Outcome) and out.completion is not None
+    sent = json.loads(out.value.decode("utf-8"))
+    assert (sent["id"], sent["status"], sent["error"]["type"]) == ("x", "error", "validation_error")
+    assert "`$.prompt`" in sent["error"]["message"]
+
+
+def test_internal_error_of_an_invalid_but_readable_record_is_an_error_completion() -> None:
+    raw = json.dumps({"id": "r", "model": "m1", "prompt": "\ud800", "metadata": {"k": 1}})
+    out = _pipeline().internal_error(_rec(raw.encode()), RuntimeError("bug"))
+    c = out.completion
+    assert c is not None and c.error is not None
+    assert (c.id, c.error.type, c.metadata) == ("r", "internal_error", {"k": 1})
