@@ -1,27 +1,31 @@
-"""Shared PostgreSQL bits: the row query, the row factory, DSN redaction."""
+"""Shared PostgreSQL bits: the row query, the row factory, DSN redaction (from `registry.dsn`)."""
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
 from psycopg.rows import BaseRowFactory, kwargs_row
 
+from registry.dsn import redact_dsn, redact_error
 from registry.models import COLUMNS, ModelRow
+
+__all__ = [
+    "APP_NAME",
+    "CHANNEL",
+    "COLUMN_LIST",
+    "ROW_FACTORY",
+    "SELECT_ALL",
+    "SELECT_ONE",
+    "TABLE",
+    "redact_dsn",
+    "redact_error",
+]
 
 TABLE = "model_registry"
 CHANNEL = "model_registry"
 APP_NAME = "llm-worker-registry"
-
-_URL_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@")
-_KV_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
-
-
-def redact_dsn(dsn: str) -> str:
-    """`dsn` with any password replaced by `***` (URL userinfo, `?password=`, `password=`)."""
-    return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", dsn))
 
 
 def _model_row(**values: Any) -> ModelRow:

@@ -26,7 +26,7 @@ from types import MappingProxyType, TracebackType
 
 import psycopg
 
-from registry._db import APP_NAME, CHANNEL, ROW_FACTORY, SELECT_ALL, redact_dsn
+from registry._db import APP_NAME, CHANNEL, ROW_FACTORY, SELECT_ALL, redact_dsn, redact_error
 from registry.errors import RegistryUnavailable
 from registry.models import COLUMNS, ModelRow
 from registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve
@@ -49,9 +49,10 @@ def backoff(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
     return min(cap, base * 2.0 ** max(0, attempt - 1)) * (0.5 + random.random() / 2)
 
 
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return redact_dsn(text)
+def _cause(exc: BaseException) -> BaseException | None:
+    """What a RegistryUnavailable may chain: not a psycopg error, whose text may quote the
+    password (its redacted text is in the message)."""
+    return None if isinstance(exc, psycopg.Error) else exc
 
 
 class _Snapshot:
@@ -188,7 +189,7 @@ class RegistryCache:
                 break
             except _RELOAD_ERRORS as exc:
                 if last_error is None or not isinstance(exc, TimeoutError):
-                    last_error = _describe(exc)
+                    last_error = self._describe(exc)
                 attempt += 1
                 self._reload_errors += 1
                 if attempt == 1:
@@ -203,7 +204,7 @@ class RegistryCache:
                     raise RegistryUnavailable(
                         f"model registry not loaded: PostgreSQL at {self._where} not usable "
                         f"{within} ({attempt} attempts): {last_error}"
-                    ) from exc
+                    ) from _cause(exc)
                 delay = backoff(attempt, cap=self._backoff_cap_s)
                 await asyncio.sleep(delay if remaining is None else min(delay, remaining))
         if self._closed:  # close() ran while we were loading
@@ -221,8 +222,9 @@ class RegistryCache:
         except _RELOAD_ERRORS as exc:
             self._reload_failed(exc)
             raise RegistryUnavailable(
-                f"cannot reload model registry from PostgreSQL at {self._where}: {_describe(exc)}"
-            ) from exc
+                f"cannot reload model registry from PostgreSQL at {self._where}: "
+                f"{self._describe(exc)}"
+            ) from _cause(exc)
 
     async def close(self) -> None:
         """Stop the background tasks and close the connections. Idempotent."""
@@ -251,6 +253,10 @@ class RegistryCache:
         await self.close()
 
     # -- loading ------------------------------------------------------------------------------
+
+    def _describe(self, exc: BaseException) -> str:
+        """`exc` on one line, without any form of the DSN's passwords (libpq may quote them)."""
+        return redact_error(exc, self._dsn)
 
     async def _connect(self, purpose: str) -> psycopg.AsyncConnection[ModelRow]:
         return await psycopg.AsyncConnection.connect(
@@ -292,7 +298,9 @@ class RegistryCache:
                 if not reused:
                     raise
                 # The kept connection may have died while idle (terminated, server restart).
-                log.debug("registry: kept connection failed (%s); reconnecting", _describe(exc))
+                log.debug(
+                    "registry: kept connection failed (%s); reconnecting", self._describe(exc)
+                )
                 rows = await self._fetch_once()
             self._install(rows)
 
@@ -320,7 +328,7 @@ class RegistryCache:
                 "(%d rows) and retrying: %s",
                 self._where,
                 len(self._snapshot.rows),
-                _describe(exc),
+                self._describe(exc),
                 exc_info=not isinstance(exc, _RELOAD_ERRORS),
             )
 
@@ -392,5 +400,5 @@ class RegistryCache:
                 "registry: LISTEN connection to %s lost, polling every %gs until it is back: %s",
                 self._where,
                 self._refresh_s,
-                _describe(exc),
+                self._describe(exc),
             )

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import psycopg
 from psycopg.rows import TupleRow
 
-from registry._db import APP_NAME, redact_dsn
+from registry._db import APP_NAME, redact_dsn, redact_error
 from registry.errors import MigrationError, RegistryUnavailable
 
 __all__ = ["LOCK_KEY", "Migration", "discover", "migrate", "pending"]
@@ -76,10 +76,11 @@ def discover(directory: Traversable | Path | None = None) -> list[Migration]:
 def _connect(dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
     try:
         conn = psycopg.connect(dsn, autocommit=True, application_name=f"{APP_NAME}-migrate")
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:  # ProgrammingError: libpq could not parse the DSN
+        # `from None`: libpq's own text may quote the password; only the redacted one travels
         raise RegistryUnavailable(
-            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
-        ) from exc
+            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {redact_error(exc, dsn)}"
+        ) from None
     with conn:
         yield conn
 

@@ -22,6 +22,7 @@ from registry._db import (
     SELECT_ONE,
     TABLE,
     redact_dsn,
+    redact_error,
 )
 from registry.errors import InvalidRow, RegistryUnavailable, UnknownModel
 from registry.models import COLUMNS, ModelRow, row_problems
@@ -36,10 +37,11 @@ WRITABLE: tuple[str, ...] = tuple(c for c in COLUMNS if c != "updated_at")
 def _connect(dsn: str) -> Iterator[psycopg.Connection[ModelRow]]:
     try:
         conn = psycopg.connect(dsn, row_factory=ROW_FACTORY, application_name=f"{APP_NAME}-admin")
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:  # ProgrammingError: libpq could not parse the DSN
+        # `from None`: libpq's own text may quote the password; only the redacted one travels
         raise RegistryUnavailable(
-            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {exc}"
-        ) from exc
+            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {redact_error(exc, dsn)}"
+        ) from None
     with conn:  # commits on success, rolls back on error, then closes
         try:
             yield conn

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from registry.dsn import redact_error
+
 from ..config import ConfigError, Settings, load_settings, redact_dsn
 from ..ops.logs import configure_logging
 
@@ -57,7 +59,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         print(f"migration failed: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        print(f"cannot migrate {redact_dsn(s.database_url)}: {exc}", file=sys.stderr)
+        why = redact_error(exc, s.database_url)
+        print(f"cannot migrate {redact_dsn(s.database_url)}: {why}", file=sys.stderr)
         return 1
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     return 0

@@ -1,0 +1,125 @@
+"""A PostgreSQL password never shows in what the worker prints about its DSN (issue 21): the
+DSN is redacted by parsing it as libpq does, and libpq's own errors lose every form of it.
+
+Each DSN below holds the password `secret` (as libpq reads it); the table covers the
+characters that broke the old patterns: `?` and `#` (libpq keeps them inside the userinfo),
+`%` (escaped, and unescaped: libpq refuses the DSN and quotes the token), `@`, `/`, `:`,
+spaces and quotes, `sslpassword=`, and `key=value` strings with quoted values."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from registry.dsn import UNPARSEABLE, redact_dsn, redact_error
+from worker.config import ConfigError, load_settings
+
+# (dsn, the secrets it holds as written and as meant, the host that must still show or None)
+CASES: list[tuple[str, tuple[str, ...], str | None]] = [
+    ("postgresql://app:pa?ss#wd@db.internal:5432/reg", ("pa?ss#wd",), "db.internal"),
+    ("postgresql://app:pa#ss?x=1@db.internal/reg", ("pa#ss?x=1",), "db.internal"),
+    ("postgresql://app:p%40ss%2Fw%3Ar%20d@db.internal/reg", ("p@ss/w:r d",), "db.internal"),
+    ("postgresql://app:100%25pure@db.internal/reg", ("100%pure",), "db.internal"),
+    ("postgresql://app:100%pure-pw@db.internal/reg", ("100%pure-pw",), "db.internal"),
+    ("postgresql://app:%zz-secret@[::1]:5432/reg", ("%zz-secret",), "::1"),
+    ("postgres://app:only:colons:here@db.internal/reg", ("only:colons:here",), "db.internal"),
+    ("postgresql://app:p@ss/w0rd@db.internal/reg", ("p@ss/w0rd",), None),
+    ("postgresql://app:pass/w0rd@db.internal/reg", ("pass/w0rd",), None),
+    (
+        "postgresql://app@db.internal/reg?sslmode=verify-full&sslpassword=key%20pass"
+        "&password=se%23cret",
+        ("key pass", "se#cret"),
+        "db.internal",
+    ),
+    (
+        "postgresql://app:pw-in-url@/reg?host=/run/pg&sslpassword=k3y-pass",
+        ("pw-in-url", "k3y-pass"),
+        "/run/pg",
+    ),
+    (
+        "host=db.internal user=app password='sp ace\\'quote' dbname=reg",
+        ("sp ace'quote",),
+        "db.internal",
+    ),
+    (
+        "host=db.internal password=plain-pw sslpassword='two words'",
+        ("plain-pw", "two words"),
+        "db.internal",
+    ),
+    ("host = db.internal  password = 'a\\\\b#c?d'", ("a\\b#c?d",), "db.internal"),
+    ("host=db.internal password='unterminated pw", ("unterminated pw",), None),
+    ("host=db.internal password=x=y=z sslpassword", ("x=y=z",), None),
+]
+
+
+def _forms(secret: str) -> set[str]:
+    """The secret as meant, percent-encoded, and with quotes/backslashes escaped for key=value."""
+    escaped = secret.replace("\\", "\\\\").replace("'", "\\'")
+    return {secret, quote(secret, safe=""), quote(secret), escaped}
+
+
+@pytest.mark.parametrize(("dsn", "secrets", "host"), CASES)
+def test_the_shown_dsn_holds_no_password_and_still_names_the_host(
+    dsn: str, secrets: tuple[str, ...], host: str | None
+) -> None:
+    shown = redact_dsn(dsn)
+    for secret in secrets:
+        for form in _forms(secret):
+            assert form not in shown, (dsn, shown)
+    if host is not None:
+        assert host in shown, shown
+    else:
+        assert shown == UNPARSEABLE
+
+
+@pytest.mark.parametrize(("dsn", "secrets", "host"), CASES)
+def test_libpq_errors_about_the_dsn_hold_no_password(
+    dsn: str, secrets: tuple[str, ...], host: str | None
+) -> None:
+    # the real client: a DSN it cannot parse raises at once, one it can parse fails to connect
+    # (point every parseable one at a socket directory that does not exist)
+    target = dsn.replace("db.internal", "/nonexistent-llm-worker").replace("[::1]:5432", "")
+    with pytest.raises(psycopg.Error) as info:
+        psycopg.connect(target, connect_timeout=1)
+    raw = str(info.value)
+    text = redact_error(info.value, target)
+    for secret in secrets:
+        for form in _forms(secret):
+            assert form not in text, (target, raw, text)
+    assert text.strip()
+
+
+def test_a_dsn_without_a_password_is_shown_as_written() -> None:
+    for dsn in (
+        "postgresql://postgres:@/postgres?host=/tmp/x",
+        "postgresql://app@db.internal:5432/reg?sslmode=require",
+        "host=db.internal user=app dbname=reg",
+    ):
+        assert redact_dsn(dsn) == dsn
+
+
+def test_an_unescaped_percent_is_reported_without_the_token() -> None:
+    dsn = "postgresql://app:100%pure-pw@db.internal/reg"
+    with pytest.raises(psycopg.Error) as info:
+        psycopg.connect(dsn)
+    assert "100%pure-pw" in str(info.value)  # libpq's own text quotes it
+    assert redact_error(info.value, dsn) == 'invalid percent-encoded token: "***"'
+    assert redact_dsn(dsn) == f"{UNPARSEABLE} (host db.internal)"
+
+
+@pytest.mark.parametrize(("dsn", "secrets", "host"), CASES)
+def test_settings_repr_and_config_errors_hold_no_password(
+    dsn: str, secrets: tuple[str, ...], host: str | None
+) -> None:
+    s = load_settings({"DATABASE_URL": dsn}, only=("database_url",))
+    for secret in secrets:
+        assert secret not in repr(s)
+    bad = dsn.replace("postgresql://", "mysql://").replace("postgres://", "mysql://")
+    if bad.startswith("mysql://") and "=" not in bad:  # else it passes for key=value
+        with pytest.raises(ConfigError) as info:
+            load_settings({"DATABASE_URL": bad}, only=("database_url",))
+        for secret in secrets:
+            for form in _forms(secret):
+                assert form not in str(info.value), str(info.value)
