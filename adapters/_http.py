@@ -33,6 +33,7 @@ from .errors import (
     error_for_status,
 )
 from .retry import MAX_RETRY_AFTER, parse_retry_after
+from .scrub import scrub, scrub_bytes
 
 __all__ = [
     "CONTEXT_HINTS",
@@ -98,12 +99,9 @@ def strip_v1(endpoint: str) -> str:
 
 
 def _scrub(payload: bytes, target: Target) -> bytes:
-    """The body with the target's API key (echoed by some error pages) replaced by `***`."""
-    if target.api_key is not None:
-        key = target.api_key.reveal().encode()
-        if key and key in payload:
-            return payload.replace(key, b"***")
-    return payload
+    """The body with the target's API key (echoed by some error pages) replaced by `***`, in
+    any encoding (`adapters.scrub`); `error()` takes out the pieces a cut leaves."""
+    return scrub_bytes(payload, target.api_key.reveal() if target.api_key else None)
 
 
 def shorten(text: str) -> str:
@@ -309,9 +307,9 @@ class HTTPAdapter:
         if target.api_key is not None:
             key = target.api_key.reveal()
             if key:
-                message = message.replace(key, "***")
+                message = scrub(message, key)
                 if request_id:
-                    request_id = request_id.replace(key, "***")
+                    request_id = scrub(request_id, key)
         return cls(
             message,
             provider=self.name,
