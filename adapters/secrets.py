@@ -15,6 +15,10 @@ _ENV_NAME = re.compile(r"[^A-Z0-9_]")
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 """A Kubernetes Secret key (`[-._a-zA-Z0-9]+`), and never `.`, `..` or a path: a name from the
 registry must not read a file outside the secrets directory."""
+_RESERVED = re.compile(r"^(?:DATABASE_URL|KAFKA_BOOTSTRAP_SERVERS|LLM_WORKER_\w*|OTEL_\w*|PG\w*)$")
+"""The worker's own settings (by their environment name): the database URL and the Kafka
+password may sit in the environment or the secrets directory too, and a registry row naming
+one must not send it to a provider as an API key."""
 
 
 class Secret:
@@ -64,6 +68,9 @@ class SecretStore:
     def get(self, name: str) -> Secret:
         if not _SECRET_NAME.match(name) or name in (".", ".."):
             raise MissingSecret(name, "not a valid secret name: letters, digits, '_', '-', '.'")
+        env_name = _ENV_NAME.sub("_", name.upper())
+        if _RESERVED.match(env_name):
+            raise MissingSecret(name, "reserved: a setting of the worker itself, not an API key")
         if self._dir is not None:
             path = self._dir / name
             try:
@@ -77,7 +84,6 @@ class SecretStore:
                 secret = Secret(name, path.read_text(encoding="utf-8").strip())
                 self._cache[name] = (mtime, secret)
                 return secret
-        env_name = _ENV_NAME.sub("_", name.upper())
         value = self._env.get(env_name)
         if value is not None:
             return Secret(name, value)

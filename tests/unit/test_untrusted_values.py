@@ -77,14 +77,36 @@ def test_registry_validate_names_a_malformed_endpoint() -> None:
     assert any("m: endpoint: 'vllm:8000/v1' is not an absolute http(s) URL" in p for p in problems)
 
 
-@pytest.mark.parametrize("name", ["../etc/passwd", "/etc/passwd", "a/b", "..", ".", ".hidden", ""])
+@pytest.mark.parametrize(
+    "name", ["../passwd", "/etc/passwd", "a/b", "a/../a/b", "..", ".", ".hidden", ""]
+)
 def test_secret_names_cannot_leave_the_secrets_directory(tmp_path: Path, name: str) -> None:
+    """Every name points at a file that exists (a real subdirectory `a/` with a file `b`, a
+    file next to the directory, a hidden file), and an environment variable of the same
+    name is set: the refusal comes from the name, not from a missing file."""
     inner = tmp_path / "secrets"
-    inner.mkdir()
+    (inner / "a").mkdir(parents=True)
+    (inner / "a" / "b").write_text("key-in-a-subdirectory")
+    (inner / ".hidden").write_text("hidden-key")
     (tmp_path / "passwd").write_text("not-a-key")
-    store = SecretStore(inner, env={})
-    with pytest.raises(MissingSecret):
-        store.get(name if name != "../etc/passwd" else "../passwd")
+    env = {"A_B": "env-a-b", "A_______A_B": "env", "_HIDDEN": "env-hidden", "": "empty"}
+    store = SecretStore(inner, env=env)
+    with pytest.raises(MissingSecret) as info:
+        store.get(name)
+    assert "not a valid secret name" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["DATABASE_URL", "database-url", "llm_worker_kafka_sasl_password", "PGPASSWORD"]
+)
+def test_the_workers_own_secrets_are_not_api_keys(tmp_path: Path, name: str) -> None:
+    """A registry row naming the database URL or the Kafka password (in the secrets
+    directory or the environment) must not get it sent to a provider as its key."""
+    (tmp_path / name).write_text("postgresql://app:db-password@db/reg")
+    env = {"DATABASE_URL": "dsn", "LLM_WORKER_KAFKA_SASL_PASSWORD": "pw", "PGPASSWORD": "pw"}
+    with pytest.raises(MissingSecret) as info:
+        SecretStore(tmp_path, env=env).get(name)
+    assert "reserved" in str(info.value)
 
 
 def test_a_good_secret_name_is_read(tmp_path: Path) -> None:
