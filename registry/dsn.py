@@ -62,12 +62,13 @@ def _parse(dsn: str) -> dict[str, str] | None:
 
 
 def _parse_lenient(dsn: str) -> tuple[dict[str, str] | None, bool]:
-    """(parts, exact): libpq's parse, or one after escaping stray `%` (then not exact)."""
+    """(parts, exact): libpq's parse, or one after escaping stray `%` and spaces, which libpq
+    refuses in a URL (then not exact: only the host of it is shown)."""
     parts = _parse(dsn)
     if parts is not None:
         return parts, True
-    if _is_url(dsn) and "%" in dsn:
-        return _parse(_BAD_PERCENT.sub("%25", dsn)), False
+    if _is_url(dsn) and ("%" in dsn or " " in dsn.strip()):
+        return _parse(_BAD_PERCENT.sub("%25", dsn.strip()).replace(" ", "%20")), False
     return None, False
 
 

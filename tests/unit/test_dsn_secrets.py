@@ -24,6 +24,7 @@ CASES: list[tuple[str, tuple[str, ...], str | None]] = [
     ("postgresql://app:100%25pure@db.internal/reg", ("100%pure",), "db.internal"),
     ("postgresql://app:100%pure-pw@db.internal/reg", ("100%pure-pw",), "db.internal"),
     ("postgresql://app:%zz-secret@[::1]:5432/reg", ("%zz-secret",), "::1"),
+    ("postgresql://app:sp ace pw@db.internal/reg", ("sp ace pw",), "db.internal"),
     ("postgres://app:only:colons:here@db.internal/reg", ("only:colons:here",), "db.internal"),
     ("postgresql://app:p@ss/w0rd@db.internal/reg", ("p@ss/w0rd",), None),
     ("postgresql://app:pass/w0rd@db.internal/reg", ("pass/w0rd",), None),
