@@ -124,3 +124,38 @@ def test_settings_repr_and_config_errors_hold_no_password(
         for secret in secrets:
             for form in _forms(secret):
                 assert form not in str(info.value), str(info.value)
+
+
+def test_every_log_line_of_run_loses_the_database_and_kafka_passwords(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The last line of defence: whatever logs them (a traceback quoting a libpq error, a
+    library's own message), `llm-worker run`'s log lines do not carry the passwords."""
+    import logging
+
+    from worker.cli.main import _secrets
+    from worker.ops.logs import configure_logging
+
+    dsn = 'postgresql://app:db"pass\\word@db.internal/reg'
+    s = load_settings(
+        {"DATABASE_URL": dsn, "LLM_WORKER_KAFKA_SASL_PASSWORD": "kafka-pw-1"},
+        only=("database_url", "kafka_extra"),
+    )
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for fmt in ("json", "text"):
+            configure_logging("INFO", fmt, secrets=_secrets(s))
+            log = logging.getLogger("llm_worker.test")
+            log.info("connecting with %s and kafka-pw-1", 'db"pass\\word')
+            try:
+                raise RuntimeError(f"libpq said: {dsn}")
+            except RuntimeError:
+                log.exception("crashed")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert err.count("***") >= 6, err
+    for form in ('db"pass\\word', 'db\\"pass\\\\word', "kafka-pw-1"):
+        assert form not in err, err

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from registry.dsn import redact_error
+from registry.dsn import dsn_secrets, redact_error
 
 from ..config import ConfigError, Settings, load_settings, redact_dsn
 from ..ops.logs import configure_logging
@@ -33,6 +33,12 @@ def _settings(args: argparse.Namespace, only: tuple[str, ...] | None = None) -> 
     return load_settings(only=only, **overrides)
 
 
+def _secrets(s: Settings) -> list[str]:
+    """What no log line may hold: the database passwords and the Kafka credentials."""
+    kafka = [v for k, v in s.kafka_extra.items() if "password" in k or "secret" in k]
+    return [*dsn_secrets(s.database_url), *kafka]
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from registry.errors import RegistryUnavailable
 
@@ -40,7 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..stream.admin import KafkaUnavailable
 
     s = _settings(args)
-    configure_logging(s.log_level, s.log_format)
+    configure_logging(s.log_level, s.log_format, secrets=_secrets(s))
     try:
         return run_async(run_app(s))
     except (KafkaUnavailable, RegistryUnavailable) as exc:

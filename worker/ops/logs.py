@@ -1,5 +1,9 @@
 """Structured logs: one JSON object per line, with every `extra=` field.
 
+`configure_logging(..., secrets=...)` is the last line of defence: every formatted line has the
+given values (the database password, the Kafka password) taken out, as written and as JSON
+escapes them, whatever logged them.
+
 librdkafka's own logs come through the `llm_worker.librdkafka` logger (its `logger` setting,
 `stream/kafka_conf.py`), served on the client's thread; `LibrdkafkaFields` turns their
 `FACILITY [client] text` form into fields, so they are JSON lines like every other.
@@ -10,11 +14,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
-__all__ = ["JsonFormatter", "LibrdkafkaFields", "configure_logging"]
+__all__ = ["JsonFormatter", "LibrdkafkaFields", "RedactingFormatter", "configure_logging"]
 
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
@@ -51,15 +56,42 @@ class LibrdkafkaFields(logging.Filter):
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """Another formatter's lines with each secret replaced by `***`, as written and in the
+    escaped form JSON gives it. Secrets shorter than `MIN_SECRET` are left alone: replacing
+    every `a` of a log would hide more than it protects."""
+
+    MIN_SECRET = 4
+
+    def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self._inner = inner
+        forms = set()
+        for secret in secrets:
+            if len(secret) >= self.MIN_SECRET:
+                forms |= {secret, _encoder.encode(secret).decode()[1:-1]}
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self._inner.format(record)
+        for form in self._forms:
+            if form in line:
+                line = line.replace(form, "***")
+        return line
+
+
 _RDKAFKA_FIELDS = LibrdkafkaFields()
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
+    """One handler on stderr: JSON lines (`fmt="json"`) or text; `secrets` never appear."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    inner = (
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
+    handler.setFormatter(RedactingFormatter(inner, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
