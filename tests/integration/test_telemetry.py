@@ -221,3 +221,34 @@ async def test_traces_continue_across_kafka_to_a_collector(
         else:  # started one
             assert trace_id not in {t for t, _ in parents.values()}
             assert process.parent_span_id == b""
+
+
+async def test_a_prompts_stop_sequences_stay_out_of_the_export(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """Issue 21, finding 5: 60 prompts with ~680 KB of stop sequences made a 39.6 MiB export
+    that a collector with the default 20 MiB limit refused. With content tracing off (the
+    default) no stop sequence reaches the collector, and what does is a few KB a message."""
+    upsert_row(pg_dsn, _row("m1", fake.endpoint()))
+    stops = [f"never-say-{i:04d}-" + "x" * 95 for i in range(100)]  # ~11 KB a prompt
+    prompts = [
+        {"id": f"s-{i}", "model": "m1", "prompt": f"stop list {i}", "stop": stops}
+        for i in range(60)
+    ]
+    assert 650_000 < sum(len(json.dumps(p["stop"])) for p in prompts) < 700_000
+    async with otlp_receiver() as collector:
+        s = make_settings(otel_env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url})
+        bs = s.kafka_bootstrap_servers
+        await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 2)
+        await asyncio.to_thread(kh.produce_prompts, bs, s.prompts_topic, prompts)
+        async with App(s, http=False).running():
+            out = await asyncio.to_thread(kh.consume, bs, s.completions_topic, len(prompts))
+    assert sorted(r.json()["status"] for r in out) == ["ok"] * len(prompts)
+    spans = list(collector.spans())
+    chats = [sp for _, sp in spans if sp.kind == PbSpan.SPAN_KIND_CLIENT]
+    assert len(chats) == len(prompts)
+    for chat in chats:
+        assert "gen_ai.request.stop_sequences" not in {a.key for a in chat.attributes}
+    exported = b"".join(collector.bodies)
+    assert b"never-say-" not in exported
+    assert len(exported) < len(prompts) * 3000, f"{len(exported)} bytes exported"

@@ -54,6 +54,8 @@ def test_http_json_is_sent_as_protobuf() -> None:
         ({"LLM_WORKER_LOG_OUTCOMES": "some"}, "LLM_WORKER_LOG_OUTCOMES"),
         ({"LLM_WORKER_LOOP_STALL_S": "0"}, "LLM_WORKER_LOOP_STALL_S"),
         ({"LLM_WORKER_TRACE_CONTENT": "maybe"}, "LLM_WORKER_TRACE_CONTENT"),
+        ({"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "-1"}, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"),
+        ({"OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "lots"}, "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"),
     ],
 )
 def test_bad_values_stop_the_worker_naming_the_variable(env: dict[str, str], named: str) -> None:
@@ -110,3 +112,38 @@ def test_the_sdk_is_built_from_the_variables() -> None:
         assert tracing.sampler.parent_based and tracing.sampler.ratio == 0.1
     finally:
         tracing.close(0.1)
+
+
+def _limited_span(env: dict[str, str]) -> dict[str, Any]:
+    """The attributes a span of the SDK built from `env` keeps of 200 values of 10,000 chars."""
+    tracing = Tracing.from_settings(load_settings({**COLLECTOR, **env}))
+    assert tracing is not None
+    try:
+        tracer = tracing.provider.get_tracer("t")
+        span = tracer.start_span("x", attributes={f"a{i}": "v" * 10_000 for i in range(200)})
+        return dict(span.attributes or {})  # not ended: nothing is exported
+    finally:
+        tracing.close(0.1)
+
+
+def test_span_attributes_are_bounded_by_default() -> None:
+    """Issue 21, finding 5: the specification leaves attribute values unlimited; a prompt's
+    values made an export a collector refused. The worker sets a length by default."""
+    kept = _limited_span({})
+    assert len(kept) == 128 and {len(v) for v in kept.values()} == {4096}
+    assert otel_config({}).limits.span_value_length == 4096
+
+
+def test_the_standard_limit_variables_are_honoured() -> None:
+    kept = _limited_span(
+        {"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "100", "OTEL_ATTRIBUTE_COUNT_LIMIT": "10"}
+    )
+    assert len(kept) == 10 and {len(v) for v in kept.values()} == {100}
+    kept = _limited_span(
+        {
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "100",
+            "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT": "20000",  # the span's own wins
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3",
+        }
+    )
+    assert len(kept) == 3 and {len(v) for v in kept.values()} == {10_000}

@@ -524,3 +524,40 @@ async def test_a_wait_for_a_half_open_probe_shows_on_the_trace(
     held = [attrs for name, attrs in events if name == "llm_worker.held"]
     assert [a["reason"] for a in held][-1] == "circuit_open"
     assert held[-1]["llm_worker.endpoint"] == "m/primary" and float(held[-1]["wait_s"]) > 0  # type: ignore[arg-type]
+
+
+def _with_stop(stop: list[str]) -> InputRecord:
+    body = {"id": "req-s", "model": "m", "prompt": "a question", "stop": stop}
+    return InputRecord(topic="prompts", partition=0, offset=1, value=json.dumps(body).encode())
+
+
+STOPS = [f"stop sequence {i:05d} " + "s" * 80 for i in range(2000)]  # ~200 KB of them
+
+
+async def test_with_content_off_no_span_carries_the_prompts_stop_sequences(
+    fake: FakeServer, sessions: SessionPool
+) -> None:
+    """Issue 21, finding 5: the stop list went onto every `chat` span whole (60 prompts made a
+    39.6 MiB export a collector refused), although it is text of the prompt's."""
+    tracing, exporter = in_memory()
+    (out,) = await Harness(Registry(row(fake)), sessions, tracing).run(_with_stop(STOPS))
+    assert out.completion is not None and out.completion.status == "ok"
+    spans = exporter.get_finished_spans()
+    (chat,) = by_kind(spans, SpanKind.CLIENT)
+    assert "gen_ai.request.stop_sequences" not in (chat.attributes or {})
+    carried = [str(v) for s in spans for v in (s.attributes or {}).values()]
+    carried += [str(v) for s in spans for e in s.events for v in (e.attributes or {}).values()]
+    assert not [v for v in carried if "stop sequence" in v]
+    assert sum(len(v) for v in carried) < 2000
+
+
+async def test_with_content_on_the_stop_sequences_are_cut_to_one_values_length(
+    fake: FakeServer, sessions: SessionPool
+) -> None:
+    tracing, exporter = in_memory(trace_content=True, value_length=1000)
+    await Harness(Registry(row(fake)), sessions, tracing).run(_with_stop(STOPS))
+    (chat,) = by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)
+    stop = (chat.attributes or {})["gen_ai.request.stop_sequences"]
+    assert isinstance(stop, tuple) and sum(map(len, stop)) == 1000
+    assert list(stop[:-1]) == STOPS[: len(stop) - 1]  # the first ones, the last cut
+    assert STOPS[len(stop) - 1].startswith(stop[-1])

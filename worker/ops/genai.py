@@ -1,8 +1,10 @@
 """The GenAI semantic conventions for one provider attempt (`chat {model}` CLIENT spans):
 which attributes a request and its answer (or error) carry.
 
-Prompt and completion text (`gen_ai.input.messages`, `gen_ai.output.messages`) only with
-`content=True` (`LLM_WORKER_TRACE_CONTENT`). Ids and model names an answer reports are dropped
+Prompt and completion text (`gen_ai.input.messages`, `gen_ai.output.messages`) and the
+prompt's stop sequences (`gen_ai.request.stop_sequences`: text of the prompt's, of any size and
+number) only with `content=True` (`LLM_WORKER_TRACE_CONTENT`), the stop sequences cut to fit
+`value_length` characters together. Ids and model names an answer reports are dropped
 when they contain the API key used for the call: a provider that echoes keys must not put one
 on a span.
 """
@@ -18,7 +20,13 @@ from adapters.base import ProviderRequest, ProviderResult, Target
 from adapters.errors import ProviderError
 from registry.resolve import Candidate
 
-__all__ = ["GEN_AI_PROVIDER", "Servers", "request_attributes", "result_attributes"]
+__all__ = [
+    "GEN_AI_PROVIDER",
+    "Servers",
+    "bounded_sequences",
+    "request_attributes",
+    "result_attributes",
+]
 
 GEN_AI_PROVIDER = {
     "openai": "openai",
@@ -65,6 +73,18 @@ def _messages(request: ProviderRequest) -> str:
     )
 
 
+def bounded_sequences(values: tuple[str, ...], length: int) -> tuple[str, ...]:
+    """The first of `values`, the last one cut, whose characters add up to at most `length`."""
+    kept: list[str] = []
+    room = length
+    for value in values:
+        if room <= 0:
+            break
+        kept.append(value[:room])
+        room -= len(kept[-1])
+    return tuple(kept)
+
+
 def request_attributes(
     cand: Candidate,
     target: Target,
@@ -74,6 +94,7 @@ def request_attributes(
     server: tuple[str | None, int | None],
     *,
     content: bool,
+    value_length: int,
 ) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
@@ -97,7 +118,6 @@ def request_attributes(
         ("gen_ai.request.temperature", request.temperature),
         ("gen_ai.request.top_p", request.top_p),
         ("gen_ai.request.seed", request.seed),
-        ("gen_ai.request.stop_sequences", request.stop),
     ):
         if value is not None:
             attrs[attr] = value
@@ -105,6 +125,9 @@ def request_attributes(
         attrs["llm_worker.retry_of"] = retry_of.type
     if content:
         attrs["gen_ai.input.messages"] = _messages(request)
+        if request.stop:
+            stop = bounded_sequences(request.stop, value_length)
+            attrs["gen_ai.request.stop_sequences"] = stop
     return attrs
 
 

@@ -11,6 +11,14 @@ A value the worker cannot honour stops it at start with a message naming the var
 every other setting, rather than running without the traces someone asked for. One exception:
 `http/json`, which the Python exporter does not speak, is sent as `http/protobuf` to the same
 URL (collectors take both there) with a warning.
+
+Span limits (`SpanBounds`) are the specification's variables with the specification's defaults,
+but for one: the length of an attribute value, which the specification leaves unlimited, is
+`ATTRIBUTE_VALUE_LENGTH` characters unless `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` (or
+`OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`) says otherwise. Attribute values come from prompts
+and provider answers; a bound on each keeps a span, and a batch of them, a size a collector
+takes (OTLP receivers refuse requests over 20 MiB by default, and every trace of that batch is
+lost).
 """
 
 from __future__ import annotations
@@ -22,7 +30,22 @@ from collections.abc import Mapping
 
 import msgspec
 
-__all__ = ["SAMPLERS", "OtelConfig", "otel_config", "otel_problem", "redacted_env"]
+__all__ = [
+    "ATTRIBUTE_VALUE_LENGTH",
+    "SAMPLERS",
+    "OtelConfig",
+    "SpanBounds",
+    "otel_config",
+    "otel_problem",
+    "redacted_env",
+]
+
+ATTRIBUTE_VALUE_LENGTH = 4096
+"""The default of OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: characters of one attribute value (of
+each string in an array value). Enough for ids, model names, URLs and error types; prompt and
+answer text (`LLM_WORKER_TRACE_CONTENT`) is cut here unless the variable raises it."""
+COUNT_LIMIT = 128
+"""The specification's default for every count limit (attributes, events, links)."""
 
 SAMPLERS = (
     "always_on",
@@ -40,6 +63,24 @@ _TRUE = ("true", "1", "yes", "on")
 _USERINFO = re.compile(r"//[^/@\s\"]*@")
 
 
+class SpanBounds(msgspec.Struct, frozen=True, kw_only=True):
+    """The span limits the SDK enforces (`SpanLimits`), resolved as the specification says:
+    a span-specific variable, else the general one, else the default."""
+
+    value_length: int = ATTRIBUTE_VALUE_LENGTH
+    """OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: event and link attribute values."""
+    span_value_length: int = ATTRIBUTE_VALUE_LENGTH
+    """OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, else the above: span attribute values."""
+    attributes: int = COUNT_LIMIT
+    """OTEL_ATTRIBUTE_COUNT_LIMIT."""
+    span_attributes: int = COUNT_LIMIT
+    """OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, else the above."""
+    event_attributes: int = COUNT_LIMIT
+    link_attributes: int = COUNT_LIMIT
+    events: int = COUNT_LIMIT
+    links: int = COUNT_LIMIT
+
+
 class OtelConfig(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool
     endpoint: str = ""
@@ -51,12 +92,14 @@ class OtelConfig(msgspec.Struct, frozen=True, kw_only=True):
     resource: dict[str, str] = msgspec.field(default_factory=dict)
     json_asked: bool = False
     """`http/json` was asked for: it is sent as `http/protobuf` (say so once, at start)."""
+    limits: SpanBounds = msgspec.field(default_factory=SpanBounds)
 
     def __repr__(self) -> str:  # headers usually carry a token
         return (
             f"OtelConfig(enabled={self.enabled}, endpoint={_redact(self.endpoint)!r}, "
             f"protocol={self.protocol!r}, sampler={self.sampler!r}, "
-            f"sampler_arg={self.sampler_arg}, headers={sorted(self.headers)!r})"
+            f"sampler_arg={self.sampler_arg}, headers={sorted(self.headers)!r}, "
+            f"attribute_value_length={self.limits.span_value_length})"
         )
 
     __str__ = __repr__
@@ -125,6 +168,35 @@ def _sampler(env: Mapping[str, str]) -> tuple[str, float]:
     return name, arg
 
 
+def _limit(env: Mapping[str, str], default: int, *names: str) -> int:
+    """The first of `names` that is set, as a count (a non-negative integer), else `default`."""
+    var, raw = _pick(env, *names)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{var}={raw!r} must be a whole number of 0 or more")
+    return value
+
+
+def _bounds(env: Mapping[str, str]) -> SpanBounds:
+    length = _limit(env, ATTRIBUTE_VALUE_LENGTH, "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+    count = _limit(env, COUNT_LIMIT, "OTEL_ATTRIBUTE_COUNT_LIMIT")
+    return SpanBounds(
+        value_length=length,
+        span_value_length=_limit(env, length, "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"),
+        attributes=count,
+        span_attributes=_limit(env, count, "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"),
+        event_attributes=_limit(env, count, "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT"),
+        link_attributes=_limit(env, count, "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT"),
+        events=_limit(env, COUNT_LIMIT, "OTEL_SPAN_EVENT_COUNT_LIMIT"),
+        links=_limit(env, COUNT_LIMIT, "OTEL_SPAN_LINK_COUNT_LIMIT"),
+    )
+
+
 def otel_config(env: Mapping[str, str]) -> OtelConfig:
     """Read the `OTEL_*` variables of `env`; ValueError (naming the variable) if one is bad."""
     disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
@@ -150,6 +222,7 @@ def otel_config(env: Mapping[str, str]) -> OtelConfig:
             f"{pvar}=grpc needs the gRPC exporter: pip install 'llm-worker[grpc]' "
             "(the container image has it), or use http/protobuf"
         )
+    limits = _bounds(env)
     json_asked = protocol == "http/json"
     if json_asked:
         protocol = "http/protobuf"
@@ -162,6 +235,7 @@ def otel_config(env: Mapping[str, str]) -> OtelConfig:
         sampler_arg=arg,
         resource=resource,
         json_asked=json_asked,
+        limits=limits,
     )
 
 

@@ -16,9 +16,16 @@ hold `None`, and the hot path makes no span objects at all. When on, a message t
 sampled costs its CONSUMER span's sampling decision and one `traceparent` header: nothing
 else is built for it.
 
-What spans never carry: secrets (API keys, the provider's echoes of them), and prompt or
-completion text unless `LLM_WORKER_TRACE_CONTENT=true` (`gen_ai.input.messages` /
-`gen_ai.output.messages` on the `chat` spans).
+What spans never carry: secrets (API keys, the provider's echoes of them), and what a prompt
+says unless `LLM_WORKER_TRACE_CONTENT=true`: its text and the answer's
+(`gen_ai.input.messages` / `gen_ai.output.messages`), its stop sequences
+(`gen_ai.request.stop_sequences`), its metadata and tenant (never). What a prompt names is kept:
+its id and model (bounded by validation: 128 and 256 characters), its sampling numbers.
+
+Every span is bounded: the SDK's `SpanLimits` are set from `ops.otelconf.SpanBounds` (each
+attribute value at most `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` characters, 4096 by default; 128
+attributes, events and links), and the stop sequences traced with content on are cut so that
+all of them together fit one value's length.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
@@ -43,7 +50,7 @@ from registry.resolve import Candidate
 from ..config import ConfigError, Settings
 from ..records import InputRecord, Outcome
 from .genai import Servers, request_attributes, result_attributes
-from .otelconf import OtelConfig, otel_config
+from .otelconf import ATTRIBUTE_VALUE_LENGTH, OtelConfig, SpanBounds, otel_config
 from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
 
 __all__ = ["MessageTrace", "Tracing"]
@@ -126,6 +133,21 @@ def _exporter(cfg: OtelConfig) -> SpanExporter:
     return OTLPSpanExporter(endpoint=cfg.endpoint, headers=headers)
 
 
+def span_limits(bounds: SpanBounds) -> SpanLimits:
+    """The SDK's limits, every one given (the SDK reads `os.environ` for any left out; the
+    worker's `OTEL_*` variables may come from its config file too)."""
+    return SpanLimits(
+        max_attributes=bounds.attributes,
+        max_events=bounds.events,
+        max_links=bounds.links,
+        max_span_attributes=bounds.span_attributes,
+        max_event_attributes=bounds.event_attributes,
+        max_link_attributes=bounds.link_attributes,
+        max_attribute_length=bounds.value_length,
+        max_span_attribute_length=bounds.span_value_length,
+    )
+
+
 class Tracing:
     def __init__(
         self,
@@ -134,12 +156,14 @@ class Tracing:
         group_id: str,
         trace_content: bool = False,
         sampler: HeadSampler | None = None,
+        value_length: int = ATTRIBUTE_VALUE_LENGTH,
     ) -> None:
         self.provider = provider
         self.sampler = sampler if sampler is not None else HeadSampler()
         self._tracer = provider.get_tracer("llm_worker")
         self._group = group_id
         self._content = trace_content
+        self._value_length = value_length
         self._names: dict[str, str] = {}
         self._send_names: dict[str, str] = {}
         self._servers = Servers()
@@ -154,7 +178,11 @@ class Tracing:
         if cfg.json_asked:
             log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=http/json: sending http/protobuf instead")
         # the head sampler decides (`ops.sampling`); the SDK records every span started
-        provider = TracerProvider(resource=Resource.create(cfg.resource), sampler=ALWAYS_ON)
+        provider = TracerProvider(
+            resource=Resource.create(cfg.resource),
+            sampler=ALWAYS_ON,
+            span_limits=span_limits(cfg.limits),
+        )
         provider.add_span_processor(BatchSpanProcessor(_exporter(cfg)))
         log.info("tracing on: %s", cfg)
         return cls(
@@ -162,6 +190,7 @@ class Tracing:
             group_id=settings.group_id,
             trace_content=settings.trace_content,
             sampler=HeadSampler(cfg.sampler, cfg.sampler_arg),
+            value_length=cfg.limits.span_value_length,
         )
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -331,6 +360,7 @@ class Tracing:
             retry_of,
             self._servers.of(target),
             content=self._content,
+            value_length=self._value_length,
         )
         return self._tracer.start_span(f"chat {target.model}", None, SpanKind.CLIENT, attrs)
 
