@@ -137,16 +137,20 @@ def _recover(raw: bytes) -> tuple[str, Any, Any] | None:
     `id` can be read."""
     try:
         found = _id_decoder.decode(raw)
-    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        pass  # not JSON, nested past msgspec's depth, not UTF-8, or a lone surrogate escape
+    except UnicodeDecodeError:  # bytes that are not UTF-8 in the model or the metadata
+        doc = _lenient(raw)
+    except msgspec.DecodeError:  # not JSON, or text that is not valid Unicode
+        maybe = _SURROGATE_ESCAPE.search(raw) is not None or not _is_utf8(raw)
+        doc = _lenient(raw) if maybe else None
+    except RecursionError:  # nested past msgspec's depth (Python's parser has one too)
+        return None
     else:
         return found.id, found.model, found.metadata
-    doc = _lenient(raw)
     if doc is None:
         return None
     rid = doc.get("id")
     if not isinstance(rid, str) or not 1 <= len(rid) <= MAX_ID_CHARS or not _encodable(rid):
-        return None  # an id with a lone surrogate cannot be echoed: no completion can carry it
+        return None  # an id that is not valid Unicode cannot be echoed: no completion can
     return rid, doc.get("model", ""), doc.get("metadata")
 
 
@@ -158,15 +162,24 @@ def _no_constant(name: str) -> Any:
 
 
 def _lenient(raw: bytes) -> dict[str, Any] | None:
-    """The object Python's own parser reads from `raw` when it holds a UTF-16 surrogate escape
-    (msgspec refuses any lone one); None otherwise or when it is not a JSON object either."""
-    if _SURROGATE_ESCAPE.search(raw) is None:
-        return None
+    """The object Python's own parser reads from `raw`, which msgspec refused for text that
+    is not valid Unicode: a lone surrogate escape is kept as it is, a byte that is not UTF-8
+    becomes a lone surrogate (`surrogateescape`). None when it is not a JSON object either."""
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, NaN, nested too deeply
+        doc = json.loads(raw.decode("utf-8", "surrogateescape"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # not JSON, NaN, nested too deeply
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def _is_utf8(raw: bytes) -> bool:
+    if raw.isascii():
+        return True
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _encodable(text: str) -> bool:
@@ -245,13 +258,22 @@ def _reject(
     )
 
 
-def _not_unicode(raw: bytes) -> str | None:
-    """Why msgspec refused `raw` when the reason is a lone surrogate escape in a string."""
+def _not_unicode(raw: bytes) -> tuple[str, str] | None:
+    """(reason, message) when msgspec refused `raw` for a string that is not valid Unicode,
+    naming the first such field; None when that is not why."""
+    utf8 = _is_utf8(raw)
+    if utf8 and _SURROGATE_ESCAPE.search(raw) is None:
+        return None
     doc = _lenient(raw)
     path = _surrogate_path(doc) if doc is not None else None
     if path is None:
         return None
-    return f"`{path}` holds a lone UTF-16 surrogate escape: text must be valid Unicode"
+    if utf8:
+        return (
+            "validation_error",
+            f"`{path}` holds a lone UTF-16 surrogate escape: text must be valid Unicode",
+        )
+    return "invalid_json", f"not valid UTF-8: `{path}` holds bytes that are not UTF-8"
 
 
 def decode_prompt(
@@ -276,12 +298,15 @@ def decode_prompt(
     except RecursionError:
         return _reject(raw, "invalid_json", "JSON nested too deeply to decode", max_metadata_bytes)
     except UnicodeDecodeError as exc:  # msgspec raises it for a string that is not UTF-8
-        why = f"not valid UTF-8: {exc.reason} at byte {exc.start}"
-        return _reject(raw, "invalid_json", why, max_metadata_bytes)
-    except msgspec.DecodeError as exc:
+        reason, why = _not_unicode(raw) or (
+            "invalid_json",
+            f"not valid UTF-8: {exc.reason} at byte {exc.start}",
+        )
+        return _reject(raw, reason, why, max_metadata_bytes)
+    except msgspec.DecodeError as exc:  # or a lone surrogate escape, or bytes not UTF-8
         not_unicode = _not_unicode(raw)
         if not_unicode is not None:
-            return _reject(raw, "validation_error", not_unicode, max_metadata_bytes)
+            return _reject(raw, *not_unicode, max_metadata_bytes)
         return Rejected(reason="invalid_json", message=f"not valid JSON: {exc}", dlq=True)
     if (prompt.messages is None) == (prompt.prompt is None):
         why = "exactly one of `messages` or `prompt` must be given"

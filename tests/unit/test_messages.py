@@ -205,3 +205,20 @@ def test_a_lone_surrogate_in_an_oversize_prompt_keeps_its_id() -> None:
     raw = json.dumps({"id": "x", "model": "m", "prompt": "\ud800" + "y" * 2000}).encode()
     r = decode_prompt(raw, max_bytes=1000, max_metadata_bytes=100)
     assert isinstance(r, Rejected) and (r.reason, r.request_id) == ("payload_too_large", "x")
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "model"),
+    [
+        (b'{"id":"x","model":"m","prompt":"p","metadata":{"a":"\xff"}}', "$.metadata.a", "m"),
+        (b'{"id":"x","model":"m\xff","prompt":"p"}', "$.model", ""),
+        (b'{"id":"x","model":"m","prompt":"\xed\xa0\x80"}', "$.prompt", "m"),  # CESU-8
+    ],
+)
+def test_bytes_that_are_not_utf8_beside_a_readable_id_get_an_error_naming_the_field(
+    raw: bytes, path: str, model: str
+) -> None:
+    r = decode_prompt(raw, max_bytes=1000, max_metadata_bytes=100)
+    assert isinstance(r, Rejected)
+    assert (r.reason, r.dlq, r.request_id, r.model) == ("invalid_json", False, "x", model)
+    assert f"`{path}` holds bytes that are not UTF-8" in r.message and r.metadata is None
