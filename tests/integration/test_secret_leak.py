@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import prometheus_client
+import psycopg
 import pytest
 from aiohttp import web
+from psycopg import sql
 
 from registry.models import ModelRow
 from registry.store import upsert_row
@@ -375,3 +383,168 @@ async def test_a_key_cut_by_the_message_excerpt_does_not_leak(
     assert doc["status"] == "error" and doc["error"]["type"] == "auth_error"
     assert hostile.seen[(profile.id, "long401")] == [key]
     assert _leaks([key], [out[0].value, doc["error"]["message"]]) == []
+
+
+# -- the PostgreSQL password (issue 21, finding 3) ----------------------------------------------
+
+
+class PasswordPostgres:
+    """A PostgreSQL of the test's own where one role must log in with a password (scram)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.admin = dsn  # trusted: the unix socket, no password
+        self.socket = parse_qs(urlsplit(dsn).query)["host"][0]
+        self.role = f"leak_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(self.role))
+            )
+            row = conn.execute("SHOW hba_file").fetchone()
+            assert row is not None
+            hba = Path(row[0])
+            hba.write_text(f"local all {self.role} scram-sha-256\n" + hba.read_text())
+            conn.execute("SELECT pg_reload_conf()")
+
+    def set_password(self, password: str) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(self.role), sql.Literal(password)
+                )
+            )
+
+    def url(self, password: str, *, encode: bool, query: str = "") -> str:
+        written = quote(password, safe="") if encode else password
+        return f"postgresql://{self.role}:{written}@/postgres?host={self.socket}{query}"
+
+    def keyvalue(self, password: str) -> str:
+        quoted = password.replace("\\", "\\\\").replace("'", "\\'")
+        return f"host={self.socket} dbname=postgres user={self.role} password='{quoted}'"
+
+
+@pytest.fixture
+def password_pg(own_postgres: Any) -> PasswordPostgres:
+    return PasswordPostgres(own_postgres.dsn)
+
+
+def _password_forms(password: str) -> list[str]:
+    return sorted({password, quote(password, safe=""), quote(password)})
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _run_until(env: dict[str, str], marker: str | None, tmp: Path) -> tuple[int, str, str]:
+    """`llm-worker run` until its log shows `marker` (then SIGTERM) or it exits by itself."""
+    out, err = tmp / "out", tmp / "err"
+    with out.open("wb") as o, err.open("wb") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "run"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=o,
+            stderr=e,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while proc.poll() is None and time.monotonic() < deadline:
+                if marker is not None and marker in err.read_text("utf-8", "replace"):
+                    proc.send_signal(signal.SIGTERM)
+                    break
+                time.sleep(0.2)
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    return code, out.read_text("utf-8", "replace"), err.read_text("utf-8", "replace")
+
+
+def _db_cases(pg: PasswordPostgres) -> list[tuple[str, str, str, bool]]:
+    """(name, the role's password, DATABASE_URL, whether it logs in)."""
+    tag = uuid.uuid4().hex[:12]
+    qmark, pct, quotes = f"pw?x#y:{tag}", f"p@ss/w:rd %{tag}", f"sp ace'q\\b-{tag}"
+    return [
+        ("url with ? and #", qmark, pg.url(qmark, encode=False), True),
+        ("url with ? and #, wrong", qmark, pg.url(qmark + "-wrong", encode=False), False),
+        ("url percent-encoded", pct, pg.url(pct, encode=True), True),
+        ("url percent-encoded, wrong", pct, pg.url("x" + pct, encode=True), False),
+        ("url with a bare %", f"100%zz-{tag}", pg.url(f"100%zz-{tag}", encode=False), False),
+        ("url with spaces", f"s p-{tag}", pg.url(f"s p-{tag}", encode=False), False),
+        ("key=value, quoted", quotes, pg.keyvalue(quotes), True),
+        ("key=value, wrong", quotes, pg.keyvalue(quotes + " "), False),
+        (
+            "url with sslpassword",
+            pct,
+            pg.url(pct, encode=True, query=f"&sslpassword=ssl%23pw-{tag}"),
+            True,
+        ),
+    ]
+
+
+def _db_secrets(password: str, dsn: str) -> list[str]:
+    """Every form of the role's password and of any other password the DSN holds."""
+    from registry.dsn import dsn_secrets
+
+    found = set(_password_forms(password))
+    for secret in dsn_secrets(dsn):
+        if len(secret) >= WINDOW:
+            found.add(secret)
+    return sorted(found)
+
+
+def test_migrate_never_prints_the_database_password(
+    password_pg: PasswordPostgres, tmp_path: Path
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_WORKER_", "DATABASE"))}
+    for name, password, dsn, logs_in in _db_cases(password_pg):
+        password_pg.set_password(password)
+        secrets = _db_secrets(password, dsn)
+        via_file = tmp_path / "database-url"
+        via_file.write_text(dsn + "\n", encoding="utf-8")
+        for env in ({**base, "DATABASE_URL": dsn}, {**base, "DATABASE_URL_FILE": str(via_file)}):
+            proc = _cli(env, "migrate")
+            assert proc.returncode == (0 if logs_in else 1), (name, proc.stderr)
+            if logs_in:
+                assert "database is up to date" in proc.stdout, name
+            else:
+                assert "cannot migrate" in proc.stderr and "Traceback" not in proc.stderr, name
+            assert _leaks(secrets, [proc.stdout, proc.stderr]) == [], name
+
+
+def test_run_never_logs_the_database_password(
+    password_pg: PasswordPostgres, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    cases = {name: (pw, dsn, ok) for name, pw, dsn, ok in _db_cases(password_pg)}
+    for name in (
+        "url with ? and #",
+        "key=value, quoted",
+        "url percent-encoded, wrong",
+        "url with a bare %",
+    ):
+        password, dsn, logs_in = cases[name]
+        password_pg.set_password(password)
+        env = {
+            **worker_env,
+            "DATABASE_URL": dsn,
+            "LLM_WORKER_LOG_LEVEL": "DEBUG",
+            "LLM_WORKER_REGISTRY_WAIT_S": "3",
+            "LLM_WORKER_HTTP_PORT": str(free_port()),
+        }
+        run_dir = tmp_path / uuid.uuid4().hex[:6]
+        run_dir.mkdir()
+        code, out, err = _run_until(env, "registry: loaded" if logs_in else None, run_dir)
+        if logs_in:
+            assert "registry: loaded" in err and code == 0, (name, err[-3000:])
+        else:
+            assert code == 2 and "model registry not loaded" in err, (name, err[-3000:])
+            assert "Traceback" not in err, name
+        assert _leaks(_db_secrets(password, dsn), [out, err]) == [], name
