@@ -88,7 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     endpoint_limits: str = ""  # JSON {"https://api.example.com/v1": {"rpm": N, "tpm": N}}
     breaker_when_all_open: str = "wait"  # wait (for a half-open probe) | fail (after a cooldown)
     processing_guarantee: str = "at_least_once"  # at_least_once | exactly_once (transactions)
-    transactional_id: str = ""  # exactly_once: default <group>-<host>-<pid>
+    transactional_id: str = ""  # exactly_once: default <group>-<host>-<slot>, see kafka_conf
     create_topics: bool = True
     topic_partitions: int = 4
     kafka_extra: dict[str, str] = msgspec.field(default_factory=dict)

@@ -127,7 +127,7 @@ CHECKED_ELSEWHERE = {
     "tenant_limits": "parse_limits",
     "endpoint_limits": "parse_limits",
     "kafka_extra": "librdkafka, at start",
-    "transactional_id": "any string; empty means <group>-<host>-<pid>",
+    "transactional_id": "any string; empty means <group>-<host>-<slot> (stream.kafka_conf)",
     "otel_env": "ops.otelconf, in _validate",
 }
 """Settings whose rule is not in `_CHECKS`; booleans need none (the conversion is the rule)."""

@@ -8,15 +8,18 @@ properties a client type does not use).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message
 
-from ..config import Settings
+from ..config import ConfigError, Settings
 
 __all__ = [
     "DeliveryError",
@@ -26,6 +29,7 @@ __all__ = [
     "message_max_bytes",
     "producer_config",
     "settle_all",
+    "transaction_timeout_ms",
     "transactional_id",
 ]
 
@@ -75,7 +79,7 @@ _PRODUCER_ONLY = (
     "batch.",
     "queue.buffering",
     "message.timeout",
-    "transactional.",
+    "transaction",  # transactional.id, transaction.timeout.ms
     "delivery.timeout",
 )
 
@@ -155,6 +159,7 @@ def producer_config(
     conf.update(client_config(settings, "producer", on_error, on_stats))
     if settings.processing_guarantee == "exactly_once":
         conf["transactional.id"] = transactional_id(settings)
+        conf["transaction.timeout.ms"] = transaction_timeout_ms(settings)
     return conf
 
 
@@ -164,12 +169,87 @@ def message_max_bytes(settings: Settings) -> int:
     return int(raw) if raw.isdigit() else 1_000_000
 
 
-def transactional_id(settings: Settings) -> str:
-    """`LLM_WORKER_TRANSACTIONAL_ID`, else `<group>-<host>-<pid>`: stable for a pod (its name
-    and PID 1), so a restarted replica fences the transactions its previous life left open."""
+TRANSACTION_TIMEOUT_MS = 15_000
+"""The default `transaction.timeout.ms` (librdkafka's own is 60 s): how long the broker keeps
+a crashed producer's open transaction, during which `read_committed` readers of its partitions
+see nothing newer. Raised to three commit intervals, or to the client's own timeouts, if those
+are longer; `LLM_WORKER_KAFKA_TRANSACTION_TIMEOUT_MS` sets it outright."""
+
+
+def transaction_timeout_ms(settings: Settings) -> int:
+    """`transaction.timeout.ms` for the transactional producer. A transaction lives about one
+    commit interval plus the wait for its records' acknowledgements, which librdkafka bounds by
+    this timeout (it caps `message.timeout.ms` and `socket.timeout.ms` at it unless they are
+    set, and refuses them set above it). ConfigError if a set value cannot hold a commit."""
+    extra = settings.kafka_extra
+    raw = extra.get("transaction.timeout.ms", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) <= settings.commit_interval_ms:
+            raise ConfigError(
+                f"LLM_WORKER_KAFKA_TRANSACTION_TIMEOUT_MS={raw!r} must be a whole number of "
+                f"milliseconds above LLM_WORKER_COMMIT_INTERVAL_MS ({settings.commit_interval_ms}):"
+                " a transaction stays open for a commit interval"
+            )
+        return int(raw)
+    floor = [TRANSACTION_TIMEOUT_MS, 3 * settings.commit_interval_ms]
+    for prop, margin in (
+        ("message.timeout.ms", 0),
+        ("delivery.timeout.ms", 0),
+        ("socket.timeout.ms", 100),
+    ):
+        value = extra.get(prop, "").strip()
+        if value.isdigit():  # librdkafka wants the socket timeout 100 ms below
+            floor.append(int(value) + margin)
+    return max(floor)
+
+
+_SLOTS: dict[tuple[str, str], tuple[str, int | None]] = {}
+"""This process's transactional.id per group and host, with the lock that holds its slot."""
+
+
+def transactional_id(settings: Settings, lock_dir: str | None = None) -> str:
+    """`LLM_WORKER_TRANSACTIONAL_ID`, else `<group>-<host>-<slot>`: the slot is the lowest
+    number that no other live process of this group on this host holds (an exclusive lock on
+    a file in the temporary directory, released by the kernel when the process dies, however
+    it dies). So a worker restarted on the same host (a container restarted in its pod: the
+    host name is the pod's) takes the id of its previous life and fences the transaction that
+    life left open, while processes side by side (`--workers N`, tests) get distinct ids. In a
+    StatefulSet the pod name, and so the id, survives the pod's replacement too; in a
+    Deployment a new pod has a new name and the broker's transaction timeout ends the old
+    pod's transaction. If no lock can be taken: `<group>-<host>-p<pid>`, with a warning."""
     if settings.transactional_id:
         return settings.transactional_id
-    return f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+    base = f"{settings.group_id}-{socket.gethostname()}"
+    where = lock_dir or tempfile.gettempdir()
+    found = _SLOTS.get((base, where))
+    if found is None:
+        found = _SLOTS[base, where] = _take_slot(base, where)
+    return found[0]
+
+
+def _take_slot(base: str, lock_dir: str) -> tuple[str, int | None]:
+    digest = hashlib.sha256(base.encode()).hexdigest()[:16]
+    try:
+        for slot in range(1024):
+            path = os.path.join(lock_dir, f"llm-worker-txn-{digest}-{slot}.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return f"{base}-{slot}", fd  # the fd stays open: the lock lives as long as we do
+    except OSError as exc:
+        problem = str(exc)
+    else:
+        problem = "1024 slots taken"
+    log.warning(
+        "no transactional.id slot in %s (%s): using one with the process id, which a restarted "
+        "worker cannot fence; set LLM_WORKER_TRANSACTIONAL_ID to a name stable per replica",
+        lock_dir,
+        problem,
+    )
+    return f"{base}-p{os.getpid()}", None
 
 
 def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:

@@ -2,7 +2,8 @@
 offsets are committed together, in Kafka transactions.
 
 The producer is transactional (`transactional.id`: `LLM_WORKER_TRANSACTIONAL_ID`, else
-`<group>-<host>-<pid>`, stable for a pod, so a restarted replica fences its own zombie) and
+`<group>-<host>-<slot>`, the same after a restart on the same host, so a restarted replica fences
+its own zombie: `kafka_conf.transactional_id`) and
 fencing across replicas follows KIP-447: offsets are sent with the consumer's group metadata,
 and the broker refuses them from a member of an older generation. That metadata is read on the
 consumer's thread (confluent-kafka's consumer calls wait while a rebalance callback runs on it):
