@@ -72,7 +72,9 @@ class App:
             else RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
         )
         self._connect_admin = connect_admin
-        self.sessions = SessionPool(limit_per_host=settings.max_in_flight)
+        self.sessions = SessionPool(
+            limit_per_host=settings.max_in_flight, max_response_bytes=settings.max_response_bytes
+        )
         self.secrets = SecretStore(settings.secrets_dir)
         self.breakers = BreakerBoard(
             BreakerConfig(
@@ -89,16 +91,7 @@ class App:
             on_latency=self._latency_changed,
         )
         self.router = Router(cast(Objective, settings.routing_objective), breakers=self.breakers)
-        tenant_limit = (
-            Limit(rpm=settings.tenant_rpm or None, tpm=settings.tenant_tpm or None)
-            if settings.tenant_rpm or settings.tenant_tpm
-            else None
-        )
-        self.limiter = RateLimiter(
-            endpoints={k: Limit(rpm=r, tpm=t) for k, (r, t) in settings.limits("endpoint").items()},
-            tenants={k: Limit(rpm=r, tpm=t) for k, (r, t) in settings.limits("tenant").items()},
-            default_tenant=tenant_limit,
-        )
+        self.limiter = rate_limiter(settings)
         self.dedup: DedupWindow[CallResult] | None = (
             DedupWindow(
                 settings.dedup_window_s, settings.dedup_max_entries, settings.dedup_max_bytes

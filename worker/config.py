@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.urls import redact_url, strip_userinfo
 from registry._db import redact_dsn
 
 from .ops.otelconf import otel_problem, redacted_env
@@ -56,6 +57,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_bytes: int = 1_000_000
     max_metadata_bytes: int = 16_384
     shutdown_timeout_s: float = 20.0
+    max_response_bytes: int = 8 * 1024 * 1024  # one provider answer; a longer one is not read
     request_deadline_s: float = 120.0
     max_attempts: int = 3
     registry_refresh_s: float = 5.0
@@ -103,7 +105,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         )
         extra = {k: ("***" if _is_secret_key(k) else v) for k, v in self.kafka_extra.items()}
         dsn = redact_dsn(self.database_url)
-        limits = _USERINFO.sub("//***@", self.endpoint_limits)
+        limits = _shown_limits(self.endpoint_limits)
         return (
             f"Settings({shown}, database_url={dsn!r}, kafka_extra={extra!r}, "
             f"endpoint_limits={limits!r}, otel_env={redacted_env(self.otel_env)!r})"
@@ -122,14 +124,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return conf
 
 
-_USERINFO = re.compile(r"//[^/@\s\"]*@")
 _FIXED = {"KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers", "DATABASE_URL": "database_url"}
 
 
 def endpoint_url_key(url: str) -> str:
     """An endpoint URL as rate limits are kept per it: no userinfo, no trailing slash. The
     same for a configured key and for the endpoint a row calls, so they match."""
-    return (_USERINFO.sub("//", url) if "@" in url else url).rstrip("/")
+    return strip_userinfo(url).rstrip("/")
+
+
+def _shown_limits(raw: str) -> str:
+    """`LLM_WORKER_ENDPOINT_LIMITS` as it may be logged: each URL's credentials masked, found
+    by parsing the JSON and each URL in it (text that is not a JSON object is not shown)."""
+    if "@" not in raw:
+        return raw
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return "<not JSON: not shown>"
+    if not isinstance(data, dict):
+        return "<not a JSON object: not shown>"
+    return msgspec.json.encode({redact_url(k): v for k, v in data.items()}).decode()
 
 
 def _is_secret_key(key: str) -> bool:
@@ -368,6 +383,7 @@ _CHECKS: dict[str, Check] = {
     "request_deadline_s": _above(0),
     "max_attempts": _at_least(1),
     "registry_refresh_s": _above(0),
+    "max_response_bytes": _at_least(1),
     "secrets_dir": _not_blank,
     "log_level": _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=True),
     "log_format": _one_of("json", "text"),

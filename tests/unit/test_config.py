@@ -186,7 +186,7 @@ def test_repr_shows_the_settings_and_hides_only_the_secrets() -> None:
         "'sasl.password': '***', 'sasl.oauthbearer.client.secret': '***', "
         "'ssl.key.pem': '***', 'sasl.oauthbearer.token': '***'}"
     ) in text
-    assert """endpoint_limits='{"https://***@api.example.com/v1": {"rpm": 5}}'""" in text
+    assert """endpoint_limits='{"https://***@api.example.com/v1":{"rpm":5}}'""" in text
     assert str(s) == text
     for secret in ("s3cret", "pw-1", "cs-2", "pem-3", "tok-4", "sk-5"):
         assert secret not in text

@@ -61,6 +61,7 @@ TABLE: dict[str, Row] = {
     "max_message_bytes": Row(("2048", 2048), *INT, "0", "-1"),
     "max_metadata_bytes": Row(("1", 1), *INT, "0", "-1"),
     "shutdown_timeout_s": Row(("0.5", 0.5), *FLOAT, "0", "-1"),
+    "max_response_bytes": Row(("65536", 65536), *INT, "0", "-1"),
     "request_deadline_s": Row(("600", 600.0), *FLOAT, "0", "-5"),  # the loop keeps polling
     "max_attempts": Row(("1", 1), *INT, "0", "-2"),
     "registry_refresh_s": Row(("0.25", 0.25), *FLOAT, "0", "-1"),

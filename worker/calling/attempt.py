@@ -102,6 +102,7 @@ class Attempts:
             api_key=key,
             timeout_ms=row.timeout_ms,
             max_tokens=row.max_tokens,
+            max_response_bytes=self._sessions.max_response_bytes,
         )
 
     def forget_children(self) -> None:
