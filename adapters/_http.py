@@ -21,6 +21,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from ._body import MAX_JSON_DEPTH, read_body, too_deep
 from .base import Message, ProviderRequest, ProviderResult, Target
 from .errors import (
     BadRequest,
@@ -29,11 +30,13 @@ from .errors import (
     ContextLengthExceeded,
     ProviderError,
     ProviderTimeout,
+    ResponseTooLarge,
     ServerError,
     error_for_status,
 )
 from .retry import MAX_RETRY_AFTER, parse_retry_after
 from .scrub import scrub, scrub_bytes
+from .urls import url_secrets
 
 __all__ = [
     "CONTEXT_HINTS",
@@ -60,6 +63,11 @@ CONTEXT_HINTS: tuple[str, ...] = (
 )
 FILTER_HINTS: tuple[str, ...] = ("content_filter", "content_policy", "content management policy")
 
+_BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which JSON parsers may ignore (RFC 8259)
+_TWO_AUTHS = (
+    "the endpoint URL carries credentials (user:password@) and the row's api_key_secret sets "
+    "the Authorization header too: keep one of them"
+)
 _TAGS = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 _decode_any = msgspec.json.Decoder().decode
@@ -67,6 +75,12 @@ _decode_any = msgspec.json.Decoder().decode
 
 class Malformed(Exception):
     """A 2xx body that decodes but is not an answer (no choices, no candidates...)."""
+
+
+_UNREADABLE = (Malformed, msgspec.MsgspecError, ValueError, LookupError, TypeError, RecursionError)
+"""What a body the provider got wrong raises while it is parsed: bad JSON or UTF-8, a wrong
+shape, a missing key, nesting past the recursion limit. A provider error, never an
+`internal_error`."""
 
 
 class ErrorBody(NamedTuple):
@@ -115,12 +129,13 @@ def snippet(body: bytes) -> str:
 
 
 def decode_json(body: bytes) -> Any:
-    """The decoded JSON document, or None when the body is empty or not JSON."""
-    if not body:
+    """The decoded JSON document, or None when the body is empty, not JSON, or nested deeper
+    than `MAX_JSON_DEPTH`."""
+    if not body or too_deep(body):
         return None
     try:
-        return _decode_any(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+        return _decode_any(body.removeprefix(_BOM))
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -241,47 +256,57 @@ class HTTPAdapter:
         body = self.build_body(target, request)
         try:
             url = self.url_for(endpoint, target)
-        except ValueError as exc:
-            raise self.error(BadRequest, target, "invalid endpoint URL") from exc
+        except ValueError:
+            raise self.error(BadRequest, target, "invalid endpoint URL") from None
+        headers = self.headers_for(target)
+        if (url.raw_user or url.raw_password) and any(
+            name.lower() == "authorization" for name in headers
+        ):
+            raise self.error(BadRequest, target, _TWO_AUTHS)
+        cap = target.max_response_bytes
         try:
             async with session.post(
                 url,
                 data=body,
-                headers=self.headers_for(target),
+                headers=headers,
                 timeout=timeout_for(target.timeout_ms),
                 allow_redirects=False,
             ) as resp:
-                payload = await resp.read()
                 status = resp.status
-                headers = resp.headers
+                answer_headers = resp.headers
+                payload, whole = await read_body(resp, cap)
         except TimeoutError as exc:
             raise self.error(
                 ProviderTimeout, target, f"no answer within {target.timeout_ms} ms"
             ) from exc
-        except aiohttp.InvalidURL as exc:
-            raise self.error(BadRequest, target, "invalid endpoint URL") from exc
+        except aiohttp.InvalidURL:  # its text is the URL, credentials and all
+            raise self.error(BadRequest, target, "invalid endpoint URL") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise self.error(ConnectionFailed, target, describe(exc)) from exc
         except aiohttp.ClientError as exc:
             raise self.error(ServerError, target, describe(exc)) from exc
+        except ValueError as exc:  # aiohttp refused to send it: a header, an IDNA host...
+            why = f"the request could not be sent: {describe(exc)}"
+            raise self.error(BadRequest, target, why) from None
 
-        request_id = header(headers, self.request_id_headers)
+        request_id = header(answer_headers, self.request_id_headers)
         if 200 <= status < 300:
-            try:
-                return self.parse_result(target, payload, request_id, headers)
-            except (msgspec.DecodeError, Malformed, IndexError) as exc:
-                # the provider's fault, not the request's (a truncated transfer, a broken
-                # proxy): retried like a 5xx, so a glitch never becomes an error completion
+            if not whole:
                 raise self.error(
-                    ServerError,
+                    ResponseTooLarge,
                     target,
-                    f"malformed response: {snippet(_scrub(payload, target)) or 'empty body'}",
+                    f"the answer is larger than {cap} bytes (LLM_WORKER_MAX_RESPONSE_BYTES)",
                     status=status,
                     request_id=request_id,
-                ) from exc
+                )
+            return self._answer(target, payload, status, request_id, answer_headers)
         # scrub before any excerpt is cut: a key split by the cut would survive a later replace
-        info = self.read_error(_scrub(payload, target))
-        retry_after = parse_retry_after(headers)
+        payload = _scrub(payload, target)
+        try:
+            info = self.read_error(payload)
+        except _UNREADABLE:  # classified by status alone
+            info = ErrorBody(snippet(payload), "")
+        retry_after = parse_retry_after(answer_headers)
         if retry_after is None and info.retry_after is not None:
             retry_after = min(max(info.retry_after, 0.0), MAX_RETRY_AFTER)
         raise self.error(
@@ -293,6 +318,34 @@ class HTTPAdapter:
             retry_after=retry_after,
         )
 
+    def _answer(
+        self,
+        target: Target,
+        payload: bytes,
+        status: int,
+        request_id: str | None,
+        headers: Mapping[str, str],
+    ) -> ProviderResult:
+        """A 2xx body parsed, or a retryable `ServerError` saying how it is malformed."""
+        try:
+            payload = payload.removeprefix(_BOM)
+            if too_deep(payload):
+                raise Malformed(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            return self.parse_result(target, payload, request_id, headers)
+        except _UNREADABLE as exc:
+            # the provider's fault, not the request's (a truncated transfer, a broken
+            # proxy): retried like a 5xx, so a glitch never becomes an error completion
+            excerpt = snippet(_scrub(payload, target)) or "empty body"
+            if isinstance(exc, Malformed | RecursionError):
+                excerpt = f"{exc}: {excerpt}" if str(exc) else excerpt
+            raise self.error(
+                ServerError,
+                target,
+                f"malformed response: {excerpt}",
+                status=status,
+                request_id=request_id,
+            ) from exc
+
     def error(
         self,
         cls: type[ProviderError],
@@ -303,13 +356,16 @@ class HTTPAdapter:
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> ProviderError:
-        """An error of `cls` for this attempt, with the target's API key scrubbed out."""
+        """An error of `cls` for this attempt, with the target's API key and the credentials
+        of its endpoint URL scrubbed out (a library's text may quote either)."""
+        secrets = list(url_secrets(self.endpoint_for(target)))
         if target.api_key is not None:
-            key = target.api_key.reveal()
-            if key:
-                message = scrub(message, key)
+            secrets.insert(0, target.api_key.reveal())
+        for secret in secrets:
+            if secret:
+                message = scrub(message, secret)
                 if request_id:
-                    request_id = scrub(request_id, key)
+                    request_id = scrub(request_id, secret)
         return cls(
             message,
             provider=self.name,

@@ -11,6 +11,7 @@ from typing import Protocol
 import aiohttp
 import msgspec
 
+from ._body import DEFAULT_MAX_RESPONSE_BYTES
 from .secrets import Secret
 
 __all__ = ["Adapter", "Message", "ProviderRequest", "ProviderResult", "Target"]
@@ -43,6 +44,7 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     api_key: Secret | None = None
     timeout_ms: int = 30_000
     max_tokens: int | None = None  # the registry row's cap / default
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # a longer answer is not read
 
 
 class ProviderResult(msgspec.Struct, frozen=True, kw_only=True):

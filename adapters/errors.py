@@ -5,8 +5,9 @@
     │   ├── RateLimited                429 (Retry-After honoured)
     │   ├── Overloaded                 529 / "overloaded"
     │   ├── ServerError                5xx, 408, 409, a 2xx whose body does not parse
+    │   ├── ResponseTooLarge           an answer over the byte cap (its body is not read)
     │   ├── ProviderTimeout            connect or total timeout
-    │   └── ConnectionFailed           refused, reset, DNS
+    │   └── ConnectionFailed           refused, reset, DNS, a body cut short
     └── TerminalError                  another try gives the same answer
         ├── BadRequest                 400 / 422
         │   ├── ContextLengthExceeded
@@ -30,6 +31,7 @@ __all__ = [
     "ProviderError",
     "ProviderTimeout",
     "RateLimited",
+    "ResponseTooLarge",
     "RetryableError",
     "ServerError",
     "TerminalError",
@@ -86,6 +88,13 @@ class Overloaded(RetryableError):
 
 class ServerError(RetryableError):
     type = "server_error"
+
+
+class ResponseTooLarge(RetryableError):
+    """An answer longer than the cap: maybe a glitch, maybe this prompt on this model, so it is
+    retried and then handed to the fallback like any provider failure."""
+
+    type = "response_too_large"
 
 
 class ProviderTimeout(RetryableError):

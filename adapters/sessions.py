@@ -2,7 +2,8 @@
 
 Sessions are created lazily by `get()` inside the running event loop; the constructor does
 no I/O. Each session owns a keep-alive `TCPConnector` limited per host, with a DNS cache and
-no cookie jar (provider APIs are stateless). `close()` is idempotent.
+no cookie jar (provider APIs are stateless). `close()` is idempotent. `max_response_bytes` is
+the cap on one answer read through the pool's sessions (each attempt's `Target` carries it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from types import TracebackType
 
 import aiohttp
 from yarl import URL
+
+from ._body import DEFAULT_MAX_RESPONSE_BYTES
+from .urls import redact_url
 
 __all__ = ["SessionPool"]
 
@@ -29,9 +33,13 @@ class SessionPool:
         ttl_dns_cache: int = 300,
         user_agent: str = _DEFAULT_USER_AGENT,
         trust_env: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if limit_per_host < 1:
             raise ValueError("limit_per_host must be at least 1")
+        if max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be at least 1")
+        self.max_response_bytes = max_response_bytes
         self._limit_per_host = limit_per_host
         self._keepalive_timeout = keepalive_timeout
         self._ttl_dns_cache = ttl_dns_cache
@@ -46,10 +54,15 @@ class SessionPool:
 
     @staticmethod
     def origin(endpoint: str) -> str:
-        """`scheme://host:port` of an endpoint URL; ValueError when it has no scheme or host."""
-        url = URL(endpoint)
-        if not url.absolute or url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"endpoint is not an absolute http(s) URL: {endpoint!r}")
+        """`scheme://host:port` of an endpoint URL; ValueError when it has no scheme or host
+        (its message shows the URL with any credentials masked)."""
+        try:
+            url = URL(endpoint)
+            ok = url.absolute and url.scheme in ("http", "https") and bool(url.host)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"endpoint is not an absolute http(s) URL: {redact_url(endpoint)!r}")
         return str(url.origin())
 
     def get(self, endpoint: str) -> aiohttp.ClientSession:
