@@ -466,6 +466,9 @@ def test_migrations_run_as_a_hook_job(helm: Helm) -> None:
     assert hook(hook_secret) == "pre-install,pre-upgrade"
     assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < job_weight
     assert hook_secret["stringData"][ref["key"]] == DB_URL
+    # It holds the password: deleted once the hooks ran, failed ones included.
+    policy = hook_secret["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
+    assert set(policy) == {"before-hook-creation", "hook-succeeded", "hook-failed"}
     # ...and no ConfigMap either: settings are inline.
     assert "envFrom" not in c
     assert env_of(c)["LLM_WORKER_GROUP_ID"]["value"] == "llm-worker"
@@ -490,6 +493,40 @@ def test_migrations_can_be_turned_off(helm: Helm) -> None:
 
 
 # ---------------------------------------------------------------- service, monitoring, PDB
+
+
+def test_no_network_policy_unless_enabled(helm: Helm) -> None:
+    assert not find(helm.render(), "NetworkPolicy")
+
+
+def test_network_policy_opens_the_http_port_to_the_listed_peers_only(helm: Helm) -> None:
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    docs = helm.render({"networkPolicy": {"enabled": True, "ingressFrom": [monitoring]}})
+    spec = one(docs, "NetworkPolicy")["spec"]
+    assert spec["podSelector"]["matchLabels"] == deployment(docs)["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress"]  # egress left open
+    (rule,) = spec["ingress"]
+    assert rule["from"] == [monitoring]
+    (port,) = rule["ports"]
+    named = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert port["protocol"] == "TCP" and port["port"] in named  # the worker's HTTP port
+    # The Job's pods are not selected (they serve nothing).
+    job_labels = migration_job(docs)["spec"]["template"]["metadata"]["labels"]
+    assert not spec["podSelector"]["matchLabels"].items() <= job_labels.items()
+
+
+def test_network_policy_without_peers_admits_nothing_and_egress_rules_restrict(helm: Helm) -> None:
+    dns = {"ports": [{"port": 53, "protocol": "UDP"}]}
+    docs = helm.render({"networkPolicy": {"enabled": True, "egress": [dns]}})
+    spec = one(docs, "NetworkPolicy")["spec"]
+    assert spec["ingress"] == []
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["egress"] == [dns]
+
+
+def test_the_schema_refuses_a_network_policy_typo(helm: Helm) -> None:
+    err = helm.render_error({"networkPolicy": {"enabled": True, "ingress": []}})
+    assert "ingress" in err
 
 
 def test_service_exposes_metrics_port(helm: Helm) -> None:
