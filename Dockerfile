@@ -26,18 +26,20 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps everything else out of the context).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY worker ./worker
 COPY adapters ./adapters
 COPY registry ./registry
 COPY migrations ./migrations
 # A non-editable install from pyproject.toml: the package and its dependencies land in the venv;
-# the source tree stays behind in this stage. The `grpc` extra: OTLP over gRPC as well as HTTP
-# (OTEL_EXPORTER_OTLP_PROTOCOL=grpc, the chart's `otel.protocol`). Byte-compile here, because at
-# run time the filesystem is read-only. DL3013 (pin versions) mistakes ".[grpc]" for a package
-# name: this is the project itself, whose pins are in pyproject.toml.
+# the source tree stays behind in this stage. Every dependency at the exact version pinned in
+# constraints.txt (generated from pyproject.toml by `make constraints`), so a rebuild installs
+# what CI tested. The `grpc` extra: OTLP over gRPC as well as HTTP (OTEL_EXPORTER_OTLP_PROTOCOL=
+# grpc, the chart's `otel.protocol`). Byte-compile here, because at run time the filesystem is
+# read-only. DL3013 (pin versions) mistakes ".[grpc]" for a package name: this is the project
+# itself; its dependencies are pinned by the constraints file.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[grpc]" \
+RUN pip install --no-cache-dir -c constraints.txt ".[grpc]" \
     && python -m compileall -q /opt/venv \
     && llm-worker --help > /dev/null
 

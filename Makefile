@@ -4,13 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test test-kafka lint typecheck unit component integration chaos mutation coverage bench schemas clean helm-check
+.PHONY: constraints demo dev test test-kafka lint typecheck unit component integration chaos mutation coverage bench schemas clean helm-check
 
-$(STAMP): pyproject.toml
+# Runtime dependencies at the versions pinned in constraints.txt (the image's too).
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+## constraints: pin the runtime dependencies (constraints.txt) at the versions in .venv
+##              (upgrade one first: .venv/bin/pip install -U NAME); tools/constraints.py
+constraints:
+	$(BIN)/python tools/constraints.py
 
 ## demo: start the local stack (broker, Postgres, fake provider, worker), send sample prompts,
 ##       print their completions, keep running until Ctrl-C

@@ -98,6 +98,7 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert allowed == {
         "pyproject.toml",
+        "constraints.txt",
         "README.md",
         "worker",
         "adapters",
@@ -112,3 +113,15 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
     }
     assert copied == allowed  # every source the builder copies is in the context
     assert "**/__pycache__" in lines
+
+
+def test_dependencies_are_installed_at_the_pinned_versions() -> None:
+    """pyproject.toml gives lower bounds; the image installs every dependency at the version
+    constraints.txt pins (tests/unit/test_constraints.py keeps that file complete and current)."""
+    installs = [a for i, a in _stages()[0] if i == "RUN" and "pip install" in a]
+    project = [a for a in installs if re.search(r' "?\.(\[[a-z,]+\])?"?( |$)', a)]
+    assert project, installs
+    for a in project:
+        assert re.search(r"(-c|--constraint)[ =]constraints\.txt ", a), a
+    pins = (REPO / "constraints.txt").read_text().splitlines()
+    assert any(p.startswith("confluent-kafka==") for p in pins)
