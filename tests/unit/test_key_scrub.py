@@ -149,3 +149,26 @@ async def test_an_escaped_key_echoed_in_a_long_error_does_not_leak(profile: Prof
     assert up.received, "the server was called"
     for text in (str(exc), repr(exc), exc.message, str(exc.request_id), repr(exc.args)):
         assert _leaked(text, key) == [], text
+
+
+def test_a_response_id_or_model_echoing_the_key_stays_off_the_span() -> None:
+    from adapters.base import ProviderResult, Target
+    from worker.ops.genai import result_attributes
+
+    target = Target(
+        provider="openai", endpoint="http://h/v1", model="m", endpoint_name="primary:openai",
+        api_key=Secret("k", KEY),
+    )  # fmt: skip
+    result = ProviderResult(
+        text="hi",
+        finish_reason="stop",
+        response_id="resp-" + KEY.replace("/", "\\/"),
+        response_model="gpt-" + KEY[:12],
+    )
+    attrs = result_attributes(target, result, None, content=False)
+    assert "gen_ai.response.id" not in attrs and "gen_ai.response.model" not in attrs
+    clean = ProviderResult(
+        text="hi", finish_reason="stop", response_id="resp-1", response_model="m"
+    )
+    attrs = result_attributes(target, clean, None, content=False)
+    assert attrs["gen_ai.response.id"] == "resp-1" and attrs["gen_ai.response.model"] == "m"

@@ -18,6 +18,7 @@ from typing import Any
 from adapters import get_adapter
 from adapters.base import ProviderRequest, ProviderResult, Target
 from adapters.errors import ProviderError
+from adapters.scrub import scrub
 from registry.resolve import Candidate
 
 __all__ = [
@@ -145,7 +146,7 @@ def result_attributes(
             ("gen_ai.response.id", result.response_id or result.request_id),
             ("gen_ai.response.model", result.response_model),
         ):
-            if value and not (key and key in value):
+            if value and (not key or scrub(value, key) == value):  # no echo of the key, in any form
                 attrs[attr] = value
         attrs["gen_ai.usage.input_tokens"] = result.input_tokens
         attrs["gen_ai.usage.output_tokens"] = result.output_tokens
