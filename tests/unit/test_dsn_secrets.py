@@ -159,3 +159,13 @@ def test_every_log_line_of_run_loses_the_database_and_kafka_passwords(
     assert err.count("***") >= 6, err
     for form in ('db"pass\\word', 'db\\"pass\\\\word', "kafka-pw-1"):
         assert form not in err, err
+
+
+def test_the_dev_stack_banner_shows_a_dsn_without_its_password() -> None:
+    from worker.cli.dev import _next_steps
+
+    local = "postgresql://postgres:@/postgres?host=/tmp/pg"
+    assert local in _next_steps(load_settings({"DATABASE_URL": local}), 8080)
+    theirs = "postgresql://app:pa?ss#wd@db.internal/reg"
+    text = _next_steps(load_settings({"DATABASE_URL": theirs}), 8080)
+    assert "pa?ss#wd" not in text and "postgresql://app:***@db.internal/reg" in text

@@ -17,7 +17,7 @@ from registry.models import ModelRow
 from registry.store import upsert_row
 
 from ..app import App
-from ..config import Settings, load_settings
+from ..config import Settings, load_settings, redact_dsn
 from ..ops.logs import configure_logging
 from ..process import run_async
 from .client import CompletionWaiter, publish
@@ -122,14 +122,15 @@ def _run_demo(settings: Settings) -> int:
 
 def _next_steps(settings: Settings, http_port: int | None) -> str:
     env = f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
+    dsn = redact_dsn(settings.database_url)  # the local one has no password: shown whole
     return (
         "\nllm-worker dev stack is running:\n"
         f"  broker    {settings.kafka_bootstrap_servers}\n"
-        f"  postgres  {settings.database_url}\n"
+        f"  postgres  {dsn}\n"
         f"  metrics   http://127.0.0.1:{http_port}/metrics   ready: /readyz\n"
         "try, in another shell:\n"
         f"  {env}llm-worker send 'Hello there' --model chat-small\n"
-        f"  DATABASE_URL='{settings.database_url}' llm-worker registry list\n"
+        f"  DATABASE_URL='{dsn}' llm-worker registry list\n"
         "Ctrl-C stops everything.\n"
     )
 
