@@ -399,6 +399,80 @@ def test_kafka_sasl_from_an_existing_secret(helm: Helm) -> None:
     assert not find(docs, "Secret", f"{FULLNAME}-kafka")
 
 
+def _materialize(pod: dict[str, Any], c: dict[str, Any], docs: list[Any], root: Path) -> None:
+    """Write the pod's projected `credentials` volume under `root` as the kubelet would, from
+    the rendered Secrets' stringData (an existing Secret's keys get made-up values)."""
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "credentials"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "credentials"]
+    target = root / mount["mountPath"].lstrip("/")
+    target.mkdir(parents=True)
+    for source in volume["projected"]["sources"]:
+        found = find(docs, "Secret", source["secret"]["name"])
+        data = found[0]["stringData"] if found else {}
+        for item in source["secret"]["items"]:
+            (target / item["path"]).write_text(data.get(item["key"], f"from-{item['key']}") + "\n")
+
+
+def test_secrets_as_files_keep_the_credentials_out_of_the_environment(
+    helm: Helm, tmp_path: Path
+) -> None:
+    """secretsAs: files mounts the Secrets and names the files with <VAR>_FILE; the worker's
+    own loader reads them back (a made-up root stands for the container's filesystem)."""
+    from worker.config import load_settings
+
+    docs = helm.render({"secretsAs": "files"}, files=[HPA_VALUES])
+    c, pod = container(docs), pod_spec(docs)
+    env = env_of(c)
+    assert not {"DATABASE_URL", "LLM_WORKER_KAFKA_SASL_PASSWORD"} & set(env)
+    assert "secretKeyRef" not in json.dumps(env)
+    _materialize(pod, c, docs, tmp_path)
+    files = {k: str(tmp_path) + v["value"] for k, v in env.items() if k.endswith("_FILE")}
+    assert set(files) == {
+        "DATABASE_URL_FILE",
+        "LLM_WORKER_KAFKA_SASL_USERNAME_FILE",
+        "LLM_WORKER_KAFKA_SASL_PASSWORD_FILE",
+    }
+    s = load_settings({**config_data(docs), **files})
+    secret = one(docs, "Secret", f"{FULLNAME}-kafka")["stringData"]
+    assert (
+        s.database_url == one(docs, "Secret", f"{FULLNAME}-database")["stringData"]["DATABASE_URL"]
+    )
+    assert s.kafka_extra["sasl.username"] == secret["username"]
+    assert s.kafka_extra["sasl.password"] == secret["password"]
+    # the migration Job: the database URL only, from its hook Secret
+    job = migration_job(docs)["spec"]["template"]["spec"]
+    (jc,) = job["containers"]
+    job_env = env_of(jc)
+    assert "DATABASE_URL" not in job_env and "LLM_WORKER_KAFKA_SASL_PASSWORD_FILE" not in job_env
+    (job_volume,) = [v for v in job["volumes"] if v["name"] == "credentials"]
+    (source,) = job_volume["projected"]["sources"]
+    assert source["secret"]["name"] == f"{FULLNAME}-migrate-db"
+    job_root = tmp_path / "job"
+    _materialize(job, jc, docs, job_root)
+    path = str(job_root) + job_env["DATABASE_URL_FILE"]["value"]
+    assert load_settings({"DATABASE_URL_FILE": path}, only={"database_url"}).database_url == DB_URL
+
+
+def test_secrets_as_files_from_existing_secrets(helm: Helm) -> None:
+    docs = helm.render({"secretsAs": "files"}, files=[KEDA_VALUES])
+    (volume,) = [v for v in pod_spec(docs)["volumes"] if v["name"] == "credentials"]
+    refs = {s["secret"]["name"]: s["secret"]["items"] for s in volume["projected"]["sources"]}
+    assert refs["llm-worker-kafka"] == [
+        {"key": "username", "path": "LLM_WORKER_KAFKA_SASL_USERNAME"},
+        {"key": "password", "path": "LLM_WORKER_KAFKA_SASL_PASSWORD"},
+    ]
+    values = yaml.safe_load(KEDA_VALUES.read_text())
+    db = values["database"]
+    assert refs[db["existingSecret"]] == [
+        {"key": db.get("existingSecretKey", "DATABASE_URL"), "path": "DATABASE_URL"}
+    ]
+
+
+def test_the_schema_refuses_an_unknown_secrets_mode(helm: Helm) -> None:
+    assert "secretsAs" in helm.render_error({"secretsAs": "vault"})
+
+
 def test_no_kafka_credentials_by_default(helm: Helm) -> None:
     docs = helm.render()
     assert not any(n.startswith("LLM_WORKER_KAFKA_") for n in env_of(container(docs)))

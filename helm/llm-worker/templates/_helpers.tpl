@@ -201,15 +201,55 @@ Call with (dict "root" $ "databaseSecret" NAME).
 */}}
 {{- define "llm-worker.secretEnv" -}}
 {{- $root := .root }}
+{{- if eq $root.Values.secretsAs "files" }}
+- name: DATABASE_URL_FILE
+  value: {{ include "llm-worker.credentialsDir" $root }}/DATABASE_URL
+{{- else }}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
       name: {{ .databaseSecret }}
       key: {{ include "llm-worker.databaseSecretKey" $root }}
 {{- end }}
+{{- end }}
+
+{{/* secretsAs: files puts DATABASE_URL and the SASL credentials here, one file each. */}}
+{{- define "llm-worker.credentialsDir" -}}/etc/llm-worker/credentials{{- end }}
+
+{{/*
+The volume of those files: the Secrets' keys projected under the variable names the worker
+reads them by (DATABASE_URL_FILE and so on point at them). Call with (dict "root" $
+"databaseSecret" NAME "kafka" BOOL).
+*/}}
+{{- define "llm-worker.credentialsVolume" -}}
+{{- $root := .root }}
+- name: credentials
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ .databaseSecret }}
+          items:
+            - key: {{ include "llm-worker.databaseSecretKey" $root }}
+              path: DATABASE_URL
+      {{- if and .kafka (include "llm-worker.kafkaSaslEnabled" $root) }}
+      - secret:
+          name: {{ include "llm-worker.kafkaSaslSecretName" $root }}
+          items:
+            - key: {{ $root.Values.kafka.sasl.usernameKey }}
+              path: LLM_WORKER_KAFKA_SASL_USERNAME
+            - key: {{ $root.Values.kafka.sasl.passwordKey }}
+              path: LLM_WORKER_KAFKA_SASL_PASSWORD
+      {{- end }}
+{{- end }}
 
 {{- define "llm-worker.kafkaSecretEnv" -}}
-{{- if include "llm-worker.kafkaSaslEnabled" . }}
+{{- if and (include "llm-worker.kafkaSaslEnabled" .) (eq .Values.secretsAs "files") }}
+- name: LLM_WORKER_KAFKA_SASL_USERNAME_FILE
+  value: {{ include "llm-worker.credentialsDir" . }}/LLM_WORKER_KAFKA_SASL_USERNAME
+- name: LLM_WORKER_KAFKA_SASL_PASSWORD_FILE
+  value: {{ include "llm-worker.credentialsDir" . }}/LLM_WORKER_KAFKA_SASL_PASSWORD
+{{- else if include "llm-worker.kafkaSaslEnabled" . }}
 - name: LLM_WORKER_KAFKA_SASL_USERNAME
   valueFrom:
     secretKeyRef:
