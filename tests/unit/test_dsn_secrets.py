@@ -169,3 +169,19 @@ def test_the_dev_stack_banner_shows_a_dsn_without_its_password() -> None:
     theirs = "postgresql://app:pa?ss#wd@db.internal/reg"
     text = _next_steps(load_settings({"DATABASE_URL": theirs}), 8080)
     assert "pa?ss#wd" not in text and "postgresql://app:***@db.internal/reg" in text
+
+
+def test_registry_commands_report_an_unreachable_database_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli.main import main
+
+    for dsn in (
+        "postgresql://app:pa?ss#wd-1@/reg?host=/nonexistent-llm-worker",
+        "postgresql://app:100%pa?ss#wd-1@/reg?host=/nonexistent-llm-worker",
+    ):
+        monkeypatch.setenv("DATABASE_URL", dsn)
+        assert main(["registry", "list"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("registry unavailable: cannot connect to PostgreSQL at "), err
+        assert "pa?ss#wd-1" not in err and "Traceback" not in err

@@ -213,9 +213,15 @@ def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
+    from registry.errors import RegistryUnavailable
+
     from .registry import run_registry_cli
 
-    return run_registry_cli(_settings(args, ("database_url", "secrets_dir")), args)
+    try:
+        return run_registry_cli(_settings(args, ("database_url", "secrets_dir")), args)
+    except RegistryUnavailable as exc:  # its text is redacted: no password, no traceback
+        print(f"registry unavailable: {exc}", file=sys.stderr)
+        return 1
 
 
 def _broker_flag(parser: argparse.ArgumentParser) -> None:
