@@ -1,6 +1,6 @@
 """A provider's answer read within bounds: at most a byte cap, JSON at most `MAX_JSON_DEPTH` deep.
 
-    read_body(resp, cap)   the body, or its first `cap` bytes and False when it is longer
+    read_body(resp, cap)   the body, or its first bytes and False when it is over the cap
     too_deep(body)         True when the JSON nests deeper than `MAX_JSON_DEPTH`
 
 One answer must not exhaust the worker's memory: the body is read in chunks and reading stops
@@ -22,7 +22,7 @@ import re
 
 import aiohttp
 
-__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "MAX_JSON_DEPTH", "read_body", "too_deep"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "HEAD_BYTES", "MAX_JSON_DEPTH", "read_body", "too_deep"]
 
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """The default cap on one answer's bytes (after decompression): `LLM_WORKER_MAX_RESPONSE_BYTES`."""
@@ -31,6 +31,9 @@ MAX_JSON_DEPTH = 128
 """The deepest nesting of JSON arrays and objects accepted in a provider's body (answers nest
 4-6 levels)."""
 
+HEAD_BYTES = 64 * 1024
+"""What is kept of a body over the cap: an error page's excerpt comes from its start."""
+
 _CHUNK = 64 * 1024
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
@@ -38,9 +41,9 @@ _STEPS = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")  # opening 2, closing 0: 
 
 
 async def read_body(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
-    """The whole body and True; or, when it is longer than `cap` bytes, at most its first
-    `cap` bytes and False (nothing more is read and the connection is closed). A declared
-    `Content-Length` over the cap gives (b"", False) without reading."""
+    """The whole body and True; or, when it is longer than `cap` bytes, its first bytes (at
+    most `HEAD_BYTES`, enough for an excerpt) and False: nothing more is read and the
+    connection is closed. A declared `Content-Length` over the cap gives (b"", False) at once."""
     length = resp.content_length
     if length is not None and length > cap:
         resp.close()
@@ -50,8 +53,7 @@ async def read_body(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool
         buf += chunk
         if len(buf) > cap:
             resp.close()
-            del buf[cap:]
-            return bytes(buf), False
+            return bytes(buf[:HEAD_BYTES]), False
     return bytes(buf), True
 
 
