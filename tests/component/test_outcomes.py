@@ -17,6 +17,7 @@ from worker.cli.fake_server import FakeServer
 
 from .conftest import Harness, run_app
 
+MAX_RESPONSE_BYTES = 65_536
 README_ERROR_TYPES = {
     "validation_error",
     "payload_too_large",
@@ -28,6 +29,7 @@ README_ERROR_TYPES = {
     "rate_limited",
     "overloaded",
     "server_error",
+    "response_too_large",
     "timeout",
     "connection_error",
     "bad_request",
@@ -44,10 +46,14 @@ README_ERROR_TYPES = {
 @pytest.fixture
 async def openai_errors() -> AsyncIterator[str]:
     """An OpenAI-compatible endpoint that refuses with the bodies OpenAI sends for a prompt
-    too long and for a content-policy refusal (`/context/v1`, `/filter/v1`)."""
+    too long and for a content-policy refusal (`/context/v1`, `/filter/v1`), or answers with
+    a body over the test's `LLM_WORKER_MAX_RESPONSE_BYTES` (`/big/v1`)."""
 
     async def refuse(request: web.Request) -> web.Response:
         kind = request.match_info["kind"]
+        if kind == "big":
+            text = "x" * (2 * MAX_RESPONSE_BYTES)
+            return web.json_response({"choices": [{"message": {"content": text}}]})
         code = "context_length_exceeded" if kind == "context" else "content_filter"
         message = {
             "context": "This model's maximum context length is 8192 tokens.",
@@ -117,6 +123,12 @@ def _rows(h: Harness, errors_url: str) -> list[Any]:
             endpoint=f"{errors_url}/filter/v1",
             upstream_model="x",
         ),
+        ModelRow(
+            model_id="big",
+            provider="openai_compatible",
+            endpoint=f"{errors_url}/big/v1",
+            upstream_model="x",
+        ),
         h.row("circuit", profile="s500"),
         h.row("buggy", routing_objective="bogus"),
     ]
@@ -134,6 +146,7 @@ async def test_every_error_type_reaches_the_completion(
         # ends them with the provider's last error, or circuit_open if it was never reached
         "LLM_WORKER_REQUEST_DEADLINE_S": "3",
         "LLM_WORKER_SECRETS_DIR": str(tmp_path),
+        "LLM_WORKER_MAX_RESPONSE_BYTES": str(MAX_RESPONSE_BYTES),
     }
     cases: dict[str, tuple[dict[str, Any], str]] = {
         "validation": ({"model": "ok", "prompt": "x", "max_tokens": "lots"}, "validation_error"),
@@ -146,6 +159,7 @@ async def test_every_error_type_reaches_the_completion(
         "429": ({"model": "r429", "prompt": "x"}, "rate_limited"),
         "529": ({"model": "o529", "prompt": "x"}, "overloaded"),
         "500": ({"model": "s500", "prompt": "x"}, "server_error"),
+        "too-large": ({"model": "big", "prompt": "x"}, "response_too_large"),
         "slow": ({"model": "slow", "prompt": "x"}, "timeout"),
         "refused": ({"model": "refused", "prompt": "x"}, "connection_error"),
         "400": ({"model": "b400", "prompt": "x"}, "bad_request"),
@@ -174,7 +188,7 @@ async def test_every_error_type_reaches_the_completion(
     assert got == want
     assert {t for _, t in got.values()} == README_ERROR_TYPES
     retryable = {rid: d["error"]["retryable"] for rid, d in out.items()}
-    for rid in ("429", "529", "500", "slow", "refused", "circuit-2"):
+    for rid in ("429", "529", "500", "too-large", "slow", "refused", "circuit-2"):
         assert retryable[rid] is True, rid
     for rid in ("validation", "unknown", "400", "401", "404", "context", "filter", "bug"):
         assert retryable[rid] is False, rid
