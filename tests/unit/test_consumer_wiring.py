@@ -316,11 +316,36 @@ async def test_an_unexpected_error_answers_its_record_with_an_internal_error_and
         await run_until(worker, lambda: bridge.commits and bridge.commits[-1] == {("t", 0): 3})
     assert pipeline.errors == [(0, "bad begin"), (1, "bad finish")]
     assert sorted(bridge.produced) == [b"internal 0", b"internal 1", b"ok"]
-    logged = [r for r in caplog.records if r.getMessage() == "unexpected error processing record"]
+    logged = [r for r in caplog.records if "unexpected error processing record" in r.getMessage()]
     assert [(r.partition, r.offset, str(r.exc_info[1])) for r in logged] == [  # type: ignore[attr-defined,index]
         (0, 0, "bad begin"),
         (0, 1, "bad finish"),
     ]
+
+
+class SameBug(FailingPipeline):
+    """Every record fails in `finish`, at the same line."""
+
+    def begin(self, rec: InputRecord) -> InputRecord:
+        return rec
+
+    async def finish(self, rec: InputRecord) -> Outcome:
+        raise KeyError(f"bug at {rec.offset}")
+
+
+async def test_a_bug_hitting_many_records_is_logged_once_and_answers_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 21: a traceback per message (one bug, thousands of records) buries the log."""
+    bridge = FakeBridge({0: 5})
+    pipeline = SameBug()
+    worker = make_worker(bridge, pipeline)  # type: ignore[arg-type]
+    with caplog.at_level("DEBUG", logger="llm_worker"):
+        await run_until(worker, lambda: bridge.commits and bridge.commits[-1] == {("t", 0): 5})
+    assert [offset for offset, _ in pipeline.errors] == [0, 1, 2, 3, 4]  # each answered
+    logged = [r for r in caplog.records if "unexpected error processing record" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert "logged once" in logged[0].getMessage()
 
 
 async def test_stats_count_commits_partitions_and_what_the_rate_limits_hold() -> None:

@@ -45,6 +45,17 @@ log = logging.getLogger("llm_worker")
 
 FLUSH_FLOOR_S = 1.0  # the producer flush at shutdown gets at least this, even past the deadline
 HOLD_AFTER_S = 1.0  # full this long, hold every partition (a resume costs a refetch)
+MAX_CAUSES_LOGGED = 256  # distinct bugs logged with a traceback; later new ones are not
+
+
+def _cause(exc: BaseException) -> tuple[str, str, int]:
+    """What identifies a bug: the exception's type and the line that raised it."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return type(exc).__qualname__, "", 0
+    return type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno
 
 
 class Worker(Rebalancing):
@@ -79,6 +90,7 @@ class Worker(Rebalancing):
         self._shutdown_timeout = shutdown_timeout_s
         self._tracker = OffsetTracker()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._causes_logged: set[tuple[str, str, int]] = set()
         self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
         self._flow = FlowControl(
             pause=bridge.pause,
@@ -245,11 +257,18 @@ class Worker(Rebalancing):
             log.error("message task failed", exc_info=task.exception())
 
     def _unexpected(self, rec: InputRecord, exc: Exception) -> Outcome:
-        log.exception(
-            "unexpected error processing record",
-            extra={"partition": rec.partition, "offset": rec.offset},
-            exc_info=exc,
-        )
+        """A bug: the record gets an `internal_error`. Its traceback is logged the first time
+        its cause (the exception's type and where it was raised) is seen, not for every record
+        it hits; `llm_worker_completion_errors_total{type="internal_error"}` counts them all."""
+        cause = _cause(exc)
+        if cause not in self._causes_logged and len(self._causes_logged) < MAX_CAUSES_LOGGED:
+            self._causes_logged.add(cause)
+            log.exception(
+                "unexpected error processing record (logged once: later records failing "
+                "the same way get an internal_error completion without a log line)",
+                extra={"partition": rec.partition, "offset": rec.offset},
+                exc_info=exc,
+            )
         return self._pipeline.internal_error(rec, exc)
 
     async def _handle(self, rec: InputRecord, pending: Any, offsets: PartitionOffsets) -> None:
