@@ -173,6 +173,7 @@ class App:
                 live=self.live,
                 host=settings.http_host,
                 port=settings.http_port,
+                max_connections=settings.http_max_connections,
             )
             if http
             else None

@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dlq_topic: str = "llm_prompts.dlq"
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    http_max_connections: int = 64  # open at once on the HTTP port; the oldest idle one yields
     max_in_flight: int = 10_000  # the cap; the limit below it adapts (calling/concurrency.py)
     max_in_flight_per_partition: int = 0  # 0: twice a fair share of the adaptive limit
     max_in_flight_bytes: int = 64 * 1024 * 1024  # memory budget for records in flight
@@ -372,6 +373,7 @@ _CHECKS: dict[str, Check] = {
     "dlq_topic": _not_blank,
     "http_host": _not_blank,
     "http_port": _between(0, 65535),  # 0: any free port (the start-up log names it)
+    "http_max_connections": _between(1, 10_000),
     "max_in_flight": _at_least(1),
     "max_in_flight_per_partition": _at_least(0),
     "max_in_flight_bytes": _at_least(0),

@@ -53,6 +53,7 @@ TABLE: dict[str, Row] = {
     "dlq_topic": Row(("dead", "dead"), *BLANK, "llm_prompts"),
     "http_host": Row(("127.0.0.1", "127.0.0.1"), *BLANK),
     "http_port": Row(("0", 0), *INT, "-1", "65536", "70000"),
+    "http_max_connections": Row(("500", 500), *INT, "0", "-1", "10001"),
     "max_in_flight": Row(("1", 1), *INT, "0", "-3"),
     "max_in_flight_per_partition": Row(("64", 64), *INT, "-1"),  # 0 (default): automatic
     "max_in_flight_bytes": Row(("0", 0), *INT, "-1"),  # 0: no budget (default 64 MiB)
