@@ -27,6 +27,7 @@ from types import MappingProxyType, TracebackType
 import psycopg
 
 from registry._db import APP_NAME, CHANNEL, ROW_FACTORY, SELECT_ALL, redact_dsn, redact_error
+from registry.dsn import chainable
 from registry.errors import RegistryUnavailable
 from registry.models import COLUMNS, ModelRow
 from registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve
@@ -47,12 +48,6 @@ died silently is replaced instead of leaving changes to the periodic poll."""
 def backoff(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
     """Delay before retry `attempt` (1-based): exponential from `base`, capped, with jitter."""
     return min(cap, base * 2.0 ** max(0, attempt - 1)) * (0.5 + random.random() / 2)
-
-
-def _cause(exc: BaseException) -> BaseException | None:
-    """What a RegistryUnavailable may chain: not a psycopg error, whose text may quote the
-    password (its redacted text is in the message)."""
-    return None if isinstance(exc, psycopg.Error) else exc
 
 
 class _Snapshot:
@@ -204,7 +199,7 @@ class RegistryCache:
                     raise RegistryUnavailable(
                         f"model registry not loaded: PostgreSQL at {self._where} not usable "
                         f"{within} ({attempt} attempts): {last_error}"
-                    ) from _cause(exc)
+                    ) from chainable(exc)
                 delay = backoff(attempt, cap=self._backoff_cap_s)
                 await asyncio.sleep(delay if remaining is None else min(delay, remaining))
         if self._closed:  # close() ran while we were loading
@@ -224,7 +219,7 @@ class RegistryCache:
             raise RegistryUnavailable(
                 f"cannot reload model registry from PostgreSQL at {self._where}: "
                 f"{self._describe(exc)}"
-            ) from _cause(exc)
+            ) from chainable(exc)
 
     async def close(self) -> None:
         """Stop the background tasks and close the connections. Idempotent."""

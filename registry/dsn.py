@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-__all__ = ["UNPARSEABLE", "dsn_secrets", "redact_dsn", "redact_error"]
+__all__ = ["UNPARSEABLE", "chainable", "dsn_secrets", "redact_dsn", "redact_error"]
 
 UNPARSEABLE = "<unparseable DSN>"
 HIDDEN = "***"
@@ -185,3 +185,10 @@ def redact_error(error: BaseException | str, dsn: str) -> str:
     if _parse(dsn) is None:
         text = _QUOTED.sub(f'"{HIDDEN}"', text)
     return text
+
+
+def chainable(exc: BaseException) -> BaseException | None:
+    """What an error about the database may chain (`raise ... from chainable(exc)`): `exc`,
+    but not a psycopg error, whose own text may quote the password (put its `redact_error`
+    text in the message instead)."""
+    return None if isinstance(exc, psycopg.Error) else exc

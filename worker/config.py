@@ -20,6 +20,7 @@ from adapters.urls import redact_url, strip_userinfo
 from registry._db import redact_dsn
 
 from .ops.otelconf import otel_problem, redacted_env
+from .secret_files import SecretFileError, read_secret_files
 
 __all__ = [
     "ConfigError",
@@ -213,7 +214,11 @@ def load_settings(
         from_file = _read_env_file(source["LLM_WORKER_CONFIG_FILE"])
         source = {**from_file, **source}
     wanted = set(Settings.__struct_fields__) if only is None else set(only)
-    _read_secret_files(source, wanted, overrides)
+    secrets_dir = overrides.get("secrets_dir") or source.get(PREFIX + "SECRETS_DIR")
+    try:
+        read_secret_files(source, wanted, overrides, secrets_dir or Settings().secrets_dir)
+    except SecretFileError as exc:
+        raise ConfigError(str(exc)) from None
     fields = {f: t for f, t in zip(Settings.__struct_fields__, _field_types(), strict=True)}
     values: dict[str, Any] = {}
     kafka_extra: dict[str, str] = {}
@@ -243,62 +248,6 @@ def load_settings(
 
 
 _NOT_PREFIXED = ("kafka_extra", "kafka_bootstrap_servers", "database_url", "otel_env")
-
-
-_DEFAULT_SECRETS_DIR = Settings().secrets_dir
-
-SECRET_FILE_VARS = (
-    "DATABASE_URL",
-    "LLM_WORKER_KAFKA_SASL_USERNAME",
-    "LLM_WORKER_KAFKA_SASL_PASSWORD",
-    "LLM_WORKER_KAFKA_SSL_KEY_PASSWORD",
-    "LLM_WORKER_KAFKA_SSL_KEYSTORE_PASSWORD",
-    "LLM_WORKER_KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET",
-)
-"""Variables whose value may come from a file instead of the environment: `<VAR>_FILE` names
-the file (the convention of the postgres image), or else a file named `<VAR>` in
-`LLM_WORKER_SECRETS_DIR` is read. The variable itself wins over the directory; it and
-`<VAR>_FILE` together are refused. One trailing newline is dropped, nothing else."""
-
-
-def _read_secret_file(path: str, what: str) -> str:
-    """The file's text without its trailing line break; ConfigError naming `what` (never the
-    content) when it cannot be read or is empty."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = fh.read().rstrip("\r\n")
-    except OSError as exc:
-        raise ConfigError(f"{what} cannot be read: {exc.strerror or type(exc).__name__}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} is not UTF-8 text") from None
-    if not value:
-        raise ConfigError(f"{what} is empty")
-    return value
-
-
-def _read_secret_files(
-    source: dict[str, str], wanted: Collection[str], overrides: Mapping[str, Any]
-) -> None:
-    """Fill `source[VAR]` from `VAR_FILE` or the secrets directory, for each of
-    SECRET_FILE_VARS a command uses; drop every `VAR_FILE` (it is not a Kafka property)."""
-    secrets_dir = overrides.get("secrets_dir") or source.get(
-        PREFIX + "SECRETS_DIR", _DEFAULT_SECRETS_DIR
-    )
-    uses_kafka = "kafka_extra" in wanted or "kafka_bootstrap_servers" in wanted
-    for var in SECRET_FILE_VARS:
-        file_var = var + "_FILE"
-        path = source.pop(file_var, None)
-        used = "database_url" in wanted if var == "DATABASE_URL" else uses_kafka
-        if not used or (var == "DATABASE_URL" and "database_url" in overrides):
-            continue
-        if path is not None:
-            if var in source:
-                raise ConfigError(f"{var} and {file_var} are both set: set one of them")
-            source[var] = _read_secret_file(path, f"{file_var}={path!r}")
-        elif var not in source and secrets_dir:
-            in_dir = os.path.join(secrets_dir, var)
-            if os.path.isfile(in_dir):
-                source[var] = _read_secret_file(in_dir, f"{var} from the file {in_dir!r}")
 
 
 def _field_types() -> list[type]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from worker.cli.main import main
-from worker.config import SECRET_FILE_VARS, ConfigError, load_settings
+from worker.config import ConfigError, load_settings
+from worker.secret_files import SECRET_FILE_VARS
 
 DSN = "postgresql://app:pa%20ss?#w0rd@db.internal:5432/reg"
 KAFKA_PASSWORD = "kafka pass#word "
