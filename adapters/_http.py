@@ -253,7 +253,11 @@ class HTTPAdapter:
         endpoint = self.endpoint_for(target)
         if not endpoint:
             raise self.error(BadRequest, target, "target has no endpoint")
-        body = self.build_body(target, request)
+        try:
+            body = self.build_body(target, request)
+        except (ValueError, TypeError) as exc:  # text JSON cannot carry (a lone surrogate...)
+            why = f"the request cannot be encoded as JSON: {describe(exc)}"
+            raise self.error(BadRequest, target, why) from None
         try:
             url = self.url_for(endpoint, target)
         except ValueError:

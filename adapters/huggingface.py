@@ -86,8 +86,12 @@ _decode_generation = msgspec.json.Decoder(_Generation | list[_Generation]).decod
 
 @lru_cache(maxsize=1024)
 def is_generate_endpoint(endpoint: str) -> bool:
-    """True when the endpoint is TGI's native `/generate` route."""
-    return URL(endpoint).path.rstrip("/").endswith("/generate")
+    """True when the endpoint is TGI's native `/generate` route (False for a URL that does
+    not parse: the attempt then refuses it as an invalid endpoint URL)."""
+    try:
+        return URL(endpoint).path.rstrip("/").endswith("/generate")
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1024)

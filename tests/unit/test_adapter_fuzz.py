@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.base import ProviderRequest, ProviderResult, Target
+from adapters.base import Message, ProviderRequest, ProviderResult, Target
 from adapters.errors import (
     BadRequest,
     ConnectionFailed,
@@ -276,6 +276,34 @@ async def test_an_answer_nested_200_000_deep_is_a_provider_error(status: int) ->
     assert type(got) is (error_for_status(status) if status != 200 else ServerError)
     if status == 200:
         assert "malformed response: JSON nested deeper than 128 levels" in str(got)
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.id)
+@pytest.mark.parametrize(
+    "request_",
+    [
+        ProviderRequest(prompt="a \ud800 b"),  # a lone surrogate: not encodable as UTF-8 JSON
+        ProviderRequest(messages=(Message("user", "hi \udfff"),)),
+    ],
+)
+async def test_a_request_json_cannot_carry_is_a_bad_request(
+    profile: Profile, request_: ProviderRequest
+) -> None:
+    async with wire() as w, aiohttp.ClientSession() as session:
+        with pytest.raises(BadRequest, match="cannot be encoded as JSON"):
+            await profile.adapter.complete(session, w.target(profile), request_)
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.id)
+@pytest.mark.parametrize(
+    "endpoint", ["http://[::1/v1", "http://127.0.0.1:99999/v1", "http://127.0.0.1:port/v1"]
+)
+async def test_an_endpoint_that_does_not_parse_is_a_bad_request(
+    profile: Profile, endpoint: str
+) -> None:
+    async with wire() as w, aiohttp.ClientSession() as session:
+        with pytest.raises(BadRequest):
+            await profile.adapter.complete(session, w.target(profile, endpoint=endpoint), PROMPT)
 
 
 # -- generated -------------------------------------------------------------------------------
