@@ -14,14 +14,16 @@ from registry.cache import RegistryCache
 
 from .calling.breaker import BreakerBoard, BreakerConfig
 from .calling.caller import Caller, CallResult
+from .calling.capacity import rate_limiter
 from .calling.concurrency import ConcurrencyLimits
-from .calling.ratelimit import Limit, RateLimiter, replica_share
+from .calling.ratelimit import replica_share
 from .calling.routing import Objective, Router
 from .config import Settings, kafka_property_error
 from .dedup import DedupWindow
 from .housekeeping import Housekeeping
 from .ops.attempts import AttemptObserver
 from .ops.http import HealthServer
+from .ops.intake import IntakeWatch
 from .ops.kafkastats import KafkaStats
 from .ops.looplag import LoopLag
 from .ops.metrics import ComponentCollector, Metrics
@@ -112,6 +114,8 @@ class App:
             wait_when_open=settings.breaker_when_all_open == "wait",
             concurrency=ConcurrencyLimits(cap=settings.max_in_flight),
             observer=AttemptObserver(self.metrics, self.tracing),
+            max_tokens_cap=settings.max_tokens_cap or None,
+            capacity_wait_s=settings.capacity_wait_s,
         )
         self.pipeline = Pipeline(
             settings, self.registry, caller, self.metrics, dedup=self.dedup, tracing=self.tracing
@@ -158,6 +162,8 @@ class App:
             recorder=OutcomeRecorder(self.metrics, log_outcomes=settings.log_outcomes),
         )
         self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke, self.worker.on_lost)
+        final_s = settings.request_deadline_s + settings.capacity_wait_s  # for /readyz
+        self.intake = IntakeWatch(settings.intake_stall_s, final_s, self.worker, self._consumer_lag)
         self.housekeeping = Housekeeping(
             rows=lambda: self.registry.rows,
             resolve=self.registry.resolve,
@@ -306,6 +312,7 @@ class App:
                 "state": "failing" if failing else "ok",
                 "error": stats.get("delivery_error"),
             },
+            "intake": self.intake.check(),  # records are taken while work waits
         }
         detail: dict[str, Any] = {
             "checks": checks,

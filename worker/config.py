@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_timeout_s: float = 20.0
     max_response_bytes: int = 8 * 1024 * 1024  # one provider answer; a longer one is not read
     request_deadline_s: float = 120.0
+    capacity_wait_s: float = 600.0  # waits for rate limits / slots beyond the deadline, in all
+    max_tokens_cap: int = 0  # the most max_tokens any request asks for (with the row's); 0: none
+    intake_stall_s: float = 0.0  # /readyz fails when intake stood still this long; 0: automatic
     max_attempts: int = 3
     registry_refresh_s: float = 5.0
     secrets_dir: str = "/var/run/secrets/llm-worker"
@@ -332,6 +335,9 @@ _CHECKS: dict[str, Check] = {
     "max_metadata_bytes": _at_least(1),
     "shutdown_timeout_s": _above(0),
     "request_deadline_s": _above(0),
+    "capacity_wait_s": _above(0),
+    "max_tokens_cap": _at_least(0),
+    "intake_stall_s": _at_least(0),
     "max_attempts": _at_least(1),
     "registry_refresh_s": _above(0),
     "max_response_bytes": _at_least(1),

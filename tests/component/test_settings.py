@@ -208,6 +208,7 @@ async def test_the_http_endpoints(provider: FakeServer) -> None:
         "shutdown": "running",
         "kafka_clients": "ok",
         "delivery": "ok",
+        "intake": "moving",
     }
     assert stale["checks"]["registry"] == {"ok": True, "state": "stale"}
     assert metrics[("llm_worker_completions_total", (("model", "m1"), ("status", "ok")))] == 1

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import ClientSession
 
 import adapters
+from adapters._http import cap_tokens
 from adapters.base import ProviderRequest, ProviderResult, Target
 from adapters.errors import ProviderError, ServerError
 from adapters.secrets import SecretStore
@@ -21,7 +22,7 @@ from worker.calling import caller as caller_module
 from worker.calling.breaker import BreakerBoard, BreakerConfig
 from worker.calling.caller import Caller
 from worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
-from worker.calling.ratelimit import RateLimiter
+from worker.calling.ratelimit import RateLimiter, RateLimitTimeout
 from worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hello there")
@@ -54,6 +55,7 @@ class Provider:
         self.took = 0.0
         self.called: list[str] = []
         self.keys: list[str | None] = []  # the API key each call was given
+        self.max_tokens: list[int | None] = []  # the max_tokens each call would send
         self.broken: set[str] = set()  # endpoints that cannot be called at all
         self.gate: asyncio.Event | None = None  # when set: calls wait for it
 
@@ -67,6 +69,7 @@ class Provider:
     ) -> ProviderResult:
         self.called.append(target.endpoint)
         self.keys.append(target.api_key.reveal() if target.api_key is not None else None)
+        self.max_tokens.append(cap_tokens(request.max_tokens, target.max_tokens))  # as sent
         if self.gate is not None:
             await self.gate.wait()
         self.clock.now += self.took
@@ -79,18 +82,27 @@ class Provider:
 class Limiter(RateLimiter):
     """Records what it is asked and told; every acquire waits `wait` (0: none)."""
 
-    def __init__(self, clock: Clock) -> None:
-        super().__init__()
+    def __init__(self, clock: Clock, **limits: Any) -> None:
+        super().__init__(**limits)
         self.clock = clock
         self.wait = 0.0
         self.late = 0.0  # clock time an acquire takes beyond the wait it reports (a slow loop)
         self.acquired: list[dict[str, Any]] = []
+        self.deadlines: list[float | None] = []  # the deadline each acquire was given
         self.asked: list[dict[str, Any]] = []
         self.penalized: list[tuple[str, float]] = []
         self.charged: list[dict[str, Any]] = []
 
     async def acquire(self, **kw: Any) -> float:
+        deadline = kw.pop("deadline", None)
+        self.deadlines.append(deadline)
         self.acquired.append(kw)
+        start = self.clock.now
+        if deadline is not None and start + self.wait > deadline:  # ends at the deadline
+            self.clock.now = deadline
+            raise RateLimitTimeout(
+                f"model:{kw['model_id']}:tpm", start + self.wait - deadline, deadline - start
+            )
         self.clock.now += self.wait + self.late  # the wait for capacity, on the clock
         return self.wait
 
@@ -177,6 +189,7 @@ class Setup:
         breaker: BreakerConfig | None = None,
         wait_when_open: bool = True,
         env: dict[str, str] | None = None,
+        max_tokens_cap: int | None = None,
     ) -> None:
         self.clock = Clock()
         self.provider = Provider(self.clock)
@@ -205,6 +218,8 @@ class Setup:
         self.metrics = Metrics()
         self.limiter = Limiter(self.clock)
         self.observer = Observer(self.clock)
+        # the default when True: `Caller`'s own default is what the worker relies on
+        defaults: dict[str, Any] = {} if wait_when_open else {"wait_when_open": False}
         self.caller = Caller(
             sessions,
             SecretStore(None, env=env or {}),
@@ -214,8 +229,8 @@ class Setup:
             limiter=self.limiter,
             clock=self.clock,
             observer=self.observer,
-            # the default when True: `Caller`'s own default is what the worker relies on
-            **({} if wait_when_open else {"wait_when_open": False}),
+            max_tokens_cap=max_tokens_cap,
+            **defaults,
         )
         row = ModelRow(
             model_id="m",

@@ -13,7 +13,7 @@ import pytest
 from adapters.errors import ServerError
 from adapters.sessions import SessionPool
 from worker.calling.breaker import BreakerConfig
-from worker.calling.caller import CallFailed, CircuitOpen, estimate_tokens
+from worker.calling.caller import CAPACITY_WAIT_S, CallFailed, CircuitOpen, estimate_tokens
 from worker.calling.routing import endpoint_key
 
 from .caller_fakes import REQUEST, RecordingLimits, Setup, answer, server_error
@@ -41,6 +41,8 @@ async def test_a_wait_for_capacity_moves_the_deadline_and_is_traced(
         "tokens": estimate_tokens(REQUEST, 100),
     }
     assert s.limiter.acquired == [wanted]
+    # however long the wait, never past the final deadline
+    assert s.limiter.deadlines == [pytest.approx(100.0 + 5.0 + CAPACITY_WAIT_S)]
     # with a fallback, routing asks whether the primary has room, with the same
     assert s.limiter.asked and all(a == wanted for a in s.limiter.asked)
 

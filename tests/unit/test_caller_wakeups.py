@@ -149,7 +149,10 @@ class SlowLimit(AdaptiveLimit):
         super().__init__(cap=4)
         self.clock, self.wait = clock, wait
 
-    async def acquire(self) -> float:
+    async def acquire(self, timeout: float | None = None) -> float:
+        if timeout is not None and self.wait > timeout:  # none comes in time
+            self.clock.now += timeout
+            raise TimeoutError
         await super().acquire()
         self.clock.now += self.wait
         return self.wait
@@ -200,6 +203,23 @@ async def test_a_wait_for_a_concurrency_slot_moves_the_deadline(
     res = await s.call(cands=[s.primary], deadline_s=5.0)
     assert res.candidate is s.primary and res.attempts == 2
     assert s.remaining == [5.0]  # the retry still has all of its 5 s
+
+
+async def test_a_wait_for_a_slot_ends_at_the_final_deadline_saying_so(
+    monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
+) -> None:
+    s = Setup(monkeypatch, sessions, max_attempts=2)
+    s.caller.capacity_wait_s = 12.0
+    s.caller.concurrency = SlowSlots(s.clock, wait=10.0)
+    s.provider.script = {"http://p": [server_error(), answer()]}
+    with pytest.raises(CallFailed) as info:  # 10 s for the first slot, the second past 5 + 12
+        await s.call(cands=[s.primary], deadline_s=5.0)
+    assert s.clock.now == pytest.approx(100.0 + 5.0 + 12.0)  # it ended there, not before
+    err = info.value.error
+    assert err.type == "timeout" and err.retryable
+    assert err.message.startswith("no concurrency slot at m/primary for 7.0s")
+    assert err.message.endswith("request deadline passed after 1 attempts and 0.0s held")
+    assert s.provider.called == ["http://p"]
 
 
 async def test_a_deadline_passed_while_waiting_for_capacity_ends_with_the_pass_reason(

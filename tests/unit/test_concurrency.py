@@ -4,8 +4,11 @@ and follows a provider whose latency changes."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections.abc import Callable
+
+import pytest
 
 from worker.calling.concurrency import START_LIMIT, AdaptiveLimit, ConcurrencyLimits
 
@@ -107,3 +110,19 @@ def test_idle_endpoints_are_forgotten_past_the_bound() -> None:
     for i in range(1_000):
         limits.get(f"http://e{i}/v1#m")
     assert len(limits.by_endpoint) == 50
+
+
+async def test_a_wait_for_a_slot_ends_at_its_timeout_holding_nothing() -> None:
+    lim = AdaptiveLimit(cap=4, clock=Clock())
+    for _ in range(lim.slots):
+        assert lim.try_acquire()
+    behind = asyncio.create_task(lim.acquire())  # queued first, no timeout
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await lim.acquire(timeout=0.01)  # queued second: gives up
+    assert lim.waiting == 1  # the one that gave up is no longer counted as waiting
+    lim.release(ok=True, latency_s=0.1)
+    await asyncio.sleep(0)
+    assert behind.done() and lim.in_use == lim.slots  # the slot went to the one still there
+    lim.release(ok=True, latency_s=0.1)
+    assert lim.in_use == lim.slots - 1  # and nobody holds a slot for the one that gave up

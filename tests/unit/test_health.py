@@ -110,6 +110,7 @@ async def test_readyz_explains_each_check(served: tuple[App, int]) -> None:
         "shutdown",
         "kafka_clients",
         "delivery",
+        "intake",
     }
     assert checks["broker"] == {"ok": False, "state": "starting", "brokers_up": None}
     assert checks["registry"] == {"ok": False, "state": "not_loaded"}
@@ -117,6 +118,7 @@ async def test_readyz_explains_each_check(served: tuple[App, int]) -> None:
     assert checks["shutdown"] == {"ok": True, "state": "running"}
     assert checks["kafka_clients"] == {"ok": True, "state": "ok"}
     assert checks["delivery"] == {"ok": True, "state": "ok", "error": None}
+    assert checks["intake"]["ok"] and checks["intake"]["state"] == "moving"
     # what a running worker reports (as if started): each check flips on its own
     app._broker_ok = True
     app.kafka_stats.brokers_up = 1

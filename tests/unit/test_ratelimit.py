@@ -9,6 +9,7 @@ import itertools
 import pytest
 
 from worker.calling.ratelimit import (
+    MAX_RESERVE_S,
     Limit,
     RateLimiter,
     RateLimitTimeout,
@@ -216,17 +217,37 @@ async def test_penalty_moves_queued_requests_back() -> None:
     assert done(tasks) == 5
 
 
-async def test_deadline_ends_the_wait_and_takes_nothing() -> None:
+async def test_deadline_ends_the_wait_when_it_comes_and_takes_nothing() -> None:
     t = FakeTime()
     rl = limiter(t)
     assert await take(rl, rpm=60) == 0.0  # the 1-request burst is gone: next in 1 s
+    late = asyncio.create_task(take(rl, rpm=60, deadline=t.now + 0.5))
+    await t.advance(0.49)
+    assert not late.done()  # known to overrun, but only the deadline ends a wait
+    await t.advance(0.02)
+    assert late.done()
     with pytest.raises(RateLimitTimeout) as info:
-        await take(rl, rpm=60, deadline=t.now + 0.5)
-    assert "model:m:rpm" in str(info.value) and info.value.wait_s == pytest.approx(1.0)
+        late.result()
+    assert "model:m:rpm" in str(info.value) and info.value.wait_s == pytest.approx(0.5)
+    assert info.value.waited_s == pytest.approx(0.5)
     assert rl.stats()["timeouts"] == 1
     task = asyncio.create_task(take(rl, rpm=60, deadline=t.now + 2))
+    await t.advance(0.5)
+    assert task.done() and task.result() == pytest.approx(0.49)  # at 1.0 s, when it was due
+
+
+async def test_a_wait_past_the_deadline_still_goes_when_replicas_leave() -> None:
+    t = FakeTime()
+    rl = limiter(t, share=10, max_nap_s=0.5)  # ten replicas: 6 a minute here
+    assert await take(rl, rpm=60) == 0.0  # next in 10 s: known to pass the deadline
+    task = asyncio.create_task(take(rl, rpm=60, deadline=t.now + 5))
     await t.advance(1.0)
-    assert task.done() and task.result() == pytest.approx(1.0)  # its place was not lost
+    assert not task.done()
+    rl.set_share(1)  # the others left: 1 a second
+    await t.advance(0.85)
+    assert not task.done()
+    await t.advance(0.1)  # its place, 9 s away at 1/10 the rate, comes up 0.9 s after
+    assert task.done() and task.result() == pytest.approx(1.9)  # served, not failed
 
 
 async def test_cancelled_waiter_gives_its_place_back() -> None:
@@ -297,6 +318,11 @@ async def test_charge_makes_later_requests_pay_for_an_underestimate() -> None:
 
 def test_replica_share_from_members_or_partitions() -> None:
     assert replica_share(members=3, partitions=12, mine=4) == pytest.approx(1 / 3)
+    # member count and partition share disagree: 3 members on 4 partitions own 2, 1 and 1;
+    # each takes 1/3 (the three together use the whole limit), not its 1/2 or 1/4 of the
+    # partitions (together 1, but the one with 2 partitions would get half the limit)
+    for mine in (1, 2):
+        assert replica_share(members=3, partitions=4, mine=mine) == pytest.approx(1 / 3)
     # members beyond the partition count own nothing and take no share
     assert replica_share(members=6, partitions=4, mine=1) == pytest.approx(1 / 4)
     # the broker does not report members (Tansu): this replica's fraction of partitions
@@ -326,3 +352,63 @@ async def test_waiters_cancelled_ahead_of_a_queue_give_their_time_to_those_behin
     assert done(behind) == 2  # at t=1 and t=2, not after the 30 cancelled places (t=31..)
     await t.advance(3.0)
     assert done(behind) == 5  # and one per second: the rate holds
+
+
+async def test_three_replicas_on_four_partitions_each_get_a_third_of_a_row_limit() -> None:
+    t = FakeTime()
+    rl = limiter(t, share=replica_share(members=3, partitions=4, mine=2))
+    assert rl.share == pytest.approx(1 / 3)
+    # 180 a minute for the row: 1/s here, whatever this replica's share of partitions
+    tasks = spawn(4, rl, rpm=180)
+    await t.advance(2.5)
+    assert done(tasks) == 3  # at 0, 1 and 2 s
+
+
+async def test_a_huge_max_tokens_takes_a_minute_of_the_bucket_not_years() -> None:
+    t = FakeTime()
+    rl = limiter(t, default_tenant=Limit(tpm=60_000))
+    # the first goes at once (the bucket is full) and may use a minute of tokens, no more
+    assert await take(rl, tpm=60_000, tenant="acme", tokens=10**15) == 0.0
+    later = asyncio.create_task(take(rl, tpm=60_000, tenant="acme", tokens=100))
+    await t.advance(MAX_RESERVE_S - 1.5)
+    assert not later.done()
+    await t.advance(1.6)
+    assert later.done()  # about a minute later, not 31,000 years
+
+
+async def test_a_usage_charge_holds_a_bucket_back_a_minute_at_most() -> None:
+    t = FakeTime()
+    rl = limiter(t)
+    assert await take(rl, tpm=6_000, tokens=100) == 0.0
+    rl.charge(endpoint="ep", model_id="m", tenant=None, tokens=10**15)  # a provider's claim
+    later = asyncio.create_task(take(rl, tpm=6_000, tokens=100))
+    await t.advance(MAX_RESERVE_S + 1.1)
+    assert later.done()
+
+
+def test_too_large_names_the_limit_a_request_can_never_fit_in() -> None:
+    rl = RateLimiter(
+        endpoints={"https://api.example.com/v1": Limit(tpm=90_000)},
+        tenants={"vip": Limit(tpm=500_000)},
+        default_tenant=Limit(tpm=30_000),
+        share=4,  # a replica's share does not matter: the cluster could serve it
+    )
+
+    def why(tokens: int, **kw: object) -> str | None:
+        args: dict[str, object] = {"endpoint": "e", "model_id": "m", "tpm": None, "tenant": None}
+        args.update(kw)
+        return rl.too_large(tokens=tokens, **args)  # type: ignore[arg-type]
+
+    assert why(10**15) is None  # no tokens limit anywhere: nothing to block
+    assert why(60_000, tpm=60_000) is None  # exactly the limit fits
+    assert why(60_001, tpm=60_000) == "the tpm limit 60000 of registry row 'm' (its tpm_limit)"
+    assert why(40_000, tenant="acme") == (
+        "the tpm limit 30000 of tenant 'acme' (LLM_WORKER_TENANT_TPM)"
+    )
+    assert why(40_000, tenant="vip") is None
+    assert why(600_000, tenant="vip") == (
+        "the tpm limit 500000 of tenant 'vip' (LLM_WORKER_TENANT_LIMITS)"
+    )
+    assert why(100_000, endpoint="https://api.example.com/v1") == (
+        "the tpm limit 90000 of endpoint https://api.example.com/v1 (LLM_WORKER_ENDPOINT_LIMITS)"
+    )

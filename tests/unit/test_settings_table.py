@@ -64,6 +64,9 @@ TABLE: dict[str, Row] = {
     "shutdown_timeout_s": Row(("0.5", 0.5), *FLOAT, "0", "-1"),
     "max_response_bytes": Row(("65536", 65536), *INT, "0", "-1"),
     "request_deadline_s": Row(("600", 600.0), *FLOAT, "0", "-5"),  # the loop keeps polling
+    "capacity_wait_s": Row(("30", 30.0), *FLOAT, "0", "-1"),
+    "max_tokens_cap": Row(("8192", 8192), *INT, "-1"),  # 0 (default): no worker-wide cap
+    "intake_stall_s": Row(("300", 300.0), *FLOAT, "-1"),  # 0 (default): automatic
     "max_attempts": Row(("1", 1), *INT, "0", "-2"),
     "registry_refresh_s": Row(("0.25", 0.25), *FLOAT, "0", "-1"),
     "secrets_dir": Row(("/run/keys", "/run/keys"), *BLANK),

@@ -16,8 +16,9 @@ half-open probes decide when it goes. When every candidate's breaker is open the
 for the first half-open probe (`wait_when_open`, the default); in `fail` mode it waits at most
 one cooldown, then ends with `circuit_open`. A candidate that failed terminally (400, 401, a
 missing secret) is not tried again by that request, and when every candidate has, the request
-ends at once. At the deadline the request ends with its last error, saying so. Time spent
-waiting for rate-limit capacity moves the deadline: that is capacity, not failure.
+ends at once. At the deadline the request ends with its last error, saying so. Waits for
+capacity (rate limits, concurrency slots) move the deadline on, up to a final deadline, and a
+request no rate limit could ever take fails at once (`capacity.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics
 from .attempt import LAG_UNTRUSTED_SHARE, Attempts, DeadlineInCall
 from .breaker import BreakerBoard
+from .capacity import CAPACITY_WAIT_S, NoCapacity, capped, fitting, rate_room, slot, tokens_for
 from .concurrency import ConcurrencyLimits
 from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
 from .observer import CallObserver
@@ -45,6 +47,7 @@ from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens, expir
 from .routing import Router, endpoint_key, health_key
 
 __all__ = [
+    "CAPACITY_WAIT_S",
     "LAG_UNTRUSTED_SHARE",
     "PASS_BACKOFF_BASE_S",
     "PASS_BACKOFF_CAP_S",
@@ -69,6 +72,7 @@ class _Call:
         "dead",
         "deadline",
         "episode",
+        "final",
         "held_s",
         "joined_at",
         "last",
@@ -78,8 +82,9 @@ class _Call:
         "passes",
     )
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline  # moved on by rate-limit waits
+    def __init__(self, deadline: float, final: float) -> None:
+        self.deadline = deadline  # moved on by capacity waits, up to `final`
+        self.final = final  # no wait runs past this
         self.attempts = 0
         self.passes = 0  # passes over the candidates that failed retryably
         self.last: ProviderError | None = None  # why the last pass failed
@@ -108,8 +113,12 @@ class Caller:
         concurrency: ConcurrencyLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
+        max_tokens_cap: int | None = None,
+        capacity_wait_s: float = CAPACITY_WAIT_S,
     ) -> None:
         self.observer = observer
+        self.max_tokens_cap = max_tokens_cap  # the most max_tokens any request asks; None: none
+        self.capacity_wait_s = capacity_wait_s
         self._metrics = metrics
         self.concurrency = concurrency or ConcurrencyLimits(cap=1_000_000)
         self._max_attempts = max_attempts
@@ -151,7 +160,8 @@ class Caller:
         deadline: float,
         tenant: str | None = None,
     ) -> CallResult:
-        st = _Call(deadline)
+        st = _Call(deadline, deadline + self.capacity_wait_s)
+        request = capped(request, self.max_tokens_cap)
         try:
             while True:
                 verdict = await self._pass(candidates, request, st, tenant)
@@ -262,7 +272,7 @@ class Caller:
                 rpm=row.rpm_limit,
                 tpm=row.tpm_limit,
                 tenant=tenant,
-                tokens=estimate_tokens(request, row.max_tokens),
+                tokens=tokens_for(request, c, self.max_tokens_cap),
             )
 
         return limited
@@ -303,36 +313,29 @@ class Caller:
                     obs.event("circuit_open", cand)
                 continue
             st.last_cand = cand
-            try:
+            try:  # a candidate that cannot be called, or whose limits the request can't fit
                 prepared = self._attempts.prepare(cand)
+                tokens = fitting(self.limiter, cand, request, tenant, self.max_tokens_cap)
             except ProviderError as exc:
                 terminal = st.last_call_error = exc
                 st.dead.add(health)
                 continue
             row = cand.row
             limit_key = endpoint_key(cand)
-            tokens = estimate_tokens(request, row.max_tokens)
             for attempt in range(1, self._max_attempts + 1):
-                # Waiting for capacity never fails a request; the deadline bounds the time
-                # spent calling, so it moves by however long the limiter held this one back.
-                waited = await self.limiter.acquire(
-                    endpoint=limit_key,
-                    model_id=row.model_id,
-                    rpm=row.rpm_limit,
-                    tpm=row.tpm_limit,
-                    tenant=tenant,
-                    tokens=tokens,
-                )
-                st.deadline += waited
-                if obs is not None and waited > 0:
-                    obs.event("ratelimit_wait", cand, wait_s=waited)
-                remaining = st.deadline - self._clock()
-                if remaining <= 0:
-                    st.last = retry or circuit or terminal or st.last
-                    raise CallFailed(self._expired(st), st.attempts, st.last_cand)
-                slots = self.concurrency.get(health)
-                waited = await slots.acquire()
-                st.deadline += waited  # a wait for a slot is held, not failed
+                try:  # capacity moves the deadline on, up to the final one
+                    waited = await rate_room(self.limiter, cand, tokens, tenant, st.final)
+                    st.deadline = min(st.deadline + waited, st.final)
+                    if obs is not None and waited > 0:
+                        obs.event("ratelimit_wait", cand, wait_s=waited)
+                    if st.deadline <= self._clock():
+                        st.last = retry or circuit or terminal or st.last
+                        raise CallFailed(self._expired(st), st.attempts, st.last_cand)
+                    slots = self.concurrency.get(health)
+                    waited = await slot(slots, cand, st.final, self._clock)
+                except NoCapacity as ended:
+                    raise ended.failed(cand, st.attempts, st.held_s) from None
+                st.deadline = min(st.deadline + waited, st.final)  # held, not failed
                 if waited and self.breakers.is_open(health):  # it opened while we queued
                     slots.release(ok=False)
                     circuit = circuit or CircuitOpen.of(cand)

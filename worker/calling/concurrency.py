@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -92,19 +93,25 @@ class AdaptiveLimit:
         self._saturated = True
         return False
 
-    async def acquire(self) -> float:
-        """Wait for a slot (first come, first served); returns how long it waited (s)."""
+    async def acquire(self, timeout: float | None = None) -> float:
+        """Wait for a slot (first come, first served); returns how long it waited (s).
+        Raises `TimeoutError`, holding no slot, when none came within `timeout` seconds."""
         if self.try_acquire():
             return 0.0
         t0 = self._clock()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(fut)
         try:
-            await fut  # `_hand_over` counted the slot as ours
-        except asyncio.CancelledError:
+            async with asyncio.timeout(timeout):
+                await fut  # `_hand_over` counted the slot as ours
+        except (asyncio.CancelledError, TimeoutError):
             if fut.done() and not fut.cancelled():
-                self.in_use -= 1  # handed over just as we were cancelled: give it back
+                self.in_use -= 1  # handed over just as we gave up: give it back
                 self._hand_over()
+            else:
+                fut.cancel()
+                with contextlib.suppress(ValueError):  # no longer waiting: not counted
+                    self._queue.remove(fut)
             raise
         waited = self._clock() - t0
         self.waited_s += waited

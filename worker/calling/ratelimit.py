@@ -1,7 +1,11 @@
 """Token buckets per endpoint, per model and per tenant (requests/minute and tokens/minute).
 
 An empty bucket makes the caller *wait* (backpressure); it never drops or fails a request. Only
-the caller's deadline ends a wait (`RateLimitTimeout`, raised as soon as it is known to overrun).
+the caller's deadline ends a wait (`RateLimitTimeout`, raised when the deadline comes: until
+then a raised limit or a replica leaving may still let the request go).
+
+No request takes more than `MAX_RESERVE_S` (a minute) of a bucket's rate, however many tokens
+it asks for; `too_large` names a limit a request can never fit in (the caller refuses it).
 
 Each level is a GCRA `TokenBucket` (`buckets.py`).
 
@@ -14,7 +18,8 @@ blocks an endpoint that others share. A cancelled or timed-out waiter gives its 
 `penalize` (a provider's 429 with Retry-After) pauses a bucket: nothing goes before the pause
 ends, the bucket restarts empty, and places already handed out move back by the pause.
 
-`share` (1/replicas) scales every limit, so N replicas together stay within a row's limit.
+`share` (1/replicas, `share.py`) scales every limit, so N replicas together stay within a
+row's limit.
 """
 
 from __future__ import annotations
@@ -27,41 +32,29 @@ from collections.abc import Awaitable, Callable, Mapping
 import msgspec
 
 from .buckets import TokenBucket
+from .share import replica_share
 
 __all__ = ["Limit", "RateLimitTimeout", "RateLimiter", "TokenBucket", "replica_share"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-
-def replica_share(members: int, partitions: int, mine: int) -> float | None:
-    """This replica's share of a cluster-wide limit (a row's `rpm_limit`, say).
-
-    With the consumer group's member count (`members` > 0, from the broker): 1/members, but
-    members beyond the partition count own nothing and call nothing, so they take no share:
-    1/min(members, partitions). When the broker reports no members (0; Tansu, until the group
-    has committed offsets), this replica's fraction of the partitions, `mine/partitions`. None
-    while this replica owns no partitions (it calls nothing; keep the share it has).
-    """
-    if mine <= 0:
-        return None
-    if members > 0:
-        return 1.0 / (min(members, partitions) if partitions > 0 else members)
-    if partitions > 0:
-        return min(mine / partitions, 1.0)
-    return None
+MAX_RESERVE_S = 60.0
+"""The most one request (or usage charge) takes from a tokens bucket: more would block every
+request behind it for longer (31,000 years for a `max_tokens` of 10**15 at 60,000 a minute)."""
 
 
 class RateLimitTimeout(Exception):
-    """The rate limit would hold the request past its deadline."""
+    """The request's deadline came while it waited for rate-limit capacity."""
 
-    type = "rate_limit_timeout"
-    retryable = True
-
-    def __init__(self, bucket: str, wait_s: float) -> None:
-        super().__init__(f"rate limit {bucket} needs {wait_s:.3f}s more, past the deadline")
+    def __init__(self, bucket: str, wait_s: float, waited_s: float) -> None:
+        super().__init__(
+            f"rate limit {bucket} had no capacity for {waited_s:.1f} s"
+            f" (it needed {wait_s:.1f} s more)"
+        )
         self.bucket = bucket
-        self.wait_s = wait_s
+        self.wait_s = wait_s  # how much longer it would have had to wait
+        self.waited_s = waited_s
 
 
 class Limit(msgspec.Struct, frozen=True, kw_only=True):
@@ -256,8 +249,35 @@ class RateLimiter:
             if level.rpm is not None:
                 needs.append((level.rpm, 1.0))
             if level.tpm is not None and tokens > 0:
-                needs.append((level.tpm, tokens))
+                needs.append((level.tpm, min(tokens, level.tpm.rate * MAX_RESERVE_S)))
         return needs
+
+    def too_large(
+        self,
+        *,
+        endpoint: str,
+        model_id: str,
+        tpm: int | None,
+        tenant: str | None,
+        tokens: int,
+    ) -> str | None:
+        """The limit a request of `tokens` can never fit in: a level whose whole per-minute
+        token limit (cluster-wide, as configured) is smaller, named as an operator wrote it;
+        None when every level could serve it."""
+        el = self._endpoint_limits.get(endpoint)
+        tl = None if tenant is None else self._tenant_limits.get(tenant, self._default_tenant)
+        named = tenant is not None and tenant in self._tenant_limits
+        for limit, whose in (
+            (el[1] if el else None, f"endpoint {endpoint} (LLM_WORKER_ENDPOINT_LIMITS)"),
+            (tpm, f"registry row {model_id!r} (its tpm_limit)"),
+            (
+                tl[1] if tl else None,
+                f"tenant {tenant!r} (LLM_WORKER_TENANT_{'LIMITS' if named else 'TPM'})",
+            ),
+        ):
+            if limit is not None and 0 < limit < tokens:
+                return f"the tpm limit {limit} of {whose}"
+        return None
 
     def has_capacity(
         self,
@@ -290,8 +310,8 @@ class RateLimiter:
         """Wait until every level has capacity, take it, and return the seconds waited.
 
         `tokens` is the estimated size of the request (prompt + max_tokens) for the tpm
-        buckets. Raises `RateLimitTimeout`, having taken nothing, as soon as the wait is known
-        to pass `deadline` (a time on the limiter's clock).
+        buckets; each takes at most `MAX_RESERVE_S` of its rate. Raises `RateLimitTimeout`,
+        having taken nothing, when `deadline` (a time on the limiter's clock) comes first.
         """
         needs = self._needs(endpoint, model_id, rpm, tpm, tenant, float(tokens))
         start = now = self._clock()
@@ -310,30 +330,34 @@ class RateLimiter:
                 now = self._clock()
                 when = now
                 worst: tuple[TokenBucket, float] | None = None
+                why = ""  # the bucket that holds the request back
                 for b, n in needs:
                     t = b.earliest(n, now)
                     if t > when:
-                        when, worst = t, (b, n)
+                        when, worst, why = t, (b, n), b.name
                 for b, _, place, _ in held:  # our places, as pauses and rate changes moved them
                     t = b.when(place)
                     if t > when:
-                        when, worst = t, None
+                        when, worst, why = t, None, b.name
                 if when <= now:
                     for b, n in needs:
                         b.reserve(n, now)
                     held.clear()
                     break
-                if deadline is not None and when > deadline:
+                if deadline is not None and now >= deadline:
                     self._timeouts += 1
-                    raise RateLimitTimeout(worst[0].name if worst else "reserved", when - now)
+                    raise RateLimitTimeout(why, when - now, now - start)
                 if worst is not None and worst[0]._interval:  # a pause gate keeps no queue
                     # queue up in the strictest bucket: first come, first served there
                     b, n = worst
                     held.append((b, n, b.place(when), b.reserve(n, when)))
                     needs = [x for x in needs if x[0] is not b]
+                nap = min(when - now, self._max_nap)
+                if deadline is not None:
+                    nap = min(nap, deadline - now)
                 self.waiting += 1
                 try:
-                    await self._sleep(min(when - now, self._max_nap))
+                    await self._sleep(nap)
                 finally:
                     self.waiting -= 1
         except BaseException:  # timed out or cancelled: give the places back
@@ -348,7 +372,8 @@ class RateLimiter:
 
     def charge(self, *, endpoint: str, model_id: str, tenant: str | None, tokens: int) -> None:
         """Debit tokens used beyond the estimate (from the provider's usage), without waiting:
-        later requests wait for them instead."""
+        later requests wait for them instead (at most `MAX_RESERVE_S` of each bucket's rate:
+        a provider's usage figure is not trusted to block a bucket for longer)."""
         if tokens <= 0:
             return
         now = self._clock()
@@ -358,7 +383,7 @@ class RateLimiter:
             None if tenant is None else self._tenants.get(tenant),
         ):
             if level is not None and level.tpm is not None:
-                level.tpm.reserve(tokens, now)
+                level.tpm.reserve(min(tokens, level.tpm.rate * MAX_RESERVE_S), now)
 
     def stats(self) -> dict[str, float]:
         return {
