@@ -171,13 +171,14 @@ def parse_limits(
         raise ConfigError(f'{var} must be a JSON object like {{"name": {{"rpm": 600}}}}')
     out: dict[str, tuple[int | None, int | None]] = {}
     for name, limit in data.items():
+        shown = redact_url(name) if urls else name  # a URL's credentials stay out of errors
         if not isinstance(limit, dict) or not limit or set(limit) - {"rpm", "tpm"}:
-            raise ConfigError(f'{var}: {name!r} needs {{"rpm": N, "tpm": N}} (either or both)')
+            raise ConfigError(f'{var}: {shown!r} needs {{"rpm": N, "tpm": N}} (either or both)')
         pair: list[int | None] = []
         for unit in ("rpm", "tpm"):
             v = limit.get(unit)
             if v is not None and (type(v) is not int or v < 0):
-                raise ConfigError(f"{var}: {name!r} {unit} must be a whole number >= 0, got {v!r}")
+                raise ConfigError(f"{var}: {shown!r} {unit} must be a whole number >= 0, got {v!r}")
             pair.append(v or None)
         out[endpoint_url_key(name) if urls else name] = (pair[0], pair[1])
     return out
