@@ -15,7 +15,7 @@ from registry.models import ModelRow
 from registry.resolve import resolve
 from tests.unit.test_adapter_contract import API_KEY, PROFILES, PROMPT, Profile, serve
 from tests.unit.test_attempt import Setup
-from worker.config import endpoint_url_key, load_settings
+from worker.config import ConfigError, endpoint_url_key, load_settings
 
 # (endpoint, the secret that must not show, how it is shown)
 CASES = [
@@ -110,3 +110,12 @@ async def test_credentials_in_the_endpoint_url_with_an_api_key(profile: Profile)
             headers = up.received[-1][1]
             assert headers[profile.key_header] == profile.key_value()
             assert headers["Authorization"] == basic
+
+
+@pytest.mark.parametrize("limit", ['{"rpm": -1}', '"lots"', '{"rph": 5}'])
+def test_a_bad_endpoint_limit_is_refused_without_the_urls_credentials(limit: str) -> None:
+    raw = '{"https://u:ss-3@a.example/v1": ' + limit + "}"
+    with pytest.raises(ConfigError) as info:
+        load_settings({"LLM_WORKER_ENDPOINT_LIMITS": raw}).limits("endpoint")
+    assert "ss-3" not in str(info.value)
+    assert "'https://***@a.example/v1'" in str(info.value)
