@@ -2,7 +2,7 @@
 adapter, aiohttp, and a local server that writes whatever bytes the case asks for on the socket
 (sizes around the cap, a huge Content-Length, chunked bodies with no length, a gzip bomb, JSON
 nested 200,000 deep, invalid UTF-8, UTF-16, lone surrogates, bodies cut mid-JSON or mid-transfer,
-wrong shapes and statuses).
+wrong shapes, statuses and headers, the key or the endpoint's password echoed back escaped).
 
 Whatever comes back, `complete()` returns a result or raises the adapters' error root with the
 class the taxonomy gives: a 2xx that is not an answer is a retryable `server_error`, an answer
@@ -378,17 +378,86 @@ def test_any_2xx_body_is_an_answer_or_a_retryable_malformed_answer(
             assert got.retryable and "malformed response" in got.message
 
 
+HEADER_VALUE = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(status=st.integers(min_value=300, max_value=599), body=BODIES)
+@given(
+    status=st.integers(min_value=300, max_value=599),
+    body=BODIES,
+    retry_after=HEADER_VALUE,
+    request_id=HEADER_VALUE,
+)
 def test_any_error_status_is_classified_by_its_status(
-    status: int, body: Callable[[Profile], bytes]
+    status: int, body: Callable[[Profile], bytes], retry_after: str, request_id: str
 ) -> None:
     if status in (304,):  # no body by definition; aiohttp reads none
         status = 303
-    for profile, got in asyncio.run(_all_profiles(lambda p: http(status, body(p)))):
+    headers = (f"Retry-After: {retry_after}", f"x-request-id: {request_id}")
+    for profile, got in asyncio.run(
+        _all_profiles(lambda p: http(status, body(p), headers=headers))
+    ):
         assert isinstance(got, ProviderError), (profile.id, got)
         retryable = error_for_status(status).retryable or (
             status == 424 and profile.provider == "huggingface"
         )
         assert got.retryable is retryable, (profile.id, status, got)
         assert got.status == status
+        assert got.retry_after is None or 0 <= got.retry_after <= 60
+
+
+URL_PASSWORD = "gw-pass-7d1e9c"
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    escapes=st.lists(st.booleans(), min_size=len(API_KEY), max_size=len(API_KEY)),
+    status=st.sampled_from([200, 400, 401, 429, 500]),
+    where=st.sampled_from(["message", "request_id", "html"]),
+)
+def test_a_key_or_url_password_echoed_in_any_escape_stays_out_of_the_error(
+    escapes: list[bool], status: int, where: str
+) -> None:
+    """A gateway echoing the key (or the endpoint's password) back, each character JSON-escaped
+    or not: the error, its excerpt and its request id keep no piece of either."""
+    echoed = "".join(f"\\u{ord(c):04x}" if e else c for c, e in zip(API_KEY, escapes, strict=True))
+    text = f"invalid key {echoed} for https://user:{URL_PASSWORD}@gw/v1"
+    if where == "html":
+        raw = f"<html><body>{text}</body></html>".encode()
+        body: Parts = http(status if status != 200 else 502, raw)
+    elif where == "request_id":
+        body = http(status, b'{"error": {"message": "no"}}', headers=(f"x-request-id: {API_KEY}",))
+    else:
+        body = http(status, ('{"error": {"message": "' + text + '"}}').encode())
+
+    async def calls() -> list[tuple[Profile, Any, tuple[str, ...]]]:
+        """Each profile with the key and the URL's password; where both would be the
+        Authorization header, once with each."""
+        async with wire() as w:
+            out: list[tuple[Profile, Any, tuple[str, ...]]] = []
+            for p in PROFILES:
+                w.parts = body
+                endpoint = p.endpoint(f"http://user:{URL_PASSWORD}@127.0.0.1:{w.port}")
+                targets: list[tuple[Target, tuple[str, ...]]] = [
+                    (w.target(p, endpoint=endpoint), (API_KEY, URL_PASSWORD))
+                ]
+                if p.key_header.lower() == "authorization":
+                    targets = [
+                        (w.target(p), (API_KEY,)),
+                        (w.target(p, endpoint=endpoint, api_key=None), (URL_PASSWORD,)),
+                    ]
+                for target, secrets in targets:
+                    async with aiohttp.ClientSession() as session:
+                        try:
+                            got: Any = await p.adapter.complete(session, target, PROMPT)
+                        except ProviderError as exc:
+                            got = exc
+                    out.append((p, got, secrets))
+            return out
+
+    for profile, got, secrets in asyncio.run(calls()):
+        assert isinstance(got, ProviderError), (profile.id, got)
+        shown = f"{got} {got.request_id}"
+        for secret in secrets:
+            for piece in (secret[i : i + 8] for i in range(len(secret) - 7)):
+                assert piece not in shown, (profile.id, shown)
