@@ -190,6 +190,7 @@ class Setup:
         wait_when_open: bool = True,
         env: dict[str, str] | None = None,
         max_tokens_cap: int | None = None,
+        limits: dict[str, Any] | None = None,
     ) -> None:
         self.clock = Clock()
         self.provider = Provider(self.clock)
@@ -216,7 +217,7 @@ class Setup:
         monkeypatch.setattr(caller_module, "next_delay", next_delay)
         monkeypatch.setattr(caller_module, "pass_delay", pass_delay)
         self.metrics = Metrics()
-        self.limiter = Limiter(self.clock)
+        self.limiter = Limiter(self.clock, **(limits or {}))  # endpoint and tenant limits
         self.observer = Observer(self.clock)
         # the default when True: `Caller`'s own default is what the worker relies on
         defaults: dict[str, Any] = {} if wait_when_open else {"wait_when_open": False}

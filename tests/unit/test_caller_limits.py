@@ -13,7 +13,7 @@ from registry.resolve import resolve
 from worker.calling.caller import CallFailed
 from worker.calling.ratelimit import Limit
 
-from .caller_fakes import Limiter, Setup, answer
+from .caller_fakes import Setup, answer
 
 HUGE = ProviderRequest(prompt="hello there", max_tokens=10**15)
 
@@ -65,8 +65,7 @@ async def test_a_fallback_whose_limit_fits_answers_instead(
 async def test_a_tenant_limit_no_request_can_fit_in_names_the_tenant(
     monkeypatch: pytest.MonkeyPatch, sessions: SessionPool
 ) -> None:
-    s = Setup(monkeypatch, sessions)
-    s.caller.limiter = s.limiter = Limiter(s.clock, default_tenant=Limit(tpm=1_000))
+    s = Setup(monkeypatch, sessions, limits={"default_tenant": Limit(tpm=1_000)})
     cands = resolve({"big": unlimited_row(tpm_limit=None, max_tokens=4_000)}, "big")
     with pytest.raises(CallFailed) as info:
         await s.caller.call(cands, HUGE, deadline=s.clock.now + 60, tenant="acme")
