@@ -3,6 +3,7 @@
     redact_url(url)        the URL with its userinfo shown as `***` (for messages and logs)
     strip_userinfo(url)    the URL without its userinfo (for keys and metric labels)
     url_secrets(url)       the userinfo's parts in every form an error text may quote them
+    redact_url_keys(raw)   a JSON object keyed by URLs (a setting), each key redacted
 
 A row's endpoint may carry credentials (`https://user:password@gateway/v1`). The parser
 (`urllib.parse.urlsplit`) finds the userinfo up to the last `@` of the authority, so a password
@@ -16,7 +17,9 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["MASK", "redact_url", "strip_userinfo", "url_secrets"]
+import msgspec
+
+__all__ = ["MASK", "redact_url", "redact_url_keys", "strip_userinfo", "url_secrets"]
 
 MASK = "***"
 UNPARSEABLE = "<unparseable URL>"
@@ -84,3 +87,18 @@ def url_secrets(url: str) -> tuple[str, ...]:
     if len(user) >= 4:
         found |= {user, unquote(user)}
     return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def redact_url_keys(raw: str) -> str:
+    """A JSON object keyed by URLs (`LLM_WORKER_ENDPOINT_LIMITS`) as it may be logged: each key
+    redacted, found by parsing the JSON and then each URL (text that is not a JSON object is
+    not shown at all)."""
+    if "@" not in raw:
+        return raw
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return "<not JSON: not shown>"
+    if not isinstance(data, dict):
+        return "<not a JSON object: not shown>"
+    return msgspec.json.encode({redact_url(k): v for k, v in data.items()}).decode()

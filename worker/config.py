@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from adapters.urls import redact_url, strip_userinfo
+from adapters.urls import redact_url, redact_url_keys, strip_userinfo
 from registry._db import redact_dsn
 
 from .ops.otelconf import otel_problem, redacted_env
@@ -110,7 +110,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         )
         extra = {k: ("***" if _is_secret_key(k) else v) for k, v in self.kafka_extra.items()}
         dsn = redact_dsn(self.database_url)
-        limits = _shown_limits(self.endpoint_limits)
+        limits = redact_url_keys(self.endpoint_limits)
         return (
             f"Settings({shown}, database_url={dsn!r}, kafka_extra={extra!r}, "
             f"endpoint_limits={limits!r}, otel_env={redacted_env(self.otel_env)!r})"
@@ -136,20 +136,6 @@ def endpoint_url_key(url: str) -> str:
     """An endpoint URL as rate limits are kept per it: no userinfo, no trailing slash. The
     same for a configured key and for the endpoint a row calls, so they match."""
     return strip_userinfo(url).rstrip("/")
-
-
-def _shown_limits(raw: str) -> str:
-    """`LLM_WORKER_ENDPOINT_LIMITS` as it may be logged: each URL's credentials masked, found
-    by parsing the JSON and each URL in it (text that is not a JSON object is not shown)."""
-    if "@" not in raw:
-        return raw
-    try:
-        data = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return "<not JSON: not shown>"
-    if not isinstance(data, dict):
-        return "<not a JSON object: not shown>"
-    return msgspec.json.encode({redact_url(k): v for k, v in data.items()}).decode()
 
 
 def _is_secret_key(key: str) -> bool:
