@@ -10,6 +10,7 @@ searched for the key and for any long piece of it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -98,6 +99,11 @@ class Hostile:
         if mode == "long401":  # the key starts just before the 200-character excerpt ends
             body = profile.error(401, "x" * 160 + f" key={key} was rejected")
             return web.json_response(body, status=401)
+        if mode == "escaped401":  # a gateway that escapes: every other character as \u00XX
+            escaped = "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(key))
+            body = profile.error(401, "x" * 170 + " key=KEY was rejected")
+            text = json.dumps(body).replace("KEY", escaped, 1)
+            return web.Response(text=text, status=401, content_type="application/json")
         raise AssertionError(f"unknown mode {mode}")
 
 
@@ -349,11 +355,13 @@ async def test_failing_providers_never_leak_the_key(
         assert _leaks(guarded, texts) == [], place
 
 
+@pytest.mark.parametrize("mode", ["long401", "escaped401"])
 async def test_a_key_cut_by_the_message_excerpt_does_not_leak(
     make_settings: Callable[..., Settings],
     pg_dsn: str,
     tmp_path: Path,
     hostile: Hostile,
+    mode: str,
 ) -> None:
     key = f"sk-cut-{uuid.uuid4().hex}{uuid.uuid4().hex[:8]}"
     secrets_dir = tmp_path / "secrets"
@@ -366,7 +374,7 @@ async def test_a_key_cut_by_the_message_excerpt_does_not_leak(
         ModelRow(
             model_id="cut",
             provider=profile.provider,
-            endpoint=hostile.endpoint(profile, "long401"),
+            endpoint=hostile.endpoint(profile, mode),
             upstream_model=MODEL,
             api_key_secret="cut-key",
             timeout_ms=10_000,
@@ -381,7 +389,7 @@ async def test_a_key_cut_by_the_message_excerpt_does_not_leak(
     assert len(out) == 1
     doc = out[0].json()
     assert doc["status"] == "error" and doc["error"]["type"] == "auth_error"
-    assert hostile.seen[(profile.id, "long401")] == [key]
+    assert hostile.seen[(profile.id, mode)] == [key]
     assert _leaks([key], [out[0].value, doc["error"]["message"]]) == []
 
 
