@@ -63,6 +63,14 @@ HAND_MADE: list[Record] = [
     (b"null", None, []),
     (b'"just a string"', None, []),
     (_prompt(id="ok-1"), b"ok", [("traceparent", b"garbage")]),  # valid, odd header
+    (_prompt(id="lone", prompt="\ud800"), None, []),  # json.dumps: "\\ud800", not Unicode
+    (_prompt(id="lone-id\ud800"), None, []),  # an id no completion can echo
+    (_prompt(id="meta", temperature=5, metadata={"k": "v" * 100_000}), None, []),
+    (
+        _prompt(id="meta-big", prompt="y" * (LIMIT - 99_000), metadata={"k": "v" * 100_000}),
+        None,
+        [],
+    ),
 ]
 
 _json_values = st.recursive(
@@ -153,6 +161,14 @@ async def test_hand_made_hostile_records(
     assert "key (999980 bytes) was dropped" in by_id["k"]["error"]["message"]
     assert by_id["k2"]["status"] == "ok"  # under the limit with its key: answered as usual
     assert "i" * 20 not in by_id  # an id past 128 characters is no id: dead-lettered
+    # issue 21: a lone surrogate beside a readable id is answered, naming the field; what an
+    # error echoes is bounded (100 KB of metadata came back against the 16 KB limit)
+    assert by_id["lone"]["error"]["type"] == "validation_error"
+    assert "`$.prompt`" in by_id["lone"]["error"]["message"]
+    assert not [i for i in by_id if i.startswith("lone-id")]
+    for rid, etype in (("meta", "validation_error"), ("meta-big", "payload_too_large")):
+        assert by_id[rid]["error"]["type"] == etype and by_id[rid]["metadata"] is None
+    assert max(len(c.value) for c in comps if c.json()["status"] == "error") < 20_000
     dead_letters = await asyncio.to_thread(
         kh.consume, s.kafka_bootstrap_servers, s.dlq_topic, dead, 30
     )
