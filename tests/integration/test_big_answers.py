@@ -32,11 +32,12 @@ worth of the 8 MiB cap may be held at once."""
 
 class HugeAnswers:
     """An OpenAI-compatible provider whose every answer is 100 MB: with a Content-Length under
-    `/length/`, chunked without one under `/chunked/`. Runs on its own thread and loop."""
+    `/length/`, chunked without one under `/chunked/` and `/alone/` (a second endpoint, with
+    a circuit breaker of its own). Runs on its own thread and loop."""
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.calls = {"length": 0, "chunked": 0}
+        self.calls = {"length": 0, "chunked": 0, "alone": 0}
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -67,7 +68,7 @@ class HugeAnswers:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
-        app.router.add_post("/{kind:length|chunked}/v1/chat/completions", self._answer)
+        app.router.add_post("/{kind:length|chunked|alone}/v1/chat/completions", self._answer)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", self.port)
@@ -120,7 +121,7 @@ def test_100_mb_answers_end_in_the_fallback_and_the_worker_stays_small(
         for model_id, kind, backup in (
             ("big-length", "length", fallback),
             ("big-chunked", "chunked", fallback),
-            ("big-alone", "chunked", {}),
+            ("big-alone", "alone", {}),
         ):
             row = ModelRow(
                 model_id=model_id,
@@ -162,11 +163,11 @@ def test_100_mb_answers_end_in_the_fallback_and_the_worker_stays_small(
             assert doc["error"]["type"] == "response_too_large", doc
             assert doc["error"]["retryable"] is True
             assert "LLM_WORKER_MAX_RESPONSE_BYTES" in doc["error"]["message"]
-            assert doc["attempts"] >= 2  # retried before the deadline ended it
+            assert doc["attempts"] >= 1
         else:
             assert doc["status"] == "ok", doc
             assert doc["fallback_used"] is True and doc["endpoint_name"].endswith("/fallback")
-    assert huge.calls["length"] >= 6 and huge.calls["chunked"] >= 8
+    assert huge.calls["length"] >= 6 and huge.calls["chunked"] >= 6 and huge.calls["alone"] >= 2
     with capsys.disabled():
         print(
             f"\n[big answers] {sum(huge.calls.values())} answers of 100 MB "
