@@ -58,8 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     commit_interval_ms: int = 500
     max_message_bytes: int = 1_000_000
     max_metadata_bytes: int = 16_384
-    shutdown_timeout_s: float = 20.0
     max_response_bytes: int = 8 * 1024 * 1024  # one provider answer; a longer one is not read
+    shutdown_timeout_s: float = 20.0
     request_deadline_s: float = 120.0
     capacity_wait_s: float = 600.0  # waits for rate limits / slots beyond the deadline, in all
     max_tokens_cap: int = 0  # the most max_tokens any request asks for (with the row's); 0: none
@@ -320,6 +320,7 @@ _CHECKS: dict[str, Check] = {
     "commit_interval_ms": _at_least(1),
     "max_message_bytes": _at_least(1),
     "max_metadata_bytes": _at_least(1),
+    "max_response_bytes": _at_least(1),
     "shutdown_timeout_s": _above(0),
     "request_deadline_s": _above(0),
     "capacity_wait_s": _above(0),
@@ -327,7 +328,6 @@ _CHECKS: dict[str, Check] = {
     "intake_stall_s": _at_least(0),
     "max_attempts": _at_least(1),
     "registry_refresh_s": _above(0),
-    "max_response_bytes": _at_least(1),
     "secrets_dir": _not_blank,
     "log_level": _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=True),
     "log_format": _one_of("json", "text"),
