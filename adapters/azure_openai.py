@@ -24,6 +24,7 @@ from yarl import URL
 from .base import ProviderResult, Target
 from .errors import ContentFiltered
 from .openai_compatible import OpenAICompatibleAdapter
+from .urls import redact_url
 
 __all__ = ["DEFAULT_API_VERSION", "AzureOpenAIAdapter"]
 
@@ -35,7 +36,7 @@ def deployment_url(endpoint: str, deployment: str) -> URL:
     """The chat-completions URL for `deployment` on the resource at `endpoint`."""
     url = URL(endpoint)
     if not url.absolute:
-        raise ValueError(f"not an absolute URL: {endpoint!r}")
+        raise ValueError(f"not an absolute URL: {redact_url(endpoint)!r}")
     query = dict(url.query)
     query.setdefault("api-version", DEFAULT_API_VERSION)
     path = url.path.rstrip("/")
