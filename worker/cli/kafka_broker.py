@@ -10,15 +10,19 @@ the whole controller quorum). `stop()` ends the process and keeps the data, `sta
 brings it back on the same ports with the records it had (`restart()` does both; `kill()` is a
 crash: SIGKILL, no clean shutdown). `close()` stops and deletes the directory; it also runs at
 interpreter exit for a broker still running, so no Java process outlives its owner's normal
-exit. Sizing is for a shared 2-core test machine: a 512 MB heap, two network and two I/O
-threads, replication factor 1 for every internal topic, no initial rebalance delay, and the
-KIP-848 group timeouts lowered so consumer-protocol groups settle in seconds.
+exit. Sizing is for a shared 2-core test machine: a 512 MB heap, and the threads and
+replication of `kafka_config.SERVER_SETTINGS`.
+
+A node can also be one of several (`kafka_cluster.py`): `node_id`, a shared `cluster_id` and
+the static controller quorum `voters` (`1@host:port,2@host:port,...`, then storage is formatted
+without `--standalone`), and its client listener can be SASL_SSL with SCRAM-SHA-512 users
+(`SaslSsl`; inter-broker and controller traffic stay PLAINTEXT on loopback ports of their own).
+What the node's files say is `kafka_config.py`; this module runs the process.
 """
 
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import logging
 import os
@@ -27,86 +31,52 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from .kafka_config import (
+    LOG4J2,
+    SERVER_SETTINGS,
+    SaslSsl,
+    format_arguments,
+    new_cluster_id,
+    server_properties,
+)
 from .kafka_jars import KAFKA_VERSION, KafkaBrokerError, find_java, kafka_libs
 
-__all__ = ["KAFKA_VERSION", "KafkaBroker", "KafkaBrokerError", "find_java", "kafka_libs"]
+__all__ = [
+    "KAFKA_VERSION",
+    "SERVER_SETTINGS",
+    "KafkaBroker",
+    "KafkaBrokerError",
+    "SaslSsl",
+    "find_java",
+    "free_port",
+    "kafka_libs",
+    "new_cluster_id",
+]
 
 log = logging.getLogger("llm_worker.devstack")
 
 STOP_GRACE_S = 30.0
 """How long a clean shutdown may take before the process group is killed (it takes 2-5 s)."""
 
+HEAP_MB = 512
+"""The broker's default maximum heap (`-Xmx`); it starts at half of it."""
+
 JVM_OPTS = (
-    "-Xms256m",
-    "-Xmx512m",
     "-XX:+UseG1GC",
     "-XX:MaxGCPauseMillis=20",
     "-XX:InitiatingHeapOccupancyPercent=35",
     "-Djava.awt.headless=true",
 )
-"""Kafka's own G1 settings (`kafka-run-class.sh`) with a heap that suits a test machine."""
-
-SERVER_SETTINGS: dict[str, str] = {
-    "num.network.threads": "2",
-    "num.io.threads": "2",
-    "background.threads": "2",
-    "num.recovery.threads.per.data.dir": "1",
-    "num.partitions": "1",
-    "auto.create.topics.enable": "false",  # the worker and the tests create their topics
-    "offsets.topic.replication.factor": "1",
-    "offsets.topic.num.partitions": "8",  # created on the first group join: keep it quick
-    "transaction.state.log.replication.factor": "1",
-    "transaction.state.log.min.isr": "1",
-    "transaction.state.log.num.partitions": "4",
-    "share.coordinator.state.topic.replication.factor": "1",
-    "share.coordinator.state.topic.min.isr": "1",
-    "share.coordinator.state.topic.num.partitions": "4",
-    "group.initial.rebalance.delay.ms": "0",
-    # KIP-848 (`group.protocol=consumer`) groups: the broker owns the timeouts; the defaults
-    # (45 s session, 5 s heartbeat) make a test wait that long for a departed member.
-    "group.consumer.min.session.timeout.ms": "6000",
-    "group.consumer.session.timeout.ms": "10000",
-    "group.consumer.min.heartbeat.interval.ms": "500",
-    "group.consumer.heartbeat.interval.ms": "1000",
-    "log.segment.bytes": str(64 * 1024 * 1024),
-}
-"""Broker settings for one node on a shared 2-core machine (see the module docstring)."""
-
-_LOG4J2 = """\
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = WARN
-rootLogger.appenderRef.file.ref = file
-logger.server.name = kafka.server.KafkaRaftServer
-logger.server.level = INFO
-logger.broker.name = kafka.server.BrokerServer
-logger.broker.level = INFO
-logger.groups.name = org.apache.kafka.coordinator.group
-logger.groups.level = INFO
-"""
+"""Kafka's own G1 settings (`kafka-run-class.sh`); the heap is `heap_mb`, sized for a test
+machine."""
 
 
-def _cluster_id() -> str:
-    """A random cluster id as Kafka writes one (URL-safe base64 of 16 bytes), never starting
-    with `-`: the storage tool would read such an id as an option (1 start in 64), as Kafka's
-    own `Uuid.randomUuid()` avoids too."""
-    while True:
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cid.startswith("-"):
-            return cid
-
-
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -118,9 +88,11 @@ def _free_port() -> int:
 class KafkaBroker:
     """One Apache Kafka 4.x node (KRaft broker + controller) in a child process.
 
-    `port` is the client listener (a free one when None); the controller gets another. The
+    `port` is the client listener (a free one when None); the controller gets another
+    (`controller_port`), and with `sasl_ssl` the inter-broker PLAINTEXT listener a third. The
     constructor does no I/O; `start()` finds Java and the jars, formats storage the first time
-    and returns once a metadata request lists the broker.
+    and returns once a metadata request lists this node (`start(wait=False)` returns at once:
+    a node of a cluster can only come up with a quorum of its peers; `wait_ready()` then).
     """
 
     kind = "kafka"
@@ -132,13 +104,25 @@ class KafkaBroker:
         version: str = KAFKA_VERSION,
         kafka_home: str | None = None,
         settings: dict[str, str] | None = None,
+        node_id: int = 1,
+        cluster_id: str | None = None,
+        controller_port: int | None = None,
+        voters: str | None = None,
+        heap_mb: int = HEAP_MB,
+        sasl_ssl: SaslSsl | None = None,
     ) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.version = version
+        self.node_id = node_id
+        self.cluster_id = cluster_id or new_cluster_id()
+        self.controller_port = controller_port or free_port()
+        self._voters = voters
+        self._heap_mb = heap_mb
+        self._sasl_ssl = sasl_ssl
+        self._internal_port = free_port() if sasl_ssl else self.port
         self._kafka_home = kafka_home
         self._settings = {**SERVER_SETTINGS, **(settings or {})}
-        self._controller_port: int | None = None
         self._dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._java = ""
@@ -153,7 +137,7 @@ class KafkaBroker:
     def data_dir(self) -> Path | None:
         return self._dir / "data" if self._dir else None
 
-    def start(self, timeout: float = 90.0) -> KafkaBroker:
+    def start(self, timeout: float = 90.0, *, wait: bool = True) -> KafkaBroker:
         if self._proc is not None and self._proc.poll() is None:
             return self
         if not self._classpath:
@@ -162,7 +146,6 @@ class KafkaBroker:
             self._classpath = str(libs / "*")
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="llm-worker-kafka-"))
-            self._controller_port = _free_port()
             self._write_config()
             self._format()
             atexit.register(self.close)
@@ -176,13 +159,25 @@ class KafkaBroker:
             start_new_session=True,  # its own process group: stop() ends all of it
         )
         out.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Return once a metadata request to this node lists it; a node that exits or does not
+        answer in time is stopped and a `KafkaBrokerError` raised, with its log's tail."""
         try:
             self._wait_ready(timeout)
         except KafkaBrokerError:
             self.stop()
             raise
         log.info("Apache Kafka %s broker listening on %s", self.version, self.bootstrap)
-        return self
+
+    @property
+    def pid(self) -> int | None:
+        """The running JVM's process id (None when stopped or killed)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def stop(self, timeout: float = STOP_GRACE_S) -> None:
         """A clean shutdown (SIGTERM, then SIGKILL of the group after `timeout`); data kept."""
@@ -207,9 +202,19 @@ class KafkaBroker:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
 
-    def restart(self, timeout: float = 90.0) -> KafkaBroker:
+    def pause(self) -> None:
+        """Freeze the node (SIGSTOP), as a long GC pause or a frozen VM would: its sockets
+        stay open, it answers nothing. `resume()` (SIGCONT) lets it go on where it was."""
+        if self._proc is not None:
+            _signal_group(self._proc, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            _signal_group(self._proc, signal.SIGCONT)
+
+    def restart(self, timeout: float = 90.0, *, wait: bool = True) -> KafkaBroker:
         self.stop()
-        return self.start(timeout)
+        return self.start(timeout, wait=wait)
 
     def close(self) -> None:
         """Stop the broker and delete its directory (idempotent)."""
@@ -230,6 +235,8 @@ class KafkaBroker:
         assert self._dir is not None
         return [
             self._java,
+            f"-Xms{self._heap_mb // 2}m",
+            f"-Xmx{self._heap_mb}m",
             *JVM_OPTS,
             f"-Dlog4j2.configurationFile={self._dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self._dir}",
@@ -239,22 +246,20 @@ class KafkaBroker:
 
     def _write_config(self) -> None:
         assert self._dir is not None
-        host, cport = "127.0.0.1", self._controller_port
-        props = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "listeners": f"PLAINTEXT://{host}:{self.port},CONTROLLER://{host}:{cport}",
-            "advertised.listeners": f"PLAINTEXT://{host}:{self.port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "controller.quorum.bootstrap.servers": f"{host}:{cport}",
-            "log.dirs": str(self._dir / "data"),
-            **self._settings,
-        }
-        text = "".join(f"{k}={v}\n" for k, v in props.items())
-        (self._dir / "server.properties").write_text(text, encoding="utf-8")
-        log4j = _LOG4J2.format(log=self._dir / "server.log")
+        props = server_properties(
+            node_id=self.node_id,
+            port=self.port,
+            internal_port=self._internal_port,
+            controller_port=self.controller_port,
+            voters=self._voters,
+            log_dirs=self._dir / "data",
+            sasl_ssl=self._sasl_ssl,
+        )
+        text = "".join(f"{k}={v}\n" for k, v in {**props, **self._settings}.items())
+        path = self._dir / "server.properties"
+        path.touch(mode=0o600)  # it may hold the keystore password
+        path.write_text(text, encoding="utf-8")
+        log4j = LOG4J2.format(log=self._dir / "server.log")
         (self._dir / "log4j2.properties").write_text(log4j, encoding="utf-8")
 
     def _format(self) -> None:
@@ -264,11 +269,11 @@ class KafkaBroker:
             "kafka.tools.StorageTool",
             "format",
             "--cluster-id",
-            _cluster_id(),
+            self.cluster_id,
             "--config",
             str(self._dir / "server.properties"),
-            "--standalone",
         ]
+        cmd += format_arguments(self._voters, self._sasl_ssl)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise KafkaBrokerError(
@@ -277,7 +282,9 @@ class KafkaBroker:
             )
 
     def _wait_ready(self, timeout: float) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        # the PLAINTEXT listener: with SASL_SSL the client port needs credentials
+        probe = f"127.0.0.1:{self._internal_port}"
+        admin = AdminClient({"bootstrap.servers": probe, "log_level": 0})
         deadline = time.monotonic() + timeout
         while True:
             proc = self._proc
@@ -288,7 +295,7 @@ class KafkaBroker:
                     f"and {self._dir}/stdout.log:\n{self._tail()}"
                 )
             try:
-                if admin.list_topics(timeout=1.0).brokers:
+                if self.node_id in admin.list_topics(timeout=1.0).brokers:
                     return
             except KafkaException:
                 pass
