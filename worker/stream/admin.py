@@ -24,8 +24,17 @@ class KafkaUnavailable(RuntimeError):
 
 
 def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
-    """Block until the cluster answers a metadata request, with backoff; raise KafkaUnavailable."""
-    admin = AdminClient(client_config(settings))
+    """Block until the cluster answers a metadata request, with backoff; raise KafkaUnavailable.
+
+    The error names librdkafka's last connection error when there was one: a metadata request
+    only says "Broker transport failure", the connection's own error says why (a certificate
+    no CA in `ssl.ca.location` signed, a SASL password the broker refused, a refused port)."""
+    last: list[KafkaError] = []
+
+    def remember(err: KafkaError) -> None:
+        last[:] = [err]  # only the newest: this admin client lives as long as the worker
+
+    admin = AdminClient(client_config(settings, on_error=remember))
     deadline = time.monotonic() + timeout_s
     delay = 0.5
     attempt = 0
@@ -35,12 +44,14 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
             admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
             return admin
         except KafkaException as exc:
+            admin.poll(0)  # serve the client's error events (they reach `remember` here)
             left = deadline - time.monotonic()
             if left <= 0:
+                reason = last[0].str() if last else exc.args[0].str() if exc.args else exc
                 raise KafkaUnavailable(
                     "cannot reach Kafka at "
                     f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers!r}"
-                    f" after {timeout_s:.0f} s ({exc.args[0].str() if exc.args else exc})"
+                    f" after {timeout_s:.0f} s ({reason})"
                 ) from None
             log.warning(
                 "waiting for Kafka at %s (attempt %d, retrying in %.1f s)",
@@ -53,12 +64,14 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
 
 
 def ensure_topics(admin: AdminClient, topics: Sequence[str], partitions: int) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
+    """Create the topics that do not exist yet; return the ones created. Their replication
+    factor and `min.insync.replicas` are the cluster's defaults (`default.replication.factor`):
+    on a three-broker cluster the worker's own topics survive a broker as the others do."""
     existing = set(admin.list_topics(timeout=10).topics)
     missing = [t for t in topics if t not in existing]
     if not missing:
         return []
-    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+    futures = admin.create_topics([NewTopic(t, partitions) for t in missing])
     created = []
     for topic, fut in futures.items():
         try:
