@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.cli import kafka_broker
+from worker.cli import kafka_config
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -18,13 +18,13 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     assert base64.urlsafe_b64encode(dashed.bytes).decode().startswith("-")
     plain = uuid.UUID(int=1)
     draws: Iterator[uuid.UUID] = iter([dashed, dashed, plain])
-    monkeypatch.setattr(kafka_broker.uuid, "uuid4", lambda: next(draws))
-    cid = kafka_broker._cluster_id()
+    monkeypatch.setattr(kafka_config.uuid, "uuid4", lambda: next(draws))
+    cid = kafka_config.new_cluster_id()
     assert cid == base64.urlsafe_b64encode(plain.bytes).decode().rstrip("=")
     assert len(cid) == 22
 
 
 def test_cluster_ids_are_kafka_shaped() -> None:
-    ids = {kafka_broker._cluster_id() for _ in range(2000)}
+    ids = {kafka_config.new_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(c) == 22 and not c.startswith("-") for c in ids)
