@@ -288,15 +288,29 @@ def kafka_property_error(message: str) -> ConfigError | None:
     "x.y"", "Invalid value ... for configuration property "x.y"") as a ConfigError naming
     the variable that set it (`LLM_WORKER_KAFKA_X_Y`); None for any other error. librdkafka
     checks its properties only when a client is created, so this runs at start."""
-    found = _RDKAFKA_PROPERTY.search(message)
-    if found is None:
-        return None
-    prop = found.group(1)
     text = _RDKAFKA_TEXT.search(message)
     detail = text.group(1) if text else message
+    found = _RDKAFKA_PROPERTY.search(message)
+    if found is None:
+        return _kafka_pair_error(detail)
+    prop = found.group(1)
     if _is_secret_key(prop):
         detail = f"invalid value for {prop}"  # librdkafka quotes the value: keep it out
     return ConfigError(f"{KAFKA_PREFIX}{prop.upper().replace('.', '_')}: {detail}")
+
+
+_RDKAFKA_PAIR = re.compile(r"`([a-z0-9._-]+)` ?must be ([<>]=?) ?`([a-z0-9._-]+)`")
+
+
+def _kafka_pair_error(detail: str) -> ConfigError | None:
+    """librdkafka's refusal of two properties that disagree ("`max.poll.interval.ms`must be >=
+    `session.timeout.ms`") as a ConfigError naming both variables; None for anything else."""
+    pair = _RDKAFKA_PAIR.search(detail)
+    if pair is None:
+        return None
+    first, relation, second = pair.groups()
+    names = " / ".join(f"{KAFKA_PREFIX}{p.upper().replace('.', '_')}" for p in (first, second))
+    return ConfigError(f"{names}: {first} must be {relation} {second}")
 
 
 def env_name(field: str) -> str:

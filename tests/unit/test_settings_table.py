@@ -308,6 +308,22 @@ def test_librdkafka_refusals_read_as_the_variable_and_librdkafka_reason(
     assert problem is not None and str(problem) == message
 
 
+def test_two_properties_that_disagree_name_both_variables() -> None:
+    """librdkafka checks some properties against each other when the client is created: the
+    worker must stop naming the variables (exit 2), not with a traceback."""
+    from confluent_kafka import Consumer, KafkaException
+
+    conf = {"group.id": "g", "session.timeout.ms": 400_000, "max.poll.interval.ms": 300_000}
+    with pytest.raises(KafkaException) as refused:
+        Consumer(conf)
+    problem = kafka_property_error(str(refused.value))
+    assert problem is not None
+    assert str(problem) == (
+        "LLM_WORKER_KAFKA_MAX_POLL_INTERVAL_MS / LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS: "
+        "max.poll.interval.ms must be >= session.timeout.ms"
+    )
+
+
 def test_a_refusal_without_librdkafka_wrapper_is_passed_on_whole() -> None:
     """Another layer may re-raise librdkafka's reason as plain text: it is kept as it is."""
     plain = 'Invalid value "GSSAPI2" for configuration property "sasl.mechanism"'
