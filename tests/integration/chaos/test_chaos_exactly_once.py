@@ -102,7 +102,7 @@ def test_exactly_once_across_a_rebalance_with_a_replica_killed(
         **worker_env,
         **EOS,
         "LLM_WORKER_LOG_LEVEL": "INFO",
-    }  # each replica's transactional.id: <group>-<host>-<pid>
+    }  # each replica's transactional.id: <group>-<host>-<slot> (one slot per live process)
     ids = _setup(env, pg_dsn, fake_process, 4)
     bs, out_topic = env["KAFKA_BOOTSTRAP_SERVERS"], env["LLM_WORKER_COMPLETIONS_TOPIC"]
     replicas = [WorkerProcess(env, tmp_path, f"replica-{n}") for n in range(2)]
