@@ -1,4 +1,5 @@
-# The README's commands. `.ci/run` calls `make test` and `make test-kafka`.
+# The README's commands. `.ci/run` runs the targets of `make test`, then helm-check and
+# test-kafka, one timed stage each.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -44,8 +45,13 @@ unit: $(STAMP)
 component: $(STAMP)
 	$(BIN)/python -m pytest tests/component -q -p no:cacheprovider
 
+## XDIST: how the integration tests spread over processes (pytest-xdist): each process starts
+##        its own broker and PostgreSQL; a module's tests marked xdist_group stay together.
+##        `make integration XDIST=` runs them in one process (docs/TESTING.md)
+XDIST ?= -n 4 --dist loadgroup
+
 integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
+	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs $(XDIST)
 
 ## mutation: mutation score of the core against unit + component tests (slow: not in make test)
 ##           MUTANTS: only these mutant names (globs), e.g. MUTANTS='worker.config* registry.cache*'
@@ -67,7 +73,7 @@ coverage: $(STAMP)
 ## test-kafka: the integration tests on Apache Kafka 4 (KRaft, one node) instead of Tansu;
 ##             needs Java 17+ and KAFKA_HOME or Maven (jars fetched once into ~/.cache)
 test-kafka: $(STAMP)
-	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs
+	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs $(XDIST)
 
 ## chaos: only the chaos suite (tests/integration/chaos, part of integration and test-kafka),
 ##        on Tansu then Apache Kafka; one summary line per scenario in chaos-report.txt
@@ -80,6 +86,16 @@ chaos: $(STAMP)
 ## bench: 20,000 prompts through a worker process, fake provider at 20 ms
 bench: $(STAMP)
 	$(BIN)/llm-worker bench -n 20000 --latency-ms 20
+
+## docs: the README and docs/ as a site (MkDocs, Material theme) in site/; --strict fails on a
+##       broken link, a missing page or one left out of the nav (CI runs it)
+.PHONY: docs
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[docs]'
+	touch $(DOCS_STAMP)
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 ## helm-check: build helm from its Go module (cached), lint the chart and the Dockerfile,
 ##             render-test the chart (tests/helm)
