@@ -2,7 +2,7 @@
 
     should_retry(exc)                 is another attempt worth making at all?
     parse_retry_after(headers)        the provider's own hint (retry-after-ms, retry-after)
-    backoff(attempt)                  exponential delay with jitter, never above the cap
+    PROVIDER_RETRY                    the backoff schedule between attempts (`adapters.backoff`)
     next_delay(exc, attempt, ...)     the delay before the next attempt, or None to stop
 
 `attempt` counts the attempts made so far: after the first failed call it is 1.
@@ -15,16 +15,15 @@ import math
 import random
 import time
 from collections.abc import Mapping
-from typing import Literal
 
+from .backoff import Backoff
 from .errors import ProviderError
 
 __all__ = [
     "DEFAULT_BASE",
     "DEFAULT_CAP",
     "MAX_RETRY_AFTER",
-    "Jitter",
-    "backoff",
+    "PROVIDER_RETRY",
     "next_delay",
     "parse_retry_after",
     "should_retry",
@@ -35,10 +34,9 @@ MAX_RETRY_AFTER = 60.0
 
 DEFAULT_BASE = 0.25
 DEFAULT_CAP = 8.0
-
-Jitter = Literal["full", "equal"]
-
-_MAX_EXPONENT = 62  # 2**62 * any sane base is far above any cap; avoids float overflow
+PROVIDER_RETRY = Backoff(DEFAULT_BASE, DEFAULT_CAP, "full")
+"""Between attempts at one candidate without a Retry-After: 0.25 s doubling up to 8 s, full
+jitter."""
 
 
 def should_retry(exc: BaseException) -> bool:
@@ -99,48 +97,20 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     return min(seconds, MAX_RETRY_AFTER)
 
 
-def backoff(
-    attempt: int,
-    *,
-    base: float = DEFAULT_BASE,
-    cap: float = DEFAULT_CAP,
-    rng: random.Random | None = None,
-    jitter: Jitter = "full",
-) -> float:
-    """Exponential delay `base * 2**(attempt-1)` limited to `cap`, with jitter.
-
-    "full" jitter draws uniformly from [0, delay]; "equal" jitter from [delay/2, delay].
-    The result is always within [0, cap].
-    """
-    cap = max(0.0, cap)
-    base = max(0.0, base)
-    exponent = min(max(attempt, 1) - 1, _MAX_EXPONENT)
-    ceiling = min(cap, base * (2.0**exponent))
-    draw = (rng or random).random()
-    if jitter == "equal":
-        half = ceiling / 2.0
-        delay = half + half * draw
-    else:
-        delay = ceiling * draw
-    return min(max(delay, 0.0), cap)
-
-
 def next_delay(
     exc: BaseException,
     attempt: int,
     *,
     remaining: float,
     max_attempts: int | None = None,
-    base: float = DEFAULT_BASE,
-    cap: float = DEFAULT_CAP,
+    schedule: Backoff = PROVIDER_RETRY,
     rng: random.Random | None = None,
-    jitter: Jitter = "full",
 ) -> float | None:
     """Seconds to wait before the next attempt, or None when retrying is pointless.
 
     None when the error is terminal, `max_attempts` have been made, or the delay would not
     leave any of the `remaining` time budget (seconds) for the attempt itself. A Retry-After
-    hint carried by the error wins over the computed backoff.
+    hint carried by the error wins over the `schedule`'s delay (`rng` draws its jitter).
     """
     if not should_retry(exc):
         return None
@@ -152,7 +122,7 @@ def next_delay(
     if hint is not None and math.isfinite(hint) and hint >= 0:
         delay = hint
     else:
-        delay = backoff(attempt, base=base, cap=cap, rng=rng, jitter=jitter)
+        delay = schedule.delay(attempt, rng)
     if delay >= remaining:
         return None
     return delay

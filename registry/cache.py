@@ -19,20 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
 
 import psycopg
 
+from adapters.backoff import Backoff
 from registry._db import APP_NAME, CHANNEL, ROW_FACTORY, SELECT_ALL, redact_dsn, redact_error
 from registry.dsn import chainable
 from registry.errors import RegistryUnavailable
 from registry.models import COLUMNS, ModelRow
 from registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve
 
-__all__ = ["RegistryCache", "backoff"]
+__all__ = ["RECONNECT_BASE_S", "RegistryCache"]
 
 log = logging.getLogger("llm_worker.registry")
 
@@ -45,9 +45,9 @@ LISTEN_CHECK_S = 30.0
 died silently is replaced instead of leaving changes to the periodic poll."""
 
 
-def backoff(attempt: int, *, base: float = 0.1, cap: float = 5.0) -> float:
-    """Delay before retry `attempt` (1-based): exponential from `base`, capped, with jitter."""
-    return min(cap, base * 2.0 ** max(0, attempt - 1)) * (0.5 + random.random() / 2)
+RECONNECT_BASE_S = 0.1
+"""The wait after the first failed attempt to reach PostgreSQL; it doubles with each failure up
+to `backoff_cap_s`, with equal jitter (half to all of it)."""
 
 
 class _Snapshot:
@@ -104,7 +104,7 @@ class RegistryCache:
         self._listen = listen
         self._max_depth = max_depth
         self._debounce_s = debounce_s
-        self._backoff_cap_s = backoff_cap_s
+        self._backoff = Backoff(RECONNECT_BASE_S, backoff_cap_s, "equal")
         self._connect_timeout = max(1, round(connect_timeout_s))
         self._query_timeout_s = query_timeout_s
         self._snapshot = _Snapshot({}, max_depth)
@@ -200,7 +200,7 @@ class RegistryCache:
                         f"model registry not loaded: PostgreSQL at {self._where} not usable "
                         f"{within} ({attempt} attempts): {last_error}"
                     ) from chainable(exc)
-                delay = backoff(attempt, cap=self._backoff_cap_s)
+                delay = self._backoff.delay(attempt)
                 await asyncio.sleep(delay if remaining is None else min(delay, remaining))
         if self._closed:  # close() ran while we were loading
             await self._drop_conn()
@@ -334,7 +334,7 @@ class RegistryCache:
         while True:
             delay = self._refresh_s
             if failures:
-                delay = min(delay, backoff(failures, cap=self._backoff_cap_s))
+                delay = min(delay, self._backoff.delay(failures))
             try:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -359,7 +359,7 @@ class RegistryCache:
             except _RELOAD_ERRORS as exc:
                 failures += 1
                 self._listen_failed(failures, exc)
-                await asyncio.sleep(backoff(failures, cap=self._backoff_cap_s))
+                await asyncio.sleep(self._backoff.delay(failures))
                 continue
             try:
                 await conn.execute(f"LISTEN {CHANNEL}")
@@ -387,7 +387,7 @@ class RegistryCache:
             finally:
                 self._listening = False
                 await conn.close()
-            await asyncio.sleep(backoff(failures, cap=self._backoff_cap_s))
+            await asyncio.sleep(self._backoff.delay(failures))
 
     def _listen_failed(self, failures: int, exc: BaseException) -> None:
         if failures == 1:

@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from registry.cache import RegistryCache, backoff
+from adapters.backoff import Backoff
+from registry.cache import RECONNECT_BASE_S, RegistryCache
 from registry.errors import RegistryUnavailable
 
 NOWHERE = "postgresql://llm:s3cr3t-pw@127.0.0.1:1/registry"  # port 1: connection refused
@@ -96,6 +97,9 @@ def test_reconnect_backoff_doubles_up_to_the_cap_with_jitter(
 ) -> None:
     """How long a worker waits between attempts to reach PostgreSQL: half to all of
     `0.1 s * 2**(attempt-1)`, never more than the cap."""
-    delays = [backoff(attempt, cap=cap) for _ in range(400)]
+    schedule = Backoff(
+        RECONNECT_BASE_S, cap, "equal"
+    )  # what RegistryCache(backoff_cap_s=cap) waits
+    delays = [schedule.delay(attempt) for _ in range(400)]
     assert all(ceiling / 2 <= d <= ceiling for d in delays)
     assert min(delays) < ceiling * 0.6 and max(delays) > ceiling * 0.9  # jittered over the span

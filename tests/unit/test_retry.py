@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.backoff import Backoff, Jitter
 from adapters.errors import (
     AuthError,
     BadRequest,
@@ -22,7 +23,13 @@ from adapters.errors import (
     RateLimited,
     ServerError,
 )
-from adapters.retry import MAX_RETRY_AFTER, backoff, next_delay, parse_retry_after, should_retry
+from adapters.retry import (
+    MAX_RETRY_AFTER,
+    PROVIDER_RETRY,
+    next_delay,
+    parse_retry_after,
+    should_retry,
+)
 
 NOW = 1_700_000_000.0
 
@@ -117,20 +124,20 @@ def test_backoff_grows_exponentially_until_the_cap() -> None:
             return 1.0  # the top of the jitter range
 
     top = Top()
-    delays = [backoff(n, base=0.25, cap=8.0, rng=top) for n in range(1, 9)]
+    delays = [PROVIDER_RETRY.delay(n, top) for n in range(1, 9)]
     assert delays == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
 def test_equal_jitter_keeps_at_least_half_the_delay() -> None:
     rng = random.Random(7)
     for _ in range(200):
-        delay = backoff(3, base=1.0, cap=100.0, rng=rng, jitter="equal")
+        delay = Backoff(1.0, 100.0, "equal").delay(3, rng)
         assert 2.0 <= delay <= 4.0
 
 
 def test_full_jitter_spreads_over_the_whole_range() -> None:
     rng = random.Random(7)
-    delays = [backoff(3, base=1.0, cap=100.0, rng=rng) for _ in range(500)]
+    delays = [Backoff(1.0, 100.0, "full").delay(3, rng) for _ in range(500)]
     assert min(delays) < 0.5
     assert max(delays) > 3.5
     assert all(0.0 <= d <= 4.0 for d in delays)
@@ -141,18 +148,13 @@ def test_full_jitter_spreads_over_the_whole_range() -> None:
     base=st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
     cap=st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
     seed=st.integers(min_value=0, max_value=2**32),
-    jitter=st.sampled_from(["full", "equal"]),
+    jitter=st.sampled_from(["full", "equal", "none"]),
 )
 def test_backoff_never_exceeds_the_cap_and_is_never_negative(
     attempt: int, base: float, cap: float, seed: int, jitter: str
 ) -> None:
-    delay = backoff(
-        attempt,
-        base=base,
-        cap=cap,
-        rng=random.Random(seed),
-        jitter="equal" if jitter == "equal" else "full",
-    )
+    mode: Jitter = "equal" if jitter == "equal" else "full" if jitter == "full" else "none"
+    delay = Backoff(base, cap, mode).delay(attempt, random.Random(seed))
     assert 0.0 <= delay <= cap
 
 
@@ -167,7 +169,7 @@ def test_next_delay_honours_retry_after() -> None:
 
 
 def test_next_delay_uses_backoff_without_retry_after() -> None:
-    delay = next_delay(ServerError("x"), 2, remaining=30.0, base=1.0, cap=8.0)
+    delay = next_delay(ServerError("x"), 2, remaining=30.0, schedule=Backoff(1.0, 8.0, "full"))
     assert delay is not None
     assert 0.0 <= delay <= 2.0
 

@@ -26,8 +26,9 @@ import random
 import time
 from collections.abc import Callable, Iterator
 
+from adapters.backoff import Backoff
 from adapters.errors import ProviderError
-from adapters.retry import MAX_RETRY_AFTER, backoff
+from adapters.retry import MAX_RETRY_AFTER
 
 __all__ = [
     "HOLD_REASONS",
@@ -46,15 +47,14 @@ every failed pass..."""
 PASS_BACKOFF_CAP_S = 5.0
 """...up to this, so a held request tries again at least this often. Once the failures have
 opened the breakers, the request waits for their half-open probes instead."""
+PASS_BACKOFF = Backoff(PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, "equal")
 
 
 def pass_delay(passes: int, error: ProviderError, *, rng: random.Random | None = None) -> float:
     """The wait before pass `passes` + 1, after `passes` failed passes ending in `error`:
     exponential with equal jitter (half the delay at least), never shorter than the provider's
     Retry-After (capped at `MAX_RETRY_AFTER`)."""
-    delay = backoff(
-        passes, base=PASS_BACKOFF_BASE_S, cap=PASS_BACKOFF_CAP_S, rng=rng, jitter="equal"
-    )
+    delay = PASS_BACKOFF.delay(passes, rng)
     hint = error.retry_after
     if hint is not None and hint > delay:
         delay = min(hint, MAX_RETRY_AFTER)

@@ -11,6 +11,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from adapters.backoff import Backoff
+
 from ..config import Settings
 from .kafka import client_config
 
@@ -36,7 +38,7 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
 
     admin = AdminClient(client_config(settings, on_error=remember))
     deadline = time.monotonic() + timeout_s
-    delay = 0.5
+    delays = Backoff(0.5, 5.0).delays()
     attempt = 0
     while True:
         attempt += 1
@@ -46,6 +48,7 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
         except KafkaException as exc:
             admin.poll(0)  # serve the client's error events (they reach `remember` here)
             left = deadline - time.monotonic()
+            delay = next(delays)
             if left <= 0:
                 reason = last[0].str() if last else exc.args[0].str() if exc.args else exc
                 raise KafkaUnavailable(
@@ -60,7 +63,6 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
                 delay,
             )
             time.sleep(min(delay, left))
-            delay = min(delay * 2, 5.0)
 
 
 def ensure_topics(admin: AdminClient, topics: Sequence[str], partitions: int) -> list[str]:

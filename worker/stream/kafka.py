@@ -35,6 +35,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from adapters.backoff import Backoff
+
 from ..config import Settings
 from .kafka_conf import (
     DeliveryError,
@@ -384,7 +386,7 @@ class KafkaBridge:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             reports.append((fut, err))  # runs on the polling thread, inside producer.poll()
 
-        delay = 0.01
+        delays = Backoff(0.01, 0.5).delays()
         while True:
             try:
                 self._slot.current.produce(
@@ -392,8 +394,7 @@ class KafkaBridge:
                 )
                 break
             except BufferError:  # local queue full: wait for deliveries to drain it
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                await asyncio.sleep(next(delays))
             except KafkaException as exc:
                 raise DeliveryError(exc.args[0]) from exc
         await fut

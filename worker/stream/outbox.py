@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from adapters.backoff import Backoff
+
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..records import SHRINK_STEPS, InputRecord, Outcome, shrink
@@ -123,7 +125,7 @@ class Outbox:
         """Produce and wait for the acknowledgement, retrying until it comes; a record refused
         as too large is replaced by a smaller one first. `error`: the failure of an earlier
         attempt, handled before the first produce."""
-        delay, longest = RETRY_DELAY_S
+        delays = Backoff(*RETRY_DELAY_S).delays()
         shrunk = 0
         failing = False
         try:
@@ -149,8 +151,7 @@ class Outbox:
                             self._failing(outcome.topic, error, +1)
                         self.delivery_error = f"{outcome.topic}: {error}"
                         log.debug("delivery to %s failed (%s); retrying", outcome.topic, error)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, longest)
+                        await asyncio.sleep(next(delays))
                 try:
                     await self._bridge.produce(
                         outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
