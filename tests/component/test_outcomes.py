@@ -312,8 +312,8 @@ async def test_a_full_producer_queue_waits_instead_of_losing_the_outcome(
 
 
 async def test_completions_carry_every_contract_field(provider: FakeServer) -> None:
-    """DESIGN.md's completion fields, for an answer, a provider failure after a fallback and
-    a validation error."""
+    """Every field of the completion contract (docs/contracts.md), for an answer, a provider
+    failure after a fallback and a validation error."""
     # terminal: a retryable failure would be held until the deadline (issue 9)
     provider.set_profile("down", error_rate=1.0, error_status=401)
     env = {"LLM_WORKER_MAX_ATTEMPTS": "1", "LLM_WORKER_BREAKER_MIN_REQUESTS": "100"}

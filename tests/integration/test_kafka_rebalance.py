@@ -52,7 +52,7 @@ INCREMENTAL = ("cooperative-sticky", "consumer")
 
 TANSU_SKIPS = {
     # Tansu does not serve KIP-848 groups: with group.protocol=consumer the first replica got
-    # no partitions in 90 s. (cooperative-sticky, which DESIGN.md once warned about, passes
+    # no partitions in 90 s. (cooperative-sticky, once thought unsafe with the worker, passes
     # on Tansu too: the early trouble was the worker's, not the broker's.)
     "consumer": "Tansu has no KIP-848 consumer group protocol: the group never forms",
 }
