@@ -33,6 +33,8 @@ from .pipeline import Pipeline
 from .stream.admin import AdminClient, ensure_topics, group_members, wait_for_broker
 from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
+from .stream.outbox import Sent
+from .stream.transport import Transport
 
 __all__ = ["App"]
 
@@ -60,7 +62,7 @@ class App:
         settings: Settings,
         *,
         http: bool = True,
-        bridge: KafkaBridge | None = None,
+        bridge: Transport[Sent] | None = None,
         registry: RegistryCache | None = None,
         connect_admin: ConnectAdmin = wait_for_broker,
     ) -> None:
@@ -144,8 +146,8 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self.bridge = (
-            bridge if bridge is not None else KafkaBridge(settings, self.kafka_stats.update)
+        self.bridge: Transport[Sent] = (
+            bridge if bridge is not None else KafkaBridge[Sent](settings, self.kafka_stats.update)
         )
         self.worker = Worker(
             bridge=self.bridge,

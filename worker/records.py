@@ -9,7 +9,7 @@ are enough for any limit of a few kilobytes or more.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -54,13 +54,18 @@ class Outcome(msgspec.Struct, kw_only=True):
     """The message's spans while tracing is on (`worker.ops.tracing.MessageTrace`), else None."""
 
 
-class Stages(Protocol):
-    """One message's path as the consume loop drives it (`worker.pipeline.Pipeline`)."""
+P = TypeVar("P")
 
-    def begin(self, rec: InputRecord) -> Outcome | Any:
+
+class Stages(Protocol[P]):
+    """One message's path as the consume loop drives it (`worker.pipeline.Pipeline`); `P`: the
+    state of a record that waits (`Pipeline`'s `Pending`)."""
+
+    def begin(self, rec: InputRecord) -> Outcome | P:
         """The outcome when no waiting is needed, else a state for `finish`."""
+        ...
 
-    async def finish(self, pending: Any) -> Outcome: ...
+    async def finish(self, pending: P) -> Outcome: ...
 
     def internal_error(self, rec: InputRecord, exc: BaseException) -> Outcome: ...
 

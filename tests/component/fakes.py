@@ -3,7 +3,8 @@
 - `FakeBroker`: topics of partitions of records, committed offsets per group (with history),
   consumer groups that rebalance eagerly (revoke everything, then assign by range) when a
   member joins or leaves, as librdkafka's `range` assignor does.
-- `FakeBridge`: `worker.stream.kafka.KafkaBridge`'s public surface over a `FakeBroker`. It
+- `FakeBridge`: the seam `worker.stream.transport.Transport` over a `FakeBroker` (its records
+  turned into the seam's typed records by the real bridge's `kafka_conf.to_batch`). It
   behaves like librdkafka where the worker can tell the difference:
     * consumer calls run on one consumer thread; rebalance callbacks (assign, revoke, lost)
       fire from inside `consume()` on that thread, and a revoke's commits are made there;
@@ -39,7 +40,9 @@ from registry.errors import RegistryUnavailable
 from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
 from worker.config import Settings
-from worker.stream.kafka import DeliveryError
+from worker.stream.kafka_conf import delivery_error, to_batch
+from worker.stream.outbox import Sent
+from worker.stream.transport import Ack, AckHandler, Batch, DeliveryError
 
 Key = tuple[str, int]
 
@@ -236,9 +239,6 @@ class FakeAdmin:
         return out
 
 
-AckHandler = Callable[[list[tuple[Any, KafkaError | None]]], None]
-
-
 class FakeBridge:
     """`KafkaBridge` over a `FakeBroker` (see the module docstring for what it keeps)."""
 
@@ -267,8 +267,8 @@ class FakeBridge:
         self._on_assign: Callable[[list[Key]], None] | None = None
         self._on_revoke: Callable[[list[Key]], dict[Key, int]] | None = None
         self._on_lost: Callable[[list[Key]], None] | None = None
-        self._ack_handler: AckHandler | None = None
-        self._acks: list[tuple[Any, KafkaError | None]] = []
+        self._ack_handler: AckHandler[Sent] | None = None
+        self._acks: list[Ack[Sent]] = []
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fake-consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -287,7 +287,7 @@ class FakeBridge:
     ) -> None:
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
 
-    def set_ack_handler(self, handler: AckHandler) -> None:
+    def set_ack_handler(self, handler: AckHandler[Sent]) -> None:
         self._ack_handler = handler
 
     def set_fatal_hook(self, hook: Callable[[str], None]) -> None:
@@ -348,9 +348,9 @@ class FakeBridge:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     # -- consumer --------------------------------------------------------------------------
-    async def consume(self, max_messages: int, timeout: float) -> list[FakeMessage]:
+    async def consume(self, max_messages: int, timeout: float) -> Batch:
         msgs: list[FakeMessage] = await self._in_thread(self._consume, max_messages, timeout)
-        return msgs
+        return to_batch(msgs)  # type: ignore[arg-type]
 
     def _consume(self, n: int, timeout: float) -> list[FakeMessage]:
         if not 0 <= n <= 1_000_000:  # librdkafka's bound
@@ -481,10 +481,10 @@ class FakeBridge:
             await self._in_thread(self.paused.difference_update, list(parts))
 
     # -- producer --------------------------------------------------------------------------
-    def _check(self, value: bytes, key: bytes | None) -> KafkaError | None:
+    def _check(self, value: bytes, key: bytes | None) -> DeliveryError | None:
         if len(value) + len(key or b"") > self.max_message_bytes:
-            raise DeliveryError(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-        return self.delivery_errors.popleft() if self.delivery_errors else None
+            raise delivery_error(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        return delivery_error(self.delivery_errors.popleft()) if self.delivery_errors else None
 
     def produce_nowait(
         self,
@@ -492,7 +492,7 @@ class FakeBridge:
         value: bytes,
         key: bytes | None,
         headers: list[tuple[str, bytes]] | None,
-        token: Any,
+        token: Sent,
     ) -> None:
         if self.buffer_full:
             self.buffer_full -= 1
@@ -502,7 +502,7 @@ class FakeBridge:
             self.broker.append(topic, value, key, headers)
         if not self._acks and self._loop is not None:
             self._loop.call_later(self.ack_delay_s, self._report)
-        self._acks.append((token, err))
+        self._acks.append(Ack(token, err))
 
     def _report(self) -> None:
         batch, self._acks = self._acks, []
@@ -521,7 +521,7 @@ class FakeBridge:
         err = self._check(value, key)
         await asyncio.sleep(self.ack_delay_s)
         if err is not None:
-            raise DeliveryError(err)
+            raise err
         self.broker.append(topic, value, key, headers)
 
 

@@ -1,7 +1,10 @@
 """Fakes for the consume loop: a bridge that behaves like librdkafka where it matters (a
 fixed backlog per partition, pause/resume, batched delivery reports, records refused at once
 when they are too large, rebalance hooks fired from `consume`), and a pipeline that finishes
-offsets in a chosen order."""
+offsets in a chosen order.
+
+The bridge's `fetch` returns librdkafka-like messages (`FakeMsg`); `consume` turns them into
+the seam's typed records with the real bridge's own `kafka_conf.to_batch`."""
 
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ from confluent_kafka import KafkaError
 from worker.ops.metrics import Metrics
 from worker.records import InputRecord, Outcome, record_size
 from worker.stream.consumer import Worker
-from worker.stream.kafka import AckHandler, DeliveryError
+from worker.stream.kafka import KafkaBridge
+from worker.stream.kafka_conf import delivery_error, to_batch
+from worker.stream.outbox import Sent
+from worker.stream.transport import Ack, AckHandler, Batch, DeliveryError
 
 __all__ = ["FakeBridge", "FakeMsg", "FakePipeline", "make_worker", "run_until"]
 
@@ -69,8 +75,8 @@ class FakeBridge:
         self.produced: list[bytes] = []
         self.fail_next_produce = 0
         self.max_in_flight_seen: dict[int, int] = defaultdict(int)
-        self.ack_handler: AckHandler | None = None
-        self.acks: list[tuple[Any, KafkaError | None]] = []
+        self.ack_handler: AckHandler[Sent] | None = None
+        self.acks: list[Ack[Sent]] = []
         self.hold_acks = False  # True: delivery reports wait until released
         self.fail_code = KafkaError._MSG_TIMED_OUT
         self.records: dict[tuple[int, int], tuple[bytes, bytes | None]] = {}  # custom records
@@ -85,7 +91,7 @@ class FakeBridge:
         self.fatal: str | None = None
         self.flushed = 0
 
-    def set_ack_handler(self, handler: AckHandler) -> None:
+    def set_ack_handler(self, handler: AckHandler[Sent]) -> None:
         self.ack_handler = handler
 
     def set_rebalance_hooks(self, *hooks: Any) -> None:
@@ -93,6 +99,25 @@ class FakeBridge:
 
     def set_fatal_hook(self, hook: Any) -> None:
         self.fatal_hook = hook
+
+    def report_fatal(self, err: KafkaError) -> None:
+        if self.fatal is None:
+            self.fatal = f"{err.name()}: {err.str()}"
+            self.fatal_hook(self.fatal)
+
+    # The real bridge's exactly-once calls, over the librdkafka-like `producer` and `consumer`
+    # a test gives the bridge, and its own consumer thread (`_in_consumer_thread`).
+    init_transactions = KafkaBridge.init_transactions
+    begin_transaction = KafkaBridge.begin_transaction
+    commit_transaction = KafkaBridge.commit_transaction
+    abort_transaction = KafkaBridge.abort_transaction
+    _transaction_error = KafkaBridge._transaction_error
+    group_metadata = KafkaBridge.group_metadata
+    read_group_metadata = KafkaBridge.read_group_metadata
+    rewind = KafkaBridge.rewind
+
+    async def _in_consumer_thread(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
 
     def epoch(self, key: tuple[str, int]) -> int:
         return self.epochs.get(key, 0) if key in self.assignment else 0
@@ -128,9 +153,14 @@ class FakeBridge:
 
     def _check_size(self, value: bytes, key: bytes | None, headers: Any) -> None:
         if record_size(value, key, headers) > self.max_message_bytes:
-            raise DeliveryError(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))  # at once, as librdkafka
+            raise delivery_error(
+                KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+            )  # at once, as librdkafka
 
-    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
+    async def consume(self, n: int, timeout: float) -> Batch:
+        return to_batch(await self.fetch(n, timeout))  # type: ignore[arg-type]
+
+    async def fetch(self, n: int, timeout: float) -> list[FakeMsg]:
         self.consume_calls += 1
         while self.pending_rebalance:
             kind, keys = self.pending_rebalance.pop(0)
@@ -172,23 +202,23 @@ class FakeBridge:
         await asyncio.sleep(0)
         if self.fail_next_produce:
             self.fail_next_produce -= 1
-            raise DeliveryError(KafkaError(KafkaError._MSG_TIMED_OUT))
+            raise delivery_error(KafkaError(KafkaError._MSG_TIMED_OUT))
         self.produced.append(value)
         self.sent.append((topic, value, key, headers))
 
-    def produce_nowait(self, topic: str, value: bytes, key: Any, headers: Any, token: Any) -> None:
+    def produce_nowait(self, topic: str, value: bytes, key: Any, headers: Any, token: Sent) -> None:
         """Like the real bridge: reports come back later, several in one handler call."""
         self._check_size(value, key, headers)
+        err: DeliveryError | None = None
         if self.fail_next_produce:
             self.fail_next_produce -= 1
-            err: KafkaError | None = KafkaError(self.fail_code)
+            err = delivery_error(KafkaError(self.fail_code))
         else:
-            err = None
             self.produced.append(value)
             self.sent.append((topic, value, key, headers))
         if not self.acks:
             asyncio.get_running_loop().call_later(0.001, self.release_acks)
-        self.acks.append((token, err))
+        self.acks.append(Ack(token, err))
 
     def release_acks(self) -> None:
         if self.hold_acks or not self.acks:
@@ -224,7 +254,7 @@ class FakePipeline:
         return Outcome(topic="out", value=f"{p}:{rec.offset}".encode(), key=None, headers=None)
 
 
-def make_worker(bridge: FakeBridge, pipeline: FakePipeline, **kw: Any) -> Worker:
+def make_worker(bridge: FakeBridge, pipeline: FakePipeline, **kw: Any) -> Worker[Any]:
     args: dict[str, Any] = {
         "max_in_flight": 64,
         "max_in_flight_per_partition": 8,
@@ -236,7 +266,7 @@ def make_worker(bridge: FakeBridge, pipeline: FakePipeline, **kw: Any) -> Worker
     return Worker(bridge=bridge, pipeline=pipeline, metrics=Metrics(), **args)  # type: ignore[arg-type]
 
 
-async def run_until(worker: Worker, cond: Any, timeout: float = 10.0) -> None:
+async def run_until(worker: Worker[Any], cond: Any, timeout: float = 10.0) -> None:
     task = asyncio.create_task(worker.run())
     try:
         async with asyncio.timeout(timeout):

@@ -30,8 +30,8 @@ class PauseKeepingConsumer:
         self.paused -= {(tp.topic, tp.partition) for tp in partitions}
 
 
-def _bridge(consumer: PauseKeepingConsumer) -> tuple[KafkaBridge, list[list[Key]]]:
-    bridge = KafkaBridge(Settings())
+def _bridge(consumer: PauseKeepingConsumer) -> tuple[KafkaBridge[object], list[list[Key]]]:
+    bridge = KafkaBridge[object](Settings())
     assigned: list[list[Key]] = []
 
     def on_assign(keys: list[Key]) -> None:

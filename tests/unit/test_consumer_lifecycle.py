@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -31,10 +32,10 @@ async def test_a_stop_before_run_begins_takes_nothing_and_run_returns() -> None:
 class FailingBridge(FakeBridge):
     """The consumer fails once every record was taken."""
 
-    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
+    async def fetch(self, n: int, timeout: float) -> list[FakeMsg]:
         if self.next[0] == self.end[0]:
             raise RuntimeError("consumer closed")
-        return await super().consume(n, timeout)
+        return await super().fetch(n, timeout)
 
 
 async def test_a_failing_consume_loop_finishes_its_work_commits_it_and_raises() -> None:
@@ -73,7 +74,7 @@ async def test_the_revoke_when_the_consumer_closes_after_run_neither_waits_nor_c
 class RoundRobinBridge(FakeBridge):
     """Serves the partitions in turn, one record each, as a broker's fetches interleave."""
 
-    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
+    async def fetch(self, n: int, timeout: float) -> list[FakeMsg]:
         out: list[FakeMsg] = []
         for p in sorted(self.next):
             if (
@@ -116,8 +117,8 @@ class LoggingBridge(FakeBridge):
         super().__init__(backlog)
         self.events: list[object] = []
 
-    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
-        out = await super().consume(n, timeout)
+    async def fetch(self, n: int, timeout: float) -> list[FakeMsg]:
+        out = await super().fetch(n, timeout)
         self.events += [m.offset() for m in out]
         return out
 
@@ -168,7 +169,7 @@ async def test_a_partition_assigned_while_the_worker_is_full_gives_one_record_th
 class ResumeLoggingBridge(LoggingBridge):
     def __init__(self, backlog: dict[int, int]) -> None:
         super().__init__(backlog)
-        self.worker_in_flight = lambda: -1
+        self.worker_in_flight: Callable[[], int] = lambda: -1
 
     async def resume(self, parts: list[tuple[str, int]]) -> None:
         self.events.append(("resume", self.worker_in_flight()))

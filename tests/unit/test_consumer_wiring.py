@@ -234,7 +234,7 @@ class ServingBridge(FakeBridge):
         super().__init__({0: 0})
         self.msgs = msgs
 
-    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
+    async def fetch(self, n: int, timeout: float) -> list[FakeMsg]:
         out, self.msgs = self.msgs[:n], self.msgs[n:]
         if not out:
             await asyncio.sleep(timeout)

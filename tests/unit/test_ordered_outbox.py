@@ -28,6 +28,7 @@ async def test_outcomes_are_released_in_offset_order_per_partition() -> None:
     bridge = FakeBridge({0: 0, 1: 0})
     spawned: list[Any] = []
     box = OrderedOutbox(bridge, Metrics(), spawn=lambda k, c: spawned.append(c))  # type: ignore[arg-type]
+    bridge.set_ack_handler(box.on_acks)  # as App wires it
     offsets = PartitionOffsets()
     for p in (0, 1):
         for o in (5, 7, 9):  # gaps, as compaction or transaction markers leave them
@@ -49,6 +50,7 @@ async def test_a_failed_delivery_taints_the_transaction_and_is_not_retried() -> 
     bridge = FakeBridge({0: 0})
     spawned: list[Any] = []
     box = OrderedOutbox(bridge, Metrics(), spawn=lambda k, c: spawned.append(c))  # type: ignore[arg-type]
+    bridge.set_ack_handler(box.on_acks)  # as App wires it
     offsets = PartitionOffsets()
     box.track(_rec(0, 0))
     offsets.start(0)
@@ -79,8 +81,9 @@ async def test_a_fenced_producer_stops_the_worker_instead_of_aborting_forever() 
     bridge = FakeBridge({0: 0})
     bridge.producer = _FencedProducer()  # type: ignore[attr-defined]
     reported: list[KafkaError] = []
-    bridge.report_fatal = reported.append  # type: ignore[attr-defined]
+    bridge.report_fatal = reported.append  # type: ignore[method-assign,assignment]
     box = OrderedOutbox(bridge, Metrics(), spawn=lambda k, c: None)  # type: ignore[arg-type]
+    bridge.set_ack_handler(box.on_acks)  # as App wires it
     eos = ExactlyOnce(bridge, box)  # type: ignore[arg-type]
     await eos.abort()
     assert [e.code() for e in reported] == [KafkaError._FENCED]

@@ -140,7 +140,9 @@ def test_librdkafka_statistics_become_lag_and_queue_gauges() -> None:
     app.kafka_stats.update(json.dumps({"type": "producer", "msg_cnt": 12, "brokers": {}}))
     app.kafka_stats.update("not json")  # ignored
     assert app.kafka_stats.brokers_up == 1
-    app.bridge._assignment = frozenset({("prompts", 0), ("prompts", 1), ("prompts", 2)})
+    app.bridge._assignment = frozenset(  # type: ignore[attr-defined]
+        {("prompts", 0), ("prompts", 1), ("prompts", 2)}
+    )
     reg = app.metrics.registry
     lag = {
         p: reg.get_sample_value("llm_worker_consumer_lag", {"topic": "prompts", "partition": p})

@@ -4,7 +4,7 @@ inside a rebalance hook (the consumer thread is busy) the rewind does not wait f
 and a revoke settles the open transaction before the partitions go (commit, or abort).
 
 The fake is transactional like librdkafka where it matters: one consumer thread (a lock shared
-by `consume` and `on_consumer_thread`), a producer whose records are visible only when their
+by `consume` and `_in_consumer_thread`), a producer whose records are visible only when their
 transaction commits, offsets committed with the transaction, `seek` moving the fetch position,
 an assignment starting at the committed offset, and the consumer's calls waiting while a
 rebalance callback runs on its thread (as confluent-kafka's do).
@@ -104,13 +104,13 @@ class TxnBridge(FakeBridge):
             self.hook_thread = None
             self.hook_done.set()
 
-    async def on_consumer_thread(self, fn: Any) -> Any:
+    async def _in_consumer_thread(self, fn: Any, *args: Any) -> Any:
         async with self.thread:
-            return fn()
+            return fn(*args)
 
-    async def consume(self, n: int, timeout: float) -> list[FakeMsg]:
+    async def fetch(self, n: int, timeout: float) -> list[FakeMsg]:
         async with self.thread:
-            out = await super().consume(n, timeout)
+            out = await super().fetch(n, timeout)
             if self.stall_at is not None and any(m.offset() >= self.stall_at for m in out):
                 self.stall_at = None
                 self.stalled.set()
@@ -124,7 +124,7 @@ class TxnBridge(FakeBridge):
             self.producer.open.append(value)
 
 
-def _eos_worker(bridge: TxnBridge) -> Worker:
+def _eos_worker(bridge: TxnBridge) -> Worker[Any]:
     return make_worker(
         bridge, FakePipeline(), max_in_flight=16, max_in_flight_per_partition=16, consume_batch=8
     )
@@ -295,7 +295,8 @@ async def test_a_rebalance_after_the_group_metadata_was_read_skips_that_commit(
     worker = make_worker(  # no periodic commit: only the commits made here
         bridge, FakePipeline(), max_in_flight=16, consume_batch=8, commit_interval_s=3600.0
     )
-    eos = worker._eos  # type: ignore[attr-defined]
+    eos = worker._eos
+    assert eos is not None
     task = asyncio.create_task(worker.run())
     try:
         await _wait(lambda: bridge.next[0] == 40 and worker.in_flight == 0)

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ..config import Settings
+from ..stream.kafka_client import RecordSender, TopicTail
 
 __all__ = ["CompletionWaiter", "publish"]
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
-
-
-def _client_conf(settings: Settings) -> dict[str, Any]:
-    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers}
-    for k, v in settings.kafka_extra.items():
-        if k.startswith(("security.", "sasl.", "ssl.", "client.")):
-            conf[k] = v
-    return conf
 
 
 class CompletionWaiter:
@@ -34,25 +25,7 @@ class CompletionWaiter:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        conf = _client_conf(settings)
-        conf.update(
-            {
-                "group.id": f"llm-worker-send-{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 25,  # see KafkaBridge: quick answers from every broker
-            }
-        )
-        self._consumer = Consumer(conf)
-        topic = settings.completions_topic
-        meta = self._consumer.list_topics(topic, timeout=10)
-        parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
-        tps = []
-        for p in parts:
-            # the reported high watermark is never past the real end, so nothing is missed
-            high = _high_watermark(self._consumer, TopicPartition(topic, p))
-            tps.append(TopicPartition(topic, p, max(high, 0)))
-        self._consumer.assign(tps)
+        self._tail = TopicTail(settings, settings.completions_topic)
 
     def wait(
         self,
@@ -68,10 +41,7 @@ class CompletionWaiter:
         decode = _dec.decode
         # `wanted` shrinks as ids are answered: a count, not a set difference per poll
         while wanted and time.monotonic() < deadline:
-            for msg in self._consumer.consume(1000, 0.2):
-                value = msg.value()
-                if value is None or msg.error() is not None:
-                    continue
+            for value in self._tail.values(1000, 0.2):
                 try:
                     comp = decode(value)
                 except msgspec.DecodeError:
@@ -85,7 +55,7 @@ class CompletionWaiter:
         return got
 
     def close(self) -> None:
-        self._consumer.close()
+        self._tail.close()
 
     def __enter__(self) -> CompletionWaiter:
         return self
@@ -106,7 +76,7 @@ def publish(
 
     `rate` paces publishing (prompts/s); `sent_at` receives each dict prompt's send time.
     """
-    producer = Producer({**_client_conf(settings), "linger.ms": 5, "enable.idempotence": True})
+    producer = RecordSender(settings)
     n = 0
     start = time.monotonic()
     for p in prompts:
@@ -117,12 +87,7 @@ def publish(
             sent_at[str(p.get("id"))] = time.time()
         value = p if isinstance(p, bytes) else _enc.encode(p)
         key = None if isinstance(p, bytes) else str(p.get("id", "")).encode()
-        while True:
-            try:
-                producer.produce(settings.prompts_topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        producer.send(settings.prompts_topic, value, key)
         n += 1
         if n % 1000 == 0:
             producer.poll(0)
@@ -134,29 +99,3 @@ def publish(
     if on_progress is not None:
         on_progress(n)
     return n
-
-
-_NO_LEADER_YET = frozenset(
-    (
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_PARTITION,
-    )
-)
-
-
-def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> int:
-    """The partition's end; a topic just created (by the worker, a moment ago) may have no
-    leader yet on Apache Kafka: its retriable errors are waited out, up to `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            return int(high)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            retriable = err is not None and (err.retriable() or err.code() in _NO_LEADER_YET)
-            if not retriable or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)

@@ -1,10 +1,13 @@
-"""Kafka: the only librdkafka module (`kafka`), offset tracking (`offsets`) and the consume
-loop with flow control, rebalance and shutdown (`consumer`)."""
+"""Kafka: the seam (`transport`: plain types and the `Transport` protocol), its librdkafka side
+(`kafka`, `kafka_conf`, `kafka_producer`, `admin`: the only modules of the service that import
+confluent_kafka), offset tracking (`offsets`) and the consume loop with flow control, rebalance
+and shutdown (`consumer`)."""
 
 from .admin import KafkaUnavailable
 from .consumer import Stages, Worker
-from .kafka import DeliveryError, KafkaBridge
+from .kafka import KafkaBridge
 from .offsets import OffsetTracker, PartitionOffsets
+from .transport import DeliveryError, Transport
 
 __all__ = [
     "DeliveryError",
@@ -13,5 +16,6 @@ __all__ = [
     "OffsetTracker",
     "PartitionOffsets",
     "Stages",
+    "Transport",
     "Worker",
 ]

@@ -13,6 +13,9 @@ and applies only to partitions still in them, so it never moves an offset backwa
 
 A fatal client error is reported once to `on_fatal`: the worker stops and exits non-zero.
 A producer whose id the broker forgot is replaced (`kafka_producer`).
+
+The bridge implements the seam of `transport` (plain types in and out): this module, with
+`kafka_conf`, `kafka_producer` and `admin`, is all of the service that imports confluent_kafka.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -39,40 +42,42 @@ from adapters.backoff import Backoff
 
 from ..config import Settings
 from .kafka_conf import (
-    DeliveryError,
     client_config,
     consume_ready,
     consumer_config,
+    delivery_error,
     message_max_bytes,
     producer_config,
     settle_all,
+    to_batch,
 )
 from .kafka_producer import ProducerSlot
+from .transport import (
+    TXN_CALL_S,
+    Ack,
+    AckHandler,
+    AssignHook,
+    Batch,
+    DeliveryError,
+    FatalHook,
+    GroupMetadata,
+    Key,
+    RevokeHook,
+    TransactionError,
+)
 
-__all__ = [
-    "OFFSET_BEGINNING",
-    "DeliveryError",
-    "KafkaBridge",
-    "KafkaError",
-    "KafkaException",
-    "Message",
-    "TopicPartition",
-    "client_config",
-]
+__all__ = ["DeliveryError", "KafkaBridge", "Key", "client_config"]
 
 log = logging.getLogger("llm_worker.kafka")
 
-Key = tuple[str, int]
-RevokeHook = Callable[[list[Key]], dict[Key, int]]
-AssignHook = Callable[[list[Key]], None]
-# (token given to `produce_nowait`, delivery error or None), one poll's worth at a time
-AckHandler = Callable[[list[tuple[Any, KafkaError | None]]], None]
+T = TypeVar("T")
 
 REBALANCE_CLOSE_TIMEOUT_S = 10.0  # how long close() lets librdkafka leave the group
 
 
-class KafkaBridge:
-    """Consumer + idempotent producer behind asyncio-friendly methods."""
+class KafkaBridge(Generic[T]):
+    """Consumer + idempotent producer behind asyncio-friendly methods (`transport.Transport`);
+    `T`: the delivery token `produce_nowait` carries back to the ack handler."""
 
     def __init__(self, settings: Settings, on_stats: Callable[[str], None] | None = None) -> None:
         self._settings = settings
@@ -80,7 +85,7 @@ class KafkaBridge:
         self._on_assign: AssignHook | None = None
         self._on_revoke: RevokeHook | None = None
         self._on_lost: AssignHook | None = None
-        self._on_fatal: Callable[[str], None] | None = None
+        self._on_fatal: FatalHook | None = None
         self._consumer: Consumer | None = None
         self._slot: ProducerSlot | None = None
         self._cthread = concurrent.futures.ThreadPoolExecutor(
@@ -93,8 +98,8 @@ class KafkaBridge:
         self._reports: collections.deque[tuple[asyncio.Future[None], KafkaError | None]] = (
             collections.deque()
         )
-        self._acks: collections.deque[tuple[Any, KafkaError | None]] = collections.deque()
-        self._ack_handler: AckHandler | None = None
+        self._acks: collections.deque[Ack[T]] = collections.deque()
+        self._ack_handler: AckHandler[T] | None = None
         self._assignment: frozenset[Key] = frozenset()
         self._epochs: dict[Key, int] = {}
         self._epoch = 0
@@ -112,10 +117,6 @@ class KafkaBridge:
     def consumer(self) -> Consumer:
         assert self._consumer is not None, "start() first"
         return self._consumer
-
-    async def on_consumer_thread(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the consumer's thread (where every consumer call belongs)."""
-        return await self._in_consumer_thread(fn)
 
     @property
     def assignment(self) -> frozenset[Key]:
@@ -135,13 +136,13 @@ class KafkaBridge:
         self._on_revoke = on_revoke
         self._on_lost = on_lost
 
-    def set_fatal_hook(self, on_fatal: Callable[[str], None]) -> None:
+    def set_fatal_hook(self, on_fatal: FatalHook) -> None:
         """Called on the event loop, once, when a client hits a fatal error."""
         self._on_fatal = on_fatal
 
-    def set_ack_handler(self, handler: AckHandler) -> None:
+    def set_ack_handler(self, handler: AckHandler[T]) -> None:
         """Where the delivery reports of `produce_nowait` go: called on the event loop with
-        every `(token, error)` of one producer poll, in one call."""
+        every `Ack(token, error)` of one producer poll, in one call."""
         self._ack_handler = handler
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -222,15 +223,16 @@ class KafkaBridge:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cthread, lambda: fn(*args, **kwargs))
 
-    async def consume(self, max_messages: int, timeout: float) -> list[Message]:
+    async def consume(self, max_messages: int, timeout: float) -> Batch:
         """Up to `max_messages` records: what is ready now, else wait up to `timeout` for the
         first ones. (librdkafka's `consume(n, timeout)` waits the whole timeout for the n-th
         record, leaving the worker idle while a partial batch sits in the local queue.)"""
-        assert self._consumer is not None
-        msgs: list[Message] = await self._in_consumer_thread(
-            consume_ready, self._consumer, max_messages, timeout
+        consumer = self._consumer
+        assert consumer is not None
+        batch: Batch = await self._in_consumer_thread(
+            lambda: to_batch(consume_ready(consumer, max_messages, timeout))
         )
-        return msgs
+        return batch
 
     async def commit(self, offsets: dict[Key, tuple[int, int]]) -> dict[Key, int]:
         """Commit `{key: (offset, epoch)}`; returns what was committed: only partitions still
@@ -333,7 +335,7 @@ class KafkaBridge:
     def _reported(
         self,
         ready: list[tuple[asyncio.Future[None], KafkaError | None]],
-        acked: list[tuple[Any, KafkaError | None]],
+        acked: list[Ack[T]],
     ) -> None:
         if ready:
             settle_all(ready)
@@ -350,24 +352,25 @@ class KafkaBridge:
         value: bytes,
         key: bytes | None,
         headers: list[tuple[str, bytes]] | None,
-        token: Any,
+        token: T,
     ) -> None:
         """Produce one record without waiting: its delivery report reaches the ack handler on
-        the loop as `(token, error)`, batched per poll (no future, no task: the cheap path).
+        the loop as `Ack(token, error)`, batched per poll (no future, no task: the cheap path).
         Raises BufferError when librdkafka's queue is full, DeliveryError when the record is
         refused at once (too large, say)."""
         assert self._slot is not None
         acks = self._acks
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            acks.append((token, err))  # runs on the polling thread, inside producer.poll()
+            # runs on the polling thread, inside producer.poll()
+            acks.append(Ack(token, None if err is None else delivery_error(err)))
 
         try:
             self._slot.current.produce(
                 topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
             )
         except KafkaException as exc:
-            raise DeliveryError(exc.args[0]) from exc
+            raise delivery_error(exc.args[0]) from exc
 
     async def produce(
         self,
@@ -396,5 +399,69 @@ class KafkaBridge:
             except BufferError:  # local queue full: wait for deliveries to drain it
                 await asyncio.sleep(next(delays))
             except KafkaException as exc:
-                raise DeliveryError(exc.args[0]) from exc
+                raise delivery_error(exc.args[0]) from exc
         await fut
+
+    # -- exactly-once ----------------------------------------------------------------------
+    async def init_transactions(self) -> None:
+        await asyncio.to_thread(self.producer.init_transactions, 60.0)
+
+    def begin_transaction(self) -> None:
+        self.producer.begin_transaction()
+
+    async def commit_transaction(self, offsets: dict[Key, int], meta: GroupMetadata) -> None:
+        """Send `offsets` with the consumer's group metadata, and commit (TransactionError)."""
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        producer = self.producer
+        try:
+            await asyncio.to_thread(producer.send_offsets_to_transaction, tps, meta, TXN_CALL_S)
+            await asyncio.to_thread(producer.commit_transaction, TXN_CALL_S)
+        except KafkaException as exc:
+            raise self._transaction_error(exc) from exc
+
+    async def abort_transaction(self) -> None:
+        try:
+            await asyncio.to_thread(self.producer.abort_transaction, TXN_CALL_S)
+        except KafkaException as exc:
+            raise self._transaction_error(exc) from exc
+
+    def _transaction_error(self, exc: KafkaException) -> TransactionError:
+        """A fatal error returned by a transactional call (fenced: the broker bumped the epoch,
+        after a transaction timeout or for a newer instance) ends the worker: librdkafka does
+        not always pass it to the error callback too, and every later transaction would fail
+        the same way, forever."""
+        err = exc.args[0] if exc.args else None
+        fatal = isinstance(err, KafkaError) and bool(err.fatal())
+        if fatal:
+            assert isinstance(err, KafkaError)
+            self.report_fatal(err)
+        return TransactionError(str(exc), fatal=fatal)
+
+    def group_metadata(self) -> GroupMetadata:
+        """The consumer's group metadata, read on the consumer thread (a rebalance hook)."""
+        return self.consumer.consumer_group_metadata()
+
+    async def read_group_metadata(self) -> GroupMetadata:
+        """The same from the loop: the call runs on the consumer thread (after any hook)."""
+        meta: GroupMetadata = await self._in_consumer_thread(self.group_metadata)
+        return meta
+
+    async def rewind(self) -> int:
+        """Seek every assigned partition back to its committed offset (the start when none is
+        committed), on the consumer thread; returns how many."""
+        consumer = self.consumer
+
+        def seek() -> int:
+            tps = consumer.assignment()
+            if not tps:
+                return 0
+            for tp in consumer.committed(tps, timeout=30):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                try:
+                    consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                except KafkaException as exc:  # not fetching yet: it starts at committed
+                    log.debug("seek %s/%s: %s", tp.topic, tp.partition, exc)
+            return len(tps)
+
+        n: int = await self._in_consumer_thread(seek)
+        return n

@@ -20,36 +20,50 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message
 
 from ..config import ConfigError, Settings
+from ..records import InputRecord
+from .transport import Batch, DeliveryError
 
 __all__ = [
     "DeliveryError",
     "client_config",
     "consume_ready",
     "consumer_config",
+    "delivery_error",
     "message_max_bytes",
     "producer_config",
     "settle_all",
+    "to_batch",
     "transaction_timeout_ms",
     "transactional_id",
 ]
 
 log = logging.getLogger("llm_worker.kafka")
 rdlog = logging.getLogger("llm_worker.librdkafka")
+worker_log = logging.getLogger("llm_worker")
 
 ErrorHook = Callable[[KafkaError], None]
 
 
-class DeliveryError(RuntimeError):
-    def __init__(self, err: KafkaError) -> None:
-        super().__init__(f"delivery failed: {err.str()} ({err.name()})")
-        self.code = err.code()
-        self.retriable = bool(err.retriable()) or self.code in (
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+
+
+def delivery_error(err: KafkaError) -> DeliveryError:
+    """librdkafka's delivery failure in the seam's terms."""
+    code = err.code()
+    return DeliveryError(
+        f"delivery failed: {err.str()} ({err.name()})",
+        code=code,
+        retriable=bool(err.retriable())
+        or code
+        in (
             KafkaError._MSG_TIMED_OUT,
             KafkaError._TRANSPORT,
             KafkaError.NOT_ENOUGH_REPLICAS,
             KafkaError.REQUEST_TIMED_OUT,
-        )
-        self.too_large = self.code == KafkaError.MSG_SIZE_TOO_LARGE
+        ),
+        too_large=code == KafkaError.MSG_SIZE_TOO_LARGE,
+        purged=code in _PURGED,
+    )
 
 
 def _log_error(err: KafkaError) -> None:
@@ -262,6 +276,35 @@ def consume_ready(consumer: Consumer, max_messages: int, timeout: float) -> list
     return msgs
 
 
+def to_batch(msgs: list[Message]) -> Batch:
+    """librdkafka's messages as input records; an error event is logged and counted (the end of
+    a partition is no error), never handed on."""
+    batch = Batch()
+    records = batch.records
+    for msg in msgs:
+        err = msg.error()
+        if err is not None:
+            batch.errors += 1
+            if err.code() != KafkaError._PARTITION_EOF:
+                worker_log.warning("consume error: %s", err.str())
+            continue
+        ts_type, ts = msg.timestamp()
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None  # a record
+        records.append(
+            InputRecord(
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                value=msg.value(),
+                key=msg.key(),
+                headers=msg.headers(),  # type: ignore[arg-type]
+                timestamp_ms=ts if ts_type else None,
+            )
+        )
+    return batch
+
+
 def settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
     for fut, err in reports:
         if fut.done():
@@ -269,4 +312,4 @@ def settle_all(reports: list[tuple[asyncio.Future[None], KafkaError | None]]) ->
         if err is None:
             fut.set_result(None)
         else:
-            fut.set_exception(DeliveryError(err))
+            fut.set_exception(delivery_error(err))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from adapters.backoff import Backoff
@@ -22,18 +23,31 @@ from adapters.backoff import Backoff
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..records import SHRINK_STEPS, InputRecord, Outcome, shrink
-from .kafka import DeliveryError, KafkaBridge, KafkaError
 from .offsets import PartitionOffsets
+from .transport import Ack, DeliveryError, Key, Transport
 
 __all__ = ["Outbox", "Sent"]
 
 log = logging.getLogger("llm_worker")
 
-Key = tuple[str, int]
-# what a produced outcome carries until its delivery report: the record, the outcome, and the
-# offsets object of the partition assignment that started it
-Sent = tuple[InputRecord, Outcome, PartitionOffsets]
 Spawn = Callable[[Key, Coroutine[Any, Any, None]], None]
+Delivered = tuple[InputRecord, Outcome, PartitionOffsets]
+"""What `OutcomeRecorder.record` reads of a delivered message."""
+
+
+@dataclass(slots=True, frozen=True)
+class Sent:
+    """The delivery token of a produced outcome, until its delivery report: the input record,
+    the outcome, and the offsets of the partition assignment that started it."""
+
+    record: InputRecord
+    outcome: Outcome
+    offsets: PartitionOffsets
+
+    def finish(self) -> None:
+        """Delivered: its input's offset is done."""
+        self.offsets.finish(self.record.offset)
+
 
 RETRY_DELAY_S = (0.1, 5.0)
 """First and longest pause between attempts to deliver an outcome that failed."""
@@ -42,7 +56,7 @@ RETRY_DELAY_S = (0.1, 5.0)
 class Outbox:
     def __init__(
         self,
-        bridge: KafkaBridge,
+        bridge: Transport[Sent],
         metrics: Metrics,
         *,
         spawn: Spawn,
@@ -64,12 +78,10 @@ class Outbox:
         """Outcomes whose delivery failed (not as too large) and is being retried now."""
         self.delivery_error: str | None = None
         """The last such failure, while any outcome is failing."""
-        metrics.delivery_failing.set_function(lambda: self.failing)
-        bridge.set_ack_handler(self._on_acks)
 
     def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
         """Produce the outcome; the message finishes when its delivery report comes back."""
-        sent: Sent = (rec, outcome, offsets)
+        sent = Sent(rec, outcome, offsets)
         key = (rec.topic, rec.partition)
         try:
             self._bridge.produce_nowait(
@@ -89,18 +101,19 @@ class Outbox:
             return
         self.unacked += 1
 
-    def _on_acks(self, acks: list[tuple[Any, KafkaError | None]]) -> None:
-        """Delivery reports of one producer poll (on the loop): finish the delivered messages
-        and retry the failed ones."""
+    def on_acks(self, acks: list[Ack[Sent]]) -> None:
+        """Delivery reports of one producer poll (on the loop; the bridge's ack handler):
+        finish the delivered messages and retry the failed ones."""
         self.unacked -= len(acks)
-        delivered: list[Sent] = []
-        for sent, err in acks:
-            if err is None:
-                sent[2].finish(sent[0].offset)
-                delivered.append(sent)
+        delivered: list[Delivered] = []
+        for ack in acks:
+            sent = ack.token
+            if ack.error is None:
+                sent.finish()
+                delivered.append((sent.record, sent.outcome, sent.offsets))
             else:
-                rec = sent[0]
-                self._spawn((rec.topic, rec.partition), self._redeliver(sent, DeliveryError(err)))
+                rec = sent.record
+                self._spawn((rec.topic, rec.partition), self._redeliver(sent, ack.error))
         self.recorder.record(delivered)
         self.acked.set()
         self._on_acked()
@@ -112,14 +125,13 @@ class Outbox:
         """Partitions no longer ours (None: all): nothing kept here."""
 
     async def _redeliver(self, sent: Sent, error: DeliveryError | None) -> None:
-        rec, outcome, offsets = sent
         self.redelivering += 1
         try:
-            await self.deliver(outcome, error)
+            await self.deliver(sent.outcome, error)
         finally:
             self.redelivering -= 1
-        offsets.finish(rec.offset)
-        self.recorder.record([sent])
+        sent.finish()
+        self.recorder.record([(sent.record, sent.outcome, sent.offsets)])
 
     async def deliver(self, outcome: Outcome, error: DeliveryError | None = None) -> None:
         """Produce and wait for the acknowledgement, retrying until it comes; a record refused

@@ -20,11 +20,11 @@ import asyncio
 import logging
 
 from .flow import FlowControl
-from .kafka import KafkaBridge
 from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import Key, Outbox
+from .outbox import Outbox, Sent
 from .settle import finish_or_abandon
 from .transactions import SETTLE_BUDGET_S, ExactlyOnce
+from .transport import Key, Transport
 
 __all__ = ["HOOK_MARGIN_S", "Rebalancing"]
 
@@ -36,7 +36,7 @@ HOOK_MARGIN_S = 5.0  # a rebalance hook waits this much beyond the shutdown time
 class Rebalancing:
     """Mixed into `Worker`, which owns the state below."""
 
-    _bridge: KafkaBridge
+    _bridge: Transport[Sent]
     _tracker: OffsetTracker
     _outbox: Outbox
     _eos: ExactlyOnce | None
@@ -94,7 +94,7 @@ class Rebalancing:
 
     def _group_metadata(self) -> object:
         try:
-            return self._bridge.consumer.consumer_group_metadata()
+            return self._bridge.group_metadata()
         except Exception as exc:  # the commit aborts instead: the partitions are read again
             log.error("no consumer group metadata for the transaction: %s", exc)
             return None

@@ -36,21 +36,16 @@ from typing import Any
 
 from ..ops.metrics import Metrics
 from ..records import InputRecord, Outcome
-from .kafka import OFFSET_BEGINNING, KafkaBridge, KafkaError, KafkaException, TopicPartition
 from .offsets import OffsetTracker, PartitionOffsets
 from .outbox import Outbox, Sent, Spawn
+from .transport import TXN_CALL_S, Ack, GroupMetadata, Key, TransactionError, Transport
 
 __all__ = ["ExactlyOnce", "OrderedOutbox", "TransactionAborted"]
 
 log = logging.getLogger("llm_worker.transactions")
 
-Key = tuple[str, int]
-
-PURGED = frozenset((KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT))
 COMMIT_WAIT_S = 30.0
 """How long a commit waits for the released outcomes' acknowledgements before it aborts."""
-TXN_CALL_S = 30.0
-"""How long one transactional call (send offsets, commit, abort) may take."""
 SETTLE_BUDGET_S = COMMIT_WAIT_S + 3 * TXN_CALL_S
 """The longest a commit can take, aborting included: how long a revoke waits for it."""
 
@@ -63,7 +58,9 @@ class OrderedOutbox(Outbox):
     """An outbox that releases outcomes into the transaction in offset order per partition,
     and not at all while a commit is being made."""
 
-    def __init__(self, bridge: KafkaBridge, metrics: Metrics, *, spawn: Spawn, **kw: Any) -> None:
+    def __init__(
+        self, bridge: Transport[Sent], metrics: Metrics, *, spawn: Spawn, **kw: Any
+    ) -> None:
         super().__init__(bridge, metrics, spawn=spawn, **kw)
         self._started: dict[Key, collections.deque[int]] = {}
         self._ready: dict[Key, dict[int, Sent]] = {}
@@ -80,7 +77,7 @@ class OrderedOutbox(Outbox):
 
     def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
         key = (rec.topic, rec.partition)
-        self._ready.setdefault(key, {})[rec.offset] = (rec, outcome, offsets)
+        self._ready.setdefault(key, {})[rec.offset] = Sent(rec, outcome, offsets)
         if not self.frozen:
             self._release(key)
 
@@ -94,43 +91,42 @@ class OrderedOutbox(Outbox):
         if not started or not ready:
             return
         while started and started[0] in ready:
-            rec, outcome, offsets = ready.pop(started.popleft())
-            super().send(rec, outcome, offsets)
+            sent = ready.pop(started.popleft())
+            super().send(sent.record, sent.outcome, sent.offsets)
 
     def forget(self, keys: list[Key] | None = None) -> None:
         for key in list(self._started) if keys is None else keys:
             self._started.pop(key, None)
             self._ready.pop(key, None)
 
-    def _on_acks(self, acks: list[tuple[Any, Any]]) -> None:
-        failed = [err for _sent, err in acks if err is not None]
+    def on_acks(self, acks: list[Ack[Sent]]) -> None:
+        failed = [ack.error for ack in acks if ack.error is not None]
         if failed:  # inside a transaction a failed record taints it: abort, do not retry
-            real = [e for e in failed if getattr(e, "code", lambda: None)() not in PURGED]
+            real = [e for e in failed if not e.purged]
             if real:  # a record purged by an abort belongs to the aborted transaction
                 self.tainted = self.tainted or f"a delivery failed: {real[0]}"
             self.unacked -= len(failed)
-            acks = [(sent, err) for sent, err in acks if err is None]
-        super()._on_acks(acks)
+            acks = [ack for ack in acks if ack.error is None]
+        super().on_acks(acks)
 
 
 class ExactlyOnce:
     """The transaction cycle around an `OrderedOutbox`."""
 
-    def __init__(self, bridge: KafkaBridge, outbox: OrderedOutbox) -> None:
+    def __init__(self, bridge: Transport[Sent], outbox: OrderedOutbox) -> None:
         self._bridge = bridge
         self._outbox = outbox
         self._lock = asyncio.Lock()
         self.counters: dict[str, int] = {"transactions": 0, "aborts": 0}
 
     async def start(self) -> None:
-        producer = self._bridge.producer
-        await asyncio.to_thread(producer.init_transactions, 60.0)
-        producer.begin_transaction()
+        await self._bridge.init_transactions()
+        self._bridge.begin_transaction()
 
     async def commit(
         self,
         tracker: OffsetTracker,
-        meta: object | None,
+        meta: GroupMetadata | None,
         *,
         valid: Callable[[], bool] = lambda: True,
     ) -> dict[Key, int]:
@@ -153,15 +149,11 @@ class ExactlyOnce:
                     return {}
                 if meta is None:
                     raise TransactionAborted("the consumer's group metadata is unknown")
-                tps = [TopicPartition(t, p, o) for (t, p), o in current.items()]
                 try:
-                    producer, t = bridge.producer, TXN_CALL_S
-                    await asyncio.to_thread(producer.send_offsets_to_transaction, tps, meta, t)
-                    await asyncio.to_thread(producer.commit_transaction, t)
-                except KafkaException as exc:
-                    self._fatal(exc)
+                    await bridge.commit_transaction(current, meta)
+                except TransactionError as exc:  # a fatal one was reported by the bridge
                     raise TransactionAborted(f"commit failed: {exc}") from exc
-                producer.begin_transaction()
+                bridge.begin_transaction()
                 self.counters["transactions"] += 1
                 return current
             except TransactionAborted:
@@ -193,23 +185,12 @@ class ExactlyOnce:
         self.counters["aborts"] += 1
         self._outbox.frozen = True  # nothing enters the next transaction before the rewind
         self._outbox.tainted = None
-        producer = self._bridge.producer
         try:
-            await asyncio.to_thread(producer.abort_transaction, TXN_CALL_S)
-        except KafkaException as exc:  # fatal (fenced): the worker must stop
+            await self._bridge.abort_transaction()
+        except TransactionError as exc:  # fatal (fenced): the worker must stop (reported)
             log.error("aborting the transaction failed: %s", exc)
-            self._fatal(exc)
             return
-        producer.begin_transaction()
-
-    def _fatal(self, exc: KafkaException) -> None:
-        """A fatal error returned by a transactional call (fenced: the broker bumped the
-        epoch, after a transaction timeout or for a newer instance) ends the worker: librdkafka
-        does not always pass it to the error callback too, and every later transaction would
-        fail the same way, forever."""
-        err = exc.args[0] if exc.args else None
-        if isinstance(err, KafkaError) and err.fatal():
-            self._bridge.report_fatal(err)
+        self._bridge.begin_transaction()
 
     async def _settle_released(self) -> None:
         outbox = self._outbox
@@ -230,19 +211,5 @@ class ExactlyOnce:
     async def rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (the start when none
         is committed), on the consumer thread."""
-        consumer = self._bridge.consumer
-
-        def seek() -> int:
-            tps = consumer.assignment()
-            if not tps:
-                return 0
-            for tp in consumer.committed(tps, timeout=30):
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                try:
-                    consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-                except KafkaException as exc:  # not fetching yet: it starts at committed
-                    log.debug("seek %s/%s: %s", tp.topic, tp.partition, exc)
-            return len(tps)
-
-        n = await self._bridge.on_consumer_thread(seek)
+        n = await self._bridge.rewind()
         log.warning("rewound %d partitions to their committed offsets", n)
