@@ -30,7 +30,10 @@ from .breaker import BreakerBoard
 from .observer import CallObserver
 from .routing import Router
 
-__all__ = ["LAG_UNTRUSTED_SHARE", "Attempts", "DeadlineInCall"]
+__all__ = ["LAG_UNTRUSTED_SHARE", "Attempts", "DeadlineInCall", "Prepared"]
+
+Prepared = tuple[Target, Adapter, ClientSession]
+"""What calling a candidate needs: its target, its adapter and the session to its endpoint."""
 
 
 LAG_UNTRUSTED_SHARE = 0.5
@@ -109,7 +112,7 @@ class Attempts:
         """After series were removed: look children up again."""
         self._children.clear()
 
-    def prepare(self, cand: Candidate) -> tuple[Target, Adapter, ClientSession]:
+    def prepare(self, cand: Candidate) -> Prepared:
         """What calling `cand` needs; a terminal `ProviderError` when it cannot be called
         (an unknown provider, a missing secret, a malformed endpoint)."""
         try:
@@ -135,7 +138,7 @@ class Attempts:
         self,
         cand: Candidate,
         health: str,
-        prepared: tuple[Target, Adapter, ClientSession],
+        prepared: Prepared,
         request: ProviderRequest,
         remaining: float,
         attempt: int = 1,

@@ -24,10 +24,11 @@ request no rate limit could ever take fails at once (`capacity.py`).
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Callable, Sequence
 
-from adapters.base import ProviderRequest
+from adapters.base import ProviderRequest, ProviderResult
 from adapters.errors import BadRequest, ProviderError, RateLimited
 from adapters.retry import next_delay
 from adapters.secrets import SecretStore
@@ -36,10 +37,10 @@ from registry.resolve import Candidate
 
 from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics
-from .attempt import LAG_UNTRUSTED_SHARE, Attempts, DeadlineInCall
+from .attempt import LAG_UNTRUSTED_SHARE, Attempts, DeadlineInCall, Prepared
 from .breaker import BreakerBoard
 from .capacity import CAPACITY_WAIT_S, NoCapacity, capped, fitting, rate_room, slot, tokens_for
-from .concurrency import ConcurrencyLimits
+from .concurrency import AdaptiveLimit, ConcurrencyLimits
 from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
 from .observer import CallObserver
 from .ratelimit import RateLimiter
@@ -56,12 +57,48 @@ __all__ = [
     "CallResult",
     "Caller",
     "CircuitOpen",
+    "PassEnd",
     "estimate_tokens",
     "pass_delay",
 ]
 
 
 _MIN_NAP_S = 0.005  # never spin: a wait that is due now still yields for this long
+
+
+class PassEnd(enum.Enum):
+    """Why a pass over the candidates ended without an answer."""
+
+    RETRY = "retry"  # a call failed retryably
+    CIRCUIT_OPEN = "circuit_open"  # no call was possible: every live candidate's breaker is open
+    TERMINAL = "terminal"  # every candidate failed terminally
+
+
+class _Failures:
+    """What failed during one pass, by kind: the last retryable error, the first open circuit,
+    the last terminal error."""
+
+    __slots__ = ("circuit", "retry", "terminal")
+
+    def __init__(self) -> None:
+        self.retry: ProviderError | None = None
+        self.circuit: ProviderError | None = None
+        self.terminal: ProviderError | None = None
+
+    def open(self, cand: Candidate) -> None:
+        if self.circuit is None:
+            self.circuit = CircuitOpen.of(cand)
+
+    def last(self, before: ProviderError | None) -> ProviderError | None:
+        """The error to report for the pass (`before`: that of the pass before, if none)."""
+        return self.retry or self.circuit or self.terminal or before
+
+    def end(self) -> PassEnd:
+        if self.retry is not None:
+            return PassEnd.RETRY
+        if self.circuit is not None:
+            return PassEnd.CIRCUIT_OPEN
+        return PassEnd.TERMINAL
 
 
 class _Call:
@@ -80,9 +117,15 @@ class _Call:
         "last_cand",
         "open_since",
         "passes",
+        "request",
+        "tenant",
     )
 
-    def __init__(self, deadline: float, final: float) -> None:
+    def __init__(
+        self, request: ProviderRequest, tenant: str | None, deadline: float, final: float
+    ) -> None:
+        self.request = request
+        self.tenant = tenant
         self.deadline = deadline  # moved on by capacity waits, up to `final`
         self.final = final  # no wait runs past this
         self.attempts = 0
@@ -160,38 +203,51 @@ class Caller:
         deadline: float,
         tenant: str | None = None,
     ) -> CallResult:
-        st = _Call(deadline, deadline + self.capacity_wait_s)
         request = capped(request, self.max_tokens_cap)
+        st = _Call(request, tenant, deadline, deadline + self.capacity_wait_s)
         try:
             while True:
-                verdict = await self._pass(candidates, request, st, tenant)
+                verdict = await self._pass(candidates, st)
                 if isinstance(verdict, CallResult):
                     return verdict
-                last = st.last
-                if last is None:
-                    raise CallFailed(BadRequest("no candidate to call"), st.attempts, None)
-                if verdict == "terminal":
-                    raise CallFailed(last, st.attempts, st.last_cand)
-                now = self._clock()
-                if now >= st.deadline:
-                    raise CallFailed(self._expired(st), st.attempts, st.last_cand)
-                if verdict == "circuit_open":
-                    until = st.deadline
-                    if not self.wait_when_open:
-                        if st.open_since is None:
-                            st.open_since = now
-                        until = min(until, st.open_since + self.breakers.config.cooldown_s)
-                        if now >= until:
-                            raise CallFailed(last, st.attempts, st.last_cand)
-                    await self._hold_for_circuit(candidates, st, until)
-                else:
-                    st.passes += 1
-                    await self._hold_for_retry(st, now + pass_delay(st.passes, last))
-                if self._clock() >= st.deadline:
-                    raise CallFailed(self._expired(st), st.attempts, st.last_cand)
+                await self._between_passes(candidates, st, verdict)
         finally:
             if st.episode is not None:
                 self.holds.leave(st.episode, st.joined_at)
+
+    async def _between_passes(
+        self, candidates: Sequence[Candidate], st: _Call, end: PassEnd
+    ) -> None:
+        """Hold the request after a failed pass; raises `CallFailed` when it ends instead: the
+        pass failed terminally, the deadline passed, or (fail mode) the breakers stayed open."""
+        last = st.last
+        if last is None:
+            raise CallFailed(BadRequest("no candidate to call"), st.attempts, None)
+        if end is PassEnd.TERMINAL:
+            raise CallFailed(last, st.attempts, st.last_cand)
+        now = self._clock()
+        if now >= st.deadline:
+            raise CallFailed(self._expired(st), st.attempts, st.last_cand)
+        if end is PassEnd.CIRCUIT_OPEN:
+            await self._hold_for_circuit(candidates, st, self._open_until(st, now, last))
+        else:
+            st.passes += 1
+            await self._hold_for_retry(st, now + pass_delay(st.passes, last))
+        if self._clock() >= st.deadline:
+            raise CallFailed(self._expired(st), st.attempts, st.last_cand)
+
+    def _open_until(self, st: _Call, now: float, last: ProviderError) -> float:
+        """How long a request whose candidates' breakers are all open waits for a half-open
+        probe: up to its deadline, or in fail mode at most one cooldown since they all were
+        open (then it ends with `last`)."""
+        if self.wait_when_open:
+            return st.deadline
+        if st.open_since is None:
+            st.open_since = now
+        until = min(st.deadline, st.open_since + self.breakers.config.cooldown_s)
+        if now >= until:
+            raise CallFailed(last, st.attempts, st.last_cand)
+        return until
 
     def _expired(self, st: _Call) -> ProviderError:
         return expired(st.last_call_error, st.last, st.attempts, st.held_s)
@@ -285,115 +341,158 @@ class Caller:
             return 0.0
         return (lim.waiting + 1) / lim.slots
 
-    async def _pass(
-        self,
-        candidates: Sequence[Candidate],
-        request: ProviderRequest,
-        st: _Call,
-        tenant: str | None,
-    ) -> CallResult | str:
-        """A result, or why the pass failed: `retry` (a call failed retryably),
-        `circuit_open` (no call was possible: every live candidate's breaker is open) or
-        `terminal` (every candidate failed terminally); `st.last` is the error to report."""
-        m = self._metrics
-        obs = self.observer
+    async def _pass(self, candidates: Sequence[Candidate], st: _Call) -> CallResult | PassEnd:
+        """One pass over the live candidates, in the router's order: a result, or why the pass
+        failed (`st.last` is then the error to report)."""
         live = [c for c in candidates if health_key(c) not in st.dead] if st.dead else candidates
         objective = live[0].row.routing_objective if live else None
-        limited = self._limited(request, tenant) if len(live) > 1 else None
-        retry: ProviderError | None = None
-        circuit: ProviderError | None = None
-        terminal: ProviderError | None = None
+        limited = self._limited(st.request, st.tenant) if len(live) > 1 else None
+        failed = _Failures()
         for cand in self.router.order(live, objective, limited, self._queued):
-            name = cand.endpoint_name
             health = health_key(cand)
             if not self.breakers.allow(health):
-                circuit = circuit or CircuitOpen.of(cand)
-                m.provider_calls.labels(cand.provider, name, "circuit_open").inc()
-                if obs is not None:
-                    obs.event("circuit_open", cand)
+                failed.open(cand)
+                self._metrics.provider_calls.labels(
+                    cand.provider, cand.endpoint_name, "circuit_open"
+                ).inc()
+                if self.observer is not None:
+                    self.observer.event("circuit_open", cand)
                 continue
             st.last_cand = cand
             try:  # a candidate that cannot be called, or whose limits the request can't fit
                 prepared = self._attempts.prepare(cand)
-                tokens = fitting(self.limiter, cand, request, tenant, self.max_tokens_cap)
+                tokens = fitting(self.limiter, cand, st.request, st.tenant, self.max_tokens_cap)
             except ProviderError as exc:
-                terminal = st.last_call_error = exc
+                failed.terminal = st.last_call_error = exc
                 st.dead.add(health)
                 continue
-            row = cand.row
-            limit_key = endpoint_key(cand)
-            for attempt in range(1, self._max_attempts + 1):
-                try:  # capacity moves the deadline on, up to the final one
-                    waited = await rate_room(self.limiter, cand, tokens, tenant, st.final)
-                    st.deadline = min(st.deadline + waited, st.final)
-                    if obs is not None and waited > 0:
-                        obs.event("ratelimit_wait", cand, wait_s=waited)
-                    if st.deadline <= self._clock():
-                        st.last = retry or circuit or terminal or st.last
-                        raise CallFailed(self._expired(st), st.attempts, st.last_cand)
-                    slots = self.concurrency.get(health)
-                    waited = await slot(slots, cand, st.final, self._clock)
-                except NoCapacity as ended:
-                    raise ended.failed(cand, st.attempts, st.held_s) from None
-                st.deadline = min(st.deadline + waited, st.final)  # held, not failed
-                if waited and self.breakers.is_open(health):  # it opened while we queued
-                    slots.release(ok=False)
-                    circuit = circuit or CircuitOpen.of(cand)
-                    break
-                remaining = st.deadline - self._clock()
-                retry_of = st.last_call_error if st.attempts else None
-                st.attempts += 1
-                try:
-                    outcome = await self._attempts.call(
-                        cand, health, prepared, request, remaining, attempt, retry_of
-                    )
-                except DeadlineInCall as ended:  # what the provider said before, if anything
-                    slots.release(ok=False, overloaded=True)
-                    err = self._expired(st) if st.last_call_error else ended.error
-                    raise CallFailed(err, st.attempts, cand) from None
-                except BaseException:
-                    slots.release(ok=False)
-                    raise
-                if isinstance(outcome, ProviderError):
-                    slots.release(ok=False, overloaded=outcome.retryable)
-                else:
-                    slots.release(ok=True, latency_s=outcome[1])
-                if not isinstance(outcome, ProviderError):
-                    result, elapsed = outcome
-                    used = result.input_tokens + result.output_tokens
-                    if used > tokens:
-                        self.limiter.charge(
-                            endpoint=limit_key,
-                            model_id=row.model_id,
-                            tenant=tenant,
-                            tokens=used - tokens,
-                        )
-                    return CallResult(
-                        result=result,
-                        candidate=cand,
-                        attempts=st.attempts,
-                        latency_ms=elapsed * 1000,
-                    )
-                st.last_call_error = outcome
-                if isinstance(outcome, RateLimited) and outcome.retry_after:
-                    self.limiter.penalize(limit_key, outcome.retry_after)
-                if not outcome.retryable:
-                    terminal = outcome
-                    st.dead.add(health)
-                    break
-                retry = outcome
-                if attempt == self._max_attempts or not self.breakers.allow(health):
-                    break  # used up, or this endpoint just tripped its breaker: move on
-                delay = next_delay(outcome, attempt, remaining=st.deadline - self._clock())
-                if delay is None:
-                    break
-                start = self._clock()
-                with self.holds.wait("retry_backoff"):
-                    await asyncio.sleep(delay)
-                self._held(st, "retry_backoff", start, cand)
-        st.last = retry or circuit or terminal or st.last
-        if retry is not None:
-            return "retry"
-        if circuit is not None:
-            return "circuit_open"
-        return "terminal"
+            result = await self._tries(cand, health, prepared, tokens, st, failed)
+            if result is not None:
+                return result
+        st.last = failed.last(st.last)
+        return failed.end()
+
+    async def _tries(
+        self,
+        cand: Candidate,
+        health: str,
+        prepared: Prepared,
+        tokens: int,
+        st: _Call,
+        failed: _Failures,
+    ) -> CallResult | None:
+        """Up to `max_attempts` calls at `cand`: its result, or None (`failed` says why)."""
+        for attempt in range(1, self._max_attempts + 1):
+            slots = await self._capacity(cand, health, tokens, st, failed)
+            if slots is None:  # its breaker opened while the request queued for a slot
+                failed.open(cand)
+                return None
+            remaining = st.deadline - self._clock()
+            outcome = await self._attempt(cand, health, prepared, slots, remaining, attempt, st)
+            if not isinstance(outcome, ProviderError):
+                return self._answered(cand, outcome, tokens, st)
+            if not await self._after_error(cand, health, outcome, attempt, st, failed):
+                return None
+        return None
+
+    async def _capacity(
+        self, cand: Candidate, health: str, tokens: int, st: _Call, failed: _Failures
+    ) -> AdaptiveLimit | None:
+        """Wait for room in `cand`'s rate limits, then for a concurrency slot; both move the
+        deadline on, up to the final one. The slot taken, or None (none taken) when `cand`'s
+        breaker opened meanwhile."""
+        try:
+            waited = await rate_room(self.limiter, cand, tokens, st.tenant, st.final)
+            st.deadline = min(st.deadline + waited, st.final)
+            if self.observer is not None and waited > 0:
+                self.observer.event("ratelimit_wait", cand, wait_s=waited)
+            if st.deadline <= self._clock():
+                st.last = failed.last(st.last)
+                raise CallFailed(self._expired(st), st.attempts, st.last_cand)
+            slots = self.concurrency.get(health)
+            waited = await slot(slots, cand, st.final, self._clock)
+        except NoCapacity as ended:
+            raise ended.failed(cand, st.attempts, st.held_s) from None
+        st.deadline = min(st.deadline + waited, st.final)  # held, not failed
+        if waited and self.breakers.is_open(health):
+            slots.release(ok=False)
+            return None
+        return slots
+
+    async def _attempt(
+        self,
+        cand: Candidate,
+        health: str,
+        prepared: Prepared,
+        slots: AdaptiveLimit,
+        remaining: float,
+        attempt: int,
+        st: _Call,
+    ) -> tuple[ProviderResult, float] | ProviderError:
+        """One call holding `slots`, released as the call ended. Raises `CallFailed` when the
+        deadline ended the call."""
+        retry_of = st.last_call_error if st.attempts else None
+        st.attempts += 1
+        try:
+            outcome = await self._attempts.call(
+                cand, health, prepared, st.request, remaining, attempt, retry_of
+            )
+        except DeadlineInCall as ended:  # what the provider said before, if anything
+            slots.release(ok=False, overloaded=True)
+            err = self._expired(st) if st.last_call_error else ended.error
+            raise CallFailed(err, st.attempts, cand) from None
+        except BaseException:
+            slots.release(ok=False)
+            raise
+        if isinstance(outcome, ProviderError):
+            slots.release(ok=False, overloaded=outcome.retryable)
+        else:
+            slots.release(ok=True, latency_s=outcome[1])
+        return outcome
+
+    def _answered(
+        self, cand: Candidate, outcome: tuple[ProviderResult, float], tokens: int, st: _Call
+    ) -> CallResult:
+        """The result; tokens used beyond the `tokens` reserved are charged to the limits."""
+        result, elapsed = outcome
+        used = result.input_tokens + result.output_tokens
+        if used > tokens:
+            self.limiter.charge(
+                endpoint=endpoint_key(cand),
+                model_id=cand.row.model_id,
+                tenant=st.tenant,
+                tokens=used - tokens,
+            )
+        return CallResult(
+            result=result, candidate=cand, attempts=st.attempts, latency_ms=elapsed * 1000
+        )
+
+    async def _after_error(
+        self,
+        cand: Candidate,
+        health: str,
+        err: ProviderError,
+        attempt: int,
+        st: _Call,
+        failed: _Failures,
+    ) -> bool:
+        """A call at `cand` failed with `err`: True after the backoff when `cand` gets another
+        attempt, False when the pass moves on."""
+        st.last_call_error = err
+        if isinstance(err, RateLimited) and err.retry_after:
+            self.limiter.penalize(endpoint_key(cand), err.retry_after)
+        if not err.retryable:
+            failed.terminal = err
+            st.dead.add(health)
+            return False
+        failed.retry = err
+        if attempt == self._max_attempts or not self.breakers.allow(health):
+            return False  # used up, or this endpoint just tripped its breaker: move on
+        delay = next_delay(err, attempt, remaining=st.deadline - self._clock())
+        if delay is None:
+            return False
+        start = self._clock()
+        with self.holds.wait("retry_backoff"):
+            await asyncio.sleep(delay)
+        self._held(st, "retry_backoff", start, cand)
+        return True
