@@ -42,13 +42,13 @@ def _secrets(s: Settings) -> list[str]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from registry.errors import RegistryUnavailable
 
-    from ..process import run_app, run_async
+    from ..process import exit_leaving_stuck_threads, run_app, run_async
     from ..stream.admin import KafkaUnavailable
 
     s = _settings(args)
     configure_logging(s.log_level, s.log_format, secrets=_secrets(s))
     try:
-        return run_async(run_app(s))
+        return exit_leaving_stuck_threads(run_async(run_app(s)))
     except (KafkaUnavailable, RegistryUnavailable) as exc:
         log.error("%s", exc)
         return 2

@@ -110,6 +110,11 @@ def test_broker_restart_mid_run(
     finally:
         code = worker.stop()
     v = verdict("broker-restart", ids, docs, started, capsys)
-    assert code == 0, f"the worker exited with {code}; see {worker.log}"
+    assert code == 0, f"the worker exited with {code}:\n{_tail(worker.log)}"
     assert not v.lost, f"{len(v.lost)} lost; see {worker.log}"
     assert not v.errors, v.errors
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
