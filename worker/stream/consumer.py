@@ -25,19 +25,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome, Stages
 from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
-from .kafka import KafkaBridge, KafkaError, Message
 from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import Key, Outbox
+from .outbox import Outbox, Sent
 from .rebalance import Rebalancing
 from .settle import every
 from .transactions import ExactlyOnce, OrderedOutbox, TransactionAborted
+from .transport import Key, Transport
 
 __all__ = ["Stages", "Worker"]
 
@@ -47,6 +47,9 @@ FLUSH_FLOOR_S = 1.0  # the producer flush at shutdown gets at least this, even p
 COMMIT_FLOOR_S = 5.0  # and the final commit this much
 HOLD_AFTER_S = 1.0  # full this long, hold every partition (a resume costs a refetch)
 MAX_CAUSES_LOGGED = 256  # distinct bugs logged with a traceback; later new ones are not
+
+P = TypeVar("P")
+"""What `Stages.begin` hands to `Stages.finish` for a record that waits (a provider call)."""
 
 
 def _cause(exc: BaseException) -> tuple[str, str, int]:
@@ -59,12 +62,12 @@ def _cause(exc: BaseException) -> tuple[str, str, int]:
     return type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno
 
 
-class Worker(Rebalancing):
+class Worker(Rebalancing, Generic[P]):
     def __init__(
         self,
         *,
-        bridge: KafkaBridge,
-        pipeline: Stages,
+        bridge: Transport[Sent],
+        pipeline: Stages[P],
         metrics: Metrics,
         max_in_flight: int,
         max_in_flight_per_partition: int,
@@ -117,7 +120,9 @@ class Worker(Rebalancing):
         self.fatal: str | None = None  # why a fatal Kafka error stopped the worker
         bridge.set_rebalance_hooks(self.on_assign, self.on_revoke, self.on_lost)
         bridge.set_fatal_hook(self.on_fatal)
+        bridge.set_ack_handler(out.on_acks)
         metrics.in_flight.set_function(lambda: self.in_flight)
+        metrics.delivery_failing.set_function(lambda: out.failing)
         self.counters: dict[str, int] = {"consumed": 0, "commits": 0, "lost": 0}
 
     # -- main loop -------------------------------------------------------------------------
@@ -197,42 +202,25 @@ class Worker(Rebalancing):
 
     async def _take(self, n: int, timeout: float) -> None:
         rewinds = self._rewinds
-        msgs = await self._bridge.consume(n, timeout)
-        if msgs and rewinds == self._rewinds:  # else fetched before a rewind's seek: stale
-            for msg in msgs:
-                self._dispatch(msg)
-            self._metrics.consumed.inc(len(msgs))
+        batch = await self._bridge.consume(n, timeout)
+        if batch.polled and rewinds == self._rewinds:  # else fetched before a rewind's seek
+            for rec in batch.records:
+                self._dispatch(rec)
+            self._metrics.consumed.inc(batch.polled)
 
     @property
     def in_flight(self) -> int:
         """Messages taken and not finished: running tasks plus outcomes not yet acknowledged."""
         return len(self._tasks) + self._outbox.unacked
 
-    def _dispatch(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consume error: %s", err.str())
-            return
-        topic: str = msg.topic()  # type: ignore[assignment]
-        part: int = msg.partition()  # type: ignore[assignment]
-        key: Key = (topic, part)
+    def _dispatch(self, rec: InputRecord) -> None:
+        key: Key = (rec.topic, rec.partition)
         if key in self._revoked_now:
             return  # not ours any more; the new owner reads it from the committed offset
         self._owned.add(key)
         self.counters["consumed"] += 1
-        self._limits.seen(len(msg.value() or b"") + len(msg.key() or b""))
-        ts_type, ts = msg.timestamp()
-        rec = InputRecord(
-            topic=topic,
-            partition=part,
-            offset=msg.offset(),  # type: ignore[arg-type]
-            value=msg.value(),
-            key=msg.key(),
-            headers=msg.headers(),  # type: ignore[arg-type]
-            timestamp_ms=ts if ts_type else None,
-        )
-        offsets = self._tracker.part(topic, part, self._bridge.epoch(key))
+        self._limits.seen(len(rec.value or b"") + len(rec.key or b""))
+        offsets = self._tracker.part(rec.topic, rec.partition, self._bridge.epoch(key))
         offsets.start(rec.offset)
         self._outbox.track(rec)
         # Most records are answered right here (dedup window hits, invalid input): no task.
@@ -245,7 +233,7 @@ class Worker(Rebalancing):
             return
         self._spawn(key, self._handle(rec, step, offsets))
 
-    def _spawn(self, key: Key, coro: Any) -> None:
+    def _spawn(self, key: Key, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
         self._by_part.setdefault(key, set()).add(task)
@@ -275,7 +263,7 @@ class Worker(Rebalancing):
             )
         return self._pipeline.internal_error(rec, exc)
 
-    async def _handle(self, rec: InputRecord, pending: Any, offsets: PartitionOffsets) -> None:
+    async def _handle(self, rec: InputRecord, pending: P, offsets: PartitionOffsets) -> None:
         try:
             outcome = await self._pipeline.finish(pending)
         except asyncio.CancelledError:
@@ -294,8 +282,7 @@ class Worker(Rebalancing):
                 return {}  # nothing is tracked until the rewind's seek is done
             seen = self._rebalance_calls
             if not in_hook and not self._eos.doomed:
-                consumer = self._bridge.consumer
-                meta = await self._bridge.on_consumer_thread(consumer.consumer_group_metadata)
+                meta = await self._bridge.read_group_metadata()
             try:
                 done = await self._eos.commit(
                     self._tracker, meta, valid=lambda: in_hook or seen == self._rebalance_calls
