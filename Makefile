@@ -102,6 +102,12 @@ docs: $(DOCS_STAMP)
 helm-check: $(STAMP)
 	PY=$(BIN)/python tools/helm-check.sh
 
+## settings: write the README's settings table, the chart's config schema and
+##           docs/configuration.md from worker/settings.py (a unit test fails when they drift)
+.PHONY: settings
+settings: $(STAMP)
+	$(BIN)/python tools/gen_settings.py
+
 schemas: $(STAMP)
 	$(BIN)/python -c "import json; from worker.messages import prompt_schema as p, completion_schema as c; \
 	[open(f'schemas/{n}.schema.json','w').write(json.dumps(f(), indent=2) + '\n') for n, f in (('prompt', p), ('completion', c))]"

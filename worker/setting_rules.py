@@ -1,89 +1,144 @@
-"""The rule of each setting that has one: a function of the typed value that says what is wrong
-with it (`"must be >= 1"`), or None. `worker.config` prefixes the message with the variable's
-name and value; a setting without a rule takes any value of its type."""
+"""How a setting is declared, and what follows from its declaration.
+
+Each field of `worker.settings.Settings` carries, beside its type and default, a `Spec`: one
+doc line, its bounds, whether an empty string means something, whether it is shown redacted,
+and its variable when that is not `LLM_WORKER_<NAME>`. A choice setting's type is a `Literal`.
+`declared()` reads them into one `Declared` per setting, which knows the variable's name, the
+kind of value to read and the rule it must meet (`problem`). The environment reader
+(`worker.config`), the generated README table, Helm schema and docs/configuration.md
+(`tools/gen_settings.py`) and the tests all read the settings through it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-__all__ = ["CHECKS", "Check"]
+import msgspec
 
-Check = Callable[[Any], str | None]
+__all__ = ["PREFIX", "Declared", "Spec", "declared"]
 
+PREFIX = "LLM_WORKER_"
 
-def _at_least(low: float) -> Check:
-    return lambda v: None if v >= low else f"must be >= {low:g}"
-
-
-def _above(low: float) -> Check:
-    return lambda v: None if v > low else f"must be > {low:g}"
+Number = int | float
 
 
-def _between(low: float, high: float) -> Check:
-    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}"
+@dataclass(frozen=True)
+class Spec:
+    """A setting's declaration, beside its type and default."""
+
+    doc: str
+    """One line: what it does, and what its special values (0, empty) mean."""
+    ge: Number | None = None
+    gt: Number | None = None
+    le: Number | None = None
+    blank: bool = False
+    """A string setting that may be empty (otherwise an empty value is refused)."""
+    fold: bool = False
+    """A choice given in any case (`debug` is `DEBUG`)."""
+    json_limits: bool = False
+    """A JSON object of rate limits by name, `{"name": {"rpm": N, "tpm": N}}`."""
+    env: str | None = None
+    """The variable (or the pattern of variables) when it is not `LLM_WORKER_<NAME>`."""
+    redact: Callable[[Any], object] | None = None
+    """It may hold a secret: how it is shown in a repr or a log line."""
 
 
-def _one_of(*choices: str, fold: bool = False) -> Check:
-    def check(v: Any) -> str | None:
-        ok = (v.upper() if fold else v) in choices
-        return None if ok else f"must be one of {', '.join(choices)}"
-
-    return check
+Kind = type[int] | type[float] | type[bool] | type[str] | type[dict[str, str]]
 
 
-def _not_blank(v: Any) -> str | None:
-    return None if str(v).strip() else "must not be empty"
+@dataclass(frozen=True)
+class Declared:
+    """One setting as declared: `Settings.<name>`, read from `env`."""
+
+    name: str
+    env: str
+    kind: Kind
+    choices: tuple[str, ...]
+    """The values of its `Literal` type; () for a setting that is not a choice."""
+    default: object
+    spec: Spec
+
+    @property
+    def from_prefix(self) -> bool:
+        """Read from `LLM_WORKER_<NAME>` (not a fixed name, not a family of variables)."""
+        return self.spec.env is None
+
+    @property
+    def secret(self) -> bool:
+        return self.spec.redact is not None
+
+    def shown(self, value: object) -> object:
+        """`value` fit for a repr or a log line."""
+        return value if self.spec.redact is None else self.spec.redact(value)
+
+    def choice(self, raw: str) -> str:
+        """A choice as declared (`debug` -> `DEBUG` when it folds); anything else unchanged."""
+        if self.spec.fold and raw.upper() in self.choices:
+            return raw.upper()
+        return raw
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with a value of the setting's type (`"must be >= 1"`), or None."""
+        if self.choices:
+            folded = value.upper() if self.spec.fold and isinstance(value, str) else value
+            return None if folded in self.choices else f"must be one of {', '.join(self.choices)}"
+        if self.kind is str and not self.spec.blank and not str(value).strip():
+            return "must not be empty"
+        return _bounds_problem(self.spec, value)
 
 
-CHECKS: dict[str, Check] = {
-    "kafka_bootstrap_servers": _not_blank,
-    "group_id": _not_blank,
-    "prompts_topic": _not_blank,
-    "completions_topic": _not_blank,
-    "dlq_topic": _not_blank,
-    "http_host": _not_blank,
-    "http_port": _between(0, 65535),  # 0: any free port (the start-up log names it)
-    "http_max_connections": _between(1, 10_000),
-    "max_in_flight": _at_least(1),
-    "max_in_flight_per_partition": _at_least(0),
-    "max_in_flight_bytes": _at_least(0),
-    "consume_batch": _between(1, 1_000_000),  # librdkafka's consume() refuses more
-    "commit_interval_ms": _at_least(1),
-    "max_message_bytes": _at_least(1),
-    "max_metadata_bytes": _at_least(1),
-    "max_response_bytes": _at_least(1),
-    "shutdown_timeout_s": _above(0),
-    "request_deadline_s": _above(0),
-    "capacity_wait_s": _above(0),
-    "max_tokens_cap": _at_least(0),
-    "intake_stall_s": _at_least(0),
-    "max_attempts": _at_least(1),
-    "registry_refresh_s": _above(0),
-    "secrets_dir": _not_blank,
-    "log_level": _one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=True),
-    "log_format": _one_of("json", "text"),
-    "broker_wait_s": _above(0),
-    "registry_wait_s": _above(0),
-    "gc_gen0_threshold": _between(0, 2**31 - 1),  # gc.set_threshold takes a C int
-    "log_outcomes": _one_of("all", "errors", "none"),
-    "loop_stall_s": _above(0),
-    "dedup_window_s": _above(0),
-    "dedup_max_entries": _at_least(1),
-    "dedup_max_bytes": _at_least(1),
-    "routing_objective": _one_of("priority", "latency", "cost", "reliability"),
-    "breaker_window_s": _above(0),
-    "breaker_error_threshold": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
-    "breaker_min_requests": _at_least(1),
-    "breaker_consecutive_failures": _at_least(0),
-    "breaker_z_threshold": _above(0),
-    "breaker_latency_min_increase_s": _at_least(0),
-    "breaker_cooldown_s": _above(0),
-    "breaker_probes": _at_least(1),
-    "tenant_rpm": _at_least(0),
-    "tenant_tpm": _at_least(0),
-    "breaker_when_all_open": _one_of("fail", "wait"),
-    "topic_partitions": _at_least(1),
-    "processing_guarantee": _one_of("at_least_once", "exactly_once"),
-}
-"""Per-setting rules; the message is prefixed with the variable's name and value."""
+def _bounds_problem(spec: Spec, value: Any) -> str | None:
+    low, low_ok = (spec.gt, False) if spec.gt is not None else (spec.ge, True)
+    below = low is not None and (value < low if low_ok else value <= low)
+    above = spec.le is not None and value > spec.le
+    if not (below or above):
+        return None
+    if low is not None and spec.le is not None:
+        if low_ok:
+            return f"must be between {_num(low)} and {_num(spec.le)}"
+        return f"must be in ({_num(low)}, {_num(spec.le)}]"
+    if spec.le is not None:
+        return f"must be <= {_num(spec.le)}"
+    return f"must be {'>=' if low_ok else '>'} {_num(low or 0)}"
+
+
+def _num(x: Number) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def env_of(name: str, spec: Spec) -> str:
+    return spec.env or PREFIX + name.upper()
+
+
+def _kind(name: str, tp: object) -> tuple[Kind, tuple[str, ...]]:
+    if get_origin(tp) is Literal:
+        choices = get_args(tp)
+        if not all(isinstance(c, str) for c in choices):
+            raise TypeError(f"{name}: a choice setting's values are strings")
+        return str, tuple(str(c) for c in choices)
+    if get_origin(tp) is dict:
+        return dict, ()
+    for kind in (bool, int, float, str):
+        if tp is kind:
+            return kind, ()
+    raise TypeError(f"{name}: a setting is an int, float, bool, str, Literal or dict[str, str]")
+
+
+def declared(struct: type[msgspec.Struct]) -> tuple[Declared, ...]:
+    """Every field of `struct`, in order, as declared; TypeError if one has no `Spec`."""
+    hints = get_type_hints(struct, include_extras=True)
+    out: list[Declared] = []
+    for field in msgspec.structs.fields(struct):
+        tp, *extras = get_args(hints[field.name]) or (hints[field.name],)
+        specs = [e for e in extras if isinstance(e, Spec)]
+        if len(specs) != 1:
+            raise TypeError(f"Settings.{field.name} needs one Spec: Annotated[type, Spec(...)]")
+        kind, choices = _kind(field.name, tp)
+        default = (
+            field.default if field.default_factory is msgspec.NODEFAULT else field.default_factory()
+        )
+        spec = specs[0]
+        out.append(Declared(field.name, env_of(field.name, spec), kind, choices, default, spec))
+    return tuple(out)

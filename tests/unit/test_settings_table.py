@@ -1,31 +1,114 @@
-"""Every setting, one table: a valid value is read and typed, and each kind of invalid value
-that applies (wrong type, empty, negative, out of range, not finite, not one of the choices)
-stops the worker with a message naming the variable.
+"""Every setting is declared once, in `worker/settings.py`; these tests hold the rest to it.
 
-The table is keyed by `Settings.__struct_fields__`: a new setting without a row here fails
-`test_the_table_covers_every_setting`, and one without a rule fails its invalid cases.
+- The variables and their defaults are public contracts: `CONTRACT` pins each one that exists
+  (a new setting may be added; none may be renamed or change its default).
+- The reader enforces each declaration: for every setting a valid value is read and typed, and
+  each kind of invalid value its declaration implies (wrong type, empty, not finite, below or
+  above a bound, not one of the choices) stops the worker with a message naming the variable.
+  The cases are made from the declaration, so a new setting is covered without an edit here;
+  the rules a declaration cannot say (a DSN's form, the limits' JSON, topics that must differ,
+  OpenTelemetry's variables, librdkafka's properties) are listed by hand.
+- The README table, the Helm chart's `config` schema and docs/configuration.md are generated
+  (`make settings`); a test fails when one of them drifts from the declarations.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import json
 import math
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
+from worker.calling.health_config import BreakerConfig
 from worker.cli.main import main
-from worker.config import (
-    _CHECKS,
-    ConfigError,
-    Settings,
-    env_name,
-    kafka_property_error,
-    load_settings,
-)
+from worker.config import ConfigError, Settings, env_name, kafka_property_error, load_settings
+from worker.setting_rules import Declared
+from worker.settings import SETTINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CONTRACT: dict[str, object] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
+    "LLM_WORKER_GROUP_ID": "llm-worker",
+    "LLM_WORKER_PROMPTS_TOPIC": "llm_prompts",
+    "LLM_WORKER_COMPLETIONS_TOPIC": "llm_completions",
+    "LLM_WORKER_DLQ_TOPIC": "llm_prompts.dlq",
+    "LLM_WORKER_HTTP_HOST": "0.0.0.0",
+    "LLM_WORKER_HTTP_PORT": 8080,
+    "LLM_WORKER_HTTP_MAX_CONNECTIONS": 64,
+    "LLM_WORKER_MAX_IN_FLIGHT": 10_000,
+    "LLM_WORKER_MAX_IN_FLIGHT_PER_PARTITION": 0,
+    "LLM_WORKER_MAX_IN_FLIGHT_BYTES": 64 * 1024 * 1024,
+    "LLM_WORKER_CONSUME_BATCH": 500,
+    "LLM_WORKER_COMMIT_INTERVAL_MS": 500,
+    "LLM_WORKER_MAX_MESSAGE_BYTES": 1_000_000,
+    "LLM_WORKER_MAX_METADATA_BYTES": 16_384,
+    "LLM_WORKER_MAX_RESPONSE_BYTES": 8 * 1024 * 1024,
+    "LLM_WORKER_SHUTDOWN_TIMEOUT_S": 20.0,
+    "LLM_WORKER_REQUEST_DEADLINE_S": 120.0,
+    "LLM_WORKER_CAPACITY_WAIT_S": 600.0,
+    "LLM_WORKER_MAX_TOKENS_CAP": 0,
+    "LLM_WORKER_INTAKE_STALL_S": 0.0,
+    "LLM_WORKER_MAX_ATTEMPTS": 3,
+    "LLM_WORKER_REGISTRY_REFRESH_S": 5.0,
+    "LLM_WORKER_SECRETS_DIR": "/var/run/secrets/llm-worker",
+    "LLM_WORKER_LOG_LEVEL": "INFO",
+    "LLM_WORKER_LOG_FORMAT": "json",
+    "LLM_WORKER_BROKER_WAIT_S": 60.0,
+    "LLM_WORKER_REGISTRY_WAIT_S": 60.0,
+    "LLM_WORKER_GC_GEN0_THRESHOLD": 20_000,
+    "LLM_WORKER_LOG_OUTCOMES": "all",
+    "LLM_WORKER_TRACE_CONTENT": False,
+    "LLM_WORKER_LOOP_STALL_S": 10.0,
+    "LLM_WORKER_DEDUP_ENABLED": True,
+    "LLM_WORKER_DEDUP_WINDOW_S": 60.0,
+    "LLM_WORKER_DEDUP_MAX_ENTRIES": 100_000,
+    "LLM_WORKER_DEDUP_MAX_BYTES": 64 * 1024 * 1024,
+    "LLM_WORKER_DEDUP_PER_TENANT": False,
+    "LLM_WORKER_ROUTING_OBJECTIVE": "priority",
+    "LLM_WORKER_BREAKER_WINDOW_S": 30.0,
+    "LLM_WORKER_BREAKER_ERROR_THRESHOLD": 0.5,
+    "LLM_WORKER_BREAKER_MIN_REQUESTS": 20,
+    "LLM_WORKER_BREAKER_CONSECUTIVE_FAILURES": 10,
+    "LLM_WORKER_BREAKER_Z_THRESHOLD": 2.5,
+    "LLM_WORKER_BREAKER_LATENCY_MIN_INCREASE_S": 0.5,
+    "LLM_WORKER_BREAKER_COOLDOWN_S": 10.0,
+    "LLM_WORKER_BREAKER_PROBES": 3,
+    "LLM_WORKER_TENANT_RPM": 0,
+    "LLM_WORKER_TENANT_TPM": 0,
+    "LLM_WORKER_TENANT_LIMITS": "",
+    "LLM_WORKER_ENDPOINT_LIMITS": "",
+    "LLM_WORKER_BREAKER_WHEN_ALL_OPEN": "wait",
+    "LLM_WORKER_PROCESSING_GUARANTEE": "at_least_once",
+    "LLM_WORKER_TRANSACTIONAL_ID": "",
+    "LLM_WORKER_CREATE_TOPICS": True,
+    "LLM_WORKER_TOPIC_PARTITIONS": 4,
+    "LLM_WORKER_KAFKA_<PROPERTY>": {},
+    "OTEL_*": {},
+}
+"""Every variable the worker has read, with its default: none may go or change."""
+
+CHOICES = {
+    "LLM_WORKER_LOG_LEVEL": {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"},
+    "LLM_WORKER_LOG_FORMAT": {"json", "text"},
+    "LLM_WORKER_LOG_OUTCOMES": {"all", "errors", "none"},
+    "LLM_WORKER_ROUTING_OBJECTIVE": {"priority", "latency", "cost", "reliability"},
+    "LLM_WORKER_BREAKER_WHEN_ALL_OPEN": {"fail", "wait"},
+    "LLM_WORKER_PROCESSING_GUARANTEE": {"at_least_once", "exactly_once"},
+}
+"""The values each choice setting has taken: none may go."""
+
+# ---------------------------------------------------------------- cases from the declarations
 
 INT = ("abc", "1.5", "", "  ")  # wrong type, empty
 FLOAT = ("abc", "", "nan", "inf", "-inf")  # wrong type, empty, not finite
@@ -33,113 +116,101 @@ BOOL = ("maybe", "", "2")
 BLANK = ("", "   ")
 
 
-class Row:
-    """`valid`: a raw value and what it must read as; `invalid`: raw values to refuse."""
-
-    def __init__(self, valid: tuple[str, Any], *invalid: str, var: str | None = None) -> None:
-        self.valid = valid
-        self.invalid = invalid
-        self.var = var
+def _raw(x: float) -> str:
+    return str(x)
 
 
-TABLE: dict[str, Row] = {
-    "kafka_bootstrap_servers": Row(("k1:9092,k2:9092", "k1:9092,k2:9092"), *BLANK),
-    "database_url": Row(
-        ("postgresql://u@db:5432/reg", "postgresql://u@db:5432/reg"), "mysql://db/x", *BLANK
+def _declared_invalid(s: Declared) -> list[str]:
+    """The invalid values the declaration implies."""
+    spec = s.spec
+    if s.choices:
+        return [*BLANK, "not-" + s.choices[0].lower()]
+    if s.kind is bool:
+        return list(BOOL)
+    if s.kind is str:
+        return [] if spec.blank else list(BLANK)
+    if s.kind is dict:
+        return []
+    out = list(INT if s.kind is int else FLOAT)
+    step = 1 if s.kind is int else 0.5
+    if spec.ge is not None:
+        out.append(_raw(spec.ge - step))
+    if spec.gt is not None:
+        out += [_raw(spec.gt), _raw(spec.gt - step)]
+    if spec.le is not None:
+        out.append(_raw(spec.le + step))
+    return out
+
+
+def _declared_valid(s: Declared) -> tuple[str, Any]:
+    """A value the declaration accepts that is not the default, and what it reads as."""
+    if s.choices:
+        other = next(c for c in s.choices if c != s.default)
+        return (other.lower() if s.spec.fold else other), other
+    if s.kind is bool:
+        return ("off", False) if s.default else ("yes", True)
+    if isinstance(s.default, int):
+        le = s.spec.le
+        n = s.default + 1 if le is None or s.default + 1 <= le else s.default - 1
+        return str(n), n
+    if isinstance(s.default, float):
+        return str(s.default + 0.5), s.default + 0.5
+    return "other-value", "other-value"
+
+
+SPECIAL_VALID: dict[str, tuple[str, str, Any]] = {
+    "database_url": ("DATABASE_URL", "postgresql://u@db:5432/reg", "postgresql://u@db:5432/reg"),
+    "tenant_limits": ("LLM_WORKER_TENANT_LIMITS", '{"acme": {"rpm": 5}}', '{"acme": {"rpm": 5}}'),
+    "endpoint_limits": (
+        "LLM_WORKER_ENDPOINT_LIMITS",
+        '{"http://e/v1": {"tpm": 9}}',
+        '{"http://e/v1": {"tpm": 9}}',
     ),
-    "group_id": Row(("g", "g"), *BLANK),
-    "prompts_topic": Row(("in", "in"), *BLANK),
-    "completions_topic": Row(("out", "out"), *BLANK, "llm_prompts"),  # would read its output
-    "dlq_topic": Row(("dead", "dead"), *BLANK, "llm_prompts"),
-    "http_host": Row(("127.0.0.1", "127.0.0.1"), *BLANK),
-    "http_port": Row(("0", 0), *INT, "-1", "65536", "70000"),
-    "http_max_connections": Row(("500", 500), *INT, "0", "-1", "10001"),
-    "max_in_flight": Row(("1", 1), *INT, "0", "-3"),
-    "max_in_flight_per_partition": Row(("64", 64), *INT, "-1"),  # 0 (default): automatic
-    "max_in_flight_bytes": Row(("0", 0), *INT, "-1"),  # 0: no budget (default 64 MiB)
-    "consume_batch": Row(("1000000", 1_000_000), *INT, "0", "-1", "1000001"),
-    "commit_interval_ms": Row(("100", 100), *INT, "0", "-100"),
-    "max_message_bytes": Row(("2048", 2048), *INT, "0", "-1"),
-    "max_metadata_bytes": Row(("1", 1), *INT, "0", "-1"),
-    "shutdown_timeout_s": Row(("0.5", 0.5), *FLOAT, "0", "-1"),
-    "max_response_bytes": Row(("65536", 65536), *INT, "0", "-1"),
-    "request_deadline_s": Row(("600", 600.0), *FLOAT, "0", "-5"),  # the loop keeps polling
-    "capacity_wait_s": Row(("30", 30.0), *FLOAT, "0", "-1"),
-    "max_tokens_cap": Row(("8192", 8192), *INT, "-1"),  # 0 (default): no worker-wide cap
-    "intake_stall_s": Row(("300", 300.0), *FLOAT, "-1"),  # 0 (default): automatic
-    "max_attempts": Row(("1", 1), *INT, "0", "-2"),
-    "registry_refresh_s": Row(("0.25", 0.25), *FLOAT, "0", "-1"),
-    "secrets_dir": Row(("/run/keys", "/run/keys"), *BLANK),
-    "log_level": Row(("debug", "debug"), *BLANK, "LOUD"),
-    "log_format": Row(("text", "text"), *BLANK, "xml"),
-    "broker_wait_s": Row(("1", 1.0), *FLOAT, "0", "-1"),
-    "registry_wait_s": Row(("2.5", 2.5), *FLOAT, "0", "-1"),
-    "gc_gen0_threshold": Row(("0", 0), *INT, "-1", str(2**31)),
-    "dedup_enabled": Row(("off", False), *BOOL),
-    "dedup_window_s": Row(("0.5", 0.5), *FLOAT, "0", "-5"),
-    "dedup_max_entries": Row(("10", 10), *INT, "0", "-1"),
-    "dedup_max_bytes": Row(("4096", 4096), *INT, "0", "-1"),
-    "dedup_per_tenant": Row(("yes", True), *BOOL),
-    "routing_objective": Row(("cost", "cost"), *BLANK, "fastest"),
-    "breaker_window_s": Row(("5", 5.0), *FLOAT, "0", "-1"),
-    "breaker_error_threshold": Row(("1", 1.0), *FLOAT, "0", "-0.1", "1.5"),
-    "breaker_min_requests": Row(("1", 1), *INT, "0", "-1"),
-    "breaker_consecutive_failures": Row(("0", 0), *INT, "-1"),
-    "breaker_z_threshold": Row(("3", 3.0), *FLOAT, "0", "-2"),
-    "breaker_latency_min_increase_s": Row(("0", 0.0), *FLOAT, "-0.5"),
-    "breaker_cooldown_s": Row(("0.1", 0.1), *FLOAT, "0", "-1"),
-    "breaker_probes": Row(("1", 1), *INT, "0", "-1"),
-    "tenant_rpm": Row(("60", 60), *INT, "-3"),
-    "tenant_tpm": Row(("9000", 9000), *INT, "-1"),
-    "tenant_limits": Row(
-        ('{"acme": {"rpm": 5}}', '{"acme": {"rpm": 5}}'),
-        "{not json",
-        '["acme"]',
-        '{"acme": {"rpm": -1}}',
-        '{"acme": {"rpm": 1.5}}',
-        '{"acme": {"rps": 5}}',
-    ),
-    "endpoint_limits": Row(
-        ('{"http://e/v1": {"tpm": 9}}', '{"http://e/v1": {"tpm": 9}}'),
-        "{not json",
-        '{"http://e/v1": {}}',
-        '{"http://e/v1": {"tpm": -9}}',
-    ),
-    "breaker_when_all_open": Row(("fail", "fail"), *BLANK, "hang"),
-    "processing_guarantee": Row(("exactly_once", "exactly_once"), *BLANK, "maybe_once"),
-    "transactional_id": Row(("w-1", "w-1")),
-    "create_topics": Row(("false", False), *BOOL),
-    "topic_partitions": Row(("12", 12), *INT, "0", "-4"),
     # librdkafka checks passthrough properties when a client is made: at start, see
-    # test_an_unknown_kafka_property_stops_the_worker_naming_the_variable
-    "kafka_extra": Row(
-        ("SASL_SSL", {"security.protocol": "SASL_SSL"}),
-        var="LLM_WORKER_KAFKA_SECURITY_PROTOCOL",
+    # test_a_bad_kafka_property_stops_the_worker_naming_the_variable
+    "kafka_extra": (
+        "LLM_WORKER_KAFKA_SECURITY_PROTOCOL",
+        "SASL_SSL",
+        {"security.protocol": "SASL_SSL"},
     ),
-    "log_outcomes": Row(("errors", "errors"), *BLANK, "some"),
-    "loop_stall_s": Row(("2.5", 2.5), *FLOAT, "0", "-1"),
-    "trace_content": Row(("true", True), *BOOL),
-    # every OTEL_* variable, checked by ops.otelconf (a sampler it does not know stops it)
-    "otel_env": Row(
-        ("always_off", {"OTEL_TRACES_SAMPLER": "always_off"}),
-        "sometimes",
-        var="OTEL_TRACES_SAMPLER",
+    "otel_env": ("OTEL_TRACES_SAMPLER", "always_off", {"OTEL_TRACES_SAMPLER": "always_off"}),
+}
+"""Settings whose valid values a declaration cannot make up (a DSN, JSON, a family of
+variables): the variable, a raw value, and what it reads as."""
+
+SPECIAL_INVALID: list[tuple[str, str, str]] = [
+    ("database_url", "DATABASE_URL", "mysql://db/x"),
+    ("completions_topic", "LLM_WORKER_COMPLETIONS_TOPIC", "llm_prompts"),  # reads its output
+    ("dlq_topic", "LLM_WORKER_DLQ_TOPIC", "llm_prompts"),
+    *(
+        ("tenant_limits", "LLM_WORKER_TENANT_LIMITS", raw)
+        for raw in (
+            "{not json",
+            '["acme"]',
+            '{"acme": {"rpm": -1}}',
+            '{"acme": {"rpm": 1.5}}',
+            '{"acme": {"rps": 5}}',
+        )
     ),
-}
-
-CHECKED_ELSEWHERE = {
-    "database_url": "a URL or key=value DSN, in _validate",
-    "tenant_limits": "parse_limits",
-    "endpoint_limits": "parse_limits",
-    "kafka_extra": "librdkafka, at start",
-    "transactional_id": "any string; empty means <group>-<host>-<slot> (stream.kafka_conf)",
-    "otel_env": "ops.otelconf, in _validate",
-}
-"""Settings whose rule is not in `_CHECKS`; booleans need none (the conversion is the rule)."""
+    *(
+        ("endpoint_limits", "LLM_WORKER_ENDPOINT_LIMITS", raw)
+        for raw in ("{not json", '{"http://e/v1": {}}', '{"http://e/v1": {"tpm": -9}}')
+    ),
+    ("otel_env", "OTEL_TRACES_SAMPLER", "sometimes"),  # ops.otelconf knows the samplers
+]
+"""The rules beyond one setting's declaration (config._check_together, parse_limits,
+ops.otelconf)."""
 
 
-def _var(field: str) -> str:
-    return TABLE[field].var or env_name(field)
+def _valid(s: Declared) -> tuple[str, str, Any]:
+    if s.name in SPECIAL_VALID:
+        return SPECIAL_VALID[s.name]
+    return (s.env, *_declared_valid(s))
+
+
+VALID = [(s.name, *_valid(s)) for s in SETTINGS]
+INVALID = [(s.name, s.env, raw) for s in SETTINGS for raw in _declared_invalid(s)]
+INVALID += SPECIAL_INVALID
 
 
 def _names(var: str) -> str:
@@ -148,27 +219,31 @@ def _names(var: str) -> str:
     return rf"(?<![A-Z0-9_]){re.escape(var)}(?![A-Z0-9_])"
 
 
-VALID = [(f, _var(f), TABLE[f].valid) for f in TABLE]
-INVALID = [(f, _var(f), raw) for f, row in TABLE.items() for raw in row.invalid]
+# ---------------------------------------------------------------- the declarations
 
 
-def test_the_table_covers_every_setting() -> None:
-    assert set(TABLE) == set(Settings.__struct_fields__)
+def test_no_variable_is_renamed_and_no_default_changes() -> None:
+    declared = {s.env: s.default for s in SETTINGS}
+    for var, default in CONTRACT.items():
+        assert var in declared, f"{var} is no longer a setting"
+        assert declared[var] == default and type(declared[var]) is type(default), var
+    assert load_settings({}) == Settings(), "the defaults pass their own rules"
 
 
-def test_every_setting_has_a_rule() -> None:
-    defaults = Settings()
-    for field in Settings.__struct_fields__:
-        if isinstance(getattr(defaults, field), bool) or field in CHECKED_ELSEWHERE:
-            continue
-        assert field in _CHECKS, f"{field} has no rule in worker.config._CHECKS"
+def test_choice_settings_are_typed_by_their_choices() -> None:
+    declared = {s.env: set(s.choices) for s in SETTINGS if s.choices}
+    assert set(declared) == set(CHOICES)
+    for var, values in CHOICES.items():
+        assert values <= declared[var], f"{var} lost {values - declared[var]}"
 
 
-def test_defaults_pass_their_own_rules() -> None:
-    assert load_settings({}) == Settings()
+def test_every_setting_says_what_it_does() -> None:
+    for s in SETTINGS:
+        assert s.spec.doc.strip() and "\n" not in s.spec.doc, s.name
+        assert env_name(s.name) == s.env
 
 
-@pytest.mark.parametrize(("field", "var", "valid"), VALID, ids=[v[1] for v in VALID])
+@pytest.mark.parametrize(("field", "var", "valid"), [(f, v, (r, e)) for f, v, r, e in VALID])
 def test_a_valid_value_is_read_and_typed(field: str, var: str, valid: tuple[str, Any]) -> None:
     raw, expected = valid
     value = getattr(load_settings({var: raw}), field)
@@ -183,19 +258,109 @@ def test_an_invalid_value_names_the_variable(field: str, var: str, raw: str) -> 
     with pytest.raises(ConfigError, match=_names(var)) as info:
         load_settings({var: raw})
     message = str(info.value)
-    others = [v for f, v, _ in VALID if f != field and re.search(_names(v), message)]
+    others = [v for f, v, _, _ in VALID if f != field and re.search(_names(v), message)]
     if field in ("completions_topic", "dlq_topic") and raw == "llm_prompts":
         others.remove("LLM_WORKER_PROMPTS_TOPIC")  # the clash names both sides
     assert not others, f"{message!r} also names {others}"
 
 
 def test_non_finite_numbers_are_refused_for_every_float_setting() -> None:
-    floats = [f for f in Settings.__struct_fields__ if isinstance(getattr(Settings(), f), float)]
-    for field in floats:
+    floats = [s for s in SETTINGS if s.kind is float]
+    assert floats
+    for s in floats:
         for raw in ("nan", "inf", "-inf", "1e999"):
-            with pytest.raises(ConfigError, match=_names(env_name(field))):
-                load_settings({env_name(field): raw})
+            with pytest.raises(ConfigError, match=_names(s.env)):
+                load_settings({s.env: raw})
     assert math.isfinite(load_settings({}).request_deadline_s)
+
+
+def test_a_choice_in_another_case_reads_as_declared() -> None:
+    """`LLM_WORKER_LOG_LEVEL=debug` is DEBUG; the other choices are exact."""
+    assert load_settings({"LLM_WORKER_LOG_LEVEL": "warning"}).log_level == "WARNING"
+    assert load_settings(log_level="error").log_level == "ERROR"
+    with pytest.raises(ConfigError, match="LLM_WORKER_LOG_FORMAT='JSON' must be one of"):
+        load_settings({"LLM_WORKER_LOG_FORMAT": "JSON"})
+
+
+def test_a_secret_setting_is_shown_redacted_in_its_error_and_repr() -> None:
+    s = load_settings(
+        {
+            "DATABASE_URL": "postgresql://u:hunter2-xyz@db/reg",
+            "LLM_WORKER_KAFKA_SASL_PASSWORD": "hunter3-xyz",
+            "LLM_WORKER_ENDPOINT_LIMITS": '{"http://u:hunter4-xyz@e/v1": {"rpm": 1}}',
+        }
+    )
+    assert not re.search("hunter[0-9]", repr(s)), repr(s)
+    assert {d.env for d in SETTINGS if d.secret} >= {"DATABASE_URL", "LLM_WORKER_KAFKA_<PROPERTY>"}
+
+
+def test_breaker_config_takes_every_breaker_setting() -> None:
+    """Each `LLM_WORKER_BREAKER_<FIELD>` reaches the breakers (all but WHEN_ALL_OPEN, which
+    the caller reads)."""
+    breaker = [s for s in SETTINGS if s.name.startswith("breaker_")]
+    env = {s.env: _declared_valid(s)[0] for s in breaker}
+    config = BreakerConfig.from_settings(load_settings(env))
+    taken = {
+        f for f in BreakerConfig.__struct_fields__ if f"breaker_{f}" in Settings.__struct_fields__
+    }
+    assert {f"breaker_{f}" for f in taken} == {s.name for s in breaker} - {"breaker_when_all_open"}
+    for field in taken:
+        setting = next(s for s in breaker if s.name == f"breaker_{field}")
+        assert getattr(config, field) == _declared_valid(setting)[1], field
+
+
+# ---------------------------------------------------------------- the generated files
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "gen_settings", ROOT / "tools" / "gen_settings.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GEN = _generator()
+
+
+@pytest.mark.parametrize("path", list(GEN.outputs()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_generated_file_matches_the_declarations(path: Path) -> None:
+    want = GEN.outputs()[path]
+    have = path.read_text(encoding="utf-8") if path.exists() else ""
+    diff = "".join(
+        difflib.unified_diff(
+            have.splitlines(keepends=True), want.splitlines(keepends=True), "file", "declared", n=0
+        )
+    )
+    assert not diff, (
+        f"{path.relative_to(ROOT)} drifted from worker/settings.py (make settings):\n{diff[:3000]}"
+    )
+
+
+def test_every_setting_is_in_the_readme_the_reference_and_the_chart() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index(GEN.BEGIN) : readme.index(GEN.END)]
+    reference = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    chart = json.loads((ROOT / "helm" / "llm-worker" / "values.schema.json").read_text())
+    keys = chart["properties"]["config"]["properties"]
+    for s in SETTINGS:
+        assert f"| `{s.env}` |" in table and f"| `{s.env}` |" in reference, s.env
+        if s.from_prefix:
+            assert s.env.removeprefix("LLM_WORKER_") in keys, s.env
+    assert chart["properties"]["config"]["additionalProperties"] is False
+
+
+def test_the_generator_runs_on_its_own_and_finds_no_drift() -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_settings.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import msgspec
 
+from ..settings import Settings
+
 __all__ = ["BreakerConfig"]
+
+
+_SETTING_PREFIX = "breaker_"
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,6 +35,17 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # first seconds (connections opening, calls in flight ramping up) are its own doing
     cooldown_s: float = 10.0
     probes: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BreakerConfig:
+        """Each field that has an `LLM_WORKER_BREAKER_<FIELD>` setting takes that setting's
+        value (`breaker_window_s` -> `window_s`); the others keep their defaults."""
+        given = {
+            field: getattr(settings, _SETTING_PREFIX + field)
+            for field in cls.__struct_fields__
+            if _SETTING_PREFIX + field in Settings.__struct_fields__
+        }
+        return cls(**given)
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.slices < 1 or self.recent < 1 or self.probes < 1:

@@ -32,16 +32,16 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import get_args
 
 from registry.resolve import Candidate
 
 from ..config import endpoint_url_key
+from ..settings import Objective
 from .breaker import BreakerBoard
 
 __all__ = ["EndpointStats", "Objective", "Router"]
 
-Objective = Literal["latency", "cost", "reliability", "priority"]
 OBJECTIVES: frozenset[str] = frozenset(get_args(Objective))
 
 _MAX_ERROR = 0.99  # caps latency / (1 - error) at 100x

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, get_args
 
 from ..records import InputRecord, Outcome
+from ..settings import LogOutcomes
 from .metrics import Metrics
 from .tracing import Tracing
 
@@ -27,7 +28,7 @@ __all__ = ["LOG_OUTCOMES", "OutcomeRecorder"]
 
 outcome_log = logging.getLogger("llm_worker.outcome")
 
-LOG_OUTCOMES = ("all", "errors", "none")
+LOG_OUTCOMES: tuple[str, ...] = get_args(LogOutcomes)
 
 Key = tuple[str, ...]
 
