@@ -1,5 +1,5 @@
-"""The tree keeps the shape DESIGN.md draws: wings whose dependencies point one way, no import
-cycles, no module past the size guideline, librdkafka behind `worker/stream`."""
+"""The tree keeps the shape the README's code map draws: wings whose dependencies point one way,
+no import cycles, no module past the size guideline, librdkafka behind `worker/stream`."""
 
 from __future__ import annotations
 
