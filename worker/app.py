@@ -29,7 +29,7 @@ from .ops.looplag import LoopLag
 from .ops.metrics import ComponentCollector, Metrics
 from .ops.outcomes import OutcomeRecorder
 from .ops.tracing import Tracing
-from .pipeline import Pipeline
+from .pipeline import Pending, Pipeline
 from .stream.admin import AdminClient, ensure_topics, group_members, wait_for_broker
 from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
@@ -76,6 +76,33 @@ class App:
             else RegistryCache(settings.database_url, refresh_s=settings.registry_refresh_s)
         )
         self._connect_admin = connect_admin
+        self.kafka_stats = KafkaStats()
+        self.bridge: Transport[Sent] = (
+            bridge if bridge is not None else KafkaBridge[Sent](settings, self.kafka_stats.update)
+        )
+        self._topic_partitions = 0
+        self._group_members = 0
+        self.group_poll_s = 15.0
+        self._group_changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._broker_ok = False
+        self.caller = self._calling(settings)
+        self.pipeline = Pipeline(
+            settings,
+            self.registry,
+            self.caller,
+            self.metrics,
+            dedup=self.dedup,
+            tracing=self.tracing,
+        )
+        self.worker = self._worker(settings)
+        self._ops(settings, http)
+        self._wire()
+
+    def _calling(self, settings: Settings) -> Caller:
+        """The provider-calling wing: sessions, secrets, breakers, routing, limits, dedup."""
         self.sessions = SessionPool(
             limit_per_host=settings.max_in_flight, max_response_bytes=settings.max_response_bytes
         )
@@ -95,7 +122,7 @@ class App:
             else None
         )
         self.loop_lag = LoopLag()
-        self.caller = caller = Caller(
+        return Caller(
             self.sessions,
             self.secrets,
             self.metrics,
@@ -110,37 +137,11 @@ class App:
             max_tokens_cap=settings.max_tokens_cap or None,
             capacity_wait_s=settings.capacity_wait_s,
         )
-        self.pipeline = Pipeline(
-            settings, self.registry, caller, self.metrics, dedup=self.dedup, tracing=self.tracing
-        )
-        self.kafka_stats = KafkaStats()
-        self.metrics.registry.register(
-            ComponentCollector(
-                dedup=self.dedup.stats if self.dedup is not None else None,
-                limiter=self.limiter.stats,
-                breakers=lambda: dict(self.breakers.states()),
-                choices=lambda: dict(self.router.choices),
-                loop_lag=lambda: self.loop_lag.total,
-                circuit_waiting=lambda: caller.circuit_waiting,
-                consumer_lag=self._consumer_lag,
-                producer_queue=lambda: self.kafka_stats.producer_queue,
-                held=self._held,
-                demoted=self.breakers.demotions,
-                concurrency=caller.concurrency.stats,
-                in_flight_limit=lambda: self.worker.stats()["in_flight_limit"],
-            )
-        )
-        self._topic_partitions = 0
-        self._group_members = 0
-        self.group_poll_s = 15.0
-        self._group_changed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self.bridge: Transport[Sent] = (
-            bridge if bridge is not None else KafkaBridge[Sent](settings, self.kafka_stats.update)
-        )
-        self.worker = Worker(
+
+    def _worker(self, settings: Settings) -> Worker[Pending]:
+        """The stream wing's consume loop over the bridge."""
+        caller = self.caller
+        return Worker(
             bridge=self.bridge,
             pipeline=self.pipeline,
             metrics=self.metrics,
@@ -154,13 +155,15 @@ class App:
             max_in_flight_bytes=settings.max_in_flight_bytes,
             recorder=OutcomeRecorder(self.metrics, log_outcomes=settings.log_outcomes),
         )
-        self.bridge.set_rebalance_hooks(self._on_assign, self.worker.on_revoke, self.worker.on_lost)
+
+    def _ops(self, settings: Settings, http: bool) -> None:
+        """What watches and serves the process: intake, housekeeping, the HTTP port."""
         final_s = settings.request_deadline_s + settings.capacity_wait_s  # for /readyz
         self.intake = IntakeWatch(settings.intake_stall_s, final_s, self.worker, self._consumer_lag)
         self.housekeeping = Housekeeping(
             rows=lambda: self.registry.rows,
             resolve=self.registry.resolve,
-            caller=caller,
+            caller=self.caller,
             sessions=self.sessions,
             metrics=self.metrics,
             forget_outcome_children=self.worker.forget_metric_children,
@@ -177,7 +180,35 @@ class App:
             if http
             else None
         )
-        self._broker_ok = False
+
+    def _wire(self) -> None:
+        """Every callback from one part into another, registered here and only here."""
+        bridge, worker, metrics, caller = self.bridge, self.worker, self.metrics, self.caller
+        assignment = worker.assignment
+        outbox = assignment.outbox
+        # librdkafka's rebalances (consumer thread), fatal errors and delivery reports (loop)
+        bridge.set_rebalance_hooks(self._on_assign, assignment.on_revoke, assignment.on_lost)
+        bridge.set_fatal_hook(worker.on_fatal)
+        bridge.set_ack_handler(outbox.on_acks)
+        # gauges read at scrape time
+        metrics.in_flight.set_function(lambda: worker.in_flight)
+        metrics.delivery_failing.set_function(lambda: outbox.failing)
+        metrics.registry.register(
+            ComponentCollector(
+                dedup=self.dedup.stats if self.dedup is not None else None,
+                limiter=self.limiter.stats,
+                breakers=lambda: dict(self.breakers.states()),
+                choices=lambda: dict(self.router.choices),
+                loop_lag=lambda: self.loop_lag.total,
+                circuit_waiting=lambda: caller.circuit_waiting,
+                consumer_lag=self._consumer_lag,
+                producer_queue=lambda: self.kafka_stats.producer_queue,
+                held=self._held,
+                demoted=self.breakers.demotions,
+                concurrency=caller.concurrency.stats,
+                in_flight_limit=lambda: worker.stats()["in_flight_limit"],
+            )
+        )
 
     def _circuit_changed(self, endpoint: str, old: str, new: str, reason: str) -> None:
         self.metrics.circuit_changes.labels(endpoint, new).inc()
@@ -231,7 +262,7 @@ class App:
 
     def _on_assign(self, keys: list[tuple[str, int]]) -> None:
         # the consumer thread: hand the share update to the loop, where the limiter lives
-        self.worker.on_assign(keys)
+        self.worker.assignment.on_assign(keys)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._group_changed.set)
 

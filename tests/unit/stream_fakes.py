@@ -263,7 +263,20 @@ def make_worker(bridge: FakeBridge, pipeline: FakePipeline, **kw: Any) -> Worker
         "shutdown_timeout_s": 2.0,
     }
     args.update(kw)
-    return Worker(bridge=bridge, pipeline=pipeline, metrics=Metrics(), **args)  # type: ignore[arg-type]
+    metrics = Metrics()
+    worker: Worker[Any] = Worker(bridge=bridge, pipeline=pipeline, metrics=metrics, **args)  # type: ignore[arg-type]
+    wire(worker, bridge, metrics)
+    return worker
+
+
+def wire(worker: Worker[Any], bridge: FakeBridge, metrics: Metrics) -> None:
+    """The callbacks `App._wire` registers, as it registers them."""
+    a = worker.assignment
+    bridge.set_rebalance_hooks(a.on_assign, a.on_revoke, a.on_lost)
+    bridge.set_fatal_hook(worker.on_fatal)
+    bridge.set_ack_handler(a.outbox.on_acks)
+    metrics.in_flight.set_function(lambda: worker.in_flight)
+    metrics.delivery_failing.set_function(lambda: a.outbox.failing)
 
 
 async def run_until(worker: Worker[Any], cond: Any, timeout: float = 10.0) -> None:

@@ -155,14 +155,14 @@ async def test_answers_ready_at_once_take_no_task_and_commit_only_after_their_ac
     bridge.hold_acks = True
     worker = make_worker(bridge, SyncPipeline())  # type: ignore[arg-type]
     created = 0
-    original = worker._spawn
+    original = worker.assignment.spawn
 
     def counting_spawn(key: Any, coro: Any) -> None:
         nonlocal created
         created += 1
         original(key, coro)
 
-    worker._spawn = counting_spawn  # type: ignore[method-assign]
+    worker.assignment.spawn = counting_spawn  # type: ignore[method-assign]
     task = asyncio.create_task(worker.run())
     try:
         async with asyncio.timeout(10):
@@ -220,13 +220,13 @@ async def test_shutdown_and_revoke_wait_for_delivery_reports_of_ready_answers() 
         shutdown_timeout_s=5.0,
         commit_interval_s=60.0,  # only the revoke and the shutdown commit
     )
-    worker.on_assign([("t", 0), ("t", 1)])
+    worker.assignment.on_assign([("t", 0), ("t", 1)])
     task = asyncio.create_task(worker.run())
     async with asyncio.timeout(10):
         while len(bridge.produced) < 8:
             await asyncio.sleep(0.005)
     # a revoke settles partition 1: it waits for the reports, then says what to commit
-    settle = asyncio.create_task(worker._settle([("t", 1)]))
+    settle = asyncio.create_task(worker.assignment.settle([("t", 1)]))
     await asyncio.sleep(0.1)
     assert not settle.done()
     worker.stop()  # shutdown waits too

@@ -66,7 +66,7 @@ async def test_the_revoke_when_the_consumer_closes_after_run_neither_waits_nor_c
     assert bridge.commits[-1] == {("t", 0): 8}
     commits = len(bridge.commits)
     with caplog.at_level("INFO", logger="llm_worker"):
-        assert worker.on_revoke([("t", 0)]) == {}  # on the loop's thread
+        assert worker.assignment.on_revoke([("t", 0)]) == {}  # on the loop's thread
     assert len(bridge.commits) == commits
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
 
@@ -247,7 +247,7 @@ async def test_finished_tasks_are_not_kept_while_the_partition_stays_assigned() 
         async with asyncio.timeout(10):
             while len(bridge.produced) < 600 or worker.in_flight:
                 await asyncio.sleep(0.005)
-        kept = {k: len(v) for k, v in worker._by_part.items()}  # type: ignore[attr-defined]
+        kept = worker.assignment.partition_tasks()
     finally:
         worker.stop()
         await task
@@ -273,7 +273,7 @@ async def test_a_task_that_fails_is_logged_with_its_exception_and_a_cancelled_on
         async with asyncio.timeout(10):
             while len(bridge.produced) < 5:
                 await asyncio.sleep(0.005)
-        worker._spawn(("t", 0), bug())  # type: ignore[attr-defined]
+        worker.assignment.spawn(("t", 0), bug())
         await asyncio.sleep(0.05)
         worker.stop()
         await task

@@ -147,7 +147,7 @@ async def test_a_batch_fetched_before_the_rewind_seek_is_not_answered_twice(
         await _wait(bridge.stalled.is_set)
         # a delivery of the open transaction failed: the next commit aborts it and rewinds
         bridge.producer.open.append(b"doomed")
-        worker._outbox.tainted = "a delivery failed"  # type: ignore[attr-defined]
+        worker.assignment.outbox.tainted = "a delivery failed"  # type: ignore[union-attr]
         with caplog.at_level("WARNING", logger="llm_worker"):
             commit = asyncio.create_task(worker.commit_now())
             await asyncio.sleep(0.05)  # the rewind waits for the consumer thread ...
@@ -295,7 +295,7 @@ async def test_a_rebalance_after_the_group_metadata_was_read_skips_that_commit(
     worker = make_worker(  # no periodic commit: only the commits made here
         bridge, FakePipeline(), max_in_flight=16, consume_batch=8, commit_interval_s=3600.0
     )
-    eos = worker._eos
+    eos = worker.assignment.eos
     assert eos is not None
     task = asyncio.create_task(worker.run())
     try:
@@ -341,7 +341,7 @@ async def test_a_revoke_whose_transaction_must_abort_rewinds_without_waiting_for
     after it returns: waiting for it there would hold the hook until its timeout."""
     bridge = DoomingBridge({0: 40, 1: 40})
     worker = _eos_worker(bridge)
-    bridge.outbox = worker._outbox  # type: ignore[attr-defined]
+    bridge.outbox = worker.assignment.outbox
     task = asyncio.create_task(worker.run())
     loop = asyncio.get_running_loop()
     try:

@@ -142,7 +142,7 @@ async def test_lost_partitions_drop_their_work_and_commit_nothing() -> None:
                 await asyncio.sleep(0.005)
         bridge.rebalance("lost", [0])
         async with asyncio.timeout(10):
-            while worker.counters["lost"] < 1:
+            while worker.assignment.counters["lost"] < 1:
                 await asyncio.sleep(0.005)
         assert worker.stats()["in_flight"] == 5  # partition 0's five tasks were cancelled
         for ev in pipeline.hold.values():
@@ -167,7 +167,7 @@ async def test_a_commit_computed_before_a_rebalance_is_not_applied_after_it() ->
             while len(bridge.produced) < 4:
                 await asyncio.sleep(0.005)
         await asyncio.sleep(0.05)
-        pending = worker._tracker.pending_commits()  # computed now ...
+        pending = worker.assignment.tracker.pending_commits()  # computed now ...
         bridge.epochs[("t", 0)] += 1  # ... then the partition came back in a new assignment
         assert await bridge.commit(pending) == {}
     finally:
@@ -207,7 +207,7 @@ async def test_shutdown_has_one_deadline_when_reports_never_come() -> None:
     # the deadline, then a flush of at least a moment; never a second full wait
     assert time.monotonic() - started < 0.5 + 1.0 + 1.0
     # a revoke during close has nothing left to wait for
-    assert await asyncio.to_thread(worker.on_revoke, [("t", 0)]) == {}
+    assert await asyncio.to_thread(worker.assignment.on_revoke, [("t", 0)]) == {}
 
 
 async def test_a_revoke_that_outlives_its_callback_never_drops_the_next_assignment() -> None:
@@ -220,13 +220,13 @@ async def test_a_revoke_that_outlives_its_callback_never_drops_the_next_assignme
         async with asyncio.timeout(10):
             while worker.counters["consumed"] < 3:
                 await asyncio.sleep(0.005)
-        old = worker._tracker.get(("t", 0))
-        assert await asyncio.to_thread(worker.on_revoke, [("t", 0)]) == {}  # abandoned
+        old = worker.assignment.tracker.get(("t", 0))
+        assert await asyncio.to_thread(worker.assignment.on_revoke, [("t", 0)]) == {}  # abandoned
         # a new assignment starts: its offsets object must survive any late cleanup
-        new = worker._tracker.part("t", 0, epoch=2)
+        new = worker.assignment.tracker.part("t", 0, epoch=2)
         assert new is not old
-        worker._forget([("t", 0)], {("t", 0): old})
-        assert worker._tracker.get(("t", 0)) is new
+        worker.assignment.forget([("t", 0)], {("t", 0): old})
+        assert worker.assignment.tracker.get(("t", 0)) is new
     finally:
         pipeline.hold[0].set()
         worker.stop()

@@ -23,21 +23,19 @@ and commits only what was acknowledged.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome, Stages
+from .assignment import Assignment, Lifecycle
 from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
-from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import Outbox, Sent
-from .rebalance import Rebalancing
+from .offsets import PartitionOffsets
+from .outbox import Sent
 from .settle import every
-from .transactions import ExactlyOnce, OrderedOutbox, TransactionAborted
-from .transport import Key, Transport
+from .transport import GroupMetadata, Key, Transport
 
 __all__ = ["Stages", "Worker"]
 
@@ -62,7 +60,10 @@ def _cause(exc: BaseException) -> tuple[str, str, int]:
     return type(exc).__qualname__, tb.tb_frame.f_code.co_filename, tb.tb_lineno
 
 
-class Worker(Rebalancing, Generic[P]):
+class Worker(Generic[P]):
+    """The consume loop over one `Assignment` (which owns the partitions' state and the
+    rebalance steps): takes records, starts their work, holds and pauses, and shuts down."""
+
     def __init__(
         self,
         *,
@@ -91,11 +92,7 @@ class Worker(Rebalancing, Generic[P]):
         )
         self._batch = consume_batch
         self._commit_interval = commit_interval_s
-        self._shutdown_timeout = shutdown_timeout_s
-        self._tracker = OffsetTracker()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._causes_logged: set[tuple[str, str, int]] = set()
-        self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
         self._flow = FlowControl(
             pause=bridge.pause,
             resume=bridge.resume,
@@ -103,35 +100,28 @@ class Worker(Rebalancing, Generic[P]):
             on_change=metrics.paused.set,
         )
         self._room = Room(lambda: self._max_in_flight, lambda: self.in_flight)
-        kind = OrderedOutbox if bridge.transactional else Outbox
-        out = kind(bridge, metrics, spawn=self._spawn, on_acked=self._room.wake, recorder=recorder)
-        self._outbox = out
-        self._eos = ExactlyOnce(bridge, out) if isinstance(out, OrderedOutbox) else None
-        self._owned: set[Key] = set()
+        self._life = Lifecycle(shutdown_timeout_s)
+        self.assignment = Assignment(
+            bridge=bridge,
+            metrics=metrics,
+            flow=self._flow,
+            life=self._life,
+            on_task_done=self._room.wake,
+            recorder=recorder,
+        )
         self._held = rate_limited or (lambda: 0)
-        self._revoked_now: set[Key] = set()
         self._stopping = asyncio.Event()
-        self._deadline: float | None = None
-        self._rewinds = 0  # exactly-once: rewinds begun; a batch taken before one is stale
-        self._rewinding: asyncio.Event | None = None  # set when the rewind's seek is done
-        self._rebalance_calls = 0  # rebalance hooks begun (exactly-once: is the metadata fresh)
-        self._closing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.fatal: str | None = None  # why a fatal Kafka error stopped the worker
-        bridge.set_rebalance_hooks(self.on_assign, self.on_revoke, self.on_lost)
-        bridge.set_fatal_hook(self.on_fatal)
-        bridge.set_ack_handler(out.on_acks)
-        metrics.in_flight.set_function(lambda: self.in_flight)
-        metrics.delivery_failing.set_function(lambda: out.failing)
-        self.counters: dict[str, int] = {"consumed": 0, "commits": 0, "lost": 0}
+        self.counters: dict[str, int] = {"consumed": 0}
 
     # -- main loop -------------------------------------------------------------------------
     def stop(self, *, deadline_s: float | None = None) -> None:
         """Stop taking records; in-flight work gets `deadline_s` (default: shutdown timeout)."""
-        wait = self._shutdown_timeout if deadline_s is None else deadline_s
-        new = self._loop_time() + wait
-        if self._deadline is None or new < self._deadline:
-            self._deadline = new
+        life = self._life
+        wait = life.timeout_s if deadline_s is None else deadline_s
+        new = life.time() + wait
+        if life.deadline is None or new < life.deadline:
+            life.deadline = new
         if not self._stopping.is_set():
             log.info("stop requested: no new records will be taken (deadline %.1f s)", wait)
             self._stopping.set()
@@ -141,69 +131,76 @@ class Worker(Rebalancing, Generic[P]):
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def _loop_time(self) -> float:
-        return (self._loop or asyncio.get_running_loop()).time()
+    def on_fatal(self, reason: str) -> None:
+        """A Kafka client is unusable (called on the loop): stop at once, exit non-zero."""
+        if self.fatal is None:
+            self.fatal = reason
+            log.critical("fatal Kafka error, stopping: %s", reason)
+            self.stop(deadline_s=0.0)
 
     async def run(self) -> None:
         """Process records until `stop()`; then settle in-flight work, flush and commit."""
-        self._loop = asyncio.get_running_loop()
-        if self._eos is not None:
-            await self._eos.start()
+        life, eos = self._life, self.assignment.eos
+        life.loop = asyncio.get_running_loop()
+        if eos is not None:
+            await eos.start()
         committer = asyncio.create_task(
             every(self._commit_interval, self.commit_now, "offset commit"), name="committer"
         )
         try:
             await self._consume_loop()
         finally:
-            if self._deadline is None:
-                self._deadline = self._loop_time() + self._shutdown_timeout
-            await self._finish_or_abandon(None, self._deadline)
+            if life.deadline is None:
+                life.deadline = life.time() + life.timeout_s
+            await self.assignment.finish_or_abandon(None, life.deadline)
             committer.cancel()
             try:
                 await committer
             except asyncio.CancelledError:
                 pass
-            if self.fatal is None and self._eos is None:  # a commit flushes a transaction
-                left = self._deadline - self._loop_time()
-                unsent = await self._bridge.flush(max(left, FLUSH_FLOOR_S))
+            if self.fatal is None and eos is None:  # a commit flushes a transaction
+                unsent = await self._bridge.flush(max(life.deadline - life.time(), FLUSH_FLOOR_S))
                 if unsent:
                     log.warning("%d outcome records not delivered at shutdown", unsent)
-            try:  # bounded: a commit librdkafka never answers must not hold the exit
-                async with asyncio.timeout(max(self._deadline - self._loop_time(), COMMIT_FLOOR_S)):
-                    await self.commit_now()
-            except TimeoutError:
-                log.error("final offset commit timed out: the uncommitted records are read again")
-            except Exception as exc:
-                log.error("final offset commit failed: %s", exc)
-            self._closing = True
+            await self._final_commit(life.deadline)
+            life.closing = True
+
+    async def _final_commit(self, deadline: float) -> None:
+        try:  # bounded: a commit librdkafka never answers must not hold the exit
+            async with asyncio.timeout(max(deadline - self._life.time(), COMMIT_FLOOR_S)):
+                await self.commit_now()
+        except TimeoutError:
+            log.error("final offset commit timed out: the uncommitted records are read again")
+        except Exception as exc:
+            log.error("final offset commit failed: %s", exc)
 
     async def _consume_loop(self) -> None:
-        bridge, flow = self._bridge, self._flow
+        bridge, flow, a = self._bridge, self._flow, self.assignment
         while not self._stopping.is_set():
-            if self._rewinding is not None:
-                await self._rewinding.wait()
+            if a.rewinding is not None:
+                await a.rewinding.wait()
                 continue
-            self._max_in_flight = self._limits.now(len(self._owned), self._flow)
+            self._max_in_flight = self._limits.now(len(a.owned), self._flow)
             free = self._max_in_flight - self.in_flight
             if free <= 0:
                 if not flow.held and await self._room.within(HOLD_AFTER_S):
                     continue  # a short wait: cheaper than a pause and a refetch
                 # Still full: hold every partition and keep polling (rebalances are served and
                 # the group keeps this member, however long the work in flight takes)
-                await flow.hold_all(self._owned | bridge.assignment)
+                await flow.hold_all(a.owned | bridge.assignment)
                 await self._take(1, 0.1)  # at most one, if any
                 continue
             await flow.apply(
-                self._owned,
-                self._tracker.in_flight,
+                a.owned,
+                a.tracker.in_flight,
                 crowded=self.in_flight > self._max_in_flight * 3 // 4,
             )
             await self._take(min(self._batch, free), 0.05)
 
     async def _take(self, n: int, timeout: float) -> None:
-        rewinds = self._rewinds
+        rewinds = self.assignment.rewinds
         batch = await self._bridge.consume(n, timeout)
-        if batch.polled and rewinds == self._rewinds:  # else fetched before a rewind's seek
+        if batch.polled and rewinds == self.assignment.rewinds:  # else fetched before a rewind
             for rec in batch.records:
                 self._dispatch(rec)
             self._metrics.consumed.inc(batch.polled)
@@ -211,42 +208,28 @@ class Worker(Rebalancing, Generic[P]):
     @property
     def in_flight(self) -> int:
         """Messages taken and not finished: running tasks plus outcomes not yet acknowledged."""
-        return len(self._tasks) + self._outbox.unacked
+        return len(self.assignment.tasks) + self.assignment.outbox.unacked
 
     def _dispatch(self, rec: InputRecord) -> None:
+        a = self.assignment
         key: Key = (rec.topic, rec.partition)
-        if key in self._revoked_now:
+        if key in a.revoking:
             return  # not ours any more; the new owner reads it from the committed offset
-        self._owned.add(key)
+        a.owned.add(key)
         self.counters["consumed"] += 1
         self._limits.seen(len(rec.value or b"") + len(rec.key or b""))
-        offsets = self._tracker.part(rec.topic, rec.partition, self._bridge.epoch(key))
+        offsets = a.tracker.part(rec.topic, rec.partition, self._bridge.epoch(key))
         offsets.start(rec.offset)
-        self._outbox.track(rec)
+        a.outbox.track(rec)
         # Most records are answered right here (dedup window hits, invalid input): no task.
         try:
             step = self._pipeline.begin(rec)
         except Exception as exc:
             step = self._unexpected(rec, exc)
         if isinstance(step, Outcome):
-            self._outbox.send(rec, step, offsets)
+            a.outbox.send(rec, step, offsets)
             return
-        self._spawn(key, self._handle(rec, step, offsets))
-
-    def _spawn(self, key: Key, coro: Coroutine[Any, Any, None]) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        self._by_part.setdefault(key, set()).add(task)
-        task.add_done_callback(functools.partial(self._task_done, key=key))
-
-    def _task_done(self, task: asyncio.Task[None], key: Key) -> None:
-        self._tasks.discard(task)
-        self._room.wake()
-        tasks = self._by_part.get(key)
-        if tasks is not None:
-            tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("message task failed", exc_info=task.exception())
+        a.spawn(key, self._handle(rec, step, offsets))
 
     def _unexpected(self, rec: InputRecord, exc: Exception) -> Outcome:
         """A bug: the record gets an `internal_error`. Its traceback is logged the first time
@@ -270,51 +253,29 @@ class Worker(Rebalancing, Generic[P]):
             raise
         except Exception as exc:
             outcome = self._unexpected(rec, exc)
-        self._outbox.send(rec, outcome, offsets)
+        self.assignment.outbox.send(rec, outcome, offsets)
 
-    # -- commits ---------------------------------------------------------------------------
-    async def commit_now(self, *, in_hook: bool = False, meta: object = None) -> dict[Key, int]:
-        """Commit the safe offsets, in the assignment they were computed in (exactly-once:
-        commit the transaction, or abort it and rewind; a hook passes the group metadata it
-        read, else it is read on the consumer thread and used only if no rebalance came since)."""
-        if self._eos is not None:
-            if self._rewinding is not None:
-                return {}  # nothing is tracked until the rewind's seek is done
-            seen = self._rebalance_calls
-            if not in_hook and not self._eos.doomed:
-                meta = await self._bridge.read_group_metadata()
-            try:
-                done = await self._eos.commit(
-                    self._tracker, meta, valid=lambda: in_hook or seen == self._rebalance_calls
-                )
-            except TransactionAborted as exc:
-                log.warning("transaction aborted (%s); rewinding", exc)
-                await self._rewind(in_hook=in_hook)
-                return {}
-        else:
-            pending = self._tracker.pending_commits()
-            if not pending:
-                return {}
-            done = await self._bridge.commit(pending)
-        self._tracker.mark_committed(done)
-        if done:
-            self.counters["commits"] += 1
-            self._metrics.commits.inc()
-        return done
+    async def commit_now(
+        self, *, in_hook: bool = False, meta: GroupMetadata | None = None
+    ) -> dict[Key, int]:
+        """Commit the safe offsets now (`Assignment.commit`)."""
+        return await self.assignment.commit(in_hook=in_hook, meta=meta)
 
     def forget_metric_children(self) -> None:  # their series were removed (housekeeping)
-        self._outbox.recorder.forget_children()
+        self.assignment.outbox.recorder.forget_children()
 
     def stats(self) -> dict[str, Any]:
+        a = self.assignment
         return {
             **self.counters,
-            **self._outbox.counters,
-            **(self._eos.counters if self._eos is not None else {}),
-            **self._outbox.recorder.counters,
+            **a.counters,
+            **a.outbox.counters,
+            **(a.eos.counters if a.eos is not None else {}),
+            **a.outbox.recorder.counters,
             "in_flight": self.in_flight,
             "in_flight_limit": self._max_in_flight,
             "held": self._held(),
             "paused_partitions": len(self._flow.paused),
-            **self._outbox.delivery(),
-            "partitions": len(self._tracker.partitions()),
+            **a.outbox.delivery(),
+            "partitions": len(a.tracker.partitions()),
         }
