@@ -8,7 +8,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from registry.dsn import dsn_secrets, redact_error
 
@@ -18,6 +18,8 @@ from ..ops.logs import configure_logging
 __all__ = ["main"]
 
 log = logging.getLogger("llm_worker.cli")
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 _KAFKA_CLIENT = ("kafka_bootstrap_servers", "prompts_topic", "completions_topic", "dlq_topic")
@@ -234,10 +236,8 @@ def _broker_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llm-worker", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_service_commands(sub: Subcommands) -> None:
+    """`run` and `migrate`: what a deployment runs; both read the environment."""
     run = sub.add_parser("run", help="run the worker (configuration from the environment)")
     run.set_defaults(fn=_cmd_run)
 
@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--database-url", help="overrides DATABASE_URL")
     mig.set_defaults(fn=_cmd_migrate)
 
+
+def _add_dev(sub: Subcommands) -> None:
+    """`dev`: the local stack."""
     dev = sub.add_parser("dev", help="local broker + Postgres + fake provider + worker")
     dev.add_argument("--demo", action="store_true", help="also send sample prompts and print them")
     dev.add_argument("--fake-port", type=int, default=0)
@@ -253,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_flag(dev)
     dev.set_defaults(fn=_cmd_dev)
 
+
+def _add_send(sub: Subcommands) -> None:
+    """`send`: publish prompts and wait for their completions."""
     send = sub.add_parser("send", help="publish prompts and print their completions")
     send.add_argument("text", nargs="?", help="the prompt text")
     send.add_argument("--model", default="chat-small")
@@ -264,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--bootstrap", help="overrides KAFKA_BOOTSTRAP_SERVERS")
     send.set_defaults(fn=_cmd_send)
 
+
+def _add_fake_provider(sub: Subcommands) -> None:
+    """`fake-provider`: the built-in OpenAI-compatible fake."""
     fake = sub.add_parser("fake-provider", help="the built-in OpenAI-compatible fake provider")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=8100)
@@ -277,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fake.set_defaults(fn=_cmd_fake_provider)
 
+
+def _add_bench(sub: Subcommands) -> None:
+    """`bench`: one load, or the benchmark suite's scenarios."""
     bench = sub.add_parser(
         "bench",
         help="load the worker and measure it",
@@ -315,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_flag(bench)
     bench.set_defaults(fn=_cmd_bench)
 
+
+def _add_bench_tools(sub: Subcommands) -> None:
+    """`bench-failover`, `bench-adapters`, `bench-telemetry`: the single-purpose benchmarks."""
     bf = sub.add_parser("bench-failover", help="time from a registry UPDATE to the new target")
     bf.add_argument("--workers", type=int, default=2)
     bf.add_argument("--switches", type=int, default=20)
@@ -337,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--timeout", type=float, default=600.0)
     bt.set_defaults(fn=_cmd_bench_telemetry)
 
+
+def _add_registry(sub: Subcommands) -> None:
+    """`registry`: inspect and change model registry rows."""
     reg = sub.add_parser("registry", help="inspect and change model registry rows")
     reg.add_argument("--json", action="store_true")
     reg.add_argument("--database-url", help="overrides DATABASE_URL")
@@ -367,6 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("model_id")
     rsub.add_parser("validate")
     reg.set_defaults(fn=_cmd_registry)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-worker", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_service_commands,
+        _add_dev,
+        _add_send,
+        _add_fake_provider,
+        _add_bench,
+        _add_bench_tools,
+        _add_registry,
+    ):
+        add(sub)
     return p
 
 
