@@ -1,16 +1,14 @@
 """The tree keeps the shape the README's code map draws: wings whose dependencies point one way,
-no import cycles, no module past the size guideline, librdkafka behind `worker/stream`."""
+no import cycles, librdkafka behind `worker/stream`. Size is limited per function by ruff (C901,
+PLR0912, PLR0915 in pyproject.toml), not per module by a line count."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("worker", "adapters", "registry")
-MAX_LINES = 400
 
 
 def _modules() -> dict[str, Path]:
@@ -55,12 +53,6 @@ def _importers_of(prefix: str) -> dict[str, set[str]]:
         name: {m for m in deps if m == prefix or m.startswith(prefix + ".")}
         for name, deps in GRAPH.items()
     }
-
-
-@pytest.mark.parametrize("name", sorted(MODULES))
-def test_no_module_over_the_size_guideline(name: str) -> None:
-    lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
-    assert lines <= MAX_LINES, f"{MODULES[name].relative_to(ROOT)} has {lines} lines"
 
 
 def test_adapters_and_registry_import_nothing_from_worker() -> None:
