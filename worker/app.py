@@ -30,7 +30,13 @@ from .ops.metrics import ComponentCollector, Metrics
 from .ops.outcomes import OutcomeRecorder
 from .ops.tracing import Tracing
 from .pipeline import Pending, Pipeline
-from .stream.admin import AdminClient, ensure_topics, group_members, wait_for_broker
+from .stream.admin import (
+    AdminClient,
+    ensure_topics,
+    group_members,
+    partition_count,
+    wait_for_broker,
+)
 from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
 from .stream.outbox import Sent
@@ -372,9 +378,7 @@ class App:
             created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
             if created:
                 log.info("created topics %s", created)
-        meta = await asyncio.to_thread(admin.list_topics, s.prompts_topic, 10)
-        topic_meta = meta.topics.get(s.prompts_topic)
-        self._topic_partitions = len(topic_meta.partitions) if topic_meta is not None else 0
+        self._topic_partitions = await asyncio.to_thread(partition_count, admin, s.prompts_topic)
         await self.registry.start(timeout=s.registry_wait_s)
         self._loop = asyncio.get_running_loop()
         await self.bridge.start()

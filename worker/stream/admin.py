@@ -16,7 +16,14 @@ from adapters.backoff import Backoff
 from ..config import Settings
 from .kafka import client_config
 
-__all__ = ["AdminClient", "KafkaUnavailable", "ensure_topics", "group_members", "wait_for_broker"]
+__all__ = [
+    "AdminClient",
+    "KafkaUnavailable",
+    "ensure_topics",
+    "group_members",
+    "partition_count",
+    "wait_for_broker",
+]
 
 log = logging.getLogger("llm_worker.kafka")
 
@@ -84,6 +91,12 @@ def ensure_topics(admin: AdminClient, topics: Sequence[str], partitions: int) ->
                 continue
             raise
     return created
+
+
+def partition_count(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> int:
+    """How many partitions `topic` has (0: it does not exist)."""
+    meta = admin.list_topics(topic, timeout_s).topics.get(topic)
+    return len(meta.partitions) if meta is not None else 0
 
 
 def group_members(admin: AdminClient, group_id: str, classic: bool, timeout_s: float = 5.0) -> int:
