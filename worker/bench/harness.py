@@ -251,6 +251,110 @@ def _produce_all(
         raise RuntimeError("prompts not acknowledged by the broker within 30 s")
 
 
+def _register_model(stack: Stack, run: Run, load: Load) -> tuple[str, ...]:
+    """The worker's registry row for this run (with a fallback profile when `load.fallback`);
+    the fake profiles it calls."""
+    profiles: tuple[str, ...] = (run.profile,)
+    row = ModelRow(
+        model_id=run.model_id,
+        provider="fake",
+        endpoint=f"{stack.fake_url}/{run.profile}/v1",
+        upstream_model="fake-bench",
+        max_tokens=64,
+        timeout_ms=30_000,
+    )
+    if load.fallback:
+        profiles += (run.profile + "b",)
+        set_profile(stack, profiles[1], latency_ms=load.latency_ms)
+        row = msgspec.structs.replace(
+            row,
+            fallback_provider="fake",
+            fallback_endpoint=f"{stack.fake_url}/{profiles[1]}/v1",
+            fallback_model="fake-bench-b",
+        )
+    upsert_row(stack.dsn, row)
+    return profiles
+
+
+def _env(stack: Stack, run_id: str, load: Load, extra_env: dict[str, str]) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+        "DATABASE_URL": stack.dsn,
+        "LLM_WORKER_PROMPTS_TOPIC": f"bench_prompts_{run_id}",
+        "LLM_WORKER_COMPLETIONS_TOPIC": f"bench_completions_{run_id}",
+        "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run_id}",
+        "LLM_WORKER_GROUP_ID": f"bench-{run_id}",
+        "LLM_WORKER_LOG_LEVEL": "WARNING",
+        "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "LLM_WORKER_TOPIC_PARTITIONS": str(load.partitions),
+        **extra_env,
+    }
+
+
+def _completion_reader(stack: Stack, run_id: str, topic: str, partitions: int) -> Consumer:
+    reader = Consumer(
+        {
+            "bootstrap.servers": stack.bootstrap,
+            "group.id": f"bench-reader-{run_id}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 25,
+        }
+    )
+    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    return reader
+
+
+def _read_completions(
+    reader: Consumer, prefix: str, sent: array[float], seen: bytearray, sample: Sample
+) -> None:
+    """Add to `sample` the first completion of each of this run's prompts in one poll."""
+    for msg in reader.consume(1000, 0.2):
+        value = msg.value()
+        if msg.error() is not None or value is None:
+            continue
+        comp = _dec.decode(value)
+        cid = comp.get("id") if isinstance(comp, dict) else None
+        if not isinstance(cid, str) or not cid.startswith(prefix):
+            continue
+        i = int(cid[len(prefix) :])
+        if 0 <= i < len(seen) and not seen[i]:
+            seen[i] = 1
+            sample.add(comp, time.time(), sent[i] or None)
+
+
+def _watch(
+    run: Run,
+    load: Load,
+    proc: subprocess.Popen[bytes],
+    reader: Consumer,
+    sent: array[float],
+    sample: Sample,
+    progress: Progress,
+) -> None:
+    """Until every prompt is answered (or the run fails): fire the load's events on time,
+    sample the process's RSS, read completions."""
+    seen = bytearray(load.count)
+    events = sorted(load.events, key=lambda e: e[0])
+    next_rss = 0.0
+    while len(sample.done) < load.count:
+        elapsed = time.time() - sample.start
+        if elapsed > load.timeout_s:
+            run.errors.append(f"timed out after {load.timeout_s:.0f} s")
+        elif proc.poll() is not None:
+            run.errors.append(f"{run.system} exited with {proc.returncode}")
+        if run.errors:
+            progress.note(f"{run.system}: {'; '.join(run.errors)}")
+            break
+        while events and events[0][0] <= elapsed:
+            events.pop(0)[1](run)
+        if load.rss_every_s and elapsed >= next_rss:
+            run.rss.append((elapsed, mem_mb(proc.pid)))
+            next_rss += load.rss_every_s
+        _read_completions(reader, run.run_id + "-", sent, seen, sample)
+        progress.update(len(sample.done))
+
+
 def run_load(
     stack: Stack,
     system: str,
@@ -266,92 +370,23 @@ def run_load(
     prompts, completions = f"bench_prompts_{run_id}", f"bench_completions_{run_id}"
     _create_topics(stack, [prompts, completions, f"bench_dlq_{run_id}"], load.partitions)
     if system != "baseline":
-        row = ModelRow(
-            model_id=run.model_id,
-            provider="fake",
-            endpoint=f"{stack.fake_url}/{run.profile}/v1",
-            upstream_model="fake-bench",
-            max_tokens=64,
-            timeout_ms=30_000,
-        )
-        if load.fallback:
-            profiles += (run.profile + "b",)
-            set_profile(stack, profiles[1], latency_ms=load.latency_ms)
-            row = msgspec.structs.replace(
-                row,
-                fallback_provider="fake",
-                fallback_endpoint=f"{stack.fake_url}/{profiles[1]}/v1",
-                fallback_model="fake-bench-b",
-            )
-        upsert_row(stack.dsn, row)
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-        "DATABASE_URL": stack.dsn,
-        "LLM_WORKER_PROMPTS_TOPIC": prompts,
-        "LLM_WORKER_COMPLETIONS_TOPIC": completions,
-        "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run_id}",
-        "LLM_WORKER_GROUP_ID": f"bench-{run_id}",
-        "LLM_WORKER_LOG_LEVEL": "WARNING",
-        "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "LLM_WORKER_TOPIC_PARTITIONS": str(load.partitions),
-        **(extra_env or {}),
-    }
-    reader = Consumer(
-        {
-            "bootstrap.servers": stack.bootstrap,
-            "group.id": f"bench-reader-{run_id}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 25,
-        }
-    )
-    parts = range(load.partitions)
-    reader.assign([TopicPartition(completions, p, OFFSET_BEGINNING) for p in parts])
+        profiles = _register_model(stack, run, load)
+    env = _env(stack, run_id, load, extra_env or {})
+    reader = _completion_reader(stack, run_id, completions, load.partitions)
     sample = Sample(system, load.latency_ms, load.count)
     stop = threading.Event()
     proc = run.proc = _start(run, load, env)
     try:
         sent = array("d", bytes(8 * load.count))
-        seen = bytearray(load.count)
         spy = _py_spy(run, load, proc.pid)
         cpu0 = cpu_s(proc.pid)
         pub = threading.Thread(
             target=_publish, args=(stack, prompts, run, load, sent, stop), daemon=True
         )
-        sample.start = t0 = time.time()
+        sample.start = time.time()
         pub.start()
-        events = sorted(load.events, key=lambda e: e[0])
-        next_rss = 0.0
-        prefix = run_id + "-"
         progress.start(load.count, f"{system} {load.latency_ms:g} ms")
-        while len(sample.done) < load.count:
-            now = time.time()
-            elapsed = now - t0
-            if elapsed > load.timeout_s:
-                run.errors.append(f"timed out after {load.timeout_s:.0f} s")
-            elif proc.poll() is not None:
-                run.errors.append(f"{system} exited with {proc.returncode}")
-            if run.errors:
-                progress.note(f"{system}: {'; '.join(run.errors)}")
-                break
-            while events and events[0][0] <= elapsed:
-                events.pop(0)[1](run)
-            if load.rss_every_s and elapsed >= next_rss:
-                run.rss.append((elapsed, mem_mb(proc.pid)))
-                next_rss += load.rss_every_s
-            for msg in reader.consume(1000, 0.2):
-                value = msg.value()
-                if msg.error() is not None or value is None:
-                    continue
-                comp = _dec.decode(value)
-                cid = comp.get("id") if isinstance(comp, dict) else None
-                if not isinstance(cid, str) or not cid.startswith(prefix):
-                    continue
-                i = int(cid[len(prefix) :])
-                if 0 <= i < load.count and not seen[i]:
-                    seen[i] = 1
-                    sample.add(comp, time.time(), sent[i] or None)
-            progress.update(len(sample.done))
+        _watch(run, load, proc, reader, sent, sample, progress)
         sample.cpu_s = cpu_s(proc.pid) - cpu0
         sample.peak_rss_mb = mem_mb(proc.pid, "VmHWM")
         sample.provider_calls = _requests(stack, profiles)

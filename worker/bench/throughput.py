@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from registry.migrate import migrate
@@ -69,73 +70,53 @@ def _prompts(n: int, dup_fraction: float, run: str) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass
+class _Timings:
+    """What each completion's arrival says: end-to-end latency, the worker's queue time and
+    its own share of it, and when it came."""
+
+    t0: float = 0.0  # when publishing began
+    sent_at: dict[str, float] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    queue_ms: list[float] = field(default_factory=list)
+    added_ms: list[float] = field(default_factory=list)  # queue_ms less the provider call
+    done_times: list[float] = field(default_factory=list)
+
+    def on_completion(self, c: dict[str, Any]) -> None:
+        now = time.time()
+        self.done_times.append(now)
+        t = self.sent_at.get(c["id"], self.t0)
+        if t is not None:
+            self.latencies.append((now - t) * 1000)
+        if c.get("queue_ms") is not None:
+            self.queue_ms.append(c["queue_ms"])
+            if c.get("latency_ms") is not None:
+                self.added_ms.append(c["queue_ms"] - c["latency_ms"])
+
+    def elapsed(self) -> float:
+        return (max(self.done_times) - self.t0) if self.done_times else float("nan")
+
+    def sustained(self) -> float | None:
+        """The rate between the 10th and the last completion (excludes the group join)."""
+        done = self.done_times
+        warm = sorted(done)[min(len(done) - 1, len(done) // 10)] if done else self.t0
+        return (len(done) * 0.9) / (max(done) - warm) if done and max(done) > warm else None
+
+
 def run_bench(args: argparse.Namespace) -> int:
     stack = contextlib.ExitStack()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         bootstrap, dsn = stack.enter_context(local_stack(broker=getattr(args, "broker", "tansu")))
-        migrate(dsn)
-        fport = free_port()
-        procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms), quiet=True))
-        fake_url = f"http://127.0.0.1:{fport}"
-        upsert_row(
-            dsn,
-            ModelRow(
-                model_id="bench",
-                provider="fake",
-                endpoint=f"{fake_url}/v1",
-                upstream_model="fake-bench",
-                max_tokens=64,
-                timeout_ms=10_000,
-            ),
-        )
+        fake_url = _start_provider(dsn, args.latency_ms, procs)
         run = uuid.uuid4().hex[:8]
         http_port = free_port()
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "DATABASE_URL": dsn,
-            "LLM_WORKER_PROMPTS_TOPIC": f"bench_prompts_{run}",
-            "LLM_WORKER_COMPLETIONS_TOPIC": f"bench_completions_{run}",
-            "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run}",
-            "LLM_WORKER_GROUP_ID": f"bench-{run}",
-            "LLM_WORKER_HTTP_PORT": str(http_port),
-            "LLM_WORKER_LOG_LEVEL": "WARNING",
-            "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "LLM_WORKER_TOPIC_PARTITIONS": str(args.partitions),
-        }
-        workers: list[subprocess.Popen[bytes]] = []
-        for i in range(args.workers):  # replicas of one consumer group, one process each
-            port = http_port if i == 0 else free_port()
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "worker.cli", "run"],
-                    env={**env, "LLM_WORKER_HTTP_PORT": str(port)},
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-            wait_port("127.0.0.1", port, 60)
-            _wait_ready(port, 60)
+        env = _env(bootstrap, dsn, run, http_port, args.partitions)
+        workers = _start_workers(env, http_port, args.workers)
         procs.extend(workers)
         settings = load_settings(env)
         prompts = _prompts(args.count, args.duplicates, run)
-        sent_at: dict[str, float] = {}
-        latencies: list[float] = []
-        queue_ms: list[float] = []
-        added_ms: list[float] = []  # queue_ms less the provider call: the stream's own time
-        done_times: list[float] = []
-
-        def on_completion(c: dict[str, Any]) -> None:
-            now = time.time()
-            done_times.append(now)
-            t = sent_at.get(c["id"], t0)
-            if t is not None:
-                latencies.append((now - t) * 1000)
-            if c.get("queue_ms") is not None:
-                queue_ms.append(c["queue_ms"])
-                if c.get("latency_ms") is not None:
-                    added_ms.append(c["queue_ms"] - c["latency_ms"])
-
+        timings = _Timings()
         _wait_assigned(http_port, 60)  # the group has formed: time from here is processing
         # The client shares the cores with the worker: keep the cyclic GC from walking the
         # tens of thousands of (acyclic) prompt and completion dicts it holds, over and over.
@@ -143,81 +124,28 @@ def run_bench(args: argparse.Namespace) -> int:
         gc.freeze()
         gc.disable()
         with CompletionWaiter(settings) as waiter:
-            t0 = time.time()
+            timings.t0 = time.time()
             pub = threading.Thread(
                 target=publish,
                 args=(settings, prompts),
-                kwargs={"rate": args.rate, "sent_at": sent_at},
+                kwargs={"rate": args.rate, "sent_at": timings.sent_at},
             )
             pub.start()
             got = waiter.wait(
-                [p["id"] for p in prompts], timeout=args.timeout, on_completion=on_completion
+                [p["id"] for p in prompts],
+                timeout=args.timeout,
+                on_completion=timings.on_completion,
             )
             pub.join()
-        elapsed = (max(done_times) - t0) if done_times else float("nan")
-        # sustained rate: between the 10th and the last completion (excludes the group join)
-        warm = (
-            sorted(done_times)[min(len(done_times) - 1, len(done_times) // 10)]
-            if done_times
-            else t0
-        )
-        sustained = (
-            (len(done_times) * 0.9) / (max(done_times) - warm)
-            if done_times and max(done_times) > warm
-            else None
-        )
-        ok = sum(1 for c in got.values() if c.get("status") == "ok")
-        error_types: dict[str, int] = {}
-        for c in got.values():
-            if c.get("status") != "ok":
-                etype = (c.get("error") or {}).get("type", "unknown")
-                error_types[etype] = error_types.get(etype, 0) + 1
         result = {
-            "count": args.count,
-            "completions": len(got),
-            "ok": ok,
-            "errors": error_types,
-            "deduplicated": sum(1 for c in got.values() if c.get("deduplicated")),
-            "duplicates_fraction": args.duplicates,
-            "provider_latency_ms": args.latency_ms,
-            "publish_rate": args.rate or "burst",
-            "elapsed_s": round(elapsed, 3),
-            "completions_per_s": round(len(got) / elapsed, 1) if elapsed else None,
-            "sustained_completions_per_s": round(sustained, 1) if sustained else None,
-            "e2e_latency_ms": {
-                "p50": round(percentile(latencies, 50), 1),
-                "p95": round(percentile(latencies, 95), 1),
-                "p99": round(percentile(latencies, 99), 1),
-            },
-            "worker_queue_ms": {  # prompt's Kafka timestamp -> completion built (in the worker)
-                "p50": round(percentile(queue_ms, 50), 1),
-                "p99": round(percentile(queue_ms, 99), 1),
-            },
-            # the prompt's Kafka timestamp -> completion built, less the provider call: the
-            # publisher's linger, the broker's append and fetch, and the worker itself
-            "worker_added_ms": {
-                "p50": round(percentile(added_ms, 50), 1),
-                "p99": round(percentile(added_ms, 99), 1),
-            },
+            **_result(args, got, timings),
             "broker": getattr(args, "broker", "tansu"),
             "provider_calls": _fake_calls(fake_url),
             "workers": args.workers,
             "worker_peak_rss_mb": max(round(_peak_rss_mb(w.pid), 1) for w in workers),
         }
         print(json.dumps(result))
-        print(
-            f"\n{len(got)}/{args.count} completions in {elapsed:.2f} s = "
-            f"{result['completions_per_s']} completions/s overall, "
-            f"{result['sustained_completions_per_s']}/s sustained (after the first 10%); "
-            "e2e latency p50/p95/p99 = "
-            f"{result['e2e_latency_ms']['p50']}/{result['e2e_latency_ms']['p95']}/"
-            f"{result['e2e_latency_ms']['p99']} ms "
-            f"({f'published at {args.rate}/s' if args.rate else 'all published at once'}); "
-            f"provider calls {result['provider_calls']}; "
-            f"{len(got) - ok} error completions {error_types or ''}; worker peak RSS "
-            f"{result['worker_peak_rss_mb']} MB (largest of {args.workers} worker processes)",
-            file=sys.stderr,
-        )
+        print(_summary(args, result, timings.elapsed()), file=sys.stderr)
         return 0 if len(got) == args.count else 1
     finally:
         gc.enable()
@@ -228,6 +156,113 @@ def run_bench(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         stack.close()
+
+
+def _start_provider(dsn: str, latency_ms: float, procs: list[subprocess.Popen[bytes]]) -> str:
+    """Migrate, start the fake provider and register the `bench` row on it; its URL."""
+    migrate(dsn)
+    fport = free_port()
+    procs.append(spawn_fake_provider(fport, "--latency-ms", str(latency_ms), quiet=True))
+    fake_url = f"http://127.0.0.1:{fport}"
+    upsert_row(
+        dsn,
+        ModelRow(
+            model_id="bench",
+            provider="fake",
+            endpoint=f"{fake_url}/v1",
+            upstream_model="fake-bench",
+            max_tokens=64,
+            timeout_ms=10_000,
+        ),
+    )
+    return fake_url
+
+
+def _env(bootstrap: str, dsn: str, run: str, http_port: int, partitions: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DATABASE_URL": dsn,
+        "LLM_WORKER_PROMPTS_TOPIC": f"bench_prompts_{run}",
+        "LLM_WORKER_COMPLETIONS_TOPIC": f"bench_completions_{run}",
+        "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run}",
+        "LLM_WORKER_GROUP_ID": f"bench-{run}",
+        "LLM_WORKER_HTTP_PORT": str(http_port),
+        "LLM_WORKER_LOG_LEVEL": "WARNING",
+        "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "LLM_WORKER_TOPIC_PARTITIONS": str(partitions),
+    }
+
+
+def _start_workers(env: dict[str, str], http_port: int, n: int) -> list[subprocess.Popen[bytes]]:
+    """Replicas of one consumer group, one process each, each ready; the first on `http_port`."""
+    workers: list[subprocess.Popen[bytes]] = []
+    for i in range(n):
+        port = http_port if i == 0 else free_port()
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "run"],
+                env={**env, "LLM_WORKER_HTTP_PORT": str(port)},
+                stdin=subprocess.DEVNULL,
+            )
+        )
+        wait_port("127.0.0.1", port, 60)
+        _wait_ready(port, 60)
+    return workers
+
+
+def _result(
+    args: argparse.Namespace, got: dict[str, dict[str, Any]], timings: _Timings
+) -> dict[str, Any]:
+    elapsed, sustained = timings.elapsed(), timings.sustained()
+    latencies, queue_ms, added_ms = timings.latencies, timings.queue_ms, timings.added_ms
+    error_types: dict[str, int] = {}
+    for c in got.values():
+        if c.get("status") != "ok":
+            etype = (c.get("error") or {}).get("type", "unknown")
+            error_types[etype] = error_types.get(etype, 0) + 1
+    return {
+        "count": args.count,
+        "completions": len(got),
+        "ok": sum(1 for c in got.values() if c.get("status") == "ok"),
+        "errors": error_types,
+        "deduplicated": sum(1 for c in got.values() if c.get("deduplicated")),
+        "duplicates_fraction": args.duplicates,
+        "provider_latency_ms": args.latency_ms,
+        "publish_rate": args.rate or "burst",
+        "elapsed_s": round(elapsed, 3),
+        "completions_per_s": round(len(got) / elapsed, 1) if elapsed else None,
+        "sustained_completions_per_s": round(sustained, 1) if sustained else None,
+        "e2e_latency_ms": {
+            "p50": round(percentile(latencies, 50), 1),
+            "p95": round(percentile(latencies, 95), 1),
+            "p99": round(percentile(latencies, 99), 1),
+        },
+        "worker_queue_ms": {  # prompt's Kafka timestamp -> completion built (in the worker)
+            "p50": round(percentile(queue_ms, 50), 1),
+            "p99": round(percentile(queue_ms, 99), 1),
+        },
+        # the prompt's Kafka timestamp -> completion built, less the provider call: the
+        # publisher's linger, the broker's append and fetch, and the worker itself
+        "worker_added_ms": {
+            "p50": round(percentile(added_ms, 50), 1),
+            "p99": round(percentile(added_ms, 99), 1),
+        },
+    }
+
+
+def _summary(args: argparse.Namespace, result: dict[str, Any], elapsed: float) -> str:
+    got, e2e = result["completions"], result["e2e_latency_ms"]
+    return (
+        f"\n{got}/{args.count} completions in {elapsed:.2f} s = "
+        f"{result['completions_per_s']} completions/s overall, "
+        f"{result['sustained_completions_per_s']}/s sustained (after the first 10%); "
+        f"e2e latency p50/p95/p99 = {e2e['p50']}/{e2e['p95']}/{e2e['p99']} ms "
+        f"({f'published at {args.rate}/s' if args.rate else 'all published at once'}); "
+        f"provider calls {result['provider_calls']}; "
+        f"{got - result['ok']} error completions {result['errors'] or ''}; worker peak RSS "
+        f"{result['worker_peak_rss_mb']} MB (largest of {args.workers} worker processes)"
+    )
 
 
 def _wait_assigned(port: int, timeout: float) -> None:
