@@ -1,7 +1,7 @@
 """Kafka: the seam (`transport`: plain types and the `Transport` protocol), its librdkafka side
-(`kafka`, `kafka_conf`, `kafka_producer`, `admin`: the only modules of the service that import
-confluent_kafka), offset tracking (`offsets`) and the consume loop with flow control, rebalance
-and shutdown (`consumer`)."""
+(`kafka`, `kafka_conf`, `kafka_producer`, `admin`, `kafka_client`: the only modules of the
+service that import confluent_kafka), one assignment's state and rebalance steps (`assignment`),
+offset tracking (`offsets`) and the consume loop with flow control and shutdown (`consumer`)."""
 
 from .admin import KafkaUnavailable
 from .consumer import Stages, Worker

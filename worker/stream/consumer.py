@@ -9,10 +9,10 @@ Flow: a partition at `max_in_flight_per_partition` is paused (resumed at half); 
 `HOLD_AFTER_S` holds every partition and keeps polling, so rebalances are served and the group
 keeps it however long the work takes.
 
-Rebalances (hooks on the consumer thread, inside `consume`): revoked partitions finish or
-abandon their work within `shutdown_timeout_s` and return their safe offsets; lost ones are
-cancelled and dropped, committing nothing; assigned ones start afresh. Cleanup touches only the
-assignment it settled, never the next one.
+Rebalances are the `Assignment`'s (`assignment`, whose hooks `App._wire` hands the bridge):
+revoked partitions finish or abandon their work within `shutdown_timeout_s` and return their
+safe offsets; lost ones are cancelled and dropped, committing nothing; assigned ones start
+afresh. Cleanup touches only the assignment it settled, never the next one.
 
 Shutdown, one deadline (`shutdown_timeout_s` from `stop()`): stop taking records -> wait for
 in-flight work -> cancel the rest -> flush the producer (at least `FLUSH_FLOOR_S`) -> commit ->
