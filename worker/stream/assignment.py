@@ -22,15 +22,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from .flow import FlowControl
 from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import Outbox, Sent
+from .outbox import Outbox, Sent, Work
 from .settle import finish_or_abandon
 from .transactions import SETTLE_BUDGET_S, ExactlyOnce, OrderedOutbox, TransactionAborted
 from .transport import GroupMetadata, Key, Transport
@@ -99,7 +98,7 @@ class Assignment:
         self.counters: dict[str, int] = {"commits": 0, "lost": 0}
 
     # -- tasks -----------------------------------------------------------------------------
-    def spawn(self, key: Key, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, key: Key, coro: Work) -> None:
         """Run one message's work for partition `key` in a task of its own."""
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self.tasks.add(task)

@@ -26,11 +26,13 @@ from ..records import SHRINK_STEPS, InputRecord, Outcome, shrink
 from .offsets import PartitionOffsets
 from .transport import Ack, DeliveryError, Key, Transport
 
-__all__ = ["Outbox", "Sent"]
+__all__ = ["Outbox", "Sent", "Spawn", "Work"]
 
 log = logging.getLogger("llm_worker")
 
-Spawn = Callable[[Key, Coroutine[Any, Any, None]], None]
+Work = Coroutine[object, None, None]
+"""One message's remaining work (a provider call, a redelivery), run in a task."""
+Spawn = Callable[[Key, Work], None]
 Delivered = tuple[InputRecord, Outcome, PartitionOffsets]
 """What `OutcomeRecorder.record` reads of a delivered message."""
 

@@ -32,9 +32,9 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from ..ops.metrics import Metrics
+from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome
 from .offsets import OffsetTracker, PartitionOffsets
 from .outbox import Outbox, Sent, Spawn
@@ -59,9 +59,15 @@ class OrderedOutbox(Outbox):
     and not at all while a commit is being made."""
 
     def __init__(
-        self, bridge: Transport[Sent], metrics: Metrics, *, spawn: Spawn, **kw: Any
+        self,
+        bridge: Transport[Sent],
+        metrics: Metrics,
+        *,
+        spawn: Spawn,
+        on_acked: Callable[[], None] = lambda: None,
+        recorder: OutcomeRecorder | None = None,
     ) -> None:
-        super().__init__(bridge, metrics, spawn=spawn, **kw)
+        super().__init__(bridge, metrics, spawn=spawn, on_acked=on_acked, recorder=recorder)
         self._started: dict[Key, collections.deque[int]] = {}
         self._ready: dict[Key, dict[int, Sent]] = {}
         self.frozen = False
