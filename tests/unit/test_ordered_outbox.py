@@ -61,6 +61,24 @@ async def test_a_failed_delivery_taints_the_transaction_and_is_not_retried() -> 
     assert box.unacked == 0 and not spawned and offsets.pending_commit() is None
 
 
+async def test_a_record_purged_by_an_abort_does_not_taint_the_next_transaction() -> None:
+    """An abort purges the records still queued: their reports come back as failures that
+    belong to the aborted transaction, not to the one begun after it."""
+    bridge = FakeBridge({0: 0})
+    bridge.fail_code = KafkaError._PURGE_QUEUE
+    spawned: list[Any] = []
+    box = OrderedOutbox(bridge, Metrics(), spawn=lambda k, c: spawned.append(c))  # type: ignore[arg-type]
+    bridge.set_ack_handler(box.on_acks)  # as App wires it
+    offsets = PartitionOffsets()
+    box.track(_rec(0, 0))
+    offsets.start(0)
+    bridge.fail_next_produce = 1
+    box.send(_rec(0, 0), _out("x"), offsets)
+    await asyncio.sleep(0.05)  # the fake reports deliveries a moment later
+    assert box.tainted is None
+    assert box.unacked == 0 and not spawned and offsets.pending_commit() is None
+
+
 class _FencedProducer:
     """A transactional producer the broker has fenced: every transactional call fails."""
 
