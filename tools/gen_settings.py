@@ -202,7 +202,8 @@ and a message naming the variable. Each command reads and checks only the settin
 after the variable in `LLM_WORKER_SECRETS_DIR`): see the README's *Secrets from files*.
 
 - **type**: `integer` is a whole number; `number` a finite decimal; `boolean` is
-  `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`; a `choice` is one of its values, exactly.
+  `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off`; a `choice` is one of its values,
+  exactly (in any case where it says so).
 - **values**: the bounds (`≥`, `>`, `≤`, a range) or choices a value must meet.
 - **redacted**: the value may hold a secret and is shown masked in logs and errors.
 - **Helm**: where the chart (`helm/llm-worker`) takes it; `config.<NAME>` is the `config` map.
