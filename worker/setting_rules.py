@@ -67,6 +67,7 @@ class Declared:
 
     @property
     def secret(self) -> bool:
+        """It may hold a secret, and is shown redacted."""
         return self.spec.redact is not None
 
     def shown(self, value: object) -> object:
@@ -90,25 +91,29 @@ class Declared:
 
 
 def _bounds_problem(spec: Spec, value: Any) -> str | None:
-    low, low_ok = (spec.gt, False) if spec.gt is not None else (spec.ge, True)
-    below = low is not None and (value < low if low_ok else value <= low)
-    above = spec.le is not None and value > spec.le
-    if not (below or above):
-        return None
-    if low is not None and spec.le is not None:
-        if low_ok:
-            return f"must be between {_num(low)} and {_num(spec.le)}"
-        return f"must be in ({_num(low)}, {_num(spec.le)}]"
-    if spec.le is not None:
-        return f"must be <= {_num(spec.le)}"
-    return f"must be {'>=' if low_ok else '>'} {_num(low or 0)}"
+    """`"must be ..."` naming all of a number's bounds when it is outside them; None inside."""
+    inside = (
+        (spec.ge is None or value >= spec.ge)
+        and (spec.gt is None or value > spec.gt)
+        and (spec.le is None or value <= spec.le)
+    )
+    return None if inside else f"must be {_bounds(spec)}"
+
+
+def _bounds(spec: Spec) -> str:
+    if spec.ge is not None and spec.le is not None:
+        return f"between {_num(spec.ge)} and {_num(spec.le)}"
+    if spec.gt is not None and spec.le is not None:
+        return f"in ({_num(spec.gt)}, {_num(spec.le)}]"
+    limits = ((">=", spec.ge), (">", spec.gt), ("<=", spec.le))
+    return " and ".join(f"{sign} {_num(x)}" for sign, x in limits if x is not None)
 
 
 def _num(x: Number) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
-def env_of(name: str, spec: Spec) -> str:
+def _env_of(name: str, spec: Spec) -> str:
     return spec.env or PREFIX + name.upper()
 
 
@@ -140,5 +145,5 @@ def declared(struct: type[msgspec.Struct]) -> tuple[Declared, ...]:
             field.default if field.default_factory is msgspec.NODEFAULT else field.default_factory()
         )
         spec = specs[0]
-        out.append(Declared(field.name, env_of(field.name, spec), kind, choices, default, spec))
+        out.append(Declared(field.name, _env_of(field.name, spec), kind, choices, default, spec))
     return tuple(out)

@@ -274,6 +274,29 @@ def test_non_finite_numbers_are_refused_for_every_float_setting() -> None:
     assert math.isfinite(load_settings({}).request_deadline_s)
 
 
+@pytest.mark.parametrize(
+    ("var", "raw", "message"),
+    [
+        ("LLM_WORKER_MAX_IN_FLIGHT", "0", "LLM_WORKER_MAX_IN_FLIGHT=0 must be >= 1"),
+        ("LLM_WORKER_DEDUP_WINDOW_S", "-5", "LLM_WORKER_DEDUP_WINDOW_S=-5.0 must be > 0"),
+        ("LLM_WORKER_HTTP_PORT", "70000", "LLM_WORKER_HTTP_PORT=70000 must be between 0 and 65535"),
+        (
+            "LLM_WORKER_BREAKER_ERROR_THRESHOLD",
+            "1.5",
+            "LLM_WORKER_BREAKER_ERROR_THRESHOLD=1.5 must be in (0, 1]",
+        ),
+        ("LLM_WORKER_GROUP_ID", " ", "LLM_WORKER_GROUP_ID=' ' must not be empty"),
+        ("LLM_WORKER_MAX_ATTEMPTS", "x", "LLM_WORKER_MAX_ATTEMPTS='x' is not a valid whole number"),
+    ],
+)
+def test_a_refusal_reads_as_the_variable_its_value_and_its_rule(
+    var: str, raw: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_settings({var: raw})
+    assert str(bad.value) == message
+
+
 def test_a_choice_in_another_case_reads_as_declared() -> None:
     """`LLM_WORKER_LOG_LEVEL=debug` is DEBUG; the other choices are exact."""
     assert load_settings({"LLM_WORKER_LOG_LEVEL": "warning"}).log_level == "WARNING"
