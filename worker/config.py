@@ -1,4 +1,5 @@
-"""Settings, read once from the environment (and an optional JSON/TOML-free `KEY=VALUE` file).
+"""Settings, read once from the environment (and an optional JSON/TOML-free `KEY=VALUE` file),
+typed and checked as `worker/settings.py` declares them.
 
 Every setting is `LLM_WORKER_<NAME>` except the two fixed names `KAFKA_BOOTSTRAP_SERVERS` and
 `DATABASE_URL`. Any `LLM_WORKER_KAFKA_<PROPERTY>` is handed to librdkafka as `<property>` with
