@@ -4,8 +4,11 @@
 a completion (`ok` or `error`), every unreadable one a DLQ record. Only cancellation escapes.
 
 With tracing on (`ops.tracing`), each message's span starts in `begin` and ends with its
-outcome, whose `traceparent` then continues the trace; with it off, `tracing` is None and the
-input's `traceparent`/`tracestate` are copied to the outcome as they are.
+outcome, whose `traceparent` then continues the trace; with it off, the tracer is `NO_TRACING`
+and the input's `traceparent`/`tracestate` are copied to the outcome as they are.
+
+Each outcome is built once (`_seal`): the builders make a `Draft` (what the record says), the
+tracer ends the message's span and gives the record's trace headers, then the `Outcome` is made.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .messages import (
     provider_request,
 )
 from .ops.metrics import Metrics
-from .ops.tracing import MessageTrace, Tracing
+from .ops.tracing import NO_TRACING, MessageTrace, MessageTracer
 from .records import InputRecord, Outcome, record_size
 
 __all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
@@ -49,6 +52,22 @@ class RegistryView(Protocol):
     def resolve(self, model_id: str) -> list[Candidate]: ...
 
 
+class Draft(msgspec.Struct, frozen=True, kw_only=True):
+    """An outcome record before its trace: where it goes and what it says."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    completion: Completion | None = None
+    dlq_reason: str | None = None
+    model_label: str = "unknown"
+    """`model` for metric labels: the prompt's model only when the registry knows it."""
+
+    def labelled(self, model: str) -> Draft:
+        return msgspec.structs.replace(self, model_label=model)
+
+
 class Pending(msgspec.Struct, frozen=True, kw_only=True):
     """A valid prompt that needs a provider call (or the answer of an identical one)."""
 
@@ -59,7 +78,7 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     dedup_key: str | None
     deadline: float
     started: float
-    trace: MessageTrace | None = None
+    trace: MessageTrace
 
 
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
@@ -80,9 +99,9 @@ class Pipeline:
         dedup: DedupWindow[CallResult] | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
-        tracing: Tracing | None = None,
+        tracing: MessageTracer | None = None,
     ) -> None:
-        self._tracing = tracing
+        self._tracer: MessageTracer = tracing if tracing is not None else NO_TRACING
         self._s = settings
         self._registry = registry
         self._caller = caller
@@ -109,18 +128,13 @@ class Pipeline:
         errors, an answer stored in the dedup window), else the state `finish` continues from.
         """
         started = self._clock()
-        tracing = self._tracing
-        mt = tracing.start_message(rec) if tracing is not None else None
+        mt = self._tracer.start_message(rec)
         step = self._begin(rec, started, mt)
-        if isinstance(step, Outcome):
-            step.started = started
-            if mt is not None:
-                self._traced(mt, step)
+        if isinstance(step, Draft):
+            return self._seal(step, started, mt)
         return step
 
-    def _begin(
-        self, rec: InputRecord, started: float, mt: MessageTrace | None
-    ) -> Outcome | Pending:
+    def _begin(self, rec: InputRecord, started: float, mt: MessageTrace) -> Draft | Pending:
         decoded = decode_prompt(
             rec.value,
             max_bytes=self._s.max_message_bytes,
@@ -136,20 +150,17 @@ class Pipeline:
             out = self._error(
                 rec, prompt.id, prompt.model, prompt.metadata, type(exc).__name__, str(exc)
             )
-            if not isinstance(exc, UnknownModel):  # a row exists: a bounded label
-                out.model_label = prompt.model
-            return out
+            if isinstance(exc, UnknownModel):
+                return out
+            return out.labelled(prompt.model)  # a row exists: a bounded label
         request = provider_request(prompt)
         key = None
         if self._dedup is not None and prompt.dedup:
             key = self._dedup_key(prompt, candidates, request)
             stored = self._dedup.get(key)
             if stored is not None:
-                if mt is not None:
-                    self._traced_follower(mt, key)
-                out = self._answered(rec, prompt, stored, shared=True)
-                out.model_label = prompt.model
-                return out
+                self._tracer.follow(mt, key)
+                return self._answered(rec, prompt, stored, shared=True).labelled(prompt.model)
         return Pending(
             rec=rec,
             prompt=prompt,
@@ -163,31 +174,35 @@ class Pipeline:
 
     async def finish(self, p: Pending) -> Outcome:
         """The provider call (or the identical in-flight request's answer) and its outcome."""
-        mt = p.trace
-        if mt is None:
-            out = await self._finish(p)
-        else:
-            tracing = self._tracing
-            assert tracing is not None
-            try:
-                with tracing.activate(mt):
-                    out = await self._finish(p)
-            except BaseException as exc:
-                tracing.abandon(mt, type(exc).__name__)
-                raise
-            self._traced(mt, out)
-        out.started = p.started
-        return out
+        tracer = self._tracer
+        try:
+            with tracer.activate(p.trace):
+                draft = await self._finish(p)
+        except BaseException as exc:
+            tracer.abandon(p.trace, type(exc).__name__)
+            raise
+        return self._seal(draft, p.started, p.trace)
 
-    def _traced(self, mt: MessageTrace, out: Outcome) -> None:
-        assert self._tracing is not None
-        self._tracing.finish_message(mt, out)
+    def _seal(self, draft: Draft, started: float, mt: MessageTrace | None) -> Outcome:
+        """The one place an `Outcome` is made: the draft, with the trace the tracer gives it
+        (ending the message's span `mt`; None: no span). `started`: when the input was taken
+        (0: unknown)."""
+        trace, headers = (
+            (None, draft.headers) if mt is None else self._tracer.finish_message(mt, draft)
+        )
+        return Outcome(
+            topic=draft.topic,
+            value=draft.value,
+            key=draft.key,
+            headers=headers,
+            completion=draft.completion,
+            dlq_reason=draft.dlq_reason,
+            model_label=draft.model_label,
+            started=started,
+            trace=trace,
+        )
 
-    def _traced_follower(self, mt: MessageTrace, key: str) -> None:
-        assert self._tracing is not None
-        self._tracing.follow(mt, key)
-
-    async def _finish(self, p: Pending) -> Outcome:
+    async def _finish(self, p: Pending) -> Draft:
         shared = False
         try:
             if p.dedup_key is not None:
@@ -197,18 +212,14 @@ class Pipeline:
                     p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
                 )
         except CallFailed as failed:
-            out = self._failed(p.rec, p.prompt, failed)
-            out.model_label = p.prompt.model
-            return out
+            return self._failed(p.rec, p.prompt, failed).labelled(p.prompt.model)
         if call.candidate.fallback and not shared:
             self._metrics.fallbacks.labels(p.prompt.model).inc()
-        out = self._answered(p.rec, p.prompt, call, shared=shared)
-        out.model_label = p.prompt.model
-        return out
+        return self._answered(p.rec, p.prompt, call, shared=shared).labelled(p.prompt.model)
 
     def _answered(
         self, rec: InputRecord, prompt: Prompt, call: CallResult, *, shared: bool
-    ) -> Outcome:
+    ) -> Draft:
         res, cand, row = call.result, call.candidate, call.candidate.row
         if shared:
             cost = 0.0  # charged on the call that ran
@@ -255,8 +266,7 @@ class Pipeline:
         async def lead() -> CallResult:
             nonlocal led
             led = True
-            if p.trace is not None and self._tracing is not None:
-                self._tracing.lead(key)
+            self._tracer.lead(key)
             return await self._caller.call(
                 p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
             )
@@ -265,15 +275,14 @@ class Pipeline:
             answer = await self._dedup.run(key, lead, _result_size)
         except CallFailed as failed:
             if not led:  # a follower: the leader's error, marked as shared
-                if p.trace is not None:
-                    self._traced_follower(p.trace, key)
+                self._tracer.follow(p.trace, key)
                 raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
             raise
-        if answer[1] and p.trace is not None:
-            self._traced_follower(p.trace, key)
+        if answer[1]:
+            self._tracer.follow(p.trace, key)
         return answer
 
-    def _failed(self, rec: InputRecord, prompt: Prompt, failed: CallFailed) -> Outcome:
+    def _failed(self, rec: InputRecord, prompt: Prompt, failed: CallFailed) -> Draft:
         err, cand = failed.error, failed.candidate
         comp = Completion(
             id=prompt.id,
@@ -292,8 +301,8 @@ class Pipeline:
         return self._completion(rec, comp)
 
     # -- outcome builders ------------------------------------------------------------------
-    def _completion(self, rec: InputRecord, comp: Completion) -> Outcome:
-        return Outcome(
+    def _completion(self, rec: InputRecord, comp: Completion) -> Draft:
+        return Draft(
             topic=self._s.completions_topic,
             value=encode(comp),
             key=rec.key,
@@ -309,7 +318,7 @@ class Pipeline:
         metadata: dict[str, Any] | None,
         etype: str,
         message: str,
-    ) -> Outcome:
+    ) -> Draft:
         comp = Completion(
             id=request_id,
             model=model,
@@ -320,21 +329,25 @@ class Pipeline:
         )
         return self._completion(rec, comp)
 
-    def _rejected(self, rec: InputRecord, rej: Rejected) -> Outcome:
+    def _rejected(self, rec: InputRecord, rej: Rejected) -> Draft:
         if not rej.dlq and rej.request_id is not None:
             return self._error(
                 rec, rej.request_id, rej.model, rej.metadata, rej.reason, rej.message
             )
-        return self.dead_letter(rec, rej.reason, rej.message)
+        return self._dead_letter(rec, rej.reason, rej.message)
 
     def dead_letter(self, rec: InputRecord, reason: str, message: str) -> Outcome:
+        """The DLQ record of `rec`, saying why (`reason`, `message`)."""
+        return self._seal(self._dead_letter(rec, reason, message), 0.0, None)
+
+    def _dead_letter(self, rec: InputRecord, reason: str, message: str) -> Draft:
         headers = list(rec.headers or [])
         headers += [
             ("llm_worker.reason", reason.encode()),
             ("llm_worker.error", message[:1000].encode("utf-8", "replace")),
             ("llm_worker.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
         ]
-        return Outcome(
+        return Draft(
             topic=self._s.dlq_topic,
             value=rec.value or b"",
             key=rec.key,
@@ -346,7 +359,7 @@ class Pipeline:
         """An unexpected bug while processing: answer it rather than crash-loop on it. Never
         raises: when even the id cannot be read again, the record is dead-lettered."""
         message = f"internal error: {type(exc).__name__}"
-        out: Outcome | None = None
+        out: Draft | None = None
         try:  # no size limit on the value (it was read once), the usual one on the metadata
             decoded = decode_prompt(
                 rec.value, max_bytes=2**62, max_metadata_bytes=self._s.max_metadata_bytes
@@ -367,10 +380,9 @@ class Pipeline:
         except Exception:
             log.exception("reading the record again failed", extra={"offset": rec.offset})
         if out is None:
-            out = self.dead_letter(rec, "internal_error", message)
-        if self._tracing is not None:  # the message's own span was lost with the bug
-            self._traced(self._tracing.start_message(rec), out)
-        return out
+            out = self._dead_letter(rec, "internal_error", message)
+        # the message's own span was lost with the bug: this one says what became of it
+        return self._seal(out, 0.0, self._tracer.start_message(rec))
 
 
 def _result_size(call: CallResult) -> int:

@@ -11,8 +11,9 @@ breaker skips and holds (a retry backoff, a wait for a half-open probe) are even
 message's span; a deduplicated message links to the span of
 the message whose call answered it.
 
-Off unless an OTLP endpoint is configured (`ops.otelconf`): then no `Tracing` exists, callers
-hold `None`, and the hot path makes no span objects at all. When on, a message that is not
+Off unless an OTLP endpoint is configured (`ops.otelconf`): then no `Tracing` exists, the
+message path holds `NO_TRACING` (a `MessageTracer` that does nothing) and makes no span objects
+at all. When on, a message that is not
 sampled costs its CONSUMER span's sampling decision and one `traceparent` header: nothing
 else is built for it.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -48,12 +49,13 @@ from adapters.errors import ProviderError
 from registry.resolve import Candidate
 
 from ..config import ConfigError, Settings
+from ..messages import Completion
 from ..records import InputRecord, Outcome
 from .genai import Servers, request_attributes, result_attributes
 from .otelconf import ATTRIBUTE_VALUE_LENGTH, OtelConfig, SpanBounds, otel_config
 from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
 
-__all__ = ["MessageTrace", "Tracing"]
+__all__ = ["NO_TRACING", "MessageTrace", "MessageTracer", "NoTracing", "Sending", "Tracing"]
 
 log = logging.getLogger("llm_worker.tracing")
 
@@ -91,6 +93,71 @@ class MessageTrace:
             return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
         tp = (self.traceparent or self.carried or b"").decode("ascii", "replace")
         return tp[3:35], tp[36:52]
+
+
+Headers = list[tuple[str, bytes]]
+
+
+class Sending(Protocol):
+    """What the tracer reads of an outcome record about to be built."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Headers | None: ...
+    @property
+    def completion(self) -> Completion | None: ...
+    @property
+    def dlq_reason(self) -> str | None: ...
+
+
+class MessageTracer(Protocol):
+    """The spans of the message path (`worker.pipeline`): `Tracing`, or `NO_TRACING` when off."""
+
+    def start_message(self, rec: InputRecord) -> MessageTrace: ...
+
+    def activate(self, mt: MessageTrace) -> contextlib.AbstractContextManager[Any]: ...
+
+    def abandon(self, mt: MessageTrace, why: str) -> None: ...
+
+    def finish_message(
+        self, mt: MessageTrace, outcome: Sending
+    ) -> tuple[MessageTrace | None, Headers | None]: ...
+
+    def lead(self, key: str) -> None: ...
+
+    def follow(self, mt: MessageTrace, key: str) -> None: ...
+
+
+_UNTRACED = MessageTrace(None)
+_IDLE = contextlib.nullcontext()
+
+
+class NoTracing:
+    """Tracing off: no spans, and the input's `traceparent`/`tracestate` go on as they are."""
+
+    def start_message(self, rec: InputRecord) -> MessageTrace:
+        return _UNTRACED
+
+    def activate(self, mt: MessageTrace) -> contextlib.AbstractContextManager[Any]:
+        return _IDLE
+
+    def abandon(self, mt: MessageTrace, why: str) -> None:
+        pass
+
+    def finish_message(self, mt: MessageTrace, outcome: Sending) -> tuple[None, Headers | None]:
+        return None, outcome.headers
+
+    def lead(self, key: str) -> None:
+        pass
+
+    def follow(self, mt: MessageTrace, key: str) -> None:
+        pass
+
+
+NO_TRACING = NoTracing()
 
 
 def _text_key(key: bytes | None) -> str | None:
@@ -247,19 +314,19 @@ class Tracing:
             mt.process, end_on_exit=False, record_exception=False, set_status_on_exception=False
         )
 
-    def finish_message(self, mt: MessageTrace, outcome: Outcome) -> None:
-        """End the message's span with its outcome; start the outcome record's PRODUCER span
-        and put its context in the record's headers."""
+    def finish_message(
+        self, mt: MessageTrace, outcome: Sending
+    ) -> tuple[MessageTrace, Headers | None]:
+        """End the message's span with its outcome; start the outcome record's PRODUCER span.
+        What the outcome record carries: `mt`, and the headers with that span's context."""
         span = mt.process
-        outcome.trace = mt
         if span is None:  # not sampled
             if mt.traceparent is not None:  # (its tracestate, if any, goes on as it is)
                 kept = [(k, v) for k, v in outcome.headers or () if k != "traceparent"]
-                outcome.headers = [*kept, ("traceparent", mt.traceparent)]
-            return  # else the input's traceparent/tracestate, copied as they are
+                return mt, [*kept, ("traceparent", mt.traceparent)]
+            return mt, outcome.headers  # the input's traceparent/tracestate, as they are
         if not mt.recording:  # the SDK's sampler dropped it (a provider given by a test)
-            outcome.headers = _with_context(outcome.headers, span.get_span_context())
-            return
+            return mt, _with_context(outcome.headers, span.get_span_context())
         c = outcome.completion
         # what the outcome was, in as few attributes as say it (each one costs on every span)
         if c is None:
@@ -296,7 +363,7 @@ class Tracing:
             name, trace.set_span_in_context(span, _ROOT), SpanKind.PRODUCER, attrs
         )
         mt.send = send
-        outcome.headers = _with_context(outcome.headers, send.get_span_context())
+        return mt, _with_context(outcome.headers, send.get_span_context())
 
     def abandon(self, mt: MessageTrace, why: str) -> None:
         """The message was cancelled (shutdown, lost partition): end its span saying so."""
