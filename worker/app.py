@@ -248,7 +248,7 @@ class App:
         return {
             "circuit_open": (holds.waiting["circuit_open"], holds.seconds["circuit_open"]),
             "retry_backoff": (holds.waiting["retry_backoff"], holds.seconds["retry_backoff"]),
-            "rate_limit": (lim["waiting"], lim["waited_s"]),
+            "rate_limit": (lim.waiting, lim.waited_s),
             "concurrency": (self.caller.concurrency.waiting, self.caller.concurrency.waited_s),
         }
 

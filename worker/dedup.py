@@ -28,13 +28,14 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from adapters.base import ProviderRequest
 
-__all__ = ["DedupWindow", "LeaderCancelled", "dedup_key"]
+__all__ = ["DedupStats", "DedupWindow", "LeaderCancelled", "dedup_key"]
 
 T = TypeVar("T")
 
@@ -60,6 +61,26 @@ class LeaderCancelled(Exception):
 
     Followers never see it; one of them becomes the new leader.
     """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DedupStats:
+    """The dedup window now (`entries`, `bytes`, `inflight`: distinct calls running) and its
+    counts so far: answers from the window (`hits`) or from a call in flight (`coalesced`),
+    calls led, leaders taken over after a cancel, failed calls, answers evicted by the caps,
+    expired, and too big to keep."""
+
+    entries: int
+    bytes: int
+    inflight: int
+    hits: int
+    coalesced: int
+    leaders: int
+    takeovers: int
+    failures: int
+    evictions: int
+    expirations: int
+    too_big: int
 
 
 class DedupWindow(Generic[T]):
@@ -201,17 +222,17 @@ class DedupWindow(Generic[T]):
         self._cache.clear()
         self._bytes = 0
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "entries": len(self._cache),
-            "bytes": self._bytes,
-            "inflight": len(self._inflight),
-            "hits": self._hits,
-            "coalesced": self._coalesced,
-            "leaders": self._leaders,
-            "takeovers": self._takeovers,
-            "failures": self._failures,
-            "evictions": self._evictions,
-            "expirations": self._expirations,
-            "too_big": self._too_big,
-        }
+    def stats(self) -> DedupStats:
+        return DedupStats(
+            entries=len(self._cache),
+            bytes=self._bytes,
+            inflight=len(self._inflight),
+            hits=self._hits,
+            coalesced=self._coalesced,
+            leaders=self._leaders,
+            takeovers=self._takeovers,
+            failures=self._failures,
+            evictions=self._evictions,
+            expirations=self._expirations,
+            too_big=self._too_big,
+        )

@@ -41,7 +41,7 @@ async def test_identical_prompts_make_one_call_each_requester_gets_an_answer(
         if d["deduplicated"]:
             assert d["attempts"] == 0 and d["usage"]["cost_usd"] == 0
     assert [out[f"c{i}"]["metadata"] for i in range(3)] == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert stats["coalesced"] == 2 and stats["hits"] == 1
+    assert stats.coalesced == 2 and stats.hits == 1
 
 
 async def test_per_tenant_dedup(provider: FakeServer) -> None:
@@ -111,7 +111,7 @@ async def test_a_leaders_error_reaches_its_followers(provider: FakeServer) -> No
     async with run_app(provider, env, rows=lambda h: [h.row("m1", "down")]) as h:
         h.send(*(_ask(f"f{i}") for i in range(3)))
         out = await h.wait(["f0", "f1", "f2"])
-        await wait_for(lambda: h.app.dedup is not None and h.app.dedup.stats()["inflight"] == 0)
+        await wait_for(lambda: h.app.dedup is not None and h.app.dedup.stats().inflight == 0)
         out.update(await _one_by_one(h, _ask("f3")))  # errors are not kept in the window
     assert len(h.calls("down")) == 2
     assert {d["error"]["type"] for d in out.values()} == {"auth_error"}

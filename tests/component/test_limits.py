@@ -28,7 +28,7 @@ async def test_retry_after_delays_the_retry_and_pauses_the_endpoint(
     provider.set_profile("r", error_rate=1.0, error_status=429, retry_after_s=1.0)
     async with run_app(provider, rows=lambda h: [h.row("m1", "r")]) as h:
         h.send({"id": "a", "model": "m1", "prompt": "first"})
-        await wait_for(lambda: h.app.limiter.stats()["penalties"] == 1, what="the 429")
+        await wait_for(lambda: h.app.limiter.stats().penalties == 1, what="the 429")
         provider.set_profile("r", error_rate=0.0)
         h.send({"id": "b", "model": "m1", "prompt": "second"})  # another request, same endpoint
         out = await h.wait(["a", "b"])
@@ -59,7 +59,7 @@ async def test_tenant_limits_from_the_environment(provider: FakeServer) -> None:
         stats = h.app.limiter.stats()
     a = _arrivals(h.calls(), "a")
     assert a[2] - a[0] >= 2.0 - SLACK_S, a  # 1/s
-    assert stats["delayed"] == 2  # only tenant a's 2nd and 3rd waited: vip and no tenant not
+    assert stats.delayed == 2  # only tenant a's 2nd and 3rd waited: vip and no tenant not
 
 
 async def test_tenant_tokens_per_minute(provider: FakeServer) -> None:
@@ -94,7 +94,7 @@ async def test_endpoint_limits_are_shared_by_every_row_on_the_endpoint(
         stats = h.app.limiter.stats()
     shared = sorted(c.arrived for c in h.calls("shared"))
     assert shared[2] - shared[0] >= 2.0 - SLACK_S, shared
-    assert stats["delayed"] == 2  # the other endpoint never waited
+    assert stats.delayed == 2  # the other endpoint never waited
 
 
 async def test_row_limits_apply_and_requests_wait_instead_of_failing(

@@ -154,7 +154,8 @@ async def test_dedup_thousand_requests_three_hundred_calls(
             burst = prompts[b * 100 : (b + 1) * 100]
             await _send(s, burst)
             await comps.wait([p["id"] for p in burst], timeout=60)
-        stats = app.dedup.stats() if app.dedup is not None else {}
+        assert app.dedup is not None
+        stats = app.dedup.stats()
     assert _calls(fake, "dd") == 300
 
     seen = comps.by_id()
@@ -177,7 +178,7 @@ async def test_dedup_thousand_requests_three_hundred_calls(
         for p, c in pairs:  # each requester gets its own id and metadata back
             assert c["id"] == p["id"] and c["metadata"] == p["metadata"]
     assert sum(1 for v in seen.values() if v[0]["deduplicated"]) == 700
-    assert stats["coalesced"] > 0 and stats["hits"] > 0  # both paths were exercised
+    assert stats.coalesced > 0 and stats.hits > 0  # both paths were exercised
 
 
 async def test_dedup_opt_out_shared_failure_and_expiry(

@@ -315,7 +315,7 @@ async def test_endpoint_limit_is_shared_by_rows_on_one_endpoint(
         )
     )
     assert time.monotonic() - t0 >= 2.0
-    assert limiter.stats()["delayed"] >= 5
+    assert limiter.stats().delayed >= 5
 
 
 async def test_a_rate_limited_primary_spills_to_a_fallback_with_room(

@@ -130,7 +130,7 @@ async def test_concurrent_duplicates_cause_one_call_per_distinct_key() -> None:
 
     tasks = [asyncio.create_task(window.run(k, caller(k), len)) for k in keys]
     await asyncio.sleep(0)  # everyone has arrived: 300 leaders are in flight
-    assert window.stats()["inflight"] == 300
+    assert window.stats().inflight == 300
     release.set()
     results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
 
@@ -139,7 +139,7 @@ async def test_concurrent_duplicates_cause_one_call_per_distinct_key() -> None:
     assert sum(not shared for _, shared in results) == 300
     assert sum(shared for _, shared in results) == 700
     st = window.stats()
-    assert (st["leaders"], st["coalesced"], st["inflight"], st["entries"]) == (300, 700, 0, 300)
+    assert (st.leaders, st.coalesced, st.inflight, st.entries) == (300, 700, 0, 300)
 
 
 async def test_leader_failure_reaches_followers_with_its_class_and_is_not_cached() -> None:
@@ -168,7 +168,7 @@ async def test_leader_failure_reaches_followers_with_its_class_and_is_not_cached
 
     assert await window.run("k", ok, len) == ("fine", False)  # the failure was not remembered
     assert calls == 2
-    assert window.stats()["failures"] == 1
+    assert window.stats().failures == 1
 
 
 async def test_cancelled_leader_hands_over_and_followers_do_not_hang() -> None:
@@ -200,7 +200,7 @@ async def test_cancelled_leader_hands_over_and_followers_do_not_hang() -> None:
     assert started == 2  # the cancelled leader, then exactly one taker-over
     assert [v for v, _ in results] == ["from the new leader"] * 4
     assert sorted(shared for _, shared in results) == [False, True, True, True]
-    assert window.stats()["takeovers"] == 1
+    assert window.stats().takeovers == 1
 
 
 async def test_cancelled_follower_does_not_disturb_leader_or_others() -> None:
@@ -241,7 +241,7 @@ async def test_answers_are_served_until_the_window_expires() -> None:
     assert await window.run("k", call, len) == ("answer 2", False)
     assert calls == 2
     st = window.stats()
-    assert (st["hits"], st["expirations"], st["entries"]) == (1, 1, 1)
+    assert (st.hits, st.expirations, st.entries) == (1, 1, 1)
 
 
 async def test_byte_cap_evicts_oldest_first() -> None:
@@ -258,12 +258,12 @@ async def test_byte_cap_evicts_oldest_first() -> None:
     for key in ("a", "b", "c"):
         await window.run(key, make(key), len)
     st = window.stats()
-    assert (st["entries"], st["bytes"], st["evictions"]) == (2, 80, 1)
+    assert (st.entries, st.bytes, st.evictions) == (2, 80, 1)
     assert (await window.run("c", make("c"), len))[1] is True
     assert (await window.run("b", make("b"), len))[1] is True
     assert (await window.run("a", make("a"), len))[1] is False  # "a" was evicted
     assert calls == ["a", "b", "c", "a"]
-    assert window.stats()["bytes"] <= 100
+    assert window.stats().bytes <= 100
 
 
 async def test_entry_cap_and_too_big_results() -> None:
@@ -277,10 +277,10 @@ async def test_entry_cap_and_too_big_results() -> None:
 
     for key in ("a", "b", "c"):
         await window.run(key, small, len)
-    assert window.stats()["entries"] == 2
+    assert window.stats().entries == 2
     assert await window.run("big", huge, len) == ("x" * 11, False)
     assert await window.run("big", huge, len) == ("x" * 11, False)  # never stored
-    assert window.stats()["too_big"] == 2
+    assert window.stats().too_big == 2
 
 
 async def test_zero_window_still_coalesces_in_flight() -> None:
@@ -300,7 +300,7 @@ async def test_zero_window_still_coalesces_in_flight() -> None:
     await asyncio.gather(*tasks)
     assert calls == 1
     await window.run("k", call, size1)
-    assert calls == 2 and window.stats()["entries"] == 0
+    assert calls == 2 and window.stats().entries == 0
 
 
 async def test_failure_with_no_followers_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
@@ -325,7 +325,7 @@ def test_get_answers_from_the_window_without_waiting() -> None:
     clock.now += 60.1
     assert window.get("k") is None  # expired: dropped, the next request leads again
     st = window.stats()
-    assert (st["hits"], st["expirations"], st["entries"]) == (1, 1, 0)
+    assert (st.hits, st.expirations, st.entries) == (1, 1, 0)
 
 
 async def test_get_does_not_answer_a_call_still_in_flight() -> None:
@@ -422,7 +422,7 @@ async def test_begin_answers_a_window_hit_synchronously_with_its_own_completion(
     assert (c.deduplicated, c.attempts) == (True, 0)
     assert c.usage is not None and c.usage.cost_usd == 0.0
     assert msgspec.json.decode(hit.value)["id"] == "b" and hit.key == b"k"
-    assert caller.calls == 1 and window.stats()["hits"] == 1
+    assert caller.calls == 1 and window.stats().hits == 1
 
 
 async def test_bytes_are_given_back_when_answers_expire_or_are_cleared() -> None:
@@ -435,13 +435,13 @@ async def test_bytes_are_given_back_when_answers_expire_or_are_cleared() -> None
 
     await window.run("a", answer, len)
     await window.run("b", answer, len)
-    assert window.stats()["bytes"] == 200
+    assert window.stats().bytes == 200
     clock.now += 11
     assert window.get("a") is None  # expired: dropped
-    assert window.stats()["bytes"] == 100
+    assert window.stats().bytes == 100
     await window.run("c", answer, len)  # "b" expired too: pruned when "c" is stored
-    assert window.stats()["bytes"] == 100 and len(window) == 1
+    assert window.stats().bytes == 100 and len(window) == 1
     window.clear()
-    assert window.stats()["bytes"] == 0 and len(window) == 0
+    assert window.stats().bytes == 0 and len(window) == 0
     await window.run("d", answer, len)
-    assert window.stats()["bytes"] == 100
+    assert window.stats().bytes == 100

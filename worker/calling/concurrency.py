@@ -33,8 +33,9 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["AdaptiveLimit", "ConcurrencyLimits"]
+__all__ = ["AdaptiveLimit", "ConcurrencyLimits", "EndpointConcurrency"]
 
 WINDOW_S = 1.0
 MIN_SAMPLES = 10
@@ -52,6 +53,19 @@ RESTART_LATENCY = 2.0
 MIN_LIMIT = 4
 START_LIMIT = 128
 """The first limit of an endpoint: what a fixed worker used to allow in all."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConcurrency:
+    """One endpoint's concurrency now (`limit`, calls `in_use`, requests `waiting` for a slot)
+    and how often its limit moved, by why: `grow`, `plateau`, `overload`."""
+
+    limit: float
+    in_use: int
+    waiting: int
+    grow: int
+    plateau: int
+    overload: int
 
 
 class AdaptiveLimit:
@@ -233,8 +247,15 @@ class ConcurrencyLimits:
         busy = [lim.slots for lim in self.by_endpoint.values() if lim.in_use or lim.waiting]
         return sum(busy) if busy else START_LIMIT
 
-    def stats(self) -> dict[str, dict[str, float]]:
+    def stats(self) -> dict[str, EndpointConcurrency]:
         return {
-            key: {"limit": lim.slots, "in_use": lim.in_use, "waiting": lim.waiting, **lim.changes}
+            key: EndpointConcurrency(
+                limit=lim.slots,
+                in_use=lim.in_use,
+                waiting=lim.waiting,
+                grow=lim.changes["grow"],
+                plateau=lim.changes["plateau"],
+                overload=lim.changes["overload"],
+            )
             for key, lim in self.by_endpoint.items()
         }

@@ -28,13 +28,21 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 import msgspec
 
 from .buckets import TokenBucket
 from .share import replica_share
 
-__all__ = ["Limit", "RateLimitTimeout", "RateLimiter", "TokenBucket", "replica_share"]
+__all__ = [
+    "Limit",
+    "LimiterStats",
+    "RateLimitTimeout",
+    "RateLimiter",
+    "TokenBucket",
+    "replica_share",
+]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -63,6 +71,21 @@ class Limit(msgspec.Struct, frozen=True, kw_only=True):
 
     rpm: int | None = None
     tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimiterStats:
+    """Requests waiting now; acquires in all, those that waited, their seconds, deadlines that
+    came first, Retry-After pauses; buckets kept; this replica's share of the limits."""
+
+    waiting: int
+    acquired: int
+    delayed: int
+    waited_s: float
+    timeouts: int
+    penalties: int
+    buckets: int
+    share: float
 
 
 class _Level:
@@ -385,14 +408,14 @@ class RateLimiter:
             if level is not None and level.tpm is not None:
                 level.tpm.reserve(min(tokens, level.tpm.rate * MAX_RESERVE_S), now)
 
-    def stats(self) -> dict[str, float]:
-        return {
-            "waiting": self.waiting,
-            "acquired": self._acquired,
-            "delayed": self._delayed,
-            "waited_s": self._waited_s,
-            "timeouts": self._timeouts,
-            "penalties": self._penalties,
-            "buckets": len(self._endpoints) + len(self._models) + len(self._tenants),
-            "share": self._share,
-        }
+    def stats(self) -> LimiterStats:
+        return LimiterStats(
+            waiting=self.waiting,
+            acquired=self._acquired,
+            delayed=self._delayed,
+            waited_s=self._waited_s,
+            timeouts=self._timeouts,
+            penalties=self._penalties,
+            buckets=len(self._endpoints) + len(self._models) + len(self._tenants),
+            share=self._share,
+        )

@@ -8,6 +8,7 @@ collide.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +20,11 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:  # the components' typed stats (imported at run time they would make a cycle)
+    from ..calling.concurrency import EndpointConcurrency
+    from ..calling.ratelimit import LimiterStats
+    from ..dedup import DedupStats
 
 __all__ = ["ComponentCollector", "Metrics"]
 
@@ -154,8 +160,8 @@ class ComponentCollector:
     def __init__(
         self,
         *,
-        dedup: Callable[[], dict[str, int]] | None,
-        limiter: Callable[[], dict[str, float]],
+        dedup: Callable[[], DedupStats] | None,
+        limiter: Callable[[], LimiterStats],
         breakers: Callable[[], dict[str, str]],
         choices: Callable[[], dict[str, int]],
         loop_lag: Callable[[], float] | None = None,
@@ -164,7 +170,7 @@ class ComponentCollector:
         producer_queue: Callable[[], int] | None = None,
         held: Callable[[], dict[str, tuple[float, float]]] | None = None,
         demoted: Callable[[], dict[str, bool]] | None = None,
-        concurrency: Callable[[], dict[str, dict[str, float]]] | None = None,
+        concurrency: Callable[[], dict[str, EndpointConcurrency]] | None = None,
         in_flight_limit: Callable[[], float] | None = None,
     ) -> None:
         self._consumer_lag = consumer_lag
@@ -187,38 +193,38 @@ class ComponentCollector:
         if self._dedup is not None:
             d = self._dedup()
             yield GaugeMetricFamily(
-                "llm_worker_dedup_entries", "Answers kept in the dedup window", value=d["entries"]
+                "llm_worker_dedup_entries", "Answers kept in the dedup window", value=d.entries
             )
             yield GaugeMetricFamily(
-                "llm_worker_dedup_bytes", "Bytes kept in the dedup window", value=d["bytes"]
+                "llm_worker_dedup_bytes", "Bytes kept in the dedup window", value=d.bytes
             )
             yield GaugeMetricFamily(
-                "llm_worker_dedup_inflight", "Distinct requests being called", value=d["inflight"]
+                "llm_worker_dedup_inflight", "Distinct requests being called", value=d.inflight
             )
             shared = CounterMetricFamily(
                 "llm_worker_dedup_shared", "Requests answered from an identical one", labels=["how"]
             )
-            shared.add_metric(["window"], d["hits"])
-            shared.add_metric(["in_flight"], d["coalesced"])
+            shared.add_metric(["window"], d.hits)
+            shared.add_metric(["in_flight"], d.coalesced)
             yield shared
             yield CounterMetricFamily(
                 "llm_worker_dedup_evictions",
                 "Dedup entries evicted by the caps",
-                value=d["evictions"],
+                value=d.evictions,
             )
         lim = self._limiter()
         yield GaugeMetricFamily(
             "llm_worker_ratelimit_waiting",
             "Requests waiting for rate-limit capacity",
-            value=lim["waiting"],
+            value=lim.waiting,
         )
         yield CounterMetricFamily(
             "llm_worker_ratelimit_wait_seconds",
             "Time spent waiting for capacity",
-            value=lim["waited_s"],
+            value=lim.waited_s,
         )
         yield GaugeMetricFamily(
-            "llm_worker_ratelimit_share", "This replica's share of row limits", value=lim["share"]
+            "llm_worker_ratelimit_share", "This replica's share of row limits", value=lim.share
         )
         state = GaugeMetricFamily(
             "llm_worker_circuit_state",
@@ -300,7 +306,7 @@ class ComponentCollector:
             )
 
 
-def _concurrency_metrics(stats: dict[str, dict[str, float]]) -> Iterator[Metric]:
+def _concurrency_metrics(stats: dict[str, EndpointConcurrency]) -> Iterator[Metric]:
     limit = GaugeMetricFamily(
         "llm_worker_concurrency_limit",
         "Calls an endpoint may have in flight now (learned: calling/concurrency.py)",
@@ -312,8 +318,9 @@ def _concurrency_metrics(stats: dict[str, dict[str, float]]) -> Iterator[Metric]
         labels=["endpoint", "reason"],
     )
     for endpoint, st in stats.items():
-        limit.add_metric([endpoint], st["limit"])
-        for reason in ("grow", "plateau", "overload"):
-            changes.add_metric([endpoint, reason], st[reason])
+        limit.add_metric([endpoint], st.limit)
+        changes.add_metric([endpoint, "grow"], st.grow)
+        changes.add_metric([endpoint, "plateau"], st.plateau)
+        changes.add_metric([endpoint, "overload"], st.overload)
     yield limit
     yield changes
