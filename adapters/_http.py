@@ -250,6 +250,28 @@ class HTTPAdapter:
         self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         """One attempt. Raises `adapters.errors.ProviderError` subclasses, nothing else."""
+        url, body, headers = self._request(target, request)
+        cap = target.max_response_bytes
+        status, answer_headers, payload, whole = await self._post(
+            session, target, url, body, headers
+        )
+        request_id = header(answer_headers, self.request_id_headers)
+        if 200 <= status < 300:
+            if not whole:
+                raise self.error(
+                    ResponseTooLarge,
+                    target,
+                    f"the answer is larger than {cap} bytes (LLM_WORKER_MAX_RESPONSE_BYTES)",
+                    status=status,
+                    request_id=request_id,
+                )
+            return self._answer(target, payload, status, request_id, answer_headers)
+        raise self._refusal(target, status, payload, answer_headers, request_id)
+
+    def _request(
+        self, target: Target, request: ProviderRequest
+    ) -> tuple[URL, bytes, dict[str, str]]:
+        """The URL, body and headers of the POST, or a `BadRequest` saying why there is none."""
         endpoint = self.endpoint_for(target)
         if not endpoint:
             raise self.error(BadRequest, target, "target has no endpoint")
@@ -267,7 +289,18 @@ class HTTPAdapter:
             name.lower() == "authorization" for name in headers
         ):
             raise self.error(BadRequest, target, _TWO_AUTHS)
-        cap = target.max_response_bytes
+        return url, body, headers
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        target: Target,
+        url: URL,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> tuple[int, Mapping[str, str], bytes, bool]:
+        """Send it and read the answer up to the cap: status, headers, body, whether whole.
+        Transport failures become the provider error that classifies them."""
         try:
             async with session.post(
                 url,
@@ -276,9 +309,8 @@ class HTTPAdapter:
                 timeout=timeout_for(target.timeout_ms),
                 allow_redirects=False,
             ) as resp:
-                status = resp.status
-                answer_headers = resp.headers
-                payload, whole = await read_body(resp, cap)
+                payload, whole = await read_body(resp, target.max_response_bytes)
+                return resp.status, resp.headers, payload, whole
         except TimeoutError as exc:
             raise self.error(
                 ProviderTimeout, target, f"no answer within {target.timeout_ms} ms"
@@ -293,27 +325,25 @@ class HTTPAdapter:
             why = f"the request could not be sent: {describe(exc)}"
             raise self.error(BadRequest, target, why) from None
 
-        request_id = header(answer_headers, self.request_id_headers)
-        if 200 <= status < 300:
-            if not whole:
-                raise self.error(
-                    ResponseTooLarge,
-                    target,
-                    f"the answer is larger than {cap} bytes (LLM_WORKER_MAX_RESPONSE_BYTES)",
-                    status=status,
-                    request_id=request_id,
-                )
-            return self._answer(target, payload, status, request_id, answer_headers)
+    def _refusal(
+        self,
+        target: Target,
+        status: int,
+        payload: bytes,
+        headers: Mapping[str, str],
+        request_id: str | None,
+    ) -> ProviderError:
+        """The error a non-2xx answer means, classified by status and body, key scrubbed."""
         # scrub before any excerpt is cut: a key split by the cut would survive a later replace
         payload = _scrub(payload, target)
         try:
             info = self.read_error(payload)
         except _UNREADABLE:  # classified by status alone
             info = ErrorBody(snippet(payload), "")
-        retry_after = parse_retry_after(answer_headers)
+        retry_after = parse_retry_after(headers)
         if retry_after is None and info.retry_after is not None:
             retry_after = min(max(info.retry_after, 0.0), MAX_RETRY_AFTER)
-        raise self.error(
+        return self.error(
             self.error_class(status, info),
             target,
             info.message or f"HTTP {status}",

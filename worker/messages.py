@@ -308,6 +308,13 @@ def decode_prompt(
         if not_unicode is not None:
             return _reject(raw, *not_unicode, max_metadata_bytes)
         return Rejected(reason="invalid_json", message=f"not valid JSON: {exc}", dlq=True)
+    broken = _broken_rule(prompt, raw, max_metadata_bytes)
+    return prompt if broken is None else broken
+
+
+def _broken_rule(prompt: Prompt, raw: bytes, max_metadata_bytes: int) -> Rejected | None:
+    """The rejection for a decoded prompt that breaks a rule its types cannot say (one of
+    `messages` or `prompt`, not empty, metadata within its limit); None when it keeps them."""
     if (prompt.messages is None) == (prompt.prompt is None):
         why = "exactly one of `messages` or `prompt` must be given"
         return _reject(raw, "validation_error", why, max_metadata_bytes)
@@ -318,7 +325,7 @@ def decode_prompt(
         if size > max_metadata_bytes:
             why = f"`metadata` is {size} bytes; the limit is {max_metadata_bytes}"
             return _reject(raw, "validation_error", why, max_metadata_bytes, echo_metadata=False)
-    return prompt
+    return None
 
 
 def _schema(tp: Any, title: str) -> dict[str, Any]:
