@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.rows import BaseRowFactory, kwargs_row
 
@@ -15,6 +16,7 @@ __all__ = [
     "APP_NAME",
     "CHANNEL",
     "COLUMN_LIST",
+    "DB_ERRORS",
     "ROW_FACTORY",
     "SELECT_ALL",
     "SELECT_ONE",
@@ -26,6 +28,9 @@ __all__ = [
 TABLE = "model_registry"
 CHANNEL = "model_registry"
 APP_NAME = "llm-worker-registry"
+
+DB_ERRORS = (psycopg.Error, OSError)
+"""What a failed connect or query raises (OSError includes TimeoutError)."""
 
 
 def _model_row(**values: Any) -> ModelRow:

@@ -6,8 +6,9 @@
     await cache.close()
 
 After `start()` two background tasks run: one reloads every `refresh_s` seconds, or ~50 ms after
-a notification on channel `model_registry`; the other holds a LISTEN connection and reconnects
-with backoff when it drops (and reloads on reconnect, to catch what it missed). While PostgreSQL
+a notification on channel `model_registry`; the other, `registry.listen.ChangeListener`, holds
+a LISTEN connection and reconnects with backoff when it drops (and reloads on reconnect, to catch
+what it missed). While PostgreSQL
 is unreachable the last good snapshot keeps serving and `stale` is True.
 
 A reload swaps in a new immutable snapshot, so callers keep the candidates they already hold.
@@ -17,7 +18,6 @@ Resolution is memoized per snapshot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -26,9 +26,10 @@ from types import MappingProxyType, TracebackType
 import psycopg
 
 from adapters.backoff import Backoff
-from registry._db import APP_NAME, CHANNEL, ROW_FACTORY, SELECT_ALL, redact_dsn, redact_error
+from registry._db import APP_NAME, DB_ERRORS, ROW_FACTORY, SELECT_ALL, redact_dsn, redact_error
 from registry.dsn import chainable
 from registry.errors import RegistryUnavailable
+from registry.listen import ChangeListener
 from registry.models import COLUMNS, ModelRow
 from registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve
 
@@ -36,14 +37,8 @@ __all__ = ["RECONNECT_BASE_S", "RegistryCache"]
 
 log = logging.getLogger("llm_worker.registry")
 
-_RELOAD_ERRORS = (psycopg.Error, OSError)  # OSError includes TimeoutError
 
 Stats = dict[str, int | float | bool | None]
-
-LISTEN_CHECK_S = 30.0
-"""A LISTEN connection with no notification for this long runs `SELECT 1`: a connection that
-died silently is replaced instead of leaving changes to the periodic poll."""
-
 
 RECONNECT_BASE_S = 0.1
 """The wait after the first failed attempt to reach PostgreSQL; it doubles with each failure up
@@ -112,14 +107,21 @@ class RegistryCache:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._listener = ChangeListener(
+            lambda purpose: self._connect(purpose),  # looked up per call: tests replace it
+            self._wake,
+            self._backoff,
+            where=self._where,
+            poll_s=refresh_s,
+            query_timeout_s=query_timeout_s,
+            describe=self._describe,
+        )
         self._loaded = False
         self._stale = False
-        self._listening = False
         self._started = False
         self._closed = False
         self._reloads = 0
         self._reload_errors = 0
-        self._notifications = 0
         self._last_reload: float | None = None
 
     # -- public surface -----------------------------------------------------------------------
@@ -159,8 +161,8 @@ class RegistryCache:
             "last_reload_age_s": None if last is None else time.monotonic() - last,
             "stale": self._stale,
             "loaded": self._loaded,
-            "listening": self._listening,
-            "notifications": self._notifications,
+            "listening": self._listener.listening,
+            "notifications": self._listener.notifications,
         }
 
     async def start(self, timeout: float | None = None) -> None:
@@ -182,7 +184,7 @@ class RegistryCache:
                 async with asyncio.timeout_at(deadline):
                     await self._reload()
                 break
-            except _RELOAD_ERRORS as exc:
+            except DB_ERRORS as exc:
                 if last_error is None or not isinstance(exc, TimeoutError):
                     last_error = self._describe(exc)
                 attempt += 1
@@ -208,13 +210,13 @@ class RegistryCache:
         self._started = True
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="registry-refresh"))
         if self._listen:
-            self._tasks.append(asyncio.create_task(self._listen_loop(), name="registry-listen"))
+            self._tasks.append(asyncio.create_task(self._listener.run(), name="registry-listen"))
 
     async def reload(self) -> None:
         """Reload now; raises RegistryUnavailable (and keeps the old snapshot) on failure."""
         try:
             await self._reload()
-        except _RELOAD_ERRORS as exc:
+        except DB_ERRORS as exc:
             self._reload_failed(exc)
             raise RegistryUnavailable(
                 f"cannot reload model registry from PostgreSQL at {self._where}: "
@@ -233,7 +235,7 @@ class RegistryCache:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await self._drop_conn()
-            self._listening = False
+            self._listener.listening = False
 
     async def __aenter__(self) -> RegistryCache:
         await self.start()
@@ -324,7 +326,7 @@ class RegistryCache:
                 self._where,
                 len(self._snapshot.rows),
                 self._describe(exc),
-                exc_info=not isinstance(exc, _RELOAD_ERRORS),
+                exc_info=not isinstance(exc, DB_ERRORS),
             )
 
     # -- background tasks -----------------------------------------------------------------------
@@ -350,50 +352,3 @@ class RegistryCache:
                 self._reload_failed(exc)
             else:
                 failures = 0
-
-    async def _listen_loop(self) -> None:
-        failures = 0
-        while True:
-            try:
-                conn = await self._connect("listen")
-            except _RELOAD_ERRORS as exc:
-                failures += 1
-                self._listen_failed(failures, exc)
-                await asyncio.sleep(self._backoff.delay(failures))
-                continue
-            try:
-                await conn.execute(f"LISTEN {CHANNEL}")
-                self._listening = True
-                if failures:
-                    log.info("registry: listening for changes again")
-                failures = 0
-                self._wake.set()  # reload: catch up with changes made while not listening
-                while True:  # a quiet connection is checked now and then: dead, or just quiet?
-                    got = 0
-                    async with contextlib.aclosing(
-                        conn.notifies(timeout=LISTEN_CHECK_S)
-                    ) as notifies:
-                        async for _ in notifies:
-                            got += 1
-                            self._notifications += 1
-                            self._wake.set()
-                    if not got:
-                        async with asyncio.timeout(self._query_timeout_s):
-                            await conn.execute("SELECT 1")
-            except _RELOAD_ERRORS as exc:
-                failures += 1
-                self._listen_failed(failures, exc)
-                self._wake.set()  # find out at once whether PostgreSQL itself is gone
-            finally:
-                self._listening = False
-                await conn.close()
-            await asyncio.sleep(self._backoff.delay(failures))
-
-    def _listen_failed(self, failures: int, exc: BaseException) -> None:
-        if failures == 1:
-            log.warning(
-                "registry: LISTEN connection to %s lost, polling every %gs until it is back: %s",
-                self._where,
-                self._refresh_s,
-                self._describe(exc),
-            )
