@@ -5,6 +5,7 @@ that wires them into a `Caller`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from worker.calling import caller as caller_module
 from worker.calling.breaker import BreakerBoard, BreakerConfig
 from worker.calling.caller import Caller
 from worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
-from worker.calling.ratelimit import RateLimiter, RateLimitTimeout
+from worker.calling.ratelimit import RateLimiter, RateLimitTimeout, RateRequest
 from worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hello there")
@@ -93,8 +94,8 @@ class Limiter(RateLimiter):
         self.penalized: list[tuple[str, float]] = []
         self.charged: list[dict[str, Any]] = []
 
-    async def acquire(self, **kw: Any) -> float:
-        deadline = kw.pop("deadline", None)
+    async def acquire(self, req: RateRequest, *, deadline: float | None = None) -> float:
+        kw = dataclasses.asdict(req)
         self.deadlines.append(deadline)
         self.acquired.append(kw)
         start = self.clock.now
@@ -106,16 +107,21 @@ class Limiter(RateLimiter):
         self.clock.now += self.wait + self.late  # the wait for capacity, on the clock
         return self.wait
 
-    def has_capacity(self, **kw: Any) -> bool:
-        self.asked.append(kw)
+    def has_capacity(self, req: RateRequest) -> bool:
+        self.asked.append(dataclasses.asdict(req))
         return True
 
     def penalize(self, endpoint: str, seconds: float) -> None:
         self.penalized.append((endpoint, seconds))
 
-    def charge(self, *, endpoint: str, model_id: str, tenant: str | None, tokens: int) -> None:
-        self.charged.append(
-            {"endpoint": endpoint, "model_id": model_id, "tenant": tenant, "tokens": tokens}
+    def charge(self, req: RateRequest, used: int) -> None:
+        self.charged.append(  # the tokens beyond the estimate
+            {
+                "endpoint": req.endpoint,
+                "model_id": req.model_id,
+                "tenant": req.tenant,
+                "tokens": used - req.tokens,
+            }
         )
 
 

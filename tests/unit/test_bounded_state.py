@@ -17,7 +17,7 @@ from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
 from worker.calling.caller import Caller
 from worker.calling.concurrency import ConcurrencyLimits
-from worker.calling.ratelimit import Limit, RateLimiter
+from worker.calling.ratelimit import Limit, RateLimiter, RateRequest
 from worker.cli.fake_server import FakeServer, start_fake_server
 from worker.housekeeping import Housekeeping
 from worker.ops.metrics import Metrics
@@ -72,12 +72,9 @@ async def test_rows_that_come_and_go_leave_nothing_behind(fake: FakeServer) -> N
                 tenant=f"tenant-{i % 10}",
             )
         for t in range(10_000):  # tenants that came once
-            limiter.has_capacity(
-                endpoint="e", model_id="x", rpm=None, tpm=None, tenant=f"t{t}", tokens=1
-            )
-            await limiter.acquire(
-                endpoint="e", model_id="x", rpm=None, tpm=None, tenant=f"t{t}", tokens=1
-            )
+            ask = RateRequest(endpoint="e", model_id="x", tenant=f"t{t}", tokens=1)
+            limiter.has_capacity(ask)
+            await limiter.acquire(ask)
         before = len(generate_latest(metrics.registry).splitlines())
         assert len(caller.breakers.states()) == 1000
         rows = _rows(fake, range(990, 1010))  # 990 removed, 10 kept, 10 new

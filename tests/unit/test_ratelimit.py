@@ -13,6 +13,7 @@ from worker.calling.ratelimit import (
     Limit,
     RateLimiter,
     RateLimitTimeout,
+    RateRequest,
     TokenBucket,
     replica_share,
 )
@@ -68,7 +69,8 @@ async def take(rl: RateLimiter, **kw: object) -> float:
         "tokens": 1,
     }
     args.update(kw)
-    return await rl.acquire(**args)  # type: ignore[arg-type]
+    deadline = args.pop("deadline", None)
+    return await rl.acquire(RateRequest(**args), deadline=deadline)  # type: ignore[arg-type]
 
 
 def spawn(n: int, rl: RateLimiter, **kw: object) -> list[asyncio.Task[float]]:
@@ -310,7 +312,7 @@ async def test_charge_makes_later_requests_pay_for_an_underestimate() -> None:
     t = FakeTime()
     rl = limiter(t)
     assert await take(rl, tpm=6_000, tokens=100) == 0.0  # estimated 100, full burst
-    rl.charge(endpoint="ep", model_id="m", tenant=None, tokens=400)  # it used 500
+    rl.charge(RateRequest(endpoint="ep", model_id="m", tpm=6_000, tokens=100), used=500)
     task = asyncio.create_task(take(rl, tpm=6_000, tokens=100))
     await t.advance(4.9)
     assert not task.done()
@@ -382,7 +384,8 @@ async def test_a_usage_charge_holds_a_bucket_back_a_minute_at_most() -> None:
     t = FakeTime()
     rl = limiter(t)
     assert await take(rl, tpm=6_000, tokens=100) == 0.0
-    rl.charge(endpoint="ep", model_id="m", tenant=None, tokens=10**15)  # a provider's claim
+    claim = 10**15 + 100  # a provider's claim
+    rl.charge(RateRequest(endpoint="ep", model_id="m", tpm=6_000, tokens=100), used=claim)
     later = asyncio.create_task(take(rl, tpm=6_000, tokens=100))
     await t.advance(MAX_RESERVE_S + 1.1)
     assert later.done()
@@ -399,7 +402,7 @@ def test_too_large_names_the_limit_a_request_can_never_fit_in() -> None:
     def why(tokens: int, **kw: object) -> str | None:
         args: dict[str, object] = {"endpoint": "e", "model_id": "m", "tpm": None, "tenant": None}
         args.update(kw)
-        return rl.too_large(tokens=tokens, **args)  # type: ignore[arg-type]
+        return rl.too_large(RateRequest(tokens=tokens, **args))  # type: ignore[arg-type]
 
     assert why(10**15) is None  # no tokens limit anywhere: nothing to block
     assert why(60_000, tpm=60_000) is None  # exactly the limit fits

@@ -39,11 +39,20 @@ from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics
 from .attempt import LAG_UNTRUSTED_SHARE, Attempts, DeadlineInCall, Prepared
 from .breaker import BreakerBoard
-from .capacity import CAPACITY_WAIT_S, NoCapacity, capped, fitting, rate_room, slot, tokens_for
+from .capacity import (
+    CAPACITY_WAIT_S,
+    NoCapacity,
+    capped,
+    fitting,
+    rate_request,
+    rate_room,
+    slot,
+    tokens_for,
+)
 from .concurrency import AdaptiveLimit, ConcurrencyLimits
 from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
 from .observer import CallObserver
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, RateRequest
 from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens, expired
 from .routing import Router, endpoint_key, health_key
 
@@ -321,15 +330,8 @@ class Caller:
         """`limited(c)`: c's rate limits have no room for this request right now."""
 
         def limited(c: Candidate) -> bool:
-            row = c.row
-            return not self.limiter.has_capacity(
-                endpoint=endpoint_key(c),
-                model_id=row.model_id,
-                rpm=row.rpm_limit,
-                tpm=row.tpm_limit,
-                tenant=tenant,
-                tokens=tokens_for(request, c, self.max_tokens_cap),
-            )
+            tokens = tokens_for(request, c, self.max_tokens_cap)
+            return not self.limiter.has_capacity(rate_request(c, tenant, tokens))
 
         return limited
 
@@ -361,12 +363,12 @@ class Caller:
             st.last_cand = cand
             try:  # a candidate that cannot be called, or whose limits the request can't fit
                 prepared = self._attempts.prepare(cand)
-                tokens = fitting(self.limiter, cand, st.request, st.tenant, self.max_tokens_cap)
+                ask = fitting(self.limiter, cand, st.request, st.tenant, self.max_tokens_cap)
             except ProviderError as exc:
                 failed.terminal = st.last_call_error = exc
                 st.dead.add(health)
                 continue
-            result = await self._tries(cand, health, prepared, tokens, st, failed)
+            result = await self._tries(cand, health, prepared, ask, st, failed)
             if result is not None:
                 return result
         st.last = failed.last(st.last)
@@ -377,32 +379,32 @@ class Caller:
         cand: Candidate,
         health: str,
         prepared: Prepared,
-        tokens: int,
+        ask: RateRequest,
         st: _Call,
         failed: _Failures,
     ) -> CallResult | None:
         """Up to `max_attempts` calls at `cand`: its result, or None (`failed` says why)."""
         for attempt in range(1, self._max_attempts + 1):
-            slots = await self._capacity(cand, health, tokens, st, failed)
+            slots = await self._capacity(cand, health, ask, st, failed)
             if slots is None:  # its breaker opened while the request queued for a slot
                 failed.open(cand)
                 return None
             remaining = st.deadline - self._clock()
             outcome = await self._attempt(cand, health, prepared, slots, remaining, attempt, st)
             if not isinstance(outcome, ProviderError):
-                return self._answered(cand, outcome, tokens, st)
+                return self._answered(cand, outcome, ask, st)
             if not await self._after_error(cand, health, outcome, attempt, st, failed):
                 return None
         return None
 
     async def _capacity(
-        self, cand: Candidate, health: str, tokens: int, st: _Call, failed: _Failures
+        self, cand: Candidate, health: str, ask: RateRequest, st: _Call, failed: _Failures
     ) -> AdaptiveLimit | None:
         """Wait for room in `cand`'s rate limits, then for a concurrency slot; both move the
         deadline on, up to the final one. The slot taken, or None (none taken) when `cand`'s
         breaker opened meanwhile."""
         try:
-            waited = await rate_room(self.limiter, cand, tokens, st.tenant, st.final)
+            waited = await rate_room(self.limiter, ask, st.final)
             st.deadline = min(st.deadline + waited, st.final)
             if self.observer is not None and waited > 0:
                 self.observer.event("ratelimit_wait", cand, wait_s=waited)
@@ -451,18 +453,13 @@ class Caller:
         return outcome
 
     def _answered(
-        self, cand: Candidate, outcome: tuple[ProviderResult, float], tokens: int, st: _Call
+        self, cand: Candidate, outcome: tuple[ProviderResult, float], ask: RateRequest, st: _Call
     ) -> CallResult:
-        """The result; tokens used beyond the `tokens` reserved are charged to the limits."""
+        """The result; tokens used beyond those `ask` reserved are charged to the limits."""
         result, elapsed = outcome
         used = result.input_tokens + result.output_tokens
-        if used > tokens:
-            self.limiter.charge(
-                endpoint=endpoint_key(cand),
-                model_id=cand.row.model_id,
-                tenant=st.tenant,
-                tokens=used - tokens,
-            )
+        if used > ask.tokens:
+            self.limiter.charge(ask, used)
         return CallResult(
             result=result, candidate=cand, attempts=st.attempts, latency_ms=elapsed * 1000
         )

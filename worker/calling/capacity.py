@@ -26,7 +26,7 @@ from registry.resolve import Candidate
 
 from ..config import Settings
 from .concurrency import AdaptiveLimit
-from .ratelimit import Limit, RateLimiter, RateLimitTimeout
+from .ratelimit import Limit, RateLimiter, RateLimitTimeout, RateRequest
 from .results import CallFailed, estimate_tokens
 from .routing import endpoint_key
 
@@ -36,6 +36,7 @@ __all__ = [
     "capped",
     "fitting",
     "rate_limiter",
+    "rate_request",
     "rate_room",
     "slot",
     "token_cap",
@@ -97,26 +98,34 @@ def tokens_for(request: ProviderRequest, cand: Candidate, max_tokens_cap: int | 
     return estimate_tokens(request, token_cap(cand.row.max_tokens, max_tokens_cap))
 
 
+def rate_request(cand: Candidate, tenant: str | None, tokens: int) -> RateRequest:
+    """What a call of `tokens` at `cand` for `tenant` asks of the rate limits."""
+    row = cand.row
+    return RateRequest(
+        endpoint=endpoint_key(cand),
+        model_id=row.model_id,
+        rpm=row.rpm_limit,
+        tpm=row.tpm_limit,
+        tenant=tenant,
+        tokens=tokens,
+    )
+
+
 def fitting(
     limiter: RateLimiter,
     cand: Candidate,
     request: ProviderRequest,
     tenant: str | None,
     max_tokens_cap: int | None,
-) -> int:
-    """The tokens `request` reserves at `cand` (`tokens_for`). Raises `BadRequest` naming the
-    limit when no bucket of `cand` could ever take that many."""
+) -> RateRequest:
+    """What `request` asks of `cand`'s rate limits (its tokens: `tokens_for`). Raises
+    `BadRequest` naming the limit when no bucket of `cand` could ever take that many."""
     row = cand.row
     tokens = tokens_for(request, cand, max_tokens_cap)
-    limit = limiter.too_large(
-        endpoint=endpoint_key(cand),
-        model_id=row.model_id,
-        tpm=row.tpm_limit,
-        tenant=tenant,
-        tokens=tokens,
-    )
+    ask = rate_request(cand, tenant, tokens)
+    limit = limiter.too_large(ask)
     if limit is None:
-        return tokens
+        return ask
     asked = request.max_tokens
     cap = token_cap(row.max_tokens, max_tokens_cap)
     if asked is not None and cap is not None:
@@ -134,22 +143,11 @@ def fitting(
     )
 
 
-async def rate_room(
-    limiter: RateLimiter, cand: Candidate, tokens: int, tenant: str | None, final: float
-) -> float:
-    """Wait for room in every bucket of `cand`, up to `final`; the seconds waited. Raises
+async def rate_room(limiter: RateLimiter, ask: RateRequest, final: float) -> float:
+    """Wait for room in every bucket `ask` needs, up to `final`; the seconds waited. Raises
     `NoCapacity` (`rate_limited`, naming the bucket) when `final` came first."""
-    row = cand.row
     try:
-        return await limiter.acquire(
-            endpoint=endpoint_key(cand),
-            model_id=row.model_id,
-            rpm=row.rpm_limit,
-            tpm=row.tpm_limit,
-            tenant=tenant,
-            tokens=tokens,
-            deadline=final,
-        )
+        return await limiter.acquire(ask, deadline=final)
     except RateLimitTimeout as exc:
         raise NoCapacity(RateLimited, str(exc)) from None
 

@@ -40,6 +40,7 @@ __all__ = [
     "LimiterStats",
     "RateLimitTimeout",
     "RateLimiter",
+    "RateRequest",
     "TokenBucket",
     "replica_share",
 ]
@@ -71,6 +72,20 @@ class Limit(msgspec.Struct, frozen=True, kw_only=True):
 
     rpm: int | None = None
     tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateRequest:
+    """What one call asks of the rate limits: `tokens` (estimated: prompt plus max_tokens) at
+    `endpoint`, for the registry row `model_id` whose own limits are `rpm`/`tpm` (None: none),
+    on behalf of `tenant` (None: no tenant level)."""
+
+    endpoint: str
+    model_id: str
+    rpm: int | None = None
+    tpm: int | None = None
+    tenant: str | None = None
+    tokens: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -247,23 +262,16 @@ class RateLimiter:
                     b.penalize(seconds)
 
     # -- the hot path ----------------------------------------------------------------------
-    def _needs(
-        self,
-        endpoint: str,
-        model_id: str,
-        rpm: int | None,
-        tpm: int | None,
-        tenant: str | None,
-        tokens: float,
-    ) -> list[tuple[TokenBucket, float]]:
+    def _needs(self, req: RateRequest) -> list[tuple[TokenBucket, float]]:
+        endpoint, tenant, tokens = req.endpoint, req.tenant, float(req.tokens)
         gate = self._gates.get(endpoint) or self._gate(endpoint)
         needs: list[tuple[TokenBucket, float]] = [(gate, 1.0)]
         levels: list[_Level] = []
         lim = self._endpoint_limits.get(endpoint)
         if lim is not None:
             levels.append(self._level(self._endpoints, endpoint, lim, "endpoint"))
-        if rpm is not None or tpm is not None:
-            levels.append(self._level(self._models, model_id, (rpm, tpm), "model"))
+        if req.rpm is not None or req.tpm is not None:
+            levels.append(self._level(self._models, req.model_id, (req.rpm, req.tpm), "model"))
         if tenant is not None:
             tl = self._tenant_limits.get(tenant, self._default_tenant)
             if tl is not None:
@@ -275,68 +283,40 @@ class RateLimiter:
                 needs.append((level.tpm, min(tokens, level.tpm.rate * MAX_RESERVE_S)))
         return needs
 
-    def too_large(
-        self,
-        *,
-        endpoint: str,
-        model_id: str,
-        tpm: int | None,
-        tenant: str | None,
-        tokens: int,
-    ) -> str | None:
-        """The limit a request of `tokens` can never fit in: a level whose whole per-minute
-        token limit (cluster-wide, as configured) is smaller, named as an operator wrote it;
-        None when every level could serve it."""
+    def too_large(self, req: RateRequest) -> str | None:
+        """The limit `req` can never fit in: a level whose whole per-minute token limit
+        (cluster-wide, as configured) is smaller than its tokens, named as an operator wrote
+        it; None when every level could serve it."""
+        endpoint, tenant = req.endpoint, req.tenant
         el = self._endpoint_limits.get(endpoint)
         tl = None if tenant is None else self._tenant_limits.get(tenant, self._default_tenant)
         named = tenant is not None and tenant in self._tenant_limits
         for limit, whose in (
             (el[1] if el else None, f"endpoint {endpoint} (LLM_WORKER_ENDPOINT_LIMITS)"),
-            (tpm, f"registry row {model_id!r} (its tpm_limit)"),
+            (req.tpm, f"registry row {req.model_id!r} (its tpm_limit)"),
             (
                 tl[1] if tl else None,
                 f"tenant {tenant!r} (LLM_WORKER_TENANT_{'LIMITS' if named else 'TPM'})",
             ),
         ):
-            if limit is not None and 0 < limit < tokens:
+            if limit is not None and 0 < limit < req.tokens:
                 return f"the tpm limit {limit} of {whose}"
         return None
 
-    def has_capacity(
-        self,
-        *,
-        endpoint: str,
-        model_id: str,
-        rpm: int | None,
-        tpm: int | None,
-        tenant: str | None,
-        tokens: int,
-    ) -> bool:
-        """Would `acquire` with these arguments go at once? Takes nothing."""
+    def has_capacity(self, req: RateRequest) -> bool:
+        """Would `acquire(req)` go at once? Takes nothing."""
         now = self._clock()
-        return all(
-            b.earliest(n, now) <= now
-            for b, n in self._needs(endpoint, model_id, rpm, tpm, tenant, float(tokens))
-        )
+        return all(b.earliest(n, now) <= now for b, n in self._needs(req))
 
-    async def acquire(
-        self,
-        *,
-        endpoint: str,
-        model_id: str,
-        rpm: int | None,
-        tpm: int | None,
-        tenant: str | None,
-        tokens: int,
-        deadline: float | None = None,
-    ) -> float:
-        """Wait until every level has capacity, take it, and return the seconds waited.
+    async def acquire(self, req: RateRequest, *, deadline: float | None = None) -> float:
+        """Wait until every level has capacity for `req`, take it, and return the seconds
+        waited.
 
-        `tokens` is the estimated size of the request (prompt + max_tokens) for the tpm
+        `req.tokens` is the estimated size of the request (prompt + max_tokens) for the tpm
         buckets; each takes at most `MAX_RESERVE_S` of its rate. Raises `RateLimitTimeout`,
         having taken nothing, when `deadline` (a time on the limiter's clock) comes first.
         """
-        needs = self._needs(endpoint, model_id, rpm, tpm, tenant, float(tokens))
+        needs = self._needs(req)
         start = now = self._clock()
         # fast path: every bucket has capacity now
         for b, n in needs:
@@ -393,17 +373,19 @@ class RateLimiter:
         self._waited_s += waited
         return waited
 
-    def charge(self, *, endpoint: str, model_id: str, tenant: str | None, tokens: int) -> None:
-        """Debit tokens used beyond the estimate (from the provider's usage), without waiting:
-        later requests wait for them instead (at most `MAX_RESERVE_S` of each bucket's rate:
-        a provider's usage figure is not trusted to block a bucket for longer)."""
+    def charge(self, req: RateRequest, used: int) -> None:
+        """Debit the tokens `used` beyond `req.tokens`, the estimate (from the provider's
+        usage), without waiting: later requests wait for them instead (at most `MAX_RESERVE_S`
+        of each bucket's rate: a provider's usage figure is not trusted to block a bucket for
+        longer)."""
+        tokens = used - req.tokens
         if tokens <= 0:
             return
         now = self._clock()
         for level in (
-            self._endpoints.get(endpoint),
-            self._models.get(model_id),
-            None if tenant is None else self._tenants.get(tenant),
+            self._endpoints.get(req.endpoint),
+            self._models.get(req.model_id),
+            None if req.tenant is None else self._tenants.get(req.tenant),
         ):
             if level is not None and level.tpm is not None:
                 level.tpm.reserve(min(tokens, level.tpm.rate * MAX_RESERVE_S), now)
