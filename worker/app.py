@@ -244,10 +244,10 @@ class App:
 
     def _held(self) -> dict[str, tuple[float, float]]:
         """`llm_worker_held_requests` / `_held_seconds_total` by reason: (now, seconds)."""
-        holds, lim = self.caller.holds, self.limiter.stats()
+        holds, lim = self.caller.holds.stats(), self.limiter.stats()
         return {
-            "circuit_open": (holds.waiting["circuit_open"], holds.seconds["circuit_open"]),
-            "retry_backoff": (holds.waiting["retry_backoff"], holds.seconds["retry_backoff"]),
+            "circuit_open": (holds.circuit_open, holds.circuit_open_s),
+            "retry_backoff": (holds.retry_backoff, holds.retry_backoff_s),
             "rate_limit": (lim.waiting, lim.waited_s),
             "concurrency": (self.caller.concurrency.waiting, self.caller.concurrency.waited_s),
         }

@@ -499,7 +499,7 @@ async def test_breaker_opens_on_errors_and_closes_after_recovery(
         p_d, f_d = _calls(fake, "p") - p0, _calls(fake, "f") - f0
         assert f_d >= 50, (p_d, f_d)
         assert p_d <= 0.1 * (p_d + f_d), (p_d, f_d)  # only the half-open probes
-        assert app.breakers.get(primary).stats()["opened"] >= 1
+        assert app.breakers.get(primary).stats().opened >= 1
 
         fake.set_profile("p", error_rate=0.0)
         await wait_for(lambda: state() == "closed", timeout=10)

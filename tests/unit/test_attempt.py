@@ -28,7 +28,7 @@ from adapters.sessions import SessionPool
 from registry.models import ModelRow
 from registry.resolve import Candidate, resolve
 from worker.calling.attempt import Attempts, DeadlineInCall
-from worker.calling.breaker import BreakerBoard, BreakerConfig
+from worker.calling.breaker import BreakerBoard, BreakerConfig, BreakerStats
 from worker.calling.routing import Router, health_key
 from worker.ops.looplag import LoopLag
 from worker.ops.metrics import Metrics
@@ -191,7 +191,7 @@ class Setup:
         )
         return value or 0.0
 
-    def breaker(self) -> dict[str, Any]:
+    def breaker(self) -> BreakerStats:
         return self.breakers.get(self.health).stats()
 
 
@@ -206,7 +206,7 @@ async def test_a_success_returns_the_answer_and_its_time_and_counts_it() -> None
     assert s.router.stats.latency(s.health) == 2.0
     assert s.router.stats.error_rate(s.health) == 0.0
     b = s.breaker()
-    assert (b["requests"], b["errors"], b["latency_samples"]) == (2, 0, 2)
+    assert (b.requests, b.errors, b.latency.samples) == (2, 0, 2)
 
 
 @pytest.mark.parametrize("remaining", [60.0, 1.0])  # after the row's timeout (2 s), before it
@@ -246,7 +246,7 @@ async def test_routing_and_the_latency_judge_see_the_call_without_the_loops_late
     assert await s.call() == (RESULT, 2.0)
     assert s.latency("sum") == 2.0
     assert s.router.stats.latency(s.health) == 1.5
-    assert s.breaker()["latency_mean_s"] == 1.5
+    assert s.breaker().latency.mean_s == 1.5
 
 
 async def test_a_call_the_loop_was_late_for_more_than_all_of_counts_as_instant() -> None:
@@ -275,7 +275,7 @@ async def test_a_slow_call_on_a_saturated_loop_is_not_judged_on_latency(
     s.provider.took = took
     s.lag.late = late
     await s.call()
-    assert s.breaker()["latency_samples"] == (1 if judged else 0)
+    assert s.breaker().latency.samples == (1 if judged else 0)
     assert s.router.stats.latency(s.health) == pytest.approx(took - late)  # routing always
 
 
@@ -284,7 +284,7 @@ async def test_without_loop_lag_accounting_the_whole_time_counts() -> None:
     s.provider.took = 2.0
     await s.call()
     assert s.router.stats.latency(s.health) == 2.0
-    assert s.breaker()["latency_samples"] == 1
+    assert s.breaker().latency.samples == 1
 
 
 async def test_calls_in_flight_are_counted_per_endpoint_while_they_run() -> None:
@@ -309,7 +309,7 @@ async def test_the_latency_judge_compares_calls_made_under_the_same_load() -> No
         await s.call()
     s.attempts.calling[s.health] = 40
     await s.call()
-    assert s.breaker()["latency_samples"] == 20
+    assert s.breaker().latency.samples == 20
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ async def test_a_provider_error_is_returned_counted_and_held_against_the_endpoin
     assert s.latency("count") == 0
     assert s.router.stats.error_rate(s.health) == pytest.approx(0.2)
     assert s.router.stats.latency(s.health) is None
-    assert s.breaker()["errors"] == 1
+    assert s.breaker().errors == 1
     assert s.attempts.calling == {}
 
 
@@ -331,7 +331,7 @@ async def test_failures_in_a_row_open_the_breaker() -> None:
     s.provider.error = ServerError("boom", status=500)
     for _ in range(3):
         await s.call()
-    assert s.breaker()["state"] == "open"
+    assert s.breaker().state == "open"
 
 
 async def test_a_failure_from_before_the_trip_is_no_probe_but_a_probes_failure_reopens() -> None:
@@ -347,16 +347,16 @@ async def test_a_failure_from_before_the_trip_is_no_probe_but_a_probes_failure_r
     s.clock.now += 1
     for _ in range(3):
         await s.call()
-    assert s.breaker()["state"] == "open"
+    assert s.breaker().state == "open"
     s.clock.now += BREAKER.cooldown_s
-    assert s.breaker()["state"] == "half_open"
+    assert s.breaker().state == "half_open"
     gate.set()
     await straggler
-    assert s.breaker()["state"] == "half_open"
+    assert s.breaker().state == "half_open"
     assert s.breakers.allow(s.health)  # the probe
     s.clock.now += 1
     await s.call()
-    assert s.breaker()["state"] == "open"
+    assert s.breaker().state == "open"
 
 
 async def test_half_open_the_deadline_ending_a_probe_reopens_but_not_a_straggler() -> None:
@@ -371,16 +371,16 @@ async def test_half_open_the_deadline_ending_a_probe_reopens_but_not_a_straggler
     for _ in range(3):
         await s.call()
     s.clock.now += BREAKER.cooldown_s
-    assert s.breaker()["state"] == "half_open"
+    assert s.breaker().state == "half_open"
     with pytest.raises(DeadlineInCall):
         await straggler  # started before the trip
     gate.set()
-    assert s.breaker()["state"] == "half_open"
+    assert s.breaker().state == "half_open"
     assert s.breakers.allow(s.health)
     s.provider.hang = True
     with pytest.raises(DeadlineInCall):
         await s.call(remaining=0.05)
-    assert s.breaker()["state"] == "open"
+    assert s.breaker().state == "open"
 
 
 @pytest.mark.parametrize("error", [RateLimited("slow down"), Overloaded("busy")])
@@ -391,7 +391,7 @@ async def test_throttling_counts_as_errors_not_as_failures_in_a_row(error: Provi
     for _ in range(3):
         await s.call()
     b = s.breaker()
-    assert (b["state"], b["errors"]) == ("closed", 3)
+    assert (b.state, b.errors) == ("closed", 3)
     assert s.calls(error.type) == 3
 
 
@@ -402,7 +402,7 @@ async def test_a_bad_request_says_nothing_about_the_endpoints_health() -> None:
         assert await s.call() is s.provider.error
     assert s.calls("bad_request") == 3
     assert s.router.stats.error_rate(s.health) is None
-    assert s.breaker()["requests"] == 0
+    assert s.breaker().requests == 0
 
 
 # -- the request's deadline ----------------------------------------------------------------------
@@ -418,7 +418,7 @@ async def test_the_deadline_ends_a_call_that_outlasts_it() -> None:
     assert str(err) == "request deadline passed during an attempt [fake/u]"
     assert s.calls("timeout") == 1
     assert s.router.stats.error_rate(s.health) == pytest.approx(0.2)
-    assert s.breaker()["errors"] == 1
+    assert s.breaker().errors == 1
     assert s.attempts.calling == {}
     assert s.observer.log[-1] == ("finished", 1, None, err, False)
 

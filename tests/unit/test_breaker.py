@@ -128,7 +128,7 @@ def test_old_errors_leave_the_window() -> None:
     clock.now += 31
     feed(b, clock, ok(10) + fail(9))  # 9/19 in the window; the 15 old ones are gone
     assert b.state == "closed"
-    assert b.stats()["requests"] == 19
+    assert b.stats().requests == 19
 
 
 # -- cooldown, probes ------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_holds_count_waits_and_log_one_line_per_episode(
     assert caplog.records[-1].getMessage() == (
         "endpoint ep: no longer holding requests: 2 held over 4.0 s, longest 4.0 s"
     )
-    assert holds.stats()["episodes"] == 0
+    assert holds.stats().episodes == 0
     again = holds.join("ep", "retry_backoff", "server_error 500")  # a new episode
     assert again is not first
     assert "(retry_backoff: server_error 500)" in caplog.records[-1].getMessage()

@@ -26,13 +26,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from .health_config import BreakerConfig
-from .latency import LatencyJudge, OnDemote
+from .latency import LatencyJudge, LatencyStats, OnDemote
 from .window import SlicedWindow
 
-__all__ = ["BreakerBoard", "BreakerConfig", "CircuitBreaker", "OnChange", "OnDemote", "State"]
+__all__ = [
+    "BreakerBoard",
+    "BreakerConfig",
+    "BreakerStats",
+    "CircuitBreaker",
+    "OnChange",
+    "OnDemote",
+    "State",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,19 @@ OnChange = Callable[[str, State, State, str], None]
 """`(endpoint_name, old_state, new_state, reason)`; reason is one of `error_rate`,
 `consecutive_failures`, `cooldown`,
 `probes_succeeded`, `probe_failed`, `reset`. `CircuitBreaker.detail` says more."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerStats:
+    """An endpoint's breaker: its state, the window's requests, errors and error rate, how
+    often it opened, and its latency judgement."""
+
+    state: State
+    requests: int
+    errors: int
+    error_rate: float
+    opened: int
+    latency: LatencyStats
 
 
 class CircuitBreaker:
@@ -145,17 +167,17 @@ class CircuitBreaker:
         if self._state != "closed":
             self._transition("closed", "reset", "reset by hand")
 
-    def stats(self) -> dict[str, float | str]:
+    def stats(self) -> BreakerStats:
         self._win.advance(self._clock())
         total, errors = self._win.totals
-        return {
-            "state": self.state,
-            "requests": int(total),
-            "errors": int(errors),
-            "error_rate": errors / total if total else 0.0,
-            "opened": self.opened,
-            **self.latency.stats(),
-        }
+        return BreakerStats(
+            state=self.state,
+            requests=int(total),
+            errors=int(errors),
+            error_rate=errors / total if total else 0.0,
+            opened=self.opened,
+            latency=self.latency.stats(),
+        )
 
     def _record_closed(self, success: bool, throttled: bool = False) -> None:
         c = self.config

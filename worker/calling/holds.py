@@ -25,6 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from adapters.backoff import Backoff
 from adapters.errors import ProviderError
@@ -35,6 +36,7 @@ __all__ = [
     "PASS_BACKOFF_BASE_S",
     "PASS_BACKOFF_CAP_S",
     "Episode",
+    "HoldStats",
     "Holds",
     "pass_delay",
 ]
@@ -76,6 +78,19 @@ class Episode:
         self.active = 0
         self.requests = 0
         self.longest = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldStats:
+    """Requests held now and the seconds held so far (summed when each wait ends), for a
+    breaker's half-open probe (`circuit_open`) and for a retry backoff; endpoints holding
+    requests now (`episodes`)."""
+
+    circuit_open: int
+    circuit_open_s: float
+    retry_backoff: int
+    retry_backoff_s: float
+    episodes: int
 
 
 class Holds:
@@ -135,9 +150,11 @@ class Holds:
             extra={"endpoint": ep.endpoint, "hold_reason": ep.reason, "held": ep.requests},
         )
 
-    def stats(self) -> dict[str, float]:
-        return {
-            **{f"waiting_{k}": float(v) for k, v in self.waiting.items()},
-            **{f"seconds_{k}": v for k, v in self.seconds.items()},
-            "episodes": float(len(self._episodes)),
-        }
+    def stats(self) -> HoldStats:
+        return HoldStats(
+            circuit_open=self.waiting["circuit_open"],
+            circuit_open_s=self.seconds["circuit_open"],
+            retry_backoff=self.waiting["retry_backoff"],
+            retry_backoff_s=self.seconds["retry_backoff"],
+            episodes=len(self._episodes),
+        )

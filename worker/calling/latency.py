@@ -42,16 +42,29 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .health_config import BreakerConfig
 from .window import SlicedWindow
 
-__all__ = ["LatencyJudge", "OnDemote"]
+__all__ = ["LatencyJudge", "LatencyStats", "OnDemote"]
 
 log = logging.getLogger(__name__)
 
 OnDemote = Callable[[str, bool, str], None]
 """`(endpoint_name, demoted, detail)`: called when an endpoint is demoted or restored."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencyStats:
+    """An endpoint's latency judgement: demoted now, demotions so far, and the window's calls
+    (`samples`), their mean seconds and mean load (calls in flight when each started)."""
+
+    demoted: bool
+    demotions: int
+    samples: int
+    mean_s: float
+    load_mean: float
 
 
 class LatencyJudge:
@@ -200,13 +213,13 @@ class LatencyJudge:
             except Exception:
                 log.exception("latency on_change callback failed")
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> LatencyStats:
         self._win.advance(self._clock())
         n, s, _, load_sum = self._win.totals
-        return {
-            "demoted": 1.0 if self.is_demoted else 0.0,
-            "demotions": self.demotions,
-            "latency_samples": n,
-            "latency_mean_s": s / n if n else 0.0,
-            "load_mean": load_sum / n if n else 0.0,
-        }
+        return LatencyStats(
+            demoted=self.is_demoted,
+            demotions=self.demotions,
+            samples=int(n),
+            mean_s=s / n if n else 0.0,
+            load_mean=load_sum / n if n else 0.0,
+        )
