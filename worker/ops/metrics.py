@@ -191,50 +191,9 @@ class ComponentCollector:
 
     def collect(self) -> Iterator[Metric]:
         if self._dedup is not None:
-            d = self._dedup()
-            yield GaugeMetricFamily(
-                "llm_worker_dedup_entries", "Answers kept in the dedup window", value=d.entries
-            )
-            yield GaugeMetricFamily(
-                "llm_worker_dedup_bytes", "Bytes kept in the dedup window", value=d.bytes
-            )
-            yield GaugeMetricFamily(
-                "llm_worker_dedup_inflight", "Distinct requests being called", value=d.inflight
-            )
-            shared = CounterMetricFamily(
-                "llm_worker_dedup_shared", "Requests answered from an identical one", labels=["how"]
-            )
-            shared.add_metric(["window"], d.hits)
-            shared.add_metric(["in_flight"], d.coalesced)
-            yield shared
-            yield CounterMetricFamily(
-                "llm_worker_dedup_evictions",
-                "Dedup entries evicted by the caps",
-                value=d.evictions,
-            )
-        lim = self._limiter()
-        yield GaugeMetricFamily(
-            "llm_worker_ratelimit_waiting",
-            "Requests waiting for rate-limit capacity",
-            value=lim.waiting,
-        )
-        yield CounterMetricFamily(
-            "llm_worker_ratelimit_wait_seconds",
-            "Time spent waiting for capacity",
-            value=lim.waited_s,
-        )
-        yield GaugeMetricFamily(
-            "llm_worker_ratelimit_share", "This replica's share of row limits", value=lim.share
-        )
-        state = GaugeMetricFamily(
-            "llm_worker_circuit_state",
-            "1 for the endpoint's current breaker state",
-            labels=["endpoint", "state"],
-        )
-        for endpoint, current in self._breakers().items():
-            for name in ("closed", "open", "half_open"):
-                state.add_metric([endpoint, name], 1.0 if current == name else 0.0)
-        yield state
+            yield from _dedup_metrics(self._dedup())
+        yield from _limiter_metrics(self._limiter())
+        yield _circuit_states(self._breakers())
         if self._circuit_waiting is not None:
             yield GaugeMetricFamily(
                 "llm_worker_circuit_waiting",
@@ -242,31 +201,9 @@ class ComponentCollector:
                 value=self._circuit_waiting(),
             )
         if self._held is not None:
-            # `reason`: circuit_open, retry_backoff, rate_limit (= llm_worker_ratelimit_waiting)
-            held = GaugeMetricFamily(
-                "llm_worker_held_requests",
-                "Requests held (waiting) instead of answered with an error, by reason",
-                labels=["reason"],
-            )
-            held_s = CounterMetricFamily(
-                "llm_worker_held_seconds",
-                "Seconds requests spent held, by reason (added when each wait ends)",
-                labels=["reason"],
-            )
-            for reason, (waiting, seconds) in self._held().items():
-                held.add_metric([reason], waiting)
-                held_s.add_metric([reason], seconds)
-            yield held
-            yield held_s
+            yield from _held_metrics(self._held())
         if self._demoted is not None:
-            demoted = GaugeMetricFamily(
-                "llm_worker_endpoint_demoted",
-                "1 while the endpoint is demoted for latency (routed around, never refused)",
-                labels=["endpoint"],
-            )
-            for endpoint, is_demoted in self._demoted().items():
-                demoted.add_metric([endpoint], 1.0 if is_demoted else 0.0)
-            yield demoted
+            yield _demoted_metric(self._demoted())
         if self._concurrency is not None:
             yield from _concurrency_metrics(self._concurrency())
         if self._in_flight_limit is not None:
@@ -283,6 +220,9 @@ class ComponentCollector:
         for endpoint, n in self._choices().items():
             choices.add_metric([endpoint], n)
         yield choices
+        yield from self._kafka_metrics()
+
+    def _kafka_metrics(self) -> Iterator[Metric]:
         if self._loop_lag is not None:
             yield CounterMetricFamily(
                 "llm_worker_event_loop_lag_seconds",
@@ -304,6 +244,87 @@ class ComponentCollector:
                 "Outcome records in the producer's queue, not yet acknowledged by Kafka",
                 value=self._producer_queue(),
             )
+
+
+def _dedup_metrics(d: DedupStats) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "llm_worker_dedup_entries", "Answers kept in the dedup window", value=d.entries
+    )
+    yield GaugeMetricFamily(
+        "llm_worker_dedup_bytes", "Bytes kept in the dedup window", value=d.bytes
+    )
+    yield GaugeMetricFamily(
+        "llm_worker_dedup_inflight", "Distinct requests being called", value=d.inflight
+    )
+    shared = CounterMetricFamily(
+        "llm_worker_dedup_shared", "Requests answered from an identical one", labels=["how"]
+    )
+    shared.add_metric(["window"], d.hits)
+    shared.add_metric(["in_flight"], d.coalesced)
+    yield shared
+    yield CounterMetricFamily(
+        "llm_worker_dedup_evictions",
+        "Dedup entries evicted by the caps",
+        value=d.evictions,
+    )
+
+
+def _limiter_metrics(lim: LimiterStats) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "llm_worker_ratelimit_waiting",
+        "Requests waiting for rate-limit capacity",
+        value=lim.waiting,
+    )
+    yield CounterMetricFamily(
+        "llm_worker_ratelimit_wait_seconds",
+        "Time spent waiting for capacity",
+        value=lim.waited_s,
+    )
+    yield GaugeMetricFamily(
+        "llm_worker_ratelimit_share", "This replica's share of row limits", value=lim.share
+    )
+
+
+def _circuit_states(breakers: dict[str, str]) -> Metric:
+    state = GaugeMetricFamily(
+        "llm_worker_circuit_state",
+        "1 for the endpoint's current breaker state",
+        labels=["endpoint", "state"],
+    )
+    for endpoint, current in breakers.items():
+        for name in ("closed", "open", "half_open"):
+            state.add_metric([endpoint, name], 1.0 if current == name else 0.0)
+    return state
+
+
+def _held_metrics(by_reason: dict[str, tuple[float, float]]) -> Iterator[Metric]:
+    # `reason`: circuit_open, retry_backoff, rate_limit (= llm_worker_ratelimit_waiting)
+    held = GaugeMetricFamily(
+        "llm_worker_held_requests",
+        "Requests held (waiting) instead of answered with an error, by reason",
+        labels=["reason"],
+    )
+    held_s = CounterMetricFamily(
+        "llm_worker_held_seconds",
+        "Seconds requests spent held, by reason (added when each wait ends)",
+        labels=["reason"],
+    )
+    for reason, (waiting, seconds) in by_reason.items():
+        held.add_metric([reason], waiting)
+        held_s.add_metric([reason], seconds)
+    yield held
+    yield held_s
+
+
+def _demoted_metric(demoted: dict[str, bool]) -> Metric:
+    family = GaugeMetricFamily(
+        "llm_worker_endpoint_demoted",
+        "1 while the endpoint is demoted for latency (routed around, never refused)",
+        labels=["endpoint"],
+    )
+    for endpoint, is_demoted in demoted.items():
+        family.add_metric([endpoint], 1.0 if is_demoted else 0.0)
+    return family
 
 
 def _concurrency_metrics(stats: dict[str, EndpointConcurrency]) -> Iterator[Metric]:
