@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
+from ..messages import Completion, Usage
 from ..records import InputRecord, Outcome
 from ..settings import LogOutcomes
 from .metrics import Metrics
@@ -31,6 +32,28 @@ outcome_log = logging.getLogger("llm_worker.outcome")
 LOG_OUTCOMES: tuple[str, ...] = get_args(LogOutcomes)
 
 Key = tuple[str, ...]
+
+
+class _Batch:
+    """One batch of delivery reports: its clocks, what it logs, and the counts it adds up."""
+
+    __slots__ = ("by_label", "cost", "log_errors", "log_ok", "mono", "now", "tokens")
+
+    def __init__(self, now: float, mono: float, log_ok: bool, log_errors: bool) -> None:
+        self.now = now
+        self.mono = mono
+        self.log_ok = log_ok
+        self.log_errors = log_errors
+        self.by_label: dict[Key, int] = {}
+        self.tokens: dict[Key, int] = {}
+        self.cost: dict[Key, float] = {}
+
+    def used(self, model: str, provider: str, usage: Usage) -> None:
+        tokens = self.tokens
+        up, down = (model, provider, "input"), (model, provider, "output")
+        tokens[up] = tokens.get(up, 0) + usage.input_tokens
+        tokens[down] = tokens.get(down, 0) + usage.output_tokens
+        self.cost[model, provider] = self.cost.get((model, provider), 0.0) + (usage.cost_usd or 0.0)
 
 
 class OutcomeRecorder:
@@ -64,54 +87,50 @@ class OutcomeRecorder:
         """Counters, metrics and outcome logs for delivered messages, one batch at a time."""
         if not delivered:
             return
-        m = self._metrics
-        counters = self.counters
-        now, mono = time.time(), self._clock()
-        log_ok = self._log_ok and outcome_log.isEnabledFor(logging.INFO)
-        log_errors = self._log_errors and outcome_log.isEnabledFor(logging.INFO)
-        observe_e2e = m.e2e_latency.observe
-        observe_answer = m.time_to_answer.observe
-        observe_overhead = m.overhead.observe
-        by_label: dict[Key, int] = {}
-        tokens: dict[Key, int] = {}
-        cost: dict[Key, float] = {}
+        log_on = outcome_log.isEnabledFor(logging.INFO)
+        batch = _Batch(
+            time.time(), self._clock(), self._log_ok and log_on, self._log_errors and log_on
+        )
         for rec, outcome, _ in delivered:
             if outcome.trace is not None:
                 Tracing.delivered(outcome)  # its PRODUCER span ends: Kafka has the record
             c = outcome.completion
             if c is None:
                 self._record_dlq(rec, outcome)
-                continue
-            label: Key = (outcome.model_label, c.status)
-            by_label[label] = by_label.get(label, 0) + 1
-            if c.status == "error":
-                counters["errors"] += 1
-                m.errors.labels(c.error.type if c.error else "unknown").inc()
-            if rec.timestamp_ms:
-                observe_e2e(max(0.0, now - rec.timestamp_ms / 1000))
-            answered = mono - outcome.started if outcome.started else None
-            if answered is not None:
-                observe_answer(answered)
-            usage = c.usage
-            if usage is not None and not c.deduplicated and c.provider:
-                if answered is not None and c.latency_ms is not None:
-                    observe_overhead(max(0.0, answered - c.latency_ms / 1000))
-                model, provider = outcome.model_label, c.provider
-                up, down = (model, provider, "input"), (model, provider, "output")
-                tokens[up] = tokens.get(up, 0) + usage.input_tokens
-                tokens[down] = tokens.get(down, 0) + usage.output_tokens
-                cost[model, provider] = cost.get((model, provider), 0.0) + (usage.cost_usd or 0.0)
-            if log_ok or (log_errors and c.status == "error"):
-                _log_completion(rec, outcome, answered)
-        for key, n in by_label.items():
+            else:
+                self._record_completion(rec, outcome, c, batch)
+        counters = self.counters
+        for key, n in batch.by_label.items():
             counters["completed"] += n
             self._child("completions", key).inc(n)
-        for key, n in tokens.items():
+        for key, n in batch.tokens.items():
             if n:
                 self._child("tokens", key).inc(n)
-        for key, usd in cost.items():
+        for key, usd in batch.cost.items():
             if usd:
                 self._child("cost", key).inc(usd)
+
+    def _record_completion(
+        self, rec: InputRecord, outcome: Outcome, c: Completion, batch: _Batch
+    ) -> None:
+        m = self._metrics
+        label: Key = (outcome.model_label, c.status)
+        batch.by_label[label] = batch.by_label.get(label, 0) + 1
+        if c.status == "error":
+            self.counters["errors"] += 1
+            m.errors.labels(c.error.type if c.error else "unknown").inc()
+        if rec.timestamp_ms:
+            m.e2e_latency.observe(max(0.0, batch.now - rec.timestamp_ms / 1000))
+        answered = batch.mono - outcome.started if outcome.started else None
+        if answered is not None:
+            m.time_to_answer.observe(answered)
+        usage = c.usage
+        if usage is not None and not c.deduplicated and c.provider:
+            if answered is not None and c.latency_ms is not None:
+                m.overhead.observe(max(0.0, answered - c.latency_ms / 1000))
+            batch.used(outcome.model_label, c.provider, usage)
+        if batch.log_ok or (batch.log_errors and c.status == "error"):
+            _log_completion(rec, outcome, answered)
 
     def _record_dlq(self, rec: InputRecord, outcome: Outcome) -> None:
         self.counters["dlq"] += 1
