@@ -38,17 +38,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## XDIST: how the tests spread over processes (pytest-xdist; the tests mostly wait, on timers,
+##        brokers and processes): an integration process starts its own broker and PostgreSQL,
+##        tests marked xdist_group run in one process. `XDIST=` runs them in one (docs/TESTING.md)
+XDIST ?= -n 4 --dist loadgroup
+
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider $(XDIST)
 
 ## component: the real App with an in-memory Kafka bridge and registry (no broker, no Postgres)
 component: $(STAMP)
-	$(BIN)/python -m pytest tests/component -q -p no:cacheprovider
-
-## XDIST: how the integration tests spread over processes (pytest-xdist): each process starts
-##        its own broker and PostgreSQL; a module's tests marked xdist_group stay together.
-##        `make integration XDIST=` runs them in one process (docs/TESTING.md)
-XDIST ?= -n 4 --dist loadgroup
+	$(BIN)/python -m pytest tests/component -q -p no:cacheprovider $(XDIST)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs $(XDIST)
