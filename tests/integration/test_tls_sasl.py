@@ -47,6 +47,8 @@ pytestmark = [
         reason="SASL_SSL needs Apache Kafka: runs in the Apache Kafka pass "
         "(make test-kafka, LLM_WORKER_TEST_BROKER=kafka)",
     ),
+    # one process runs the module: its broker and PostgreSQL are started once per module
+    pytest.mark.xdist_group("tls_sasl"),
 ]
 
 KAFKA_USER = "llm-worker"
