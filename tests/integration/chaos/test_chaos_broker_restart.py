@@ -117,4 +117,3 @@ def test_broker_restart_mid_run(
 
 def _tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
