@@ -149,8 +149,6 @@ class Attempts:
         `attempt`: its number at this candidate; `retry_of`: the error of the request's
         previous attempt, if any (both for the observer)."""
         target, adapter, session = prepared
-        m = self._metrics
-        name = cand.endpoint_name
         obs = self.observer
         handle = None
         if obs is not None:
@@ -160,18 +158,11 @@ class Attempts:
         t0 = self._clock()
         lag0 = self._lag.mark() if self._lag is not None else 0.0
         try:
-            if remaining < target.timeout_ms / 1000:
-                async with asyncio.timeout(remaining):
-                    result = await adapter.complete(session, target, request)
-            else:  # the adapter's own per-row timeout ends the attempt first
-                result = await adapter.complete(session, target, request)
+            result = await _complete(adapter, session, target, request, remaining)
         except ProviderError as exc:
             if obs is not None:
                 obs.attempt_finished(handle, error=exc)
-            m.provider_calls.labels(cand.provider, name, exc.type).inc()
-            if exc.retryable:  # endpoint health; a bad request says nothing about it
-                throttled = isinstance(exc, RateLimited | Overloaded)
-                self.router.record(health, False, self._clock() - t0, throttled=throttled)
+            self._failed(cand, health, exc, t0)
             return exc
         except TimeoutError:
             err = ProviderTimeout(
@@ -181,8 +172,7 @@ class Attempts:
             )
             if obs is not None:
                 obs.attempt_finished(handle, error=err)
-            m.provider_calls.labels(cand.provider, name, err.type).inc()
-            self.router.record(health, False, self._clock() - t0)
+            self._failed(cand, health, err, t0)
             raise DeadlineInCall(err) from None
         except BaseException:  # cancelled: the attempt's span ends all the same
             if obs is not None:
@@ -197,6 +187,23 @@ class Attempts:
         elapsed = self._clock() - t0
         if obs is not None:
             obs.attempt_finished(handle, result=result)
+        self._succeeded(cand, health, elapsed, lag0, load)
+        return result, elapsed
+
+    def _failed(self, cand: Candidate, health: str, err: ProviderError, t0: float) -> None:
+        """A call that began at `t0` failed with `err`: counted, and a retryable error (a
+        deadline's timeout included) counts against the endpoint's health; a bad request
+        says nothing about it."""
+        self._metrics.provider_calls.labels(cand.provider, cand.endpoint_name, err.type).inc()
+        if err.retryable:
+            throttled = isinstance(err, RateLimited | Overloaded)
+            self.router.record(health, False, self._clock() - t0, throttled=throttled)
+
+    def _succeeded(
+        self, cand: Candidate, health: str, elapsed: float, lag0: float, load: int
+    ) -> None:
+        """A call answered in `elapsed` seconds (`lag0`: the loop-lag mark at its start,
+        `load`: calls in flight at the endpoint with it)."""
         ok, latency = self._ok_metrics(cand)
         ok.inc()
         latency.observe(elapsed)
@@ -218,4 +225,18 @@ class Attempts:
             or elapsed < self.breakers.config.latency_min_increase_s,
             load=load,
         )
-        return result, elapsed
+
+
+async def _complete(
+    adapter: Adapter,
+    session: ClientSession,
+    target: Target,
+    request: ProviderRequest,
+    remaining: float,
+) -> ProviderResult:
+    """The adapter's call, ended by the request's deadline (`remaining` seconds away) when that
+    comes before the row's own timeout (which the adapter enforces)."""
+    if remaining < target.timeout_ms / 1000:
+        async with asyncio.timeout(remaining):
+            return await adapter.complete(session, target, request)
+    return await adapter.complete(session, target, request)
