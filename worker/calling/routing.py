@@ -157,31 +157,9 @@ class Router:
                 if any(f != (False, False) for f in flags.values()):
                     out.sort(key=lambda c: flags[id(c)])  # stable
             else:
-                keyed: list[tuple[tuple[bool, bool], float, int, Candidate]] = []
-                by = self.stats._by_name
-                for i, c in enumerate(candidates):
-                    if obj == "cost":
-                        score = c.row.input_cost_per_1k + c.row.output_cost_per_1k
-                    else:
-                        e = by.get(health_key(c))
-                        if obj == "latency":
-                            q = queued(c) if queued is not None else 0.0
-                            # unmeasured first, so they warm up (unless already full)
-                            if e is None or e.latency is None:
-                                score = -1.0 if q == 0 else math.inf
-                            else:
-                                err = e.error if e.error < _MAX_ERROR else _MAX_ERROR
-                                score = e.latency / (1.0 - err) * (1.0 + q)
-                        else:
-                            score = 0.0 if e is None else e.error
-                    keyed.append((flags[id(c)], score, i, c))
-                keyed.sort()  # i is unique: candidates are never compared
-                out = [k[3] for k in keyed]
+                out = self._scored(candidates, obj, flags, queued)
             if self.explore and self._rng.random() < self.explore:
-                healthy = sum(1 for c in out if flags[id(c)] == (False, False))
-                if healthy > 1:
-                    j = 1 + self._rng.randrange(healthy - 1)
-                    out.insert(0, out.pop(j))
+                self._explore(out, flags)
             if limited is not None and limited(out[0]):
                 # stable: open breakers stay last, and the order so far holds within
                 out.sort(key=lambda c: (flags[id(c)][0], limited(c)))
@@ -189,6 +167,35 @@ class Router:
             first = out[0].endpoint_name
             self.choices[first] = self.choices.get(first, 0) + 1
         return out
+
+    def _scored(
+        self,
+        candidates: Sequence[Candidate],
+        obj: str,
+        flags: dict[int, tuple[bool, bool]],
+        queued: Callable[[Candidate], float] | None,
+    ) -> list[Candidate]:
+        """The candidates by (`flags`, the objective's score: lower first, then as given)."""
+        keyed: list[tuple[tuple[bool, bool], float, int, Candidate]] = []
+        by = self.stats._by_name
+        for i, c in enumerate(candidates):
+            if obj == "cost":
+                score = c.row.input_cost_per_1k + c.row.output_cost_per_1k
+            elif obj == "latency":
+                score = _latency_score(by.get(health_key(c)), queued(c) if queued else 0.0)
+            else:
+                e = by.get(health_key(c))
+                score = 0.0 if e is None else e.error
+            keyed.append((flags[id(c)], score, i, c))
+        keyed.sort()  # i is unique: candidates are never compared
+        return [k[3] for k in keyed]
+
+    def _explore(self, out: list[Candidate], flags: dict[int, tuple[bool, bool]]) -> None:
+        """Move a random other healthy candidate to the front (keeps the others' stats fresh)."""
+        healthy = sum(1 for c in out if flags[id(c)] == (False, False))
+        if healthy > 1:
+            j = 1 + self._rng.randrange(healthy - 1)
+            out.insert(0, out.pop(j))
 
     def _flags(self, candidates: Sequence[Candidate]) -> dict[int, tuple[bool, bool]]:
         board = self.breakers
@@ -222,6 +229,16 @@ class Router:
         self.stats.record(endpoint_name, success, latency_s)
         if self.breakers is not None:
             self.breakers.record(endpoint_name, success, latency_s, throttled=throttled)
+
+
+def _latency_score(e: _Ewma | None, q: float) -> float:
+    """The latency objective's score: the expected latency, longer for the error rate and for
+    `q`, the queue at the endpoint in rounds of its limit. Unmeasured first, so they warm up
+    (unless already full)."""
+    if e is None or e.latency is None:
+        return -1.0 if q == 0 else math.inf
+    err = e.error if e.error < _MAX_ERROR else _MAX_ERROR
+    return e.latency / (1.0 - err) * (1.0 + q)
 
 
 def endpoint_key(c: Candidate) -> str:
