@@ -306,7 +306,7 @@ class RateLimiter:
     def has_capacity(self, req: RateRequest) -> bool:
         """Would `acquire(req)` go at once? Takes nothing."""
         now = self._clock()
-        return all(b.earliest(n, now) <= now for b, n in self._needs(req))
+        return _free(self._needs(req), now)
 
     async def acquire(self, req: RateRequest, *, deadline: float | None = None) -> float:
         """Wait until every level has capacity for `req`, take it, and return the seconds
@@ -318,35 +318,34 @@ class RateLimiter:
         """
         needs = self._needs(req)
         start = now = self._clock()
-        # fast path: every bucket has capacity now
-        for b, n in needs:
-            if b.earliest(n, now) > now:
-                break
-        else:
+        if _free(needs, now):  # the fast path: every bucket has capacity now
             for b, n in needs:
                 b.reserve(n, now)
             self._acquired += 1
             return 0.0
+        await self._queue(needs, start, deadline)
+        waited = self._clock() - start
+        self._acquired += 1
+        self._delayed += 1
+        self._waited_s += waited
+        return waited
+
+    async def _queue(
+        self, needs: list[tuple[TokenBucket, float]], start: float, deadline: float | None
+    ) -> None:
+        """Wait until every one of `needs` has capacity, then take it. Raises
+        `RateLimitTimeout` when `deadline` comes first; a wait that ends so, or is cancelled,
+        gives back the places it held."""
         held: list[tuple[TokenBucket, float, float, float]] = []  # bucket, n, place, mark
         try:
             while True:
                 now = self._clock()
-                when = now
-                worst: tuple[TokenBucket, float] | None = None
-                why = ""  # the bucket that holds the request back
-                for b, n in needs:
-                    t = b.earliest(n, now)
-                    if t > when:
-                        when, worst, why = t, (b, n), b.name
-                for b, _, place, _ in held:  # our places, as pauses and rate changes moved them
-                    t = b.when(place)
-                    if t > when:
-                        when, worst, why = t, None, b.name
+                when, worst, why = _soonest(needs, held, now)
                 if when <= now:
                     for b, n in needs:
                         b.reserve(n, now)
                     held.clear()
-                    break
+                    return
                 if deadline is not None and now >= deadline:
                     self._timeouts += 1
                     raise RateLimitTimeout(why, when - now, now - start)
@@ -355,23 +354,22 @@ class RateLimiter:
                     b, n = worst
                     held.append((b, n, b.place(when), b.reserve(n, when)))
                     needs = [x for x in needs if x[0] is not b]
-                nap = min(when - now, self._max_nap)
-                if deadline is not None:
-                    nap = min(nap, deadline - now)
-                self.waiting += 1
-                try:
-                    await self._sleep(nap)
-                finally:
-                    self.waiting -= 1
+                await self._nap(when - now, None if deadline is None else deadline - now)
         except BaseException:  # timed out or cancelled: give the places back
             for b, n, _, mark in held:
                 b.refund(n, mark)
             raise
-        waited = self._clock() - start
-        self._acquired += 1
-        self._delayed += 1
-        self._waited_s += waited
-        return waited
+
+    async def _nap(self, until_free: float, until_deadline: float | None) -> None:
+        """Sleep until capacity should be free, the deadline, or `max_nap_s`, the soonest."""
+        nap = min(until_free, self._max_nap)
+        if until_deadline is not None:
+            nap = min(nap, until_deadline)
+        self.waiting += 1
+        try:
+            await self._sleep(nap)
+        finally:
+            self.waiting -= 1
 
     def charge(self, req: RateRequest, used: int) -> None:
         """Debit the tokens `used` beyond `req.tokens`, the estimate (from the provider's
@@ -401,3 +399,29 @@ class RateLimiter:
             buckets=len(self._endpoints) + len(self._models) + len(self._tenants),
             share=self._share,
         )
+
+
+def _free(needs: list[tuple[TokenBucket, float]], now: float) -> bool:
+    """Every bucket has room for its share of the request `now`."""
+    return all(b.earliest(n, now) <= now for b, n in needs)
+
+
+def _soonest(
+    needs: list[tuple[TokenBucket, float]],
+    held: list[tuple[TokenBucket, float, float, float]],
+    now: float,
+) -> tuple[float, tuple[TokenBucket, float] | None, str]:
+    """When every bucket has room (`now` if they all do), the bucket of `needs` that holds the
+    request back longest (None: one of the places `held`), and its name."""
+    when = now
+    worst: tuple[TokenBucket, float] | None = None
+    why = ""  # the bucket that holds the request back
+    for b, n in needs:
+        t = b.earliest(n, now)
+        if t > when:
+            when, worst, why = t, (b, n), b.name
+    for b, _, place, _ in held:  # our places, as pauses and rate changes moved them
+        t = b.when(place)
+        if t > when:
+            when, worst, why = t, None, b.name
+    return when, worst, why
