@@ -95,7 +95,7 @@ async def test_rows_that_come_and_go_leave_nothing_behind(fake: FakeServer) -> N
         assert len(caller.concurrency.by_endpoint) <= 20
         assert len(caller.router.choices) <= 20
         sizes = limiter.sizes()
-        assert sizes["tenants"] == 0 and sizes["models"] <= 20 and sizes["endpoints"] <= 20
+        assert sizes.tenants == 0 and sizes.models <= 20 and sizes.endpoints <= 20
         assert 'endpoint="m5/primary"' not in after and len(after.splitlines()) < before
         # what is left still counts: a kept row's calls are exported again after the sweep
         await caller.call(

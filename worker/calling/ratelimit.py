@@ -37,6 +37,7 @@ from .share import replica_share
 
 __all__ = [
     "Limit",
+    "LimiterSizes",
     "LimiterStats",
     "RateLimitTimeout",
     "RateLimiter",
@@ -86,6 +87,16 @@ class RateRequest:
     tpm: int | None = None
     tenant: str | None = None
     tokens: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimiterSizes:
+    """State the limiter keeps: buckets per endpoint, model and tenant, and pause gates."""
+
+    endpoints: int
+    models: int
+    tenants: int
+    gates: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,13 +247,13 @@ class RateLimiter:
         for key in [k for k, g in self._gates.items() if k not in endpoints and g.idle(now)]:
             del self._gates[key]
 
-    def sizes(self) -> dict[str, int]:
-        return {
-            "endpoints": len(self._endpoints),
-            "models": len(self._models),
-            "tenants": len(self._tenants),
-            "gates": len(self._gates),
-        }
+    def sizes(self) -> LimiterSizes:
+        return LimiterSizes(
+            endpoints=len(self._endpoints),
+            models=len(self._models),
+            tenants=len(self._tenants),
+            gates=len(self._gates),
+        )
 
     def _gate(self, endpoint: str) -> TokenBucket:
         gate = self._gates.get(endpoint)
