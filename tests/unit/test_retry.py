@@ -30,6 +30,7 @@ from adapters.retry import (
     parse_retry_after,
     should_retry,
 )
+from worker.calling.holds import PASS_BACKOFF
 
 NOW = 1_700_000_000.0
 
@@ -184,3 +185,18 @@ def test_next_delay_gives_up_when_the_budget_is_spent() -> None:
 def test_next_delay_respects_max_attempts() -> None:
     assert next_delay(ServerError("x"), 3, remaining=30.0, max_attempts=3) is None
     assert next_delay(ServerError("x"), 2, remaining=30.0, max_attempts=3) is not None
+
+
+def test_a_schedule_without_jitter_doubles_up_to_its_cap_as_the_retry_loops_did() -> None:
+    """The broker wait, a full produce queue and redelivery used `delay = min(delay * 2, cap)`
+    from their first delay: the schedule gives the same waits, exactly."""
+    for first, cap in ((0.5, 5.0), (0.01, 0.5), (0.1, 5.0)):
+        delays, old = Backoff(first, cap).delays(), first
+        for _ in range(12):
+            assert next(delays) == old
+            old = min(old * 2, cap)
+
+
+def test_the_named_schedules_keep_their_numbers() -> None:
+    assert Backoff(0.25, 8.0, "full") == PROVIDER_RETRY
+    assert Backoff(0.5, 5.0, "equal") == PASS_BACKOFF
