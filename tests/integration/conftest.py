@@ -51,6 +51,34 @@ def start_kafka_broker() -> KafkaBroker:
         pytest.skip(f"Apache Kafka is not available here: {exc}")
 
 
+SLOWEST_FIRST = (
+    "test_hostile_input.py",
+    "test_chaos_sigkill.py",
+    "test_kafka_broker.py",
+    "test_chaos_exactly_once.py",
+    "test_kafka_rebalance.py",
+    "test_cluster.py",
+    "test_chaos_replicas.py",
+    "test_replicas.py",
+    "test_bench_suite.py",
+    "test_exactly_once.py",
+    "test_rebalance.py",
+)
+"""The modules whose tests take 30 s or more (`--durations` on both brokers), slowest first.
+Under pytest-xdist (`make integration`) they start first and the short tests fill in around
+them, so no process is left running a long test alone at the end."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow modules' tests first (a stable sort: the rest keep pytest's order)."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def broker_kind() -> str:
     return session_broker()
