@@ -10,15 +10,20 @@ gets its own topics, consumer group and database.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from worker.cli.devstack import BROKERS, KafkaBroker, KafkaBrokerError, LocalBroker
 from worker.cli.fake_server import FakeServer, start_fake_server
+from worker.cli.kafka_jars import kafka_libs
 from worker.config import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -82,6 +87,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def broker_kind() -> str:
     return session_broker()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kafka_jars_fetched_once(broker_kind: str) -> None:
+    """On Apache Kafka, one pytest-xdist process fetches the broker's jars (Maven, first use
+    only) while the others wait on a file lock, then all of them reuse the cache."""
+    if broker_kind != "kafka" or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return
+    with Path(tempfile.gettempdir(), "llm-worker-kafka-jars.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        with contextlib.suppress(KafkaBrokerError):  # starting a broker says why (or skips)
+            kafka_libs()
 
 
 @pytest.fixture(scope="session")
