@@ -40,7 +40,8 @@ typecheck: $(STAMP)
 
 ## XDIST: how the tests spread over processes (pytest-xdist; the tests mostly wait, on timers,
 ##        brokers and processes): an integration process starts its own broker and PostgreSQL,
-##        tests marked xdist_group run in one process. `XDIST=` runs them in one (docs/TESTING.md)
+##        tests marked xdist_group run in one process, tests marked serial after the others,
+##        alone. `XDIST=` runs them all in one process (docs/TESTING.md)
 XDIST ?= -n 4 --dist loadgroup
 
 unit: $(STAMP)
@@ -51,7 +52,8 @@ component: $(STAMP)
 	$(BIN)/python -m pytest tests/component -q -p no:cacheprovider $(XDIST)
 
 integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs $(XDIST)
+	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs $(XDIST) -m 'not serial'
+	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs -m serial
 
 ## mutation: mutation score of the core against unit + component tests (slow: not in make test)
 ##           MUTANTS: only these mutant names (globs), e.g. MUTANTS='worker.config* registry.cache*'
@@ -73,7 +75,8 @@ coverage: $(STAMP)
 ## test-kafka: the integration tests on Apache Kafka 4 (KRaft, one node) instead of Tansu;
 ##             needs Java 17+ and KAFKA_HOME or Maven (jars fetched once into ~/.cache)
 test-kafka: $(STAMP)
-	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs $(XDIST)
+	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs $(XDIST) -m 'not serial'
+	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs -m serial
 
 ## chaos: only the chaos suite (tests/integration/chaos, part of integration and test-kafka),
 ##        on Tansu then Apache Kafka; one summary line per scenario in chaos-report.txt

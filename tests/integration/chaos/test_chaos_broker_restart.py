@@ -56,6 +56,7 @@ def _restart(brokers: list[LocalBroker | KafkaBroker], down_s: float) -> None:
         brokers.append(LocalBroker(broker.port).start())  # the same port, nothing else
 
 
+@pytest.mark.serial  # stalled once in 3 Apache Kafka passes beside 3 other xdist processes
 def test_broker_restart_mid_run(
     worker_env: dict[str, str],
     pg_dsn: str,
