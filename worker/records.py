@@ -9,11 +9,12 @@ are enough for any limit of a few kilobytes or more.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import msgspec
 
 from .messages import Completion, ErrorInfo, encode
+from .spans import MessageTrace
 
 __all__ = ["KEEP_KEY_BYTES", "SHRINK_STEPS", "InputRecord", "Outcome", "record_size", "shrink"]
 
@@ -50,8 +51,8 @@ class Outcome(msgspec.Struct, kw_only=True):
     random names in untrusted input cannot grow the number of series."""
     started: float = 0.0
     """Monotonic time the worker took the input record (0: unknown), for time-to-answer."""
-    trace: Any = None
-    """The message's spans while tracing is on (`worker.ops.tracing.MessageTrace`), else None."""
+    trace: MessageTrace | None = None
+    """The message's spans while tracing is on, else None."""
 
 
 P = TypeVar("P")

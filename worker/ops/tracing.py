@@ -51,6 +51,7 @@ from registry.resolve import Candidate
 from ..config import ConfigError, Settings
 from ..messages import Completion
 from ..records import InputRecord, Outcome
+from ..spans import MessageTrace
 from .genai import Servers, request_attributes, result_attributes
 from .otelconf import ATTRIBUTE_VALUE_LENGTH, OtelConfig, SpanBounds, otel_config
 from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
@@ -64,35 +65,6 @@ LEADERS_KEPT = 4096
 
 _ROOT = Context()  # a parent with no span: a message without `traceparent` starts a trace
 _W3C = TraceContextTextMapPropagator()
-
-
-class MessageTrace:
-    """The spans of one message: its CONSUMER span, then the PRODUCER span of its outcome."""
-
-    __slots__ = ("carried", "process", "recording", "send", "traceparent")
-
-    def __init__(
-        self,
-        process: Span | None,
-        traceparent: bytes | None = None,
-        carried: bytes | None = None,
-    ) -> None:
-        self.process = process
-        """The CONSUMER span; None when the message is not sampled (no span at all)."""
-        self.recording = process is not None and process.is_recording()
-        self.send: Span | None = None
-        self.traceparent = traceparent
-        """Not sampled: the `traceparent` its outcome carries (None: the input's, as is)."""
-        self.carried = carried
-        """Not sampled and carried on as is: the input's `traceparent` (for `ids`)."""
-
-    def ids(self) -> tuple[str, str]:
-        """(trace_id, span_id) the outcome carries on, as hex, for its log line."""
-        if self.process is not None:
-            ctx = self.process.get_span_context()
-            return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
-        tp = (self.traceparent or self.carried or b"").decode("ascii", "replace")
-        return tp[3:35], tp[36:52]
 
 
 Headers = list[tuple[str, bytes]]
