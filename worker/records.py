@@ -81,13 +81,12 @@ def record_size(
     return size
 
 
-def shrink(outcome: Outcome, step: int, limit: int) -> None:
-    """Replace `outcome` (refused as too large) in place by the smaller record of `step` (1 or
-    2) for a producer whose `message.max.bytes` is `limit`."""
+def shrink(outcome: Outcome, step: int, limit: int) -> Outcome:
+    """The smaller record of `step` (1 or 2) that replaces `outcome`, refused as too large by a
+    producer whose `message.max.bytes` is `limit` (a new Outcome: the refused one is kept)."""
     if outcome.completion is not None:
-        _shrink_completion(outcome, step)
-    else:
-        _shrink_dead_letter(outcome, step, limit)
+        return _shrink_completion(outcome, step)
+    return _shrink_dead_letter(outcome, step, limit)
 
 
 def _dropped_key_note(outcome: Outcome, keep: bool) -> str:
@@ -96,10 +95,11 @@ def _dropped_key_note(outcome: Outcome, keep: bool) -> str:
     return f"; its Kafka key ({len(outcome.key)} bytes) was dropped"
 
 
-def _shrink_completion(outcome: Outcome, step: int) -> None:
+def _shrink_completion(outcome: Outcome, step: int) -> Outcome:
     c = outcome.completion
     assert c is not None
     size = len(outcome.value)
+    headers = outcome.headers
     keep_key = step == 1 and len(outcome.key or b"") <= KEEP_KEY_BYTES
     note = _dropped_key_note(outcome, keep_key)
     if step == 1:
@@ -123,8 +123,8 @@ def _shrink_completion(outcome: Outcome, step: int) -> None:
             attempts=c.attempts,
             error=error,
         )
-        if record_size(None, None, outcome.headers) > KEEP_KEY_BYTES:
-            outcome.headers = None
+        if record_size(None, None, headers) > KEEP_KEY_BYTES:
+            headers = None
     else:  # small by construction: nothing of unbounded size is left
         error = ErrorInfo(
             type="output_too_large",
@@ -135,14 +135,17 @@ def _shrink_completion(outcome: Outcome, step: int) -> None:
                 type=c.error.type, message=c.error.message[:1200], retryable=c.error.retryable
             )
         replacement = Completion(id=c.id[:128], model=c.model[:128], status="error", error=error)
-        outcome.headers = None
-    if not keep_key:
-        outcome.key = None
-    outcome.completion = replacement
-    outcome.value = encode(replacement)
+        headers = None
+    return msgspec.structs.replace(
+        outcome,
+        key=outcome.key if keep_key else None,
+        headers=headers,
+        completion=replacement,
+        value=encode(replacement),
+    )
 
 
-def _shrink_dead_letter(outcome: Outcome, step: int, limit: int) -> None:
+def _shrink_dead_letter(outcome: Outcome, step: int, limit: int) -> Outcome:
     original, dropped = len(outcome.value), b""
     ours: list[tuple[str, bytes]] = []
     theirs: list[tuple[str, bytes]] = []
@@ -159,15 +162,15 @@ def _shrink_dead_letter(outcome: Outcome, step: int, limit: int) -> None:
     else:
         headers = list(ours)
     headers.append(("llm_worker.truncated", str(original).encode()))
-    if not keep_key and outcome.key:
-        dropped = str(len(outcome.key)).encode()
-        outcome.key = None
+    key = outcome.key
+    if not keep_key and key:
+        dropped = str(len(key)).encode()
+        key = None
     if dropped:
         headers.append(("llm_worker.key_dropped", dropped))
     if step == 1:
-        room = limit - record_size(None, outcome.key, headers) - _HEADER_OVERHEAD * len(headers)
+        room = limit - record_size(None, key, headers) - _HEADER_OVERHEAD * len(headers)
         keep = max(0, min(len(outcome.value), room // 2))
     else:
         keep = min(len(outcome.value), _DLQ_VALUE_LAST_STEP)
-    outcome.value = outcome.value[:keep]
-    outcome.headers = headers
+    return msgspec.structs.replace(outcome, key=key, headers=headers, value=outcome.value[:keep])

@@ -20,8 +20,9 @@ def _completion_outcome(key: bytes, text: str) -> Outcome:
 
 
 def test_first_step_keeps_a_small_key_and_says_what_was_too_large() -> None:
-    out = _completion_outcome(b"k1", "x" * 2_000_000)
-    shrink(out, 1, 1_000_000)
+    refused = _completion_outcome(b"k1", "x" * 2_000_000)
+    out = shrink(refused, 1, 1_000_000)
+    assert refused.completion is not None and refused.completion.status == "ok"  # kept as it was
     assert out.key == b"k1" and out.completion is not None
     err = out.completion.error
     assert isinstance(err, ErrorInfo) and err.type == "output_too_large"
@@ -31,8 +32,7 @@ def test_first_step_keeps_a_small_key_and_says_what_was_too_large() -> None:
 
 def test_last_step_is_bounded_whatever_came_in() -> None:
     out = _completion_outcome(b"k" * 900_000, "x")
-    shrink(out, 1, 1_000_000)
-    shrink(out, 2, 1_000_000)
+    out = shrink(shrink(out, 1, 1_000_000), 2, 1_000_000)
     assert out.key is None and out.headers is None
     assert record_size(out.value, out.key, out.headers) < 1024
     comp = msgspec.json.decode(out.value)
@@ -47,12 +47,12 @@ def test_dead_letter_steps_keep_the_reason_and_the_original_size() -> None:
         headers=[("h", b"x" * 300_000), ("llm_worker.reason", b"invalid_json")],
         dlq_reason="invalid_json",
     )
-    shrink(out, 1, 1_000_000)
+    out = shrink(out, 1, 1_000_000)
     first = dict(out.headers or [])
     assert "h" not in first and first["llm_worker.truncated"] == b"900000"
     assert first["llm_worker.key_dropped"] == b"5000" and out.key is None
     assert record_size(out.value, out.key, out.headers) < 1_000_000
-    shrink(out, 2, 1_000_000)
+    out = shrink(out, 2, 1_000_000)
     last = dict(out.headers or [])
     assert len(out.value) == 1024 and last["llm_worker.truncated"] == b"900000"
     assert (

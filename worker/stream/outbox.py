@@ -129,16 +129,16 @@ class Outbox:
     async def _redeliver(self, sent: Sent, error: DeliveryError | None) -> None:
         self.redelivering += 1
         try:
-            await self.deliver(sent.outcome, error)
+            delivered = await self.deliver(sent.outcome, error)
         finally:
             self.redelivering -= 1
         sent.finish()
-        self.recorder.record([(sent.record, sent.outcome, sent.offsets)])
+        self.recorder.record([(sent.record, delivered, sent.offsets)])
 
-    async def deliver(self, outcome: Outcome, error: DeliveryError | None = None) -> None:
+    async def deliver(self, outcome: Outcome, error: DeliveryError | None = None) -> Outcome:
         """Produce and wait for the acknowledgement, retrying until it comes; a record refused
         as too large is replaced by a smaller one first. `error`: the failure of an earlier
-        attempt, handled before the first produce."""
+        attempt, handled before the first produce. Returns the outcome delivered."""
         delays = Backoff(*RETRY_DELAY_S).delays()
         shrunk = 0
         failing = False
@@ -151,7 +151,7 @@ class Outbox:
                         shrunk += 1
                         self.counters["shrunk"] += 1
                         size = len(outcome.value)
-                        shrink(outcome, shrunk, self._bridge.max_message_bytes)
+                        outcome = shrink(outcome, shrunk, self._bridge.max_message_bytes)
                         log.warning(
                             "outcome for %s refused as too large (%d bytes); replaced by a "
                             "smaller record (step %d)",
@@ -170,7 +170,7 @@ class Outbox:
                     await self._bridge.produce(
                         outcome.topic, outcome.value, key=outcome.key, headers=outcome.headers
                     )
-                    return
+                    return outcome
                 except DeliveryError as exc:
                     error = exc
         finally:
