@@ -51,6 +51,15 @@ def _raw(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+async def _none_open(server: HealthServer, within_s: float = 2.0) -> bool:
+    """The server's count of open connections reaches 0 (its thread closes the last one just
+    after the client has read its answer)."""
+    deadline = time.monotonic() + within_s
+    while server.open_connections() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return server.open_connections() == 0
+
+
 def _closed_by_server(sock: socket.socket) -> bool:
     try:
         return sock.recv(1) == b""
@@ -83,7 +92,7 @@ async def test_idle_clients_take_no_threads_and_the_probes_still_get_in(
             sock.settimeout(3.0)
         closed = await asyncio.to_thread(lambda: sum(map(_closed_by_server, idle)))
         assert closed == len(idle)
-        assert server.open_connections() == 0
+        assert await _none_open(server)
     finally:
         for sock in idle:
             sock.close()
@@ -118,4 +127,14 @@ async def test_requests_that_are_not_a_get_are_answered_and_closed(server: Healt
     assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")  # no body
     assert b"Connection: close" in head
     assert (await asyncio.to_thread(_get, port, "/metrics"))[0] == 200
-    assert server.open_connections() == 0
+    assert await _none_open(server)
+
+
+async def test_an_oversized_request_still_reads_its_400(server: HealthServer) -> None:
+    """A client that sends a 300 KB request head in full before it reads gets the 400, not a
+    connection reset: the server reads the rest away before it closes."""
+    assert server.port is not None
+    big = b"GET /healthz HTTP/1.1\r\nX: " + b"x" * 300_000 + b"\r\n\r\n"
+    answer = await asyncio.to_thread(_raw, server.port, big)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert await _none_open(server)

@@ -48,6 +48,8 @@ Check = Callable[[], tuple[bool, dict[str, Any]]]
 MAX_HEAD_BYTES = 16 * 1024
 """The request line and headers of a GET; more is a 400."""
 REQUEST_TIMEOUT_S = 5.0
+LINGER_BYTES = 1 << 20
+"""After refusing an oversized request, at most this much more of it is read and discarded."""
 """To send a request, and again to take its answer: a probe needs milliseconds."""
 _TEXT = "text/plain; charset=utf-8"
 
@@ -172,11 +174,12 @@ class HealthServer:
             writer.transport.abort()
 
     async def _exchange(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
+        overrun = False
         try:
             async with asyncio.timeout(self._request_timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
-            head = b""
+            head, overrun = b"", True
         conn.answering = True
         method, path = _request_line(head)
         if not path:
@@ -194,6 +197,8 @@ class HealthServer:
         writer.write(reply)
         async with asyncio.timeout(self._request_timeout):
             await writer.drain()
+            if overrun:  # the client may still be sending: read it away first, or the close
+                await _linger(reader, writer)  # resets the connection before it reads the 400
             writer.close()
             await writer.wait_closed()
 
@@ -272,3 +277,14 @@ def _response(
 
 def _json(status: int, doc: dict[str, Any]) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(doc, default=str).encode()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then discard what the client still sends (at most `LINGER_BYTES`, within
+    the caller's timeout) until it closes too: a close with unread input would send a reset,
+    and a client that reads only after sending would lose the answer (a lingering close)."""
+    if writer.can_write_eof():
+        writer.write_eof()
+    left = LINGER_BYTES
+    while left > 0 and (chunk := await reader.read(min(left, 65536))):
+        left -= len(chunk)
