@@ -17,7 +17,10 @@ from tests.integration.chaos.harness import FakeProcess, Progress, WorkerProcess
 from tests.integration.conftest import HIDES_ABORTED, ON_TANSU
 from tests.integration.test_exactly_once import read_committed
 
-pytestmark = pytest.mark.integration
+# alone, after the parallel pass: several worker processes under a fixed-rate or 20,000-prompt
+# load need the machine to themselves (beside three other xdist processes a Tansu CI run
+# answered 2,137 of 6,005 replica prompts within the wait)
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 PROMPTS = 5000
 """Smaller than the at-least-once run: transactions make the run slower, and the point here

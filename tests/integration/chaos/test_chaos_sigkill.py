@@ -14,7 +14,10 @@ from registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, Progress, WorkerProcess, prompts, verdict
 
-pytestmark = pytest.mark.integration
+# alone, after the parallel pass: several worker processes under a fixed-rate or 20,000-prompt
+# load need the machine to themselves (beside three other xdist processes a Tansu CI run
+# answered 2,137 of 6,005 replica prompts within the wait)
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 PROMPTS = 20_000
 KILLS = 5
