@@ -146,6 +146,12 @@ def _topics(cluster: KafkaCluster, env: dict[str, str], leader: int) -> None:
     ]
     for fut in admin.create_topics(new).values():
         fut.result()
+    # created is not yet known everywhere: wait until the metadata names every partition's leader
+    deadline = time.monotonic() + 30
+    while len(leaders := _written_leaders(cluster, env)) < 2 * PARTITIONS or -1 in leaders:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the new topics have no leader in the metadata: {leaders}")
+        time.sleep(0.2)
 
 
 def _written_leaders(cluster: KafkaCluster, env: dict[str, str]) -> list[int]:
