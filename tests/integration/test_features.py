@@ -332,7 +332,12 @@ async def test_rpm_limit_holds_the_provider_call_rate(
     steady = arrived[20:]  # past the burst a bucket may hold (one second of the rate)
     rate = (len(steady) - 1) / (steady[-1] - steady[0])
     assert 8.0 <= rate <= 10.5, rate
-    assert _most_in_window(arrived, 10.0) <= 100 + 10, "more than the limit (and a burst)"
+    # Arrivals are stamped by the provider, after a network hop whose delay varies under load:
+    # a call let through late can land next to one let through on time. Arrivals within
+    # 10 s - JITTER were let through within 10 s, which the bucket bounds by 100 + its burst.
+    jitter_s = 0.5
+    most = _most_in_window(arrived, 10.0 - jitter_s)
+    assert most <= 100 + 10, f"{most} calls within {10.0 - jitter_s} s: more than the limit"
 
 
 def _most_in_window(times: list[float], window_s: float) -> int:
