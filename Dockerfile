@@ -27,6 +27,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps everything else out of the context).
 COPY pyproject.toml README.md constraints.txt ./
+# llm_worker/ holds links to the four folders: the wheel installs them as llm_worker.* (the
+# devkit's link is left dangling here: the image holds the service alone).
+COPY llm_worker ./llm_worker
 COPY worker ./worker
 COPY adapters ./adapters
 COPY registry ./registry

@@ -3,7 +3,7 @@
     get_adapter("openai_compatible").complete(session, target, request) -> ProviderResult
 
 Errors live in `adapters.errors`, the retry policy in `adapters.retry`, pooled HTTP sessions
-in `adapters.sessions`, and the built-in fake provider in `worker.cli.fake_server`.
+in `adapters.sessions`, and the built-in fake provider in `devkit.fake_server`.
 """
 
 from __future__ import annotations

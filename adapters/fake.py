@@ -1,6 +1,6 @@
 """The `fake` adapter: the OpenAI-compatible adapter pointed at the built-in fake provider.
 
-The fake provider (`worker.cli.fake_server`, CLI `llm-worker fake-provider`) listens on
+The fake provider (`devkit.fake_server`, CLI `llm-worker fake-provider`) listens on
 `DEFAULT_FAKE_PORT` unless told otherwise; a target's endpoint overrides the default, e.g.
 `http://127.0.0.1:8089/v1` or, for a named profile, `http://127.0.0.1:8089/slow/v1`.
 """

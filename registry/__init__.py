@@ -1,7 +1,7 @@
 """PostgreSQL model registry: schema migrations, admin helpers, the worker's live cache."""
 
-from registry.cache import RegistryCache
-from registry.errors import (
+from llm_worker.registry.cache import RegistryCache
+from llm_worker.registry.errors import (
     DanglingFallback,
     FallbackCycle,
     FallbackError,
@@ -14,10 +14,17 @@ from registry.errors import (
     ResolveError,
     UnknownModel,
 )
-from registry.migrate import migrate, pending
-from registry.models import COLUMNS, ModelRow
-from registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve, validate
-from registry.store import delete_row, get_row, list_rows, set_enabled, update_row, upsert_row
+from llm_worker.registry.migrate import migrate, pending
+from llm_worker.registry.models import COLUMNS, ModelRow
+from llm_worker.registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve, validate
+from llm_worker.registry.store import (
+    delete_row,
+    get_row,
+    list_rows,
+    set_enabled,
+    update_row,
+    upsert_row,
+)
 
 __all__ = [
     "COLUMNS",

@@ -9,8 +9,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import BaseRowFactory, kwargs_row
 
-from registry.dsn import redact_dsn, redact_error
-from registry.models import COLUMNS, ModelRow
+from llm_worker.registry.dsn import redact_dsn, redact_error
+from llm_worker.registry.models import COLUMNS, ModelRow
 
 __all__ = [
     "APP_NAME",

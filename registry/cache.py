@@ -25,13 +25,20 @@ from types import MappingProxyType, TracebackType
 
 import psycopg
 
-from adapters.backoff import Backoff
-from registry._db import APP_NAME, DB_ERRORS, ROW_FACTORY, SELECT_ALL, redact_dsn, redact_error
-from registry.dsn import chainable
-from registry.errors import RegistryUnavailable
-from registry.listen import ChangeListener
-from registry.models import COLUMNS, ModelRow
-from registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve
+from llm_worker.adapters.backoff import Backoff
+from llm_worker.registry._db import (
+    APP_NAME,
+    DB_ERRORS,
+    ROW_FACTORY,
+    SELECT_ALL,
+    redact_dsn,
+    redact_error,
+)
+from llm_worker.registry.dsn import chainable
+from llm_worker.registry.errors import RegistryUnavailable
+from llm_worker.registry.listen import ChangeListener
+from llm_worker.registry.models import COLUMNS, ModelRow
+from llm_worker.registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve
 
 __all__ = ["RECONNECT_BASE_S", "RegistryCache"]
 

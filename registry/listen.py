@@ -20,8 +20,8 @@ from typing import Any
 
 import psycopg
 
-from adapters.backoff import Backoff
-from registry._db import CHANNEL, DB_ERRORS
+from llm_worker.adapters.backoff import Backoff
+from llm_worker.registry._db import CHANNEL, DB_ERRORS
 
 __all__ = ["LISTEN_CHECK_S", "ChangeListener"]
 

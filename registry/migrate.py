@@ -19,8 +19,8 @@ from typing import NamedTuple
 import psycopg
 from psycopg.rows import TupleRow
 
-from registry._db import APP_NAME, redact_dsn, redact_error
-from registry.errors import MigrationError, RegistryUnavailable
+from llm_worker.registry._db import APP_NAME, redact_dsn, redact_error
+from llm_worker.registry.errors import MigrationError, RegistryUnavailable
 
 __all__ = ["LOCK_KEY", "Migration", "discover", "migrate", "pending"]
 
@@ -51,7 +51,9 @@ def discover(directory: Traversable | Path | None = None) -> list[Migration]:
 
     Raises MigrationError for a `.sql` file not named `NNN_name.sql` and for a number used twice.
     """
-    root: Traversable = importlib.resources.files("migrations") if directory is None else directory
+    root: Traversable = (
+        importlib.resources.files("llm_worker.migrations") if directory is None else directory
+    )
     found: dict[int, Migration] = {}
     for entry in root.iterdir():
         if not entry.name.endswith(".sql") or not entry.is_file():

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 
 import msgspec
 
-from adapters.secrets import MissingSecret, SecretStore
-from registry.errors import (
+from llm_worker.adapters.secrets import MissingSecret, SecretStore
+from llm_worker.registry.errors import (
     DanglingFallback,
     FallbackCycle,
     FallbackTooDeep,
@@ -24,7 +24,7 @@ from registry.errors import (
     ResolveError,
     UnknownModel,
 )
-from registry.models import ENDPOINT_COLUMNS, ModelRow, row_problems
+from llm_worker.registry.models import ENDPOINT_COLUMNS, ModelRow, row_problems
 
 __all__ = ["DEFAULT_MAX_DEPTH", "Candidate", "resolve", "validate"]
 

@@ -14,7 +14,7 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from registry._db import (
+from llm_worker.registry._db import (
     APP_NAME,
     COLUMN_LIST,
     ROW_FACTORY,
@@ -24,8 +24,8 @@ from registry._db import (
     redact_dsn,
     redact_error,
 )
-from registry.errors import InvalidRow, RegistryUnavailable, UnknownModel
-from registry.models import COLUMNS, ModelRow, row_problems
+from llm_worker.registry.errors import InvalidRow, RegistryUnavailable, UnknownModel
+from llm_worker.registry.models import COLUMNS, ModelRow, row_problems
 
 __all__ = ["delete_row", "get_row", "list_rows", "set_enabled", "update_row", "upsert_row"]
 

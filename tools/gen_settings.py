@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from worker.setting_rules import PREFIX, Declared  # noqa: E402
-from worker.settings import SETTINGS  # noqa: E402
+from llm_worker.worker.setting_rules import PREFIX, Declared  # noqa: E402
+from llm_worker.worker.settings import SETTINGS  # noqa: E402
 
 README = ROOT / "README.md"
 CHART_SCHEMA = ROOT / "helm" / "llm-worker" / "values.schema.json"

@@ -3,7 +3,7 @@
     .venv/bin/python tools/repro_eonce_abort.py describe 12   # aborts within 1-2 restarts
     .venv/bin/python tools/repro_eonce_abort.py list 12       # survives all 12
 
-A local Apache Kafka broker (`worker.cli.kafka_broker`), one consumer in group `g`, and a
+A local Apache Kafka broker (`devkit.kafka_broker`), one consumer in group `g`, and a
 thread that counts the group's members in a loop with either `describe_consumer_groups`
 (the admin API's coordinator request) or `list_groups` (ListGroups + DescribeGroups), while
 the broker is stopped and started again N times. With librdkafka 2.16 the first one dies with
@@ -21,7 +21,7 @@ from collections import Counter
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from worker.cli.kafka_broker import KafkaBroker
+from llm_worker.devkit.kafka_broker import KafkaBroker
 
 
 def main(mode: str, restarts: int) -> None:

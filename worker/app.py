@@ -8,9 +8,9 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.cache import RegistryCache
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.registry.cache import RegistryCache
 
 from .calling.breaker import BreakerBoard, BreakerConfig
 from .calling.caller import Caller, CallResult

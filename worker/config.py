@@ -15,7 +15,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from registry._db import redact_dsn
+from llm_worker.registry._db import redact_dsn
 
 from .ops.otelconf import otel_problem
 from .secret_files import SecretFileError, read_secret_files

@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from adapters.base import ProviderRequest
+from llm_worker.adapters.base import ProviderRequest
 
 __all__ = ["DedupStats", "DedupWindow", "LeaderCancelled", "dedup_key"]
 

@@ -15,10 +15,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from adapters.sessions import SessionPool
-from registry.errors import RegistryError
-from registry.models import ModelRow
-from registry.resolve import Candidate
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.registry.errors import RegistryError
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate
 
 from .calling.caller import Caller
 from .calling.routing import endpoint_key, health_key

@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from adapters.base import Message as ProviderMessage
-from adapters.base import ProviderRequest
+from llm_worker.adapters.base import Message as ProviderMessage
+from llm_worker.adapters.base import ProviderRequest
 
 __all__ = [
     "MAX_ERROR_CHARS",

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import msgspec
 
-from adapters.base import ProviderRequest
-from registry.errors import RegistryError, UnknownModel
-from registry.resolve import Candidate
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.registry.errors import RegistryError, UnknownModel
+from llm_worker.registry.resolve import Candidate
 
 from .calling.caller import Caller, CallFailed, CallResult
 from .config import Settings

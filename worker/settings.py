@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from adapters.urls import redact_url, redact_url_keys, strip_userinfo
-from registry._db import redact_dsn
+from llm_worker.adapters.urls import redact_url, redact_url_keys, strip_userinfo
+from llm_worker.registry._db import redact_dsn
 
 from .ops.otelconf import redacted_env
 from .setting_rules import Declared, Spec, declared

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from registry.models import ModelRow
-from worker.app import App
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.config import Settings, load_settings
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.registry.models import ModelRow
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings, load_settings
 
 from .fakes import FakeBridge, FakeBroker, FakeMessage, FakeRegistry
 

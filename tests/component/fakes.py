@@ -36,13 +36,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from registry.errors import RegistryUnavailable
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.config import Settings
-from worker.stream.kafka_conf import delivery_error, to_batch
-from worker.stream.outbox import Sent
-from worker.stream.transport import Ack, AckHandler, Batch, DeliveryError
+from llm_worker.registry.errors import RegistryUnavailable
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.config import Settings
+from llm_worker.worker.stream.kafka_conf import delivery_error, to_batch
+from llm_worker.worker.stream.outbox import Sent
+from llm_worker.worker.stream.transport import Ack, AckHandler, Batch, DeliveryError
 
 Key = tuple[str, int]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
 
 from .conftest import Harness, run_app, wait_for
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
 
 from .conftest import run_app, wait_for
 

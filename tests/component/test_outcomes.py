@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from registry.models import ModelRow
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
 
 from .conftest import Harness, run_app
 

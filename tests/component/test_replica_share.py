@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
 
 from .conftest import run_app, wait_for
 from .fakes import FakeBridge

@@ -11,8 +11,8 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.models import ModelRow
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
 
 from .conftest import Harness, run_app, wait_for
 

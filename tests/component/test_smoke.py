@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
 
 from .conftest import run_app
 

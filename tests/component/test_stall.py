@@ -9,7 +9,7 @@ The same through a real broker and Postgres: `tests/integration/test_stall.py`.
 
 from __future__ import annotations
 
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
 
 from .conftest import run_app, wait_for
 

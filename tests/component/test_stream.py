@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import Counter
 
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
 
 from .conftest import Harness, run_app, wait_for
 from .fakes import FakeBridge
@@ -87,7 +87,7 @@ async def test_a_second_worker_joins_and_leaves_mid_stream(provider: FakeServer)
 
 
 async def _second_app(h: Harness):  # type: ignore[no-untyped-def]
-    from worker.app import App
+    from llm_worker.worker.app import App
 
     from .fakes import FakeRegistry
 

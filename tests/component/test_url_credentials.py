@@ -13,8 +13,8 @@ from typing import Any
 import prometheus_client
 import pytest
 
-from registry.models import ModelRow
-from worker.cli.fake_server import FakeServer
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
 
 from .conftest import Harness, run_app
 

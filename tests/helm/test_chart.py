@@ -292,7 +292,7 @@ def test_configmap_holds_worker_settings_under_their_variable_names(helm: Helm) 
 
 def test_worker_accepts_the_rendered_environment(helm: Helm) -> None:
     """The rendered ConfigMap, read by the worker's own settings loader."""
-    from worker.config import load_settings
+    from llm_worker.worker.config import load_settings
 
     docs = helm.render(files=[KEDA_VALUES])
     env = {**config_data(docs), "DATABASE_URL": DB_URL}
@@ -419,7 +419,7 @@ def test_secrets_as_files_keep_the_credentials_out_of_the_environment(
 ) -> None:
     """secretsAs: files mounts the Secrets and names the files with <VAR>_FILE; the worker's
     own loader reads them back (a made-up root stands for the container's filesystem)."""
-    from worker.config import load_settings
+    from llm_worker.worker.config import load_settings
 
     docs = helm.render({"secretsAs": "files"}, files=[HPA_VALUES])
     c, pod = container(docs), pod_spec(docs)

@@ -100,6 +100,7 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
         "pyproject.toml",
         "constraints.txt",
         "README.md",
+        "llm_worker",
         "worker",
         "adapters",
         "registry",

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from worker.config import load_settings
-from worker.setting_rules import Declared
-from worker.settings import SETTINGS
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.setting_rules import Declared
+from llm_worker.worker.settings import SETTINGS
 
 from .render import DB_URL, Helm, config_data
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from worker.cli.devstack import BROKERS, KafkaBroker, KafkaBrokerError, LocalBroker
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.cli.kafka_jars import kafka_libs
-from worker.config import Settings, load_settings
+from llm_worker.devkit.devstack import BROKERS, KafkaBroker, KafkaBrokerError, LocalBroker
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.devkit.kafka_jars import kafka_libs
+from llm_worker.worker.config import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +177,7 @@ def make_settings(
 
 @pytest.fixture
 def worker_env(kafka_bootstrap: str, pg_dsn: str, names: dict[str, str]) -> dict[str, str]:
-    """Environment for a worker subprocess (`python -m worker.cli run`)."""
+    """Environment for a worker subprocess (`python -m llm_worker.worker.cli run`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_WORKER_")}
     env.update(kafka_test_env())
     env.update(

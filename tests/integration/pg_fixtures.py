@@ -25,8 +25,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from registry.migrate import migrate
-from worker.cli.devstack import LocalPostgres
+from llm_worker.devkit.devstack import LocalPostgres
+from llm_worker.registry.migrate import migrate
 
 __all__ = [
     "database_dsn",

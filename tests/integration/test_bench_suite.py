@@ -13,10 +13,10 @@ import uuid
 
 import pytest
 
+from llm_worker.devkit.bench.traffic import Publisher
+from llm_worker.worker.config import load_settings
 from tests.integration import kafka_helpers as kh
 from tests.integration.conftest import kafka_test_env
-from worker.bench.traffic import Publisher
-from worker.config import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def test_a_tiny_suite_runs_every_prompt_through_worker_and_baseline(
     args = ["throughput", "duplicates", "soak", "-n", "300", "--latency-ms", "5"]
     args += ["--rate", "100", "--duration", "3", "--broker", broker_kind]
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "bench", *args],
+        [sys.executable, "-m", "llm_worker.worker.cli", "bench", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.devstack import free_port, spawn_fake_provider
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
-from worker.cli.devstack import free_port, spawn_fake_provider
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ def test_100_mb_answers_end_in_the_fallback_and_the_worker_stays_small(
         ]
         kh.produce_prompts(bs, prompts_topic, prompts)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run"],
+            [sys.executable, "-m", "llm_worker.worker.cli", "run"],
             env={
                 **worker_env,
                 "LLM_WORKER_HTTP_PORT": str(free_port()),

@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import pytest
 
-from registry.models import ModelRow
-from registry.store import get_row, upsert_row
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import get_row, upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
 from tests.integration.pg_fixtures import database_dsn
-from worker.app import App
-from worker.cli.fake_server import FakeServer
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("LLM_WORKER_")}
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "llm_worker.worker.cli", *args],
         env={**base, **(env or {})},
         capture_output=True,
         text=True,

@@ -29,13 +29,13 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.kafka_broker import KafkaBrokerError
+from llm_worker.devkit.kafka_cluster import KafkaCluster
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, Progress, WorkerProcess, verdict
 from tests.integration.conftest import ON_TANSU
-from worker.cli.kafka_broker import KafkaBrokerError
-from worker.cli.kafka_cluster import KafkaCluster
 
 pytestmark = [
     pytest.mark.integration,

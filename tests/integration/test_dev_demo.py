@@ -44,7 +44,7 @@ def _run_dev(env: dict[str, str], broker_kind: str) -> subprocess.CompletedProce
         [
             sys.executable,
             "-m",
-            "worker.cli",
+            "llm_worker.worker.cli",
             "dev",
             "--demo",
             "--once",

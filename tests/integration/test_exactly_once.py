@@ -16,12 +16,12 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.devstack import free_port, spawn_fake_provider
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.conftest import HIDES_ABORTED, ON_TANSU
 from tests.integration.test_worker_process import _start
-from worker.cli.devstack import free_port, spawn_fake_provider
 
 # alone, after the parallel pass: several worker processes under a fixed-rate or 20,000-prompt
 # load need the machine to themselves (beside three other xdist processes a Tansu CI run

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from registry.models import ModelRow
-from registry.store import set_enabled, update_row, upsert_row
+from llm_worker.devkit.devstack import LocalPostgres
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import set_enabled, update_row, upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
-from worker.app import App
-from worker.cli.devstack import LocalPostgres
-from worker.cli.fake_server import FakeServer
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 

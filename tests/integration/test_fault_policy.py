@@ -15,7 +15,11 @@ from collections.abc import Callable
 import prometheus_client
 import pytest
 
-from registry.store import upsert_row
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.calling.breaker import BreakerConfig
+from llm_worker.worker.config import Settings
 from tests.integration.test_failover import Stream, wait_for
 from tests.integration.test_features import (
     BREAKER,
@@ -26,10 +30,6 @@ from tests.integration.test_features import (
     _topics,
     _with_fallback,
 )
-from worker.app import App
-from worker.calling.breaker import BreakerConfig
-from worker.cli.fake_server import FakeServer
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 

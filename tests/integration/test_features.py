@@ -20,15 +20,15 @@ import msgspec
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from registry.models import ModelRow
-from registry.resolve import resolve
-from registry.store import upsert_row
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import resolve
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.calling.routing import health_key
+from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
 from tests.integration.test_failover import Stream, wait_for
-from worker.app import App
-from worker.calling.routing import health_key
-from worker.cli.fake_server import FakeServer
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 

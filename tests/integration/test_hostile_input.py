@@ -18,12 +18,12 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
-from worker.app import App
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The Apache Kafka launcher of the local stack (`worker/cli/kafka_broker.py`), on its own broker
+"""The Apache Kafka launcher of the local stack (`devkit/kafka_broker.py`), on its own broker
 whichever broker the session uses: acknowledged records survive a clean restart and a crash
 (SIGKILL) on the same port, `close()` leaves no process, and a missing Java, Maven or
 distribution is an error that names what to install.
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from llm_worker.devkit.kafka_broker import KafkaBrokerError, find_java, kafka_libs
 from tests.integration import kafka_helpers as kh
 from tests.integration.conftest import start_kafka_broker
-from worker.cli.kafka_broker import KafkaBrokerError, find_java, kafka_libs
 
 pytestmark = pytest.mark.integration
 

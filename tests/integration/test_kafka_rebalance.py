@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.bench.replicas import wait_group
+from llm_worker.devkit.devstack import free_port, spawn_fake_provider
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.conftest import ON_TANSU, kafka_test_env
-from worker.bench.replicas import wait_group
-from worker.cli.devstack import free_port, spawn_fake_provider
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ class Replica:
         self.log = logdir / f"{name}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"],
+                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
                 env={**env, "LLM_WORKER_HTTP_PORT": str(self.port)},
                 stdin=subprocess.DEVNULL,
                 stdout=out,

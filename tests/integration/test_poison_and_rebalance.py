@@ -12,13 +12,13 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
+from llm_worker.worker.stream.kafka import KafkaBridge
 from tests.integration import kafka_helpers as kh
-from worker.app import App
-from worker.cli.fake_server import FakeServer
-from worker.config import Settings
-from worker.stream.kafka import KafkaBridge
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
 from tests.unit.test_adapter_contract import MODEL, PROFILES, Profile, Upstream, serve
-from worker.app import App
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from registry import (
+from llm_worker.registry import (
     COLUMNS,
     InvalidRow,
     MigrationError,
@@ -31,7 +31,7 @@ from registry import (
     update_row,
     upsert_row,
 )
-from registry.migrate import discover
+from llm_worker.registry.migrate import discover
 from tests.integration.pg_fixtures import temporary_database
 
 # The pg_server_dsn / pg_dsn fixtures come from tests/integration/pg_fixtures.py via conftest.py.
@@ -133,7 +133,7 @@ def test_concurrent_migrations_apply_once(pg_server_dsn: str) -> None:
 
 
 def copy_shipped(directory: Path) -> None:
-    for entry in importlib.resources.files("migrations").iterdir():
+    for entry in importlib.resources.files("llm_worker.migrations").iterdir():
         if entry.name.endswith(".sql"):
             (directory / entry.name).write_text(entry.read_text(encoding="utf-8"))
 

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.bench.replicas import wait_group, wait_ready
+from llm_worker.devkit.bench.traffic import Publisher
+from llm_worker.devkit.devstack import free_port, spawn_fake_provider
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.config import load_settings
 from tests.integration import kafka_helpers as kh
-from worker.bench.replicas import wait_group, wait_ready
-from worker.bench.traffic import Publisher
-from worker.cli.devstack import free_port, spawn_fake_provider
-from worker.config import load_settings
 
 # alone, after the parallel pass: several worker processes under a fixed-rate or 20,000-prompt
 # load need the machine to themselves (beside three other xdist processes a Tansu CI run
@@ -54,7 +54,7 @@ class Replica:
         self.log = log_dir / f"worker-{n}.log"
         with self.log.open("wb") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"],
+                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
                 env={**env, "LLM_WORKER_HTTP_PORT": str(self.port)},
                 stdin=subprocess.DEVNULL,
                 stderr=fh,

@@ -30,8 +30,12 @@ import pytest
 from aiohttp import web
 from psycopg import sql
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.calling.caller import Caller, CallFailed
+from llm_worker.worker.config import Settings
+from llm_worker.worker.ops.logs import JsonFormatter
 from tests.integration import kafka_helpers as kh
 from tests.integration.otlp_receiver import Receiver, attr_value, otlp_receiver
 from tests.unit.test_adapter_contract import (
@@ -43,10 +47,6 @@ from tests.unit.test_adapter_contract import (
     free_port,
     serve,
 )
-from worker.app import App
-from worker.calling.caller import Caller, CallFailed
-from worker.config import Settings
-from worker.ops.logs import JsonFormatter
 
 pytestmark = pytest.mark.integration
 
@@ -441,7 +441,7 @@ def _password_forms(password: str) -> list[str]:
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "llm_worker.worker.cli", *args],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -455,7 +455,7 @@ def _run_until(env: dict[str, str], marker: str | None, tmp: Path) -> tuple[int,
     out, err = tmp / "out", tmp / "err"
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run"],
+            [sys.executable, "-m", "llm_worker.worker.cli", "run"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=o,
@@ -500,7 +500,7 @@ def _db_cases(pg: PasswordPostgres) -> list[tuple[str, str, str, bool]]:
 
 def _db_secrets(password: str, dsn: str) -> list[str]:
     """Every form of the role's password and of any other password the DSN holds."""
-    from registry.dsn import dsn_secrets
+    from llm_worker.registry.dsn import dsn_secrets
 
     found = set(_password_forms(password))
     for secret in dsn_secrets(dsn):

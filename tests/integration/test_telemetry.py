@@ -16,14 +16,14 @@ from confluent_kafka import Producer
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.devstack import free_port
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
 from tests.integration.otlp_receiver import attr_value, otlp_receiver
-from worker.app import App
-from worker.cli.devstack import free_port
-from worker.cli.fake_server import FakeServer
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 

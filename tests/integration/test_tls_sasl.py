@@ -32,13 +32,13 @@ from urllib.parse import quote
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.devstack import free_port
+from llm_worker.devkit.kafka_broker import KafkaBroker, KafkaBrokerError, SaslSsl
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 from tests.integration.chaos.harness import FakeProcess
 from tests.integration.conftest import ON_TANSU
 from tests.integration.tls_helpers import Certs, TlsPostgres, find_postgres_bindir, make_certs
-from worker.cli.devstack import free_port
-from worker.cli.kafka_broker import KafkaBroker, KafkaBrokerError, SaslSsl
 
 pytestmark = [
     pytest.mark.integration,
@@ -128,7 +128,7 @@ def _env(kafka: KafkaBroker, certs: Certs, dsn: str, **extra: str) -> dict[str, 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
+        [sys.executable, "-m", "llm_worker.worker.cli", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -209,7 +209,7 @@ def test_a_prompt_over_sasl_ssl_and_tls_postgres_leaks_no_password(
         log = tmp_path / "worker.log"
         with log.open("wb") as fh:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"],
+                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
                 env=env,
                 stdout=fh,
                 stderr=subprocess.STDOUT,

@@ -9,12 +9,12 @@ from collections.abc import Callable
 
 import pytest
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
-from worker.app import App
-from worker.cli.fake_server import FakeServer
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.devstack import free_port, spawn_fake_provider
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
-from worker.cli.devstack import free_port, spawn_fake_provider
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def fake_process() -> Iterator[str]:
 
 def _start(env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run"],
+        [sys.executable, "-m", "llm_worker.worker.cli", "run"],
         env={**env, "LLM_WORKER_HTTP_PORT": str(free_port()), **extra},
         stdin=subprocess.DEVNULL,
     )
@@ -147,7 +147,10 @@ def test_unreachable_broker_gives_a_clear_error(pg_dsn: str) -> None:
         }
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run"], env=env, capture_output=True, timeout=60
+        [sys.executable, "-m", "llm_worker.worker.cli", "run"],
+        env=env,
+        capture_output=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     err = proc.stderr.decode()

@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from worker.cli.devstack import free_port
+from llm_worker.devkit.devstack import free_port
 
 __all__ = ["Certs", "TlsPostgres", "find_postgres_bindir", "make_certs"]
 

@@ -11,20 +11,20 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-import adapters
-from adapters._http import cap_tokens
-from adapters.base import ProviderRequest, ProviderResult, Target
-from adapters.errors import ProviderError, ServerError
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling import caller as caller_module
-from worker.calling.breaker import BreakerBoard, BreakerConfig
-from worker.calling.caller import Caller
-from worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
-from worker.calling.ratelimit import RateLimiter, RateLimitTimeout, RateRequest
-from worker.ops.metrics import Metrics
+from llm_worker import adapters
+from llm_worker.adapters._http import cap_tokens
+from llm_worker.adapters.base import ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.errors import ProviderError, ServerError
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling import caller as caller_module
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig
+from llm_worker.worker.calling.caller import Caller
+from llm_worker.worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
+from llm_worker.worker.calling.ratelimit import RateLimiter, RateLimitTimeout, RateRequest
+from llm_worker.worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hello there")
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.sessions import SessionPool
+from llm_worker.adapters.sessions import SessionPool
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from registry._db import SELECT_ALL
-from registry.cache import RegistryCache
-from registry.models import ModelRow
+from llm_worker.registry._db import SELECT_ALL
+from llm_worker.registry.cache import RegistryCache
+from llm_worker.registry.models import ModelRow
 
 WHERE = "postgresql://llm:***@db:5432/registry"
 DSN = "postgresql://llm:s3cr3t-pw@db:5432/registry"

@@ -14,13 +14,13 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from worker.ops.metrics import Metrics
-from worker.records import InputRecord, Outcome, record_size
-from worker.stream.consumer import Worker
-from worker.stream.kafka import KafkaBridge
-from worker.stream.kafka_conf import delivery_error, to_batch
-from worker.stream.outbox import Sent
-from worker.stream.transport import Ack, AckHandler, Batch, DeliveryError
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.records import InputRecord, Outcome, record_size
+from llm_worker.worker.stream.consumer import Worker
+from llm_worker.worker.stream.kafka import KafkaBridge
+from llm_worker.worker.stream.kafka_conf import delivery_error, to_batch
+from llm_worker.worker.stream.outbox import Sent
+from llm_worker.worker.stream.transport import Ack, AckHandler, Batch, DeliveryError
 
 __all__ = ["FakeBridge", "FakeMsg", "FakePipeline", "make_worker", "run_until"]
 

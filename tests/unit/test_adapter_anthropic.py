@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.anthropic import AnthropicAdapter
-from adapters.base import Message, ProviderRequest
-from adapters.errors import BadRequest, ContextLengthExceeded, Overloaded, RateLimited
+from llm_worker.adapters.anthropic import AnthropicAdapter
+from llm_worker.adapters.base import Message, ProviderRequest
+from llm_worker.adapters.errors import BadRequest, ContextLengthExceeded, Overloaded, RateLimited
 
 from .test_adapter_contract import MODEL, Anthropic, Upstream, replying, serve
 

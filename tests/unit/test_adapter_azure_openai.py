@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.azure_openai import DEFAULT_API_VERSION, AzureOpenAIAdapter, deployment_url
-from adapters.base import ProviderRequest
-from adapters.errors import BadRequest, ContentFiltered
+from llm_worker.adapters.azure_openai import DEFAULT_API_VERSION, AzureOpenAIAdapter, deployment_url
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.errors import BadRequest, ContentFiltered
 
 from .test_adapter_contract import Azure, Upstream, replying, serve
 

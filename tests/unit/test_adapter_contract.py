@@ -19,9 +19,9 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from adapters import ADAPTER_NAMES, get_adapter
-from adapters.base import Adapter, Message, ProviderRequest, Target
-from adapters.errors import (
+from llm_worker.adapters import ADAPTER_NAMES, get_adapter
+from llm_worker.adapters.base import Adapter, Message, ProviderRequest, Target
+from llm_worker.adapters.errors import (
     AuthError,
     BadRequest,
     ConnectionFailed,
@@ -32,7 +32,7 @@ from adapters.errors import (
     RateLimited,
     ServerError,
 )
-from adapters.secrets import Secret
+from llm_worker.adapters.secrets import Secret
 
 API_KEY = "sk-contract-5e0f7a1c9b3d4e2f8a6b"
 MODEL = "test-model"

@@ -27,8 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.base import Message, ProviderRequest, ProviderResult, Target
-from adapters.errors import (
+from llm_worker.adapters.base import Message, ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.errors import (
     BadRequest,
     ConnectionFailed,
     ContentFiltered,
@@ -37,7 +37,7 @@ from adapters.errors import (
     ServerError,
     error_for_status,
 )
-from adapters.secrets import Secret
+from llm_worker.adapters.secrets import Secret
 from tests.unit.test_adapter_contract import API_KEY, MODEL, PROFILES, Profile
 
 CAP = 64 * 1024

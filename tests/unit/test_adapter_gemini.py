@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from adapters.base import Message, ProviderRequest
-from adapters.errors import (
+from llm_worker.adapters.base import Message, ProviderRequest
+from llm_worker.adapters.errors import (
     AuthError,
     BadRequest,
     ContentFiltered,
@@ -16,7 +16,7 @@ from adapters.errors import (
     NotFound,
     RateLimited,
 )
-from adapters.gemini import GeminiAdapter
+from llm_worker.adapters.gemini import GeminiAdapter
 
 from .test_adapter_contract import Gemini, Upstream, replying, serve
 

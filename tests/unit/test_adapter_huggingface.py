@@ -6,9 +6,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.base import Message, ProviderRequest
-from adapters.errors import BadRequest, ContextLengthExceeded, RateLimited, ServerError
-from adapters.huggingface import DEFAULT_HF_ENDPOINT, HuggingFaceAdapter, is_generate_endpoint
+from llm_worker.adapters.base import Message, ProviderRequest
+from llm_worker.adapters.errors import BadRequest, ContextLengthExceeded, RateLimited, ServerError
+from llm_worker.adapters.huggingface import (
+    DEFAULT_HF_ENDPOINT,
+    HuggingFaceAdapter,
+    is_generate_endpoint,
+)
 
 from .test_adapter_contract import HFChat, HFGenerate, Upstream, replying, serve
 

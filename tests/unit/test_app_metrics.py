@@ -1,7 +1,7 @@
 from prometheus_client import generate_latest
 
-from worker.app import App
-from worker.config import load_settings
+from llm_worker.worker.app import App
+from llm_worker.worker.config import load_settings
 
 
 def test_app_builds_without_io_and_exports_component_metrics() -> None:
@@ -63,7 +63,7 @@ def test_dedup_can_be_switched_off() -> None:
 
 
 def test_adapter_bench_parses_every_provider(capsys) -> None:  # type: ignore[no-untyped-def]
-    from worker.bench.adapters import run_adapter_bench
+    from llm_worker.devkit.bench.adapters import run_adapter_bench
 
     assert run_adapter_bench(calls=10) == 0
     out = capsys.readouterr().out

@@ -13,8 +13,8 @@ from typing import Any, cast
 import pytest
 from aiohttp import ClientSession
 
-from adapters.base import Adapter, ProviderRequest, ProviderResult, Target
-from adapters.errors import (
+from llm_worker.adapters.base import Adapter, ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.errors import (
     AuthError,
     BadRequest,
     Overloaded,
@@ -23,15 +23,15 @@ from adapters.errors import (
     RateLimited,
     ServerError,
 )
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling.attempt import Attempts, DeadlineInCall
-from worker.calling.breaker import BreakerBoard, BreakerConfig, BreakerStats
-from worker.calling.routing import Router, health_key
-from worker.ops.looplag import LoopLag
-from worker.ops.metrics import Metrics
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling.attempt import Attempts, DeadlineInCall
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig, BreakerStats
+from llm_worker.worker.calling.routing import Router, health_key
+from llm_worker.worker.ops.looplag import LoopLag
+from llm_worker.worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hi")
 RESULT = ProviderResult(text="hello", finish_reason="stop")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.bench.plot import plot_soak, series
-from worker.bench.progress import Progress, bar
-from worker.bench.scenarios import SCENARIOS, SWEEP_MS, compare, soak_summary
-from worker.bench.stats import (
+from llm_worker.devkit.bench.plot import plot_soak, series
+from llm_worker.devkit.bench.progress import Progress, bar
+from llm_worker.devkit.bench.scenarios import SCENARIOS, SWEEP_MS, compare, soak_summary
+from llm_worker.devkit.bench.stats import (
     METRIC_KEYS,
     Sample,
     after_warmup,
@@ -22,8 +22,8 @@ from worker.bench.stats import (
     slope,
     table,
 )
-from worker.bench.suite import check_names, options_from, parse_variant, scenario_line
-from worker.cli.main import build_parser
+from llm_worker.devkit.bench.suite import check_names, options_from, parse_variant, scenario_line
+from llm_worker.worker.cli.main import build_parser
 
 
 def test_percentile_is_nearest_rank_and_nan_when_empty() -> None:

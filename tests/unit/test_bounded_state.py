@@ -10,17 +10,17 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import generate_latest
 
-from adapters.base import ProviderRequest
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling.caller import Caller
-from worker.calling.concurrency import ConcurrencyLimits
-from worker.calling.ratelimit import Limit, RateLimiter, RateRequest
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.housekeeping import Housekeeping
-from worker.ops.metrics import Metrics
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling.caller import Caller
+from llm_worker.worker.calling.concurrency import ConcurrencyLimits
+from llm_worker.worker.calling.ratelimit import Limit, RateLimiter, RateRequest
+from llm_worker.worker.housekeeping import Housekeeping
+from llm_worker.worker.ops.metrics import Metrics
 
 
 class Clock:

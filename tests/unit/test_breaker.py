@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.calling.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
 
 
 class FakeClock:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from confluent_kafka import TopicPartition
 
-from worker.config import Settings
-from worker.stream.kafka import KafkaBridge, Key
+from llm_worker.worker.config import Settings
+from llm_worker.worker.stream.kafka import KafkaBridge, Key
 
 
 class PauseKeepingConsumer:

@@ -11,19 +11,19 @@ from typing import cast
 
 import pytest
 
-from adapters.base import ProviderRequest
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling.breaker import BreakerBoard, BreakerConfig
-from worker.calling.caller import Caller, CallFailed
-from worker.calling.ratelimit import Limit, RateLimiter
-from worker.calling.routing import health_key
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.config import load_settings
-from worker.ops.looplag import LoopLag
-from worker.ops.metrics import Metrics
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig
+from llm_worker.worker.calling.caller import Caller, CallFailed
+from llm_worker.worker.calling.ratelimit import Limit, RateLimiter
+from llm_worker.worker.calling.routing import health_key
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.ops.looplag import LoopLag
+from llm_worker.worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hi")
 # a small window so a few dozen calls make a baseline

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.base import ProviderRequest
-from adapters.errors import BadRequest, RateLimited
-from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import resolve
-from worker.calling.caller import CallFailed
-from worker.calling.ratelimit import Limit
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.errors import BadRequest, RateLimited
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import resolve
+from llm_worker.worker.calling.caller import CallFailed
+from llm_worker.worker.calling.ratelimit import Limit
 
 from .caller_fakes import Setup, answer
 

@@ -13,7 +13,7 @@ import logging
 import msgspec
 import pytest
 
-from adapters.errors import (
+from llm_worker.adapters.errors import (
     AuthError,
     BadRequest,
     ProviderError,
@@ -21,11 +21,11 @@ from adapters.errors import (
     RateLimited,
     ServerError,
 )
-from adapters.sessions import SessionPool
-from registry.resolve import resolve
-from worker.calling.breaker import BreakerConfig
-from worker.calling.caller import CallFailed, estimate_tokens
-from worker.calling.routing import endpoint_key
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.registry.resolve import resolve
+from llm_worker.worker.calling.breaker import BreakerConfig
+from llm_worker.worker.calling.caller import CallFailed, estimate_tokens
+from llm_worker.worker.calling.routing import endpoint_key
 
 from .caller_fakes import REQUEST, Setup, answer, server_error
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from adapters.base import ProviderRequest
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling.caller import Caller, CallFailed
-from worker.calling.routing import Router
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.ops.metrics import Metrics
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling.caller import Caller, CallFailed
+from llm_worker.worker.calling.routing import Router
+from llm_worker.worker.ops.metrics import Metrics
 
 from .caller_fakes import RecordingLimits
 

@@ -10,11 +10,16 @@ import logging
 
 import pytest
 
-from adapters.errors import ServerError
-from adapters.sessions import SessionPool
-from worker.calling.breaker import BreakerConfig
-from worker.calling.caller import CAPACITY_WAIT_S, CallFailed, CircuitOpen, estimate_tokens
-from worker.calling.routing import endpoint_key
+from llm_worker.adapters.errors import ServerError
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.worker.calling.breaker import BreakerConfig
+from llm_worker.worker.calling.caller import (
+    CAPACITY_WAIT_S,
+    CallFailed,
+    CircuitOpen,
+    estimate_tokens,
+)
+from llm_worker.worker.calling.routing import endpoint_key
 
 from .caller_fakes import REQUEST, RecordingLimits, Setup, answer, server_error
 

@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import pytest
 
-from adapters.errors import ProviderTimeout
-from adapters.sessions import SessionPool
-from worker.calling.breaker import BreakerBoard, BreakerConfig
-from worker.calling.caller import CallFailed, CircuitOpen
-from worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
-from worker.calling.routing import health_key
+from llm_worker.adapters.errors import ProviderTimeout
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig
+from llm_worker.worker.calling.caller import CallFailed, CircuitOpen
+from llm_worker.worker.calling.concurrency import AdaptiveLimit, ConcurrencyLimits
+from llm_worker.worker.calling.routing import health_key
 
 from .caller_fakes import Clock, RecordingLimits, Setup, answer, server_error
 

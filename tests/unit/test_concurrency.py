@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from worker.calling.concurrency import START_LIMIT, AdaptiveLimit, ConcurrencyLimits
+from llm_worker.worker.calling.concurrency import START_LIMIT, AdaptiveLimit, ConcurrencyLimits
 
 
 class Clock:

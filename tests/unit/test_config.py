@@ -1,6 +1,6 @@
 import pytest
 
-from worker.config import ConfigError, Settings, load_settings
+from llm_worker.worker.config import ConfigError, Settings, load_settings
 
 
 def test_defaults_and_fixed_names() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 from confluent_kafka import KafkaError
 
-from worker.messages import Completion
-from worker.records import InputRecord, Outcome
-from worker.stream.kafka_conf import consume_ready
+from llm_worker.worker.messages import Completion
+from llm_worker.worker.records import InputRecord, Outcome
+from llm_worker.worker.stream.kafka_conf import consume_ready
 
 from .stream_fakes import FakeBridge, FakePipeline, make_worker, run_until
 

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from confluent_kafka import KafkaError
 
-from worker.ops.metrics import Metrics
-from worker.ops.outcomes import OutcomeRecorder
-from worker.records import InputRecord, Outcome
-from worker.stream import consumer
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.ops.outcomes import OutcomeRecorder
+from llm_worker.worker.records import InputRecord, Outcome
+from llm_worker.worker.stream import consumer
 
 from .stream_fakes import FakeBridge, FakeMsg, FakePipeline, make_worker, run_until
 from .test_consumer import SyncPipeline

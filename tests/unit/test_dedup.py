@@ -9,16 +9,16 @@ import random
 import msgspec
 import pytest
 
-from adapters.base import Message, ProviderRequest, ProviderResult
-from adapters.errors import RateLimited, ServerError
-from registry.models import ModelRow
-from registry.resolve import Candidate
-from worker.calling.caller import CallResult
-from worker.config import load_settings
-from worker.dedup import DedupWindow, dedup_key
-from worker.messages import Prompt
-from worker.ops.metrics import Metrics
-from worker.pipeline import InputRecord, Outcome, Pending, Pipeline
+from llm_worker.adapters.base import Message, ProviderRequest, ProviderResult
+from llm_worker.adapters.errors import RateLimited, ServerError
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate
+from llm_worker.worker.calling.caller import CallResult
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.dedup import DedupWindow, dedup_key
+from llm_worker.worker.messages import Prompt
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.pipeline import InputRecord, Outcome, Pending, Pipeline
 
 
 class FakeClock:

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from worker.dedup import DedupWindow
+from llm_worker.worker.dedup import DedupWindow
 
 
 class Clock:

@@ -14,9 +14,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
-SERVICE_PACKAGES = ("worker", "adapters", "registry")
+PACKAGES = ("worker", "adapters", "registry", "devkit")  # the service and its devkit
 # Top-level folders whose paths the docs may name; a path under one of them must exist.
-TREE_FOLDERS = (*SERVICE_PACKAGES, "tests", "docs", "tools", "helm", "migrations", "schemas", ".ci")
+TREE_FOLDERS = (*PACKAGES, "tests", "docs", "tools", "helm", "migrations", "schemas", ".ci")
 
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -33,10 +33,10 @@ def _section(text: str, heading: str) -> str:
     return text[start : end if end != -1 else len(text)]
 
 
-def _service_modules() -> set[str]:
+def _modules() -> set[str]:
     return {
         path.relative_to(ROOT).as_posix()
-        for package in SERVICE_PACKAGES
+        for package in PACKAGES
         for path in (ROOT / package).rglob("*.py")
         if path.name != "__init__.py" and "__pycache__" not in path.parts
     }
@@ -53,7 +53,7 @@ def _code_map_names() -> tuple[set[str], set[str]]:
     named: set[str] = set()
     missing: set[str] = set()
     for token in _CODE_SPAN.findall(_section(README.read_text(encoding="utf-8"), "Code map")):
-        if token.endswith("/") and token.startswith(SERVICE_PACKAGES):
+        if token.endswith("/") and token.startswith(PACKAGES):
             folder = token
             continue
         if not token.endswith(".py") or _GLOB_OR_PLACEHOLDER.search(token):
@@ -62,14 +62,14 @@ def _code_map_names() -> tuple[set[str], set[str]]:
         found = next((r for r in readings if (ROOT / r).is_file()), None)
         if found is None:
             missing.add(token if "/" in token else folder + token)
-        elif found.startswith(SERVICE_PACKAGES):
+        elif found.startswith(PACKAGES):
             named.add(found)
     return named, missing
 
 
-def test_the_code_map_names_every_module_of_the_service() -> None:
+def test_the_code_map_names_every_module() -> None:
     named, _ = _code_map_names()
-    unnamed = sorted(_service_modules() - named)
+    unnamed = sorted(_modules() - named)
     assert not unnamed, f"README.md's code map does not name {unnamed}"
 
 
@@ -100,7 +100,7 @@ def test_every_path_the_docs_name_exists(doc: Path) -> None:
 @pytest.mark.parametrize("doc", _markdown_files(), ids=lambda p: p.name)
 def test_every_module_the_docs_name_by_import_path_exists(doc: Path) -> None:
     """`adapters.fake_server` once named a module that had moved to worker/cli/."""
-    dotted = re.compile(r"^(worker|adapters|registry)\.([a-z_]+)")
+    dotted = re.compile(r"^(?:llm_worker\.)?(worker|adapters|registry|devkit)\.([a-z_]+)")
     gone = set()
     for token in _CODE_SPAN.findall(doc.read_text(encoding="utf-8")):
         match = dotted.match(token)

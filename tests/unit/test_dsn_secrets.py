@@ -13,8 +13,8 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-from registry.dsn import UNPARSEABLE, redact_dsn, redact_error
-from worker.config import ConfigError, load_settings
+from llm_worker.registry.dsn import UNPARSEABLE, redact_dsn, redact_error
+from llm_worker.worker.config import ConfigError, load_settings
 
 # (dsn, the secrets it holds as written and as meant, the host that must still show or None)
 CASES: list[tuple[str, tuple[str, ...], str | None]] = [
@@ -133,8 +133,8 @@ def test_every_log_line_of_run_loses_the_database_and_kafka_passwords(
     library's own message), `llm-worker run`'s log lines do not carry the passwords."""
     import logging
 
-    from worker.cli.main import _secrets
-    from worker.ops.logs import configure_logging
+    from llm_worker.worker.cli.main import _secrets
+    from llm_worker.worker.ops.logs import configure_logging
 
     dsn = 'postgresql://app:db"pass\\word@db.internal/reg'
     s = load_settings(
@@ -162,7 +162,7 @@ def test_every_log_line_of_run_loses_the_database_and_kafka_passwords(
 
 
 def test_the_dev_stack_banner_shows_a_dsn_without_its_password() -> None:
-    from worker.cli.dev import _next_steps
+    from llm_worker.devkit.dev import _next_steps
 
     local = "postgresql://postgres:@/postgres?host=/tmp/pg"
     assert local in _next_steps(load_settings({"DATABASE_URL": local}), 8080)
@@ -174,7 +174,7 @@ def test_the_dev_stack_banner_shows_a_dsn_without_its_password() -> None:
 def test_registry_commands_report_an_unreachable_database_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from worker.cli.main import main
+    from llm_worker.worker.cli.main import main
 
     for dsn in (
         "postgresql://app:pa?ss#wd-1@/reg?host=/nonexistent-llm-worker",

@@ -13,17 +13,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters import get_adapter
-from adapters.base import Message, ProviderRequest, Target
-from adapters.errors import (
+from llm_worker.adapters import get_adapter
+from llm_worker.adapters.base import Message, ProviderRequest, Target
+from llm_worker.adapters.errors import (
     ConnectionFailed,
     Overloaded,
     ProviderTimeout,
     RateLimited,
     ServerError,
 )
-from adapters.secrets import Secret
-from worker.cli.fake_server import FakeServer, start_fake_server
+from llm_worker.adapters.secrets import Secret
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
 
 ROOT = Path(__file__).resolve().parents[2]
 fake = get_adapter("fake")
@@ -196,7 +196,7 @@ async def test_models_and_health(server: FakeServer, session: aiohttp.ClientSess
 
 async def test_run_fake_server_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
     code = (
-        "from worker.cli.fake_server import run_fake_server; "
+        "from devkit.fake_server import run_fake_server; "
         "run_fake_server('127.0.0.1', 0, latency_ms=1, error_rate=0.0, error_status=500, "
         "profiles={'down': {'error_rate': 1.0, 'error_status': 503}})"
     )

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from worker.stream.flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
+from llm_worker.worker.stream.flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
 
 A, B, C = ("t", 0), ("t", 1), ("t", 2)
 

@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
-from worker.stream.admin import group_members
+from llm_worker.worker.stream.admin import group_members
 
 
 class Admin:

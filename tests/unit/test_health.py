@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from worker.app import App
-from worker.config import load_settings
-from worker.ops.http import HealthServer
+from llm_worker.worker.app import App
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.ops.http import HealthServer
 
 
 def get(port: int, path: str) -> tuple[int, Any]:

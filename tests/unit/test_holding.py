@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-from adapters.base import ProviderRequest
-from adapters.errors import RateLimited, ServerError
-from adapters.retry import MAX_RETRY_AFTER
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling.breaker import BreakerBoard, BreakerConfig
-from worker.calling.caller import PASS_BACKOFF_CAP_S, Caller, CallFailed, pass_delay
-from worker.calling.holds import Holds
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.ops.metrics import Metrics
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.errors import RateLimited, ServerError
+from llm_worker.adapters.retry import MAX_RETRY_AFTER
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig
+from llm_worker.worker.calling.caller import PASS_BACKOFF_CAP_S, Caller, CallFailed, pass_delay
+from llm_worker.worker.calling.holds import Holds
+from llm_worker.worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="hi")
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from worker.ops.http import HealthServer
+from llm_worker.worker.ops.http import HealthServer
 
 CAP = 64
 

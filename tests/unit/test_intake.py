@@ -4,9 +4,9 @@ not."""
 
 from __future__ import annotations
 
-from worker.app import App
-from worker.config import load_settings
-from worker.ops.intake import STALL_MARGIN_S, IntakeWatch
+from llm_worker.worker.app import App
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.ops.intake import STALL_MARGIN_S, IntakeWatch
 
 
 class Clock:

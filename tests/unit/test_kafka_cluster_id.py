@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.cli import kafka_config
+from llm_worker.devkit import kafka_config
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

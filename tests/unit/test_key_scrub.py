@@ -14,9 +14,9 @@ from urllib.parse import quote, unquote
 import pytest
 from aiohttp import web
 
-from adapters.errors import ProviderError
-from adapters.scrub import MASK, MIN_PIECE, scrub, scrub_bytes
-from adapters.secrets import Secret
+from llm_worker.adapters.errors import ProviderError
+from llm_worker.adapters.scrub import MASK, MIN_PIECE, scrub, scrub_bytes
+from llm_worker.adapters.secrets import Secret
 from tests.unit.test_adapter_contract import PROFILES, Profile, serve
 
 KEY = 'sk-proj/Ab+9xQz_7Lm2-Ke4W&v8R"tY3h'
@@ -152,8 +152,8 @@ async def test_an_escaped_key_echoed_in_a_long_error_does_not_leak(profile: Prof
 
 
 def test_a_response_id_or_model_echoing_the_key_stays_off_the_span() -> None:
-    from adapters.base import ProviderResult, Target
-    from worker.ops.genai import result_attributes
+    from llm_worker.adapters.base import ProviderResult, Target
+    from llm_worker.worker.ops.genai import result_attributes
 
     target = Target(
         provider="openai", endpoint="http://h/v1", model="m", endpoint_name="primary:openai",

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from worker.calling.breaker import BreakerBoard, BreakerConfig
-from worker.calling.latency import LatencyJudge
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig
+from llm_worker.worker.calling.latency import LatencyJudge
 
 
 class FakeClock:

@@ -8,7 +8,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("worker", "adapters", "registry")
+PACKAGES = ("worker", "adapters", "registry", "devkit")
+# Modules are named here by their folder (`worker.stream.kafka`); they are imported as
+# `llm_worker.<folder>...` (llm_worker/__init__.py), which `_imports` reads back to these names.
+INSTALLED = "llm_worker."
 
 
 def _modules() -> dict[str, Path]:
@@ -32,14 +35,14 @@ def _imports(name: str, path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
+            found.update(a.name.removeprefix(INSTALLED) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
                 base = base[: len(base) - (node.level - 1)]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
-                mod = node.module or ""
+                mod = (node.module or "").removeprefix(INSTALLED)
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)
     return {m for m in found if m in MODULES or m.split(".")[0] not in PACKAGES}
@@ -71,7 +74,9 @@ def test_stream_and_calling_do_not_import_each_other() -> None:
 
 
 def test_the_service_never_imports_the_tools() -> None:
-    tools = ("worker.cli", "worker.bench")
+    """The devkit is not in the wheel: the service's command line finds it by name, at run time,
+    and says where it lives when it is not there (test_cli_tools.py)."""
+    tools = ("devkit", "worker.cli")
     for tool in tools:
         bad = {
             n: d
@@ -79,6 +84,31 @@ def test_the_service_never_imports_the_tools() -> None:
             if d and not n.startswith(tools) and n != "worker"
         }
         assert not bad, f"the service imports {tool}: {bad}"
+    cli_to_devkit = {
+        n: d for n, d in _importers_of("devkit").items() if d and n.startswith("worker")
+    }
+    assert not cli_to_devkit, cli_to_devkit
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_code_imports_the_installed_names_only() -> None:
+    """`import worker` works in a checkout (the folder is on the path) but not from the wheel,
+    and would load a second copy of every module beside `llm_worker.worker`."""
+    sources = [*MODULES.values(), *(ROOT / "tests").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]
+    bare = {
+        p.relative_to(ROOT).as_posix(): sorted(_top_level_imports(p) & {*PACKAGES, "migrations"})
+        for p in sources
+    }
+    assert not {p: b for p, b in bare.items() if b}
 
 
 LIBRDKAFKA_SEAM = {
@@ -91,11 +121,11 @@ LIBRDKAFKA_SEAM = {
 }
 LIBRDKAFKA_TOOLS = {
     # tools, not the service: each drives librdkafka in ways the worker never does
-    "worker.cli.kafka_broker": "dev broker: an admin client waits for the JVM it started",
-    "worker.cli.kafka_cluster": "dev cluster: admin calls to watch leaders move between nodes",
-    "worker.bench.baseline": "the plain consume-produce loop the worker is measured against",
-    "worker.bench.harness": "bench topics made and read at exact offsets, outside any group",
-    "worker.bench.traffic": "bench load and readers that re-read whole topics by offset",
+    "devkit.kafka_broker": "dev broker: an admin client waits for the JVM it started",
+    "devkit.kafka_cluster": "dev cluster: admin calls to watch leaders move between nodes",
+    "devkit.bench.baseline": "the plain consume-produce loop the worker is measured against",
+    "devkit.bench.harness": "bench topics made and read at exact offsets, outside any group",
+    "devkit.bench.traffic": "bench load and readers that re-read whole topics by offset",
 }
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from worker.messages import (
+from llm_worker.worker.messages import (
     Completion,
     Prompt,
     Rejected,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prometheus_client.core import Metric
 
-from worker.app import App
-from worker.config import load_settings
+from llm_worker.worker.app import App
+from llm_worker.worker.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATIONS = ROOT / "docs" / "operations.md"

@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.stream.offsets import OffsetTracker, PartitionOffsets
+from llm_worker.worker.stream.offsets import OffsetTracker, PartitionOffsets
 
 
 def test_commit_stops_at_first_unfinished() -> None:

@@ -12,9 +12,9 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from adapters import ADAPTER_NAMES, SessionPool, get_adapter
-from adapters.base import Message, ProviderRequest, Target
-from adapters.errors import (
+from llm_worker.adapters import ADAPTER_NAMES, SessionPool, get_adapter
+from llm_worker.adapters.base import Message, ProviderRequest, Target
+from llm_worker.adapters.errors import (
     AuthError,
     BadRequest,
     ConnectionFailed,
@@ -27,9 +27,9 @@ from adapters.errors import (
     RateLimited,
     ServerError,
 )
-from adapters.fake import FakeAdapter
-from adapters.openai_compatible import OpenAIAdapter, OpenAICompatibleAdapter
-from adapters.secrets import Secret
+from llm_worker.adapters.fake import FakeAdapter
+from llm_worker.adapters.openai_compatible import OpenAIAdapter, OpenAICompatibleAdapter
+from llm_worker.adapters.secrets import Secret
 
 API_KEY = "sk-test-6f1c2b9e0d4a4c1e8b7d"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -8,10 +8,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from worker.ops.metrics import Metrics
-from worker.records import InputRecord, Outcome
-from worker.stream.offsets import PartitionOffsets
-from worker.stream.transactions import ExactlyOnce, OrderedOutbox
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.records import InputRecord, Outcome
+from llm_worker.worker.stream.offsets import PartitionOffsets
+from llm_worker.worker.stream.transactions import ExactlyOnce, OrderedOutbox
 
 from .stream_fakes import FakeBridge
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from worker.app import App
-from worker.config import ConfigError, load_settings
-from worker.ops.otelconf import otel_config
-from worker.ops.tracing import Tracing
+from llm_worker.worker.app import App
+from llm_worker.worker.config import ConfigError, load_settings
+from llm_worker.worker.ops.otelconf import otel_config
+from llm_worker.worker.ops.tracing import Tracing
 
 COLLECTOR = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from worker.app import App
-from worker.config import load_settings
-from worker.messages import Completion, ErrorInfo, Usage, encode
-from worker.ops.logs import JsonFormatter, configure_logging
-from worker.ops.metrics import Metrics
-from worker.ops.outcomes import OutcomeRecorder
-from worker.records import InputRecord, Outcome
-from worker.stream.kafka_conf import client_config
+from llm_worker.worker.app import App
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.messages import Completion, ErrorInfo, Usage, encode
+from llm_worker.worker.ops.logs import JsonFormatter, configure_logging
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.ops.outcomes import OutcomeRecorder
+from llm_worker.worker.records import InputRecord, Outcome
+from llm_worker.worker.stream.kafka_conf import client_config
 
 
 def _rec(i: int) -> InputRecord:

@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from adapters.base import ProviderResult
-from adapters.errors import ProviderError, ServerError
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling.caller import CallFailed, CallResult
-from worker.config import load_settings
-from worker.dedup import DedupWindow
-from worker.ops.metrics import Metrics
-from worker.pipeline import Pending, Pipeline
-from worker.records import InputRecord, Outcome
+from llm_worker.adapters.base import ProviderResult
+from llm_worker.adapters.errors import ProviderError, ServerError
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling.caller import CallFailed, CallResult
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.dedup import DedupWindow
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.pipeline import Pending, Pipeline
+from llm_worker.worker.records import InputRecord, Outcome
 
 ROWS = {
     "m1": ModelRow(model_id="m1", provider="fake", endpoint="http://x/v1", upstream_model="u"),

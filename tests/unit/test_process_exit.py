@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from worker.process import EXIT_OVERDUE
+from llm_worker.worker.process import EXIT_OVERDUE
 
 STUCK = """
 import threading, time
@@ -37,7 +37,7 @@ def test_a_thread_stuck_in_a_kafka_call_does_not_hold_the_exit(code: int) -> Non
         STUCK
         + f"""
 import logging
-from worker.process import exit_leaving_stuck_threads
+from llm_worker.worker.process import exit_leaving_stuck_threads
 logging.basicConfig()
 exit_leaving_stuck_threads({code})
 """
@@ -51,7 +51,7 @@ def test_without_a_stuck_thread_the_exit_code_is_returned() -> None:
     rc, err, _ = _run(
         """
 import sys, threading
-from worker.process import exit_leaving_stuck_threads
+from llm_worker.worker.process import exit_leaving_stuck_threads
 t = threading.Thread(target=lambda: None, name="done")
 t.start()
 sys.exit(exit_leaving_stuck_threads(0) + 7)
@@ -65,7 +65,7 @@ def test_an_overdue_shutdown_exits_with_every_threads_stack() -> None:
         STUCK
         + """
 import logging, time
-from worker.process import _Watchdog
+from llm_worker.worker.process import _Watchdog
 logging.basicConfig()
 dog = _Watchdog(1.0)
 dog.arm()

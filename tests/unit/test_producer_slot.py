@@ -9,7 +9,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from worker.stream.kafka_producer import BUMPS_TO_REPLACE, ProducerSlot
+from llm_worker.worker.stream.kafka_producer import BUMPS_TO_REPLACE, ProducerSlot
 
 CONF = {"bootstrap.servers": "127.0.0.1:1", "enable.idempotence": True, "log_level": 0}
 

@@ -18,15 +18,15 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.errors import ServerError
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling.caller import CallFailed, CallResult
-from worker.config import load_settings
-from worker.messages import MAX_ERROR_CHARS
-from worker.ops.metrics import Metrics
-from worker.pipeline import Pending, Pipeline
-from worker.records import InputRecord, Outcome
+from llm_worker.adapters.errors import ServerError
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling.caller import CallFailed, CallResult
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.messages import MAX_ERROR_CHARS
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.pipeline import Pending, Pipeline
+from llm_worker.worker.records import InputRecord, Outcome
 
 MAX_MESSAGE_BYTES = 200_000
 MAX_METADATA_BYTES = 2048

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from worker.calling.ratelimit import (
+from llm_worker.worker.calling.ratelimit import (
     MAX_RESERVE_S,
     Limit,
     RateLimiter,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from worker.messages import Completion, ErrorInfo
-from worker.records import Outcome, record_size, shrink
+from llm_worker.worker.messages import Completion, ErrorInfo
+from llm_worker.worker.records import Outcome, record_size, shrink
 
 
 def _completion_outcome(key: bytes, text: str) -> Outcome:

@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from adapters.backoff import Backoff
-from registry.cache import RECONNECT_BASE_S, RegistryCache
-from registry.errors import RegistryUnavailable
+from llm_worker.adapters.backoff import Backoff
+from llm_worker.registry.cache import RECONNECT_BASE_S, RegistryCache
+from llm_worker.registry.errors import RegistryUnavailable
 
 NOWHERE = "postgresql://llm:s3cr3t-pw@127.0.0.1:1/registry"  # port 1: connection refused
 SHOWN = "postgresql://llm:***@127.0.0.1:1/registry"

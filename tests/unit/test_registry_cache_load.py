@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
-import registry.cache
-from registry._db import APP_NAME, ROW_FACTORY
-from registry.cache import RegistryCache
-from registry.errors import FallbackTooDeep, RegistryUnavailable, UnknownModel
-from registry.resolve import Candidate, resolve
+from llm_worker.registry import cache as registry_cache
+from llm_worker.registry._db import APP_NAME, ROW_FACTORY
+from llm_worker.registry.cache import RegistryCache
+from llm_worker.registry.errors import FallbackTooDeep, RegistryUnavailable, UnknownModel
+from llm_worker.registry.resolve import Candidate, resolve
 from tests.unit.registry_fakes import DSN, LOG, WHERE, FakeDB, messages, row
 
 
@@ -307,7 +307,7 @@ async def test_resolution_is_computed_once_per_snapshot_and_honours_max_depth(
         calls.append(model_id)
         return resolve(rows, model_id, max_depth=max_depth)
 
-    monkeypatch.setattr(registry.cache, "resolve", counting)
+    monkeypatch.setattr(registry_cache, "resolve", counting)
     db = FakeDB(row("a", fallback_model_id="b"), row("b"))
     cache = db.attach(monkeypatch, RegistryCache(DSN, listen=False))
     shallow = db.attach(monkeypatch, RegistryCache(DSN, listen=False, max_depth=0))

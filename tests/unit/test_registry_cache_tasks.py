@@ -10,8 +10,8 @@ import logging
 import psycopg
 import pytest
 
-import registry.listen
-from registry.cache import RegistryCache
+from llm_worker.registry import listen as registry_listen
+from llm_worker.registry.cache import RegistryCache
 from tests.unit.registry_fakes import DSN, LOG, WHERE, FakeDB, eventually, messages, row
 
 
@@ -179,7 +179,7 @@ async def test_a_listen_that_fails_is_retried_on_a_new_connection(
 async def test_a_quiet_listen_connection_is_checked_and_replaced_when_dead(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(registry.listen, "LISTEN_CHECK_S", 0.05)
+    monkeypatch.setattr(registry_listen, "LISTEN_CHECK_S", 0.05)
     db = FakeDB(row("a"))
     cache = db.attach(monkeypatch, RegistryCache(DSN, refresh_s=3600, backoff_cap_s=0.05))
     await cache.start(timeout=5)
@@ -199,7 +199,7 @@ async def test_a_quiet_listen_connection_is_checked_and_replaced_when_dead(
 async def test_a_hung_check_query_ends_at_the_query_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(registry.listen, "LISTEN_CHECK_S", 0.02)
+    monkeypatch.setattr(registry_listen, "LISTEN_CHECK_S", 0.02)
     db = FakeDB(row("a"))
     cache = db.attach(
         monkeypatch,

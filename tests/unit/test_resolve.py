@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.secrets import SecretStore
-from registry import (
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.registry import (
     Candidate,
     DanglingFallback,
     FallbackCycle,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.backoff import Backoff, Jitter
-from adapters.errors import (
+from llm_worker.adapters.backoff import Backoff, Jitter
+from llm_worker.adapters.errors import (
     AuthError,
     BadRequest,
     ConnectionFailed,
@@ -23,14 +23,14 @@ from adapters.errors import (
     RateLimited,
     ServerError,
 )
-from adapters.retry import (
+from llm_worker.adapters.retry import (
     MAX_RETRY_AFTER,
     PROVIDER_RETRY,
     next_delay,
     parse_retry_after,
     should_retry,
 )
-from worker.calling.holds import PASS_BACKOFF
+from llm_worker.worker.calling.holds import PASS_BACKOFF
 
 NOW = 1_700_000_000.0
 

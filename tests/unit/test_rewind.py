@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
-from worker.stream.consumer import Worker
+from llm_worker.worker.stream.consumer import Worker
 
 from .stream_fakes import FakeBridge, FakeMsg, FakePipeline, make_worker
 

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from registry.models import ModelRow
-from registry.resolve import Candidate
-from worker.calling.breaker import BreakerBoard, BreakerConfig
-from worker.calling.routing import EndpointStats, Router, health_key
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig
+from llm_worker.worker.calling.routing import EndpointStats, Router, health_key
 
 
 class FakeClock:

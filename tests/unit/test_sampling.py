@@ -7,7 +7,12 @@ import random
 import pytest
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
-from worker.ops.sampling import HeadSampler, Parent, parse_traceparent, unsampled_traceparent
+from llm_worker.worker.ops.sampling import (
+    HeadSampler,
+    Parent,
+    parse_traceparent,
+    unsampled_traceparent,
+)
 
 TID = "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli.main import main
-from worker.config import ConfigError, load_settings
-from worker.secret_files import SECRET_FILE_VARS
+from llm_worker.worker.cli.main import main
+from llm_worker.worker.config import ConfigError, load_settings
+from llm_worker.worker.secret_files import SECRET_FILE_VARS
 
 DSN = "postgresql://app:pa%20ss?#w0rd@db.internal:5432/reg"
 KAFKA_PASSWORD = "kafka pass#word "
@@ -107,7 +107,7 @@ def test_a_real_process_exits_2_without_a_traceback(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_WORKER_", "DATABASE"))}
     env["DATABASE_URL_FILE"] = str(tmp_path)  # a directory
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "migrate"],
+        [sys.executable, "-m", "llm_worker.worker.cli", "migrate"],
         env=env,
         capture_output=True,
         text=True,

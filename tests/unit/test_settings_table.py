@@ -28,11 +28,17 @@ from typing import Any
 
 import pytest
 
-from worker.calling.health_config import BreakerConfig
-from worker.cli.main import main
-from worker.config import ConfigError, Settings, env_name, kafka_property_error, load_settings
-from worker.setting_rules import Declared
-from worker.settings import SETTINGS
+from llm_worker.worker.calling.health_config import BreakerConfig
+from llm_worker.worker.cli.main import main
+from llm_worker.worker.config import (
+    ConfigError,
+    Settings,
+    env_name,
+    kafka_property_error,
+    load_settings,
+)
+from llm_worker.worker.setting_rules import Declared
+from llm_worker.worker.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -421,7 +427,7 @@ def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     base.pop("DATABASE_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run"],
+        [sys.executable, "-m", "llm_worker.worker.cli", "run"],
         env={**base, "LLM_WORKER_BROKER_WAIT_S": "1", "LLM_WORKER_HTTP_PORT": "0", **env},
         capture_output=True,
         text=True,

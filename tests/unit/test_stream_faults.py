@@ -10,8 +10,8 @@ import time
 
 import msgspec
 
-from worker.messages import Completion
-from worker.records import InputRecord, Outcome
+from llm_worker.worker.messages import Completion
+from llm_worker.worker.records import InputRecord, Outcome
 
 from .stream_fakes import FakeBridge, FakePipeline, make_worker, run_until
 

@@ -19,22 +19,22 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode
 
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.models import ModelRow
-from registry.resolve import Candidate, resolve
-from worker.calling.breaker import BreakerBoard, BreakerConfig
-from worker.calling.caller import Caller
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.config import load_settings
-from worker.dedup import DedupWindow
-from worker.ops.attempts import AttemptObserver
-from worker.ops.metrics import Metrics
-from worker.ops.outcomes import OutcomeRecorder
-from worker.ops.sampling import HeadSampler
-from worker.ops.tracing import Tracing
-from worker.pipeline import Pending, Pipeline
-from worker.records import InputRecord, Outcome
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import Candidate, resolve
+from llm_worker.worker.calling.breaker import BreakerBoard, BreakerConfig
+from llm_worker.worker.calling.caller import Caller
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.dedup import DedupWindow
+from llm_worker.worker.ops.attempts import AttemptObserver
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.ops.outcomes import OutcomeRecorder
+from llm_worker.worker.ops.sampling import HeadSampler
+from llm_worker.worker.ops.tracing import Tracing
+from llm_worker.worker.pipeline import Pending, Pipeline
+from llm_worker.worker.records import InputRecord, Outcome
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

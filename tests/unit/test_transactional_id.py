@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import ConfigError, load_settings
-from worker.stream.kafka_conf import (
+from llm_worker.worker.config import ConfigError, load_settings
+from llm_worker.worker.stream.kafka_conf import (
     consumer_config,
     producer_config,
     transaction_timeout_ms,
@@ -26,8 +26,8 @@ from worker.stream.kafka_conf import (
 
 HOLD = """
 import sys, time
-from worker.config import load_settings
-from worker.stream.kafka_conf import transactional_id
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.stream.kafka_conf import transactional_id
 print(transactional_id(load_settings({"LLM_WORKER_GROUP_ID": "g"}), lock_dir=sys.argv[1]),
       flush=True)
 time.sleep(60)

@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from adapters.base import ProviderRequest
-from adapters.secrets import MissingSecret, SecretStore
-from adapters.sessions import SessionPool
-from registry.errors import UnknownModel
-from registry.models import ModelRow, endpoint_problem
-from registry.resolve import Candidate, resolve, validate
-from worker.calling.caller import Caller
-from worker.cli.fake_server import FakeServer, start_fake_server
-from worker.config import load_settings
-from worker.messages import decode_prompt
-from worker.ops.metrics import Metrics
-from worker.ops.outcomes import OutcomeRecorder
-from worker.pipeline import Pipeline
-from worker.records import InputRecord, Outcome
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.secrets import MissingSecret, SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.devkit.fake_server import FakeServer, start_fake_server
+from llm_worker.registry.errors import UnknownModel
+from llm_worker.registry.models import ModelRow, endpoint_problem
+from llm_worker.registry.resolve import Candidate, resolve, validate
+from llm_worker.worker.calling.caller import Caller
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.messages import decode_prompt
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.ops.outcomes import OutcomeRecorder
+from llm_worker.worker.pipeline import Pipeline
+from llm_worker.worker.records import InputRecord, Outcome
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ import base64
 
 import pytest
 
-from adapters.errors import BadRequest
-from adapters.sessions import SessionPool
-from adapters.urls import redact_url, strip_userinfo, url_secrets
-from registry.models import ModelRow
-from registry.resolve import resolve
+from llm_worker.adapters.errors import BadRequest
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.adapters.urls import redact_url, strip_userinfo, url_secrets
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import resolve
+from llm_worker.worker.config import ConfigError, endpoint_url_key, load_settings
 from tests.unit.test_adapter_contract import API_KEY, PROFILES, PROMPT, Profile, serve
 from tests.unit.test_attempt import Setup
-from worker.config import ConfigError, endpoint_url_key, load_settings
 
 # (endpoint, the secret that must not show, how it is shown)
 CASES = [

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from aiohttp import ClientSession
 from prometheus_client import Counter, Histogram
 
-from adapters import get_adapter
-from adapters.base import Adapter, ProviderRequest, ProviderResult, Target
-from adapters.errors import (
+from llm_worker.adapters import get_adapter
+from llm_worker.adapters.base import Adapter, ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.errors import (
     AuthError,
     BadRequest,
     Overloaded,
@@ -20,9 +20,9 @@ from adapters.errors import (
     ProviderTimeout,
     RateLimited,
 )
-from adapters.secrets import MissingSecret, SecretStore
-from adapters.sessions import SessionPool
-from registry.resolve import Candidate
+from llm_worker.adapters.secrets import MissingSecret, SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.registry.resolve import Candidate
 
 from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics

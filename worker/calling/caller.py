@@ -28,12 +28,12 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 
-from adapters.base import ProviderRequest, ProviderResult
-from adapters.errors import BadRequest, ProviderError, RateLimited
-from adapters.retry import next_delay
-from adapters.secrets import SecretStore
-from adapters.sessions import SessionPool
-from registry.resolve import Candidate
+from llm_worker.adapters.base import ProviderRequest, ProviderResult
+from llm_worker.adapters.errors import BadRequest, ProviderError, RateLimited
+from llm_worker.adapters.retry import next_delay
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.adapters.sessions import SessionPool
+from llm_worker.registry.resolve import Candidate
 
 from ..ops.looplag import LoopLag
 from ..ops.metrics import Metrics

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from adapters.base import ProviderRequest
-from adapters.errors import BadRequest, ProviderError, ProviderTimeout, RateLimited
-from registry.resolve import Candidate
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.errors import BadRequest, ProviderError, ProviderTimeout, RateLimited
+from llm_worker.registry.resolve import Candidate
 
 from ..config import Settings
 from .concurrency import AdaptiveLimit

@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from adapters.backoff import Backoff
-from adapters.errors import ProviderError
-from adapters.retry import MAX_RETRY_AFTER
+from llm_worker.adapters.backoff import Backoff
+from llm_worker.adapters.errors import ProviderError
+from llm_worker.adapters.retry import MAX_RETRY_AFTER
 
 __all__ = [
     "HOLD_REASONS",

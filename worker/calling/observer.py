@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from adapters.base import ProviderRequest, ProviderResult, Target
-from adapters.errors import ProviderError
-from registry.resolve import Candidate
+from llm_worker.adapters.base import ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.errors import ProviderError
+from llm_worker.registry.resolve import Candidate
 
 __all__ = ["CallObserver"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from adapters.base import ProviderRequest, ProviderResult
-from adapters.errors import ProviderError, ProviderTimeout, RetryableError
-from registry.resolve import Candidate
+from llm_worker.adapters.base import ProviderRequest, ProviderResult
+from llm_worker.adapters.errors import ProviderError, ProviderTimeout, RetryableError
+from llm_worker.registry.resolve import Candidate
 
 __all__ = ["CallFailed", "CallResult", "CircuitOpen", "estimate_tokens", "expired"]
 

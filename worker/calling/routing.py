@@ -34,7 +34,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import get_args
 
-from registry.resolve import Candidate
+from llm_worker.registry.resolve import Candidate
 
 from ..config import endpoint_url_key
 from ..settings import Objective

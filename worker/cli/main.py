@@ -1,8 +1,10 @@
-"""`llm-worker` command line: run, migrate, dev, send, fake-provider, bench, registry."""
+"""`llm-worker` command line: run, migrate, send, registry; and, from a checkout, the devkit's
+dev, fake-provider and bench commands (`llm_worker.devkit.cli`)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -10,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
-from registry.dsn import dsn_secrets, redact_error
+from llm_worker.registry.dsn import dsn_secrets, redact_error
 
 from ..config import ConfigError, Settings, load_settings, redact_dsn
 from ..ops.logs import configure_logging
@@ -42,7 +44,7 @@ def _secrets(s: Settings) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from registry.errors import RegistryUnavailable
+    from llm_worker.registry.errors import RegistryUnavailable
 
     from ..process import exit_leaving_stuck_threads, run_app, run_async
     from ..stream.admin import KafkaUnavailable
@@ -57,8 +59,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from registry.errors import MigrationError
-    from registry.migrate import migrate
+    from llm_worker.registry.errors import MigrationError
+    from llm_worker.registry.migrate import migrate
 
     s = _settings(args, ("database_url",))
     try:
@@ -149,73 +151,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_fake_provider(args: argparse.Namespace) -> int:
-    from .fake_server import run_fake_server
-
-    profiles: dict[str, dict[str, Any]] = {}
-    for spec in args.profile or []:
-        name, _, rest = spec.partition(":")
-        conf: dict[str, Any] = {}
-        for kv in filter(None, rest.split(",")):
-            k, _, v = kv.partition("=")
-            conf[k.strip()] = float(v) if k.strip() != "error_status" else int(v)
-        profiles[name] = conf
-    run_fake_server(
-        host=args.host,
-        port=args.port,
-        latency_ms=args.latency_ms,
-        error_rate=args.error_rate,
-        error_status=args.error_status,
-        profiles=profiles,
-    )
-    return 0
-
-
-def _cmd_dev(args: argparse.Namespace) -> int:
-    from .dev import run_dev
-
-    return run_dev(
-        demo=args.demo,
-        fake_port=args.fake_port,
-        http_port=args.http_port,
-        once=args.once,
-        broker_kind=args.broker,
-    )
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.scenario:
-        from ..bench.suite import run_suite
-
-        return run_suite(args)
-    from ..bench.throughput import run_bench
-
-    # without a scenario: the single load of before the suite, with its defaults
-    args.count = args.count or 20_000
-    args.latency_ms = 20.0 if args.latency_ms is None else args.latency_ms
-    return run_bench(args)
-
-
-def _cmd_bench_failover(args: argparse.Namespace) -> int:
-    from ..bench.failover import run_failover_bench
-
-    return run_failover_bench(args)
-
-
-def _cmd_bench_adapters(args: argparse.Namespace) -> int:
-    from ..bench.adapters import run_adapter_bench
-
-    return run_adapter_bench(args.calls)
-
-
-def _cmd_bench_telemetry(args: argparse.Namespace) -> int:
-    from ..bench.telemetry import run_telemetry_bench
-
-    return run_telemetry_bench(args)
-
-
 def _cmd_registry(args: argparse.Namespace) -> int:
-    from registry.errors import RegistryUnavailable
+    from llm_worker.registry.errors import RegistryUnavailable
 
     from .registry import run_registry_cli
 
@@ -226,16 +163,6 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         return 1
 
 
-def _broker_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--broker",
-        choices=("tansu", "kafka"),
-        default="tansu",
-        help="the local broker: tansu (pip only, memory) or kafka (Apache Kafka 4, needs Java 17+"
-        " and KAFKA_HOME or Maven); ignored when KAFKA_BOOTSTRAP_SERVERS is set",
-    )
-
-
 def _add_service_commands(sub: Subcommands) -> None:
     """`run` and `migrate`: what a deployment runs; both read the environment."""
     run = sub.add_parser("run", help="run the worker (configuration from the environment)")
@@ -244,17 +171,6 @@ def _add_service_commands(sub: Subcommands) -> None:
     mig = sub.add_parser("migrate", help="apply pending database migrations")
     mig.add_argument("--database-url", help="overrides DATABASE_URL")
     mig.set_defaults(fn=_cmd_migrate)
-
-
-def _add_dev(sub: Subcommands) -> None:
-    """`dev`: the local stack."""
-    dev = sub.add_parser("dev", help="local broker + Postgres + fake provider + worker")
-    dev.add_argument("--demo", action="store_true", help="also send sample prompts and print them")
-    dev.add_argument("--fake-port", type=int, default=0)
-    dev.add_argument("--http-port", type=int, default=8080)
-    dev.add_argument("--once", action="store_true", help="with --demo: exit after the demo")
-    _broker_flag(dev)
-    dev.set_defaults(fn=_cmd_dev)
 
 
 def _add_send(sub: Subcommands) -> None:
@@ -269,88 +185,6 @@ def _add_send(sub: Subcommands) -> None:
     send.add_argument("--quiet", action="store_true", help="print only the summary")
     send.add_argument("--bootstrap", help="overrides KAFKA_BOOTSTRAP_SERVERS")
     send.set_defaults(fn=_cmd_send)
-
-
-def _add_fake_provider(sub: Subcommands) -> None:
-    """`fake-provider`: the built-in OpenAI-compatible fake."""
-    fake = sub.add_parser("fake-provider", help="the built-in OpenAI-compatible fake provider")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8100)
-    fake.add_argument("--latency-ms", type=float, default=20.0)
-    fake.add_argument("--error-rate", type=float, default=0.0)
-    fake.add_argument("--error-status", type=int, default=500)
-    fake.add_argument(
-        "--profile",
-        action="append",
-        help="NAME:latency_ms=20,error_rate=1.0 (served under /NAME/v1)",
-    )
-    fake.set_defaults(fn=_cmd_fake_provider)
-
-
-def _add_bench(sub: Subcommands) -> None:
-    """`bench`: one load, or the benchmark suite's scenarios."""
-    bench = sub.add_parser(
-        "bench",
-        help="load the worker and measure it",
-        description="Without a scenario: one load of -n prompts. With scenarios (throughput, "
-        "latency-sweep, duplicates, failover, slow-provider, soak): the benchmark suite, "
-        "one JSON line per scenario and a summary table (docs/BENCHMARKS.md).",
-    )
-    bench.add_argument("scenario", nargs="*", help="suite scenarios to run, in order")
-    bench.add_argument("-n", "--count", type=int, help="prompts per run (default: 20000)")
-    bench.add_argument("--latency-ms", type=float, help="fake provider latency (default: 20)")
-    bench.add_argument(
-        "--duration", type=float, help="paced scenarios (soak: 1800): seconds of publishing"
-    )
-    bench.add_argument(
-        "--plot", help="latency-sweep: a PNG of throughput and p99; soak: of RSS over time"
-    )
-    bench.add_argument(
-        "--variant",
-        action="append",
-        metavar="NAME:KEY=VALUE,...",
-        help="suite: also run the worker with these environment variables, labelled NAME",
-    )
-    bench.add_argument(
-        "--py-spy", metavar="DIR", help="suite: py-spy record each run's process into DIR"
-    )
-    bench.add_argument(
-        "--no-baseline", action="store_true", help="suite: skip the plain loop next to the worker"
-    )
-    bench.add_argument(
-        "--duplicates", type=float, default=0.0, help="fraction of duplicate prompts"
-    )
-    bench.add_argument("--partitions", type=int, default=4)
-    bench.add_argument("--timeout", type=float, default=600.0)
-    bench.add_argument("--workers", type=int, default=1, help="worker processes (replicas)")
-    bench.add_argument("--rate", type=float, help="publish at this many prompts/s (default: burst)")
-    _broker_flag(bench)
-    bench.set_defaults(fn=_cmd_bench)
-
-
-def _add_bench_tools(sub: Subcommands) -> None:
-    """`bench-failover`, `bench-adapters`, `bench-telemetry`: the single-purpose benchmarks."""
-    bf = sub.add_parser("bench-failover", help="time from a registry UPDATE to the new target")
-    bf.add_argument("--workers", type=int, default=2)
-    bf.add_argument("--switches", type=int, default=20)
-    bf.add_argument("--rate", type=float, default=500.0)
-    bf.add_argument("--latency-ms", type=float, default=20.0)
-    _broker_flag(bf)
-    bf.set_defaults(fn=_cmd_bench_failover)
-
-    ba = sub.add_parser("bench-adapters", help="CPU per call of each adapter (no network)")
-    ba.add_argument("--calls", type=int, default=20_000)
-    ba.set_defaults(fn=_cmd_bench_adapters)
-
-    bt = sub.add_parser(
-        "bench-telemetry", help="worker CPU and throughput, tracing off vs sampled, side by side"
-    )
-    bt.add_argument("-n", "--count", type=int, default=20000)
-    bt.add_argument("--rounds", type=int, default=5, help="runs of each mode, interleaved")
-    bt.add_argument("--sample", type=float, default=0.1, help="trace sampling ratio when on")
-    bt.add_argument("--latency-ms", type=float, default=20.0)
-    bt.add_argument("--timeout", type=float, default=600.0)
-    bt.set_defaults(fn=_cmd_bench_telemetry)
 
 
 def _add_registry(sub: Subcommands) -> None:
@@ -387,24 +221,57 @@ def _add_registry(sub: Subcommands) -> None:
     reg.set_defaults(fn=_cmd_registry)
 
 
+TOOL_COMMANDS = (
+    "dev",
+    "fake-provider",
+    "bench",
+    "bench-failover",
+    "bench-adapters",
+    "bench-telemetry",
+)
+"""The commands of `llm_worker.devkit`: a checkout of the repository has them, the wheel not."""
+
+
+def _add_tools(sub: Subcommands) -> None:
+    """The devkit's commands when it is here (a checkout), else each says where it lives. The
+    service never imports the devkit; the command line looks it up by name (tests/unit/
+    test_layout.py)."""
+    try:
+        devkit = importlib.import_module("llm_worker.devkit.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("llm_worker.devkit", "llm_worker.devkit.cli"):
+            raise
+        for name in TOOL_COMMANDS:
+            tool = sub.add_parser(name, help="(a checkout's tool)", add_help=False)
+            tool.set_defaults(fn=_no_devkit)  # its arguments are not known here: main()
+        return
+    devkit.add_commands(sub)
+
+
+def _no_devkit(args: argparse.Namespace) -> int:
+    print(
+        f"`llm-worker {args.command}` is a tool of a checkout of the repository, not of this "
+        "install: the llm-worker package holds the service alone (run, migrate, send, registry)."
+        " Clone the repository and run `make demo` or `.venv/bin/llm-worker "
+        f"{args.command}` there (docs/development.md).",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm-worker", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (
-        _add_service_commands,
-        _add_dev,
-        _add_send,
-        _add_fake_provider,
-        _add_bench,
-        _add_bench_tools,
-        _add_registry,
-    ):
+    for add in (_add_service_commands, _add_send, _add_registry, _add_tools):
         add(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.fn is not _no_devkit:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code: int = args.fn(args)
     except ConfigError as exc:

@@ -9,10 +9,10 @@ from typing import Any
 
 import msgspec
 
-from adapters.secrets import SecretStore
-from registry.models import ModelRow
-from registry.resolve import validate
-from registry.store import get_row, list_rows, set_enabled, update_row
+from llm_worker.adapters.secrets import SecretStore
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.resolve import validate
+from llm_worker.registry.store import get_row, list_rows, set_enabled, update_row
 
 from ..config import Settings
 

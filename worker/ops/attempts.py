@@ -12,9 +12,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from adapters.base import ProviderRequest, ProviderResult, Target
-from adapters.errors import ProviderError
-from registry.resolve import Candidate
+from llm_worker.adapters.base import ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.errors import ProviderError
+from llm_worker.registry.resolve import Candidate
 
 from .metrics import Metrics
 from .tracing import Tracing

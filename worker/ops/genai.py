@@ -15,11 +15,11 @@ import json
 import urllib.parse
 from typing import Any
 
-from adapters import get_adapter
-from adapters.base import ProviderRequest, ProviderResult, Target
-from adapters.errors import ProviderError
-from adapters.scrub import scrub
-from registry.resolve import Candidate
+from llm_worker.adapters import get_adapter
+from llm_worker.adapters.base import ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.errors import ProviderError
+from llm_worker.adapters.scrub import scrub
+from llm_worker.registry.resolve import Candidate
 
 __all__ = [
     "GEN_AI_PROVIDER",

@@ -44,9 +44,9 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from adapters.base import ProviderRequest, ProviderResult, Target
-from adapters.errors import ProviderError
-from registry.resolve import Candidate
+from llm_worker.adapters.base import ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.errors import ProviderError
+from llm_worker.registry.resolve import Candidate
 
 from ..config import ConfigError, Settings
 from ..messages import Completion

@@ -11,7 +11,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from adapters.backoff import Backoff
+from llm_worker.adapters.backoff import Backoff
 
 from ..config import Settings
 from .kafka import client_config

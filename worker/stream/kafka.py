@@ -38,7 +38,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from adapters.backoff import Backoff
+from llm_worker.adapters.backoff import Backoff
 
 from ..config import Settings
 from .kafka_conf import (

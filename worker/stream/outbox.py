@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.backoff import Backoff
+from llm_worker.adapters.backoff import Backoff
 
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder

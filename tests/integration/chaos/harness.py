@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from llm_worker.devkit.devstack import free_port, spawn_fake_provider
 from tests.integration.conftest import session_broker
-from worker.cli.devstack import free_port, spawn_fake_provider
 
 __all__ = [
     "FakeProcess",
@@ -149,7 +149,7 @@ class WorkerProcess:
         self.log = log_dir / f"{name}.log"
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"],
+                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
                 env={**env, "LLM_WORKER_HTTP_PORT": str(self.port), **extra},
                 stdin=subprocess.DEVNULL,
                 stderr=fh,

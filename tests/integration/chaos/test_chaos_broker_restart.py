@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.devstack import KafkaBroker, LocalBroker
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, Progress, WorkerProcess, prompts, verdict
 from tests.integration.conftest import ON_TANSU, start_kafka_broker
-from worker.cli.devstack import KafkaBroker, LocalBroker
 
 pytestmark = pytest.mark.integration
 

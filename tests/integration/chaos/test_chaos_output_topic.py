@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, WorkerProcess, prompts, verdict
 from tests.integration.conftest import ON_TANSU

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from registry.models import ModelRow
-from registry.store import delete_row, upsert_row
+from llm_worker.devkit.devstack import LocalPostgres
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import delete_row, upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, WorkerProcess, prompts, verdict
 from tests.integration.test_failover import Stream, wait_for
-from worker.app import App
-from worker.cli.devstack import LocalPostgres
-from worker.cli.fake_server import FakeServer
-from worker.config import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from registry.models import ModelRow
-from registry.store import upsert_row
+from llm_worker.devkit.bench.replicas import wait_group
+from llm_worker.devkit.bench.traffic import Publisher
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.config import load_settings
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, WorkerProcess, verdict
-from worker.bench.replicas import wait_group
-from worker.bench.traffic import Publisher
-from worker.config import load_settings
 
 # alone, after the parallel pass: several worker processes under a fixed-rate or 20,000-prompt
 # load need the machine to themselves (beside three other xdist processes a Tansu CI run

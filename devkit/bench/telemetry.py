@@ -33,18 +33,17 @@ from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from registry.migrate import migrate
-from registry.models import ModelRow
-from registry.store import upsert_row
-
-from ..cli.client import CompletionWaiter, publish
-from ..cli.devstack import free_port, local_stack, spawn_fake_provider, wait_port
-from ..config import load_settings
-from ..messages import Completion, Usage, encode
-from ..ops.metrics import Metrics
-from ..ops.outcomes import OutcomeRecorder
-from ..records import InputRecord, Outcome
-from .replicas import readyz, wait_ready
+from llm_worker.devkit.bench.replicas import readyz, wait_ready
+from llm_worker.devkit.devstack import free_port, local_stack, spawn_fake_provider, wait_port
+from llm_worker.registry.migrate import migrate
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.cli.client import CompletionWaiter, publish
+from llm_worker.worker.config import load_settings
+from llm_worker.worker.messages import Completion, Usage, encode
+from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.ops.outcomes import OutcomeRecorder
+from llm_worker.worker.records import InputRecord, Outcome
 
 __all__ = ["recorder_cost_us", "run_telemetry_bench", "tracing_cost_us"]
 
@@ -120,7 +119,7 @@ def _one_run(
         "LLM_WORKER_HTTP_PORT": str(port),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run"], env=env, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "llm_worker.worker.cli", "run"], env=env, stdin=subprocess.DEVNULL
     )
     try:
         wait_port("127.0.0.1", port, 60)
@@ -200,11 +199,10 @@ def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
     from opentelemetry.sdk.trace.export import SpanExportResult as Result
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-    from adapters.base import ProviderRequest, ProviderResult, Target
-    from registry.resolve import resolve
-
-    from ..ops.sampling import HeadSampler
-    from ..ops.tracing import Tracing
+    from llm_worker.adapters.base import ProviderRequest, ProviderResult, Target
+    from llm_worker.registry.resolve import resolve
+    from llm_worker.worker.ops.sampling import HeadSampler
+    from llm_worker.worker.ops.tracing import Tracing
 
     class Encoding(SpanExporter):
         """Encodes in batches of 512, as the batch processor exports, on this thread."""

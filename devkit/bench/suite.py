@@ -14,11 +14,11 @@ import json
 import sys
 from typing import Any
 
-from .harness import open_stack
-from .plot import PlotUnavailable, plot_soak, plot_sweep
-from .progress import Progress
-from .scenarios import SCENARIOS, Options
-from .stats import table
+from llm_worker.devkit.bench.harness import open_stack
+from llm_worker.devkit.bench.plot import PlotUnavailable, plot_soak, plot_sweep
+from llm_worker.devkit.bench.progress import Progress
+from llm_worker.devkit.bench.scenarios import SCENARIOS, Options
+from llm_worker.devkit.bench.stats import table
 
 __all__ = ["check_names", "options_from", "parse_variant", "run_suite", "scenario_line"]
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .harness import Load, Run, Stack, run_load, set_profile
-from .progress import Progress
-from .stats import after_warmup, metrics, slope
+from llm_worker.devkit.bench.harness import Load, Run, Stack, run_load, set_profile
+from llm_worker.devkit.bench.progress import Progress
+from llm_worker.devkit.bench.stats import after_warmup, metrics, slope
 
 __all__ = ["SCENARIOS", "SWEEP_MS", "Options", "Scenario", "compare", "soak_summary"]
 

@@ -42,8 +42,14 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .fake_faults import FAULT_SETTINGS, fault_response_or_none, hang, pick_fault, reset
-from .fake_wire import (
+from llm_worker.devkit.fake_faults import (
+    FAULT_SETTINGS,
+    fault_response_or_none,
+    hang,
+    pick_fault,
+    reset,
+)
+from llm_worker.devkit.fake_wire import (
     ChatRequest,
     Completion,
     OutChoice,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .throughput import percentile
+from llm_worker.devkit.bench.throughput import percentile
 
 __all__ = ["answered_by", "circuit_summary", "stats", "summary"]
 

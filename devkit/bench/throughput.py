@@ -20,13 +20,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.migrate import migrate
-from registry.models import ModelRow
-from registry.store import upsert_row
-
-from ..cli.client import CompletionWaiter, publish
-from ..cli.devstack import free_port, local_stack, spawn_fake_provider, wait_port
-from ..config import load_settings
+from llm_worker.devkit.devstack import free_port, local_stack, spawn_fake_provider, wait_port
+from llm_worker.registry.migrate import migrate
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.cli.client import CompletionWaiter, publish
+from llm_worker.worker.config import load_settings
 
 __all__ = ["percentile", "run_bench"]
 
@@ -201,7 +200,7 @@ def _start_workers(env: dict[str, str], http_port: int, n: int) -> list[subproce
         port = http_port if i == 0 else free_port()
         workers.append(
             subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"],
+                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
                 env={**env, "LLM_WORKER_HTTP_PORT": str(port)},
                 stdin=subprocess.DEVNULL,
             )

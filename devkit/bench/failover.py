@@ -49,15 +49,20 @@ from typing import Any
 
 import msgspec
 
-from registry.migrate import migrate
-from registry.models import ModelRow
-from registry.store import update_row, upsert_row
-
-from ..cli.devstack import free_port, local_stack, spawn_fake_provider, wait_port
-from ..config import load_settings
-from .failover_report import answered_by, circuit_summary, stats, summary
-from .replicas import WorkerLog, provider_requests, read_log, wait_group, wait_ready
-from .traffic import Publisher, Reader, reread
+from llm_worker.devkit.bench.failover_report import answered_by, circuit_summary, stats, summary
+from llm_worker.devkit.bench.replicas import (
+    WorkerLog,
+    provider_requests,
+    read_log,
+    wait_group,
+    wait_ready,
+)
+from llm_worker.devkit.bench.traffic import Publisher, Reader, reread
+from llm_worker.devkit.devstack import free_port, local_stack, spawn_fake_provider, wait_port
+from llm_worker.registry.migrate import migrate
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import update_row, upsert_row
+from llm_worker.worker.config import load_settings
 
 __all__ = ["run_failover_bench"]
 
@@ -256,7 +261,7 @@ def _start_replicas(
         log_path = logdir / f"worker-{i}.log"
         with log_path.open("wb") as log_fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "run"],
+                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
                 env={**worker_env, "LLM_WORKER_HTTP_PORT": str(port)},
                 stdin=subprocess.DEVNULL,
                 stdout=log_fh,

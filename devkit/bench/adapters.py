@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from adapters import get_adapter
-from adapters.base import Message, ProviderRequest, Target
-from adapters.secrets import Secret
+from llm_worker.adapters import get_adapter
+from llm_worker.adapters.base import Message, ProviderRequest, Target
+from llm_worker.adapters.secrets import Secret
 
 __all__ = ["run_adapter_bench"]
 

@@ -22,7 +22,7 @@ import logging
 
 from confluent_kafka.admin import AdminClient
 
-from .kafka_broker import KAFKA_VERSION, KafkaBroker, free_port, new_cluster_id
+from llm_worker.devkit.kafka_broker import KAFKA_VERSION, KafkaBroker, free_port, new_cluster_id
 
 __all__ = ["CLUSTER_SETTINGS", "KafkaCluster"]
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from .kafka_config import (
+from llm_worker.devkit.kafka_config import (
     LOG4J2,
     SERVER_SETTINGS,
     SaslSsl,
@@ -44,7 +44,7 @@ from .kafka_config import (
     new_cluster_id,
     server_properties,
 )
-from .kafka_jars import KAFKA_VERSION, KafkaBrokerError, find_java, kafka_libs
+from llm_worker.devkit.kafka_jars import KAFKA_VERSION, KafkaBrokerError, find_java, kafka_libs
 
 __all__ = [
     "KAFKA_VERSION",

@@ -31,14 +31,13 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from registry.migrate import migrate
-from registry.models import ModelRow
-from registry.store import upsert_row
-
-from ..cli.devstack import free_port, local_stack, spawn_fake_provider
-from .progress import Progress
-from .replicas import readyz, wait_ready
-from .stats import Sample
+from llm_worker.devkit.bench.progress import Progress
+from llm_worker.devkit.bench.replicas import readyz, wait_ready
+from llm_worker.devkit.bench.stats import Sample
+from llm_worker.devkit.devstack import free_port, local_stack, spawn_fake_provider
+from llm_worker.registry.migrate import migrate
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
 
 __all__ = ["SYSTEMS", "Load", "Stack", "open_stack", "run_load", "set_profile"]
 
@@ -177,7 +176,9 @@ def _start(run: Run, load: Load, env: dict[str, str]) -> subprocess.Popen[bytes]
         port = free_port()
         env["LLM_WORKER_HTTP_PORT"] = str(port)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "run"], env=env, stdin=subprocess.DEVNULL
+            [sys.executable, "-m", "llm_worker.worker.cli", "run"],
+            env=env,
+            stdin=subprocess.DEVNULL,
         )
         wait_ready(port, proc, 60)
         deadline = time.monotonic() + 60
@@ -188,7 +189,7 @@ def _start(run: Run, load: Load, env: dict[str, str]) -> subprocess.Popen[bytes]
         return proc
     env["BASELINE_PROVIDER_URL"] = f"{run.stack.fake_url}/{run.profile}/v1"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.bench.baseline"],
+        [sys.executable, "-m", "devkit.bench.baseline"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

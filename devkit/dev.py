@@ -12,16 +12,7 @@ import sys
 import time
 from typing import Any
 
-from registry.migrate import migrate
-from registry.models import ModelRow
-from registry.store import upsert_row
-
-from ..app import App
-from ..config import Settings, load_settings, redact_dsn
-from ..ops.logs import configure_logging
-from ..process import run_async
-from .client import CompletionWaiter, publish
-from .devstack import (
+from llm_worker.devkit.devstack import (
     KafkaBroker,
     LocalBroker,
     LocalPostgres,
@@ -30,6 +21,14 @@ from .devstack import (
     spawn_fake_provider,
     start_broker,
 )
+from llm_worker.registry.migrate import migrate
+from llm_worker.registry.models import ModelRow
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.cli.client import CompletionWaiter, publish
+from llm_worker.worker.config import Settings, load_settings, redact_dsn
+from llm_worker.worker.ops.logs import configure_logging
+from llm_worker.worker.process import run_async
 
 __all__ = ["demo_prompts", "run_dev", "seed_rows"]
 

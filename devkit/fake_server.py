@@ -11,10 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.fake import DEFAULT_FAKE_PORT
-
-from ..process import raise_open_files_limit
-from .fake_provider import PROFILE_PATTERN, Call, FakeProvider
+from llm_worker.adapters.fake import DEFAULT_FAKE_PORT
+from llm_worker.devkit.fake_provider import PROFILE_PATTERN, Call, FakeProvider
+from llm_worker.worker.process import raise_open_files_limit
 
 __all__ = [
     "FAKE_PROVIDER",

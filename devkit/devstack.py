@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .kafka_broker import KafkaBroker, KafkaBrokerError
+from llm_worker.devkit.kafka_broker import KafkaBroker, KafkaBrokerError
 
 __all__ = [
     "BROKERS",
@@ -235,7 +235,15 @@ def local_stack(
 def spawn_fake_provider(port: int, *args: str, quiet: bool = False) -> subprocess.Popen[bytes]:
     """Start `llm-worker fake-provider` in a child process and wait for it to listen."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "fake-provider", "--port", str(port), *args],
+        [
+            sys.executable,
+            "-m",
+            "llm_worker.worker.cli",
+            "fake-provider",
+            "--port",
+            str(port),
+            *args,
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL if quiet else None,
         start_new_session=True,

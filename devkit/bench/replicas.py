@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+from llm_worker.worker.config import Settings
 
 __all__ = [
     "WorkerLog",

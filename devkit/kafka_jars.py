@@ -2,7 +2,7 @@
 
 `kafka_home` (or `KAFKA_HOME`: an unpacked Apache Kafka distribution) gives `libs/`; else the
 per-version cache `${XDG_CACHE_HOME:-~/.cache}/llm-worker/kafka-<version>/libs`, filled once by
-`mvn dependency:copy-dependencies` on the pom shipped in `worker/cli/kafka/pom.xml` (into a
+`mvn dependency:copy-dependencies` on the pom shipped in `devkit/kafka/pom.xml` (into a
 staging directory renamed when complete, so a failed or concurrent fetch never leaves half a
 cache) and reused offline afterwards. Java is `JAVA_HOME`'s, else `java` on the PATH, 17+.
 """
@@ -85,7 +85,7 @@ def kafka_libs(version: str = KAFKA_VERSION, kafka_home: str | None = None) -> P
 
 def _fetch_jars(version: str, libs: Path) -> Path:
     mvn = shutil.which("mvn")
-    pom = resources.files("worker.cli").joinpath("kafka", "pom.xml")
+    pom = resources.files("llm_worker.devkit").joinpath("kafka", "pom.xml")
     if mvn is None:
         raise KafkaBrokerError(
             f"no Apache Kafka jars in {libs} and no Maven to fetch them: install Maven "

@@ -5,7 +5,7 @@
 
 One provider URL for every record, no dedup, no retries, no rate limits, no breaker, no
 metrics. What it writes has the completion's timing fields (`latency_ms`, `queue_ms`), so the
-suite reads both systems the same way. Run as a process (`python -m worker.bench.baseline`),
+suite reads both systems the same way. Run as a process (`python -m devkit.bench.baseline`),
 configured by the environment the suite passes to the worker too (`KAFKA_BOOTSTRAP_SERVERS`,
 `LLM_WORKER_PROMPTS_TOPIC`, `LLM_WORKER_COMPLETIONS_TOPIC`, `LLM_WORKER_GROUP_ID`) plus
 `BASELINE_PROVIDER_URL` (an OpenAI-compatible base URL) and `BASELINE_BATCH` (records per
@@ -117,7 +117,7 @@ async def run_baseline(env: dict[str, str]) -> int:
 
 
 def main() -> int:
-    from ..process import run_async  # uvloop where it is installed, as the worker
+    from llm_worker.worker.process import run_async  # uvloop where it is installed, as the worker
 
     return run_async(run_baseline(dict(os.environ)))
 
