@@ -112,7 +112,7 @@ settings: $(STAMP)
 	$(BIN)/python tools/gen_settings.py
 
 schemas: $(STAMP)
-	$(BIN)/python -c "import json; from worker.messages import prompt_schema as p, completion_schema as c; \
+	$(BIN)/python -c "import json; from llm_worker.worker.messages import prompt_schema as p, completion_schema as c; \
 	[open(f'schemas/{n}.schema.json','w').write(json.dumps(f(), indent=2) + '\n') for n, f in (('prompt', p), ('completion', c))]"
 
 clean:

@@ -99,7 +99,7 @@ class AnthropicAdapter(HTTPAdapter):
         turns: list[Message] = []
         for message in self.messages(target, request):
             if message.role == "system":
-                system.append(message.content)
+                system.append(message.text)
             else:
                 turns.append(message)
         if not turns:

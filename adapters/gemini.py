@@ -151,10 +151,10 @@ class GeminiAdapter(HTTPAdapter):
         contents: list[_Content] = []
         for message in self.messages(target, request):
             if message.role == "system":
-                system.append(_Part(message.content))
+                system.append(_Part(message.text))
             else:
                 role = _ROLES.get(message.role, "user")
-                contents.append(_Content((_Part(message.content),), role))
+                contents.append(_Content((_Part(message.text),), role))
         if not contents:
             raise self.error(BadRequest, target, "request has no user or assistant message")
         config = _GenerationConfig(

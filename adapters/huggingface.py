@@ -214,6 +214,9 @@ class HuggingFaceAdapter:
             return self._generate
         return self._chat
 
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        return self.form_for(target).unsupported(target, request)
+
     async def complete(
         self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
     ) -> ProviderResult:

@@ -56,7 +56,7 @@ class CallFailed(Exception):
 def estimate_tokens(request: ProviderRequest, cap: int | None) -> int:
     """Tokens a request may use, for the tpm buckets: ~4 characters a token plus max_tokens."""
     if request.messages is not None:
-        chars = sum(len(m.content) for m in request.messages)
+        chars = sum(len(m.text) for m in request.messages)
     else:
         chars = len(request.prompt or "")
     out = request.max_tokens or cap or 256
