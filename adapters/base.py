@@ -47,12 +47,15 @@ class ImagePart(msgspec.Struct, frozen=True, tag="image_url", tag_field="type"):
 ContentPart: TypeAlias = TextPart | ImagePart
 
 
-class ToolCall(msgspec.Struct, frozen=True):
-    """A call the model asked for: `arguments` parsed (an object), whatever the wire said."""
+class ToolCall(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A call the model asked for: `arguments` parsed (an object), whatever the wire said. An
+    answer whose arguments are no JSON object keeps them in `unparsed` (and `arguments` {}):
+    the worker's output check turns that into `invalid_output`, never `ok`."""
 
     id: str
     name: str
     arguments: dict[str, Any]
+    unparsed: str | None = None
 
 
 class Message(msgspec.Struct, frozen=True, omit_defaults=True):
