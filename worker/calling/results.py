@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from llm_worker.adapters.base import ProviderRequest, ProviderResult
@@ -30,6 +32,7 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True):
     candidate: Candidate
     attempts: int
     latency_ms: float
+    json: Any = None  # the answer parsed, when the prompt asked JSON (`calling.output`)
 
 
 class CallFailed(Exception):
