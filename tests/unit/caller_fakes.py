@@ -60,6 +60,9 @@ class Provider:
         self.broken: set[str] = set()  # endpoints that cannot be called at all
         self.gate: asyncio.Event | None = None  # when set: calls wait for it
 
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        return None  # a scripted provider honours every field
+
     def endpoint_for(self, target: Target) -> str:
         if target.endpoint in self.broken:
             raise ValueError("no such host")
