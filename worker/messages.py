@@ -29,7 +29,7 @@ from llm_worker.adapters.base import ProviderRequest
 from .prompt_fields import (
     ChatMessage,
     ResponseFormatIn,
-    ToolChoiceFunction,
+    ToolChoiceIn,
     ToolDef,
     convert_messages,
     convert_structure,
@@ -78,7 +78,7 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     dedup: bool = True
     response_format: ResponseFormatIn | None = None
     tools: Annotated[list[ToolDef], msgspec.Meta(max_length=128)] | None = None
-    tool_choice: Literal["auto", "none", "required"] | ToolChoiceFunction | None = None
+    tool_choice: ToolChoiceIn | None = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
 
 
@@ -347,7 +347,9 @@ def _broken_rule(prompt: Prompt, raw: bytes, max_metadata_bytes: int) -> Rejecte
         return _reject(raw, "validation_error", why, max_metadata_bytes)
     if prompt.messages is not None and not prompt.messages:
         return _reject(raw, "validation_error", "`messages` must not be empty", max_metadata_bytes)
-    broken = structure_problem(prompt)
+    broken = structure_problem(
+        prompt.messages, prompt.response_format, prompt.tools, prompt.tool_choice
+    )
     if broken is not None:
         return _reject(raw, "validation_error", broken, max_metadata_bytes)
     if prompt.metadata is not None:
@@ -388,7 +390,7 @@ def provider_request(p: Prompt) -> ProviderRequest:
         stop = (p.stop,)
     else:
         stop = tuple(p.stop)
-    fmt, tools, tool_choice = convert_structure(p)
+    fmt, tools, tool_choice = convert_structure(p.response_format, p.tools, p.tool_choice)
     return ProviderRequest(
         messages=convert_messages(p.messages) if p.messages is not None else None,
         prompt=p.prompt,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -17,13 +17,11 @@ from llm_worker.adapters import base
 
 from .jsonschemas import schema_problem
 
-if TYPE_CHECKING:
-    from .messages import Prompt
-
 __all__ = [
     "ChatMessage",
     "ResponseFormatIn",
     "ToolChoiceFunction",
+    "ToolChoiceIn",
     "ToolDef",
     "convert_messages",
     "convert_structure",
@@ -88,6 +86,9 @@ class ChosenFunction(msgspec.Struct, frozen=True):
 class ToolChoiceFunction(msgspec.Struct, frozen=True):
     function: ChosenFunction
     type: Literal["function"] = "function"
+
+
+ToolChoiceIn = Literal["auto", "none", "required"] | ToolChoiceFunction
 
 
 class JsonSchemaFormat(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -160,8 +161,7 @@ def _message_problem(i: int, m: ChatMessage) -> str | None:
     return None
 
 
-def _format_problem(p: Prompt) -> str | None:
-    fmt = p.response_format
+def _format_problem(fmt: ResponseFormatIn | None) -> str | None:
     if fmt is None:
         return None
     if fmt.type != "json_schema":
@@ -176,9 +176,9 @@ def _format_problem(p: Prompt) -> str | None:
     return None
 
 
-def _tools_problem(p: Prompt) -> str | None:
+def _tools_problem(tools: list[ToolDef] | None, choice: ToolChoiceIn | None) -> str | None:
     names: set[str] = set()
-    for i, tool in enumerate(p.tools or ()):
+    for i, tool in enumerate(tools or ()):
         name = tool.function.name
         if name in names:
             return f"`tools[{i}]`: a second tool named {name!r}"
@@ -187,7 +187,6 @@ def _tools_problem(p: Prompt) -> str | None:
             why = schema_problem(tool.function.parameters)
             if why is not None:
                 return f"`tools[{i}].function.parameters` is not a valid JSON Schema: {why}"
-    choice = p.tool_choice
     if choice is None or choice in ("auto", "none"):
         return None
     if not names:
@@ -197,13 +196,18 @@ def _tools_problem(p: Prompt) -> str | None:
     return None
 
 
-def structure_problem(p: Prompt) -> str | None:
-    """The first rule of the structured fields that `p` breaks, naming the field; or None."""
-    for i, m in enumerate(p.messages or ()):
+def structure_problem(
+    messages: list[ChatMessage] | None,
+    response_format: ResponseFormatIn | None,
+    tools: list[ToolDef] | None,
+    tool_choice: ToolChoiceIn | None,
+) -> str | None:
+    """The first rule of a prompt's structured fields it breaks, naming the field; or None."""
+    for i, m in enumerate(messages or ()):
         why = _message_problem(i, m)
         if why is not None:
             return why
-    return _format_problem(p) or _tools_problem(p)
+    return _format_problem(response_format) or _tools_problem(tools, tool_choice)
 
 
 def _content(m: ChatMessage) -> str | tuple[base.ContentPart, ...] | None:
@@ -233,31 +237,33 @@ def convert_messages(messages: list[ChatMessage]) -> tuple[base.Message, ...]:
 
 
 def convert_structure(
-    p: Prompt,
+    response_format: ResponseFormatIn | None,
+    tool_defs: list[ToolDef] | None,
+    tool_choice: ToolChoiceIn | None,
 ) -> tuple[base.ResponseFormat | None, tuple[base.Tool, ...] | None, base.ToolChoice | None]:
     """`response_format`, `tools`, `tool_choice` in the adapters' form."""
     fmt = None
-    if p.response_format is not None:
-        spec = p.response_format.json_schema
+    if response_format is not None:
+        spec = response_format.json_schema
         fmt = base.ResponseFormat(
-            type=p.response_format.type,
+            type=response_format.type,
             name=spec.name if spec else None,
             schema=spec.schema if spec else None,
             strict=spec.strict if spec else None,
         )
     tools = None
-    if p.tools:
+    if tool_defs:
         tools = tuple(
             base.Tool(
                 name=t.function.name,
                 parameters=t.function.parameters or {"type": "object", "properties": {}},
                 description=t.function.description,
             )
-            for t in p.tools
+            for t in tool_defs
         )
     choice = None
-    if isinstance(p.tool_choice, str):
-        choice = base.ToolChoice(p.tool_choice)
-    elif p.tool_choice is not None:
-        choice = base.ToolChoice("function", p.tool_choice.function.name)
+    if isinstance(tool_choice, str):
+        choice = base.ToolChoice(tool_choice)
+    elif tool_choice is not None:
+        choice = base.ToolChoice("function", tool_choice.function.name)
     return fmt, tools, choice
