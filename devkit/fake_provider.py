@@ -521,8 +521,6 @@ def _json_wanted(fmt: Any) -> Any:
 def openai_error(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
     """An error body in OpenAI's shape (a `Refuse`)."""
     kind, code = _ERROR_KINDS.get(status, ("server_error", "internal_error"))
-    if status == 404:
-        code = "profile_not_found"
     return _error_response(status, message, kind, code)
 
 
