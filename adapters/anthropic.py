@@ -20,10 +20,12 @@ outputs, extended thinking):
 - `tools` → `[{name, description, input_schema}]`; `tool_choice` auto/required/function/none →
   `{"type": "auto" | "any" | "tool" | "none"}` (sent only with tools).
 - `response_format` json_schema on a target with `structured_outputs` → `output_config.format`
-  `{"type": "json_schema", "schema"}` (GA: no beta header) unless the schema uses a keyword
-  that feature rejects (`_NATIVE_REJECTS`); otherwise, and for json_object, a forced tool (the
-  format's name or `json_answer`, input_schema the schema or `{"type": "object"}`) whose
-  `tool_use` input comes back as the answer's `text`, not as a tool call.
+  `{"type": "json_schema", "schema"}` (GA: no beta header), every object closed with
+  `additionalProperties: false` as that feature requires, unless the schema uses a keyword it
+  rejects (`_NATIVE_REJECTS`) or an object allows more; otherwise, and for json_object, a
+  forced tool (the format's name or `json_answer`, input_schema the schema or
+  `{"type": "object"}`) whose `tool_use` input comes back as the answer's `text`, not as a
+  tool call.
 - `reasoning_effort` → extended thinking `{"type": "enabled", "budget_tokens"}` with budgets
   low 1024 (Anthropic's minimum), medium 4096, high 16384. Anthropic counts thinking inside
   `max_tokens`: without a max_tokens the budget plus 1024 is sent; with one, the budget is cut
@@ -228,20 +230,55 @@ def _uses(schema: Any, keywords: frozenset[str]) -> str | None:
     return None
 
 
-def _native_json(target: Target, request: ProviderRequest) -> bool:
+class _Open(Exception):
+    """An object schema that allows more properties: structured outputs cannot take it."""
+
+
+def _closed(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on every object schema that leaves it
+    unsaid (structured outputs require it on all objects; an answer valid for the closed schema
+    is valid for the original, which the worker checks). `_Open` when one allows more."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copy: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NAMED and isinstance(value, dict):
+            copy[key] = {name: _closed(sub) for name, sub in value.items()}
+        elif key in _LITERALS or key == "additionalProperties":
+            copy[key] = value
+        else:
+            copy[key] = _closed(value)
+    kind = schema.get("type")
+    if kind == "object" or (isinstance(kind, list) and "object" in kind) or "properties" in schema:
+        extra = schema.get("additionalProperties", False)
+        if extra is not False:
+            raise _Open
+        copy["additionalProperties"] = False
+    return copy
+
+
+def _native_schema(target: Target, request: ProviderRequest) -> dict[str, Any] | None:
+    """The schema to send as `output_config.format`, or None: not asked, the model has no
+    structured outputs, or the schema is outside their subset (then a forced tool carries it)."""
     fmt = request.response_format
-    return (
-        fmt is not None
-        and fmt.type == "json_schema"
-        and target.structured_outputs
-        and _uses(fmt.schema or {}, _NATIVE_REJECTS) is None
-    )
+    if fmt is None or fmt.type != "json_schema" or not target.structured_outputs:
+        return None
+    schema = fmt.schema or {}
+    if _uses(schema, _NATIVE_REJECTS) is not None:
+        return None
+    try:
+        closed: dict[str, Any] = _closed(schema)
+    except _Open:
+        return None
+    return closed
 
 
 def _json_tool(target: Target, request: ProviderRequest) -> dict[str, Any] | None:
     """The forced tool a JSON answer travels in, or None (no JSON asked, or native)."""
     fmt = request.response_format
-    if fmt is None or fmt.type == "text" or _native_json(target, request):
+    if fmt is None or fmt.type == "text" or _native_schema(target, request) is not None:
         return None
     name = fmt.name if fmt.name and _TOOL_NAME.match(fmt.name) else JSON_TOOL
     schema = fmt.schema if fmt.type == "json_schema" and fmt.schema else {"type": "object"}
@@ -404,10 +441,10 @@ class AnthropicAdapter(HTTPAdapter):
             raise self.error(BadRequest, target, "request has no user or assistant message")
         max_tokens, budget = _limits(target, request)
         tools, tool_choice = _tools(request, _json_tool(target, request))
-        fmt = request.response_format
+        native = _native_schema(target, request)
         output_config = None
-        if fmt is not None and _native_json(target, request):
-            output_config = {"format": {"type": "json_schema", "schema": fmt.schema or {}}}
+        if native is not None:
+            output_config = {"format": {"type": "json_schema", "schema": native}}
         return _encode(
             _MessagesBody(
                 model=target.model,

@@ -517,3 +517,37 @@ def test_reasoning_effort_refuses_earlier_tool_calls() -> None:
     why = unsupported(request)
     assert why is not None and "thinking blocks" in why
     assert unsupported(ProviderRequest(prompt="x", temperature=1.0, reasoning_effort="low")) is None
+
+
+async def test_native_schemas_close_every_object_and_open_ones_go_as_a_forced_tool(
+    upstream: Upstream,
+) -> None:
+    """Structured outputs want `additionalProperties: false` on every object (docs:
+    build-with-claude/structured-outputs, JSON Schema limitations)."""
+    loose = {
+        "type": "object",
+        "properties": {
+            "who": {"type": "object", "properties": {"name": {"type": "string"}}},
+            "tags": {"type": "array", "items": {"type": "object", "properties": {}}},
+            "additionalProperties": {"type": "string"},  # a property so named, not the keyword
+        },
+        "$defs": {"minimum": {"type": "object"}},  # a definition so named, not the keyword
+    }
+    upstream.reply = replying(PROFILE.success("{}", "end_turn", (1, 1)))
+    await upstream.call(
+        json_request(ResponseFormat("json_schema", schema=loose)), structured_outputs=True
+    )
+    sent = upstream.last_json["output_config"]["format"]["schema"]
+    assert sent["additionalProperties"] is False
+    assert sent["properties"]["who"]["additionalProperties"] is False
+    assert sent["properties"]["tags"]["items"]["additionalProperties"] is False
+    assert sent["properties"]["additionalProperties"] == {"type": "string"}
+    assert sent["$defs"]["minimum"] == {"type": "object", "additionalProperties": False}
+    open_map = {"type": "object", "additionalProperties": {"type": "integer"}}
+    upstream.reply = replying(forced_answer("json_answer", {"a": 1}))
+    result = await upstream.call(
+        json_request(ResponseFormat("json_schema", schema=open_map)), structured_outputs=True
+    )
+    assert "output_config" not in upstream.last_json
+    assert upstream.last_json["tools"][0]["input_schema"] == open_map
+    assert result.text == '{"a":1}'
