@@ -191,16 +191,20 @@ def _turn(message: Message) -> tuple[str, str | list[dict[str, Any]]]:
     return message.role, _blocks(message)
 
 
+def _as_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Content as blocks (no empty text block: Anthropic refuses those)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return content
+
+
 def _turns(messages: list[Message]) -> list[dict[str, Any]]:
     """The conversation with consecutive turns of one role merged into one."""
     turns: list[dict[str, Any]] = []
     for message in messages:
         role, content = _turn(message)
         if turns and turns[-1]["role"] == role:
-            before = turns[-1]["content"]
-            merged = [{"type": "text", "text": before}] if isinstance(before, str) else before
-            more = [{"type": "text", "text": content}] if isinstance(content, str) else content
-            turns[-1]["content"] = merged + more
+            turns[-1]["content"] = _as_blocks(turns[-1]["content"]) + _as_blocks(content)
         else:
             turns.append({"role": role, "content": content})
     return turns

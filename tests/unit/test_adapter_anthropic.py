@@ -551,3 +551,14 @@ async def test_native_schemas_close_every_object_and_open_ones_go_as_a_forced_to
     assert "output_config" not in upstream.last_json
     assert upstream.last_json["tools"][0]["input_schema"] == open_map
     assert result.text == '{"a":1}'
+
+
+async def test_merged_turns_carry_no_empty_text_block(upstream: Upstream) -> None:
+    history = (Message("user", "first"), Message("user", ""), Message("user", "second"))
+    await upstream.call(ProviderRequest(messages=history))
+    assert upstream.last_json["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}],
+        }
+    ]
