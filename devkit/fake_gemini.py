@@ -26,6 +26,8 @@ differs:
   `fake_wire.example_for`, shared with the other fakes.
 - `responseMimeType` "application/json": the text is JSON valid for `responseJsonSchema` (or
   `responseSchema`), or `{"answer": <the text>}` without a schema.
+- With probability `invalid_output_rate` such an answer is broken: "not json {" as the JSON
+  text, "not json" (a string, no object) as a function call's `args`.
 - `usageMetadata` counts words: promptTokenCount (system instruction and contents),
   candidatesTokenCount, totalTokenCount; `responseId` and `modelVersion` are set.
 - Errors are Google's `{"error": {"code", "message", "status"}}` (a 429 carries a `RetryInfo`
@@ -35,12 +37,19 @@ differs:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from llm_worker.devkit.fake_provider import Call, FakeProvider, Profile
+from llm_worker.devkit.fake_provider import (
+    INVALID_ARGUMENTS,
+    INVALID_JSON,
+    Call,
+    FakeProvider,
+    Profile,
+)
 from llm_worker.devkit.fake_wire import example_for
 
 __all__ = ["FakeGemini", "add_gemini_routes", "gemini_endpoint", "google_error"]
@@ -162,7 +171,9 @@ def _function_to_call(body: _Request, last_user: str) -> dict[str, Any] | None:
     return None
 
 
-def _text_answer(body: _Request, model: str, last_user: str) -> tuple[str, str]:
+def _text_answer(
+    body: _Request, model: str, last_user: str, broken: Callable[[], bool]
+) -> tuple[str, str]:
     """The candidate's text and finishReason."""
     text = f"[fake:{model}] {last_user}"
     responses = _responses(body.contents[-1]) if body.contents else []
@@ -174,6 +185,8 @@ def _text_answer(body: _Request, model: str, last_user: str) -> tuple[str, str]:
         schema = _field(config, "responseJsonSchema")
         if schema is None and _field(config, "responseSchema") is not None:
             schema = _lowered(_field(config, "responseSchema"))
+        if broken():
+            return INVALID_JSON, "STOP"
         value = example_for(schema) if isinstance(schema, dict) else {"answer": text}
         return _encode(value).decode(), "STOP"
     for stop in _field(config, "stopSequences") or ():
@@ -187,8 +200,11 @@ def _text_answer(body: _Request, model: str, last_user: str) -> tuple[str, str]:
     return text, "STOP"
 
 
-def generate_content(body: _Request, model: str, number: int) -> dict[str, Any]:
-    """The generateContent answer to `body`."""
+def generate_content(
+    body: _Request, model: str, number: int, broken: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
+    """The generateContent answer to `body`; `broken()` says whether a JSON answer or a
+    function call's args are to be invalid (`invalid_output_rate`)."""
     users = [c for c in body.contents if c.role in (None, "user") and _texts(c)]
     last_user = _texts(users[-1]) if users else ""
     prompt_words = len(_texts(body.system_instruction).split()) + sum(
@@ -199,11 +215,13 @@ def generate_content(body: _Request, model: str, number: int) -> dict[str, Any]:
         schema = function.get("parametersJsonSchema")
         if schema is None:
             schema = _lowered(function.get("parameters"))
-        args = example_for(schema) if isinstance(schema, dict) else {}
+        args: Any = example_for(schema) if isinstance(schema, dict) else {}
+        if broken():
+            args = INVALID_ARGUMENTS  # no object: the adapter keeps it as `unparsed`
         part: dict[str, Any] = {"functionCall": {"name": function["name"], "args": args}}
         finish, out_words = "STOP", len(_encode(args).decode().split())
     else:
-        text, finish = _text_answer(body, model, last_user)
+        text, finish = _text_answer(body, model, last_user, broken)
         part, out_words = {"text": text}, len(text.split())
     candidate = {
         "content": {"role": "model", "parts": [part]},
@@ -247,7 +265,8 @@ class FakeGemini:
         call.text = _texts(users[-1]) if users else ""
 
         def answer(number: int) -> web.Response:
-            payload = _encode(generate_content(body, model, number))
+            broken = lambda: self.provider.invalid_output(profile)  # noqa: E731
+            payload = _encode(generate_content(body, model, number, broken))
             return web.Response(
                 body=payload, content_type=_JSON, headers={"x-request-id": f"fake-{number}"}
             )

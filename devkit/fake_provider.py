@@ -418,7 +418,7 @@ class FakeProvider:
         if tool is not None:
             name, parameters = tool
             arguments = INVALID_ARGUMENTS
-            if not self._invalid(profile):
+            if not self.invalid_output(profile):
                 arguments = encode(example_for(parameters)).decode()
             call = OutToolCall(f"call_fake_{number}", "function", OutFunction(name, arguments))
             return OutMessage("assistant", None, [call]), "tool_calls"
@@ -427,13 +427,15 @@ class FakeProvider:
             text = f"[fake:{chat.model}] tool result: {text_of(chat.messages[-1].content)}"
         wanted = _json_wanted(chat.response_format)
         if wanted is not None:
-            if self._invalid(profile):
+            if self.invalid_output(profile):
                 return OutMessage("assistant", INVALID_JSON), "stop"
             value = {"answer": text} if wanted is _ANY_OBJECT else example_for(wanted)
             return OutMessage("assistant", encode(value).decode()), "stop"
         return _cut(text, chat)
 
-    def _invalid(self, profile: Profile) -> bool:
+    def invalid_output(self, profile: Profile) -> bool:
+        """Whether this answer is to be broken (`invalid_output_rate`): JSON that is not JSON,
+        tool arguments that are no object."""
         rate = profile.invalid_output_rate
         return bool(rate) and self._rng.random() < rate
 

@@ -208,3 +208,13 @@ async def test_faults_strike_the_gemini_wire_too(server: FakeServer) -> None:
         await call(server, ask("hi"), profile="busy")
     (logged,) = server.calls("busy")
     assert logged.fault == "malformed"
+
+
+async def test_invalid_output_rate_breaks_json_and_args(server: FakeServer) -> None:
+    server.set_profile("broken", invalid_output_rate=1.0)
+    fmt = ResponseFormat("json_object")
+    result = await call(server, ask("anything", response_format=fmt), profile="broken")
+    assert result.text == "not json {"
+    request = ask("what now", tools=(WEATHER,), tool_choice=ToolChoice("required"))
+    result = await call(server, request, profile="broken")
+    assert result.tool_calls == (ToolCall("call_0", "get_weather", {}, unparsed='"not json"'),)
