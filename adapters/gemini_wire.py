@@ -261,21 +261,19 @@ def image_part(url: str) -> Part:
 def _user_parts(message: Message) -> list[Part]:
     content = message.content
     if content is None or isinstance(content, str):
-        return [Part(text=message.text)]
+        return [Part(text=message.text)] if message.text else []
     parts: list[Part] = []
     for piece in content:
-        if isinstance(piece, TextPart):
+        if isinstance(piece, TextPart) and piece.text:
             parts.append(Part(text=piece.text))
         elif isinstance(piece, ImagePart):
             parts.append(image_part(piece.image_url.url))
-    return parts or [Part(text="")]
+    return parts
 
 
 def _model_parts(message: Message) -> list[Part]:
-    if not message.tool_calls:
-        return [Part(text=message.text)]
     parts = [Part(text=message.text)] if message.text else []
-    for n, call in enumerate(message.tool_calls):
+    for n, call in enumerate(message.tool_calls or ()):
         signature = SKIP_SIGNATURE if n == 0 else None
         parts.append(
             Part(function_call=FunctionCall(call.name, call.arguments), thought_signature=signature)
@@ -302,7 +300,8 @@ def build_contents(messages: Iterable[Message]) -> tuple[Content | None, list[Co
     for message in messages:
         role = message.role
         if role == "system":
-            system.append(Part(text=message.text))
+            if message.text:
+                system.append(Part(text=message.text))
             continue
         if role == "tool":
             call_id = message.tool_call_id or ""
@@ -326,7 +325,8 @@ def build_contents(messages: Iterable[Message]) -> tuple[Content | None, list[Co
             turns.append(("model", _model_parts(message)))
         else:
             turns.append(("user", _user_parts(message)))
-    contents = [Content(tuple(parts), role) for role, parts in turns]
+    # Gemini refuses an empty text part and a turn without parts: empty turns are left out
+    contents = [Content(tuple(parts), role) for role, parts in turns if parts]
     return (Content(tuple(system)) if system else None), contents
 
 

@@ -503,3 +503,28 @@ async def test_a_blocked_finish_after_some_text_is_content_filter(upstream: Upst
     upstream.reply = replying(PROFILE.success("Partial answer", "RECITATION", (5, 2)))
     result = await upstream.call()
     assert (result.text, result.finish_reason) == ("Partial answer", "content_filter")
+
+
+async def test_empty_text_parts_and_empty_turns_are_left_out(upstream: Upstream) -> None:
+    # Gemini answers 400 to an empty text part and to a turn without parts
+    image = ImagePart(ImageURL("https://example.com/a.png"))
+    request = ProviderRequest(
+        messages=(
+            Message("system", ""),
+            Message("user", (TextPart(""), image)),
+            Message("assistant", None),
+            Message("user", "and?"),
+        )
+    )
+    await upstream.call(request)
+    body = upstream.last_json
+    assert "systemInstruction" not in body
+    assert body["contents"] == [
+        {
+            "role": "user",
+            "parts": [
+                {"fileData": {"fileUri": "https://example.com/a.png", "mimeType": "image/png"}}
+            ],
+        },
+        {"role": "user", "parts": [{"text": "and?"}]},
+    ]
