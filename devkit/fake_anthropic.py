@@ -10,7 +10,7 @@ A target reaches it with provider `anthropic` and endpoint `{server}/anthropic` 
 The profile machinery is `FakeProvider`'s (`serve` and `deliver`): the same profiles and
 settings (latency, jitter, error_rate, max_concurrency, the `fake_faults` rates), the same
 counters and the same `Call` log (its `authorization` is the `x-api-key` header, `body` the
-request). Only the wire differs (`invalid_output_rate` is not applied here):
+request). Only the wire differs:
 
 - The answer is `"[fake:{model}] " + <last user text>` in one `text` block, cut at the first
   stop sequence (`stop_reason` "stop_sequence") and to `max_tokens` words ("max_tokens").
@@ -22,6 +22,8 @@ request). Only the wire differs (`invalid_output_rate` is not applied here):
   shared with the OpenAI fake).
 - `output_config.format` `{"type": "json_schema", "schema"}`: the text is a JSON document
   generated from the schema.
+- With probability `invalid_output_rate` a JSON answer is "not json {" and a tool's `input`
+  that string (no object).
 - Usage counts words: `input_tokens` (system and messages), `output_tokens`.
 - Errors are Anthropic's `{"type": "error", "error": {"type", "message"}}`; a body without
   `model`, `max_tokens` or `messages` is a 400, as Anthropic answers it.
@@ -29,6 +31,7 @@ request). Only the wire differs (`invalid_output_rate` is not applied here):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -49,6 +52,7 @@ _KINDS = {
     500: "api_error",
     529: "overloaded_error",
 }
+_BROKEN = "not json {"  # a JSON answer or tool input that is invalid (`invalid_output_rate`)
 
 
 class _Turn(msgspec.Struct):
@@ -113,8 +117,9 @@ def _cut(text: str, stops: list[str] | None) -> tuple[str, str | None]:
     return text, None
 
 
-def _message(body: _Request, number: int) -> dict[str, Any]:
-    """The Messages API answer to `body`."""
+def _message(body: _Request, number: int, broken: Callable[[], bool]) -> dict[str, Any]:
+    """The Messages API answer to `body`; `broken()` says whether a JSON answer or a tool's
+    input is to be invalid (`invalid_output_rate`)."""
     last = body.messages[-1] if body.messages else _Turn("user", "")
     last_text = _text(last.content) if last.role == "user" else ""
     words_in = len(_text(body.system).split()) + sum(
@@ -123,12 +128,12 @@ def _message(body: _Request, number: int) -> dict[str, Any]:
     tool = _chosen_tool(body, last_text)
     stop_sequence = None
     if tool is not None:
-        arguments = example_for(tool.get("input_schema"))
+        arguments = _BROKEN if broken() else example_for(tool.get("input_schema"))
         block = {"type": "tool_use", "id": f"toolu_fake_{number}", "name": tool.get("name")}
         content: list[dict[str, Any]] = [{**block, "input": arguments}]
         reason, words_out = "tool_use", len(str(_encode(arguments), "utf-8").split())
     else:
-        text, reason = _answer_text(body, last, last_text)
+        text, reason = _answer_text(body, last, last_text, broken)
         text, stop_sequence = _cut(text, body.stop_sequences)
         if stop_sequence is not None:
             reason = "stop_sequence"
@@ -149,9 +154,13 @@ def _message(body: _Request, number: int) -> dict[str, Any]:
     }
 
 
-def _answer_text(body: _Request, last: _Turn, last_text: str) -> tuple[str, str]:
+def _answer_text(
+    body: _Request, last: _Turn, last_text: str, broken: Callable[[], bool]
+) -> tuple[str, str]:
     fmt = (body.output_config or {}).get("format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        if broken():
+            return _BROKEN, "end_turn"
         return str(_encode(example_for(fmt.get("schema"))), "utf-8"), "end_turn"
     results = _tool_results(last.content) if last.role == "user" else []
     if results:
@@ -188,10 +197,14 @@ class FakeAnthropic:
         call.model = body.model
         users = [t for t in body.messages if t.role == "user"]
         call.text = _text(users[-1].content) if users else ""
+        provider = self.provider
+
+        def broken() -> bool:
+            return provider.invalid_output(profile)
 
         def make(number: int) -> web.Response:
             return web.Response(
-                body=_encode(_message(body, number)),
+                body=_encode(_message(body, number, broken)),
                 content_type="application/json",
                 headers={"request-id": f"req_fake_{number}"},
             )

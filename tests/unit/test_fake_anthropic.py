@@ -209,3 +209,25 @@ async def test_faults_strike_the_anthropic_wire_too(server: FakeServer) -> None:
         await call(server, ask(Message("user", "hi")), endpoint=target(server, "broken").endpoint)
     (logged,) = server.calls("broken")
     assert (logged.fault, logged.status) == ("malformed", 200)
+
+
+async def test_invalid_output_rate_breaks_json_answers_and_tool_inputs(server: FakeServer) -> None:
+    server.set_profile("sloppy", invalid_output_rate=1.0)
+    endpoint = target(server, "sloppy").endpoint
+    fmt = ResponseFormat("json_schema", schema={"type": "object", "properties": {}})
+    native = await call(
+        server,
+        ask(Message("user", "hi"), response_format=fmt),
+        endpoint=endpoint,
+        structured_outputs=True,
+    )
+    assert native.text == "not json {"
+    tool = await call(
+        server,
+        ask(Message("user", "hi"), tools=(WEATHER,), tool_choice=ToolChoice("required")),
+        endpoint=endpoint,
+    )
+    (made,) = tool.tool_calls
+    assert (made.arguments, made.unparsed) == ({}, '"not json {"')
+    plain = await call(server, ask(Message("user", "hi")), endpoint=endpoint)
+    assert plain.text == "[fake:claude-fake] hi"  # text answers are never broken
