@@ -26,6 +26,7 @@ from llm_worker.registry.models import ModelRow
 from llm_worker.registry.resolve import Candidate
 
 from .calling.caller import Caller, CallFailed, CallResult
+from .calling.output import check_output
 from .config import Settings
 from .dedup import DedupWindow, dedup_key
 from .messages import (
@@ -214,7 +215,7 @@ class Pipeline:
                     p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
                 )
         except CallFailed as failed:
-            canned = _canned_response(p.prompt.model, p.candidates)
+            canned = _canned_response(p.prompt.model, p.candidates, p.request)
             return self._failed(p.rec, p.prompt, failed, canned).labelled(p.prompt.model)
         if call.candidate.fallback and not shared:
             self._metrics.fallbacks.labels(p.prompt.model).inc()
@@ -286,10 +287,14 @@ class Pipeline:
         return answer
 
     def _failed(
-        self, rec: InputRecord, prompt: Prompt, failed: CallFailed, canned: str | None = None
+        self,
+        rec: InputRecord,
+        prompt: Prompt,
+        failed: CallFailed,
+        canned: tuple[str, Any] | None = None,
     ) -> Draft:
-        """The error completion; or, when the row has a `canned_response`, that text as an
-        `ok` answer marked `canned`, the cause still in `error`."""
+        """The error completion; or, when the row has a `canned_response` (and its parsed JSON)
+        fit for the prompt, that text as an `ok` answer marked `canned`, the cause in `error`."""
         err, cand = failed.error, failed.candidate
         if canned is not None:
             self._metrics.canned.labels(prompt.model).inc()
@@ -297,7 +302,8 @@ class Pipeline:
             id=prompt.id,
             model=prompt.model,
             status="error" if canned is None else "ok",
-            text=canned if canned is not None else getattr(err, "raw", None),
+            text=canned[0] if canned is not None else getattr(err, "raw", None),
+            json=canned[1] if canned is not None else None,
             canned=canned is not None,
             metadata=prompt.metadata,
             provider=cand.provider if cand else None,
@@ -426,9 +432,13 @@ def _cost(res: ProviderResult, row: ModelRow) -> float:
     return round(usd, 8)
 
 
-def _canned_response(model: str, candidates: list[Candidate]) -> str | None:
-    """The requested row's `canned_response`, if it has one."""
-    for cand in candidates:
-        if cand.row.model_id == model:
-            return cand.row.canned_response
-    return None
+def _canned_response(
+    model: str, candidates: list[Candidate], request: ProviderRequest
+) -> tuple[str, Any] | None:
+    """The requested row's `canned_response` and its parsed JSON, if it has one that satisfies
+    what the prompt asked (a prompt asking JSON or a tool call is never `ok` with free text)."""
+    canned = next((c.row.canned_response for c in candidates if c.row.model_id == model), None)
+    if canned is None:
+        return None
+    value, problem = check_output(request, ProviderResult(text=canned, finish_reason="stop"))
+    return None if problem is not None else (canned, value)

@@ -141,3 +141,47 @@ async def test_a_row_with_a_canned_response_answers_it_when_every_candidate_fail
 async def test_without_a_canned_response_a_failure_stays_an_error() -> None:
     comp = await _complete("plain", Caller(ServerError("upstream broke", status=503)))
     assert comp.status == "error" and comp.canned is False and comp.text is None
+
+
+async def _complete_asking(model: str, caller: Caller, **ask: Any) -> Completion:
+    pipeline = Pipeline(
+        load_settings({}),
+        Registry(),
+        caller,  # type: ignore[arg-type]
+        Metrics(),
+        wall_clock=lambda: 1000.0,
+    )
+    doc = {"id": "a", "model": model, "prompt": "hi", "dedup": False, **ask}
+    rec = InputRecord(topic="in", partition=0, offset=1, value=json.dumps(doc).encode())
+    out = await pipeline.process(rec)
+    assert out.completion is not None
+    return out.completion
+
+
+async def test_a_canned_reply_that_does_not_satisfy_the_response_format_is_not_ok() -> None:
+    """A prompt asking JSON is never `ok` with free text, not even a canned reply."""
+    fmt = {"type": "json_object"}
+    comp = await _complete_asking(
+        "canned", Caller(ServerError("upstream broke", status=503)), response_format=fmt
+    )
+    assert comp.status == "error" and comp.canned is False
+    assert comp.error is not None and comp.error.type == "server_error"
+
+
+async def test_a_canned_json_reply_answers_a_json_prompt_parsed() -> None:
+    ROWS["canned-json"] = ModelRow(
+        model_id="canned-json",
+        provider="fake",
+        endpoint="http://x/v1",
+        upstream_model="u",
+        canned_response='{"label": "unknown"}',
+    )
+    try:
+        comp = await _complete_asking(
+            "canned-json",
+            Caller(ServerError("upstream broke", status=503)),
+            response_format={"type": "json_object"},
+        )
+    finally:
+        del ROWS["canned-json"]
+    assert comp.status == "ok" and comp.canned is True and comp.json == {"label": "unknown"}
