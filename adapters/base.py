@@ -6,7 +6,7 @@ Adapters do no retries and hold no sessions of their own: the caller passes the 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 import aiohttp
 import msgspec
@@ -14,12 +14,103 @@ import msgspec
 from ._body import DEFAULT_MAX_RESPONSE_BYTES
 from .secrets import Secret
 
-__all__ = ["Adapter", "Message", "ProviderRequest", "ProviderResult", "Target"]
+__all__ = [
+    "Adapter",
+    "ContentPart",
+    "ImagePart",
+    "ImageURL",
+    "Message",
+    "ProviderRequest",
+    "ProviderResult",
+    "ResponseFormat",
+    "Target",
+    "TextPart",
+    "Tool",
+    "ToolCall",
+    "ToolChoice",
+]
 
 
-class Message(msgspec.Struct, frozen=True):
-    role: str
-    content: str
+class TextPart(msgspec.Struct, frozen=True, tag="text", tag_field="type"):
+    text: str
+
+
+class ImageURL(msgspec.Struct, frozen=True, omit_defaults=True):
+    url: str  # https: or data:<mime>;base64,... (checked on intake)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(msgspec.Struct, frozen=True, tag="image_url", tag_field="type"):
+    image_url: ImageURL
+
+
+ContentPart: TypeAlias = TextPart | ImagePart
+
+
+class ToolCall(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A call the model asked for: `arguments` parsed (an object), whatever the wire said. An
+    answer whose arguments are no JSON object keeps them in `unparsed` (and `arguments` {}):
+    the worker's output check turns that into `invalid_output`, never `ok`."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    unparsed: str | None = None
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One turn. `content` is text or parts (text, images); an assistant turn may carry the
+    `tool_calls` it made, and a `tool` turn answers one of them (`tool_call_id`)."""
+
+    role: str  # system | user | assistant | tool
+    content: str | tuple[ContentPart, ...] | None
+    tool_calls: tuple[ToolCall, ...] | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The text of the turn (its text parts joined; images are not text)."""
+        content = self.content
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        return "".join(p.text for p in content if isinstance(p, TextPart))
+
+    @property
+    def images(self) -> tuple[ImageURL, ...]:
+        content = self.content
+        if content is None or isinstance(content, str):
+            return ()
+        return tuple(p.image_url for p in content if isinstance(p, ImagePart))
+
+
+class Tool(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A function the model may call; `parameters` is its arguments' JSON Schema."""
+
+    name: str
+    parameters: dict[str, Any]
+    description: str | None = None
+
+
+class ToolChoice(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`auto`, `none`, `required` (some tool), or `function` (the tool `name`)."""
+
+    mode: Literal["auto", "none", "required", "function"]
+    name: str | None = None
+
+
+class ResponseFormat(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`text`, `json_object` (any JSON object), or `json_schema` (valid for `schema`)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @property
+    def wants_json(self) -> bool:
+        return self.type != "text"
 
 
 class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +123,10 @@ class ProviderRequest(msgspec.Struct, frozen=True, kw_only=True):
     top_p: float | None = None
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: tuple[Tool, ...] | None = None
+    tool_choice: ToolChoice | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,6 +140,8 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     timeout_ms: int = 30_000
     max_tokens: int | None = None  # the registry row's cap / default
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # a longer answer is not read
+    dialect: str = "openai"  # openai_compatible servers: openai | llama_cpp (registry column)
+    structured_outputs: bool = False  # the model takes a JSON schema natively (registry)
 
 
 class ProviderResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +152,10 @@ class ProviderResult(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str | None = None
     response_id: str | None = None  # the answer's own id (chatcmpl-..., msg_...), if it has one
     response_model: str | None = None  # the model that answered, as the provider names it
+    tool_calls: tuple[ToolCall, ...] = ()
+    cached_input_tokens: int = 0  # of input_tokens, read from the provider's cache
+    cache_write_tokens: int = 0  # input written to the provider's cache (billed apart)
+    reasoning_tokens: int = 0  # of output_tokens, spent reasoning
 
 
 class Adapter(Protocol):
@@ -62,6 +163,11 @@ class Adapter(Protocol):
 
     def endpoint_for(self, target: Target) -> str:
         """The base URL this adapter calls for `target` (its default when the row has none)."""
+        ...
+
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        """Why this adapter cannot honour `request` at `target` (naming the field and the
+        provider), or None: checked before any call, so nothing asked is silently dropped."""
         ...
 
     async def complete(

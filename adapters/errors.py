@@ -26,6 +26,7 @@ __all__ = [
     "ConnectionFailed",
     "ContentFiltered",
     "ContextLengthExceeded",
+    "InvalidOutput",
     "NotFound",
     "Overloaded",
     "ProviderError",
@@ -35,6 +36,7 @@ __all__ = [
     "RetryableError",
     "ServerError",
     "TerminalError",
+    "UnsupportedFeature",
     "error_for_status",
 ]
 
@@ -119,6 +121,24 @@ class ContextLengthExceeded(BadRequest):
 
 class ContentFiltered(BadRequest):
     type = "content_filtered"
+
+
+class UnsupportedFeature(BadRequest):
+    """The prompt asks for a field (tools, a JSON schema, images, ...) that the provider of
+    every candidate cannot honour; decided before any call."""
+
+    type = "unsupported_feature"
+
+
+class InvalidOutput(TerminalError):
+    """The answer does not satisfy what the prompt asked (`response_format`, a tool's
+    `parameters`), after `LLM_WORKER_OUTPUT_RETRIES` more tries; `raw` is its text."""
+
+    type = "invalid_output"
+
+    def __init__(self, message: str, *, raw: str, provider: str = "", model: str = "") -> None:
+        super().__init__(message, provider=provider, model=model)
+        self.raw = raw
 
 
 class AuthError(TerminalError):

@@ -16,7 +16,8 @@ DEFAULT_FAKE_ENDPOINT = f"http://127.0.0.1:{DEFAULT_FAKE_PORT}/v1"
 
 
 class FakeAdapter(OpenAICompatibleAdapter):
-    """Adapter `fake`: same wire format, default endpoint the local fake provider."""
+    """Adapter `fake`: same wire format and features (JSON output, tools, images), default
+    endpoint the local fake provider."""
 
     name = "fake"
     default_endpoint = DEFAULT_FAKE_ENDPOINT

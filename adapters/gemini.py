@@ -6,9 +6,25 @@ version such as `/v1beta` or `/v1` keeps it; a `models/` prefix on the model is 
 the key in `x-goog-api-key` (never in the URL).
 
 Messages become `contents` with roles "user" and "model" (assistant); system messages go to
-`systemInstruction`. The answer is the first candidate's text parts (thought parts skipped);
-`STOP` → "stop", `MAX_TOKENS` → "length", a safety-type finish or a blocked prompt
-(`promptFeedback.blockReason`) raises `ContentFiltered`. Errors are Google's
+`systemInstruction`. Images are `inlineData` (a `data:` URL) or `fileData` (an https URL, which
+Google fetches itself). An assistant turn's tool calls are `functionCall` parts; tool turns are
+`functionResponse` parts of a "user" turn (consecutive ones merged), named after the call they
+answer. The structured fields (`gemini_wire` has the details):
+
+    response_format   generationConfig.responseMimeType "application/json", and for a schema
+                      `responseJsonSchema` (JSON Schema: what we are given, not the OpenAPI
+                      subset `responseSchema` takes); keywords Gemini does not take are refused
+    tools             tools[].functionDeclarations[] with `parametersJsonSchema` (same check)
+    tool_choice       toolConfig.functionCallingConfig: AUTO, NONE, ANY (+allowedFunctionNames)
+    reasoning_effort  generationConfig.thinkingConfig.thinkingBudget 1024 / 8192 / 24576
+
+The answer is the first candidate's text parts (thought parts skipped) and its `functionCall`
+parts (ids `call_0`, `call_1`... unless Google gave one). `STOP` → "stop" ("tool_calls" when it
+called a function), `MAX_TOKENS` → "length", a safety-type finish → "content_filter" when the
+answer has something in it, else (like a blocked prompt, `promptFeedback.blockReason`) it
+raises `ContentFiltered`. Usage: `promptTokenCount` (it includes `cachedContentTokenCount`);
+output is `candidatesTokenCount` plus `thoughtsTokenCount`, which Google counts apart (its
+`totalTokenCount` is their sum with the prompt). Errors are Google's
 `{"error": {"code", "message", "status", "details"}}`: `RESOURCE_EXHAUSTED` is `RateLimited`
 (its `RetryInfo.retryDelay` is the retry hint), an invalid key (a 400 from Google) `AuthError`.
 """
@@ -32,79 +48,33 @@ from ._http import (
     json_error,
     shorten,
 )
-from .base import ProviderRequest, ProviderResult, Target
+from .base import ProviderRequest, ProviderResult, Target, ToolCall
 from .errors import AuthError, BadRequest, ContentFiltered, ProviderError, RateLimited
+from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, REASONING, TOOLS
+from .gemini_wire import (
+    GenerateBody,
+    GenerationConfig,
+    answer_finish,
+    build_contents,
+    clean_schema,
+    decode_response,
+    image_problem,
+    schema_problem,
+    thinking_for,
+    tool_config_for,
+    tools_for,
+)
 
 __all__ = ["DEFAULT_GEMINI_ENDPOINT", "GeminiAdapter"]
 
 DEFAULT_GEMINI_ENDPOINT = "https://generativelanguage.googleapis.com"
 
 _VERSIONS = ("/v1beta", "/v1", "/v1alpha")
-_FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
-_BLOCKED = frozenset(
-    {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY"}
-)
-_ROLES = {"assistant": "model", "model": "model"}
 _BAD_KEY_HINTS = ("api_key_invalid", "api key not valid", "api key expired")
-
-
-class _Part(msgspec.Struct):
-    text: str
-
-
-class _Content(msgspec.Struct, omit_defaults=True):
-    parts: tuple[_Part, ...]
-    role: str | None = None
-
-
-class _GenerationConfig(msgspec.Struct, rename="camel", omit_defaults=True):
-    max_output_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop_sequences: tuple[str, ...] | None = None
-    seed: int | None = None
-
-
-class _GenerateBody(msgspec.Struct, rename="camel", omit_defaults=True):
-    contents: tuple[_Content, ...]
-    system_instruction: _Content | None = None
-    generation_config: _GenerationConfig | None = None
-
-
-class _AnswerPart(msgspec.Struct):
-    text: str | None = None
-    thought: bool = False
-
-
-class _AnswerContent(msgspec.Struct):
-    parts: list[_AnswerPart] = []
-
-
-class _Candidate(msgspec.Struct, rename="camel"):
-    content: _AnswerContent | None = None
-    finish_reason: str | None = None
-
-
-class _UsageMetadata(msgspec.Struct, rename="camel"):
-    prompt_token_count: int = 0
-    candidates_token_count: int = 0
-
-
-class _PromptFeedback(msgspec.Struct, rename="camel"):
-    block_reason: str | None = None
-
-
-class _GenerateResponse(msgspec.Struct, rename="camel"):
-    candidates: list[_Candidate] = []
-    usage_metadata: _UsageMetadata | None = None
-    prompt_feedback: _PromptFeedback | None = None
-    response_id: str | None = None
-    model_version: Any = None  # informational: never fail an answer over it
-
+_JSON = "application/json"
 
 _encode = msgspec.json.Encoder().encode
-_decode_response = msgspec.json.Decoder(_GenerateResponse).decode
-_EMPTY_CONFIG = _GenerationConfig()
+_EMPTY_CONFIG = GenerationConfig()
 
 
 @lru_cache(maxsize=1024)
@@ -132,6 +102,9 @@ class GeminiAdapter(HTTPAdapter):
 
     name = "gemini"
     default_endpoint: ClassVar[str] = DEFAULT_GEMINI_ENDPOINT
+    features: ClassVar[frozenset[str]] = frozenset(
+        {JSON_OBJECT, JSON_SCHEMA, TOOLS, IMAGES, REASONING}
+    )
     context_hints: ClassVar[tuple[str, ...]] = (
         *CONTEXT_HINTS,
         "exceeds the maximum number of tokens",
@@ -146,36 +119,65 @@ class GeminiAdapter(HTTPAdapter):
             headers["x-goog-api-key"] = target.api_key.reveal()
         return headers
 
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        """The common feature check, then what Gemini's wire cannot say: a JSON Schema keyword
+        outside the subset it takes (response schema, tool parameters), an image URL that is
+        neither base64 `data:` nor https."""
+        why = super().unsupported(target, request)
+        if why is not None:
+            return why
+        where = f"is not supported by provider {self.name} (model {target.model})"
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_schema" and fmt.schema is not None:
+            keyword = schema_problem(fmt.schema)
+            if keyword is not None:
+                return f"`response_format` schema keyword `{keyword}` {where}"
+        for tool in request.tools or ():
+            keyword = schema_problem(tool.parameters)
+            if keyword is not None:
+                return f"`tools` parameters keyword `{keyword}` (tool `{tool.name}`) {where}"
+        for message in request.messages or ():
+            for image in message.images:
+                problem = image_problem(image.url)
+                if problem is not None:
+                    return f"`image_url` {problem} {where}"
+        return None
+
     def build_body(self, target: Target, request: ProviderRequest) -> bytes:
-        system: list[_Part] = []
-        contents: list[_Content] = []
-        for message in self.messages(target, request):
-            if message.role == "system":
-                system.append(_Part(message.content))
-            else:
-                role = _ROLES.get(message.role, "user")
-                contents.append(_Content((_Part(message.content),), role))
+        try:
+            system, contents = build_contents(self.messages(target, request))
+        except LookupError as exc:  # a tool turn answering no call made before it
+            raise self.error(BadRequest, target, str(exc.args[0])) from None
         if not contents:
             raise self.error(BadRequest, target, "request has no user or assistant message")
-        config = _GenerationConfig(
+        fmt = request.response_format
+        wants_json = fmt is not None and fmt.wants_json
+        config = GenerationConfig(
             max_output_tokens=cap_tokens(request.max_tokens, target.max_tokens),
             temperature=request.temperature,
             top_p=request.top_p,
             stop_sequences=request.stop,
             seed=request.seed,
+            response_mime_type=_JSON if wants_json else None,
+            response_json_schema=clean_schema(fmt.schema)
+            if fmt is not None and wants_json
+            else None,
+            thinking_config=thinking_for(request.reasoning_effort),
         )
         return _encode(
-            _GenerateBody(
+            GenerateBody(
                 contents=tuple(contents),
-                system_instruction=_Content(tuple(system)) if system else None,
+                system_instruction=system,
                 generation_config=None if config == _EMPTY_CONFIG else config,
+                tools=tools_for(request.tools),
+                tool_config=tool_config_for(request.tool_choice),
             )
         )
 
     def parse_result(
         self, target: Target, payload: bytes, request_id: str | None, headers: Mapping[str, str]
     ) -> ProviderResult:
-        answer = _decode_response(payload)
+        answer = decode_response(payload)
         request_id = request_id or answer.response_id
         feedback = answer.prompt_feedback
         if feedback is not None and feedback.block_reason:
@@ -183,20 +185,29 @@ class GeminiAdapter(HTTPAdapter):
         if not answer.candidates:
             raise Malformed("no candidates")
         candidate = answer.candidates[0]
-        reason = candidate.finish_reason
-        if reason in _BLOCKED:
-            raise self._filtered(target, f"answer blocked ({reason})", request_id)
         content = candidate.content
         parts = content.parts if content is not None else []
+        text = "".join(p.text for p in parts if p.text and not p.thought)
+        calls = tuple(
+            ToolCall(call.id or f"call_{n}", call.name, call.arguments, call.unparsed)
+            for n, call in enumerate(p.function_call for p in parts if p.function_call)
+        )
+        reason = candidate.finish_reason
+        finish = answer_finish(reason, bool(calls))
+        if finish == "content_filter" and not text and not calls:
+            raise self._filtered(target, f"answer blocked ({reason})", request_id)
         usage = answer.usage_metadata
         return ProviderResult(
-            text="".join(p.text for p in parts if p.text and not p.thought),
-            finish_reason=_FINISH.get(reason, reason.lower()) if reason else None,
-            input_tokens=usage.prompt_token_count if usage is not None else 0,
-            output_tokens=usage.candidates_token_count if usage is not None else 0,
+            text=text,
+            finish_reason=finish,
+            input_tokens=usage.input_tokens if usage is not None else 0,
+            output_tokens=usage.output_tokens if usage is not None else 0,
             request_id=request_id,
             response_id=answer.response_id,
             response_model=answer.model_version if isinstance(answer.model_version, str) else None,
+            tool_calls=calls,
+            cached_input_tokens=usage.cached_content_token_count if usage is not None else 0,
+            reasoning_tokens=usage.thoughts_token_count if usage is not None else 0,
         )
 
     def _filtered(self, target: Target, why: str, request_id: str | None) -> ProviderError:

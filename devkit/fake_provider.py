@@ -10,7 +10,8 @@ the server's default settings):
     POST /admin/config/{profile}           JSON {"latency_ms", "jitter_ms", "error_rate",
                                            "error_status", "retry_after_s", "max_concurrency",
                                            "reset_rate", "hang_rate", "malformed_rate",
-                                           "truncated_rate"}, any subset
+                                           "truncated_rate", "invalid_output_rate"},
+                                           any subset
     POST /admin/reset                      zero every counter
 
 The answer is deterministic: `"[fake:{model}] " + <last user message>`, cut to `max_tokens`
@@ -20,11 +21,22 @@ with `error_status` (429, 503 and 529 carry `Retry-After`). Otherwise the `*_rat
 `fake_faults` may strike: a connection reset mid-response, a hang until the client's timeout,
 a malformed or a truncated JSON body.
 
+Structured requests are answered in OpenAI's shape. With `tools`, a `tool_choice` of
+"required" or naming a function (or "auto"/absent and the last user text containing the word
+"tool") gets one tool call (finish_reason "tool_calls") to that function (else the first tool)
+whose arguments are a minimal object valid for its `parameters` (`fake_wire.example_for`);
+when the last message is a `tool` turn the answer is text quoting that result. A
+`response_format` of json_schema (OpenAI's `json_schema.schema`, or the llama.cpp dialect's
+`{"type": "json_object", "schema": ...}`) gets JSON valid for the schema, json_object without
+one `{"answer": <the text>}`. With probability `invalid_output_rate` such an answer is broken:
+"not json {" as the content, "not json" as a tool call's arguments.
+
 Every request is also kept in a log (`FakeProvider.calls(profile)`, the last `max_log` per
 server): when it arrived and was answered (the server's monotonic clock), its status, model,
-last user message, Authorization header, and how many of its profile's requests were in
-flight when it arrived. Tests measure rates and waits from it: what reached the provider
-rather than what the caller hoped. `max_concurrency` answers 429 above that many at once.
+last user message, Authorization header, the request body (`Call.body`, decoded on access),
+and how many of its profile's requests were in flight when it arrived. Tests measure rates
+and waits from it: what reached the provider rather than what the caller hoped.
+`max_concurrency` answers 429 above that many at once.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -53,15 +65,26 @@ from llm_worker.devkit.fake_wire import (
     ChatRequest,
     Completion,
     OutChoice,
+    OutFunction,
     OutMessage,
+    OutToolCall,
     OutUsage,
     decode_any,
     decode_request,
     encode,
+    example_for,
     text_of,
 )
 
-__all__ = ["PROFILE_PATTERN", "Call", "FakeProvider", "Profile"]
+__all__ = [
+    "PROFILE_PATTERN",
+    "Answer",
+    "Call",
+    "FakeProvider",
+    "Profile",
+    "Refuse",
+    "openai_error",
+]
 
 PROFILE_PATTERN = "[A-Za-z0-9_.-]{1,64}"
 _PROFILE_NAME = re.compile(f"^{PROFILE_PATTERN}$")
@@ -72,8 +95,12 @@ _SETTINGS = (
     "error_status",
     "retry_after_s",
     "max_concurrency",
+    "invalid_output_rate",
     *FAULT_SETTINGS,
 )
+_TOOL_WORD = re.compile(r"\btool\b", re.IGNORECASE)
+INVALID_JSON = "not json {"
+INVALID_ARGUMENTS = "not json"
 _ERROR_KINDS = {
     400: ("invalid_request_error", "invalid_request"),
     401: ("authentication_error", "invalid_api_key"),
@@ -119,6 +146,7 @@ class Profile(msgspec.Struct, kw_only=True):
     hang_rate: float = 0.0
     malformed_rate: float = 0.0
     truncated_rate: float = 0.0
+    invalid_output_rate: float = 0.0  # JSON answers and tool arguments that are not JSON
     requests: int = 0
     errors: int = 0
 
@@ -147,6 +175,7 @@ class Call:
         "in_flight",
         "model",
         "profile",
+        "raw",
         "status",
         "text",
     )
@@ -161,6 +190,15 @@ class Call:
         self.text = ""
         self.fault: str | None = None  # the `fake_faults` fault injected, if any
         self.in_flight = 0  # this profile's requests in flight on arrival, this one included
+        self.raw = b""  # the request body as received
+
+    @property
+    def body(self) -> Any:
+        """The request body as decoded JSON (None when it was not JSON)."""
+        try:
+            return decode_any(self.raw)
+        except msgspec.DecodeError:
+            return None
 
     @property
     def at(self) -> float:
@@ -171,6 +209,12 @@ class Call:
             f"Call({self.profile} {self.model!r} {self.text!r} status={self.status} "
             f"at {self.arrived:.3f}-{self.answered})"
         )
+
+
+Answer = Callable[[web.Request, Profile, Call], Awaitable[web.StreamResponse]]
+"""Makes the response to one admitted request (`FakeProvider.serve`)."""
+Refuse = Callable[[int, str, float | None], web.Response]
+"""An error response in a wire format: (status, message, retry-after seconds or None)."""
 
 
 class FakeProvider:
@@ -246,48 +290,74 @@ class FakeProvider:
     # -- handlers -----------------------------------------------------------------------------
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        authorization = request.headers.get("Authorization")
+        return await self.serve(request, authorization, self._answer, openai_error)
+
+    async def serve(
+        self, request: web.Request, authorization: str | None, answer: Answer, refuse: Refuse
+    ) -> web.StreamResponse:
+        """One request, whatever its wire format (`fake_gemini`...): kept in the `Call` log,
+        counted against its profile, 429 (by `refuse`) above `max_concurrency` in flight;
+        `answer(request, profile, call)` makes the response (usually by `deliver`)."""
         name = request.match_info.get("profile", "default")
-        call = Call(name, time.monotonic(), request.headers.get("Authorization"))
+        call = Call(name, time.monotonic(), authorization)
         self._log.append(call)
         try:
-            response = await self._chat(name, request, call)
+            response = await self._admit(name, request, call, answer, refuse)
         except BaseException:
             call.answered = time.monotonic()
             raise
         call.answered, call.status = time.monotonic(), response.status
         return response
 
-    async def _chat(self, name: str, request: web.Request, call: Call) -> web.StreamResponse:
+    async def _admit(
+        self, name: str, request: web.Request, call: Call, answer: Answer, refuse: Refuse
+    ) -> web.StreamResponse:
         try:
             profile = self.profile(name)
         except ValueError as exc:
-            return _error_response(404, str(exc), "not_found_error", "profile_not_found")
+            return refuse(404, str(exc), None)
         profile.requests += 1
         busy = call.in_flight = self._in_flight[name] = self._in_flight.get(name, 0) + 1
         if profile.max_concurrency and busy > profile.max_concurrency:
             self._in_flight[name] -= 1
             profile.errors += 1
-            response = _error_response(
-                429, "fake provider: too many requests at once", *_ERROR_KINDS[429]
-            )
+            message = "fake provider: too many requests at once"
+            response = refuse(429, message, profile.retry_after_s)
             response.headers["Retry-After"] = f"{profile.retry_after_s:g}"
             return response
         try:
-            return await self._answer(request, profile, call)
+            return await answer(request, profile, call)
         finally:
             self._in_flight[name] -= 1
 
     async def _answer(
         self, request: web.Request, profile: Profile, call: Call
     ) -> web.StreamResponse:
+        call.raw = await request.read()
         try:
-            chat = decode_request(await request.read())
+            chat = decode_request(call.raw)
         except msgspec.DecodeError as exc:
             profile.errors += 1
             return _error_response(400, f"invalid request body: {exc}", *_ERROR_KINDS[400])
         call.model = chat.model
         users = [m for m in chat.messages if m.role == "user"]
         call.text = text_of(users[-1].content) if users else ""
+        return await self.deliver(
+            request, profile, call, lambda n: self._completion(chat, n, profile), openai_error
+        )
+
+    async def deliver(
+        self,
+        request: web.Request,
+        profile: Profile,
+        call: Call,
+        make: Callable[[int], web.Response],
+        refuse: Refuse,
+    ) -> web.StreamResponse:
+        """The profile's latency, then its injected error (by `refuse`, with `Retry-After` for
+        429/503/529) or the answer `make(number)` (the request's number on this server), which
+        a `fake_faults` fault may break."""
         rng = self._rng
         delay = profile.latency_ms
         if profile.jitter_ms:
@@ -298,13 +368,12 @@ class FakeProvider:
         if profile.error_rate and rng.random() < profile.error_rate:
             profile.errors += 1
             status = profile.error_status
-            kind, code = _ERROR_KINDS.get(status, ("server_error", "internal_error"))
-            response = _error_response(status, f"fake provider: injected {status}", kind, code)
+            response = refuse(status, f"fake provider: injected {status}", profile.retry_after_s)
             if status in (429, 503, 529):
                 response.headers["Retry-After"] = f"{profile.retry_after_s:g}"
             response.headers["x-request-id"] = f"fake-{number}"
             return response
-        answer = self._completion(chat, number)
+        answer = make(number)
         fault = call.fault = profile.fault(rng)
         if fault is None:
             return answer
@@ -316,7 +385,7 @@ class FakeProvider:
             return await reset(request, bytes(answer.body))  # type: ignore[arg-type]
         return fault_response_or_none(fault, bytes(answer.body)) or answer  # type: ignore[arg-type]
 
-    def _completion(self, chat: ChatRequest, number: int) -> web.Response:
+    def _completion(self, chat: ChatRequest, number: int, profile: Profile) -> web.Response:
         last_user = ""
         prompt_words = 0
         for message in chat.messages:
@@ -324,32 +393,51 @@ class FakeProvider:
             prompt_words += len(text.split())
             if message.role == "user":
                 last_user = text
-        text = f"[fake:{chat.model}] {last_user}"
-        finish = "stop"
-        if chat.stop:
-            for stop in (chat.stop,) if isinstance(chat.stop, str) else chat.stop:
-                cut = text.find(stop) if stop else -1
-                if cut >= 0:
-                    text = text[:cut]
-        limit = chat.max_tokens if chat.max_tokens is not None else chat.max_completion_tokens
-        words = text.split()
-        if limit is not None and len(words) > limit:
-            words = words[: max(limit, 0)]
-            text = " ".join(words)
-            finish = "length"
+        out, finish = self._message(chat, number, profile, last_user)
+        said = out.content if out.tool_calls is None else out.tool_calls[0].function.arguments
+        out_words = len((said or "").split())
         answer = Completion(
             id=f"chatcmpl-fake-{number}",
             object="chat.completion",
             created=int(time.time()),
             model=chat.model,
-            choices=[OutChoice(0, OutMessage("assistant", text), finish)],
-            usage=OutUsage(prompt_words, len(words), prompt_words + len(words)),
+            choices=[OutChoice(0, out, finish)],
+            usage=OutUsage(prompt_words, out_words, prompt_words + out_words),
         )
         return web.Response(
             body=encode(answer),
             content_type="application/json",
             headers={"x-request-id": f"fake-{number}"},
         )
+
+    def _message(
+        self, chat: ChatRequest, number: int, profile: Profile, last_user: str
+    ) -> tuple[OutMessage, str]:
+        """The answer's message and finish reason: a tool call, JSON, or (cut) text."""
+        tool = _tool_to_call(chat, last_user)
+        if tool is not None:
+            name, parameters = tool
+            arguments = INVALID_ARGUMENTS
+            if not self.invalid_output(profile):
+                arguments = encode(example_for(parameters)).decode()
+            call = OutToolCall(f"call_fake_{number}", "function", OutFunction(name, arguments))
+            return OutMessage("assistant", None, [call]), "tool_calls"
+        text = f"[fake:{chat.model}] {last_user}"
+        if chat.messages and chat.messages[-1].role == "tool":
+            text = f"[fake:{chat.model}] tool result: {text_of(chat.messages[-1].content)}"
+        wanted = _json_wanted(chat.response_format)
+        if wanted is not None:
+            if self.invalid_output(profile):
+                return OutMessage("assistant", INVALID_JSON), "stop"
+            value = {"answer": text} if wanted is _ANY_OBJECT else example_for(wanted)
+            return OutMessage("assistant", encode(value).decode()), "stop"
+        return _cut(text, chat)
+
+    def invalid_output(self, profile: Profile) -> bool:
+        """Whether this answer is to be broken (`invalid_output_rate`): JSON that is not JSON,
+        tool arguments that are no object."""
+        rate = profile.invalid_output_rate
+        return bool(rate) and self._rng.random() < rate
 
     async def list_models(self, request: web.Request) -> web.Response:
         return web.Response(body=self._model_list, content_type="application/json")
@@ -373,6 +461,69 @@ class FakeProvider:
     async def reset_counters(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response(self.config())
+
+
+_ANY_OBJECT: dict[str, Any] = {}  # json_object without a schema: {"answer": text}
+
+
+def _cut(text: str, chat: ChatRequest) -> tuple[OutMessage, str]:
+    """The text cut at the first stop string, then to `max_tokens` words ("length")."""
+    finish = "stop"
+    if chat.stop:
+        for stop in (chat.stop,) if isinstance(chat.stop, str) else chat.stop:
+            cut = text.find(stop) if stop else -1
+            if cut >= 0:
+                text = text[:cut]
+    limit = chat.max_tokens if chat.max_tokens is not None else chat.max_completion_tokens
+    words = text.split()
+    if limit is not None and len(words) > limit:
+        text = " ".join(words[: max(limit, 0)])
+        finish = "length"
+    return OutMessage("assistant", text), finish
+
+
+def _functions(tools: list[Any]) -> list[tuple[str, Any]]:
+    """The (name, parameters) of each well-formed `{"type": "function", ...}` tool."""
+    found = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            found.append((function["name"], function.get("parameters") or {}))
+    return found
+
+
+def _tool_to_call(chat: ChatRequest, last_user: str) -> tuple[str, Any] | None:
+    """The function to call, or None: no tools, a tool result to answer, or no call asked."""
+    functions = _functions(chat.tools or [])
+    if not functions or (chat.messages and chat.messages[-1].role == "tool"):
+        return None
+    choice = chat.tool_choice
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        return next((f for f in functions if f[0] == name), functions[0])
+    if choice == "required" or (choice in (None, "auto") and _TOOL_WORD.search(last_user)):
+        return functions[0]
+    return None
+
+
+def _json_wanted(fmt: Any) -> Any:
+    """The schema a JSON answer must match, `_ANY_OBJECT` for plain json_object, or None (text).
+    OpenAI's `{"type": "json_schema", "json_schema": {"schema"}}` and llama.cpp's
+    `{"type": "json_object", "schema"}` (or `json_schema` with a top-level `schema`)."""
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):
+        return None
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else fmt.get("schema")
+    if isinstance(schema, dict):
+        return schema
+    return {} if fmt.get("type") == "json_schema" else _ANY_OBJECT
+
+
+def openai_error(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
+    """An error body in OpenAI's shape (a `Refuse`)."""
+    kind, code = _ERROR_KINDS.get(status, ("server_error", "internal_error"))
+    return _error_response(status, message, kind, code)
 
 
 def _error_response(status: int, message: str, kind: str, code: str) -> web.Response:

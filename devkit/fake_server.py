@@ -12,6 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from llm_worker.adapters.fake import DEFAULT_FAKE_PORT
+from llm_worker.devkit.fake_anthropic import FakeAnthropic
+from llm_worker.devkit.fake_gemini import add_gemini_routes
 from llm_worker.devkit.fake_provider import PROFILE_PATTERN, Call, FakeProvider
 from llm_worker.worker.process import raise_open_files_limit
 
@@ -40,6 +42,10 @@ def build_app(**settings: Any) -> web.Application:
     app.router.add_post(f"/{profile}/v1/chat/completions", provider.chat)
     app.router.add_get("/v1/models", provider.list_models)
     app.router.add_get(f"/{profile}/v1/models", provider.list_models)
+    anthropic = FakeAnthropic(provider)  # Anthropic's Messages API on the same profiles
+    app.router.add_post("/anthropic/v1/messages", anthropic.messages)
+    app.router.add_post(f"/{profile}/anthropic/v1/messages", anthropic.messages)
+    add_gemini_routes(app, provider, profile)  # Gemini's generateContent, same profiles
     app.router.add_get("/health", provider.health)
     app.router.add_get("/admin/config", provider.get_config)
     app.router.add_post(f"/admin/config/{profile}", provider.set_config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
@@ -10,11 +11,14 @@ __all__ = [
     "ChatRequest",
     "Completion",
     "OutChoice",
+    "OutFunction",
     "OutMessage",
+    "OutToolCall",
     "OutUsage",
     "decode_any",
     "decode_request",
     "encode",
+    "example_for",
     "text_of",
 ]
 
@@ -22,6 +26,7 @@ __all__ = [
 class InMessage(msgspec.Struct):
     role: str
     content: str | list[Any] | None = None
+    tool_call_id: str | None = None
 
 
 class ChatRequest(msgspec.Struct):
@@ -30,11 +35,26 @@ class ChatRequest(msgspec.Struct):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     stop: str | list[str] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: Any = None
 
 
-class OutMessage(msgspec.Struct):
+class OutFunction(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class OutToolCall(msgspec.Struct):
+    id: str
+    type: str
+    function: OutFunction
+
+
+class OutMessage(msgspec.Struct, omit_defaults=True):
     role: str
-    content: str
+    content: str | None
+    tool_calls: list[OutToolCall] | None = None
 
 
 class OutChoice(msgspec.Struct):
@@ -70,3 +90,120 @@ def text_of(content: str | list[Any] | None) -> str:
         return content
     parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
     return " ".join(p for p in parts if isinstance(p, str))
+
+
+_MAX_DEPTH = 32  # a recursive $ref ends here (as null) instead of recursing forever
+
+
+def example_for(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """A minimal JSON value valid for the JSON Schema `schema`: an object with its required
+    properties, an enum's first value, "x" for a string, an integer or number's minimum (or 0),
+    true, empty arrays (or `minItems` examples), nested objects alike; `$ref`s to `#/...` are
+    followed, `anyOf`/`oneOf` take their first branch and `allOf` is merged."""
+    if root is None:
+        root = schema
+    if not isinstance(schema, dict) or depth > _MAX_DEPTH:
+        return None if depth > _MAX_DEPTH else {}
+    schema = _merged(_resolved(schema, root, depth), root, depth)
+    if "const" in schema:
+        return schema["const"]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            return example_for(options[0], root, depth + 1)
+    build = _BUILDERS.get(_type_of(schema), _object)
+    return build(schema, root, depth)
+
+
+def _resolved(schema: dict[str, Any], root: Any, depth: int) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    while isinstance(ref, str) and ref.startswith("#") and depth <= _MAX_DEPTH:
+        found: Any = root
+        for part in ref[1:].split("/")[1:]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            found = found.get(part) if isinstance(found, dict) else None
+        if not isinstance(found, dict):
+            return {}
+        schema = {**found, **{k: v for k, v in schema.items() if k != "$ref"}}
+        ref = found.get("$ref")
+        depth += 1
+    return schema
+
+
+def _merged(schema: dict[str, Any], root: Any, depth: int) -> dict[str, Any]:
+    """`schema` with its `allOf` branches folded in (properties and required united)."""
+    branches = schema.get("allOf")
+    if not isinstance(branches, list):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "allOf"}
+    for branch in branches:
+        if not isinstance(branch, dict):
+            continue
+        part = _merged(_resolved(branch, root, depth + 1), root, depth + 1)
+        out["properties"] = {**(out.get("properties") or {}), **(part.get("properties") or {})}
+        out["required"] = [*(out.get("required") or []), *(part.get("required") or [])]
+        for key, value in part.items():
+            out.setdefault(key, value)
+    return out
+
+
+def _type_of(schema: dict[str, Any]) -> str:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        named = [k for k in kind if isinstance(k, str) and k != "null"]
+        return named[0] if named else "null"
+    if isinstance(kind, str):
+        return kind
+    return "array" if "items" in schema else "object"
+
+
+def _object(schema: dict[str, Any], root: Any, depth: int) -> dict[str, Any]:
+    properties = schema.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    required = schema.get("required")
+    names = [n for n in required if isinstance(n, str)] if isinstance(required, list) else []
+    return {n: example_for(properties.get(n, {"type": "string"}), root, depth + 1) for n in names}
+
+
+def _array(schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
+    count = schema.get("minItems")
+    if not isinstance(count, int) or count <= 0:
+        return []
+    return [example_for(schema.get("items", {}), root, depth + 1) for _ in range(min(count, 64))]
+
+
+def _string(schema: dict[str, Any], root: Any, depth: int) -> str:
+    least, most = schema.get("minLength"), schema.get("maxLength")
+    size = least if isinstance(least, int) and least > 1 else 1
+    if isinstance(most, int):
+        size = min(size, most)
+    return "x" * min(size, 4096)
+
+
+def _number(schema: dict[str, Any], root: Any, depth: int) -> float | int:
+    value: float | int = 0
+    least, above = schema.get("minimum"), schema.get("exclusiveMinimum")
+    most = schema.get("maximum")
+    if isinstance(least, int | float) and not isinstance(least, bool):
+        value = least
+    elif isinstance(above, int | float) and not isinstance(above, bool):
+        value = above + 1
+    elif isinstance(most, int | float) and not isinstance(most, bool) and most < 0:
+        value = most
+    if _type_of(schema) == "integer":
+        return math.ceil(value)
+    return value
+
+
+_BUILDERS: dict[str, Any] = {
+    "object": _object,
+    "array": _array,
+    "string": _string,
+    "integer": _number,
+    "number": _number,
+    "boolean": lambda schema, root, depth: True,
+    "null": lambda schema, root, depth: None,
+}

@@ -34,7 +34,12 @@ DB_ERRORS = (psycopg.Error, OSError)
 
 
 def _model_row(**values: Any) -> ModelRow:
-    for name in ("input_cost_per_1k", "output_cost_per_1k"):
+    for name in (
+        "input_cost_per_1k",
+        "output_cost_per_1k",
+        "cached_input_cost_per_1k",
+        "cache_write_cost_per_1k",
+    ):
         value = values.get(name)
         if isinstance(value, Decimal):
             values[name] = float(value)

@@ -29,6 +29,11 @@ class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
     timeout_ms: int = 30_000
     updated_at: datetime | None = None
     routing_objective: str | None = None  # priority | latency | cost | reliability (003)
+    dialect: str = "openai"  # openai_compatible JSON-schema dialect: openai | llama_cpp (004)
+    structured_outputs: bool = False  # the model takes a JSON schema natively (004)
+    cached_input_cost_per_1k: float | None = None  # None: input_cost_per_1k (004)
+    cache_write_cost_per_1k: float | None = None  # None: input_cost_per_1k (004)
+    canned_response: str | None = None  # answered (ok, canned) when every candidate failed
 
 
 COLUMNS: tuple[str, ...] = ModelRow.__struct_fields__

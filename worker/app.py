@@ -133,6 +133,7 @@ class App:
             self.secrets,
             self.metrics,
             max_attempts=settings.max_attempts,
+            output_retries=settings.output_retries,
             router=self.router,
             breakers=self.breakers,
             limiter=self.limiter,

@@ -24,8 +24,17 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from llm_worker.adapters.base import Message as ProviderMessage
 from llm_worker.adapters.base import ProviderRequest
+
+from .prompt_fields import (
+    ChatMessage,
+    ResponseFormatIn,
+    ToolChoiceIn,
+    ToolDef,
+    convert_messages,
+    convert_structure,
+    structure_problem,
+)
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -34,6 +43,7 @@ __all__ = [
     "ErrorInfo",
     "Prompt",
     "Rejected",
+    "ToolCallOut",
     "Usage",
     "completion_schema",
     "decode_prompt",
@@ -51,11 +61,6 @@ refused (an enum value, say), which may be as long as the record."""
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
-class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
 class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One request on `llm_prompts`. Unknown fields are ignored."""
 
@@ -71,12 +76,31 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tenant: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     metadata: dict[str, Any] | None = None
     dedup: bool = True
+    response_format: ResponseFormatIn | None = None
+    tools: Annotated[list[ToolDef], msgspec.Meta(max_length=128)] | None = None
+    tool_choice: ToolChoiceIn | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens and their price. `cached_input_tokens` are part of `input_tokens` (read from the
+    provider's prompt cache, priced at the row's cached rate), `cache_write_tokens` were
+    written to it (priced apart), `reasoning_tokens` are part of `output_tokens`."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     cost_usd: float | None = None
+
+
+class ToolCallOut(msgspec.Struct, frozen=True):
+    """A tool call the model made: `arguments` is always a parsed JSON object."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,7 +117,9 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     status: Literal["ok", "error"]
     metadata: dict[str, Any] | None = None
     text: str | None = None
-    finish_reason: str | None = None
+    json: Any = None  # the parsed answer, when `response_format` asked for JSON
+    tool_calls: list[ToolCallOut] | None = None
+    finish_reason: str | None = None  # stop | length | tool_calls | content_filter | ...
     provider: str | None = None
     upstream_model: str | None = None
     endpoint_name: str | None = None
@@ -103,6 +129,7 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     deduplicated: bool = False
     fallback_used: bool = False
     attempts: int = 0
+    canned: bool = False  # every candidate failed: the row's `canned_response`, cause in error
     error: ErrorInfo | None = None
 
 
@@ -320,6 +347,11 @@ def _broken_rule(prompt: Prompt, raw: bytes, max_metadata_bytes: int) -> Rejecte
         return _reject(raw, "validation_error", why, max_metadata_bytes)
     if prompt.messages is not None and not prompt.messages:
         return _reject(raw, "validation_error", "`messages` must not be empty", max_metadata_bytes)
+    broken = structure_problem(
+        prompt.messages, prompt.response_format, prompt.tools, prompt.tool_choice
+    )
+    if broken is not None:
+        return _reject(raw, "validation_error", broken, max_metadata_bytes)
     if prompt.metadata is not None:
         size = len(_encoder.encode(prompt.metadata))
         if size > max_metadata_bytes:
@@ -358,16 +390,17 @@ def provider_request(p: Prompt) -> ProviderRequest:
         stop = (p.stop,)
     else:
         stop = tuple(p.stop)
+    fmt, tools, tool_choice = convert_structure(p.response_format, p.tools, p.tool_choice)
     return ProviderRequest(
-        messages=(
-            tuple(ProviderMessage(m.role, m.content) for m in p.messages)
-            if p.messages is not None
-            else None
-        ),
+        messages=convert_messages(p.messages) if p.messages is not None else None,
         prompt=p.prompt,
         max_tokens=p.max_tokens,
         temperature=p.temperature,
         top_p=p.top_p,
         stop=stop,
         seed=p.seed,
+        response_format=fmt,
+        tools=tools,
+        tool_choice=tool_choice,
+        reasoning_effort=p.reasoning_effort,
     )

@@ -20,11 +20,13 @@ from typing import Any, Protocol
 
 import msgspec
 
-from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.base import ProviderRequest, ProviderResult
 from llm_worker.registry.errors import RegistryError, UnknownModel
+from llm_worker.registry.models import ModelRow
 from llm_worker.registry.resolve import Candidate
 
 from .calling.caller import Caller, CallFailed, CallResult
+from .calling.output import check_output
 from .config import Settings
 from .dedup import DedupWindow, dedup_key
 from .messages import (
@@ -32,6 +34,7 @@ from .messages import (
     ErrorInfo,
     Prompt,
     Rejected,
+    ToolCallOut,
     Usage,
     decode_prompt,
     encode,
@@ -212,7 +215,8 @@ class Pipeline:
                     p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
                 )
         except CallFailed as failed:
-            return self._failed(p.rec, p.prompt, failed).labelled(p.prompt.model)
+            canned = _canned_response(p.prompt.model, p.candidates, p.request)
+            return self._failed(p.rec, p.prompt, failed, canned).labelled(p.prompt.model)
         if call.candidate.fallback and not shared:
             self._metrics.fallbacks.labels(p.prompt.model).inc()
         return self._answered(p.rec, p.prompt, call, shared=shared).labelled(p.prompt.model)
@@ -221,26 +225,26 @@ class Pipeline:
         self, rec: InputRecord, prompt: Prompt, call: CallResult, *, shared: bool
     ) -> Draft:
         res, cand, row = call.result, call.candidate, call.candidate.row
-        if shared:
-            cost = 0.0  # charged on the call that ran
-        else:
-            cost = round(
-                res.input_tokens / 1000 * row.input_cost_per_1k
-                + res.output_tokens / 1000 * row.output_cost_per_1k,
-                8,
-            )
+        cost = 0.0 if shared else _cost(res, row)  # a shared answer: charged on the call that ran
         comp = Completion(
             id=prompt.id,
             model=prompt.model,
             status="ok",
             metadata=prompt.metadata,
             text=res.text,
+            json=call.json,
+            tool_calls=[ToolCallOut(c.id, c.name, c.arguments) for c in res.tool_calls] or None,
             finish_reason=res.finish_reason,
             provider=cand.provider,
             upstream_model=cand.upstream_model,
             endpoint_name=cand.endpoint_name,
             usage=Usage(
-                input_tokens=res.input_tokens, output_tokens=res.output_tokens, cost_usd=cost
+                input_tokens=res.input_tokens,
+                output_tokens=res.output_tokens,
+                cached_input_tokens=res.cached_input_tokens,
+                cache_write_tokens=res.cache_write_tokens,
+                reasoning_tokens=res.reasoning_tokens,
+                cost_usd=cost,
             ),
             latency_ms=round(call.latency_ms, 3),
             queue_ms=self._queue_ms(rec),
@@ -282,12 +286,25 @@ class Pipeline:
             self._tracer.follow(p.trace, key)
         return answer
 
-    def _failed(self, rec: InputRecord, prompt: Prompt, failed: CallFailed) -> Draft:
+    def _failed(
+        self,
+        rec: InputRecord,
+        prompt: Prompt,
+        failed: CallFailed,
+        canned: tuple[str, Any] | None = None,
+    ) -> Draft:
+        """The error completion; or, when the row has a `canned_response` (and its parsed JSON)
+        fit for the prompt, that text as an `ok` answer marked `canned`, the cause in `error`."""
         err, cand = failed.error, failed.candidate
+        if canned is not None:
+            self._metrics.canned.labels(prompt.model).inc()
         comp = Completion(
             id=prompt.id,
             model=prompt.model,
-            status="error",
+            status="error" if canned is None else "ok",
+            text=canned[0] if canned is not None else getattr(err, "raw", None),
+            json=canned[1] if canned is not None else None,
+            canned=canned is not None,
             metadata=prompt.metadata,
             provider=cand.provider if cand else None,
             upstream_model=cand.upstream_model if cand else None,
@@ -396,3 +413,32 @@ def _snake(name: str) -> str:
             out.append("_")
         out.append(ch.lower())
     return "".join(out)
+
+
+def _cost(res: ProviderResult, row: ModelRow) -> float:
+    """USD for one call at `row`'s prices: input read from the provider's cache and written to
+    it at their own prices (the input price when the row has none), the rest at the input
+    price, never counted twice (both are part of `input_tokens`)."""
+    cached, written = res.cached_input_tokens, res.cache_write_tokens
+    plain = max(0, res.input_tokens - cached - written)
+    cached_price = row.cached_input_cost_per_1k
+    write_price = row.cache_write_cost_per_1k
+    usd = (
+        plain * row.input_cost_per_1k
+        + cached * (row.input_cost_per_1k if cached_price is None else cached_price)
+        + written * (row.input_cost_per_1k if write_price is None else write_price)
+        + res.output_tokens * row.output_cost_per_1k
+    ) / 1000
+    return round(usd, 8)
+
+
+def _canned_response(
+    model: str, candidates: list[Candidate], request: ProviderRequest
+) -> tuple[str, Any] | None:
+    """The requested row's `canned_response` and its parsed JSON, if it has one that satisfies
+    what the prompt asked (a prompt asking JSON or a tool call is never `ok` with free text)."""
+    canned = next((c.row.canned_response for c in candidates if c.row.model_id == model), None)
+    if canned is None:
+        return None
+    value, problem = check_output(request, ProviderResult(text=canned, finish_reason="stop"))
+    return None if problem is not None else (canned, value)

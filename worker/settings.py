@@ -150,6 +150,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ] = 8 * MiB
     # one request
     max_attempts: Annotated[int, Spec("tries per candidate on retryable errors", ge=1)] = 3
+    output_retries: Annotated[
+        int,
+        Spec(
+            "more answers asked for when one fails its output check (not JSON, not valid for "
+            "the prompt's schema or tool parameters, cut at max_tokens); then `invalid_output`",
+            ge=0,
+            le=10,
+        ),
+    ] = 1
     request_deadline_s: Annotated[
         float,
         Spec(

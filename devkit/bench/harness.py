@@ -128,6 +128,7 @@ class Load:
     timeout_s: float = 600.0
     rss_every_s: float = 0.0  # > 0: sample RSS this often (into `Run.rss`)
     fallback: bool = False  # the worker's row gets a fallback on profile `<run>b`
+    response_format: dict[str, Any] | None = None  # asked by every prompt when set
     events: list[tuple[float, Callable[[Run], None]]] = field(default_factory=list)
 
 
@@ -231,14 +232,15 @@ def _produce_all(
         if load.rate:  # poll returns at the first delivery report: wait until it is time
             while (ahead := start + i / load.rate - time.monotonic()) > 0:
                 producer.poll(ahead)
-        value = _enc.encode(
-            {
-                "id": f"{run.run_id}-{i}",
-                "model": run.model_id,
-                "prompt": f"benchmark prompt number {i % distinct} about stream processing",
-                "max_tokens": 32,
-            }
-        )
+        prompt: dict[str, Any] = {
+            "id": f"{run.run_id}-{i}",
+            "model": run.model_id,
+            "prompt": f"benchmark prompt number {i % distinct} about stream processing",
+            "max_tokens": 32,
+        }
+        if load.response_format is not None:
+            prompt["response_format"] = load.response_format
+        value = _enc.encode(prompt)
         sent[i] = time.time()
         while True:
             try:

@@ -139,6 +139,48 @@ def _duplicates(stack: Stack, opts: Options, progress: Progress) -> Result:
     return _side_by_side(stack, opts, progress, load)
 
 
+JSON_SCHEMA_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "classification",
+        "schema": {
+            "type": "object",
+            "properties": {
+                "label": {"enum": ["positive", "negative", "neutral"]},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+            "required": ["label", "confidence"],
+            "additionalProperties": False,
+        },
+    },
+}
+"""What the `structured` scenario asks of every prompt: a classification, checked."""
+
+
+@_scenario("structured", "20,000 prompts at 20 ms: plain, then each with a json_schema (checked)")
+def _structured(stack: Stack, opts: Options, progress: Progress) -> Result:
+    """The output check's cost, side by side: the worker on plain prompts, the worker on the
+    same prompts each asking a JSON schema (the fake answers valid JSON; every answer is
+    parsed and validated), and the plain loop."""
+    plain = Load(
+        count=opts.count or 20_000,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        rate=opts.rate,
+        partitions=opts.partitions,
+        timeout_s=opts.timeout_s,
+    )
+    schema = replace(plain, response_format=JSON_SCHEMA_FORMAT)
+    runs = [metrics(run_load(stack, "worker", plain, progress)[0])]
+    runs.append(metrics(run_load(stack, "worker+json_schema", schema, progress)[0]))
+    out: Result = {"runs": runs}
+    if opts.baseline:
+        runs.append(metrics(run_load(stack, "baseline", plain, progress)[0]))
+        out["vs_baseline"] = compare(runs[0], runs[-1])
+        out["worker+json_schema_vs_baseline"] = compare(runs[1], runs[-1])
+    out["json_schema_vs_plain"] = compare(runs[1], runs[0])
+    return out
+
+
 @_scenario("half-load", "the worker's burst rate, then 20 s paced at half of it (worker only)")
 def _half_load(stack: Stack, opts: Options, progress: Progress) -> Result:
     burst = Load(

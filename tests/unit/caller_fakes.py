@@ -59,6 +59,11 @@ class Provider:
         self.max_tokens: list[int | None] = []  # the max_tokens each call would send
         self.broken: set[str] = set()  # endpoints that cannot be called at all
         self.gate: asyncio.Event | None = None  # when set: calls wait for it
+        self.refuses: dict[str, str] = {}  # endpoint -> why it cannot honour any request
+        self.requests: list[ProviderRequest] = []  # what each call was asked
+
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        return self.refuses.get(target.endpoint)
 
     def endpoint_for(self, target: Target) -> str:
         if target.endpoint in self.broken:
@@ -69,6 +74,7 @@ class Provider:
         self, session: ClientSession, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         self.called.append(target.endpoint)
+        self.requests.append(request)
         self.keys.append(target.api_key.reveal() if target.api_key is not None else None)
         self.max_tokens.append(cap_tokens(request.max_tokens, target.max_tokens))  # as sent
         if self.gate is not None:

@@ -108,12 +108,18 @@ class Profile:
                 {"role": "assistant", "content": "hello"},
                 {"role": "user", "content": "again"},
             ],
-            "max_tokens": 100,
+            # OpenAI and Azure: max_tokens is deprecated and refused by the reasoning models
+            self.max_tokens_key: 100,
             "temperature": 0.2,
             "top_p": 0.9,
             "stop": ["END"],
             "seed": 7,
         }
+
+    @property
+    def max_tokens_key(self) -> str:
+        openai = self.provider in ("openai", "azure_openai")
+        return "max_completion_tokens" if openai else "max_tokens"
 
     def prompt_payload(self) -> dict[str, Any]:
         return {"model": MODEL, "messages": [{"role": "user", "content": "tell me"}]}

@@ -76,6 +76,9 @@ class Provider:
         self.attempts: Attempts | None = None
         self.gate: asyncio.Event | None = None
 
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        return None  # a scripted provider honours every field
+
     def endpoint_for(self, target: Target) -> str:
         return target.endpoint
 

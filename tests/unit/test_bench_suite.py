@@ -104,6 +104,7 @@ def test_the_registry_has_the_scenarios_each_with_help() -> None:
         "throughput",
         "latency-sweep",
         "duplicates",
+        "structured",
         "half-load",
         "failover",
         "slow-provider",

@@ -19,6 +19,7 @@ from llm_worker.adapters.errors import (
     ProviderError,
     ProviderTimeout,
     RateLimited,
+    UnsupportedFeature,
 )
 from llm_worker.adapters.secrets import MissingSecret, SecretStore
 from llm_worker.adapters.sessions import SessionPool
@@ -106,15 +107,18 @@ class Attempts:
             timeout_ms=row.timeout_ms,
             max_tokens=row.max_tokens,
             max_response_bytes=self._sessions.max_response_bytes,
+            dialect=row.dialect,
+            structured_outputs=row.structured_outputs,
         )
 
     def forget_children(self) -> None:
         """After series were removed: look children up again."""
         self._children.clear()
 
-    def prepare(self, cand: Candidate) -> Prepared:
+    def prepare(self, cand: Candidate, request: ProviderRequest | None = None) -> Prepared:
         """What calling `cand` needs; a terminal `ProviderError` when it cannot be called
-        (an unknown provider, a missing secret, a malformed endpoint)."""
+        (an unknown provider, a missing secret, a malformed endpoint) or cannot honour a field
+        of `request` (`UnsupportedFeature`, naming the field and the provider)."""
         try:
             adapter = get_adapter(cand.provider)
         except KeyError:
@@ -124,6 +128,9 @@ class Attempts:
                 model=cand.upstream_model,
             ) from None
         target = self._target(cand)
+        refused = adapter.unsupported(target, request) if request is not None else None
+        if refused is not None:
+            raise UnsupportedFeature(refused, provider=cand.provider, model=cand.upstream_model)
         try:
             session = self._sessions.get(adapter.endpoint_for(target))
         except ValueError as exc:

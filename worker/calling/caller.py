@@ -28,8 +28,10 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 
+import msgspec
+
 from llm_worker.adapters.base import ProviderRequest, ProviderResult
-from llm_worker.adapters.errors import BadRequest, ProviderError, RateLimited
+from llm_worker.adapters.errors import BadRequest, InvalidOutput, ProviderError, RateLimited
 from llm_worker.adapters.retry import next_delay
 from llm_worker.adapters.secrets import SecretStore
 from llm_worker.adapters.sessions import SessionPool
@@ -52,6 +54,7 @@ from .capacity import (
 from .concurrency import AdaptiveLimit, ConcurrencyLimits
 from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
 from .observer import CallObserver
+from .output import check_output
 from .ratelimit import RateLimiter, RateRequest
 from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens, expired
 from .routing import Router, endpoint_key, health_key
@@ -167,8 +170,11 @@ class Caller:
         observer: CallObserver | None = None,
         max_tokens_cap: int | None = None,
         capacity_wait_s: float = CAPACITY_WAIT_S,
+        output_retries: int = 1,
     ) -> None:
         self.observer = observer
+        self.output_retries = output_retries
+        """More answers asked for when one fails its output check (`calling.output`)."""
         self.max_tokens_cap = max_tokens_cap  # the most max_tokens any request asks; None: none
         self.capacity_wait_s = capacity_wait_s
         self._metrics = metrics
@@ -213,6 +219,33 @@ class Caller:
         tenant: str | None = None,
     ) -> CallResult:
         request = capped(request, self.max_tokens_cap)
+        attempts = 0
+        for tries_left in range(self.output_retries, -1, -1):
+            result = await self._answer(candidates, request, deadline, tenant)
+            attempts += result.attempts
+            value, problem = check_output(request, result.result)
+            if problem is None:
+                return msgspec.structs.replace(result, attempts=attempts, json=value)
+            self._metrics.invalid_outputs.labels(result.candidate.provider).inc()
+            if tries_left == 0 or self._clock() >= deadline:
+                cand = result.candidate
+                error = InvalidOutput(
+                    f"{problem} (after {self.output_retries + 1 - tries_left} answers)",
+                    raw=result.result.text,
+                    provider=cand.provider,
+                    model=cand.upstream_model,
+                )
+                raise CallFailed(error, attempts, cand)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _answer(
+        self,
+        candidates: Sequence[Candidate],
+        request: ProviderRequest,
+        deadline: float,
+        tenant: str | None,
+    ) -> CallResult:
+        """Passes over the candidates until one answers; `CallFailed` when none will."""
         st = _Call(request, tenant, deadline, deadline + self.capacity_wait_s)
         try:
             while True:
@@ -362,7 +395,7 @@ class Caller:
                 continue
             st.last_cand = cand
             try:  # a candidate that cannot be called, or whose limits the request can't fit
-                prepared = self._attempts.prepare(cand)
+                prepared = self._attempts.prepare(cand, st.request)
                 ask = fitting(self.limiter, cand, st.request, st.tenant, self.max_tokens_cap)
             except ProviderError as exc:
                 failed.terminal = st.last_call_error = exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from llm_worker.adapters.base import ProviderRequest, ProviderResult
@@ -30,6 +32,7 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True):
     candidate: Candidate
     attempts: int
     latency_ms: float
+    json: Any = None  # the answer parsed, when the prompt asked JSON (`calling.output`)
 
 
 class CallFailed(Exception):
@@ -56,7 +59,7 @@ class CallFailed(Exception):
 def estimate_tokens(request: ProviderRequest, cap: int | None) -> int:
     """Tokens a request may use, for the tpm buckets: ~4 characters a token plus max_tokens."""
     if request.messages is not None:
-        chars = sum(len(m.content) for m in request.messages)
+        chars = sum(len(m.text) for m in request.messages)
     else:
         chars = len(request.prompt or "")
     out = request.max_tokens or cap or 256

@@ -207,11 +207,21 @@ def _add_registry(sub: Subcommands) -> None:
         "fallback-model",
         "fallback-model-id",
         "api-key-secret",
+        "canned-response",
     ):
         setp.add_argument(f"--{col}")
+    setp.add_argument("--dialect", choices=("openai", "llama_cpp"))
+    setp.add_argument(
+        "--structured-outputs", type=lambda v: v.lower() in ("1", "true", "yes", "on")
+    )
     for col in ("max-tokens", "rpm-limit", "tpm-limit", "timeout-ms"):
         setp.add_argument(f"--{col}", type=int)
-    for col in ("input-cost-per-1k", "output-cost-per-1k"):
+    for col in (
+        "input-cost-per-1k",
+        "output-cost-per-1k",
+        "cached-input-cost-per-1k",
+        "cache-write-cost-per-1k",
+    ):
         setp.add_argument(f"--{col}", type=float)
     fo = rsub.add_parser("failover")
     fo.add_argument("model_id")

@@ -107,6 +107,18 @@ class Metrics:
         self.fallbacks = Counter(
             "llm_worker_fallbacks", "Completions answered by a fallback", ["model"], registry=r
         )
+        self.invalid_outputs = Counter(
+            "llm_worker_invalid_outputs",
+            "Answers that failed their output check (JSON, schema, tool arguments)",
+            ["provider"],
+            registry=r,
+        )
+        self.canned = Counter(
+            "llm_worker_canned_responses",
+            "Completions answered with the row's canned_response after every candidate failed",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("llm_worker_in_flight", "Messages in flight", registry=r)
         self.paused = Gauge("llm_worker_paused_partitions", "Partitions paused", registry=r)
         self.commits = Counter("llm_worker_offset_commits", "Offset commits", registry=r)
