@@ -38,7 +38,12 @@ from tests.integration.pg_fixtures import temporary_database
 
 pytestmark = pytest.mark.integration
 
-ALL = ["001_model_registry.sql", "002_registry_notify.sql", "003_routing_objective.sql"]
+ALL = [
+    "001_model_registry.sql",
+    "002_registry_notify.sql",
+    "003_routing_objective.sql",
+    "004_structured_outputs.sql",
+]
 
 
 def query(dsn: str, text: str) -> list[tuple[object, ...]]:
@@ -106,9 +111,7 @@ def test_migrate_applies_in_order_then_is_a_noop(pg_server_dsn: str) -> None:
         assert migrate(dsn) == []
         assert pending(dsn) == []
         assert query(dsn, "SELECT version, name FROM schema_migrations ORDER BY 1") == [
-            (1, ALL[0]),
-            (2, ALL[1]),
-            (3, ALL[2]),
+            (i + 1, name) for i, name in enumerate(ALL)
         ]
         columns = query(
             dsn,
