@@ -2,7 +2,7 @@
 
 The row names provider `openai_compatible`, dialect `llama_cpp`; the broker and PostgreSQL are
 the integration layer's (tests/integration/conftest.py). The server answers one request at a
-time, so the worker takes two prompts at once and each request gets a long deadline.
+time, so the worker takes two prompts at once.
 """
 
 from __future__ import annotations
@@ -63,7 +63,12 @@ def _row(server: ModelServer) -> ModelRow:
 
 
 def _settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(max_in_flight=2, request_deadline_s=300.0, max_attempts=2)
+    """Two prompts at a time (the server answers one at a time: ~0.5 s each here). A request
+    that fails ends within its deadline, as an error completion, well before the read below
+    stops waiting (and before pytest's 300 s timeout), so a failure names its cause."""
+    return make_settings(
+        max_in_flight=2, request_deadline_s=60.0, capacity_wait_s=30.0, max_attempts=2
+    )
 
 
 def _messages(text: str) -> list[dict[str, str]]:
@@ -78,7 +83,7 @@ async def _run(s: Settings, prompts: list[dict[str, Any]]) -> dict[str, dict[str
     await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 2)
     await asyncio.to_thread(kh.produce_prompts, bs, s.prompts_topic, prompts)
     async with App(s, http=False).running():
-        records = await asyncio.to_thread(kh.consume, bs, s.completions_topic, len(prompts), 600)
+        records = await asyncio.to_thread(kh.consume, bs, s.completions_topic, len(prompts), 200)
     return {r.json()["id"]: r.json() for r in records}
 
 
