@@ -148,6 +148,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if errors and args.fail_on_error:
+        return 1
     return 0
 
 
@@ -175,15 +177,35 @@ def _add_service_commands(sub: Subcommands) -> None:
 
 def _add_send(sub: Subcommands) -> None:
     """`send`: publish prompts and wait for their completions."""
-    send = sub.add_parser("send", help="publish prompts and print their completions")
-    send.add_argument("text", nargs="?", help="the prompt text")
-    send.add_argument("--model", default="chat-small")
-    send.add_argument("--id")
-    send.add_argument("--max-tokens", type=int)
-    send.add_argument("--file", help="JSONL file of prompt objects")
-    send.add_argument("--timeout", type=float, default=60.0)
+    send = sub.add_parser(
+        "send",
+        help="publish prompts and print their completions",
+        description="Publish prompts to the prompts topic and print each completion as a JSON "
+        "line (stdout) and a summary (stderr). Exit status: 0 when every prompt got a completion "
+        "(error completions included, unless --fail-on-error), 1 on a timeout.",
+    )
+    send.add_argument("text", nargs="?", help="the prompt text (or --file)")
+    send.add_argument(
+        "--model", default="chat-small", help="model_id from the registry (default: chat-small)"
+    )
+    send.add_argument("--id", help="the prompt's id (default: a random one)")
+    send.add_argument("--max-tokens", type=int, help="max_tokens for the prompt")
+    send.add_argument("--file", help="a JSONL file of prompt objects, one a line (instead of TEXT)")
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the completions (default: 60); exit 1 when some are missing",
+    )
     send.add_argument("--quiet", action="store_true", help="print only the summary")
-    send.add_argument("--bootstrap", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    send.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="exit 1 when any completion is an error (default: exit 0 once all are answered)",
+    )
+    send.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (overrides KAFKA_BOOTSTRAP_SERVERS)"
+    )
     send.set_defaults(fn=_cmd_send)
 
 
