@@ -331,6 +331,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = ""
     # the process
+    allow_unknown_settings: Annotated[
+        bool,
+        Spec(
+            "`true`: an unknown `LLM_WORKER_*` variable (a typo, or a setting of another "
+            "version during a rolling upgrade) is a warning; `false`: it stops the worker "
+            "(exit 2, naming the closest setting)"
+        ),
+    ] = False
     gc_gen0_threshold: Annotated[
         int,
         Spec(
