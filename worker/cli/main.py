@@ -210,46 +210,16 @@ def _add_send(sub: Subcommands) -> None:
 
 
 def _add_registry(sub: Subcommands) -> None:
-    """`registry`: inspect and change model registry rows."""
-    reg = sub.add_parser("registry", help="inspect and change model registry rows")
-    reg.add_argument("--json", action="store_true")
-    reg.add_argument("--database-url", help="overrides DATABASE_URL")
-    rsub = reg.add_subparsers(dest="action", required=True)
-    rsub.add_parser("list")
-    show = rsub.add_parser("show")
-    show.add_argument("model_id")
-    setp = rsub.add_parser("set")
-    setp.add_argument("model_id")
-    for col in (
-        "provider",
-        "endpoint",
-        "upstream-model",
-        "fallback-provider",
-        "fallback-endpoint",
-        "fallback-model",
-        "fallback-model-id",
-        "api-key-secret",
-        "canned-response",
-    ):
-        setp.add_argument(f"--{col}")
-    setp.add_argument("--dialect", choices=("openai", "llama_cpp"))
-    setp.add_argument(
-        "--structured-outputs", type=lambda v: v.lower() in ("1", "true", "yes", "on")
+    """`registry`: inspect and change model registry rows (worker/cli/registry.py)."""
+    from .registry import add_registry_arguments
+
+    reg = sub.add_parser(
+        "registry",
+        help="inspect and change model registry rows, from options or a file",
+        description="Inspect and change the model registry: no SQL needed. Exit 1: no such "
+        "model or no database; exit 2: a value to fix (nothing is changed).",
     )
-    for col in ("max-tokens", "rpm-limit", "tpm-limit", "timeout-ms"):
-        setp.add_argument(f"--{col}", type=int)
-    for col in (
-        "input-cost-per-1k",
-        "output-cost-per-1k",
-        "cached-input-cost-per-1k",
-        "cache-write-cost-per-1k",
-    ):
-        setp.add_argument(f"--{col}", type=float)
-    fo = rsub.add_parser("failover")
-    fo.add_argument("model_id")
-    rs = rsub.add_parser("restore")
-    rs.add_argument("model_id")
-    rsub.add_parser("validate")
+    add_registry_arguments(reg)
     reg.set_defaults(fn=_cmd_registry)
 
 
