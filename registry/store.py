@@ -112,8 +112,8 @@ def change_rows(
     """Read the table, let `decide(rows)` say which rows to write (whole rows, inserted or
     overwritten) and which model_ids to delete, and do it, all in ONE transaction that holds
     the table against other admin writes (the worker's reads go on). An exception from
-    `decide` rolls everything back; `dry_run` reads and decides but writes nothing. Every
-    worker reloads once, on the commit.
+    `decide` rolls everything back; `dry_run` reads and decides but writes nothing. The
+    workers see the whole change at once: the NOTIFYs of its rows are sent at commit.
     """
     with _connect(dsn) as conn:
         conn.execute(
