@@ -46,6 +46,7 @@ def _secrets(s: Settings) -> list[str]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from llm_worker.registry.errors import RegistryUnavailable
 
+    from ..ops.http import PortUnavailable
     from ..process import exit_leaving_stuck_threads, run_app, run_async
     from ..stream.admin import KafkaUnavailable
 
@@ -53,8 +54,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(s.log_level, s.log_format, secrets=_secrets(s))
     try:
         return exit_leaving_stuck_threads(run_async(run_app(s)))
-    except (KafkaUnavailable, RegistryUnavailable) as exc:
-        log.error("%s", exc)
+    except (KafkaUnavailable, RegistryUnavailable, PortUnavailable) as exc:
+        log.error("cannot start: %s", exc)  # one line naming the setting; no traceback
         return 2
 
 
@@ -165,9 +166,56 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         return 1
 
 
+_RUN_SETTINGS = {
+    "kafka_bootstrap_servers": "the Kafka brokers, host:port,...",
+    "database_url": "the model registry's PostgreSQL (password shown as ***)",
+    "group_id": "the consumer group",
+    "prompts_topic": "the topic read",
+    "completions_topic": "the topic written",
+    "secrets_dir": "API keys, one file each (or variables named by the registry)",
+    "http_port": "/metrics, /healthz, /readyz",
+    "log_format": "json or text",
+}
+"""The settings `run --help` shows, what a first deployment sets, each in a few words."""
+
+
+def _run_description() -> str:
+    from ..settings import SETTINGS
+
+    by_name = {d.name: d for d in SETTINGS}
+    rows = []
+    for name, what in _RUN_SETTINGS.items():
+        d = by_name[name]
+        rows.append(f"  {d.env:<29} {what} (default: {d.shown(d.default)})")
+    return "\n".join(
+        [
+            "Run the worker until SIGTERM/SIGINT. It takes no options: every setting is an "
+            "environment",
+            "variable (LLM_WORKER_<NAME>, and KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL), or a "
+            "KEY=VALUE line",
+            "of the file LLM_WORKER_CONFIG_FILE names. All of them, with defaults and bounds: "
+            "docs/configuration.md.",
+            "The ones a first deployment sets:",
+            "",
+            *rows,
+            "",
+            "An unknown LLM_WORKER_* variable (a typo) stops it, naming the closest setting.",
+            "Exit status: 0 stopped; 2 a bad setting or cannot start (one line naming the "
+            "variable to",
+            "change); 3 a fatal Kafka error; 4 a shutdown that overran (docs/delivery.md, "
+            "Exit codes).",
+        ]
+    )
+
+
 def _add_service_commands(sub: Subcommands) -> None:
     """`run` and `migrate`: what a deployment runs; both read the environment."""
-    run = sub.add_parser("run", help="run the worker (configuration from the environment)")
+    run = sub.add_parser(
+        "run",
+        help="run the worker (settings from the environment: run --help)",
+        description=_run_description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.set_defaults(fn=_cmd_run)
 
     mig = sub.add_parser("migrate", help="apply pending database migrations")
