@@ -127,3 +127,13 @@ def test_run_exits_2_with_one_line() -> None:
         "configuration error: unknown setting LLM_WORKER_MAX_INFLIGHT: did you mean "
         "LLM_WORKER_MAX_IN_FLIGHT?"
     ]
+
+
+def test_run_help_says_where_the_settings_are(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "docs/configuration.md" in out and "environment" in out
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "LLM_WORKER_HTTP_PORT"):
+        assert f"\n  {var} " in out, var
+    assert "LLM_WORKER_CONFIG_FILE" in out and "Exit status: 0 stopped; 2 " in out
