@@ -255,3 +255,15 @@ def test_the_text_format_keeps_the_fields_as_key_value() -> None:
     )
     bare = logging.LogRecord("llm_worker", logging.INFO, __file__, 1, "plain", None, None)
     assert TextFormatter().format(bare).endswith(" INFO llm_worker plain")
+
+
+def test_migrate_names_database_url_without_its_password(
+    closed_port: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llm_worker.worker.cli.main import main
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://llm:{PASSWORD}@127.0.0.1:{closed_port}/db")
+    assert main(["migrate"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cannot migrate (check DATABASE_URL): ") and err.count("\n") == 1
+    assert f"llm:***@127.0.0.1:{closed_port}/db" in err and PASSWORD not in err

@@ -71,7 +71,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         return 1
     except Exception as exc:
         why = redact_error(exc, s.database_url)
-        print(f"cannot migrate {redact_dsn(s.database_url)}: {why}", file=sys.stderr)
+        given = "--database-url" if args.database_url else "DATABASE_URL"
+        where = redact_dsn(s.database_url)
+        shown = why if where in why else f"{where}: {why}"
+        print(f"cannot migrate (check {given}): {shown}", file=sys.stderr)
         return 1
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     return 0
