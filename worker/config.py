@@ -58,9 +58,10 @@ _PREFIXED = {d.env: d for d in SETTINGS if d.from_prefix}
 _ALLOW_UNKNOWN = _BY_NAME["allow_unknown_settings"]
 _READ_BY_PATTERN = frozenset({"LLM_WORKER_CONFIG_FILE"})
 """Variables read here that are no setting: the file of more settings."""
-_TOOLING = frozenset({"LLM_WORKER_TEST_BROKER", "LLM_WORKER_TEST_MODEL", "LLM_WORKER_CHAOS_REPORT"})
-"""Variables of the test suite (`make test-kafka`, `make test-model`, `make chaos`), which may be
-in the environment of a worker the tests start."""
+_TOOLING = ("LLM_WORKER_TEST_", "LLM_WORKER_CHAOS_REPORT")
+"""Variables of the test suite (`LLM_WORKER_TEST_BROKER` of `make test-kafka`,
+`LLM_WORKER_TEST_MODEL`, the chaos report...), which may be in the environment of a worker the
+tests start."""
 _SUGGESTIONS = {
     **{d.env[len(PREFIX) :]: d.env for d in _PREFIXED.values()},
     **{d.env: d.env for d in _FIXED.values()},  # LLM_WORKER_DATABASE_URL -> DATABASE_URL
@@ -137,7 +138,7 @@ def unknown_settings(source: Mapping[str, str]) -> list[str]:
     for var in sorted(source):
         if not var.startswith(PREFIX) or var.startswith(KAFKA_PREFIX) or var in _PREFIXED:
             continue
-        if var in _READ_BY_PATTERN or var in _TOOLING:
+        if var in _READ_BY_PATTERN or var.startswith(_TOOLING):
             continue
         if close := _closest(var[len(PREFIX) :]):
             names = " or ".join(_SUGGESTIONS[c] for c in close)

@@ -60,6 +60,8 @@ def test_every_known_family_is_accepted() -> None:
         "LLM_WORKER_KAFKA_SASL_PASSWORD_FILE": "/x",
         "LLM_WORKER_CONFIG_FILE": "/x",
         "LLM_WORKER_TEST_BROKER": "kafka",
+        "LLM_WORKER_TEST_REPLICA_RATE": "1200",
+        "LLM_WORKER_CHAOS_REPORT": "r.txt",
         "OTEL_SERVICE_NAME": "w",
         "OTHER_TOOL_MAX_INFLIGHT": "1",
     }
