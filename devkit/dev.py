@@ -143,14 +143,14 @@ def _command() -> tuple[str, str]:
     return str(shown / "llm-worker"), hint
 
 
-def _next_steps(settings: Settings, http_port: int | None, ready_s: float) -> str:
+def _next_steps(settings: Settings, http_port: int | None, ready_s: float | None = None) -> str:
     env = f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
     dsn = redact_dsn(settings.database_url)  # the local one has no password: shown whole
     cmd, hint = _command()
     host = settings.http_host
     return (
         "\nllm-worker dev stack is ready (the worker owns its partitions and answered a probe"
-        f" prompt; {ready_s:.1f} s):\n"
+        f" prompt{'' if ready_s is None else f'; {ready_s:.1f} s'}):\n"
         f"  broker    {settings.kafka_bootstrap_servers}\n"
         f"  postgres  {dsn}\n"
         f"  metrics   http://{host}:{http_port}/metrics   ready: /readyz   (listening on {host})\n"
