@@ -381,9 +381,9 @@ class App:
             if created:
                 log.info("created topics %s", created)
         else:  # a missing topic is named now, not found out by an idle consumer
-            fields = ("prompts_topic", "completions_topic", "dlq_topic")
-            named = {env_name(f): str(getattr(s, f)) for f in fields}
-            await asyncio.to_thread(require_topics, admin, named)
+            read = {env_name("prompts_topic"): s.prompts_topic}
+            written = {env_name(f): str(getattr(s, f)) for f in ("completions_topic", "dlq_topic")}
+            await asyncio.to_thread(require_topics, admin, read, written)
         self._topic_partitions = await asyncio.to_thread(partition_count, admin, s.prompts_topic)
         await self.registry.start(timeout=s.registry_wait_s)
         self._loop = asyncio.get_running_loop()

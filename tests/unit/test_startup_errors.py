@@ -139,19 +139,28 @@ def test_run_with_kafka_unreachable_exits_2(closed_port: int) -> None:
     assert lines[-1].startswith("cannot start: gave up after 4 s: cannot reach Kafka at ")
 
 
-def test_a_missing_topic_names_the_topic_and_the_setting() -> None:
+def test_a_missing_topic_names_the_topic_and_the_setting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     admin: Any = SimpleNamespace(
-        list_topics=lambda timeout: SimpleNamespace(topics={"llm_prompts": None})
+        list_topics=lambda timeout: SimpleNamespace(topics={"llm_completions": None})
     )
-    topics = {"LLM_WORKER_PROMPTS_TOPIC": "llm_prompts", "LLM_WORKER_COMPLETIONS_TOPIC": "outs"}
+    outputs = {"LLM_WORKER_COMPLETIONS_TOPIC": "llm_completions", "LLM_WORKER_DLQ_TOPIC": "dlq"}
     with pytest.raises(KafkaUnavailable) as info:
-        require_topics(admin, topics)
+        require_topics(admin, {"LLM_WORKER_PROMPTS_TOPIC": "prompts"}, outputs)
     assert str(info.value) == (
-        "topic 'outs' (LLM_WORKER_COMPLETIONS_TOPIC) does not exist and "
-        "LLM_WORKER_CREATE_TOPICS=false: create it, set LLM_WORKER_COMPLETIONS_TOPIC to a topic "
+        "topic 'prompts' (LLM_WORKER_PROMPTS_TOPIC) does not exist and "
+        "LLM_WORKER_CREATE_TOPICS=false: create it, set LLM_WORKER_PROMPTS_TOPIC to a topic "
         "that exists, or set LLM_WORKER_CREATE_TOPICS=true"
     )
-    require_topics(admin, {"LLM_WORKER_PROMPTS_TOPIC": "llm_prompts"})  # all there: no error
+    # a topic it writes may be created by the broker on first write: a warning naming it
+    caplog.set_level(logging.WARNING, logger="llm_worker.kafka")
+    require_topics(admin, {"LLM_WORKER_COMPLETIONS_TOPIC": "llm_completions"}, outputs)
+    assert [r.getMessage() for r in caplog.records] == [
+        "topic 'dlq' (LLM_WORKER_DLQ_TOPIC) does not exist and LLM_WORKER_CREATE_TOPICS=false: "
+        "writing to it fails unless the broker creates topics on first write "
+        "(auto.create.topics.enable)"
+    ]
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
@@ -267,3 +276,17 @@ def test_migrate_names_database_url_without_its_password(
     err = capsys.readouterr().err
     assert err.startswith("cannot migrate (check DATABASE_URL): ") and err.count("\n") == 1
     assert f"llm:***@127.0.0.1:{closed_port}/db" in err and PASSWORD not in err
+
+
+async def test_the_app_refuses_to_start_without_its_prompts_topic() -> None:
+    """Through the App (fake broker, tests/component): with LLM_WORKER_CREATE_TOPICS=false and
+    no prompts topic, start() names it instead of a consumer idling on nothing."""
+    from tests.component.conftest import run_app, start_fake_server
+
+    provider = await start_fake_server(shutdown_timeout=0.2)
+    try:
+        with pytest.raises(KafkaUnavailable, match=r"^topic 'llm_prompts' \(LLM_WORKER_PROMPTS"):
+            async with run_app(provider, {"LLM_WORKER_CREATE_TOPICS": "false"}):
+                pass
+    finally:
+        await provider.close()

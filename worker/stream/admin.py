@@ -147,16 +147,28 @@ def partition_count(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> 
     return len(meta.partitions) if meta is not None else 0
 
 
-def require_topics(admin: AdminClient, topics: dict[str, str], timeout_s: float = 10.0) -> None:
-    """KafkaUnavailable naming the first of `topics` ({setting: topic}) that does not exist,
-    and the settings that fix it; at start when the worker does not create its topics."""
+def require_topics(
+    admin: AdminClient, read: dict[str, str], written: dict[str, str], timeout_s: float = 10.0
+) -> None:
+    """At start when the worker does not create its topics: KafkaUnavailable naming a topic it
+    reads ({setting: topic}) that does not exist, and the settings that fix it; a warning for
+    a topic it writes, which a broker with `auto.create.topics.enable` creates on first write."""
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    for setting, topic in topics.items():
+    for setting, topic in read.items():
         if topic not in existing:
             raise KafkaUnavailable(
                 f"topic {topic!r} ({setting}) does not exist and LLM_WORKER_CREATE_TOPICS=false: "
                 f"create it, set {setting} to a topic that exists, or set "
                 "LLM_WORKER_CREATE_TOPICS=true"
+            )
+    for setting, topic in written.items():
+        if topic not in existing:
+            log.warning(
+                "topic %r (%s) does not exist and LLM_WORKER_CREATE_TOPICS=false: writing to it "
+                "fails unless the broker creates topics on first write "
+                "(auto.create.topics.enable)",
+                topic,
+                setting,
             )
 
 
