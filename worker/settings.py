@@ -250,7 +250,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Annotated[
         LogLevel, Spec("the least level logged; one JSON line per outcome at INFO", fold=True)
     ] = "INFO"
-    log_format: Annotated[LogFormat, Spec("`json` lines, or `text`: one line each with its fields as `key=value`")] = "json"
+    log_format: Annotated[
+        LogFormat, Spec("`json` lines, or `text`: one line each with its fields as `key=value`")
+    ] = "json"
     log_outcomes: Annotated[
         LogOutcomes,
         Spec("which outcomes get their log line (`errors`: error completions and dead letters)"),
