@@ -5,6 +5,7 @@ bench-adapters, bench-telemetry (the service's command line adds them when the d
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, TypeAlias
 
 __all__ = ["add_commands"]
@@ -52,6 +53,13 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.plot and not args.scenario:
+        print(
+            "bench: --plot draws a scenario: latency-sweep or soak (`bench latency-sweep --plot"
+            " FILE.png`)",
+            file=sys.stderr,
+        )
+        return 2
     if args.scenario:
         from llm_worker.devkit.bench.suite import run_suite
 
@@ -96,8 +104,15 @@ def _add_dev(sub: Subcommands) -> None:
     """`dev`: the local stack."""
     dev = sub.add_parser("dev", help="local broker + Postgres + fake provider + worker")
     dev.add_argument("--demo", action="store_true", help="also send sample prompts and print them")
-    dev.add_argument("--fake-port", type=int, default=0)
-    dev.add_argument("--http-port", type=int, default=8080)
+    dev.add_argument(
+        "--fake-port", type=int, default=0, help="the fake provider's port (default: a free one)"
+    )
+    dev.add_argument(
+        "--http-port",
+        type=int,
+        default=8080,
+        help="the worker's /metrics and /readyz port on 127.0.0.1 (default: 8080; 0: a free one)",
+    )
     dev.add_argument("--once", action="store_true", help="with --demo: exit after the demo")
     _broker_flag(dev)
     dev.set_defaults(fn=_cmd_dev)
@@ -135,7 +150,10 @@ def _add_bench(sub: Subcommands) -> None:
         "--duration", type=float, help="paced scenarios (soak: 1800): seconds of publishing"
     )
     bench.add_argument(
-        "--plot", help="latency-sweep: a PNG of throughput and p99; soak: of RSS over time"
+        "--plot",
+        metavar="FILE.png",
+        help="latency-sweep: a PNG of throughput and p99; soak: of RSS over time (only those"
+        " two: others are refused before anything runs)",
     )
     bench.add_argument(
         "--variant",

@@ -1,4 +1,5 @@
-"""`llm-worker dev`: the whole stack on one machine, with pip-installed parts only."""
+"""`llm-worker dev`: the whole stack on one machine, with pip-installed parts only. The banner
+comes once the worker owns its partitions and has answered a probe prompt (`_await_ready`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from llm_worker.devkit.devstack import (
@@ -119,19 +122,77 @@ def _run_demo(settings: Settings) -> int:
     return 0 if len(got) == len(prompts) else 1
 
 
-def _next_steps(settings: Settings, http_port: int | None) -> str:
+DEV_SESSION_TIMEOUT_MS = "6000"
+"""The dev worker's `session.timeout.ms` (unless `LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS` says
+otherwise): Tansu hands a new group its partitions after about half the session timeout (23 s
+with librdkafka's 45 s default, 3 s with 6 s); 6 s is also Apache Kafka's smallest allowed."""
+
+READY_TIMEOUT_S = 120.0
+
+
+def _command() -> tuple[str, str]:
+    """How another shell runs `llm-worker`: the command, and a hint when it is not on the PATH."""
+    bindir = Path(sys.executable).parent
+    script = bindir / "llm-worker"
+    found = shutil.which("llm-worker")
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return "llm-worker", ""
+    rel = os.path.relpath(bindir)
+    shown = bindir if rel.startswith("..") else Path(rel)
+    hint = f"  (`source {shown / 'activate'}` puts `llm-worker` on the PATH)\n"
+    return str(shown / "llm-worker"), hint
+
+
+def _next_steps(settings: Settings, http_port: int | None, ready_s: float | None = None) -> str:
     env = f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} "
     dsn = redact_dsn(settings.database_url)  # the local one has no password: shown whole
+    cmd, hint = _command()
+    host = settings.http_host
     return (
-        "\nllm-worker dev stack is running:\n"
+        "\nllm-worker dev stack is ready (the worker owns its partitions and answered a probe"
+        f" prompt{'' if ready_s is None else f'; {ready_s:.1f} s'}):\n"
         f"  broker    {settings.kafka_bootstrap_servers}\n"
         f"  postgres  {dsn}\n"
-        f"  metrics   http://127.0.0.1:{http_port}/metrics   ready: /readyz\n"
+        f"  metrics   http://{host}:{http_port}/metrics   ready: /readyz   (listening on {host})\n"
         "try, in another shell:\n"
-        f"  {env}llm-worker send 'Hello there' --model chat-small\n"
-        f"  DATABASE_URL='{dsn}' llm-worker registry list\n"
+        f"  {env}{cmd} send 'Hello there' --model chat-small\n"
+        f"  DATABASE_URL='{dsn}' {cmd} registry list\n"
+        f"{hint}"
+        f"a consumer of your own: session.timeout.ms={DEV_SESSION_TIMEOUT_MS} gets it its"
+        " partitions in ~3 s (Tansu waits half the session timeout: ~23 s by default)\n"
         "Ctrl-C stops everything.\n"
     )
+
+
+async def _await_ready(app: App, settings: Settings) -> float:
+    """Wait until the worker is ready and owns its partitions, then until a probe prompt is
+    answered: a `send` after the banner is answered at once. Returns the seconds it took."""
+    start = time.monotonic()
+    said = start
+    while True:
+        ok, detail = app.ready()
+        if ok and detail["assigned_partitions"]:
+            break
+        now = time.monotonic()
+        if now - start > READY_TIMEOUT_S:
+            raise RuntimeError(
+                f"the worker is not ready after {READY_TIMEOUT_S:.0f} s: {detail['checks']}"
+            )
+        if now - said >= 5:
+            said = now
+            print(f"waiting for the worker to own its partitions ({now - start:.0f} s) ...")
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(_probe, settings)
+    return time.monotonic() - start
+
+
+def _probe(settings: Settings) -> None:
+    """One prompt through the whole path (broker, worker, registry, provider)."""
+    pid = f"dev-ready-probe-{time.strftime('%H%M%S')}"
+    with CompletionWaiter(settings) as waiter:
+        publish(settings, [{"id": pid, "model": "chat-small", "prompt": "ready?"}])
+        if not waiter.wait([pid], timeout=30):
+            raise RuntimeError("the probe prompt got no completion within 30 s")
 
 
 async def _serve(settings: Settings, demo: bool, once: bool) -> int:
@@ -141,15 +202,19 @@ async def _serve(settings: Settings, demo: bool, once: bool) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     code = 0
-    async with app.running():
-        port = app.health.port if app.health else None
-        print(_next_steps(settings, port), flush=True)
-        if demo:
-            code = await asyncio.to_thread(_run_demo, settings)
-            if once:
-                return code
-        await stop.wait()
-        print("\nstopping ...", flush=True)
+    try:
+        async with app.running():
+            port = app.health.port if app.health else None
+            ready_s = await _await_ready(app, settings)
+            print(_next_steps(settings, port, ready_s), flush=True)
+            if demo:
+                code = await asyncio.to_thread(_run_demo, settings)
+                if once:
+                    return code
+            await stop.wait()
+            print("\nstopping ...", flush=True)
+    finally:
+        print("worker stopped", flush=True)
     return code
 
 
@@ -191,6 +256,8 @@ def run_dev(
         settings = load_settings(
             kafka_bootstrap_servers=bootstrap,
             database_url=dsn,
+            env={"LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": DEV_SESSION_TIMEOUT_MS, **os.environ},
+            http_host="127.0.0.1",
             http_port=http_port or free_port(),
             log_format="text",
             log_level="WARNING" if quiet else "INFO",
@@ -199,6 +266,9 @@ def run_dev(
         return run_async(_serve(settings, demo, once))
     except KeyboardInterrupt:
         return 130
+    except RuntimeError as exc:  # a part that did not start, or a worker never ready
+        print(f"dev stack failed: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if fake is not None:
             fake.terminate()

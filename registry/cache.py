@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
@@ -40,7 +41,7 @@ from llm_worker.registry.listen import ChangeListener
 from llm_worker.registry.models import COLUMNS, ModelRow
 from llm_worker.registry.resolve import DEFAULT_MAX_DEPTH, Candidate, resolve
 
-__all__ = ["RECONNECT_BASE_S", "RegistryCache"]
+__all__ = ["PROGRESS_S", "RECONNECT_BASE_S", "RegistryCache"]
 
 log = logging.getLogger("llm_worker.registry")
 
@@ -50,6 +51,33 @@ Stats = dict[str, int | float | bool | None]
 RECONNECT_BASE_S = 0.1
 """The wait after the first failed attempt to reach PostgreSQL; it doubles with each failure up
 to `backoff_cap_s`, with equal jitter (half to all of it)."""
+
+
+PROGRESS_S = 5.0
+"""While the first load retries, a progress line at most this often."""
+
+_NO_RETRY = {
+    "password authentication failed": "set DATABASE_URL with the right user and password",
+    "no password supplied": "set DATABASE_URL with the user's password",
+    "no pg_hba.conf entry": "set DATABASE_URL to a user and host the server lets in (pg_hba.conf)",
+    "role ": "set DATABASE_URL with a user that exists",  # role "x" does not exist
+    "database ": "set DATABASE_URL to a database that exists",  # database "x" does not exist
+}
+"""What libpq says when the server refuses the connection itself: trying again cannot help."""
+
+
+def _no_retry_helps(exc: BaseException) -> str | None:
+    """The fix for a failure no retry mends (a wrong password, a missing database, the table
+    not created yet), or None for one worth retrying (the server down or starting)."""
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return "the registry table does not exist: run `llm-worker migrate` first"
+    if not isinstance(exc, psycopg.OperationalError):
+        return None
+    text = str(exc)
+    for said, fix in _NO_RETRY.items():
+        if said in text and (not said.endswith(" ") or "does not exist" in text):
+            return fix
+    return None
 
 
 class _Snapshot:
@@ -186,6 +214,7 @@ class RegistryCache:
         deadline = None if timeout is None else loop.time() + timeout
         attempt = 0
         last_error: str | None = None
+        said = -math.inf  # when the last progress line was logged
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -196,19 +225,17 @@ class RegistryCache:
                     last_error = self._describe(exc)
                 attempt += 1
                 self._reload_errors += 1
-                if attempt == 1:
-                    log.warning(
-                        "registry: cannot load from PostgreSQL at %s, retrying: %s",
-                        self._where,
-                        last_error,
-                    )
+                if final := _no_retry_helps(exc):
+                    raise RegistryUnavailable(
+                        "model registry not loaded from PostgreSQL at "
+                        f"DATABASE_URL={self._where} ({last_error}): {final}"
+                    ) from chainable(exc)
                 remaining = None if deadline is None else deadline - loop.time()
                 if self._closed or (remaining is not None and remaining <= 0):
-                    within = "before close()" if timeout is None else f"within {timeout:g}s"
-                    raise RegistryUnavailable(
-                        f"model registry not loaded: PostgreSQL at {self._where} not usable "
-                        f"{within} ({attempt} attempts): {last_error}"
-                    ) from chainable(exc)
+                    raise self._gave_up(timeout, attempt, last_error) from chainable(exc)
+                if loop.time() - said >= PROGRESS_S:
+                    said = loop.time()
+                    self._still_trying(last_error, remaining, timeout)
                 delay = self._backoff.delay(attempt)
                 await asyncio.sleep(delay if remaining is None else min(delay, remaining))
         if self._closed:  # close() ran while we were loading
@@ -218,6 +245,32 @@ class RegistryCache:
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="registry-refresh"))
         if self._listen:
             self._tasks.append(asyncio.create_task(self._listener.run(), name="registry-listen"))
+
+    def _still_trying(self, error: str, remaining: float | None, timeout: float | None) -> None:
+        """A progress line while the first load retries: every PROGRESS_S, not silence."""
+        left = (
+            "until stopped"
+            if remaining is None or timeout is None
+            else f"for {remaining:.0f} s more (LLM_WORKER_REGISTRY_WAIT_S={timeout:g})"
+        )
+        log.warning(
+            "registry: cannot reach PostgreSQL at DATABASE_URL=%s (%s); retrying %s",
+            self._where,
+            error,
+            left,
+        )
+
+    def _gave_up(self, timeout: float | None, attempts: int, error: str) -> RegistryUnavailable:
+        if timeout is None:
+            return RegistryUnavailable(
+                f"model registry not loaded: PostgreSQL at DATABASE_URL={self._where} not "
+                f"usable before close() ({attempts} attempts): {error}"
+            )
+        return RegistryUnavailable(
+            f"model registry not loaded: gave up after {timeout:g} s ({attempts} attempts) on "
+            f"PostgreSQL at DATABASE_URL={self._where} ({error}): set DATABASE_URL to a "
+            "database this host can reach, or LLM_WORKER_REGISTRY_WAIT_S to wait longer"
+        )
 
     async def reload(self) -> None:
         """Reload now; raises RegistryUnavailable (and keeps the old snapshot) on failure."""

@@ -6,7 +6,7 @@ tells every running worker to reload. The worker itself reads through `RegistryC
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +27,15 @@ from llm_worker.registry._db import (
 from llm_worker.registry.errors import InvalidRow, RegistryUnavailable, UnknownModel
 from llm_worker.registry.models import COLUMNS, ModelRow, row_problems
 
-__all__ = ["delete_row", "get_row", "list_rows", "set_enabled", "update_row", "upsert_row"]
+__all__ = [
+    "change_rows",
+    "delete_row",
+    "get_row",
+    "list_rows",
+    "set_enabled",
+    "update_row",
+    "upsert_row",
+]
 
 WRITABLE: tuple[str, ...] = tuple(c for c in COLUMNS if c != "updated_at")
 """Columns an admin may set; `updated_at` is maintained by a trigger."""
@@ -64,30 +72,61 @@ def get_row(dsn: str, model_id: str) -> ModelRow | None:
         return conn.execute(SELECT_ONE, (model_id,)).fetchone()
 
 
+_UPSERT = sql.SQL(
+    "INSERT INTO {table} ({cols}) VALUES ({values}) ON CONFLICT (model_id) DO UPDATE SET {updates}"
+).format(
+    table=sql.Identifier(TABLE),
+    cols=sql.SQL(", ").join(sql.Identifier(c) for c in WRITABLE),
+    values=sql.SQL(", ").join(sql.Placeholder(c) for c in WRITABLE),
+    updates=sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in WRITABLE if c != "model_id"
+    ),
+)
+_DELETE = sql.SQL("DELETE FROM {} WHERE model_id = %s").format(sql.Identifier(TABLE))
+
+
+def _values(row: ModelRow) -> dict[str, Any]:
+    values = {c: getattr(row, c) for c in WRITABLE}
+    problems = row_problems(values)
+    if problems:
+        raise InvalidRow(f"{row.model_id}: " + "; ".join(problems))
+    return values
+
+
 def upsert_row(dsn: str, row: ModelRow) -> None:
     """Insert `row`, or overwrite every column of the existing row with the same model_id.
 
     `row.updated_at` is ignored: the database sets it.
     """
-    values = {c: getattr(row, c) for c in WRITABLE}
-    problems = row_problems(values)
-    if problems:
-        raise InvalidRow(f"{row.model_id}: " + "; ".join(problems))
-    query = sql.SQL(
-        "INSERT INTO {table} ({cols}) VALUES ({values}) "
-        "ON CONFLICT (model_id) DO UPDATE SET {updates}"
-    ).format(
-        table=sql.Identifier(TABLE),
-        cols=sql.SQL(", ").join(sql.Identifier(c) for c in WRITABLE),
-        values=sql.SQL(", ").join(sql.Placeholder(c) for c in WRITABLE),
-        updates=sql.SQL(", ").join(
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
-            for c in WRITABLE
-            if c != "model_id"
-        ),
-    )
+    values = _values(row)
     with _connect(dsn) as conn:
-        conn.execute(query, values)
+        conn.execute(_UPSERT, values)
+
+
+def change_rows(
+    dsn: str,
+    decide: Callable[[dict[str, ModelRow]], tuple[list[ModelRow], list[str]]],
+    *,
+    dry_run: bool = False,
+) -> None:
+    """Read the table, let `decide(rows)` say which rows to write (whole rows, inserted or
+    overwritten) and which model_ids to delete, and do it, all in ONE transaction that holds
+    the table against other admin writes (the worker's reads go on). An exception from
+    `decide` rolls everything back; `dry_run` reads and decides but writes nothing. The
+    workers see the whole change at once: the NOTIFYs of its rows are sent at commit.
+    """
+    with _connect(dsn) as conn:
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(TABLE))
+        )
+        rows = {r.model_id: r for r in conn.execute(SELECT_ALL).fetchall()}
+        writes, deletes = decide(rows)
+        if dry_run:
+            return
+        for row in writes:
+            conn.execute(_UPSERT, _values(row))
+        for model_id in deletes:
+            conn.execute(_DELETE, (model_id,))
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -139,11 +178,7 @@ def set_enabled(dsn: str, model_id: str, enabled: bool) -> ModelRow:
 def delete_row(dsn: str, model_id: str) -> bool:
     """Delete one row; False if there was none."""
     with _connect(dsn) as conn:
-        cur = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE model_id = %s").format(sql.Identifier(TABLE)),
-            (model_id,),
-        )
-        return cur.rowcount > 0
+        return conn.execute(_DELETE, (model_id,)).rowcount > 0
 
 
 def to_dict(row: ModelRow) -> dict[str, Any]:

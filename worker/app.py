@@ -18,7 +18,7 @@ from .calling.capacity import rate_limiter
 from .calling.concurrency import ConcurrencyLimits
 from .calling.ratelimit import replica_share
 from .calling.routing import Router
-from .config import Settings, kafka_property_error
+from .config import Settings, env_name, kafka_property_error
 from .dedup import DedupWindow
 from .housekeeping import Housekeeping
 from .ops.attempts import AttemptObserver
@@ -35,6 +35,7 @@ from .stream.admin import (
     ensure_topics,
     group_members,
     partition_count,
+    require_topics,
     wait_for_broker,
 )
 from .stream.consumer import Worker
@@ -379,6 +380,10 @@ class App:
             created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
             if created:
                 log.info("created topics %s", created)
+        else:  # a missing topic is named now, not found out by an idle consumer
+            read = {env_name("prompts_topic"): s.prompts_topic}
+            written = {env_name(f): str(getattr(s, f)) for f in ("completions_topic", "dlq_topic")}
+            await asyncio.to_thread(require_topics, admin, read, written)
         self._topic_partitions = await asyncio.to_thread(partition_count, admin, s.prompts_topic)
         await self.registry.start(timeout=s.registry_wait_s)
         self._loop = asyncio.get_running_loop()

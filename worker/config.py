@@ -4,11 +4,15 @@ typed and checked as `worker/settings.py` declares them.
 Every setting is `LLM_WORKER_<NAME>` except the two fixed names `KAFKA_BOOTSTRAP_SERVERS` and
 `DATABASE_URL`. Any `LLM_WORKER_KAFKA_<PROPERTY>` is handed to librdkafka as `<property>` with
 underscores turned into dots (`LLM_WORKER_KAFKA_SECURITY_PROTOCOL` -> `security.protocol`).
-Errors name the variable that is wrong.
+Errors name the variable that is wrong. An `LLM_WORKER_*` variable that is none of these (a typo:
+`LLM_WORKER_MAX_INFLIGHT`) is refused, naming the closest settings, unless
+`LLM_WORKER_ALLOW_UNKNOWN_SETTINGS=true` makes it a warning.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 import re
@@ -38,7 +42,10 @@ __all__ = [
     "load_settings",
     "parse_limits",
     "redact_dsn",
+    "unknown_settings",
 ]
+
+log = logging.getLogger("llm_worker.config")
 
 KAFKA_PREFIX = "LLM_WORKER_KAFKA_"
 OTEL_PREFIX = "OTEL_"
@@ -48,6 +55,19 @@ _FIXED = {d.env: d for d in SETTINGS if d.spec.env is not None and d.kind is not
 """The two settings with a name of their own: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL."""
 _PREFIXED = {d.env: d for d in SETTINGS if d.from_prefix}
 """`LLM_WORKER_<NAME>` -> its setting."""
+_ALLOW_UNKNOWN = _BY_NAME["allow_unknown_settings"]
+_READ_BY_PATTERN = frozenset({"LLM_WORKER_CONFIG_FILE"})
+"""Variables read here that are no setting: the file of more settings."""
+_TOOLING = ("LLM_WORKER_TEST_", "LLM_WORKER_CHAOS_REPORT")
+"""Variables of the test suite (`LLM_WORKER_TEST_BROKER` of `make test-kafka`,
+`LLM_WORKER_TEST_MODEL`, the chaos report...), which may be in the environment of a worker the
+tests start."""
+_SUGGESTIONS = {
+    **{d.env[len(PREFIX) :]: d.env for d in _PREFIXED.values()},
+    **{d.env: d.env for d in _FIXED.values()},  # LLM_WORKER_DATABASE_URL -> DATABASE_URL
+}
+"""What an unknown variable is compared with (without the prefix every one shares) -> the
+variable to suggest."""
 
 
 def _read_env_file(path: str) -> dict[str, str]:
@@ -83,6 +103,7 @@ def load_settings(
     if "LLM_WORKER_CONFIG_FILE" in source:
         from_file = _read_env_file(source["LLM_WORKER_CONFIG_FILE"])
         source = {**from_file, **source}
+    _refuse_unknown(source)
     wanted = set(_BY_NAME) if only is None else set(only)
     secrets_dir = overrides.get("secrets_dir") or source.get(PREFIX + "SECRETS_DIR")
     try:
@@ -108,6 +129,48 @@ def load_settings(
     settings = Settings(**values)
     _validate(settings, wanted | set(overrides))
     return settings
+
+
+def unknown_settings(source: Mapping[str, str]) -> list[str]:
+    """Each `LLM_WORKER_*` variable of `source` that no setting reads, as `unknown setting
+    LLM_WORKER_MAX_INFLIGHT: did you mean LLM_WORKER_MAX_IN_FLIGHT?`."""
+    out = []
+    for var in sorted(source):
+        if not var.startswith(PREFIX) or var.startswith(KAFKA_PREFIX) or var in _PREFIXED:
+            continue
+        if var in _READ_BY_PATTERN or var.startswith(_TOOLING):
+            continue
+        if close := _closest(var[len(PREFIX) :]):
+            names = " or ".join(_SUGGESTIONS[c] for c in close)
+            out.append(f"unknown setting {var}: did you mean {names}?")
+        else:
+            out.append(
+                f"unknown setting {var}: no setting is named like it (docs/configuration.md)"
+            )
+    return out
+
+
+def _closest(name: str) -> list[str]:
+    """The known names most like `name` (up to 3, each nearly as close as the best)."""
+    ratio = {k: difflib.SequenceMatcher(None, name, k).ratio() for k in _SUGGESTIONS}
+    best = max(ratio.values())
+    if best < 0.75:
+        return []
+    return sorted((k for k in ratio if ratio[k] >= best - 0.1), key=lambda k: -ratio[k])[:3]
+
+
+def _refuse_unknown(source: Mapping[str, str]) -> None:
+    """ConfigError naming each unknown `LLM_WORKER_*` variable, or a warning when
+    `LLM_WORKER_ALLOW_UNKNOWN_SETTINGS` is true."""
+    problems = unknown_settings(source)
+    if not problems:
+        return
+    raw = source.get(_ALLOW_UNKNOWN.env)
+    if raw is not None and _convert(_ALLOW_UNKNOWN, raw):
+        for problem in problems:
+            log.warning("%s (ignored: %s=%s)", problem, _ALLOW_UNKNOWN.env, raw.strip())
+        return
+    raise ConfigError("; ".join(problems))
 
 
 def _as_declared(name: str, value: Any) -> Any:

@@ -106,8 +106,10 @@ async def run_app(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
     watchdog = _Watchdog(settings.shutdown_timeout_s + OVERDUE_GRACE_S)
+    started = False
     try:
-        await app.start()
+        await app.start()  # a failure to start: the caller says it in one line (exit 2)
+        started = True
         tune_gc(settings.gc_gen0_threshold)
         await app.worker.run()
         if app.worker.fatal is not None:
@@ -116,7 +118,8 @@ async def run_app(settings: Settings) -> int:
     finally:
         watchdog.arm()  # the run is over: closing is bounded from here on
         await app.close()
-        log.info("worker stopped", extra={"stats": app.worker.stats()})
+        if started:
+            log.info("worker stopped", extra={"stats": app.worker.stats()})
     return 0
 
 

@@ -250,7 +250,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Annotated[
         LogLevel, Spec("the least level logged; one JSON line per outcome at INFO", fold=True)
     ] = "INFO"
-    log_format: Annotated[LogFormat, Spec("`json` lines or plain `text`")] = "json"
+    log_format: Annotated[
+        LogFormat, Spec("`json` lines, or `text`: one line each with its fields as `key=value`")
+    ] = "json"
     log_outcomes: Annotated[
         LogOutcomes,
         Spec("which outcomes get their log line (`errors`: error completions and dead letters)"),
@@ -331,6 +333,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = ""
     # the process
+    allow_unknown_settings: Annotated[
+        bool,
+        Spec(
+            "`true`: an unknown `LLM_WORKER_*` variable (a typo, or a setting of another "
+            "version during a rolling upgrade) is a warning; `false`: it stops the worker "
+            "(exit 2, naming the closest setting)"
+        ),
+    ] = False
     gc_gen0_threshold: Annotated[
         int,
         Spec(

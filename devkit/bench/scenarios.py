@@ -9,6 +9,7 @@ same invocation, right after the worker, on the same broker, Postgres and fake p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -17,7 +18,15 @@ from llm_worker.devkit.bench.harness import Load, Run, Stack, run_load, set_prof
 from llm_worker.devkit.bench.progress import Progress
 from llm_worker.devkit.bench.stats import after_warmup, metrics, slope
 
-__all__ = ["SCENARIOS", "SWEEP_MS", "Options", "Scenario", "compare", "soak_summary"]
+__all__ = [
+    "SCENARIOS",
+    "SWEEP_MS",
+    "Options",
+    "Scenario",
+    "compare",
+    "describe",
+    "soak_summary",
+]
 
 SWEEP_MS = (5.0, 20.0, 100.0, 500.0, 2000.0)
 """Provider latencies of `latency-sweep` (and of its plot)."""
@@ -60,6 +69,20 @@ def _scenario(name: str, help: str) -> Callable[[Runner], Runner]:
         return fn
 
     return register
+
+
+_COUNT = re.compile(r"^[\d,]+(?:-[\d,]+)? prompts")
+
+
+def describe(name: str, opts: Options) -> str:
+    """The scenario's banner: its help, with the prompt count `-n` gives when it gives one."""
+    text = SCENARIOS[name].help
+    if not opts.count:
+        return text
+    count = f"{opts.count:,} prompts"
+    if _COUNT.match(text):
+        return _COUNT.sub(count, text)
+    return f"{text}; {count} per run"
 
 
 def compare(worker: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:

@@ -148,18 +148,18 @@ def metrics(s: Sample) -> dict[str, Any]:
     }
 
 
-_COLUMNS = (
+_COLUMNS = (  # every number's unit in its header
     ("scenario", 14),
     ("system", 10),
-    ("lat ms", 7),
-    ("done", 16),
-    ("per s", 8),
-    ("e2e p50/p99", 16),
-    ("ovh p50/p99", 16),
-    ("calls", 7),
-    ("dedup", 6),
-    ("RSS MB", 7),
-    ("cpu/1k", 7),
+    ("lat ms", 8),
+    ("done/sent", 16),
+    ("compl/s", 9),
+    ("e2e p50/p99 ms", 17),
+    ("ovh p50/p99 ms", 17),
+    ("calls", 8),
+    ("dedup %", 8),
+    ("RSS MB", 8),
+    ("CPU s/1k", 9),
 )
 
 
@@ -184,7 +184,7 @@ def table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
             f"{_fmt(m['e2e_ms']['p50'])}/{_fmt(m['e2e_ms']['p99'])}",
             f"{_fmt(m['overhead_ms']['p50'])}/{_fmt(m['overhead_ms']['p99'])}",
             _fmt(m["provider_calls"]),
-            _fmt(m["dedup_ratio"]),
+            _fmt(None if m["dedup_ratio"] is None else round(m["dedup_ratio"] * 100, 1)),
             _fmt(m["peak_rss_mb"]),
             _fmt(m["cpu_s_per_1k"]),
         )

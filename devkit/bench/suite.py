@@ -17,7 +17,7 @@ from typing import Any
 from llm_worker.devkit.bench.harness import open_stack
 from llm_worker.devkit.bench.plot import PlotUnavailable, plot_soak, plot_sweep
 from llm_worker.devkit.bench.progress import Progress
-from llm_worker.devkit.bench.scenarios import SCENARIOS, Options
+from llm_worker.devkit.bench.scenarios import SCENARIOS, Options, describe
 from llm_worker.devkit.bench.stats import table
 
 __all__ = ["check_names", "options_from", "parse_variant", "run_suite", "scenario_line"]
@@ -52,14 +52,22 @@ def scenario_line(name: str, broker: str, result: dict[str, Any]) -> dict[str, A
     return {"scenario": name, "broker": broker, **result}
 
 
+PLOTTABLE = ("latency-sweep", "soak")
+"""The scenarios `--plot` can draw."""
+
+
 def check_names(names: list[str], plot: str | None) -> str | None:
     """Why these scenario names (and --plot) cannot run, or None."""
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         return f"unknown scenario {', '.join(unknown)} (known: {', '.join(SCENARIOS)})"
-    plotted = [n for n in names if n in ("latency-sweep", "soak")]
+    plotted = [n for n in names if n in PLOTTABLE]
     if plot and len(plotted) != 1:
-        return "--plot draws one scenario: latency-sweep or soak"
+        given = ", ".join(names) or "no scenario"
+        return (
+            f"--plot draws one scenario: latency-sweep or soak, once per run (given: {given});"
+            " drop --plot or run one of those"
+        )
     return None
 
 
@@ -84,7 +92,7 @@ def run_suite(args: argparse.Namespace) -> int:
     try:
         with open_stack(args.broker, progress.note, args.py_spy) as stack:
             for name in names:
-                progress.note(f"== {name}: {SCENARIOS[name].help}")
+                progress.note(f"== {name}: {describe(name, opts)}")
                 result = SCENARIOS[name].run(stack, opts, progress)
                 print(json.dumps(scenario_line(name, args.broker, result)), flush=True)
                 for run in result["runs"]:

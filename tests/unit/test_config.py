@@ -241,10 +241,12 @@ def test_a_bad_config_file_names_the_file_and_line(tmp_path) -> None:  # type: i
 
 
 def test_only_the_documented_names_set_a_setting() -> None:
-    """Unknown and misspelt variables are ignored without stopping the others from being read;
-    the two fixed names are only read as themselves."""
+    """Unknown and misspelt variables, when allowed (otherwise tests/unit/test_setting_typos.py),
+    are ignored without stopping the others from being read; the two fixed names are only read
+    as themselves."""
     s = load_settings(
         {
+            "LLM_WORKER_ALLOW_UNKNOWN_SETTINGS": "true",
             "LLM_WORKER_NOT_A_SETTING": "x",  # ignored, and reading goes on
             "LLM_WORKER_DATABASE_URL": "postgresql://wrong@h/db",  # DATABASE_URL is the name
             "OTHER_TOOL_HTTP_PORT": "1",  # another program's variable, same length of prefix

@@ -27,19 +27,21 @@ async def test_start_gives_up_naming_the_database_the_attempts_and_the_last_erro
         await cache.start(timeout=0.5)
     message = str(info.value)
     found = re.fullmatch(
-        rf"model registry not loaded: PostgreSQL at {re.escape(SHOWN)} not usable within "
-        r"0\.5s \((\d+) attempts\): (.+)",
+        r"model registry not loaded: gave up after 0\.5 s \((\d+) attempts\) on PostgreSQL at "
+        rf"DATABASE_URL={re.escape(SHOWN)} \((.+)\): set DATABASE_URL to a database this host "
+        "can reach, or LLM_WORKER_REGISTRY_WAIT_S to wait longer",
         message,
     )
     assert found, message
     attempts = int(found.group(1))
     assert attempts >= 2  # retried, not given up after one refusal
     assert "refused" in found.group(2).lower() and "s3cr3t-pw" not in message
-    # one warning for the whole outage, not one per attempt
+    # a progress line every PROGRESS_S (5 s), not one per attempt: one in half a second
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith(
-        f"registry: cannot load from PostgreSQL at {SHOWN}, retrying: "
+        f"registry: cannot reach PostgreSQL at DATABASE_URL={SHOWN} (connection failed: "
     )
+    assert "retrying for 0 s more (LLM_WORKER_REGISTRY_WAIT_S=0.5)" in warnings[0]
     assert "s3cr3t-pw" not in caplog.text
     stats = cache.stats()
     assert stats == {

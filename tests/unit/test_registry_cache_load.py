@@ -239,12 +239,14 @@ async def test_start_retries_and_reports_the_last_real_error_not_the_timeout(
     with pytest.raises(RegistryUnavailable) as info:
         await cache.start(timeout=1)
     assert str(info.value) == (
-        f"model registry not loaded: PostgreSQL at {WHERE} not usable within 1s "
-        "(3 attempts): refused two"
+        f"model registry not loaded: gave up after 1 s (3 attempts) on PostgreSQL at "
+        f"DATABASE_URL={WHERE} (refused two): set DATABASE_URL to a database this host can "
+        "reach, or LLM_WORKER_REGISTRY_WAIT_S to wait longer"
     )
     assert isinstance(info.value.__cause__, TimeoutError)
     assert messages(caplog, logging.WARNING) == [
-        f"registry: cannot load from PostgreSQL at {WHERE}, retrying: refused one"
+        f"registry: cannot reach PostgreSQL at DATABASE_URL={WHERE} (refused one); retrying "
+        "for 1 s more (LLM_WORKER_REGISTRY_WAIT_S=1)"
     ]
     assert cache.stats()["reload_errors"] == 3 and not cache.loaded
     await cache.close()
@@ -256,7 +258,8 @@ async def test_start_that_only_times_out_says_so(monkeypatch: pytest.MonkeyPatch
     db.hang_connect = True
     with pytest.raises(RegistryUnavailable) as info:
         await cache.start(timeout=0.25)
-    assert str(info.value).endswith("not usable within 0.25s (1 attempts): TimeoutError")
+    assert "gave up after 0.25 s (1 attempts)" in str(info.value)
+    assert "(TimeoutError): set DATABASE_URL" in str(info.value)
     await cache.close()
 
 

@@ -46,6 +46,7 @@ def _secrets(s: Settings) -> list[str]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from llm_worker.registry.errors import RegistryUnavailable
 
+    from ..ops.http import PortUnavailable
     from ..process import exit_leaving_stuck_threads, run_app, run_async
     from ..stream.admin import KafkaUnavailable
 
@@ -53,8 +54,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(s.log_level, s.log_format, secrets=_secrets(s))
     try:
         return exit_leaving_stuck_threads(run_async(run_app(s)))
-    except (KafkaUnavailable, RegistryUnavailable) as exc:
-        log.error("%s", exc)
+    except (KafkaUnavailable, RegistryUnavailable, PortUnavailable) as exc:
+        log.error("cannot start: %s", exc)  # one line naming the setting; no traceback
         return 2
 
 
@@ -70,7 +71,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         return 1
     except Exception as exc:
         why = redact_error(exc, s.database_url)
-        print(f"cannot migrate {redact_dsn(s.database_url)}: {why}", file=sys.stderr)
+        given = "--database-url" if args.database_url else "DATABASE_URL"
+        where = redact_dsn(s.database_url)
+        shown = why if where in why else f"{where}: {why}"
+        print(f"cannot migrate (check {given}): {shown}", file=sys.stderr)
         return 1
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     return 0
@@ -148,6 +152,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if errors and args.fail_on_error:
+        return 1
     return 0
 
 
@@ -163,9 +169,56 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         return 1
 
 
+_RUN_SETTINGS = {
+    "kafka_bootstrap_servers": "the Kafka brokers, host:port,...",
+    "database_url": "the model registry's PostgreSQL (password shown as ***)",
+    "group_id": "the consumer group",
+    "prompts_topic": "the topic read",
+    "completions_topic": "the topic written",
+    "secrets_dir": "API keys, one file each (or variables named by the registry)",
+    "http_port": "/metrics, /healthz, /readyz",
+    "log_format": "json or text",
+}
+"""The settings `run --help` shows, what a first deployment sets, each in a few words."""
+
+
+def _run_description() -> str:
+    from ..settings import SETTINGS
+
+    by_name = {d.name: d for d in SETTINGS}
+    rows = []
+    for name, what in _RUN_SETTINGS.items():
+        d = by_name[name]
+        rows.append(f"  {d.env:<29} {what} (default: {d.shown(d.default)})")
+    return "\n".join(
+        [
+            "Run the worker until SIGTERM/SIGINT. It takes no options: every setting is an "
+            "environment",
+            "variable (LLM_WORKER_<NAME>, and KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL), or a "
+            "KEY=VALUE line",
+            "of the file LLM_WORKER_CONFIG_FILE names. All of them, with defaults and bounds: "
+            "docs/configuration.md.",
+            "The ones a first deployment sets:",
+            "",
+            *rows,
+            "",
+            "An unknown LLM_WORKER_* variable (a typo) stops it, naming the closest setting.",
+            "Exit status: 0 stopped; 2 a bad setting or cannot start (one line naming the "
+            "variable to",
+            "change); 3 a fatal Kafka error; 4 a shutdown that overran (docs/delivery.md, "
+            "Exit codes).",
+        ]
+    )
+
+
 def _add_service_commands(sub: Subcommands) -> None:
     """`run` and `migrate`: what a deployment runs; both read the environment."""
-    run = sub.add_parser("run", help="run the worker (configuration from the environment)")
+    run = sub.add_parser(
+        "run",
+        help="run the worker (settings from the environment: run --help)",
+        description=_run_description(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.set_defaults(fn=_cmd_run)
 
     mig = sub.add_parser("migrate", help="apply pending database migrations")
@@ -175,59 +228,49 @@ def _add_service_commands(sub: Subcommands) -> None:
 
 def _add_send(sub: Subcommands) -> None:
     """`send`: publish prompts and wait for their completions."""
-    send = sub.add_parser("send", help="publish prompts and print their completions")
-    send.add_argument("text", nargs="?", help="the prompt text")
-    send.add_argument("--model", default="chat-small")
-    send.add_argument("--id")
-    send.add_argument("--max-tokens", type=int)
-    send.add_argument("--file", help="JSONL file of prompt objects")
-    send.add_argument("--timeout", type=float, default=60.0)
+    send = sub.add_parser(
+        "send",
+        help="publish prompts and print their completions",
+        description="Publish prompts to the prompts topic and print each completion as a JSON "
+        "line (stdout) and a summary (stderr). Exit status: 0 when every prompt got a completion "
+        "(error completions included, unless --fail-on-error), 1 on a timeout.",
+    )
+    send.add_argument("text", nargs="?", help="the prompt text (or --file)")
+    send.add_argument(
+        "--model", default="chat-small", help="model_id from the registry (default: chat-small)"
+    )
+    send.add_argument("--id", help="the prompt's id (default: a random one)")
+    send.add_argument("--max-tokens", type=int, help="max_tokens for the prompt")
+    send.add_argument("--file", help="a JSONL file of prompt objects, one a line (instead of TEXT)")
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the completions (default: 60); exit 1 when some are missing",
+    )
     send.add_argument("--quiet", action="store_true", help="print only the summary")
-    send.add_argument("--bootstrap", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    send.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="exit 1 when any completion is an error (default: exit 0 once all are answered)",
+    )
+    send.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (overrides KAFKA_BOOTSTRAP_SERVERS)"
+    )
     send.set_defaults(fn=_cmd_send)
 
 
 def _add_registry(sub: Subcommands) -> None:
-    """`registry`: inspect and change model registry rows."""
-    reg = sub.add_parser("registry", help="inspect and change model registry rows")
-    reg.add_argument("--json", action="store_true")
-    reg.add_argument("--database-url", help="overrides DATABASE_URL")
-    rsub = reg.add_subparsers(dest="action", required=True)
-    rsub.add_parser("list")
-    show = rsub.add_parser("show")
-    show.add_argument("model_id")
-    setp = rsub.add_parser("set")
-    setp.add_argument("model_id")
-    for col in (
-        "provider",
-        "endpoint",
-        "upstream-model",
-        "fallback-provider",
-        "fallback-endpoint",
-        "fallback-model",
-        "fallback-model-id",
-        "api-key-secret",
-        "canned-response",
-    ):
-        setp.add_argument(f"--{col}")
-    setp.add_argument("--dialect", choices=("openai", "llama_cpp"))
-    setp.add_argument(
-        "--structured-outputs", type=lambda v: v.lower() in ("1", "true", "yes", "on")
+    """`registry`: inspect and change model registry rows (worker/cli/registry.py)."""
+    from .registry import add_registry_arguments
+
+    reg = sub.add_parser(
+        "registry",
+        help="inspect and change model registry rows, from options or a file",
+        description="Inspect and change the model registry: no SQL needed. Exit 1: no such "
+        "model or no database; exit 2: a value to fix (nothing is changed).",
     )
-    for col in ("max-tokens", "rpm-limit", "tpm-limit", "timeout-ms"):
-        setp.add_argument(f"--{col}", type=int)
-    for col in (
-        "input-cost-per-1k",
-        "output-cost-per-1k",
-        "cached-input-cost-per-1k",
-        "cache-write-cost-per-1k",
-    ):
-        setp.add_argument(f"--{col}", type=float)
-    fo = rsub.add_parser("failover")
-    fo.add_argument("model_id")
-    rs = rsub.add_parser("restore")
-    rs.add_argument("model_id")
-    rsub.add_parser("validate")
+    add_registry_arguments(reg)
     reg.set_defaults(fn=_cmd_registry)
 
 

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -39,7 +41,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["MAX_HEAD_BYTES", "REQUEST_TIMEOUT_S", "HealthServer"]
+__all__ = ["MAX_HEAD_BYTES", "REQUEST_TIMEOUT_S", "HealthServer", "PortUnavailable"]
 
 log = logging.getLogger("llm_worker.http")
 
@@ -60,6 +62,32 @@ class _Connection:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.answering = False
+
+
+class PortUnavailable(RuntimeError):
+    """The HTTP port cannot be bound; the message names the setting to change."""
+
+
+def bind_problem(host: str, port: int, exc: OSError) -> PortUnavailable:
+    """Why `host:port` could not be bound, as one line naming the setting that fixes it."""
+    code = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else None  # not a resolver's
+    why = (os.strerror(code) if code is not None else exc.strerror or str(exc)).lower()
+    if exc.errno == errno.EADDRINUSE:
+        fix = (
+            f"LLM_WORKER_HTTP_PORT={port} is in use ({why}): set LLM_WORKER_HTTP_PORT to a free "
+            "port"
+        )
+    elif exc.errno == errno.EACCES:
+        fix = (
+            f"LLM_WORKER_HTTP_PORT={port} is not allowed ({why}): set LLM_WORKER_HTTP_PORT to a "
+            "port above 1023"
+        )
+    else:
+        fix = (
+            f"cannot listen on LLM_WORKER_HTTP_HOST={host!r} LLM_WORKER_HTTP_PORT={port} ({why}): "
+            "set LLM_WORKER_HTTP_HOST to an address of this host (0.0.0.0: all of them)"
+        )
+    return PortUnavailable(fix)
 
 
 class HealthServer:
@@ -99,13 +127,18 @@ class HealthServer:
         return len(self._open)
 
     async def start(self) -> None:
-        """Bind and serve on the server's thread; OSError (a port in use) is raised here."""
+        """Bind and serve on the server's thread; PortUnavailable (a port in use, a host that
+        is not this one's) is raised here, naming the setting to change."""
         self._loop = asyncio.get_running_loop()
         bound: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(bound,), name="health-http")
         self._thread.daemon = True
         self._thread.start()
-        self.port = await asyncio.wrap_future(bound)
+        try:
+            self.port = await asyncio.wrap_future(bound)
+        except OSError as exc:
+            self._thread = None
+            raise bind_problem(self._host, self._port, exc) from None
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with every `extra=` field.
+"""Structured logs: one JSON object per line, with every `extra=` field; or, with
+`LLM_WORKER_LOG_FORMAT=text`, one line of text with those fields as `key=value` after it.
 
 `configure_logging(..., secrets=...)` is the last line of defence: every formatted line has the
 given values (the database password, the Kafka password) taken out, as written and as JSON
@@ -19,10 +20,19 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["JsonFormatter", "LibrdkafkaFields", "RedactingFormatter", "configure_logging"]
+__all__ = [
+    "JsonFormatter",
+    "LibrdkafkaFields",
+    "RedactingFormatter",
+    "TextFormatter",
+    "configure_logging",
+]
 
 
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
 _encoder = msgspec.json.Encoder(enc_hook=repr)
 
 
@@ -37,12 +47,36 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
-                out[key] = value
+        out.update(_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return _encoder.encode(out).decode()
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's `extra=` fields."""
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")
+    }
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger message key=value ...`: the text form keeps every `extra=` field (a
+    value with a space or a quote is JSON-quoted, a mapping or list is JSON)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)  # a traceback, if any, follows on its own lines
+        pairs = [f"{k}={_text_value(v)}" for k, v in _fields(record).items()]
+        return f"{line} {' '.join(pairs)}" if pairs else line
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c in value for c in ' "=\n\t'):
+        return value
+    return _encoder.encode(value).decode()
 
 
 class LibrdkafkaFields(logging.Filter):
@@ -86,11 +120,7 @@ _RDKAFKA_FIELDS = LibrdkafkaFields()
 def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
     """One handler on stderr: JSON lines (`fmt="json"`) or text; `secrets` never appear."""
     handler = logging.StreamHandler(sys.stderr)
-    inner = (
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
+    inner: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handler.setFormatter(RedactingFormatter(inner, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

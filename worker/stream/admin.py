@@ -22,6 +22,7 @@ __all__ = [
     "ensure_topics",
     "group_members",
     "partition_count",
+    "require_topics",
     "wait_for_broker",
 ]
 
@@ -29,7 +30,14 @@ log = logging.getLogger("llm_worker.kafka")
 
 
 class KafkaUnavailable(RuntimeError):
-    """The broker could not be reached within the start-up deadline."""
+    """The broker could not be reached within the start-up deadline, or a topic the worker
+    needs is missing; the message names the setting to change."""
+
+
+def _reason(last: list[KafkaError], exc: KafkaException) -> str:
+    if last:
+        return str(last[0].str())
+    return str(exc.args[0].str()) if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
 
 
 def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
@@ -39,35 +47,75 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> AdminClient:
     only says "Broker transport failure", the connection's own error says why (a certificate
     no CA in `ssl.ca.location` signed, a SASL password the broker refused, a refused port)."""
     last: list[KafkaError] = []
+    waiting = [True]
 
     def remember(err: KafkaError) -> None:
         last[:] = [err]  # only the newest: this admin client lives as long as the worker
 
-    admin = AdminClient(client_config(settings, on_error=remember))
+    conf = client_config(settings, on_error=remember)
+    logged = conf["error_cb"]
+    quiet = _QuietWhileWaiting(conf["logger"], waiting)
+
+    def on_error(err: KafkaError) -> None:
+        # while waiting, the progress line below says the newest error every few seconds:
+        # librdkafka's own line per refused connection (hundreds a minute) would bury it
+        if waiting[0]:
+            remember(err)
+        else:
+            logged(err)
+
+    conf["error_cb"], conf["logger"] = on_error, quiet
+    admin = AdminClient(conf)
+    try:
+        return _wait(admin, settings, timeout_s, last)
+    finally:
+        waiting[0] = False
+
+
+class _QuietWhileWaiting:
+    """librdkafka's logger for the start-up admin client: its connection failures (facility
+    `FAIL`) are dropped while start-up waits for the broker (the progress lines say why); every
+    other line, and every line after, goes to `logger` as usual."""
+
+    def __init__(self, logger: logging.Logger, waiting: list[bool]) -> None:
+        self._logger = logger
+        self._waiting = waiting
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        if not (self._waiting[0] and args and args[0] == "FAIL"):
+            self._logger.log(level, msg, *args)
+
+
+def _wait(
+    admin: AdminClient, settings: Settings, timeout_s: float, last: list[KafkaError]
+) -> AdminClient:
     deadline = time.monotonic() + timeout_s
     delays = Backoff(0.5, 5.0).delays()
     attempt = 0
     while True:
         attempt += 1
         try:
-            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            admin.list_topics(timeout=min(3.0, max(0.5, deadline - time.monotonic())))
             return admin
         except KafkaException as exc:
             admin.poll(0)  # serve the client's error events (they reach `remember` here)
             left = deadline - time.monotonic()
             delay = next(delays)
+            where = f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}"
             if left <= 0:
-                reason = last[0].str() if last else exc.args[0].str() if exc.args else exc
                 raise KafkaUnavailable(
-                    "cannot reach Kafka at "
-                    f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers!r}"
-                    f" after {timeout_s:.0f} s ({reason})"
+                    f"gave up after {timeout_s:.0f} s: cannot reach Kafka at {where} "
+                    f"({_reason(last, exc)}): set KAFKA_BOOTSTRAP_SERVERS to a broker this host "
+                    "can reach (or LLM_WORKER_BROKER_WAIT_S to wait longer)"
                 ) from None
             log.warning(
-                "waiting for Kafka at %s (attempt %d, retrying in %.1f s)",
-                settings.kafka_bootstrap_servers,
+                "cannot reach Kafka at %s (%s); retrying for %.0f s more "
+                "(LLM_WORKER_BROKER_WAIT_S=%g), attempt %d",
+                where,
+                _reason(last, exc),
+                left,
+                timeout_s,
                 attempt,
-                delay,
             )
             time.sleep(min(delay, left))
 
@@ -97,6 +145,31 @@ def partition_count(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> 
     """How many partitions `topic` has (0: it does not exist)."""
     meta = admin.list_topics(topic, timeout_s).topics.get(topic)
     return len(meta.partitions) if meta is not None else 0
+
+
+def require_topics(
+    admin: AdminClient, read: dict[str, str], written: dict[str, str], timeout_s: float = 10.0
+) -> None:
+    """At start when the worker does not create its topics: KafkaUnavailable naming a topic it
+    reads ({setting: topic}) that does not exist, and the settings that fix it; a warning for
+    a topic it writes, which a broker with `auto.create.topics.enable` creates on first write."""
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    for setting, topic in read.items():
+        if topic not in existing:
+            raise KafkaUnavailable(
+                f"topic {topic!r} ({setting}) does not exist and LLM_WORKER_CREATE_TOPICS=false: "
+                f"create it, set {setting} to a topic that exists, or set "
+                "LLM_WORKER_CREATE_TOPICS=true"
+            )
+    for setting, topic in written.items():
+        if topic not in existing:
+            log.warning(
+                "topic %r (%s) does not exist and LLM_WORKER_CREATE_TOPICS=false: writing to it "
+                "fails unless the broker creates topics on first write "
+                "(auto.create.topics.enable)",
+                topic,
+                setting,
+            )
 
 
 def group_members(admin: AdminClient, group_id: str, classic: bool, timeout_s: float = 5.0) -> int:
