@@ -87,14 +87,17 @@ def _arguments_text(call: ToolCall) -> str:
     return _encode(call.arguments).decode()
 
 
-def _wire_message(message: Message) -> Message | _WireMessage:
+def _wire_message(message: Message, dialect: str) -> Message | _WireMessage:
     if not message.tool_calls:
         return message
     calls = tuple(
         _WireToolCall(c.id, "function", _WireFunctionCall(c.name, _arguments_text(c)))
         for c in message.tool_calls
     )
-    return _WireMessage(message.role, message.content, calls, message.tool_call_id)
+    content = message.content
+    if content is None and dialect == "llama_cpp":
+        content = ""  # llama-cpp-python's server answers a null content with a 500
+    return _WireMessage(message.role, content, calls, message.tool_call_id)
 
 
 def _wire_tools(tools: tuple[Tool, ...] | None) -> tuple[_WireTool, ...] | None:
@@ -105,12 +108,17 @@ def _wire_tools(tools: tuple[Tool, ...] | None) -> tuple[_WireTool, ...] | None:
     )
 
 
-def _wire_tool_choice(choice: ToolChoice | None) -> str | dict[str, Any] | None:
+def _wire_tool_choice(
+    choice: ToolChoice | None, tools: tuple[Tool, ...] | None, dialect: str
+) -> str | dict[str, Any] | None:
     if choice is None:
         return None
-    if choice.mode == "function":
-        return {"type": "function", "function": {"name": choice.name}}
-    return choice.mode
+    name = choice.name
+    if choice.mode == "required" and dialect == "llama_cpp" and tools and len(tools) == 1:
+        name = tools[0].name  # llama.cpp's server ignores "required": force the only tool
+    elif choice.mode != "function":
+        return choice.mode
+    return {"type": "function", "function": {"name": name}}
 
 
 def _wire_response_format(fmt: ResponseFormat | None, dialect: str) -> dict[str, Any] | None:
@@ -229,12 +237,28 @@ class OpenAICompatibleAdapter(HTTPAdapter):
     def url_for(self, endpoint: str, target: Target) -> URL:
         return _chat_url(endpoint)
 
+    def unsupported(self, target: Target, request: ProviderRequest) -> str | None:
+        """Also: llama.cpp's server ignores `tool_choice` "required"; with one tool it is sent
+        as that tool by name, with several it is refused rather than silently dropped."""
+        choice = request.tool_choice
+        if (
+            target.dialect == "llama_cpp"
+            and choice is not None
+            and choice.mode == "required"
+            and len(request.tools or ()) > 1
+        ):
+            return (
+                f'`tool_choice` "required" with several tools is not supported by provider '
+                f"{target.provider} with dialect llama_cpp (its server ignores it): name one tool"
+            )
+        return super().unsupported(target, request)
+
     def build_body(self, target: Target, request: ProviderRequest) -> bytes:
         """The JSON request body (None fields omitted, max_tokens capped by the target)."""
         source = self.messages(target, request)
         messages: tuple[Message | _WireMessage, ...] = source
         if any(m.tool_calls for m in source):
-            messages = tuple(_wire_message(m) for m in source)
+            messages = tuple(_wire_message(m, target.dialect) for m in source)
         cap = cap_tokens(request.max_tokens, target.max_tokens)
         body = _ChatBody(
             model=target.model,
@@ -256,7 +280,7 @@ class OpenAICompatibleAdapter(HTTPAdapter):
         ):
             body.response_format = _wire_response_format(request.response_format, target.dialect)
             body.tools = _wire_tools(request.tools)
-            body.tool_choice = _wire_tool_choice(request.tool_choice)
+            body.tool_choice = _wire_tool_choice(request.tool_choice, request.tools, target.dialect)
             body.reasoning_effort = request.reasoning_effort
         return _encode(body)
 

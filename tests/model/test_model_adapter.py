@@ -126,12 +126,7 @@ async def test_forced_tool_call_comes_back_parsed(
     jsonschema_rs.validate(WEATHER.parameters, call.arguments)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llama-cpp-python 0.3.36 ignores tool_choice 'required' and answers text; the "
-    "llama_cpp dialect should refuse it (unsupported) or force the one tool by name",
-)
-async def test_a_required_tool_call_is_not_silently_dropped(
+async def test_a_required_tool_call_is_not_silently_dropped(  # llama.cpp ignores "required"
     model_server: ModelServer, session: aiohttp.ClientSession
 ) -> None:
     adapter = get_adapter("openai_compatible")
@@ -149,11 +144,6 @@ async def test_a_required_tool_call_is_not_silently_dropped(
     assert [c.name for c in result.tool_calls] == ["get_weather"], result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llama-cpp-python 0.3.36 answers 500 to an assistant turn whose content is null "
-    "(its schema wants a string): the llama_cpp dialect should send '' for a tool-call turn",
-)
 async def test_a_tool_turn_history_is_answered(
     model_server: ModelServer, session: aiohttp.ClientSession
 ) -> None:

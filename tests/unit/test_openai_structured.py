@@ -315,6 +315,39 @@ def test_llama_cpp_dialect_sends_the_schema_in_a_json_object_format() -> None:
         assert sent["response_format"] == {"type": "json_object"}
 
 
+_WEATHER = Tool("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}})
+_TIME = Tool("get_time", {"type": "object", "properties": {}})
+
+
+def test_llama_cpp_dialect_forces_the_one_tool_by_name_for_required() -> None:
+    """llama-cpp-python 0.3.36's server ignores `tool_choice` "required" and answers text
+    (seen against the real server, tests/model): with one tool it is forced by name."""
+    ask = ProviderRequest(prompt="weather?", tools=(_WEATHER,), tool_choice=ToolChoice("required"))
+    sent = body("openai_compatible", ask, dialect="llama_cpp")
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert body("openai_compatible", ask)["tool_choice"] == "required"  # dialect openai
+    both = msgspec.structs.replace(ask, tools=(_WEATHER, _TIME))
+    adapter = get_adapter("openai_compatible")
+    why = adapter.unsupported(target("openai_compatible", dialect="llama_cpp"), both)
+    assert why is not None and "`tool_choice`" in why and "llama_cpp" in why
+    assert adapter.unsupported(target("openai_compatible"), both) is None
+
+
+def test_llama_cpp_dialect_sends_an_empty_content_for_a_tool_call_turn() -> None:
+    """The same server answers 500 to an assistant turn whose content is null."""
+    call = ToolCall("call-1", "get_weather", {"city": "Paris"})
+    ask = ProviderRequest(
+        messages=(
+            Message("user", "weather?"),
+            Message("assistant", None, (call,)),
+            Message("tool", "sunny", tool_call_id="call-1"),
+        ),
+        tools=(_WEATHER,),
+    )
+    assert body("openai_compatible", ask, dialect="llama_cpp")["messages"][1]["content"] == ""
+    assert body("openai_compatible", ask)["messages"][1]["content"] is None
+
+
 def test_json_schema_without_a_name_gets_one_and_text_format_sends_nothing() -> None:
     unnamed = ResponseFormat("json_schema", schema={"type": "object"})
     sent = body("openai", msgspec.structs.replace(MATH_REQUEST, response_format=unnamed))
