@@ -173,7 +173,7 @@ def _fmt(v: Any) -> str:
 
 def table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """(scenario, metrics) rows as a fixed-width text table."""
-    lines = ["".join(name.ljust(w) for name, w in _COLUMNS)]
+    body: list[tuple[str, ...]] = []
     for scenario, m in rows:
         cells = (
             scenario,
@@ -188,5 +188,9 @@ def table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
             _fmt(m["peak_rss_mb"]),
             _fmt(m["cpu_s_per_1k"]),
         )
-        lines.append("".join(str(c).ljust(w) for c, (_, w) in zip(cells, _COLUMNS, strict=True)))
-    return "\n".join(lines)
+        body.append(tuple(str(c) for c in cells))
+    # each column at least its usual width, wider when a cell needs it (a variant's long name)
+    widths = [max([w, *(len(r[i]) + 1 for r in body)]) for i, (_, w) in enumerate(_COLUMNS)]
+    lines = ["".join(name.ljust(w) for (name, _), w in zip(_COLUMNS, widths, strict=True))]
+    lines += ["".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
+    return "\n".join(line.rstrip() for line in lines)

@@ -43,3 +43,26 @@ def test_table_shows_dedup_as_percent() -> None:
 def test_plot_on_a_scenario_that_cannot_plot_names_those_that_can() -> None:
     why = check_names(["throughput"], "out.png") or ""
     assert "latency-sweep or soak" in why and "given: throughput" in why
+
+
+def test_a_long_variant_name_widens_its_column_instead_of_running_into_the_next() -> None:
+    from llm_worker.devkit.bench.stats import table
+
+    m = {
+        "system": "worker+json_schema",
+        "provider_latency_ms": 20.0,
+        "completions": 10,
+        "count": 10,
+        "throughput_per_s": 2038.0,
+        "e2e_ms": {"p50": 1.0, "p99": 2.0},
+        "overhead_ms": {"p50": 1.0, "p99": 2.0},
+        "provider_calls": 10,
+        "dedup_ratio": None,
+        "peak_rss_mb": 90.5,
+        "cpu_s_per_1k": 0.25,
+    }
+    header, long, short = table([("structured", m), ("structured", {**m, "system": "w"})]).split(
+        "\n"
+    )
+    assert "worker+json_schema 20" in long
+    assert header.index("lat ms") == long.index("20 ") == short.index("20 ")
