@@ -56,7 +56,7 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q -p no:cacheprovider -rs -m serial
 
 ## mutation: mutation score of the core against unit + component tests (slow: not in make test)
-##           MUTANTS: only these mutant names (globs), e.g. MUTANTS='worker.config* registry.cache*'
+##           MUTANTS: only these mutant names (globs), e.g. MUTANTS='llm_worker.worker.config* llm_worker.registry.cache*'
 ##           MUTATION_CHILDREN: parallel test runs (default 2); docs/TESTING.md
 MUTANTS ?=
 MUTATION_CHILDREN ?= 2

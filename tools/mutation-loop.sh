@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Run every mutant of one module, each in a fresh Python process, against the tests named.
 #
-#   tools/mutation-loop.sh worker/stream/offsets.py tests/unit/test_offsets.py > offsets.out
-#   MUTANT_FILTER='_begin' tools/mutation-loop.sh worker/pipeline.py tests/unit/test_pipeline.py
+#   tools/mutation-loop.sh llm_worker/worker/stream/offsets.py tests/unit/test_offsets.py > offsets.out
+#   MUTANT_FILTER='_begin' tools/mutation-loop.sh llm_worker/worker/pipeline.py tests/unit/test_pipeline.py
+#
+# MODULE is named through the links in llm_worker/ (pyproject.toml [tool.mutmut]): mutmut names a
+# mutant by its path, and only a name that matches the module's import name is ever run.
 #
 # This is how docs/TESTING.md's "every mutant" rows were made: no `mutmut run` (it maps each
 # mutant to every test that reaches it, the slow real-HTTP and component ones included, and

@@ -7,7 +7,7 @@
 # and is reported as survived. Here MUTANT_UNDER_TEST is set before the import.
 #
 #   tools/mutation-recheck.sh [PATTERN] [PYTEST ARGS...]   after `make mutation`
-#   tools/mutation-recheck.sh 'worker.config.*' tests/unit/test_config.py tests/unit/test_settings_table.py
+#   tools/mutation-recheck.sh 'llm_worker.worker.config.*' tests/unit/test_config.py tests/unit/test_settings_table.py
 #
 # PATTERN (grep -E, default: every survivor) picks survivors; the pytest arguments default to
 # the unit and component suites (a real survivor then costs a whole run: name the tests).
