@@ -270,14 +270,23 @@ def run_dev(
         print(f"dev stack failed: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        if fake is not None:
-            fake.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                fake.wait(5)
-            if fake.poll() is None:
-                fake.kill()
-        if broker is not None:
-            broker.close()
-        if pg is not None:
-            pg.stop()
-        sys.stdout.flush()
+        _stop_parts(fake, broker, pg)
+
+
+def _stop_parts(
+    fake: subprocess.Popen[bytes] | None,
+    broker: LocalBroker | KafkaBroker | None,
+    pg: LocalPostgres | None,
+) -> None:
+    """Stop what `run_dev` started, the fake provider first (killed when it does not stop)."""
+    if fake is not None:
+        fake.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            fake.wait(5)
+        if fake.poll() is None:
+            fake.kill()
+    if broker is not None:
+        broker.close()
+    if pg is not None:
+        pg.stop()
+    sys.stdout.flush()

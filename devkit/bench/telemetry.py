@@ -189,24 +189,15 @@ def recorder_cost_us(batches: int = 200, size: int = 500) -> float:
     return (time.process_time() - t0) / (batches * size) * 1e6
 
 
-def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
-    """CPU µs per message of the tracing calls of one message (its CONSUMER span, one chat
-    attempt, the PRODUCER span, delivery) at sampling `ratio`; with `otlp`, the spans are
-    also encoded as OTLP protobuf (what the exporter does before sending)."""
+def _span_exporter(otlp: bool) -> Any:
+    """A span exporter that encodes in batches of 512, as the batch processor exports, on the
+    calling thread (so its CPU is counted); with `otlp` False it drops the spans."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult as Result
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-
-    from llm_worker.adapters.base import ProviderRequest, ProviderResult, Target
-    from llm_worker.registry.resolve import resolve
-    from llm_worker.worker.ops.sampling import HeadSampler
-    from llm_worker.worker.ops.tracing import Tracing
 
     class Encoding(SpanExporter):
-        """Encodes in batches of 512, as the batch processor exports, on this thread."""
-
         def __init__(self) -> None:
             self.batch: list[ReadableSpan] = []
 
@@ -222,12 +213,14 @@ def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
                 encode_spans(self.batch).SerializeToString()
                 self.batch = []
 
-    provider = TracerProvider(sampler=ALWAYS_ON)
-    exporter = Encoding()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))  # on this thread: counted
-    tracing = Tracing(
-        provider, group_id="bench", sampler=HeadSampler("parentbased_traceidratio", ratio)
-    )
+    return Encoding()
+
+
+def _one_call() -> tuple[Any, Any, Any, Any, Completion]:
+    """What one message's spans describe: (candidate, target, request, result, completion)."""
+    from llm_worker.adapters.base import ProviderRequest, ProviderResult, Target
+    from llm_worker.registry.resolve import resolve
+
     endpoint = "http://127.0.0.1:9/v1"
     row = ModelRow(model_id="m", provider="fake", endpoint=endpoint, upstream_model="up")
     (cand,) = resolve({"m": row}, "m")
@@ -241,6 +234,27 @@ def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
         response_id="chatcmpl-1", response_model="up",
     )  # fmt: skip
     comp = Completion(id="r", model="m", status="ok", text="an answer", attempts=1)
+    return cand, target, request, result, comp
+
+
+def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
+    """CPU µs per message of the tracing calls of one message (its CONSUMER span, one chat
+    attempt, the PRODUCER span, delivery) at sampling `ratio`; with `otlp`, the spans are
+    also encoded as OTLP protobuf (what the exporter does before sending)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from llm_worker.worker.ops.sampling import HeadSampler
+    from llm_worker.worker.ops.tracing import Tracing
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    exporter = _span_exporter(otlp)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # on this thread: counted
+    tracing = Tracing(
+        provider, group_id="bench", sampler=HeadSampler("parentbased_traceidratio", ratio)
+    )
+    cand, target, request, result, comp = _one_call()
     value = encode(comp)
     t0 = time.process_time()
     for i in range(n):
@@ -275,54 +289,42 @@ def _modes(sink: _Sink, sample: float) -> Iterator[tuple[str, dict[str, str]]]:
     )
 
 
-def run_telemetry_bench(args: argparse.Namespace) -> int:
-    sink = _Sink()
-    procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.ExitStack() as stack:
-        bootstrap, dsn = stack.enter_context(local_stack())
-        migrate(dsn)
-        fport = free_port()
-        procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms), quiet=True))
-        upsert_row(
-            dsn,
-            ModelRow(
-                model_id="bench",
-                provider="fake",
-                endpoint=f"http://127.0.0.1:{fport}/v1",
-                upstream_model="fake-bench",
-                max_tokens=64,
-                timeout_ms=10_000,
-                input_cost_per_1k=0.001,
-                output_cost_per_1k=0.002,
-            ),
-        )
-        base_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "DATABASE_URL": dsn,
-            "LLM_WORKER_LOG_LEVEL": "WARNING",
-            "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
-        }
-        modes = list(_modes(sink, args.sample))
-        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in modes}
-        try:
-            for r in range(args.rounds):
-                for name, mode in modes if r % 2 == 0 else reversed(modes):
-                    sink.take()
-                    res = _one_run(base_env, mode, args.count, args.timeout)
-                    time.sleep(1.0)  # the last batch of spans, exported at shutdown
-                    res["spans_exported"] = sink.take()
-                    results[name].append(res)
-                    print(f"round {r + 1} {name}: {json.dumps(res)}", file=sys.stderr)
-        finally:
-            for proc in procs:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
+def _bench_env(
+    stack: contextlib.ExitStack, args: argparse.Namespace, procs: list[subprocess.Popen[bytes]]
+) -> dict[str, str]:
+    """The local stack, a fake provider and the bench row; the workers' environment."""
+    bootstrap, dsn = stack.enter_context(local_stack())
+    migrate(dsn)
+    fport = free_port()
+    procs.append(spawn_fake_provider(fport, "--latency-ms", str(args.latency_ms), quiet=True))
+    upsert_row(
+        dsn,
+        ModelRow(
+            model_id="bench",
+            provider="fake",
+            endpoint=f"http://127.0.0.1:{fport}/v1",
+            upstream_model="fake-bench",
+            max_tokens=64,
+            timeout_ms=10_000,
+            input_cost_per_1k=0.001,
+            output_cost_per_1k=0.002,
+        ),
+    )
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DATABASE_URL": dsn,
+        "LLM_WORKER_LOG_LEVEL": "WARNING",
+        "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
+    }
+
+
+def _report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Tracing off against on: medians over the rounds, each round's pair compared."""
     off, on = results["off"], results["on"]
     cpu_off, cpu_on = _median(off, "cpu_us_per_message"), _median(on, "cpu_us_per_message")
     rate_off, rate_on = _median(off, "completions_per_s"), _median(on, "completions_per_s")
-    report = {
+    return {
         "count": args.count,
         "rounds": args.rounds,
         "sample": args.sample,
@@ -348,6 +350,29 @@ def run_telemetry_bench(args: argparse.Namespace) -> int:
         },
         "runs": results,
     }
-    print(json.dumps(report))
+
+
+def run_telemetry_bench(args: argparse.Namespace) -> int:
+    sink = _Sink()
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        base_env = _bench_env(stack, args, procs)
+        modes = list(_modes(sink, args.sample))
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in modes}
+        try:
+            for r in range(args.rounds):
+                for name, mode in modes if r % 2 == 0 else reversed(modes):
+                    sink.take()
+                    res = _one_run(base_env, mode, args.count, args.timeout)
+                    time.sleep(1.0)  # the last batch of spans, exported at shutdown
+                    res["spans_exported"] = sink.take()
+                    results[name].append(res)
+                    print(f"round {r + 1} {name}: {json.dumps(res)}", file=sys.stderr)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+    print(json.dumps(_report(args, results)))
     ok = all(r["completions"] == args.count for rs in results.values() for r in rs)
     return 0 if ok else 1

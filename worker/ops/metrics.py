@@ -40,6 +40,14 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        self._intake(r)
+        self._calls(r)
+        self._latency(r)
+        self._state(r)
+
+    def _intake(self, r: CollectorRegistry) -> None:
+        """What came in and what went out: records, completions by status and error, dead
+        letters, fallbacks, answers that failed their check, canned replies."""
         self.consumed = Counter(
             "llm_worker_messages_consumed", "Input records consumed", registry=r
         )
@@ -55,12 +63,58 @@ class Metrics:
         self.dlq = Counter(
             "llm_worker_dlq_records", "Records sent to the DLQ", ["reason"], registry=r
         )
+        self.fallbacks = Counter(
+            "llm_worker_fallbacks", "Completions answered by a fallback", ["model"], registry=r
+        )
+        self.invalid_outputs = Counter(
+            "llm_worker_invalid_outputs",
+            "Answers that failed their output check (JSON, schema, tool arguments)",
+            ["provider"],
+            registry=r,
+        )
+        self.canned = Counter(
+            "llm_worker_canned_responses",
+            "Completions answered with the row's canned_response after every candidate failed",
+            ["model"],
+            registry=r,
+        )
+
+    def _calls(self, r: CollectorRegistry) -> None:
+        """Provider calls: attempts by outcome, retries, tokens and cost, breaker changes."""
         self.provider_calls = Counter(
             "llm_worker_provider_calls",
             "Provider attempts",
             ["provider", "endpoint", "outcome"],
             registry=r,
         )
+        self.retries = Counter(
+            "llm_worker_retries",
+            "Provider attempts made after a failed one (same or next candidate), by its error",
+            ["reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llm_worker_tokens",
+            "Tokens of acknowledged completions that called a provider (input or output)",
+            ["model", "provider", "direction"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "llm_worker_cost_usd",
+            "Cost in USD of acknowledged completions, from the registry's per-1k prices",
+            ["model", "provider"],
+            registry=r,
+        )
+        self.circuit_changes = Counter(
+            "llm_worker_circuit_changes",
+            "Circuit breaker state changes",
+            ["endpoint", "to"],
+            registry=r,
+        )
+
+    def _latency(self, r: CollectorRegistry) -> None:
+        """Latencies: of a provider attempt, end to end, the worker's time to answer and its own
+        overhead."""
         self.provider_latency = Histogram(
             "llm_worker_provider_latency_seconds",
             "Provider attempt latency",
@@ -86,39 +140,9 @@ class Metrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
-        self.retries = Counter(
-            "llm_worker_retries",
-            "Provider attempts made after a failed one (same or next candidate), by its error",
-            ["reason"],
-            registry=r,
-        )
-        self.tokens = Counter(
-            "llm_worker_tokens",
-            "Tokens of acknowledged completions that called a provider (input or output)",
-            ["model", "provider", "direction"],
-            registry=r,
-        )
-        self.cost = Counter(
-            "llm_worker_cost_usd",
-            "Cost in USD of acknowledged completions, from the registry's per-1k prices",
-            ["model", "provider"],
-            registry=r,
-        )
-        self.fallbacks = Counter(
-            "llm_worker_fallbacks", "Completions answered by a fallback", ["model"], registry=r
-        )
-        self.invalid_outputs = Counter(
-            "llm_worker_invalid_outputs",
-            "Answers that failed their output check (JSON, schema, tool arguments)",
-            ["provider"],
-            registry=r,
-        )
-        self.canned = Counter(
-            "llm_worker_canned_responses",
-            "Completions answered with the row's canned_response after every candidate failed",
-            ["model"],
-            registry=r,
-        )
+
+    def _state(self, r: CollectorRegistry) -> None:
+        """The worker's state now: in flight, paused, commits and deliveries, the registry cache."""
         self.in_flight = Gauge("llm_worker_in_flight", "Messages in flight", registry=r)
         self.paused = Gauge("llm_worker_paused_partitions", "Partitions paused", registry=r)
         self.commits = Counter("llm_worker_offset_commits", "Offset commits", registry=r)
@@ -135,12 +159,6 @@ class Metrics:
         )
         self.registry_stale = Gauge(
             "llm_worker_registry_stale", "1 when the registry cache could not refresh", registry=r
-        )
-        self.circuit_changes = Counter(
-            "llm_worker_circuit_changes",
-            "Circuit breaker state changes",
-            ["endpoint", "to"],
-            registry=r,
         )
 
 
