@@ -36,6 +36,9 @@ EXIT_FATAL = 3
 EXIT_OVERDUE = 4
 """Exit code when the shutdown overran its deadline by `OVERDUE_GRACE_S` (something hung)."""
 
+BACKSTOP_S = 5.0
+"""After the watchdog's own time: the exit (code 1) when not even its thread could run."""
+
 OVERDUE_GRACE_S = 25.0
 """Past `shutdown_timeout_s`, what closing may take (leaving the group: 10 s, the flush and the
 final commit's floors) before the process exits anyway, printing every thread's stack."""
@@ -137,6 +140,13 @@ class _Watchdog:
             self._timer = threading.Timer(self._after_s, self._overdue)
             self._timer.daemon = True
             self._timer.start()
+            # The backstop, for when no Python thread can run at all: a C call that holds the
+            # interpreter's lock for ever (confluent-kafka calls into librdkafka holding it from
+            # a rebalance callback). faulthandler's own thread needs no Python: it writes every
+            # thread's stack and exits with code 1, BACKSTOP_S after the timer above.
+            faulthandler.dump_traceback_later(
+                self._after_s + BACKSTOP_S, repeat=False, file=sys.stderr, exit=True
+            )
 
     def _overdue(self) -> None:
         log.critical(

@@ -77,3 +77,21 @@ time.sleep(3600)
     assert took < 15, took
     assert "shutdown still not finished" in err
     assert err.count("Thread 0x") >= 2, err  # the stuck thread and the main one, at least
+
+
+def test_an_overdue_shutdown_exits_even_when_no_python_thread_can_run() -> None:
+    """A C call that holds the interpreter's lock for ever (as confluent-kafka did, calling
+    librdkafka from a rebalance callback during a close) stops every Python thread, the
+    watchdog's too: faulthandler's backstop still writes the stacks and exits (code 1)."""
+    rc, err, took = _run(
+        """
+import ctypes, logging
+from llm_worker.worker.process import _Watchdog
+logging.basicConfig()
+_Watchdog(0.5).arm()
+ctypes.PyDLL(None).sleep(3600)  # a C call that keeps the GIL: no Python thread runs again
+"""
+    )
+    assert rc == 1
+    assert took < 15, took
+    assert "Thread 0x" in err and "Timeout" in err, err  # faulthandler's dump

@@ -46,6 +46,7 @@ from .kafka_conf import (
     consume_ready,
     consumer_config,
     delivery_error,
+    incremental_rebalancing,
     message_max_bytes,
     producer_config,
     settle_all,
@@ -87,6 +88,7 @@ class KafkaBridge(Generic[T]):
         self._on_lost: AssignHook | None = None
         self._on_fatal: FatalHook | None = None
         self._consumer: Consumer | None = None
+        self._incremental = False  # cooperative rebalancing (set from the consumer's config)
         self._slot: ProducerSlot | None = None
         self._cthread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="kafka-consumer"
@@ -156,6 +158,7 @@ class KafkaBridge(Generic[T]):
             on_stats=self._on_stats,
             wants_replacing=self._replace_producer,
         )
+        self._incremental = incremental_rebalancing(consumer_conf)
         self._consumer = await self._in_consumer_thread(Consumer, consumer_conf)
         await self._in_consumer_thread(
             self._consumer.subscribe,
@@ -279,8 +282,11 @@ class KafkaBridge(Generic[T]):
             self._epochs[k] = self._epoch
         self._assignment = self._assignment | frozenset(keys)
         log.info("partitions assigned: %s", keys)
-        if self._on_assign is not None:
-            self._on_assign(keys)
+        try:
+            if self._on_assign is not None:
+                self._on_assign(keys)
+        finally:
+            self._apply(consumer, partitions, assign=True)
 
     def _revoke_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -295,6 +301,7 @@ class KafkaBridge(Generic[T]):
             log.exception("error while settling revoked partitions %s", keys)
         finally:
             self._release(keys)
+            self._apply(consumer, partitions, assign=False)
 
     def _lost_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
@@ -306,6 +313,31 @@ class KafkaBridge(Generic[T]):
             log.exception("error while dropping lost partitions %s", keys)
         finally:
             self._release(keys)
+            self._apply(consumer, partitions, assign=False)
+
+    def _apply(self, consumer: Consumer, partitions: list[TopicPartition], *, assign: bool) -> None:
+        """Apply a rebalance from its callback, as librdkafka requires. Done here, by the
+        protocol the config chose (`kafka_conf.incremental_rebalancing`), so that
+        confluent-kafka does not do it for us: it asks librdkafka which protocol is in use,
+        holding the GIL, and that question can go unanswered for ever while the consumer
+        closes (librdkafka #4041; the whole process froze in a CI run)."""
+        try:
+            if self._incremental:
+                if assign:
+                    consumer.incremental_assign(partitions)
+                else:
+                    consumer.incremental_unassign(partitions)
+            elif assign:
+                consumer.assign(partitions)
+            else:
+                consumer.unassign()
+        except (KafkaException, RuntimeError) as exc:  # RuntimeError: the consumer is closed
+            log.warning(
+                "applying the %s of %s: %s",
+                "assignment" if assign else "revocation",
+                [(tp.topic, tp.partition) for tp in partitions],
+                exc,
+            )
 
     def _release(self, keys: list[Key]) -> None:
         self._assignment = self._assignment - frozenset(keys)

@@ -29,6 +29,7 @@ __all__ = [
     "consume_ready",
     "consumer_config",
     "delivery_error",
+    "incremental_rebalancing",
     "message_max_bytes",
     "producer_config",
     "settle_all",
@@ -161,6 +162,19 @@ def consumer_config(
         # client-side strategy with this protocol.
         conf.pop("partition.assignment.strategy", None)
     return conf
+
+
+def incremental_rebalancing(conf: dict[str, Any]) -> bool:
+    """Whether the consumer `conf` makes rebalances incremental (cooperative): the broker
+    assigns (KIP-848), or every client-side strategy is cooperative. The rebalance callbacks
+    apply the assignment themselves by this, instead of asking librdkafka: its
+    `rd_kafka_rebalance_protocol()`, called from a callback while the consumer closes, can
+    wait for ever (librdkafka #4041), and confluent-kafka calls it holding the GIL, which
+    froze the whole process once in a clean-clone CI run."""
+    if conf.get("group.protocol") == "consumer":
+        return True
+    strategies = [s.strip() for s in str(conf.get("partition.assignment.strategy", "")).split(",")]
+    return bool(strategies) and all(s == "cooperative-sticky" for s in strategies)
 
 
 def producer_config(
