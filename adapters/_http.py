@@ -22,7 +22,15 @@ import msgspec
 from yarl import URL
 
 from ._body import MAX_JSON_DEPTH, read_body, too_deep
-from .base import Message, ProviderRequest, ProviderResult, Target
+from .base import (
+    Message,
+    OnDelta,
+    ProviderRequest,
+    ProviderResult,
+    StreamDelta,
+    Target,
+    ToolCallDelta,
+)
 from .errors import (
     BadRequest,
     ConnectionFailed,
@@ -37,6 +45,8 @@ from .errors import (
 from .features import unsupported_message
 from .retry import MAX_RETRY_AFTER, parse_retry_after
 from .scrub import scrub, scrub_bytes
+from .sse import SSEError, SSEParser
+from .streaming import Assembler, StreamRefused
 from .urls import url_secrets
 
 __all__ = [
@@ -78,7 +88,15 @@ class Malformed(Exception):
     """A 2xx body that decodes but is not an answer (no choices, no candidates...)."""
 
 
-_UNREADABLE = (Malformed, msgspec.MsgspecError, ValueError, LookupError, TypeError, RecursionError)
+_UNREADABLE = (
+    Malformed,
+    msgspec.MsgspecError,
+    ValueError,
+    LookupError,
+    TypeError,
+    RecursionError,
+    SSEError,
+)
 """What a body the provider got wrong raises while it is parsed: bad JSON or UTF-8, a wrong
 shape, a missing key, nesting past the recursion limit. A provider error, never an
 `internal_error`."""
@@ -96,6 +114,15 @@ class ErrorBody(NamedTuple):
 def timeout_for(timeout_ms: int) -> aiohttp.ClientTimeout:
     seconds = max(timeout_ms, 1) / 1000.0
     return aiohttp.ClientTimeout(total=seconds, connect=seconds)
+
+
+@lru_cache(maxsize=1024)
+def stream_timeout_for(timeout_ms: int, idle_ms: int) -> aiohttp.ClientTimeout:
+    """A stream's timeouts: the row's timeout to connect and for the first byte of the answer,
+    then `idle_ms` between reads; no total (a long answer streams as long as it flows, bounded
+    by the request's deadline)."""
+    seconds = max(timeout_ms, 1) / 1000.0
+    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=max(idle_ms, 1) / 1000.0)
 
 
 def cap_tokens(asked: int | None, cap: int | None) -> int | None:
@@ -229,6 +256,19 @@ class HTTPAdapter:
     def read_error(self, payload: bytes) -> ErrorBody:
         return json_error(payload)
 
+    # streaming (overridden by providers that stream): the URL, the body, the event reader
+    def stream_url_for(self, endpoint: str, target: Target) -> URL:
+        return self.url_for(endpoint, target)
+
+    def build_stream_body(self, target: Target, request: ProviderRequest) -> bytes:
+        """The body of a streaming call; by default the plain one (the answer comes whole and
+        is given as one delta)."""
+        return self.build_body(target, request)
+
+    def assembler(self, target: Target, request: ProviderRequest) -> Assembler | None:
+        """The reader of this provider's event stream (None: it does not stream)."""
+        return None
+
     def error_class(self, status: int, info: ErrorBody) -> type[ProviderError]:
         """The class for a failed call: by status, refined by the body for terminal 4xx."""
         cls = error_for_status(status)
@@ -258,37 +298,151 @@ class HTTPAdapter:
     ) -> ProviderResult:
         """One attempt. Raises `adapters.errors.ProviderError` subclasses, nothing else."""
         url, body, headers = self._request(target, request)
-        cap = target.max_response_bytes
         status, answer_headers, payload, whole = await self._post(
             session, target, url, body, headers
         )
         request_id = header(answer_headers, self.request_id_headers)
         if 200 <= status < 300:
             if not whole:
-                raise self.error(
-                    ResponseTooLarge,
-                    target,
-                    f"the answer is larger than {cap} bytes (LLM_WORKER_MAX_RESPONSE_BYTES)",
-                    status=status,
-                    request_id=request_id,
-                )
+                raise self._too_large(target, status, request_id)
             return self._answer(target, payload, status, request_id, answer_headers)
         raise self._refusal(target, status, payload, answer_headers, request_id)
 
+    async def stream(
+        self,
+        session: aiohttp.ClientSession,
+        target: Target,
+        request: ProviderRequest,
+        on_delta: OnDelta,
+    ) -> ProviderResult:
+        """One streaming attempt (`Adapter.stream`). A provider without a stream reader, or an
+        answer that comes back whole (not `text/event-stream`), gives its answer as one delta."""
+        assembler = self.assembler(target, request)
+        if assembler is None:
+            result = await self.complete(session, target, request)
+            on_delta(_whole(result))
+            return result
+        url, body, headers = self._request(target, request, stream=True)
+        try:
+            async with session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=stream_timeout_for(target.timeout_ms, target.stream_idle_ms),
+                allow_redirects=False,
+            ) as resp:
+                request_id = header(resp.headers, self.request_id_headers)
+                if not 200 <= resp.status < 300 or resp.content_type != "text/event-stream":
+                    payload, whole = await read_body(resp, target.max_response_bytes)
+                    if not 200 <= resp.status < 300:
+                        raise self._refusal(target, resp.status, payload, resp.headers, request_id)
+                    if not whole:
+                        raise self._too_large(target, resp.status, request_id)
+                    result = self._answer(target, payload, resp.status, request_id, resp.headers)
+                    on_delta(_whole(result))
+                    return result
+                return await self._read_stream(resp, target, assembler, on_delta, request_id)
+        except ProviderError:
+            raise
+        except TimeoutError as exc:
+            raise self.error(
+                ProviderTimeout,
+                target,
+                f"the stream stalled: no event within {target.stream_idle_ms} ms"
+                if isinstance(exc, aiohttp.ServerTimeoutError)
+                else f"no answer within {target.timeout_ms} ms",
+            ) from exc
+        except aiohttp.InvalidURL:
+            raise self.error(BadRequest, target, "invalid endpoint URL") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise self.error(ConnectionFailed, target, describe(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise self.error(ServerError, target, describe(exc)) from exc
+        except ValueError as exc:
+            why = f"the request could not be sent: {describe(exc)}"
+            raise self.error(BadRequest, target, why) from None
+
+    async def _read_stream(
+        self,
+        resp: aiohttp.ClientResponse,
+        target: Target,
+        asm: Assembler,
+        on_delta: OnDelta,
+        request_id: str | None,
+    ) -> ProviderResult:
+        """Events read as they come, each one's delta given on; the whole answer at the end."""
+        cap = target.max_response_bytes
+        parser = SSEParser()
+        read = 0
+        try:
+            async for data in resp.content.iter_any():
+                read += len(data)
+                if read > cap:
+                    resp.close()
+                    raise self._too_large(target, resp.status, request_id)
+                for ev in parser.feed(data):
+                    delta = asm.event(ev)
+                    if delta is not None:
+                        on_delta(delta)
+                    if asm.done:
+                        resp.close()  # anything after it is not read: the connection goes
+                        return asm.result(request_id)
+            last = parser.close()
+            if last is not None:
+                delta = asm.event(last)
+                if delta is not None:
+                    on_delta(delta)
+        except StreamRefused as refused:
+            raise self._refusal(
+                target, refused.status or 500, refused.body, resp.headers, request_id
+            ) from None
+        except _UNREADABLE as exc:
+            raise self.error(
+                ServerError,
+                target,
+                f"malformed stream: {shorten(describe(exc))}",
+                status=resp.status,
+                request_id=request_id,
+            ) from exc
+        if not asm.complete:
+            raise self.error(
+                ConnectionFailed,
+                target,
+                "the stream ended before the answer was complete",
+                status=resp.status,
+                request_id=request_id,
+            )
+        return asm.result(request_id)
+
+    def _too_large(self, target: Target, status: int, request_id: str | None) -> ProviderError:
+        return self.error(
+            ResponseTooLarge,
+            target,
+            f"the answer is larger than {target.max_response_bytes} bytes "
+            "(LLM_WORKER_MAX_RESPONSE_BYTES)",
+            status=status,
+            request_id=request_id,
+        )
+
     def _request(
-        self, target: Target, request: ProviderRequest
+        self, target: Target, request: ProviderRequest, *, stream: bool = False
     ) -> tuple[URL, bytes, dict[str, str]]:
         """The URL, body and headers of the POST, or a `BadRequest` saying why there is none."""
         endpoint = self.endpoint_for(target)
         if not endpoint:
             raise self.error(BadRequest, target, "target has no endpoint")
         try:
-            body = self.build_body(target, request)
+            if stream:
+                body = self.build_stream_body(target, request)
+            else:
+                body = self.build_body(target, request)
         except (ValueError, TypeError) as exc:  # text JSON cannot carry (a lone surrogate...)
             why = f"the request cannot be encoded as JSON: {describe(exc)}"
             raise self.error(BadRequest, target, why) from None
         try:
-            url = self.url_for(endpoint, target)
+            url = (
+                self.stream_url_for(endpoint, target) if stream else self.url_for(endpoint, target)
+            )
         except ValueError:
             raise self.error(BadRequest, target, "invalid endpoint URL") from None
         headers = self.headers_for(target)
@@ -415,3 +569,19 @@ class HTTPAdapter:
             request_id=request_id,
             retry_after=retry_after,
         )
+
+
+def _whole(result: ProviderResult) -> StreamDelta:
+    """A whole answer as the one delta of its stream."""
+    calls = tuple(
+        ToolCallDelta(
+            index=i,
+            id=c.id,
+            name=c.name,
+            arguments=c.unparsed
+            if c.unparsed is not None
+            else msgspec.json.encode(c.arguments).decode(),
+        )
+        for i, c in enumerate(result.tool_calls)
+    )
+    return StreamDelta(text=result.text, tool_calls=calls)

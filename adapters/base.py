@@ -6,6 +6,7 @@ Adapters do no retries and hold no sessions of their own: the caller passes the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeAlias
 
 import aiohttp
@@ -20,13 +21,16 @@ __all__ = [
     "ImagePart",
     "ImageURL",
     "Message",
+    "OnDelta",
     "ProviderRequest",
     "ProviderResult",
     "ResponseFormat",
+    "StreamDelta",
     "Target",
     "TextPart",
     "Tool",
     "ToolCall",
+    "ToolCallDelta",
     "ToolChoice",
 ]
 
@@ -142,6 +146,7 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # a longer answer is not read
     dialect: str = "openai"  # openai_compatible servers: openai | llama_cpp (registry column)
     structured_outputs: bool = False  # the model takes a JSON schema natively (registry)
+    stream_idle_ms: int = 30_000  # a stream with no event for this long has stalled: a timeout
 
 
 class ProviderResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -156,6 +161,28 @@ class ProviderResult(msgspec.Struct, frozen=True, kw_only=True):
     cached_input_tokens: int = 0  # of input_tokens, read from the provider's cache
     cache_write_tokens: int = 0  # input written to the provider's cache (billed apart)
     reasoning_tokens: int = 0  # of output_tokens, spent reasoning
+
+
+class ToolCallDelta(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A piece of the tool call at `index` (the order of the answer's calls): its `id` and
+    `name` when they first arrive, then pieces of its `arguments` JSON text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class StreamDelta(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What one streamed event added to the answer: text and/or pieces of tool calls. The
+    result a stream ends with is the sum of its deltas (`text` joined, calls assembled)."""
+
+    text: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+
+
+OnDelta = Callable[[StreamDelta], None]
+"""Called with each piece of a streamed answer, in order, as it arrives."""
 
 
 class Adapter(Protocol):
@@ -174,4 +201,17 @@ class Adapter(Protocol):
         self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         """One attempt. Raises `adapters.errors.ProviderError` subclasses, nothing else."""
+        ...
+
+    async def stream(
+        self,
+        session: aiohttp.ClientSession,
+        target: Target,
+        request: ProviderRequest,
+        on_delta: OnDelta,
+    ) -> ProviderResult:
+        """One attempt in the provider's streaming mode: each piece of the answer goes to
+        `on_delta` as it arrives, then the whole result is returned (its text is the pieces
+        joined). Raises `ProviderError` subclasses, nothing else, also after pieces were
+        given; a stream with no event for `target.stream_idle_ms` is a `ProviderTimeout`."""
         ...

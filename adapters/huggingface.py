@@ -49,6 +49,7 @@ from ._http import (
 from .base import (
     ContentPart,
     Message,
+    OnDelta,
     ProviderRequest,
     ProviderResult,
     ResponseFormat,
@@ -548,3 +549,13 @@ class HuggingFaceAdapter:
     ) -> ProviderResult:
         """One attempt. Raises `adapters.errors.ProviderError` subclasses, nothing else."""
         return await self.form_for(target).complete(session, target, request)
+
+    async def stream(
+        self,
+        session: aiohttp.ClientSession,
+        target: Target,
+        request: ProviderRequest,
+        on_delta: OnDelta,
+    ) -> ProviderResult:
+        """One streaming attempt, on the form the endpoint selects (`Adapter.stream`)."""
+        return await self.form_for(target).stream(session, target, request, on_delta)
