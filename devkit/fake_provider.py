@@ -10,7 +10,8 @@ the server's default settings):
     POST /admin/config/{profile}           JSON {"latency_ms", "jitter_ms", "error_rate",
                                            "error_status", "retry_after_s", "max_concurrency",
                                            "reset_rate", "hang_rate", "malformed_rate",
-                                           "truncated_rate", "invalid_output_rate"},
+                                           "truncated_rate", "invalid_output_rate",
+                                           "token_delay_ms", "stream_break_after"},
                                            any subset
     POST /admin/reset                      zero every counter
 
@@ -84,6 +85,7 @@ __all__ = [
     "Profile",
     "Refuse",
     "openai_error",
+    "sse",
 ]
 
 PROFILE_PATTERN = "[A-Za-z0-9_.-]{1,64}"
@@ -96,6 +98,8 @@ _SETTINGS = (
     "retry_after_s",
     "max_concurrency",
     "invalid_output_rate",
+    "token_delay_ms",
+    "stream_break_after",
     *FAULT_SETTINGS,
 )
 _TOOL_WORD = re.compile(r"\btool\b", re.IGNORECASE)
@@ -147,6 +151,8 @@ class Profile(msgspec.Struct, kw_only=True):
     malformed_rate: float = 0.0
     truncated_rate: float = 0.0
     invalid_output_rate: float = 0.0  # JSON answers and tool arguments that are not JSON
+    token_delay_ms: float = 0.0  # streaming: the pause before each event after the first
+    stream_break_after: float = 0.0  # streaming: abort the connection after N events (0: never)
     requests: int = 0
     errors: int = 0
 
@@ -177,6 +183,7 @@ class Call:
         "profile",
         "raw",
         "status",
+        "streamed",
         "text",
     )
 
@@ -191,6 +198,7 @@ class Call:
         self.fault: str | None = None  # the `fake_faults` fault injected, if any
         self.in_flight = 0  # this profile's requests in flight on arrival, this one included
         self.raw = b""  # the request body as received
+        self.streamed = False  # answered as an event stream
 
     @property
     def body(self) -> Any:
@@ -358,6 +366,26 @@ class FakeProvider:
         """The profile's latency, then its injected error (by `refuse`, with `Retry-After` for
         429/503/529) or the answer `make(number)` (the request's number on this server), which
         a `fake_faults` fault may break."""
+        number, refused = await self._latency_then_error(profile, refuse)
+        if refused is not None:
+            return refused
+        answer = make(number)
+        fault = call.fault = profile.fault(self._rng)
+        if fault is None:
+            return answer
+        profile.errors += 1
+        if fault == "hang":
+            await hang(request)
+            return web.Response(status=499)  # nobody reads it: the client went away
+        if fault == "reset":
+            return await reset(request, bytes(answer.body))  # type: ignore[arg-type]
+        return fault_response_or_none(fault, bytes(answer.body)) or answer  # type: ignore[arg-type]
+
+    async def _latency_then_error(
+        self, profile: Profile, refuse: Refuse
+    ) -> tuple[int, web.Response | None]:
+        """The profile's latency; then the request's number, and the injected error response
+        (None: answer it)."""
         rng = self._rng
         delay = profile.latency_ms
         if profile.jitter_ms:
@@ -372,18 +400,48 @@ class FakeProvider:
             if status in (429, 503, 529):
                 response.headers["Retry-After"] = f"{profile.retry_after_s:g}"
             response.headers["x-request-id"] = f"fake-{number}"
-            return response
-        answer = make(number)
-        fault = call.fault = profile.fault(rng)
-        if fault is None:
-            return answer
-        profile.errors += 1
-        if fault == "hang":
-            await hang(request)
-            return web.Response(status=499)  # nobody reads it: the client went away
-        if fault == "reset":
-            return await reset(request, bytes(answer.body))  # type: ignore[arg-type]
-        return fault_response_or_none(fault, bytes(answer.body)) or answer  # type: ignore[arg-type]
+            return number, response
+        return number, None
+
+    async def deliver_stream(
+        self,
+        request: web.Request,
+        profile: Profile,
+        call: Call,
+        events: Callable[[int], list[bytes]],
+        refuse: Refuse,
+        headers: Mapping[str, str] | None = None,
+    ) -> web.StreamResponse:
+        """A streamed answer: the profile's latency (time to the first event) and injected
+        error as `deliver`, then the events `events(number)` (each a whole SSE event, bytes)
+        written one by one, `token_delay_ms` apart; `stream_break_after` aborts the connection
+        after that many events (a stream cut mid-answer)."""
+        number, refused = await self._latency_then_error(profile, refuse)
+        if refused is not None:
+            return refused
+        call.streamed = True
+        response = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        )
+        for name, value in (headers or {}).items():
+            response.headers[name] = value.format(number=number)
+        await response.prepare(request)
+        pause = profile.token_delay_ms / 1000.0
+        cut = int(profile.stream_break_after)
+        for i, event in enumerate(events(number)):
+            if cut and i >= cut:
+                profile.errors += 1
+                call.fault = "stream_break"
+                transport = request.transport
+                if transport is not None:
+                    transport.abort()
+                return response
+            if i and pause > 0:
+                await asyncio.sleep(pause)
+            await response.write(event)
+        await response.write_eof()
+        return response
 
     def _completion(self, chat: ChatRequest, number: int, profile: Profile) -> web.Response:
         last_user = ""
@@ -518,6 +576,19 @@ def _json_wanted(fmt: Any) -> Any:
     if isinstance(schema, dict):
         return schema
     return {} if fmt.get("type") == "json_schema" else _ANY_OBJECT
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    """One server-sent event: `data` as JSON (bytes and str as they are), after an `event`
+    line when named."""
+    if isinstance(data, bytes):
+        payload = data
+    elif isinstance(data, str):
+        payload = data.encode()
+    else:
+        payload = encode(data)
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + payload + b"\n\n"
 
 
 def openai_error(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
