@@ -121,7 +121,8 @@ settings: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -c "import json; from llm_worker.worker.messages import prompt_schema as p, completion_schema as c; \
-	[open(f'schemas/{n}.schema.json','w').write(json.dumps(f(), indent=2) + '\n') for n, f in (('prompt', p), ('completion', c))]"
+	from llm_worker.worker.chunks import chunk_schema as k; \
+	[open(f'schemas/{n}.schema.json','w').write(json.dumps(f(), indent=2) + '\n') for n, f in (('prompt', p), ('completion', c), ('chunk', k))]"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

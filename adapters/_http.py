@@ -27,9 +27,7 @@ from .base import (
     OnDelta,
     ProviderRequest,
     ProviderResult,
-    StreamDelta,
     Target,
-    ToolCallDelta,
 )
 from .errors import (
     BadRequest,
@@ -46,7 +44,7 @@ from .features import unsupported_message
 from .retry import MAX_RETRY_AFTER, parse_retry_after
 from .scrub import scrub, scrub_bytes
 from .sse import SSEError, SSEParser
-from .streaming import Assembler, StreamRefused
+from .streaming import Assembler, StreamRefused, whole_delta
 from .urls import url_secrets
 
 __all__ = [
@@ -320,7 +318,7 @@ class HTTPAdapter:
         assembler = self.assembler(target, request)
         if assembler is None:
             result = await self.complete(session, target, request)
-            on_delta(_whole(result))
+            on_delta(whole_delta(result))
             return result
         url, body, headers = self._request(target, request, stream=True)
         try:
@@ -339,7 +337,7 @@ class HTTPAdapter:
                     if not whole:
                         raise self._too_large(target, resp.status, request_id)
                     result = self._answer(target, payload, resp.status, request_id, resp.headers)
-                    on_delta(_whole(result))
+                    on_delta(whole_delta(result))
                     return result
                 return await self._read_stream(resp, target, assembler, on_delta, request_id)
         except ProviderError:
@@ -569,19 +567,3 @@ class HTTPAdapter:
             request_id=request_id,
             retry_after=retry_after,
         )
-
-
-def _whole(result: ProviderResult) -> StreamDelta:
-    """A whole answer as the one delta of its stream."""
-    calls = tuple(
-        ToolCallDelta(
-            index=i,
-            id=c.id,
-            name=c.name,
-            arguments=c.unparsed
-            if c.unparsed is not None
-            else msgspec.json.encode(c.arguments).decode(),
-        )
-        for i, c in enumerate(result.tool_calls)
-    )
-    return StreamDelta(text=result.text, tool_calls=calls)

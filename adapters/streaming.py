@@ -22,9 +22,10 @@ import msgspec
 from .base import ProviderResult, StreamDelta, Target, ToolCall, ToolCallDelta
 from .sse import SSEEvent
 
-__all__ = ["Assembler", "StreamRefused", "decode_event"]
+__all__ = ["Assembler", "StreamRefused", "decode_event", "whole_delta"]
 
 _decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
 
 
 def decode_event(data: str) -> Any:
@@ -130,3 +131,18 @@ class Assembler:
         if isinstance(value, dict):
             return ToolCall(id=call_id, name=call.name, arguments=value)
         return ToolCall(id=call_id, name=call.name, arguments={}, unparsed=text)
+
+
+def whole_delta(result: ProviderResult) -> StreamDelta:
+    """A whole answer as the one delta of its stream: its text, and each tool call in one
+    piece (its arguments as JSON text, or as the model wrote them when they were no object)."""
+    calls = tuple(
+        ToolCallDelta(
+            index=i,
+            id=c.id,
+            name=c.name,
+            arguments=c.unparsed if c.unparsed is not None else _encode(c.arguments).decode(),
+        )
+        for i, c in enumerate(result.tool_calls)
+    )
+    return StreamDelta(text=result.text, tool_calls=calls)

@@ -84,6 +84,7 @@ COLUMN_HELP: dict[str, str] = {
     "cached_input_cost_per_1k": "USD per 1,000 cached input tokens (>= 0; none: input price)",
     "cache_write_cost_per_1k": "USD per 1,000 cache-write tokens (>= 0; none: input price)",
     "canned_response": "text answered when every candidate failed (none: an error)",
+    "stream": "true|false; stream prompts that do not say `stream` (none: LLM_WORKER_STREAM)",
 }
 
 _FIELDS: dict[str, msgspec.structs.FieldInfo] = {

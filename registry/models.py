@@ -34,6 +34,7 @@ class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
     cached_input_cost_per_1k: float | None = None  # None: input_cost_per_1k (004)
     cache_write_cost_per_1k: float | None = None  # None: input_cost_per_1k (004)
     canned_response: str | None = None  # answered (ok, canned) when every candidate failed
+    stream: bool | None = None  # stream its prompts that do not say; None: the worker's (005)
 
 
 COLUMNS: tuple[str, ...] = ModelRow.__struct_fields__

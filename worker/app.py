@@ -42,6 +42,7 @@ from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
 from .stream.outbox import Sent
 from .stream.transport import Transport
+from .streaming.calls import StreamCalls
 
 __all__ = ["App"]
 
@@ -96,6 +97,15 @@ class App:
         self._sweeper: asyncio.Task[None] | None = None
         self._broker_ok = False
         self.caller = self._calling(settings)
+        self.streams = StreamCalls(
+            self.caller,
+            self._publish_chunk,
+            self.metrics,
+            topic=settings.chunks_topic,
+            linger_s=settings.stream_linger_ms / 1000,
+            buffer_bytes=settings.stream_buffer_bytes,
+            dedup=self.dedup,
+        )
         self.pipeline = Pipeline(
             settings,
             self.registry,
@@ -103,10 +113,21 @@ class App:
             self.metrics,
             dedup=self.dedup,
             tracing=self.tracing,
+            streams=self.streams,
         )
         self.worker = self._worker(settings)
         self._ops(settings, http)
         self._wire()
+
+    async def _publish_chunk(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
+        """A chunk record, through the outbox's delivery rules (exactly-once: its transaction)."""
+        await self.worker.assignment.outbox.publish(topic, value, key, headers)
 
     def _calling(self, settings: Settings) -> Caller:
         """The provider-calling wing: sessions, secrets, breakers, routing, limits, dedup."""
@@ -135,6 +156,7 @@ class App:
             self.metrics,
             max_attempts=settings.max_attempts,
             output_retries=settings.output_retries,
+            stream_idle_ms=settings.stream_idle_timeout_ms,
             router=self.router,
             breakers=self.breakers,
             limiter=self.limiter,
@@ -376,13 +398,14 @@ class App:
             await self.health.start()
         admin = await asyncio.to_thread(self._connect_admin, s, s.broker_wait_s)
         if s.create_topics:
-            topics = [s.prompts_topic, s.completions_topic, s.dlq_topic]
+            topics = [s.prompts_topic, s.completions_topic, s.dlq_topic, s.chunks_topic]
             created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
             if created:
                 log.info("created topics %s", created)
         else:  # a missing topic is named now, not found out by an idle consumer
             read = {env_name("prompts_topic"): s.prompts_topic}
-            written = {env_name(f): str(getattr(s, f)) for f in ("completions_topic", "dlq_topic")}
+            outputs = ("completions_topic", "dlq_topic") + (("chunks_topic",) if s.stream else ())
+            written = {env_name(f): str(getattr(s, f)) for f in outputs}
             await asyncio.to_thread(require_topics, admin, read, written)
         self._topic_partitions = await asyncio.to_thread(partition_count, admin, s.prompts_topic)
         await self.registry.start(timeout=s.registry_wait_s)

@@ -281,7 +281,7 @@ def _check_together(s: Settings, fields: Collection[str]) -> None:
         s.limits("tenant")
     if "otel_env" in fields and (problem := otel_problem(s.otel_env)):
         raise ConfigError(problem)
-    topics = ("prompts_topic", "completions_topic", "dlq_topic")
+    topics = ("prompts_topic", "completions_topic", "dlq_topic", "chunks_topic")
     if all(t in fields for t in topics):
         for out in topics[1:]:
             if getattr(s, out) == s.prompts_topic:

@@ -50,6 +50,7 @@ __all__ = [
     "encode",
     "prompt_schema",
     "provider_request",
+    "schema_of",
 ]
 
 MAX_ID_CHARS = 128
@@ -80,6 +81,7 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tools: Annotated[list[ToolDef], msgspec.Meta(max_length=128)] | None = None
     tool_choice: ToolChoiceIn | None = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
+    stream: bool | None = None  # None: the row's `stream`, else LLM_WORKER_STREAM
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -360,7 +362,8 @@ def _broken_rule(prompt: Prompt, raw: bytes, max_metadata_bytes: int) -> Rejecte
     return None
 
 
-def _schema(tp: Any, title: str) -> dict[str, Any]:
+def schema_of(tp: Any, title: str) -> dict[str, Any]:
+    """The published JSON Schema of a contract struct."""
     (ref,), components = msgspec.json.schema_components([tp], ref_template="#/$defs/{name}")
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -372,13 +375,13 @@ def _schema(tp: Any, title: str) -> dict[str, Any]:
 
 
 def prompt_schema() -> dict[str, Any]:
-    schema = _schema(Prompt, "llm-worker prompt (topic llm_prompts)")
+    schema = schema_of(Prompt, "llm-worker prompt (topic llm_prompts)")
     schema["$defs"]["Prompt"]["oneOf"] = [{"required": ["messages"]}, {"required": ["prompt"]}]
     return schema
 
 
 def completion_schema() -> dict[str, Any]:
-    return _schema(Completion, "llm-worker completion (topic llm_completions)")
+    return schema_of(Completion, "llm-worker completion (topic llm_completions)")
 
 
 def provider_request(p: Prompt) -> ProviderRequest:

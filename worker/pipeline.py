@@ -7,6 +7,10 @@ With tracing on (`ops.tracing`), each message's span starts in `begin` and ends 
 outcome, whose `traceparent` then continues the trace; with it off, the tracer is `NO_TRACING`
 and the input's `traceparent`/`tracestate` are copied to the outcome as they are.
 
+A streamed prompt (`stream`, else its row's `stream`, else `LLM_WORKER_STREAM`) is called
+through `streaming.StreamCalls`: its chunks go to the chunk topic while the answer comes, and
+its completion, built here as for any prompt, only after the last chunk was acknowledged.
+
 Each outcome is built once (`_seal`): the builders make a `Draft` (what the record says), the
 tracer ends the message's span and gives the record's trace headers, then the `Outcome` is made.
 """
@@ -43,6 +47,8 @@ from .messages import (
 from .ops.metrics import Metrics
 from .ops.tracing import NO_TRACING, MessageTrace, MessageTracer
 from .records import InputRecord, Outcome, record_size
+from .streaming.calls import StreamCalls
+from .streaming.writer import ChunkWriter
 
 __all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
 
@@ -82,6 +88,9 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     deadline: float
     started: float
     trace: MessageTrace
+    stream: bool = False
+    hit: CallResult | None = None
+    """A streamed prompt's answer found in the dedup window (its chunks are still to write)."""
 
 
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
@@ -103,8 +112,10 @@ class Pipeline:
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         tracing: MessageTracer | None = None,
+        streams: StreamCalls | None = None,
     ) -> None:
         self._tracer: MessageTracer = tracing if tracing is not None else NO_TRACING
+        self._streams = streams
         self._s = settings
         self._registry = registry
         self._caller = caller
@@ -157,13 +168,16 @@ class Pipeline:
                 return out
             return out.labelled(prompt.model)  # a row exists: a bounded label
         request = provider_request(prompt)
+        stream = self._streams is not None and self._streamed(prompt, candidates)
         key = None
+        stored = None
         if self._dedup is not None and prompt.dedup:
             key = self._dedup_key(prompt, candidates, request)
             stored = self._dedup.get(key)
             if stored is not None:
                 self._tracer.follow(mt, key)
-                return self._answered(rec, prompt, stored, shared=True).labelled(prompt.model)
+                if not stream:
+                    return self._answered(rec, prompt, stored, shared=True).labelled(prompt.model)
         return Pending(
             rec=rec,
             prompt=prompt,
@@ -173,7 +187,18 @@ class Pipeline:
             deadline=started + self._s.request_deadline_s,
             started=started,
             trace=mt,
+            stream=stream,
+            hit=stored,
         )
+
+    def _streamed(self, prompt: Prompt, candidates: list[Candidate]) -> bool:
+        """Whether to stream: the prompt says, else the requested row, else the worker."""
+        if prompt.stream is not None:
+            return prompt.stream
+        row = next((c.row for c in candidates if c.row.model_id == prompt.model), None)
+        if row is not None and row.stream is not None:
+            return row.stream
+        return self._s.stream
 
     async def finish(self, p: Pending) -> Outcome:
         """The provider call (or the identical in-flight request's answer) and its outcome."""
@@ -206,6 +231,8 @@ class Pipeline:
         )
 
     async def _finish(self, p: Pending) -> Draft:
+        if p.stream and self._streams is not None:
+            return await self._finish_streamed(p, self._streams)
         shared = False
         try:
             if p.dedup_key is not None:
@@ -217,6 +244,38 @@ class Pipeline:
         except CallFailed as failed:
             canned = _canned_response(p.prompt.model, p.candidates, p.request)
             return self._failed(p.rec, p.prompt, failed, canned).labelled(p.prompt.model)
+        if call.candidate.fallback and not shared:
+            self._metrics.fallbacks.labels(p.prompt.model).inc()
+        return self._answered(p.rec, p.prompt, call, shared=shared).labelled(p.prompt.model)
+
+    async def _finish_streamed(self, p: Pending, streams: StreamCalls) -> Draft:
+        """The call streamed (or followed, or served whole), its chunks acknowledged, then its
+        completion; one that failed mid-stream keeps the text streamed so far."""
+        w = streams.writer(p.prompt.id, p.rec.key, _headers_out(p.rec))
+        try:
+            if p.hit is not None:
+                streams.whole(w, p.hit.result)
+                await w.done()
+                return self._answered(p.rec, p.prompt, p.hit, shared=True).labelled(p.prompt.model)
+            try:
+                call, shared = await streams.call(
+                    w,
+                    p.candidates,
+                    p.request,
+                    deadline=p.deadline,
+                    tenant=p.prompt.tenant,
+                    key=p.dedup_key,
+                )
+            except CallFailed as failed:
+                await w.done()
+                canned = _canned_response(p.prompt.model, p.candidates, p.request)
+                draft = self._failed(p.rec, p.prompt, failed, canned, partial=_partial(w))
+                return draft.labelled(p.prompt.model)
+            await w.done()
+        finally:
+            w.cancel()
+        if shared and p.dedup_key is not None:
+            self._tracer.follow(p.trace, p.dedup_key)
         if call.candidate.fallback and not shared:
             self._metrics.fallbacks.labels(p.prompt.model).inc()
         return self._answered(p.rec, p.prompt, call, shared=shared).labelled(p.prompt.model)
@@ -292,9 +351,11 @@ class Pipeline:
         prompt: Prompt,
         failed: CallFailed,
         canned: tuple[str, Any] | None = None,
+        partial: str | None = None,
     ) -> Draft:
         """The error completion; or, when the row has a `canned_response` (and its parsed JSON)
-        fit for the prompt, that text as an `ok` answer marked `canned`, the cause in `error`."""
+        fit for the prompt, that text as an `ok` answer marked `canned`, the cause in `error`.
+        `partial`: the text a stream gave before it failed (kept as the error's `text`)."""
         err, cand = failed.error, failed.candidate
         if canned is not None:
             self._metrics.canned.labels(prompt.model).inc()
@@ -302,7 +363,7 @@ class Pipeline:
             id=prompt.id,
             model=prompt.model,
             status="error" if canned is None else "ok",
-            text=canned[0] if canned is not None else getattr(err, "raw", None),
+            text=canned[0] if canned is not None else partial or getattr(err, "raw", None),
             json=canned[1] if canned is not None else None,
             canned=canned is not None,
             metadata=prompt.metadata,
@@ -400,6 +461,14 @@ class Pipeline:
             out = self._dead_letter(rec, "internal_error", message)
         # the message's own span was lost with the bug: this one says what became of it
         return self._seal(out, 0.0, self._tracer.start_message(rec))
+
+
+def _partial(w: ChunkWriter) -> str | None:
+    """The text a failed stream had given, if any."""
+    source = w.source
+    if source is None or not source.text:
+        return None
+    return "".join(source.text)
 
 
 def _result_size(call: CallResult) -> int:

@@ -70,6 +70,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     prompts_topic: Annotated[str, Spec("input topic")] = "llm_prompts"
     completions_topic: Annotated[str, Spec("output topic")] = "llm_completions"
     dlq_topic: Annotated[str, Spec("dead-letter topic")] = "llm_prompts.dlq"
+    chunks_topic: Annotated[
+        str, Spec("streaming: the topic of the chunk records (docs/streaming.md)")
+    ] = "llm_completions.chunks"
     create_topics: Annotated[
         bool,
         Spec(
@@ -183,6 +186,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 0
+    # streaming
+    stream: Annotated[
+        bool,
+        Spec(
+            "stream every prompt that does not say `stream` itself (a registry row's `stream` "
+            "column overrides it per model)"
+        ),
+    ] = False
+    stream_linger_ms: Annotated[
+        float,
+        Spec(
+            "streaming: how long a chunk collects the provider's pieces before it is produced "
+            "(the first chunk does not wait)",
+            ge=0,
+            le=10_000,
+        ),
+    ] = 5.0
+    stream_idle_timeout_ms: Annotated[
+        int,
+        Spec(
+            "streaming: a provider stream with no event for this long has stalled and counts "
+            "as a timeout",
+            ge=1,
+        ),
+    ] = 30_000
+    stream_buffer_bytes: Annotated[
+        int,
+        Spec(
+            "streaming: chunks kept per provider stream for identical prompts that join it "
+            "late; past it a late joiner gets only the final completion",
+            ge=0,
+        ),
+    ] = 1 * MiB
     # start and stop
     shutdown_timeout_s: Annotated[
         float,

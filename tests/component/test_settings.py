@@ -22,6 +22,7 @@ async def test_topics_and_group_come_from_the_environment(provider: FakeServer) 
         "LLM_WORKER_PROMPTS_TOPIC": "in",
         "LLM_WORKER_COMPLETIONS_TOPIC": "out",
         "LLM_WORKER_DLQ_TOPIC": "dead",
+        "LLM_WORKER_CHUNKS_TOPIC": "bits",
         "LLM_WORKER_GROUP_ID": "g7",
         "LLM_WORKER_TOPIC_PARTITIONS": "3",
     }
@@ -30,7 +31,7 @@ async def test_topics_and_group_come_from_the_environment(provider: FakeServer) 
         await wait_for(lambda: h.broker.records("out") and h.broker.records("dead"))
         await h.settled()
         topics = {t: len(p) for t, p in h.broker.topics.items()}
-    assert topics == {"in": 3, "out": 3, "dead": 3}
+    assert topics == {"in": 3, "out": 3, "dead": 3, "bits": 3}
     assert sum(h.broker.commits_of("g7").values()) == 2 and not h.broker.commits_of("llm-worker")
 
 

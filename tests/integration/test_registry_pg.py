@@ -43,6 +43,7 @@ ALL = [
     "002_registry_notify.sql",
     "003_routing_objective.sql",
     "004_structured_outputs.sql",
+    "005_stream.sql",
 ]
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from llm_worker.worker.chunks import chunk_schema
 from llm_worker.worker.messages import (
     Completion,
     Prompt,
@@ -91,7 +92,11 @@ def test_completion_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("name", "build"),
-    [("prompt.schema.json", prompt_schema), ("completion.schema.json", completion_schema)],
+    [
+        ("prompt.schema.json", prompt_schema),
+        ("completion.schema.json", completion_schema),
+        ("chunk.schema.json", chunk_schema),
+    ],
 )
 def test_published_json_schemas_match_the_structs(name: str, build: object) -> None:
     """schemas/*.json are generated from the Structs: regenerate with `make schemas`."""

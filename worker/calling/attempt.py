@@ -11,7 +11,7 @@ from aiohttp import ClientSession
 from prometheus_client import Counter, Histogram
 
 from llm_worker.adapters import get_adapter
-from llm_worker.adapters.base import Adapter, ProviderRequest, ProviderResult, Target
+from llm_worker.adapters.base import Adapter, OnDelta, ProviderRequest, ProviderResult, Target
 from llm_worker.adapters.errors import (
     AuthError,
     BadRequest,
@@ -71,6 +71,8 @@ class Attempts:
         self.breakers = breakers
         self._lag = loop_lag
         self._clock = clock
+        self.stream_idle_ms = 30_000
+        """Milliseconds a provider stream may go without an event (a `Caller` setting)."""
         self.calling: dict[str, int] = {}
         """Calls in flight per health key: the load a new call starts at."""
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
@@ -109,6 +111,7 @@ class Attempts:
             max_response_bytes=self._sessions.max_response_bytes,
             dialect=row.dialect,
             structured_outputs=row.structured_outputs,
+            stream_idle_ms=self.stream_idle_ms,
         )
 
     def forget_children(self) -> None:
@@ -150,11 +153,13 @@ class Attempts:
         remaining: float,
         attempt: int = 1,
         retry_of: ProviderError | None = None,
+        on_delta: OnDelta | None = None,
     ) -> tuple[ProviderResult, float] | ProviderError:
         """One call: the result and its seconds, or the provider's error. Raises
         `DeadlineInCall` when the request's deadline (`remaining` seconds away) ends it.
         `attempt`: its number at this candidate; `retry_of`: the error of the request's
-        previous attempt, if any (both for the observer)."""
+        previous attempt, if any (both for the observer). `on_delta`: stream the answer, each
+        piece to it as it arrives."""
         target, adapter, session = prepared
         obs = self.observer
         handle = None
@@ -165,7 +170,7 @@ class Attempts:
         t0 = self._clock()
         lag0 = self._lag.mark() if self._lag is not None else 0.0
         try:
-            result = await _complete(adapter, session, target, request, remaining)
+            result = await _complete(adapter, session, target, request, remaining, on_delta)
         except ProviderError as exc:
             if obs is not None:
                 obs.attempt_finished(handle, error=exc)
@@ -240,9 +245,14 @@ async def _complete(
     target: Target,
     request: ProviderRequest,
     remaining: float,
+    on_delta: OnDelta | None = None,
 ) -> ProviderResult:
     """The adapter's call, ended by the request's deadline (`remaining` seconds away) when that
-    comes before the row's own timeout (which the adapter enforces)."""
+    comes before the row's own timeout (which the adapter enforces). A stream has no total
+    timeout of its own (only a stall timeout): the deadline always bounds it."""
+    if on_delta is not None:
+        async with asyncio.timeout(remaining):
+            return await adapter.stream(session, target, request, on_delta)
     if remaining < target.timeout_ms / 1000:
         async with asyncio.timeout(remaining):
             return await adapter.complete(session, target, request)

@@ -27,10 +27,11 @@ import asyncio
 import enum
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import msgspec
 
-from llm_worker.adapters.base import ProviderRequest, ProviderResult
+from llm_worker.adapters.base import ProviderRequest, ProviderResult, StreamDelta
 from llm_worker.adapters.errors import BadRequest, InvalidOutput, ProviderError, RateLimited
 from llm_worker.adapters.retry import next_delay
 from llm_worker.adapters.secrets import SecretStore
@@ -70,12 +71,24 @@ __all__ = [
     "Caller",
     "CircuitOpen",
     "PassEnd",
+    "StreamTap",
     "estimate_tokens",
     "pass_delay",
 ]
 
 
 _MIN_NAP_S = 0.005  # never spin: a wait that is due now still yields for this long
+
+
+class StreamTap(Protocol):
+    """Where a streamed call's pieces go (`Caller.call(tap=...)`). Once `started` (a piece was
+    passed on), a failure ends the request: no retry and no fallback, since a reader has seen
+    part of this answer."""
+
+    @property
+    def started(self) -> bool: ...
+
+    def on_delta(self, delta: StreamDelta) -> None: ...
 
 
 class PassEnd(enum.Enum):
@@ -130,13 +143,20 @@ class _Call:
         "open_since",
         "passes",
         "request",
+        "tap",
         "tenant",
     )
 
     def __init__(
-        self, request: ProviderRequest, tenant: str | None, deadline: float, final: float
+        self,
+        request: ProviderRequest,
+        tenant: str | None,
+        deadline: float,
+        final: float,
+        tap: StreamTap | None = None,
     ) -> None:
         self.request = request
+        self.tap = tap
         self.tenant = tenant
         self.deadline = deadline  # moved on by capacity waits, up to `final`
         self.final = final  # no wait runs past this
@@ -171,6 +191,7 @@ class Caller:
         max_tokens_cap: int | None = None,
         capacity_wait_s: float = CAPACITY_WAIT_S,
         output_retries: int = 1,
+        stream_idle_ms: int = 30_000,
     ) -> None:
         self.observer = observer
         self.output_retries = output_retries
@@ -194,6 +215,7 @@ class Caller:
         self._attempts = Attempts(
             sessions, secrets, metrics, self.router, self.breakers, loop_lag, clock, observer
         )
+        self._attempts.stream_idle_ms = stream_idle_ms
 
     @property
     def held(self) -> int:
@@ -217,17 +239,20 @@ class Caller:
         *,
         deadline: float,
         tenant: str | None = None,
+        tap: StreamTap | None = None,
     ) -> CallResult:
+        """The checked answer, or `CallFailed`. `tap`: stream it, each piece to the tap as it
+        arrives; once a piece went out, nothing is tried again (not even for the output check)."""
         request = capped(request, self.max_tokens_cap)
         attempts = 0
         for tries_left in range(self.output_retries, -1, -1):
-            result = await self._answer(candidates, request, deadline, tenant)
+            result = await self._answer(candidates, request, deadline, tenant, tap)
             attempts += result.attempts
             value, problem = check_output(request, result.result)
             if problem is None:
                 return msgspec.structs.replace(result, attempts=attempts, json=value)
             self._metrics.invalid_outputs.labels(result.candidate.provider).inc()
-            if tries_left == 0 or self._clock() >= deadline:
+            if tries_left == 0 or self._clock() >= deadline or (tap is not None and tap.started):
                 cand = result.candidate
                 error = InvalidOutput(
                     f"{problem} (after {self.output_retries + 1 - tries_left} answers)",
@@ -244,9 +269,10 @@ class Caller:
         request: ProviderRequest,
         deadline: float,
         tenant: str | None,
+        tap: StreamTap | None = None,
     ) -> CallResult:
         """Passes over the candidates until one answers; `CallFailed` when none will."""
-        st = _Call(request, tenant, deadline, deadline + self.capacity_wait_s)
+        st = _Call(request, tenant, deadline, deadline + self.capacity_wait_s, tap)
         try:
             while True:
                 verdict = await self._pass(candidates, st)
@@ -426,6 +452,8 @@ class Caller:
             outcome = await self._attempt(cand, health, prepared, slots, remaining, attempt, st)
             if not isinstance(outcome, ProviderError):
                 return self._answered(cand, outcome, ask, st)
+            if st.tap is not None and st.tap.started:  # a reader saw part of it: it ends here
+                raise CallFailed(outcome, st.attempts, cand)
             if not await self._after_error(cand, health, outcome, attempt, st, failed):
                 return None
         return None
@@ -470,7 +498,14 @@ class Caller:
         st.attempts += 1
         try:
             outcome = await self._attempts.call(
-                cand, health, prepared, st.request, remaining, attempt, retry_of
+                cand,
+                health,
+                prepared,
+                st.request,
+                remaining,
+                attempt,
+                retry_of,
+                st.tap.on_delta if st.tap is not None else None,
             )
         except DeadlineInCall as ended:  # what the provider said before, if anything
             slots.release(ok=False, overloaded=True)

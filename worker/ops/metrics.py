@@ -44,6 +44,7 @@ class Metrics:
         self._calls(r)
         self._latency(r)
         self._state(r)
+        self._streaming(r)
 
     def _intake(self, r: CollectorRegistry) -> None:
         """What came in and what went out: records, completions by status and error, dead
@@ -109,6 +110,29 @@ class Metrics:
             "llm_worker_circuit_changes",
             "Circuit breaker state changes",
             ["endpoint", "to"],
+            registry=r,
+        )
+
+    def _streaming(self, r: CollectorRegistry) -> None:
+        """Streamed answers: chunk records, their bytes, the time to the first chunk, followers
+        that joined a stream too late to be given its chunks."""
+        self.chunks = Counter(
+            "llm_worker_chunks", "Chunk records produced and acknowledged", registry=r
+        )
+        self.chunk_bytes = Counter(
+            "llm_worker_chunk_bytes", "Bytes of chunk records acknowledged", registry=r
+        )
+        self.first_chunk = Histogram(
+            "llm_worker_stream_first_chunk_seconds",
+            "Worker-added time to the first chunk: from the provider's first piece to that "
+            "chunk's acknowledgement (streams led by a call)",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.late_joins = Counter(
+            "llm_worker_stream_late_joins",
+            "Streaming prompts that found their identical stream past LLM_WORKER_STREAM_BUFFER_"
+            "BYTES: given the final completion only, no chunks",
             registry=r,
         )
 

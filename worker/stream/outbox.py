@@ -8,6 +8,10 @@ topic holds its partition's offsets back; nothing is lost), with one exception: 
 broker refuses as too large is never produced again as it is. It is replaced by a smaller one
 (`records.shrink`, at most `SHRINK_STEPS` times, each smaller by construction), so one poison
 record can neither spin the event loop nor hold its partition forever.
+
+Streamed answers' chunk records go out through `publish`: produced and acknowledged (retried
+until they are), no offset waiting on any one of them; their request's completion is produced
+only after its last chunk is acknowledged, so the offset is committed after both.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from llm_worker.adapters.backoff import Backoff
 
+from ..chunks import empty_chunk
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..records import SHRINK_STEPS, InputRecord, Outcome, shrink
@@ -80,6 +85,8 @@ class Outbox:
         """Outcomes whose delivery failed (not as too large) and is being retried now."""
         self.delivery_error: str | None = None
         """The last such failure, while any outcome is failing."""
+        self.publishing = 0
+        """Chunk records produced whose acknowledgement has not come back yet."""
 
     def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
         """Produce the outcome; the message finishes when its delivery report comes back."""
@@ -176,6 +183,34 @@ class Outbox:
         finally:
             if failing:
                 self._failing(outcome.topic, None, -1)
+
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
+        """A chunk record: produced, and retried until it is acknowledged. One refused as too
+        large goes again as an empty chunk under the same `seq` (`chunks.empty_chunk`), so
+        its sequence keeps no gap."""
+        delays = Backoff(*RETRY_DELAY_S).delays()
+        while True:
+            self.publishing += 1
+            try:
+                await self._bridge.produce(topic, value, key=key, headers=headers)
+                return
+            except DeliveryError as exc:
+                self.counters["delivery_retries"] += 1
+                self._metrics.delivery_retries.inc()
+                if exc.too_large:
+                    log.warning("a chunk for %s was refused as too large; sent empty", topic)
+                    value = empty_chunk(value)
+                else:
+                    log.debug("delivery to %s failed (%s); retrying", topic, exc)
+                    await asyncio.sleep(next(delays))
+            finally:
+                self.publishing -= 1
 
     def delivery(self) -> dict[str, Any]:
         """For `/readyz`: how many outcomes are failing delivery, and why."""

@@ -22,8 +22,13 @@ partitions) aborts it and *rewinds*: in-flight work is dropped and every partiti
 again from its committed offset. A fatal error (fenced) stops the worker.
 
 Dedup followers and window hits are outcomes like any other: they live in the same
-transactions. The provider call itself is not transactional: after a crash or an abort it is
-made again, and a `read_committed` consumer of `llm_completions` still sees each id once.
+transactions. Chunk records of streamed answers (`publish`) enter whichever transaction is
+open (none while a commit is being made): an earlier one than their completion's, or the same.
+A chunk whose delivery fails taints the transaction like an outcome. After an abort the prompt
+is answered again, so a `read_committed` reader may see a second chunk sequence for one id,
+but only one completion. The provider call itself is not transactional: after a crash or an
+abort it is made again, and a `read_committed` consumer of `llm_completions` still sees each id
+once.
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome
 from .offsets import OffsetTracker, PartitionOffsets
 from .outbox import Outbox, Sent, Spawn
-from .transport import TXN_CALL_S, Ack, GroupMetadata, Key, TransactionError, Transport
+from .transport import (
+    TXN_CALL_S,
+    Ack,
+    DeliveryError,
+    GroupMetadata,
+    Key,
+    TransactionError,
+    Transport,
+)
 
 __all__ = ["ExactlyOnce", "OrderedOutbox", "TransactionAborted"]
 
@@ -70,9 +83,42 @@ class OrderedOutbox(Outbox):
         super().__init__(bridge, metrics, spawn=spawn, on_acked=on_acked, recorder=recorder)
         self._started: dict[Key, collections.deque[int]] = {}
         self._ready: dict[Key, dict[int, Sent]] = {}
-        self.frozen = False
+        self._open = asyncio.Event()
+        self._open.set()
         self.tainted: str | None = None
         """Why the open transaction cannot be committed (a delivery failed), or None."""
+
+    @property
+    def frozen(self) -> bool:
+        """Nothing enters the transaction now (a commit is being made, or a rewind)."""
+        return not self._open.is_set()
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        if value:
+            self._open.clear()
+        else:
+            self._open.set()
+
+    async def publish(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
+        """A chunk record, into the open transaction (waiting while none is open). A failed
+        delivery taints the transaction: it is aborted and the prompt answered again."""
+        while not self._open.is_set():
+            await self._open.wait()
+        self.publishing += 1
+        try:
+            await self._bridge.produce(topic, value, key=key, headers=headers)
+        except DeliveryError as exc:
+            if not exc.purged:
+                self.tainted = self.tainted or f"a chunk's delivery failed: {exc}"
+        finally:
+            self.publishing -= 1
 
     def track(self, rec: InputRecord) -> None:
         key = (rec.topic, rec.partition)
@@ -203,7 +249,7 @@ class ExactlyOnce:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + COMMIT_WAIT_S
         await self._bridge.flush(COMMIT_WAIT_S)
-        while outbox.unacked or outbox.redelivering:
+        while outbox.unacked or outbox.redelivering or outbox.publishing:
             left = deadline - loop.time()
             if left <= 0:
                 raise TransactionAborted("released outcomes were not acknowledged in time")
