@@ -40,7 +40,7 @@ from .streaming import Assembler, StreamRefused
 
 __all__ = ["GeminiAssembler", "Refuse"]
 
-Refuse = Callable[[str, "str | None"], ProviderError]
+Refuse = Callable[[str, str | None], ProviderError]
 """The adapter's `ContentFiltered` for this target: (why, request id) → the error to raise."""
 
 
