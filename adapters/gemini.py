@@ -27,6 +27,10 @@ output is `candidatesTokenCount` plus `thoughtsTokenCount`, which Google counts 
 `totalTokenCount` is their sum with the prompt). Errors are Google's
 `{"error": {"code", "message", "status", "details"}}`: `RESOURCE_EXHAUSTED` is `RateLimited`
 (its `RetryInfo.retryDelay` is the retry hint), an invalid key (a 400 from Google) `AuthError`.
+
+Streaming (`stream`) posts the same body, with the same key header, to
+`.../models/{model}:streamGenerateContent?alt=sse`: server-sent events, each one a
+`GenerateContentResponse` holding the next piece, read by `gemini_stream.GeminiAssembler`.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from ._http import (
 from .base import ProviderRequest, ProviderResult, Target, ToolCall
 from .errors import AuthError, BadRequest, ContentFiltered, ProviderError, RateLimited
 from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, REASONING, TOOLS
+from .gemini_stream import GeminiAssembler
 from .gemini_wire import (
     GenerateBody,
     GenerationConfig,
@@ -78,12 +83,19 @@ _EMPTY_CONFIG = GenerationConfig()
 
 
 @lru_cache(maxsize=1024)
-def _generate_url(endpoint: str, model: str) -> URL:
+def _generate_url(endpoint: str, model: str, method: str = "generateContent") -> URL:
     base = endpoint.rstrip("/")
     if not base.endswith(_VERSIONS):
         base += "/v1beta"
     model = model.removeprefix("models/")
-    return URL(base) / "models" / f"{model}:generateContent"
+    return URL(base) / "models" / f"{model}:{method}"
+
+
+@lru_cache(maxsize=1024)
+def _stream_url(endpoint: str, model: str) -> URL:
+    """The same model's `:streamGenerateContent?alt=sse` (server-sent events: without `alt=sse`
+    Google streams one JSON array)."""
+    return _generate_url(endpoint, model, "streamGenerateContent").with_query(alt="sse")
 
 
 def _seconds(duration: Any) -> float | None:
@@ -112,6 +124,13 @@ class GeminiAdapter(HTTPAdapter):
 
     def url_for(self, endpoint: str, target: Target) -> URL:
         return _generate_url(endpoint, target.model)
+
+    def stream_url_for(self, endpoint: str, target: Target) -> URL:
+        return _stream_url(endpoint, target.model)
+
+    def assembler(self, target: Target, request: ProviderRequest) -> GeminiAssembler:
+        """The stream's reader (`gemini_stream`); the streaming body is the plain one."""
+        return GeminiAssembler(target, lambda why, rid: self._filtered(target, why, rid))
 
     def headers_for(self, target: Target) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}

@@ -4,6 +4,8 @@ Routes (beside the OpenAI ones of `fake_provider`, on the same profiles):
 
     POST /gemini/v1beta/models/{model}:generateContent
     POST /{profile}/gemini/v1beta/models/{model}:generateContent
+    POST /gemini/v1beta/models/{model}:streamGenerateContent?alt=sse
+    POST /{profile}/gemini/v1beta/models/{model}:streamGenerateContent?alt=sse
 
 A target reaches it with provider `gemini` and endpoint `{server}/gemini` (or
 `{server}/{profile}/gemini`: `gemini_endpoint`); the adapter appends
@@ -32,12 +34,19 @@ differs:
   candidatesTokenCount, totalTokenCount; `responseId` and `modelVersion` are set.
 - Errors are Google's `{"error": {"code", "message", "status"}}` (a 429 carries a `RetryInfo`
   detail as well as `Retry-After`); a body without `contents` is a 400 INVALID_ARGUMENT.
+
+`:streamGenerateContent?alt=sse` answers the same request with the same answer, as server-sent
+events (`FakeProvider.deliver_stream`: `token_delay_ms` between events, `stream_break_after`
+cuts the connection), each a `GenerateContentResponse` with `modelVersion` and `responseId`:
+one event per word of the text (each word with the spaces after it, so the parts join to the
+whole text), a function call in one event; the last event carries the `finishReason` and the
+`usageMetadata`. Without `alt=sse` (Google would stream one JSON array) it is a 400.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -49,12 +58,15 @@ from llm_worker.devkit.fake_provider import (
     Call,
     FakeProvider,
     Profile,
+    sse,
 )
 from llm_worker.devkit.fake_wire import example_for
 
-__all__ = ["FakeGemini", "add_gemini_routes", "gemini_endpoint", "google_error"]
+__all__ = ["FakeGemini", "add_gemini_routes", "gemini_endpoint", "google_error", "stream_events"]
 
 _PATH = "/gemini/v1beta/models/{model}:generateContent"
+_STREAM_PATH = "/gemini/v1beta/models/{model}:streamGenerateContent"
+_WORDS = re.compile(r"\S+\s*|\s+")  # a word and the spaces after it (leading spaces alone)
 _TOOL_WORD = re.compile(r"\btool\b", re.IGNORECASE)
 _JSON = "application/json"
 _STATUS = {
@@ -97,8 +109,9 @@ def gemini_endpoint(server_url: str, profile: str = "default") -> str:
 def add_gemini_routes(app: web.Application, provider: FakeProvider, profile: str) -> None:
     """Register the generateContent routes (`profile` is the route's `{profile:...}` part)."""
     fake = FakeGemini(provider)
-    app.router.add_post(_PATH, fake.generate)
-    app.router.add_post(f"/{profile}{_PATH}", fake.generate)
+    for path, handler in ((_PATH, fake.generate), (_STREAM_PATH, fake.stream)):
+        app.router.add_post(path, handler)
+        app.router.add_post(f"/{profile}{path}", handler)
 
 
 def google_error(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
@@ -241,34 +254,90 @@ def generate_content(
     }
 
 
+def stream_events(answer: dict[str, Any]) -> list[bytes]:
+    """The generateContent `answer` as the events of its stream: its text one word per event
+    (the words joined are the text), a function call in one event; the last event carries the
+    finishReason and the usageMetadata, every event the modelVersion and responseId."""
+    candidate = answer["candidates"][0]
+    part = candidate["content"]["parts"][0]
+    pieces: list[dict[str, Any]] = [part]
+    if "text" in part:
+        pieces = [{"text": word} for word in _WORDS.findall(part["text"])] or [part]
+    events: list[bytes] = []
+    for n, piece in enumerate(pieces, 1):
+        chunk: dict[str, Any] = {"content": {"role": "model", "parts": [piece]}, "index": 0}
+        event: dict[str, Any] = {"candidates": [chunk]}
+        if n == len(pieces):
+            chunk["finishReason"] = candidate["finishReason"]
+            event["usageMetadata"] = answer["usageMetadata"]
+        event["modelVersion"] = answer["modelVersion"]
+        event["responseId"] = answer["responseId"]
+        events.append(sse(event))
+    return events
+
+
+_Handle = Callable[[web.Request, Profile, Call, _Request], Awaitable[web.StreamResponse]]
+
+
 class FakeGemini:
-    """The generateContent handler over a `FakeProvider`'s profiles and log."""
+    """The generateContent handlers over a `FakeProvider`'s profiles and log."""
 
     def __init__(self, provider: FakeProvider) -> None:
         self.provider = provider
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get("x-goog-api-key")
-        return await self.provider.serve(request, key, self._answer, google_error)
+        return await self.provider.serve(request, key, self._reading(self._answer), google_error)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("x-goog-api-key")
+        return await self.provider.serve(request, key, self._reading(self._stream), google_error)
+
+    def _reading(
+        self, handle: _Handle
+    ) -> Callable[[web.Request, Profile, Call], Awaitable[web.StreamResponse]]:
+        """An answerer (for `serve`) that reads and logs the request, then `handle`s it."""
+
+        async def answer(request: web.Request, profile: Profile, call: Call) -> web.StreamResponse:
+            call.raw = await request.read()
+            try:
+                body = _decode(call.raw)
+            except msgspec.DecodeError as exc:
+                profile.errors += 1
+                return google_error(400, f"Invalid JSON payload received. {exc}")
+            call.model = request.match_info["model"]
+            users = [c for c in body.contents if c.role in (None, "user") and _texts(c)]
+            call.text = _texts(users[-1]) if users else ""
+            return await handle(request, profile, call, body)
+
+        return answer
+
+    def _content(self, body: _Request, profile: Profile, call: Call, number: int) -> dict[str, Any]:
+        broken = lambda: self.provider.invalid_output(profile)  # noqa: E731
+        return generate_content(body, call.model, number, broken)
 
     async def _answer(
-        self, request: web.Request, profile: Profile, call: Call
+        self, request: web.Request, profile: Profile, call: Call, body: _Request
     ) -> web.StreamResponse:
-        call.raw = await request.read()
-        try:
-            body = _decode(call.raw)
-        except msgspec.DecodeError as exc:
-            profile.errors += 1
-            return google_error(400, f"Invalid JSON payload received. {exc}")
-        model = call.model = request.match_info["model"]
-        users = [c for c in body.contents if c.role in (None, "user") and _texts(c)]
-        call.text = _texts(users[-1]) if users else ""
-
         def answer(number: int) -> web.Response:
-            broken = lambda: self.provider.invalid_output(profile)  # noqa: E731
-            payload = _encode(generate_content(body, model, number, broken))
+            payload = _encode(self._content(body, profile, call, number))
             return web.Response(
                 body=payload, content_type=_JSON, headers={"x-request-id": f"fake-{number}"}
             )
 
         return await self.provider.deliver(request, profile, call, answer, google_error)
+
+    async def _stream(
+        self, request: web.Request, profile: Profile, call: Call, body: _Request
+    ) -> web.StreamResponse:
+        if request.query.get("alt") != "sse":
+            profile.errors += 1
+            return google_error(400, "fake provider: streamGenerateContent streams with alt=sse")
+        return await self.provider.deliver_stream(
+            request,
+            profile,
+            call,
+            lambda number: stream_events(self._content(body, profile, call, number)),
+            google_error,
+            headers={"x-request-id": "fake-{number}"},
+        )
