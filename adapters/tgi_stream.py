@@ -17,6 +17,9 @@
                       and, asked with `stream_options.include_usage`, a `choices: []` chunk with
                       `usage` before `[DONE]`. An error is `{"error": {"message",
                       "http_status_code"}}` (TGI) or OpenAI's `{"error": {"message", "type"}}`.
+                      Not unwrapped: TGI before 3.2 streamed a tool call's arguments as its
+                      grammar's raw output (`{"function": {"_name": ..., ...}}` and the end
+                      token's text); such arguments stay unparsed, for the output check.
 
 What the text is, for `/generate_stream`: TGI's answer is `generated_text` (what `/generate`
 returns). The tokens' texts are TGI's incremental decoding of the same tokens, so they normally

@@ -424,7 +424,9 @@ async def test_a_streamed_tool_call_is_assembled(chat: Upstream) -> None:
 
 
 async def test_a_tgi_2_tool_call_object_is_read_too(chat: Upstream) -> None:
-    """TGI 2.x sent `tool_calls` as one object and a finish_reason on the last piece."""
+    """The one-object `tool_calls` of TGI 2.x, with a finish_reason on the last piece (TGI
+    2.x's arguments were its grammar's raw output, which is not unwrapped: plain arguments
+    here)."""
     pieces = [
         {"role": "assistant", "tool_calls": {"index": 0, "id": "", "function": f}}
         for f in (
