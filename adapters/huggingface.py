@@ -20,6 +20,10 @@ The endpoint chooses the form:
   and to tools at once, and keeps either the text or the tool calls of an assistant turn: such
   requests are refused rather than sent half.
 
+Streaming (`stream`): the `/generate` form posts the same body to `{endpoint}_stream` (TGI's
+`/generate_stream`), the Messages API the chat body with `"stream": true` and
+`stream_options.include_usage`; `adapters.tgi_stream` reads both event streams.
+
 Both send `Authorization: Bearer <token>`. TGI's errors are `{"error": "...", "error_type":
 "..."}`; 503 while a model loads (with `estimated_time`, used as the retry hint) and 424 (the
 model failed to generate) are `ServerError`, so the worker retries them. `reasoning_effort` is
@@ -60,6 +64,9 @@ from .base import (
 )
 from .errors import ProviderError, ServerError
 from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, TOOLS
+from .streaming import Assembler
+from .tgi_stream import ChatStream, GenerateStream
+from .tgi_stream import finish_reason as _finish
 
 __all__ = [
     "DEFAULT_HF_ENDPOINT",
@@ -72,8 +79,6 @@ __all__ = [
 DEFAULT_HF_ENDPOINT = "https://router.huggingface.co/v1"
 ROUTER_HOST = "router.huggingface.co"
 
-# TGI says `eos_token` / `stop_sequence` (its chat form said `eos_token` up to 2.x, `stop` since)
-_FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 _CONTEXT_HINTS = (
     *CONTEXT_HINTS,
     "`inputs` tokens + `max_new_tokens`",
@@ -154,6 +159,8 @@ class _ChatBody(msgspec.Struct, omit_defaults=True):
     response_format: dict[str, Any] | None = None
     tools: tuple[_WireTool, ...] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    stream: bool | None = None
+    stream_options: dict[str, bool] | None = None
 
 
 # -- the Messages API: the answer --------------------------------------------------------------
@@ -351,15 +358,6 @@ def _tool_calls(message: _AnswerMessage | None) -> tuple[ToolCall, ...]:
     return tuple(parsed)
 
 
-def _finish(reason: str | None, called: bool) -> str | None:
-    """stop | length | tool_calls | content_filter: TGI ends a tool call with `eos_token` or
-    `stop`, which for an answer that calls tools is `tool_calls`."""
-    if reason is None:
-        return None
-    normal = _FINISH.get(reason, reason)
-    return "tool_calls" if called and normal == "stop" else normal
-
-
 class _TGIForm(HTTPAdapter):
     """Headers, error bodies and classes shared by both forms."""
 
@@ -427,21 +425,33 @@ class _ChatForm(_TGIForm):
 
     def build_body(self, target: Target, request: ProviderRequest) -> bytes:
         """The JSON request body (None fields omitted, max_tokens capped by the target)."""
+        return _encode(self._body(target, request))
+
+    def build_stream_body(self, target: Target, request: ProviderRequest) -> bytes:
+        """The body with `"stream": true` and `stream_options.include_usage` (TGI 2.3+ and
+        OpenAI's providers send the usage in a last chunk; an older TGI ignores the field)."""
+        body = self._body(target, request)
+        body.stream = True
+        body.stream_options = {"include_usage": True}
+        return _encode(body)
+
+    def assembler(self, target: Target, request: ProviderRequest) -> Assembler:
+        return ChatStream(target)
+
+    def _body(self, target: Target, request: ProviderRequest) -> _ChatBody:
         router = self.is_router(target)
         fmt = request.response_format
-        return _encode(
-            _ChatBody(
-                model=target.model,
-                messages=_wire_messages(self.messages(target, request), router),
-                max_tokens=cap_tokens(request.max_tokens, target.max_tokens),
-                temperature=request.temperature,
-                top_p=request.top_p,
-                stop=request.stop,
-                seed=request.seed,
-                response_format=_router_format(fmt) if router else _tgi_grammar(fmt),
-                tools=_wire_tools(request.tools),
-                tool_choice=_wire_tool_choice(request.tool_choice),
-            )
+        return _ChatBody(
+            model=target.model,
+            messages=_wire_messages(self.messages(target, request), router),
+            max_tokens=cap_tokens(request.max_tokens, target.max_tokens),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=request.stop,
+            seed=request.seed,
+            response_format=_router_format(fmt) if router else _tgi_grammar(fmt),
+            tools=_wire_tools(request.tools),
+            tool_choice=_wire_tool_choice(request.tool_choice),
         )
 
     def parse_result(
@@ -477,6 +487,20 @@ class _GenerateForm(_TGIForm):
 
     def url_for(self, endpoint: str, target: Target) -> URL:
         return URL(endpoint)
+
+    def stream_url_for(self, endpoint: str, target: Target) -> URL:
+        """`.../generate` → `.../generate_stream`, the rest of the URL kept."""
+        url = URL(endpoint)
+        return url.with_path(url.path.rstrip("/") + "_stream").with_query(url.query)
+
+    def build_stream_body(self, target: Target, request: ProviderRequest) -> bytes:
+        """The `/generate` body as it is: `/generate_stream` takes the same request and has no
+        `stream` field (that is the `POST /` route's); `details: true` gets the last event its
+        finish reason and token counts."""
+        return self.build_body(target, request)
+
+    def assembler(self, target: Target, request: ProviderRequest) -> Assembler:
+        return GenerateStream(target)
 
     def build_body(self, target: Target, request: ProviderRequest) -> bytes:
         if request.messages is None and request.prompt is not None:
