@@ -10,6 +10,10 @@ which Anthropic requires, is the request's value capped by the target, else the 
 Errors arrive as `{"type": "error", "error": {"type", "message"}, "request_id"}`; 529 and
 `overloaded_error` are `Overloaded`, "prompt is too long" is `ContextLengthExceeded`.
 
+Streaming (`stream`): the same body with `"stream": true`; the event stream is read by
+`anthropic_stream.AnthropicAssembler` into the answer `complete` would give (an `error` event
+mid-stream is classified like an error body with the status its type stands for).
+
 Structured fields (docs.anthropic.com / platform.claude.com: tool use, vision, structured
 outputs, extended thinking):
 
@@ -46,6 +50,7 @@ import msgspec
 from yarl import URL
 
 from ._http import CONTEXT_HINTS, ErrorBody, HTTPAdapter, cap_tokens, strip_v1
+from .anthropic_stream import AnthropicAssembler, Usage, counts, finish, json_answer
 from .base import (
     ImagePart,
     ImageURL,
@@ -73,13 +78,6 @@ JSON_TOOL = "json_answer"  # the forced tool carrying a JSON answer, when the fo
 THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
 MIN_THINKING_BUDGET = 1024
 
-_FINISH = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
 _TOOL_CHOICE = {"auto": "auto", "required": "any", "function": "tool", "none": "none"}
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+);base64,(.*)$", re.DOTALL)
@@ -115,6 +113,7 @@ class _MessagesBody(msgspec.Struct, omit_defaults=True):
     tool_choice: dict[str, str] | None = None
     output_config: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+    stream: bool | None = None
 
 
 class _Block(msgspec.Struct):
@@ -125,18 +124,11 @@ class _Block(msgspec.Struct):
     input: Any = None
 
 
-class _Usage(msgspec.Struct):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_input_tokens: int | None = None
-    cache_creation_input_tokens: int | None = None
-
-
 class _MessageResponse(msgspec.Struct):
     content: list[_Block]
     id: str | None = None
     stop_reason: str | None = None
-    usage: _Usage | None = None
+    usage: Usage | None = None
     model: Any = None  # informational: never fail an answer over it
 
 
@@ -372,23 +364,6 @@ def _tool_call(block: _Block) -> ToolCall:
     return ToolCall(id=block.id or "", name=block.name or "", arguments={}, unparsed=unparsed)
 
 
-def _json_answer(result: ProviderResult, name: str) -> ProviderResult:
-    """The forced JSON tool's input moved from `tool_calls` to `text`."""
-    for index, call in enumerate(result.tool_calls):
-        if call.name == name:
-            text = (
-                call.unparsed
-                if call.unparsed is not None
-                else str(_encode(call.arguments), "utf-8")
-            )
-            rest = result.tool_calls[:index] + result.tool_calls[index + 1 :]
-            finish = result.finish_reason
-            if finish == "tool_calls" and not rest:
-                finish = "stop"
-            return msgspec.structs.replace(result, text=text, tool_calls=rest, finish_reason=finish)
-    return result
-
-
 class AnthropicAdapter(HTTPAdapter):
     """Adapter `anthropic`: api.anthropic.com unless the target names another endpoint."""
 
@@ -434,6 +409,17 @@ class AnthropicAdapter(HTTPAdapter):
         return headers
 
     def build_body(self, target: Target, request: ProviderRequest) -> bytes:
+        return self._body(target, request, stream=False)
+
+    def build_stream_body(self, target: Target, request: ProviderRequest) -> bytes:
+        """The Messages body with `"stream": true`: the answer comes as server-sent events."""
+        return self._body(target, request, stream=True)
+
+    def assembler(self, target: Target, request: ProviderRequest) -> AnthropicAssembler:
+        json_tool = _json_tool(target, request)
+        return AnthropicAssembler(target, None if json_tool is None else json_tool["name"])
+
+    def _body(self, target: Target, request: ProviderRequest, *, stream: bool) -> bytes:
         system: list[str] = []
         turns: list[Message] = []
         for message in self.messages(target, request):
@@ -462,6 +448,7 @@ class AnthropicAdapter(HTTPAdapter):
                 tool_choice=tool_choice,
                 output_config=output_config,
                 thinking=None if budget is None else {"type": "enabled", "budget_tokens": budget},
+                stream=True if stream else None,
             )
         )
 
@@ -470,7 +457,7 @@ class AnthropicAdapter(HTTPAdapter):
     ) -> ProviderResult:
         result = await super().complete(session, target, request)
         json_tool = _json_tool(target, request)
-        return result if json_tool is None else _json_answer(result, json_tool["name"])
+        return result if json_tool is None else json_answer(result, json_tool["name"])
 
     def parse_result(
         self, target: Target, payload: bytes, request_id: str | None, headers: Mapping[str, str]
@@ -478,17 +465,13 @@ class AnthropicAdapter(HTTPAdapter):
         answer = _decode_message(payload)
         text = "".join(b.text for b in answer.content if b.type == "text" and b.text)
         calls = tuple(_tool_call(b) for b in answer.content if b.type == "tool_use")
-        usage = answer.usage or _Usage()
-        cached = usage.cache_read_input_tokens or 0
-        written = usage.cache_creation_input_tokens or 0
-        reason = answer.stop_reason
+        # cache reads and writes counted inside input_tokens, as a stream counts them
+        input_tokens, output_tokens, cached, written = counts(answer.usage or Usage())
         return ProviderResult(
             text=text,
-            finish_reason=_FINISH.get(reason, reason) if reason is not None else None,
-            # Anthropic's input_tokens leaves out what was read from or written to the cache;
-            # the contract counts both inside input_tokens (cached_input_tokens is a part)
-            input_tokens=(usage.input_tokens or 0) + cached + written,
-            output_tokens=usage.output_tokens or 0,
+            finish_reason=finish(answer.stop_reason),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             request_id=request_id or answer.id,
             response_id=answer.id,
             response_model=answer.model if isinstance(answer.model, str) else None,

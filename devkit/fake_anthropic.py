@@ -25,19 +25,25 @@ request). Only the wire differs:
 - With probability `invalid_output_rate` a JSON answer is "not json {" and a tool's `input`
   that string (no object).
 - Usage counts words: `input_tokens` (system and messages), `output_tokens`.
+- `"stream": true`: the same answer as Anthropic's event stream (`FakeProvider.deliver_stream`,
+  so `token_delay_ms` and `stream_break_after` apply): `message_start` (input usage),
+  `content_block_start`, one `text_delta` per word (with its leading space: the deltas join to
+  the text) or `input_json_delta` pieces of a tool's input, `content_block_stop`,
+  `message_delta` (stop_reason, output usage), `message_stop`, each with its `event:` line.
 - Errors are Anthropic's `{"type": "error", "error": {"type", "message"}}`; a body without
   `model`, `max_tokens` or `messages` is a 400, as Anthropic answers it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from llm_worker.devkit.fake_provider import Call, FakeProvider, Profile
+from llm_worker.devkit.fake_provider import Call, FakeProvider, Profile, sse
 from llm_worker.devkit.fake_wire import example_for
 
 __all__ = ["FakeAnthropic", "anthropic_error"]
@@ -69,6 +75,7 @@ class _Request(msgspec.Struct):
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
+    stream: bool = False
 
 
 _decode = msgspec.json.Decoder(_Request).decode
@@ -168,6 +175,47 @@ def _answer_text(
     return f"[fake:{body.model}] {last_text}", "end_turn"
 
 
+_WORD = re.compile(r"\s*\S+|\s+$")  # a word with the spaces before it; trailing spaces
+_JSON_PIECE = re.compile(r"[^,:]+[,:]?|[,:]")  # JSON text cut after each `,` and `:`
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    """One event, named by its data's type (Anthropic names every event)."""
+    return sse(data, data["type"])
+
+
+def _block_events(index: int, block: dict[str, Any]) -> list[bytes]:
+    """One content block as its start, deltas and stop events."""
+    if block["type"] == "tool_use":
+        start = {**block, "input": {}}
+        pieces = ["", *_JSON_PIECE.findall(str(_encode(block["input"]), "utf-8"))]
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+    else:
+        start = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": w} for w in _WORD.findall(block["text"])]
+    return [
+        _event({"type": "content_block_start", "index": index, "content_block": start}),
+        *(_event({"type": "content_block_delta", "index": index, "delta": d}) for d in deltas),
+        _event({"type": "content_block_stop", "index": index}),
+    ]
+
+
+def _stream_events(message: dict[str, Any]) -> list[bytes]:
+    """A Messages answer as Anthropic streams it (its "Streaming Messages" event flow): the
+    input usage first, the output usage and stop reason at the end."""
+    usage = message["usage"]
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    start["usage"] = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
+    events = [_event({"type": "message_start", "message": start}), _event({"type": "ping"})]
+    for index, block in enumerate(message["content"]):
+        events += _block_events(index, block)
+    delta = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
+    output = {"output_tokens": usage["output_tokens"]}
+    events.append(_event({"type": "message_delta", "delta": delta, "usage": output}))
+    events.append(_event({"type": "message_stop"}))
+    return events
+
+
 def anthropic_error(status: int, message: str, retry_after_s: float | None = None) -> web.Response:
     """An error body in Anthropic's shape (a `fake_provider.Refuse`)."""
     error = {"type": _KINDS.get(status, "api_error"), "message": message}
@@ -201,6 +249,16 @@ class FakeAnthropic:
 
         def broken() -> bool:
             return provider.invalid_output(profile)
+
+        if body.stream:
+
+            def events(number: int) -> list[bytes]:
+                return _stream_events(_message(body, number, broken))
+
+            headers = {"request-id": "req_fake_{number}"}
+            return await provider.deliver_stream(
+                request, profile, call, events, anthropic_error, headers
+            )
 
         def make(number: int) -> web.Response:
             return web.Response(
