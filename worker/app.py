@@ -42,7 +42,7 @@ from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
 from .stream.outbox import Sent
 from .stream.transport import Transport
-from .streaming.calls import StreamCalls
+from .chunking.calls import StreamCalls
 
 __all__ = ["App"]
 

@@ -8,7 +8,7 @@ outcome, whose `traceparent` then continues the trace; with it off, the tracer i
 and the input's `traceparent`/`tracestate` are copied to the outcome as they are.
 
 A streamed prompt (`stream`, else its row's `stream`, else `LLM_WORKER_STREAM`) is called
-through `streaming.StreamCalls`: its chunks go to the chunk topic while the answer comes, and
+through `chunking.StreamCalls`: its chunks go to the chunk topic while the answer comes, and
 its completion, built here as for any prompt, only after the last chunk was acknowledged.
 
 Each outcome is built once (`_seal`): the builders make a `Draft` (what the record says), the
@@ -47,8 +47,8 @@ from .messages import (
 from .ops.metrics import Metrics
 from .ops.tracing import NO_TRACING, MessageTrace, MessageTracer
 from .records import InputRecord, Outcome, record_size
-from .streaming.calls import StreamCalls
-from .streaming.writer import ChunkWriter
+from .chunking.calls import StreamCalls
+from .chunking.writer import ChunkWriter
 
 __all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
 
