@@ -11,30 +11,41 @@ already names a deployment (`.../openai/deployments/{name}`) keeps it, and a ful
 `.../chat/completions` URL copied from the portal is used as it is. Body and answer are
 OpenAI's (the token cap as `max_completion_tokens`, which the reasoning deployments require);
 a content-filter refusal (error code `content_filter`, or finish reason `content_filter` with
-neither content nor tool calls) is `ContentFiltered`. `reasoning_effort` needs api-version
-`REASONING_API_VERSION` or later: an older one is refused before the call, naming it.
+neither content nor tool calls) is `ContentFiltered`, streamed or not. `reasoning_effort` needs
+api-version `REASONING_API_VERSION` or later: an older one is refused before the call, naming
+it. A stream asks for its usage chunk (`stream_options`) from `STREAM_USAGE_API_VERSION` on;
+older versions refuse the field, so their streams carry no token counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import aiohttp
 from yarl import URL
 
-from .base import ProviderRequest, ProviderResult, Target
+from .base import OnDelta, ProviderRequest, ProviderResult, Target
 from .errors import ContentFiltered
 from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, REASONING, TOOLS
 from .openai_compatible import OpenAICompatibleAdapter
 from .urls import redact_url
 
-__all__ = ["DEFAULT_API_VERSION", "REASONING_API_VERSION", "AzureOpenAIAdapter"]
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "REASONING_API_VERSION",
+    "STREAM_USAGE_API_VERSION",
+    "AzureOpenAIAdapter",
+]
 
 DEFAULT_API_VERSION = "2024-10-21"
 REASONING_API_VERSION = "2024-12-01-preview"
 """The first api-version whose chat completions take `reasoning_effort` (Azure's reasoning
 models how-to); later ones, preview or GA, sort after it."""
+STREAM_USAGE_API_VERSION = "2024-09-01-preview"
+"""The first api-version that takes `stream_options` (`include_usage`); 2024-10-21, the GA
+default, has it."""
 
 
 @lru_cache(maxsize=1024)
@@ -91,10 +102,31 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
             headers["api-key"] = target.api_key.reveal()
         return headers
 
+    def stream_options(self, target: Target) -> dict[str, Any] | None:
+        try:
+            version = deployment_url(self.endpoint_for(target), target.model).query["api-version"]
+        except ValueError:
+            return None  # the call itself reports the bad endpoint
+        if version[:10] < STREAM_USAGE_API_VERSION[:10]:
+            return None
+        return super().stream_options(target)
+
     def parse_result(
         self, target: Target, payload: bytes, request_id: str | None, headers: Mapping[str, str]
     ) -> ProviderResult:
-        result = super().parse_result(target, payload, request_id, headers)
+        return self._unfiltered(target, super().parse_result(target, payload, request_id, headers))
+
+    async def stream(
+        self,
+        session: aiohttp.ClientSession,
+        target: Target,
+        request: ProviderRequest,
+        on_delta: OnDelta,
+    ) -> ProviderResult:
+        """As OpenAI's; a streamed answer the filter withheld is `ContentFiltered` too."""
+        return self._unfiltered(target, await super().stream(session, target, request, on_delta))
+
+    def _unfiltered(self, target: Target, result: ProviderResult) -> ProviderResult:
         if result.finish_reason == "content_filter" and not (result.text or result.tool_calls):
             raise self.error(
                 ContentFiltered,

@@ -27,6 +27,7 @@ from .base import (
     ToolChoice,
 )
 from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, REASONING, TOOLS
+from .openai_stream import OpenAIAssembler, Usage, normal_finish, usage_counts
 
 __all__ = ["OpenAIAdapter", "OpenAICompatibleAdapter"]
 
@@ -78,6 +79,13 @@ class _ChatBody(msgspec.Struct, omit_defaults=True):
     tools: tuple[_WireTool, ...] | None = None
     tool_choice: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+
+
+_STREAM_OPTIONS: dict[str, Any] = {"include_usage": True}
+"""Asks for the usage chunk before `[DONE]` (OpenAI, vLLM, llama.cpp's server; servers that do
+not know the field, like llama-cpp-python's, ignore it and send no usage)."""
 
 
 def _arguments_text(call: ToolCall) -> str:
@@ -160,31 +168,15 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
-class _PromptDetails(msgspec.Struct):
-    cached_tokens: int | None = None
-
-
-class _CompletionDetails(msgspec.Struct):
-    reasoning_tokens: int | None = None
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    prompt_tokens_details: _PromptDetails | None = None
-    completion_tokens_details: _CompletionDetails | None = None
-
-
 class _ChatCompletion(msgspec.Struct):
     choices: list[_Choice]
     id: str | None = None
-    usage: _Usage | None = None
+    usage: Usage | None = None
     model: Any = None  # informational: never fail an answer over it
 
 
 _encode = msgspec.json.Encoder().encode
 _decode_completion = msgspec.json.Decoder(_ChatCompletion).decode
-_FINISH = {"function_call": "tool_calls"}  # the deprecated function-calling name
 
 
 @lru_cache(maxsize=1024)
@@ -206,19 +198,6 @@ def _tool_call(call: _AnswerToolCall, index: int) -> ToolCall:
     name = function.name if isinstance(function.name, str) else ""
     call_id = call.id if isinstance(call.id, str) and call.id else f"call_{index}"
     return ToolCall(call_id, name, arguments, unparsed)
-
-
-def _usage_counts(usage: _Usage | None) -> tuple[int, int, int, int]:
-    """input, output, cached input, reasoning tokens."""
-    if usage is None:
-        return 0, 0, 0, 0
-    prompt, completion = usage.prompt_tokens_details, usage.completion_tokens_details
-    return (
-        usage.prompt_tokens or 0,
-        usage.completion_tokens or 0,
-        (prompt.cached_tokens or 0) if prompt is not None else 0,
-        (completion.reasoning_tokens or 0) if completion is not None else 0,
-    )
 
 
 class OpenAICompatibleAdapter(HTTPAdapter):
@@ -255,6 +234,24 @@ class OpenAICompatibleAdapter(HTTPAdapter):
 
     def build_body(self, target: Target, request: ProviderRequest) -> bytes:
         """The JSON request body (None fields omitted, max_tokens capped by the target)."""
+        return _encode(self._body(target, request))
+
+    def build_stream_body(self, target: Target, request: ProviderRequest) -> bytes:
+        """The body with `"stream": true` and, when the server takes it, `stream_options`
+        asking for the usage chunk."""
+        body = self._body(target, request)
+        body.stream = True
+        body.stream_options = self.stream_options(target)
+        return _encode(body)
+
+    def stream_options(self, target: Target) -> dict[str, Any] | None:
+        """What a streaming body asks for in `stream_options` (None: the field is left out)."""
+        return _STREAM_OPTIONS
+
+    def assembler(self, target: Target, request: ProviderRequest) -> OpenAIAssembler:
+        return OpenAIAssembler(target)
+
+    def _body(self, target: Target, request: ProviderRequest) -> _ChatBody:
         source = self.messages(target, request)
         messages: tuple[Message | _WireMessage, ...] = source
         if any(m.tool_calls for m in source):
@@ -282,7 +279,7 @@ class OpenAICompatibleAdapter(HTTPAdapter):
             body.tools = _wire_tools(request.tools)
             body.tool_choice = _wire_tool_choice(request.tool_choice, request.tools, target.dialect)
             body.reasoning_effort = request.reasoning_effort
-        return _encode(body)
+        return body
 
     def headers_for(self, target: Target) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -299,11 +296,10 @@ class OpenAICompatibleAdapter(HTTPAdapter):
         choice = answer.choices[0]
         message = choice.message
         calls = message.tool_calls if message is not None else None
-        finish = choice.finish_reason
-        tokens_in, tokens_out, cached, reasoning = _usage_counts(answer.usage)
+        tokens_in, tokens_out, cached, reasoning = usage_counts(answer.usage)
         return ProviderResult(
             text=(message.content if message is not None else None) or "",
-            finish_reason=_FINISH.get(finish, finish) if finish is not None else None,
+            finish_reason=normal_finish(choice.finish_reason),
             input_tokens=tokens_in,
             output_tokens=tokens_out,
             request_id=request_id or answer.id,

@@ -18,7 +18,10 @@ the server's default settings):
 The answer is deterministic: `"[fake:{model}] " + <last user message>`, cut to `max_tokens`
 words (finish_reason "length", else "stop"); usage counts words. Latency is drawn uniformly
 from `latency_ms ± jitter_ms`; with probability `error_rate` the answer is an OpenAI error body
-with `error_status` (429, 503 and 529 carry `Retry-After`). Otherwise the `*_rate` faults of
+with `error_status` (429, 503 and 529 carry `Retry-After`). A body with `"stream": true` gets
+the same answer as OpenAI streams it (`fake_wire.chunks_of`: one chunk per word, tool calls
+in pieces, the usage chunk when `stream_options.include_usage`, then `data: [DONE]`), paced by
+`token_delay_ms` and cut by `stream_break_after`. Otherwise the `*_rate` faults of
 `fake_faults` may strike: a connection reset mid-response, a hang until the client's timeout,
 a malformed or a truncated JSON body.
 
@@ -70,6 +73,7 @@ from llm_worker.devkit.fake_wire import (
     OutMessage,
     OutToolCall,
     OutUsage,
+    chunks_of,
     decode_any,
     decode_request,
     encode,
@@ -351,6 +355,15 @@ class FakeProvider:
         call.model = chat.model
         users = [m for m in chat.messages if m.role == "user"]
         call.text = text_of(users[-1].content) if users else ""
+        if chat.stream:
+            return await self.deliver_stream(
+                request,
+                profile,
+                call,
+                lambda n: self._chunks(chat, n, profile),
+                openai_error,
+                {"x-request-id": "fake-{number}"},
+            )
         return await self.deliver(
             request, profile, call, lambda n: self._completion(chat, n, profile), openai_error
         )
@@ -444,6 +457,18 @@ class FakeProvider:
         return response
 
     def _completion(self, chat: ChatRequest, number: int, profile: Profile) -> web.Response:
+        return web.Response(
+            body=encode(self._reply(chat, number, profile)),
+            content_type="application/json",
+            headers={"x-request-id": f"fake-{number}"},
+        )
+
+    def _chunks(self, chat: ChatRequest, number: int, profile: Profile) -> list[bytes]:
+        """The same answer as `_completion`'s, as OpenAI streams it, then `data: [DONE]`."""
+        answer = self._reply(chat, number, profile)
+        return [*(sse(c) for c in chunks_of(answer, chat.include_usage)), sse("[DONE]")]
+
+    def _reply(self, chat: ChatRequest, number: int, profile: Profile) -> Completion:
         last_user = ""
         prompt_words = 0
         for message in chat.messages:
@@ -454,18 +479,13 @@ class FakeProvider:
         out, finish = self._message(chat, number, profile, last_user)
         said = out.content if out.tool_calls is None else out.tool_calls[0].function.arguments
         out_words = len((said or "").split())
-        answer = Completion(
+        return Completion(
             id=f"chatcmpl-fake-{number}",
             object="chat.completion",
             created=int(time.time()),
             model=chat.model,
             choices=[OutChoice(0, out, finish)],
             usage=OutUsage(prompt_words, out_words, prompt_words + out_words),
-        )
-        return web.Response(
-            body=encode(answer),
-            content_type="application/json",
-            headers={"x-request-id": f"fake-{number}"},
         )
 
     def _message(

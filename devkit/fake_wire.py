@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import msgspec
@@ -15,6 +16,7 @@ __all__ = [
     "OutMessage",
     "OutToolCall",
     "OutUsage",
+    "chunks_of",
     "decode_any",
     "decode_request",
     "encode",
@@ -38,6 +40,14 @@ class ChatRequest(msgspec.Struct):
     tools: list[Any] | None = None
     tool_choice: Any = None
     response_format: Any = None
+    stream: bool = False
+    stream_options: Any = None
+
+    @property
+    def include_usage(self) -> bool:
+        """The stream is to end with a usage chunk (`stream_options.include_usage`)."""
+        options = self.stream_options
+        return isinstance(options, dict) and options.get("include_usage") is True
 
 
 class OutFunction(msgspec.Struct):
@@ -81,6 +91,41 @@ class Completion(msgspec.Struct):
 encode = msgspec.json.Encoder().encode
 decode_request = msgspec.json.Decoder(ChatRequest).decode
 decode_any = msgspec.json.Decoder().decode
+
+
+_WORD = re.compile(r"\s*\S+|\s+$")
+_ARGUMENT_PIECE = 8  # characters of a tool call's arguments per chunk
+
+
+def chunks_of(answer: Completion, include_usage: bool) -> list[dict[str, Any]]:
+    """A whole answer as OpenAI streams it (the `chat.completion.chunk` objects, in order): the
+    role first, then one chunk per word of the text (each word with the spaces before it, so
+    the pieces joined are the text), each tool call's id and name then pieces of its
+    arguments, the finish reason, and the usage chunk (`choices` empty) when asked for."""
+    choice = answer.choices[0]
+    message = choice.message
+    head = {"id": answer.id, "object": "chat.completion.chunk", "created": answer.created}
+    head["model"] = answer.model
+    usage: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        return {**head, "choices": choices, **usage}
+
+    out = [chunk({"role": "assistant", "content": "" if message.tool_calls is None else None})]
+    out.extend(chunk({"content": word}) for word in _WORD.findall(message.content or ""))
+    for index, call in enumerate(message.tool_calls or ()):
+        function = {"name": call.function.name, "arguments": ""}
+        first = {"index": index, "id": call.id, "type": "function", "function": function}
+        out.append(chunk({"tool_calls": [first]}))
+        args = call.function.arguments
+        for at in range(0, len(args), _ARGUMENT_PIECE):
+            piece = {"index": index, "function": {"arguments": args[at : at + _ARGUMENT_PIECE]}}
+            out.append(chunk({"tool_calls": [piece]}))
+    out.append(chunk({}, choice.finish_reason))
+    if include_usage:
+        out.append({**head, "choices": [], "usage": msgspec.to_builtins(answer.usage)})
+    return out
 
 
 def text_of(content: str | list[Any] | None) -> str:
