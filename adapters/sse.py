@@ -62,6 +62,8 @@ class SSEParser:
             self._started = True
             chunk = bytes(self._buf).removeprefix(_BOM)
             self._buf.clear()
+        if not chunk:
+            return []  # an empty read keeps a pending CR pending
         if self._cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._cr = False

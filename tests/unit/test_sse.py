@@ -94,7 +94,7 @@ def test_every_two_split_points_give_the_same_events(ending: str) -> None:
     stream = DOCUMENTED[: DOCUMENTED.index("data:  third")].replace("\n", ENDINGS[ending])
     raw = stream.encode()
     for a in range(len(raw) + 1):
-        for b in range(a + 1, len(raw) + 1):  # an empty read: the xfail test below
+        for b in range(a + 1, len(raw) + 1):  # an empty read: the test below
             assert parse(raw[:a], raw[a:b], raw[b:]) == EXPECTED[:2], f"split at {a}, {b}"
 
 
@@ -125,10 +125,6 @@ def test_a_cr_then_a_cr_across_reads_are_two_line_ends() -> None:
     assert parser.feed(b"\r") == [SSEEvent("message", "a")]
 
 
-@pytest.mark.xfail(
-    reason="sse.py: an empty read between a CR and its LF clears the pending CR (the LF then "
-    "ends a blank line and dispatches early); aiohttp's iter_any never yields b'' today"
-)
 def test_an_empty_read_between_cr_and_lf_changes_nothing() -> None:
     assert parse(b"data: a\r", b"", b"\ndata: b\n\n") == [SSEEvent("message", "a\nb")]
 
