@@ -18,6 +18,7 @@ from .calling.capacity import rate_limiter
 from .calling.concurrency import ConcurrencyLimits
 from .calling.ratelimit import replica_share
 from .calling.routing import Router
+from .chunking.calls import StreamCalls
 from .config import Settings, env_name, kafka_property_error
 from .dedup import DedupWindow
 from .housekeeping import Housekeeping
@@ -42,7 +43,6 @@ from .stream.consumer import Worker
 from .stream.kafka import KafkaBridge
 from .stream.outbox import Sent
 from .stream.transport import Transport
-from .chunking.calls import StreamCalls
 
 __all__ = ["App"]
 

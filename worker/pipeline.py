@@ -31,6 +31,8 @@ from llm_worker.registry.resolve import Candidate
 
 from .calling.caller import Caller, CallFailed, CallResult
 from .calling.output import check_output
+from .chunking.calls import StreamCalls
+from .chunking.writer import ChunkWriter
 from .config import Settings
 from .dedup import DedupWindow, dedup_key
 from .messages import (
@@ -47,8 +49,6 @@ from .messages import (
 from .ops.metrics import Metrics
 from .ops.tracing import NO_TRACING, MessageTrace, MessageTracer
 from .records import InputRecord, Outcome, record_size
-from .chunking.calls import StreamCalls
-from .chunking.writer import ChunkWriter
 
 __all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
 
