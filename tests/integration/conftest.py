@@ -125,6 +125,7 @@ def names() -> dict[str, str]:
         "prompts_topic": f"prompts_{uid}",
         "completions_topic": f"completions_{uid}",
         "dlq_topic": f"prompts_{uid}.dlq",
+        "chunks_topic": f"completions_{uid}.chunks",
         "group_id": f"worker-{uid}",
     }
 
@@ -187,6 +188,7 @@ def worker_env(kafka_bootstrap: str, pg_dsn: str, names: dict[str, str]) -> dict
             "LLM_WORKER_PROMPTS_TOPIC": names["prompts_topic"],
             "LLM_WORKER_COMPLETIONS_TOPIC": names["completions_topic"],
             "LLM_WORKER_DLQ_TOPIC": names["dlq_topic"],
+            "LLM_WORKER_CHUNKS_TOPIC": names["chunks_topic"],
             "LLM_WORKER_GROUP_ID": names["group_id"],
             "LLM_WORKER_COMMIT_INTERVAL_MS": "200",
             "LLM_WORKER_REQUEST_DEADLINE_S": "20",
