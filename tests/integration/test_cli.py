@@ -131,6 +131,37 @@ async def test_send_prints_completions_and_fails_on_timeout(
     assert late.returncode == 1 and "timed out" in late.stderr
 
 
+async def test_send_stream_shows_the_answer_as_it_comes(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    s = make_settings()
+    fake.set_profile("words", token_delay_ms=20)
+    upsert_row(
+        pg_dsn,
+        ModelRow(
+            model_id="m1", provider="fake", endpoint=fake.endpoint("words"), upstream_model="u"
+        ),
+    )
+    await asyncio.to_thread(kh.create_topic, s.kafka_bootstrap_servers, s.prompts_topic, 2)
+    await asyncio.to_thread(kh.create_topic, s.kafka_bootstrap_servers, s.completions_topic, 2)
+    await asyncio.to_thread(kh.create_topic, s.kafka_bootstrap_servers, s.chunks_topic, 2)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "LLM_WORKER_PROMPTS_TOPIC": s.prompts_topic,
+        "LLM_WORKER_COMPLETIONS_TOPIC": s.completions_topic,
+        "LLM_WORKER_CHUNKS_TOPIC": s.chunks_topic,
+    }
+    async with App(s, http=False).running():
+        r = await asyncio.to_thread(
+            cli, "send", "one two three four", "--model", "m1", "--stream", env=env
+        )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert doc["status"] == "ok" and doc["text"] == "[fake:u] one two three four"
+    assert r.stderr.startswith(doc["text"] + "\n"), r.stderr  # the chunks, joined, as they came
+    assert len(fake.calls("words")) == 1 and fake.calls("words")[0].streamed
+
+
 async def test_trace_headers_are_carried_to_the_completion(
     make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
 ) -> None:

@@ -20,8 +20,8 @@ class _Waiter:
 
     status: str | None = "ok"
 
-    def __init__(self, settings: Any) -> None:
-        pass
+    def __init__(self, settings: Any, *, chunks: bool = False) -> None:
+        self.chunks = chunks
 
     def __enter__(self) -> _Waiter:
         return self
@@ -35,11 +35,15 @@ class _Waiter:
         *,
         timeout: float,
         on_completion: Callable[[dict[str, Any]], None] | None = None,
+        on_chunk: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
         if self.status is None:
             return {}
         got = {}
         for i in ids:
+            if self.chunks and on_chunk is not None:
+                for seq, delta in enumerate(["Hel", "lo", ""]):
+                    on_chunk({"id": i, "seq": seq, "delta": delta})
             got[i] = {"id": i, "model": "chat-small", "status": self.status}
             if on_completion is not None:
                 on_completion(got[i])
@@ -86,3 +90,22 @@ def test_every_send_option_has_help() -> None:
     ]
     assert not missing, f"send options without help: {missing}"
     assert "--fail-on-error" in send.format_help()
+
+
+def test_send_stream_asks_for_a_stream_and_shows_the_text_as_it_comes(
+    fake_client: type[_Waiter],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sent: list[dict[str, Any]] = []
+
+    def publish(s: Any, prompts: Iterable[dict[str, Any]], **kw: Any) -> int:
+        sent.extend(prompts)
+        return len(sent)
+
+    monkeypatch.setattr(client, "publish", publish)
+    argv = ["send", "hi", "--stream", "--timeout", "0.1", "--bootstrap", "127.0.0.1:1"]
+    assert main.main(argv) == 0
+    assert sent[0]["stream"] is True
+    out = capsys.readouterr()
+    assert out.err.startswith("Hello\n") and '"status": "ok"' in out.out

@@ -18,14 +18,16 @@ _dec = msgspec.json.Decoder()
 
 
 class CompletionWaiter:
-    """Reads `llm_completions` from (at most) the current end, keeping the ids it waits for.
+    """Reads `llm_completions` from (at most) the current end, keeping the ids it waits for;
+    with `chunks`, the chunk topic too (streamed answers as they come).
 
     Open it *before* publishing, so no completion can slip past it.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, chunks: bool = False) -> None:
         self._settings = settings
-        self._tail = TopicTail(settings, settings.completions_topic)
+        more = (settings.chunks_topic,) if chunks else ()
+        self._tail = TopicTail(settings, settings.completions_topic, *more)
 
     def wait(
         self,
@@ -33,20 +35,27 @@ class CompletionWaiter:
         *,
         timeout: float,
         on_completion: Callable[[dict[str, Any]], None] | None = None,
+        on_chunk: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Collect one completion per id (the first seen); stop at `timeout` seconds."""
+        """Collect one completion per id (the first seen); stop at `timeout` seconds. Chunks of
+        the ids waited for go to `on_chunk` as they are read."""
         wanted = set(ids)
         got: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + timeout
         decode = _dec.decode
+        completions = self._settings.completions_topic
         # `wanted` shrinks as ids are answered: a count, not a set difference per poll
         while wanted and time.monotonic() < deadline:
-            for value in self._tail.values(1000, 0.2):
+            for topic, value in self._tail.items(1000, 0.2):
                 try:
                     comp = decode(value)
                 except msgspec.DecodeError:
                     continue
                 cid = comp.get("id") if isinstance(comp, dict) else None
+                if topic != completions:
+                    if cid in wanted and on_chunk is not None:
+                        on_chunk(comp)
+                    continue
                 if cid in wanted:  # the first completion per id; later ones are duplicates
                     wanted.discard(cid)
                     got[cid] = comp

@@ -24,7 +24,13 @@ log = logging.getLogger("llm_worker.cli")
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-_KAFKA_CLIENT = ("kafka_bootstrap_servers", "prompts_topic", "completions_topic", "dlq_topic")
+_KAFKA_CLIENT = (
+    "kafka_bootstrap_servers",
+    "prompts_topic",
+    "completions_topic",
+    "dlq_topic",
+    "chunks_topic",
+)
 """What `send` uses: a command reads and checks only the settings it uses."""
 
 
@@ -94,6 +100,8 @@ def _load_prompts(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if not isinstance(obj, dict):
                     raise SystemExit(f"{args.file}:{n}: expected a JSON object")
                 obj.setdefault("id", uuid.uuid4().hex)
+                if args.stream:
+                    obj.setdefault("stream", True)
                 prompts.append(obj)
         return prompts
     if not args.text:
@@ -105,7 +113,48 @@ def _load_prompts(args: argparse.Namespace) -> list[dict[str, Any]]:
     }
     if args.max_tokens:
         p["max_tokens"] = args.max_tokens
+    if args.stream:
+        p["stream"] = True
     return [p]
+
+
+class _SendOutput:
+    """What `send` prints: each completion (a JSON line on stdout), streamed chunks (one
+    prompt: its text on stderr as it comes; several: JSON lines), progress on a terminal."""
+
+    def __init__(self, args: argparse.Namespace, total: int) -> None:
+        self.quiet, self.stream, self.total = args.quiet, args.stream, total
+        self.show_progress = total > 1 and sys.stderr.isatty()
+        self.sent = self.got = 0
+
+    def progress(self) -> None:
+        if self.show_progress:
+            print(
+                f"\rsent {self.sent}/{self.total}  completions {self.got}/{self.total}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def on_sent(self, n: int) -> None:
+        self.sent = n
+        self.progress()
+
+    def on_completion(self, comp: dict[str, Any]) -> None:
+        self.got += 1
+        if not self.quiet:
+            if self.stream and self.total == 1:
+                print(file=sys.stderr)  # ends the streamed text's line
+            print(json.dumps(comp, ensure_ascii=False), flush=True)
+        self.progress()
+
+    def on_chunk(self, chunk: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if self.total == 1:
+            print(chunk.get("delta", ""), end="", file=sys.stderr, flush=True)
+        else:
+            print(json.dumps(chunk, ensure_ascii=False), flush=True)
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
@@ -114,34 +163,16 @@ def _cmd_send(args: argparse.Namespace) -> int:
     s = _settings(args, _KAFKA_CLIENT)
     prompts = _load_prompts(args)
     total = len(prompts)
-    show_progress = total > 1 and sys.stderr.isatty()
-    state = {"sent": 0, "got": 0}
-
-    def progress() -> None:
-        if show_progress:
-            print(
-                f"\rsent {state['sent']}/{total}  completions {state['got']}/{total}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def on_sent(n: int) -> None:
-        state["sent"] = n
-        progress()
-
-    def on_completion(comp: dict[str, Any]) -> None:
-        state["got"] += 1
-        if not args.quiet:
-            print(json.dumps(comp, ensure_ascii=False), flush=True)
-        progress()
-
-    with CompletionWaiter(s) as waiter:
-        publish(s, prompts, on_progress=on_sent)
+    out = _SendOutput(args, total)
+    with CompletionWaiter(s, chunks=args.stream) as waiter:
+        publish(s, prompts, on_progress=out.on_sent)
         got = waiter.wait(
-            [p["id"] for p in prompts], timeout=args.timeout, on_completion=on_completion
+            [p["id"] for p in prompts],
+            timeout=args.timeout,
+            on_completion=out.on_completion,
+            on_chunk=out.on_chunk,
         )
-    if show_progress:
+    if out.show_progress:
         print(file=sys.stderr)
     missing = total - len(got)
     errors = sum(1 for c in got.values() if c.get("status") != "ok")
@@ -247,6 +278,12 @@ def _add_send(sub: Subcommands) -> None:
         type=float,
         default=60.0,
         help="seconds to wait for the completions (default: 60); exit 1 when some are missing",
+    )
+    send.add_argument(
+        "--stream",
+        action="store_true",
+        help="ask for streamed answers and show the chunks as they come (one prompt: its text "
+        "on stderr; several: each chunk as a JSON line)",
     )
     send.add_argument("--quiet", action="store_true", help="print only the summary")
     send.add_argument(

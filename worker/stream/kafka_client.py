@@ -49,10 +49,10 @@ class RecordSender:
 
 
 class TopicTail:
-    """Reads a topic from (at most) its current end, as a consumer of a group of its own: open
+    """Reads topics from (at most) their current end, as a consumer of a group of its own: open
     it *before* what it should see is produced."""
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str, *more: str) -> None:
         conf = _client_conf(settings)
         conf.update(
             {
@@ -63,23 +63,28 @@ class TopicTail:
             }
         )
         self._consumer = Consumer(conf)
-        meta = self._consumer.list_topics(topic, timeout=10)
-        parts = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
         tps = []
-        for p in parts:
-            # the reported high watermark is never past the real end, so nothing is missed
-            high = _high_watermark(self._consumer, TopicPartition(topic, p))
-            tps.append(TopicPartition(topic, p, max(high, 0)))
+        for name in (topic, *more):
+            meta = self._consumer.list_topics(name, timeout=10)
+            parts = sorted(meta.topics[name].partitions) if name in meta.topics else []
+            for p in parts:
+                # the reported high watermark is never past the real end, so nothing is missed
+                high = _high_watermark(self._consumer, TopicPartition(name, p))
+                tps.append(TopicPartition(name, p, max(high, 0)))
         self._consumer.assign(tps)
 
     def values(self, max_records: int, timeout: float) -> list[bytes]:
         """The values of up to `max_records` records (error events and empty values skipped),
         waiting up to `timeout` for the first."""
+        return [value for _topic, value in self.items(max_records, timeout)]
+
+    def items(self, max_records: int, timeout: float) -> list[tuple[str, bytes]]:
+        """`values`, each with the topic it was read from."""
         out = []
         for msg in self._consumer.consume(max_records, timeout):
             value = msg.value()
             if value is not None and msg.error() is None:
-                out.append(value)
+                out.append((str(msg.topic()), value))
         return out
 
     def close(self) -> None:
