@@ -43,7 +43,7 @@ from .errors import (
 from .features import unsupported_message
 from .retry import MAX_RETRY_AFTER, parse_retry_after
 from .scrub import scrub, scrub_bytes
-from .sse import SSEError, SSEParser
+from .sse import SSEError, SSEEvent, SSEParser
 from .streaming import Assembler, StreamRefused, whole_delta
 from .urls import url_secrets
 
@@ -378,18 +378,12 @@ class HTTPAdapter:
                 if read > cap:
                     resp.close()
                     raise self._too_large(target, resp.status, request_id)
-                for ev in parser.feed(data):
-                    delta = asm.event(ev)
-                    if delta is not None:
-                        on_delta(delta)
-                    if asm.done:
-                        resp.close()  # anything after it is not read: the connection goes
-                        return asm.result(request_id)
-            last = parser.close()
-            if last is not None:
-                delta = asm.event(last)
-                if delta is not None:
-                    on_delta(delta)
+                if _take(parser.feed(data), asm, on_delta):
+                    resp.close()  # anything after it is not read: the connection goes
+                    break
+            else:
+                last = parser.close()
+                _take([] if last is None else [last], asm, on_delta)
         except StreamRefused as refused:
             raise self._refusal(
                 target, refused.status or 500, refused.body, resp.headers, request_id
@@ -402,7 +396,7 @@ class HTTPAdapter:
                 status=resp.status,
                 request_id=request_id,
             ) from exc
-        if not asm.complete:
+        if not asm.complete:  # closed, or `[DONE]`, before the provider said how it finished
             raise self.error(
                 ConnectionFailed,
                 target,
@@ -567,3 +561,14 @@ class HTTPAdapter:
             request_id=request_id,
             retry_after=retry_after,
         )
+
+
+def _take(events: Iterable[SSEEvent], asm: Assembler, on_delta: OnDelta) -> bool:
+    """Read `events` into `asm`, each delta given on; True once it says to stop reading."""
+    for ev in events:
+        delta = asm.event(ev)
+        if delta is not None:
+            on_delta(delta)
+        if asm.done:
+            return True
+    return False

@@ -94,13 +94,16 @@ class Assembler:
         call = self._calls.get(index)
         if call is None:
             call = self._calls[index] = _Call()
-        if call_id:
-            call.id = call_id
-        if name:
-            call.name = name
+        new_id = call_id if call_id and call_id != call.id else None
+        new_name = name if name and name != call.name else None
+        if new_id:
+            call.id = new_id
+        if new_name:
+            call.name = new_name
         if args:
             call.args.append(args)
-        return ToolCallDelta(index=index, id=call_id or None, name=name or None, arguments=args)
+        # some servers (llama.cpp) repeat the id and name in every piece: passed on once
+        return ToolCallDelta(index=index, id=new_id, name=new_name, arguments=args)
 
     def result(self, request_id: str | None) -> ProviderResult:
         """The whole answer: the text joined, each tool call's arguments parsed (an object, or

@@ -2,7 +2,11 @@
 
 A writer follows one `ChunkSource` in a task: chunk `seq` of the source becomes the record
 `{"id": <this request's id>, "seq": seq, ...}` (the body spliced in, not encoded again), keyed
-like the request's completion, produced in order, each after the one before was acknowledged.
+like the request's completion. The chunks there are when the writer looks are produced together,
+in order (`gather` starts each publish in turn, and each produces before it first waits; the
+idempotent producer keeps a partition's order through its retries), and their acknowledgements
+awaited before it looks again: a writer that fell behind a fast stream catches up in one round
+trip, not one per chunk.
 `done()` returns when the final chunk is acknowledged: the pipeline produces the completion only
 then, so the completion comes after its chunks, and the input offset (committed after the
 completion's acknowledgement) after both.
@@ -81,13 +85,23 @@ class ChunkWriter:
     async def _write(self, source: ChunkSource) -> None:
         seq = 0
         while True:
-            while seq < len(source.chunks):
-                value = chunk_record(self._id, seq, source.chunks[seq])
-                await self._publish(self._topic, value, self._key, self._headers)
-                seq += 1
-                self.written = seq
-                if seq == 1 and self.on_first is not None and source.first_piece_at is not None:
+            ready = len(source.chunks)
+            if seq < ready:  # every chunk there is, produced in order, then their acks awaited
+                await asyncio.gather(
+                    *(
+                        self._publish(
+                            self._topic,
+                            chunk_record(self._id, n, source.chunks[n]),
+                            self._key,
+                            self._headers,
+                        )
+                        for n in range(seq, ready)
+                    )
+                )
+                if seq == 0 and self.on_first is not None and source.first_piece_at is not None:
                     self.on_first(self._clock() - source.first_piece_at)
+                seq = self.written = ready
+                continue
             if source.ended:
                 return
             await source.news(seq)
