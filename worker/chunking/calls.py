@@ -10,7 +10,8 @@ served a whole answer, and its chunk sequence is written whichever way it went.
 
 A call that fails before any stream began leaves a sequence of one chunk, `finish_reason`
 "error". A follower whose leader was cancelled (its partition revoked) takes over: it leads a
-new stream, and its writer starts a new sequence after the broken one (which ended "error").
+new stream, and its writer starts a new sequence after the broken one (which ended "error");
+the other followers' writers start a new sequence too, the new call's answer whole.
 """
 
 from __future__ import annotations
@@ -169,6 +170,11 @@ class StreamCalls:
             if led:
                 raise
             raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
-        if shared and not w.following and not w.skipped:
-            self.whole(w, answer.result)  # from the window, or a leader that did not stream
+        if shared and not w.skipped:
+            broken = w.source is not None and w.source.finish_reason == "error"
+            if broken:  # its leader was cancelled mid-stream, another call answered: the
+                await w.done()  # broken sequence is over, a new one has the answer
+                w.reset()
+            if not w.following:  # from the window, a leader that did not stream, a takeover
+                self.whole(w, answer.result)
         return answer, shared

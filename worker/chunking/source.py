@@ -51,6 +51,8 @@ class ChunkSource:
         """The text streamed so far (what an error completion keeps)."""
         self.bytes = 0
         self.ended = False
+        self.finish_reason: str | None = None
+        """How the stream ended (`end`): "error" when its call failed or was cancelled."""
         self.first_piece_at: float | None = None
         """When the provider's first piece arrived (the clock's time)."""
         self._pending: list[StreamDelta] = []
@@ -87,7 +89,7 @@ class ChunkSource:
             return
         self._flush()
         self._append(ChunkBody.last(finish_reason, result).encode())
-        self.ended = True
+        self.ended, self.finish_reason = True, finish_reason
         self._wake()
 
     def whole(self, result: ProviderResult) -> None:
