@@ -24,6 +24,7 @@ from llm_worker.worker.config import load_settings
 from llm_worker.worker.dedup import DedupWindow
 from llm_worker.worker.messages import Completion
 from llm_worker.worker.ops.metrics import Metrics
+from llm_worker.worker.ops.tracing import MessageTrace, MessageTracer, NoTracing
 from llm_worker.worker.pipeline import Pending, Pipeline
 from llm_worker.worker.records import InputRecord, Outcome
 
@@ -59,6 +60,7 @@ class Harness:
         row_stream: bool | None = None,
         buffer_bytes: int = 1 << 20,
         dedup: bool = True,
+        tracing: MessageTracer | None = None,
     ) -> None:
         self.server = server
         self.metrics = Metrics()
@@ -89,6 +91,7 @@ class Harness:
             self.metrics,
             dedup=self.dedup,
             streams=self.streams,
+            tracing=tracing,
         )
 
     async def _publish(
@@ -312,3 +315,32 @@ async def test_a_pending_streamed_prompt_answered_by_the_window_writes_its_chunk
     out = await h.pipeline.finish(step)
     assert isinstance(out, Outcome) and out.completion is not None and out.completion.deduplicated
     assert [c["delta"] for c in h.chunks("b")] == [ANSWER, ""]
+
+
+class Links(NoTracing):
+    """Tracing that notes who led a dedup key and how many followed it (`follow`)."""
+
+    def __init__(self) -> None:
+        self.leads: list[str] = []
+        self.follows: list[str] = []
+
+    def lead(self, key: str) -> None:
+        self.leads.append(key)
+
+    def follow(self, mt: MessageTrace, key: str) -> None:
+        self.follows.append(key)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["answer", "error"])
+async def test_the_followers_of_a_streamed_call_are_linked_to_its_leader(
+    server: FakeServer, sessions: SessionPool, fails: bool
+) -> None:
+    """As for a call that does not stream: the leader says it leads the key, each follower
+    (given the answer or the error) that it followed it."""
+    server.set_profile("p", token_delay_ms=5, stream_break_after=4 if fails else 0)
+    links = Links()
+    h = Harness(server, sessions, tracing=links)
+    completions = await asyncio.gather(*(h.process(f"r{i}", stream=True) for i in range(3)))
+    assert [c.status for c in completions] == ["error" if fails else "ok"] * 3
+    assert h.calls() == 1
+    assert len(links.leads) == 1 and links.follows == links.leads * 2

@@ -95,13 +95,15 @@ class StreamCalls:
         deadline: float,
         tenant: str | None,
         key: str | None,
+        on_lead: Callable[[str], None] | None = None,
     ) -> tuple[CallResult, bool]:
         """`(result, shared)` as the pipeline's plain call gives it, the chunks written (`w`);
-        `CallFailed` when it failed, the sequence then ended with an "error" chunk."""
+        `CallFailed` when it failed, the sequence then ended with an "error" chunk.
+        `on_lead(key)`: this request calls the provider for `key` (the others follow it)."""
         try:
             if key is None or self._dedup is None:
                 return await self._lead(w, candidates, request, deadline, tenant, None), False
-            return await self._shared(w, key, candidates, request, deadline, tenant)
+            return await self._shared(w, key, candidates, request, deadline, tenant, on_lead)
         except CallFailed:
             if not w.following and not w.skipped:
                 failed = self.source()
@@ -147,6 +149,7 @@ class StreamCalls:
         request: ProviderRequest,
         deadline: float,
         tenant: str | None,
+        on_lead: Callable[[str], None] | None,
     ) -> tuple[CallResult, bool]:
         assert self._dedup is not None
         running = self.mux.get(key)
@@ -162,6 +165,8 @@ class StreamCalls:
         async def lead() -> CallResult:
             nonlocal led
             led, w.skipped = True, False
+            if on_lead is not None:
+                on_lead(key)
             return await self._lead(w, candidates, request, deadline, tenant, key)
 
         try:
