@@ -112,6 +112,16 @@ async def test_end_flushes_what_is_pending_then_the_final_chunk() -> None:
     assert len(source.chunks) == 3
 
 
+async def test_an_empty_piece_neither_starts_the_stream_nor_makes_a_chunk() -> None:
+    """A whole answer with no text (a provider that does not stream said nothing): the caller
+    may still ask again, since no reader saw anything."""
+    source = _source(linger_s=0)
+    source.on_delta(StreamDelta(text=""))
+    assert not source.started and source.chunks == []
+    source.whole(ProviderResult(text="", finish_reason="stop"))
+    assert [(b["delta"], b["finish_reason"]) for b in map(_body, source.chunks)] == [("", "stop")]
+
+
 async def test_an_error_end_has_no_usage() -> None:
     source = _source()
     source.end("error")
@@ -144,7 +154,7 @@ async def test_text_over_the_chunk_limit_is_cut_into_several_chunks() -> None:
 
 async def test_tool_call_pieces_keep_their_order_in_one_chunk() -> None:
     source = _source()
-    source.on_delta(StreamDelta(text=""))
+    source.on_delta(StreamDelta(text="Calling:"))
     pieces = [
         ToolCallDelta(index=0, id="c", name="f"),
         ToolCallDelta(index=0, arguments='{"a"'),

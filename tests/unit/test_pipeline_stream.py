@@ -344,3 +344,30 @@ async def test_the_followers_of_a_streamed_call_are_linked_to_its_leader(
     assert [c.status for c in completions] == ["error" if fails else "ok"] * 3
     assert h.calls() == 1
     assert len(links.leads) == 1 and links.follows == links.leads * 2
+
+
+async def test_a_streamed_tool_call_is_its_pieces_joined(
+    server: FakeServer, sessions: SessionPool
+) -> None:
+    h = Harness(server, sessions)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+            },
+        },
+    }
+    completion = await h.process("t", stream=True, tools=[tool], tool_choice="required")
+    assert completion.status == "ok" and completion.tool_calls is not None
+    (call,) = completion.tool_calls
+    chunks = h.chunks("t")
+    _whole_sequence(chunks)
+    pieces = [p for c in chunks for p in c.get("tool_calls_delta", [])]
+    assert {p["index"] for p in pieces} == {0}
+    assert (pieces[0]["id"], pieces[0]["name"]) == (call.id, call.name) == (call.id, "weather")
+    assert json.loads("".join(p.get("arguments", "") for p in pieces)) == call.arguments
+    assert chunks[-1]["finish_reason"] == completion.finish_reason == "tool_calls"

@@ -66,8 +66,8 @@ class ChunkSource:
         return self.first_piece_at is not None
 
     def on_delta(self, delta: StreamDelta) -> None:
-        if self.ended:
-            return
+        if self.ended or not (delta.text or delta.tool_calls):
+            return  # an empty piece is none: it neither starts the stream nor makes a chunk
         if delta.text:
             self.text.append(delta.text)
         self._pending.append(delta)
