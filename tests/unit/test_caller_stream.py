@@ -6,8 +6,9 @@ answer) a failure, an invalid answer or a stall ends the request: no second call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -19,6 +20,7 @@ from llm_worker.devkit.fake_server import FakeServer, start_fake_server
 from llm_worker.registry.models import ModelRow
 from llm_worker.registry.resolve import Candidate, resolve
 from llm_worker.worker.calling.caller import Caller, CallFailed, CallResult
+from llm_worker.worker.chunking import ChunkSource
 from llm_worker.worker.ops.metrics import Metrics
 
 REQUEST = ProviderRequest(prompt="one two three four five")
@@ -165,42 +167,48 @@ async def test_an_invalid_answer_without_a_tap_is_asked_again(
     assert len(server.calls("p")) == 2
 
 
-async def _stalling_server(stall_s: float) -> tuple[web.AppRunner, str, list[int]]:
-    """An OpenAI-style stream that sends the role and one word, then nothing for `stall_s`."""
-    hits: list[int] = []
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def _serving(handler: Handler) -> AsyncIterator[str]:
+    """A one-route OpenAI-style server answering with `handler`: its /v1 endpoint."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+def _stalling(stall_s: float, hits: list[int]) -> Handler:
+    """An OpenAI stream that sends the role and one word, then nothing for `stall_s`."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
         hits.append(1)
         await request.read()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        head = '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"u","choices":'
+        head = b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"u",'
         await response.write(
-            b"data: "
-            + head.encode()
-            + b'[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+            head + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
         )
-        await response.write(
-            b"data: " + head.encode() + b'[{"index":0,"delta":{"content":"Hello"}}]}\n\n'
-        )
+        await response.write(head + b'"choices":[{"index":0,"delta":{"content":"Hello"}}]}\n\n')
         await asyncio.sleep(stall_s)
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}/v1", hits
+    return chat
 
 
 async def test_a_stall_after_a_piece_is_a_timeout_with_no_second_call(
     server: FakeServer, sessions: SessionPool
 ) -> None:
-    runner, endpoint, hits = await _stalling_server(stall_s=2.0)
-    try:
+    hits: list[int] = []
+    async with _serving(_stalling(2.0, hits)) as endpoint:
         tap = Tap()
         started = time.monotonic()
         with pytest.raises(CallFailed) as failed:
@@ -212,8 +220,6 @@ async def test_a_stall_after_a_piece_is_a_timeout_with_no_second_call(
         assert time.monotonic() - started < 1.5  # the stall timeout, not the server's end
         assert failed.value.error.type == "timeout" and "stalled" in failed.value.error.message
         assert tap.text == "Hello" and hits == [1] and server.calls("f") == []
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_stall_before_any_piece_is_a_timeout_that_falls_back(
@@ -231,3 +237,35 @@ async def test_a_stall_before_any_piece_is_a_timeout_that_falls_back(
         {"provider": "fake", "endpoint": "m/primary", "outcome": "timeout"},
     )
     assert timeouts == 1.0
+
+
+async def test_an_empty_answer_that_came_whole_may_be_asked_again(sessions: SessionPool) -> None:
+    """A server that answers a stream request with a plain JSON body: its answer is one piece.
+    An empty one showed the reader nothing, so an invalid answer is asked for again."""
+    hits: list[int] = []
+
+    async def empty(request: web.Request) -> web.StreamResponse:
+        hits.append(1)
+        message = {"role": "assistant", "content": ""}
+        return web.json_response(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "u",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
+            }
+        )
+
+    request = ProviderRequest(prompt="give json", response_format=ResponseFormat("json_object"))
+    source = ChunkSource(linger_s=0, buffer_bytes=1 << 20)
+    async with _serving(empty) as endpoint:
+        with pytest.raises(CallFailed) as failed:
+            await _caller(sessions).call(
+                _cands(endpoint), request, deadline=time.monotonic() + 10, tap=source
+            )
+    assert failed.value.error.type == "invalid_output" and "after 2 answers" in str(
+        failed.value.error
+    )
+    assert hits == [1, 1] and not source.started and source.chunks == []
