@@ -61,12 +61,14 @@ class Harness:
         buffer_bytes: int = 1 << 20,
         dedup: bool = True,
         tracing: MessageTracer | None = None,
+        ack_s: float = 0.0,
     ) -> None:
         self.server = server
         self.metrics = Metrics()
         self.caller = Caller(sessions, SecretStore(None, env={}), self.metrics, max_attempts=1)
         self.dedup: DedupWindow[CallResult] | None = DedupWindow(window_s=60) if dedup else None
         self.records: list[dict[str, Any]] = []
+        self.ack_s = ack_s  # how long the broker takes to acknowledge a chunk record
         self.streams = StreamCalls(
             self.caller,
             self._publish,
@@ -98,7 +100,7 @@ class Harness:
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
     ) -> None:
         assert topic == "chunks"
-        await asyncio.sleep(0)  # an acknowledgement takes a turn of the loop at least
+        await asyncio.sleep(self.ack_s)  # an acknowledgement takes a turn of the loop at least
         self.records.append(json.loads(value))
 
     async def process(self, rid: str, **fields: Any) -> Completion:
@@ -131,9 +133,9 @@ async def test_the_completion_text_is_the_chunks_joined_and_comes_after_them(
     server: FakeServer, sessions: SessionPool
 ) -> None:
     server.set_profile("p", token_delay_ms=2)
-    h = Harness(server, sessions)
+    h = Harness(server, sessions, ack_s=0.01)  # a broker slower than the model
     completion = await h.process("a", stream=True)
-    chunks = h.chunks("a")  # all of them out when the completion was returned
+    chunks = h.chunks("a")  # all of them acknowledged when the completion was returned
     assert completion.status == "ok" and completion.text == ANSWER
     assert _whole_sequence(chunks) == ANSWER
     assert chunks[-1]["finish_reason"] == "stop"

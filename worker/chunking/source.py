@@ -144,8 +144,6 @@ class Multiplexer:
 
     def __init__(self) -> None:
         self._sources: dict[str, ChunkSource] = {}
-        self.late_refused = 0
-        """Followers that found a stream past its buffer and got the final completion only."""
 
     def __len__(self) -> int:
         return len(self._sources)
