@@ -265,8 +265,11 @@ class Pipeline:
                     deadline=p.deadline,
                     tenant=p.prompt.tenant,
                     key=p.dedup_key,
+                    on_lead=self._tracer.lead,
                 )
             except CallFailed as failed:
+                if failed.shared and p.dedup_key is not None:  # the leader's error
+                    self._tracer.follow(p.trace, p.dedup_key)
                 await w.done()
                 canned = _canned_response(p.prompt.model, p.candidates, p.request)
                 draft = self._failed(p.rec, p.prompt, failed, canned, partial=_partial(w))

@@ -10,7 +10,8 @@ served a whole answer, and its chunk sequence is written whichever way it went.
 
 A call that fails before any stream began leaves a sequence of one chunk, `finish_reason`
 "error". A follower whose leader was cancelled (its partition revoked) takes over: it leads a
-new stream, and its writer starts a new sequence after the broken one (which ended "error").
+new stream, and its writer starts a new sequence after the broken one (which ended "error");
+the other followers' writers start a new sequence too, the new call's answer whole.
 """
 
 from __future__ import annotations
@@ -94,13 +95,15 @@ class StreamCalls:
         deadline: float,
         tenant: str | None,
         key: str | None,
+        on_lead: Callable[[str], None] | None = None,
     ) -> tuple[CallResult, bool]:
         """`(result, shared)` as the pipeline's plain call gives it, the chunks written (`w`);
-        `CallFailed` when it failed, the sequence then ended with an "error" chunk."""
+        `CallFailed` when it failed, the sequence then ended with an "error" chunk.
+        `on_lead(key)`: this request calls the provider for `key` (the others follow it)."""
         try:
             if key is None or self._dedup is None:
                 return await self._lead(w, candidates, request, deadline, tenant, None), False
-            return await self._shared(w, key, candidates, request, deadline, tenant)
+            return await self._shared(w, key, candidates, request, deadline, tenant, on_lead)
         except CallFailed:
             if not w.following and not w.skipped:
                 failed = self.source()
@@ -146,6 +149,7 @@ class StreamCalls:
         request: ProviderRequest,
         deadline: float,
         tenant: str | None,
+        on_lead: Callable[[str], None] | None,
     ) -> tuple[CallResult, bool]:
         assert self._dedup is not None
         running = self.mux.get(key)
@@ -161,6 +165,8 @@ class StreamCalls:
         async def lead() -> CallResult:
             nonlocal led
             led, w.skipped = True, False
+            if on_lead is not None:
+                on_lead(key)
             return await self._lead(w, candidates, request, deadline, tenant, key)
 
         try:
@@ -169,6 +175,11 @@ class StreamCalls:
             if led:
                 raise
             raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
-        if shared and not w.following and not w.skipped:
-            self.whole(w, answer.result)  # from the window, or a leader that did not stream
+        if shared and not w.skipped:
+            broken = w.source is not None and w.source.finish_reason == "error"
+            if broken:  # its leader was cancelled mid-stream, another call answered: the
+                await w.done()  # broken sequence is over, a new one has the answer
+                w.reset()
+            if not w.following:  # from the window, a leader that did not stream, a takeover
+                self.whole(w, answer.result)
         return answer, shared

@@ -51,6 +51,8 @@ class ChunkSource:
         """The text streamed so far (what an error completion keeps)."""
         self.bytes = 0
         self.ended = False
+        self.finish_reason: str | None = None
+        """How the stream ended (`end`): "error" when its call failed or was cancelled."""
         self.first_piece_at: float | None = None
         """When the provider's first piece arrived (the clock's time)."""
         self._pending: list[StreamDelta] = []
@@ -64,8 +66,8 @@ class ChunkSource:
         return self.first_piece_at is not None
 
     def on_delta(self, delta: StreamDelta) -> None:
-        if self.ended:
-            return
+        if self.ended or not (delta.text or delta.tool_calls):
+            return  # an empty piece is none: it neither starts the stream nor makes a chunk
         if delta.text:
             self.text.append(delta.text)
         self._pending.append(delta)
@@ -87,7 +89,7 @@ class ChunkSource:
             return
         self._flush()
         self._append(ChunkBody.last(finish_reason, result).encode())
-        self.ended = True
+        self.ended, self.finish_reason = True, finish_reason
         self._wake()
 
     def whole(self, result: ProviderResult) -> None:
@@ -142,8 +144,6 @@ class Multiplexer:
 
     def __init__(self) -> None:
         self._sources: dict[str, ChunkSource] = {}
-        self.late_refused = 0
-        """Followers that found a stream past its buffer and got the final completion only."""
 
     def __len__(self) -> int:
         return len(self._sources)
