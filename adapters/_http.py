@@ -12,6 +12,7 @@ Transport failures are translated at this boundary (`raise ... from exc`): timeo
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -114,13 +115,14 @@ def timeout_for(timeout_ms: int) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=seconds, connect=seconds)
 
 
-@lru_cache(maxsize=1024)
-def stream_timeout_for(timeout_ms: int, idle_ms: int) -> aiohttp.ClientTimeout:
-    """A stream's timeouts: the row's timeout to connect and for the first byte of the answer,
-    then `idle_ms` between reads; no total (a long answer streams as long as it flows, bounded
-    by the request's deadline)."""
-    seconds = max(timeout_ms, 1) / 1000.0
-    return aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=max(idle_ms, 1) / 1000.0)
+_STREAM = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
+"""A stream's own timeouts are its attempt's: the row's `timeout_ms` to the answer's headers,
+then `stream_idle_ms` between reads; no total (a long answer streams as long as it flows,
+bounded by the request's deadline)."""
+
+
+def _idle_s(target: Target) -> float:
+    return max(target.stream_idle_ms, 1) / 1000.0
 
 
 def cap_tokens(asked: int | None, cap: int | None) -> int | None:
@@ -322,33 +324,20 @@ class HTTPAdapter:
             return result
         url, body, headers = self._request(target, request, stream=True)
         try:
-            async with session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=stream_timeout_for(target.timeout_ms, target.stream_idle_ms),
-                allow_redirects=False,
-            ) as resp:
+            async with asyncio.timeout(max(target.timeout_ms, 1) / 1000):  # to the headers
+                resp = await session.post(
+                    url, data=body, headers=headers, timeout=_STREAM, allow_redirects=False
+                )
+            async with resp:
                 request_id = header(resp.headers, self.request_id_headers)
                 if not 200 <= resp.status < 300 or resp.content_type != "text/event-stream":
-                    payload, whole = await read_body(resp, target.max_response_bytes)
-                    if not 200 <= resp.status < 300:
-                        raise self._refusal(target, resp.status, payload, resp.headers, request_id)
-                    if not whole:
-                        raise self._too_large(target, resp.status, request_id)
-                    result = self._answer(target, payload, resp.status, request_id, resp.headers)
-                    on_delta(whole_delta(result))
-                    return result
+                    return await self._not_a_stream(resp, target, request_id, on_delta)
                 return await self._read_stream(resp, target, assembler, on_delta, request_id)
         except ProviderError:
             raise
         except TimeoutError as exc:
             raise self.error(
-                ProviderTimeout,
-                target,
-                f"the stream stalled: no event within {target.stream_idle_ms} ms"
-                if isinstance(exc, aiohttp.ServerTimeoutError)
-                else f"no answer within {target.timeout_ms} ms",
+                ProviderTimeout, target, f"no answer within {target.timeout_ms} ms"
             ) from exc
         except aiohttp.InvalidURL:
             raise self.error(BadRequest, target, "invalid endpoint URL") from None
@@ -359,6 +348,25 @@ class HTTPAdapter:
         except ValueError as exc:
             why = f"the request could not be sent: {describe(exc)}"
             raise self.error(BadRequest, target, why) from None
+
+    async def _not_a_stream(
+        self,
+        resp: aiohttp.ClientResponse,
+        target: Target,
+        request_id: str | None,
+        on_delta: OnDelta,
+    ) -> ProviderResult:
+        """An error answer, or a whole one (given as one delta), read within the byte cap and
+        the row's timeout."""
+        async with asyncio.timeout(max(target.timeout_ms, 1) / 1000):
+            payload, whole = await read_body(resp, target.max_response_bytes)
+        if not 200 <= resp.status < 300:
+            raise self._refusal(target, resp.status, payload, resp.headers, request_id)
+        if not whole:
+            raise self._too_large(target, resp.status, request_id)
+        result = self._answer(target, payload, resp.status, request_id, resp.headers)
+        on_delta(whole_delta(result))
+        return result
 
     async def _read_stream(
         self,
@@ -373,7 +381,7 @@ class HTTPAdapter:
         parser = SSEParser()
         read = 0
         try:
-            async for data in resp.content.iter_any():
+            while data := await self._next_read(resp, target, request_id):
                 read += len(data)
                 if read > cap:
                     resp.close()
@@ -405,6 +413,23 @@ class HTTPAdapter:
                 request_id=request_id,
             )
         return asm.result(request_id)
+
+    async def _next_read(
+        self, resp: aiohttp.ClientResponse, target: Target, request_id: str | None
+    ) -> bytes:
+        """The next bytes of the stream (b"" at its end); a `ProviderTimeout` when none come
+        within `target.stream_idle_ms`: the stream stalled."""
+        try:
+            async with asyncio.timeout(_idle_s(target)):
+                return await resp.content.readany()
+        except TimeoutError:
+            raise self.error(
+                ProviderTimeout,
+                target,
+                f"the stream stalled: no event within {target.stream_idle_ms} ms",
+                status=resp.status,
+                request_id=request_id,
+            ) from None
 
     def _too_large(self, target: Target, status: int, request_id: str | None) -> ProviderError:
         return self.error(

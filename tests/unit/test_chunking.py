@@ -35,11 +35,13 @@ def _deltas(source: ChunkSource) -> list[str]:
 
 
 class Published:
-    """A publish that records each record, checks that none starts before the previous one
-    returned (the broker's acknowledgement), and takes a little time (`pause`)."""
+    """A publish that records each record (in the order produced: when it is called), notes
+    whether one started before the previous one returned (the broker's acknowledgement), and
+    takes a little time (`pause`)."""
 
     def __init__(self, pause: float = 0.0) -> None:
         self.records: list[tuple[str, dict[str, Any], bytes | None, Any]] = []
+        self.produced: list[int] = []
         self.raw: list[bytes] = []
         self.pause = pause
         self.busy = False
@@ -48,6 +50,7 @@ class Published:
     async def __call__(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]] | None
     ) -> None:
+        self.produced.append(json.loads(value)["seq"])
         if self.busy:
             self.overlapped = True
         self.busy = True
@@ -214,7 +217,7 @@ async def test_a_cancelled_waiter_does_not_break_the_others() -> None:
 # -- ChunkWriter and the records -------------------------------------------------------------
 
 
-async def test_a_writer_publishes_each_chunk_in_order_gap_free_one_after_another() -> None:
+async def test_a_writer_publishes_each_chunk_in_order_gap_free() -> None:
     published = Published(pause=0.005)
     source = _source(linger_s=0.01)
     w = ChunkWriter(published, "chunks", "req-1", b"k", [("traceparent", b"t")])
@@ -230,10 +233,26 @@ async def test_a_writer_publishes_each_chunk_in_order_gap_free_one_after_another
     assert "".join(r["delta"] for r in records) == "The quick brown fox"
     assert records[-1]["finish_reason"] == "stop" and records[-1]["usage"]["output_tokens"] == 4
     assert all(r.get("finish_reason") is None for r in records[:-1])
-    assert not published.overlapped  # each publish waited for the one before
+    assert not published.overlapped  # one chunk at a time as they came: each acked first
     assert {(t, k) for t, _, k, _ in published.records} == {("chunks", b"k")}
     assert published.records[0][3] == [("traceparent", b"t")]
     assert w.written == len(records)
+
+
+async def test_a_writer_behind_its_stream_produces_what_is_there_together_in_order() -> None:
+    published = Published(pause=0.2)
+    source = _source(linger_s=0)
+    for word in ("a", " b", " c", " d", " e"):
+        source.on_delta(StreamDelta(text=word))
+    source.end("stop")
+    w = ChunkWriter(published, "chunks", "req-1", None, None)
+    started = asyncio.get_running_loop().time()
+    w.follow(source)
+    await asyncio.wait_for(w.done(), 2)
+    took = asyncio.get_running_loop().time() - started
+    assert published.produced == list(range(6))  # produced in order...
+    assert published.overlapped and took < 0.39  # ...all at once: one round trip, not six
+    assert [r["seq"] for r in published.of("req-1")] == list(range(6)) and w.written == 6
 
 
 async def test_two_writers_share_each_encoded_body(monkeypatch: pytest.MonkeyPatch) -> None:

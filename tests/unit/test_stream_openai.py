@@ -743,3 +743,31 @@ async def test_the_fake_stream_paced_slower_than_the_idle_limit_stalls(
             FAKE_REQUESTS["text"],
             FakeAdapter(),
         )
+
+
+async def test_a_first_byte_slower_than_the_idle_limit_is_no_stall_within_the_row_timeout(
+    fake_server: FakeServer, session: aiohttp.ClientSession
+) -> None:
+    """The row's `timeout_ms` bounds the wait for the answer's headers; the idle limit only the
+    gaps between reads once it streams."""
+    fake_server.set_profile("default", latency_ms=300)
+    result, deltas = await stream(
+        session,
+        fake_target(fake_server, stream_idle_ms=100, timeout_ms=5_000),
+        FAKE_REQUESTS["text"],
+        FakeAdapter(),
+    )
+    assert result.finish_reason == "stop" and "".join(d.text for d in deltas) == result.text
+
+
+async def test_no_headers_within_the_row_timeout_is_a_timeout(
+    fake_server: FakeServer, session: aiohttp.ClientSession
+) -> None:
+    fake_server.set_profile("default", latency_ms=500)
+    with pytest.raises(ProviderTimeout, match="no answer within 200 ms"):
+        await stream(
+            session,
+            fake_target(fake_server, stream_idle_ms=10_000, timeout_ms=200),
+            FAKE_REQUESTS["text"],
+            FakeAdapter(),
+        )
