@@ -129,8 +129,8 @@ async def test_a_forced_tool_call_streams_its_arguments(
     assert all(not d.text for d in deltas), deltas
     assert {c.index for c in pieces} == {0}
     assert pieces[0].id and pieces[0].name == WEATHER.name
-    # llama.cpp repeats id and name in every piece (OpenAI names them in the first only)
-    assert {(c.id, c.name) for c in pieces} == {(pieces[0].id, WEATHER.name)}
+    # llama.cpp repeats id and name in every piece; they are passed on once, as OpenAI sends
+    assert all(c.id is None and c.name is None for c in pieces[1:])
     arguments = "".join(c.arguments for c in pieces)
 
     assert result.finish_reason == "tool_calls"
@@ -186,11 +186,6 @@ async def test_usage_in_a_stream(model_server: ModelServer, session: aiohttp.Cli
     assert (result.input_tokens, result.output_tokens) == (whole.input_tokens, whole.output_tokens)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapters/_http.py `_read_stream` returns the answer at `[DONE]` (asm.done) without "
-    "checking asm.complete: a stream the server cut short passes as a whole answer",
-)
 async def test_a_stream_the_server_interrupts_is_not_a_whole_answer(
     model_server: ModelServer, session: aiohttp.ClientSession
 ) -> None:
