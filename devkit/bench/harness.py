@@ -129,6 +129,9 @@ class Load:
     rss_every_s: float = 0.0  # > 0: sample RSS this often (into `Run.rss`)
     fallback: bool = False  # the worker's row gets a fallback on profile `<run>b`
     response_format: dict[str, Any] | None = None  # asked by every prompt when set
+    stream: bool = False  # every prompt says `"stream": true` (chunks on the run's topic)
+    token_delay_ms: float = 0.0  # the fake's pause before each streamed event after the first
+    scrape_metrics: bool = False  # keep the worker's /metrics at the end (`Run.metrics_text`)
     events: list[tuple[float, Callable[[Run], None]]] = field(default_factory=list)
 
 
@@ -144,6 +147,7 @@ class Run:
     proc: subprocess.Popen[bytes] | None = None
     rss: list[tuple[float, float]] = field(default_factory=list)  # (s from start, MB)
     errors: list[str] = field(default_factory=list)  # why the run ended early, if it did
+    metrics_text: str = ""  # the worker's /metrics after the last completion, when asked
 
 
 def _py_spy(run: Run, load: Load, pid: int) -> subprocess.Popen[bytes] | None:
@@ -240,6 +244,8 @@ def _produce_all(
         }
         if load.response_format is not None:
             prompt["response_format"] = load.response_format
+        if load.stream:
+            prompt["stream"] = True
         value = _enc.encode(prompt)
         sent[i] = time.time()
         while True:
@@ -252,6 +258,15 @@ def _produce_all(
             producer.poll(0)
     if producer.flush(30):
         raise RuntimeError("prompts not acknowledged by the broker within 30 s")
+
+
+def _scrape(port: int) -> str:
+    """The worker's /metrics text ("" when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            return bytes(resp.read()).decode()
+    except OSError:
+        return ""
 
 
 def _register_model(stack: Stack, run: Run, load: Load) -> tuple[str, ...]:
@@ -287,6 +302,7 @@ def _env(stack: Stack, run_id: str, load: Load, extra_env: dict[str, str]) -> di
         "LLM_WORKER_PROMPTS_TOPIC": f"bench_prompts_{run_id}",
         "LLM_WORKER_COMPLETIONS_TOPIC": f"bench_completions_{run_id}",
         "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run_id}",
+        "LLM_WORKER_CHUNKS_TOPIC": f"bench_chunks_{run_id}",
         "LLM_WORKER_GROUP_ID": f"bench-{run_id}",
         "LLM_WORKER_LOG_LEVEL": "WARNING",
         "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
@@ -368,10 +384,11 @@ def run_load(
     """Run `load` against `system`: `baseline`, else the worker (`extra_env` on top)."""
     run_id = uuid.uuid4().hex[:8]
     run = Run(stack, system, run_id, f"r{run_id}", f"bench-{run_id}")
-    set_profile(stack, run.profile, latency_ms=load.latency_ms)
+    set_profile(stack, run.profile, latency_ms=load.latency_ms, token_delay_ms=load.token_delay_ms)
     profiles: tuple[str, ...] = (run.profile,)
     prompts, completions = f"bench_prompts_{run_id}", f"bench_completions_{run_id}"
-    _create_topics(stack, [prompts, completions, f"bench_dlq_{run_id}"], load.partitions)
+    topics = [prompts, completions, f"bench_dlq_{run_id}", f"bench_chunks_{run_id}"]
+    _create_topics(stack, topics, load.partitions)
     if system != "baseline":
         profiles = _register_model(stack, run, load)
     env = _env(stack, run_id, load, extra_env or {})
@@ -393,6 +410,9 @@ def run_load(
         sample.cpu_s = cpu_s(proc.pid) - cpu0
         sample.peak_rss_mb = mem_mb(proc.pid, "VmHWM")
         sample.provider_calls = _requests(stack, profiles)
+        port = env.get("LLM_WORKER_HTTP_PORT")
+        if load.scrape_metrics and port:
+            run.metrics_text = _scrape(int(port))
         progress.finish()
         if spy is not None:
             spy.send_signal(signal.SIGINT)
