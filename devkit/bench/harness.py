@@ -39,7 +39,7 @@ from llm_worker.registry.migrate import migrate
 from llm_worker.registry.models import ModelRow
 from llm_worker.registry.store import upsert_row
 
-__all__ = ["SYSTEMS", "Load", "Stack", "open_stack", "run_load", "set_profile"]
+__all__ = ["SYSTEMS", "Load", "Stack", "open_stack", "prompt_text", "run_load", "set_profile"]
 
 SYSTEMS = ("worker", "baseline")
 """The systems a load runs against; any other name is a variant of the worker."""
@@ -223,6 +223,11 @@ def _publish(
         run.errors.append(f"publisher: {exc!r}")
 
 
+def prompt_text(n: int) -> str:
+    """The text of the bench's prompt number `n` (the fake answers it in 8 words)."""
+    return f"benchmark prompt number {n} about stream processing"
+
+
 def _produce_all(
     stack: Stack, topic: str, run: Run, load: Load, sent: array[float], stop: threading.Event
 ) -> None:
@@ -239,7 +244,7 @@ def _produce_all(
         prompt: dict[str, Any] = {
             "id": f"{run.run_id}-{i}",
             "model": run.model_id,
-            "prompt": f"benchmark prompt number {i % distinct} about stream processing",
+            "prompt": prompt_text(i % distinct),
             "max_tokens": 32,
         }
         if load.response_format is not None:

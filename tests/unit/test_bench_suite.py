@@ -8,11 +8,19 @@ import json
 import math
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from llm_worker.devkit.bench.harness import prompt_text
 from llm_worker.devkit.bench.plot import plot_soak, series
 from llm_worker.devkit.bench.progress import Progress, bar
-from llm_worker.devkit.bench.scenarios import SCENARIOS, SWEEP_MS, compare, soak_summary
+from llm_worker.devkit.bench.scenarios import (
+    SCENARIOS,
+    STREAM_PAUSES,
+    SWEEP_MS,
+    compare,
+    soak_summary,
+)
 from llm_worker.devkit.bench.stats import (
     METRIC_KEYS,
     Sample,
@@ -30,6 +38,7 @@ from llm_worker.devkit.bench.streaming import (
     scraped,
 )
 from llm_worker.devkit.bench.suite import check_names, options_from, parse_variant, scenario_line
+from llm_worker.devkit.fake_server import start_fake_server
 from llm_worker.worker.chunks import ChunkBody, chunk_record
 from llm_worker.worker.cli.main import build_parser
 from llm_worker.worker.ops.metrics import Metrics
@@ -260,3 +269,24 @@ def test_the_worker_s_chunk_metrics_are_read_from_its_metrics_text() -> None:
     assert first["count"] == 4
     assert 2.5 <= first["p50"] <= 5.0  # in the 2.5-5 ms bucket
     assert 10.0 <= first["p99"] <= 25.0
+
+
+async def test_the_fake_streams_a_bench_prompt_s_answer_with_the_pauses_the_scenario_counts() -> (
+    None
+):
+    """`streaming` gives its unstreamed runs the streamed call's length: the fake's latency
+    plus STREAM_PAUSES token delays, one before each event after the first."""
+    body = {
+        "model": "fake-bench",  # the bench's upstream model: its name is a word of the answer
+        "messages": [{"role": "user", "content": prompt_text(1234)}],
+        "max_tokens": 32,
+        "stream": True,
+        "stream_options": {"include_usage": True},  # as the worker asks
+    }
+    async with await start_fake_server(shutdown_timeout=0.2) as server:
+        url = server.endpoint("bench") + "/chat/completions"
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+            raw = await resp.read()
+    events = [e for e in raw.split(b"\n\n") if e.strip()]
+    assert events[-1] == b"data: [DONE]"
+    assert len(events) - 1 == STREAM_PAUSES
