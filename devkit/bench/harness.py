@@ -8,6 +8,7 @@ test (`worker`: `llm-worker run` with default settings and a registry row of its
 reader of the completions on this thread. Timed `events` (a slowdown, a failover) run from the
 reader's loop. The process's CPU is read from /proc before publishing and after the last
 completion; its peak RSS is its VmHWM; RSS is sampled every `rss_every_s` when asked.
+`read_topic` reads a run's topic whole afterwards (the `streaming` scenario's chunks).
 """
 
 from __future__ import annotations
@@ -39,7 +40,17 @@ from llm_worker.registry.migrate import migrate
 from llm_worker.registry.models import ModelRow
 from llm_worker.registry.store import upsert_row
 
-__all__ = ["SYSTEMS", "Load", "Stack", "open_stack", "prompt_text", "run_load", "set_profile"]
+__all__ = [
+    "SYSTEMS",
+    "Load",
+    "Record",
+    "Stack",
+    "open_stack",
+    "prompt_text",
+    "read_topic",
+    "run_load",
+    "set_profile",
+]
 
 SYSTEMS = ("worker", "baseline")
 """The systems a load runs against; any other name is a variant of the worker."""
@@ -314,6 +325,49 @@ def _env(stack: Stack, run_id: str, load: Load, extra_env: dict[str, str]) -> di
         "LLM_WORKER_TOPIC_PARTITIONS": str(load.partitions),
         **extra_env,
     }
+
+
+@dataclass(frozen=True)
+class Record:
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+def read_topic(
+    bootstrap: str, topic: str, partitions: int, timeout_s: float = 60.0
+) -> list[Record]:
+    """Every record of `topic` up to the end offsets it has now."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-read-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        ends = {}
+        for p in range(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                out.append(Record(msg.key(), value, msg.timestamp()[1]))
+                offset, part = msg.offset(), msg.partition()
+                if offset is not None and part in ends and offset + 1 >= ends[part]:
+                    del ends[part]
+        if ends:
+            raise RuntimeError(f"{topic}: not read to its end within {timeout_s:g} s")
+        return out
+    finally:
+        consumer.close()
 
 
 def _completion_reader(stack: Stack, run_id: str, topic: str, partitions: int) -> Consumer:

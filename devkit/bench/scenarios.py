@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from llm_worker.devkit.bench.harness import Load, Run, Stack, run_load, set_profile
+from llm_worker.devkit.bench.harness import Load, Run, Stack, read_topic, run_load, set_profile
 from llm_worker.devkit.bench.progress import Progress
 from llm_worker.devkit.bench.stats import after_warmup, metrics, slope
-from llm_worker.devkit.bench.streaming import chunk_figures, prompt_times, read_topic, scraped
+from llm_worker.devkit.bench.streaming import chunk_figures, prompt_times, scraped
 
 __all__ = [
     "SCENARIOS",

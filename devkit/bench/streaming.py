@@ -1,7 +1,6 @@
 """What the `streaming` scenario measures beyond a run's figures: the chunk records and the
 worker-added time to the first chunk.
 
-    read_topic       every record of a topic, from its start to its end offsets (after the run)
     prompt_times     prompt records -> their Kafka timestamps by prompt id
     chunk_figures    chunk records + the prompts' timestamps -> records per answer, bytes per
                      record, broken sequences, the worker-added time to the first chunk
@@ -20,69 +19,16 @@ completion's `overhead_ms`, includes the worker's intake and the provider's HTTP
 from __future__ import annotations
 
 import math
-import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from llm_worker.devkit.bench.harness import Record
 from llm_worker.devkit.bench.stats import percentile
 
-__all__ = [
-    "Record",
-    "chunk_figures",
-    "hist_quantile",
-    "prompt_times",
-    "read_topic",
-    "scraped",
-]
-
-
-@dataclass(frozen=True)
-class Record:
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int
-
-
-def read_topic(
-    bootstrap: str, topic: str, partitions: int, timeout_s: float = 60.0
-) -> list[Record]:
-    """Every record of `topic` up to the end offsets it has now."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-read-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        ends = {}
-        for p in range(partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        out: list[Record] = []
-        deadline = time.monotonic() + timeout_s
-        while ends and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
-                value = msg.value()
-                if msg.error() is not None or value is None:
-                    continue
-                out.append(Record(msg.key(), value, msg.timestamp()[1]))
-                offset, part = msg.offset(), msg.partition()
-                if offset is not None and part in ends and offset + 1 >= ends[part]:
-                    del ends[part]
-        if ends:
-            raise RuntimeError(f"{topic}: not read to its end within {timeout_s:g} s")
-        return out
-    finally:
-        consumer.close()
+__all__ = ["chunk_figures", "hist_quantile", "prompt_times", "scraped"]
 
 
 class _Head(msgspec.Struct):

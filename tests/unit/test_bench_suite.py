@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from llm_worker.devkit.bench.harness import prompt_text
+from llm_worker.devkit.bench.harness import Record, prompt_text
 from llm_worker.devkit.bench.plot import plot_soak, series
 from llm_worker.devkit.bench.progress import Progress, bar
 from llm_worker.devkit.bench.scenarios import (
@@ -31,7 +31,6 @@ from llm_worker.devkit.bench.stats import (
     table,
 )
 from llm_worker.devkit.bench.streaming import (
-    Record,
     chunk_figures,
     hist_quantile,
     prompt_times,
