@@ -8,6 +8,7 @@ test (`worker`: `llm-worker run` with default settings and a registry row of its
 reader of the completions on this thread. Timed `events` (a slowdown, a failover) run from the
 reader's loop. The process's CPU is read from /proc before publishing and after the last
 completion; its peak RSS is its VmHWM; RSS is sampled every `rss_every_s` when asked.
+`read_topic` reads a run's topic whole afterwards (the `streaming` scenario's chunks).
 """
 
 from __future__ import annotations
@@ -39,7 +40,17 @@ from llm_worker.registry.migrate import migrate
 from llm_worker.registry.models import ModelRow
 from llm_worker.registry.store import upsert_row
 
-__all__ = ["SYSTEMS", "Load", "Stack", "open_stack", "run_load", "set_profile"]
+__all__ = [
+    "SYSTEMS",
+    "Load",
+    "Record",
+    "Stack",
+    "open_stack",
+    "prompt_text",
+    "read_topic",
+    "run_load",
+    "set_profile",
+]
 
 SYSTEMS = ("worker", "baseline")
 """The systems a load runs against; any other name is a variant of the worker."""
@@ -129,6 +140,9 @@ class Load:
     rss_every_s: float = 0.0  # > 0: sample RSS this often (into `Run.rss`)
     fallback: bool = False  # the worker's row gets a fallback on profile `<run>b`
     response_format: dict[str, Any] | None = None  # asked by every prompt when set
+    stream: bool = False  # every prompt says `"stream": true` (chunks on the run's topic)
+    token_delay_ms: float = 0.0  # the fake's pause before each streamed event after the first
+    scrape_metrics: bool = False  # keep the worker's /metrics at the end (`Run.metrics_text`)
     events: list[tuple[float, Callable[[Run], None]]] = field(default_factory=list)
 
 
@@ -144,6 +158,7 @@ class Run:
     proc: subprocess.Popen[bytes] | None = None
     rss: list[tuple[float, float]] = field(default_factory=list)  # (s from start, MB)
     errors: list[str] = field(default_factory=list)  # why the run ended early, if it did
+    metrics_text: str = ""  # the worker's /metrics after the last completion, when asked
 
 
 def _py_spy(run: Run, load: Load, pid: int) -> subprocess.Popen[bytes] | None:
@@ -219,6 +234,11 @@ def _publish(
         run.errors.append(f"publisher: {exc!r}")
 
 
+def prompt_text(n: int) -> str:
+    """The text of the bench's prompt number `n` (the fake answers it in 8 words)."""
+    return f"benchmark prompt number {n} about stream processing"
+
+
 def _produce_all(
     stack: Stack, topic: str, run: Run, load: Load, sent: array[float], stop: threading.Event
 ) -> None:
@@ -235,11 +255,13 @@ def _produce_all(
         prompt: dict[str, Any] = {
             "id": f"{run.run_id}-{i}",
             "model": run.model_id,
-            "prompt": f"benchmark prompt number {i % distinct} about stream processing",
+            "prompt": prompt_text(i % distinct),
             "max_tokens": 32,
         }
         if load.response_format is not None:
             prompt["response_format"] = load.response_format
+        if load.stream:
+            prompt["stream"] = True
         value = _enc.encode(prompt)
         sent[i] = time.time()
         while True:
@@ -252,6 +274,15 @@ def _produce_all(
             producer.poll(0)
     if producer.flush(30):
         raise RuntimeError("prompts not acknowledged by the broker within 30 s")
+
+
+def _scrape(port: int) -> str:
+    """The worker's /metrics text ("" when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            return bytes(resp.read()).decode()
+    except OSError:
+        return ""
 
 
 def _register_model(stack: Stack, run: Run, load: Load) -> tuple[str, ...]:
@@ -287,12 +318,56 @@ def _env(stack: Stack, run_id: str, load: Load, extra_env: dict[str, str]) -> di
         "LLM_WORKER_PROMPTS_TOPIC": f"bench_prompts_{run_id}",
         "LLM_WORKER_COMPLETIONS_TOPIC": f"bench_completions_{run_id}",
         "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run_id}",
+        "LLM_WORKER_CHUNKS_TOPIC": f"bench_chunks_{run_id}",
         "LLM_WORKER_GROUP_ID": f"bench-{run_id}",
         "LLM_WORKER_LOG_LEVEL": "WARNING",
         "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
         "LLM_WORKER_TOPIC_PARTITIONS": str(load.partitions),
         **extra_env,
     }
+
+
+@dataclass(frozen=True)
+class Record:
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+def read_topic(
+    bootstrap: str, topic: str, partitions: int, timeout_s: float = 60.0
+) -> list[Record]:
+    """Every record of `topic` up to the end offsets it has now."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-read-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        ends = {}
+        for p in range(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                out.append(Record(msg.key(), value, msg.timestamp()[1]))
+                offset, part = msg.offset(), msg.partition()
+                if offset is not None and part in ends and offset + 1 >= ends[part]:
+                    del ends[part]
+        if ends:
+            raise RuntimeError(f"{topic}: not read to its end within {timeout_s:g} s")
+        return out
+    finally:
+        consumer.close()
 
 
 def _completion_reader(stack: Stack, run_id: str, topic: str, partitions: int) -> Consumer:
@@ -368,10 +443,11 @@ def run_load(
     """Run `load` against `system`: `baseline`, else the worker (`extra_env` on top)."""
     run_id = uuid.uuid4().hex[:8]
     run = Run(stack, system, run_id, f"r{run_id}", f"bench-{run_id}")
-    set_profile(stack, run.profile, latency_ms=load.latency_ms)
+    set_profile(stack, run.profile, latency_ms=load.latency_ms, token_delay_ms=load.token_delay_ms)
     profiles: tuple[str, ...] = (run.profile,)
     prompts, completions = f"bench_prompts_{run_id}", f"bench_completions_{run_id}"
-    _create_topics(stack, [prompts, completions, f"bench_dlq_{run_id}"], load.partitions)
+    topics = [prompts, completions, f"bench_dlq_{run_id}", f"bench_chunks_{run_id}"]
+    _create_topics(stack, topics, load.partitions)
     if system != "baseline":
         profiles = _register_model(stack, run, load)
     env = _env(stack, run_id, load, extra_env or {})
@@ -393,6 +469,9 @@ def run_load(
         sample.cpu_s = cpu_s(proc.pid) - cpu0
         sample.peak_rss_mb = mem_mb(proc.pid, "VmHWM")
         sample.provider_calls = _requests(stack, profiles)
+        port = env.get("LLM_WORKER_HTTP_PORT")
+        if load.scrape_metrics and port:
+            run.metrics_text = _scrape(int(port))
         progress.finish()
         if spy is not None:
             spy.send_signal(signal.SIGINT)

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from llm_worker.devkit.bench.harness import Load, Run, Stack, run_load, set_profile
+from llm_worker.devkit.bench.harness import Load, Run, Stack, read_topic, run_load, set_profile
 from llm_worker.devkit.bench.progress import Progress
 from llm_worker.devkit.bench.stats import after_warmup, metrics, slope
+from llm_worker.devkit.bench.streaming import chunk_figures, prompt_times, scraped
 
 __all__ = [
     "SCENARIOS",
@@ -217,6 +218,72 @@ def _half_load(stack: Stack, opts: Options, progress: Progress) -> Result:
     count = round(rate * (opts.duration_s or 20.0))
     half = metrics(run_load(stack, "worker", replace(burst, count=count, rate=rate), progress)[0])
     return {"runs": [full, half], "rate": rate}
+
+
+STREAM_TOKEN_DELAY_MS = 20.0
+"""The fake's pause before each streamed event after the first (`streaming`)."""
+
+STREAM_PAUSES = 11
+"""Pauses in the fake's stream of a bench prompt's answer: its events are the role, the 8 words
+("[fake:fake-bench] benchmark prompt number N about stream processing"), the finish, the usage
+and `[DONE]`, so the call lasts `latency_ms + 11 * token_delay_ms`; the unstreamed runs of
+`streaming` get that as their latency (the provider holds both calls as long)."""
+
+
+def _streamed(stack: Stack, system: str, load: Load, progress: Progress) -> dict[str, Any]:
+    """One run of `streaming`: its figures, and for a streamed load what its chunks say."""
+    sample, run = run_load(stack, system, load, progress)
+    out = metrics(sample)
+    if not load.stream:
+        return out
+    prompts = read_topic(stack.bootstrap, f"bench_prompts_{run.run_id}", load.partitions)
+    chunks = read_topic(stack.bootstrap, f"bench_chunks_{run.run_id}", load.partitions)
+    first_word_ms = load.latency_ms + load.token_delay_ms
+    out["chunks"] = chunk_figures(chunks, prompt_times(prompts), first_word_ms)
+    out["worker_metrics"] = scraped(run.metrics_text)
+    return out
+
+
+@_scenario(
+    "streaming",
+    "5,000 prompts streamed (20 ms to the first event, 20 ms per word), the same unstreamed; "
+    "then both paced at half the streamed burst rate for 20 s (worker only)",
+)
+def _streaming(stack: Stack, opts: Options, progress: Progress) -> Result:
+    """Streaming's cost, side by side: the worker on prompts with `"stream": true` (the fake
+    streams one event per word, `STREAM_TOKEN_DELAY_MS` apart), then on the same prompts
+    without (the completion-only path; the fake answering whole after as long as the stream
+    took), all at once; then both paced at half the streamed run's burst rate, where the time
+    to the first chunk is read."""
+    ttfb = opts.latency_ms if opts.latency_ms is not None else 20.0
+    stream = Load(
+        count=opts.count or 5_000,
+        latency_ms=ttfb,
+        partitions=opts.partitions,
+        timeout_s=opts.timeout_s,
+        stream=True,
+        token_delay_ms=STREAM_TOKEN_DELAY_MS,
+        scrape_metrics=True,
+    )
+    plain = replace(stream, stream=False, latency_ms=ttfb + STREAM_PAUSES * STREAM_TOKEN_DELAY_MS)
+    runs = [
+        _streamed(stack, "worker+stream", stream, progress),
+        _streamed(stack, "worker", plain, progress),
+    ]
+    burst = runs[0]
+    rate = opts.rate or round((burst["sustained_per_s"] or burst["throughput_per_s"] or 100) / 2)
+    count = max(1, round(rate * (opts.duration_s or 20.0)))
+    runs.append(
+        _streamed(stack, "worker+stream@half", replace(stream, count=count, rate=rate), progress)
+    )
+    runs.append(_streamed(stack, "worker@half", replace(plain, count=count, rate=rate), progress))
+    return {
+        "runs": runs,
+        "rate": rate,
+        "token_delay_ms": STREAM_TOKEN_DELAY_MS,
+        "stream_vs_plain": compare(runs[0], runs[1]),
+        "stream_vs_plain_at_half": compare(runs[2], runs[3]),
+    }
 
 
 def _fail_primary(run: Run) -> None:

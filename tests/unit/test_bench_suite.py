@@ -8,11 +8,19 @@ import json
 import math
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from llm_worker.devkit.bench.harness import Record, prompt_text
 from llm_worker.devkit.bench.plot import plot_soak, series
 from llm_worker.devkit.bench.progress import Progress, bar
-from llm_worker.devkit.bench.scenarios import SCENARIOS, SWEEP_MS, compare, soak_summary
+from llm_worker.devkit.bench.scenarios import (
+    SCENARIOS,
+    STREAM_PAUSES,
+    SWEEP_MS,
+    compare,
+    soak_summary,
+)
 from llm_worker.devkit.bench.stats import (
     METRIC_KEYS,
     Sample,
@@ -22,8 +30,17 @@ from llm_worker.devkit.bench.stats import (
     slope,
     table,
 )
+from llm_worker.devkit.bench.streaming import (
+    chunk_figures,
+    hist_quantile,
+    prompt_times,
+    scraped,
+)
 from llm_worker.devkit.bench.suite import check_names, options_from, parse_variant, scenario_line
+from llm_worker.devkit.fake_server import start_fake_server
+from llm_worker.worker.chunks import ChunkBody, chunk_record
 from llm_worker.worker.cli.main import build_parser
+from llm_worker.worker.ops.metrics import Metrics
 
 
 def test_percentile_is_nearest_rank_and_nan_when_empty() -> None:
@@ -106,6 +123,7 @@ def test_the_registry_has_the_scenarios_each_with_help() -> None:
         "duplicates",
         "structured",
         "half-load",
+        "streaming",
         "failover",
         "slow-provider",
         "soak",
@@ -193,3 +211,81 @@ def test_a_variant_is_a_named_set_of_environment_variables() -> None:
             parse_variant(bad)
     args = build_parser().parse_args(["bench", "throughput", "--variant", "v:A=1"])
     assert options_from(args).variants == (("v", (("A", "1"),)),)
+
+
+def _chunk(rid: str, seq: int, ts: int, text: str = "w", finish: str | None = None) -> Record:
+    body = ChunkBody(delta=text, finish_reason=finish).encode()
+    return Record(rid.encode(), chunk_record(rid, seq, body), ts)
+
+
+def test_chunk_figures_count_records_per_answer_and_the_time_to_the_first() -> None:
+    prompts = [
+        Record(b"0", b'{"id":"r-0","stream":true}', 1000),
+        Record(b"1", b'{"id":"r-1"}', 1010),
+    ]
+    sent = prompt_times(prompts)
+    assert sent == {"r-0": 1000, "r-1": 1010}
+    chunks = [
+        _chunk("r-0", 0, 1050),  # 50 ms after its prompt, 40 the provider's: 10 worker-added
+        _chunk("r-0", 1, 1070),
+        _chunk("r-0", 2, 1090, "", "stop"),
+        _chunk("r-1", 0, 1080),  # 70 ms after its prompt: 30 worker-added
+        _chunk("r-1", 2, 1120, "", "stop"),  # seq 1 missing: a broken sequence
+    ]
+    out = chunk_figures(chunks, sent, first_word_ms=40.0)
+    assert out["chunk_records"] == 5 and out["answers_with_chunks"] == 2
+    assert out["chunks_per_answer"] == 2.5
+    assert out["bytes_per_chunk"] == round(sum(len(c.value) for c in chunks) / 5, 1)
+    assert out["broken_sequences"] == 1
+    assert out["first_chunk_overhead_ms"] == {"p50": 10.0, "p99": 30.0}
+    empty = chunk_figures([], sent, 40.0)
+    assert empty["chunks_per_answer"] is None and empty["first_chunk_overhead_ms"]["p50"] is None
+
+
+def test_a_histogram_quantile_interpolates_within_its_bucket() -> None:
+    buckets = [(0.01, 50.0), (0.1, 90.0), (1.0, 100.0), (math.inf, 100.0)]
+    assert hist_quantile(buckets, 0.5) == pytest.approx(0.01)
+    assert hist_quantile(buckets, 0.25) == pytest.approx(0.005)  # from 0 in the first bucket
+    assert hist_quantile(buckets, 0.7) == pytest.approx(0.055)
+    assert hist_quantile(buckets, 0.99) == pytest.approx(0.91)
+    assert hist_quantile([(0.1, 9.0), (math.inf, 10.0)], 0.99) == 0.1  # in +Inf: the last bound
+    assert math.isnan(hist_quantile([(0.1, 0.0), (math.inf, 0.0)], 0.5))
+
+
+def test_the_worker_s_chunk_metrics_are_read_from_its_metrics_text() -> None:
+    from prometheus_client import generate_latest
+
+    m = Metrics()
+    assert scraped(generate_latest(m.registry).decode())["chunks_total"] == 0
+    for size in (100, 120, 140):
+        m.chunks.inc()
+        m.chunk_bytes.inc(size)
+    for seconds in (0.002, 0.003, 0.004, 0.02):
+        m.first_chunk.observe(seconds)
+    out = scraped(generate_latest(m.registry).decode())
+    assert out["chunks_total"] == 3 and out["bytes_per_chunk"] == 120.0
+    first = out["first_chunk_ms"]
+    assert first["count"] == 4
+    assert 2.5 <= first["p50"] <= 5.0  # in the 2.5-5 ms bucket
+    assert 10.0 <= first["p99"] <= 25.0
+
+
+async def test_the_fake_streams_a_bench_prompt_s_answer_with_the_pauses_the_scenario_counts() -> (
+    None
+):
+    """`streaming` gives its unstreamed runs the streamed call's length: the fake's latency
+    plus STREAM_PAUSES token delays, one before each event after the first."""
+    body = {
+        "model": "fake-bench",  # the bench's upstream model: its name is a word of the answer
+        "messages": [{"role": "user", "content": prompt_text(1234)}],
+        "max_tokens": 32,
+        "stream": True,
+        "stream_options": {"include_usage": True},  # as the worker asks
+    }
+    async with await start_fake_server(shutdown_timeout=0.2) as server:
+        url = server.endpoint("bench") + "/chat/completions"
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+            raw = await resp.read()
+    events = [e for e in raw.split(b"\n\n") if e.strip()]
+    assert events[-1] == b"data: [DONE]"
+    assert len(events) - 1 == STREAM_PAUSES
