@@ -387,7 +387,7 @@ class HTTPAdapter:
                     resp.close()
                     raise self._too_large(target, resp.status, request_id)
                 if _take(parser.feed(data), asm, on_delta):
-                    resp.close()  # anything after it is not read: the connection goes
+                    await _finish_response(resp)
                     break
             else:
                 last = parser.close()
@@ -597,3 +597,27 @@ def _take(events: Iterable[SSEEvent], asm: Assembler, on_delta: OnDelta) -> bool
         if asm.done:
             return True
     return False
+
+
+DRAIN_S = 0.05
+"""How long a stream's response is read on after the provider said it is done (`[DONE]`): a
+server that then ends the response lets its connection be used again; one that keeps it open
+past this loses the connection (closed), not the answer."""
+_DRAIN_BYTES = 64 * 1024
+
+
+async def _finish_response(resp: aiohttp.ClientResponse) -> None:
+    """After the last event that matters: read what is left up to its end, so the connection
+    goes back to the pool; close it when the server does not end the response at once."""
+    read = 0
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while chunk := await resp.content.readany():
+                read += len(chunk)
+                if read > _DRAIN_BYTES:
+                    break
+            else:
+                return  # at the end: released with the connection reusable
+    except TimeoutError:
+        pass
+    resp.close()

@@ -771,3 +771,25 @@ async def test_no_headers_within_the_row_timeout_is_a_timeout(
             FAKE_REQUESTS["text"],
             FakeAdapter(),
         )
+
+
+async def test_a_finished_stream_leaves_its_connection_for_the_next_call(
+    fake_server: FakeServer,
+) -> None:
+    """After `[DONE]` the response is read to its end, so the pooled connection is used again
+    (against a real provider: no new TLS handshake per streamed call)."""
+    created = 0
+
+    async def on_create(*_: object) -> None:
+        nonlocal created
+        created += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_create)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as own:
+        for _ in range(3):
+            result, _deltas = await stream(
+                own, fake_target(fake_server), FAKE_REQUESTS["text"], FakeAdapter()
+            )
+            assert result.finish_reason == "stop"
+    assert created == 1
