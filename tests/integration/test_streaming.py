@@ -25,6 +25,7 @@ from llm_worker.registry.store import upsert_row
 from llm_worker.worker.app import App
 from llm_worker.worker.config import Settings
 from tests.integration import kafka_helpers as kh
+from tests.integration.conftest import ON_TANSU
 from tests.integration.test_failover import wait_for
 from tests.integration.test_features import Completions, _send, _topics
 from tests.integration.test_worker_process import _start
@@ -245,33 +246,33 @@ async def test_exactly_once_puts_the_chunks_in_the_transactions(
         assert whole(seq) == d["text"]
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_a_sigkill_mid_stream_answers_the_prompt_again(
-    worker_env: dict[str, str], pg_dsn: str, fake: FakeServer
+    worker_env: dict[str, str], pg_dsn: str, fake: FakeServer, guarantee: str
 ) -> None:
+    if guarantee == "exactly_once" and ON_TANSU:
+        pytest.skip("Tansu 0.6 never ends a killed producer's open transaction (README)")
+    env = {**worker_env, "LLM_WORKER_PROCESSING_GUARANTEE": guarantee}
     fake.set_profile("slow", token_delay_ms=400)
     upsert_row(pg_dsn, _row(fake, "slow"))
-    bs = worker_env["KAFKA_BOOTSTRAP_SERVERS"]
-    chunk_topic = worker_env["LLM_WORKER_CHUNKS_TOPIC"]
-    for topic in ("LLM_WORKER_PROMPTS_TOPIC", "LLM_WORKER_COMPLETIONS_TOPIC"):
-        await asyncio.to_thread(kh.create_topic, bs, worker_env[topic], 2)
-    await asyncio.to_thread(kh.create_topic, bs, chunk_topic, 2)
+    bs = env["KAFKA_BOOTSTRAP_SERVERS"]
+    chunk_topic, out_topic = env["LLM_WORKER_CHUNKS_TOPIC"], env["LLM_WORKER_COMPLETIONS_TOPIC"]
+    for topic in (env["LLM_WORKER_PROMPTS_TOPIC"], out_topic, chunk_topic):
+        await asyncio.to_thread(kh.create_topic, bs, topic, 2)
     prompt = {"id": "kill-1", "model": "m", "prompt": WORDS, "stream": True}
-    await asyncio.to_thread(
-        kh.produce_prompts, bs, worker_env["LLM_WORKER_PROMPTS_TOPIC"], [prompt]
-    )
+    await asyncio.to_thread(kh.produce_prompts, bs, env["LLM_WORKER_PROMPTS_TOPIC"], [prompt])
     with Chunks(bs, chunk_topic) as chunks:
-        first = _start(worker_env)
+        first = _start(env)
         try:
             await wait_for(lambda: len(chunks.of("kill-1")) >= 2, timeout=60)
         finally:
             first.send_signal(signal.SIGKILL)
             await asyncio.to_thread(first.wait, 10)
-        second = _start(worker_env)
+        second = _start(env)
         try:
-            docs = await asyncio.to_thread(
-                kh.consume_until_ids, bs, worker_env["LLM_WORKER_COMPLETIONS_TOPIC"], {"kill-1"}
-            )
+            docs = await asyncio.to_thread(kh.consume_until_ids, bs, out_topic, {"kill-1"})
             await wait_for(lambda: chunks.finished("kill-1"), timeout=30)
+            committed = await asyncio.to_thread(read_committed, bs, out_topic, 1)
         finally:
             second.terminate()
             await asyncio.to_thread(second.wait, 30)
@@ -281,3 +282,5 @@ async def test_a_sigkill_mid_stream_answers_the_prompt_again(
     assert rest, "the prompt was not streamed again after the restart"
     assert done["status"] == "ok" and whole(rest[-1]) == done["text"]
     assert len(fake.calls("slow")) == 2
+    if guarantee == "exactly_once":
+        assert [d["id"] for d in committed] == ["kill-1"]  # the completion once
