@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,17 @@ def _pressure(replicas: list[WorkerProcess]) -> tuple[float, float]:
     )
 
 
+def _diagnosis(replicas: list[WorkerProcess], states: dict[str, Any]) -> str:
+    """What each replica said (its `/readyz` at the end, the last lines of its log): a CI run
+    keeps no files, so a failure carries them in its message."""
+    out = []
+    for r in replicas:
+        lines = r.log.read_text(errors="replace").splitlines()[-25:]
+        out.append(f"\n== {r.log.stem}: exit {r.proc.poll()}, /readyz {states.get(r.log.stem)}")
+        out += [line[:400] for line in lines]
+    return "\n".join(out)
+
+
 def test_three_replicas_kill_join_sigterm_under_flow_control_and_rate_limits(
     worker_env: dict[str, str],
     pg_dsn: str,
@@ -47,7 +59,13 @@ def test_three_replicas_kill_join_sigterm_under_flow_control_and_rate_limits(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     started = time.monotonic()
-    env = {**worker_env, "LLM_WORKER_MAX_IN_FLIGHT": MAX_IN_FLIGHT}
+    env = {
+        **worker_env,
+        "LLM_WORKER_MAX_IN_FLIGHT": MAX_IN_FLIGHT,
+        # INFO (rebalances, shares, holds) without a line per outcome: what a failure shows
+        "LLM_WORKER_LOG_LEVEL": "INFO",
+        "LLM_WORKER_LOG_OUTCOMES": "errors",
+    }
     bs = env["KAFKA_BOOTSTRAP_SERVERS"]
     upsert_row(
         pg_dsn,
@@ -64,6 +82,7 @@ def test_three_replicas_kill_join_sigterm_under_flow_control_and_rate_limits(
     replicas = [WorkerProcess(env, tmp_path, f"replica-{n}") for n in range(3)]
     publisher = Publisher(load_settings(env), "r", RATE, PARTITIONS, "m1")
     pressure: list[tuple[float, float]] = []
+    states: dict[str, Any] = {}
     try:
         for r in replicas:
             r.wait_ready()
@@ -87,6 +106,7 @@ def test_three_replicas_kill_join_sigterm_under_flow_control_and_rate_limits(
         assert publisher.error is None, publisher.error
         ids = set(publisher.sent)
         docs = kh.consume_until_ids(bs, env["LLM_WORKER_COMPLETIONS_TOPIC"], ids, timeout=180)
+        states = {r.log.stem: r.readyz() for r in replicas if r.proc.poll() is None}
     finally:
         publisher.stop.set()
         codes = [r.stop() for r in replicas[2:]]
@@ -95,7 +115,7 @@ def test_three_replicas_kill_join_sigterm_under_flow_control_and_rate_limits(
         print(
             f"[chaos] three-replicas (paused partitions, rate-limit waiting) at events: {pressure}"
         )
-    assert not v.lost, f"{len(v.lost)} lost; logs in {tmp_path}"
+    assert not v.lost, f"{len(v.lost)} lost; {_diagnosis(replicas, states)}"
     assert not v.errors, v.errors
     assert codes == [0, 0]
     # the changes met requests held by rate limits (the partitions paused by a full worker
