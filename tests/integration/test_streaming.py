@@ -63,8 +63,9 @@ def read_committed(bs: str, topic: str, count: int) -> list[dict[str, Any]]:
 
 
 class Chunks:
-    """Reads a chunk topic from its beginning in a thread, stamping each record with the
-    monotonic time it was read (the fake provider's log uses the same clock)."""
+    """Reads a chunk topic from its beginning in a thread (committed records only), stamping
+    each record with the monotonic time it was read (the fake provider's log uses the same
+    clock)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
@@ -87,6 +88,7 @@ class Chunks:
             {
                 "bootstrap.servers": self.bootstrap,
                 "group.id": "unused",
+                "isolation.level": "read_committed",  # as a user of exactly-once mode reads
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
                 "topic.metadata.refresh.interval.ms": 500,
@@ -278,7 +280,7 @@ async def test_a_sigkill_mid_stream_answers_the_prompt_again(
             await asyncio.to_thread(second.wait, 30)
     (done,) = [d for d in docs if d["id"] == "kill-1"]
     broken, *rest = sequences(chunks.of("kill-1"))
-    assert not any(d.get("finish_reason") for d in broken)  # cut by the kill
+    assert not any(d.get("finish_reason") for d in broken), chunks.seen  # cut by the kill
     assert rest, "the prompt was not streamed again after the restart"
     assert done["status"] == "ok" and whole(rest[-1]) == done["text"]
     assert len(fake.calls("slow")) == 2

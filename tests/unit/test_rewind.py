@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
+from llm_worker.worker.ops.metrics import Metrics
 from llm_worker.worker.stream.consumer import Worker
+from llm_worker.worker.stream.offsets import OffsetTracker
+from llm_worker.worker.stream.transactions import ExactlyOnce, OrderedOutbox
 
 from .stream_fakes import FakeBridge, FakeMsg, FakePipeline, make_worker
 
@@ -122,6 +125,12 @@ class TxnBridge(FakeBridge):
         super().produce_nowait(topic, value, key, headers, token)
         if not failing:
             self.producer.open.append(value)
+
+    async def produce(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Any = None
+    ) -> None:
+        await super().produce(topic, value, key=key, headers=headers)
+        self.producer.open.append(value)
 
 
 def _eos_worker(bridge: TxnBridge) -> Worker[Any]:
@@ -359,3 +368,22 @@ async def test_a_revoke_whose_transaction_must_abort_rewinds_without_waiting_for
     answered = Counter(v for v in bridge.producer.committed if v.startswith(b"0:"))
     assert sorted(answered) == sorted(f"0:{o}".encode() for o in range(40))
     assert [v for v, n in answered.items() if n > 1] == []
+
+
+async def test_a_transaction_holding_only_chunks_commits_at_the_interval() -> None:
+    """Found on Apache Kafka: with one streamed prompt in flight no offset was ready, so no
+    transaction committed, and a read_committed reader got the whole stream at once with its
+    completion. Chunks alone now commit their transaction; an empty one is still skipped."""
+    bridge = TxnBridge({0: 0})
+    box = OrderedOutbox(bridge, Metrics(), spawn=lambda k, c: None)  # type: ignore[arg-type]
+    bridge.set_ack_handler(box.on_acks)  # as App wires it
+    eos = ExactlyOnce(bridge, box)  # type: ignore[arg-type]
+    tracker = OffsetTracker()
+    await eos.start()
+    assert await eos.commit(tracker, None) == {}
+    assert eos.counters["transactions"] == 0  # nothing in it: nothing to commit
+    await box.publish("chunks", b"chunk-0", b"k", None)
+    assert await eos.commit(tracker, None) == {}  # no offset, but ...
+    assert bridge.producer.committed == [b"chunk-0"]  # ... the chunk is readable now
+    await eos.commit(tracker, None)
+    assert eos.counters["transactions"] == 1  # the next one held nothing

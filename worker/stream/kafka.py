@@ -441,12 +441,14 @@ class KafkaBridge(Generic[T]):
     def begin_transaction(self) -> None:
         self.producer.begin_transaction()
 
-    async def commit_transaction(self, offsets: dict[Key, int], meta: GroupMetadata) -> None:
-        """Send `offsets` with the consumer's group metadata, and commit (TransactionError)."""
+    async def commit_transaction(self, offsets: dict[Key, int], meta: GroupMetadata | None) -> None:
+        """Send `offsets` (if any) with the consumer's group metadata, and commit
+        (TransactionError)."""
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         producer = self.producer
         try:
-            await asyncio.to_thread(producer.send_offsets_to_transaction, tps, meta, TXN_CALL_S)
+            if tps:
+                await asyncio.to_thread(producer.send_offsets_to_transaction, tps, meta, TXN_CALL_S)
             await asyncio.to_thread(producer.commit_transaction, TXN_CALL_S)
         except KafkaException as exc:
             raise self._transaction_error(exc) from exc

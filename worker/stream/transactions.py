@@ -24,6 +24,8 @@ again from its committed offset. A fatal error (fenced) stops the worker.
 Dedup followers and window hits are outcomes like any other: they live in the same
 transactions. Chunk records of streamed answers (`publish`) enter whichever transaction is
 open (none while a commit is being made): an earlier one than their completion's, or the same.
+A transaction holding chunks commits at the interval even when no offset is ready, so a
+`read_committed` reader sees a stream while it lasts, not all at once with its completion.
 A chunk whose delivery fails taints the transaction like an outcome. After an abort the prompt
 is answered again, so a `read_committed` reader may see a second chunk sequence for one id,
 but only one completion. The provider call itself is not transactional: after a crash or an
@@ -87,6 +89,8 @@ class OrderedOutbox(Outbox):
         self._open.set()
         self.tainted: str | None = None
         """Why the open transaction cannot be committed (a delivery failed), or None."""
+        self.chunks_in_txn = 0
+        """Chunk records sent into the open transaction (it commits even with no offset)."""
 
     @property
     def frozen(self) -> bool:
@@ -112,6 +116,7 @@ class OrderedOutbox(Outbox):
         while not self._open.is_set():
             await self._open.wait()
         self.publishing += 1
+        self.chunks_in_txn += 1
         try:
             await self._bridge.produce(topic, value, key=key, headers=headers)
         except DeliveryError as exc:
@@ -173,7 +178,11 @@ class ExactlyOnce:
 
     async def start(self) -> None:
         await self._bridge.init_transactions()
+        self._begin()
+
+    def _begin(self) -> None:
         self._bridge.begin_transaction()
+        self._outbox.chunks_in_txn = 0
 
     async def commit(
         self,
@@ -197,15 +206,15 @@ class ExactlyOnce:
                     raise TransactionAborted(outbox.tainted)
                 pending = tracker.pending_commits()
                 current = {k: o for k, (o, ep) in pending.items() if bridge.epoch(k) == ep}
-                if not current:
+                if not current and not outbox.chunks_in_txn:
                     return {}
-                if meta is None:
+                if current and meta is None:
                     raise TransactionAborted("the consumer's group metadata is unknown")
-                try:
+                try:  # chunks alone commit too: a stream is read while it lasts
                     await bridge.commit_transaction(current, meta)
                 except TransactionError as exc:  # a fatal one was reported by the bridge
                     raise TransactionAborted(f"commit failed: {exc}") from exc
-                bridge.begin_transaction()
+                self._begin()
                 self.counters["transactions"] += 1
                 return current
             except TransactionAborted:
@@ -242,7 +251,7 @@ class ExactlyOnce:
         except TransactionError as exc:  # fatal (fenced): the worker must stop (reported)
             log.error("aborting the transaction failed: %s", exc)
             return
-        self._bridge.begin_transaction()
+        self._begin()
 
     async def _settle_released(self) -> None:
         outbox = self._outbox
