@@ -5,6 +5,13 @@
 given values (the database password, the Kafka password) taken out, as written and as JSON
 escapes them, whatever logged them.
 
+Lines made on the hot path (one per outcome) skip `logging`: a `LogRecord`, a formatter pass
+and a flush per line cost more than the rest of the line's work. `line_sink()` gives the
+configured JSON handler's `LineSink`, which writes lines encoded by the caller (the same JSON
+shape as `JsonFormatter`'s) a batch at a time, redacted like every other line, under the
+handler's lock. With `LLM_WORKER_LOG_FORMAT=text` there is no sink and such lines go through
+`logging` as before.
+
 librdkafka's own logs come through the `llm_worker.librdkafka` logger (its `logger` setting,
 `stream/kafka_conf.py`), served on the client's thread; `LibrdkafkaFields` turns their
 `FACILITY [client] text` form into fields, so they are JSON lines like every other.
@@ -23,9 +30,12 @@ import msgspec
 __all__ = [
     "JsonFormatter",
     "LibrdkafkaFields",
+    "LineSink",
     "RedactingFormatter",
     "TextFormatter",
     "configure_logging",
+    "iso_ts",
+    "line_sink",
 ]
 
 
@@ -36,13 +46,18 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 _encoder = msgspec.json.Encoder(enc_hook=repr)
 
 
+def iso_ts(created: float) -> str:
+    """A log line's `ts`: UTC, milliseconds, `Z`."""
+    msecs = int((created - int(created)) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{msecs:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, and every `extra=` field."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": iso_ts(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -107,11 +122,57 @@ class RedactingFormatter(logging.Formatter):
         self._forms = sorted(forms, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self._inner.format(record)
+        return self.redact(self._inner.format(record))
+
+    def redact(self, text: str) -> str:
         for form in self._forms:
-            if form in line:
-                line = line.replace(form, "***")
-        return line
+            if form in text:
+                text = text.replace(form, "***")
+        return text
+
+
+class LineSink:
+    """Writes JSON lines encoded by the caller to the log handler's stream, many in one write:
+    the hot path's lines (`worker/ops/outcomes.py`), without a `LogRecord` each."""
+
+    def __init__(self, handler: logging.StreamHandler[Any], redactor: RedactingFormatter) -> None:
+        self.handler = handler
+        self._redact = redactor.redact
+
+    def write(self, lines: list[bytes]) -> None:
+        """Each item one JSON object, without its newline."""
+        if not lines:
+            return
+        lines.append(b"")
+        text = self._redact(b"\n".join(lines).decode())
+        handler = self.handler
+        handler.acquire()
+        try:
+            handler.stream.write(text)
+            handler.stream.flush()
+        except Exception:  # as logging does: a broken stream must not break the worker
+            handler.handleError(logging.makeLogRecord({"msg": "outcome lines"}))
+        finally:
+            handler.release()
+
+
+_sink: LineSink | None = None
+
+
+def line_sink(logger: logging.Logger) -> LineSink | None:
+    """The JSON handler's sink for `logger`'s lines, when that handler is the only place they
+    would go (no other handler or filter on the way: a test's capture, say); else None."""
+    sink = _sink
+    if sink is None:
+        return None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or (node.handlers and node.parent is not None):
+            return None
+        if node.parent is None:
+            return sink if node.handlers == [sink.handler] else None
+        node = node.parent if node.propagate else None
+    return None
 
 
 _RDKAFKA_FIELDS = LibrdkafkaFields()
@@ -119,9 +180,12 @@ _RDKAFKA_FIELDS = LibrdkafkaFields()
 
 def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
     """One handler on stderr: JSON lines (`fmt="json"`) or text; `secrets` never appear."""
+    global _sink
     handler = logging.StreamHandler(sys.stderr)
     inner: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
-    handler.setFormatter(RedactingFormatter(inner, secrets))
+    redactor = RedactingFormatter(inner, secrets)
+    handler.setFormatter(redactor)
+    _sink = LineSink(handler, redactor) if fmt == "json" else None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

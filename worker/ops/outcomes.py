@@ -9,7 +9,9 @@ for answers from a provider call: the time to answer minus that call's own time.
 
 `log_outcomes`: `all` logs one JSON line per outcome (INFO for completions, WARNING for dead
 letters), `errors` only error completions and dead letters, `none` nothing (the metrics still
-count everything).
+count everything). With JSON logs a completion's line is encoded here (msgspec, a struct in
+the formatter's field order) and a batch's lines are written at once (`logs.line_sink`); the
+line is the one `logging` would give, field for field. Text logs go through `logging`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
+import msgspec
+
 from ..messages import Completion, Usage
 from ..records import InputRecord, Outcome
 from ..settings import LogOutcomes
+from .logs import LineSink, iso_ts, line_sink
 from .metrics import Metrics
 from .tracing import Tracing
 
@@ -34,10 +39,39 @@ LOG_OUTCOMES: tuple[str, ...] = get_args(LogOutcomes)
 Key = tuple[str, ...]
 
 
+class CompletionLine(msgspec.Struct, omit_defaults=True):
+    """A completion's log line, in `JsonFormatter`'s order (`trace_id`/`span_id` only when
+    the outcome has a trace)."""
+
+    ts: str
+    level: str
+    logger: str
+    msg: str
+    request_id: str
+    model: str
+    provider: str | None
+    endpoint: str | None
+    status: str
+    error_type: str | None
+    latency_ms: float | None
+    queue_ms: float | None
+    answer_ms: float | None
+    attempts: int
+    deduplicated: bool
+    fallback_used: bool
+    partition: int
+    offset: int
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
+_encode_line = msgspec.json.Encoder().encode
+
+
 class _Batch:
     """One batch of delivery reports: its clocks, what it logs, and the counts it adds up."""
 
-    __slots__ = ("by_label", "cost", "log_errors", "log_ok", "mono", "now", "tokens")
+    __slots__ = ("by_label", "cost", "lines", "log_errors", "log_ok", "mono", "now", "tokens", "ts")
 
     def __init__(self, now: float, mono: float, log_ok: bool, log_errors: bool) -> None:
         self.now = now
@@ -47,6 +81,8 @@ class _Batch:
         self.by_label: dict[Key, int] = {}
         self.tokens: dict[Key, int] = {}
         self.cost: dict[Key, float] = {}
+        self.lines: list[bytes] = []
+        self.ts = iso_ts(now)
 
     def used(self, model: str, provider: str, usage: Usage) -> None:
         tokens = self.tokens
@@ -91,6 +127,7 @@ class OutcomeRecorder:
         batch = _Batch(
             time.time(), self._clock(), self._log_ok and log_on, self._log_errors and log_on
         )
+        sink = line_sink(outcome_log) if batch.log_errors else None
         for rec, outcome, _ in delivered:
             if outcome.trace is not None:
                 Tracing.delivered(outcome)  # its PRODUCER span ends: Kafka has the record
@@ -98,7 +135,9 @@ class OutcomeRecorder:
             if c is None:
                 self._record_dlq(rec, outcome)
             else:
-                self._record_completion(rec, outcome, c, batch)
+                self._record_completion(rec, outcome, c, batch, sink)
+        if sink is not None:
+            sink.write(batch.lines)
         counters = self.counters
         for key, n in batch.by_label.items():
             counters["completed"] += n
@@ -111,7 +150,12 @@ class OutcomeRecorder:
                 self._child("cost", key).inc(usd)
 
     def _record_completion(
-        self, rec: InputRecord, outcome: Outcome, c: Completion, batch: _Batch
+        self,
+        rec: InputRecord,
+        outcome: Outcome,
+        c: Completion,
+        batch: _Batch,
+        sink: LineSink | None,
     ) -> None:
         m = self._metrics
         label: Key = (outcome.model_label, c.status)
@@ -130,7 +174,10 @@ class OutcomeRecorder:
                 m.overhead.observe(max(0.0, answered - c.latency_ms / 1000))
             batch.used(outcome.model_label, c.provider, usage)
         if batch.log_ok or (batch.log_errors and c.status == "error"):
-            _log_completion(rec, outcome, answered)
+            if sink is not None:
+                batch.lines.append(_encode_line(_line(rec, outcome, c, answered, batch.ts)))
+            else:
+                _log_completion(rec, outcome, answered)
 
     def _record_dlq(self, rec: InputRecord, outcome: Outcome) -> None:
         self.counters["dlq"] += 1
@@ -169,3 +216,31 @@ def _log_completion(rec: InputRecord, outcome: Outcome, answered: float | None) 
     if outcome.trace is not None:
         extra["trace_id"], extra["span_id"] = outcome.trace.ids()
     outcome_log.info("completion", extra=extra)
+
+
+def _line(
+    rec: InputRecord, outcome: Outcome, c: Completion, answered: float | None, ts: str
+) -> CompletionLine:
+    line = CompletionLine(
+        ts,
+        "info",
+        "llm_worker.outcome",
+        "completion",
+        c.id,
+        c.model,
+        c.provider,
+        c.endpoint_name,
+        c.status,
+        c.error.type if c.error else None,
+        c.latency_ms,
+        c.queue_ms,
+        round(answered * 1000, 3) if answered is not None else None,
+        c.attempts,
+        c.deduplicated,
+        c.fallback_used,
+        rec.partition,
+        rec.offset,
+    )
+    if outcome.trace is not None:
+        line.trace_id, line.span_id = outcome.trace.ids()
+    return line
