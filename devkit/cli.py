@@ -134,6 +134,13 @@ def _add_fake_provider(sub: Subcommands) -> None:
     fake.set_defaults(fn=_cmd_fake_provider)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return value
+
+
 def _add_bench(sub: Subcommands) -> None:
     """`bench`: one load, or the benchmark suite's scenarios."""
     bench = sub.add_parser(
@@ -167,6 +174,13 @@ def _add_bench(sub: Subcommands) -> None:
     )
     bench.add_argument(
         "--no-baseline", action="store_true", help="suite: skip the plain loop next to the worker"
+    )
+    bench.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=1,
+        help="suite: run the worker, its variants and the plain loop this many times, "
+        "interleaved, and compare their medians",
     )
     bench.add_argument(
         "--duplicates", type=float, default=0.0, help="fraction of duplicate prompts"

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -187,15 +188,25 @@ def _create_topics(stack: Stack, names: list[str], partitions: int) -> None:
         fut.result(30)
 
 
+def log_path(run: Run) -> str:
+    """Where a worker run's log goes: every default is on, its line per outcome included
+    (the CPU they cost is counted), so the lines go to a file, not the terminal."""
+    folder = os.path.join(tempfile.gettempdir(), "llm-worker-bench")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{run.system}-{run.run_id}.log")
+
+
 def _start(run: Run, load: Load, env: dict[str, str]) -> subprocess.Popen[bytes]:
     if run.system != "baseline":  # the worker, or a variant of it (other settings)
         port = free_port()
         env["LLM_WORKER_HTTP_PORT"] = str(port)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_worker.worker.cli", "run"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+        with open(log_path(run), "wb") as log:  # default logging: outcome lines too
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+            )
         wait_ready(port, proc, 60)
         deadline = time.monotonic() + 60
         while int(readyz(port).get("assigned_partitions", 0)) < 1:
@@ -320,7 +331,6 @@ def _env(stack: Stack, run_id: str, load: Load, extra_env: dict[str, str]) -> di
         "LLM_WORKER_DLQ_TOPIC": f"bench_dlq_{run_id}",
         "LLM_WORKER_CHUNKS_TOPIC": f"bench_chunks_{run_id}",
         "LLM_WORKER_GROUP_ID": f"bench-{run_id}",
-        "LLM_WORKER_LOG_LEVEL": "WARNING",
         "LLM_WORKER_KAFKA_SESSION_TIMEOUT_MS": "6000",
         "LLM_WORKER_TOPIC_PARTITIONS": str(load.partitions),
         **extra_env,
@@ -422,7 +432,8 @@ def _watch(
         elif proc.poll() is not None:
             run.errors.append(f"{run.system} exited with {proc.returncode}")
         if run.errors:
-            progress.note(f"{run.system}: {'; '.join(run.errors)}")
+            where = f" (its log: {log_path(run)})" if run.system != "baseline" else ""
+            progress.note(f"{run.system}: {'; '.join(run.errors)}{where}")
             break
         while events and events[0][0] <= elapsed:
             events.pop(0)[1](run)

@@ -10,6 +10,7 @@ same invocation, right after the worker, on the same broker, Postgres and fake p
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,6 +49,7 @@ class Options:
     variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     partitions: int = 4
     timeout_s: float = 900.0
+    rounds: int = 1  # side-by-side scenarios: the systems this many times, interleaved
 
 
 Result = dict[str, Any]
@@ -106,14 +108,34 @@ def _systems(opts: Options) -> list[tuple[str, dict[str, str]]]:
 
 
 def _side_by_side(stack: Stack, opts: Options, progress: Progress, load: Load) -> Result:
+    systems = _systems(opts)
     runs = [
-        metrics(run_load(stack, system, load, progress, env)[0]) for system, env in _systems(opts)
+        metrics(run_load(stack, system, load, progress, env)[0])
+        for _ in range(max(1, opts.rounds))
+        for system, env in systems
     ]
     out: Result = {"runs": runs}
+    if opts.rounds > 1:  # each system's median over the rounds, compared as one run's are
+        by = {name: medians([r for r in runs if r["system"] == name]) for name, _ in systems}
+        out["medians"] = by
+        picked = list(by.values())
+    else:
+        picked = runs
     if opts.baseline:
-        out["vs_baseline"] = compare(runs[0], runs[-1])
-        for run in runs[1:-1]:
-            out[f"{run['system']}_vs_baseline"] = compare(run, runs[-1])
+        out["vs_baseline"] = compare(picked[0], picked[-1])
+        for run in picked[1:-1]:
+            out[f"{run['system']}_vs_baseline"] = compare(run, picked[-1])
+    return out
+
+
+def medians(runs: list[Result]) -> Result:
+    """One system's rounds: the median of each figure a comparison reads, and the spread."""
+    out: Result = {"system": runs[0]["system"], "rounds": len(runs)}
+    for key in ("throughput_per_s", "sustained_per_s", "cpu_s_per_1k"):
+        values = sorted(r[key] for r in runs if r.get(key) is not None)
+        if values:
+            out[key] = statistics.median(values)
+            out[f"{key}_range"] = [values[0], values[-1]]
     return out
 
 

@@ -44,6 +44,7 @@ def options_from(args: argparse.Namespace) -> Options:
         baseline=not args.no_baseline,
         partitions=args.partitions,
         timeout_s=args.timeout,
+        rounds=args.rounds,
     )
 
 
@@ -84,6 +85,7 @@ def run_suite(args: argparse.Namespace) -> int:
         return 2
     progress = Progress()
     rows: list[tuple[str, dict[str, Any]]] = []
+    medians: list[tuple[str, dict[str, Any]]] = []
     complete = True
     # the bench client shares the cores: keep the cyclic GC off its (acyclic) bookkeeping
     gc.collect()
@@ -95,6 +97,7 @@ def run_suite(args: argparse.Namespace) -> int:
                 progress.note(f"== {name}: {describe(name, opts)}")
                 result = SCENARIOS[name].run(stack, opts, progress)
                 print(json.dumps(scenario_line(name, args.broker, result)), flush=True)
+                medians += [(name, m) for m in result.get("medians", {}).values()]
                 for run in result["runs"]:
                     rows.append((name, run))
                     complete = complete and run["completions"] == run["count"]
@@ -111,4 +114,11 @@ def run_suite(args: argparse.Namespace) -> int:
     finally:
         gc.enable()
     print("\n" + table(rows), file=sys.stderr)
+    for name, med in medians:
+        spread = ", ".join(
+            f"{k} {med[k]:g} ({med[k + '_range'][0]:g}-{med[k + '_range'][1]:g})"
+            for k in ("throughput_per_s", "cpu_s_per_1k")
+            if k in med
+        )
+        print(f"{name} {med['system']}, median of {med['rounds']}: {spread}", file=sys.stderr)
     return 0 if complete else 1
