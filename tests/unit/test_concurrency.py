@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from llm_worker.worker.calling import concurrency
 from llm_worker.worker.calling.concurrency import START_LIMIT, AdaptiveLimit, ConcurrencyLimits
 
 
@@ -65,6 +66,48 @@ def test_a_slow_provider_gets_the_thousands_of_calls_it_needs() -> None:
     assert reached < 45  # slow start: a few windows of two latencies, not minutes
     rate = (trace[-1][2] - trace[-11][2]) / 10
     assert rate >= 1_500
+
+
+def test_a_2_s_provider_serves_a_burst_of_8000_within_8_s() -> None:
+    """Issue 26: a burst of 8,000 against a 2 s provider at 1,000/s or more, ramp included.
+    Windows judged by answers would double the limit every 3 s from 128 (~350/s); before the
+    first answer a backlog doubles it every `PROBE_S` instead."""
+    clock = Clock()
+    lim = AdaptiveLimit(cap=10_000, clock=clock)
+    trace = simulate(lim, clock, 8.01, lambda now, n: 2.0)
+    assert trace[-1][2] >= 8_000
+    assert trace[1][1] >= 1_024  # a second in: over a thousand slots, not 128
+
+
+def test_no_doubling_before_the_first_answer_after_an_overload() -> None:
+    clock = Clock()
+    lim = AdaptiveLimit(cap=10_000, clock=clock)
+    while lim.try_acquire():
+        pass
+    lim.release(ok=False, overloaded=True)  # a 429 at once: the provider has had enough
+    for _ in range(100):
+        clock.now += 0.05
+        lim.try_acquire()
+    assert lim.slots == START_LIMIT and lim.changes["grow"] == 0
+
+
+async def test_requests_waiting_for_a_slot_grow_the_limit_with_no_new_arrival(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In the worker the backlog waits in `acquire` (no new record comes while intake is
+    full): a timer does the doubling then."""
+    monkeypatch.setattr(concurrency, "PROBE_S", 0.01)
+    lim = AdaptiveLimit(cap=10_000)
+    waiters = [asyncio.create_task(lim.acquire()) for _ in range(1_000)]
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)  # no call ends: all got slots anyway
+    assert lim.in_use == 1_000 and lim.slots >= 1_000 and lim.waiting == 0
+    lim.release(ok=True, latency_s=2.0)  # the first answer: the windows judge from now on
+    more = [asyncio.create_task(lim.acquire()) for _ in range(lim.slots)]
+    await asyncio.sleep(0.1)
+    assert lim.waiting > 0 and lim.changes["grow"] == 3  # 128 -> 256 -> 512 -> 1,024
+    for task in more:
+        task.cancel()
+    await asyncio.gather(*more, return_exceptions=True)
 
 
 def test_a_provider_that_only_queues_our_calls_is_not_flooded() -> None:

@@ -183,3 +183,15 @@ def test_the_automatic_per_partition_bound_is_twice_a_fair_share(
     flow = _flow()
     assert limits.now(owned, flow) == limit
     assert flow.per == per
+
+
+async def test_room_comes_when_the_limit_grows_though_no_work_ends() -> None:
+    """An endpoint's limit doubles before its first answer (nothing ends for seconds): the
+    wait sees the new limit within `RECHECK_S`, not at its timeout."""
+    limit = [8]
+    room = Room(lambda: 8, lambda: 8, refresh=lambda: limit[0])
+    waiter = asyncio.create_task(room.within(30))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    limit[0] = 16
+    assert await asyncio.wait_for(waiter, 1)

@@ -20,6 +20,14 @@ the throughput only once the calls it added have finished), with `MIN_SAMPLES` c
   endpoint said it is overloaded (429, 503/529, a timeout, a refused connection); at most once
   per window.
 
+Before an endpoint's first answer there is no window to judge: its latency is unknown, and a
+2 s provider would wait two seconds per doubling while a backlog piles up. So until the first
+answer (and only in slow start, with no overload seen) a waiting backlog doubles the limit
+every `PROBE_S`, up to `BLIND_LIMIT`: the first latency of a slow provider is spent finding
+thousands of slots, not 128. What stops it is what stops any growth: the first answer (the
+windows take over and judge the growth by its payoff), or an overload (a 429 comes back in
+milliseconds, long before a slow answer would).
+
 Limits stay within [`MIN_LIMIT`, the worker's `LLM_WORKER_MAX_IN_FLIGHT`]. A request waiting
 for a slot is held (in flight, not failed); the consume loop takes new records only while the
 sum of the endpoints' limits (plus a margin) has room, within a memory budget.
@@ -53,6 +61,10 @@ RESTART_LATENCY = 2.0
 MIN_LIMIT = 4
 START_LIMIT = 128
 """The first limit of an endpoint: what a fixed worker used to allow in all."""
+PROBE_S = 0.25
+"""Before an endpoint's first answer, a backlog doubles its limit this often ..."""
+BLIND_LIMIT = 4096
+"""... up to this: a 2 s provider's first latency buys 4,096 calls in flight (2,000/s)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +104,8 @@ class AdaptiveLimit:
         self._settled_latency = 0.0
         self._lat_sum = 0.0  # this window's answered calls: their latencies, summed
         self._busy_sum = 0.0  # and the calls in flight when each ended, summed
+        self._probed_at = self._start  # the last doubling before the first answer
+        self._probe: asyncio.TimerHandle | None = None  # the next one, while requests wait
 
     @property
     def slots(self) -> int:
@@ -105,7 +119,47 @@ class AdaptiveLimit:
                 self._saturated = True
             return True
         self._saturated = True
+        if self._blind_growth():
+            self._hand_over()
+            if self.in_use < self.slots and not self._queue:
+                self.in_use += 1
+                return True
         return False
+
+    @property
+    def _blind(self) -> bool:
+        """No answer yet, nothing said to slow down, room to grow: the time to probe."""
+        return (
+            not self._latency
+            and self._slow_start
+            and self._overload is None
+            and self.limit < min(self.cap, BLIND_LIMIT)
+        )
+
+    def _blind_growth(self) -> bool:
+        """Before the first answer: double the limit if `PROBE_S` passed since the last time."""
+        if not self._blind:
+            return False
+        now = self._clock()
+        if now - self._probed_at < PROBE_S:
+            return False
+        self._probed_at = now
+        self._grew_from = None  # no throughput known to judge this growth by
+        self._set(min(self.cap, BLIND_LIMIT, self.limit * SLOW_START_GROWTH), "grow")
+        return True
+
+    def _probe_tick(self) -> None:
+        """The timer while requests wait before the first answer (none arrive to try)."""
+        self._probe = None
+        if self._blind_growth():
+            self._hand_over()
+        self._schedule_probe()
+
+    def _schedule_probe(self) -> None:
+        if self._probe is None and self._queue and self._blind:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, self._probed_at + PROBE_S - self._clock())
+            self._probe = loop.call_later(delay, self._probe_tick)
 
     async def acquire(self, timeout: float | None = None) -> float:
         """Wait for a slot (first come, first served); returns how long it waited (s).
@@ -115,6 +169,7 @@ class AdaptiveLimit:
         t0 = self._clock()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(fut)
+        self._schedule_probe()
         try:
             async with asyncio.timeout(timeout):
                 await fut  # `_hand_over` counted the slot as ours

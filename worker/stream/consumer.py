@@ -99,7 +99,9 @@ class Worker(Generic[P]):
             max_per_partition=max_in_flight_per_partition or MIN_PER_PARTITION,
             on_change=metrics.paused.set,
         )
-        self._room = Room(lambda: self._max_in_flight, lambda: self.in_flight)
+        self._room = Room(
+            lambda: self._max_in_flight, lambda: self.in_flight, refresh=self._refresh_limit
+        )
         self._life = Lifecycle(shutdown_timeout_s)
         self.assignment = Assignment(
             bridge=bridge,
@@ -180,8 +182,7 @@ class Worker(Generic[P]):
             if a.rewinding is not None:
                 await a.rewinding.wait()
                 continue
-            self._max_in_flight = self._limits.now(len(a.owned), self._flow)
-            free = self._max_in_flight - self.in_flight
+            free = self._refresh_limit() - self.in_flight
             if free <= 0:
                 if not flow.held and await self._room.within(HOLD_AFTER_S):
                     continue  # a short wait: cheaper than a pause and a refetch
@@ -204,6 +205,10 @@ class Worker(Generic[P]):
             for rec in batch.records:
                 self._dispatch(rec)
             self._metrics.consumed.inc(batch.polled)
+
+    def _refresh_limit(self) -> int:
+        self._max_in_flight = self._limits.now(len(self.assignment.owned), self._flow)
+        return self._max_in_flight
 
     @property
     def in_flight(self) -> int:

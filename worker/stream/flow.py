@@ -84,13 +84,25 @@ class FlowControl:
         self._on_change(len(self.paused))
 
 
+RECHECK_S = 0.05
+"""How often a wait for room looks at the limit again (it grows without any work ending)."""
+
+
 class Room:
     """Room in a full worker: `within(t)` waits up to `t` for in-flight work to drop to 3/4 of
-    the limit (room for a batch, not one record at a time), `wake()` is called as work ends."""
+    the limit (room for a batch, not one record at a time), `wake()` is called as work ends.
+    The limit can also grow while nothing ends (an endpoint's adaptive limit, before its first
+    answer): the wait asks `refresh()` for the limit now every `RECHECK_S`."""
 
-    def __init__(self, limit: Callable[[], int], in_flight: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        limit: Callable[[], int],
+        in_flight: Callable[[], int],
+        refresh: Callable[[], int] | None = None,
+    ) -> None:
         self._limit = limit
         self._in_flight = in_flight
+        self._refresh = refresh or limit
         self._event = asyncio.Event()
 
     def wake(self) -> None:
@@ -106,11 +118,16 @@ class Room:
         self._event.clear()
         if self._in_flight() < self._limit():
             return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self._event.wait()
-        except TimeoutError:
-            pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (left := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(min(left, RECHECK_S)):
+                    await self._event.wait()
+                break
+            except TimeoutError:
+                if self._in_flight() < self._refresh():
+                    return True
         return self._in_flight() < self._limit()
 
 
