@@ -176,6 +176,13 @@ def _add_bench(sub: Subcommands) -> None:
         "--no-baseline", action="store_true", help="suite: skip the plain loop next to the worker"
     )
     bench.add_argument(
+        "--max-cpu-ratio",
+        type=float,
+        metavar="RATIO",
+        help="suite: exit 1 when the worker's (or a variant's) CPU per completion is over "
+        "RATIO times the plain loop's in the same run (a regression check)",
+    )
+    bench.add_argument(
         "--rounds",
         type=_positive_int,
         default=1,

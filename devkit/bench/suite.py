@@ -20,7 +20,14 @@ from llm_worker.devkit.bench.progress import Progress
 from llm_worker.devkit.bench.scenarios import SCENARIOS, Options, describe
 from llm_worker.devkit.bench.stats import table
 
-__all__ = ["check_names", "options_from", "parse_variant", "run_suite", "scenario_line"]
+__all__ = [
+    "check_names",
+    "cpu_regressions",
+    "options_from",
+    "parse_variant",
+    "run_suite",
+    "scenario_line",
+]
 
 
 def parse_variant(spec: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -57,6 +64,24 @@ PLOTTABLE = ("latency-sweep", "soak")
 """The scenarios `--plot` can draw."""
 
 
+def cpu_regressions(name: str, result: dict[str, Any], max_ratio: float | None) -> list[str]:
+    """The systems of one scenario whose CPU per completion is over `max_ratio` times the
+    plain loop's in the same invocation (`--max-cpu-ratio`: the regression check)."""
+    if max_ratio is None:
+        return []
+    out = []
+    for key, cmp in result.items():
+        if key == "vs_baseline" or key.endswith("_vs_baseline"):
+            ratio = cmp.get("cpu_per_completion_ratio")
+            system = "worker" if key == "vs_baseline" else key.removesuffix("_vs_baseline")
+            if ratio is not None and ratio > max_ratio:
+                out.append(
+                    f"{name}: {system}'s CPU per completion is {ratio:g}x the plain loop's"
+                    f" (--max-cpu-ratio {max_ratio:g})"
+                )
+    return out
+
+
 def check_names(names: list[str], plot: str | None) -> str | None:
     """Why these scenario names (and --plot) cannot run, or None."""
     unknown = [n for n in names if n not in SCENARIOS]
@@ -86,6 +111,7 @@ def run_suite(args: argparse.Namespace) -> int:
     progress = Progress()
     rows: list[tuple[str, dict[str, Any]]] = []
     medians: list[tuple[str, dict[str, Any]]] = []
+    over: list[str] = []  # the regression check's findings
     complete = True
     # the bench client shares the cores: keep the cyclic GC off its (acyclic) bookkeeping
     gc.collect()
@@ -97,6 +123,7 @@ def run_suite(args: argparse.Namespace) -> int:
                 progress.note(f"== {name}: {describe(name, opts)}")
                 result = SCENARIOS[name].run(stack, opts, progress)
                 print(json.dumps(scenario_line(name, args.broker, result)), flush=True)
+                over += cpu_regressions(name, result, args.max_cpu_ratio)
                 medians += [(name, m) for m in result.get("medians", {}).values()]
                 for run in result["runs"]:
                     rows.append((name, run))
@@ -121,4 +148,6 @@ def run_suite(args: argparse.Namespace) -> int:
             if k in med
         )
         print(f"{name} {med['system']}, median of {med['rounds']}: {spread}", file=sys.stderr)
-    return 0 if complete else 1
+    for line in over:
+        print(f"bench: {line}", file=sys.stderr)
+    return 0 if complete and not over else 1

@@ -19,6 +19,7 @@ from llm_worker.devkit.bench.scenarios import (
     STREAM_PAUSES,
     SWEEP_MS,
     compare,
+    medians,
     soak_summary,
 )
 from llm_worker.devkit.bench.stats import (
@@ -36,7 +37,13 @@ from llm_worker.devkit.bench.streaming import (
     prompt_times,
     scraped,
 )
-from llm_worker.devkit.bench.suite import check_names, options_from, parse_variant, scenario_line
+from llm_worker.devkit.bench.suite import (
+    check_names,
+    cpu_regressions,
+    options_from,
+    parse_variant,
+    scenario_line,
+)
 from llm_worker.devkit.fake_server import start_fake_server
 from llm_worker.worker.chunks import ChunkBody, chunk_record
 from llm_worker.worker.cli.main import build_parser
@@ -163,6 +170,31 @@ def test_the_scenario_line_names_itself_first_and_compares_with_the_baseline() -
         "cpu_per_completion_ratio": 0.75,
     }
     assert json.loads(json.dumps(line)) == line
+
+
+def test_the_cpu_regression_check_names_each_system_over_the_ratio() -> None:
+    result = {
+        "runs": [],
+        "vs_baseline": {"cpu_per_completion_ratio": 2.4},
+        "logs-none_vs_baseline": {"cpu_per_completion_ratio": 1.9},
+        "nolog_vs_baseline": {"cpu_per_completion_ratio": None},
+    }
+    assert cpu_regressions("throughput", result, 2.0) == [
+        "throughput: worker's CPU per completion is 2.4x the plain loop's (--max-cpu-ratio 2)"
+    ]
+    assert cpu_regressions("throughput", result, 2.5) == []
+    assert cpu_regressions("throughput", result, None) == []  # no check asked
+
+
+def test_rounds_compare_each_systems_median() -> None:
+    runs = [
+        {"system": "worker", "throughput_per_s": t, "sustained_per_s": None, "cpu_s_per_1k": c}
+        for t, c in ((3000.0, 0.30), (2000.0, 0.25), (3100.0, 0.40))
+    ]
+    med = medians(runs)
+    assert med["rounds"] == 3 and med["throughput_per_s"] == 3000.0
+    assert med["cpu_s_per_1k"] == 0.30 and med["cpu_s_per_1k_range"] == [0.25, 0.40]
+    assert "sustained_per_s" not in med
 
 
 def test_the_plot_series_is_per_system_and_ordered_by_latency() -> None:
