@@ -40,7 +40,7 @@ async def _run(s: Settings, pg_dsn: str, fake: FakeServer, n: int) -> dict[str, 
         while app.worker.stats()["completed"] < n and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         stats = app.worker.stats()
-    assert stats["completed"] == n and stats["errors"] == 0
+    assert stats["completed"] == n and stats["errors"] == 0, stats
     return stats
 
 

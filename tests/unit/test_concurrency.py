@@ -70,13 +70,23 @@ def test_a_slow_provider_gets_the_thousands_of_calls_it_needs() -> None:
 
 def test_a_2_s_provider_serves_a_burst_of_8000_within_8_s() -> None:
     """Issue 26: a burst of 8,000 against a 2 s provider at 1,000/s or more, ramp included.
-    Windows judged by answers would double the limit every 3 s from 128 (~350/s); before the
-    first answer a backlog doubles it every `PROBE_S` instead."""
+    Windows judged by answers would double the limit every 3 s from 128 (~350/s); with no
+    answer after `BLIND_AFTER_S` a backlog doubles it every `PROBE_S` instead."""
     clock = Clock()
     lim = AdaptiveLimit(cap=10_000, clock=clock)
     trace = simulate(lim, clock, 8.01, lambda now, n: 2.0)
     assert trace[-1][2] >= 8_000
-    assert trace[1][1] >= 1_024  # a second in: over a thousand slots, not 128
+    assert trace[2][1] >= 2_048  # two seconds in: thousands of slots, not 128
+
+
+def test_a_provider_answering_within_a_second_is_never_probed_blind() -> None:
+    """A 300 ms provider that answers 429 above 150 calls: its first answers come long before
+    `BLIND_AFTER_S`, so its limit moves by windows only (a blind doubling to 256 would have
+    sent ~100 calls into 429s before any success, and opened its circuit on a real broker)."""
+    clock = Clock()
+    lim = AdaptiveLimit(cap=10_000, clock=clock)
+    simulate(lim, clock, 0.99, lambda now, n: 0.3, overloaded=lambda n: n > 150)
+    assert lim.slots == START_LIMIT and lim.changes["grow"] == 0
 
 
 def test_no_doubling_before_the_first_answer_after_an_overload() -> None:
@@ -97,6 +107,7 @@ async def test_requests_waiting_for_a_slot_grow_the_limit_with_no_new_arrival(
     """In the worker the backlog waits in `acquire` (no new record comes while intake is
     full): a timer does the doubling then."""
     monkeypatch.setattr(concurrency, "PROBE_S", 0.01)
+    monkeypatch.setattr(concurrency, "BLIND_AFTER_S", 0.02)
     lim = AdaptiveLimit(cap=10_000)
     waiters = [asyncio.create_task(lim.acquire()) for _ in range(1_000)]
     await asyncio.wait_for(asyncio.gather(*waiters), 5)  # no call ends: all got slots anyway

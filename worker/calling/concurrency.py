@@ -21,10 +21,11 @@ the throughput only once the calls it added have finished), with `MIN_SAMPLES` c
   per window.
 
 Before an endpoint's first answer there is no window to judge: its latency is unknown, and a
-2 s provider would wait two seconds per doubling while a backlog piles up. So until the first
-answer (and only in slow start, with no overload seen) a waiting backlog doubles the limit
-every `PROBE_S`, up to `BLIND_LIMIT`: the first latency of a slow provider is spent finding
-thousands of slots, not 128. What stops it is what stops any growth: the first answer (the
+2 s provider would wait two seconds per doubling while a backlog piles up. So once no call has
+answered for `BLIND_AFTER_S` (a slow provider: a fast one has answered by then, and its windows
+start at once), and only in slow start with no overload seen, a waiting backlog doubles the
+limit every `PROBE_S`, up to `BLIND_LIMIT`: the first latency of a slow provider is spent
+finding thousands of slots, not 128. What stops it is what stops any growth: the first answer (the
 windows take over and judge the growth by its payoff), or an overload (a 429 comes back in
 milliseconds, long before a slow answer would).
 
@@ -61,8 +62,10 @@ RESTART_LATENCY = 2.0
 MIN_LIMIT = 4
 START_LIMIT = 128
 """The first limit of an endpoint: what a fixed worker used to allow in all."""
-PROBE_S = 0.25
-"""Before an endpoint's first answer, a backlog doubles its limit this often ..."""
+BLIND_AFTER_S = 0.75
+"""No answer this long after an endpoint's first call: it is slow, and a backlog ..."""
+PROBE_S = 0.15
+"""... doubles its limit this often until the first answer ..."""
 BLIND_LIMIT = 4096
 """... up to this: a 2 s provider's first latency buys 4,096 calls in flight (2,000/s)."""
 
@@ -141,7 +144,7 @@ class AdaptiveLimit:
         if not self._blind:
             return False
         now = self._clock()
-        if now - self._probed_at < PROBE_S:
+        if now - self._start < BLIND_AFTER_S or now - self._probed_at < PROBE_S:
             return False
         self._probed_at = now
         self._grew_from = None  # no throughput known to judge this growth by
@@ -158,7 +161,8 @@ class AdaptiveLimit:
     def _schedule_probe(self) -> None:
         if self._probe is None and self._queue and self._blind:
             loop = asyncio.get_running_loop()
-            delay = max(0.0, self._probed_at + PROBE_S - self._clock())
+            due = max(self._probed_at + PROBE_S, self._start + BLIND_AFTER_S)
+            delay = max(0.0, due - self._clock())
             self._probe = loop.call_later(delay, self._probe_tick)
 
     async def acquire(self, timeout: float | None = None) -> float:
