@@ -18,7 +18,8 @@ said `Connection: close`, that broke, that timed out, or whose response was not 
 is closed, never reused. `https:` verifies the server with the default SSL context.
 
 No redirects, no cookies, no proxies, no compression (no `Accept-Encoding` is sent, so the
-server answers in identity), no `Expect: 100-continue`. Credentials in the URL (`user:pw@`)
+server answers in identity; a compressed answer anyway is an `H1ProtocolError`, retried like a
+5xx by the adapters), no `Expect: 100-continue`. Credentials in the URL (`user:pw@`)
 become a Basic `Authorization` header, as aiohttp does.
 
 Errors are typed (`H1Error`'s subclasses) so an adapter maps them like aiohttp's: a timeout is a
@@ -355,7 +356,9 @@ class _Conn(asyncio.Protocol):
         length = headers.get("content-length")
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self.framed = length is not None or chunked or status in (204, 304)
-        if (
+        if headers.get("content-encoding", "identity").strip().lower() != "identity":
+            self.fail(H1ProtocolError("the response is compressed, which was not asked for"))
+        elif (
             not self.streaming
             and length is not None
             and length.isdigit()
@@ -728,6 +731,17 @@ class H1Client:
         finally:
             pool.release(conn)
 
+    async def post_read(
+        self, url: URL | str, body: bytes, headers: Mapping[str, str], timeout_s: float, cap: int
+    ) -> tuple[int, Mapping[str, str], bytes, bool]:
+        """`post` as the adapters' seam has it (`adapters.http_client.HTTPClient`): status,
+        headers, body and True; or, past `cap`, the body's first bytes and False."""
+        try:
+            resp = await self.post(url, body, headers, timeout_s, max_body=cap)
+        except H1BodyTooLarge as big:
+            return big.status, big.headers, big.head, False
+        return resp.status, resp.headers, resp.body, True
+
     def stream_post(
         self,
         url: URL | str,
@@ -767,19 +781,21 @@ class H1Client:
         await self.close()
 
 
-async def _until(conn: _Conn, deadline: float, what: str) -> None:
+async def _until(conn: _Conn, deadline: float | None, what: str) -> None:
     """Wait until the connection wakes its reader, or fail it with `H1Timeout(what)` at
-    `deadline`. A cancelled caller leaves the connection broken (it is not reused)."""
+    `deadline` (None: no bound of its own). A cancelled caller leaves the connection broken
+    (it is not reused)."""
     loop = conn.pool.loop
     waiter = conn.waiter = loop.create_future()
-    timer = loop.call_at(deadline, conn.time_out, what)
+    timer = None if deadline is None else loop.call_at(deadline, conn.time_out, what)
     try:
         await waiter
     except BaseException:
         conn.fail(H1Disconnected("the exchange was abandoned"))
         raise
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         conn.waiter = None
 
 
@@ -811,39 +827,40 @@ class StreamResponse:
         """The body's bytes as they arrive (each piece everything received since the last);
         `H1Timeout` when nothing comes for `idle_timeout_s`, `H1Disconnected` when the
         connection closes before the body's end."""
+        while piece := await self.readany(idle_timeout_s):
+            yield piece
+
+    async def readany(self, idle_s: float | None) -> bytes:
+        """The bytes received since the last read (b"" at the body's end); `H1Timeout` when
+        none come within `idle_s` (None: no bound of its own)."""
         conn = self._conn
-        loop = conn.pool.loop
         while True:
             piece = conn.take()
             if piece:
-                yield piece
-                continue
+                return piece
             if conn.error is not None:
                 raise conn.error
             if conn.complete:
-                return
-            await _until(conn, loop.time() + idle_timeout_s, "no bytes within the idle timeout")
+                return _NO_BODY
+            deadline = None if idle_s is None else conn.pool.loop.time() + idle_s
+            await _until(conn, deadline, "no bytes within the idle timeout")
 
-    async def read(self, timeout_s: float) -> bytes:
-        """The rest of the body (capped like `post`), within `timeout_s`."""
-        conn = self._conn
-        deadline = conn.pool.loop.time() + timeout_s
+    async def read_capped(self, cap: int) -> tuple[bytes, bool]:
+        """The rest of the body and True; or, past `cap` bytes, its first bytes (at most
+        `HEAD_BYTES`) and False, the connection dropped."""
         parts: list[bytes] = []
         size = 0
-        while True:
-            piece = conn.take()
-            if piece:
-                parts.append(piece)
-                size += len(piece)
-                if size > conn.cap:
-                    head = b"".join(parts)[:HEAD_BYTES]
-                    conn.fail(H1BodyTooLarge(conn.cap, self.status, self.headers, head))
-                continue
-            if conn.error is not None:
-                raise conn.error
-            if conn.complete:
-                return b"".join(parts)
-            await _until(conn, deadline, "no answer within the timeout")
+        while piece := await self.readany(None):
+            parts.append(piece)
+            size += len(piece)
+            if size > cap:
+                self.close()
+                return b"".join(parts)[:HEAD_BYTES], False
+        return b"".join(parts), True
+
+    def close(self) -> None:
+        """Drop the connection now (it is not reused)."""
+        self._conn.fail(H1Disconnected("the response was closed before its end"))
 
 
 class _StreamContext:

@@ -352,6 +352,14 @@ async def test_a_malformed_response(client: H1Client) -> None:
     await srv.close()
 
 
+async def test_a_compressed_answer_nobody_asked_for(client: H1Client) -> None:
+    srv = await serve(lambda head, body: ok(b"\x1f\x8b...", "Content-Encoding: gzip"))
+    with pytest.raises(H1ProtocolError, match="compressed"):
+        await client.post(srv.url(), b"{}", {}, 5)
+    assert b"accept-encoding" not in srv.requests[0][0].lower()
+    await srv.close()
+
+
 async def test_requests_that_cannot_be_sent(client: H1Client) -> None:
     with pytest.raises(H1InvalidRequest):
         await client.post("ftp://127.0.0.1/x", b"", {}, 1)
@@ -460,7 +468,7 @@ async def test_a_stream_with_a_content_length_and_read(client: H1Client) -> None
     async with client.stream_post(srv.url(), b"{}", {}, 5) as resp:
         assert b"".join([p async for p in resp.iter_chunks(5)]) == b"whole"
     async with client.stream_post(srv.url(), b"{}", {}, 5) as resp:
-        assert await resp.read(5) == b"again"
+        assert await resp.read_capped(100) == (b"again", True)
     assert srv.accepts == 1
     await srv.close()
 
