@@ -10,6 +10,8 @@ aiohttp, h1, h1, aiohttp... so a drift of the machine (other processes) weighs o
 POST reads the whole answer as `HTTPAdapter._post` does (aiohttp: a `SessionPool` session and
 `read_body` under the row's timeout). The figure is this process's CPU time
 (`time.process_time`) per request; the answer is not parsed (the same for both clients).
+With `--adapter`, two more rows make the whole attempt (`adapter.complete`: build, POST, parse)
+through a `SessionPool` of each client, as the worker does with `LLM_WORKER_HTTP_CLIENT`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import uvloop
 
 from llm_worker.adapters import get_adapter
@@ -76,7 +79,9 @@ async def _round(post: Post, requests: int, concurrency: int) -> tuple[float, fl
     return (cpu1 - cpu0) / requests * 1e6, wall1 - wall0
 
 
-async def run(url: str, requests: int, concurrency: int, rounds: int) -> dict[str, Any]:
+async def run(
+    url: str, requests: int, concurrency: int, rounds: int, *, with_adapter: bool = False
+) -> dict[str, Any]:
     adapter: Any = get_adapter("openai_compatible")
     target = Target(
         provider="openai_compatible",
@@ -97,7 +102,9 @@ async def run(url: str, requests: int, concurrency: int, rounds: int) -> dict[st
     )
     sessions = SessionPool(limit_per_host=concurrency)
     session = sessions.get(target.endpoint)
+    assert isinstance(session, aiohttp.ClientSession)
     client = H1Client(limit_per_origin=concurrency)
+    h1_sessions = SessionPool(limit_per_host=concurrency, http_client="h1")
     cap = target.max_response_bytes
 
     async def via_aiohttp() -> int:
@@ -117,21 +124,32 @@ async def run(url: str, requests: int, concurrency: int, rounds: int) -> dict[st
         resp = await client.post(url, body, headers, target.timeout_ms / 1000, max_body=cap)
         return resp.status
 
+    def via_adapter(pool: SessionPool) -> Post:
+        async def post() -> int:
+            await adapter.complete(pool.get(target.endpoint), target, request)
+            return 200
+
+        return post
+
     clients: dict[str, Post] = {"aiohttp": via_aiohttp, "h1": via_h1}
+    if with_adapter:
+        clients["aiohttp+adapter"] = via_adapter(sessions)
+        clients["h1+adapter"] = via_adapter(h1_sessions)
     for post in clients.values():  # connections open, code warm
         await _round(post, min(requests, concurrency * 4), concurrency)
     out: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
-    order = ["aiohttp", "h1"]
+    order = list(clients)
     for i in range(rounds):
         for name in order if i % 2 == 0 else order[::-1]:
             cpu_us, wall_s = await _round(clients[name], requests, concurrency)
             out[name].append((cpu_us, wall_s))
             print(
-                f"round {i + 1}  {name:<8} {cpu_us:7.1f} us CPU/request  "
+                f"round {i + 1}  {name:<16} {cpu_us:7.1f} us CPU/request  "
                 f"{requests / wall_s:8.0f} requests/s",
                 flush=True,
             )
     await sessions.close()
+    await h1_sessions.close()
     await client.close()
     return {
         name: {
@@ -149,10 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--adapter", action="store_true", help="also the whole attempt through each client"
+    )
     args = parser.parse_args(argv)
     proc, url = _start_provider(args.latency_ms)
     try:
-        result = uvloop.run(run(url, args.requests, args.concurrency, args.rounds))
+        result = uvloop.run(
+            run(url, args.requests, args.concurrency, args.rounds, with_adapter=args.adapter)
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -165,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary))
     a, h = result["aiohttp"]["median_cpu_us"], result["h1"]["median_cpu_us"]
     print(f"median CPU per request: aiohttp {a} us, h1 {h} us (h1/aiohttp {h / a:.2f})")
+    if args.adapter:
+        a, h = result["aiohttp+adapter"]["median_cpu_us"], result["h1+adapter"]["median_cpu_us"]
+        print(f"whole attempt: aiohttp {a} us, h1 {h} us (h1/aiohttp {h / a:.2f})")
     return 0
 
 
