@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -504,3 +508,44 @@ async def test_against_aiohttp_web() -> None:
         assert data == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
         assert c.stats()["connections"] == 1
     await runner.cleanup()
+
+
+# -- https ------------------------------------------------------------------------------------
+
+
+_OPENSSL = (
+    *("openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+    *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+    *("-addext", "subjectAltName=DNS:localhost"),
+)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [*_OPENSSL, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True
+    )
+    return key, cert
+
+
+async def test_https_verifies_the_server(certificate: tuple[Path, Path]) -> None:
+    key, cert = certificate
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    srv = RawServer(lambda head, body: ok(b"secure"))
+    srv.server = await asyncio.start_server(srv._serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = srv.server.sockets[0].getsockname()[1]
+    url = f"https://localhost:{port}/v1/chat/completions"
+    trusting = ssl.create_default_context(cafile=str(cert))
+    async with H1Client(ssl_context=trusting) as c:
+        for _ in range(3):
+            assert (await c.post(url, b"{}", {}, 5)).body == b"secure"
+    assert srv.accepts == 1
+    async with H1Client() as c:  # the system's roots do not know this certificate
+        with pytest.raises(H1ConnectError, match=f"localhost:{port}"):
+            await c.post(url, b"{}", {}, 5)
+    await srv.close()
