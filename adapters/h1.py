@@ -43,6 +43,8 @@ from yarl import URL
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "HEAD_BYTES",
+    "MAX_HEAD_BYTES",
     "H1BodyTooLarge",
     "H1Client",
     "H1ConnectError",
@@ -62,6 +64,9 @@ DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
 
 HEAD_BYTES: Final = 64 * 1024
 """What `H1BodyTooLarge.head` keeps of a body over the cap (an error page's excerpt)."""
+
+MAX_HEAD_BYTES: Final = 64 * 1024
+"""The longest response head (status line and headers) read."""
 
 _READ_HIGH: Final = 256 * 1024
 """A stream's unread bytes past which the socket is not read until the caller catches up."""
@@ -193,6 +198,7 @@ class _Conn(asyncio.Protocol):
         "complete",
         "error",
         "framed",
+        "head_size",
         "headers",
         "idle_since",
         "interim",
@@ -232,6 +238,7 @@ class _Conn(asyncio.Protocol):
         self.interim = False
         self.framed = True
         self.keep_alive = False
+        self.head_size = 0
 
     # -- the exchange (called by the client) ---------------------------------------------------
 
@@ -328,6 +335,10 @@ class _Conn(asyncio.Protocol):
             self.fail(H1ProtocolError("malformed response: an upgrade was not asked for"))
         except httptools.HttpParserError as exc:
             self.fail(H1ProtocolError(f"malformed response: {exc}"))
+        if self.headers is None:  # llhttp keeps a header however long: bound the head here
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD_BYTES:
+                self.fail(H1ProtocolError(f"the response head is over {MAX_HEAD_BYTES} bytes"))
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes itself; connection_lost says what that means

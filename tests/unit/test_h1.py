@@ -356,6 +356,20 @@ async def test_a_malformed_response(client: H1Client) -> None:
     await srv.close()
 
 
+async def test_a_head_without_end(client: H1Client) -> None:
+    async def endless(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(2_000):
+            writer.write(b"X-Filler-%d: %b\r\n" % (i, b"f" * 60))
+            await writer.drain()
+        await asyncio.sleep(1)
+
+    srv = await serve(lambda head, body: endless)
+    with pytest.raises(H1ProtocolError, match="head is over"):
+        await client.post(srv.url(), b"{}", {}, 5)
+    await srv.close()
+
+
 async def test_a_compressed_answer_nobody_asked_for(client: H1Client) -> None:
     srv = await serve(lambda head, body: ok(b"\x1f\x8b...", "Content-Encoding: gzip"))
     with pytest.raises(H1ProtocolError, match="compressed"):
