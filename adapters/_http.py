@@ -8,6 +8,8 @@
 
 Transport failures are translated at this boundary (`raise ... from exc`): timeouts become
 `ProviderTimeout`, refused/reset connections `ConnectionFailed`. `CancelledError` passes through.
+The HTTP client is aiohttp's or `adapters.h1`'s, through the seam of `adapters.http_client`
+(`LLM_WORKER_HTTP_CLIENT`); both clients' failures are classified alike.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 from typing import Any, ClassVar, NamedTuple
 
 import aiohttp
 import msgspec
 from yarl import URL
 
-from ._body import MAX_JSON_DEPTH, read_body, too_deep
+from ._body import MAX_JSON_DEPTH, too_deep
 from .base import (
     Message,
     OnDelta,
@@ -42,6 +43,8 @@ from .errors import (
     error_for_status,
 )
 from .features import unsupported_message
+from .h1 import H1ProtocolError
+from .http_client import Session, StreamReply, http_of, timeout_for
 from .retry import MAX_RETRY_AFTER, parse_retry_after
 from .scrub import scrub, scrub_bytes
 from .sse import SSEError, SSEEvent, SSEParser
@@ -60,6 +63,7 @@ __all__ = [
     "shorten",
     "snippet",
     "strip_v1",
+    "timeout_for",
 ]
 
 SNIPPET = 200
@@ -109,16 +113,13 @@ class ErrorBody(NamedTuple):
     retry_after: float | None = None  # a hint from the body (seconds), used without a header
 
 
-@lru_cache(maxsize=1024)
-def timeout_for(timeout_ms: int) -> aiohttp.ClientTimeout:
-    seconds = max(timeout_ms, 1) / 1000.0
-    return aiohttp.ClientTimeout(total=seconds, connect=seconds)
+_SERVER_FAULTS = (aiohttp.ClientError, H1ProtocolError)
+"""What a client raises for an answer that is not HTTP it can read (after the connection,
+payload and URL errors are taken out): the server's fault, retried like a 5xx."""
 
 
-_STREAM = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
-"""A stream's own timeouts are its attempt's: the row's `timeout_ms` to the answer's headers,
-then `stream_idle_ms` between reads; no total (a long answer streams as long as it flows,
-bounded by the request's deadline)."""
+def _timeout_s(target: Target) -> float:
+    return max(target.timeout_ms, 1) / 1000.0
 
 
 def _idle_s(target: Target) -> float:
@@ -294,7 +295,7 @@ class HTTPAdapter:
         raise self.error(BadRequest, target, "request has neither messages nor prompt")
 
     async def complete(
-        self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
+        self, session: Session, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         """One attempt. Raises `adapters.errors.ProviderError` subclasses, nothing else."""
         url, body, headers = self._request(target, request)
@@ -310,7 +311,7 @@ class HTTPAdapter:
 
     async def stream(
         self,
-        session: aiohttp.ClientSession,
+        session: Session,
         target: Target,
         request: ProviderRequest,
         on_delta: OnDelta,
@@ -324,11 +325,7 @@ class HTTPAdapter:
             return result
         url, body, headers = self._request(target, request, stream=True)
         try:
-            async with asyncio.timeout(max(target.timeout_ms, 1) / 1000):  # to the headers
-                resp = await session.post(
-                    url, data=body, headers=headers, timeout=_STREAM, allow_redirects=False
-                )
-            async with resp:
+            async with http_of(session).stream_post(url, body, headers, _timeout_s(target)) as resp:
                 request_id = header(resp.headers, self.request_id_headers)
                 if not 200 <= resp.status < 300 or resp.content_type != "text/event-stream":
                     return await self._not_a_stream(resp, target, request_id, on_delta)
@@ -343,7 +340,7 @@ class HTTPAdapter:
             raise self.error(BadRequest, target, "invalid endpoint URL") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise self.error(ConnectionFailed, target, describe(exc)) from exc
-        except aiohttp.ClientError as exc:
+        except _SERVER_FAULTS as exc:
             raise self.error(ServerError, target, describe(exc)) from exc
         except ValueError as exc:
             why = f"the request could not be sent: {describe(exc)}"
@@ -351,7 +348,7 @@ class HTTPAdapter:
 
     async def _not_a_stream(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: StreamReply,
         target: Target,
         request_id: str | None,
         on_delta: OnDelta,
@@ -359,7 +356,7 @@ class HTTPAdapter:
         """An error answer, or a whole one (given as one delta), read within the byte cap and
         the row's timeout."""
         async with asyncio.timeout(max(target.timeout_ms, 1) / 1000):
-            payload, whole = await read_body(resp, target.max_response_bytes)
+            payload, whole = await resp.read_capped(target.max_response_bytes)
         if not 200 <= resp.status < 300:
             raise self._refusal(target, resp.status, payload, resp.headers, request_id)
         if not whole:
@@ -370,7 +367,7 @@ class HTTPAdapter:
 
     async def _read_stream(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: StreamReply,
         target: Target,
         asm: Assembler,
         on_delta: OnDelta,
@@ -414,14 +411,11 @@ class HTTPAdapter:
             )
         return asm.result(request_id)
 
-    async def _next_read(
-        self, resp: aiohttp.ClientResponse, target: Target, request_id: str | None
-    ) -> bytes:
+    async def _next_read(self, resp: StreamReply, target: Target, request_id: str | None) -> bytes:
         """The next bytes of the stream (b"" at its end); a `ProviderTimeout` when none come
         within `target.stream_idle_ms`: the stream stalled."""
         try:
-            async with asyncio.timeout(_idle_s(target)):
-                return await resp.content.readany()
+            return await resp.readany(_idle_s(target))
         except TimeoutError:
             raise self.error(
                 ProviderTimeout,
@@ -471,7 +465,7 @@ class HTTPAdapter:
 
     async def _post(
         self,
-        session: aiohttp.ClientSession,
+        session: Session,
         target: Target,
         url: URL,
         body: bytes,
@@ -480,15 +474,9 @@ class HTTPAdapter:
         """Send it and read the answer up to the cap: status, headers, body, whether whole.
         Transport failures become the provider error that classifies them."""
         try:
-            async with session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=timeout_for(target.timeout_ms),
-                allow_redirects=False,
-            ) as resp:
-                payload, whole = await read_body(resp, target.max_response_bytes)
-                return resp.status, resp.headers, payload, whole
+            return await http_of(session).post_read(
+                url, body, headers, _timeout_s(target), target.max_response_bytes
+            )
         except TimeoutError as exc:
             raise self.error(
                 ProviderTimeout, target, f"no answer within {target.timeout_ms} ms"
@@ -497,7 +485,7 @@ class HTTPAdapter:
             raise self.error(BadRequest, target, "invalid endpoint URL") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise self.error(ConnectionFailed, target, describe(exc)) from exc
-        except aiohttp.ClientError as exc:
+        except _SERVER_FAULTS as exc:
             raise self.error(ServerError, target, describe(exc)) from exc
         except ValueError as exc:  # aiohttp refused to send it: a header, an IDNA host...
             why = f"the request could not be sent: {describe(exc)}"
@@ -606,13 +594,13 @@ past this loses the connection (closed), not the answer."""
 _DRAIN_BYTES = 64 * 1024
 
 
-async def _finish_response(resp: aiohttp.ClientResponse) -> None:
+async def _finish_response(resp: StreamReply) -> None:
     """After the last event that matters: read what is left up to its end, so the connection
     goes back to the pool; close it when the server does not end the response at once."""
     read = 0
     try:
         async with asyncio.timeout(DRAIN_S):
-            while chunk := await resp.content.readany():
+            while chunk := await resp.readany(None):
                 read += len(chunk)
                 if read > _DRAIN_BYTES:
                     break

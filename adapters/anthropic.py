@@ -45,7 +45,6 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, ClassVar
 
-import aiohttp
 import msgspec
 from yarl import URL
 
@@ -63,6 +62,7 @@ from .base import (
 )
 from .errors import BadRequest, Overloaded, ProviderError
 from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, REASONING, TOOLS
+from .http_client import Session
 
 __all__ = [
     "ANTHROPIC_VERSION",
@@ -453,7 +453,7 @@ class AnthropicAdapter(HTTPAdapter):
         )
 
     async def complete(
-        self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
+        self, session: Session, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         result = await super().complete(session, target, request)
         json_tool = _json_tool(target, request)

@@ -23,12 +23,12 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, ClassVar
 
-import aiohttp
 from yarl import URL
 
 from .base import OnDelta, ProviderRequest, ProviderResult, Target
 from .errors import ContentFiltered
 from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, REASONING, TOOLS
+from .http_client import Session
 from .openai_compatible import OpenAICompatibleAdapter
 from .urls import redact_url
 
@@ -118,7 +118,7 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
 
     async def stream(
         self,
-        session: aiohttp.ClientSession,
+        session: Session,
         target: Target,
         request: ProviderRequest,
         on_delta: OnDelta,

@@ -1,7 +1,8 @@
 """The adapter interface: a normalized request in, a normalized result (or a typed error) out.
 
 Adapters do no retries and hold no sessions of their own: the caller passes the pooled
-`aiohttp.ClientSession` for the endpoint, and the retry loop lives in the worker.
+client for the endpoint (`adapters.http_client.Session`: an `aiohttp.ClientSession` or the
+`adapters.h1` client), and the retry loop lives in the worker.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeAlias
 
-import aiohttp
 import msgspec
 
 from ._body import DEFAULT_MAX_RESPONSE_BYTES
+from .http_client import Session
 from .secrets import Secret
 
 __all__ = [
@@ -198,14 +199,14 @@ class Adapter(Protocol):
         ...
 
     async def complete(
-        self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
+        self, session: Session, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         """One attempt. Raises `adapters.errors.ProviderError` subclasses, nothing else."""
         ...
 
     async def stream(
         self,
-        session: aiohttp.ClientSession,
+        session: Session,
         target: Target,
         request: ProviderRequest,
         on_delta: OnDelta,

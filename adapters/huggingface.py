@@ -36,7 +36,6 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any, ClassVar
 
-import aiohttp
 import msgspec
 from yarl import URL
 
@@ -64,6 +63,7 @@ from .base import (
 )
 from .errors import ProviderError, ServerError
 from .features import IMAGES, JSON_OBJECT, JSON_SCHEMA, TOOLS
+from .http_client import Session
 from .streaming import Assembler
 from .tgi_stream import ChatStream, GenerateStream
 from .tgi_stream import finish_reason as _finish
@@ -569,14 +569,14 @@ class HuggingFaceAdapter:
         return self.form_for(target).unsupported(target, request)
 
     async def complete(
-        self, session: aiohttp.ClientSession, target: Target, request: ProviderRequest
+        self, session: Session, target: Target, request: ProviderRequest
     ) -> ProviderResult:
         """One attempt. Raises `adapters.errors.ProviderError` subclasses, nothing else."""
         return await self.form_for(target).complete(session, target, request)
 
     async def stream(
         self,
-        session: aiohttp.ClientSession,
+        session: Session,
         target: Target,
         request: ProviderRequest,
         on_delta: OnDelta,

@@ -1,9 +1,12 @@
-"""One pooled `aiohttp.ClientSession` per endpoint origin (scheme://host:port).
+"""One pooled HTTP client per endpoint origin (scheme://host:port).
 
 Sessions are created lazily by `get()` inside the running event loop; the constructor does
-no I/O. Each session owns a keep-alive `TCPConnector` limited per host, with a DNS cache and
-no cookie jar (provider APIs are stateless). `close()` is idempotent. `max_response_bytes` is
-the cap on one answer read through the pool's sessions (each attempt's `Target` carries it).
+no I/O. With `http_client="aiohttp"` (the default) each is an `aiohttp.ClientSession` owning a
+keep-alive `TCPConnector` limited per host, with a DNS cache and no cookie jar (provider APIs
+are stateless); with `"h1"` (`LLM_WORKER_HTTP_CLIENT=h1`) it is an `adapters.h1.H1Client` with
+the same limit and keep-alive (no proxies from the environment, no compression). `close()` is
+idempotent. `max_response_bytes` is the cap on one answer read through the pool's sessions
+(each attempt's `Target` carries it).
 """
 
 from __future__ import annotations
@@ -12,16 +15,22 @@ import asyncio
 import contextlib
 import time
 from types import TracebackType
+from typing import Literal
 
 import aiohttp
 from yarl import URL
 
 from ._body import DEFAULT_MAX_RESPONSE_BYTES
+from .h1 import H1Client
 from .urls import redact_url
 
 __all__ = ["SessionPool"]
 
 _DEFAULT_USER_AGENT = "llm-worker/0.1 (+aiohttp)"
+_H1_USER_AGENT = "llm-worker/0.1 (+h1)"
+
+HTTPClientName = Literal["aiohttp", "h1"]
+PooledSession = aiohttp.ClientSession | H1Client
 
 
 class SessionPool:
@@ -34,19 +43,24 @@ class SessionPool:
         user_agent: str = _DEFAULT_USER_AGENT,
         trust_env: bool = False,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        http_client: HTTPClientName = "aiohttp",
     ) -> None:
+        if http_client not in ("aiohttp", "h1"):
+            raise ValueError("http_client must be aiohttp or h1")
         if limit_per_host < 1:
             raise ValueError("limit_per_host must be at least 1")
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be at least 1")
         self.max_response_bytes = max_response_bytes
+        self.http_client = http_client
         self._limit_per_host = limit_per_host
         self._keepalive_timeout = keepalive_timeout
         self._ttl_dns_cache = ttl_dns_cache
+        self._user_agent = user_agent
         self._headers = {"User-Agent": user_agent}
         self._trust_env = trust_env
-        self._by_origin: dict[str, aiohttp.ClientSession] = {}
-        self._by_endpoint: dict[str, aiohttp.ClientSession] = {}
+        self._by_origin: dict[str, PooledSession] = {}
+        self._by_endpoint: dict[str, PooledSession] = {}
         self._origin_of: dict[str, str] = {}
         self._used: dict[str, float] = {}  # origin -> last use (monotonic)
         self._created = 0
@@ -65,7 +79,7 @@ class SessionPool:
             raise ValueError(f"endpoint is not an absolute http(s) URL: {redact_url(endpoint)!r}")
         return str(url.origin())
 
-    def get(self, endpoint: str) -> aiohttp.ClientSession:
+    def get(self, endpoint: str) -> PooledSession:
         """The session for the endpoint's origin, created on first use (call inside the loop)."""
         session = self._by_endpoint.get(endpoint)
         if session is not None and not session.closed:
@@ -84,7 +98,16 @@ class SessionPool:
         self._used[origin] = time.monotonic()
         return session
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_session(self) -> PooledSession:
+        if self.http_client == "h1":
+            return H1Client(
+                limit_per_origin=self._limit_per_host,
+                keepalive_s=self._keepalive_timeout,
+                max_body=self.max_response_bytes,
+                user_agent=(
+                    _H1_USER_AGENT if self._user_agent == _DEFAULT_USER_AGENT else self._user_agent
+                ),
+            )
         connector = aiohttp.TCPConnector(
             limit=self._limit_per_host,
             limit_per_host=self._limit_per_host,
@@ -140,6 +163,7 @@ class SessionPool:
             "sessions_created": self._created,
             "endpoints": len(self._by_endpoint),
             "limit_per_host": self._limit_per_host,
+            "h1": int(self.http_client == "h1"),
             "closed": int(self._closed),
         }
 

@@ -132,7 +132,9 @@ class App:
     def _calling(self, settings: Settings) -> Caller:
         """The provider-calling wing: sessions, secrets, breakers, routing, limits, dedup."""
         self.sessions = SessionPool(
-            limit_per_host=settings.max_in_flight, max_response_bytes=settings.max_response_bytes
+            limit_per_host=settings.max_in_flight,
+            max_response_bytes=settings.max_response_bytes,
+            http_client=settings.http_client,
         )
         self.secrets = SecretStore(settings.secrets_dir)
         self.breakers = BreakerBoard(

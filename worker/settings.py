@@ -22,6 +22,7 @@ from .setting_rules import Declared, Spec, declared
 __all__ = [
     "SETTINGS",
     "ConfigError",
+    "HTTPClientName",
     "Limits",
     "LogFormat",
     "LogLevel",
@@ -41,6 +42,7 @@ LogOutcomes = Literal["all", "errors", "none"]
 Objective = Literal["priority", "latency", "cost", "reliability"]
 WhenAllOpen = Literal["fail", "wait"]
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
+HTTPClientName = Literal["aiohttp", "h1"]
 
 MiB = 1024 * 1024
 
@@ -151,6 +153,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=1,
         ),
     ] = 8 * MiB
+    http_client: Annotated[
+        HTTPClientName,
+        Spec(
+            "the HTTP client of the provider calls: `aiohttp`, or `h1`, the worker's own lean "
+            "HTTP/1.1 client (less CPU per call; no proxy from the environment, no compression)"
+        ),
+    ] = "aiohttp"
     # one request
     max_attempts: Annotated[int, Spec("tries per candidate on retryable errors", ge=1)] = 3
     output_retries: Annotated[

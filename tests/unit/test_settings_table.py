@@ -60,6 +60,7 @@ CONTRACT: dict[str, object] = {
     "LLM_WORKER_MAX_MESSAGE_BYTES": 1_000_000,
     "LLM_WORKER_MAX_METADATA_BYTES": 16_384,
     "LLM_WORKER_MAX_RESPONSE_BYTES": 8 * 1024 * 1024,
+    "LLM_WORKER_HTTP_CLIENT": "aiohttp",
     "LLM_WORKER_SHUTDOWN_TIMEOUT_S": 20.0,
     "LLM_WORKER_REQUEST_DEADLINE_S": 120.0,
     "LLM_WORKER_CAPACITY_WAIT_S": 600.0,
@@ -111,6 +112,7 @@ CHOICES = {
     "LLM_WORKER_ROUTING_OBJECTIVE": {"priority", "latency", "cost", "reliability"},
     "LLM_WORKER_BREAKER_WHEN_ALL_OPEN": {"fail", "wait"},
     "LLM_WORKER_PROCESSING_GUARANTEE": {"at_least_once", "exactly_once"},
+    "LLM_WORKER_HTTP_CLIENT": {"aiohttp", "h1"},
 }
 """The values each choice setting has taken: none may go."""
 

@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from aiohttp import ClientSession
 from prometheus_client import Counter, Histogram
 
 from llm_worker.adapters import get_adapter
@@ -21,6 +20,7 @@ from llm_worker.adapters.errors import (
     RateLimited,
     UnsupportedFeature,
 )
+from llm_worker.adapters.http_client import Session
 from llm_worker.adapters.secrets import MissingSecret, SecretStore
 from llm_worker.adapters.sessions import SessionPool
 from llm_worker.registry.resolve import Candidate
@@ -33,7 +33,7 @@ from .routing import Router
 
 __all__ = ["LAG_UNTRUSTED_SHARE", "Attempts", "DeadlineInCall", "Prepared"]
 
-Prepared = tuple[Target, Adapter, ClientSession]
+Prepared = tuple[Target, Adapter, Session]
 """What calling a candidate needs: its target, its adapter and the session to its endpoint."""
 
 
@@ -241,7 +241,7 @@ class Attempts:
 
 async def _complete(
     adapter: Adapter,
-    session: ClientSession,
+    session: Session,
     target: Target,
     request: ProviderRequest,
     remaining: float,
