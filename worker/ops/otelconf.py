@@ -90,6 +90,8 @@ class OtelConfig(msgspec.Struct, frozen=True, kw_only=True):
     sampler: str = "parentbased_always_on"
     sampler_arg: float = 1.0
     resource: dict[str, str] = msgspec.field(default_factory=dict)
+    compression: str = ""
+    """`gzip` (OTEL_EXPORTER_OTLP_COMPRESSION), else none."""
     json_asked: bool = False
     """`http/json` was asked for: it is sent as `http/protobuf` (say so once, at start)."""
     limits: SpanBounds = msgspec.field(default_factory=SpanBounds)
@@ -97,7 +99,8 @@ class OtelConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __repr__(self) -> str:  # headers usually carry a token
         return (
             f"OtelConfig(enabled={self.enabled}, endpoint={_redact(self.endpoint)!r}, "
-            f"protocol={self.protocol!r}, sampler={self.sampler!r}, "
+            f"protocol={self.protocol!r}, compression={self.compression or 'none'!r}, "
+            f"sampler={self.sampler!r}, "
             f"sampler_arg={self.sampler_arg}, headers={sorted(self.headers)!r}, "
             f"attribute_value_length={self.limits.span_value_length})"
         )
@@ -149,6 +152,14 @@ def _endpoint(env: Mapping[str, str], protocol: str) -> str:
     if protocol != "grpc" and (parts.scheme not in ("http", "https") or not parts.netloc):
         raise ValueError(f"{var}={_redact(url)!r} is not an http(s):// URL")
     return url
+
+
+def _compression(env: Mapping[str, str]) -> str:
+    var, raw = _pick(env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+    value = raw.lower()
+    if value not in ("", "none", "gzip"):
+        raise ValueError(f"{var}={raw!r} must be gzip or none")
+    return "gzip" if value == "gzip" else ""
 
 
 def _sampler(env: Mapping[str, str]) -> tuple[str, float]:
@@ -234,6 +245,7 @@ def otel_config(env: Mapping[str, str]) -> OtelConfig:
         sampler=sampler,
         sampler_arg=arg,
         resource=resource,
+        compression=_compression(env),
         json_asked=json_asked,
         limits=limits,
     )
