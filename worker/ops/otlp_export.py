@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -104,6 +104,7 @@ _key = _Strings(b"\x0a")  # KeyValue.key (1)
 _name = _Strings(b"\x2a")  # Span.name (5)
 _event_name = _Strings(b"\x12")  # Event.name (2)
 _string_kv: dict[tuple[str, str], bytes] = {}
+_int_kv: dict[tuple[str, int], bytes] = {}  # (bools have their own branch: True == 1)
 
 
 def _value(v: Any) -> bytes:
@@ -123,7 +124,7 @@ def _value(v: Any) -> bytes:
         return b""
     if isinstance(v, bytes):
         return b"\x3a" + _varint(len(v)) + v
-    if isinstance(v, Sequence):  # ArrayValue (5) of AnyValue (1)
+    if isinstance(v, (tuple, list, Sequence)):  # ArrayValue (5) of AnyValue (1): tuple first
         items = bytearray()
         for item in v:
             inner = _value(item)
@@ -142,28 +143,50 @@ def _key_value(key: str, v: Any) -> bytes:
     return _varint(len(kv)) + kv
 
 
+def _items(attrs: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """The pairs of `attrs`: from the SDK's `BoundedAttributes`, its dict's (its own `items()`
+    is a pure-Python view that costs a call per attribute)."""
+    inner = getattr(attrs, "_dict", None)
+    return inner.items() if isinstance(inner, dict) else attrs.items()
+
+
 def _attributes(tag: bytes, attrs: Mapping[str, Any] | None) -> bytes:
     """Repeated KeyValue field `tag`; an attribute that cannot be encoded is left out (logged),
-    as the SDK's encoder does."""
+    as the SDK's encoder does. The usual values (a string, a bool, an int, a float) are
+    written here, strings once per key and value."""
     if not attrs:
         return b""
     out = bytearray()
-    for k, v in attrs.items():
-        if type(v) is str:
+    for k, v in _items(attrs):
+        t = type(v)
+        if t is str:
             got = _string_kv.get((k, v))
             if got is None:
                 got = _key_value(k, v)
                 if len(_string_kv) >= _CACHED:
                     _string_kv.clear()
                 _string_kv[(k, v)] = got
-            out += tag
-            out += got
-            continue
-        try:
-            got = _key_value(k, v)
-        except _Unencodable as exc:
-            log.warning("span attribute %r left out of the export: %s", k, exc)
-            continue
+        elif t is int and _INT64_MIN <= v <= _INT64_MAX:
+            got = _int_kv.get((k, v))
+            if got is None:
+                inner = b"\x18" + _varint(v)
+                kv = (_key(k) if k else b"") + b"\x12" + _SMALL[len(inner)] + inner
+                got = _varint(len(kv)) + kv
+                if len(_int_kv) >= _CACHED:
+                    _int_kv.clear()
+                _int_kv[(k, v)] = got
+        elif t is bool:
+            kv = (_key(k) if k else b"") + (b"\x12\x02\x10\x01" if v else b"\x12\x02\x10\x00")
+            got = _varint(len(kv)) + kv
+        elif t is float:
+            kv = (_key(k) if k else b"") + b"\x12\x09\x21" + _DOUBLE(v)
+            got = _varint(len(kv)) + kv
+        else:
+            try:
+                got = _key_value(k, v)
+            except _Unencodable as exc:
+                log.warning("span attribute %r left out of the export: %s", k, exc)
+                continue
         out += tag
         out += got
     return bytes(out)
@@ -247,7 +270,8 @@ def _span(span: ReadableSpan) -> bytes:
         out += b"\x39" + _FIXED64(span.start_time)
     if span.end_time:
         out += b"\x41" + _FIXED64(span.end_time)
-    out += _attributes(b"\x4a", span.attributes)
+    # the span's own attributes, not the read-only view `span.attributes` wraps them in
+    out += _attributes(b"\x4a", getattr(span, "_attributes", None) or span.attributes)
     if span.dropped_attributes:
         out += b"\x50" + _varint(span.dropped_attributes)
     if span.events:
