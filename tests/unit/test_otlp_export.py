@@ -3,7 +3,9 @@ and its exporter against a local OTLP/HTTP receiver."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import json
 import logging
 import threading
 import time
@@ -12,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -31,10 +34,11 @@ from opentelemetry.trace import (
 from llm_worker.worker.config import ConfigError
 from llm_worker.worker.ops import otlp_export
 from llm_worker.worker.ops.otelconf import otel_config
-from llm_worker.worker.ops.otlp_export import OtlpHttpExporter, encode_request
+from llm_worker.worker.ops.otlp_export import OtlpHttpExporter, encode_json, encode_request
 from llm_worker.worker.ops.tracing import _exporter
 
 TOKEN = "Bearer s3cr3t-t0ken"
+COLLECTOR = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
 
 
 class _Kept(SpanExporter):
@@ -175,6 +179,72 @@ def test_nothing_to_send_is_an_empty_request() -> None:
     assert encode_request([]) == b""
 
 
+# -- OTLP/JSON --------------------------------------------------------------------------------
+
+_IDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _ids_as_base64(node: Any) -> Any:
+    """OTLP/JSON's hex ids as protobuf's JSON mapping writes bytes (base64), for its parser."""
+    if isinstance(node, list):
+        return [_ids_as_base64(x) for x in node]
+    if isinstance(node, dict):
+        return {
+            k: base64.b64encode(bytes.fromhex(v)).decode() if k in _IDS else _ids_as_base64(v)
+            for k, v in node.items()
+        }
+    return node
+
+
+def _parsed(body: bytes) -> ExportTraceServiceRequest:
+    doc = _ids_as_base64(json.loads(body))
+    return json_format.Parse(json.dumps(doc), ExportTraceServiceRequest())
+
+
+def test_json_is_the_same_request() -> None:
+    spans = _every_field(links_trace_state=True)
+    ours = _parsed(encode_json(spans))
+    theirs = encode_spans(spans)
+    assert ours.resource_spans[0].scope_spans[0].spans[1].links[0].trace_state == (
+        "vendor=x1,other=y"
+    )
+    ours.resource_spans[0].scope_spans[0].spans[1].links[0].trace_state = ""  # see above
+    assert ours == theirs
+
+
+def test_json_follows_otlps_exceptions_to_the_mapping() -> None:
+    kept = _Kept()
+    attrs = {"i": 2**62, "nan": float("nan"), "inf": float("-inf"), "b": b"\x00\xff"}
+    provider = _provider(Resource({}), kept)
+    provider.get_tracer("t").start_span(
+        "s", set_span_in_context(NonRecordingSpan(REMOTE)), attributes=attrs
+    ).end()
+    doc = json.loads(encode_json(kept.spans))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert span["traceId"] == "0af7651916cd43dd8448eb211c80319c"  # hex, not base64
+    assert span["parentSpanId"] == "b7ad6b7169203331"
+    assert span["kind"] == 1 and span["status"] == {"code": 0, "message": ""}  # enums: numbers
+    assert isinstance(span["startTimeUnixNano"], str)  # 64-bit: strings
+    values = {kv["key"]: kv["value"] for kv in span["attributes"]}
+    assert values["i"] == {"intValue": str(2**62)}
+    assert values["nan"] == {"doubleValue": "NaN"} and values["inf"] == {"doubleValue": "-Infinity"}
+    parsed = _parsed(encode_json(kept.spans))
+    got = {kv.key: kv.value for kv in parsed.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert got["b"].bytes_value == b"\x00\xff" and got["i"].int_value == 2**62
+
+
+def test_exports_json(receiver: _Receiver, spans: list[ReadableSpan]) -> None:
+    exporter = OtlpHttpExporter(receiver.url, json=True)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    ((headers, req),) = receiver.requests
+    assert headers["Content-Type"] == "application/json"
+    assert req == _parsed(encode_json(spans))
+    assert (
+        _exporter(otel_config({**COLLECTOR, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}))._encode
+        is encode_json
+    )
+
+
 # -- the exporter ---------------------------------------------------------------------------
 
 
@@ -195,9 +265,11 @@ class _Receiver:
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 got.peers.add(self.client_address)
-                got.requests.append(
-                    (dict(self.headers), ExportTraceServiceRequest.FromString(body))
-                )
+                if self.headers["Content-Type"] == "application/json":
+                    req = _parsed(body)
+                else:
+                    req = ExportTraceServiceRequest.FromString(body)
+                got.requests.append((dict(self.headers), req))
                 self.send_response(got.answers.pop(0) if got.answers else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -8,9 +8,8 @@ the OpenTelemetry specification's defaults: protocol `http/protobuf`, sampler
 attributes from `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k=v`, percent-encoded values).
 
 A value the worker cannot honour stops it at start with a message naming the variable, like
-every other setting, rather than running without the traces someone asked for. One exception:
-`http/json`, which the Python exporter does not speak, is sent as `http/protobuf` to the same
-URL (collectors take both there) with a warning.
+every other setting, rather than running without the traces someone asked for. `http/protobuf`
+and `http/json` are sent by the worker's own exporter (`ops.otlp_export`), `grpc` by the SDK's.
 
 Span limits (`SpanBounds`) are the specification's variables with the specification's defaults,
 but for one: the length of an attribute value, which the specification leaves unlimited, is
@@ -92,8 +91,6 @@ class OtelConfig(msgspec.Struct, frozen=True, kw_only=True):
     resource: dict[str, str] = msgspec.field(default_factory=dict)
     compression: str = ""
     """`gzip` (OTEL_EXPORTER_OTLP_COMPRESSION), else none."""
-    json_asked: bool = False
-    """`http/json` was asked for: it is sent as `http/protobuf` (say so once, at start)."""
     limits: SpanBounds = msgspec.field(default_factory=SpanBounds)
 
     def __repr__(self) -> str:  # headers usually carry a token
@@ -234,9 +231,6 @@ def otel_config(env: Mapping[str, str]) -> OtelConfig:
             "(the container image has it), or use http/protobuf"
         )
     limits = _bounds(env)
-    json_asked = protocol == "http/json"
-    if json_asked:
-        protocol = "http/protobuf"
     return OtelConfig(
         enabled=bool(endpoint) and not disabled and exporters == "otlp",
         endpoint=endpoint,
@@ -246,7 +240,6 @@ def otel_config(env: Mapping[str, str]) -> OtelConfig:
         sampler_arg=arg,
         resource=resource,
         compression=_compression(env),
-        json_asked=json_asked,
         limits=limits,
     )
 

@@ -10,7 +10,9 @@ the same grouping by resource and instrumentation scope; the unit tests decode b
 official classes and compare them. Where the two differ: a link's `trace_state` is sent here
 (the SDK's encoder leaves it out).
 
-`OtlpHttpExporter` POSTs it (`application/x-protobuf`, gzip if asked) with `http.client`,
+`encode_json` writes OTLP/JSON (`http/json`) with msgspec, tested against protobuf's own JSON
+parser. `OtlpHttpExporter` POSTs either (`application/x-protobuf` or `application/json`, gzip
+if asked) with `http.client`,
 retrying 429/502/503/504 and connection errors with exponential backoff until its timeout,
 as the OTLP specification says. Nothing it logs holds a header value or the URL's userinfo.
 """
@@ -21,6 +23,7 @@ import base64
 import gzip
 import http.client
 import logging
+import math
 import random
 import ssl
 import struct
@@ -30,11 +33,12 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
-__all__ = ["OtlpHttpExporter", "encode_request"]
+__all__ = ["OtlpHttpExporter", "encode_json", "encode_request"]
 
 log = logging.getLogger("llm_worker.tracing")
 
@@ -358,6 +362,137 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
     return bytes(out)
 
 
+# -- OTLP/JSON ----------------------------------------------------------------------------
+# The protobuf JSON mapping with OTLP's exceptions: ids as hex strings, enums as integers;
+# 64-bit integers (int_value, the fixed64 times) as strings, as the mapping says.
+
+_json = msgspec.json.Encoder()
+
+
+def _json_value(v: Any) -> dict[str, Any]:
+    """An AnyValue."""
+    if isinstance(v, str):
+        return {"stringValue": v.encode("utf-8", "replace").decode()}
+    if isinstance(v, bool):
+        return {"boolValue": v}
+    if isinstance(v, int):
+        if not _INT64_MIN <= v <= _INT64_MAX:
+            raise _Unencodable(f"{v} is beyond int64")
+        return {"intValue": str(v)}
+    if isinstance(v, float):
+        if math.isfinite(v):
+            return {"doubleValue": v}
+        return {"doubleValue": "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")}
+    if v is None:
+        return {}
+    if isinstance(v, bytes):
+        return {"bytesValue": base64.b64encode(v).decode()}
+    if isinstance(v, (tuple, list, Sequence)):
+        return {"arrayValue": {"values": [_json_value(x) for x in v]}}
+    if isinstance(v, Mapping):
+        return {"kvlistValue": {"values": [_json_kv(str(k), x) for k, x in v.items()]}}
+    raise _Unencodable(f"a {type(v).__name__} is not an attribute value")
+
+
+def _json_kv(key: str, v: Any) -> dict[str, Any]:
+    return {"key": key, "value": _json_value(v)}
+
+
+def _json_attributes(attrs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    out = []
+    for k, v in _items(attrs) if attrs else ():
+        try:
+            out.append(_json_kv(k, v))
+        except _Unencodable as exc:
+            log.warning("span attribute %r left out of the export: %s", k, exc)
+    return out
+
+
+def _flags(ctx: SpanContext | None) -> int:
+    return _HAS_IS_REMOTE | _IS_REMOTE if ctx is not None and ctx.is_remote else _HAS_IS_REMOTE
+
+
+def _json_span(span: ReadableSpan, ctx: SpanContext) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "traceId": f"{ctx.trace_id:032x}",
+        "spanId": f"{ctx.span_id:016x}",
+        "traceState": _trace_state(ctx),
+        "name": span.name,
+        "kind": span.kind.value + 1,
+        "startTimeUnixNano": str(span.start_time or 0),
+        "endTimeUnixNano": str(span.end_time or 0),
+        "attributes": _json_attributes(getattr(span, "_attributes", None) or span.attributes),
+        "droppedAttributesCount": span.dropped_attributes,
+        "events": [
+            {
+                "timeUnixNano": str(ev.timestamp or 0),
+                "name": ev.name,
+                "attributes": _json_attributes(ev.attributes),
+                "droppedAttributesCount": ev.dropped_attributes,
+            }
+            for ev in span.events
+        ],
+        "droppedEventsCount": span.dropped_events,
+        "links": [
+            {
+                "traceId": f"{link.context.trace_id:032x}",
+                "spanId": f"{link.context.span_id:016x}",
+                "traceState": _trace_state(link.context),
+                "attributes": _json_attributes(link.attributes),
+                "droppedAttributesCount": link.dropped_attributes,
+                "flags": _flags(link.context),
+            }
+            for link in span.links
+        ],
+        "droppedLinksCount": span.dropped_links,
+        "flags": _flags(span.parent),
+    }
+    if span.parent is not None:
+        out["parentSpanId"] = f"{span.parent.span_id:016x}"
+    status = span.status
+    if status is not None:
+        out["status"] = {"code": status.status_code.value, "message": status.description or ""}
+    return out
+
+
+def _json_scope(scope: Any) -> dict[str, Any]:
+    if scope is None:
+        return {}
+    return {
+        "name": scope.name or "",
+        "version": scope.version or "",
+        "attributes": _json_attributes(scope.attributes),
+    }
+
+
+def encode_json(spans: Sequence[ReadableSpan]) -> bytes:
+    """`spans` as an OTLP/JSON `ExportTraceServiceRequest` (grouped as `encode_request`)."""
+    by_resource: list[tuple[Any, list[tuple[Any, list[dict[str, Any]]]]]] = []
+    for span in spans:
+        ctx = span.get_span_context()
+        if ctx is not None:
+            scopes = _merge(by_resource, span.resource)
+            _merge(scopes, span.instrumentation_scope or None).append(_json_span(span, ctx))
+    request = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": _json_attributes(resource.attributes)},
+                "scopeSpans": [
+                    {
+                        "scope": _json_scope(scope),
+                        "spans": encoded,
+                        "schemaUrl": (scope.schema_url if scope is not None else "") or "",
+                    }
+                    for scope, encoded in scopes
+                ],
+                "schemaUrl": resource.schema_url or "",
+            }
+            for resource, scopes in by_resource
+        ]
+    }
+    return _json.encode(request)
+
+
 _RETRIED = frozenset((429, 502, 503, 504))
 _TIMEOUT_S = 10.0
 """OTEL_EXPORTER_OTLP_TIMEOUT's default: one export, its retries included."""
@@ -390,8 +525,8 @@ def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 class OtlpHttpExporter(SpanExporter):
-    """OTLP/HTTP protobuf to `endpoint` (the traces URL), on one kept-alive connection that is
-    opened again after an error."""
+    """OTLP/HTTP to `endpoint` (the traces URL), protobuf or (`json`) JSON, on one kept-alive
+    connection that is opened again after an error."""
 
     def __init__(
         self,
@@ -400,6 +535,7 @@ class OtlpHttpExporter(SpanExporter):
         *,
         timeout_s: float = _TIMEOUT_S,
         compression: str | None = None,
+        json: bool = False,
     ) -> None:
         parts = urllib.parse.urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -410,8 +546,9 @@ class OtlpHttpExporter(SpanExporter):
         self._where = f"{self._host}:{self._port or (443 if self._https else 80)}"
         """For log lines: no userinfo, no path (it may hold a token too)."""
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._encode = encode_json if json else encode_request
         self._headers = {
-            "Content-Type": "application/x-protobuf",
+            "Content-Type": "application/json" if json else "application/x-protobuf",
             "User-Agent": "llm-worker-otlp-exporter",
         }
         if parts.username is not None:  # userinfo in the URL: basic auth, as requests does
@@ -505,7 +642,7 @@ class OtlpHttpExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._closed.is_set():
             return SpanExportResult.FAILURE
-        body = encode_request(spans)
+        body = self._encode(spans)
         if self._gzip:
             body = gzip.compress(body, compresslevel=6)
         with self._lock:

@@ -169,7 +169,12 @@ def _exporter(cfg: OtelConfig) -> SpanExporter:
             ) from None
         return GrpcExporter(endpoint=cfg.endpoint, headers=headers)  # type: ignore[no-any-return]
     try:
-        return OtlpHttpExporter(cfg.endpoint, cfg.headers, compression=cfg.compression or None)
+        return OtlpHttpExporter(
+            cfg.endpoint,
+            cfg.headers,
+            compression=cfg.compression or None,
+            json=cfg.protocol == "http/json",
+        )
     except ValueError as exc:  # names the header, never its value
         raise ConfigError(str(exc)) from None
 
@@ -216,8 +221,6 @@ class Tracing:
         cfg = otel_config(settings.otel_env)
         if not cfg.enabled:
             return None
-        if cfg.json_asked:
-            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=http/json: sending http/protobuf instead")
         # the head sampler decides (`ops.sampling`); the SDK records every span started
         provider = TracerProvider(
             resource=Resource.create(cfg.resource),
