@@ -31,11 +31,11 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from llm_worker.worker.config import ConfigError
+from llm_worker.worker.config import ConfigError, load_settings
 from llm_worker.worker.ops import otlp_export
 from llm_worker.worker.ops.otelconf import otel_config
 from llm_worker.worker.ops.otlp_export import OtlpHttpExporter, encode_json, encode_request
-from llm_worker.worker.ops.tracing import _exporter
+from llm_worker.worker.ops.tracing import Tracing, _exporter
 
 TOKEN = "Bearer s3cr3t-t0ken"
 COLLECTOR = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
@@ -424,3 +424,24 @@ def test_the_worker_exports_with_it() -> None:
     assert otel_config({**env, "OTEL_EXPORTER_OTLP_COMPRESSION": "none"}).compression == ""
     with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"):
         otel_config({**env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "zstd"})
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+def test_the_worker_sends_its_spans_through_it(receiver: _Receiver, protocol: str) -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+    }
+    tracing = Tracing.from_settings(load_settings(env))
+    assert tracing is not None
+    tracing.provider.get_tracer("llm_worker").start_span("process p").end()
+    tracing.close()  # the batch processor exports what it holds
+    ((headers, req),) = receiver.requests
+    assert headers["Content-Type"] == (
+        "application/json" if protocol == "http/json" else "application/x-protobuf"
+    )
+    (rs,) = req.resource_spans
+    assert {kv.key: kv.value.string_value for kv in rs.resource.attributes}["service.name"] == (
+        "llm-worker"
+    )
+    assert [s.name for s in rs.scope_spans[0].spans] == ["process p"]
