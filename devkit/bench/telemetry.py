@@ -14,7 +14,7 @@ The report gives the median of each mode and the difference. It also measures, i
 process and free of the machine's noise, what `OutcomeRecorder.record` costs per outcome (all
 metrics of a completion), and what the tracing calls of one message cost at the sampling ratio
 (`tracing_cost_us`): the SDK's spans alone, and with their OTLP protobuf encoding, which the
-exporter's thread does in the same process.
+exporter's thread does in the same process (the worker's encoder, and the SDK's to compare).
 """
 
 from __future__ import annotations
@@ -189,10 +189,28 @@ def recorder_cost_us(batches: int = 200, size: int = 500) -> float:
     return (time.process_time() - t0) / (batches * size) * 1e6
 
 
-def _span_exporter(otlp: bool) -> Any:
+ENCODERS = ("worker", "sdk")
+"""OTLP protobuf encoders `tracing_cost_us` measures: the worker's (`ops.otlp_export`, what it
+exports with) and the SDK's (`OTLPSpanExporter`'s protobuf objects)."""
+
+
+def _encoder(name: str) -> Any:
+    if name == "sdk":
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        return lambda spans: encode_spans(spans).SerializeToString()
+    if name == "worker":
+        from llm_worker.worker.ops.otlp_export import encode_request
+
+        return encode_request
+    raise ValueError(f"encoder {name!r}: one of {', '.join(ENCODERS)}")
+
+
+def _span_exporter(otlp: bool, encoder: str = "worker") -> Any:
     """A span exporter that encodes in batches of 512, as the batch processor exports, on the
-    calling thread (so its CPU is counted); with `otlp` False it drops the spans."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    calling thread (so its CPU is counted), with `encoder` (`ENCODERS`); with `otlp` False it
+    drops the spans."""
+    encode = _encoder(encoder)
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.export import SpanExportResult as Result
@@ -210,7 +228,7 @@ def _span_exporter(otlp: bool) -> Any:
 
         def flush(self) -> None:
             if self.batch:
-                encode_spans(self.batch).SerializeToString()
+                encode(self.batch)
                 self.batch = []
 
     return Encoding()
@@ -237,10 +255,10 @@ def _one_call() -> tuple[Any, Any, Any, Any, Completion]:
     return cand, target, request, result, comp
 
 
-def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
+def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000, encoder: str = "worker") -> float:
     """CPU µs per message of the tracing calls of one message (its CONSUMER span, one chat
     attempt, the PRODUCER span, delivery) at sampling `ratio`; with `otlp`, the spans are
-    also encoded as OTLP protobuf (what the exporter does before sending)."""
+    also encoded as OTLP protobuf by `encoder` (what the exporter does before sending)."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
@@ -249,7 +267,7 @@ def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
     from llm_worker.worker.ops.tracing import Tracing
 
     provider = TracerProvider(sampler=ALWAYS_ON)
-    exporter = _span_exporter(otlp)
+    exporter = _span_exporter(otlp, encoder)
     provider.add_span_processor(SimpleSpanProcessor(exporter))  # on this thread: counted
     tracing = Tracing(
         provider, group_id="bench", sampler=HeadSampler("parentbased_traceidratio", ratio)
@@ -264,8 +282,12 @@ def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000) -> float:
             span = tracing.attempt_started(cand, target, request, 1, None)
             if span is not None:
                 tracing.attempt_finished(span, target, result, None)
-        out = Outcome(topic="c", value=value, key=b"k", headers=None, completion=comp)
-        tracing.finish_message(mt, out)
+        draft = Outcome(topic="c", value=value, key=b"k", headers=None, completion=comp)
+        traced, headers = tracing.finish_message(mt, draft)
+        # the record as the pipeline seals it: delivery ends its PRODUCER span
+        out = Outcome(
+            topic="c", value=value, key=b"k", headers=headers, completion=comp, trace=traced
+        )
         Tracing.delivered(out)
     exporter.flush()
     cost = (time.process_time() - t0) / n * 1e6
@@ -346,6 +368,9 @@ def _report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) 
         "tracing_us_per_message": {
             "spans": round(tracing_cost_us(args.sample, otlp=False), 2),
             "spans_and_otlp_encoding": round(tracing_cost_us(args.sample, otlp=True), 2),
+            "spans_and_sdk_otlp_encoding": round(
+                tracing_cost_us(args.sample, otlp=True, encoder="sdk"), 2
+            ),
             "not_sampled": round(tracing_cost_us(0.0, otlp=False), 2),
         },
         "runs": results,

@@ -30,9 +30,9 @@ def test_endpoints_follow_the_specification() -> None:
     assert otel_config(exact).endpoint == "https://t.example/custom"  # used as it is
 
 
-def test_http_json_is_sent_as_protobuf() -> None:
+def test_http_json_is_sent_as_json() -> None:
     cfg = otel_config({**COLLECTOR, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
-    assert cfg.enabled and cfg.protocol == "http/protobuf" and cfg.json_asked
+    assert cfg.enabled and cfg.protocol == "http/json"
 
 
 @pytest.mark.parametrize(

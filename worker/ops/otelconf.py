@@ -8,9 +8,8 @@ the OpenTelemetry specification's defaults: protocol `http/protobuf`, sampler
 attributes from `OTEL_RESOURCE_ATTRIBUTES` (`k=v,k=v`, percent-encoded values).
 
 A value the worker cannot honour stops it at start with a message naming the variable, like
-every other setting, rather than running without the traces someone asked for. One exception:
-`http/json`, which the Python exporter does not speak, is sent as `http/protobuf` to the same
-URL (collectors take both there) with a warning.
+every other setting, rather than running without the traces someone asked for. `http/protobuf`
+and `http/json` are sent by the worker's own exporter (`ops.otlp_export`), `grpc` by the SDK's.
 
 Span limits (`SpanBounds`) are the specification's variables with the specification's defaults,
 but for one: the length of an attribute value, which the specification leaves unlimited, is
@@ -90,14 +89,15 @@ class OtelConfig(msgspec.Struct, frozen=True, kw_only=True):
     sampler: str = "parentbased_always_on"
     sampler_arg: float = 1.0
     resource: dict[str, str] = msgspec.field(default_factory=dict)
-    json_asked: bool = False
-    """`http/json` was asked for: it is sent as `http/protobuf` (say so once, at start)."""
+    compression: str = ""
+    """`gzip` (OTEL_EXPORTER_OTLP_COMPRESSION), else none."""
     limits: SpanBounds = msgspec.field(default_factory=SpanBounds)
 
     def __repr__(self) -> str:  # headers usually carry a token
         return (
             f"OtelConfig(enabled={self.enabled}, endpoint={_redact(self.endpoint)!r}, "
-            f"protocol={self.protocol!r}, sampler={self.sampler!r}, "
+            f"protocol={self.protocol!r}, compression={self.compression or 'none'!r}, "
+            f"sampler={self.sampler!r}, "
             f"sampler_arg={self.sampler_arg}, headers={sorted(self.headers)!r}, "
             f"attribute_value_length={self.limits.span_value_length})"
         )
@@ -149,6 +149,14 @@ def _endpoint(env: Mapping[str, str], protocol: str) -> str:
     if protocol != "grpc" and (parts.scheme not in ("http", "https") or not parts.netloc):
         raise ValueError(f"{var}={_redact(url)!r} is not an http(s):// URL")
     return url
+
+
+def _compression(env: Mapping[str, str]) -> str:
+    var, raw = _pick(env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+    value = raw.lower()
+    if value not in ("", "none", "gzip"):
+        raise ValueError(f"{var}={raw!r} must be gzip or none")
+    return "gzip" if value == "gzip" else ""
 
 
 def _sampler(env: Mapping[str, str]) -> tuple[str, float]:
@@ -223,9 +231,6 @@ def otel_config(env: Mapping[str, str]) -> OtelConfig:
             "(the container image has it), or use http/protobuf"
         )
     limits = _bounds(env)
-    json_asked = protocol == "http/json"
-    if json_asked:
-        protocol = "http/protobuf"
     return OtelConfig(
         enabled=bool(endpoint) and not disabled and exporters == "otlp",
         endpoint=endpoint,
@@ -234,7 +239,7 @@ def otel_config(env: Mapping[str, str]) -> OtelConfig:
         sampler=sampler,
         sampler_arg=arg,
         resource=resource,
-        json_asked=json_asked,
+        compression=_compression(env),
         limits=limits,
     )
 

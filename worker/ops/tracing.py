@@ -54,6 +54,7 @@ from ..records import InputRecord, Outcome
 from ..spans import MessageTrace
 from .genai import Servers, request_attributes, result_attributes
 from .otelconf import ATTRIBUTE_VALUE_LENGTH, OtelConfig, SpanBounds, otel_config
+from .otlp_export import OtlpHttpExporter
 from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
 
 __all__ = ["NO_TRACING", "MessageTrace", "MessageTracer", "NoTracing", "Sending", "Tracing"]
@@ -167,9 +168,15 @@ def _exporter(cfg: OtelConfig) -> SpanExporter:
                 "pip install 'llm-worker[grpc]' (or use http/protobuf)"
             ) from None
         return GrpcExporter(endpoint=cfg.endpoint, headers=headers)  # type: ignore[no-any-return]
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter(endpoint=cfg.endpoint, headers=headers)
+    try:
+        return OtlpHttpExporter(
+            cfg.endpoint,
+            cfg.headers,
+            compression=cfg.compression or None,
+            json=cfg.protocol == "http/json",
+        )
+    except ValueError as exc:  # names the header, never its value
+        raise ConfigError(str(exc)) from None
 
 
 def span_limits(bounds: SpanBounds) -> SpanLimits:
@@ -214,8 +221,6 @@ class Tracing:
         cfg = otel_config(settings.otel_env)
         if not cfg.enabled:
             return None
-        if cfg.json_asked:
-            log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=http/json: sending http/protobuf instead")
         # the head sampler decides (`ops.sampling`); the SDK records every span started
         provider = TracerProvider(
             resource=Resource.create(cfg.resource),
