@@ -390,9 +390,18 @@ class _Conn(asyncio.Protocol):
                 self.transport.pause_reading()
             self.wake()
         elif self.size > self.cap:
-            head = b"".join(self.body)[:HEAD_BYTES]
             assert self.headers is not None
-            self.fail(H1BodyTooLarge(self.cap, self.status, self.headers, head))
+            self.fail(H1BodyTooLarge(self.cap, self.status, self.headers, self._head_bytes()))
+            self.body = []  # the cap's worth of bytes goes now, not with the connection
+
+    def _head_bytes(self) -> bytes:
+        """The body's first `HEAD_BYTES` (an error page's excerpt), without joining it all."""
+        out = bytearray()
+        for piece in self.body:
+            out += piece[: HEAD_BYTES - len(out)]
+            if len(out) >= HEAD_BYTES:
+                break
+        return bytes(out)
 
     def on_message_complete(self) -> None:
         if self.interim:
