@@ -12,6 +12,8 @@ is, only when the caller scopes dedup per tenant.
   failures are not remembered;
 - a cancelled leader hands over: the first follower to wake becomes the new leader and runs
   its own `call`, the others follow it;
+- a follower may bound its wait (`follow_s`): past it, it gets `FollowTimedOut` and the
+  leader runs on for the others;
 - a successful result is stored before the in-flight entry is removed, so no second leader can
   start, and is served (`shared=True`) until `window_s` after it arrived;
 - memory is bounded by entry count and by the sum of `size_of(result)`; the oldest entries go
@@ -35,7 +37,7 @@ import msgspec
 
 from llm_worker.adapters.base import ProviderRequest
 
-__all__ = ["DedupStats", "DedupWindow", "LeaderCancelled", "dedup_key"]
+__all__ = ["DedupStats", "DedupWindow", "FollowTimedOut", "LeaderCancelled", "dedup_key"]
 
 T = TypeVar("T")
 
@@ -61,6 +63,10 @@ class LeaderCancelled(Exception):
 
     Followers never see it; one of them becomes the new leader.
     """
+
+
+class FollowTimedOut(Exception):
+    """A follower waited its `follow_s` for the leader's answer; the leader runs on."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,9 +143,15 @@ class DedupWindow(Generic[T]):
         key: str,
         call: Callable[[], Awaitable[T]],
         size_of: Callable[[T], int],
+        *,
+        follow_s: float | None = None,
     ) -> tuple[T, bool]:
-        """`(result, shared)`: `shared` is False only for the caller whose `call` ran."""
+        """`(result, shared)`: `shared` is False only for the caller whose `call` ran.
+        `follow_s`: the longest this caller waits as a follower (from now, in the event loop's
+        time), then `FollowTimedOut`; None: as long as the leader takes. A leader's own
+        `call` is not bounded by it."""
         follower = False
+        until = None if follow_s is None else asyncio.get_running_loop().time() + follow_s
         while True:
             cached = self._cache.get(key)
             if cached is not None:
@@ -154,11 +166,17 @@ class DedupWindow(Generic[T]):
             if not follower:
                 follower = True
                 self._coalesced += 1
+            bound = asyncio.timeout_at(until)  # None: never
             try:
-                # shield: a cancelled follower must not cancel the leader's shared future
-                return await asyncio.shield(fut), True
+                async with bound:
+                    # shield: a cancelled follower must not cancel the leader's shared future
+                    return await asyncio.shield(fut), True
             except LeaderCancelled:
                 continue  # the leader is gone: look again, maybe lead
+            except TimeoutError:
+                if not bound.expired():
+                    raise  # the leader's own error, shared
+                raise FollowTimedOut(key) from None
         if follower:
             self._takeovers += 1
         return await self._lead(key, call, size_of), False

@@ -82,6 +82,11 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tool_choice: ToolChoiceIn | None = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     stream: bool | None = None  # None: the row's `stream`, else LLM_WORKER_STREAM
+    deadline: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """When the answer stops being useful: epoch milliseconds (wall clock)."""
+    ttl_ms: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """The same, relative: milliseconds from the record's Kafka timestamp (from when the worker
+    took it, for a record without one). With `deadline` too, the earlier of the two wins."""
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

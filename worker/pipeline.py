@@ -11,6 +11,12 @@ A streamed prompt (`stream`, else its row's `stream`, else `LLM_WORKER_STREAM`) 
 through `chunking.StreamCalls`: its chunks go to the chunk topic while the answer comes, and
 its completion, built here as for any prompt, only after the last chunk was acknowledged.
 
+A prompt's deadline (`deadline`, epoch ms; `ttl_ms` from the record's timestamp, or from when
+the worker took a record that has none; else `LLM_WORKER_DEFAULT_TTL_MS`; the earliest wins)
+is checked in `begin`, before the dedup window: a prompt already past it is answered
+`deadline_exceeded` with `attempts: 0` and no call. Otherwise it becomes `Pending.prompt_deadline`
+(on the monotonic clock), which caps `Pending.deadline` and everything the caller waits for.
+
 Each outcome is built once (`_seal`): the builders make a `Draft` (what the record says), the
 tracer ends the message's span and gives the record's trace headers, then the `Outcome` is made.
 """
@@ -31,10 +37,11 @@ from llm_worker.registry.resolve import Candidate
 
 from .calling.caller import Caller, CallFailed, CallResult
 from .calling.output import check_output
+from .calling.results import DeadlineExceeded, past_prompt_deadline
 from .chunking.calls import StreamCalls
 from .chunking.writer import ChunkWriter
 from .config import Settings
-from .dedup import DedupWindow, dedup_key
+from .dedup import DedupWindow, FollowTimedOut, dedup_key
 from .messages import (
     Completion,
     ErrorInfo,
@@ -91,6 +98,9 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     hit: CallResult | None = None
     """A streamed prompt's answer found in the dedup window (its chunks are still to write)."""
+    prompt_deadline: float | None = None
+    """The prompt's own deadline on the monotonic clock (`deadline`, `ttl_ms`, the worker's
+    default TTL); None: it has none. `deadline` is never later."""
 
 
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
@@ -167,6 +177,9 @@ class Pipeline:
             if isinstance(exc, UnknownModel):
                 return out
             return out.labelled(prompt.model)  # a row exists: a bounded label
+        prompt_deadline = self._prompt_deadline(rec, prompt, started)
+        if isinstance(prompt_deadline, Draft):
+            return prompt_deadline.labelled(prompt.model)
         request = provider_request(prompt)
         stream = self._streams is not None and self._streamed(prompt, candidates)
         key = None
@@ -184,11 +197,32 @@ class Pipeline:
             candidates=candidates,
             request=request,
             dedup_key=key,
-            deadline=started + self._s.request_deadline_s,
+            deadline=_capped(started + self._s.request_deadline_s, prompt_deadline),
             started=started,
             trace=mt,
             stream=stream,
             hit=stored,
+            prompt_deadline=prompt_deadline,
+        )
+
+    def _prompt_deadline(
+        self, rec: InputRecord, prompt: Prompt, started: float
+    ) -> Draft | float | None:
+        """The prompt's deadline on the monotonic clock (`started` is now on it); None when it
+        has none; the `deadline_exceeded` error completion when it has passed already."""
+        now_ms = self._wall() * 1000
+        end = deadline_ms(prompt, rec.timestamp_ms, now_ms, self._s.default_ttl_ms)
+        if end is None:
+            return None
+        end_ms, what = end
+        if now_ms < end_ms:
+            return started + (end_ms - now_ms) / 1000
+        why = (
+            f"the prompt's deadline passed {now_ms - end_ms:.0f} ms before the worker took it"
+            f" ({what}: {end_ms:.0f} epoch ms); no call was made"
+        )
+        return self._error(
+            rec, prompt.id, prompt.model, prompt.metadata, DeadlineExceeded.type, why
         )
 
     def _streamed(self, prompt: Prompt, candidates: list[Candidate]) -> bool:
@@ -239,10 +273,14 @@ class Pipeline:
                 call, shared = await self._deduplicated(p, p.dedup_key)
             else:
                 call = await self._caller.call(
-                    p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
+                    p.candidates,
+                    p.request,
+                    deadline=p.deadline,
+                    tenant=p.prompt.tenant,
+                    prompt_deadline=p.prompt_deadline,
                 )
         except CallFailed as failed:
-            canned = _canned_response(p.prompt.model, p.candidates, p.request)
+            canned = _canned_for(failed, p)
             return self._failed(p.rec, p.prompt, failed, canned).labelled(p.prompt.model)
         if call.candidate.fallback and not shared:
             self._metrics.fallbacks.labels(p.prompt.model).inc()
@@ -266,12 +304,13 @@ class Pipeline:
                     tenant=p.prompt.tenant,
                     key=p.dedup_key,
                     on_lead=self._tracer.lead,
+                    prompt_deadline=p.prompt_deadline,
                 )
             except CallFailed as failed:
                 if failed.shared and p.dedup_key is not None:  # the leader's error
                     self._tracer.follow(p.trace, p.dedup_key)
                 await w.done()
-                canned = _canned_response(p.prompt.model, p.candidates, p.request)
+                canned = _canned_for(failed, p)
                 draft = self._failed(p.rec, p.prompt, failed, canned, partial=_partial(w))
                 return draft.labelled(p.prompt.model)
             await w.done()
@@ -325,7 +364,14 @@ class Pipeline:
         return dedup_key(f"{prompt.model}|{resolved}", request, tenant=tenant)
 
     async def _deduplicated(self, p: Pending, key: str) -> tuple[CallResult, bool]:
-        """One provider call for identical requests; the others share its answer (or error)."""
+        """One provider call for identical requests; the others share its answer (or error).
+
+        Prompt deadlines: the leader's call runs under the leader's own deadline. A follower
+        waits for the answer only until its own deadline, then ends `deadline_exceeded` (the
+        leader runs on for the others). When the leader's own deadline ended its call
+        (`deadline_exceeded`), a follower with time left does not take that error: it goes
+        round again, the first one to do so leads a new call under its own deadline and the
+        others follow that one. So a follower never inherits a deadline that is not its own."""
         assert self._dedup is not None
         led = False
 
@@ -334,19 +380,35 @@ class Pipeline:
             led = True
             self._tracer.lead(key)
             return await self._caller.call(
-                p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
+                p.candidates,
+                p.request,
+                deadline=p.deadline,
+                tenant=p.prompt.tenant,
+                prompt_deadline=p.prompt_deadline,
             )
 
-        try:
-            answer = await self._dedup.run(key, lead, _result_size)
-        except CallFailed as failed:
-            if not led:  # a follower: the leader's error, marked as shared
+        while True:
+            left = None if p.prompt_deadline is None else p.prompt_deadline - self._clock()
+            if left is not None and left <= 0:
+                raise CallFailed(past_prompt_deadline(None, 0, 0.0), 0, None)
+            try:
+                answer = await self._dedup.run(key, lead, _result_size, follow_s=left)
+            except FollowTimedOut:
                 self._tracer.follow(p.trace, key)
+                why = (
+                    "the prompt's deadline passed while it waited for an identical request's answer"
+                )
+                raise CallFailed(DeadlineExceeded(why), 0, None) from None
+            except CallFailed as failed:
+                if led:
+                    raise
+                if isinstance(failed.error, DeadlineExceeded):  # the leader's own deadline
+                    continue
+                self._tracer.follow(p.trace, key)  # a follower: the leader's error, shared
                 raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
-            raise
-        if answer[1]:
-            self._tracer.follow(p.trace, key)
-        return answer
+            if answer[1]:
+                self._tracer.follow(p.trace, key)
+            return answer
 
     def _failed(
         self,
@@ -464,6 +526,39 @@ class Pipeline:
             out = self._dead_letter(rec, "internal_error", message)
         # the message's own span was lost with the bug: this one says what became of it
         return self._seal(out, 0.0, self._tracer.start_message(rec))
+
+
+def deadline_ms(
+    prompt: Prompt, timestamp_ms: int | None, taken_ms: float, default_ttl_ms: int
+) -> tuple[float, str] | None:
+    """When `prompt` stops being wanted, in epoch ms, and what says so; None: never. Its
+    `deadline`, or its `ttl_ms` from the record's timestamp (`taken_ms`, when the worker took
+    the record, for one without), the earlier of the two; for a prompt that gives neither,
+    the worker's `default_ttl_ms` (0: none) counted the same way."""
+    ends: list[tuple[float, str]] = []
+    if prompt.deadline is not None:
+        ends.append((prompt.deadline, "`deadline`"))
+    ttl, name = prompt.ttl_ms, "`ttl_ms`"
+    if ttl is None and prompt.deadline is None and default_ttl_ms:
+        ttl, name = default_ttl_ms, "LLM_WORKER_DEFAULT_TTL_MS"
+    if ttl is not None:
+        if timestamp_ms:
+            ends.append((timestamp_ms + ttl, f"{name} {ttl} from the record's timestamp"))
+        else:
+            ends.append((taken_ms + ttl, f"{name} {ttl} from when the worker took the record"))
+    return min(ends) if ends else None
+
+
+def _capped(deadline: float, prompt_deadline: float | None) -> float:
+    return deadline if prompt_deadline is None else min(deadline, prompt_deadline)
+
+
+def _canned_for(failed: CallFailed, p: Pending) -> tuple[str, Any] | None:
+    """The canned answer for a failed call (`_canned_response`); none when the prompt's
+    deadline ended it: an answer past the deadline is not wanted, a canned one neither."""
+    if isinstance(failed.error, DeadlineExceeded):
+        return None
+    return _canned_response(p.prompt.model, p.candidates, p.request)
 
 
 def _partial(w: ChunkWriter) -> str | None:

@@ -187,6 +187,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gt=0,
         ),
     ] = 600.0
+    default_ttl_ms: Annotated[
+        int,
+        Spec(
+            "the deadline of a prompt that gives neither `deadline` nor `ttl_ms`: milliseconds "
+            "from its record's timestamp; past it, a `deadline_exceeded` error, no call; `0`: none",
+            ge=0,
+        ),
+    ] = 0
     max_tokens_cap: Annotated[
         int,
         Spec(

@@ -19,6 +19,14 @@ missing secret) is not tried again by that request, and when every candidate has
 ends at once. At the deadline the request ends with its last error, saying so. Waits for
 capacity (rate limits, concurrency slots) move the deadline on, up to a final deadline, and a
 request no rate limit could ever take fails at once (`capacity.py`).
+
+A prompt's own deadline (`prompt_deadline`: its `deadline`, `ttl_ms` or the worker's default
+TTL, on this clock) caps both: the request's deadline and its final deadline are never later,
+so retries, backoff sleeps, holds, rate-limit waits, concurrency-slot waits and a call in
+progress all end at it. A request that the prompt's deadline ended (not the worker's own
+`request_deadline_s`, nor the capacity wait) fails with `deadline_exceeded` (`DeadlineExceeded`,
+not retryable), the last provider error in its message; one whose prompt deadline had passed
+before it began fails so at once, with no call.
 """
 
 from __future__ import annotations
@@ -57,7 +65,14 @@ from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass
 from .observer import CallObserver
 from .output import check_output
 from .ratelimit import RateLimiter, RateRequest
-from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens, expired
+from .results import (
+    CallFailed,
+    CallResult,
+    CircuitOpen,
+    estimate_tokens,
+    expired,
+    past_prompt_deadline,
+)
 from .routing import Router, endpoint_key, health_key
 
 __all__ = [
@@ -89,6 +104,11 @@ class StreamTap(Protocol):
     def started(self) -> bool: ...
 
     def on_delta(self, delta: StreamDelta) -> None: ...
+
+
+def _prompt_bound(st: _Call, bound: float) -> bool:
+    """Whether `bound` (the deadline a request reached) is its prompt's own deadline."""
+    return st.prompt_deadline is not None and bound >= st.prompt_deadline
 
 
 class PassEnd(enum.Enum):
@@ -142,6 +162,7 @@ class _Call:
         "last_cand",
         "open_since",
         "passes",
+        "prompt_deadline",
         "request",
         "tap",
         "tenant",
@@ -154,9 +175,11 @@ class _Call:
         deadline: float,
         final: float,
         tap: StreamTap | None = None,
+        prompt_deadline: float | None = None,
     ) -> None:
         self.request = request
         self.tap = tap
+        self.prompt_deadline = prompt_deadline  # the prompt's own: `deadline_exceeded` past it
         self.tenant = tenant
         self.deadline = deadline  # moved on by capacity waits, up to `final`
         self.final = final  # no wait runs past this
@@ -240,13 +263,20 @@ class Caller:
         deadline: float,
         tenant: str | None = None,
         tap: StreamTap | None = None,
+        prompt_deadline: float | None = None,
     ) -> CallResult:
         """The checked answer, or `CallFailed`. `tap`: stream it, each piece to the tap as it
-        arrives; once a piece went out, nothing is tried again (not even for the output check)."""
+        arrives; once a piece went out, nothing is tried again (not even for the output check).
+        `prompt_deadline`: the prompt's own deadline (clock time), which caps `deadline` and
+        every wait; past it, the request fails with `deadline_exceeded`."""
+        if prompt_deadline is not None:
+            if self._clock() >= prompt_deadline:
+                raise CallFailed(past_prompt_deadline(None, 0, 0.0), 0, None)
+            deadline = min(deadline, prompt_deadline)
         request = capped(request, self.max_tokens_cap)
         attempts = 0
         for tries_left in range(self.output_retries, -1, -1):
-            result = await self._answer(candidates, request, deadline, tenant, tap)
+            result = await self._answer(candidates, request, deadline, tenant, tap, prompt_deadline)
             attempts += result.attempts
             value, problem = check_output(request, result.result)
             if problem is None:
@@ -270,9 +300,13 @@ class Caller:
         deadline: float,
         tenant: str | None,
         tap: StreamTap | None = None,
+        prompt_deadline: float | None = None,
     ) -> CallResult:
         """Passes over the candidates until one answers; `CallFailed` when none will."""
-        st = _Call(request, tenant, deadline, deadline + self.capacity_wait_s, tap)
+        final = deadline + self.capacity_wait_s
+        if prompt_deadline is not None:
+            final = min(final, prompt_deadline)
+        st = _Call(request, tenant, deadline, final, tap, prompt_deadline)
         try:
             while True:
                 verdict = await self._pass(candidates, st)
@@ -318,6 +352,10 @@ class Caller:
         return until
 
     def _expired(self, st: _Call) -> ProviderError:
+        """The error of a request that reached its deadline: `deadline_exceeded` when that is
+        the prompt's own."""
+        if _prompt_bound(st, st.deadline):
+            return past_prompt_deadline(st.last_call_error or st.last, st.attempts, st.held_s)
         return expired(st.last_call_error, st.last, st.attempts, st.held_s)
 
     # -- holding ---------------------------------------------------------------------------
@@ -475,6 +513,10 @@ class Caller:
             slots = self.concurrency.get(health)
             waited = await slot(slots, cand, st.final, self._clock)
         except NoCapacity as ended:
+            if _prompt_bound(st, st.final):  # the prompt's deadline ended the wait
+                why = ended.error(ended.why, provider=cand.provider, model=cand.upstream_model)
+                err = past_prompt_deadline(why, st.attempts, st.held_s)
+                raise CallFailed(err, st.attempts, cand) from None
             raise ended.failed(cand, st.attempts, st.held_s) from None
         st.deadline = min(st.deadline + waited, st.final)  # held, not failed
         if waited and self.breakers.is_open(health):
@@ -509,7 +551,11 @@ class Caller:
             )
         except DeadlineInCall as ended:  # what the provider said before, if anything
             slots.release(ok=False, overloaded=True)
-            err = self._expired(st) if st.last_call_error else ended.error
+            if _prompt_bound(st, st.deadline):
+                last = st.last_call_error or ended.error
+                err: ProviderError = past_prompt_deadline(last, st.attempts, st.held_s)
+            else:
+                err = self._expired(st) if st.last_call_error else ended.error
             raise CallFailed(err, st.attempts, cand) from None
         except BaseException:
             slots.release(ok=False)

@@ -10,7 +10,15 @@ from llm_worker.adapters.base import ProviderRequest, ProviderResult
 from llm_worker.adapters.errors import ProviderError, ProviderTimeout, RetryableError
 from llm_worker.registry.resolve import Candidate
 
-__all__ = ["CallFailed", "CallResult", "CircuitOpen", "estimate_tokens", "expired"]
+__all__ = [
+    "CallFailed",
+    "CallResult",
+    "CircuitOpen",
+    "DeadlineExceeded",
+    "estimate_tokens",
+    "expired",
+    "past_prompt_deadline",
+]
 
 
 class CircuitOpen(RetryableError):
@@ -25,6 +33,30 @@ class CircuitOpen(RetryableError):
             provider=cand.provider,
             model=cand.upstream_model,
         )
+
+
+class DeadlineExceeded(ProviderError):
+    """The prompt's own deadline (`deadline`, `ttl_ms`, `LLM_WORKER_DEFAULT_TTL_MS`) ended the
+    request, or had passed before it began. Not retryable: the answer is no longer wanted."""
+
+    type = "deadline_exceeded"
+
+
+def past_prompt_deadline(
+    err: ProviderError | None, attempts: int, held_s: float
+) -> DeadlineExceeded:
+    """The error a request ends with when its prompt's deadline ended it: how far it got, and
+    what the provider said last (`err`), if anything."""
+    why = f"the prompt's deadline passed after {attempts} attempts and {held_s:.1f}s held"
+    if err is None:
+        return DeadlineExceeded(why)
+    return DeadlineExceeded(
+        f"{why}; the last error: {err.type}: {err.message}",
+        provider=err.provider,
+        model=err.model,
+        status=err.status,
+        request_id=err.request_id,
+    )
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -96,14 +96,21 @@ class StreamCalls:
         tenant: str | None,
         key: str | None,
         on_lead: Callable[[str], None] | None = None,
+        prompt_deadline: float | None = None,
     ) -> tuple[CallResult, bool]:
         """`(result, shared)` as the pipeline's plain call gives it, the chunks written (`w`);
         `CallFailed` when it failed, the sequence then ended with an "error" chunk.
-        `on_lead(key)`: this request calls the provider for `key` (the others follow it)."""
+        `on_lead(key)`: this request calls the provider for `key` (the others follow it).
+        `prompt_deadline`: the prompt's own deadline, for the caller (`Caller.call`)."""
         try:
             if key is None or self._dedup is None:
-                return await self._lead(w, candidates, request, deadline, tenant, None), False
-            return await self._shared(w, key, candidates, request, deadline, tenant, on_lead)
+                call = await self._lead(
+                    w, candidates, request, (deadline, prompt_deadline), tenant, None
+                )
+                return call, False
+            return await self._shared(
+                w, key, candidates, request, (deadline, prompt_deadline), tenant, on_lead
+            )
         except CallFailed:
             if not w.following and not w.skipped:
                 failed = self.source()
@@ -116,10 +123,11 @@ class StreamCalls:
         w: ChunkWriter,
         candidates: Sequence[Candidate],
         request: ProviderRequest,
-        deadline: float,
+        deadlines: tuple[float, float | None],
         tenant: str | None,
         key: str | None,
     ) -> CallResult:
+        """`deadlines`: the request's and its prompt's own (`Caller.call`)."""
         source = self.source()
         if w.following:  # taking over a cancelled leader's stream: a new sequence follows it
             await w.done()
@@ -130,7 +138,12 @@ class StreamCalls:
             self.mux.open(key, source)
         try:
             call = await self._caller.call(
-                candidates, request, deadline=deadline, tenant=tenant, tap=source
+                candidates,
+                request,
+                deadline=deadlines[0],
+                tenant=tenant,
+                tap=source,
+                prompt_deadline=deadlines[1],
             )
         except BaseException:
             source.end("error")
@@ -147,7 +160,7 @@ class StreamCalls:
         key: str,
         candidates: Sequence[Candidate],
         request: ProviderRequest,
-        deadline: float,
+        deadlines: tuple[float, float | None],
         tenant: str | None,
         on_lead: Callable[[str], None] | None,
     ) -> tuple[CallResult, bool]:
@@ -167,7 +180,7 @@ class StreamCalls:
             led, w.skipped = True, False
             if on_lead is not None:
                 on_lead(key)
-            return await self._lead(w, candidates, request, deadline, tenant, key)
+            return await self._lead(w, candidates, request, deadlines, tenant, key)
 
         try:
             answer, shared = await self._dedup.run(key, lead, _size)
