@@ -514,7 +514,9 @@ class Caller:
             waited = await slot(slots, cand, st.final, self._clock)
         except NoCapacity as ended:
             if _prompt_bound(st, st.final):  # the prompt's deadline ended the wait
-                why = ended.error(ended.why, provider=cand.provider, model=cand.upstream_model)
+                why = st.last_call_error or ended.error(
+                    ended.why, provider=cand.provider, model=cand.upstream_model
+                )
                 err = past_prompt_deadline(why, st.attempts, st.held_s)
                 raise CallFailed(err, st.attempts, cand) from None
             raise ended.failed(cand, st.attempts, st.held_s) from None
