@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -373,3 +374,27 @@ async def test_a_streamed_tool_call_is_its_pieces_joined(
     assert (pieces[0]["id"], pieces[0]["name"]) == (call.id, call.name) == (call.id, "weather")
     assert json.loads("".join(p.get("arguments", "") for p in pieces)) == call.arguments
     assert chunks[-1]["finish_reason"] == completion.finish_reason == "tool_calls"
+
+
+async def test_a_streamed_leader_ended_by_its_own_deadline_leaves_the_follower_to_lead(
+    server: FakeServer, sessions: SessionPool
+) -> None:
+    """The leader's prompt deadline ends its stream (`deadline_exceeded`); the follower, with
+    no deadline of its own, does not take that error: it calls again and gets the answer,
+    its chunks the broken sequence and then a whole new one."""
+    server.set_profile("p", token_delay_ms=30)  # about 10 tokens: 300 ms
+    h = Harness(server, sessions)
+    leader = asyncio.create_task(
+        h.process("leader", stream=True, deadline=int(time.time() * 1000) + 150)
+    )
+    await asyncio.sleep(0)  # the leader leads
+    follower = asyncio.create_task(h.process("f", stream=True))
+    led = await asyncio.wait_for(leader, 5)
+    assert led.status == "error" and led.error is not None
+    assert led.error.type == "deadline_exceeded" and led.attempts <= 1
+    got = await asyncio.wait_for(follower, 5)
+    assert got.status == "ok" and got.text == ANSWER and not got.deduplicated
+    assert h.calls() == 1 + led.attempts
+    chunks = h.chunks("f")
+    broken = next(i for i, r in enumerate(chunks) if r.get("finish_reason") == "error")
+    assert _whole_sequence(chunks[broken + 1 :]) == ANSWER

@@ -11,7 +11,9 @@ served a whole answer, and its chunk sequence is written whichever way it went.
 A call that fails before any stream began leaves a sequence of one chunk, `finish_reason`
 "error". A follower whose leader was cancelled (its partition revoked) takes over: it leads a
 new stream, and its writer starts a new sequence after the broken one (which ended "error");
-the other followers' writers start a new sequence too, the new call's answer whole.
+the other followers' writers start a new sequence too, the new call's answer whole. The same
+when the leader's own prompt deadline ended its call (`deadline_exceeded`): a follower does not
+take that error, it leads (or follows) a new call under its own deadline (`Caller.call`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from llm_worker.adapters.base import ProviderRequest, ProviderResult
 from llm_worker.registry.resolve import Candidate
 
 from ..calling.caller import Caller, CallFailed, CallResult
+from ..calling.results import DeadlineExceeded
 from ..dedup import DedupWindow
 from ..ops.metrics import Metrics
 from .source import ChunkSource, Multiplexer
@@ -182,12 +185,16 @@ class StreamCalls:
                 on_lead(key)
             return await self._lead(w, candidates, request, deadlines, tenant, key)
 
-        try:
-            answer, shared = await self._dedup.run(key, lead, _size)
-        except CallFailed as failed:
-            if led:
-                raise
-            raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
+        while True:
+            try:
+                answer, shared = await self._dedup.run(key, lead, _size)
+            except CallFailed as failed:
+                if led:
+                    raise
+                if isinstance(failed.error, DeadlineExceeded):
+                    continue  # the leader's own deadline ended it: this one leads or follows anew
+                raise CallFailed(failed.error, 0, failed.candidate, shared=True) from None
+            break
         if shared and not w.skipped:
             broken = w.source is not None and w.source.finish_reason == "error"
             if broken:  # its leader was cancelled mid-stream, another call answered: the
