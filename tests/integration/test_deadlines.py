@@ -51,9 +51,14 @@ async def test_expired_prompts_make_no_call(
         }
         for i in range(1000)
     ]
-    async with App(s, http=False).running(), Completions(s) as comps:
+    app = App(s, http=False)
+    async with app.running(), Completions(s) as comps:
         await _send(s, live[:3] + expired[:500] + live[3:] + expired[500:])
         out = await comps.wait([p["id"] for p in live + expired], timeout=120)
+    counted = app.metrics.registry.get_sample_value(
+        "llm_worker_completion_errors_total", {"type": "deadline_exceeded"}
+    )
+    assert counted == 1000  # the errors metric, by type, counts them
     late = [out[p["id"]] for p in expired]
     assert Counter(c["status"] for c in late) == {"error": 1000}
     assert Counter(c["error"]["type"] for c in late) == {"deadline_exceeded": 1000}
