@@ -186,6 +186,7 @@ class App:
             intake=lambda: max(MIN_INTAKE, caller.concurrency.total() * 3 // 2),
             max_in_flight_bytes=settings.max_in_flight_bytes,
             recorder=OutcomeRecorder(self.metrics, log_outcomes=settings.log_outcomes),
+            ordering=settings.ordering,
         )
 
     def _ops(self, settings: Settings, http: bool) -> None:

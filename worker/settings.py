@@ -28,6 +28,7 @@ __all__ = [
     "LogLevel",
     "LogOutcomes",
     "Objective",
+    "Ordering",
     "ProcessingGuarantee",
     "Settings",
     "WhenAllOpen",
@@ -43,6 +44,7 @@ Objective = Literal["priority", "latency", "cost", "reliability"]
 WhenAllOpen = Literal["fail", "wait"]
 ProcessingGuarantee = Literal["at_least_once", "exactly_once"]
 HTTPClientName = Literal["aiohttp", "h1"]
+Ordering = Literal["none", "key", "partition"]
 
 MiB = 1024 * 1024
 
@@ -141,6 +143,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 64 * MiB
+    ordering: Annotated[
+        Ordering,
+        Spec(
+            "`key`: one record of a Kafka key at a time, its completions in offset order "
+            "(records without a key are not ordered); `partition`: calls concurrent, "
+            "completions produced in offset order per partition; `none`: as they finish "
+            "(docs/delivery.md, Ordering)"
+        ),
+    ] = "none"
     max_message_bytes: Annotated[
         int, Spec("larger prompts are rejected (`payload_too_large`)", ge=1)
     ] = 1_000_000

@@ -55,6 +55,7 @@ CONTRACT: dict[str, object] = {
     "LLM_WORKER_MAX_IN_FLIGHT": 10_000,
     "LLM_WORKER_MAX_IN_FLIGHT_PER_PARTITION": 0,
     "LLM_WORKER_MAX_IN_FLIGHT_BYTES": 64 * 1024 * 1024,
+    "LLM_WORKER_ORDERING": "none",
     "LLM_WORKER_CONSUME_BATCH": 500,
     "LLM_WORKER_COMMIT_INTERVAL_MS": 500,
     "LLM_WORKER_MAX_MESSAGE_BYTES": 1_000_000,
@@ -113,6 +114,7 @@ CHOICES = {
     "LLM_WORKER_BREAKER_WHEN_ALL_OPEN": {"fail", "wait"},
     "LLM_WORKER_PROCESSING_GUARANTEE": {"at_least_once", "exactly_once"},
     "LLM_WORKER_HTTP_CLIENT": {"aiohttp", "h1"},
+    "LLM_WORKER_ORDERING": {"none", "key", "partition"},
 }
 """The values each choice setting has taken: none may go."""
 

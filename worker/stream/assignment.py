@@ -27,9 +27,11 @@ from dataclasses import dataclass
 
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
+from ..settings import Ordering
 from .flow import FlowControl
 from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import Outbox, Sent, Work
+from .ordering import KeyLanes
+from .outbox import InOrderOutbox, Outbox, Sent, Work
 from .settle import finish_or_abandon
 from .transactions import SETTLE_BUDGET_S, ExactlyOnce, OrderedOutbox, TransactionAborted
 from .transport import GroupMetadata, Key, Transport
@@ -70,6 +72,7 @@ class Assignment:
         life: Lifecycle,
         on_task_done: Callable[[], None],
         recorder: OutcomeRecorder | None = None,
+        ordering: Ordering = "none",
     ) -> None:
         self._bridge = bridge
         self._metrics = metrics
@@ -83,10 +86,18 @@ class Assignment:
         """Partitions being revoked or lost: their records are no longer taken."""
         self.tasks: set[asyncio.Task[None]] = set()
         self._by_part: dict[Key, set[asyncio.Task[None]]] = {}
-        kind = OrderedOutbox if bridge.transactional else Outbox
+        kind: type[Outbox] = Outbox
+        if bridge.transactional:
+            kind = OrderedOutbox
+        elif ordering == "partition":
+            kind = InOrderOutbox
         self.outbox = kind(
             bridge, metrics, spawn=self.spawn, on_acked=on_task_done, recorder=recorder
         )
+        self.lanes = KeyLanes() if ordering == "key" else None
+        """Key ordering: each key's records one at a time (None: not ordered by key)."""
+        if self.lanes is not None:
+            self.outbox.on_delivered = self.lanes.delivered
         self.eos = (
             ExactlyOnce(bridge, self.outbox) if isinstance(self.outbox, OrderedOutbox) else None
         )
@@ -237,7 +248,9 @@ class Assignment:
         """Partitions released: their state goes, if it is still that of the assignment
         settled (`settled`), never a newer one's offsets."""
         self.tracker.drop(keys, only=settled)
-        self.outbox.forget(keys)  # exactly-once: outcomes held back for order go too
+        self.outbox.forget(keys)  # outcomes held back for order go too
+        if self.lanes is not None:
+            self.lanes.forget(keys)
         self.owned.difference_update(keys)
         for k in keys:
             self._by_part.pop(k, None)

@@ -30,9 +30,11 @@ from typing import Any, Generic, TypeVar
 from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome, Stages
+from ..settings import Ordering
 from .assignment import Assignment, Lifecycle
 from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
 from .offsets import PartitionOffsets
+from .ordering import Turn
 from .outbox import Sent
 from .settle import every
 from .transport import GroupMetadata, Key, Transport
@@ -79,6 +81,7 @@ class Worker(Generic[P]):
         intake: Callable[[], int] | None = None,
         max_in_flight_bytes: int = 0,
         recorder: OutcomeRecorder | None = None,
+        ordering: Ordering = "none",
     ) -> None:
         self._bridge = bridge
         self._pipeline = pipeline
@@ -110,6 +113,7 @@ class Worker(Generic[P]):
             life=self._life,
             on_task_done=self._room.wake,
             recorder=recorder,
+            ordering=ordering,
         )
         self._held = rate_limited or (lambda: 0)
         self._stopping = asyncio.Event()
@@ -213,7 +217,8 @@ class Worker(Generic[P]):
     @property
     def in_flight(self) -> int:
         """Messages taken and not finished: running tasks plus outcomes not yet acknowledged."""
-        return len(self.assignment.tasks) + self.assignment.outbox.unacked
+        a = self.assignment
+        return len(a.tasks) + a.outbox.unacked + a.outbox.waiting
 
     def _dispatch(self, rec: InputRecord) -> None:
         a = self.assignment
@@ -226,15 +231,33 @@ class Worker(Generic[P]):
         offsets = a.tracker.part(rec.topic, rec.partition, self._bridge.epoch(key))
         offsets.start(rec.offset)
         a.outbox.track(rec)
+        if a.lanes is not None:
+            turn = a.lanes.take(rec)
+            if turn is not None and turn.before is not None:  # its key is busy: wait in a task
+                a.spawn(key, self._in_turn(rec, turn, offsets))
+                return
         # Most records are answered right here (dedup window hits, invalid input): no task.
-        try:
-            step = self._pipeline.begin(rec)
-        except Exception as exc:
-            step = self._unexpected(rec, exc)
+        step = self._begin(rec)
         if isinstance(step, Outcome):
             a.outbox.send(rec, step, offsets)
             return
         a.spawn(key, self._handle(rec, step, offsets))
+
+    def _begin(self, rec: InputRecord) -> Outcome | P:
+        try:
+            return self._pipeline.begin(rec)
+        except Exception as exc:
+            return self._unexpected(rec, exc)
+
+    async def _in_turn(self, rec: InputRecord, turn: Turn, offsets: PartitionOffsets) -> None:
+        """Key ordering: once the record before it in its key is acknowledged, as any record."""
+        assert self.assignment.lanes is not None
+        await self.assignment.lanes.wait(turn)
+        step = self._begin(rec)
+        if isinstance(step, Outcome):
+            self.assignment.outbox.send(rec, step, offsets)
+            return
+        await self._handle(rec, step, offsets)
 
     def _unexpected(self, rec: InputRecord, exc: Exception) -> Outcome:
         """A bug: the record gets an `internal_error`. Its traceback is logged the first time

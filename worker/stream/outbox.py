@@ -17,6 +17,7 @@ only after its last chunk is acknowledged, so the offset is committed after both
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from ..records import SHRINK_STEPS, InputRecord, Outcome, shrink
 from .offsets import PartitionOffsets
 from .transport import Ack, DeliveryError, Key, Transport
 
-__all__ = ["Outbox", "Sent", "Spawn", "Work"]
+__all__ = ["InOrderOutbox", "Outbox", "Sent", "Spawn", "Work"]
 
 log = logging.getLogger("llm_worker")
 
@@ -87,6 +88,10 @@ class Outbox:
         """The last such failure, while any outcome is failing."""
         self.publishing = 0
         """Chunk records produced whose acknowledgement has not come back yet."""
+        self.waiting = 0
+        """Outcomes held back for order (`InOrderOutbox`), not produced yet."""
+        self.on_delivered: Callable[[InputRecord], None] | None = None
+        """Told of each input record whose outcome was acknowledged (key ordering)."""
 
     def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
         """Produce the outcome; the message finishes when its delivery report comes back."""
@@ -115,11 +120,14 @@ class Outbox:
         finish the delivered messages and retry the failed ones."""
         self.unacked -= len(acks)
         delivered: list[Delivered] = []
+        hook = self.on_delivered
         for ack in acks:
             sent = ack.token
             if ack.error is None:
                 sent.finish()
                 delivered.append((sent.record, sent.outcome, sent.offsets))
+                if hook is not None:
+                    hook(sent.record)
             else:
                 rec = sent.record
                 self._spawn((rec.topic, rec.partition), self._redeliver(sent, ack.error))
@@ -133,6 +141,9 @@ class Outbox:
     def forget(self, keys: list[Key] | None = None) -> None:
         """Partitions no longer ours (None: all): nothing kept here."""
 
+    def release(self, key: Key) -> None:
+        """Produce the outcomes of partition `key` held back for order: none here."""
+
     async def _redeliver(self, sent: Sent, error: DeliveryError | None) -> None:
         self.redelivering += 1
         try:
@@ -141,6 +152,8 @@ class Outbox:
             self.redelivering -= 1
         sent.finish()
         self.recorder.record([(sent.record, delivered, sent.offsets)])
+        if self.on_delivered is not None:
+            self.on_delivered(sent.record)
 
     async def deliver(self, outcome: Outcome, error: DeliveryError | None = None) -> Outcome:
         """Produce and wait for the acknowledgement, retrying until it comes; a record refused
@@ -230,3 +243,62 @@ class Outbox:
         elif step < 0 and self.failing == 0:
             self.delivery_error = None
             log.warning("delivery to %s works again", topic)
+
+
+class InOrderOutbox(Outbox):
+    """An outbox that produces outcomes in offset order per partition: an answer that finishes
+    early waits until every earlier offset of its partition has been answered
+    (`LLM_WORKER_ORDERING=partition`, and exactly-once mode's `OrderedOutbox`). The calls stay
+    concurrent; only the production waits. A record held long (a hold, a slow provider) holds
+    its partition's later outcomes with it, and they count as in flight."""
+
+    def __init__(
+        self,
+        bridge: Transport[Sent],
+        metrics: Metrics,
+        *,
+        spawn: Spawn,
+        on_acked: Callable[[], None] = lambda: None,
+        recorder: OutcomeRecorder | None = None,
+    ) -> None:
+        super().__init__(bridge, metrics, spawn=spawn, on_acked=on_acked, recorder=recorder)
+        self._started: dict[Key, collections.deque[int]] = {}
+        self._ready: dict[Key, dict[int, Sent]] = {}
+
+    def track(self, rec: InputRecord) -> None:
+        key = (rec.topic, rec.partition)
+        started = self._started.get(key)
+        if started is None:
+            started = self._started[key] = collections.deque()
+        started.append(rec.offset)
+
+    def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
+        self.hold(rec, outcome, offsets)
+        self.release((rec.topic, rec.partition))
+
+    def hold(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
+        """Keep the outcome until its turn (`release`)."""
+        ready = self._ready.get((rec.topic, rec.partition))
+        if ready is None:
+            ready = self._ready[(rec.topic, rec.partition)] = {}
+        if rec.offset not in ready:
+            self.waiting += 1
+        ready[rec.offset] = Sent(rec, outcome, offsets)
+
+    def release(self, key: Key) -> None:
+        started, ready = self._started.get(key), self._ready.get(key)
+        if not started or not ready:
+            return
+        while started and started[0] in ready:
+            sent = ready.pop(started.popleft())
+            self.waiting -= 1
+            super().send(sent.record, sent.outcome, sent.offsets)
+
+    def holding(self) -> list[Key]:
+        """The partitions with outcomes held back."""
+        return [k for k, ready in self._ready.items() if ready]
+
+    def forget(self, keys: list[Key] | None = None) -> None:
+        for key in list(self._started) if keys is None else keys:
+            self._started.pop(key, None)
+            self.waiting -= len(self._ready.pop(key, ()))

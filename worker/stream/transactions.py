@@ -36,7 +36,6 @@ once.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable
 
@@ -44,7 +43,7 @@ from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome
 from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import Outbox, Sent, Spawn
+from .outbox import InOrderOutbox, Sent, Spawn
 from .transport import (
     TXN_CALL_S,
     Ack,
@@ -69,7 +68,7 @@ class TransactionAborted(RuntimeError):
     """The open transaction was aborted: the worker must rewind to the committed offsets."""
 
 
-class OrderedOutbox(Outbox):
+class OrderedOutbox(InOrderOutbox):
     """An outbox that releases outcomes into the transaction in offset order per partition,
     and not at all while a commit is being made."""
 
@@ -83,8 +82,6 @@ class OrderedOutbox(Outbox):
         recorder: OutcomeRecorder | None = None,
     ) -> None:
         super().__init__(bridge, metrics, spawn=spawn, on_acked=on_acked, recorder=recorder)
-        self._started: dict[Key, collections.deque[int]] = {}
-        self._ready: dict[Key, dict[int, Sent]] = {}
         self._open = asyncio.Event()
         self._open.set()
         self.tainted: str | None = None
@@ -125,36 +122,15 @@ class OrderedOutbox(Outbox):
         finally:
             self.publishing -= 1
 
-    def track(self, rec: InputRecord) -> None:
-        key = (rec.topic, rec.partition)
-        started = self._started.get(key)
-        if started is None:
-            started = self._started[key] = collections.deque()
-        started.append(rec.offset)
-
     def send(self, rec: InputRecord, outcome: Outcome, offsets: PartitionOffsets) -> None:
-        key = (rec.topic, rec.partition)
-        self._ready.setdefault(key, {})[rec.offset] = Sent(rec, outcome, offsets)
+        self.hold(rec, outcome, offsets)
         if not self.frozen:
-            self._release(key)
+            self.release((rec.topic, rec.partition))
 
     def release_all(self) -> None:
         self.frozen = False
-        for key in list(self._ready):
-            self._release(key)
-
-    def _release(self, key: Key) -> None:
-        started, ready = self._started.get(key), self._ready.get(key)
-        if not started or not ready:
-            return
-        while started and started[0] in ready:
-            sent = ready.pop(started.popleft())
-            super().send(sent.record, sent.outcome, sent.offsets)
-
-    def forget(self, keys: list[Key] | None = None) -> None:
-        for key in list(self._started) if keys is None else keys:
-            self._started.pop(key, None)
-            self._ready.pop(key, None)
+        for key in self.holding():
+            self.release(key)
 
     def on_acks(self, acks: list[Ack[Sent]]) -> None:
         failed = [ack.error for ack in acks if ack.error is not None]
