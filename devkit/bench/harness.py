@@ -144,6 +144,9 @@ class Load:
     stream: bool = False  # every prompt says `"stream": true` (chunks on the run's topic)
     token_delay_ms: float = 0.0  # the fake's pause before each streamed event after the first
     scrape_metrics: bool = False  # keep the worker's /metrics at the end (`Run.metrics_text`)
+    jitter_ms: float = 0.0  # the fake's latency is latency_ms ± jitter_ms (uniform)
+    keys: int = 0  # > 0: prompt i has Kafka key i % keys (0: every prompt its own key)
+    key_per_partition: bool = False  # prompt i goes to partition i % partitions, keyed by it
     events: list[tuple[float, Callable[[Run], None]]] = field(default_factory=list)
 
 
@@ -275,9 +278,10 @@ def _produce_all(
             prompt["stream"] = True
         value = _enc.encode(prompt)
         sent[i] = time.time()
+        key, part = _key(load, i)
         while True:
             try:
-                producer.produce(topic, value, str(i).encode())
+                producer.produce(topic, value, key, partition=part)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -285,6 +289,14 @@ def _produce_all(
             producer.poll(0)
     if producer.flush(30):
         raise RuntimeError("prompts not acknowledged by the broker within 30 s")
+
+
+def _key(load: Load, i: int) -> tuple[bytes, int]:
+    """Prompt `i`'s Kafka key and partition (-1: the partitioner's choice, by the key)."""
+    if load.key_per_partition:
+        part = i % load.partitions
+        return f"p{part}".encode(), part
+    return str(i % load.keys if load.keys else i).encode(), -1
 
 
 def _scrape(port: int) -> str:
@@ -454,7 +466,13 @@ def run_load(
     """Run `load` against `system`: `baseline`, else the worker (`extra_env` on top)."""
     run_id = uuid.uuid4().hex[:8]
     run = Run(stack, system, run_id, f"r{run_id}", f"bench-{run_id}")
-    set_profile(stack, run.profile, latency_ms=load.latency_ms, token_delay_ms=load.token_delay_ms)
+    set_profile(
+        stack,
+        run.profile,
+        latency_ms=load.latency_ms,
+        jitter_ms=load.jitter_ms,
+        token_delay_ms=load.token_delay_ms,
+    )
     profiles: tuple[str, ...] = (run.profile,)
     prompts, completions = f"bench_prompts_{run_id}", f"bench_completions_{run_id}"
     topics = [prompts, completions, f"bench_dlq_{run_id}", f"bench_chunks_{run_id}"]

@@ -242,6 +242,48 @@ def _half_load(stack: Stack, opts: Options, progress: Progress) -> Result:
     return {"runs": [full, half], "rate": rate}
 
 
+ORDERING_KEYS = 100
+ORDERING_PARTITIONS = 6
+
+
+@_scenario(
+    "ordering",
+    "5,000 prompts over 100 keys and 6 partitions, provider latency 20-200 ms: LLM_WORKER_ORDERING "
+    "none, key and partition, and key mode with one key per partition (one call at a time "
+    "per partition)",
+)
+def _ordering(stack: Stack, opts: Options, progress: Progress) -> Result:
+    lat = opts.latency_ms if opts.latency_ms is not None else 110.0
+    load = Load(
+        count=opts.count or 5_000,
+        latency_ms=lat,
+        jitter_ms=lat * 9 / 11,  # 110 ms: 20-200 ms
+        partitions=ORDERING_PARTITIONS,
+        timeout_s=opts.timeout_s,
+        keys=ORDERING_KEYS,
+    )
+    one_each = replace(load, key_per_partition=True)
+    systems = [
+        ("worker", load, {}),
+        ("worker+key", load, {"LLM_WORKER_ORDERING": "key"}),
+        ("worker+partition", load, {"LLM_WORKER_ORDERING": "partition"}),
+        ("one-per-partition", one_each, {"LLM_WORKER_ORDERING": "key"}),
+    ]
+    runs = [metrics(run_load(stack, name, ld, progress, env)[0]) for name, ld, env in systems]
+    by = {r["system"]: r for r in runs}
+
+    def ratio(a: str, b: str) -> float | None:
+        x, y = by[a]["throughput_per_s"], by[b]["throughput_per_s"]
+        return round(x / y, 2) if x and y else None
+
+    return {
+        "runs": runs,
+        "key_vs_none": ratio("worker+key", "worker"),
+        "key_vs_one_per_partition": ratio("worker+key", "one-per-partition"),
+        "partition_vs_none": ratio("worker+partition", "worker"),
+    }
+
+
 STREAM_TOKEN_DELAY_MS = 20.0
 """The fake's pause before each streamed event after the first (`streaming`)."""
 

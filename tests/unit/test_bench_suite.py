@@ -130,6 +130,7 @@ def test_the_registry_has_the_scenarios_each_with_help() -> None:
         "duplicates",
         "structured",
         "half-load",
+        "ordering",
         "streaming",
         "failover",
         "slow-provider",

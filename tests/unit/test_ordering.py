@@ -193,3 +193,30 @@ async def test_a_partition_released_with_waiting_records_forgets_their_turns(kin
         worker.stop()
         await task
     assert [o for _, o, _ in _produced(bridge)] == list(range(10))
+
+
+async def test_records_waiting_for_their_key_do_not_use_up_the_partitions_bound() -> None:
+    """Ten records of one key, then three of others, with a bound of 4 in flight per partition:
+    the waiting records of the first key do not fill the bound, so the others run while the
+    first key's first call is held."""
+    bridge = FakeBridge({0: 13})
+    for o in range(13):
+        bridge.records[(0, o)] = (b"{}", b"hot" if o < 10 else f"k{o}".encode())
+    pipe = KeyedPipeline(max_delay=0.0)
+    release = pipe.hold[(0, 0)] = asyncio.Event()
+    worker = make_worker(
+        bridge, pipe, ordering="key", max_in_flight_per_partition=4, consume_batch=1
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(5):
+            while len(bridge.produced) < 3:  # k10, k11, k12
+                await asyncio.sleep(0.005)
+            assert {k for _, _, k in _produced(bridge)} == {"k10", "k11", "k12"}
+            release.set()
+            while len(bridge.produced) < 13:
+                await asyncio.sleep(0.005)
+    finally:
+        worker.stop()
+        await task
+    assert [o for _, o, k in _produced(bridge) if k == "hot"] == list(range(10))

@@ -102,9 +102,7 @@ class Worker(Generic[P]):
             max_per_partition=max_in_flight_per_partition or MIN_PER_PARTITION,
             on_change=metrics.paused.set,
         )
-        self._room = Room(
-            lambda: self._max_in_flight, lambda: self.in_flight, refresh=self._refresh_limit
-        )
+        self._room = Room(lambda: self._max_in_flight, self._busy, refresh=self._refresh_limit)
         self._life = Lifecycle(shutdown_timeout_s)
         self.assignment = Assignment(
             bridge=bridge,
@@ -186,7 +184,7 @@ class Worker(Generic[P]):
             if a.rewinding is not None:
                 await a.rewinding.wait()
                 continue
-            free = self._refresh_limit() - self.in_flight
+            free = self._refresh_limit() - self._busy()
             if free <= 0:
                 if not flow.held and await self._room.within(HOLD_AFTER_S):
                     continue  # a short wait: cheaper than a pause and a refetch
@@ -197,8 +195,8 @@ class Worker(Generic[P]):
                 continue
             await flow.apply(
                 a.owned,
-                a.tracker.in_flight,
-                crowded=self.in_flight > self._max_in_flight * 3 // 4,
+                self._running_in if a.lanes is not None else a.tracker.in_flight,
+                crowded=self._busy() > self._max_in_flight * 3 // 4,
             )
             await self._take(min(self._batch, free), 0.05)
 
@@ -213,6 +211,22 @@ class Worker(Generic[P]):
     def _refresh_limit(self) -> int:
         self._max_in_flight = self._limits.now(len(self.assignment.owned), self._flow)
         return self._max_in_flight
+
+    def _busy(self) -> int:
+        """What the in-flight limit is held against: every message in flight, but with key
+        ordering the records waiting for their key's turn count only against the ceiling
+        (`ordering`): min(limit - running, ceiling - all) is the room left."""
+        total = self.in_flight
+        lanes = self.assignment.lanes
+        if lanes is None or not lanes.waiting:
+            return total
+        return max(total - lanes.waiting, total + self._max_in_flight - self._limits.ceiling())
+
+    def _running_in(self, topic: str, partition: int) -> int:
+        """A partition's messages in flight, less those waiting for their key's turn."""
+        a = self.assignment
+        assert a.lanes is not None
+        return a.tracker.in_flight(topic, partition) - a.lanes.waiting_in.get((topic, partition), 0)
 
     @property
     def in_flight(self) -> int:

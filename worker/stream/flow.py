@@ -148,10 +148,15 @@ class InFlightLimits:
     def seen(self, size: int) -> None:
         self.avg_bytes += (size - self.avg_bytes) * 0.01
 
-    def now(self, owned: int, flow: FlowControl) -> int:
-        limit = min(self._cap, self._target())
+    def ceiling(self) -> int:
+        """The most messages in flight whatever the endpoints' limits: the cap, within the
+        memory budget."""
         if self._budget:
-            limit = min(limit, max(MIN_PER_PARTITION, int(self._budget / self.avg_bytes)))
+            return min(self._cap, max(MIN_PER_PARTITION, int(self._budget / self.avg_bytes)))
+        return self._cap
+
+    def now(self, owned: int, flow: FlowControl) -> int:
+        limit = min(self.ceiling(), self._target())
         if not self._per_partition:
             flow.per = max(MIN_PER_PARTITION, -(-2 * limit // max(owned, 1)))
         return limit

@@ -10,6 +10,12 @@ applies: a partition paused by many waiting records of one key pauses the others
 
 Records without a key are not ordered: they are taken and answered as with `none`.
 
+A waiting record is cheap (a task parked on a future): waiting records count against the cap
+(`LLM_WORKER_MAX_IN_FLIGHT`, within the memory budget) but not against the adaptive intake
+limit nor the per-partition pause bound, which size the work that runs. So the worker takes
+far enough ahead in each partition that every key there has its next record at hand, instead
+of advancing a partition in lockstep with its slowest key.
+
 Waiting for the acknowledgement, not only the hand-off to the producer, is what keeps the
 order through an outcome that fails delivery and is produced again later; it costs the next
 record of the key one producer round trip (about the producer's linger, 5 ms).
@@ -67,7 +73,9 @@ class KeyLanes:
         """Each key's last record taken (the one the next record of the key waits for)."""
         self._by_offset: dict[tuple[str, int, int], Turn] = {}
         self.waiting = 0
-        """Records waiting for an earlier record of their key (a gauge for stats)."""
+        """Records waiting for an earlier record of their key."""
+        self.waiting_in: dict[Key, int] = {}
+        """The same, per partition."""
 
     def take(self, rec: InputRecord) -> Turn | None:
         """`rec`'s turn, behind the last record of its key taken; None for a record without a
@@ -80,6 +88,10 @@ class KeyLanes:
             before = None
         turn = self._tails[lane] = Turn(lane, rec.offset, before)
         self._by_offset[(rec.topic, rec.partition, rec.offset)] = turn
+        if before is not None:  # it waits from now (`wait` counts it off)
+            part = (rec.topic, rec.partition)
+            self.waiting += 1
+            self.waiting_in[part] = self.waiting_in.get(part, 0) + 1
         return turn
 
     def delivered(self, rec: InputRecord) -> None:
@@ -94,16 +106,20 @@ class KeyLanes:
             del self._tails[turn.lane]
 
     async def wait(self, turn: Turn) -> None:
-        """Until the record before `turn` in its key is acknowledged."""
+        """Until the record before `turn` in its key is acknowledged (`turn` came from `take`
+        with a record before it)."""
         before = turn.before
-        if before is None or before.done:
+        if before is None:
             return
-        self.waiting += 1
         try:
             await before.wait()
         finally:
-            self.waiting -= 1
             turn.before = None
+            part = turn.lane[:2]
+            left = self.waiting_in.get(part, 0)
+            if left:  # else forgotten meanwhile
+                self.waiting -= 1
+                self.waiting_in[part] = left - 1
 
     def forget(self, keys: list[Key] | None = None) -> None:
         """Partitions no longer ours, or rewound (None: all): their turns end; the tasks still
@@ -113,6 +129,8 @@ class KeyLanes:
             if parts is None or (k[0], k[1]) in parts:
                 del self._by_offset[k]
                 self._end(turn)
+        for part in list(self.waiting_in) if parts is None else parts:
+            self.waiting -= self.waiting_in.pop(part, 0)
 
     def __len__(self) -> int:
         return len(self._by_offset)
