@@ -33,6 +33,7 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from llm_worker.devkit.bench.pacing import wait_until
 from llm_worker.devkit.bench.progress import Progress
 from llm_worker.devkit.bench.replicas import readyz, wait_ready
 from llm_worker.devkit.bench.stats import Sample
@@ -263,9 +264,8 @@ def _produce_all(
     for i in range(load.count):
         if stop.is_set():
             break
-        if load.rate:  # poll returns at the first delivery report: wait until it is time
-            while (ahead := start + i / load.rate - time.monotonic()) > 0:
-                producer.poll(ahead)
+        if load.rate:
+            wait_until(producer, start + i / load.rate)
         prompt: dict[str, Any] = {
             "id": f"{run.run_id}-{i}",
             "model": run.model_id,

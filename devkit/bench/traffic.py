@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from llm_worker.devkit.bench.pacing import wait_until
 from llm_worker.devkit.bench.replicas import client_conf
 from llm_worker.worker.config import Settings
 
@@ -50,9 +51,7 @@ class Publisher(threading.Thread):
         start = time.monotonic()
         i = 0
         while not self.stop.is_set():
-            # poll returns at the first delivery report: wait until it is time
-            while (ahead := start + i / self._rate - time.monotonic()) > 0:
-                producer.poll(ahead)
+            wait_until(producer, start + i / self._rate)
             pid = f"{self._run}-{i}"
             part = i % self._partitions
             now = time.time()

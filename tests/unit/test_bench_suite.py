@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from llm_worker.devkit.bench.harness import Record, prompt_text
+from llm_worker.devkit.bench.pacing import wait_until
 from llm_worker.devkit.bench.plot import plot_soak, series
 from llm_worker.devkit.bench.progress import Progress, bar
 from llm_worker.devkit.bench.scenarios import (
@@ -322,3 +324,32 @@ async def test_the_fake_streams_a_bench_prompt_s_answer_with_the_pauses_the_scen
     events = [e for e in raw.split(b"\n\n") if e.strip()]
     assert events[-1] == b"data: [DONE]"
     assert len(events) - 1 == STREAM_PAUSES
+
+
+class _MsPoll:
+    """librdkafka's poll as confluent-kafka calls it: the timeout in whole milliseconds."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def poll(self, timeout: float) -> int:
+        self.calls += 1
+        time.sleep(int(timeout * 1000) / 1000)
+        return 0
+
+
+def test_a_paced_wait_shorter_than_a_millisecond_sleeps_instead_of_spinning() -> None:
+    producer = _MsPoll()
+    cpu0, t0 = time.process_time(), time.monotonic()
+    for n in range(1, 201):  # 200 prompts at 2,000/s: 0.5 ms apart
+        wait_until(producer, t0 + n / 2000)  # type: ignore[arg-type]
+    assert time.monotonic() - t0 >= 0.1
+    assert producer.calls == 0  # every wait was under 2 ms: slept, never polled in a loop
+    assert time.process_time() - cpu0 < 0.05  # a spinning wait burns the whole 0.1 s
+
+
+def test_a_long_paced_wait_polls_for_delivery_reports() -> None:
+    producer = _MsPoll()
+    t0 = time.monotonic()
+    wait_until(producer, t0 + 0.02)  # type: ignore[arg-type]
+    assert producer.calls >= 1 and time.monotonic() - t0 >= 0.02
