@@ -33,7 +33,6 @@ import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from llm_worker.devkit.bench.pacing import wait_until
 from llm_worker.devkit.bench.progress import Progress
 from llm_worker.devkit.bench.replicas import readyz, wait_ready
 from llm_worker.devkit.bench.stats import Sample
@@ -41,6 +40,7 @@ from llm_worker.devkit.devstack import free_port, local_stack, spawn_fake_provid
 from llm_worker.registry.migrate import migrate
 from llm_worker.registry.models import ModelRow
 from llm_worker.registry.store import upsert_row
+from llm_worker.worker.cli.client import wait_until
 
 __all__ = [
     "SYSTEMS",

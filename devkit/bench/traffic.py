@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from llm_worker.devkit.bench.pacing import wait_until
 from llm_worker.devkit.bench.replicas import client_conf
+from llm_worker.worker.cli.client import wait_until
 from llm_worker.worker.config import Settings
 
 __all__ = ["Publisher", "Reader", "reread"]

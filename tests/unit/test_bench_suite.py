@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 
 from llm_worker.devkit.bench.harness import Record, prompt_text
-from llm_worker.devkit.bench.pacing import wait_until
 from llm_worker.devkit.bench.plot import plot_soak, series
 from llm_worker.devkit.bench.progress import Progress, bar
 from llm_worker.devkit.bench.scenarios import (
@@ -48,6 +47,7 @@ from llm_worker.devkit.bench.suite import (
 )
 from llm_worker.devkit.fake_server import start_fake_server
 from llm_worker.worker.chunks import ChunkBody, chunk_record
+from llm_worker.worker.cli.client import wait_until
 from llm_worker.worker.cli.main import build_parser
 from llm_worker.worker.ops.metrics import Metrics
 
