@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from .kafka_conf import (
     to_batch,
 )
 from .kafka_producer import ProducerSlot
+from .onethread import OneThread
 from .transport import (
     TXN_CALL_S,
     Ack,
@@ -90,9 +90,7 @@ class KafkaBridge(Generic[T]):
         self._consumer: Consumer | None = None
         self._incremental = False  # cooperative rebalancing (set from the consumer's config)
         self._slot: ProducerSlot | None = None
-        self._cthread = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="kafka-consumer"
-        )
+        self._cthread = OneThread("kafka-consumer")
         self._pthread: threading.Thread | None = None
         self._stop_polling = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,7 +202,7 @@ class KafkaBridge(Generic[T]):
                     await self._in_consumer_thread(self._consumer.close)
             except (KafkaException, TimeoutError) as exc:
                 log.warning("consumer close: %s", exc or "timed out")
-        self._cthread.shutdown(wait=False)
+        self._cthread.close()
 
     def _client_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (any thread): a fatal error makes the clients unusable."""
@@ -223,8 +221,7 @@ class KafkaBridge(Generic[T]):
 
     # -- consumer --------------------------------------------------------------------------
     async def _in_consumer_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._cthread, lambda: fn(*args, **kwargs))
+        return await self._cthread.call(lambda: fn(*args, **kwargs))
 
     async def consume(self, max_messages: int, timeout: float) -> Batch:
         """Up to `max_messages` records: what is ready now, else wait up to `timeout` for the
