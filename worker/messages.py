@@ -82,6 +82,7 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tool_choice: ToolChoiceIn | None = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     stream: bool | None = None  # None: the row's `stream`, else LLM_WORKER_STREAM
+    priority: Literal["high", "normal", "low"] | None = None  # None: the row's, else normal
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,6 +31,7 @@ from llm_worker.registry.resolve import Candidate
 
 from .calling.caller import Caller, CallFailed, CallResult
 from .calling.output import check_output
+from .calling.priority import NORMAL, RANKS, rank
 from .chunking.calls import StreamCalls
 from .chunking.writer import ChunkWriter
 from .config import Settings
@@ -89,8 +90,22 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     started: float
     trace: MessageTrace
     stream: bool = False
+    priority: int = NORMAL
+    """Where it waits for capacity (a rank of `calling.priority`): the prompt's, else the
+    requested row's, else normal."""
     hit: CallResult | None = None
     """A streamed prompt's answer found in the dedup window (its chunks are still to write)."""
+
+
+def _priority(prompt: Prompt, candidates: list[Candidate]) -> int:
+    """Where a prompt waits for capacity: its `priority`, else the requested row's, else
+    normal (a row's value outside high|normal|low, which the database refuses: normal)."""
+    if prompt.priority is not None:
+        return rank(prompt.priority)
+    for c in candidates:
+        if c.row.model_id == prompt.model:
+            return RANKS.get(c.row.priority or "normal", NORMAL)
+    return NORMAL
 
 
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
@@ -188,6 +203,7 @@ class Pipeline:
             started=started,
             trace=mt,
             stream=stream,
+            priority=_priority(prompt, candidates),
             hit=stored,
         )
 
@@ -209,7 +225,9 @@ class Pipeline:
         except BaseException as exc:
             tracer.abandon(p.trace, type(exc).__name__)
             raise
-        return self._seal(draft, p.started, p.trace)
+        outcome = self._seal(draft, p.started, p.trace)
+        outcome.priority = p.priority
+        return outcome
 
     def _seal(self, draft: Draft, started: float, mt: MessageTrace | None) -> Outcome:
         """The one place an `Outcome` is made: the draft, with the trace the tracer gives it
@@ -239,7 +257,11 @@ class Pipeline:
                 call, shared = await self._deduplicated(p, p.dedup_key)
             else:
                 call = await self._caller.call(
-                    p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
+                    p.candidates,
+                    p.request,
+                    deadline=p.deadline,
+                    tenant=p.prompt.tenant,
+                    priority=p.priority,
                 )
         except CallFailed as failed:
             canned = _canned_response(p.prompt.model, p.candidates, p.request)
@@ -266,6 +288,7 @@ class Pipeline:
                     tenant=p.prompt.tenant,
                     key=p.dedup_key,
                     on_lead=self._tracer.lead,
+                    priority=p.priority,
                 )
             except CallFailed as failed:
                 if failed.shared and p.dedup_key is not None:  # the leader's error
@@ -334,7 +357,11 @@ class Pipeline:
             led = True
             self._tracer.lead(key)
             return await self._caller.call(
-                p.candidates, p.request, deadline=p.deadline, tenant=p.prompt.tenant
+                p.candidates,
+                p.request,
+                deadline=p.deadline,
+                tenant=p.prompt.tenant,
+                priority=p.priority,
             )
 
         try:

@@ -56,6 +56,7 @@ from .concurrency import AdaptiveLimit, ConcurrencyLimits
 from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
 from .observer import CallObserver
 from .output import check_output
+from .priority import NORMAL
 from .ratelimit import RateLimiter, RateRequest
 from .results import CallFailed, CallResult, CircuitOpen, estimate_tokens, expired
 from .routing import Router, endpoint_key, health_key
@@ -142,6 +143,7 @@ class _Call:
         "last_cand",
         "open_since",
         "passes",
+        "priority",
         "request",
         "tap",
         "tenant",
@@ -154,10 +156,12 @@ class _Call:
         deadline: float,
         final: float,
         tap: StreamTap | None = None,
+        priority: int = NORMAL,
     ) -> None:
         self.request = request
         self.tap = tap
         self.tenant = tenant
+        self.priority = priority  # where it waits for capacity (`priority.py`)
         self.deadline = deadline  # moved on by capacity waits, up to `final`
         self.final = final  # no wait runs past this
         self.attempts = 0
@@ -240,13 +244,15 @@ class Caller:
         deadline: float,
         tenant: str | None = None,
         tap: StreamTap | None = None,
+        priority: int = NORMAL,
     ) -> CallResult:
         """The checked answer, or `CallFailed`. `tap`: stream it, each piece to the tap as it
-        arrives; once a piece went out, nothing is tried again (not even for the output check)."""
+        arrives; once a piece went out, nothing is tried again (not even for the output check).
+        `priority` (a rank of `priority.py`): where it waits for capacity, higher goes first."""
         request = capped(request, self.max_tokens_cap)
         attempts = 0
         for tries_left in range(self.output_retries, -1, -1):
-            result = await self._answer(candidates, request, deadline, tenant, tap)
+            result = await self._answer(candidates, request, deadline, tenant, tap, priority)
             attempts += result.attempts
             value, problem = check_output(request, result.result)
             if problem is None:
@@ -270,9 +276,11 @@ class Caller:
         deadline: float,
         tenant: str | None,
         tap: StreamTap | None = None,
+        priority: int = NORMAL,
     ) -> CallResult:
         """Passes over the candidates until one answers; `CallFailed` when none will."""
-        st = _Call(request, tenant, deadline, deadline + self.capacity_wait_s, tap)
+        final = deadline + self.capacity_wait_s
+        st = _Call(request, tenant, deadline, final, tap, priority)
         try:
             while True:
                 verdict = await self._pass(candidates, st)
@@ -422,7 +430,9 @@ class Caller:
             st.last_cand = cand
             try:  # a candidate that cannot be called, or whose limits the request can't fit
                 prepared = self._attempts.prepare(cand, st.request)
-                ask = fitting(self.limiter, cand, st.request, st.tenant, self.max_tokens_cap)
+                ask = fitting(
+                    self.limiter, cand, st.request, st.tenant, self.max_tokens_cap, st.priority
+                )
             except ProviderError as exc:
                 failed.terminal = st.last_call_error = exc
                 st.dead.add(health)
@@ -473,7 +483,7 @@ class Caller:
                 st.last = failed.last(st.last)
                 raise CallFailed(self._expired(st), st.attempts, st.last_cand)
             slots = self.concurrency.get(health)
-            waited = await slot(slots, cand, st.final, self._clock)
+            waited = await slot(slots, cand, st.final, self._clock, st.priority)
         except NoCapacity as ended:
             raise ended.failed(cand, st.attempts, st.held_s) from None
         st.deadline = min(st.deadline + waited, st.final)  # held, not failed

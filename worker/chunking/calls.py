@@ -23,6 +23,7 @@ from llm_worker.adapters.base import ProviderRequest, ProviderResult
 from llm_worker.registry.resolve import Candidate
 
 from ..calling.caller import Caller, CallFailed, CallResult
+from ..calling.priority import NORMAL
 from ..dedup import DedupWindow
 from ..ops.metrics import Metrics
 from .source import ChunkSource, Multiplexer
@@ -96,14 +97,17 @@ class StreamCalls:
         tenant: str | None,
         key: str | None,
         on_lead: Callable[[str], None] | None = None,
+        priority: int = NORMAL,
     ) -> tuple[CallResult, bool]:
         """`(result, shared)` as the pipeline's plain call gives it, the chunks written (`w`);
         `CallFailed` when it failed, the sequence then ended with an "error" chunk.
-        `on_lead(key)`: this request calls the provider for `key` (the others follow it)."""
+        `on_lead(key)`: this request calls the provider for `key` (the others follow it).
+        `priority`: where the call waits for capacity (`Caller.call`)."""
+        who = (tenant, priority)
         try:
             if key is None or self._dedup is None:
-                return await self._lead(w, candidates, request, deadline, tenant, None), False
-            return await self._shared(w, key, candidates, request, deadline, tenant, on_lead)
+                return await self._lead(w, candidates, request, deadline, who, None), False
+            return await self._shared(w, key, candidates, request, deadline, who, on_lead)
         except CallFailed:
             if not w.following and not w.skipped:
                 failed = self.source()
@@ -117,7 +121,7 @@ class StreamCalls:
         candidates: Sequence[Candidate],
         request: ProviderRequest,
         deadline: float,
-        tenant: str | None,
+        who: tuple[str | None, int],
         key: str | None,
     ) -> CallResult:
         source = self.source()
@@ -130,7 +134,7 @@ class StreamCalls:
             self.mux.open(key, source)
         try:
             call = await self._caller.call(
-                candidates, request, deadline=deadline, tenant=tenant, tap=source
+                candidates, request, deadline=deadline, tenant=who[0], tap=source, priority=who[1]
             )
         except BaseException:
             source.end("error")
@@ -148,7 +152,7 @@ class StreamCalls:
         candidates: Sequence[Candidate],
         request: ProviderRequest,
         deadline: float,
-        tenant: str | None,
+        who: tuple[str | None, int],
         on_lead: Callable[[str], None] | None,
     ) -> tuple[CallResult, bool]:
         assert self._dedup is not None
@@ -167,7 +171,7 @@ class StreamCalls:
             led, w.skipped = True, False
             if on_lead is not None:
                 on_lead(key)
-            return await self._lead(w, candidates, request, deadline, tenant, key)
+            return await self._lead(w, candidates, request, deadline, who, key)
 
         try:
             answer, shared = await self._dedup.run(key, lead, _size)
