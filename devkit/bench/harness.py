@@ -144,6 +144,8 @@ class Load:
     stream: bool = False  # every prompt says `"stream": true` (chunks on the run's topic)
     token_delay_ms: float = 0.0  # the fake's pause before each streamed event after the first
     scrape_metrics: bool = False  # keep the worker's /metrics at the end (`Run.metrics_text`)
+    priorities: tuple[str, ...] = ()  # prompt i says priorities[i % len] (none: says nothing)
+    rpm_limit: int | None = None  # the worker's row's rpm_limit (saturates the endpoint)
     events: list[tuple[float, Callable[[Run], None]]] = field(default_factory=list)
 
 
@@ -273,6 +275,8 @@ def _produce_all(
             prompt["response_format"] = load.response_format
         if load.stream:
             prompt["stream"] = True
+        if load.priorities:
+            prompt["priority"] = load.priorities[i % len(load.priorities)]
         value = _enc.encode(prompt)
         sent[i] = time.time()
         while True:
@@ -307,6 +311,7 @@ def _register_model(stack: Stack, run: Run, load: Load) -> tuple[str, ...]:
         upstream_model="fake-bench",
         max_tokens=64,
         timeout_ms=30_000,
+        rpm_limit=load.rpm_limit,
     )
     if load.fallback:
         profiles += (run.profile + "b",)

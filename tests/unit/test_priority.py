@@ -274,3 +274,22 @@ def test_completions_queue_time_is_observed_by_priority() -> None:
     assert sample("llm_worker_queue_seconds_count", "low") == 2
     assert sample("llm_worker_queue_seconds_sum", "low") == pytest.approx(1.25)
     assert sample("llm_worker_queue_seconds_count", "normal") == 0  # -1: no provider call
+
+
+# -- the benchmark scenario's figures --------------------------------------------------------
+
+
+def test_the_priority_scenario_reports_high_and_low_queue_ms_side_by_side() -> None:
+    from llm_worker.devkit.bench.scenarios import PRIORITY_MIX, SCENARIOS, priority_figures
+
+    assert "priority" in SCENARIOS and PRIORITY_MIX.count("high") * 10 == len(PRIORITY_MIX)
+    done = [
+        {"id": f"run1-{i}", "queue_ms": 100.0 if i % 10 == 0 else 5000.0 + i} for i in range(40)
+    ]
+    done += [{"id": "other-0", "queue_ms": 1.0}, {"id": "run1-x", "queue_ms": 1.0}]
+    done.append({"id": "run1-50", "queue_ms": None})  # no Kafka timestamp: not counted
+    figures = priority_figures(done, "run1", PRIORITY_MIX)
+    assert figures["high"] == {"count": 4, "queue_ms_p50": 100.0, "queue_ms_p95": 100.0}
+    assert figures["low"]["count"] == 36 and figures["low"]["queue_ms_p95"] == 5037.0
+    assert figures["high_vs_low_p95"] == round(100 / 5037, 3)
+    assert priority_figures([], "run1", PRIORITY_MIX)["high_vs_low_p95"] is None
