@@ -52,6 +52,7 @@ EDITABLE: tuple[str, ...] = tuple(c for c in COLUMNS if c != "updated_at")
 REQUIRED = ("model_id", "provider", "upstream_model")
 DIALECTS = ("openai", "llama_cpp")
 ROUTING_OBJECTIVES = ("priority", "latency", "cost", "reliability")
+PRIORITIES = ("high", "normal", "low")
 _PRICES = (
     "input_cost_per_1k",
     "output_cost_per_1k",
@@ -85,6 +86,7 @@ COLUMN_HELP: dict[str, str] = {
     "cache_write_cost_per_1k": "USD per 1,000 cache-write tokens (>= 0; none: input price)",
     "canned_response": "text answered when every candidate failed (none: an error)",
     "stream": "true|false; stream prompts that do not say `stream` (none: LLM_WORKER_STREAM)",
+    "priority": f"{'|'.join(PRIORITIES)}; where prompts that do not say wait (none: normal)",
 }
 
 _FIELDS: dict[str, msgspec.structs.FieldInfo] = {
@@ -193,6 +195,11 @@ def row_value_problems(row: ModelRow, *, endpoints: bool = True) -> list[str]:
         out.append(
             f"routing_objective: {goal!r}{_suggest(goal, ROUTING_OBJECTIVES)}"
             f" (known: {', '.join(ROUTING_OBJECTIVES)})"
+        )
+    prio = row.priority
+    if prio is not None and prio not in PRIORITIES:
+        out.append(
+            f"priority: {prio!r}{_suggest(prio, PRIORITIES)} (known: {', '.join(PRIORITIES)})"
         )
     return out
 

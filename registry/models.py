@@ -35,6 +35,7 @@ class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
     cache_write_cost_per_1k: float | None = None  # None: input_cost_per_1k (004)
     canned_response: str | None = None  # answered (ok, canned) when every candidate failed
     stream: bool | None = None  # stream its prompts that do not say; None: the worker's (005)
+    priority: str | None = None  # high | normal | low for prompts that do not say (006)
 
 
 COLUMNS: tuple[str, ...] = ModelRow.__struct_fields__

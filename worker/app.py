@@ -164,7 +164,9 @@ class App:
             limiter=self.limiter,
             loop_lag=self.loop_lag,
             wait_when_open=settings.breaker_when_all_open == "wait",
-            concurrency=ConcurrencyLimits(cap=settings.max_in_flight),
+            concurrency=ConcurrencyLimits(
+                cap=settings.max_in_flight, aging_s=settings.priority_aging_s
+            ),
             observer=AttemptObserver(self.metrics, self.tracing),
             max_tokens_cap=settings.max_tokens_cap or None,
             capacity_wait_s=settings.capacity_wait_s,

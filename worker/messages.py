@@ -87,6 +87,7 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ttl_ms: Annotated[int, msgspec.Meta(ge=1)] | None = None
     """The same, relative: milliseconds from the record's Kafka timestamp (from when the worker
     took it, for a record without one). With `deadline` too, the earlier of the two wins."""
+    priority: Literal["high", "normal", "low"] | None = None  # None: the row's, else normal
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,6 +37,7 @@ from llm_worker.registry.resolve import Candidate
 
 from .calling.caller import Caller, CallFailed, CallResult
 from .calling.output import check_output
+from .calling.priority import NORMAL, RANKS, rank
 from .calling.results import DeadlineExceeded, past_prompt_deadline
 from .chunking.calls import StreamCalls
 from .chunking.writer import ChunkWriter
@@ -96,11 +97,25 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     started: float
     trace: MessageTrace
     stream: bool = False
+    priority: int = NORMAL
+    """Where it waits for capacity (a rank of `calling.priority`): the prompt's, else the
+    requested row's, else normal."""
     hit: CallResult | None = None
     """A streamed prompt's answer found in the dedup window (its chunks are still to write)."""
     prompt_deadline: float | None = None
     """The prompt's own deadline on the monotonic clock (`deadline`, `ttl_ms`, the worker's
     default TTL); None: it has none. `deadline` is never later."""
+
+
+def _priority(prompt: Prompt, candidates: list[Candidate]) -> int:
+    """Where a prompt waits for capacity: its `priority`, else the requested row's, else
+    normal (a row's value outside high|normal|low, which the database refuses: normal)."""
+    if prompt.priority is not None:
+        return rank(prompt.priority)
+    for c in candidates:
+        if c.row.model_id == prompt.model:
+            return RANKS.get(c.row.priority or "normal", NORMAL)
+    return NORMAL
 
 
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
@@ -201,6 +216,7 @@ class Pipeline:
             started=started,
             trace=mt,
             stream=stream,
+            priority=_priority(prompt, candidates),
             hit=stored,
             prompt_deadline=prompt_deadline,
         )
@@ -243,7 +259,9 @@ class Pipeline:
         except BaseException as exc:
             tracer.abandon(p.trace, type(exc).__name__)
             raise
-        return self._seal(draft, p.started, p.trace)
+        outcome = self._seal(draft, p.started, p.trace)
+        outcome.priority = p.priority
+        return outcome
 
     def _seal(self, draft: Draft, started: float, mt: MessageTrace | None) -> Outcome:
         """The one place an `Outcome` is made: the draft, with the trace the tracer gives it
@@ -278,6 +296,7 @@ class Pipeline:
                     deadline=p.deadline,
                     tenant=p.prompt.tenant,
                     prompt_deadline=p.prompt_deadline,
+                    priority=p.priority,
                 )
         except CallFailed as failed:
             canned = _canned_for(failed, p)
@@ -305,6 +324,7 @@ class Pipeline:
                     key=p.dedup_key,
                     on_lead=self._tracer.lead,
                     prompt_deadline=p.prompt_deadline,
+                    priority=p.priority,
                 )
             except CallFailed as failed:
                 if failed.shared and p.dedup_key is not None:  # the leader's error
@@ -385,6 +405,7 @@ class Pipeline:
                 deadline=p.deadline,
                 tenant=p.prompt.tenant,
                 prompt_deadline=p.prompt_deadline,
+                priority=p.priority,
             )
 
         while True:

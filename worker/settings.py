@@ -206,6 +206,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 0
+    priority_aging_s: Annotated[
+        float,
+        Spec(
+            "anti-starvation: a request waiting for capacity rises one priority (low, normal, "
+            "high) per this many seconds waited",
+            gt=0,
+        ),
+    ] = 30.0
     max_tokens_cap: Annotated[
         int,
         Spec(

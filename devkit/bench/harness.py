@@ -148,6 +148,8 @@ class Load:
     jitter_ms: float = 0.0  # the fake's latency is latency_ms ± jitter_ms (uniform)
     keys: int = 0  # > 0: prompt i has Kafka key i % keys (0: every prompt its own key)
     key_per_partition: bool = False  # prompt i goes to partition i % partitions, keyed by it
+    priorities: tuple[str, ...] = ()  # prompt i says priorities[i % len] (none: says nothing)
+    rpm_limit: int | None = None  # the worker's row's rpm_limit (saturates the endpoint)
     events: list[tuple[float, Callable[[Run], None]]] = field(default_factory=list)
 
 
@@ -276,6 +278,8 @@ def _produce_all(
             prompt["response_format"] = load.response_format
         if load.stream:
             prompt["stream"] = True
+        if load.priorities:
+            prompt["priority"] = load.priorities[i % len(load.priorities)]
         value = _enc.encode(prompt)
         sent[i] = time.time()
         key, part = _key(load, i)
@@ -319,6 +323,7 @@ def _register_model(stack: Stack, run: Run, load: Load) -> tuple[str, ...]:
         upstream_model="fake-bench",
         max_tokens=64,
         timeout_ms=30_000,
+        rpm_limit=load.rpm_limit,
     )
     if load.fallback:
         profiles += (run.profile + "b",)

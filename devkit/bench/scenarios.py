@@ -9,6 +9,7 @@ same invocation, right after the worker, on the same broker, Postgres and fake p
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 from llm_worker.devkit.bench.harness import Load, Run, Stack, read_topic, run_load, set_profile
 from llm_worker.devkit.bench.progress import Progress
-from llm_worker.devkit.bench.stats import after_warmup, metrics, slope
+from llm_worker.devkit.bench.stats import after_warmup, metrics, percentile, slope
 from llm_worker.devkit.bench.streaming import chunk_figures, prompt_times, scraped
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Scenario",
     "compare",
     "describe",
+    "priority_figures",
     "soak_summary",
 ]
 
@@ -431,3 +433,68 @@ def _soak(stack: Stack, opts: Options, progress: Progress) -> Result:
         "rss_every_s": 10.0,
         **soak_summary(run.rss, duration),
     }
+
+
+PRIORITY_MIX = ("high",) + ("low",) * 9
+"""The `priority` scenario's prompts, in turn: one in ten high, the rest low."""
+
+PRIORITY_RPM = 300
+"""... its row's rpm_limit (5/s), below the rate it publishes at (`PRIORITY_RATE`) ..."""
+
+PRIORITY_RATE = 7.5
+"""... so a backlog of low prompts grows by 2.5/s in the worker: to 250 in the 100 s it
+publishes, within the worker's intake (at least 256 in flight), so the worker holds the backlog
+it reorders (records still in Kafka are read in partition order)."""
+
+
+def priority_figures(
+    completions: list[dict[str, Any]], run_id: str, mix: tuple[str, ...]
+) -> dict[str, Any]:
+    """The completions' `queue_ms` by the priority their prompt said (prompt `i` of the run,
+    id `<run_id>-<i>`, said `mix[i % len(mix)]`): count, p50 and p95 of each, side by side,
+    and the ratio of the high p95 to the low."""
+    by: dict[str, list[float]] = {}
+    for c in completions:
+        head, _, number = str(c.get("id", "")).rpartition("-")
+        queue_ms = c.get("queue_ms")
+        if head != run_id or not number.isdigit() or queue_ms is None:
+            continue
+        by.setdefault(mix[int(number) % len(mix)], []).append(float(queue_ms))
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(mix):
+        values = by.get(name, [])
+        out[name] = {
+            "count": len(values),
+            "queue_ms_p50": round(percentile(values, 50), 1) if values else None,
+            "queue_ms_p95": round(percentile(values, 95), 1) if values else None,
+        }
+    high, low = out.get("high", {}).get("queue_ms_p95"), out.get("low", {}).get("queue_ms_p95")
+    out["high_vs_low_p95"] = round(high / low, 3) if high is not None and low else None
+    return out
+
+
+@_scenario(
+    "priority",
+    "750 prompts paced at 7.5/s, one in ten high-priority, the rest low, to a row limited to "
+    "5/s: high and low queue_ms side by side (worker only)",
+)
+def _priority(stack: Stack, opts: Options, progress: Progress) -> Result:
+    """Priority under saturation: the row's `rpm_limit` serves fewer prompts than arrive, so a
+    backlog of low ones waits in the worker; the high ones among them should wait for about a
+    burst of the limit (1 s), not for the backlog. Done when the high p95 is at most a tenth
+    of the low's."""
+    rate, _, count = _paced(opts, PRIORITY_RATE, 100.0)
+    load = Load(
+        count=count,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        rate=rate,
+        partitions=opts.partitions,
+        timeout_s=opts.timeout_s,
+        priorities=PRIORITY_MIX,
+        rpm_limit=PRIORITY_RPM,
+    )
+    sample, run = run_load(stack, "worker", load, progress)
+    topic = f"bench_completions_{run.run_id}"
+    done = [json.loads(r.value) for r in read_topic(stack.bootstrap, topic, load.partitions)]
+    figures = priority_figures(done, run.run_id, PRIORITY_MIX)
+    return {"runs": [metrics(sample)], "rate": rate, "rpm_limit": PRIORITY_RPM, **figures}

@@ -137,6 +137,7 @@ def test_the_registry_has_the_scenarios_each_with_help() -> None:
         "failover",
         "slow-provider",
         "soak",
+        "priority",
     ]
     assert all(s.help and callable(s.run) for s in SCENARIOS.values())
     assert SWEEP_MS == (5.0, 20.0, 100.0, 500.0, 2000.0)

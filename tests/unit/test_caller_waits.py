@@ -44,6 +44,7 @@ async def test_a_wait_for_capacity_moves_the_deadline_and_is_traced(
         "tpm": 90_000,
         "tenant": "acme",
         "tokens": estimate_tokens(REQUEST, 100),
+        "priority": 1,  # normal: the prompt and the row said none
     }
     assert s.limiter.acquired == [wanted]
     # however long the wait, never past the final deadline

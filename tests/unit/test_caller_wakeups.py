@@ -149,7 +149,7 @@ class SlowLimit(AdaptiveLimit):
         super().__init__(cap=4)
         self.clock, self.wait = clock, wait
 
-    async def acquire(self, timeout: float | None = None) -> float:
+    async def acquire(self, timeout: float | None = None, priority: int = 1) -> float:
         if timeout is not None and self.wait > timeout:  # none comes in time
             self.clock.now += timeout
             raise TimeoutError

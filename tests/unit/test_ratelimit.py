@@ -189,7 +189,8 @@ async def test_share_splits_the_limit_between_replicas() -> None:
     assert 54 <= done(tasks) <= 56  # 5/s (+ a 5-request burst) instead of 10/s
     rl.set_share(1)  # a replica left: the queue speeds up at once
     await t.advance(3)
-    assert 83 <= done(tasks) <= 87
+    # 10/s, plus the larger burst (5 more): places are handed out only a burst ahead
+    assert 83 <= done(tasks) <= 92
 
 
 async def test_429_penalty_pauses_the_endpoint() -> None:

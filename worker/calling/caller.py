@@ -64,6 +64,7 @@ from .concurrency import AdaptiveLimit, ConcurrencyLimits
 from .holds import PASS_BACKOFF_BASE_S, PASS_BACKOFF_CAP_S, Episode, Holds, pass_delay
 from .observer import CallObserver
 from .output import check_output
+from .priority import NORMAL
 from .ratelimit import RateLimiter, RateRequest
 from .results import (
     CallFailed,
@@ -162,6 +163,7 @@ class _Call:
         "last_cand",
         "open_since",
         "passes",
+        "priority",
         "prompt_deadline",
         "request",
         "tap",
@@ -176,11 +178,13 @@ class _Call:
         final: float,
         tap: StreamTap | None = None,
         prompt_deadline: float | None = None,
+        priority: int = NORMAL,
     ) -> None:
         self.request = request
         self.tap = tap
         self.prompt_deadline = prompt_deadline  # the prompt's own: `deadline_exceeded` past it
         self.tenant = tenant
+        self.priority = priority  # where it waits for capacity (`priority.py`)
         self.deadline = deadline  # moved on by capacity waits, up to `final`
         self.final = final  # no wait runs past this
         self.attempts = 0
@@ -264,11 +268,13 @@ class Caller:
         tenant: str | None = None,
         tap: StreamTap | None = None,
         prompt_deadline: float | None = None,
+        priority: int = NORMAL,
     ) -> CallResult:
         """The checked answer, or `CallFailed`. `tap`: stream it, each piece to the tap as it
         arrives; once a piece went out, nothing is tried again (not even for the output check).
         `prompt_deadline`: the prompt's own deadline (clock time), which caps `deadline` and
-        every wait; past it, the request fails with `deadline_exceeded`."""
+        every wait; past it, the request fails with `deadline_exceeded`. `priority` (a rank of
+        `priority.py`): where it waits for capacity, higher goes first."""
         if prompt_deadline is not None:
             if self._clock() >= prompt_deadline:
                 raise CallFailed(past_prompt_deadline(None, 0, 0.0), 0, None)
@@ -276,7 +282,9 @@ class Caller:
         request = capped(request, self.max_tokens_cap)
         attempts = 0
         for tries_left in range(self.output_retries, -1, -1):
-            result = await self._answer(candidates, request, deadline, tenant, tap, prompt_deadline)
+            result = await self._answer(
+                candidates, request, deadline, tenant, tap, prompt_deadline, priority
+            )
             attempts += result.attempts
             value, problem = check_output(request, result.result)
             if problem is None:
@@ -301,12 +309,13 @@ class Caller:
         tenant: str | None,
         tap: StreamTap | None = None,
         prompt_deadline: float | None = None,
+        priority: int = NORMAL,
     ) -> CallResult:
         """Passes over the candidates until one answers; `CallFailed` when none will."""
         final = deadline + self.capacity_wait_s
         if prompt_deadline is not None:
             final = min(final, prompt_deadline)
-        st = _Call(request, tenant, deadline, final, tap, prompt_deadline)
+        st = _Call(request, tenant, deadline, final, tap, prompt_deadline, priority)
         try:
             while True:
                 verdict = await self._pass(candidates, st)
@@ -460,7 +469,9 @@ class Caller:
             st.last_cand = cand
             try:  # a candidate that cannot be called, or whose limits the request can't fit
                 prepared = self._attempts.prepare(cand, st.request)
-                ask = fitting(self.limiter, cand, st.request, st.tenant, self.max_tokens_cap)
+                ask = fitting(
+                    self.limiter, cand, st.request, st.tenant, self.max_tokens_cap, st.priority
+                )
             except ProviderError as exc:
                 failed.terminal = st.last_call_error = exc
                 st.dead.add(health)
@@ -511,7 +522,7 @@ class Caller:
                 st.last = failed.last(st.last)
                 raise CallFailed(self._expired(st), st.attempts, st.last_cand)
             slots = self.concurrency.get(health)
-            waited = await slot(slots, cand, st.final, self._clock)
+            waited = await slot(slots, cand, st.final, self._clock, st.priority)
         except NoCapacity as ended:
             if _prompt_bound(st, st.final):  # the prompt's deadline ended the wait
                 why = st.last_call_error or ended.error(

@@ -26,6 +26,7 @@ from llm_worker.registry.resolve import Candidate
 
 from ..config import Settings
 from .concurrency import AdaptiveLimit
+from .priority import NORMAL
 from .ratelimit import Limit, RateLimiter, RateLimitTimeout, RateRequest
 from .results import CallFailed, estimate_tokens
 from .routing import endpoint_key
@@ -56,6 +57,7 @@ def rate_limiter(settings: Settings) -> RateLimiter:
         endpoints={k: Limit(rpm=r, tpm=t) for k, (r, t) in settings.limits("endpoint").items()},
         tenants={k: Limit(rpm=r, tpm=t) for k, (r, t) in settings.limits("tenant").items()},
         default_tenant=Limit(rpm=rpm, tpm=tpm) if rpm or tpm else None,
+        aging_s=settings.priority_aging_s,
     )
 
 
@@ -98,8 +100,11 @@ def tokens_for(request: ProviderRequest, cand: Candidate, max_tokens_cap: int | 
     return estimate_tokens(request, token_cap(cand.row.max_tokens, max_tokens_cap))
 
 
-def rate_request(cand: Candidate, tenant: str | None, tokens: int) -> RateRequest:
-    """What a call of `tokens` at `cand` for `tenant` asks of the rate limits."""
+def rate_request(
+    cand: Candidate, tenant: str | None, tokens: int, priority: int = NORMAL
+) -> RateRequest:
+    """What a call of `tokens` at `cand` for `tenant` asks of the rate limits, waiting with
+    `priority` (a rank of `priority.py`)."""
     row = cand.row
     return RateRequest(
         endpoint=endpoint_key(cand),
@@ -108,6 +113,7 @@ def rate_request(cand: Candidate, tenant: str | None, tokens: int) -> RateReques
         tpm=row.tpm_limit,
         tenant=tenant,
         tokens=tokens,
+        priority=priority,
     )
 
 
@@ -117,12 +123,14 @@ def fitting(
     request: ProviderRequest,
     tenant: str | None,
     max_tokens_cap: int | None,
+    priority: int = NORMAL,
 ) -> RateRequest:
-    """What `request` asks of `cand`'s rate limits (its tokens: `tokens_for`). Raises
-    `BadRequest` naming the limit when no bucket of `cand` could ever take that many."""
+    """What `request` asks of `cand`'s rate limits (its tokens: `tokens_for`), waiting with
+    `priority`. Raises `BadRequest` naming the limit when no bucket of `cand` could ever take
+    that many."""
     row = cand.row
     tokens = tokens_for(request, cand, max_tokens_cap)
-    ask = rate_request(cand, tenant, tokens)
+    ask = rate_request(cand, tenant, tokens, priority)
     limit = limiter.too_large(ask)
     if limit is None:
         return ask
@@ -153,13 +161,18 @@ async def rate_room(limiter: RateLimiter, ask: RateRequest, final: float) -> flo
 
 
 async def slot(
-    slots: AdaptiveLimit, cand: Candidate, final: float, clock: Callable[[], float]
+    slots: AdaptiveLimit,
+    cand: Candidate,
+    final: float,
+    clock: Callable[[], float],
+    priority: int = NORMAL,
 ) -> float:
-    """Wait for a concurrency slot at `cand`'s endpoint, up to `final`; the seconds waited.
-    Raises `NoCapacity` (`timeout`, naming the endpoint) when `final` came first."""
+    """Wait for a concurrency slot at `cand`'s endpoint (with `priority`), up to `final`;
+    the seconds waited. Raises `NoCapacity` (`timeout`, naming the endpoint) when `final`
+    came first."""
     start = clock()
     try:
-        return await slots.acquire(timeout=final - start)
+        return await slots.acquire(timeout=final - start, priority=priority)
     except TimeoutError:
         why = (
             f"no concurrency slot at {cand.endpoint_name} for {clock() - start:.1f}s"

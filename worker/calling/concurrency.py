@@ -37,12 +37,12 @@ sum of the endpoints' limits (plus a margin) has room, within a memory budget.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .priority import AGING_S, NORMAL, Lanes
 
 __all__ = ["AdaptiveLimit", "ConcurrencyLimits", "EndpointConcurrency"]
 
@@ -81,16 +81,25 @@ class EndpointConcurrency:
     grow: int
     plateau: int
     overload: int
+    waiting_by: tuple[int, int, int] = (0, 0, 0)
+    """`waiting` by priority: high, normal, low."""
 
 
 class AdaptiveLimit:
     """The concurrency limit of one endpoint (no I/O; `clock` is injected)."""
 
-    def __init__(self, *, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        cap: int,
+        clock: Callable[[], float] = time.monotonic,
+        aging_s: float = AGING_S,
+    ) -> None:
         self.cap = max(cap, MIN_LIMIT)
         self.limit = float(min(START_LIMIT, self.cap))
         self.in_use = 0
-        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        # waiters by priority (`priority.py`: higher first, aging against starvation)
+        self._queue: Lanes[asyncio.Future[None]] = Lanes(aging_s)
         self.waited_s = 0.0
         self.changes: dict[str, int] = {"grow": 0, "plateau": 0, "overload": 0}
         self._clock = clock
@@ -116,7 +125,7 @@ class AdaptiveLimit:
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free now (and nobody is waiting for one)."""
-        if self.in_use < self.slots and not self._queue:
+        if self.in_use < self.slots and not self._queue.n:
             self.in_use += 1
             if self.in_use >= self.slots:
                 self._saturated = True
@@ -124,7 +133,7 @@ class AdaptiveLimit:
         self._saturated = True
         if self._blind_growth():
             self._hand_over()
-            if self.in_use < self.slots and not self._queue:
+            if self.in_use < self.slots and not self._queue.n:
                 self.in_use += 1
                 return True
         return False
@@ -159,20 +168,21 @@ class AdaptiveLimit:
         self._schedule_probe()
 
     def _schedule_probe(self) -> None:
-        if self._probe is None and self._queue and self._blind:
+        if self._probe is None and self._queue.n and self._blind:
             loop = asyncio.get_running_loop()
             due = max(self._probed_at + PROBE_S, self._start + BLIND_AFTER_S)
             delay = max(0.0, due - self._clock())
             self._probe = loop.call_later(delay, self._probe_tick)
 
-    async def acquire(self, timeout: float | None = None) -> float:
-        """Wait for a slot (first come, first served); returns how long it waited (s).
-        Raises `TimeoutError`, holding no slot, when none came within `timeout` seconds."""
+    async def acquire(self, timeout: float | None = None, priority: int = NORMAL) -> float:
+        """Wait for a slot (higher `priority` rank first, then first come, first served, with
+        aging: `priority.py`); returns how long it waited (s). Raises `TimeoutError`, holding
+        no slot, when none came within `timeout` seconds."""
         if self.try_acquire():
             return 0.0
         t0 = self._clock()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(fut)
+        entry = self._queue.push(fut, priority, t0)
         self._schedule_probe()
         try:
             async with asyncio.timeout(timeout):
@@ -183,8 +193,7 @@ class AdaptiveLimit:
                 self._hand_over()
             else:
                 fut.cancel()
-                with contextlib.suppress(ValueError):  # no longer waiting: not counted
-                    self._queue.remove(fut)
+                self._queue.remove(entry, priority)  # no longer waiting: not counted
             raise
         waited = self._clock() - t0
         self.waited_s += waited
@@ -192,7 +201,11 @@ class AdaptiveLimit:
 
     @property
     def waiting(self) -> int:
-        return len(self._queue)
+        return self._queue.n
+
+    def waiting_by_priority(self) -> tuple[int, int, int]:
+        """Requests waiting for a slot now: high, normal, low."""
+        return self._queue.counts()
 
     def release(self, *, ok: bool, overloaded: bool = False, latency_s: float = 0.0) -> None:
         """A call ended: `ok` when it answered, `overloaded` when the endpoint said so."""
@@ -209,8 +222,8 @@ class AdaptiveLimit:
 
     def _hand_over(self) -> None:
         queue = self._queue
-        while queue and self.in_use < self.slots:
-            fut = queue.popleft()
+        while queue.n and self.in_use < self.slots:
+            fut = queue.pop(self._clock())
             if not fut.done():
                 self.in_use += 1
                 fut.set_result(None)
@@ -265,11 +278,17 @@ class ConcurrencyLimits:
     """Every endpoint's `AdaptiveLimit`, by health key; at most `max_endpoints` kept."""
 
     def __init__(
-        self, *, cap: int, max_endpoints: int = 1000, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        cap: int,
+        max_endpoints: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+        aging_s: float = AGING_S,
     ) -> None:
         self.cap = cap
         self._max = max_endpoints
         self._clock = clock
+        self._aging = aging_s
         self.by_endpoint: dict[str, AdaptiveLimit] = {}
         self._forgotten_wait_s = 0.0
 
@@ -282,12 +301,23 @@ class ConcurrencyLimits:
                         self._forgotten_wait_s += candidate.waited_s
                         del self.by_endpoint[old]
                         break
-            lim = self.by_endpoint[key] = AdaptiveLimit(cap=self.cap, clock=self._clock)
+            lim = self.by_endpoint[key] = AdaptiveLimit(
+                cap=self.cap, clock=self._clock, aging_s=self._aging
+            )
         return lim
 
     @property
     def waiting(self) -> int:
         return sum(lim.waiting for lim in self.by_endpoint.values())
+
+    def waiting_by_priority(self) -> tuple[int, int, int]:
+        """Requests waiting for a slot at any endpoint now: high, normal, low."""
+        high = normal = low = 0
+        for lim in self.by_endpoint.values():
+            if lim.waiting:
+                h, n, lo = lim.waiting_by_priority()
+                high, normal, low = high + h, normal + n, low + lo
+        return high, normal, low
 
     def forget(self, keep: set[str]) -> None:
         """Drop the idle limits of endpoints not in `keep`."""
@@ -315,6 +345,7 @@ class ConcurrencyLimits:
                 grow=lim.changes["grow"],
                 plateau=lim.changes["plateau"],
                 overload=lim.changes["overload"],
+                waiting_by=lim.waiting_by_priority(),
             )
             for key, lim in self.by_endpoint.items()
         }

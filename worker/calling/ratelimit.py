@@ -15,6 +15,13 @@ makes that bucket first-come first-served (a 4,000-token request is not starved 
 sleeps until then and looks again; other levels are not held meanwhile, so one slow tenant never
 blocks an endpoint that others share. A cancelled or timed-out waiter gives its place back.
 
+Places are handed out only a little ahead: a bucket's waiters line up by priority (`high`
+first, with aging: `priority.py`) and only the first of the line, its *head*, looks for a
+place, taking one once it comes within the bucket's burst plus `PLACE_AHEAD_S`; then the next
+in line becomes head. So a `high` request that comes behind a backlog of `low` ones waits for
+about a burst's worth of places, not the backlog, while the reserved places keep the bucket
+closed to newcomers (a big request still gets its turn).
+
 `penalize` (a provider's 429 with Retry-After) pauses a bucket: nothing goes before the pause
 ends, the bucket restarts empty, and places already handed out move back by the pause.
 
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .buckets import TokenBucket
+from .priority import AGING_S, NORMAL, Lanes
 from .share import replica_share
 
 __all__ = [
@@ -48,6 +56,10 @@ __all__ = [
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+PLACE_AHEAD_S = 0.1
+"""A bucket's head takes its place once the place comes within the bucket's burst plus this:
+the waiters behind it stay in priority order until then."""
 
 MAX_RESERVE_S = 60.0
 """The most one request (or usage charge) takes from a tokens bucket: more would block every
@@ -79,7 +91,8 @@ class Limit(msgspec.Struct, frozen=True, kw_only=True):
 class RateRequest:
     """What one call asks of the rate limits: `tokens` (estimated: prompt plus max_tokens) at
     `endpoint`, for the registry row `model_id` whose own limits are `rpm`/`tpm` (None: none),
-    on behalf of `tenant` (None: no tenant level)."""
+    on behalf of `tenant` (None: no tenant level), of `priority` (a rank of `priority.py`:
+    0 high, 1 normal, 2 low) where it waits."""
 
     endpoint: str
     model_id: str
@@ -87,6 +100,7 @@ class RateRequest:
     tpm: int | None = None
     tenant: str | None = None
     tokens: int = 1
+    priority: int = NORMAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +126,8 @@ class LimiterStats:
     penalties: int
     buckets: int
     share: float
+    waiting_by: tuple[int, int, int] = (0, 0, 0)
+    """`waiting` by priority: high, normal, low."""
 
 
 class _Level:
@@ -124,6 +140,16 @@ class _Level:
         self.limit: tuple[int | None, int | None] = (None, None)
         self.rpm: TokenBucket | None = None
         self.tpm: TokenBucket | None = None
+
+
+class _Line:
+    """The waiters of one bucket that hold no place in it yet, but the head: they wait their
+    turn in `lanes`, by priority. A bucket has a line while it has a head."""
+
+    __slots__ = ("lanes",)
+
+    def __init__(self, aging_s: float) -> None:
+        self.lanes: Lanes[asyncio.Future[None]] = Lanes(aging_s)
 
 
 class RateLimiter:
@@ -139,6 +165,7 @@ class RateLimiter:
     - `share`: every limit is multiplied by it (`set_share(replicas)`).
     - `max_nap_s`: a waiter looks again at least this often, so a raised limit (a row update,
       fewer replicas) speeds up requests already waiting.
+    - `aging_s`: a waiter in a bucket's line rises one priority per `aging_s` waited.
     """
 
     def __init__(
@@ -153,9 +180,12 @@ class RateLimiter:
         max_nap_s: float = 1.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        aging_s: float = AGING_S,
     ) -> None:
         if not burst_s > 0:
             raise ValueError("burst_s must be > 0")
+        if not aging_s > 0:
+            raise ValueError("aging_s must be > 0")
         self._endpoint_limits = {k: (v.rpm, v.tpm) for k, v in (endpoints or {}).items()}
         self._tenant_limits = {k: (v.rpm, v.tpm) for k, v in (tenants or {}).items()}
         self._default_tenant = (
@@ -171,8 +201,12 @@ class RateLimiter:
         self._models: dict[str, _Level] = {}
         self._tenants: dict[str, _Level] = {}
         self._gates: dict[str, TokenBucket] = {}
+        self._lines: dict[TokenBucket, _Line] = {}
+        self._aging = aging_s
         self.waiting = 0
         """Acquires sleeping right now (pause partitions when this grows)."""
+        self.waiting_by = [0, 0, 0]
+        """Of them, by priority rank: high, normal, low."""
         self._acquired = 0
         self._delayed = 0
         self._waited_s = 0.0
@@ -334,7 +368,14 @@ class RateLimiter:
                 b.reserve(n, now)
             self._acquired += 1
             return 0.0
-        await self._queue(needs, start, deadline)
+        prio = req.priority
+        self.waiting += 1
+        self.waiting_by[prio] += 1
+        try:
+            await self._queue(needs, start, deadline, prio)
+        finally:
+            self.waiting -= 1
+            self.waiting_by[prio] -= 1
         waited = self._clock() - start
         self._acquired += 1
         self._delayed += 1
@@ -342,16 +383,21 @@ class RateLimiter:
         return waited
 
     async def _queue(
-        self, needs: list[tuple[TokenBucket, float]], start: float, deadline: float | None
+        self,
+        needs: list[tuple[TokenBucket, float]],
+        start: float,
+        deadline: float | None,
+        prio: int,
     ) -> None:
         """Wait until every one of `needs` has capacity, then take it. Raises
         `RateLimitTimeout` when `deadline` comes first; a wait that ends so, or is cancelled,
         gives back the places it held."""
         held: list[tuple[TokenBucket, float, float, float]] = []  # bucket, n, place, mark
+        head: tuple[TokenBucket, float] | None = None  # the bucket whose line this one heads
         try:
             while True:
                 now = self._clock()
-                when, worst, why = _soonest(needs, held, now)
+                when, _, why = _soonest(needs, held, now)
                 if when <= now:
                     for b, n in needs:
                         b.reserve(n, now)
@@ -360,27 +406,94 @@ class RateLimiter:
                 if deadline is not None and now >= deadline:
                     self._timeouts += 1
                     raise RateLimitTimeout(why, when - now, now - start)
-                if worst is not None and worst[0]._interval:  # a pause gate keeps no queue
-                    # queue up in the strictest bucket: first come, first served there
-                    b, n = worst
-                    held.append((b, n, b.place(when), b.reserve(n, when)))
-                    needs = [x for x in needs if x[0] is not b]
-                await self._nap(when - now, None if deadline is None else deadline - now)
+                if head is None and (head := _strictest(needs, now)) is not None:
+                    # line up there, by priority (a pause gate keeps no line)
+                    if not await self._turn(head[0], prio, deadline):
+                        head = None
+                    continue  # time passed in the line: look again
+                until = when if head is None else self._take_place(head, held, now)
+                if until is None:  # a place taken: the next in line heads it
+                    needs = [x for x in needs if head is None or x[0] is not head[0]]
+                    head = None
+                    continue
+                await self._nap(until - now, None if deadline is None else deadline - now)
         except BaseException:  # timed out or cancelled: give the places back
             for b, n, _, mark in held:
                 b.refund(n, mark)
             raise
+        finally:
+            if head is not None:
+                self._next(head[0])
+
+    def _take_place(
+        self,
+        head: tuple[TokenBucket, float],
+        held: list[tuple[TokenBucket, float, float, float]],
+        now: float,
+    ) -> float | None:
+        """As the head of a bucket's line: take a place in it if one comes within the burst
+        plus `PLACE_AHEAD_S` (None: taken, the next in line heads it), else when to look."""
+        b, n = head
+        t = b.earliest(n, now)
+        ahead = b._tau + PLACE_AHEAD_S
+        if t - now > ahead + 1e-6:  # (a nap rounds: never nap for 1e-17 s)
+            return t - ahead
+        # its place in the line's bucket: first come, first served from here
+        held.append((b, n, b.place(t), b.reserve(n, t)))
+        self._next(b)
+        return None
+
+    async def _turn(self, b: TokenBucket, prio: int, deadline: float | None) -> bool:
+        """Wait in `b`'s line until this waiter heads it (True) or `deadline` came (False)."""
+        line = self._lines.get(b)
+        if line is None:  # nobody heads it: this waiter does
+            self._lines[b] = _Line(self._aging)
+            return True
+        now = self._clock()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = line.lanes.push(fut, prio, now)
+        try:
+            if deadline is None:
+                await fut
+            else:
+                nap = asyncio.ensure_future(self._sleep(deadline - now))
+                try:
+                    await asyncio.wait((fut, nap), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    nap.cancel()
+        except BaseException:
+            if fut.done() and not fut.cancelled():  # made head just as it gave up: pass it on
+                self._next(b)
+            else:
+                fut.cancel()
+                line.lanes.remove(entry, prio)
+            raise
+        if fut.done():
+            return True
+        fut.cancel()
+        line.lanes.remove(entry, prio)
+        return False
+
+    def _next(self, b: TokenBucket) -> None:
+        """The head of `b`'s line took its place or left: the next in line heads it."""
+        line = self._lines.get(b)
+        if line is None:
+            return
+        lanes = line.lanes
+        now = self._clock()
+        while lanes.n:
+            fut = lanes.pop(now)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        del self._lines[b]
 
     async def _nap(self, until_free: float, until_deadline: float | None) -> None:
         """Sleep until capacity should be free, the deadline, or `max_nap_s`, the soonest."""
         nap = min(until_free, self._max_nap)
         if until_deadline is not None:
             nap = min(nap, until_deadline)
-        self.waiting += 1
-        try:
-            await self._sleep(nap)
-        finally:
-            self.waiting -= 1
+        await self._sleep(nap)
 
     def charge(self, req: RateRequest, used: int) -> None:
         """Debit the tokens `used` beyond `req.tokens`, the estimate (from the provider's
@@ -409,12 +522,27 @@ class RateLimiter:
             penalties=self._penalties,
             buckets=len(self._endpoints) + len(self._models) + len(self._tenants),
             share=self._share,
+            waiting_by=(self.waiting_by[0], self.waiting_by[1], self.waiting_by[2]),
         )
 
 
 def _free(needs: list[tuple[TokenBucket, float]], now: float) -> bool:
     """Every bucket has room for its share of the request `now`."""
     return all(b.earliest(n, now) <= now for b, n in needs)
+
+
+def _strictest(
+    needs: list[tuple[TokenBucket, float]], now: float
+) -> tuple[TokenBucket, float] | None:
+    """The rate bucket of `needs` (not a pause gate) with room latest, if it has none now."""
+    worst: tuple[TokenBucket, float] | None = None
+    latest = now
+    for b, n in needs:
+        if b._interval:
+            t = b.earliest(n, now)
+            if t > latest:
+                latest, worst = t, (b, n)
+    return worst
 
 
 def _soonest(

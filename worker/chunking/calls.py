@@ -25,6 +25,7 @@ from llm_worker.adapters.base import ProviderRequest, ProviderResult
 from llm_worker.registry.resolve import Candidate
 
 from ..calling.caller import Caller, CallFailed, CallResult
+from ..calling.priority import NORMAL
 from ..calling.results import DeadlineExceeded
 from ..dedup import DedupWindow
 from ..ops.metrics import Metrics
@@ -100,20 +101,18 @@ class StreamCalls:
         key: str | None,
         on_lead: Callable[[str], None] | None = None,
         prompt_deadline: float | None = None,
+        priority: int = NORMAL,
     ) -> tuple[CallResult, bool]:
         """`(result, shared)` as the pipeline's plain call gives it, the chunks written (`w`);
         `CallFailed` when it failed, the sequence then ended with an "error" chunk.
         `on_lead(key)`: this request calls the provider for `key` (the others follow it).
-        `prompt_deadline`: the prompt's own deadline, for the caller (`Caller.call`)."""
+        `prompt_deadline`: the prompt's own deadline, for the caller (`Caller.call`);
+        `priority`: where the call waits for capacity (`Caller.call`)."""
+        deadlines, who = (deadline, prompt_deadline), (tenant, priority)
         try:
             if key is None or self._dedup is None:
-                call = await self._lead(
-                    w, candidates, request, (deadline, prompt_deadline), tenant, None
-                )
-                return call, False
-            return await self._shared(
-                w, key, candidates, request, (deadline, prompt_deadline), tenant, on_lead
-            )
+                return await self._lead(w, candidates, request, deadlines, who, None), False
+            return await self._shared(w, key, candidates, request, deadlines, who, on_lead)
         except CallFailed:
             if not w.following and not w.skipped:
                 failed = self.source()
@@ -127,10 +126,11 @@ class StreamCalls:
         candidates: Sequence[Candidate],
         request: ProviderRequest,
         deadlines: tuple[float, float | None],
-        tenant: str | None,
+        who: tuple[str | None, int],
         key: str | None,
     ) -> CallResult:
-        """`deadlines`: the request's and its prompt's own (`Caller.call`)."""
+        """`deadlines`: the request's and its prompt's own; `who`: its tenant and priority
+        (`Caller.call`)."""
         source = self.source()
         if w.following:  # taking over a cancelled leader's stream: a new sequence follows it
             await w.done()
@@ -144,9 +144,10 @@ class StreamCalls:
                 candidates,
                 request,
                 deadline=deadlines[0],
-                tenant=tenant,
+                tenant=who[0],
                 tap=source,
                 prompt_deadline=deadlines[1],
+                priority=who[1],
             )
         except BaseException:
             source.end("error")
@@ -164,7 +165,7 @@ class StreamCalls:
         candidates: Sequence[Candidate],
         request: ProviderRequest,
         deadlines: tuple[float, float | None],
-        tenant: str | None,
+        who: tuple[str | None, int],
         on_lead: Callable[[str], None] | None,
     ) -> tuple[CallResult, bool]:
         assert self._dedup is not None
@@ -183,7 +184,7 @@ class StreamCalls:
             led, w.skipped = True, False
             if on_lead is not None:
                 on_lead(key)
-            return await self._lead(w, candidates, request, deadlines, tenant, key)
+            return await self._lead(w, candidates, request, deadlines, who, key)
 
         while True:
             try:

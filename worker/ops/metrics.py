@@ -21,6 +21,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+PRIORITY_NAMES = ("high", "normal", "low")
+"""The priorities by rank (`calling/priority.py`'s NAMES, which a test checks)."""
+
 if TYPE_CHECKING:  # the components' typed stats (imported at run time they would make a cycle)
     from ..calling.concurrency import EndpointConcurrency
     from ..calling.ratelimit import LimiterStats
@@ -155,6 +158,14 @@ class Metrics:
         self.time_to_answer = Histogram(
             "llm_worker_time_to_answer_seconds",
             "From the worker taking the prompt to its completion acknowledged by Kafka",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "llm_worker_queue_seconds",
+            "A completion's queue_ms (Kafka timestamp of the prompt to its completion), by the "
+            "priority it waited with (prompts that needed a provider call)",
+            ["priority"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -337,6 +348,18 @@ def _limiter_metrics(lim: LimiterStats) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "llm_worker_ratelimit_share", "This replica's share of row limits", value=lim.share
     )
+    yield _by_priority(
+        "llm_worker_ratelimit_waiting_by_priority",
+        "Requests waiting for rate-limit capacity, by priority",
+        lim.waiting_by,
+    )
+
+
+def _by_priority(name: str, doc: str, counts: tuple[int, int, int]) -> Metric:
+    gauge = GaugeMetricFamily(name, doc, labels=["priority"])
+    for label, n in zip(PRIORITY_NAMES, counts, strict=True):
+        gauge.add_metric([label], n)
+    return gauge
 
 
 def _circuit_states(breakers: dict[str, str]) -> Metric:
@@ -392,10 +415,18 @@ def _concurrency_metrics(stats: dict[str, EndpointConcurrency]) -> Iterator[Metr
         "Why an endpoint's concurrency limit moved: grow, plateau, overload",
         labels=["endpoint", "reason"],
     )
+    waiting = [0, 0, 0]
     for endpoint, st in stats.items():
         limit.add_metric([endpoint], st.limit)
         changes.add_metric([endpoint, "grow"], st.grow)
         changes.add_metric([endpoint, "plateau"], st.plateau)
         changes.add_metric([endpoint, "overload"], st.overload)
+        for i, n in enumerate(st.waiting_by):
+            waiting[i] += n
     yield limit
     yield changes
+    yield _by_priority(
+        "llm_worker_concurrency_waiting_by_priority",
+        "Requests waiting for an endpoint's concurrency slot, by priority",
+        (waiting[0], waiting[1], waiting[2]),
+    )

@@ -27,7 +27,7 @@ from ..messages import Completion, Usage
 from ..records import InputRecord, Outcome
 from ..settings import LogOutcomes
 from .logs import LineSink, iso_ts, line_sink
-from .metrics import Metrics
+from .metrics import PRIORITY_NAMES, Metrics
 from .tracing import Tracing
 
 __all__ = ["LOG_OUTCOMES", "OutcomeRecorder"]
@@ -107,6 +107,8 @@ class OutcomeRecorder:
         self._log_errors = log_outcomes != "none"
         self._clock = clock
         self._children: dict[tuple[str, Key], Any] = {}
+        # bound once: completions' queue time by the rank of their priority
+        self._queue_time = tuple(metrics.queue_time.labels(name) for name in PRIORITY_NAMES)
         self.counters: dict[str, int] = {"completed": 0, "errors": 0, "dlq": 0}
 
     def _child(self, metric: str, label: Key) -> Any:
@@ -165,6 +167,8 @@ class OutcomeRecorder:
             m.errors.labels(c.error.type if c.error else "unknown").inc()
         if rec.timestamp_ms:
             m.e2e_latency.observe(max(0.0, batch.now - rec.timestamp_ms / 1000))
+        if outcome.priority >= 0 and c.queue_ms is not None:
+            self._queue_time[outcome.priority].observe(c.queue_ms / 1000)
         answered = batch.mono - outcome.started if outcome.started else None
         if answered is not None:
             m.time_to_answer.observe(answered)
