@@ -39,7 +39,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -53,6 +53,7 @@ from ..messages import Completion
 from ..records import InputRecord, Outcome
 from ..spans import MessageTrace
 from .genai import Servers, request_attributes, result_attributes
+from .leanspans import SpanQueue, lean_tracer
 from .otelconf import ATTRIBUTE_VALUE_LENGTH, OtelConfig, SpanBounds, otel_config
 from .otlp_export import OtlpHttpExporter
 from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
@@ -206,7 +207,8 @@ class Tracing:
     ) -> None:
         self.provider = provider
         self.sampler = sampler if sampler is not None else HeadSampler()
-        self._tracer = provider.get_tracer("llm_worker")
+        # the worker's own spans (`ops.leanspans`) when the provider records every span
+        self._tracer: trace.Tracer = lean_tracer(provider) or provider.get_tracer("llm_worker")
         self._group = group_id
         self._content = trace_content
         self._value_length = value_length
@@ -227,7 +229,7 @@ class Tracing:
             sampler=ALWAYS_ON,
             span_limits=span_limits(cfg.limits),
         )
-        provider.add_span_processor(BatchSpanProcessor(_exporter(cfg)))
+        provider.add_span_processor(SpanQueue(_exporter(cfg)))
         log.info("tracing on: %s", cfg)
         return cls(
             provider,
