@@ -51,7 +51,7 @@ from opentelemetry.sdk.trace import (
     TracerProvider,
     _is_valid_link,
 )
-from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import (
@@ -79,6 +79,14 @@ _UNSET = Status(StatusCode.UNSET)
 class LeanSpan(trace_api.Span, ReadableSpan):
     """A recording span: see the module's docstring."""
 
+    # what every span starts with (immutable: replaced, never changed in place)
+    _end_time: int | None = None
+    _events: Sequence[Event] = ()
+    _links: Sequence[Link] = ()
+    _status = _UNSET
+    _instrumentation_info = None
+    _dropped = 0
+
     def __init__(
         self,
         tracer: LeanTracer,
@@ -93,16 +101,10 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         self._kind = kind
         self._parent = parent
         self._start_time: int | None = None
-        self._end_time: int | None = None
         self._attributes: dict[str, types.AnyValue] = {}
-        self._events: Sequence[Event] = ()
-        self._links: Sequence[Link] = ()
-        self._status = _UNSET
         self._resource = tracer.resource
         self._instrumentation_scope = tracer.scope
-        self._instrumentation_info = None
         self._tracer = tracer
-        self._dropped = 0
 
     def __repr__(self) -> str:
         return f'LeanSpan(name="{self._name}", context={self._context})'
@@ -137,10 +139,31 @@ class LeanSpan(trace_api.Span, ReadableSpan):
             del attrs[next(iter(attrs))]
         attrs[key] = value
 
+    def _update(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        """`_put` of each pair: the usual case (a str key not yet there, a str, int, float or
+        bool value, room left) written out here, anything else through `_put`."""
+        tracer = self._tracer
+        cut = tracer.value_length
+        room = tracer.max_attributes
+        attrs = self._attributes
+        for key, value in attributes.items():
+            t = type(value)
+            if (
+                type(key) is not str
+                or not key
+                or key in attrs
+                or (room is not None and len(attrs) >= room)
+                or (t is not str and t is not int and t is not float and t is not bool)
+            ):
+                self._put(key, value)
+            elif t is str and cut is not None and len(value) > cut:  # type: ignore[arg-type]
+                attrs[key] = value[:cut]  # type: ignore[index]
+            else:
+                attrs[key] = value
+
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         if self._end_time is None:
-            for key, value in attributes.items():
-                self._put(key, value)
+            self._update(attributes)
 
     def set_attribute(self, key: str, value: types.AnyValue) -> None:
         if self._end_time is None:
@@ -220,7 +243,8 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = end_time if end_time is not None else time_ns()
-        self._tracer.processor.on_end(self)  # as it is: nothing changes it any more
+        for on_end in self._tracer.enders():  # as it is: nothing changes it any more
+            on_end(self)
 
 
 _PARENT_BASED_ALWAYS_ON = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
@@ -229,16 +253,40 @@ _PARENT_BASED_ALWAYS_ON = ParentBased(ALWAYS_ON).get_description()  # type: igno
 class LeanTracer(trace_api.Tracer):
     """Makes `LeanSpan`s for `provider` (see `lean_tracer`)."""
 
-    def __init__(self, provider: TracerProvider, name: str, *, parent_based: bool) -> None:
-        sdk = provider.get_tracer(name)
+    def __init__(
+        self,
+        provider: TracerProvider,
+        name: str,
+        version: str | None = None,
+        schema_url: str | None = None,
+        *,
+        parent_based: bool,
+    ) -> None:
+        sdk = provider.get_tracer(name, version, schema_url)
         self.scope = sdk._instrumentation_scope  # type: ignore[attr-defined]
         self.resource = provider.resource
         self.limits = provider._span_limits
         self.max_attributes: int | None = self.limits.max_span_attributes
         self.value_length: int | None = self.limits.max_span_attribute_length
-        self.processor: SpanProcessor = provider._active_span_processor
+        self._processor = provider._active_span_processor
+        self._seen: tuple[SpanProcessor, ...] = ()
+        self._starts: tuple[Any, ...] = ()
+        self._ends: tuple[Any, ...] = ()
         self._ids = provider.id_generator
         self._parent_based = parent_based
+
+    def _processors(self) -> None:
+        """The provider's span processors' `on_start` (those that do something) and `on_end`,
+        taken again when a processor is added."""
+        procs: tuple[SpanProcessor, ...] = self._processor._span_processors
+        self._seen = procs
+        self._starts = tuple(p.on_start for p in procs if type(p) not in _NOOP_ON_START)
+        self._ends = tuple(p.on_end for p in procs)
+
+    def enders(self) -> tuple[Any, ...]:
+        if self._processor._span_processors is not self._seen:
+            self._processors()
+        return self._ends
 
     def start_span(
         self,
@@ -269,12 +317,14 @@ class LeanTracer(trace_api.Tracer):
         ctx = SpanContext(trace_id, ids.generate_span_id(), False, flags, state)
         span = LeanSpan(self, name, ctx, parent, kind)
         if attributes:
-            for key, value in attributes.items():
-                span._put(key, value)
+            span._update(attributes)
         for link in links or ():
             span.add_link(link.context, link.attributes)
         span._start_time = start_time if start_time is not None else time_ns()
-        self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+        if self._processor._span_processors is not self._seen:
+            self._processors()
+        for on_start in self._starts:
+            on_start(span, parent_context=context)
         return span
 
     @contextlib.contextmanager
@@ -300,7 +350,12 @@ class LeanTracer(trace_api.Tracer):
             yield current
 
 
-def lean_tracer(provider: Any, name: str = "llm_worker") -> LeanTracer | None:
+def lean_tracer(
+    provider: Any,
+    name: str = "llm_worker",
+    version: str | None = None,
+    schema_url: str | None = None,
+) -> LeanTracer | None:
     """A `LeanTracer` for an SDK `provider` that records every span it is asked for
     (`always_on`, or `parentbased_always_on`: then a span under a parent that is not sampled is
     not recorded, as the SDK decides); None for any other provider or sampler."""
@@ -308,9 +363,9 @@ def lean_tracer(provider: Any, name: str = "llm_worker") -> LeanTracer | None:
         return None
     sampler = provider.sampler
     if sampler is ALWAYS_ON:
-        return LeanTracer(provider, name, parent_based=False)
+        return LeanTracer(provider, name, version, schema_url, parent_based=False)
     if sampler.get_description() == _PARENT_BASED_ALWAYS_ON:  # type: ignore[no-untyped-call]
-        return LeanTracer(provider, name, parent_based=True)
+        return LeanTracer(provider, name, version, schema_url, parent_based=True)
     return None
 
 
@@ -361,7 +416,7 @@ class SpanQueue(SpanProcessor):
         self._thread.start()
 
     def on_start(self, span: Any, parent_context: Context | None = None) -> None:
-        pass
+        pass  # (not even called for `LeanSpan`s)
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._stopping or not span.context.trace_flags.sampled:  # type: ignore[union-attr]
@@ -425,3 +480,7 @@ class SpanQueue(SpanProcessor):
         if self.dropped:
             log.warning("OTLP span queue: %d spans were dropped in all", self.dropped)
         self._exporter.shutdown()
+
+
+_NOOP_ON_START = frozenset((SpanProcessor, SimpleSpanProcessor, BatchSpanProcessor, SpanQueue))
+"""Span processors whose `on_start` does nothing: `LeanTracer` does not call it."""

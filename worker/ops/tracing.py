@@ -35,6 +35,7 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -107,6 +108,25 @@ class MessageTracer(Protocol):
 
 _UNTRACED = MessageTrace(None)
 _IDLE = contextlib.nullcontext()
+
+
+class _Current:
+    """`trace.use_span(span, end_on_exit=False, record_exception=False,
+    set_status_on_exception=False)` without its generator: `span` is the current span inside."""
+
+    __slots__ = ("_context", "_span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+        self._context = trace.set_span_in_context(span)
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(self._context)
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 class NoTracing:
@@ -214,6 +234,7 @@ class Tracing:
         self._value_length = value_length
         self._names: dict[str, str] = {}
         self._send_names: dict[str, str] = {}
+        self._chat_names: dict[str, str] = {}
         self._servers = Servers()
         self._leaders: dict[str, SpanContext] = {}
 
@@ -288,10 +309,8 @@ class Tracing:
     def activate(self, mt: MessageTrace) -> contextlib.AbstractContextManager[Any]:
         """Make the message's span the current one (its provider attempts become children)."""
         if mt.process is None or not mt.recording:
-            return contextlib.nullcontext()
-        return trace.use_span(
-            mt.process, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        )
+            return _IDLE
+        return _Current(mt.process)
 
     def finish_message(
         self, mt: MessageTrace, outcome: Sending
@@ -408,7 +427,12 @@ class Tracing:
             content=self._content,
             value_length=self._value_length,
         )
-        return self._tracer.start_span(f"chat {target.model}", None, SpanKind.CLIENT, attrs)
+        chat = self._chat_names.get(target.model)
+        if chat is None:
+            if len(self._chat_names) >= LEADERS_KEPT:
+                self._chat_names.clear()
+            chat = self._chat_names[target.model] = f"chat {target.model}"
+        return self._tracer.start_span(chat, None, SpanKind.CLIENT, attrs)
 
     def attempt_finished(
         self,
