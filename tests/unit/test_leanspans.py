@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,7 +24,11 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
+from llm_worker.devkit.bench.telemetry import _one_call
 from llm_worker.worker.ops.leanspans import LeanSpan, LeanTracer, SpanQueue, lean_tracer
+from llm_worker.worker.ops.otlp_export import encode_request
+from llm_worker.worker.ops.tracing import Tracing
+from llm_worker.worker.records import InputRecord, Outcome
 
 UNSAMPLED_PARENT = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(0))
 
@@ -251,3 +256,60 @@ def test_unsampled_spans_are_not_queued() -> None:
     )
     queue.shutdown()
     assert exporter.names == []
+
+
+def test_fixed_attributes_are_the_span_s_first_ones_and_encode_as_any_others() -> None:
+    (_, lean), _, exporter = _both(SpanLimits(max_span_attributes=6, max_attribute_length=50))
+    assert isinstance(lean, LeanTracer)
+    fixed = lean.fixed({"a": "1", "b": 2, "cut": "x" * 100})
+    assert fixed.clean and fixed.attrs["cut"] == "x" * 50
+    too_many = lean.fixed({f"k{i}": i for i in range(10)})
+    assert not too_many.clean  # the limits cut the group: each span takes them one by one
+    lean.start_span("plain", attributes={"c": 3}, fixed=fixed).end()
+    changed = lean.start_span("changed", attributes={"c": 3}, fixed=fixed)
+    changed.set_attribute("a", "other")  # no longer the group as it was
+    changed.end()
+    lean.start_span("evicted", attributes={f"x{i}": i for i in range(4)}, fixed=fixed).end()
+    lean.start_span("many", fixed=too_many).end()
+    spans = exporter.get_finished_spans()
+    by_name: dict[str, Any] = {s.name: s for s in spans}
+    assert dict(by_name["plain"].attributes) == {"a": "1", "b": 2, "cut": "x" * 50, "c": 3}
+    assert by_name["plain"]._fixed is fixed
+    assert dict(by_name["changed"].attributes)["a"] == "other"
+    assert by_name["changed"]._fixed is None and by_name["evicted"]._fixed is None
+    assert by_name["evicted"].dropped_attributes == 1 and "a" not in by_name["evicted"].attributes
+    assert by_name["many"].dropped_attributes == 4
+    sdk_bytes = encode_spans(spans).SerializeToString()
+    assert encode_request(spans) == sdk_bytes
+    assert encode_request(spans) == sdk_bytes  # the group's bytes, kept from the first time
+
+
+def test_what_tracing_makes_encodes_as_the_sdk_encodes_it() -> None:
+    """One message through `Tracing` (CONSUMER, CLIENT, PRODUCER spans) on the worker's
+    spans: the exporter's bytes are the SDK encoder's."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider, group_id="g1")
+    cand, target, request, result, comp = _one_call()
+    for key in (b"k", None):
+        rec = InputRecord(topic="p", partition=3, offset=7, value=b"{}", key=key)
+        mt = tracing.start_message(rec)
+        with tracing.activate(mt):
+            span = tracing.attempt_started(cand, target, request, 1, None)
+            assert span is not None
+            tracing.attempt_finished(span, target, result, None)
+        draft = Outcome(topic="c", value=b"{}", key=key, headers=None, completion=comp)
+        traced, headers = tracing.finish_message(mt, draft)
+        Tracing.delivered(
+            Outcome(topic="c", value=b"{}", key=key, headers=headers, completion=comp, trace=traced)
+        )
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["chat up", "process p", "send c"] * 2
+    assert all(isinstance(s, LeanSpan) for s in spans)
+    assert sum(s._fixed is not None for s in spans) == 4  # the CONSUMER and PRODUCER spans
+    assert encode_request(spans) == encode_spans(spans).SerializeToString()
+    process = dict(spans[1].attributes)
+    assert process["messaging.destination.name"] == "p" and process["messaging.kafka.offset"] == 7
+    assert process["messaging.consumer.group.name"] == "g1"
+    assert process["llm_worker.request.id"] == "r"

@@ -65,7 +65,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util import types
 
-__all__ = ["LeanSpan", "LeanTracer", "SpanQueue", "lean_tracer"]
+__all__ = ["Fixed", "LeanSpan", "LeanTracer", "SpanQueue", "lean_tracer"]
 
 log = logging.getLogger("llm_worker.tracing")
 
@@ -74,6 +74,21 @@ _SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _NOT_SAMPLED_RANDOM = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _UNSET = Status(StatusCode.UNSET)
+
+
+class Fixed:
+    """Attributes that many spans carry the same (a topic's, an endpoint's), cleaned and
+    bounded once (`LeanTracer.fixed`): a lean span starts with a copy of them, and the
+    exporter's encoder writes them once (`encoded`) for all. `clean` is False when the span
+    limits cut the group itself (then each span takes them one by one, as any others)."""
+
+    __slots__ = ("attrs", "clean", "encoded")
+
+    def __init__(self, attrs: dict[str, types.AnyValue], clean: bool) -> None:
+        self.attrs = attrs
+        self.clean = clean
+        self.encoded: bytes | None = None
+        """Set by the encoder (`ops.otlp_export`) the first time."""
 
 
 class LeanSpan(trace_api.Span, ReadableSpan):
@@ -86,6 +101,8 @@ class LeanSpan(trace_api.Span, ReadableSpan):
     _status = _UNSET
     _instrumentation_info = None
     _dropped = 0
+    _fixed: Fixed | None = None
+    """The `Fixed` attributes it started with, while they are its first ones, unchanged."""
 
     def __init__(
         self,
@@ -132,11 +149,13 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         attrs = self._attributes
         if key in attrs:
             del attrs[key]
+            self._fixed = None  # its attributes are no longer the first ones, as they were
         elif tracer.max_attributes is not None and len(attrs) >= tracer.max_attributes:
             self._dropped += 1
             if not attrs:  # a limit of 0
                 return
             del attrs[next(iter(attrs))]
+            self._fixed = None
         attrs[key] = value
 
     def _update(self, attributes: Mapping[str, types.AnyValue]) -> None:
@@ -247,6 +266,22 @@ class LeanSpan(trace_api.Span, ReadableSpan):
             on_end(self)
 
 
+class _Cleaning:
+    """What `LeanSpan._update` reads and writes: attributes cleaned and bounded without a span
+    object (`LeanTracer.fixed`)."""
+
+    __slots__ = ("_attributes", "_dropped", "_fixed", "_tracer")
+
+    def __init__(self, tracer: LeanTracer) -> None:
+        self._tracer = tracer
+        self._attributes: dict[str, types.AnyValue] = {}
+        self._dropped = 0
+        self._fixed: Fixed | None = None
+
+    def _put(self, key: str, value: types.AnyValue) -> None:
+        LeanSpan._put(self, key, value)  # type: ignore[arg-type]
+
+
 _PARENT_BASED_ALWAYS_ON = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
 
 
@@ -288,7 +323,15 @@ class LeanTracer(trace_api.Tracer):
             self._processors()
         return self._ends
 
-    def start_span(
+    def fixed(self, attributes: Mapping[str, types.AnyValue]) -> Fixed:
+        """`attributes` as a `Fixed` group for `start_span`."""
+        probe = _Cleaning(self)
+        LeanSpan._update(probe, attributes)  # type: ignore[arg-type]  # (what it reads)
+        if probe._dropped or len(probe._attributes) != len(attributes):
+            return Fixed(dict(attributes), False)
+        return Fixed(probe._attributes, True)
+
+    def start_span(  # type: ignore[override]
         self,
         name: str,
         context: Context | None = None,
@@ -298,7 +341,10 @@ class LeanTracer(trace_api.Tracer):
         start_time: int | None = None,
         record_exception: bool = True,
         set_status_on_exception: bool = True,
+        *,
+        fixed: Fixed | None = None,
     ) -> trace_api.Span:
+        """The API's, and `fixed`: attributes the span starts with, before `attributes`."""
         parent: SpanContext | None = trace_api.get_current_span(context).get_span_context()
         ids = self._ids
         if parent is not None and parent.is_valid:
@@ -316,6 +362,12 @@ class LeanTracer(trace_api.Tracer):
         flags = _SAMPLED_RANDOM if random else _SAMPLED
         ctx = SpanContext(trace_id, ids.generate_span_id(), False, flags, state)
         span = LeanSpan(self, name, ctx, parent, kind)
+        if fixed is not None:
+            if fixed.clean:
+                span._attributes = fixed.attrs.copy()
+                span._fixed = fixed
+            else:
+                span._update(fixed.attrs)
         if attributes:
             span._update(attributes)
         for link in links or ():

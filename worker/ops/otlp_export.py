@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import itertools
 import logging
 import math
 import random
@@ -192,9 +193,14 @@ def _attributes(tag: bytes, attrs: Mapping[str, Any] | None) -> bytes:
     (the usual ones repeat from span to span: `kafka`, the topic, the model...)."""
     if not attrs:
         return b""
+    return _pairs(tag, _items(attrs))
+
+
+def _pairs(tag: bytes, pairs: Iterable[tuple[str, Any]]) -> bytes:
+    """`_attributes` of these (key, value) pairs."""
     cache = _kv_cache.get(tag)
     out = bytearray()
-    for k, v in _items(attrs):
+    for k, v in pairs:
         t = type(v)
         if cache is not None and (t is str or t is int):
             got = cache.get((k, v))
@@ -353,7 +359,17 @@ def _lean_span(span: LeanSpan) -> bytes:
     if span._end_time:
         out += b"\x41"
         out += _FIXED64(span._end_time)
-    out += _attributes(b"\x4a", span._attributes)
+    fixed = span._fixed
+    if fixed is None:
+        out += _attributes(b"\x4a", span._attributes)
+    else:  # the span's first attributes are these, as they were: encoded once for all
+        if fixed.encoded is None:
+            fixed.encoded = _attributes(b"\x4a", fixed.attrs)
+        out += fixed.encoded
+        if len(span._attributes) > len(fixed.attrs):
+            out += _pairs(
+                b"\x4a", itertools.islice(span._attributes.items(), len(fixed.attrs), None)
+            )
     if span._dropped:
         out += b"\x50" + _varint(span._dropped)
     if type(span._events) is BoundedList or type(span._links) is BoundedList:

@@ -54,7 +54,7 @@ from ..messages import Completion
 from ..records import InputRecord, Outcome
 from ..spans import MessageTrace
 from .genai import Servers, request_attributes, result_attributes
-from .leanspans import SpanQueue, lean_tracer
+from .leanspans import Fixed, SpanQueue, lean_tracer
 from .otelconf import ATTRIBUTE_VALUE_LENGTH, OtelConfig, SpanBounds, otel_config
 from .otlp_export import OtlpHttpExporter
 from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
@@ -228,12 +228,15 @@ class Tracing:
         self.provider = provider
         self.sampler = sampler if sampler is not None else HeadSampler()
         # the worker's own spans (`ops.leanspans`) when the provider records every span
-        self._tracer: trace.Tracer = lean_tracer(provider) or provider.get_tracer("llm_worker")
+        self._lean = lean_tracer(provider)
+        self._tracer: trace.Tracer = self._lean or provider.get_tracer("llm_worker")
         self._group = group_id
         self._content = trace_content
         self._value_length = value_length
-        self._names: dict[str, str] = {}
-        self._send_names: dict[str, str] = {}
+        self._process: dict[str, tuple[str, Fixed]] = {}
+        """Per input topic: its CONSUMER span's name and the attributes all of them carry."""
+        self._send: dict[str, tuple[str, Fixed]] = {}
+        """Per outcome topic: the same of its PRODUCER span."""
         self._chat_names: dict[str, str] = {}
         self._servers = Servers()
         self._leaders: dict[str, SpanContext] = {}
@@ -289,22 +292,39 @@ class Tracing:
             if ts:
                 carrier["tracestate"] = ts.decode("latin-1")
             context = _W3C.extract(carrier, _ROOT)
-        name = self._names.get(rec.topic)
-        if name is None:
-            name = self._names[rec.topic] = f"process {rec.topic}"
+        process = self._process.get(rec.topic)
+        if process is None:
+            process = self._process[rec.topic] = (
+                f"process {rec.topic}",
+                self._fixed(
+                    {
+                        "messaging.system": "kafka",
+                        "messaging.operation.type": "process",
+                        "messaging.operation.name": "process",
+                        "messaging.destination.name": rec.topic,
+                        "messaging.consumer.group.name": self._group,
+                    }
+                ),
+            )
         attrs: dict[str, Any] = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": rec.topic,
             "messaging.destination.partition.id": str(rec.partition),
             "messaging.kafka.offset": rec.offset,
-            "messaging.consumer.group.name": self._group,
         }
         key = _text_key(rec.key)
         if key is not None:
             attrs["messaging.kafka.message.key"] = key
-        return MessageTrace(self._tracer.start_span(name, context, SpanKind.CONSUMER, attrs))
+        return MessageTrace(self._start(*process, context, SpanKind.CONSUMER, attrs))
+
+    def _fixed(self, attrs: dict[str, Any]) -> Fixed:
+        return self._lean.fixed(attrs) if self._lean is not None else Fixed(attrs, False)
+
+    def _start(
+        self, name: str, fixed: Fixed, context: Context, kind: SpanKind, attrs: dict[str, Any]
+    ) -> Span:
+        """A span with `fixed` attributes, then `attrs`."""
+        if self._lean is not None:
+            return self._lean.start_span(name, context, kind, attrs, fixed=fixed)
+        return self._tracer.start_span(name, context, kind, {**fixed.attrs, **attrs})
 
     def activate(self, mt: MessageTrace) -> contextlib.AbstractContextManager[Any]:
         """Make the message's span the current one (its provider attempts become children)."""
@@ -345,20 +365,25 @@ class Tracing:
                 span.set_status(StatusCode.ERROR, c.error.type)
             span.set_attributes(attrs)
         span.end()
-        attrs = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "send",
-            "messaging.destination.name": outcome.topic,
-        }
+        sending = self._send.get(outcome.topic)
+        if sending is None:
+            sending = self._send[outcome.topic] = (
+                f"send {outcome.topic}",
+                self._fixed(
+                    {
+                        "messaging.system": "kafka",
+                        "messaging.operation.type": "send",
+                        "messaging.operation.name": "send",
+                        "messaging.destination.name": outcome.topic,
+                    }
+                ),
+            )
         key = _text_key(outcome.key)
-        if key is not None:
-            attrs["messaging.kafka.message.key"] = key
-        name = self._send_names.get(outcome.topic)
-        if name is None:
-            name = self._send_names[outcome.topic] = f"send {outcome.topic}"
-        send = self._tracer.start_span(
-            name, trace.set_span_in_context(span, _ROOT), SpanKind.PRODUCER, attrs
+        send = self._start(
+            *sending,
+            trace.set_span_in_context(span, _ROOT),
+            SpanKind.PRODUCER,
+            {} if key is None else {"messaging.kafka.message.key": key},
         )
         mt.send = send
         return mt, _with_context(outcome.headers, send.get_span_context())
