@@ -307,7 +307,7 @@ def test_what_tracing_makes_encodes_as_the_sdk_encodes_it() -> None:
     spans = exporter.get_finished_spans()
     assert [s.name for s in spans] == ["chat up", "process p", "send c"] * 2
     assert all(isinstance(s, LeanSpan) for s in spans)
-    assert sum(s._fixed is not None for s in spans) == 4  # the CONSUMER and PRODUCER spans
+    assert all(s._fixed is not None for s in spans)  # each starts with its group
     assert encode_request(spans) == encode_spans(spans).SerializeToString()
     process = dict(spans[1].attributes)
     assert process["messaging.destination.name"] == "p" and process["messaging.kafka.offset"] == 7

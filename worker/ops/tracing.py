@@ -53,7 +53,7 @@ from ..config import ConfigError, Settings
 from ..messages import Completion
 from ..records import InputRecord, Outcome
 from ..spans import MessageTrace
-from .genai import Servers, request_attributes, result_attributes
+from .genai import Servers, call_attributes, endpoint_attributes, result_attributes
 from .leanspans import Fixed, SpanQueue, lean_tracer
 from .otelconf import ATTRIBUTE_VALUE_LENGTH, OtelConfig, SpanBounds, otel_config
 from .otlp_export import OtlpHttpExporter
@@ -238,6 +238,8 @@ class Tracing:
         self._send: dict[str, tuple[str, Fixed]] = {}
         """Per outcome topic: the same of its PRODUCER span."""
         self._chat_names: dict[str, str] = {}
+        self._endpoints: dict[tuple[Any, ...], Fixed] = {}
+        """Per endpoint (and fallback, server): what its CLIENT spans all carry."""
         self._servers = Servers()
         self._leaders: dict[str, SpanContext] = {}
 
@@ -319,7 +321,12 @@ class Tracing:
         return self._lean.fixed(attrs) if self._lean is not None else Fixed(attrs, False)
 
     def _start(
-        self, name: str, fixed: Fixed, context: Context, kind: SpanKind, attrs: dict[str, Any]
+        self,
+        name: str,
+        fixed: Fixed,
+        context: Context | None,
+        kind: SpanKind,
+        attrs: dict[str, Any],
     ) -> Span:
         """A span with `fixed` attributes, then `attrs`."""
         if self._lean is not None:
@@ -442,13 +449,18 @@ class Tracing:
             )
         if cand.fallback and attempt == 1:
             parent.add_event("llm_worker.fallback", {"llm_worker.endpoint": name})
-        attrs = request_attributes(
-            cand,
+        server = self._servers.of(target)
+        key = (name, cand.fallback, target.provider, target.model, server)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if len(self._endpoints) >= LEADERS_KEPT:
+                self._endpoints.clear()
+            endpoint = self._endpoints[key] = self._fixed(endpoint_attributes(cand, target, server))
+        attrs = call_attributes(
             target,
             request,
             attempt,
             retry_of,
-            self._servers.of(target),
             content=self._content,
             value_length=self._value_length,
         )
@@ -457,7 +469,7 @@ class Tracing:
             if len(self._chat_names) >= LEADERS_KEPT:
                 self._chat_names.clear()
             chat = self._chat_names[target.model] = f"chat {target.model}"
-        return self._tracer.start_span(chat, None, SpanKind.CLIENT, attrs)
+        return self._start(chat, endpoint, None, SpanKind.CLIENT, attrs)
 
     def attempt_finished(
         self,
