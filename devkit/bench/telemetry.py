@@ -13,8 +13,10 @@ it is much less disturbed than wall-clock throughput by whatever else runs on th
 The report gives the median of each mode and the difference. It also measures, in this
 process and free of the machine's noise, what `OutcomeRecorder.record` costs per outcome (all
 metrics of a completion), and what the tracing calls of one message cost at the sampling ratio
-(`tracing_cost_us`): the SDK's spans alone, and with their OTLP protobuf encoding, which the
-exporter's thread does in the same process (the worker's encoder, and the SDK's to compare).
+(`tracing_cost_us`): the spans alone, and with their OTLP protobuf encoding, which the
+exporter's thread does in the same process (the worker's encoder, and the SDK's to compare),
+through the SDK's synchronous processor; and (`worker_tracing_cost_us`) tracing as the worker
+runs it: `Tracing.from_settings`, its span queue and that queue's thread, the encoding.
 """
 
 from __future__ import annotations
