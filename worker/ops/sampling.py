@@ -11,9 +11,9 @@ samplers of the specification (`OTEL_TRACES_SAMPLER`):
   `ratio`; `always_on` / `always_off` are what they say.
 
 Only a message decided "sampled" gets spans (`ops.leanspans`; its provider records every span
-the worker starts). One that is not carries a trace context on without them: its parent's `traceparent`
-unchanged when the parent is not sampled either, else the same trace with a fresh span id and
-the sampled flag cleared; a new random one when it had no parent.
+the worker starts). One that is not carries a trace context on without them: its parent's
+`traceparent` unchanged when the parent is not sampled either, else the same trace with a fresh
+span id and the sampled flag cleared; a new random one when it had no parent.
 """
 
 from __future__ import annotations
