@@ -51,6 +51,7 @@ def _script(tracer: Any) -> None:
         "process p", kind=SpanKind.CONSUMER, attributes={"a": "x" * 10, "n": 1, "": "bad"}
     )
     span.set_attribute("b", ["long value", "ok", "y" * 9])
+    span.set_attribute("t", ("long value", "ok"))  # a tuple of strings: cut as a list is
     span.set_attributes({"a": "again", "c": 2.5, "d": True, "e": None, "f": {"k": "v" * 20}})
     span.set_attribute("g", object())  # not an attribute value: its str, as the SDK does
     span.set_status(StatusCode.ERROR, "first")

@@ -39,7 +39,7 @@ import traceback
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from time import time_ns
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
@@ -141,6 +141,11 @@ class LeanSpan(trace_api.Span, ReadableSpan):
             cut = tracer.value_length
             if cut is not None and len(value) > cut:  # type: ignore[arg-type]
                 value = value[:cut]  # type: ignore[index]
+        elif t is tuple and all(type(x) is str for x in cast(tuple[Any, ...], value)):
+            cut = tracer.value_length  # (a tuple of strings: the finish reasons)
+            strings = cast(tuple[str, ...], value)
+            if cut is not None and any(len(x) > cut for x in strings):
+                value = tuple(x[:cut] for x in strings)
         elif t is not int and t is not float and t is not bool:
             value = _clean_attribute_value(value, tracer.value_length)
         if not key or type(key) is not str:
