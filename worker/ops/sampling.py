@@ -60,7 +60,7 @@ def unsampled_traceparent(parent: Parent | None) -> bytes:
     span id of its own, sampled flag cleared."""
     trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
     span_id = random.getrandbits(64) or 1
-    return f"00-{trace_id:032x}-{span_id:016x}-00".encode()
+    return b"00-%032x-%016x-00" % (trace_id, span_id)  # (bytes formatting: no str, no encode)
 
 
 class HeadSampler:
