@@ -23,6 +23,11 @@ says unless `LLM_WORKER_TRACE_CONTENT=true`: its text and the answer's
 (`gen_ai.request.stop_sequences`), its metadata and tenant (never). What a prompt names is kept:
 its id and model (bounded by validation: 128 and 256 characters), its sampling numbers.
 
+The spans are the worker's own (`ops.leanspans`: API spans the SDK's processors and exporters
+read, without the SDK span's locks and copies) and go to its `SpanQueue` rather than the SDK's
+`BatchSpanProcessor`; the attributes every span of a topic (an endpoint) carries the same are
+cleaned once (`Fixed`). A provider given with another sampler (tests) gets the SDK's spans.
+
 Every span is bounded: the SDK's `SpanLimits` are set from `ops.otelconf.SpanBounds` (each
 attribute value at most `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` characters, 4096 by default; 128
 attributes, events and links), and the stop sequences traced with content on are cut so that
@@ -114,15 +119,14 @@ class _Current:
     """`trace.use_span(span, end_on_exit=False, record_exception=False,
     set_status_on_exception=False)` without its generator: `span` is the current span inside."""
 
-    __slots__ = ("_context", "_span", "_token")
+    __slots__ = ("_span", "_token")
 
     def __init__(self, span: Span) -> None:
         self._span = span
-        self._context = trace.set_span_in_context(span)
         self._token: object = None
 
     def __enter__(self) -> Span:
-        self._token = otel_context.attach(self._context)
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
         return self._span
 
     def __exit__(self, *exc: object) -> None:
