@@ -13,8 +13,10 @@ it is much less disturbed than wall-clock throughput by whatever else runs on th
 The report gives the median of each mode and the difference. It also measures, in this
 process and free of the machine's noise, what `OutcomeRecorder.record` costs per outcome (all
 metrics of a completion), and what the tracing calls of one message cost at the sampling ratio
-(`tracing_cost_us`): the SDK's spans alone, and with their OTLP protobuf encoding, which the
-exporter's thread does in the same process (the worker's encoder, and the SDK's to compare).
+(`tracing_cost_us`): the spans alone, and with their OTLP protobuf encoding, which the
+exporter's thread does in the same process (the worker's encoder, and the SDK's to compare),
+through the SDK's synchronous processor; and (`worker_tracing_cost_us`) tracing as the worker
+runs it: `Tracing.from_settings`, its span queue and that queue's thread, the encoding.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ from llm_worker.worker.ops.metrics import Metrics
 from llm_worker.worker.ops.outcomes import OutcomeRecorder
 from llm_worker.worker.records import InputRecord, Outcome
 
-__all__ = ["recorder_cost_us", "run_telemetry_bench", "tracing_cost_us"]
+__all__ = [
+    "recorder_cost_us",
+    "run_telemetry_bench",
+    "tracing_cost_us",
+    "worker_tracing_cost_us",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -255,23 +262,12 @@ def _one_call() -> tuple[Any, Any, Any, Any, Completion]:
     return cand, target, request, result, comp
 
 
-def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000, encoder: str = "worker") -> float:
-    """CPU µs per message of the tracing calls of one message (its CONSUMER span, one chat
-    attempt, the PRODUCER span, delivery) at sampling `ratio`; with `otlp`, the spans are
-    also encoded as OTLP protobuf by `encoder` (what the exporter does before sending)."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-
-    from llm_worker.worker.ops.sampling import HeadSampler
+def _drive(tracing: Any, n: int, finish: Any) -> float:
+    """CPU seconds (every thread of this process) of `n` messages' tracing calls: the CONSUMER
+    span, one chat attempt, the PRODUCER span, delivery; then `finish()` (what is still queued
+    is exported, and counted)."""
     from llm_worker.worker.ops.tracing import Tracing
 
-    provider = TracerProvider(sampler=ALWAYS_ON)
-    exporter = _span_exporter(otlp, encoder)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))  # on this thread: counted
-    tracing = Tracing(
-        provider, group_id="bench", sampler=HeadSampler("parentbased_traceidratio", ratio)
-    )
     cand, target, request, result, comp = _one_call()
     value = encode(comp)
     t0 = time.process_time()
@@ -289,10 +285,55 @@ def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000, encoder: str =
             topic="c", value=value, key=b"k", headers=headers, completion=comp, trace=traced
         )
         Tracing.delivered(out)
-    exporter.flush()
-    cost = (time.process_time() - t0) / n * 1e6
+    finish()
+    return time.process_time() - t0
+
+
+def tracing_cost_us(ratio: float, *, otlp: bool, n: int = 20_000, encoder: str = "worker") -> float:
+    """CPU µs per message of the tracing calls of one message (its CONSUMER span, one chat
+    attempt, the PRODUCER span, delivery) at sampling `ratio`, through the SDK's synchronous
+    processor; with `otlp`, the spans are also encoded as OTLP protobuf by `encoder` (what the
+    exporter does before sending). `worker_tracing_cost_us` measures the worker's own path."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from llm_worker.worker.ops.sampling import HeadSampler
+    from llm_worker.worker.ops.tracing import Tracing
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    exporter = _span_exporter(otlp, encoder)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))  # on this thread: counted
+    tracing = Tracing(
+        provider, group_id="bench", sampler=HeadSampler("parentbased_traceidratio", ratio)
+    )
+    cost = _drive(tracing, n, exporter.flush) / n * 1e6
     provider.shutdown()
     return cost
+
+
+def worker_tracing_cost_us(
+    ratio: float, *, n: int = 20_000, protocol: str = "http/protobuf"
+) -> float:
+    """CPU µs per message of tracing as the worker runs it at sampling `ratio`:
+    `Tracing.from_settings` (its spans, its span processor and that processor's thread, the
+    exporter's encoding in `protocol`), every thread of the process counted, the exporter's
+    HTTP POST left out (it goes nowhere)."""
+    from unittest import mock
+
+    from llm_worker.worker.ops.otlp_export import OtlpHttpExporter
+    from llm_worker.worker.ops.tracing import Tracing
+
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+    }
+    with mock.patch.object(OtlpHttpExporter, "_send", return_value=None):
+        tracing = Tracing.from_settings(load_settings(env))
+        assert tracing is not None
+        return _drive(tracing, n, lambda: tracing.close(60.0)) / n * 1e6
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
@@ -372,6 +413,9 @@ def _report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) 
                 tracing_cost_us(args.sample, otlp=True, encoder="sdk"), 2
             ),
             "not_sampled": round(tracing_cost_us(0.0, otlp=False), 2),
+            # the worker's own path: its spans, span processor, thread and encoder
+            "worker_path": round(worker_tracing_cost_us(args.sample), 2),
+            "worker_path_not_sampled": round(worker_tracing_cost_us(0.0), 2),
         },
         "runs": results,
     }

@@ -33,6 +33,7 @@ from opentelemetry.trace import (
 
 from llm_worker.worker.config import ConfigError, load_settings
 from llm_worker.worker.ops import otlp_export
+from llm_worker.worker.ops.leanspans import LeanSpan, LeanTracer, lean_tracer
 from llm_worker.worker.ops.otelconf import otel_config
 from llm_worker.worker.ops.otlp_export import OtlpHttpExporter, encode_json, encode_request
 from llm_worker.worker.ops.tracing import Tracing, _exporter
@@ -86,17 +87,27 @@ EVERY_TYPE: dict[str, Any] = {
 }
 
 
-def _every_field(links_trace_state: bool) -> list[ReadableSpan]:
+def _tracer(provider: TracerProvider, lean: bool, *args: Any) -> Any:
+    """The SDK's tracer, or (`lean`) the worker's (`ops.leanspans`)."""
+    if lean:
+        tracer = lean_tracer(provider, *args)
+        assert isinstance(tracer, LeanTracer)
+        return tracer
+    return provider.get_tracer(*args)
+
+
+def _every_field(links_trace_state: bool, lean: bool = False) -> list[ReadableSpan]:
     """Spans with every field the SDK fills: two resources (one with a schema URL), three
     scopes (name only, name + version + schema URL), a remote and a local parent, events,
-    links, statuses, trace state, and dropped attributes, events and links."""
+    links, statuses, trace state, and dropped attributes, events and links; made by the SDK's
+    tracer or (`lean`) the worker's."""
     kept = _Kept()
     limits = SpanLimits(max_span_attributes=20, max_events=2, max_links=1)
     res = Resource({"service.name": "llm-worker", "n": 3, "ok": True, "tags": ("a", "b")})
     one = _provider(res, kept, span_limits=limits)
     other = _provider(Resource({"service.name": "other"}, "https://schema/1"), kept)
-    tracer = one.get_tracer("llm_worker", "1.2.3", schema_url="https://opentelemetry.io/s/1")
-    bare = one.get_tracer("bare")
+    tracer = _tracer(one, lean, "llm_worker", "1.2.3", "https://opentelemetry.io/s/1")
+    bare = _tracer(one, lean, "bare")
     link_ctx = REMOTE if links_trace_state else LOCAL
     parent = set_span_in_context(NonRecordingSpan(REMOTE))
     with tracer.start_as_current_span(
@@ -114,14 +125,16 @@ def _every_field(links_trace_state: bool) -> list[ReadableSpan]:
         span.set_status(StatusCode.ERROR, "dead-lettered \u00e9")
     for kind in (SpanKind.INTERNAL, SpanKind.SERVER, SpanKind.PRODUCER):
         bare.start_span(f"k{kind.value}", kind=kind).end()
-    other.get_tracer("x").start_span("elsewhere", links=[Link(LOCAL)]).end()
+    _tracer(other, lean, "x").start_span("elsewhere", links=[Link(LOCAL)]).end()
     tracer.start_span("again", set_span_in_context(NonRecordingSpan(LOCAL))).end()
     assert len(kept.spans) == 7
     return kept.spans
 
 
-def test_the_same_bytes_as_the_sdks_encoder() -> None:
-    spans = _every_field(links_trace_state=False)
+@pytest.mark.parametrize("lean", [False, True])
+def test_the_same_bytes_as_the_sdks_encoder(lean: bool) -> None:
+    spans = _every_field(links_trace_state=False, lean=lean)
+    assert all(isinstance(s, LeanSpan) for s in spans) == lean
     ours, theirs = encode_request(spans), encode_spans(spans).SerializeToString()
     assert ExportTraceServiceRequest.FromString(ours) == ExportTraceServiceRequest.FromString(
         theirs
@@ -129,8 +142,35 @@ def test_the_same_bytes_as_the_sdks_encoder() -> None:
     assert ours == theirs
 
 
-def test_every_field_is_there() -> None:
-    spans = _every_field(links_trace_state=True)
+def _without_ids_and_times(body: bytes) -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest.FromString(body)
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                span.trace_id = span.span_id = span.parent_span_id = b""
+                span.start_time_unix_nano = span.end_time_unix_nano = 0
+                for event in span.events:
+                    event.time_unix_nano = 0
+    return req
+
+
+def test_the_worker_s_spans_hold_what_the_sdk_s_hold() -> None:
+    """The same calls on the SDK's tracer and the worker's: the same spans (but for their
+    random ids and their times), attribute, event and link limits and status rules included."""
+    sdk, lean = _every_field(True), _every_field(True, lean=True)
+    assert _without_ids_and_times(encode_request(lean)) == _without_ids_and_times(
+        encode_request(sdk)
+    )
+    by_name = {s.name: s for s in lean}
+    chat, process = by_name["chat up"], by_name["process prompts"]
+    assert chat.parent == process.get_span_context()  # a child of the current span
+    assert process.parent == REMOTE and chat.context.trace_id == REMOTE.trace_id
+    assert process.context.trace_state == REMOTE.trace_state  # as the SDK's sampler passes it
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_every_field_is_there(lean: bool) -> None:
+    spans = _every_field(links_trace_state=True, lean=lean)
     ours = ExportTraceServiceRequest.FromString(encode_request(spans))
     theirs = encode_spans(spans)
     assert [len(rs.scope_spans) for rs in ours.resource_spans] == [2, 1]
@@ -201,8 +241,9 @@ def _parsed(body: bytes) -> ExportTraceServiceRequest:
     return json_format.Parse(json.dumps(doc), ExportTraceServiceRequest())
 
 
-def test_json_is_the_same_request() -> None:
-    spans = _every_field(links_trace_state=True)
+@pytest.mark.parametrize("lean", [False, True])
+def test_json_is_the_same_request(lean: bool) -> None:
+    spans = _every_field(links_trace_state=True, lean=lean)
     ours = _parsed(encode_json(spans))
     theirs = encode_spans(spans)
     assert ours.resource_spans[0].scope_spans[0].spans[1].links[0].trace_state == (

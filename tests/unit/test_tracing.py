@@ -29,6 +29,7 @@ from llm_worker.worker.calling.caller import Caller
 from llm_worker.worker.config import load_settings
 from llm_worker.worker.dedup import DedupWindow
 from llm_worker.worker.ops.attempts import AttemptObserver
+from llm_worker.worker.ops.leanspans import LeanSpan
 from llm_worker.worker.ops.metrics import Metrics
 from llm_worker.worker.ops.outcomes import OutcomeRecorder
 from llm_worker.worker.ops.sampling import HeadSampler
@@ -345,9 +346,10 @@ async def test_an_unsampled_message_exports_nothing_and_still_carries_its_trace(
 
 @pytest.fixture
 def spans_made(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every span object created anywhere (SDK spans and non-recording ones)."""
+    """Every span object created anywhere (SDK spans, the worker's lean ones, non-recording
+    ones)."""
     made: list[str] = []
-    for cls in (SdkSpan, NonRecordingSpan):
+    for cls in (SdkSpan, LeanSpan, NonRecordingSpan):
         original = cls.__init__
 
         def counting(self: Any, *a: Any, _orig: Any = original, **kw: Any) -> None:

@@ -25,6 +25,8 @@ __all__ = [
     "GEN_AI_PROVIDER",
     "Servers",
     "bounded_sequences",
+    "call_attributes",
+    "endpoint_attributes",
     "request_attributes",
     "result_attributes",
 ]
@@ -86,24 +88,17 @@ def bounded_sequences(values: tuple[str, ...], length: int) -> tuple[str, ...]:
     return tuple(kept)
 
 
-def request_attributes(
-    cand: Candidate,
-    target: Target,
-    request: ProviderRequest,
-    attempt: int,
-    retry_of: ProviderError | None,
-    server: tuple[str | None, int | None],
-    *,
-    content: bool,
-    value_length: int,
+def endpoint_attributes(
+    cand: Candidate, target: Target, server: tuple[str | None, int | None]
 ) -> dict[str, Any]:
+    """What every attempt on this endpoint carries the same (the tracer keeps them per
+    endpoint): `request_attributes` is these and `call_attributes`."""
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": GEN_AI_PROVIDER.get(target.provider, target.provider),
         "gen_ai.request.model": target.model,
         "llm_worker.provider": target.provider,
         "llm_worker.endpoint": cand.endpoint_name,
-        "llm_worker.attempt": attempt,
     }
     if cand.fallback:
         attrs["llm_worker.fallback"] = True
@@ -111,6 +106,20 @@ def request_attributes(
     if host is not None:
         attrs["server.address"] = host
         attrs["server.port"] = port
+    return attrs
+
+
+def call_attributes(
+    target: Target,
+    request: ProviderRequest,
+    attempt: int,
+    retry_of: ProviderError | None,
+    *,
+    content: bool,
+    value_length: int,
+) -> dict[str, Any]:
+    """What this attempt says of its request."""
+    attrs: dict[str, Any] = {"llm_worker.attempt": attempt}
     max_tokens = request.max_tokens if request.max_tokens is not None else target.max_tokens
     if max_tokens is not None and target.max_tokens is not None:
         max_tokens = min(max_tokens, target.max_tokens)
@@ -130,6 +139,26 @@ def request_attributes(
             stop = bounded_sequences(request.stop, value_length)
             attrs["gen_ai.request.stop_sequences"] = stop
     return attrs
+
+
+def request_attributes(
+    cand: Candidate,
+    target: Target,
+    request: ProviderRequest,
+    attempt: int,
+    retry_of: ProviderError | None,
+    server: tuple[str | None, int | None],
+    *,
+    content: bool,
+    value_length: int,
+) -> dict[str, Any]:
+    """The CLIENT span's attributes at its start."""
+    return {
+        **endpoint_attributes(cand, target, server),
+        **call_attributes(
+            target, request, attempt, retry_of, content=content, value_length=value_length
+        ),
+    }
 
 
 def result_attributes(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import itertools
 import logging
 import math
 import random
@@ -36,7 +37,10 @@ from typing import Any
 import msgspec
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanContext
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import SpanContext, SpanKind
+
+from .leanspans import _UNSET, LeanSpan
 
 __all__ = ["OtlpHttpExporter", "encode_json", "encode_request"]
 
@@ -107,8 +111,6 @@ class _Strings:
 _key = _Strings(b"\x0a")  # KeyValue.key (1)
 _name = _Strings(b"\x2a")  # Span.name (5)
 _event_name = _Strings(b"\x12")  # Event.name (2)
-_string_kv: dict[tuple[str, str], bytes] = {}
-_int_kv: dict[tuple[str, int], bytes] = {}  # (bools have their own branch: True == 1)
 
 
 def _value(v: Any) -> bytes:
@@ -154,44 +156,65 @@ def _items(attrs: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
     return inner.items() if isinstance(inner, dict) else attrs.items()
 
 
+_ATTRIBUTE_TAGS = (b"\x0a", b"\x1a", b"\x22", b"\x4a")
+"""KeyValue fields: Resource.attributes, Event (and scope) attributes, Link.attributes,
+Span.attributes."""
+_kv_cache: dict[bytes, dict[tuple[str, Any], bytes]] = {t: {} for t in _ATTRIBUTE_TAGS}
+"""Per field: encoded `tag + KeyValue` of a (key, str or int value) seen before."""
+
+
+def _one_attribute(tag: bytes, k: str, v: Any) -> bytes | None:
+    """`tag` + the KeyValue of `k`: `v`; None (logged) when `v` cannot be encoded."""
+    t = type(v)
+    if t is str:
+        got = _key_value(k, v)
+    elif t is int and _INT64_MIN <= v <= _INT64_MAX:
+        inner = b"\x18" + _varint(v)
+        kv = (_key(k) if k else b"") + b"\x12" + _SMALL[len(inner)] + inner
+        got = _varint(len(kv)) + kv
+    elif t is bool:
+        kv = (_key(k) if k else b"") + (b"\x12\x02\x10\x01" if v else b"\x12\x02\x10\x00")
+        got = _varint(len(kv)) + kv
+    elif t is float:
+        kv = (_key(k) if k else b"") + b"\x12\x09\x21" + _DOUBLE(v)
+        got = _varint(len(kv)) + kv
+    else:
+        try:
+            got = _key_value(k, v)
+        except _Unencodable as exc:
+            log.warning("span attribute %r left out of the export: %s", k, exc)
+            return None
+    return tag + got
+
+
 def _attributes(tag: bytes, attrs: Mapping[str, Any] | None) -> bytes:
     """Repeated KeyValue field `tag`; an attribute that cannot be encoded is left out (logged),
-    as the SDK's encoder does. The usual values (a string, a bool, an int, a float) are
-    written here, strings once per key and value."""
+    as the SDK's encoder does. A string or int attribute is encoded once per key and value
+    (the usual ones repeat from span to span: `kafka`, the topic, the model...)."""
     if not attrs:
         return b""
+    return _pairs(tag, _items(attrs))
+
+
+def _pairs(tag: bytes, pairs: Iterable[tuple[str, Any]]) -> bytes:
+    """`_attributes` of these (key, value) pairs."""
+    cache = _kv_cache.get(tag)
     out = bytearray()
-    for k, v in _items(attrs):
+    for k, v in pairs:
         t = type(v)
-        if t is str:
-            got = _string_kv.get((k, v))
+        if cache is not None and (t is str or t is int):
+            got = cache.get((k, v))
             if got is None:
-                got = _key_value(k, v)
-                if len(_string_kv) >= _CACHED:
-                    _string_kv.clear()
-                _string_kv[(k, v)] = got
-        elif t is int and _INT64_MIN <= v <= _INT64_MAX:
-            got = _int_kv.get((k, v))
-            if got is None:
-                inner = b"\x18" + _varint(v)
-                kv = (_key(k) if k else b"") + b"\x12" + _SMALL[len(inner)] + inner
-                got = _varint(len(kv)) + kv
-                if len(_int_kv) >= _CACHED:
-                    _int_kv.clear()
-                _int_kv[(k, v)] = got
-        elif t is bool:
-            kv = (_key(k) if k else b"") + (b"\x12\x02\x10\x01" if v else b"\x12\x02\x10\x00")
-            got = _varint(len(kv)) + kv
-        elif t is float:
-            kv = (_key(k) if k else b"") + b"\x12\x09\x21" + _DOUBLE(v)
-            got = _varint(len(kv)) + kv
+                got = _one_attribute(tag, k, v)
+                if got is None:
+                    continue
+                if len(cache) >= _CACHED:
+                    cache.clear()
+                cache[(k, v)] = got
         else:
-            try:
-                got = _key_value(k, v)
-            except _Unencodable as exc:
-                log.warning("span attribute %r left out of the export: %s", k, exc)
+            got = _one_attribute(tag, k, v)
+            if got is None:
                 continue
-        out += tag
         out += got
     return bytes(out)
 
@@ -291,6 +314,71 @@ def _span(span: ReadableSpan) -> bytes:
     return _message(b"\x12", out)
 
 
+_KIND = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}  # Span.kind (6)
+
+
+def _events_and_links(span: LeanSpan) -> bytes:
+    """A lean span's events and links (`()` until one is added, then a `BoundedList`)."""
+    out = bytearray()
+    events, links = span._events, span._links
+    if type(events) is BoundedList:
+        if events:
+            out += _events(span)
+        if events.dropped:
+            out += b"\x60" + _varint(events.dropped)
+    if type(links) is BoundedList:
+        if links:
+            out += _links(span)
+        if links.dropped:
+            out += b"\x70" + _varint(links.dropped)
+    return bytes(out)
+
+
+def _lean_span(span: LeanSpan) -> bytes:
+    """`_span` of the worker's own span: the same bytes, read from its fields (no properties,
+    no copies)."""
+    ctx = span._context
+    assert ctx is not None
+    out = bytearray(b"\x0a\x10")
+    out += ctx.trace_id.to_bytes(16, "big")
+    out += b"\x12\x08"
+    out += ctx.span_id.to_bytes(8, "big")
+    if ctx.trace_state:
+        raw = _utf8(_trace_state(ctx))
+        out += b"\x1a" + _varint(len(raw)) + raw
+    parent = span._parent
+    if parent is not None:
+        out += b"\x22\x08"
+        out += parent.span_id.to_bytes(8, "big")
+    if span._name:
+        out += _name(span._name)
+    out += _KIND[span._kind]
+    if span._start_time:
+        out += b"\x39"
+        out += _FIXED64(span._start_time)
+    if span._end_time:
+        out += b"\x41"
+        out += _FIXED64(span._end_time)
+    fixed = span._fixed
+    if fixed is None:
+        out += _attributes(b"\x4a", span._attributes)
+    else:  # the span's first attributes are these, as they were: encoded once for all
+        if fixed.encoded is None:
+            fixed.encoded = _attributes(b"\x4a", fixed.attrs)
+        out += fixed.encoded
+        if len(span._attributes) > len(fixed.attrs):
+            out += _pairs(
+                b"\x4a", itertools.islice(span._attributes.items(), len(fixed.attrs), None)
+            )
+    if span._dropped:
+        out += b"\x50" + _varint(span._dropped)
+    if type(span._events) is BoundedList or type(span._links) is BoundedList:
+        out += _events_and_links(span)
+    out += _EMPTY_STATUS if span._status is _UNSET else _status(span)
+    out += _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL
+    return b"\x12" + _varint(len(out)) + out
+
+
 def _scope(scope: Any) -> bytes:
     """ScopeSpans.scope (1): an InstrumentationScope, empty when the span has none."""
     if scope is None:
@@ -327,7 +415,7 @@ def _grouped(spans: Sequence[ReadableSpan]) -> list[tuple[Any, list[tuple[Any, l
         scoped = group[1].get(id(scope))
         if scoped is None:
             scoped = group[1][id(scope)] = (scope, [])
-        scoped[1].append(_span(span))
+        scoped[1].append(_lean_span(span) if type(span) is LeanSpan else _span(span))
     out: list[tuple[Any, list[tuple[Any, list[bytes]]]]] = []
     for resource, scopes in by_resource.values():
         merged = _merge(out, resource)

@@ -10,10 +10,10 @@ samplers of the specification (`OTEL_TRACES_SAMPLER`):
   SDK's rule, so services agree on a trace), and a new trace (no parent) with probability
   `ratio`; `always_on` / `always_off` are what they say.
 
-Only a message decided "sampled" gets SDK spans (its provider records every span the worker
-starts). One that is not carries a trace context on without them: its parent's `traceparent`
-unchanged when the parent is not sampled either, else the same trace with a fresh span id and
-the sampled flag cleared; a new random one when it had no parent.
+Only a message decided "sampled" gets spans (`ops.leanspans`; its provider records every span
+the worker starts). One that is not carries a trace context on without them: its parent's
+`traceparent` unchanged when the parent is not sampled either, else the same trace with a fresh
+span id and the sampled flag cleared; a new random one when it had no parent.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def unsampled_traceparent(parent: Parent | None) -> bytes:
     span id of its own, sampled flag cleared."""
     trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
     span_id = random.getrandbits(64) or 1
-    return f"00-{trace_id:032x}-{span_id:016x}-00".encode()
+    return b"00-%032x-%016x-00" % (trace_id, span_id)  # (bytes formatting: no str, no encode)
 
 
 class HeadSampler:

@@ -23,6 +23,11 @@ says unless `LLM_WORKER_TRACE_CONTENT=true`: its text and the answer's
 (`gen_ai.request.stop_sequences`), its metadata and tenant (never). What a prompt names is kept:
 its id and model (bounded by validation: 128 and 256 characters), its sampling numbers.
 
+The spans are the worker's own (`ops.leanspans`: API spans the SDK's processors and exporters
+read, without the SDK span's locks and copies) and go to its `SpanQueue` rather than the SDK's
+`BatchSpanProcessor`; the attributes every span of a topic (an endpoint) carries the same are
+cleaned once (`Fixed`). A provider given with another sampler (tests) gets the SDK's spans.
+
 Every span is bounded: the SDK's `SpanLimits` are set from `ops.otelconf.SpanBounds` (each
 attribute value at most `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` characters, 4096 by default; 128
 attributes, events and links), and the stop sequences traced with content on are cut so that
@@ -35,11 +40,12 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -52,7 +58,8 @@ from ..config import ConfigError, Settings
 from ..messages import Completion
 from ..records import InputRecord, Outcome
 from ..spans import MessageTrace
-from .genai import Servers, request_attributes, result_attributes
+from .genai import Servers, call_attributes, endpoint_attributes, result_attributes
+from .leanspans import Fixed, SpanQueue, lean_tracer
 from .otelconf import ATTRIBUTE_VALUE_LENGTH, OtelConfig, SpanBounds, otel_config
 from .otlp_export import OtlpHttpExporter
 from .sampling import HeadSampler, parse_traceparent, unsampled_traceparent
@@ -106,6 +113,24 @@ class MessageTracer(Protocol):
 
 _UNTRACED = MessageTrace(None)
 _IDLE = contextlib.nullcontext()
+
+
+class _Current:
+    """`trace.use_span(span, end_on_exit=False, record_exception=False,
+    set_status_on_exception=False)` without its generator: `span` is the current span inside."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 class NoTracing:
@@ -206,12 +231,19 @@ class Tracing:
     ) -> None:
         self.provider = provider
         self.sampler = sampler if sampler is not None else HeadSampler()
-        self._tracer = provider.get_tracer("llm_worker")
+        # the worker's own spans (`ops.leanspans`) when the provider records every span
+        self._lean = lean_tracer(provider)
+        self._tracer: trace.Tracer = self._lean or provider.get_tracer("llm_worker")
         self._group = group_id
         self._content = trace_content
         self._value_length = value_length
-        self._names: dict[str, str] = {}
-        self._send_names: dict[str, str] = {}
+        self._process: dict[str, tuple[str, Fixed]] = {}
+        """Per input topic: its CONSUMER span's name and the attributes all of them carry."""
+        self._send: dict[str, tuple[str, Fixed]] = {}
+        """Per outcome topic: the same of its PRODUCER span."""
+        self._chat_names: dict[str, str] = {}
+        self._endpoints: dict[tuple[Any, ...], Fixed] = {}
+        """Per endpoint (and fallback, server): what its CLIENT spans all carry."""
         self._servers = Servers()
         self._leaders: dict[str, SpanContext] = {}
 
@@ -227,7 +259,7 @@ class Tracing:
             sampler=ALWAYS_ON,
             span_limits=span_limits(cfg.limits),
         )
-        provider.add_span_processor(BatchSpanProcessor(_exporter(cfg)))
+        provider.add_span_processor(SpanQueue(_exporter(cfg)))
         log.info("tracing on: %s", cfg)
         return cls(
             provider,
@@ -266,30 +298,50 @@ class Tracing:
             if ts:
                 carrier["tracestate"] = ts.decode("latin-1")
             context = _W3C.extract(carrier, _ROOT)
-        name = self._names.get(rec.topic)
-        if name is None:
-            name = self._names[rec.topic] = f"process {rec.topic}"
+        process = self._process.get(rec.topic)
+        if process is None:
+            process = self._process[rec.topic] = (
+                f"process {rec.topic}",
+                self._fixed(
+                    {
+                        "messaging.system": "kafka",
+                        "messaging.operation.type": "process",
+                        "messaging.operation.name": "process",
+                        "messaging.destination.name": rec.topic,
+                        "messaging.consumer.group.name": self._group,
+                    }
+                ),
+            )
         attrs: dict[str, Any] = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": rec.topic,
             "messaging.destination.partition.id": str(rec.partition),
             "messaging.kafka.offset": rec.offset,
-            "messaging.consumer.group.name": self._group,
         }
         key = _text_key(rec.key)
         if key is not None:
             attrs["messaging.kafka.message.key"] = key
-        return MessageTrace(self._tracer.start_span(name, context, SpanKind.CONSUMER, attrs))
+        return MessageTrace(self._start(*process, context, SpanKind.CONSUMER, attrs))
+
+    def _fixed(self, attrs: dict[str, Any]) -> Fixed:
+        return self._lean.fixed(attrs) if self._lean is not None else Fixed(attrs, False)
+
+    def _start(
+        self,
+        name: str,
+        fixed: Fixed,
+        context: Context | None,
+        kind: SpanKind,
+        attrs: dict[str, Any],
+    ) -> Span:
+        """A span with `fixed` attributes, then `attrs`."""
+        if self._lean is not None:
+            return self._lean.start_span(name, context, kind, attrs, fixed=fixed)
+        return self._tracer.start_span(name, context, kind, {**fixed.attrs, **attrs})
 
     def activate(self, mt: MessageTrace) -> contextlib.AbstractContextManager[Any]:
         """Make the message's span the current one (its provider attempts become children)."""
         if mt.process is None or not mt.recording:
-            return contextlib.nullcontext()
-        return trace.use_span(
-            mt.process, end_on_exit=False, record_exception=False, set_status_on_exception=False
-        )
+            return _IDLE
+        return _Current(mt.process)
 
     def finish_message(
         self, mt: MessageTrace, outcome: Sending
@@ -324,20 +376,25 @@ class Tracing:
                 span.set_status(StatusCode.ERROR, c.error.type)
             span.set_attributes(attrs)
         span.end()
-        attrs = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "send",
-            "messaging.destination.name": outcome.topic,
-        }
+        sending = self._send.get(outcome.topic)
+        if sending is None:
+            sending = self._send[outcome.topic] = (
+                f"send {outcome.topic}",
+                self._fixed(
+                    {
+                        "messaging.system": "kafka",
+                        "messaging.operation.type": "send",
+                        "messaging.operation.name": "send",
+                        "messaging.destination.name": outcome.topic,
+                    }
+                ),
+            )
         key = _text_key(outcome.key)
-        if key is not None:
-            attrs["messaging.kafka.message.key"] = key
-        name = self._send_names.get(outcome.topic)
-        if name is None:
-            name = self._send_names[outcome.topic] = f"send {outcome.topic}"
-        send = self._tracer.start_span(
-            name, trace.set_span_in_context(span, _ROOT), SpanKind.PRODUCER, attrs
+        send = self._start(
+            *sending,
+            trace.set_span_in_context(span, _ROOT),
+            SpanKind.PRODUCER,
+            {} if key is None else {"messaging.kafka.message.key": key},
         )
         mt.send = send
         return mt, _with_context(outcome.headers, send.get_span_context())
@@ -396,17 +453,27 @@ class Tracing:
             )
         if cand.fallback and attempt == 1:
             parent.add_event("llm_worker.fallback", {"llm_worker.endpoint": name})
-        attrs = request_attributes(
-            cand,
+        server = self._servers.of(target)
+        key = (name, cand.fallback, target.provider, target.model, server)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if len(self._endpoints) >= LEADERS_KEPT:
+                self._endpoints.clear()
+            endpoint = self._endpoints[key] = self._fixed(endpoint_attributes(cand, target, server))
+        attrs = call_attributes(
             target,
             request,
             attempt,
             retry_of,
-            self._servers.of(target),
             content=self._content,
             value_length=self._value_length,
         )
-        return self._tracer.start_span(f"chat {target.model}", None, SpanKind.CLIENT, attrs)
+        chat = self._chat_names.get(target.model)
+        if chat is None:
+            if len(self._chat_names) >= LEADERS_KEPT:
+                self._chat_names.clear()
+            chat = self._chat_names[target.model] = f"chat {target.model}"
+        return self._start(chat, endpoint, None, SpanKind.CLIENT, attrs)
 
     def attempt_finished(
         self,
