@@ -44,6 +44,7 @@ ALL = [
     "003_routing_objective.sql",
     "004_structured_outputs.sql",
     "005_stream.sql",
+    "006_priority.sql",
 ]
 
 
