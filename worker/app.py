@@ -16,6 +16,7 @@ from .calling.breaker import BreakerBoard, BreakerConfig
 from .calling.caller import Caller, CallResult
 from .calling.capacity import rate_limiter
 from .calling.concurrency import ConcurrencyLimits
+from .calling.priority import Lanes
 from .calling.ratelimit import replica_share
 from .calling.routing import Router
 from .chunking.calls import StreamCalls
@@ -40,6 +41,7 @@ from .stream.admin import (
     wait_for_broker,
 )
 from .stream.consumer import Worker
+from .stream.intake import Intake
 from .stream.kafka import KafkaBridge
 from .stream.outbox import Sent
 from .stream.transport import Transport
@@ -189,6 +191,19 @@ class App:
             max_in_flight_bytes=settings.max_in_flight_bytes,
             recorder=OutcomeRecorder(self.metrics, log_outcomes=settings.log_outcomes),
             ordering=settings.ordering,
+            parking=self._parking(settings),
+        )
+
+    def _parking(self, settings: Settings) -> Intake | None:
+        """The intake's lookahead for priority (`stream/intake.py`), None when it is 0."""
+        if not settings.priority_lookahead:
+            return None
+        pipeline = self.pipeline
+        return Intake(
+            settings.priority_lookahead,
+            pipeline.intake_rank,
+            Lanes(settings.priority_aging_s),
+            engaged=lambda: pipeline.priorities_used,
         )
 
     def _ops(self, settings: Settings, http: bool) -> None:

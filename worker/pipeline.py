@@ -118,6 +118,16 @@ def _priority(prompt: Prompt, candidates: list[Candidate]) -> int:
     return NORMAL
 
 
+class _RankPeek(msgspec.Struct):
+    """What the intake reads of a parked record: where it would wait (`Pipeline.intake_rank`)."""
+
+    model: str = ""
+    priority: str | None = None
+
+
+_peek = msgspec.json.Decoder(_RankPeek)
+
+
 def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
     if not rec.headers:
         return None
@@ -148,6 +158,29 @@ class Pipeline:
         self._dedup = dedup
         self._wall = wall_clock
         self._clock = clock
+        self.priorities_used = False
+        """A prompt or row asked for a priority other than normal (the intake's lookahead
+        engages from then on)."""
+
+    def _prioritized(self, prio: int) -> int:
+        if prio != NORMAL:
+            self.priorities_used = True
+        return prio
+
+    def intake_rank(self, rec: InputRecord) -> int:
+        """A record's priority rank before it is processed (for the intake's lookahead): the
+        prompt's `priority`, else its row's, else normal; normal for anything unreadable
+        (its outcome is decided when it is processed)."""
+        try:
+            peek = _peek.decode(rec.value or b"")
+            if peek.priority is not None:
+                return RANKS.get(peek.priority, NORMAL)
+            for c in self._registry.resolve(peek.model):
+                if c.row.model_id == peek.model:
+                    return RANKS.get(c.row.priority or "normal", NORMAL)
+        except (msgspec.DecodeError, RegistryError):
+            pass
+        return NORMAL
 
     def _queue_ms(self, rec: InputRecord) -> float | None:
         if not rec.timestamp_ms:
@@ -216,7 +249,7 @@ class Pipeline:
             started=started,
             trace=mt,
             stream=stream,
-            priority=_priority(prompt, candidates),
+            priority=self._prioritized(_priority(prompt, candidates)),
             hit=stored,
             prompt_deadline=prompt_deadline,
         )

@@ -206,6 +206,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 0
+    priority_lookahead: Annotated[
+        int,
+        Spec(
+            "while the worker is full, read on up to this many records and start them highest "
+            "priority first when room frees (engages once a priority other than normal is "
+            "seen); `0`: read in partition order only",
+            ge=0,
+        ),
+    ] = 1000
     priority_aging_s: Annotated[
         float,
         Spec(

@@ -16,6 +16,7 @@ time to serve the `high` ones already waiting then.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = [
@@ -100,6 +101,17 @@ class Lanes(Generic[T]):
             raise IndexError("no waiter")
         self.n -= 1
         return best.popleft()[1]
+
+    def keep(self, wanted: Callable[[T], bool]) -> list[T]:
+        """Take out every waiter `wanted` refuses; they are returned."""
+        gone: list[T] = []
+        for lane in self._lanes:
+            stay = [e for e in lane if wanted(e[1])]
+            gone += [e[1] for e in lane if not wanted(e[1])]
+            lane.clear()
+            lane.extend(stay)
+        self.n -= len(gone)
+        return gone
 
     def counts(self) -> tuple[int, int, int]:
         """Waiters per rank: high, normal, low."""

@@ -29,6 +29,7 @@ from ..ops.metrics import Metrics
 from ..ops.outcomes import OutcomeRecorder
 from ..settings import Ordering
 from .flow import FlowControl
+from .intake import Intake
 from .offsets import OffsetTracker, PartitionOffsets
 from .ordering import KeyLanes
 from .outbox import InOrderOutbox, Outbox, Sent, Work
@@ -73,6 +74,7 @@ class Assignment:
         on_task_done: Callable[[], None],
         recorder: OutcomeRecorder | None = None,
         ordering: Ordering = "none",
+        intake: Intake | None = None,
     ) -> None:
         self._bridge = bridge
         self._metrics = metrics
@@ -94,6 +96,8 @@ class Assignment:
         self.outbox = kind(
             bridge, metrics, spawn=self.spawn, on_acked=on_task_done, recorder=recorder
         )
+        self.intake = intake
+        """Records parked at the intake while the worker is full (None: no lookahead)."""
         self.lanes = KeyLanes() if ordering == "key" else None
         """Key ordering: each key's records one at a time (None: not ordered by key)."""
         if self.lanes is not None:
@@ -185,6 +189,7 @@ class Assignment:
         commit them with the transaction, and return nothing)."""
         self.revoking.update(keys)
         settled = {k: self.tracker.get(k) for k in keys}
+        self.drop_parked(keys)  # never started: the next owner reads them
         deadline = self._life.time() + self._life.timeout_s
         if self._life.deadline is not None:  # revoked while shutting down: the same deadline
             deadline = min(deadline, self._life.deadline)
@@ -244,9 +249,15 @@ class Assignment:
                 self.eos.thaw()
             done.set()
 
+    def drop_parked(self, keys: list[Key] | None) -> None:
+        """The records of `keys` (None: all) parked at the intake go unanswered (read again)."""
+        if self.intake is not None:
+            self.intake.drop(keys)
+
     def forget(self, keys: list[Key], settled: dict[Key, PartitionOffsets | None]) -> None:
         """Partitions released: their state goes, if it is still that of the assignment
         settled (`settled`), never a newer one's offsets."""
+        self.drop_parked(keys)
         self.tracker.drop(keys, only=settled)
         self.outbox.forget(keys)  # outcomes held back for order go too
         if self.lanes is not None:

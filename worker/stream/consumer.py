@@ -33,6 +33,7 @@ from ..records import InputRecord, Outcome, Stages
 from ..settings import Ordering
 from .assignment import Assignment, Lifecycle
 from .flow import MIN_PER_PARTITION, FlowControl, InFlightLimits, Room
+from .intake import Intake
 from .offsets import PartitionOffsets
 from .ordering import Turn
 from .outbox import Sent
@@ -82,6 +83,7 @@ class Worker(Generic[P]):
         max_in_flight_bytes: int = 0,
         recorder: OutcomeRecorder | None = None,
         ordering: Ordering = "none",
+        parking: Intake | None = None,
     ) -> None:
         self._bridge = bridge
         self._pipeline = pipeline
@@ -112,6 +114,7 @@ class Worker(Generic[P]):
             on_task_done=self._room.wake,
             recorder=recorder,
             ordering=ordering,
+            intake=parking,
         )
         self._held = rate_limited or (lambda: 0)
         self._stopping = asyncio.Event()
@@ -156,6 +159,7 @@ class Worker(Generic[P]):
         finally:
             if life.deadline is None:
                 life.deadline = life.time() + life.timeout_s
+            self.assignment.drop_parked(None)  # never started: read again after the restart
             await self.assignment.finish_or_abandon(None, life.deadline)
             committer.cancel()
             try:
@@ -185,7 +189,17 @@ class Worker(Generic[P]):
                 await a.rewinding.wait()
                 continue
             free = self._refresh_limit() - self._busy()
+            intake = a.intake
+            if intake is not None and len(intake):  # the parked start first, by priority
+                startable = self._max_in_flight - self._running()
+                if startable > 0:
+                    self._unpark(intake, startable)
+                    continue
             if free <= 0:
+                if intake is not None and not flow.held and (room := self._park_room(intake)):
+                    # full: read on into the lookahead, so priority can reorder what comes
+                    await self._take(min(self._batch, room), 0.05, park=True)
+                    continue
                 if not flow.held and await self._room.within(HOLD_AFTER_S):
                     continue  # a short wait: cheaper than a pause and a refetch
                 # Still full: hold every partition and keep polling (rebalances are served and
@@ -195,18 +209,24 @@ class Worker(Generic[P]):
                 continue
             await flow.apply(
                 a.owned,
-                self._running_in if a.lanes is not None else a.tracker.in_flight,
+                self._running_in if a.lanes or a.intake else a.tracker.in_flight,
                 crowded=self._busy() > self._max_in_flight * 3 // 4,
             )
             await self._take(min(self._batch, free), 0.05)
 
-    async def _take(self, n: int, timeout: float) -> None:
+    async def _take(self, n: int, timeout: float, *, park: bool = False) -> None:
         rewinds = self.assignment.rewinds
         batch = await self._bridge.consume(n, timeout)
         if batch.polled and rewinds == self.assignment.rewinds:  # else fetched before a rewind
             for rec in batch.records:
-                self._dispatch(rec)
+                self._dispatch(rec, park=park)
             self._metrics.consumed.inc(batch.polled)
+
+    def _unpark(self, intake: Intake, n: int) -> None:
+        """Start up to `n` parked records, highest priority first."""
+        for _ in range(min(n, len(intake))):
+            p = intake.pop()
+            self._start(p.rec, p.offsets, p.turn)
 
     def _refresh_limit(self) -> int:
         self._max_in_flight = self._limits.now(len(self.assignment.owned), self._flow)
@@ -216,25 +236,40 @@ class Worker(Generic[P]):
         """What the in-flight limit is held against: every message in flight, but with key
         ordering the records waiting for their key's turn count only against the ceiling
         (`ordering`): min(limit - running, ceiling - all) is the room left."""
-        total = self.in_flight
-        lanes = self.assignment.lanes
-        if lanes is None or not lanes.waiting:
+        total, running = self.in_flight, self._running()
+        if running == total:
             return total
-        return max(total - lanes.waiting, total + self._max_in_flight - self._limits.ceiling())
+        return max(running, total + self._max_in_flight - self._limits.ceiling())
+
+    def _running(self) -> int:
+        """Messages in flight less those waiting for their key's turn or parked."""
+        a = self.assignment
+        idle = (a.lanes.waiting if a.lanes is not None else 0) + (
+            len(a.intake) if a.intake is not None else 0
+        )
+        return self.in_flight - idle
+
+    def _park_room(self, intake: Intake) -> int:
+        """How many records the intake may park now: its lookahead, within the ceiling."""
+        return max(0, min(intake.room(), self._limits.ceiling() - self.in_flight))
 
     def _running_in(self, topic: str, partition: int) -> int:
-        """A partition's messages in flight, less those waiting for their key's turn."""
-        a = self.assignment
-        assert a.lanes is not None
-        return a.tracker.in_flight(topic, partition) - a.lanes.waiting_in.get((topic, partition), 0)
+        """A partition's messages in flight, less those waiting for their key's turn or
+        parked at the intake."""
+        a, key = self.assignment, (topic, partition)
+        idle = a.lanes.waiting_in.get(key, 0) if a.lanes is not None else 0
+        if a.intake is not None:
+            idle += a.intake.in_part.get(key, 0)
+        return a.tracker.in_flight(topic, partition) - idle
 
     @property
     def in_flight(self) -> int:
         """Messages taken and not finished: running tasks plus outcomes not yet acknowledged."""
         a = self.assignment
-        return len(a.tasks) + a.outbox.unacked + a.outbox.waiting
+        parked = len(a.intake) if a.intake is not None else 0
+        return len(a.tasks) + a.outbox.unacked + a.outbox.waiting + parked
 
-    def _dispatch(self, rec: InputRecord) -> None:
+    def _dispatch(self, rec: InputRecord, *, park: bool = False) -> None:
         a = self.assignment
         key: Key = (rec.topic, rec.partition)
         if key in a.revoking:
@@ -245,11 +280,18 @@ class Worker(Generic[P]):
         offsets = a.tracker.part(rec.topic, rec.partition, self._bridge.epoch(key))
         offsets.start(rec.offset)
         a.outbox.track(rec)
-        if a.lanes is not None:
-            turn = a.lanes.take(rec)
-            if turn is not None and turn.before is not None:  # its key is busy: wait in a task
-                a.spawn(key, self._in_turn(rec, turn, offsets))
-                return
+        turn = a.lanes.take(rec) if a.lanes is not None else None
+        if park and a.intake is not None:
+            a.intake.park(rec, offsets, turn)
+            return
+        self._start(rec, offsets, turn)
+
+    def _start(self, rec: InputRecord, offsets: PartitionOffsets, turn: Turn | None) -> None:
+        a = self.assignment
+        key: Key = (rec.topic, rec.partition)
+        if turn is not None and turn.before is not None:  # its key is busy: wait in a task
+            a.spawn(key, self._in_turn(rec, turn, offsets))
+            return
         # Most records are answered right here (dedup window hits, invalid input): no task.
         step = self._begin(rec)
         if isinstance(step, Outcome):

@@ -20,13 +20,14 @@ __all__ = ["OffsetTracker", "PartitionOffsets"]
 class PartitionOffsets:
     """Offsets of one partition: started, finished, and the committable watermark."""
 
-    __slots__ = ("_done", "_heap", "_in_flight", "committed", "epoch", "safe")
+    __slots__ = ("_abandoned", "_done", "_heap", "_in_flight", "committed", "epoch", "safe")
 
     def __init__(self, epoch: int = 0) -> None:
         self.epoch = epoch
         self._heap: list[int] = []  # started offsets not yet passed by `safe`
         self._in_flight: set[int] = set()
         self._done: set[int] = set()
+        self._abandoned: set[int] = set()  # started, then dropped unanswered (`abandon`)
         self.safe: int | None = None  # next offset to commit (last contiguous finished + 1)
         self.committed: int | None = None  # what was last committed to the broker
 
@@ -35,6 +36,10 @@ class PartitionOffsets:
         return len(self._in_flight)
 
     def start(self, offset: int) -> None:
+        if offset in self._abandoned:  # taken again: in flight, at its place in the heap
+            self._abandoned.discard(offset)
+            self._in_flight.add(offset)
+            return
         if offset in self._in_flight or offset in self._done:
             return  # redelivered after a seek; already tracked
         if self.safe is not None and offset < self.safe:
@@ -52,6 +57,13 @@ class PartitionOffsets:
             low = heapq.heappop(heap)
             self._done.discard(low)
             self.safe = low + 1
+
+    def abandon(self, offset: int) -> None:
+        """A record taken but dropped before it was answered (parked at the intake when the
+        worker stopped): no longer in flight, and `safe` never passes it, so it is read again."""
+        if offset in self._in_flight:
+            self._in_flight.discard(offset)
+            self._abandoned.add(offset)
 
     def pending_commit(self) -> int | None:
         """The offset to commit now, or None when nothing new is safe."""
