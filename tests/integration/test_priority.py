@@ -72,3 +72,53 @@ async def test_high_priority_prompts_pass_a_saturated_endpoints_low_backlog(
     # FIFO, each high one would wait for the lows ahead of it (seconds to tens of seconds);
     # with priority, for the places already handed out (a burst: 1 s) and the high ones ahead
     assert high_p95 <= low_p95 / 10, (high_p95, low_p95)
+
+
+PARKED_LOWS = 500  # more than the worker takes in flight (256): the rest is parked
+PARKED_HIGHS = 10
+FAST_RPM = 1200  # 20 a second
+
+
+async def test_high_prompts_behind_a_backlog_larger_than_the_worker_go_first_at_the_intake(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """All published at once, the high ones last: the worker takes 256 lows, parks the rest
+    (the high ones too) and, as room frees, starts the high ones before the ~244 lows read
+    before them. Without the lookahead they would wait in Kafka until those lows had started,
+    that is until ~244 lows had finished (12 s at 20/s)."""
+    fake.set_profile("default", latency_ms=20)
+    upsert_row(
+        pg_dsn,
+        ModelRow(
+            model_id="m",
+            provider="fake",
+            endpoint=fake.endpoint(),
+            upstream_model="u",
+            rpm_limit=FAST_RPM,
+            priority="low",
+        ),
+    )
+    s = make_settings()
+    bs = s.kafka_bootstrap_servers
+    await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 1)
+    lows = [{"id": f"low{i}", "model": "m", "prompt": f"q{i}"} for i in range(PARKED_LOWS)]
+    highs = [
+        {"id": f"high{i}", "model": "m", "prompt": f"h{i}", "priority": "high"}
+        for i in range(PARKED_HIGHS)
+    ]
+    await asyncio.to_thread(kh.produce_prompts, bs, s.prompts_topic, lows + highs)
+    async with App(s, http=False).running() as app:
+        deadline = time.monotonic() + 120
+        while app.worker.stats()["completed"] < len(lows + highs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+    ids = {p["id"] for p in lows + highs}
+    done = await asyncio.to_thread(kh.consume_until_ids, bs, s.completions_topic, ids)
+    by_id = {d["id"]: d for d in done}
+    assert all(d["status"] == "ok" for d in by_id.values())
+    high = [by_id[h["id"]]["queue_ms"] for h in highs]
+    low = [by_id[lo["id"]]["queue_ms"] for lo in lows]
+    print(f"queue_ms max: high {max(high):.0f} ms; low p50 {sorted(low)[len(low) // 2]:.0f} ms")
+    # parked and started first: 5.5 s here; with LLM_WORKER_PRIORITY_LOOKAHEAD=0 (read in
+    # partition order only) the high ones waited 16.6 s, behind the lows read before them
+    assert max(high) < 10_000, high
+    assert _p95(low) > 20_000  # the backlog itself: 500 at 20/s
