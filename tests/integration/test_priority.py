@@ -24,15 +24,9 @@ HIGHS = 20
 RPM = 300  # 5 a second: the low backlog takes 40 s
 
 
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
-async def test_high_priority_prompts_pass_a_saturated_endpoints_low_backlog(
-    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
-) -> None:
-
+def _saturated_row(pg_dsn: str, fake: FakeServer, rpm: int) -> None:
+    """Model `m` on the fake at 20 ms, limited to `rpm`; its default priority `low` (the
+    backlog's prompts say nothing)."""
     fake.set_profile("default", latency_ms=20)
     upsert_row(
         pg_dsn,
@@ -41,10 +35,21 @@ async def test_high_priority_prompts_pass_a_saturated_endpoints_low_backlog(
             provider="fake",
             endpoint=fake.endpoint(),
             upstream_model="u",
-            rpm_limit=RPM,
-            priority="low",  # the row's default: the backlog says nothing
+            rpm_limit=rpm,
+            priority="low",
         ),
     )
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+async def test_high_priority_prompts_pass_a_saturated_endpoints_low_backlog(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    _saturated_row(pg_dsn, fake, RPM)
     s = make_settings()
     bs = s.kafka_bootstrap_servers
     await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 1)
@@ -86,18 +91,7 @@ async def test_high_prompts_behind_a_backlog_larger_than_the_worker_go_first_at_
     (the high ones too) and, as room frees, starts the high ones before the ~244 lows read
     before them. Without the lookahead they would wait in Kafka until those lows had started,
     that is until ~244 lows had finished (12 s at 20/s)."""
-    fake.set_profile("default", latency_ms=20)
-    upsert_row(
-        pg_dsn,
-        ModelRow(
-            model_id="m",
-            provider="fake",
-            endpoint=fake.endpoint(),
-            upstream_model="u",
-            rpm_limit=FAST_RPM,
-            priority="low",
-        ),
-    )
+    _saturated_row(pg_dsn, fake, FAST_RPM)
     s = make_settings()
     bs = s.kafka_bootstrap_servers
     await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 1)

@@ -38,12 +38,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from ..ops.metrics import Metrics
-from ..ops.outcomes import OutcomeRecorder
 from ..records import InputRecord, Outcome
 from .offsets import OffsetTracker, PartitionOffsets
-from .outbox import InOrderOutbox, Sent, Spawn
+from .outbox import InOrderOutbox, Sent
 from .transport import (
     TXN_CALL_S,
     Ack,
@@ -72,16 +72,8 @@ class OrderedOutbox(InOrderOutbox):
     """An outbox that releases outcomes into the transaction in offset order per partition,
     and not at all while a commit is being made."""
 
-    def __init__(
-        self,
-        bridge: Transport[Sent],
-        metrics: Metrics,
-        *,
-        spawn: Spawn,
-        on_acked: Callable[[], None] = lambda: None,
-        recorder: OutcomeRecorder | None = None,
-    ) -> None:
-        super().__init__(bridge, metrics, spawn=spawn, on_acked=on_acked, recorder=recorder)
+    def __init__(self, bridge: Transport[Sent], metrics: Metrics, **kw: Any) -> None:
+        super().__init__(bridge, metrics, **kw)  # `Outbox`'s keywords
         self._open = asyncio.Event()
         self._open.set()
         self.tainted: str | None = None
