@@ -252,16 +252,8 @@ class InOrderOutbox(Outbox):
     concurrent; only the production waits. A record held long (a hold, a slow provider) holds
     its partition's later outcomes with it, and they count as in flight."""
 
-    def __init__(
-        self,
-        bridge: Transport[Sent],
-        metrics: Metrics,
-        *,
-        spawn: Spawn,
-        on_acked: Callable[[], None] = lambda: None,
-        recorder: OutcomeRecorder | None = None,
-    ) -> None:
-        super().__init__(bridge, metrics, spawn=spawn, on_acked=on_acked, recorder=recorder)
+    def __init__(self, bridge: Transport[Sent], metrics: Metrics, **kw: Any) -> None:
+        super().__init__(bridge, metrics, **kw)  # `Outbox`'s keywords
         self._started: dict[Key, collections.deque[int]] = {}
         self._ready: dict[Key, dict[int, Sent]] = {}
 
