@@ -117,6 +117,7 @@ LIBRDKAFKA_SEAM = {
     "worker.stream.kafka_conf",  # client configuration, records and errors in plain types
     "worker.stream.kafka_producer",  # the producer the bridge replaces when it is forgotten
     "worker.stream.admin",  # cluster calls at start: broker wait, topics, group size
+    "worker.stream.commits",  # offset commits answered through on_commit
     "worker.stream.kafka_client",  # plain clients for `llm-worker send` and the bench
 }
 LIBRDKAFKA_TOOLS = {

@@ -40,6 +40,7 @@ from confluent_kafka import (
 from llm_worker.adapters.backoff import Backoff
 
 from ..config import Settings
+from .commits import CommitAnswer, PendingCommits
 from .kafka_conf import (
     client_config,
     consume_ready,
@@ -74,6 +75,9 @@ log = logging.getLogger("llm_worker.kafka")
 T = TypeVar("T")
 
 REBALANCE_CLOSE_TIMEOUT_S = 10.0  # how long close() lets librdkafka leave the group
+COMMIT_WAIT_S = 10.0  # how long `commit` waits for the broker's answer
+SERVE_AFTER_S = 0.25  # no consume call this long while a commit waits: serve its answer
+SERVE_BATCH = 500
 
 
 class KafkaBridge(Generic[T]):
@@ -91,6 +95,11 @@ class KafkaBridge(Generic[T]):
         self._incremental = False  # cooperative rebalancing (set from the consumer's config)
         self._slot: ProducerSlot | None = None
         self._cthread = OneThread("kafka-consumer")
+        self._commits = PendingCommits()  # consumer thread only
+        # read while a commit served its answer, for the next consume (consumer thread; only
+        # at-least-once commits fill it: exactly-once commits go with the transaction)
+        self._early: list[Message] = []
+        self._consumes = 0  # consume calls made (on the loop)
         self._pthread: threading.Thread | None = None
         self._stop_polling = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,6 +159,7 @@ class KafkaBridge(Generic[T]):
         self._loop = asyncio.get_running_loop()
         s = self._settings
         consumer_conf = consumer_config(s, self._client_error, self._on_stats)
+        consumer_conf["on_commit"] = self._commits.answered
         self._slot = ProducerSlot(
             producer_config(s, self._client_error, lambda _: None),  # statistics on
             replaceable=not self.transactional,
@@ -227,36 +237,77 @@ class KafkaBridge(Generic[T]):
         """Up to `max_messages` records: what is ready now, else wait up to `timeout` for the
         first ones. (librdkafka's `consume(n, timeout)` waits the whole timeout for the n-th
         record, leaving the worker idle while a partial batch sits in the local queue.)"""
-        consumer = self._consumer
-        assert consumer is not None
-        batch: Batch = await self._in_consumer_thread(
-            lambda: to_batch(consume_ready(consumer, max_messages, timeout))
-        )
+        self._consumes += 1
+        batch: Batch = await self._in_consumer_thread(self._consume, max_messages, timeout)
         return batch
+
+    def _consume(self, max_messages: int, timeout: float) -> Batch:
+        assert self._consumer is not None
+        if self._early:  # read by `_serve`: theirs come first, in order
+            msgs = self._early[:max_messages]
+            del self._early[:max_messages]
+            return to_batch(msgs)
+        return to_batch(consume_ready(self._consumer, max_messages, timeout))
 
     async def commit(self, offsets: dict[Key, tuple[int, int]]) -> dict[Key, int]:
         """Commit `{key: (offset, epoch)}`; returns what was committed: only partitions still
-        assigned in the epoch the offset was computed under."""
+        assigned in the epoch the offset was computed under (checked on the consumer thread,
+        between rebalances), and only once the broker said so.
+
+        The commit does not hold the consumer thread (`commits`): its answer comes inside a
+        consume call. If none comes for `SERVE_AFTER_S` (the worker stopped reading: it is
+        shutting down), the commit serves it itself, keeping what that reads for the next
+        `consume`. Unanswered in `COMMIT_WAIT_S` (the coordinator is away): nothing is
+        reported committed, and those offsets go again with the next commit."""
         if not offsets or self._consumer is None:
             return {}
-        done: dict[Key, int] = await self._in_consumer_thread(self._commit_sync, offsets)
-        return done
-
-    def _commit_sync(self, offsets: dict[Key, tuple[int, int]]) -> dict[Key, int]:
-        """On the consumer thread, where assignments change: nothing can move in between."""
-        assert self._consumer is not None
-        current = {k: off for k, (off, ep) in offsets.items() if ep and self.epoch(k) == ep}
+        loop = asyncio.get_running_loop()
+        answer: CommitAnswer = loop.create_future()
+        current: dict[Key, int] = await self._in_consumer_thread(
+            self._send_commit, offsets, answer, loop
+        )
         if not current:
             return {}
-        tps = [TopicPartition(t, p, o) for (t, p), o in current.items()]
-        try:
-            self._consumer.commit(offsets=tps, asynchronous=False)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if err is not None and err.code() == KafkaError._NO_OFFSET:
+        until = loop.time() + COMMIT_WAIT_S
+        while not answer.done():
+            if loop.time() >= until:
+                log.warning(
+                    "offset commit unanswered after %.0f s (the group coordinator is away);"
+                    " its offsets go again with the next commit",
+                    COMMIT_WAIT_S,
+                )
                 return {}
-            raise
+            seen = self._consumes
+            await asyncio.wait({answer}, timeout=min(SERVE_AFTER_S, until - loop.time()))
+            if not answer.done() and self._consumes == seen:
+                await self._in_consumer_thread(self._serve)
+        return current if answer.result() else {}
+
+    def _send_commit(
+        self,
+        offsets: dict[Key, tuple[int, int]],
+        answer: CommitAnswer | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> dict[Key, int]:
+        """On the consumer thread, where assignments change: send the commit of the offsets
+        still in their epoch; returns them."""
+        assert self._consumer is not None
+        current = {k: off for k, (off, ep) in offsets.items() if ep and self.epoch(k) == ep}
+        if current:
+            tps = [TopicPartition(t, p, o) for (t, p), o in current.items()]
+            self._commits.sent(current, answer, loop)
+            self._consumer.commit(offsets=tps, asynchronous=True)
         return current
+
+    def _serve(self) -> None:
+        """On the consumer thread: serve librdkafka's queue (commit answers, rebalances),
+        keeping the records it holds for the next `consume`."""
+        assert self._consumer is not None
+        while self._commits:
+            msgs = self._consumer.consume(SERVE_BATCH, 0)
+            self._early.extend(msgs)
+            if len(msgs) < SERVE_BATCH:
+                return
 
     async def pause(self, parts: list[Key]) -> None:
         if parts and self._consumer is not None:
@@ -291,9 +342,10 @@ class KafkaBridge(Generic[T]):
         try:
             if self._on_revoke is not None:
                 commits = self._on_revoke(keys)
-                if commits:
-                    self._commit_sync({k: (o, self.epoch(k)) for k, o in commits.items()})
-                    log.info("committed on revoke: %s", commits)
+                if commits:  # before the partitions go; librdkafka holds the rejoin for it
+                    self._send_commit(
+                        {k: (o, self.epoch(k)) for k, o in commits.items()}, None, None
+                    )
         except Exception:
             log.exception("error while settling revoked partitions %s", keys)
         finally:
@@ -338,6 +390,9 @@ class KafkaBridge(Generic[T]):
 
     def _release(self, keys: list[Key]) -> None:
         self._assignment = self._assignment - frozenset(keys)
+        if self._early:  # read before the partitions went: the next owner reads them
+            gone = set(keys)
+            self._early = [m for m in self._early if (m.topic(), m.partition()) not in gone]
         for k in keys:
             self._epochs.pop(k, None)
 

@@ -9,15 +9,20 @@ Each test runs a private broker of the session's kind, so the restart touches no
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 
 from llm_worker.devkit.devstack import KafkaBroker, LocalBroker
 from llm_worker.registry.models import ModelRow
 from llm_worker.registry.store import upsert_row
+from llm_worker.worker.config import Settings
+from llm_worker.worker.stream import kafka as kafka_mod
+from llm_worker.worker.stream.kafka import KafkaBridge
 from tests.integration import kafka_helpers as kh
 from tests.integration.chaos.harness import FakeProcess, Progress, WorkerProcess, prompts, verdict
 from tests.integration.conftest import ON_TANSU, start_kafka_broker
@@ -94,14 +99,16 @@ def test_broker_restart_mid_run(
             try:
                 # twice: the worker once died of a librdkafka assert during a restart (its
                 # consumer-group describe; stream/admin.py), in 2 of 3 runs with one restart
+                # (answers seen at each restart: the run may end before the second one)
+                at_restart: list[int] = []
                 for third in (1, 2):
                     n = len(before) * third // 3
                     assert progress.wait(n, timeout=90) >= n
                     _restart(private_broker, 3.0)
-                at_restart = len(progress.ids)  # an upper bound: it stopped with the broker
+                    at_restart.append(len(progress.ids))  # an upper bound: it stopped with it
             finally:
                 progress.close()
-            assert at_restart < len(before), "the run finished before the restart"
+            assert at_restart[0] < len(before), "the run finished before the first restart"
             kh.produce_prompts(bs, in_topic, after)
             want = before + after
         ids = {p["id"] for p in want}
@@ -118,3 +125,58 @@ def test_broker_restart_mid_run(
 
 def _tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def test_a_commit_the_broker_cannot_answer_does_not_stop_the_consumer(
+    private_broker: list[LocalBroker | KafkaBroker],
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit made while the broker is away is waited for at most `COMMIT_WAIT_S`, and the
+    consumer's calls go on meanwhile. (The commit used to run on the consumer thread and wait
+    there for ever; CI saw a worker stop reading after a broker restart, stuck in it.) Once
+    the broker is back, commits land again."""
+    monkeypatch.setattr(kafka_mod, "COMMIT_WAIT_S", 2.0)
+    bs = private_broker[0].bootstrap
+    s = make_settings(kafka_bootstrap_servers=bs)
+    await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 1)
+    await asyncio.to_thread(kh.produce, bs, s.prompts_topic, [b"a", b"b", b"c"])
+    bridge = KafkaBridge[object](s)
+    bridge.set_rebalance_hooks(lambda keys: None, lambda keys: {}, None)
+    await bridge.start()
+    key = (s.prompts_topic, 0)
+    try:
+        deadline = time.monotonic() + 60
+        while not bridge.assignment and time.monotonic() < deadline:
+            await bridge.consume(10, 0.2)
+        assert await bridge.commit({key: (1, bridge.epoch(key))}) == {key: 1}
+
+        await asyncio.to_thread(private_broker[-1].stop)
+        commit = asyncio.ensure_future(bridge.commit({key: (2, bridge.epoch(key))}))
+        await asyncio.sleep(0.2)  # the commit is out
+        started = time.monotonic()
+        async with asyncio.timeout(5):  # not queued behind the commit
+            await bridge.consume(10, 0.2)
+        assert time.monotonic() - started < 2.0
+        assert not commit.done(), "the broker is down: the commit cannot have been answered"
+        async with asyncio.timeout(10):
+            assert await commit == {}  # unanswered in COMMIT_WAIT_S: nothing committed
+
+        await asyncio.to_thread(_restart, private_broker, 0.0)
+        bs = private_broker[-1].bootstrap
+        if ON_TANSU:  # memory only: the topic and its records are gone
+            await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, 1)
+            await asyncio.to_thread(kh.produce, bs, s.prompts_topic, [b"a", b"b", b"c"])
+        done: dict[tuple[str, int], int] = {}
+        deadline = time.monotonic() + 90
+        while done != {key: 2} and time.monotonic() < deadline:
+            await bridge.consume(10, 0.2)
+            try:
+                done = await bridge.commit({key: (2, bridge.epoch(key))})
+            except KafkaException:
+                done = {}  # the group is still settling after the restart
+        assert done == {key: 2}
+        committed = await asyncio.to_thread(kh.committed, bs, s.group_id, s.prompts_topic, 1)
+        assert committed[0] == 2
+    finally:
+        await bridge.close()
