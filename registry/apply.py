@@ -53,11 +53,15 @@ REQUIRED = ("model_id", "provider", "upstream_model")
 DIALECTS = ("openai", "llama_cpp")
 ROUTING_OBJECTIVES = ("priority", "latency", "cost", "reliability")
 PRIORITIES = ("high", "normal", "low")
+LANES = ("online", "batch")
+BATCH_ON_ERROR = ("online", "error")
 _PRICES = (
     "input_cost_per_1k",
     "output_cost_per_1k",
     "cached_input_cost_per_1k",
     "cache_write_cost_per_1k",
+    "batch_input_cost_per_1k",
+    "batch_output_cost_per_1k",
 )
 _POSITIVE = ("max_tokens", "rpm_limit", "tpm_limit", "timeout_ms")
 _NOT_EMPTY = ("model_id", "provider", "upstream_model")
@@ -87,6 +91,13 @@ COLUMN_HELP: dict[str, str] = {
     "canned_response": "text answered when every candidate failed (none: an error)",
     "stream": "true|false; stream prompts that do not say `stream` (none: LLM_WORKER_STREAM)",
     "priority": f"{'|'.join(PRIORITIES)}; where prompts that do not say wait (none: normal)",
+    "lane": f"{'|'.join(LANES)}; the lane of prompts that do not say `lane` (none: online)",
+    "batch_input_cost_per_1k": "USD per 1,000 input tokens on the batch lane (none: half)",
+    "batch_output_cost_per_1k": "USD per 1,000 output tokens on the batch lane (none: half)",
+    "batch_on_error": (
+        f"{'|'.join(BATCH_ON_ERROR)}; a request a batch reports errored or expired is"
+        " retried as a live call, or answered with an error (none: online)"
+    ),
 }
 
 _FIELDS: dict[str, msgspec.structs.FieldInfo] = {
@@ -196,11 +207,14 @@ def row_value_problems(row: ModelRow, *, endpoints: bool = True) -> list[str]:
             f"routing_objective: {goal!r}{_suggest(goal, ROUTING_OBJECTIVES)}"
             f" (known: {', '.join(ROUTING_OBJECTIVES)})"
         )
-    prio = row.priority
-    if prio is not None and prio not in PRIORITIES:
-        out.append(
-            f"priority: {prio!r}{_suggest(prio, PRIORITIES)} (known: {', '.join(PRIORITIES)})"
-        )
+    for col, known in (
+        ("priority", PRIORITIES),
+        ("lane", LANES),
+        ("batch_on_error", BATCH_ON_ERROR),
+    ):
+        word = getattr(row, col)
+        if word is not None and word not in known:
+            out.append(f"{col}: {word!r}{_suggest(word, known)} (known: {', '.join(known)})")
     return out
 
 

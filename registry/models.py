@@ -36,6 +36,10 @@ class ModelRow(msgspec.Struct, frozen=True, kw_only=True):
     canned_response: str | None = None  # answered (ok, canned) when every candidate failed
     stream: bool | None = None  # stream its prompts that do not say; None: the worker's (005)
     priority: str | None = None  # high | normal | low for prompts that do not say (006)
+    lane: str | None = None  # online | batch for prompts that do not say (007)
+    batch_input_cost_per_1k: float | None = None  # None: half input_cost_per_1k (007)
+    batch_output_cost_per_1k: float | None = None  # None: half output_cost_per_1k (007)
+    batch_on_error: str | None = None  # online | error for errored batch requests (007)
 
 
 COLUMNS: tuple[str, ...] = ModelRow.__struct_fields__

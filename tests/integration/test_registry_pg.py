@@ -45,6 +45,7 @@ ALL = [
     "004_structured_outputs.sql",
     "005_stream.sql",
     "006_priority.sql",
+    "007_batch_lane.sql",
 ]
 
 
