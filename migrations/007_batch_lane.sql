@@ -35,7 +35,9 @@ CREATE TABLE llm_batch_jobs (
 
 -- One prompt on the batch lane, written before its input offset is committed. `source`
 -- (topic/partition/offset) makes the write idempotent when the record is read again.
--- waiting -> submitted (in a job) -> answered (its completion built) -> done (acknowledged)
+-- waiting -> submitted (in a job) -> answered (its record built: `completion`, to go to
+-- `deliver_topic`: the completions, or the prompts again with `lane: online`) -> done (that
+-- record acknowledged by Kafka)
 CREATE TABLE llm_batch_requests (
     id bigserial PRIMARY KEY,
     source text NOT NULL UNIQUE,
@@ -49,6 +51,7 @@ CREATE TABLE llm_batch_requests (
         CHECK (state IN ('waiting', 'submitted', 'answered', 'done')),
     job_id bigint REFERENCES llm_batch_jobs (id) ON DELETE SET NULL,
     completion bytea,
+    deliver_topic text,
     created_at timestamptz NOT NULL DEFAULT now(),
     done_at timestamptz
 );

@@ -88,6 +88,7 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The same, relative: milliseconds from the record's Kafka timestamp (from when the worker
     took it, for a record without one). With `deadline` too, the earlier of the two wins."""
     priority: Literal["high", "normal", "low"] | None = None  # None: the row's, else normal
+    lane: Literal["online", "batch"] | None = None  # None: the row's `lane`, else online
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,6 +140,8 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False)
     attempts: int = 0
     canned: bool = False  # every candidate failed: the row's `canned_response`, cause in error
     error: ErrorInfo | None = None
+    lane: Literal["online", "batch"] = "online"  # batch: answered through a provider batch job
+    batch_id: str | None = None  # the provider's id of that job
 
 
 class Rejected(msgspec.Struct, frozen=True, kw_only=True):

@@ -69,6 +69,18 @@ class RegistryView(Protocol):
     def resolve(self, model_id: str) -> list[Candidate]: ...
 
 
+class BatchSink(Protocol):
+    """Where batch-lane prompts go (`worker.batch.intake.BatchIntake`)."""
+
+    def refuse(self, candidate: Candidate, request: ProviderRequest) -> str | None:
+        """Why the prompt cannot go to `candidate`'s batch API (naming what to change)."""
+        ...
+
+    async def put(self, rec: InputRecord, prompt: Prompt, candidate: Candidate) -> None:
+        """Store the prompt durably (returns once it is written)."""
+        ...
+
+
 class Draft(msgspec.Struct, frozen=True, kw_only=True):
     """An outcome record before its trace: where it goes and what it says."""
 
@@ -80,6 +92,7 @@ class Draft(msgspec.Struct, frozen=True, kw_only=True):
     dlq_reason: str | None = None
     model_label: str = "unknown"
     """`model` for metric labels: the prompt's model only when the registry knows it."""
+    stored: bool = False  # written to the batch lane: nothing to produce
 
     def labelled(self, model: str) -> Draft:
         return msgspec.structs.replace(self, model_label=model)
@@ -105,6 +118,18 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     prompt_deadline: float | None = None
     """The prompt's own deadline on the monotonic clock (`deadline`, `ttl_ms`, the worker's
     default TTL); None: it has none. `deadline` is never later."""
+    batch: bool = False
+    """It goes to the batch lane (`candidates[0]`'s batch API), not to a live call."""
+
+
+def _lane(prompt: Prompt, candidates: list[Candidate]) -> str:
+    """The prompt's `lane`, else the requested row's, else online."""
+    if prompt.lane is not None:
+        return prompt.lane
+    for c in candidates:
+        if c.row.model_id == prompt.model:
+            return c.row.lane or "online"
+    return "online"
 
 
 def _priority(prompt: Prompt, candidates: list[Candidate]) -> int:
@@ -148,9 +173,11 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         tracing: MessageTracer | None = None,
         streams: StreamCalls | None = None,
+        batch: BatchSink | None = None,
     ) -> None:
         self._tracer: MessageTracer = tracing if tracing is not None else NO_TRACING
         self._streams = streams
+        self._batch = batch
         self._s = settings
         self._registry = registry
         self._caller = caller
@@ -229,6 +256,8 @@ class Pipeline:
         if isinstance(prompt_deadline, Draft):
             return prompt_deadline.labelled(prompt.model)
         request = provider_request(prompt)
+        if _lane(prompt, candidates) == "batch":
+            return self._to_batch(rec, prompt, candidates, request, started, mt)
         stream = self._streams is not None and self._streamed(prompt, candidates)
         key = None
         stored = None
@@ -252,6 +281,42 @@ class Pipeline:
             priority=self._prioritized(_priority(prompt, candidates)),
             hit=stored,
             prompt_deadline=prompt_deadline,
+        )
+
+    def _to_batch(
+        self,
+        rec: InputRecord,
+        prompt: Prompt,
+        candidates: list[Candidate],
+        request: ProviderRequest,
+        started: float,
+        mt: MessageTrace,
+    ) -> Draft | Pending:
+        """A batch-lane prompt: checked now, written by `finish`; an error completion when
+        its first candidate has no batch API or the prompt asks what a batch cannot do."""
+        cand = candidates[0] if candidates else None
+        problem: str | None
+        if self._batch is None:
+            problem = "the batch lane is not available in exactly-once mode yet; use lane online"
+        elif cand is None:
+            problem = f"no enabled candidate for model {prompt.model!r}"
+        else:
+            problem = self._batch.refuse(cand, request)
+        if problem is not None or cand is None:
+            message = problem or "no candidate"
+            return self._error(
+                rec, prompt.id, prompt.model, prompt.metadata, "batch_unavailable", message
+            ).labelled(prompt.model)
+        return Pending(
+            rec=rec,
+            prompt=prompt,
+            candidates=[cand],
+            request=request,
+            dedup_key=None,
+            deadline=started + self._s.request_deadline_s,
+            started=started,
+            trace=mt,
+            batch=True,
         )
 
     def _prompt_deadline(
@@ -313,9 +378,15 @@ class Pipeline:
             model_label=draft.model_label,
             started=started,
             trace=trace,
+            stored=draft.stored,
         )
 
     async def _finish(self, p: Pending) -> Draft:
+        if p.batch and self._batch is not None:
+            await self._batch.put(p.rec, p.prompt, p.candidates[0])
+            return Draft(topic="", value=b"", key=None, headers=None, stored=True).labelled(
+                p.prompt.model
+            )
         if p.stream and self._streams is not None:
             return await self._finish_streamed(p, self._streams)
         shared = False

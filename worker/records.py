@@ -53,6 +53,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     """Monotonic time the worker took the input record (0: unknown), for time-to-answer."""
     trace: MessageTrace | None = None
     """The message's spans while tracing is on, else None."""
+    stored: bool = False
+    """The prompt went to the batch lane: written to Postgres, no record to produce; its
+    offset is done at once (`worker/batch`)."""
     priority: int = -1
     """Where the prompt waited for capacity (a rank of `calling.priority`: 0 high, 1 normal,
     2 low), for `llm_worker_queue_seconds`; -1: it needed no provider call."""

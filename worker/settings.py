@@ -223,6 +223,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gt=0,
         ),
     ] = 30.0
+    batch_max_wait_s: Annotated[
+        float,
+        Spec(
+            "batch lane: a job is submitted when it is full or when its oldest request has "
+            "waited this long",
+            gt=0,
+        ),
+    ] = 300.0
+    batch_poll_s: Annotated[
+        float,
+        Spec("batch lane: how often the collecting replica asks the provider about its jobs", gt=0),
+    ] = 30.0
+    batch_retention_s: Annotated[
+        float,
+        Spec(
+            "batch lane: how long a delivered request's row is kept (then deleted, with its "
+            "jobs once empty)",
+            gt=0,
+        ),
+    ] = 7 * 86400.0
     max_tokens_cap: Annotated[
         int,
         Spec(

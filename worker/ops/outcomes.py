@@ -109,7 +109,7 @@ class OutcomeRecorder:
         self._children: dict[tuple[str, Key], Any] = {}
         # bound once: completions' queue time by the rank of their priority
         self._queue_time = tuple(metrics.queue_time.labels(name) for name in PRIORITY_NAMES)
-        self.counters: dict[str, int] = {"completed": 0, "errors": 0, "dlq": 0}
+        self.counters: dict[str, int] = {"completed": 0, "errors": 0, "dlq": 0, "batched": 0}
 
     def _child(self, metric: str, label: Key) -> Any:
         child = self._children.get((metric, label))
@@ -134,7 +134,9 @@ class OutcomeRecorder:
             if outcome.trace is not None:
                 Tracing.delivered(outcome)  # its PRODUCER span ends: Kafka has the record
             c = outcome.completion
-            if c is None:
+            if outcome.stored:
+                self.counters["batched"] += 1
+            elif c is None:
                 self._record_dlq(rec, outcome)
             else:
                 self._record_completion(rec, outcome, c, batch, sink)

@@ -1,0 +1,129 @@
+"""What a batch request's outcome becomes: a completion (`lane: batch`, the job's
+`batch_id`, priced at the row's batch prices), or, for a request the provider reports errored
+or expired, what the row's `batch_on_error` says: the prompt again on the prompts topic with
+`lane: online` (a live call answers it), or an error completion."""
+
+from __future__ import annotations
+
+import msgspec
+
+from llm_worker.adapters.base import ProviderResult
+from llm_worker.adapters.batch import BatchResult
+from llm_worker.registry.batches import Job, StoredRequest
+from llm_worker.registry.models import ModelRow
+
+from ..calling.output import check_output
+from ..config import Settings
+from ..messages import (
+    Completion,
+    ErrorInfo,
+    Prompt,
+    ToolCallOut,
+    Usage,
+    decode_prompt,
+    encode,
+    provider_request,
+)
+
+__all__ = ["answer", "batch_cost"]
+
+
+def batch_cost(res: ProviderResult, row: ModelRow | None) -> float:
+    """USD at the row's batch prices; half its online prices where it has none."""
+    if row is None:
+        return 0.0
+    price_in = row.batch_input_cost_per_1k
+    price_out = row.batch_output_cost_per_1k
+    if price_in is None:
+        price_in = row.input_cost_per_1k / 2
+    if price_out is None:
+        price_out = row.output_cost_per_1k / 2
+    return round((res.input_tokens * price_in + res.output_tokens * price_out) / 1000, 8)
+
+
+def _snake(name: str) -> str:
+    out = [name[0].lower()] if name else []
+    for ch in name[1:]:
+        out.append("_" + ch.lower() if ch.isupper() else ch)
+    return "".join(out)
+
+
+def answer(
+    settings: Settings,
+    stored: StoredRequest,
+    outcome: BatchResult | None,
+    job: Job,
+    row: ModelRow | None,
+) -> tuple[bytes, str]:
+    """(the record's value, its topic) for one request of a collected job; `outcome` None: the
+    provider returned nothing for it (an expired or cancelled job)."""
+    decoded = decode_prompt(
+        stored.record,
+        max_bytes=max(settings.max_message_bytes, len(stored.record) + 1),
+        max_metadata_bytes=settings.max_metadata_bytes,
+    )
+    assert isinstance(decoded, Prompt), "stored batch requests were valid prompts"
+    prompt = decoded
+    res = outcome.result if outcome is not None else None
+    if res is None:
+        if (row.batch_on_error if row is not None else None) != "error":
+            raw = msgspec.json.decode(stored.record)
+            raw["lane"] = "online"
+            return encode(raw), settings.prompts_topic
+        if outcome is None or outcome.expired:
+            etype, message = "batch_expired", f"batch {job.batch_id} ended before this request ran"
+        else:
+            err = outcome.error
+            etype = _snake(type(err).__name__) if err is not None else "batch_error"
+            message = str(err) if err is not None else "the batch reported this request failed"
+        comp = Completion(
+            id=prompt.id,
+            model=prompt.model,
+            status="error",
+            metadata=prompt.metadata,
+            provider=job.provider,
+            upstream_model=job.upstream_model,
+            attempts=1,
+            error=ErrorInfo(type=etype, message=message, retryable=False),
+            lane="batch",
+            batch_id=job.batch_id,
+        )
+        return encode(comp), settings.completions_topic
+    value, problem = check_output(provider_request(prompt), res)
+    usage = Usage(
+        input_tokens=res.input_tokens,
+        output_tokens=res.output_tokens,
+        cached_input_tokens=res.cached_input_tokens,
+        cache_write_tokens=res.cache_write_tokens,
+        reasoning_tokens=res.reasoning_tokens,
+        cost_usd=batch_cost(res, row),
+    )
+    common = {
+        "id": prompt.id,
+        "model": prompt.model,
+        "metadata": prompt.metadata,
+        "provider": job.provider,
+        "upstream_model": job.upstream_model,
+        "endpoint_name": f"{job.model_id}/batch",
+        "usage": usage,
+        "attempts": 1,
+        "lane": "batch",
+        "batch_id": job.batch_id,
+        "finish_reason": res.finish_reason,
+    }
+    if problem is not None:
+        comp = Completion(
+            status="error",
+            text=res.text,
+            error=ErrorInfo(type="invalid_output", message=problem, retryable=False),
+            **common,
+        )
+    else:
+        comp = Completion(
+            status="ok",
+            text=res.text,
+            json=value,
+            tool_calls=[ToolCallOut(c.id, c.name, c.arguments) for c in res.tool_calls] or None,
+            **common,
+        )
+    return encode(comp), settings.completions_topic
