@@ -1,0 +1,28 @@
+"""The batch client of a provider: `batch_client_for("openai")`.
+
+OpenAI's wire also serves the fake provider (`adapters.fake`), which speaks OpenAI's format;
+a provider with no batch API here has no client (None), and its requests go live.
+"""
+
+from __future__ import annotations
+
+from .batch import BatchClient
+from .batch_anthropic import AnthropicBatchClient
+from .batch_openai import OpenAIBatchClient
+from .fake import FakeAdapter
+
+__all__ = ["BATCH_PROVIDERS", "batch_client_for"]
+
+BATCH_PROVIDERS = frozenset({"openai", "anthropic", "fake"})
+
+
+def batch_client_for(provider: str) -> BatchClient | None:
+    """A new client for `provider`'s batch API (it opens its session on first use; close
+    it), or None when the provider has none here."""
+    if provider == "openai":
+        return OpenAIBatchClient()
+    if provider == "fake":
+        return OpenAIBatchClient(FakeAdapter())
+    if provider == "anthropic":
+        return AnthropicBatchClient()
+    return None
