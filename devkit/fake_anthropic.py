@@ -229,6 +229,14 @@ class FakeAnthropic:
     def __init__(self, provider: FakeProvider) -> None:
         self.provider = provider
 
+    def answer(self, raw: bytes, profile: Profile) -> dict[str, Any]:
+        """The message the Messages route answers the body `raw` with (under a new request
+        number, without latency or injected faults): what the batch endpoints answer each
+        request with (`fake_batch`). msgspec.DecodeError for a body the route refuses (400)."""
+        provider = self.provider
+        body = _decode(raw)
+        return _message(body, provider.next_number(), lambda: provider.invalid_output(profile))
+
     async def messages(self, request: web.Request) -> web.StreamResponse:
         api_key = request.headers.get("x-api-key")
         return await self.provider.serve(request, api_key, self._answer, anthropic_error)

@@ -511,6 +511,16 @@ class FakeProvider:
             return OutMessage("assistant", encode(value).decode()), "stop"
         return _cut(text, chat)
 
+    def next_number(self) -> int:
+        """A new request number on this server (the `fake-{number}` in ids and request ids)."""
+        return next(self._ids)
+
+    def answer(self, raw: bytes, profile: Profile) -> Completion:
+        """The completion the chat route answers the body `raw` with (under a new request
+        number, without latency or injected faults): what the batch endpoints answer each
+        request with (`fake_batch`). msgspec.DecodeError for a body the route refuses (400)."""
+        return self._reply(decode_request(raw), self.next_number(), profile)
+
     def invalid_output(self, profile: Profile) -> bool:
         """Whether this answer is to be broken (`invalid_output_rate`): JSON that is not JSON,
         tool arguments that are no object."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from llm_worker.adapters.fake import DEFAULT_FAKE_PORT
 from llm_worker.devkit.fake_anthropic import FakeAnthropic
+from llm_worker.devkit.fake_batch import FakeBatches
 from llm_worker.devkit.fake_gemini import add_gemini_routes
 from llm_worker.devkit.fake_provider import PROFILE_PATTERN, Call, FakeProvider
 from llm_worker.worker.process import raise_open_files_limit
@@ -32,8 +34,14 @@ FAKE_PROVIDER = web.AppKey("fake_provider", FakeProvider)
 """Where `build_app` keeps the `FakeProvider` on the application."""
 
 
-def build_app(**settings: Any) -> web.Application:
-    """The fake provider as an aiohttp application; `settings` are `FakeProvider`'s."""
+def build_app(
+    *,
+    batch_seconds: float = 1.0,
+    batch_clock: Callable[[], float] = time.time,
+    **settings: Any,
+) -> web.Application:
+    """The fake provider as an aiohttp application; `settings` are `FakeProvider`'s,
+    `batch_seconds` how long a batch runs (`fake_batch`, on `batch_clock`)."""
     provider = FakeProvider(**settings)
     app = web.Application()
     app[FAKE_PROVIDER] = provider
@@ -46,10 +54,13 @@ def build_app(**settings: Any) -> web.Application:
     app.router.add_post("/anthropic/v1/messages", anthropic.messages)
     app.router.add_post(f"/{profile}/anthropic/v1/messages", anthropic.messages)
     add_gemini_routes(app, provider, profile)  # Gemini's generateContent, same profiles
+    batches = FakeBatches(provider, anthropic, batch_seconds=batch_seconds, clock=batch_clock)
+    batches.add_routes(app, profile)  # OpenAI's Batch API, Anthropic's Message Batches
     app.router.add_get("/health", provider.health)
     app.router.add_get("/admin/config", provider.get_config)
     app.router.add_post(f"/admin/config/{profile}", provider.set_config)
-    app.router.add_post("/admin/reset", provider.reset_counters)
+    app.router.add_get("/admin/batches", batches.admin_batches)
+    app.router.add_post("/admin/reset", batches.admin_reset)  # counters, batches and files
     return app
 
 
