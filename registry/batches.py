@@ -212,7 +212,9 @@ async def claim_group(
 async def set_job(conn: Conn, job_id: int, **fields: Any) -> None:
     """Update a job's columns (`state`, `batch_id`, `provider_state`, counts, `error`, times)."""
     cols = ", ".join(f"{k} = %s" for k in fields)
-    await conn.execute(f"UPDATE llm_batch_jobs SET {cols} WHERE id = %s", (*fields.values(), job_id))
+    await conn.execute(
+        f"UPDATE llm_batch_jobs SET {cols} WHERE id = %s", (*fields.values(), job_id)
+    )
 
 
 async def jobs_in(conn: Conn, states: Sequence[str]) -> list[Job]:

@@ -12,6 +12,9 @@ from llm_worker.adapters.secrets import SecretStore
 from llm_worker.adapters.sessions import SessionPool
 from llm_worker.registry.cache import RegistryCache
 
+from .batch.clients import BatchClients
+from .batch.intake import BatchIntake
+from .batch.runner import BatchRunner
 from .calling.breaker import BreakerBoard, BreakerConfig
 from .calling.caller import Caller, CallResult
 from .calling.capacity import rate_limiter
@@ -108,6 +111,21 @@ class App:
             buffer_bytes=settings.stream_buffer_bytes,
             dedup=self.dedup,
         )
+        self.batch_clients = BatchClients(self.secrets)
+        eos = settings.processing_guarantee == "exactly_once"
+        self.batch_intake = None if eos else BatchIntake(settings.database_url, self.batch_clients)
+        self.batch_runner = (
+            None
+            if eos
+            else BatchRunner(
+                settings,
+                self.batch_clients,
+                lambda model_id: self.registry.get(model_id),
+                self._produce_batch,
+                metrics=self.metrics,
+            )
+        )
+        self._batch_tasks: list[asyncio.Task[None]] = []
         self.pipeline = Pipeline(
             settings,
             self.registry,
@@ -116,10 +134,15 @@ class App:
             dedup=self.dedup,
             tracing=self.tracing,
             streams=self.streams,
+            batch=self.batch_intake,
         )
         self.worker = self._worker(settings)
         self._ops(settings, http)
         self._wire()
+
+    async def _produce_batch(self, topic: str, value: bytes, key: bytes | None) -> None:
+        """A batch-lane record (a completion, or a prompt sent back online), acknowledged."""
+        await self.bridge.produce(topic, value, key=key)
 
     async def _publish_chunk(
         self,
@@ -433,6 +456,12 @@ class App:
         await self.bridge.start()
         self._watcher = asyncio.create_task(self._watch_group(admin), name="group-watch")
         self._sweeper = asyncio.create_task(self.housekeeping.run(), name="housekeeping")
+        for name, part in (
+            ("batch-intake", self.batch_intake),
+            ("batch-runner", self.batch_runner),
+        ):
+            if part is not None:
+                self._batch_tasks.append(asyncio.create_task(part.run(), name=name))
         self._broker_ok = True
         log.info(
             "worker started",
@@ -447,7 +476,7 @@ class App:
 
     async def close(self) -> None:
         self.loop_lag.stop()
-        for task in (self._watcher, self._sweeper):
+        for task in (self._watcher, self._sweeper, *self._batch_tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -455,6 +484,7 @@ class App:
         with contextlib.suppress(Exception):
             await self.bridge.close()
         await self.sessions.close()
+        await self.batch_clients.close()
         await self.registry.close()
         if self.health is not None:
             await self.health.close()

@@ -98,32 +98,29 @@ def answer(
         reasoning_tokens=res.reasoning_tokens,
         cost_usd=batch_cost(res, row),
     )
-    common = {
-        "id": prompt.id,
-        "model": prompt.model,
-        "metadata": prompt.metadata,
-        "provider": job.provider,
-        "upstream_model": job.upstream_model,
-        "endpoint_name": f"{job.model_id}/batch",
-        "usage": usage,
-        "attempts": 1,
-        "lane": "batch",
-        "batch_id": job.batch_id,
-        "finish_reason": res.finish_reason,
-    }
-    if problem is not None:
-        comp = Completion(
+    comp = Completion(
+        id=prompt.id,
+        model=prompt.model,
+        status="ok",
+        metadata=prompt.metadata,
+        text=res.text,
+        json=value,
+        tool_calls=[ToolCallOut(c.id, c.name, c.arguments) for c in res.tool_calls] or None,
+        finish_reason=res.finish_reason,
+        provider=job.provider,
+        upstream_model=job.upstream_model,
+        endpoint_name=f"{job.model_id}/batch",
+        usage=usage,
+        attempts=1,
+        lane="batch",
+        batch_id=job.batch_id,
+    )
+    if problem is not None:  # the answer fails what the prompt asked: no retry in a batch
+        comp = msgspec.structs.replace(
+            comp,
             status="error",
-            text=res.text,
+            json=None,
+            tool_calls=None,
             error=ErrorInfo(type="invalid_output", message=problem, retryable=False),
-            **common,
-        )
-    else:
-        comp = Completion(
-            status="ok",
-            text=res.text,
-            json=value,
-            tool_calls=[ToolCallOut(c.id, c.name, c.arguments) for c in res.tool_calls] or None,
-            **common,
         )
     return encode(comp), settings.completions_topic

@@ -46,7 +46,8 @@ class BatchClients:
         key = self._secrets.get(row.api_key_secret) if secret and row.api_key_secret else None
         return Target(
             provider=provider,
-            endpoint=endpoint or get_adapter(provider).endpoint_for(
+            endpoint=endpoint
+            or get_adapter(provider).endpoint_for(
                 Target(provider=provider, endpoint="", model=model, endpoint_name="")
             ),
             model=model,

@@ -51,6 +51,7 @@ class BatchIntake:
 
     async def put(self, rec: InputRecord, prompt: Prompt, candidate: Candidate) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        value = rec.value or b""  # a valid prompt has one
         self._queue.append(
             (
                 db.NewRequest(
@@ -58,9 +59,9 @@ class BatchIntake:
                     group_key=group_key(candidate),
                     model_id=candidate.row.model_id,
                     prompt_id=prompt.id,
-                    record=rec.value,
+                    record=value,
                     record_key=rec.key,
-                    size_bytes=len(rec.value),
+                    size_bytes=len(value),
                 ),
                 fut,
             )
@@ -107,5 +108,5 @@ class BatchIntake:
         if conn is not None:
             try:
                 await conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
+            except Exception:
                 pass

@@ -195,6 +195,27 @@ class Metrics:
         self.registry_stale = Gauge(
             "llm_worker_registry_stale", "1 when the registry cache could not refresh", registry=r
         )
+        self.batch_waiting = Gauge(
+            "llm_worker_batch_requests_waiting",
+            "Batch-lane requests stored and not yet in a job (on the collecting replica)",
+            registry=r,
+        )
+        self.batch_oldest = Gauge(
+            "llm_worker_batch_oldest_waiting_seconds",
+            "Age of the oldest batch-lane request not yet in a job (on the collecting replica)",
+            registry=r,
+        )
+        self.batch_jobs = Gauge(
+            "llm_worker_batch_jobs",
+            "Batch jobs by state (on the collecting replica)",
+            ["state"],
+            registry=r,
+        )
+        self.batch_collecting = Gauge(
+            "llm_worker_batch_collecting",
+            "1 on the replica holding the batch lane's lease (it submits and collects)",
+            registry=r,
+        )
 
 
 def forget_series(metrics: object, label: str, keep: set[str]) -> int:

@@ -1,0 +1,292 @@
+"""The batch lane's collector: groups stored requests into provider jobs, submits them, polls
+them, and delivers every answer. One replica at a time does it: the one holding the lane's
+advisory lock in Postgres (`registry.batches.try_lease`); the others try again every poll,
+so any replica takes over when the holder dies (its connection, and the lock, go with it).
+
+Each step is written to Postgres before the next can happen, so a crash anywhere repeats at
+most the step it was in:
+- a job's row (state `submitting`, a fresh `job_key`) is written, with its requests, before
+  anything is sent; a job found `submitting` after a restart is looked up at the provider by
+  its key (`BatchClient.find`) and submitted only if the provider has none;
+- a job's answers are written (requests `answered`, the records to deliver) in one
+  transaction with the job's `collected`;
+- a request is marked `done` only after Kafka acknowledged its record. A crash between the
+  two delivers that record again: the at-least-once duplicate the README explains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from llm_worker.adapters.base import ProviderRequest
+from llm_worker.adapters.batch import FINAL_STATES, BatchItem, BatchJob
+from llm_worker.adapters.errors import ProviderError
+from llm_worker.registry import batches as db
+from llm_worker.registry.models import ModelRow
+
+from ..config import Settings
+from ..messages import Prompt, decode_prompt, provider_request
+from ..ops.metrics import Metrics
+from .answers import answer
+from .clients import BatchClients
+
+__all__ = ["BatchRunner", "Produce"]
+
+log = logging.getLogger("llm_worker.batch")
+
+Produce = Callable[[str, bytes, bytes | None], Awaitable[None]]
+"""Produce a record and return once Kafka acknowledged it (raises if it could not)."""
+
+TICK_S = 1.0  # how often the lane looks for work (submissions are due, answers to deliver)
+DELIVER_BATCH = 1000
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        clients: BatchClients,
+        rows: Callable[[str], ModelRow | None],
+        produce: Produce,
+        *,
+        metrics: Metrics | None = None,
+        tick_s: float = TICK_S,
+    ) -> None:
+        self._s = settings
+        self._clients = clients
+        self._rows = rows
+        self._produce = produce
+        self._metrics = metrics
+        self._tick = tick_s
+        self._conn: db.Conn | None = None
+        self.leased = False
+        self._polled: dict[int, float] = {}  # job id -> monotonic time of its last poll
+        self._cleaned = 0.0
+        self.stats: dict[str, Any] = {"waiting": 0, "oldest_s": 0.0, "jobs": {}}
+
+    async def run(self) -> None:
+        """Until cancelled: take the lease when free, then do the lane's work every tick."""
+        try:
+            while True:
+                try:
+                    await self.step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the database or a provider is away: next tick
+                    log.warning(
+                        "batch lane: %s", exc if isinstance(exc, ProviderError) else repr(exc)
+                    )
+                    await self._drop()
+                await asyncio.sleep(self._tick if self.leased else self._s.batch_poll_s)
+        finally:
+            await self._drop()
+
+    async def step(self) -> None:
+        """One pass: lease, submit what is due, recover, poll, deliver, clean."""
+        if self._conn is None or self._conn.closed:
+            self.leased = False
+            self._conn = await db.connect(self._s.database_url, "runner")
+        conn = self._conn
+        if not self.leased:
+            self.leased = await db.try_lease(conn)
+            if not self.leased:
+                return
+            log.info("batch lane: this replica submits and collects the batch jobs")
+        self.stats = await db.stats(conn)
+        self._export()
+        await self._recover(conn)
+        await self._submit_due(conn)
+        await self._poll(conn)
+        await self._deliver(conn)
+        if time.monotonic() - self._cleaned > 60:
+            self._cleaned = time.monotonic()
+            await db.delete_done(conn, self._s.batch_retention_s)
+
+    # -- submit ---------------------------------------------------------------------------
+    async def _submit_due(self, conn: db.Conn) -> None:
+        now = datetime.now(UTC)
+        for group in await db.waiting_groups(conn):
+            row = self._rows(group.model_id)
+            _row_id, provider, endpoint, model = group.group_key.split("|", 3)
+            client = self._clients.client(provider)
+            if client is None or row is None:
+                continue  # the row went away or changed provider: its requests wait
+            limits = client.limits
+            waited = (now - group.oldest).total_seconds()
+            if group.waiting < limits.max_requests and waited < self._s.batch_max_wait_s:
+                continue
+            claimed = await db.claim_group(
+                conn,
+                group,
+                provider=provider,
+                endpoint=endpoint,
+                upstream_model=model,
+                max_requests=limits.max_requests,
+                max_bytes=limits.max_bytes * 9 // 10,  # room for each line's envelope
+            )
+            if claimed is not None:
+                job, requests = claimed
+                await self._send(conn, job, requests, row)
+
+    async def _send(
+        self, conn: db.Conn, job: db.Job, requests: list[db.StoredRequest], row: ModelRow
+    ) -> None:
+        client = self._clients.client(job.provider)
+        assert client is not None
+        target = self._clients.target(
+            job.provider, job.endpoint, job.upstream_model, row, secret=True
+        )
+        items = [BatchItem(custom_id=_custom_id(r), request=_request(self._s, r)) for r in requests]
+        sent = await client.submit(target, items, job.job_key)
+        await self._submitted(conn, job, sent)
+
+    async def _submitted(self, conn: db.Conn, job: db.Job, sent: BatchJob) -> None:
+        await db.set_job(
+            conn,
+            job.id,
+            state="submitted",
+            batch_id=sent.id,
+            provider_state=sent.provider_state,
+            submitted_at=datetime.now(UTC),
+        )
+        log.info(
+            "batch lane: job %d (%d requests of %s) submitted as %s",
+            job.id,
+            job.requests,
+            job.model_id,
+            sent.id,
+        )
+
+    async def _recover(self, conn: db.Conn) -> None:
+        """Jobs left `submitting` by a crash: found at the provider by key, else sent again."""
+        for job in await db.jobs_in(conn, ["submitting"]):
+            row = self._rows(job.model_id)
+            client = self._clients.client(job.provider)
+            if row is None or client is None:
+                continue
+            target = self._clients.target(
+                job.provider, job.endpoint, job.upstream_model, row, secret=True
+            )
+            found = await client.find(target, job.job_key, job.created_at - timedelta(minutes=5))
+            if found is not None:
+                log.info("batch lane: job %d was submitted before a restart: %s", job.id, found.id)
+                await self._submitted(conn, job, found)
+            else:
+                await self._send(conn, job, await db.job_requests(conn, job.id), row)
+
+    # -- poll and collect -------------------------------------------------------------------
+    async def _poll(self, conn: db.Conn) -> None:
+        now = time.monotonic()
+        for job in await db.jobs_in(conn, ["submitted"]):
+            cancel = job.provider_state == "cancel_requested"
+            if not cancel and now - self._polled.get(job.id, 0.0) < self._s.batch_poll_s:
+                continue
+            self._polled[job.id] = now
+            row = self._rows(job.model_id)
+            client = self._clients.client(job.provider)
+            if row is None or client is None or job.batch_id is None:
+                continue
+            target = self._clients.target(
+                job.provider, job.endpoint, job.upstream_model, row, secret=True
+            )
+            state = await (client.cancel if cancel else client.get)(target, job.batch_id)
+            if state.state not in FINAL_STATES:
+                await db.set_job(
+                    conn,
+                    job.id,
+                    provider_state=state.provider_state,
+                    succeeded=state.succeeded,
+                    errored=state.errored,
+                )
+                continue
+            results = {r.custom_id: r for r in await client.results(target, job.batch_id)}
+            requests = await db.job_requests(conn, job.id)
+            answers = []
+            for r in requests:
+                if r.state != "submitted":
+                    continue
+                value, topic = answer(self._s, r, results.get(_custom_id(r)), job, row)
+                answers.append((r.id, value, topic))
+            await db.set_answers(
+                conn,
+                job.id,
+                answers,
+                {
+                    "state": "cancelled" if state.state == "cancelled" else "collected",
+                    "provider_state": state.provider_state,
+                    "succeeded": state.succeeded,
+                    "errored": state.errored,
+                    "collected_at": datetime.now(UTC),
+                },
+            )
+            self._polled.pop(job.id, None)
+            log.info(
+                "batch lane: job %d (%s) %s: %d answers to deliver",
+                job.id,
+                job.batch_id,
+                state.provider_state,
+                len(answers),
+            )
+
+    # -- deliver ----------------------------------------------------------------------------
+    async def _deliver(self, conn: db.Conn) -> None:
+        """Produce the answered requests' records; mark each done once acknowledged."""
+        while batch := await db.to_deliver(conn, DELIVER_BATCH):
+            sends = [
+                self._produce(
+                    r.deliver_topic or self._s.completions_topic, r.completion or b"", r.record_key
+                )
+                for r in batch
+            ]
+            outcomes = await asyncio.gather(*sends, return_exceptions=True)
+            done = [r.id for r, o in zip(batch, outcomes, strict=True) if o is None]
+            if done:
+                await db.mark_done(conn, done)
+            if len(done) < len(batch):
+                failed = next(o for o in outcomes if o is not None)
+                log.warning(
+                    "batch lane: %d records not delivered (%s); again next tick",
+                    len(batch) - len(done),
+                    failed,
+                )
+                return
+
+    def _export(self) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        m.batch_collecting.set(1 if self.leased else 0)
+        m.batch_waiting.set(self.stats["waiting"])
+        m.batch_oldest.set(self.stats["oldest_s"])
+        for state in ("submitting", "submitted", "collected", "cancelled", "failed"):
+            m.batch_jobs.labels(state).set(self.stats["jobs"].get(state, 0))
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self.leased = False
+        if self._metrics is not None:
+            self._metrics.batch_collecting.set(0)
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:
+                pass
+
+
+def _custom_id(r: db.StoredRequest) -> str:
+    return f"req-{r.id}"
+
+
+def _request(settings: Settings, r: db.StoredRequest) -> ProviderRequest:
+    decoded = decode_prompt(
+        r.record,
+        max_bytes=max(settings.max_message_bytes, len(r.record) + 1),
+        max_metadata_bytes=settings.max_metadata_bytes,
+    )
+    assert isinstance(decoded, Prompt), "stored batch requests were valid prompts"
+    return provider_request(decoded)
