@@ -1,0 +1,130 @@
+"""The batch lane (issue 28) through the real broker and Postgres, with the fake provider's
+batch endpoints (OpenAI's wire, accelerated clock): prompts stored, grouped into jobs,
+answered as completions at the batch price; errored and expired requests follow the row's
+`batch_on_error`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import psycopg
+import pytest
+
+from llm_worker.devkit.fake_server import FakeServer
+from llm_worker.registry.store import upsert_row
+from llm_worker.worker.app import App
+from llm_worker.worker.config import Settings
+from tests.integration.test_features import Completions, _calls, _row, _send, _topics
+
+pytestmark = pytest.mark.integration
+
+
+async def _batches(fake: FakeServer, profile: str) -> list[dict[str, Any]]:
+    """The fake's log of every batch created (`GET /admin/batches`; the server runs on this
+    loop, so the blocking read goes to a thread)."""
+
+    def read() -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{fake.url}/admin/batches", timeout=10) as resp:
+            got: list[dict[str, Any]] = json.load(resp)["batches"]
+        return got
+
+    return [b for b in await asyncio.to_thread(read) if b["profile"] == profile]
+
+
+def _states(pg_dsn: str) -> Counter[str]:
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT state, count(*) FROM llm_batch_requests GROUP BY state")
+        return Counter({state: n for state, n in rows.fetchall()})
+
+
+async def test_batch_prompts_are_answered_by_jobs_at_half_the_price(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """2,000 prompts with `lane: batch` and 5 online ones: 2,005 completions, each id once.
+    The batch ones come from jobs (no live call, `lane: batch`, the job's `batch_id`), priced
+    at half the row's prices; every request went into exactly one job (the fake's log)."""
+    s = make_settings(batch_max_wait_s=1.0, batch_poll_s=0.2)
+    upsert_row(pg_dsn, _row("m1", fake.endpoint("bl")))
+    await _topics(s)
+    batch = [
+        {"id": f"b-{i}", "model": "m1", "prompt": f"question {i}", "lane": "batch"}
+        for i in range(2000)
+    ]
+    online = [{"id": f"o-{i}", "model": "m1", "prompt": f"live {i}"} for i in range(5)]
+    app = App(s, http=False)
+    async with app.running(), Completions(s) as comps:
+        await _send(s, batch[:1000] + online + batch[1000:])
+        out = await comps.wait([p["id"] for p in batch + online], timeout=120)
+        by_id = comps.by_id()
+    assert all(len(v) == 1 for v in by_id.values()), "every id answered once"
+    got = [out[p["id"]] for p in batch]
+    assert Counter(c["status"] for c in got) == {"ok": 2000}
+    assert {c["lane"] for c in got} == {"batch"}
+    assert all(c["batch_id"] and c["batch_id"].startswith("batch_") for c in got)
+    for c in got:
+        u = c["usage"]
+        half = round((u["input_tokens"] * 0.0005 + u["output_tokens"] * 0.001) / 1000, 8)
+        assert u["cost_usd"] == pytest.approx(half), c
+        assert u["cost_usd"] > 0
+    assert all(out[p["id"]]["lane"] == "online" for p in online)
+    assert _calls(fake, "bl") == len(online)  # the batch prompts made no live call
+    jobs = await _batches(fake, "bl")
+    assert {b["id"] for b in jobs} == {c["batch_id"] for c in got}
+    sent = Counter(cid for b in jobs for cid in b["custom_ids"])
+    assert len(sent) == 2000 and set(sent.values()) == {1}, "no request in two jobs"
+    assert all(b["metadata"].get("llm_worker_job") for b in jobs)
+    assert _states(pg_dsn) == {"done": 2000}
+
+
+@pytest.mark.parametrize("on_error", ["online", "error"])
+async def test_errored_and_expired_requests_follow_the_row(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer, on_error: str
+) -> None:
+    """A row sending all its traffic to batch (`lane`), with requests the batch reports errored
+    or expired: `batch_on_error` online answers them with a live call (`lane: online`), error
+    answers them with an error completion naming the batch."""
+    s = make_settings(batch_max_wait_s=0.5, batch_poll_s=0.2)
+    upsert_row(pg_dsn, _row("m2", fake.endpoint("be"), lane="batch", batch_on_error=on_error))
+    await _topics(s)
+    prompts = [
+        {"id": "fine", "model": "m2", "prompt": "a fine question"},
+        {"id": "bad", "model": "m2", "prompt": "this one fails [batch:error]"},
+        {"id": "late", "model": "m2", "prompt": "this one expires [batch:expire]"},
+    ]
+    app = App(s, http=False)
+    async with app.running(), Completions(s) as comps:
+        await _send(s, prompts)
+        out = await comps.wait([p["id"] for p in prompts], timeout=90)
+    assert out["fine"]["status"] == "ok" and out["fine"]["lane"] == "batch"
+    if on_error == "online":
+        for pid in ("bad", "late"):
+            assert out[pid]["lane"] == "online", out[pid]
+        assert _calls(fake, "be") == 2  # the two live calls
+    else:
+        assert out["bad"]["status"] == "error" and out["bad"]["lane"] == "batch"
+        assert out["late"]["status"] == "error"
+        assert out["late"]["error"]["type"] == "batch_expired", out["late"]
+        assert _calls(fake, "be") == 0
+    assert _states(pg_dsn) == {"done": 3}
+
+
+async def test_a_provider_without_a_batch_api_gets_an_error_completion(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    s = make_settings()
+    row = msgspec.structs.replace(_row("m3", fake.endpoint("nb")), provider="openai_compatible")
+    upsert_row(pg_dsn, row)
+    await _topics(s)
+    app = App(s, http=False)
+    async with app.running(), Completions(s) as comps:
+        await _send(s, [{"id": "x", "model": "m3", "prompt": "q", "lane": "batch"}])
+        out = await comps.wait(["x"], timeout=60)
+    assert out["x"]["status"] == "error"
+    assert out["x"]["error"]["type"] == "batch_unavailable"
+    assert "openai_compatible" in out["x"]["error"]["message"]
