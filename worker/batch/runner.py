@@ -43,7 +43,7 @@ Produce = Callable[[str, bytes, bytes | None], Awaitable[None]]
 """Produce a record and return once Kafka acknowledged it (raises if it could not)."""
 
 TICK_S = 1.0  # how often the lane looks for work (submissions are due, answers to deliver)
-DELIVER_BATCH = 1000
+DELIVER_BATCH = 200  # records produced before their done mark: what a crash may repeat
 
 
 class BatchRunner:
