@@ -70,6 +70,7 @@ __all__ = [
     "JSON_TOOL",
     "THINKING_BUDGETS",
     "AnthropicAdapter",
+    "settled",
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -271,6 +272,13 @@ def _native_schema(target: Target, request: ProviderRequest) -> dict[str, Any] |
     return closed
 
 
+def settled(target: Target, request: ProviderRequest, result: ProviderResult) -> ProviderResult:
+    """`result` as a call returns it: a JSON answer sent as the forced tool moved to `text`
+    (also for a result read from a message batch, which carries the message as it came)."""
+    json_tool = _json_tool(target, request)
+    return result if json_tool is None else json_answer(result, json_tool["name"])
+
+
 def _json_tool(target: Target, request: ProviderRequest) -> dict[str, Any] | None:
     """The forced tool a JSON answer travels in, or None (no JSON asked, or native)."""
     fmt = request.response_format
@@ -455,9 +463,7 @@ class AnthropicAdapter(HTTPAdapter):
     async def complete(
         self, session: Session, target: Target, request: ProviderRequest
     ) -> ProviderResult:
-        result = await super().complete(session, target, request)
-        json_tool = _json_tool(target, request)
-        return result if json_tool is None else json_answer(result, json_tool["name"])
+        return settled(target, request, await super().complete(session, target, request))
 
     def parse_result(
         self, target: Target, payload: bytes, request_id: str | None, headers: Mapping[str, str]

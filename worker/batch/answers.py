@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import msgspec
 
-from llm_worker.adapters.base import ProviderResult
+from llm_worker.adapters.anthropic import settled
+from llm_worker.adapters.base import ProviderResult, Target
 from llm_worker.adapters.batch import BatchResult
 from llm_worker.registry.batches import Job, StoredRequest
 from llm_worker.registry.models import ModelRow
@@ -39,6 +40,16 @@ def batch_cost(res: ProviderResult, row: ModelRow | None) -> float:
     if price_out is None:
         price_out = row.output_cost_per_1k / 2
     return round((res.input_tokens * price_in + res.output_tokens * price_out) / 1000, 8)
+
+
+def _target(job: Job, row: ModelRow | None) -> Target:
+    return Target(
+        provider=job.provider,
+        endpoint=job.endpoint,
+        model=job.upstream_model,
+        endpoint_name=f"{job.model_id}/batch",
+        structured_outputs=row.structured_outputs if row is not None else False,
+    )
 
 
 def _snake(name: str) -> str:
@@ -89,7 +100,10 @@ def answer(
             batch_id=job.batch_id,
         )
         return encode(comp), settings.completions_topic
-    value, problem = check_output(provider_request(prompt), res)
+    request = provider_request(prompt)
+    if job.provider == "anthropic":  # a JSON answer may come as the forced tool's call
+        res = settled(_target(job, row), request, res)
+    value, problem = check_output(request, res)
     usage = Usage(
         input_tokens=res.input_tokens,
         output_tokens=res.output_tokens,
