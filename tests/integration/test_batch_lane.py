@@ -128,3 +128,26 @@ async def test_a_provider_without_a_batch_api_gets_an_error_completion(
     assert out["x"]["status"] == "error"
     assert out["x"]["error"]["type"] == "batch_unavailable"
     assert "openai_compatible" in out["x"]["error"]["message"]
+
+
+async def test_two_replicas_never_collect_the_same_job(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """Two workers of one group store the prompts of the partitions each owns; only the one
+    holding the lane's lease submits and collects: every request goes into one job, every
+    prompt is answered once."""
+    s = make_settings(batch_max_wait_s=1.0, batch_poll_s=0.2)
+    upsert_row(pg_dsn, _row("m4", fake.endpoint("two"), lane="batch"))
+    await _topics(s, partitions=4)
+    prompts = [{"id": f"r-{i}", "model": "m4", "prompt": f"q {i}"} for i in range(1000)]
+    first, second = App(s, http=False), App(s, http=False)
+    async with first.running(), second.running(), Completions(s) as comps:
+        await _send(s, prompts)
+        await comps.wait([p["id"] for p in prompts], timeout=120)
+        by_id = comps.by_id()
+        runners = [a.batch_runner for a in (first, second)]
+        leased = [r.leased for r in runners if r is not None]
+    assert sorted(leased) == [False, True], "exactly one replica collects"
+    assert len(by_id) == 1000 and all(len(v) == 1 for v in by_id.values())
+    sent = Counter(cid for b in await _batches(fake, "two") for cid in b["custom_ids"])
+    assert len(sent) == 1000 and set(sent.values()) == {1}, "no request in two jobs"
