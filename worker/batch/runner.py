@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llm_worker.adapters.base import ProviderRequest
-from llm_worker.adapters.batch import FINAL_STATES, BatchItem, BatchJob
-from llm_worker.adapters.errors import ProviderError
+from llm_worker.adapters.batch import FINAL_STATES, BatchItem, BatchJob, BatchResult
+from llm_worker.adapters.errors import BadRequest, ProviderError
 from llm_worker.registry import batches as db
 from llm_worker.registry.models import ModelRow
 
@@ -142,8 +142,35 @@ class BatchRunner:
             job.provider, job.endpoint, job.upstream_model, row, secret=True
         )
         items = [BatchItem(custom_id=_custom_id(r), request=_request(self._s, r)) for r in requests]
-        sent = await client.submit(target, items, job.job_key)
+        try:
+            sent = await client.submit(target, items, job.job_key)
+        except BadRequest as exc:  # the provider refuses the job itself: never sent again
+            await self._refused(conn, job, requests, row, exc)
+            return
         await self._submitted(conn, job, sent)
+
+    async def _refused(
+        self,
+        conn: db.Conn,
+        job: db.Job,
+        requests: list[db.StoredRequest],
+        row: ModelRow,
+        exc: BadRequest,
+    ) -> None:
+        """A job the provider refused as a whole: each request follows `batch_on_error`, as
+        one the batch reported errored (online: a live call answers it)."""
+        answers = []
+        for r in requests:
+            failed = BatchResult(custom_id=_custom_id(r), error=exc)
+            value, topic = answer(self._s, r, failed, job, row)
+            answers.append((r.id, value, topic))
+        await db.set_answers(
+            conn,
+            job.id,
+            answers,
+            {"state": "failed", "error": str(exc)[:1000], "collected_at": datetime.now(UTC)},
+        )
+        log.warning("batch lane: job %d refused by the provider: %s", job.id, exc)
 
     async def _submitted(self, conn: db.Conn, job: db.Job, sent: BatchJob) -> None:
         await db.set_job(
