@@ -298,6 +298,8 @@ class Pipeline:
         problem: str | None
         if self._batch is None:
             problem = "the batch lane is not available in exactly-once mode yet; use lane online"
+        elif prompt.stream:
+            problem = "`stream` cannot go with lane batch: a batch answers whole, hours later"
         elif cand is None:
             problem = f"no enabled candidate for model {prompt.model!r}"
         else:
