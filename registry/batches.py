@@ -21,6 +21,7 @@ from .errors import RegistryError
 
 __all__ = [
     "BATCH_LOCK",
+    "REQUEST_STATES",
     "Group",
     "Job",
     "NewRequest",
@@ -34,6 +35,7 @@ __all__ = [
     "jobs_in",
     "list_jobs",
     "mark_done",
+    "request_states",
     "set_answers",
     "set_job",
     "stats",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 BATCH_LOCK = 0x6C6C6D62  # "llmb": the advisory lock of the replica that submits and collects
+REQUEST_STATES = ("waiting", "submitted", "answered", "done")  # a request's states, in order
 
 
 class NewRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -318,10 +321,22 @@ async def get_job(conn: Conn, ref: str) -> Job | None:
     return Job(**row) if row else None
 
 
-async def cancel_job(conn: Conn, job_id: int) -> None:
-    """Mark a job for cancelling: the collecting replica asks the provider (`cancel_requested`)."""
-    await conn.execute(
+async def request_states(conn: Conn, job_id: int) -> dict[str, int]:
+    """How many of a job's requests are in each state (every state, in order; 0 if none)."""
+    cur = await conn.execute(
+        "SELECT state, count(*) FROM llm_batch_requests WHERE job_id = %s GROUP BY state",
+        (job_id,),
+    )
+    found = {state: int(n) for state, n in await cur.fetchall()}
+    return {state: found.get(state, 0) for state in REQUEST_STATES}
+
+
+async def cancel_job(conn: Conn, job_id: int) -> bool:
+    """Mark a job for cancelling: the collecting replica asks the provider (`cancel_requested`).
+    False when the job is no longer `submitting` or `submitted` (nothing was marked)."""
+    cur = await conn.execute(
         "UPDATE llm_batch_jobs SET provider_state = 'cancel_requested' WHERE id = %s"
         " AND state IN ('submitting', 'submitted')",
         (job_id,),
     )
+    return cur.rowcount > 0

@@ -200,6 +200,12 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_batches(args: argparse.Namespace) -> int:
+    from .batches import run_batches_cli
+
+    return run_batches_cli(_settings(args, ("database_url",)), args)
+
+
 _RUN_SETTINGS = {
     "kafka_bootstrap_servers": "the Kafka brokers, host:port,...",
     "database_url": "the model registry's PostgreSQL (password shown as ***)",
@@ -311,6 +317,20 @@ def _add_registry(sub: Subcommands) -> None:
     reg.set_defaults(fn=_cmd_registry)
 
 
+def _add_batches(sub: Subcommands) -> None:
+    """`batches`: the batch lane's provider jobs (worker/cli/batches.py)."""
+    from .batches import add_batches_arguments
+
+    bat = sub.add_parser(
+        "batches",
+        help="list, show and cancel the batch lane's provider jobs",
+        description="The batch lane's provider jobs: list, show, cancel. Exit 2: no such job, "
+        "a job already over, or a database to fix.",
+    )
+    add_batches_arguments(bat)
+    bat.set_defaults(fn=_cmd_batches)
+
+
 TOOL_COMMANDS = (
     "dev",
     "fake-provider",
@@ -352,7 +372,7 @@ def _no_devkit(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm-worker", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_service_commands, _add_send, _add_registry, _add_tools):
+    for add in (_add_service_commands, _add_send, _add_registry, _add_batches, _add_tools):
         add(sub)
     return p
 
