@@ -30,7 +30,8 @@ CREATE TABLE llm_batch_jobs (
     error text,
     created_at timestamptz NOT NULL DEFAULT now(),
     submitted_at timestamptz,
-    collected_at timestamptz
+    collected_at timestamptz,
+    cancel_requested_at timestamptz  -- `llm-worker batches cancel`: the collector cancels it
 );
 
 -- One prompt on the batch lane, written before its input offset is committed. `source`

@@ -97,6 +97,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     submitted_at: datetime | None
     collected_at: datetime | None
+    cancel_requested_at: datetime | None = None
 
 
 Conn = psycopg.AsyncConnection[Any]
@@ -332,10 +333,11 @@ async def request_states(conn: Conn, job_id: int) -> dict[str, int]:
 
 
 async def cancel_job(conn: Conn, job_id: int) -> bool:
-    """Mark a job for cancelling: the collecting replica asks the provider (`cancel_requested`).
-    False when the job is no longer `submitting` or `submitted` (nothing was marked)."""
+    """Mark a job for cancelling (`cancel_requested_at`): the collecting replica asks the
+    provider. False when the job is no longer `submitting` or `submitted` (nothing marked)."""
     cur = await conn.execute(
-        "UPDATE llm_batch_jobs SET provider_state = 'cancel_requested' WHERE id = %s"
+        "UPDATE llm_batch_jobs SET cancel_requested_at = coalesce(cancel_requested_at, now())"
+        " WHERE id = %s"
         " AND state IN ('submitting', 'submitted')",
         (job_id,),
     )

@@ -48,11 +48,13 @@ def refused(r: subprocess.CompletedProcess[str], *words: str) -> None:
 def job_row(dsn: str, job_id: int) -> dict[str, Any]:
     with psycopg.connect(dsn) as conn:
         cur = conn.execute(
-            "SELECT state, provider_state FROM llm_batch_jobs WHERE id = %s", (job_id,)
+            "SELECT state, provider_state, cancel_requested_at IS NOT NULL FROM llm_batch_jobs"
+            " WHERE id = %s",
+            (job_id,),
         )
         row = cur.fetchone()
     assert row is not None
-    return {"state": row[0], "provider_state": row[1]}
+    return {"state": row[0], "provider_state": row[1], "cancel_requested": row[2]}
 
 
 JOB_SQL = (
@@ -161,13 +163,18 @@ def test_cancel_marks_a_live_job_and_refuses_a_final_one(pg_dsn: str, lane: dict
     assert f"job {lane['live']} (batch_live at anthropic): marked for cancelling" in r.stdout
     assert job_row(pg_dsn, lane["live"]) == {
         "state": "submitted",
-        "provider_state": "cancel_requested",  # what the collecting replica acts on
+        "provider_state": "in_progress",  # unchanged: the provider has not heard yet
+        "cancel_requested": True,  # what the collecting replica acts on
     }
     again = cli(pg_dsn, "cancel", str(lane["live"]))
     assert again.returncode == 0 and "already requested" in again.stdout
 
     refused(cli(pg_dsn, "cancel", "llmw-old"), f"job {lane['old']}", "already collected")
-    assert job_row(pg_dsn, lane["old"]) == {"state": "collected", "provider_state": "completed"}
+    assert job_row(pg_dsn, lane["old"]) == {
+        "state": "collected",
+        "provider_state": "completed",
+        "cancel_requested": False,
+    }
     refused(cli(pg_dsn, "cancel", "404"), "no batch job '404'")
 
 

@@ -210,7 +210,7 @@ class BatchRunner:
     async def _poll(self, conn: db.Conn) -> None:
         now = time.monotonic()
         for job in await db.jobs_in(conn, ["submitted"]):
-            cancel = job.provider_state == "cancel_requested"
+            cancel = job.cancel_requested_at is not None and job.provider_state not in _CANCELLING
             if not cancel and now - self._polled.get(job.id, 0.0) < self._s.batch_poll_s:
                 continue
             self._polled[job.id] = now
@@ -303,6 +303,9 @@ class BatchRunner:
                 await conn.close()
             except Exception:
                 pass
+
+
+_CANCELLING = ("cancelling", "canceling", "cancelled")  # the provider has the cancel
 
 
 def _custom_id(r: db.StoredRequest) -> str:

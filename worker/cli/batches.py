@@ -190,7 +190,7 @@ async def _show(conn: db.Conn, args: argparse.Namespace) -> int:
 async def _cancel(conn: db.Conn, args: argparse.Namespace) -> int:
     job = await _job(conn, args.ref)
     name = f"job {job.id} ({job.batch_id or job.job_key} at {job.provider})"
-    if job.state not in FINAL_JOB_STATES and job.provider_state == "cancel_requested":
+    if job.state not in FINAL_JOB_STATES and job.cancel_requested_at is not None:
         print(f"{name}: cancelling was already requested; nothing changed")
         return 0
     if job.state not in FINAL_JOB_STATES and await db.cancel_job(conn, job.id):
