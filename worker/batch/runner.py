@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from llm_worker.adapters.base import ProviderRequest
 from llm_worker.adapters.batch import FINAL_STATES, BatchItem, BatchJob, BatchResult
 from llm_worker.adapters.errors import BadRequest, ProviderError
@@ -141,7 +143,9 @@ class BatchRunner:
         target = self._clients.target(
             job.provider, job.endpoint, job.upstream_model, row, secret=True
         )
-        items = [BatchItem(custom_id=_custom_id(r), request=_request(self._s, r)) for r in requests]
+        items = [
+            BatchItem(custom_id=_custom_id(job, r), request=_request(self._s, r)) for r in requests
+        ]
         try:
             sent = await client.submit(target, items, job.job_key)
         except BadRequest as exc:  # the provider refuses the job itself: never sent again
@@ -161,7 +165,7 @@ class BatchRunner:
         one the batch reported errored (online: a live call answers it)."""
         answers = []
         for r in requests:
-            failed = BatchResult(custom_id=_custom_id(r), error=exc)
+            failed = BatchResult(custom_id=_custom_id(job, r), error=exc)
             value, topic = answer(self._s, r, failed, job, row)
             answers.append((r.id, value, topic))
         await db.set_answers(
@@ -237,7 +241,7 @@ class BatchRunner:
             for r in requests:
                 if r.state != "submitted":
                     continue
-                value, topic = answer(self._s, r, results.get(_custom_id(r)), job, row)
+                value, topic = answer(self._s, r, results.get(_custom_id(job, r)), job, row)
                 answers.append((r.id, value, topic))
             await db.set_answers(
                 conn,
@@ -271,9 +275,11 @@ class BatchRunner:
                 for r in batch
             ]
             outcomes = await asyncio.gather(*sends, return_exceptions=True)
-            done = [r.id for r, o in zip(batch, outcomes, strict=True) if o is None]
-            if done:
-                await db.mark_done(conn, done)
+            delivered = [r for r, o in zip(batch, outcomes, strict=True) if o is None]
+            if delivered:
+                await db.mark_done(conn, [r.id for r in delivered])
+                self._count(delivered)
+            done = delivered
             if len(done) < len(batch):
                 failed = next(o for o in outcomes if o is not None)
                 log.warning(
@@ -282,6 +288,20 @@ class BatchRunner:
                     failed,
                 )
                 return
+
+    def _count(self, delivered: list[db.StoredRequest]) -> None:
+        """The lane's completions in `llm_worker_completions_total` (and errors by type), as
+        the online lane counts its own once acknowledged."""
+        m = self._metrics
+        if m is None:
+            return
+        for r in delivered:
+            if (r.deliver_topic or self._s.completions_topic) != self._s.completions_topic:
+                continue  # sent back online: that lane counts its completion
+            seen = _seen.decode(r.completion or b"{}")
+            m.completions.labels(r.model_id, seen.status).inc()
+            if seen.error is not None:
+                m.errors.labels(seen.error.type).inc()
 
     def _export(self) -> None:
         m = self._metrics
@@ -305,11 +325,24 @@ class BatchRunner:
                 pass
 
 
+class _ErrorType(msgspec.Struct):
+    type: str = "unknown"
+
+
+class _Seen(msgspec.Struct):
+    status: str = "ok"
+    error: _ErrorType | None = None
+
+
+_seen = msgspec.json.Decoder(_Seen)
+
 _CANCELLING = ("cancelling", "canceling", "cancelled")  # the provider has the cancel
 
 
-def _custom_id(r: db.StoredRequest) -> str:
-    return f"req-{r.id}"
+def _custom_id(job: db.Job, r: db.StoredRequest) -> str:
+    """A request's id in its job: the job's key first, so a job the provider keeps no key
+    of (Anthropic) is still recognized after a crash by its requests (`BatchClient.find`)."""
+    return f"{job.job_key}-{r.id}"
 
 
 def _request(settings: Settings, r: db.StoredRequest) -> ProviderRequest:
