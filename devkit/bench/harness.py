@@ -49,6 +49,7 @@ __all__ = [
     "Stack",
     "open_stack",
     "prompt_text",
+    "provider_batches",
     "read_topic",
     "run_load",
     "set_profile",
@@ -110,6 +111,13 @@ def _requests(stack: Stack, profiles: tuple[str, ...]) -> int:
     return sum(int(found.get(p, {}).get("requests", 0)) for p in profiles)
 
 
+def provider_batches(stack: Stack, profile: str) -> list[dict[str, Any]]:
+    """The batch jobs the fake provider was given on `profile` (`GET /admin/batches`)."""
+    with urllib.request.urlopen(f"{stack.fake_url}/admin/batches", timeout=5) as resp:
+        found = json.load(resp).get("batches", [])
+    return [b for b in found if isinstance(b, dict) and b.get("profile") == profile]
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (nan when it is gone)."""
     try:
@@ -150,6 +158,8 @@ class Load:
     key_per_partition: bool = False  # prompt i goes to partition i % partitions, keyed by it
     priorities: tuple[str, ...] = ()  # prompt i says priorities[i % len] (none: says nothing)
     rpm_limit: int | None = None  # the worker's row's rpm_limit (saturates the endpoint)
+    lane: str | None = None  # the worker's row's lane ("batch": every prompt a batch job's)
+    cost_per_1k: tuple[float, float] = (0.0, 0.0)  # the row's input, output USD per 1k tokens
     events: list[tuple[float, Callable[[Run], None]]] = field(default_factory=list)
 
 
@@ -324,6 +334,9 @@ def _register_model(stack: Stack, run: Run, load: Load) -> tuple[str, ...]:
         max_tokens=64,
         timeout_ms=30_000,
         rpm_limit=load.rpm_limit,
+        lane=load.lane,
+        input_cost_per_1k=load.cost_per_1k[0],
+        output_cost_per_1k=load.cost_per_1k[1],
     )
     if load.fallback:
         profiles += (run.profile + "b",)

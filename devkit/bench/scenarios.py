@@ -16,7 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from llm_worker.devkit.bench.harness import Load, Run, Stack, read_topic, run_load, set_profile
+from llm_worker.devkit.bench.harness import (
+    Load,
+    Run,
+    Stack,
+    provider_batches,
+    read_topic,
+    run_load,
+    set_profile,
+)
 from llm_worker.devkit.bench.progress import Progress
 from llm_worker.devkit.bench.stats import after_warmup, metrics, percentile, slope
 from llm_worker.devkit.bench.streaming import chunk_figures, prompt_times, scraped
@@ -26,6 +34,7 @@ __all__ = [
     "SWEEP_MS",
     "Options",
     "Scenario",
+    "batch_figures",
     "compare",
     "describe",
     "priority_figures",
@@ -501,3 +510,92 @@ def _priority(stack: Stack, opts: Options, progress: Progress) -> Result:
     done = [json.loads(r.value) for r in read_topic(stack.bootstrap, topic, load.partitions)]
     figures = priority_figures(done, run.run_id, PRIORITY_MIX)
     return {"runs": [metrics(sample)], "rate": rate, "rpm_limit": PRIORITY_RPM, **figures}
+
+
+BATCH_COST_PER_1K = (0.001, 0.002)
+"""The `batch` scenario's row prices, USD per 1,000 input and output tokens, in both runs; the
+row gives no batch prices, so the batch lane's are half of these."""
+
+BATCH_ENV = {"LLM_WORKER_BATCH_MAX_WAIT_S": "1", "LLM_WORKER_BATCH_POLL_S": "0.5"}
+"""The batch run's worker: a job is submitted a second after its oldest request came (not 5
+minutes), and asked about twice a second (not every 30 s), as the fake's jobs take 1 s."""
+
+
+def batch_figures(completions: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    """The completions of one run (id `<run_id>-<i>`, the first of each id): how many, by
+    lane, their `usage.cost_usd` summed, and the batch jobs that answered them (distinct
+    `batch_id`)."""
+    seen: set[str] = set()
+    lanes: dict[str, int] = {}
+    jobs: set[str] = set()
+    cost = 0.0
+    for c in completions:
+        cid = str(c.get("id", ""))
+        head, _, number = cid.rpartition("-")
+        if head != run_id or not number.isdigit() or cid in seen:
+            continue
+        seen.add(cid)
+        lane = str(c.get("lane") or "online")
+        lanes[lane] = lanes.get(lane, 0) + 1
+        cost += float((c.get("usage") or {}).get("cost_usd") or 0.0)
+        if c.get("batch_id"):
+            jobs.add(str(c["batch_id"]))
+    return {
+        "completions": len(seen),
+        "lanes": lanes,
+        "cost_usd": round(cost, 6),
+        "batch_jobs": len(jobs),
+    }
+
+
+def _lane_run(
+    stack: Stack, system: str, load: Load, progress: Progress, env: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One run of `batch`: its figures, and what it cost and called."""
+    sample, run = run_load(stack, system, load, progress, env)
+    figures = metrics(sample)
+    topic = f"bench_completions_{run.run_id}"
+    done = [json.loads(r.value) for r in read_topic(stack.bootstrap, topic, load.partitions)]
+    jobs = provider_batches(stack, run.profile)
+    return figures, {
+        **batch_figures(done, run.run_id),
+        "seconds_to_last": round(max(sample.done) - sample.start, 2) if sample.done else None,
+        "throughput_per_s": figures["throughput_per_s"],
+        "live_provider_calls": sample.provider_calls,
+        "provider_batch_jobs": len(jobs),
+        "provider_batch_requests": sum(int(b.get("requests", 0)) for b in jobs),
+    }
+
+
+@_scenario(
+    "batch",
+    "10,000 prompts at 20 ms online, then the same through the batch lane (row prices set; "
+    "the fake's batch clock runs a job in 1 s, a provider's in hours): completions, time, "
+    "cost, provider calls and batch jobs side by side (worker only)",
+)
+def _batch(stack: Stack, opts: Options, progress: Progress) -> Result:
+    """The batch lane against the online path on the same prompts and the same row prices: the
+    worker answers them live, then (a row with `lane = 'batch'`) stores them and answers them
+    through the fake's OpenAI Batch API, a job submitted a second after its oldest request.
+    The batch run's time is the lane's own (intake, submit, poll, deliver) plus the fake's
+    accelerated 1 s a job, not the provider's turnaround (up to 24 h). Done when every prompt
+    is answered in both, the batch one with no live call and at about half the cost."""
+    online = Load(
+        count=opts.count or 10_000,
+        latency_ms=opts.latency_ms if opts.latency_ms is not None else 20.0,
+        rate=opts.rate,
+        partitions=opts.partitions,
+        timeout_s=opts.timeout_s,
+        cost_per_1k=BATCH_COST_PER_1K,
+    )
+    batch = replace(online, lane="batch")
+    run_on, side_on = _lane_run(stack, "worker", online, progress, {})
+    run_b, side_b = _lane_run(stack, "worker+batch", batch, progress, dict(BATCH_ENV))
+    cost_on, cost_b = side_on["cost_usd"], side_b["cost_usd"]
+    return {
+        "runs": [run_on, run_b],
+        "cost_per_1k": list(BATCH_COST_PER_1K),
+        "online": side_on,
+        "batch": side_b,
+        "cost_ratio": round(cost_b / cost_on, 3) if cost_on else None,
+    }

@@ -3,6 +3,7 @@ its JSON line, the progress bar, and the command line that reaches it."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -12,14 +13,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from llm_worker.devkit.bench.harness import Record, prompt_text
+from llm_worker.devkit.bench.harness import Record, Stack, prompt_text, provider_batches
 from llm_worker.devkit.bench.plot import plot_soak, series
 from llm_worker.devkit.bench.progress import Progress, bar
 from llm_worker.devkit.bench.scenarios import (
     SCENARIOS,
     STREAM_PAUSES,
     SWEEP_MS,
+    Options,
+    batch_figures,
     compare,
+    describe,
     medians,
     soak_summary,
 )
@@ -138,6 +142,7 @@ def test_the_registry_has_the_scenarios_each_with_help() -> None:
         "slow-provider",
         "soak",
         "priority",
+        "batch",
     ]
     assert all(s.help and callable(s.run) for s in SCENARIOS.values())
     assert SWEEP_MS == (5.0, 20.0, 100.0, 500.0, 2000.0)
@@ -325,6 +330,61 @@ async def test_the_fake_streams_a_bench_prompt_s_answer_with_the_pauses_the_scen
     events = [e for e in raw.split(b"\n\n") if e.strip()]
     assert events[-1] == b"data: [DONE]"
     assert len(events) - 1 == STREAM_PAUSES
+
+
+def test_the_batch_scenario_sums_each_run_s_cost_and_counts_its_jobs() -> None:
+    def usage(cost: float | None) -> dict[str, float | None]:
+        return {"input_tokens": 10, "output_tokens": 8, "cost_usd": cost}
+
+    online = [{"id": f"run1-{i}", "lane": "online", "usage": usage(0.00004)} for i in range(4)]
+    batch = [
+        {"id": f"run2-{i}", "lane": "batch", "usage": usage(0.00002), "batch_id": f"b{i % 2}"}
+        for i in range(4)
+    ]
+    batch.append(dict(batch[0]))  # delivered twice (a crash between produce and done): once
+    batch += [{"id": "run1-0", "usage": usage(1.0)}, {"id": "run2-x", "usage": usage(1.0)}]
+    figures = batch_figures(batch, "run2")
+    assert figures == {
+        "completions": 4,
+        "lanes": {"batch": 4},
+        "cost_usd": 0.00008,
+        "batch_jobs": 2,
+    }
+    assert batch_figures(online, "run1")["cost_usd"] == 0.00016
+    assert batch_figures(online, "run1")["batch_jobs"] == 0
+    error = {"id": "run1-0", "status": "error", "usage": None}  # no lane, no usage
+    assert batch_figures([error], "run1") == {
+        "completions": 1,
+        "lanes": {"online": 1},
+        "cost_usd": 0.0,
+        "batch_jobs": 0,
+    }
+    assert describe("batch", Options(count=2000)).startswith("2,000 prompts at 20 ms online")
+
+
+async def test_the_bench_reads_the_batch_jobs_of_its_own_profile_from_the_fake() -> None:
+    body = {"model": "fake-bench", "messages": [{"role": "user", "content": "hi"}]}
+    line = {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    async with (
+        await start_fake_server(shutdown_timeout=0.2) as server,
+        aiohttp.ClientSession(server.url) as session,
+    ):
+        for prefix in ("/rmine", "/rmine", "/rother"):
+            form = aiohttp.FormData()
+            form.add_field("purpose", "batch")
+            form.add_field("file", json.dumps(line).encode() + b"\n", filename="in.jsonl")
+            async with session.post(f"{prefix}/v1/files", data=form) as r:
+                file_id = (await r.json())["id"]
+            job = {
+                "input_file_id": file_id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            }
+            async with session.post(f"{prefix}/v1/batches", json=job) as r:
+                assert r.status == 200, await r.text()
+        stack = Stack("tansu", "", "", server.url)
+        mine = await asyncio.to_thread(provider_batches, stack, "rmine")
+    assert [(b["profile"], b["requests"]) for b in mine] == [("rmine", 1), ("rmine", 1)]
 
 
 class _MsPoll:
