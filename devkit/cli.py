@@ -147,9 +147,9 @@ def _add_bench(sub: Subcommands) -> None:
         "bench",
         help="load the worker and measure it",
         description="Without a scenario: one load of -n prompts. With scenarios (throughput, "
-        "latency-sweep, duplicates, structured, half-load, streaming, failover, slow-provider, "
-        "soak): the benchmark suite, one JSON line per scenario and a summary table "
-        "(docs/BENCHMARKS.md).",
+        "latency-sweep, duplicates, structured, half-load, ordering, streaming, failover, "
+        "slow-provider, soak, priority, batch): the benchmark suite, one JSON line per scenario "
+        "and a summary table (docs/BENCHMARKS.md).",
     )
     bench.add_argument("scenario", nargs="*", help="suite scenarios to run, in order")
     bench.add_argument("-n", "--count", type=int, help="prompts per run (default: 20000)")
