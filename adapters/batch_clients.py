@@ -1,7 +1,8 @@
 """The batch client of a provider: `batch_client_for("openai")`.
 
 OpenAI's wire also serves the fake provider (`adapters.fake`), which speaks OpenAI's format;
-a provider with no batch API here has no client (None), and its requests go live.
+a provider with no batch API here has no client (None): its batch-lane prompts are answered
+`batch_unavailable`.
 """
 
 from __future__ import annotations
