@@ -136,6 +136,10 @@ class BatchHTTP:
             why = f"malformed response: {describe(exc)}: {excerpt}"
             raise self.adapter.error(ServerError, target, why, request_id=request_id) from exc
 
+    def malformed(self, target: Target, what: str, exc: Exception) -> ProviderError:
+        """A 2xx answer that is not what the provider documents (`what` names it)."""
+        return self.adapter.error(ServerError, target, f"malformed {what}: {exc}")
+
     def refuse(self, target: Target, why: str) -> ProviderError:
         """A `BadRequest` about the job itself (too big, empty, not finished)."""
         return self.adapter.error(BadRequest, target, why)

@@ -43,6 +43,7 @@ from yarl import URL
 from ._batch_http import BatchHTTP, check_size, jsonl
 from ._http import strip_v1
 from .anthropic import AnthropicAdapter
+from .anthropic_stream import ERROR_STATUS
 from .base import Target
 from .batch import BatchItem, BatchJob, BatchLimits, BatchResult, JobState
 from .errors import BadRequest, ProviderError, ServerError
@@ -59,20 +60,9 @@ _STATES: dict[str, JobState] = {
     "ended": "ended",
 }
 
-_ERROR_STATUS = {
-    "invalid_request_error": 400,
-    "invalid_request": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-"""The HTTP status each of Anthropic's error types stands for (an unknown type: 500)."""
+_ERROR_STATUS = {**ERROR_STATUS, "invalid_request": 400}
+"""The HTTP status each of Anthropic's error types stands for (an unknown type: 500); a batch
+result may also say `invalid_request`."""
 
 
 class _Entry(msgspec.Struct):
@@ -217,10 +207,7 @@ class AnthropicBatchClient:
         try:
             return _decode_batch(payload)
         except (msgspec.MsgspecError, ValueError) as exc:
-            raise self._malformed(target, "message batch", exc) from exc
-
-    def _malformed(self, target: Target, what: str, exc: Exception) -> ProviderError:
-        return self.adapter.error(ServerError, target, f"malformed {what}: {exc}")
+            raise self._http.malformed(target, "message batch", exc) from exc
 
     # -- the job ----------------------------------------------------------------------------
 
@@ -257,7 +244,7 @@ class AnthropicBatchClient:
             try:
                 page = _decode_page(await self._call(target, "GET", self._url(target, path)))
             except (msgspec.MsgspecError, ValueError) as exc:
-                raise self._malformed(target, "batch list", exc) from exc
+                raise self._http.malformed(target, "batch list", exc) from exc
             for batch in page.data:
                 job = job_of(batch)
                 if job.created_at is not None and job.created_at < since:
@@ -274,7 +261,7 @@ class AnthropicBatchClient:
                 if _decode_line(line).custom_id.startswith(prefix):
                     return True
             except (msgspec.MsgspecError, ValueError) as exc:
-                raise self._malformed(target, "results line", exc) from exc
+                raise self._http.malformed(target, "results line", exc) from exc
         return False
 
     def _results_url(self, target: Target, batch: _Batch) -> URL:
@@ -301,7 +288,7 @@ class AnthropicBatchClient:
         try:
             entry = _decode_line(line)
         except (msgspec.MsgspecError, ValueError) as exc:
-            raise self._malformed(target, "results line", exc) from exc
+            raise self._http.malformed(target, "results line", exc) from exc
         result, custom_id = entry.result, entry.custom_id
         if result.type == "succeeded":
             try:

@@ -205,10 +205,7 @@ class OpenAIBatchClient:
         try:
             return _decode_batch(payload)
         except (msgspec.MsgspecError, ValueError) as exc:
-            raise self._malformed(target, "batch object", exc) from exc
-
-    def _malformed(self, target: Target, what: str, exc: Exception) -> ProviderError:
-        return self.adapter.error(ServerError, target, f"malformed {what}: {exc}")
+            raise self._http.malformed(target, "batch object", exc) from exc
 
     # -- the job ----------------------------------------------------------------------------
 
@@ -226,7 +223,7 @@ class OpenAIBatchClient:
         try:
             file_id = _decode_file(uploaded).id
         except (msgspec.MsgspecError, ValueError) as exc:
-            raise self._malformed(target, "file object", exc) from exc
+            raise self._http.malformed(target, "file object", exc) from exc
         create = _encode(
             {
                 "input_file_id": file_id,
@@ -256,7 +253,7 @@ class OpenAIBatchClient:
             try:
                 page = _decode_page(await self._get(target, path))
             except (msgspec.MsgspecError, ValueError) as exc:
-                raise self._malformed(target, "batch list", exc) from exc
+                raise self._http.malformed(target, "batch list", exc) from exc
             for batch in page.data:
                 job = job_of(batch)
                 if job.created_at is not None and job.created_at < since:
@@ -287,7 +284,7 @@ class OpenAIBatchClient:
             try:
                 custom_id = _decode_input(line).custom_id
             except (msgspec.MsgspecError, ValueError) as exc:
-                raise self._malformed(target, "input file line", exc) from exc
+                raise self._http.malformed(target, "input file line", exc) from exc
             if custom_id not in found:
                 found[custom_id] = BatchResult(
                     custom_id=custom_id, error=failure, expired=failure is None
@@ -309,7 +306,7 @@ class OpenAIBatchClient:
         try:
             out = _decode_output(line)
         except (msgspec.MsgspecError, ValueError) as exc:
-            raise self._malformed(target, "results line", exc) from exc
+            raise self._http.malformed(target, "results line", exc) from exc
         response = out.response
         if out.error is not None and (response is None or 200 <= response.status_code < 300):
             if out.error.code in _EXPIRED_CODES:
