@@ -53,6 +53,7 @@ CREATE TABLE llm_batch_requests (
     job_id bigint REFERENCES llm_batch_jobs (id) ON DELETE SET NULL,
     completion bytea,
     deliver_topic text,
+    attempt text,  -- exactly-once mode: the delivery (Kafka transaction) it went out in
     created_at timestamptz NOT NULL DEFAULT now(),
     done_at timestamptz
 );

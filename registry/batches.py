@@ -35,9 +35,12 @@ __all__ = [
     "jobs_in",
     "list_jobs",
     "mark_done",
+    "open_attempts",
     "request_states",
     "set_answers",
+    "set_attempt",
     "set_job",
+    "settle_attempts",
     "stats",
     "to_deliver",
     "try_lease",
@@ -260,10 +263,44 @@ async def set_answers(
 async def to_deliver(conn: Conn, limit: int) -> list[StoredRequest]:
     cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT id, source, model_id, prompt_id, record, record_key, state, completion,"
-        " deliver_topic FROM llm_batch_requests WHERE state = 'answered' ORDER BY id LIMIT %s",
+        " deliver_topic FROM llm_batch_requests WHERE state = 'answered' AND attempt IS NULL"
+        " ORDER BY id LIMIT %s",
         (limit,),
     )
     return [StoredRequest(**r) for r in await cur.fetchall()]
+
+
+async def set_attempt(conn: Conn, ids: Sequence[int], attempt: str) -> None:
+    """Exactly-once mode: these requests go out in the delivery (transaction) `attempt`."""
+    await conn.execute(
+        "UPDATE llm_batch_requests SET attempt = %s WHERE id = ANY(%s)", (attempt, list(ids))
+    )
+
+
+async def open_attempts(conn: Conn) -> set[str]:
+    """Deliveries begun and not known to be done: a collector died in between."""
+    cur = await conn.execute(
+        "SELECT DISTINCT attempt FROM llm_batch_requests"
+        " WHERE state = 'answered' AND attempt IS NOT NULL"
+    )
+    return {str(r[0]) for r in await cur.fetchall()}
+
+
+async def settle_attempts(conn: Conn, committed: set[str], aborted: set[str]) -> None:
+    """Requests of `committed` deliveries are done; those of `aborted` go out again."""
+    async with conn.transaction():
+        if committed:
+            await conn.execute(
+                "UPDATE llm_batch_requests SET state = 'done', done_at = now(),"
+                " record = ''::bytea WHERE state = 'answered' AND attempt = ANY(%s)",
+                (list(committed),),
+            )
+        if aborted:
+            await conn.execute(
+                "UPDATE llm_batch_requests SET attempt = NULL"
+                " WHERE state = 'answered' AND attempt = ANY(%s)",
+                (list(aborted),),
+            )
 
 
 async def mark_done(conn: Conn, ids: Sequence[int]) -> None:

@@ -43,6 +43,7 @@ from .stream.admin import (
     require_topics,
     wait_for_broker,
 )
+from .stream.batch_sender import BatchSender
 from .stream.consumer import Worker
 from .stream.intake import Intake
 from .stream.kafka import KafkaBridge
@@ -113,17 +114,14 @@ class App:
         )
         self.batch_clients = BatchClients(self.secrets)
         eos = settings.processing_guarantee == "exactly_once"
-        self.batch_intake = None if eos else BatchIntake(settings.database_url, self.batch_clients)
-        self.batch_runner = (
-            None
-            if eos
-            else BatchRunner(
-                settings,
-                self.batch_clients,
-                lambda model_id: self.registry.get(model_id),
-                self._produce_batch,
-                metrics=self.metrics,
-            )
+        self.batch_intake = BatchIntake(settings.database_url, self.batch_clients)
+        self.batch_runner = BatchRunner(
+            settings,
+            self.batch_clients,
+            lambda model_id: self.registry.get(model_id),
+            self._produce_batch,
+            metrics=self.metrics,
+            sender=BatchSender(settings, settings.batch_markers_topic) if eos else None,
         )
         self._batch_tasks: list[asyncio.Task[None]] = []
         self.pipeline = Pipeline(
@@ -442,12 +440,16 @@ class App:
         admin = await asyncio.to_thread(self._connect_admin, s, s.broker_wait_s)
         if s.create_topics:
             topics = [s.prompts_topic, s.completions_topic, s.dlq_topic, s.chunks_topic]
+            if s.processing_guarantee == "exactly_once":
+                topics.append(s.batch_markers_topic)
             created = await asyncio.to_thread(ensure_topics, admin, topics, s.topic_partitions)
             if created:
                 log.info("created topics %s", created)
         else:  # a missing topic is named now, not found out by an idle consumer
             read = {env_name("prompts_topic"): s.prompts_topic}
             outputs = ("completions_topic", "dlq_topic") + (("chunks_topic",) if s.stream else ())
+            if s.processing_guarantee == "exactly_once":
+                outputs += ("batch_markers_topic",)
             written = {env_name(f): str(getattr(s, f)) for f in outputs}
             await asyncio.to_thread(require_topics, admin, read, written)
         self._topic_partitions = await asyncio.to_thread(partition_count, admin, s.prompts_topic)
@@ -456,12 +458,10 @@ class App:
         await self.bridge.start()
         self._watcher = asyncio.create_task(self._watch_group(admin), name="group-watch")
         self._sweeper = asyncio.create_task(self.housekeeping.run(), name="housekeeping")
-        for name, part in (
-            ("batch-intake", self.batch_intake),
-            ("batch-runner", self.batch_runner),
-        ):
-            if part is not None:
-                self._batch_tasks.append(asyncio.create_task(part.run(), name=name))
+        self._batch_tasks = [
+            asyncio.create_task(self.batch_intake.run(), name="batch-intake"),
+            asyncio.create_task(self.batch_runner.run(), name="batch-runner"),
+        ]
         self._broker_ok = True
         log.info(
             "worker started",

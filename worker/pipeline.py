@@ -297,7 +297,7 @@ class Pipeline:
         cand = candidates[0] if candidates else None
         problem: str | None
         if self._batch is None:
-            problem = "the batch lane is not available in exactly-once mode yet; use lane online"
+            problem = "the batch lane is not available in this worker; use lane online"
         elif prompt.stream:
             problem = "`stream` cannot go with lane batch: a batch answers whole, hours later"
         elif cand is None:

@@ -77,6 +77,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     chunks_topic: Annotated[
         str, Spec("streaming: the topic of the chunk records (docs/streaming.md)")
     ] = "llm_completions.chunks"
+    batch_markers_topic: Annotated[
+        str,
+        Spec(
+            "exactly-once mode: the batch lane's delivery markers, one per delivery, in its "
+            "transaction (docs/batch.md)"
+        ),
+    ] = "llm_batch_delivered"
     create_topics: Annotated[
         bool,
         Spec(

@@ -122,13 +122,13 @@ def test_a_refusal_from_the_sink_is_batch_unavailable_naming_why() -> None:
 
 
 def test_without_a_sink_a_batch_prompt_is_batch_unavailable() -> None:
-    """Exactly-once mode has no batch lane yet: it says so rather than call live."""
+    """A pipeline built without a batch sink says so rather than call live."""
     caller = Caller()
     out = _pipeline(caller, None).begin(_rec(model="cheap"))
     assert isinstance(out, Outcome) and not out.stored
     c = out.completion
     assert c is not None and c.error is not None and c.error.type == "batch_unavailable"
-    assert "exactly-once" in c.error.message
+    assert "not available in this worker" in c.error.message
     assert caller.tenants == []
 
 

@@ -118,6 +118,7 @@ LIBRDKAFKA_SEAM = {
     "worker.stream.kafka_producer",  # the producer the bridge replaces when it is forgotten
     "worker.stream.admin",  # cluster calls at start: broker wait, topics, group size
     "worker.stream.commits",  # offset commits answered through on_commit
+    "worker.stream.batch_sender",  # the batch lane's transactional deliveries and markers
     "worker.stream.kafka_client",  # plain clients for `llm-worker send` and the bench
 }
 LIBRDKAFKA_TOOLS = {

@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -37,12 +38,30 @@ from ..ops.metrics import Metrics
 from .answers import answer
 from .clients import BatchClients
 
-__all__ = ["BatchRunner", "Produce"]
+__all__ = ["AtomicSender", "BatchRunner", "Produce"]
 
 log = logging.getLogger("llm_worker.batch")
 
 Produce = Callable[[str, bytes, bytes | None], Awaitable[None]]
 """Produce a record and return once Kafka acknowledged it (raises if it could not)."""
+
+
+class AtomicSender(Protocol):
+    """Exactly-once mode's delivery (`worker.stream.batch_sender.BatchSender`)."""
+
+    @property
+    def started(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def send(self, records: list[tuple[str, bytes, bytes | None]], attempt: str) -> None:
+        """The records and the marker of `attempt` in one transaction (raises if not)."""
+        ...
+
+    async def committed_attempts(self, attempts: set[str]) -> set[str]: ...
+
+    async def close(self) -> None: ...
+
 
 TICK_S = 1.0  # how often the lane looks for work (submissions are due, answers to deliver)
 DELIVER_BATCH = 200  # records produced before their done mark: what a crash may repeat
@@ -57,6 +76,7 @@ class BatchRunner:
         produce: Produce,
         *,
         metrics: Metrics | None = None,
+        sender: AtomicSender | None = None,
         tick_s: float = TICK_S,
     ) -> None:
         self._s = settings
@@ -64,6 +84,7 @@ class BatchRunner:
         self._rows = rows
         self._produce = produce
         self._metrics = metrics
+        self._sender = sender
         self._tick = tick_s
         self._conn: db.Conn | None = None
         self.leased = False
@@ -99,6 +120,9 @@ class BatchRunner:
             if not self.leased:
                 return
             log.info("batch lane: this replica submits and collects the batch jobs")
+            if self._sender is not None:  # fences the last holder's deliveries, then settles them
+                await self._sender.start()
+                await self._settle(conn)
         self.stats = await db.stats(conn)
         self._export()
         await self._recover(conn)
@@ -265,8 +289,48 @@ class BatchRunner:
             )
 
     # -- deliver ----------------------------------------------------------------------------
+    async def _settle(self, conn: db.Conn) -> None:
+        """Exactly-once: deliveries a collector began and did not mark done are done if their
+        marker committed, else go out again."""
+        assert self._sender is not None
+        begun = await db.open_attempts(conn)
+        if begun:
+            committed = await self._sender.committed_attempts(begun)
+            await db.settle_attempts(conn, committed, begun - committed)
+            log.info(
+                "batch lane: %d deliveries of an earlier collector committed, %d go again",
+                len(committed),
+                len(begun - committed),
+            )
+
+    async def _deliver_atomically(self, conn: db.Conn, sender: AtomicSender) -> None:
+        """Exactly-once: each batch of records in one transaction with its marker; the
+        requests are marked with the delivery before it and done after it commits."""
+        while batch := await db.to_deliver(conn, DELIVER_BATCH):
+            attempt = f"llmw-delivery-{uuid.uuid4().hex}"
+            ids = [r.id for r in batch]
+            await db.set_attempt(conn, ids, attempt)
+            records = [
+                (r.deliver_topic or self._s.completions_topic, r.completion or b"", r.record_key)
+                for r in batch
+            ]
+            try:
+                await sender.send(records, attempt)
+            except Exception as exc:
+                await db.settle_attempts(conn, set(), {attempt})
+                log.warning("batch lane: a delivery did not commit (%s); again next tick", exc)
+                if not sender.started:
+                    self.leased = False  # fenced: another collector took over
+                    await self._drop()
+                return
+            await db.settle_attempts(conn, {attempt}, set())
+            self._count(batch)
+
     async def _deliver(self, conn: db.Conn) -> None:
         """Produce the answered requests' records; mark each done once acknowledged."""
+        if self._sender is not None:
+            await self._deliver_atomically(conn, self._sender)
+            return
         while batch := await db.to_deliver(conn, DELIVER_BATCH):
             sends = [
                 self._produce(
@@ -316,6 +380,8 @@ class BatchRunner:
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         self.leased = False
+        if self._sender is not None:
+            await self._sender.close()
         if self._metrics is not None:
             self._metrics.batch_collecting.set(0)
         if conn is not None:
