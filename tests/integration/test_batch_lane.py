@@ -16,6 +16,9 @@ import msgspec
 import psycopg
 import pytest
 
+from llm_worker.adapters.batch import BatchLimits
+from llm_worker.adapters.batch_openai import OpenAIBatchClient
+from llm_worker.adapters.fake import FakeAdapter
 from llm_worker.devkit.fake_server import FakeServer
 from llm_worker.registry.store import upsert_row
 from llm_worker.worker.app import App
@@ -151,3 +154,26 @@ async def test_two_replicas_never_collect_the_same_job(
     assert len(by_id) == 1000 and all(len(v) == 1 for v in by_id.values())
     sent = Counter(cid for b in await _batches(fake, "two") for cid in b["custom_ids"])
     assert len(sent) == 1000 and set(sent.values()) == {1}, "no request in two jobs"
+
+
+async def test_jobs_stay_within_the_providers_limits(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """1,000 prompts against a provider whose jobs hold at most 300 requests (OpenAI's 50,000,
+    scaled down): at least four jobs, none over the limit, each request in exactly one."""
+    s = make_settings(batch_max_wait_s=1.0, batch_poll_s=0.2)
+    upsert_row(pg_dsn, _row("m5", fake.endpoint("lim"), lane="batch"))
+    await _topics(s)
+    prompts = [{"id": f"l-{i}", "model": "m5", "prompt": f"q {i}"} for i in range(1000)]
+    app = App(s, http=False)
+    small = OpenAIBatchClient(FakeAdapter(), limits=BatchLimits(300, 200 * 2**20))
+    app.batch_clients.use("fake", small)
+    async with app.running(), Completions(s) as comps:
+        await _send(s, prompts)
+        out = await comps.wait([p["id"] for p in prompts], timeout=120)
+    assert {c["status"] for c in out.values()} == {"ok"}
+    jobs = await _batches(fake, "lim")
+    sizes = [b["requests"] for b in jobs]
+    assert len(jobs) >= 4 and max(sizes) <= 300, sizes
+    sent = Counter(cid for b in jobs for cid in b["custom_ids"])
+    assert len(sent) == 1000 and set(sent.values()) == {1}

@@ -27,6 +27,10 @@ class BatchClients:
             client = self._clients[provider] = made
         return client
 
+    def use(self, provider: str, client: BatchClient) -> None:
+        """`provider`'s jobs go through `client` (one with other limits, say)."""
+        self._clients[provider] = client
+
     def refuse(self, candidate: Candidate, request: ProviderRequest) -> str | None:
         """Why the request cannot go to `candidate`'s batch API, or None."""
         if candidate.provider not in BATCH_PROVIDERS:
