@@ -112,18 +112,7 @@ class App:
             buffer_bytes=settings.stream_buffer_bytes,
             dedup=self.dedup,
         )
-        self.batch_clients = BatchClients(self.secrets)
-        eos = settings.processing_guarantee == "exactly_once"
-        self.batch_intake = BatchIntake(settings.database_url, self.batch_clients)
-        self.batch_runner = BatchRunner(
-            settings,
-            self.batch_clients,
-            lambda model_id: self.registry.get(model_id),
-            self._produce_batch,
-            metrics=self.metrics,
-            sender=BatchSender(settings, settings.batch_markers_topic) if eos else None,
-        )
-        self._batch_tasks: list[asyncio.Task[None]] = []
+        self._batch_lane(settings)
         self.pipeline = Pipeline(
             settings,
             self.registry,
@@ -137,6 +126,22 @@ class App:
         self.worker = self._worker(settings)
         self._ops(settings, http)
         self._wire()
+
+    def _batch_lane(self, settings: Settings) -> None:
+        """The batch lane's parts: the providers' batch clients, the intake that stores its
+        prompts, the collector (with its transactional sender in exactly-once mode)."""
+        self.batch_clients = BatchClients(self.secrets)
+        eos = settings.processing_guarantee == "exactly_once"
+        self.batch_intake = BatchIntake(settings.database_url, self.batch_clients)
+        self.batch_runner = BatchRunner(
+            settings,
+            self.batch_clients,
+            lambda model_id: self.registry.get(model_id),
+            self._produce_batch,
+            metrics=self.metrics,
+            sender=BatchSender(settings, settings.batch_markers_topic) if eos else None,
+        )
+        self._batch_tasks: list[asyncio.Task[None]] = []
 
     async def _produce_batch(self, topic: str, value: bytes, key: bytes | None) -> None:
         """A batch-lane record (a completion, or a prompt sent back online), acknowledged."""

@@ -74,32 +74,40 @@ def answer(
         max_metadata_bytes=settings.max_metadata_bytes,
     )
     assert isinstance(decoded, Prompt), "stored batch requests were valid prompts"
-    prompt = decoded
     res = outcome.result if outcome is not None else None
-    if res is None:
-        if (row.batch_on_error if row is not None else None) != "error":
-            raw = msgspec.json.decode(stored.record)
-            raw["lane"] = "online"
-            return encode(raw), settings.prompts_topic
-        if outcome is None or outcome.expired:
-            etype, message = "batch_expired", f"batch {job.batch_id} ended before this request ran"
-        else:
-            err = outcome.error
-            etype = _snake(type(err).__name__) if err is not None else "batch_error"
-            message = str(err) if err is not None else "the batch reported this request failed"
-        comp = Completion(
-            id=prompt.id,
-            model=prompt.model,
-            status="error",
-            metadata=prompt.metadata,
-            provider=job.provider,
-            upstream_model=job.upstream_model,
-            attempts=1,
-            error=ErrorInfo(type=etype, message=message, retryable=False),
-            lane="batch",
-            batch_id=job.batch_id,
-        )
-        return encode(comp), settings.completions_topic
+    if res is not None:
+        return encode(_answered(decoded, res, job, row)), settings.completions_topic
+    if (row.batch_on_error if row is not None else None) != "error":
+        raw = msgspec.json.decode(stored.record)
+        raw["lane"] = "online"
+        return encode(raw), settings.prompts_topic
+    return encode(_unanswered(decoded, outcome, job)), settings.completions_topic
+
+
+def _unanswered(prompt: Prompt, outcome: BatchResult | None, job: Job) -> Completion:
+    """The error completion of a request the batch did not answer (`batch_on_error` error)."""
+    if outcome is None or outcome.expired:
+        etype, message = "batch_expired", f"batch {job.batch_id} ended before this request ran"
+    else:
+        err = outcome.error
+        etype = _snake(type(err).__name__) if err is not None else "batch_error"
+        message = str(err) if err is not None else "the batch reported this request failed"
+    return Completion(
+        id=prompt.id,
+        model=prompt.model,
+        status="error",
+        metadata=prompt.metadata,
+        provider=job.provider,
+        upstream_model=job.upstream_model,
+        attempts=1,
+        error=ErrorInfo(type=etype, message=message, retryable=False),
+        lane="batch",
+        batch_id=job.batch_id,
+    )
+
+
+def _answered(prompt: Prompt, res: ProviderResult, job: Job, row: ModelRow | None) -> Completion:
+    """The completion of an answered request, checked against what the prompt asked."""
     request = provider_request(prompt)
     if job.provider == "anthropic":  # a JSON answer may come as the forced tool's call
         res = settled(_target(job, row), request, res)
@@ -129,12 +137,12 @@ def answer(
         lane="batch",
         batch_id=job.batch_id,
     )
-    if problem is not None:  # the answer fails what the prompt asked: no retry in a batch
-        comp = msgspec.structs.replace(
-            comp,
-            status="error",
-            json=None,
-            tool_calls=None,
-            error=ErrorInfo(type="invalid_output", message=problem, retryable=False),
-        )
-    return encode(comp), settings.completions_topic
+    if problem is None:
+        return comp
+    return msgspec.structs.replace(  # the answer fails what the prompt asked: no batch retry
+        comp,
+        status="error",
+        json=None,
+        tool_calls=None,
+        error=ErrorInfo(type="invalid_output", message=problem, retryable=False),
+    )
