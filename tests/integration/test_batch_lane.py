@@ -19,6 +19,7 @@ import pytest
 from llm_worker.adapters.batch import BatchLimits
 from llm_worker.adapters.batch_openai import OpenAIBatchClient
 from llm_worker.adapters.fake import FakeAdapter
+from llm_worker.devkit.devstack import free_port
 from llm_worker.devkit.fake_server import FakeServer
 from llm_worker.registry.store import upsert_row
 from llm_worker.worker.app import App
@@ -177,3 +178,43 @@ async def test_jobs_stay_within_the_providers_limits(
     assert len(jobs) >= 4 and max(sizes) <= 300, sizes
     sent = Counter(cid for b in jobs for cid in b["custom_ids"])
     assert len(sent) == 1000 and set(sent.values()) == {1}
+
+
+async def test_a_provider_failing_for_one_row_does_not_hold_up_the_others(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """One row's batch API is unreachable (nothing listens on its port) and its job is stuck
+    `submitting`; another row's prompts, sent after, are still submitted, collected and
+    answered, and the replica keeps the lane's lease. The stuck job is tried again, not lost."""
+    s = make_settings(batch_max_wait_s=0.5, batch_poll_s=0.2)
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    upsert_row(pg_dsn, _row("m6a", dead, lane="batch"))
+    upsert_row(pg_dsn, _row("m6b", fake.endpoint("iso"), lane="batch"))
+    await _topics(s)
+    stuck = [{"id": f"s-{i}", "model": "m6a", "prompt": f"q {i}"} for i in range(20)]
+    fine = [{"id": f"f-{i}", "model": "m6b", "prompt": f"q {i}"} for i in range(20)]
+    app = App(s, http=False)
+    async with app.running(), Completions(s) as comps:
+        await _send(s, stuck)
+        for _ in range(300):  # its job is written, and its sending failed at least once
+            if _jobs(pg_dsn, "m6a").get("submitting"):
+                break
+            await asyncio.sleep(0.1)
+        assert _jobs(pg_dsn, "m6a") == {"submitting": 1}
+        await _send(s, fine)
+        out = await comps.wait([p["id"] for p in fine], timeout=60)
+        assert app.batch_runner is not None and app.batch_runner.leased
+        unanswered = set(comps.by_id()) & {p["id"] for p in stuck}
+    assert {c["status"] for c in out.values()} == {"ok"}
+    assert {c["lane"] for c in out.values()} == {"batch"}
+    assert not unanswered, "the unreachable row's prompts wait; they are not answered in error"
+    assert _jobs(pg_dsn, "m6a") == {"submitting": 1}, "tried again later, never dropped"
+
+
+def _jobs(pg_dsn: str, model_id: str) -> Counter[str]:
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT state, count(*) FROM llm_batch_jobs WHERE model_id = %s GROUP BY state",
+            (model_id,),
+        )
+        return Counter({state: n for state, n in rows.fetchall()})

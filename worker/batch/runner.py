@@ -20,14 +20,15 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import msgspec
 
-from llm_worker.adapters.base import ProviderRequest
-from llm_worker.adapters.batch import FINAL_STATES, BatchItem, BatchJob, BatchResult
+from llm_worker.adapters.base import ProviderRequest, Target
+from llm_worker.adapters.batch import FINAL_STATES, BatchClient, BatchItem, BatchJob, BatchResult
 from llm_worker.adapters.errors import BadRequest, ProviderError
 from llm_worker.registry import batches as db
 from llm_worker.registry.models import ModelRow
@@ -89,6 +90,7 @@ class BatchRunner:
         self._conn: db.Conn | None = None
         self.leased = False
         self._polled: dict[int, float] = {}  # job id -> monotonic time of its last poll
+        self._faulted: dict[int, float] = {}  # job id -> when to try again after a fault
         self._cleaned = 0.0
         self.stats: dict[str, Any] = {"waiting": 0, "oldest_s": 0.0, "jobs": {}}
 
@@ -100,10 +102,8 @@ class BatchRunner:
                     await self.step()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the database or a provider is away: next tick
-                    log.warning(
-                        "batch lane: %s", exc if isinstance(exc, ProviderError) else repr(exc)
-                    )
+                except Exception as exc:  # the database is away: next tick, on a new connection
+                    log.warning("batch lane: %r", exc)
                     await self._drop()
                 await asyncio.sleep(self._tick if self.leased else self._s.batch_poll_s)
         finally:
@@ -157,7 +157,8 @@ class BatchRunner:
             )
             if claimed is not None:
                 job, requests = claimed
-                await self._send(conn, job, requests, row)
+                async with self._provider_fault(job, "submitting"):  # left `submitting`: recovered
+                    await self._send(conn, job, requests, row)
 
     async def _send(
         self, conn: db.Conn, job: db.Job, requests: list[db.StoredRequest], row: ModelRow
@@ -219,7 +220,10 @@ class BatchRunner:
 
     async def _recover(self, conn: db.Conn) -> None:
         """Jobs left `submitting` by a crash: found at the provider by key, else sent again."""
+        now = time.monotonic()
         for job in await db.jobs_in(conn, ["submitting"]):
+            if self._faulted.get(job.id, 0.0) > now:
+                continue
             row = self._rows(job.model_id)
             client = self._clients.client(job.provider)
             if row is None or client is None:
@@ -227,12 +231,16 @@ class BatchRunner:
             target = self._clients.target(
                 job.provider, job.endpoint, job.upstream_model, row, secret=True
             )
-            found = await client.find(target, job.job_key, job.created_at - timedelta(minutes=5))
-            if found is not None:
-                log.info("batch lane: job %d was submitted before a restart: %s", job.id, found.id)
-                await self._submitted(conn, job, found)
-            else:
-                await self._send(conn, job, await db.job_requests(conn, job.id), row)
+            async with self._provider_fault(job, "recovering"):
+                since = job.created_at - timedelta(minutes=5)
+                found = await client.find(target, job.job_key, since)
+                if found is not None:
+                    log.info(
+                        "batch lane: job %d was submitted before a restart: %s", job.id, found.id
+                    )
+                    await self._submitted(conn, job, found)
+                else:
+                    await self._send(conn, job, await db.job_requests(conn, job.id), row)
 
     # -- poll and collect -------------------------------------------------------------------
     async def _poll(self, conn: db.Conn) -> None:
@@ -249,44 +257,78 @@ class BatchRunner:
             target = self._clients.target(
                 job.provider, job.endpoint, job.upstream_model, row, secret=True
             )
-            state = await (client.cancel if cancel else client.get)(target, job.batch_id)
-            if state.state not in FINAL_STATES:
-                await db.set_job(
-                    conn,
-                    job.id,
-                    provider_state=state.provider_state,
-                    succeeded=state.succeeded,
-                    errored=state.errored,
-                )
-                continue
-            results = {r.custom_id: r for r in await client.results(target, job.batch_id)}
-            requests = await db.job_requests(conn, job.id)
-            answers = []
-            for r in requests:
-                if r.state != "submitted":
-                    continue
-                value, topic = answer(self._s, r, results.get(_custom_id(job, r)), job, row)
-                answers.append((r.id, value, topic))
-            await db.set_answers(
+            async with self._provider_fault(job, "polling"):
+                await self._collect(conn, job, client, target, row, cancel)
+
+    async def _collect(
+        self,
+        conn: db.Conn,
+        job: db.Job,
+        client: BatchClient,
+        target: Target,
+        row: ModelRow,
+        cancel: bool,
+    ) -> None:
+        """One submitted job's state at the provider; its answers stored once it ended."""
+        assert job.batch_id is not None
+        state = await (client.cancel if cancel else client.get)(target, job.batch_id)
+        if state.state not in FINAL_STATES:
+            await db.set_job(
                 conn,
                 job.id,
-                answers,
-                {
-                    "state": "cancelled" if state.state == "cancelled" else "collected",
-                    "provider_state": state.provider_state,
-                    "succeeded": state.succeeded,
-                    "errored": state.errored,
-                    "collected_at": datetime.now(UTC),
-                },
+                provider_state=state.provider_state,
+                succeeded=state.succeeded,
+                errored=state.errored,
             )
-            self._polled.pop(job.id, None)
-            log.info(
-                "batch lane: job %d (%s) %s: %d answers to deliver",
+            return
+        results = {r.custom_id: r for r in await client.results(target, job.batch_id)}
+        requests = await db.job_requests(conn, job.id)
+        answers = []
+        for r in requests:
+            if r.state != "submitted":
+                continue
+            value, topic = answer(self._s, r, results.get(_custom_id(job, r)), job, row)
+            answers.append((r.id, value, topic))
+        await db.set_answers(
+            conn,
+            job.id,
+            answers,
+            {
+                "state": "cancelled" if state.state == "cancelled" else "collected",
+                "provider_state": state.provider_state,
+                "succeeded": state.succeeded,
+                "errored": state.errored,
+                "collected_at": datetime.now(UTC),
+            },
+        )
+        self._polled.pop(job.id, None)
+        log.info(
+            "batch lane: job %d (%s) %s: %d answers to deliver",
+            job.id,
+            job.batch_id,
+            state.provider_state,
+            len(answers),
+        )
+
+    @asynccontextmanager
+    async def _provider_fault(self, job: db.Job, doing: str) -> AsyncIterator[None]:
+        """A provider's error while working on one job is that job's: logged, and the job is
+        taken up again after `batch_poll_s`, while the pass goes on to the other jobs (a
+        provider failing for one row holds up neither the others nor the lease)."""
+        try:
+            yield
+        except ProviderError as exc:
+            self._faulted[job.id] = time.monotonic() + self._s.batch_poll_s
+            log.warning(
+                "batch lane: job %d (%s), %s: %s; tried again in %gs",
                 job.id,
-                job.batch_id,
-                state.provider_state,
-                len(answers),
+                job.model_id,
+                doing,
+                exc,
+                self._s.batch_poll_s,
             )
+        else:
+            self._faulted.pop(job.id, None)
 
     # -- deliver ----------------------------------------------------------------------------
     async def _settle(self, conn: db.Conn) -> None:
