@@ -60,6 +60,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.py_spy:
+        from llm_worker.devkit.bench.harness import py_spy_path
+
+        if not args.scenario or py_spy_path() is None:
+            why = "a suite scenario" if not args.scenario else "py-spy (pip install py-spy)"
+            print(f"bench: --py-spy needs {why}", file=sys.stderr)
+            return 2
     if args.scenario:
         from llm_worker.devkit.bench.suite import run_suite
 

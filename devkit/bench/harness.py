@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,7 @@ __all__ = [
     "open_stack",
     "prompt_text",
     "provider_batches",
+    "py_spy_path",
     "read_topic",
     "run_load",
     "set_profile",
@@ -178,14 +180,20 @@ class Run:
     metrics_text: str = ""  # the worker's /metrics after the last completion, when asked
 
 
+def py_spy_path() -> str | None:
+    """The `py-spy` executable: beside this Python's, else on PATH; None when neither."""
+    here = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return here if os.path.exists(here) else shutil.which("py-spy")
+
+
 def _py_spy(run: Run, load: Load, pid: int) -> subprocess.Popen[bytes] | None:
     """`py-spy record` of the process (collapsed stacks, idle frames left out) when asked."""
     if not run.stack.profile_dir:
         return None
     os.makedirs(run.stack.profile_dir, exist_ok=True)
     name = f"{run.system}-{load.latency_ms:g}ms-{run.run_id}.txt"
-    here = os.path.join(os.path.dirname(sys.executable), "py-spy")
-    spy = here if os.path.exists(here) else "py-spy"
+    spy = py_spy_path()
+    assert spy is not None, "checked before the run (`bench --py-spy`)"
     args = ["record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking"]
     return subprocess.Popen(
         [spy, *args, "--output", os.path.join(run.stack.profile_dir, name)],

@@ -414,3 +414,19 @@ def test_a_long_paced_wait_polls_for_delivery_reports() -> None:
     t0 = time.monotonic()
     wait_until(producer, t0 + 0.02)  # type: ignore[arg-type]
     assert producer.calls >= 1 and time.monotonic() - t0 >= 0.02
+
+
+def test_py_spy_is_refused_with_a_line_when_it_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bench --py-spy` without py-spy installed (or without a scenario) exits 2 with a line
+    naming what is missing, before any broker starts (it used to end in a traceback)."""
+    from llm_worker.devkit.bench import harness
+    from llm_worker.worker.cli.main import main
+
+    monkeypatch.setattr(harness, "py_spy_path", lambda: None)
+    assert main(["bench", "throughput", "--py-spy", "/tmp/x"]) == 2
+    assert "py-spy (pip install py-spy)" in capsys.readouterr().err
+    monkeypatch.setattr(harness, "py_spy_path", lambda: "/usr/bin/py-spy")
+    assert main(["bench", "--py-spy", "/tmp/x"]) == 2
+    assert "needs a suite scenario" in capsys.readouterr().err
