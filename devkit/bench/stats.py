@@ -3,6 +3,7 @@
     percentile      nearest-rank percentile of a list (nan when empty)
     slope           least-squares slope of (x, y) points; the soak's RSS growth
     after_warmup    the points from the warm-up's end on
+    steady          a run's latency figures without its first seconds (a paced run's steady state)
     Sample          what one run collected: per-completion times, counters, process figures
     metrics         a Sample -> the fixed set of figures of one JSON line (`METRIC_KEYS`)
     table           rows of metrics -> a plain-text table for the terminal
@@ -26,6 +27,7 @@ __all__ = [
     "metrics",
     "percentile",
     "slope",
+    "steady",
     "table",
 ]
 
@@ -89,6 +91,8 @@ class Sample:
     done: list[float] = field(default_factory=list)  # wall time each completion was read
     e2e_ms: list[float] = field(default_factory=list)  # published -> read
     overhead_ms: list[float] = field(default_factory=list)  # queue_ms - latency_ms
+    sent_at: list[float] = field(default_factory=list)  # each e2e_ms's prompt: wall time sent
+    overhead_sent_at: list[float] = field(default_factory=list)  # the same for overhead_ms
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # error type -> count
     deduplicated: int = 0
@@ -102,6 +106,7 @@ class Sample:
         self.done.append(now)
         if sent is not None:
             self.e2e_ms.append((now - sent) * 1000)
+            self.sent_at.append(sent)
         if comp.get("status") == "ok":
             self.ok += 1
         else:
@@ -115,6 +120,7 @@ class Sample:
         queue, call = comp.get("queue_ms"), comp.get("latency_ms")
         if isinstance(queue, int | float) and isinstance(call, int | float):
             self.overhead_ms.append(max(0.0, queue - call))
+            self.overhead_sent_at.append(math.nan if sent is None else sent)
 
 
 def _r(value: float, digits: int = 1) -> float | None:
@@ -145,6 +151,21 @@ def metrics(s: Sample) -> dict[str, Any]:
         "peak_rss_mb": _r(s.peak_rss_mb),
         "cpu_s": _r(s.cpu_s, 2),
         "cpu_s_per_1k": _r(s.cpu_s / n * 1000 if n else math.nan, 3),
+    }
+
+
+def steady(s: Sample, warmup_s: float) -> dict[str, Any]:
+    """The latency figures of the prompts sent `warmup_s` or more after publishing began: a
+    paced run's steady state, without the start-up of the worker and of a just-started broker
+    (a JVM compiling its hot paths takes over a core for its first seconds, docs/BENCHMARKS.md)."""
+    since = s.start + warmup_s
+    e2e = [ms for ms, at in zip(s.e2e_ms, s.sent_at, strict=True) if at >= since]
+    ovh = [ms for ms, at in zip(s.overhead_ms, s.overhead_sent_at, strict=True) if at >= since]
+    return {
+        "warmup_s": warmup_s,
+        "completions": len(e2e),
+        "e2e_ms": {f"p{q}": _r(percentile(e2e, q)) for q in (50, 95, 99)},
+        "overhead_ms": {f"p{q}": _r(percentile(ovh, q), 2) for q in (50, 99)},
     }
 
 

@@ -111,6 +111,7 @@ def run_suite(args: argparse.Namespace) -> int:
     progress = Progress()
     rows: list[tuple[str, dict[str, Any]]] = []
     medians: list[tuple[str, dict[str, Any]]] = []
+    summaries: list[str] = []
     over: list[str] = []  # the regression check's findings
     complete = True
     # the bench client shares the cores: keep the cyclic GC off its (acyclic) bookkeeping
@@ -125,6 +126,7 @@ def run_suite(args: argparse.Namespace) -> int:
                 print(json.dumps(scenario_line(name, args.broker, result)), flush=True)
                 over += cpu_regressions(name, result, args.max_cpu_ratio)
                 medians += [(name, m) for m in result.get("medians", {}).values()]
+                summaries += [f"{name}: {line}" for line in result.get("summary", [])]
                 for run in result["runs"]:
                     rows.append((name, run))
                     complete = complete and run["completions"] == run["count"]
@@ -148,6 +150,8 @@ def run_suite(args: argparse.Namespace) -> int:
             if k in med
         )
         print(f"{name} {med['system']}, median of {med['rounds']}: {spread}", file=sys.stderr)
+    for line in summaries:
+        print(line, file=sys.stderr)
     for line in over:
         print(f"bench: {line}", file=sys.stderr)
     return 0 if complete and not over else 1

@@ -34,6 +34,7 @@ from llm_worker.devkit.bench.stats import (
     metrics,
     percentile,
     slope,
+    steady,
     table,
 )
 from llm_worker.devkit.bench.streaming import (
@@ -430,3 +431,20 @@ def test_py_spy_is_refused_with_a_line_when_it_cannot_run(
     monkeypatch.setattr(harness, "py_spy_path", lambda: "/usr/bin/py-spy")
     assert main(["bench", "--py-spy", "/tmp/x"]) == 2
     assert "needs a suite scenario" in capsys.readouterr().err
+
+
+def test_steady_figures_leave_out_the_prompts_sent_during_the_warm_up() -> None:
+    """`half-load`'s steady state: only prompts sent `warmup_s` after publishing began count;
+    a slow start (a just-started broker) shows in the whole run's figures, not in these."""
+    s = Sample(system="worker", provider_latency_ms=20.0, count=200, start=1000.0)
+    for i in range(200):
+        sent = 1000.0 + i * 0.1  # 20 s of publishing; the first 10 s answered 500 ms late
+        slow = i < 100
+        comp = {"status": "ok", "queue_ms": 520.0 if slow else 22.0, "latency_ms": 20.0}
+        s.add(comp, sent + (0.52 if slow else 0.022), sent)
+    whole = metrics(s)["overhead_ms"]
+    calm = steady(s, 10.0)
+    assert whole["p99"] == 500.0
+    assert calm["completions"] == 100
+    assert calm["overhead_ms"] == {"p50": 2.0, "p99": 2.0}
+    assert calm["e2e_ms"]["p99"] == pytest.approx(22.0)
