@@ -60,6 +60,7 @@ class NewRequest(msgspec.Struct, frozen=True, kw_only=True):
     record: bytes
     record_key: bytes | None
     size_bytes: int
+    deadline_at: datetime | None = None  # the prompt's own deadline; None: it set none
 
 
 class StoredRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,7 +138,7 @@ async def write_requests(conn: Conn, requests: Sequence[NewRequest]) -> None:
     async with conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO llm_batch_requests (source, group_key, model_id, prompt_id, record,"
-            " record_key, size_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " record_key, size_bytes, deadline_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (source) DO NOTHING",
             [
                 (
@@ -148,6 +149,7 @@ async def write_requests(conn: Conn, requests: Sequence[NewRequest]) -> None:
                     r.record,
                     r.record_key,
                     r.size_bytes,
+                    r.deadline_at,
                 )
                 for r in requests
             ],
@@ -214,6 +216,32 @@ async def claim_group(
             (job.id, [r.id for r in taken]),
         )
     return job, taken
+
+
+async def past_deadline(conn: Conn, limit: int) -> list[StoredRequest]:
+    """Waiting requests whose prompt's deadline has passed (they are never sent)."""
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        "SELECT id, source, model_id, prompt_id, record, record_key, state"
+        " FROM llm_batch_requests WHERE state = 'waiting' AND deadline_at <= now()"
+        " ORDER BY id LIMIT %s",
+        (limit,),
+    )
+    return [StoredRequest(**r) for r in await cur.fetchall()]
+
+
+async def answer_waiting(conn: Conn, answers: Sequence[tuple[int, bytes, str]]) -> int:
+    """Answer waiting requests without a job (`answered`: their records go out as a job's
+    do); one claimed by a job meanwhile keeps its job. Returns how many were answered."""
+    async with conn.transaction(), conn.cursor() as cur:
+        answered = 0
+        for rid, value, topic in answers:
+            await cur.execute(
+                "UPDATE llm_batch_requests SET state = 'answered', completion = %s,"
+                " deliver_topic = %s WHERE id = %s AND state = 'waiting'",
+                (value, topic, rid),
+            )
+            answered += cur.rowcount
+    return answered
 
 
 async def set_job(conn: Conn, job_id: int, **fields: Any) -> None:

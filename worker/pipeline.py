@@ -76,8 +76,15 @@ class BatchSink(Protocol):
         """Why the prompt cannot go to `candidate`'s batch API (naming what to change)."""
         ...
 
-    async def put(self, rec: InputRecord, prompt: Prompt, candidate: Candidate) -> None:
-        """Store the prompt durably (returns once it is written)."""
+    async def put(
+        self,
+        rec: InputRecord,
+        prompt: Prompt,
+        candidate: Candidate,
+        deadline_ms: float | None = None,
+    ) -> None:
+        """Store the prompt durably (returns once it is written), with its own deadline
+        (epoch ms), which bounds its wait for a job."""
         ...
 
 
@@ -385,7 +392,9 @@ class Pipeline:
 
     async def _finish(self, p: Pending) -> Draft:
         if p.batch and self._batch is not None:
-            await self._batch.put(p.rec, p.prompt, p.candidates[0])
+            # the prompt's own deadline only: the worker's default TTL is for live calls
+            end = deadline_ms(p.prompt, p.rec.timestamp_ms, self._wall() * 1000, 0)
+            await self._batch.put(p.rec, p.prompt, p.candidates[0], end[0] if end else None)
             return Draft(topic="", value=b"", key=None, headers=None, stored=True).labelled(
                 p.prompt.model
             )

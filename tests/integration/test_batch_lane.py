@@ -218,3 +218,32 @@ def _jobs(pg_dsn: str, model_id: str) -> Counter[str]:
             (model_id,),
         )
         return Counter({state: n for state, n in rows.fetchall()})
+
+
+async def test_a_prompt_whose_deadline_passes_while_it_waits_is_never_sent(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """Prompts with a `ttl_ms` shorter than the lane's wait for a job are stored, then answered
+    `deadline_exceeded` (no attempt, `lane: batch`, no `batch_id`) when it passes, and never
+    go into a job; the others of the same row are answered by the job."""
+    s = make_settings(batch_max_wait_s=4.0, batch_poll_s=0.2)
+    upsert_row(pg_dsn, _row("m7", fake.endpoint("ttl"), lane="batch"))
+    await _topics(s)
+    short = [{"id": f"t-{i}", "model": "m7", "prompt": f"q {i}", "ttl_ms": 1500} for i in range(5)]
+    patient = [{"id": f"p-{i}", "model": "m7", "prompt": f"r {i}"} for i in range(5)]
+    app = App(s, http=False)
+    warm = {"id": "warm", "model": "m7", "prompt": "w", "lane": "online"}
+    async with app.running(), Completions(s) as comps:
+        await _send(s, [warm])  # the worker owns its partitions: no wait eats the ttl
+        await comps.wait(["warm"], timeout=60)
+        await _send(s, short + patient)
+        out = await comps.wait([p["id"] for p in short + patient], timeout=60)
+    for p in short:
+        c = out[p["id"]]
+        assert c["status"] == "error" and c["error"]["type"] == "deadline_exceeded", c
+        assert c["attempts"] == 0 and c["lane"] == "batch" and c["batch_id"] is None, c
+        assert "waited for a batch job" in c["error"]["message"]
+    assert {out[p["id"]]["status"] for p in patient} == {"ok"}
+    sent = [cid for b in await _batches(fake, "ttl") for cid in b["custom_ids"]]
+    assert len(sent) == len(patient), "the expired prompts never went into a job"
+    assert _states(pg_dsn) == {"done": 10}

@@ -9,6 +9,8 @@ import asyncio
 import json
 from typing import Any
 
+import msgspec
+
 from llm_worker.adapters.base import ProviderRequest
 from llm_worker.registry.models import ModelRow
 from llm_worker.registry.resolve import Candidate, resolve
@@ -47,13 +49,21 @@ class Sink:
         self.refusal = refusal
         self.refused: list[str] = []
         self.stored: list[tuple[InputRecord, Prompt, Candidate]] = []
+        self.deadlines: list[float | None] = []
 
     def refuse(self, candidate: Candidate, request: ProviderRequest) -> str | None:
         self.refused.append(candidate.row.model_id)
         return self.refusal
 
-    async def put(self, rec: InputRecord, prompt: Prompt, candidate: Candidate) -> None:
+    async def put(
+        self,
+        rec: InputRecord,
+        prompt: Prompt,
+        candidate: Candidate,
+        deadline_ms: float | None = None,
+    ) -> None:
         self.stored.append((rec, prompt, candidate))
+        self.deadlines.append(deadline_ms)
 
 
 def _pipeline(caller: Caller, sink: Sink | None) -> Pipeline:
@@ -85,6 +95,28 @@ async def test_a_batch_prompt_is_stored_with_nothing_to_produce() -> None:
     stored_rec, prompt, cand = sink.stored[0]
     assert stored_rec is rec and prompt.id == "a" and cand.row.model_id == "m1"
     assert caller.tenants == []  # no live call
+
+
+async def test_a_batch_prompt_is_stored_with_its_own_deadline_not_the_default_ttl() -> None:
+    """`deadline` / `ttl_ms` (from the record's timestamp) go with the stored prompt: they bound
+    its wait for a job. The worker's default TTL is for live calls and is not stored."""
+    caller, sink = Caller(), Sink()
+    settings = load_settings({"LLM_WORKER_DEFAULT_TTL_MS": "5000"})
+    p = Pipeline(
+        settings,
+        Registry(),
+        caller,  # type: ignore[arg-type]
+        Metrics(),
+        wall_clock=lambda: 1000.0,  # epoch seconds: 1,000,000 ms
+        batch=sink,
+    )
+    with_ttl = _rec(model="cheap", ttl_ms=60_000)
+    stamped = msgspec.structs.replace(with_ttl, timestamp_ms=999_000)
+    await p.process(stamped)
+    await p.process(_rec(model="cheap", deadline=1_500_000))
+    await p.process(_rec(model="cheap"))
+    assert sink.deadlines == [1_059_000, 1_500_000, None]
+    assert caller.tenants == []
 
 
 async def test_a_row_with_lane_batch_sends_prompts_that_do_not_say() -> None:

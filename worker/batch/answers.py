@@ -26,7 +26,7 @@ from ..messages import (
     provider_request,
 )
 
-__all__ = ["answer", "batch_cost"]
+__all__ = ["answer", "batch_cost", "past_deadline"]
 
 
 def batch_cost(res: ProviderResult, row: ModelRow | None) -> float:
@@ -68,12 +68,7 @@ def answer(
 ) -> tuple[bytes, str]:
     """(the record's value, its topic) for one request of a collected job; `outcome` None: the
     provider returned nothing for it (an expired or cancelled job)."""
-    decoded = decode_prompt(
-        stored.record,
-        max_bytes=max(settings.max_message_bytes, len(stored.record) + 1),
-        max_metadata_bytes=settings.max_metadata_bytes,
-    )
-    assert isinstance(decoded, Prompt), "stored batch requests were valid prompts"
+    decoded = _prompt(settings, stored)
     res = outcome.result if outcome is not None else None
     if res is not None:
         return encode(_answered(decoded, res, job, row)), settings.completions_topic
@@ -82,6 +77,38 @@ def answer(
         raw["lane"] = "online"
         return encode(raw), settings.prompts_topic
     return encode(_unanswered(decoded, outcome, job)), settings.completions_topic
+
+
+def past_deadline(settings: Settings, stored: StoredRequest) -> bytes:
+    """The error completion of a request whose prompt's deadline passed while it waited for a
+    job: `deadline_exceeded`, no attempt, never sent to the provider."""
+    prompt = _prompt(settings, stored)
+    return encode(
+        Completion(
+            id=prompt.id,
+            model=prompt.model,
+            status="error",
+            metadata=prompt.metadata,
+            attempts=0,
+            error=ErrorInfo(
+                type="deadline_exceeded",
+                message="the prompt's deadline passed while it waited for a batch job; it was"
+                " not sent (give a later `deadline` or `ttl_ms`, or use lane online)",
+                retryable=False,
+            ),
+            lane="batch",
+        )
+    )
+
+
+def _prompt(settings: Settings, stored: StoredRequest) -> Prompt:
+    decoded = decode_prompt(
+        stored.record,
+        max_bytes=max(settings.max_message_bytes, len(stored.record) + 1),
+        max_metadata_bytes=settings.max_metadata_bytes,
+    )
+    assert isinstance(decoded, Prompt), "stored batch requests were valid prompts"
+    return decoded
 
 
 def _unanswered(prompt: Prompt, outcome: BatchResult | None, job: Job) -> Completion:

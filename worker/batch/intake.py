@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 from llm_worker.adapters.backoff import Backoff
 from llm_worker.adapters.base import ProviderRequest
@@ -49,7 +50,17 @@ class BatchIntake:
     def refuse(self, candidate: Candidate, request: ProviderRequest) -> str | None:
         return self._clients.refuse(candidate, request)
 
-    async def put(self, rec: InputRecord, prompt: Prompt, candidate: Candidate) -> None:
+    async def put(
+        self,
+        rec: InputRecord,
+        prompt: Prompt,
+        candidate: Candidate,
+        deadline_ms: float | None = None,
+    ) -> None:
+        """Store the prompt; `deadline_ms` (epoch ms) is its own deadline, if it set one."""
+        deadline_at = (
+            None if deadline_ms is None else datetime.fromtimestamp(deadline_ms / 1000, UTC)
+        )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         value = rec.value or b""  # a valid prompt has one
         self._queue.append(
@@ -62,6 +73,7 @@ class BatchIntake:
                     record=value,
                     record_key=rec.key,
                     size_bytes=len(value),
+                    deadline_at=deadline_at,
                 ),
                 fut,
             )

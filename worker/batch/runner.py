@@ -36,7 +36,7 @@ from llm_worker.registry.models import ModelRow
 from ..config import Settings
 from ..messages import Prompt, decode_prompt, provider_request
 from ..ops.metrics import Metrics
-from .answers import answer
+from .answers import answer, past_deadline
 from .clients import BatchClients
 
 __all__ = ["AtomicSender", "BatchRunner", "Produce"]
@@ -66,6 +66,10 @@ class AtomicSender(Protocol):
 
 TICK_S = 1.0  # how often the lane looks for work (submissions are due, answers to deliver)
 DELIVER_BATCH = 200  # records produced before their done mark: what a crash may repeat
+
+
+_EXPIRE_BATCH = 1000
+"""Requests past their deadline answered per transaction."""
 
 
 class BatchRunner:
@@ -126,6 +130,7 @@ class BatchRunner:
         self.stats = await db.stats(conn)
         self._export()
         await self._recover(conn)
+        await self._expire(conn)
         await self._submit_due(conn)
         await self._poll(conn)
         await self._deliver(conn)
@@ -134,6 +139,16 @@ class BatchRunner:
             await db.delete_done(conn, self._s.batch_retention_s)
 
     # -- submit ---------------------------------------------------------------------------
+    async def _expire(self, conn: db.Conn) -> None:
+        """Requests whose prompt's deadline passed while they waited: `deadline_exceeded`,
+        delivered as a job's answers are, and never sent."""
+        while due := await db.past_deadline(conn, _EXPIRE_BATCH):
+            answers = [(r.id, past_deadline(self._s, r), self._s.completions_topic) for r in due]
+            n = await db.answer_waiting(conn, answers)
+            log.info("batch lane: %d requests past their prompt's deadline before a job", n)
+            if len(due) < _EXPIRE_BATCH:
+                return
+
     async def _submit_due(self, conn: db.Conn) -> None:
         now = datetime.now(UTC)
         for group in await db.waiting_groups(conn):
