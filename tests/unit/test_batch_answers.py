@@ -14,10 +14,10 @@ import pytest
 
 from llm_worker.adapters.base import ProviderResult
 from llm_worker.adapters.batch import BatchResult
-from llm_worker.adapters.errors import ContextLengthExceeded
+from llm_worker.adapters.errors import ContextLengthExceeded, ProviderTimeout
 from llm_worker.registry.batches import Job, StoredRequest
 from llm_worker.registry.models import ModelRow
-from llm_worker.worker.batch.answers import answer
+from llm_worker.worker.batch.answers import answer, past_deadline
 from llm_worker.worker.config import load_settings
 
 SETTINGS = load_settings({})
@@ -175,3 +175,19 @@ def test_an_errored_request_with_on_error_error_names_its_error_class() -> None:
     assert c["status"] == "error" and c["error"]["type"] == "context_length_exceeded"
     assert "too long" in c["error"]["message"]
     assert (c["lane"], c["batch_id"], c["provider"]) == ("batch", "batch_abc", "openai")
+
+
+def test_an_errored_requests_type_is_the_one_a_live_call_would_give() -> None:
+    """The error completion says the error's `type` as the online lane does (`timeout`, not
+    the class name `ProviderTimeout` in snake case)."""
+    timed_out = BatchResult(custom_id="11", error=ProviderTimeout("no answer in time"))
+    value, _ = answer(SETTINGS, _stored(), timed_out, JOB, _row(batch_on_error="error"))
+    assert _completion(value)["error"]["type"] == "timeout"
+
+
+def test_a_request_past_its_deadline_is_deadline_exceeded_with_no_attempt() -> None:
+    c = _completion(past_deadline(SETTINGS, _stored()))
+    assert c["status"] == "error" and c["error"]["type"] == "deadline_exceeded"
+    assert c["error"]["retryable"] is False and "waited for a batch job" in c["error"]["message"]
+    assert c["attempts"] == 0 and c["lane"] == "batch" and c["batch_id"] is None
+    assert c["id"] == PROMPT["id"] and c["model"] == PROMPT["model"]

@@ -52,13 +52,6 @@ def _target(job: Job, row: ModelRow | None) -> Target:
     )
 
 
-def _snake(name: str) -> str:
-    out = [name[0].lower()] if name else []
-    for ch in name[1:]:
-        out.append("_" + ch.lower() if ch.isupper() else ch)
-    return "".join(out)
-
-
 def answer(
     settings: Settings,
     stored: StoredRequest,
@@ -117,7 +110,7 @@ def _unanswered(prompt: Prompt, outcome: BatchResult | None, job: Job) -> Comple
         etype, message = "batch_expired", f"batch {job.batch_id} ended before this request ran"
     else:
         err = outcome.error
-        etype = _snake(type(err).__name__) if err is not None else "batch_error"
+        etype = err.type if err is not None else "batch_error"  # the online lane's types
         message = str(err) if err is not None else "the batch reported this request failed"
     return Completion(
         id=prompt.id,
