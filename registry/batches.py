@@ -26,16 +26,19 @@ __all__ = [
     "Job",
     "NewRequest",
     "StoredRequest",
+    "answer_waiting",
     "cancel_job",
     "claim_group",
     "connect",
     "delete_done",
+    "encode_headers",
     "get_job",
     "job_requests",
     "jobs_in",
     "list_jobs",
     "mark_done",
     "open_attempts",
+    "past_deadline",
     "request_states",
     "set_answers",
     "set_attempt",
@@ -61,6 +64,7 @@ class NewRequest(msgspec.Struct, frozen=True, kw_only=True):
     record_key: bytes | None
     size_bytes: int
     deadline_at: datetime | None = None  # the prompt's own deadline; None: it set none
+    headers: bytes | None = None  # its record's trace headers (`encode_headers`); None: none
 
 
 class StoredRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +77,11 @@ class StoredRequest(msgspec.Struct, frozen=True, kw_only=True):
     state: str
     completion: bytes | None = None
     deliver_topic: str | None = None
+    headers: bytes | None = None
+
+    def record_headers(self) -> list[tuple[str, bytes]] | None:
+        """The headers the record delivered for this request carries."""
+        return None if self.headers is None else _headers_decoder.decode(self.headers)
 
 
 class Group(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,6 +115,14 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
 
 Conn = psycopg.AsyncConnection[Any]
 
+_headers_decoder = msgspec.json.Decoder(list[tuple[str, bytes]])
+
+
+def encode_headers(headers: list[tuple[str, bytes]] | None) -> bytes | None:
+    """Record headers as stored in `llm_batch_requests.headers` (None: none)."""
+    return msgspec.json.encode(headers) if headers else None
+
+
 _JOB_COLUMNS = ", ".join(Job.__struct_fields__)
 
 
@@ -138,7 +155,8 @@ async def write_requests(conn: Conn, requests: Sequence[NewRequest]) -> None:
     async with conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
             "INSERT INTO llm_batch_requests (source, group_key, model_id, prompt_id, record,"
-            " record_key, size_bytes, deadline_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " record_key, size_bytes, deadline_at, headers)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (source) DO NOTHING",
             [
                 (
@@ -150,6 +168,7 @@ async def write_requests(conn: Conn, requests: Sequence[NewRequest]) -> None:
                     r.record_key,
                     r.size_bytes,
                     r.deadline_at,
+                    r.headers,
                 )
                 for r in requests
             ],
@@ -221,7 +240,7 @@ async def claim_group(
 async def past_deadline(conn: Conn, limit: int) -> list[StoredRequest]:
     """Waiting requests whose prompt's deadline has passed (they are never sent)."""
     cur = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT id, source, model_id, prompt_id, record, record_key, state"
+        "SELECT id, source, model_id, prompt_id, record, record_key, state, headers"
         " FROM llm_batch_requests WHERE state = 'waiting' AND deadline_at <= now()"
         " ORDER BY id LIMIT %s",
         (limit,),
@@ -263,7 +282,7 @@ async def jobs_in(conn: Conn, states: Sequence[str]) -> list[Job]:
 async def job_requests(conn: Conn, job_id: int) -> list[StoredRequest]:
     cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT id, source, model_id, prompt_id, record, record_key, state, completion,"
-        " deliver_topic FROM llm_batch_requests WHERE job_id = %s ORDER BY id",
+        " deliver_topic, headers FROM llm_batch_requests WHERE job_id = %s ORDER BY id",
         (job_id,),
     )
     return [StoredRequest(**r) for r in await cur.fetchall()]
@@ -291,8 +310,8 @@ async def set_answers(
 async def to_deliver(conn: Conn, limit: int) -> list[StoredRequest]:
     cur = await conn.cursor(row_factory=dict_row).execute(
         "SELECT id, source, model_id, prompt_id, record, record_key, state, completion,"
-        " deliver_topic FROM llm_batch_requests WHERE state = 'answered' AND attempt IS NULL"
-        " ORDER BY id LIMIT %s",
+        " deliver_topic, headers FROM llm_batch_requests"
+        " WHERE state = 'answered' AND attempt IS NULL ORDER BY id LIMIT %s",
         (limit,),
     )
     return [StoredRequest(**r) for r in await cur.fetchall()]

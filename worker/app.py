@@ -143,9 +143,15 @@ class App:
         )
         self._batch_tasks: list[asyncio.Task[None]] = []
 
-    async def _produce_batch(self, topic: str, value: bytes, key: bytes | None) -> None:
+    async def _produce_batch(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
         """A batch-lane record (a completion, or a prompt sent back online), acknowledged."""
-        await self.bridge.produce(topic, value, key=key)
+        await self.bridge.produce(topic, value, key=key, headers=headers)
 
     async def _publish_chunk(
         self,

@@ -56,13 +56,11 @@ from .messages import (
 )
 from .ops.metrics import Metrics
 from .ops.tracing import NO_TRACING, MessageTrace, MessageTracer
-from .records import InputRecord, Outcome, record_size
+from .records import InputRecord, Outcome, passthrough_headers, record_size
 
 __all__ = ["InputRecord", "Outcome", "Pending", "Pipeline", "RegistryView"]
 
 log = logging.getLogger("llm_worker.outcome")
-
-PASSTHROUGH_HEADERS = ("traceparent", "tracestate")
 
 
 class RegistryView(Protocol):
@@ -158,13 +156,6 @@ class _RankPeek(msgspec.Struct):
 
 
 _peek = msgspec.json.Decoder(_RankPeek)
-
-
-def _headers_out(rec: InputRecord) -> list[tuple[str, bytes]] | None:
-    if not rec.headers:
-        return None
-    kept = [(k, v) for k, v in rec.headers if k in PASSTHROUGH_HEADERS]
-    return kept or None
 
 
 class Pipeline:
@@ -423,7 +414,7 @@ class Pipeline:
     async def _finish_streamed(self, p: Pending, streams: StreamCalls) -> Draft:
         """The call streamed (or followed, or served whole), its chunks acknowledged, then its
         completion; one that failed mid-stream keeps the text streamed so far."""
-        w = streams.writer(p.prompt.id, p.rec.key, _headers_out(p.rec))
+        w = streams.writer(p.prompt.id, p.rec.key, passthrough_headers(p.rec))
         try:
             if p.hit is not None:
                 streams.whole(w, p.hit.result)
@@ -585,7 +576,7 @@ class Pipeline:
             topic=self._s.completions_topic,
             value=encode(comp),
             key=rec.key,
-            headers=_headers_out(rec),
+            headers=passthrough_headers(rec),
             completion=comp,
         )
 

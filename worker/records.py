@@ -16,7 +16,16 @@ import msgspec
 from .messages import Completion, ErrorInfo, encode
 from .spans import MessageTrace
 
-__all__ = ["KEEP_KEY_BYTES", "SHRINK_STEPS", "InputRecord", "Outcome", "record_size", "shrink"]
+__all__ = [
+    "KEEP_KEY_BYTES",
+    "PASSTHROUGH_HEADERS",
+    "SHRINK_STEPS",
+    "InputRecord",
+    "Outcome",
+    "passthrough_headers",
+    "record_size",
+    "shrink",
+]
 
 SHRINK_STEPS = 2
 """How many times an outcome refused as too large is replaced by a smaller one before its
@@ -37,6 +46,18 @@ class InputRecord(msgspec.Struct, frozen=True, kw_only=True):
     key: bytes | None = None
     headers: list[tuple[str, bytes]] | None = None
     timestamp_ms: int | None = None
+
+
+PASSTHROUGH_HEADERS = ("traceparent", "tracestate")
+"""The input record's headers its outcome record carries over (W3C Trace Context)."""
+
+
+def passthrough_headers(rec: InputRecord) -> list[tuple[str, bytes]] | None:
+    """`rec`'s headers that go on to its outcome record, in order; None when it has none."""
+    if not rec.headers:
+        return None
+    kept = [(k, v) for k, v in rec.headers if k in PASSTHROUGH_HEADERS]
+    return kept or None
 
 
 class Outcome(msgspec.Struct, kw_only=True):

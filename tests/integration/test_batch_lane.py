@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
+from confluent_kafka import Producer
 
 from llm_worker.adapters.batch import BatchLimits
 from llm_worker.adapters.batch_openai import OpenAIBatchClient
@@ -24,6 +25,7 @@ from llm_worker.devkit.fake_server import FakeServer
 from llm_worker.registry.store import upsert_row
 from llm_worker.worker.app import App
 from llm_worker.worker.config import Settings
+from tests.integration import kafka_helpers as kh
 from tests.integration.test_features import Completions, _calls, _row, _send, _topics
 
 pytestmark = pytest.mark.integration
@@ -247,3 +249,42 @@ async def test_a_prompt_whose_deadline_passes_while_it_waits_is_never_sent(
     sent = [cid for b in await _batches(fake, "ttl") for cid in b["custom_ids"]]
     assert len(sent) == len(patient), "the expired prompts never went into a job"
     assert _states(pg_dsn) == {"done": 10}
+
+
+async def test_a_batch_prompts_trace_headers_go_on_to_its_completion(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """`traceparent` / `tracestate` go from a batch prompt's record to its completion's, as on
+    the online lane, and to the prompt a failed request sends back online (then to the live
+    call's completion); other headers do not."""
+    s = make_settings(batch_max_wait_s=0.5, batch_poll_s=0.2)
+    upsert_row(pg_dsn, _row("m8", fake.endpoint("hdr"), lane="batch"))
+    await _topics(s)
+    tp = {i: f"00-{i * 32}-{i * 16}-01".encode() for i in ("a", "b", "c")}
+    records = [
+        ("a", "a question", [("traceparent", tp["a"])]),
+        ("b", "b question", [("traceparent", tp["b"]), ("tracestate", b"v=1"), ("x-other", b"1")]),
+        ("c", "fails [batch:error]", [("traceparent", tp["c"])]),
+    ]
+
+    def produce() -> None:
+        p = Producer({"bootstrap.servers": s.kafka_bootstrap_servers})
+        for pid, text, headers in records:
+            body = json.dumps({"id": pid, "model": "m8", "prompt": text}).encode()
+            p.produce(s.prompts_topic, body, pid.encode(), headers=headers)
+        assert p.flush(30) == 0
+
+    app = App(s, http=False)
+    async with app.running(), Completions(s) as comps:
+        await asyncio.to_thread(produce)
+        out = await comps.wait(["a", "b", "c"], timeout=90)
+    assert out["a"]["lane"] == "batch" and out["b"]["lane"] == "batch"
+    assert out["c"]["lane"] == "online", "the errored request went back for a live call"
+    got = await asyncio.to_thread(kh.read_all, s.kafka_bootstrap_servers, s.completions_topic)
+    headers = {r.json()["id"]: r.headers for r in got}
+    assert headers["a"] == {"traceparent": tp["a"]}
+    assert headers["b"] == {"traceparent": tp["b"], "tracestate": b"v=1"}
+    assert headers["c"] == {"traceparent": tp["c"]}
+    resent = await asyncio.to_thread(kh.read_all, s.kafka_bootstrap_servers, s.prompts_topic)
+    again = [r for r in resent if r.json().get("lane") == "online"]
+    assert [r.headers for r in again] == [{"traceparent": tp["c"]}]

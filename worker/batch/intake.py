@@ -19,7 +19,7 @@ from llm_worker.registry.errors import RegistryError
 from llm_worker.registry.resolve import Candidate
 
 from ..messages import Prompt
-from ..records import InputRecord
+from ..records import InputRecord, passthrough_headers
 from .clients import BatchClients
 
 __all__ = ["BatchIntake", "group_key", "source_of"]
@@ -74,6 +74,7 @@ class BatchIntake:
                     record_key=rec.key,
                     size_bytes=len(value),
                     deadline_at=deadline_at,
+                    headers=db.encode_headers(passthrough_headers(rec)),
                 ),
                 fut,
             )

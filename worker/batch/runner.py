@@ -39,11 +39,15 @@ from ..ops.metrics import Metrics
 from .answers import answer, past_deadline
 from .clients import BatchClients
 
-__all__ = ["AtomicSender", "BatchRunner", "Produce"]
+__all__ = ["AtomicSender", "BatchRunner", "OutRecord", "Produce"]
 
 log = logging.getLogger("llm_worker.batch")
 
-Produce = Callable[[str, bytes, bytes | None], Awaitable[None]]
+Headers = list[tuple[str, bytes]] | None
+OutRecord = tuple[str, bytes, bytes | None, Headers]
+"""A record the lane delivers: topic, value, key, headers (the prompt's trace headers)."""
+
+Produce = Callable[[str, bytes, bytes | None, Headers], Awaitable[None]]
 """Produce a record and return once Kafka acknowledged it (raises if it could not)."""
 
 
@@ -55,7 +59,7 @@ class AtomicSender(Protocol):
 
     async def start(self) -> None: ...
 
-    async def send(self, records: list[tuple[str, bytes, bytes | None]], attempt: str) -> None:
+    async def send(self, records: list[OutRecord], attempt: str) -> None:
         """The records and the marker of `attempt` in one transaction (raises if not)."""
         ...
 
@@ -368,7 +372,12 @@ class BatchRunner:
             ids = [r.id for r in batch]
             await db.set_attempt(conn, ids, attempt)
             records = [
-                (r.deliver_topic or self._s.completions_topic, r.completion or b"", r.record_key)
+                (
+                    r.deliver_topic or self._s.completions_topic,
+                    r.completion or b"",
+                    r.record_key,
+                    r.record_headers(),
+                )
                 for r in batch
             ]
             try:
@@ -391,7 +400,10 @@ class BatchRunner:
         while batch := await db.to_deliver(conn, DELIVER_BATCH):
             sends = [
                 self._produce(
-                    r.deliver_topic or self._s.completions_topic, r.completion or b"", r.record_key
+                    r.deliver_topic or self._s.completions_topic,
+                    r.completion or b"",
+                    r.record_key,
+                    r.record_headers(),
                 )
                 for r in batch
             ]

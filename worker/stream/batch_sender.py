@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -27,6 +27,9 @@ from confluent_kafka import (
 
 from ..config import Settings
 from .kafka_conf import client_config, transaction_timeout_ms
+
+_Record = tuple[str, bytes, bytes | None, list[tuple[str, bytes]] | None]
+"""topic, value, key, headers (`worker.batch.runner.OutRecord`)."""
 
 __all__ = ["BatchSender", "SendFailed"]
 
@@ -65,22 +68,20 @@ class BatchSender:
         await asyncio.to_thread(producer.init_transactions, CALL_S)
         self._producer = producer
 
-    async def send(self, records: list[tuple[str, bytes, bytes | None]], attempt: str) -> None:
+    async def send(self, records: list[_Record], attempt: str) -> None:
         """`records` and the marker of `attempt`, committed together or not at all."""
         producer = self._producer
         if producer is None:
             raise SendFailed("the batch sender is not started")
         await asyncio.to_thread(self._send, producer, records, attempt)
 
-    def _send(
-        self, producer: Producer, records: list[tuple[str, bytes, bytes | None]], attempt: str
-    ) -> None:
+    def _send(self, producer: Producer, records: list[_Record], attempt: str) -> None:
         try:
             producer.begin_transaction()
-            for topic, value, key in records:
+            for topic, value, key, headers in records:
                 while True:
                     try:
-                        producer.produce(topic, value, key)
+                        producer.produce(topic, value, key, headers=cast(Any, headers))
                         break
                     except BufferError:
                         producer.poll(0.05)
