@@ -46,7 +46,7 @@ ALL = [
     "005_stream.sql",
     "006_priority.sql",
     "007_batch_lane.sql",
-    "008_batch_deadline.sql",
+    "008_batch_deadline_headers.sql",
 ]
 
 
