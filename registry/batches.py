@@ -124,6 +124,15 @@ def encode_headers(headers: list[tuple[str, bytes]] | None) -> bytes | None:
 
 
 _JOB_COLUMNS = ", ".join(Job.__struct_fields__)
+_REQUEST_COLUMNS = ", ".join(StoredRequest.__struct_fields__)
+
+
+async def _requests(conn: Conn, where: str, params: tuple[Any, ...]) -> list[StoredRequest]:
+    """The stored requests `where` selects (a condition, then its ORDER BY / LIMIT)."""
+    cur = await conn.cursor(row_factory=dict_row).execute(
+        f"SELECT {_REQUEST_COLUMNS} FROM llm_batch_requests WHERE {where}", params
+    )
+    return [StoredRequest(**r) for r in await cur.fetchall()]
 
 
 async def connect(dsn: str, purpose: str, timeout: float = 10.0) -> Conn:
@@ -239,13 +248,9 @@ async def claim_group(
 
 async def past_deadline(conn: Conn, limit: int) -> list[StoredRequest]:
     """Waiting requests whose prompt's deadline has passed (they are never sent)."""
-    cur = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT id, source, model_id, prompt_id, record, record_key, state, headers"
-        " FROM llm_batch_requests WHERE state = 'waiting' AND deadline_at <= now()"
-        " ORDER BY id LIMIT %s",
-        (limit,),
+    return await _requests(
+        conn, "state = 'waiting' AND deadline_at <= now() ORDER BY id LIMIT %s", (limit,)
     )
-    return [StoredRequest(**r) for r in await cur.fetchall()]
 
 
 async def answer_waiting(conn: Conn, answers: Sequence[tuple[int, bytes, str]]) -> int:
@@ -280,12 +285,7 @@ async def jobs_in(conn: Conn, states: Sequence[str]) -> list[Job]:
 
 
 async def job_requests(conn: Conn, job_id: int) -> list[StoredRequest]:
-    cur = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT id, source, model_id, prompt_id, record, record_key, state, completion,"
-        " deliver_topic, headers FROM llm_batch_requests WHERE job_id = %s ORDER BY id",
-        (job_id,),
-    )
-    return [StoredRequest(**r) for r in await cur.fetchall()]
+    return await _requests(conn, "job_id = %s ORDER BY id", (job_id,))
 
 
 async def set_answers(
@@ -308,13 +308,9 @@ async def set_answers(
 
 
 async def to_deliver(conn: Conn, limit: int) -> list[StoredRequest]:
-    cur = await conn.cursor(row_factory=dict_row).execute(
-        "SELECT id, source, model_id, prompt_id, record, record_key, state, completion,"
-        " deliver_topic, headers FROM llm_batch_requests"
-        " WHERE state = 'answered' AND attempt IS NULL ORDER BY id LIMIT %s",
-        (limit,),
+    return await _requests(
+        conn, "state = 'answered' AND attempt IS NULL ORDER BY id LIMIT %s", (limit,)
     )
-    return [StoredRequest(**r) for r in await cur.fetchall()]
 
 
 async def set_attempt(conn: Conn, ids: Sequence[int], attempt: str) -> None:
