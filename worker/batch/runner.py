@@ -111,7 +111,9 @@ class BatchRunner:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the database is away: next tick, on a new connection
-                    log.warning("batch lane: %r", exc)
+                    log.warning(
+                        "batch lane: %s", exc if isinstance(exc, ProviderError) else repr(exc)
+                    )
                     await self._drop()
                 await asyncio.sleep(self._tick if self.leased else self._s.batch_poll_s)
         finally:
