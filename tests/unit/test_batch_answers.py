@@ -17,7 +17,7 @@ from llm_worker.adapters.batch import BatchResult
 from llm_worker.adapters.errors import ContextLengthExceeded, ProviderTimeout
 from llm_worker.registry.batches import Job, StoredRequest
 from llm_worker.registry.models import ModelRow
-from llm_worker.worker.batch.answers import answer, past_deadline
+from llm_worker.worker.batch.answers import answer, expired_completion
 from llm_worker.worker.config import load_settings
 
 SETTINGS = load_settings({})
@@ -186,7 +186,7 @@ def test_an_errored_requests_type_is_the_one_a_live_call_would_give() -> None:
 
 
 def test_a_request_past_its_deadline_is_deadline_exceeded_with_no_attempt() -> None:
-    c = _completion(past_deadline(SETTINGS, _stored()))
+    c = _completion(expired_completion(SETTINGS, _stored()))
     assert c["status"] == "error" and c["error"]["type"] == "deadline_exceeded"
     assert c["error"]["retryable"] is False and "waited for a batch job" in c["error"]["message"]
     assert c["attempts"] == 0 and c["lane"] == "batch" and c["batch_id"] is None

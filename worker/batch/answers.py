@@ -26,7 +26,7 @@ from ..messages import (
     provider_request,
 )
 
-__all__ = ["answer", "batch_cost", "past_deadline"]
+__all__ = ["answer", "batch_cost", "expired_completion"]
 
 
 def batch_cost(res: ProviderResult, row: ModelRow | None) -> float:
@@ -72,7 +72,7 @@ def answer(
     return encode(_unanswered(decoded, outcome, job)), settings.completions_topic
 
 
-def past_deadline(settings: Settings, stored: StoredRequest) -> bytes:
+def expired_completion(settings: Settings, stored: StoredRequest) -> bytes:
     """The error completion of a request whose prompt's deadline passed while it waited for a
     job: `deadline_exceeded`, no attempt, never sent to the provider."""
     prompt = _prompt(settings, stored)

@@ -36,7 +36,7 @@ from llm_worker.registry.models import ModelRow
 from ..config import Settings
 from ..messages import Prompt, decode_prompt, provider_request
 from ..ops.metrics import Metrics
-from .answers import answer, past_deadline
+from .answers import answer, expired_completion
 from .clients import BatchClients
 
 __all__ = ["AtomicSender", "BatchRunner", "OutRecord", "Produce"]
@@ -149,7 +149,9 @@ class BatchRunner:
         """Requests whose prompt's deadline passed while they waited: `deadline_exceeded`,
         delivered as a job's answers are, and never sent."""
         while due := await db.past_deadline(conn, _EXPIRE_BATCH):
-            answers = [(r.id, past_deadline(self._s, r), self._s.completions_topic) for r in due]
+            answers = [
+                (r.id, expired_completion(self._s, r), self._s.completions_topic) for r in due
+            ]
             n = await db.answer_waiting(conn, answers)
             log.info("batch lane: %d requests past their prompt's deadline before a job", n)
             if len(due) < _EXPIRE_BATCH:
