@@ -2,14 +2,16 @@
 hours at about half the price (the worker's batch lane).
 
 A `BatchClient` speaks one provider's batch wire format (`adapters.batch_openai`,
-`adapters.batch_anthropic`). It builds each request's body with the provider's online adapter
-(the same body a live call would send) and reads each result with that adapter's parser, so
-a batch answer is the same `ProviderResult` a live call gives. The worker keeps the state
-(which requests are in which job, what was answered) in Postgres; a client holds none.
+`adapters.batch_anthropic`, `adapters.batch_gemini`). It builds each request's body with the
+provider's online adapter (the same body a live call would send) and reads each result with
+that adapter's parser, so a batch answer is the same `ProviderResult` a live call gives. The
+worker keeps the state (which requests are in which job, what was answered) in Postgres; a
+client holds none.
 
 Idempotency across a crash: a job carries the worker's `job_key` where the provider keeps
-it (OpenAI: the batch's `metadata`), and `find` looks for a job submitted under that key, so
-a worker that died between submitting and recording the job's id does not submit it twice.
+it (OpenAI: the batch's `metadata`; Gemini: its `display_name`), and `find` looks for a job
+submitted under that key, so a worker that died between submitting and recording the job's
+id does not submit it twice.
 """
 
 from __future__ import annotations

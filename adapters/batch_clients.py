@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from .batch import BatchClient
 from .batch_anthropic import AnthropicBatchClient
+from .batch_gemini import GeminiBatchClient
 from .batch_openai import OpenAIBatchClient
 from .fake import FakeAdapter
 
 __all__ = ["BATCH_PROVIDERS", "batch_client_for"]
 
-BATCH_PROVIDERS = frozenset({"openai", "anthropic", "fake"})
+BATCH_PROVIDERS = frozenset({"openai", "anthropic", "gemini", "fake"})
 
 
 def batch_client_for(provider: str) -> BatchClient | None:
@@ -26,4 +27,6 @@ def batch_client_for(provider: str) -> BatchClient | None:
         return OpenAIBatchClient(FakeAdapter())
     if provider == "anthropic":
         return AnthropicBatchClient()
+    if provider == "gemini":
+        return GeminiBatchClient()
     return None

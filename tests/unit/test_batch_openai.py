@@ -21,6 +21,7 @@ from aiohttp import web
 from llm_worker.adapters.base import Message, ProviderRequest, Target
 from llm_worker.adapters.batch import BatchItem, BatchLimits
 from llm_worker.adapters.batch_clients import batch_client_for
+from llm_worker.adapters.batch_gemini import GeminiBatchClient
 from llm_worker.adapters.batch_openai import OpenAIBatchClient, job_of
 from llm_worker.adapters.batch_openai import _decode_batch as decode_batch
 from llm_worker.adapters.errors import (
@@ -268,7 +269,8 @@ def test_batch_client_for() -> None:
     fake = batch_client_for("fake")
     assert isinstance(fake, OpenAIBatchClient) and fake.provider == "fake"
     assert batch_client_for("anthropic") is not None
-    assert batch_client_for("gemini") is None
+    assert isinstance(batch_client_for("gemini"), GeminiBatchClient)
+    assert batch_client_for("huggingface") is None
 
 
 # -- a local server speaking the wire ---------------------------------------------------------
