@@ -76,10 +76,13 @@ class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
     per-request error, as the class a live call would have raised) and `expired` when the
     window passed or the job was cancelled before it ran."""
 
-    custom_id: str
+    custom_id: str  # "" when the provider returned the result without it (see `index`)
     result: ProviderResult | None = None
     error: ProviderError | None = None
     expired: bool = False
+    index: int | None = None
+    """Its request's position in the job as submitted, for a provider that returns results
+    in that order and may leave their id out (Gemini's inline responses)."""
 
 
 class BatchClient(Protocol):

@@ -15,7 +15,10 @@ the reference https://ai.google.dev/api/batch-mode (the batch's fields, `batchSt
 `base` is the row's endpoint without a trailing API version (the Batch API is `v1beta`
 only); headers are the online adapter's (the key in `x-goog-api-key`, never in the URL).
 Each entry's `request` is the body the online adapter would POST, and its `metadata.key` is
-the item's `custom_id`. Only inline requests are used (at most 20 MB per body); the
+the item's `custom_id`. The responses come in the order of the requests (the reference's
+`GenerateContentBatchOutput`), but their `metadata` is not always returned (reported on
+discuss.ai.google.dev/t/112386): a response without it is given by its position
+(`BatchResult.index`), which the lane matches to the job's requests in submission order. Only inline requests are used (at most 20 MB per body); the
 file-based path (a JSONL file uploaded through the File API, up to 2 GB) is not.
 
 A create or get answers a long-running operation: `name` (`batches/...`, the job's id here),
@@ -349,16 +352,16 @@ class GeminiBatchClient:
             why = f"its results are in a file ({output.responses_file}) this client does not read"
             raise self._http.malformed(target, "batch output", ValueError(why))
         entries = output.inlined_responses.inlined_responses if output.inlined_responses else []
-        return [self._result(target, entry) for entry in entries]
+        return [self._result(target, entry, i) for i, entry in enumerate(entries)]
 
-    def _result(self, target: Target, entry: _Inlined) -> BatchResult:
-        if entry.metadata is None:
-            raise self._http.malformed(target, "inlined response", ValueError("no metadata.key"))
-        custom_id = entry.metadata.key
+    def _result(self, target: Target, entry: _Inlined, index: int) -> BatchResult:
+        """One inline response. The responses come in the order of the requests; their
+        `metadata.key` is not always returned, so each carries its position too."""
+        custom_id = entry.metadata.key if entry.metadata is not None else ""
         if entry.error is not None:
             status, name = error_status(entry.error)
             if name == "CANCELLED":
-                return BatchResult(custom_id=custom_id, expired=True)
+                return BatchResult(custom_id=custom_id, expired=True, index=index)
             error = entry.error
             payload = _encode(
                 {
@@ -373,12 +376,12 @@ class GeminiBatchClient:
                 }
             )
             found = self._http.answer_error(target, status, payload, None)
-            return BatchResult(custom_id=custom_id, error=found)
+            return BatchResult(custom_id=custom_id, error=found, index=index)
         try:
             answer = self._http.answer(target, bytes(entry.response), None)
         except ProviderError as exc:
-            return BatchResult(custom_id=custom_id, error=exc)
-        return BatchResult(custom_id=custom_id, result=answer)
+            return BatchResult(custom_id=custom_id, error=exc, index=index)
+        return BatchResult(custom_id=custom_id, result=answer, index=index)
 
     async def close(self) -> None:
         await self._http.close()

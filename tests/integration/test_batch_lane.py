@@ -288,3 +288,49 @@ async def test_a_batch_prompts_trace_headers_go_on_to_its_completion(
     resent = await asyncio.to_thread(kh.read_all, s.kafka_bootstrap_servers, s.prompts_topic)
     again = [r for r in resent if r.json().get("lane") == "online"]
     assert [r.headers for r in again] == [{"traceparent": tp["c"]}]
+
+
+class _KeylessResults:
+    """A batch client whose results come back in the order the requests were submitted and
+    without their ids (as Gemini's inline responses may): what the lane matches by place."""
+
+    def __init__(self, inner: OpenAIBatchClient) -> None:
+        self.inner = inner
+        self.provider, self.limits = inner.provider, inner.limits
+        self.order: dict[str, list[str]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def submit(self, target: Any, items: list[Any], job_key: str) -> Any:
+        job = await self.inner.submit(target, items, job_key)
+        self.order[job.id] = [i.custom_id for i in items]
+        return job
+
+    async def results(self, target: Any, batch_id: str) -> list[Any]:
+        place = {cid: n for n, cid in enumerate(self.order[batch_id])}
+        got = await self.inner.results(target, batch_id)
+        ordered = sorted(got, key=lambda r: place[r.custom_id])
+        return [msgspec.structs.replace(r, custom_id="", index=place[r.custom_id]) for r in ordered]
+
+
+async def test_results_without_their_ids_are_matched_by_their_place(
+    make_settings: Callable[..., Settings], pg_dsn: str, fake: FakeServer
+) -> None:
+    """A provider returning each result in submission order without its id: every prompt
+    still gets its own answer (the fake echoes the prompt in the answer)."""
+    s = make_settings(batch_max_wait_s=0.5, batch_poll_s=0.2)
+    upsert_row(pg_dsn, _row("m9", fake.endpoint("place"), lane="batch"))
+    await _topics(s)
+    prompts = [{"id": f"k-{i}", "model": "m9", "prompt": f"echo number {i}"} for i in range(30)]
+    app = App(s, http=False)
+    keyless = _KeylessResults(OpenAIBatchClient(FakeAdapter()))
+    app.batch_clients.use("fake", keyless)  # type: ignore[arg-type]
+    async with app.running(), Completions(s) as comps:
+        await _send(s, prompts)
+        out = await comps.wait([p["id"] for p in prompts], timeout=90)
+    assert keyless.order, "the jobs went through the keyless client"
+    for i in range(30):
+        c = out[f"k-{i}"]
+        assert c["status"] == "ok" and c["lane"] == "batch", c
+        assert c["text"].endswith(f"echo number {i}"), (i, c["text"])

@@ -198,25 +198,37 @@ def test_an_expired_jobs_pending_requests_count_as_errored() -> None:
 
 def test_inline_results_and_an_error_entry() -> None:
     client = GeminiBatchClient()
-    ok = client._result(target(), entry_of(SUCCEEDED_ENTRY))
+    ok = client._result(target(), entry_of(SUCCEEDED_ENTRY), 0)
     assert ok.custom_id == "request-1" and ok.error is None and not ok.expired
     assert ok.result is not None
     assert ok.result.text == "Photosynthesis turns light into sugar."
     assert ok.result.finish_reason == "stop"
     assert (ok.result.input_tokens, ok.result.output_tokens) == (8, 7)
 
-    bad = client._result(target(), entry_of(ERROR_ENTRY))
+    bad = client._result(target(), entry_of(ERROR_ENTRY), 1)
     assert bad.custom_id == "request-2" and bad.result is None
     assert isinstance(bad.error, BadRequest) and bad.error.status == 400
     assert "invalid argument" in str(bad.error)
 
     busy = {"error": {"code": 8, "message": "Quota exceeded."}, "metadata": {"key": "k"}}
-    limited = client._result(target(), entry_of(busy))
+    limited = client._result(target(), entry_of(busy), 2)
     assert isinstance(limited.error, RateLimited) and limited.error.retryable
 
     cancelled = {"error": {"code": 1, "message": "cancelled"}, "metadata": {"key": "c"}}
-    gone = client._result(target(), entry_of(cancelled))
+    gone = client._result(target(), entry_of(cancelled), 3)
     assert (gone.custom_id, gone.expired, gone.error) == ("c", True, None)
+
+
+def test_a_response_without_its_key_is_matched_by_its_place() -> None:
+    """Inline responses come in the order of the requests, and their `metadata` is not always
+    returned (users report it missing: discuss.ai.google.dev/t/112386): such a result has no
+    `custom_id` but its position, which the lane matches to the job's requests in order."""
+    client = GeminiBatchClient()
+    bare = {k: v for k, v in SUCCEEDED_ENTRY.items() if k != "metadata"}
+    got = client._result(target(), entry_of(bare), 4)
+    assert got.custom_id == "" and got.index == 4 and got.result is not None
+    keyed = client._result(target(), entry_of(SUCCEEDED_ENTRY), 0)
+    assert keyed.custom_id == "request-1" and keyed.index == 0
 
 
 def test_the_limits() -> None:

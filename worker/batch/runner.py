@@ -304,13 +304,16 @@ class BatchRunner:
                 errored=state.errored,
             )
             return
-        results = {r.custom_id: r for r in await client.results(target, job.batch_id)}
-        requests = await db.job_requests(conn, job.id)
+        got = await client.results(target, job.batch_id)
+        by_id = {r.custom_id: r for r in got if r.custom_id}
+        by_place = {r.index: r for r in got if not r.custom_id and r.index is not None}
+        requests = await db.job_requests(conn, job.id)  # in the order they were submitted
         answers = []
-        for r in requests:
+        for place, r in enumerate(requests):
             if r.state != "submitted":
                 continue
-            value, topic = answer(self._s, r, results.get(_custom_id(job, r)), job, row)
+            outcome = by_id.get(_custom_id(job, r)) or by_place.get(place)
+            value, topic = answer(self._s, r, outcome, job, row)
             answers.append((r.id, value, topic))
         await db.set_answers(
             conn,
