@@ -18,8 +18,9 @@ Each entry's `request` is the body the online adapter would POST, and its `metad
 the item's `custom_id`. The responses come in the order of the requests (the reference's
 `GenerateContentBatchOutput`), but their `metadata` is not always returned (reported on
 discuss.ai.google.dev/t/112386): a response without it is given by its position
-(`BatchResult.index`), which the lane matches to the job's requests in submission order. Only inline requests are used (at most 20 MB per body); the
-file-based path (a JSONL file uploaded through the File API, up to 2 GB) is not.
+(`BatchResult.index`), which the lane matches to the job's requests in submission order.
+Only inline requests are used (at most 20 MB per body); the file-based path (a JSONL file
+uploaded through the File API, up to 2 GB) is not.
 
 A create or get answers a long-running operation: `name` (`batches/...`, the job's id here),
 `metadata` (the batch: `displayName`, `state`, `createTime`, `batchStats` with int64 counts
