@@ -63,6 +63,12 @@ log = logging.getLogger("llm_worker.devstack")
 STOP_GRACE_S = 30.0
 """How long a clean shutdown may take before the process group is killed (it takes 2-5 s)."""
 
+BIND_RETRIES = 3
+BIND_RETRY_S = 5.0
+"""A node started again on its ports right after a SIGKILL can find one still taken (once in
+CI: `BindException: Address already in use`); it is started again this many times, this far
+apart, before the error stands."""
+
 HEAP_MB = 512
 """The broker's default maximum heap (`-Xmx`); it starts at half of it."""
 
@@ -149,6 +155,26 @@ class KafkaBroker:
             self._write_config()
             self._format()
             atexit.register(self.close)
+        for attempt in range(BIND_RETRIES + 1):
+            self._launch()
+            if not wait:
+                return self
+            try:
+                self.wait_ready(timeout)
+                return self
+            except KafkaBrokerError as exc:
+                if attempt == BIND_RETRIES or "Address already in use" not in str(exc):
+                    raise
+                log.warning(
+                    "Kafka broker: a port of %s is still taken (a node just killed on it?); "
+                    "starting again in %.0f s",
+                    self.bootstrap,
+                    BIND_RETRY_S,
+                )
+                time.sleep(BIND_RETRY_S)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _launch(self) -> None:
         assert self._dir is not None
         out = (self._dir / "stdout.log").open("ab")
         self._proc = subprocess.Popen(
@@ -159,9 +185,6 @@ class KafkaBroker:
             start_new_session=True,  # its own process group: stop() ends all of it
         )
         out.close()
-        if wait:
-            self.wait_ready(timeout)
-        return self
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Return once a metadata request to this node lists it; a node that exits or does not
