@@ -14,7 +14,8 @@ from every message (`HTTPAdapter.error`, `adapters.scrub`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import aiohttp
 import msgspec
@@ -39,6 +40,8 @@ __all__ = ["TIMEOUT_S", "BatchHTTP", "check_size", "jsonl"]
 TIMEOUT_S = 60.0
 """Connect, and silence while reading: a batch API answers its small calls in well under a
 second, and streams a results file without pauses."""
+
+T = TypeVar("T")
 
 _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=TIMEOUT_S, sock_read=TIMEOUT_S)
 
@@ -135,6 +138,21 @@ class BatchHTTP:
             excerpt = snippet(scrub_bytes(payload, key)) or "empty body"
             why = f"malformed response: {describe(exc)}: {excerpt}"
             raise self.adapter.error(ServerError, target, why, request_id=request_id) from exc
+
+    async def send(self, target: Target, method: str, url: URL, body: bytes | None = None) -> bytes:
+        """`call` with the online adapter's headers (its key among them); a call without a
+        body sends no Content-Type."""
+        headers = self.adapter.headers_for(target)
+        for name in [k for k in headers if k.lower() == "content-type"] if body is None else []:
+            del headers[name]
+        return await self.call(target, method, url, headers=headers, body=body)
+
+    def decoded(self, target: Target, decode: Callable[[bytes], T], payload: bytes, what: str) -> T:
+        """`decode(payload)`; a payload it refuses is a malformed `what`."""
+        try:
+            return decode(payload)
+        except (msgspec.MsgspecError, ValueError) as exc:
+            raise self.malformed(target, what, exc) from exc
 
     def malformed(self, target: Target, what: str, exc: Exception) -> ProviderError:
         """A 2xx answer that is not what the provider documents (`what` names it)."""

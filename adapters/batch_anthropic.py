@@ -195,19 +195,8 @@ class AnthropicBatchClient:
         except ValueError:
             raise self._http.refuse(target, "invalid endpoint URL") from None
 
-    async def _call(
-        self, target: Target, method: str, url: URL, body: bytes | None = None
-    ) -> bytes:
-        headers = self.adapter.headers_for(target)
-        if body is None:
-            headers.pop("content-type", None)
-        return await self._http.call(target, method, url, headers=headers, body=body)
-
     def _batch(self, target: Target, payload: bytes) -> _Batch:
-        try:
-            return _decode_batch(payload)
-        except (msgspec.MsgspecError, ValueError) as exc:
-            raise self._http.malformed(target, "message batch", exc) from exc
+        return self._http.decoded(target, _decode_batch, payload, "message batch")
 
     # -- the job ----------------------------------------------------------------------------
 
@@ -218,7 +207,7 @@ class AnthropicBatchClient:
         check_size(self._http, target, entries, self.limits)
         body = b'{"requests":[' + b",".join(entries) + b"]}"
         return job_of(
-            self._batch(target, await self._call(target, "POST", self._url(target, ""), body))
+            self._batch(target, await self._http.send(target, "POST", self._url(target, ""), body))
         )
 
     async def get(self, target: Target, batch_id: str) -> BatchJob:
@@ -226,12 +215,12 @@ class AnthropicBatchClient:
 
     async def _read_batch(self, target: Target, batch_id: str) -> _Batch:
         return self._batch(
-            target, await self._call(target, "GET", self._url(target, f"/{batch_id}"))
+            target, await self._http.send(target, "GET", self._url(target, f"/{batch_id}"))
         )
 
     async def cancel(self, target: Target, batch_id: str) -> BatchJob:
         url = self._url(target, f"/{batch_id}/cancel")
-        return job_of(self._batch(target, await self._call(target, "POST", url, b"")))
+        return job_of(self._batch(target, await self._http.send(target, "POST", url, b"")))
 
     async def find(self, target: Target, job_key: str, since: datetime) -> BatchJob | None:
         """The ended batch created at or after `since` whose custom_ids start with
@@ -241,10 +230,8 @@ class AnthropicBatchClient:
         after: str | None = None
         while True:
             path = f"?limit={_LIST_PAGE}" + (f"&after_id={after}" if after else "")
-            try:
-                page = _decode_page(await self._call(target, "GET", self._url(target, path)))
-            except (msgspec.MsgspecError, ValueError) as exc:
-                raise self._http.malformed(target, "batch list", exc) from exc
+            payload = await self._http.send(target, "GET", self._url(target, path))
+            page = self._http.decoded(target, _decode_page, payload, "batch list")
             for batch in page.data:
                 job = job_of(batch)
                 if job.created_at is not None and job.created_at < since:
@@ -256,7 +243,7 @@ class AnthropicBatchClient:
             after = page.last_id or page.data[-1].id
 
     async def _holds(self, target: Target, batch: _Batch, prefix: str) -> bool:
-        for line in jsonl(await self._call(target, "GET", self._results_url(target, batch))):
+        for line in jsonl(await self._http.send(target, "GET", self._results_url(target, batch))):
             try:
                 if _decode_line(line).custom_id.startswith(prefix):
                     return True
@@ -281,7 +268,7 @@ class AnthropicBatchClient:
         if batch.processing_status != "ended":
             why = f"batch {batch_id} is {batch.processing_status}: its results are not ready"
             raise self._http.refuse(target, why)
-        payload = await self._call(target, "GET", self._results_url(target, batch))
+        payload = await self._http.send(target, "GET", self._results_url(target, batch))
         return [self._result(target, line) for line in jsonl(payload)]
 
     def _result(self, target: Target, line: bytes) -> BatchResult:

@@ -271,19 +271,8 @@ class GeminiBatchClient:
             raise self._http.refuse(target, f"{batch_id!r} is not a batch name (batches/...)")
         return self._url(target, f"/batches/{match.group(2)}{suffix}")
 
-    async def _call(
-        self, target: Target, method: str, url: URL, body: bytes | None = None
-    ) -> bytes:
-        headers = self.adapter.headers_for(target)
-        if body is None:
-            headers.pop("Content-Type", None)
-        return await self._http.call(target, method, url, headers=headers, body=body)
-
     def _operation(self, target: Target, payload: bytes) -> _Operation:
-        try:
-            return _decode_operation(payload)
-        except (msgspec.MsgspecError, ValueError) as exc:
-            raise self._http.malformed(target, "batch operation", exc) from exc
+        return self._http.decoded(target, _decode_operation, payload, "batch operation")
 
     # -- the job ----------------------------------------------------------------------------
 
@@ -304,18 +293,18 @@ class GeminiBatchClient:
             url = URL(self._base(target)) / "models" / f"{model}:batchGenerateContent"
         except ValueError:
             raise self._http.refuse(target, "invalid endpoint URL") from None
-        return job_of(self._operation(target, await self._call(target, "POST", url, body)))
+        return job_of(self._operation(target, await self._http.send(target, "POST", url, body)))
 
     async def get(self, target: Target, batch_id: str) -> BatchJob:
         return job_of(await self._read(target, batch_id))
 
     async def _read(self, target: Target, batch_id: str) -> _Operation:
         url = self._batch_url(target, batch_id)
-        return self._operation(target, await self._call(target, "GET", url))
+        return self._operation(target, await self._http.send(target, "GET", url))
 
     async def cancel(self, target: Target, batch_id: str) -> BatchJob:
         """Ask for the cancel (Google answers nothing), then read the batch."""
-        await self._call(target, "POST", self._batch_url(target, batch_id, ":cancel"), b"")
+        await self._http.send(target, "POST", self._batch_url(target, batch_id, ":cancel"), b"")
         return await self.get(target, batch_id)
 
     async def find(self, target: Target, job_key: str, since: datetime) -> BatchJob | None:
@@ -326,10 +315,8 @@ class GeminiBatchClient:
             url = self._url(target, "/batches").with_query(
                 {"pageSize": _LIST_PAGE, **({"pageToken": token} if token else {})}
             )
-            try:
-                page = _decode_page(await self._call(target, "GET", url))
-            except (msgspec.MsgspecError, ValueError) as exc:
-                raise self._http.malformed(target, "batch list", exc) from exc
+            payload = await self._http.send(target, "GET", url)
+            page = self._http.decoded(target, _decode_page, payload, "batch list")
             for op in page.operations:
                 job = job_of(op)
                 if job.job_key != job_key:
