@@ -378,15 +378,7 @@ class BatchRunner:
             attempt = f"llmw-delivery-{uuid.uuid4().hex}"
             ids = [r.id for r in batch]
             await db.set_attempt(conn, ids, attempt)
-            records = [
-                (
-                    r.deliver_topic or self._s.completions_topic,
-                    r.completion or b"",
-                    r.record_key,
-                    r.record_headers(),
-                )
-                for r in batch
-            ]
+            records = [self._out(r) for r in batch]
             try:
                 await sender.send(records, attempt)
             except Exception as exc:
@@ -405,15 +397,7 @@ class BatchRunner:
             await self._deliver_atomically(conn, self._sender)
             return
         while batch := await db.to_deliver(conn, DELIVER_BATCH):
-            sends = [
-                self._produce(
-                    r.deliver_topic or self._s.completions_topic,
-                    r.completion or b"",
-                    r.record_key,
-                    r.record_headers(),
-                )
-                for r in batch
-            ]
+            sends = [self._produce(*self._out(r)) for r in batch]
             outcomes = await asyncio.gather(*sends, return_exceptions=True)
             delivered = [r for r, o in zip(batch, outcomes, strict=True) if o is None]
             if delivered:
@@ -428,6 +412,11 @@ class BatchRunner:
                     failed,
                 )
                 return
+
+    def _out(self, r: db.StoredRequest) -> OutRecord:
+        """The record delivered for an answered request."""
+        topic = r.deliver_topic or self._s.completions_topic
+        return topic, r.completion or b"", r.record_key, r.record_headers()
 
     def _count(self, delivered: list[db.StoredRequest]) -> None:
         """The lane's completions in `llm_worker_completions_total` (and errors by type), as
