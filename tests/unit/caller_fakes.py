@@ -100,6 +100,14 @@ class Limiter(RateLimiter):
         self.penalized: list[tuple[str, float]] = []
         self.charged: list[dict[str, Any]] = []
 
+    def take_now(self, req: RateRequest) -> bool:
+        """Room at once only when acquire would not wait (recorded as an acquire)."""
+        if self.wait or self.late:
+            return False
+        self.deadlines.append(None)
+        self.acquired.append(dataclasses.asdict(req))
+        return True
+
     async def acquire(self, req: RateRequest, *, deadline: float | None = None) -> float:
         kw = dataclasses.asdict(req)
         self.deadlines.append(deadline)

@@ -149,11 +149,14 @@ class SlowLimit(AdaptiveLimit):
         super().__init__(cap=4)
         self.clock, self.wait = clock, wait
 
+    def try_acquire(self) -> bool:
+        return False  # never at once: every slot comes after the wait
+
     async def acquire(self, timeout: float | None = None, priority: int = 1) -> float:
         if timeout is not None and self.wait > timeout:  # none comes in time
             self.clock.now += timeout
             raise TimeoutError
-        await super().acquire()
+        assert super().try_acquire()
         self.clock.now += self.wait
         return self.wait
 

@@ -288,6 +288,8 @@ class Caller:
             attempts += result.attempts
             value, problem = check_output(request, result.result)
             if problem is None:
+                if value is None and attempts == result.attempts:  # the common case: as it is
+                    return result
                 return msgspec.structs.replace(result, attempts=attempts, json=value)
             self._metrics.invalid_outputs.labels(result.candidate.provider).inc()
             if tries_left == 0 or self._clock() >= deadline or (tap is not None and tap.started):
@@ -513,11 +515,18 @@ class Caller:
         """Wait for room in `cand`'s rate limits, then for a concurrency slot; both move the
         deadline on, up to the final one. The slot taken, or None (none taken) when `cand`'s
         breaker opened meanwhile."""
+        # room now, the common case, is taken without a coroutine
+        rated = self.limiter.take_now(ask)
+        if rated and st.deadline > self._clock():
+            slots = self.concurrency.get(health)
+            if slots.try_acquire():
+                return slots
         try:
-            waited = await rate_room(self.limiter, ask, st.final)
-            st.deadline = min(st.deadline + waited, st.final)
-            if self.observer is not None and waited > 0:
-                self.observer.event("ratelimit_wait", cand, wait_s=waited)
+            if not rated:
+                waited = await rate_room(self.limiter, ask, st.final)
+                st.deadline = min(st.deadline + waited, st.final)
+                if self.observer is not None and waited > 0:
+                    self.observer.event("ratelimit_wait", cand, wait_s=waited)
             if st.deadline <= self._clock():
                 st.last = failed.last(st.last)
                 raise CallFailed(self._expired(st), st.attempts, st.last_cand)

@@ -332,26 +332,34 @@ class RateLimiter:
         """The limit `req` can never fit in: a level whose whole per-minute token limit
         (cluster-wide, as configured) is smaller than its tokens, named as an operator wrote
         it; None when every level could serve it."""
-        endpoint, tenant = req.endpoint, req.tenant
+        endpoint, tenant, tokens = req.endpoint, req.tenant, req.tokens
         el = self._endpoint_limits.get(endpoint)
+        if el is not None and el[1] is not None and 0 < el[1] < tokens:
+            return f"the tpm limit {el[1]} of endpoint {endpoint} (LLM_WORKER_ENDPOINT_LIMITS)"
+        if req.tpm is not None and 0 < req.tpm < tokens:
+            return f"the tpm limit {req.tpm} of registry row {req.model_id!r} (its tpm_limit)"
         tl = None if tenant is None else self._tenant_limits.get(tenant, self._default_tenant)
-        named = tenant is not None and tenant in self._tenant_limits
-        for limit, whose in (
-            (el[1] if el else None, f"endpoint {endpoint} (LLM_WORKER_ENDPOINT_LIMITS)"),
-            (req.tpm, f"registry row {req.model_id!r} (its tpm_limit)"),
-            (
-                tl[1] if tl else None,
-                f"tenant {tenant!r} (LLM_WORKER_TENANT_{'LIMITS' if named else 'TPM'})",
-            ),
-        ):
-            if limit is not None and 0 < limit < req.tokens:
-                return f"the tpm limit {limit} of {whose}"
+        if tl is not None and tl[1] is not None and 0 < tl[1] < tokens:
+            which = "LIMITS" if tenant in self._tenant_limits else "TPM"
+            return f"the tpm limit {tl[1]} of tenant {tenant!r} (LLM_WORKER_TENANT_{which})"
         return None
 
     def has_capacity(self, req: RateRequest) -> bool:
         """Would `acquire(req)` go at once? Takes nothing."""
         now = self._clock()
         return _free(self._needs(req), now)
+
+    def take_now(self, req: RateRequest) -> bool:
+        """Take what `req` needs when every bucket has it now (True); else take nothing. The
+        hot path, without the coroutine `acquire` is."""
+        needs = self._needs(req)
+        now = self._clock()
+        if not _free(needs, now):
+            return False
+        for b, n in needs:
+            b.reserve(n, now)
+        self._acquired += 1
+        return True
 
     async def acquire(self, req: RateRequest, *, deadline: float | None = None) -> float:
         """Wait until every level has capacity for `req`, take it, and return the seconds
@@ -361,13 +369,10 @@ class RateLimiter:
         buckets; each takes at most `MAX_RESERVE_S` of its rate. Raises `RateLimitTimeout`,
         having taken nothing, when `deadline` (a time on the limiter's clock) comes first.
         """
-        needs = self._needs(req)
-        start = now = self._clock()
-        if _free(needs, now):  # the fast path: every bucket has capacity now
-            for b, n in needs:
-                b.reserve(n, now)
-            self._acquired += 1
+        if self.take_now(req):
             return 0.0
+        needs = self._needs(req)
+        start = self._clock()
         prio = req.priority
         self.waiting += 1
         self.waiting_by[prio] += 1
