@@ -26,7 +26,7 @@ from llm_worker.adapters.sessions import SessionPool
 from llm_worker.registry.resolve import Candidate
 
 from ..ops.looplag import LoopLag
-from ..ops.metrics import Metrics
+from ..ops.metrics import Metrics, observe
 from .breaker import BreakerBoard
 from .observer import CallObserver
 from .routing import Router
@@ -218,7 +218,7 @@ class Attempts:
         `load`: calls in flight at the endpoint with it)."""
         ok, latency = self._ok_metrics(cand)
         ok.inc()
-        latency.observe(elapsed)
+        observe(latency, elapsed)
         # the endpoint's health sees only its own share: time our loop was too busy to read
         # the answer is not the provider being slow. And when the loop was late for most of
         # the call, it was saturated, which inflates latency beyond what the lag shows: keep

@@ -7,6 +7,7 @@ collide.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -29,10 +30,27 @@ if TYPE_CHECKING:  # the components' typed stats (imported at run time they woul
     from ..calling.ratelimit import LimiterStats
     from ..dedup import DedupStats
 
-__all__ = ["ComponentCollector", "Metrics"]
+__all__ = ["ComponentCollector", "Metrics", "observe"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def observe(histogram: Histogram, amount: float) -> None:
+    """`histogram.observe(amount)` for a histogram without labels (or one label child),
+    the hot path's way: its bucket found by bisection instead of a walk over every bound,
+    no exemplar, no check that it has its labels. The counts are the same (a unit test
+    compares them): prometheus-client puts `amount` in the first bucket whose bound is >= it."""
+    try:
+        bounds, buckets, total = histogram._upper_bounds, histogram._buckets, histogram._sum
+    except AttributeError:  # a prometheus-client that keeps them otherwise
+        histogram.observe(amount)
+        return
+    if amount != amount:  # NaN: no bucket holds it (as prometheus-client does)
+        histogram.observe(amount)
+        return
+    total.inc(amount)
+    buckets[bisect_left(bounds, amount)].inc(1)
 
 
 class Metrics:

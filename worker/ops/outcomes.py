@@ -27,7 +27,7 @@ from ..messages import Completion, Usage
 from ..records import InputRecord, Outcome
 from ..settings import LogOutcomes
 from .logs import LineSink, iso_ts, line_sink
-from .metrics import PRIORITY_NAMES, Metrics
+from .metrics import PRIORITY_NAMES, Metrics, observe
 from .tracing import Tracing
 
 __all__ = ["LOG_OUTCOMES", "OutcomeRecorder"]
@@ -168,16 +168,16 @@ class OutcomeRecorder:
             self.counters["errors"] += 1
             m.errors.labels(c.error.type if c.error else "unknown").inc()
         if rec.timestamp_ms:
-            m.e2e_latency.observe(max(0.0, batch.now - rec.timestamp_ms / 1000))
+            observe(m.e2e_latency, max(0.0, batch.now - rec.timestamp_ms / 1000))
         if outcome.priority >= 0 and c.queue_ms is not None:
-            self._queue_time[outcome.priority].observe(c.queue_ms / 1000)
+            observe(self._queue_time[outcome.priority], c.queue_ms / 1000)
         answered = batch.mono - outcome.started if outcome.started else None
         if answered is not None:
-            m.time_to_answer.observe(answered)
+            observe(m.time_to_answer, answered)
         usage = c.usage
         if usage is not None and not c.deduplicated and c.provider:
             if answered is not None and c.latency_ms is not None:
-                m.overhead.observe(max(0.0, answered - c.latency_ms / 1000))
+                observe(m.overhead, max(0.0, answered - c.latency_ms / 1000))
             batch.used(outcome.model_label, c.provider, usage)
         if batch.log_ok or (batch.log_errors and c.status == "error"):
             if sink is not None:
