@@ -52,7 +52,10 @@ class ImagePart(msgspec.Struct, frozen=True, tag="image_url", tag_field="type"):
 ContentPart: TypeAlias = TextPart | ImagePart
 
 
-class ToolCall(msgspec.Struct, frozen=True, omit_defaults=True):
+# gc=False here and on ProviderResult, CallResult and Candidate: answers are kept by the
+# thousand in the dedup window, and frozen structs take part in no cycle, so the collector
+# need not walk them (tests/unit/test_dedup_gc.py; docs/BENCHMARKS.md, fourth round)
+class ToolCall(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """A call the model asked for: `arguments` parsed (an object), whatever the wire said. An
     answer whose arguments are no JSON object keeps them in `unparsed` (and `arguments` {}):
     the worker's output check turns that into `invalid_output`, never `ok`."""
@@ -150,7 +153,8 @@ class Target(msgspec.Struct, frozen=True, kw_only=True):
     stream_idle_ms: int = 30_000  # a stream with no event for this long has stalled: a timeout
 
 
-class ProviderResult(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: not walked by the collector (see ToolCall in adapters/base.py)
+class ProviderResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     text: str
     finish_reason: str | None
     input_tokens: int = 0

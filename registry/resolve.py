@@ -32,7 +32,8 @@ DEFAULT_MAX_DEPTH = 4
 """How many `fallback_model_id` links are followed at most."""
 
 
-class Candidate(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: not walked by the collector (see ToolCall in adapters/base.py)
+class Candidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One endpoint to try. `row` is the registry row whose secret, prices, timeout and
     max_tokens apply to the call."""
 

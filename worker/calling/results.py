@@ -59,7 +59,8 @@ def past_prompt_deadline(
     )
 
 
-class CallResult(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: not walked by the collector (see ToolCall in adapters/base.py)
+class CallResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     result: ProviderResult
     candidate: Candidate
     attempts: int
