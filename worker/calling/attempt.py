@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter, Histogram
 
@@ -239,21 +239,25 @@ class Attempts:
         )
 
 
-async def _complete(
+def _complete(
     adapter: Adapter,
     session: Session,
     target: Target,
     request: ProviderRequest,
     remaining: float,
     on_delta: OnDelta | None = None,
-) -> ProviderResult:
+) -> Awaitable[ProviderResult]:
     """The adapter's call, ended by the request's deadline (`remaining` seconds away) when that
     comes before the row's own timeout (which the adapter enforces). A stream has no total
-    timeout of its own (only a stall timeout): the deadline always bounds it."""
+    timeout of its own (only a stall timeout): the deadline always bounds it. (Not a coroutine
+    itself: the common call is the adapter's, awaited as it is.)"""
     if on_delta is not None:
-        async with asyncio.timeout(remaining):
-            return await adapter.stream(session, target, request, on_delta)
+        return _within(remaining, adapter.stream(session, target, request, on_delta))
     if remaining < target.timeout_ms / 1000:
-        async with asyncio.timeout(remaining):
-            return await adapter.complete(session, target, request)
-    return await adapter.complete(session, target, request)
+        return _within(remaining, adapter.complete(session, target, request))
+    return adapter.complete(session, target, request)
+
+
+async def _within(seconds: float, call: Awaitable[ProviderResult]) -> ProviderResult:
+    async with asyncio.timeout(seconds):
+        return await call
