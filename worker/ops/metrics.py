@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the components' typed stats (imported at run time they woul
     from ..calling.ratelimit import LimiterStats
     from ..dedup import DedupStats
 
-__all__ = ["ComponentCollector", "Metrics", "observe"]
+__all__ = ["ComponentCollector", "Metrics", "Tally", "observe"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -51,6 +51,43 @@ def observe(histogram: Histogram, amount: float) -> None:
         return
     total.inc(amount)
     buckets[bisect_left(bounds, amount)].inc(1)
+
+
+class Tally:
+    """A batch's observations of one histogram (or label child), added to it at `flush`: one
+    locked addition per bucket touched and one for the sum, where `observe` takes two locks
+    per observation. Counts as `observe` does (a unit test compares them). Only the thread
+    that adds may flush; a scrape between the two sees the observations not yet flushed as
+    not yet made."""
+
+    __slots__ = ("_bounds", "_counts", "_histogram", "_sum")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        bounds = getattr(histogram, "_upper_bounds", None)
+        self._bounds: list[float] | None = bounds if hasattr(histogram, "_buckets") else None
+        self._counts = [0] * len(bounds or ())
+        self._sum = 0.0
+
+    def add(self, amount: float) -> None:
+        bounds = self._bounds
+        if bounds is None or amount != amount:  # another client's layout; NaN: as it does
+            self._histogram.observe(amount)
+            return
+        self._counts[bisect_left(bounds, amount)] += 1
+        self._sum += amount
+
+    def flush(self) -> None:
+        counts = self._counts
+        if not any(counts):
+            return
+        buckets = self._histogram._buckets
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+                counts[i] = 0
+        self._histogram._sum.inc(self._sum)
+        self._sum = 0.0
 
 
 class Metrics:

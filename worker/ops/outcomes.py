@@ -2,8 +2,9 @@
 line.
 
 Called by the consume loop with every batch of delivery reports, so the per-message cost is a
-few dictionary updates and two histogram observations; counter children are looked up once
-per batch and label. Token and cost counters count the completions that called a provider
+few dictionary updates and up to four histogram observations, tallied and added to the
+histograms once a batch (`metrics.Tally`); counter children are looked up once per batch and
+label. Token and cost counters count the completions that called a provider
 (a deduplicated answer was paid for once, by the request that called). Overhead is observed
 for answers from a provider call: the time to answer minus that call's own time.
 
@@ -27,7 +28,7 @@ from ..messages import Completion, Usage
 from ..records import InputRecord, Outcome
 from ..settings import LogOutcomes
 from .logs import LineSink, iso_ts, line_sink
-from .metrics import PRIORITY_NAMES, Metrics, observe
+from .metrics import PRIORITY_NAMES, Metrics, Tally
 from .tracing import Tracing
 
 __all__ = ["LOG_OUTCOMES", "OutcomeRecorder"]
@@ -107,8 +108,13 @@ class OutcomeRecorder:
         self._log_errors = log_outcomes != "none"
         self._clock = clock
         self._children: dict[tuple[str, Key], Any] = {}
-        # bound once: completions' queue time by the rank of their priority
-        self._queue_time = tuple(metrics.queue_time.labels(name) for name in PRIORITY_NAMES)
+        # a batch's observations, added to the histograms once a batch; queue time by the rank
+        # of the completion's priority (label children bound once)
+        self._e2e = Tally(metrics.e2e_latency)
+        self._to_answer = Tally(metrics.time_to_answer)
+        self._overhead = Tally(metrics.overhead)
+        self._queue_time = tuple(Tally(metrics.queue_time.labels(n)) for n in PRIORITY_NAMES)
+        self._tallies = (self._e2e, self._to_answer, self._overhead, *self._queue_time)
         self.counters: dict[str, int] = {"completed": 0, "errors": 0, "dlq": 0, "batched": 0}
 
     def _child(self, metric: str, label: Key) -> Any:
@@ -142,6 +148,12 @@ class OutcomeRecorder:
                 self._record_completion(rec, outcome, c, batch, sink)
         if sink is not None:
             sink.write(batch.lines)
+        self._add_up(batch)
+
+    def _add_up(self, batch: _Batch) -> None:
+        """The batch's observations and counts, into the metrics."""
+        for tally in self._tallies:
+            tally.flush()
         counters = self.counters
         for key, n in batch.by_label.items():
             counters["completed"] += n
@@ -161,23 +173,22 @@ class OutcomeRecorder:
         batch: _Batch,
         sink: LineSink | None,
     ) -> None:
-        m = self._metrics
         label: Key = (outcome.model_label, c.status)
         batch.by_label[label] = batch.by_label.get(label, 0) + 1
         if c.status == "error":
             self.counters["errors"] += 1
-            m.errors.labels(c.error.type if c.error else "unknown").inc()
+            self._metrics.errors.labels(c.error.type if c.error else "unknown").inc()
         if rec.timestamp_ms:
-            observe(m.e2e_latency, max(0.0, batch.now - rec.timestamp_ms / 1000))
+            self._e2e.add(max(0.0, batch.now - rec.timestamp_ms / 1000))
         if outcome.priority >= 0 and c.queue_ms is not None:
-            observe(self._queue_time[outcome.priority], c.queue_ms / 1000)
+            self._queue_time[outcome.priority].add(c.queue_ms / 1000)
         answered = batch.mono - outcome.started if outcome.started else None
         if answered is not None:
-            observe(m.time_to_answer, answered)
+            self._to_answer.add(answered)
         usage = c.usage
         if usage is not None and not c.deduplicated and c.provider:
             if answered is not None and c.latency_ms is not None:
-                observe(m.overhead, max(0.0, answered - c.latency_ms / 1000))
+                self._overhead.add(max(0.0, answered - c.latency_ms / 1000))
             batch.used(outcome.model_label, c.provider, usage)
         if batch.log_ok or (batch.log_errors and c.status == "error"):
             if sink is not None:
