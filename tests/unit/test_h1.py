@@ -449,6 +449,80 @@ async def test_a_partly_read_stream_is_not_reused(client: H1Client) -> None:
     await srv.close()
 
 
+def _hang_on(word: bytes, after_s: float = 0.0) -> Respond:
+    """Answers a body holding `word` never, others after `after_s`."""
+
+    def respond(head: bytes, body: bytes) -> bytes | Writer:
+        async def answer(writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(10 if word in body else after_s)
+            writer.write(ok())
+            await writer.drain()
+
+        return answer
+
+    return respond
+
+
+async def test_each_post_times_out_at_its_own_deadline_one_timer_for_all() -> None:
+    srv = await serve(_hang_on(b"hang", after_s=0.05))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def post(at: float, body: bytes) -> tuple[str, float]:
+        await asyncio.sleep(at)
+        try:
+            await c.post(srv.url(), body, {}, 0.3)
+            return "ok", loop.time() - t0
+        except H1Timeout:
+            return "timeout", loop.time() - t0
+
+    async with H1Client(limit_per_origin=8) as c:
+        runs = [post(0, b"hang"), post(0.1, b"{}"), post(0.2, b"hang"), post(0.2, b"hang2")]
+        first, answered, third, fourth = await asyncio.gather(*runs)
+        shared = c._deadlines[0.3]
+        assert len(shared.queue) == 0 and shared.timer is None  # nothing left armed
+    assert first[0] == "timeout" and 0.29 <= first[1] < 0.45
+    assert answered[0] == "ok" and answered[1] < 0.3
+    assert third[0] == fourth[0] == "timeout" and 0.49 <= third[1] < 0.65  # not at the first's
+    await srv.close()
+
+
+async def test_many_posts_with_one_timeout_share_one_timer() -> None:
+    srv = await serve(_hang_on(b"never-said", after_s=0.2))
+    async with H1Client(limit_per_origin=64) as c:
+        posts = [asyncio.ensure_future(c.post(srv.url(), b"{}", {}, 5)) for _ in range(50)]
+        while srv.active < 50:
+            await asyncio.sleep(0.01)
+        shared = c._deadlines[5]
+        assert len(shared.queue) == 50  # each deadline queued, one timer armed for them
+        assert shared.timer is not None
+        assert [r.status for r in await asyncio.gather(*posts)] == [200] * 50
+    await srv.close()
+
+
+async def test_a_deadline_out_of_order_gets_a_timer_of_its_own() -> None:
+    """A POST that waited for a connection comes with a deadline before the newest queued one:
+    it still times out at its own."""
+    busy = await serve(_hang_on(b"hang", after_s=0.2))
+    other = await serve(_hang_on(b"hang"))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with H1Client(limit_per_origin=1) as c:
+        first = asyncio.ensure_future(c.post(busy.url(), b"{}", {}, 1.0))  # holds the connection
+        waiting = asyncio.ensure_future(c.post(busy.url(), b"hang", {}, 1.0))  # deadline 1.0
+        await asyncio.sleep(0.1)
+        later = asyncio.ensure_future(c.post(other.url(), b"hang", {}, 1.0))  # deadline 1.1
+        assert (await first).status == 200
+        with pytest.raises(H1Timeout):
+            await waiting
+        assert 0.99 <= loop.time() - t0 < 1.08
+        with pytest.raises(H1Timeout):
+            await later
+        assert loop.time() - t0 >= 1.09
+    await busy.close()
+    await other.close()
+
+
 async def test_a_stream_idle_timeout(client: H1Client) -> None:
     async def stall(writer: asyncio.StreamWriter) -> None:
         writer.write(chunked(b"data: 1\n\n")[:-5])
