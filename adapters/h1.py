@@ -76,6 +76,7 @@ _READ_HIGH: Final = 256 * 1024
 _MAX_TARGETS: Final = 1024
 _MAX_HEADER_BLOCKS: Final = 1024
 _MAX_DEADLINE_QUEUES: Final = 64
+_SCANNED_HEADERS: Final = 16
 _COMPACT_AT: Final = 8192
 _NO_ANSWER: Final = "no answer within the timeout"
 _NO_BODY: Final = b""
@@ -130,37 +131,62 @@ class H1BodyTooLarge(H1Error):
 
 
 class Headers(Mapping[str, str]):
-    """A response's headers: names lower-cased, looked up in any case; the first of repeats."""
+    """A response's headers: names lower-cased, looked up in any case; the first of repeats.
 
-    __slots__ = ("_d",)
+    Decoded when first read: a lookup among a few headers scans them as they came (bytes), the
+    table of them all is built when a longer list is read or the headers are iterated."""
+
+    __slots__ = ("_d", "_raw")
 
     def __init__(self, raw: list[tuple[bytes, bytes]] | None = None) -> None:
-        d: dict[str, str] = {}
-        for name, value in raw or ():
-            d.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-        self._d = d
+        self._raw = raw or []
+        self._d: dict[str, str] | None = None
+
+    def _table(self) -> dict[str, str]:
+        d = self._d
+        if d is None:
+            d = self._d = {}
+            for name, value in self._raw:
+                d.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        return d
+
+    def _find(self, key: str) -> str | None:
+        if self._d is None and len(self._raw) <= _SCANNED_HEADERS:
+            try:
+                want = key.lower().encode("latin-1")
+            except UnicodeEncodeError:  # no header name is that
+                return None
+            for name, value in self._raw:
+                if name.lower() == want:
+                    return value.decode("latin-1")
+            return None
+        return self._table().get(key.lower())
 
     def __getitem__(self, key: str) -> str:
-        return self._d[key.lower()]
+        value = self._find(key)
+        if value is None:
+            raise KeyError(key)
+        return value
 
     @overload
     def get(self, key: str, /) -> str | None: ...
     @overload
     def get(self, key: str, /, default: str | _T) -> str | _T: ...
     def get(self, key: str, /, default: object = None) -> object:
-        return self._d.get(key.lower(), default)
+        value = self._find(key)
+        return default if value is None else value
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.lower() in self._d
+        return isinstance(key, str) and self._find(key) is not None
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._d)
+        return iter(self._table())
 
     def __len__(self) -> int:
-        return len(self._d)
+        return len(self._table())
 
     def __repr__(self) -> str:  # names only: values may be anything the server echoed
-        return f"Headers({sorted(self._d)})"
+        return f"Headers({sorted(self._table())})"
 
 
 class Response:
@@ -371,10 +397,18 @@ class _Conn(asyncio.Protocol):
         self.status = status
         headers = self.headers = Headers(self.raw)
         self.keep_alive = self.parser.should_keep_alive()
-        length = headers.get("content-length")
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = coding = framing = None  # the first of each, read here without decoding
+        for name, value in self.raw:
+            low = name.lower()
+            if low == b"content-length":
+                length = value if length is None else length
+            elif low == b"transfer-encoding":
+                framing = value if framing is None else framing
+            elif low == b"content-encoding":
+                coding = value if coding is None else coding
+        chunked = framing is not None and b"chunked" in framing.lower()
         self.framed = length is not None or chunked or status in (204, 304)
-        if headers.get("content-encoding", "identity").strip().lower() != "identity":
+        if coding is not None and coding.strip().lower() != b"identity":
             self.fail(H1ProtocolError("the response is compressed, which was not asked for"))
         elif (
             not self.streaming

@@ -24,6 +24,7 @@ from llm_worker.adapters.h1 import (
     H1InvalidRequest,
     H1ProtocolError,
     H1Timeout,
+    Headers,
 )
 
 Writer = Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -637,3 +638,36 @@ async def test_https_verifies_the_server(certificate: tuple[Path, Path]) -> None
         with pytest.raises(H1ConnectError, match=f"localhost:{port}"):
             await c.post(url, b"{}", {}, 5)
     await srv.close()
+
+
+@pytest.mark.parametrize("extra", [0, 30])  # a few headers are scanned, many are tabled
+def test_headers_any_case_first_of_repeats(extra: int) -> None:
+    raw = [(b"Content-Type", b"application/json"), (b"X-Request-ID", b"r1")]
+    raw += [(b"X-Pad-%d" % i, b"v") for i in range(extra)]
+    raw += [(b"x-request-id", b"r2"), (b"Retry-After", b"\xe9")]
+    h = Headers(raw)
+    assert h["x-request-id"] == h.get("X-REQUEST-ID") == "r1"
+    assert h.get("retry-after") == "\xe9"  # latin-1, as HTTP has it
+    assert h.get("missing") is None and h.get("missing", "d") == "d"
+    assert h.get("cl\u00e9\u20ac") is None  # no header is named outside latin-1
+    assert "content-type" in h and "Content-Type" in h and "nope" not in h and 1 not in h
+    with pytest.raises(KeyError):
+        h["nope"]
+    assert len(h) == 3 + extra
+    assert list(h)[:2] == ["content-type", "x-request-id"]
+    assert h.get("X-Request-Id") == "r1"  # after the table is built too
+    assert "r1" not in repr(h) and "x-request-id" in repr(h)
+
+
+async def test_framing_headers_read_in_any_case(client: H1Client) -> None:
+    body = b'{"ok":1}'
+    head = b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: %d\r\ncontent-encoding: Identity \r\n\r\n"
+    srv = await serve(lambda h, b: head % len(body) + body)
+    resp = await client.post(srv.url(), b"{}", {}, 5)
+    assert (resp.status, resp.body, resp.headers["Content-Length"]) == (200, body, "8")
+    gz = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Encoding: gzip\r\n\r\nzz"
+    srv2 = await serve(lambda h, b: gz)
+    with pytest.raises(H1ProtocolError):
+        await client.post(srv2.url(), b"{}", {}, 5)
+    await srv.close()
+    await srv2.close()

@@ -57,7 +57,8 @@ class SlicedWindow:
 
     def add(self, now: float, values: tuple[float, ...]) -> int:
         """Add `values` (one per column) at `now`; returns the slice number they went to."""
-        cur = self.advance(now)
+        cur = int(now / self.slice_s)
+        cur = self.advance(now) if cur > self.current else self.current
         row = self._sums[cur % self._n]
         totals = self.totals
         for k, v in enumerate(values):
