@@ -78,6 +78,7 @@ _MAX_HEADER_BLOCKS: Final = 1024
 _MAX_DEADLINE_QUEUES: Final = 64
 _SCANNED_HEADERS: Final = 16
 _COMPACT_AT: Final = 8192
+_CLOCK_SLACK_S: Final = 0.001  # a timer may fire up to a tick early (uvloop counts in ms)
 _NO_ANSWER: Final = "no answer within the timeout"
 _NO_BODY: Final = b""
 _T = TypeVar("_T")
@@ -728,7 +729,7 @@ class _Deadlines:
 
     def _fire(self) -> None:
         self.timer = None
-        q, now = self.queue, self.loop.time()
+        q, now = self.queue, self.loop.time() + _CLOCK_SLACK_S  # due: as asyncio's loop counts
         while q:
             deadline, conn, turn = q[0]
             if conn.turn != turn:

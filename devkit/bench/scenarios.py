@@ -15,7 +15,7 @@ import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from llm_worker.devkit.bench.harness import (
     Load,
@@ -119,12 +119,36 @@ def _systems(opts: Options) -> list[tuple[str, dict[str, str]]]:
     return [*systems, ("baseline", {})] if opts.baseline else systems
 
 
+T = TypeVar("T")
+
+
+def rotation(systems: list[T], rounds: int) -> list[T]:
+    """The systems' runs, round after round, each round starting one system later: over as
+    many rounds as systems, each runs once in each place (first, after a given other one),
+    so what a place costs (the run before it still settling on the broker, say) falls on
+    each alike."""
+    n = len(systems)
+    return [systems[(r + i) % n] for r in range(max(1, rounds)) for i in range(n)]
+
+
+def paired_cpu_ratio(runs: list[Result], system: str, n_systems: int) -> float | None:
+    """The median over the rounds of `system`'s CPU per completion over the plain loop's in
+    the same round (`runs` in rounds of `n_systems`): the machine's drift between rounds
+    weighs on both sides of each ratio."""
+    ratios = []
+    for start in range(0, len(runs), n_systems):
+        by = {r["system"]: r.get("cpu_s_per_1k") for r in runs[start : start + n_systems]}
+        a, b = by.get(system), by.get("baseline")
+        if a and b:
+            ratios.append(a / b)
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def _side_by_side(stack: Stack, opts: Options, progress: Progress, load: Load) -> Result:
     systems = _systems(opts)
     runs = [
         metrics(run_load(stack, system, load, progress, env)[0])
-        for _ in range(max(1, opts.rounds))
-        for system, env in systems
+        for system, env in rotation(systems, opts.rounds)
     ]
     out: Result = {"runs": runs}
     if opts.rounds > 1:  # each system's median over the rounds, compared as one run's are
@@ -137,6 +161,16 @@ def _side_by_side(stack: Stack, opts: Options, progress: Progress, load: Load) -
         out["vs_baseline"] = compare(picked[0], picked[-1])
         for run in picked[1:-1]:
             out[f"{run['system']}_vs_baseline"] = compare(run, picked[-1])
+        if opts.rounds > 1:
+            out["summary"] = []
+            for run in picked[:-1]:
+                key = "vs_baseline" if run is picked[0] else f"{run['system']}_vs_baseline"
+                paired = paired_cpu_ratio(runs, run["system"], len(systems))
+                out[key]["paired_cpu_ratio"] = paired
+                out["summary"].append(
+                    f"{run['system']}: CPU per completion {paired}x the plain loop's, the median"
+                    f" of {opts.rounds} rounds' own ratios (each round in a rotated order)"
+                )
     return out
 
 

@@ -25,6 +25,8 @@ from llm_worker.devkit.bench.scenarios import (
     compare,
     describe,
     medians,
+    paired_cpu_ratio,
+    rotation,
     soak_summary,
 )
 from llm_worker.devkit.bench.stats import (
@@ -205,6 +207,32 @@ def test_rounds_compare_each_systems_median() -> None:
     assert med["rounds"] == 3 and med["throughput_per_s"] == 3000.0
     assert med["cpu_s_per_1k"] == 0.30 and med["cpu_s_per_1k_range"] == [0.25, 0.40]
     assert "sustained_per_s" not in med
+
+
+def test_rounds_rotate_so_each_system_runs_in_each_place() -> None:
+    order = rotation(["worker", "before", "baseline"], 3)
+    assert order == [
+        "worker", "before", "baseline",
+        "before", "baseline", "worker",
+        "baseline", "worker", "before",
+    ]  # fmt: skip
+    for place in range(3):  # first, second, third: each system once over three rounds
+        assert sorted(order[place::3]) == ["baseline", "before", "worker"]
+    assert rotation(["worker"], 0) == ["worker"]
+
+
+def test_the_paired_ratio_is_the_median_of_each_rounds_own() -> None:
+    def run(system: str, cpu: float | None) -> dict[str, object]:
+        return {"system": system, "cpu_s_per_1k": cpu}
+
+    runs = [
+        run("worker", 0.30), run("baseline", 0.20),  # 1.5 (a slow round for both)
+        run("baseline", 0.10), run("worker", 0.11),  # 1.1
+        run("worker", 0.12), run("baseline", 0.12),  # 1.0
+    ]  # fmt: skip
+    # the medians apart (0.12 / 0.12 = 1.0) hide the round where both were slow; paired: 1.1
+    assert paired_cpu_ratio(runs, "worker", 2) == 1.1
+    assert paired_cpu_ratio([run("worker", 0.1), run("baseline", None)], "worker", 2) is None
 
 
 def test_the_plot_series_is_per_system_and_ordered_by_latency() -> None:
