@@ -50,6 +50,7 @@ from typing import Any
 import msgspec
 
 from llm_worker.devkit.bench.failover_report import answered_by, circuit_summary, stats, summary
+from llm_worker.devkit.bench.harness import WORKER_COMMAND
 from llm_worker.devkit.bench.replicas import (
     WorkerLog,
     provider_requests,
@@ -261,7 +262,7 @@ def _start_replicas(
         log_path = logdir / f"worker-{i}.log"
         with log_path.open("wb") as log_fh:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
+                list(WORKER_COMMAND),
                 env={**worker_env, "LLM_WORKER_HTTP_PORT": str(port)},
                 stdin=subprocess.DEVNULL,
                 stdout=log_fh,

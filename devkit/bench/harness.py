@@ -45,6 +45,7 @@ from llm_worker.worker.cli.client import wait_until
 
 __all__ = [
     "SYSTEMS",
+    "WORKER_COMMAND",
     "Load",
     "Record",
     "Stack",
@@ -59,6 +60,11 @@ __all__ = [
 
 SYSTEMS = ("worker", "baseline")
 """The systems a load runs against; any other name is a variant of the worker."""
+WORKER_COMMAND = (sys.executable, "-P", "-m", "llm_worker.worker.cli", "run")
+"""How the benches start a worker. `-P`: no working directory at the front of its import
+path, so the worker's code is found as the bench's own is (the installed package, or
+`PYTHONPATH`): a `--variant before:PYTHONPATH=<an older checkout>` run from inside another
+checkout ran that checkout's code otherwise, the same code as the worker beside it."""
 _dec = msgspec.json.Decoder()
 _enc = msgspec.json.Encoder()
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -226,7 +232,7 @@ def _start(run: Run, load: Load, env: dict[str, str]) -> subprocess.Popen[bytes]
         env["LLM_WORKER_HTTP_PORT"] = str(port)
         with open(log_path(run), "wb") as log:  # default logging: outcome lines too
             proc = subprocess.Popen(
-                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
+                list(WORKER_COMMAND),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stderr=log,

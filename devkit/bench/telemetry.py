@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from llm_worker.devkit.bench.harness import WORKER_COMMAND
 from llm_worker.devkit.bench.replicas import readyz, wait_ready
 from llm_worker.devkit.devstack import free_port, local_stack, spawn_fake_provider, wait_port
 from llm_worker.registry.migrate import migrate
@@ -127,9 +128,7 @@ def _one_run(
         "LLM_WORKER_GROUP_ID": f"tbench-{run}",
         "LLM_WORKER_HTTP_PORT": str(port),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_worker.worker.cli", "run"], env=env, stdin=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(list(WORKER_COMMAND), env=env, stdin=subprocess.DEVNULL)
     try:
         wait_port("127.0.0.1", port, 60)
         wait_ready(port, proc, 60)

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_worker.devkit.bench.harness import WORKER_COMMAND
 from llm_worker.devkit.devstack import free_port, local_stack, spawn_fake_provider, wait_port
 from llm_worker.registry.migrate import migrate
 from llm_worker.registry.models import ModelRow
@@ -200,7 +201,7 @@ def _start_workers(env: dict[str, str], http_port: int, n: int) -> list[subproce
         port = http_port if i == 0 else free_port()
         workers.append(
             subprocess.Popen(
-                [sys.executable, "-m", "llm_worker.worker.cli", "run"],
+                list(WORKER_COMMAND),
                 env={**env, "LLM_WORKER_HTTP_PORT": str(port)},
                 stdin=subprocess.DEVNULL,
             )

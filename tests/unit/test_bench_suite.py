@@ -7,13 +7,20 @@ import asyncio
 import io
 import json
 import math
+import subprocess
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from llm_worker.devkit.bench.harness import Record, Stack, prompt_text, provider_batches
+from llm_worker.devkit.bench.harness import (
+    WORKER_COMMAND,
+    Record,
+    Stack,
+    prompt_text,
+    provider_batches,
+)
 from llm_worker.devkit.bench.plot import plot_soak, series
 from llm_worker.devkit.bench.progress import Progress, bar
 from llm_worker.devkit.bench.scenarios import (
@@ -207,6 +214,20 @@ def test_rounds_compare_each_systems_median() -> None:
     assert med["rounds"] == 3 and med["throughput_per_s"] == 3000.0
     assert med["cpu_s_per_1k"] == 0.30 and med["cpu_s_per_1k_range"] == [0.25, 0.40]
     assert "sustained_per_s" not in med
+
+
+def test_a_bench_worker_finds_its_code_as_the_bench_does_not_in_its_directory(
+    tmp_path: Path,
+) -> None:
+    """A `--variant before:PYTHONPATH=<older checkout>` run from inside a checkout must run
+    the older code: the working directory must not come first on the worker's import path."""
+    shadow = tmp_path / "llm_worker"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("SHADOW = True\n")
+    python, *flags = WORKER_COMMAND[: WORKER_COMMAND.index("-m")]
+    probe = "import llm_worker; print(getattr(llm_worker, 'SHADOW', False))"
+    run = subprocess.run([python, *flags, "-c", probe], cwd=tmp_path, capture_output=True)
+    assert run.stdout.decode().strip() == "False", run.stderr.decode()
 
 
 def test_rounds_rotate_so_each_system_runs_in_each_place() -> None:
