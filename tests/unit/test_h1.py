@@ -501,6 +501,28 @@ async def test_many_posts_with_one_timeout_share_one_timer() -> None:
     await srv.close()
 
 
+async def test_finished_waits_behind_a_long_one_are_compacted_away() -> None:
+    """One POST hangs at the front of the queue while thousands finish behind it: their
+    entries go at a compaction, not when the front one's deadline passes."""
+    from types import SimpleNamespace
+
+    from llm_worker.adapters import h1
+
+    shared = h1._Deadlines(asyncio.get_running_loop())
+    now = asyncio.get_running_loop().time()
+    hung = SimpleNamespace(turn=1, waiter=None)
+    assert shared.watch(hung, now + 60)  # type: ignore[arg-type]
+    for i in range(3 * h1._COMPACT_AT):
+        done = SimpleNamespace(turn=1, waiter=None)
+        assert shared.watch(done, now + 60 + i * 1e-6)  # type: ignore[arg-type]
+        done.turn += 1  # its wait ended
+    assert len(shared.queue) <= h1._COMPACT_AT + 1  # compacted, the hung one kept
+    assert shared.queue[0][1] is hung
+    assert not shared.watch(SimpleNamespace(turn=1, waiter=None), now)  # type: ignore[arg-type]
+    shared.close()
+    assert shared.timer is None and not shared.queue
+
+
 async def test_a_deadline_out_of_order_gets_a_timer_of_its_own() -> None:
     """A POST that waited for a connection comes with a deadline before the newest queued one:
     it still times out at its own."""
