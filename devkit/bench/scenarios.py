@@ -170,6 +170,8 @@ def _side_by_side(stack: Stack, opts: Options, progress: Progress, load: Load) -
                 out["summary"].append(
                     f"{run['system']}: CPU per completion {paired}x the plain loop's, the median"
                     f" of {opts.rounds} rounds' own ratios (each round in a rotated order)"
+                    if paired is not None
+                    else f"{run['system']}: no paired CPU ratio (no round had both CPU figures)"
                 )
     return out
 
