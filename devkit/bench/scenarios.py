@@ -10,7 +10,6 @@ same invocation, right after the worker, on the same broker, Postgres and fake p
 from __future__ import annotations
 
 import json
-import math
 import re
 import statistics
 from collections.abc import Callable
@@ -278,7 +277,7 @@ def _structured(stack: Stack, opts: Options, progress: Progress) -> Result:
 @_scenario(
     "half-load",
     "the worker's burst rate, then (Apache Kafka) 60 s to warm the broker, 15 s of warm-up"
-    " and 20 s paced at half of it (worker only)",
+    " and 20 s paced at half of it; then the plain loop, its burst and paced at the same rate",
 )
 def _half_load(stack: Stack, opts: Options, progress: Progress) -> Result:
     burst = Load(
@@ -296,21 +295,55 @@ def _half_load(stack: Stack, opts: Options, progress: Progress) -> Result:
     if warm_s:  # the broker's own warm-up, paced as the run: its figures are not kept
         warm = replace(burst, count=round(rate * warm_s), rate=rate)
         run_load(stack, "worker", warm, progress)
-    count = round(rate * (HALF_LOAD_WARMUP_S + (opts.duration_s or 20.0)))
-    paced = run_load(stack, "worker", replace(burst, count=count, rate=rate), progress)[0]
-    half = metrics(paced)
-    calm = steady(paced, HALF_LOAD_WARMUP_S)
-    ratio = (half["cpu_s_per_1k"] or math.nan) / (full["cpu_s_per_1k"] or math.nan)
-    ovh = calm["overhead_ms"]
-    summary = [
-        f"paced at {rate}/s ({half['throughput_per_s']}/s done): CPU per completion {ratio:.2f}x"
-        f" the burst's; from {HALF_LOAD_WARMUP_S:g} s on, worker-added ms p50 {ovh['p50']},"
-        f" p99 {ovh['p99']} ({calm['completions']} completions; the broker warmed for"
-        f" {warm_s:g} s first)"
-    ]
-    out: Result = {"runs": [full, half], "rate": rate, "steady": calm, "summary": summary}
+    paced = _paced_after(stack, "worker", burst, rate, opts, progress)
+    out: Result = {"runs": [full, paced.half], "rate": rate, "steady": paced.calm}
     out["broker_warmup_s"] = warm_s
+    out["paced_vs_burst_cpu"] = {"worker": paced.cpu_ratio(full)}
+    summary = [f"worker {paced.line(rate, full)}; the broker warmed for {warm_s:g} s first"]
+    if opts.baseline:
+        # the plain loop under the same two loads: what pacing costs a consumer with none of
+        # the worker's features (the same rate, so the same records/s reach both)
+        base_full = metrics(run_load(stack, "baseline", burst, progress)[0])
+        base = _paced_after(stack, "baseline", burst, rate, opts, progress)
+        out["runs"] += [base_full, base.half]
+        out["baseline_steady"] = base.calm
+        out["paced_vs_burst_cpu"]["baseline"] = base.cpu_ratio(base_full)
+        out["paced_vs_baseline"] = compare(paced.half, base.half)
+        summary.append(f"plain loop {base.line(rate, base_full)}")
+    out["summary"] = summary
     return out
+
+
+@dataclass(frozen=True)
+class _Paced:
+    """A paced run's figures (`half`) and those of its steady state (`calm`)."""
+
+    half: Result
+    calm: Result
+
+    def cpu_ratio(self, burst: Result) -> float | None:
+        """CPU per completion against `burst`'s; None when either has none."""
+        a, b = self.half["cpu_s_per_1k"], burst["cpu_s_per_1k"]
+        return round(a / b, 2) if a and b else None
+
+    def line(self, rate: float, burst: Result) -> str:
+        ovh = self.calm["overhead_ms"]
+        return (
+            f"paced at {rate}/s ({self.half['throughput_per_s']}/s done): CPU per completion"
+            f" {self.cpu_ratio(burst)}x the burst's; from {HALF_LOAD_WARMUP_S:g} s on,"
+            f" worker-added ms p50 {ovh['p50']}, p99 {ovh['p99']}"
+            f" ({self.calm['completions']} completions)"
+        )
+
+
+def _paced_after(
+    stack: Stack, system: str, burst: Load, rate: float, opts: Options, progress: Progress
+) -> _Paced:
+    """`system` paced at `rate`: `HALF_LOAD_WARMUP_S` of warm-up, then `--duration` (20 s)
+    measured."""
+    count = round(rate * (HALF_LOAD_WARMUP_S + (opts.duration_s or 20.0)))
+    sample = run_load(stack, system, replace(burst, count=count, rate=rate), progress)[0]
+    return _Paced(metrics(sample), steady(sample, HALF_LOAD_WARMUP_S))
 
 
 BROKER_WARMUP_S = {"kafka": 60.0}

@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -497,3 +498,54 @@ def test_steady_figures_leave_out_the_prompts_sent_during_the_warm_up() -> None:
     assert calm["completions"] == 100
     assert calm["overhead_ms"] == {"p50": 2.0, "p99": 2.0}
     assert calm["e2e_ms"]["p99"] == pytest.approx(22.0)
+
+
+def test_half_load_paces_the_plain_loop_at_the_worker_s_rate_and_reports_both_ratios(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`half-load` with the plain loop: the worker's burst sets the rate; after the worker's
+    paced run (and the broker's warm-up) the loop runs the same burst and is paced at that same
+    rate; each system's paced CPU is set against its own burst."""
+    from llm_worker.devkit.bench import scenarios
+    from llm_worker.devkit.bench.harness import Load, Stack
+
+    cpu_per_1k = {("worker", None): 0.15, ("worker", 2000.0): 0.30}
+    cpu_per_1k |= {("baseline", None): 0.13, ("baseline", 2000.0): 0.16}
+    calls: list[tuple[str, int, float | None]] = []
+
+    def run_load(stack: Stack, system: str, load: Load, progress: Progress) -> tuple[Sample, None]:
+        calls.append((system, load.count, load.rate))
+        s = Sample(system, load.latency_ms, load.count, start=100.0)
+        span = load.count / (load.rate or 4000.0)  # a burst at 4,000/s
+        step = span / load.count
+        for i in range(load.count):  # each read one step after it was sent
+            sent = 100.0 + i * step
+            s.add({"status": "ok", "queue_ms": 22.0, "latency_ms": 20.0}, sent + step, sent)
+        s.cpu_s = cpu_per_1k.get((system, load.rate), 0.0) * load.count / 1000
+        return s, None
+
+    monkeypatch.setattr(scenarios, "run_load", run_load)
+    stack = Stack("tansu", "127.0.0.1:9092", "postgresql://x", "http://127.0.0.1:1")
+    opts = Options(count=4000, duration_s=5.0)
+    out = SCENARIOS["half-load"].run(stack, opts, Progress(io.StringIO()))
+    paced = 2000 * (15 + 5)
+    assert calls == [
+        ("worker", 4000, None),
+        ("worker", paced, 2000.0),
+        ("baseline", 4000, None),
+        ("baseline", paced, 2000.0),
+    ]
+    assert out["rate"] == 2000
+    assert out["paced_vs_burst_cpu"] == {"worker": 2.0, "baseline": 1.23}
+    assert out["paced_vs_baseline"]["cpu_per_completion_ratio"] == pytest.approx(1.88, abs=0.01)
+    assert out["baseline_steady"]["completions"] == (2000 * 5)
+    worker_line, loop_line = out["summary"]
+    assert worker_line.startswith("worker paced at 2000/s") and "2.0x the burst's" in worker_line
+    assert loop_line.startswith("plain loop paced at 2000/s") and "1.23x" in loop_line
+    # without the plain loop, the worker's two runs only
+    calls.clear()
+    alone = SCENARIOS["half-load"].run(
+        stack, replace(opts, baseline=False), Progress(io.StringIO())
+    )
+    assert [c[0] for c in calls] == ["worker", "worker"]
+    assert alone["paced_vs_burst_cpu"] == {"worker": 2.0} and len(alone["summary"]) == 1
