@@ -227,6 +227,14 @@ def _add_bench_tools(sub: Subcommands) -> None:
     bt.add_argument("-n", "--count", type=int, default=20000)
     bt.add_argument("--rounds", type=int, default=5, help="runs of each mode, interleaved")
     bt.add_argument("--sample", type=float, default=0.1, help="trace sampling ratio when on")
+    bt.add_argument(
+        "--also-sample",
+        type=float,
+        nargs="+",
+        metavar="RATIO",
+        help="more sampling ratios, each a mode of its own next to off and on (0: tracing on, "
+        "nothing sampled; 1: every message)",
+    )
     bt.add_argument("--latency-ms", type=float, default=20.0)
     bt.add_argument("--timeout", type=float, default=600.0)
     bt.set_defaults(fn=_cmd_bench_telemetry)

@@ -1,10 +1,11 @@
 """`llm-worker bench-telemetry`: what tracing costs, side by side in one run.
 
 One stack (local broker, Postgres, a fake provider process, an OTLP receiver in this process
-that decodes and counts the spans it gets) and, per round, one worker process per mode, in
-alternating order: `off` (no OTLP endpoint: tracing off, metrics on as always) and `on`
-(`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=--sample`,
-exporting over OTLP/HTTP). Each run publishes N distinct prompts at once and waits for every
+that decodes and counts the spans it gets) and, per round, one worker process per mode, each
+round starting one mode later: `off` (no OTLP endpoint: tracing off, metrics on as always) and
+`on` (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=--sample`,
+exporting over OTLP/HTTP), and with `--also-sample R...` an `on@R` mode per ratio (`also_sampled`
+in the report: what tracing costs as a message's fixed part and its sampled part). Each run publishes N distinct prompts at once and waits for every
 completion; it measures the worker process's CPU time (utime + stime from /proc) from the
 moment it owns its partitions to the last completion, and the throughput.
 
@@ -37,6 +38,7 @@ from typing import Any
 
 from llm_worker.devkit.bench.harness import WORKER_COMMAND
 from llm_worker.devkit.bench.replicas import readyz, wait_ready
+from llm_worker.devkit.bench.scenarios import rotation
 from llm_worker.devkit.devstack import free_port, local_stack, spawn_fake_provider, wait_port
 from llm_worker.registry.migrate import migrate
 from llm_worker.registry.models import ModelRow
@@ -341,16 +343,22 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(float(r[key]) for r in runs))
 
 
-def _modes(sink: _Sink, sample: float) -> Iterator[tuple[str, dict[str, str]]]:
+def _on(sink: _Sink, sample: float) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(sample),
+    }
+
+
+def _modes(
+    sink: _Sink, sample: float, also: Sequence[float] = ()
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """`off`, `on` (at `sample`), and `on@R` for each other ratio R of `also`."""
     yield "off", {}
-    yield (
-        "on",
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
-            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-            "OTEL_TRACES_SAMPLER_ARG": str(sample),
-        },
-    )
+    yield "on", _on(sink, sample)
+    for ratio in also:
+        yield f"on@{ratio:g}", _on(sink, ratio)
 
 
 def _bench_env(
@@ -386,24 +394,21 @@ def _bench_env(
 def _report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Tracing off against on: medians over the rounds, each round's pair compared."""
     off, on = results["off"], results["on"]
-    cpu_off, cpu_on = _median(off, "cpu_us_per_message"), _median(on, "cpu_us_per_message")
+    cpu_off = _median(off, "cpu_us_per_message")
     rate_off, rate_on = _median(off, "completions_per_s"), _median(on, "completions_per_s")
+    main = _against_off(on, off)
     return {
         "count": args.count,
         "rounds": args.rounds,
         "sample": args.sample,
         "provider_latency_ms": args.latency_ms,
         "off": {"cpu_us_per_message": round(cpu_off, 1), "completions_per_s": round(rate_off)},
-        "on": {"cpu_us_per_message": round(cpu_on, 1), "completions_per_s": round(rate_on)},
-        "cpu_per_message_change_pct": round((cpu_on / cpu_off - 1) * 100, 2),
-        # each round's on/off pair ran back to back: the median of their ratios
-        "paired_cpu_change_pct": round(
-            statistics.median(
-                (a["cpu_us_per_message"] / b["cpu_us_per_message"] - 1) * 100
-                for a, b in zip(on, off, strict=True)
-            ),
-            2,
-        ),
+        "on": {
+            "cpu_us_per_message": main["cpu_us_per_message"],
+            "completions_per_s": round(rate_on),
+        },
+        "cpu_per_message_change_pct": main["cpu_per_message_change_pct"],
+        "paired_cpu_change_pct": main["paired_cpu_change_pct"],
         "throughput_change_pct": round((rate_on / rate_off - 1) * 100, 2),
         "spans_per_message_on": round(_median(on, "spans_exported") / args.count, 3),
         "recorder_us_per_outcome": round(recorder_cost_us(), 2),
@@ -418,7 +423,29 @@ def _report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) 
             "worker_path": round(worker_tracing_cost_us(args.sample), 2),
             "worker_path_not_sampled": round(worker_tracing_cost_us(0.0), 2),
         },
+        "also_sampled": {
+            name.removeprefix("on@"): _against_off(runs, off)
+            for name, runs in results.items()
+            if name.startswith("on@")
+        },
         "runs": results,
+    }
+
+
+def _against_off(runs: list[dict[str, Any]], off: list[dict[str, Any]]) -> dict[str, Any]:
+    """A mode's CPU per message against tracing off: the medians' change, and the median of
+    the rounds' own changes (each round ran every mode back to back)."""
+    cpu, cpu_off = _median(runs, "cpu_us_per_message"), _median(off, "cpu_us_per_message")
+    return {
+        "cpu_us_per_message": round(cpu, 1),
+        "cpu_per_message_change_pct": round((cpu / cpu_off - 1) * 100, 2),
+        "paired_cpu_change_pct": round(
+            statistics.median(
+                (a["cpu_us_per_message"] / b["cpu_us_per_message"] - 1) * 100
+                for a, b in zip(runs, off, strict=True)
+            ),
+            2,
+        ),
     }
 
 
@@ -427,17 +454,17 @@ def run_telemetry_bench(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:
         base_env = _bench_env(stack, args, procs)
-        modes = list(_modes(sink, args.sample))
+        modes = list(_modes(sink, args.sample, getattr(args, "also_sample", None) or ()))
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in modes}
         try:
-            for r in range(args.rounds):
-                for name, mode in modes if r % 2 == 0 else reversed(modes):
-                    sink.take()
-                    res = _one_run(base_env, mode, args.count, args.timeout)
-                    time.sleep(1.0)  # the last batch of spans, exported at shutdown
-                    res["spans_exported"] = sink.take()
-                    results[name].append(res)
-                    print(f"round {r + 1} {name}: {json.dumps(res)}", file=sys.stderr)
+            for i, (name, mode) in enumerate(rotation(modes, args.rounds)):
+                sink.take()
+                res = _one_run(base_env, mode, args.count, args.timeout)
+                time.sleep(1.0)  # the last batch of spans, exported at shutdown
+                res["spans_exported"] = sink.take()
+                results[name].append(res)
+                r = i // len(modes) + 1
+                print(f"round {r} {name}: {json.dumps(res)}", file=sys.stderr)
         finally:
             for proc in procs:
                 proc.terminate()

@@ -11,6 +11,7 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -549,3 +550,28 @@ def test_half_load_paces_the_plain_loop_at_the_worker_s_rate_and_reports_both_ra
     )
     assert [c[0] for c in calls] == ["worker", "worker"]
     assert alone["paced_vs_burst_cpu"] == {"worker": 2.0} and len(alone["summary"]) == 1
+
+
+def test_bench_telemetry_runs_more_sampling_ratios_each_against_tracing_off() -> None:
+    """`bench-telemetry --also-sample 0 1`: an `on@R` mode per ratio next to `off` and `on`,
+    each reported against `off` as the medians' change and the median of the rounds' own."""
+    from types import SimpleNamespace
+
+    from llm_worker.devkit.bench.telemetry import _against_off, _modes
+
+    args = build_parser().parse_args(["bench-telemetry", "--also-sample", "0", "1"])
+    assert args.sample == 0.1 and args.also_sample == [0.0, 1.0]
+    sink: Any = SimpleNamespace(url="http://127.0.0.1:4318")
+    modes = dict(_modes(sink, args.sample, args.also_sample))
+    assert list(modes) == ["off", "on", "on@0", "on@1"]
+    assert modes["off"] == {}
+    assert modes["on"]["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+    assert modes["on@1"]["OTEL_TRACES_SAMPLER_ARG"] == "1.0"
+    assert all(m["OTEL_EXPORTER_OTLP_ENDPOINT"] == sink.url for n, m in modes.items() if n != "off")
+    off = [{"cpu_us_per_message": v} for v in (100.0, 120.0, 110.0)]
+    on = [{"cpu_us_per_message": v} for v in (110.0, 126.0, 143.0)]  # +10%, +5%, +30%
+    assert _against_off(on, off) == {
+        "cpu_us_per_message": 126.0,
+        "cpu_per_message_change_pct": 14.55,
+        "paired_cpu_change_pct": 10.0,
+    }
