@@ -64,7 +64,7 @@ def produce_prompts(bootstrap: str, topic: str, prompts: list[dict[str, Any]]) -
     produce(bootstrap, topic, [(p["id"].encode(), json.dumps(p).encode()) for p in prompts])
 
 
-def _reader(bootstrap: str, topic: str) -> Consumer:
+def _reader(bootstrap: str, topic: str, isolation: str = "read_committed") -> Consumer:
     """A consumer of every partition of `topic` from its beginning (assigned, no group: no
     join to wait for, nothing committed)."""
     c = Consumer(
@@ -73,6 +73,7 @@ def _reader(bootstrap: str, topic: str) -> Consumer:
             "group.id": f"reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 100,
+            "isolation.level": isolation,
         }
     )
     meta = c.list_topics(topic, timeout=10).topics[topic]
@@ -93,10 +94,11 @@ def _read(
     enough: Callable[[list[Record]], bool],
     timeout: float,
     quiet_s: float,
+    isolation: str = "read_committed",
 ) -> list[Record]:
     """Read from the beginning until `enough(records)`, then until nothing new came for
     `quiet_s` seconds (or `timeout` in all)."""
-    c = _reader(bootstrap, topic)
+    c = _reader(bootstrap, topic, isolation)
     out: list[Record] = []
     deadline = time.monotonic() + timeout
     quiet_since: float | None = None
@@ -127,12 +129,17 @@ def consume(
 
 
 def read_all(
-    bootstrap: str, topic: str, timeout: float = 60.0, *, quiet_s: float = 3.0
+    bootstrap: str,
+    topic: str,
+    timeout: float = 60.0,
+    *,
+    quiet_s: float = 3.0,
+    isolation: str = "read_committed",
 ) -> list[Record]:
     """Everything `topic` holds: read from the beginning until quiet for `quiet_s`. Use it
     after the writers stopped (a read from the start also finds what a live reader on Tansu
-    can skip)."""
-    return _read(bootstrap, topic, lambda _out: True, timeout, quiet_s)
+    can skip). `isolation`: librdkafka's `isolation.level`."""
+    return _read(bootstrap, topic, lambda _out: True, timeout, quiet_s, isolation)
 
 
 def consume_until_ids(

@@ -105,7 +105,7 @@ class Progress:
     """Counts the distinct ids on a topic as they arrive, in a background thread (a live
     reader: on Tansu it may skip a record, so it measures progress; verdicts read again)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, isolation: str = "read_committed") -> None:
         self.ids: set[str] = set()
         self._stop = threading.Event()
         self._consumer = Consumer(
@@ -114,6 +114,7 @@ class Progress:
                 "group.id": f"progress-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 50,
+                "isolation.level": isolation,
             }
         )
         parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
