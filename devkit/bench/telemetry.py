@@ -5,9 +5,10 @@ that decodes and counts the spans it gets) and, per round, one worker process pe
 round starting one mode later: `off` (no OTLP endpoint: tracing off, metrics on as always) and
 `on` (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=--sample`,
 exporting over OTLP/HTTP), and with `--also-sample R...` an `on@R` mode per ratio (`also_sampled`
-in the report: what tracing costs as a message's fixed part and its sampled part). Each run publishes N distinct prompts at once and waits for every
-completion; it measures the worker process's CPU time (utime + stime from /proc) from the
-moment it owns its partitions to the last completion, and the throughput.
+in the report: what tracing costs as a message's fixed part and its sampled part). Each run
+publishes N distinct prompts at once and waits for every completion; it measures the worker
+process's CPU time (utime + stime from /proc) from the moment it owns its partitions to the
+last completion, and the throughput.
 
 The worker is CPU-bound at full load, so CPU per message is what decides its throughput, and
 it is much less disturbed than wall-clock throughput by whatever else runs on the machine.
