@@ -323,8 +323,8 @@ class _Paced:
 
     def cpu_ratio(self, burst: Result) -> float | None:
         """CPU per completion against `burst`'s; None when either has none."""
-        a, b = self.half["cpu_s_per_1k"], burst["cpu_s_per_1k"]
-        return round(a / b, 2) if a and b else None
+        ratio: float | None = compare(self.half, burst)["cpu_per_completion_ratio"]
+        return ratio
 
     def line(self, rate: float, burst: Result) -> str:
         ovh = self.calm["overhead_ms"]

@@ -455,7 +455,7 @@ def run_telemetry_bench(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:
         base_env = _bench_env(stack, args, procs)
-        modes = list(_modes(sink, args.sample, getattr(args, "also_sample", None) or ()))
+        modes = list(_modes(sink, args.sample, args.also_sample or ()))
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in modes}
         try:
             for i, (name, mode) in enumerate(rotation(modes, args.rounds)):
