@@ -49,15 +49,20 @@ async def test_a_worker_joins_and_leaves_mid_stream(
     bs = s.kafka_bootstrap_servers
     await asyncio.to_thread(kh.create_topic, bs, s.prompts_topic, PARTITIONS)
     await asyncio.to_thread(kh.create_topic, bs, s.completions_topic, PARTITIONS)
-    n = 1500
+    n = 3000
     prompts = [{"id": f"rb-{i}", "model": "m1", "prompt": f"q{i}"} for i in range(n)]
-    await asyncio.to_thread(kh.produce_prompts, bs, s.prompts_topic, prompts)
+    first, second = prompts[: n // 2], prompts[n // 2 :]
+    await asyncio.to_thread(kh.produce_prompts, bs, s.prompts_topic, first)
 
     a, b = App(s, http=False), App(s, http=False)
     done = lambda app: app.worker.stats()["completed"]  # noqa: E731
     async with a.running():
         await wait_for(lambda: done(a) >= 150, timeout=90)
         async with b.running():
+            # A slow join can outlast what a alone has left of the first half: the second
+            # half arrives once b holds partitions, so b always has work to take over.
+            await wait_for(lambda: len(b.bridge.assignment) > 0, timeout=90)
+            await asyncio.to_thread(kh.produce_prompts, bs, s.prompts_topic, second)
             await wait_for(lambda: done(b) >= 150, timeout=90)  # it took partitions over
             a_during = done(a)
             await wait_for(lambda: done(a) > a_during, timeout=60)  # and both worked
