@@ -63,7 +63,7 @@ def test_replacing_hands_back_every_record_of_the_old_producer() -> None:
     assert s.current is not old and s.replaced == 1
     deadline = time.monotonic() + 10
     while len(reports) < 3 and time.monotonic() < deadline:
-        s.poll(0.05)  # the polling thread serves the retiring producer too
+        s.poll(0.05)  # the loop's polls serve the retiring producer too
     assert [e.code() if e else None for e in reports] == [KafkaError._PURGE_QUEUE] * 3
     assert s.flush(0) == 0  # nothing left anywhere; the old producer is let go
     assert s._retiring == []

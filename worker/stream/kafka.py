@@ -1,8 +1,12 @@
 """The Kafka bridge: the consumer and the idempotent producer behind asyncio-friendly methods.
 
 All consumer calls run on one dedicated thread (librdkafka's consumer is driven from a single
-thread, and rebalance callbacks fire inside `consume()` on it). The producer is polled by its
-own thread; delivery reports come back to the event loop in one wake-up per poll.
+thread, and rebalance callbacks fire inside `consume()` on it). The producer is polled on the
+event loop itself, where every produce call is made: every `POLL_BUSY_S` while records await
+their delivery reports, every `POLL_IDLE_S` otherwise (for librdkafka's error and statistics
+callbacks). A poll with no wait costs a few microseconds and hands nothing between threads;
+a polling thread cost each completion about 3 µs more in wake-ups and GIL hand-offs
+(docs/BENCHMARKS.md, issue 26's eighth round).
 
 Rebalances: on **assign** every partition is resumed first (librdkafka keeps an application's
 pause across unassign/assign: a partition paused when revoked would never be read again); on
@@ -23,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
@@ -78,6 +81,12 @@ REBALANCE_CLOSE_TIMEOUT_S = 10.0  # how long close() lets librdkafka leave the g
 COMMIT_WAIT_S = 10.0  # how long `commit` waits for the broker's answer
 SERVE_AFTER_S = 0.25  # no consume call this long while a commit waits: serve its answer
 SERVE_BATCH = 500
+POLL_BUSY_S = 0.005
+"""While produced records await their delivery reports, the loop polls the producer this often
+(librdkafka's `linger.ms` is 5 ms: a report comes no sooner than that after its produce)."""
+POLL_IDLE_S = 0.1
+"""With nothing awaiting a report, the loop still polls this often: the error and statistics
+callbacks are served inside `poll`."""
 
 
 class KafkaBridge(Generic[T]):
@@ -100,8 +109,8 @@ class KafkaBridge(Generic[T]):
         # at-least-once commits fill it: exactly-once commits go with the transaction)
         self._early: list[Message] = []
         self._consumes = 0  # consume calls made (on the loop)
-        self._pthread: threading.Thread | None = None
-        self._stop_polling = threading.Event()
+        self._polling: asyncio.TimerHandle | None = None  # the next poll of the producer
+        self._poll_busy = False  # that poll comes POLL_BUSY_S after the last (else POLL_IDLE_S)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._reports: collections.deque[tuple[asyncio.Future[None], KafkaError | None]] = (
@@ -175,10 +184,7 @@ class KafkaBridge(Generic[T]):
             on_revoke=self._revoke_cb,
             on_lost=self._lost_cb,
         )
-        self._pthread = threading.Thread(
-            target=self._poll_producer, name="kafka-producer", daemon=True
-        )
-        self._pthread.start()
+        self._poll_producer()
 
     async def flush(self, timeout: float) -> int:
         """Wait up to `timeout` s for every produced record's delivery report, then hand the
@@ -197,14 +203,16 @@ class KafkaBridge(Generic[T]):
             self._reported(ready, acked)
 
     async def close(self) -> None:
-        """Stop the producer's poll thread (after a last drain) and leave the group. Flush
+        """Stop polling the producer (after a last poll and drain) and leave the group. Flush
         first (`flush`): records still queued here are not waited for."""
         if self._closed:
             return
         self._closed = True
-        self._stop_polling.set()
-        if self._pthread is not None:
-            await asyncio.to_thread(self._pthread.join, 5.0)
+        if self._polling is not None:
+            self._polling.cancel()
+            self._polling = None
+        if self._slot is not None:
+            self._slot.poll(0)
         self.drain()
         if self._consumer is not None:
             try:
@@ -403,18 +411,30 @@ class KafkaBridge(Generic[T]):
             self._loop.call_soon_threadsafe(self._slot.replace)
 
     def _poll_producer(self) -> None:
-        """Serve delivery reports; hand each poll's batch to the loop in one wake-up."""
+        """Serve the producer's callbacks without waiting, hand the delivery reports to their
+        handlers, and come back in POLL_BUSY_S while records await theirs (else POLL_IDLE_S)."""
         slot, loop = self._slot, self._loop
         assert slot is not None and loop is not None
-        batch, acks = self._reports, self._acks
-        while not self._stop_polling.is_set():
-            slot.poll(0.05)
-            if (batch or acks) and not loop.is_closed():
-                # deques: flush() on another thread may append meanwhile
-                ready = [batch.popleft() for _ in range(len(batch))]
-                acked = [acks.popleft() for _ in range(len(acks))]
-                loop.call_soon_threadsafe(self._reported, ready, acked)
-        slot.poll(0)  # a last serve; `close()` drains what it leaves on the loop
+        self._polling = None
+        if self._closed or loop.is_closed():
+            return
+        try:
+            slot.poll(0)
+        finally:  # whatever a callback raised, the next poll comes
+            self._poll_busy = busy = slot.awaiting() > 0
+            self._polling = loop.call_later(
+                POLL_BUSY_S if busy else POLL_IDLE_S, self._poll_producer
+            )
+        self.drain()
+
+    def _poll_soon(self) -> None:
+        """A record was produced: an idle poller comes back in POLL_BUSY_S, not POLL_IDLE_S."""
+        handle, loop = self._polling, self._loop
+        if handle is None or loop is None:  # closed, or produced before start
+            return
+        handle.cancel()
+        self._poll_busy = True
+        self._polling = loop.call_later(POLL_BUSY_S, self._poll_producer)
 
     def _reported(
         self,
@@ -446,7 +466,7 @@ class KafkaBridge(Generic[T]):
         acks = self._acks
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            # runs on the polling thread, inside producer.poll()
+            # inside producer.poll(): on the loop, or a flush's or a transaction's thread
             acks.append(Ack(token, None if err is None else delivery_error(err)))
 
         try:
@@ -455,6 +475,8 @@ class KafkaBridge(Generic[T]):
             )
         except KafkaException as exc:
             raise delivery_error(exc.args[0]) from exc
+        if not self._poll_busy:
+            self._poll_soon()
 
     async def produce(
         self,
@@ -471,7 +493,7 @@ class KafkaBridge(Generic[T]):
         reports = self._reports
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            reports.append((fut, err))  # runs on the polling thread, inside producer.poll()
+            reports.append((fut, err))  # inside producer.poll() (see produce_nowait)
 
         delays = Backoff(0.01, 0.5).delays()
         while True:
@@ -484,6 +506,8 @@ class KafkaBridge(Generic[T]):
                 await asyncio.sleep(next(delays))
             except KafkaException as exc:
                 raise delivery_error(exc.args[0]) from exc
+        if not self._poll_busy:
+            self._poll_soon()
         await fut
 
     # -- exactly-once ----------------------------------------------------------------------

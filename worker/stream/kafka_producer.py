@@ -11,7 +11,7 @@ The sign is the producer's `eos.producer_epoch` statistic: a healthy producer bu
 rarely (after a timed-out or reordered batch); this one many times a second. When it rose by
 `BUMPS_TO_REPLACE` or more between two statistics documents, the slot asks the loop to replace
 the producer. The old one is purged: its records come back as failed deliveries, which their
-owners produce again on the new one, and the polling thread serves the old producer until it
+owners produce again on the new one, and the loop's polls serve the old producer until it
 holds nothing. A transactional producer is never replaced (its id is its fencing identity;
 the transaction code aborts and starts again instead).
 """
@@ -46,8 +46,9 @@ _decode = msgspec.json.Decoder(_ProducerStats).decode
 
 
 class ProducerSlot:
-    """Holds the current producer. `poll` runs on the polling thread, `replace` on the loop
-    (where every produce call is made, so none lands on a producer being retired)."""
+    """Holds the current producer. `poll` and `replace` run on the loop (where every produce
+    call is made, so none lands on a producer being retired); `poll` also runs inside a flush's
+    thread."""
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class ProducerSlot:
         self.current = Producer(self._conf)
 
     def _stats(self, raw: str) -> None:
-        """librdkafka's statistics (the polling thread, inside `poll`)."""
+        """librdkafka's statistics (inside `poll`, on the loop)."""
         if self._on_stats is not None:
             self._on_stats(raw)
         if not self._replaceable:
@@ -103,6 +104,10 @@ class ProducerSlot:
             old.poll(0)
             if len(old) == 0:
                 self._retiring.remove(old)
+
+    def awaiting(self) -> int:
+        """Records produced whose delivery reports have not been served (retiring ones too)."""
+        return len(self.current) + sum(len(old) for old in self._retiring)
 
     def flush(self, timeout: float) -> int:
         """Wait for the current producer's deliveries; returns how many are left (all)."""
