@@ -47,8 +47,8 @@ _decode = msgspec.json.Decoder(_ProducerStats).decode
 
 class ProducerSlot:
     """Holds the current producer. `poll` and `replace` run on the loop (where every produce
-    call is made, so none lands on a producer being retired); `poll` also runs inside a flush's
-    thread."""
+    call is made, so none lands on a producer being retired); `flush` runs on a thread of its
+    own, and serves callbacks there."""
 
     def __init__(
         self,
@@ -69,7 +69,7 @@ class ProducerSlot:
         self.current = Producer(self._conf)
 
     def _stats(self, raw: str) -> None:
-        """librdkafka's statistics (inside `poll`, on the loop)."""
+        """librdkafka's statistics (inside `poll` on the loop, or inside a `flush`)."""
         if self._on_stats is not None:
             self._on_stats(raw)
         if not self._replaceable:
